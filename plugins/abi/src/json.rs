@@ -1,0 +1,233 @@
+//! The JSON documents that cross the ABI (parameters in, reports out).
+//!
+//! Both sides ignore unknown fields, and every field added later has a default, so a host and a
+//! plugin of different minor versions understand each other within one ABI version.
+
+use serde::{Deserialize, Serialize};
+
+/// Result of `probe`: whether the backend can run on this machine, and how well.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProbeReport {
+    /// True when the backend can load models here.
+    pub available: bool,
+    /// Preference among available backends for the same format: higher is better (a GPU backend
+    /// scores above a CPU one). 0 when unavailable.
+    #[serde(default)]
+    pub score: i32,
+    /// Model formats the backend reads, lowercase: `"gguf"`, `"onnx"`, `"echo"`.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// Compute devices found (CPU, GPUs).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// Why the backend is unavailable or degraded, e.g. "libcuda.so.1 not found".
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A compute device a backend can use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Device {
+    /// Device name as the backend reports it, e.g. "CPU", "NVIDIA GeForce RTX 4060".
+    pub name: String,
+    /// `"cpu"`, `"gpu"` or `"accelerator"`.
+    pub kind: String,
+    /// Total device memory in bytes, when known.
+    #[serde(default)]
+    pub memory_total_bytes: Option<u64>,
+    /// Free device memory in bytes, when known.
+    #[serde(default)]
+    pub memory_free_bytes: Option<u64>,
+}
+
+/// Parameters of `load`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LoadParams {
+    /// Path of the model file (GGUF) or directory (ONNX), UTF-8.
+    pub path: String,
+    /// Context length in tokens for the KV cache; `None` = the model's trained context, capped by
+    /// the backend at a sensible default.
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    /// Layers to offload to the GPU; `None` = backend default (all that fit), 0 = CPU only.
+    /// Passed through even when the backend finds no GPU.
+    #[serde(default)]
+    pub gpu_layers: Option<u32>,
+    /// Index of the main GPU for single-GPU placement.
+    #[serde(default)]
+    pub main_gpu: Option<i32>,
+    /// Threads for generation; `None` = number of physical cores.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Threads for prompt processing; `None` = same as `threads`.
+    #[serde(default)]
+    pub threads_batch: Option<u32>,
+    /// Logical batch size in tokens for prompt processing; `None` = backend default.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// KV cache element type: `"f16"` (default), `"q8_0"`, `"q4_0"`, `"f32"`.
+    #[serde(default)]
+    pub kv_cache_type: Option<String>,
+    /// Memory-map the weights (default true).
+    #[serde(default)]
+    pub use_mmap: Option<bool>,
+    /// Load only the vocabulary (tokenizer and metadata); no generation possible.
+    #[serde(default)]
+    pub vocab_only: bool,
+    /// Backend-specific options, passed through untouched.
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// A special token: its id and its text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpecialToken {
+    /// Token id.
+    pub id: i32,
+    /// Token text, e.g. `"<｜begin▁of▁sentence｜>"`.
+    pub text: String,
+}
+
+/// Memory a loaded model holds, in bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryBreakdown {
+    /// Weights (the mapped tensor data).
+    pub weights_bytes: u64,
+    /// KV cache for the configured context length.
+    pub kv_cache_bytes: u64,
+    /// Compute buffers (scratch for one batch), when the backend knows them.
+    #[serde(default)]
+    pub compute_bytes: Option<u64>,
+    /// Of the above, the part placed on GPUs.
+    #[serde(default)]
+    pub gpu_bytes: u64,
+}
+
+/// Result of `info`: what was loaded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    /// Model path as loaded.
+    pub path: String,
+    /// `general.name` or the file stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Architecture, e.g. `"qwen2"`, `"llama"` (GGUF `general.architecture`).
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// Parameter count.
+    #[serde(default)]
+    pub parameters: u64,
+    /// Transformer layers (blocks).
+    #[serde(default)]
+    pub layers: u32,
+    /// Layers offloaded to a GPU.
+    #[serde(default)]
+    pub gpu_layers: u32,
+    /// Context length the model was trained with, in tokens.
+    #[serde(default)]
+    pub trained_context_length: u32,
+    /// Context length of this instance's KV cache, in tokens.
+    #[serde(default)]
+    pub context_length: u32,
+    /// Embedding (hidden) size.
+    #[serde(default)]
+    pub embedding_length: u32,
+    /// Vocabulary size in tokens.
+    #[serde(default)]
+    pub vocab_size: u32,
+    /// Quantization / file type as a name, e.g. `"Q4_K_M"`, `"Q4_1"`, `"F16"`.
+    #[serde(default)]
+    pub file_type: Option<String>,
+    /// Memory held.
+    #[serde(default)]
+    pub memory: MemoryBreakdown,
+    /// The model's own Jinja chat template (GGUF `tokenizer.chat_template`).
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// Beginning-of-sequence token.
+    #[serde(default)]
+    pub bos_token: Option<SpecialToken>,
+    /// End-of-sequence token.
+    #[serde(default)]
+    pub eos_token: Option<SpecialToken>,
+    /// All end-of-generation token ids (EOS, EOT, …).
+    #[serde(default)]
+    pub eog_token_ids: Vec<i32>,
+    /// Whether the tokenizer adds BOS itself when asked to add special tokens.
+    #[serde(default)]
+    pub add_bos_token: bool,
+    /// True when only the vocabulary was loaded.
+    #[serde(default)]
+    pub vocab_only: bool,
+}
+
+/// Parameters of `generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerateRequest {
+    /// Prompt token ids (from `tokenize`, after the host rendered the chat template).
+    pub prompt_tokens: Vec<i32>,
+    /// Most tokens to generate; the generation ends with `finish_reason: "length"` there.
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 = greedy (argmax).
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Nucleus sampling threshold in (0, 1]; 1 disables it.
+    #[serde(default = "one")]
+    pub top_p: f32,
+    /// Keep the k most likely tokens; 0 disables it.
+    #[serde(default)]
+    pub top_k: i32,
+    /// Minimum probability relative to the top token; 0 disables it.
+    #[serde(default)]
+    pub min_p: f32,
+    /// Sampling seed; `None` = random.
+    #[serde(default)]
+    pub seed: Option<u32>,
+    /// Token ids that end the generation besides the model's end-of-generation tokens.
+    #[serde(default)]
+    pub stop_tokens: Vec<i32>,
+    /// Keep going past end-of-generation tokens (for benchmarks and reference tests).
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+fn default_temperature() -> f32 {
+    0.8
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation or stop token was sampled (it is not streamed).
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The host's token callback returned false.
+    Cancelled,
+}
+
+/// Result of `generate`: usage and timings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerateResult {
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Prompt tokens evaluated (including any reused from a cache).
+    pub prompt_tokens: u32,
+    /// Prompt tokens taken from the KV cache of an earlier request instead of evaluated.
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
+    /// Tokens generated and passed to the callback (the final stop token is not counted).
+    pub completion_tokens: u32,
+    /// Prompt processing time in milliseconds.
+    pub prompt_ms: f64,
+    /// Generation time in milliseconds (from the first sampled token to the end).
+    pub generation_ms: f64,
+    /// Time from the call to the first token handed to the callback, in milliseconds.
+    #[serde(default)]
+    pub time_to_first_token_ms: Option<f64>,
+}
