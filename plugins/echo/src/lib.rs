@@ -1,0 +1,338 @@
+//! `echo`: a deterministic r1d backend without weights, for tests of the host.
+//!
+//! A model is a small JSON file with the extension `.echo`:
+//! ```json
+//! {"name": "echo-test", "context_length": 256, "fail_load": null}
+//! ```
+//! The chat template renders `<|role|>content` lines; generation takes the text of the last
+//! `<|user|>` turn and streams it back upper-cased, one word per token, then stops
+//! (`finish_reason: "stop"`), or ends at `max_tokens` (`"length"`).
+//!
+//! Switches, to exercise the host's error paths:
+//! - `"fail_load": "message"` in the model file: `load` fails with that message;
+//! - a prompt containing `[[fail]]`: `generate` returns a backend error;
+//! - a prompt containing `[[panic]]`: `generate` panics (the SDK turns it into an error status);
+//! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
+//!   (for cancellation and disconnect tests);
+//! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use r1_plugin_sdk::{
+    FinishReason, GenerateRequest, GenerateResult, LoadParams, MemoryBreakdown, Model, ModelInfo,
+    Plugin, PluginError, ProbeReport, SpecialToken,
+};
+use serde::Deserialize;
+
+/// The chat template every echo model reports (Jinja, rendered by the host).
+pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}<|{{ message.role }}|>{{ message.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+/// BOS text and id of every echo model.
+pub const BOS: &str = "<|bos|>";
+
+/// The echo backend.
+pub struct EchoPlugin;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    context_length: Option<u32>,
+    #[serde(default)]
+    fail_load: Option<String>,
+}
+
+/// A loaded echo model: a growing vocabulary of the pieces it has seen.
+pub struct EchoModel {
+    path: String,
+    name: String,
+    context_length: u32,
+    vocab: Mutex<Vec<String>>,
+}
+
+impl EchoModel {
+    fn intern(&self, piece: &str) -> i32 {
+        let mut vocab = self.vocab.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = vocab.iter().position(|p| p == piece) {
+            return i as i32;
+        }
+        vocab.push(piece.to_owned());
+        (vocab.len() - 1) as i32
+    }
+
+    fn detokenize(&self, ids: &[i32]) -> Result<String, PluginError> {
+        let vocab = self.vocab.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .map(|&id| {
+                vocab.get(id as usize).cloned().ok_or_else(|| {
+                    PluginError::invalid_argument(format!("unknown echo token id {id}"))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Plugin for EchoPlugin {
+    type Model = EchoModel;
+
+    fn probe(&self) -> Result<ProbeReport, PluginError> {
+        Ok(ProbeReport {
+            available: true,
+            score: 1,
+            formats: vec!["echo".into()],
+            devices: vec![r1_plugin_sdk::Device {
+                name: "CPU".into(),
+                kind: "cpu".into(),
+                ..Default::default()
+            }],
+            reason: None,
+        })
+    }
+
+    fn load(
+        &self,
+        params: LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<EchoModel, PluginError> {
+        let text = std::fs::read_to_string(&params.path).map_err(|e| {
+            PluginError::load_failed(format!("failed to read echo model {}: {e}", params.path))
+        })?;
+        let file: EchoFile = serde_json::from_str(&text).map_err(|e| {
+            PluginError::load_failed(format!("failed to parse echo model {}: {e}", params.path))
+        })?;
+        if let Some(message) = file.fail_load {
+            tracing::error!("echo model {} asks to fail: {message}", params.path);
+            return Err(PluginError::load_failed(format!(
+                "failed to load echo model {}: {message}",
+                params.path
+            )));
+        }
+        if !progress(0.5) || !progress(1.0) {
+            return Err(PluginError::cancelled("load of echo model cancelled"));
+        }
+        let model = EchoModel {
+            name: file.name.unwrap_or_else(|| "echo".into()),
+            path: params.path,
+            context_length: params
+                .context_length
+                .or(file.context_length)
+                .unwrap_or(2048),
+            vocab: Mutex::new(vec![BOS.to_owned()]),
+        };
+        Ok(model)
+    }
+}
+
+/// Splits text into pieces: special markers `<|…|>` alone, words with their leading whitespace.
+fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if text[i..].starts_with("<|") {
+            if let Some(end) = text[i..].find("|>") {
+                if i > start {
+                    out.push(&text[start..i]);
+                }
+                out.push(&text[i..i + end + 2]);
+                i += end + 2;
+                start = i;
+                continue;
+            }
+        }
+        let c = text[i..].chars().next().unwrap_or(' ');
+        if c.is_whitespace() && i > start && !text[start..i].trim().is_empty() {
+            out.push(&text[start..i]);
+            start = i;
+        }
+        i += c.len_utf8();
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+impl Model for EchoModel {
+    fn info(&self) -> Result<ModelInfo, PluginError> {
+        Ok(ModelInfo {
+            path: self.path.clone(),
+            name: Some(self.name.clone()),
+            architecture: Some("echo".into()),
+            parameters: 0,
+            layers: 1,
+            trained_context_length: self.context_length,
+            context_length: self.context_length,
+            vocab_size: self.vocab.lock().map(|v| v.len() as u32).unwrap_or(0),
+            file_type: Some("echo".into()),
+            memory: MemoryBreakdown::default(),
+            chat_template: Some(CHAT_TEMPLATE.into()),
+            bos_token: Some(SpecialToken {
+                id: 0,
+                text: BOS.into(),
+            }),
+            eos_token: None,
+            add_bos_token: true,
+            ..Default::default()
+        })
+    }
+
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        _parse_special: bool,
+    ) -> Result<Vec<i32>, PluginError> {
+        let mut ids = Vec::new();
+        if add_special {
+            ids.push(0);
+        }
+        ids.extend(pieces(text).into_iter().map(|p| self.intern(p)));
+        Ok(ids)
+    }
+
+    fn generate(
+        &mut self,
+        request: GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+    ) -> Result<GenerateResult, PluginError> {
+        let start = Instant::now();
+        let prompt = self.detokenize(&request.prompt_tokens)?;
+        if prompt.contains("[[panic]]") {
+            panic!("echo: panic requested by the prompt");
+        }
+        if prompt.contains("[[fail]]") {
+            return Err(PluginError::backend(
+                "echo: generation failure requested by the prompt",
+            ));
+        }
+        let slow = prompt.contains("[[slow]]");
+        let n_prompt = request.prompt_tokens.len() as u32;
+        if n_prompt >= self.context_length {
+            return Err(PluginError::context_exceeded(format!(
+                "prompt of {n_prompt} tokens does not fit the context length of {} tokens",
+                self.context_length
+            )));
+        }
+        let user = prompt
+            .rsplit("<|user|>")
+            .next()
+            .and_then(|t| t.split('\n').next())
+            .unwrap_or("")
+            .to_uppercase();
+        let words: Vec<String> = pieces(&user).into_iter().map(str::to_owned).collect();
+        let prompt_ms = start.elapsed().as_secs_f64() * 1e3;
+        let gen_start = Instant::now();
+        let mut first = None;
+        let mut n = 0u32;
+        let mut finish = FinishReason::Stop;
+        let mut i = 0usize;
+        loop {
+            if words.is_empty() || (!slow && i >= words.len()) {
+                break;
+            }
+            if n >= request.max_tokens {
+                finish = FinishReason::Length;
+                break;
+            }
+            if slow {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let word = &words[i % words.len()];
+            let id = self.intern(word);
+            n += 1;
+            i += 1;
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
+            if !on_token(word.as_bytes(), id) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+        }
+        Ok(GenerateResult {
+            finish_reason: finish,
+            prompt_tokens: n_prompt,
+            cached_prompt_tokens: 0,
+            completion_tokens: n,
+            prompt_ms,
+            generation_ms: gen_start.elapsed().as_secs_f64() * 1e3,
+            time_to_first_token_ms: first,
+        })
+    }
+}
+
+fn abi_version() -> u32 {
+    std::env::var("R1_ECHO_ABI_VERSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(r1_plugin_sdk::abi::R1_PLUGIN_ABI_VERSION)
+}
+
+r1_plugin_sdk::export_plugin! {
+    plugin: EchoPlugin,
+    init: EchoPlugin,
+    name: "echo",
+    version: env!("CARGO_PKG_VERSION"),
+    abi_version: abi_version(),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_split_words_and_markers() {
+        assert_eq!(
+            pieces("<|bos|><|user|>hello big world\n<|assistant|>"),
+            vec!["<|bos|>", "<|user|>", "hello", " big", " world", "\n", "<|assistant|>"]
+        );
+    }
+
+    #[test]
+    fn generate_echoes_last_user_turn_upper_cased() {
+        let mut model = EchoPlugin
+            .load(
+                LoadParams {
+                    path: write_model("{}"),
+                    ..Default::default()
+                },
+                &mut |_| true,
+            )
+            .unwrap();
+        let ids = model
+            .tokenize("<|user|>one\n<|user|>hello world\n<|assistant|>", true, true)
+            .unwrap();
+        let mut out = String::new();
+        let result = model
+            .generate(
+                GenerateRequest {
+                    prompt_tokens: ids,
+                    max_tokens: 10,
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                    min_p: 0.0,
+                    seed: None,
+                    stop_tokens: vec![],
+                    ignore_eos: false,
+                },
+                &mut |piece, _| {
+                    out.push_str(std::str::from_utf8(piece).unwrap());
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(out, "HELLO WORLD");
+        assert_eq!(result.completion_tokens, 2);
+        assert_eq!(result.finish_reason, FinishReason::Stop);
+    }
+
+    fn write_model(content: &str) -> String {
+        let path = std::env::temp_dir().join(format!("echo-unit-{}.echo", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+}
