@@ -1,1 +1,180 @@
-//! placeholder
+//! `llamacpp`: the r1d backend plugin for GGUF models, through llama.cpp (the `llama-cpp-2`
+//! crate, llama.cpp vendored and linked statically).
+//!
+//! Built as a `cdylib` (`libr1_plugin_llamacpp.so`, exporting `r1_plugin_entry`) and as an `rlib`
+//! so tests can use [`LlamaCppPlugin`] and [`LlamaCppModel`] directly.
+//!
+//! - `probe`: always available; lists the devices llama.cpp sees; score 100 on CPU only, 200 when
+//!   this build can offload to a GPU and one is present.
+//! - `load`: see [`LlamaCppPlugin`] for how [`LoadParams`] map to llama.cpp and their defaults.
+//!   A failed load names the file and llama.cpp's reason; a file shorter than its GGUF header
+//!   implies is reported as "truncated or incomplete".
+//! - `generate`: one sequence per model; the KV cache of the previous request is reused for the
+//!   longest common token prefix. Cancellation (token callback returning false, or
+//!   [`CancelHandle`]) takes effect between prompt batches and between tokens, not inside one
+//!   llama.cpp `decode` call.
+//!
+//! llama.cpp's log goes to `tracing` (target `llama.cpp`), which the SDK forwards to the host.
+
+mod backend;
+pub mod ftype;
+mod generate;
+mod gguf_header;
+mod model;
+
+use std::sync::OnceLock;
+
+use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
+use r1_plugin_sdk::{
+    Device, GenerateRequest, GenerateResult, LoadParams, Model, ModelInfo, Plugin, PluginError,
+    ProbeReport,
+};
+
+pub use generate::sampler;
+pub use model::{
+    CancelHandle, KvType, LlamaCppModel, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_CAP,
+};
+
+/// Probe score when llama.cpp runs on the CPU only.
+pub const SCORE_CPU: i32 = 100;
+/// Probe score when this build can offload to a GPU and llama.cpp sees one.
+pub const SCORE_GPU: i32 = 200;
+
+/// The llama.cpp backend.
+///
+/// How [`LoadParams`] are applied:
+/// - `path`: a GGUF file; missing, a directory or unreadable → `load_failed` naming it.
+/// - `use_mmap` (default true), `vocab_only` (tokenizer and metadata only; `info` and `tokenize`
+///   work, `generate` is `unsupported`).
+/// - `gpu_layers` → llama.cpp `n_gpu_layers`, passed through; default all layers when this build
+///   supports GPU offload, else 0. `main_gpu` selects single-GPU placement on that device.
+/// - `context_length` → `n_ctx` in tokens; default the trained context capped at
+///   [`DEFAULT_CONTEXT_CAP`]. `batch_size` → `n_batch` (default [`DEFAULT_BATCH_SIZE`];
+///   `n_ubatch` is the smaller of it and 512). `threads` (default: the available parallelism) and
+///   `threads_batch` (default: `threads`). `kv_cache_type`: see [`KvType`].
+///
+/// Errors: `invalid_argument` for bad parameters, `load_failed` for a file llama.cpp refuses
+/// ("failed to load model PATH: REASON") or a context it cannot create (out of memory),
+/// `cancelled` when the progress callback returned false.
+#[derive(Debug, Default)]
+pub struct LlamaCppPlugin;
+
+impl Plugin for LlamaCppPlugin {
+    type Model = LlamaCppModel;
+
+    fn probe(&self) -> Result<ProbeReport, PluginError> {
+        let backend = match backend::backend() {
+            Ok(backend) => backend,
+            Err(e) => {
+                return Ok(ProbeReport {
+                    available: false,
+                    formats: vec!["gguf".to_owned()],
+                    reason: Some(e.message),
+                    ..ProbeReport::default()
+                })
+            }
+        };
+        let devices: Vec<Device> = list_llama_ggml_backend_devices()
+            .into_iter()
+            .map(|d| {
+                let kind = match d.device_type {
+                    LlamaBackendDeviceType::Cpu => "cpu",
+                    LlamaBackendDeviceType::Gpu | LlamaBackendDeviceType::IntegratedGpu => "gpu",
+                    LlamaBackendDeviceType::Accelerator | LlamaBackendDeviceType::Unknown => {
+                        "accelerator"
+                    }
+                };
+                let name = if kind == "cpu" || d.description.is_empty() {
+                    d.name
+                } else {
+                    d.description
+                };
+                let bytes = |b: usize| (b > 0).then_some(b as u64);
+                Device {
+                    name,
+                    kind: kind.to_owned(),
+                    memory_total_bytes: bytes(d.memory_total),
+                    memory_free_bytes: bytes(d.memory_free),
+                }
+            })
+            .collect();
+        let gpu_offload = backend.supports_gpu_offload();
+        let has_gpu = devices.iter().any(|d| d.kind == "gpu");
+        let (score, reason) = match (gpu_offload, has_gpu) {
+            (true, true) => (SCORE_GPU, None),
+            (true, false) => (SCORE_CPU, Some("no GPU visible to llama.cpp; CPU only")),
+            (false, _) => (
+                SCORE_CPU,
+                Some("this build of llama.cpp has no GPU offload; CPU only"),
+            ),
+        };
+        Ok(ProbeReport {
+            available: true,
+            score,
+            formats: vec!["gguf".to_owned()],
+            devices,
+            reason: reason.map(str::to_owned),
+        })
+    }
+
+    fn load(
+        &self,
+        params: LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<LlamaCppModel, PluginError> {
+        LlamaCppModel::load(params, progress)
+    }
+}
+
+impl Model for LlamaCppModel {
+    /// Metadata from the GGUF header (`general.*`, `<arch>.*`, `tokenizer.chat_template`) and
+    /// llama.cpp. `memory.kv_cache_bytes` = n_ctx × layers × KV heads × (key + value head dim) ×
+    /// bytes per element of the cache type; `memory.gpu_bytes` estimates the offloaded layers'
+    /// share of weights and KV cache; `compute_bytes` is not known.
+    fn info(&self) -> Result<ModelInfo, PluginError> {
+        Ok(LlamaCppModel::info(self))
+    }
+
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, PluginError> {
+        LlamaCppModel::tokenize(self, text, add_special, parse_special)
+    }
+
+    /// Errors: `invalid_argument` (empty prompt, id outside the vocabulary, non-finite sampling
+    /// numbers), `context_exceeded` (prompt not shorter than the context), `unsupported`
+    /// (vocab-only model), `backend` (llama.cpp failed to decode). End-of-generation ids stop the
+    /// generation unless `ignore_eos`; `stop_tokens` always do; neither is streamed or counted.
+    /// Prompt + completion never exceed the context length (then `finish_reason` is `length`).
+    fn generate(
+        &mut self,
+        request: GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+    ) -> Result<GenerateResult, PluginError> {
+        LlamaCppModel::generate(self, request, on_token)
+    }
+}
+
+/// "0.1.0 (llama.cpp VERSION, llama-cpp-2 0.1.160)", computed once.
+fn plugin_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        // SAFETY: `llama_version` returns a pointer to a static NUL-terminated string.
+        let llama = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_version()) };
+        format!(
+            "{} (llama.cpp {}, llama-cpp-2 0.1.160)",
+            env!("CARGO_PKG_VERSION"),
+            llama.to_string_lossy()
+        )
+    })
+}
+
+r1_plugin_sdk::export_plugin! {
+    plugin: LlamaCppPlugin,
+    init: LlamaCppPlugin,
+    name: "llamacpp",
+    version: plugin_version(),
+}

@@ -1,0 +1,276 @@
+//! Client side of r1d's Unix-socket HTTP API: the wire types ([`wire`]) and an async [`Client`].
+//!
+//! This crate is the contract between the daemon and its clients (`r1ctl`, the integration
+//! tests, Rust apps): the daemon's HTTP module serialises exactly these types.
+
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyExt, BodyStream, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use wire::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket (or it is not accessible).
+    #[error("r1d is not running: failed to connect to {socket}: {source}")]
+    Connect {
+        /// The socket path tried.
+        socket: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed midway.
+    #[error("failed to talk to r1d at {socket}: {source}")]
+    Http {
+        /// The socket path.
+        socket: PathBuf,
+        /// The hyper error.
+        source: hyper::Error,
+    },
+    /// r1d answered with an error status; `message` is its explanation.
+    #[error("r1d answered {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// The error message from the body (OpenAI `error.message`, or the raw body).
+        message: String,
+        /// The raw body.
+        body: String,
+    },
+    /// The body was not the JSON expected.
+    #[error("failed to decode r1d's answer: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// A streamed answer ended with an error event or was cut.
+    #[error("stream from r1d failed: {0}")]
+    Stream(String),
+}
+
+/// The default socket of this user: `$XDG_RUNTIME_DIR/r1d/r1d.sock` when not root and the
+/// variable is set, else the system socket `/run/r1d/r1d.sock`.
+pub fn default_socket_path() -> PathBuf {
+    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+        || std::env::var_os("XDG_RUNTIME_DIR").is_none();
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !is_root => PathBuf::from(dir).join("r1d/r1d.sock"),
+        _ => PathBuf::from("/run/r1d/r1d.sock"),
+    }
+}
+
+/// A client for one r1d socket. Cheap to clone; every request opens its own connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+/// A stream of chat chunks (see [`Client::chat_stream`]).
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ClientError>> + Send>>;
+
+impl Client {
+    /// A client for the socket at `socket`. Nothing is connected until a request is made.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request and returns the response head and streaming body.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] when nothing listens; [`ClientError::Http`] on protocol errors.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let http_err = |source| ClientError::Http {
+            socket: self.socket.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://r1d{path}"))
+            .header("host", "r1d");
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request parts are valid");
+        sender.send_request(request).await.map_err(http_err)
+    }
+
+    async fn read_body(&self, response: Response<Incoming>) -> Result<(StatusCode, Bytes), ClientError> {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| ClientError::Http {
+                socket: self.socket.clone(),
+                source,
+            })?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// `GET path`, decoding the JSON body as `T`. A non-2xx status is an error unless
+    /// `accept_error_status` (as for `/health`, whose 503 body is still a [`wire::Health`]).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        accept_error_status: bool,
+    ) -> Result<T, ClientError> {
+        let response = self.request(Method::GET, path, None).await?;
+        let (status, body) = self.read_body(response).await?;
+        if !status.is_success() && !accept_error_status {
+            return Err(status_error(status, &body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// `POST path` with a JSON body, decoding the JSON answer as `T`.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; a non-2xx status is [`ClientError::Status`].
+    pub async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .request(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await?;
+        let (status, body) = self.read_body(response).await?;
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// `GET /r1/status`.
+    pub async fn status(&self) -> Result<wire::Status, ClientError> {
+        self.get_json("/r1/status", false).await
+    }
+
+    /// `GET /health` (its 503 answers are returned, not errors).
+    pub async fn health(&self) -> Result<wire::Health, ClientError> {
+        self.get_json("/health", true).await
+    }
+
+    /// Non-streamed `POST /v1/chat/completions` (forces `stream: false`).
+    pub async fn chat(&self, request: &ChatCompletionRequest) -> Result<ChatCompletion, ClientError> {
+        let mut request = request.clone();
+        request.stream = false;
+        self.post_json("/v1/chat/completions", &request).await
+    }
+
+    /// Streamed `POST /v1/chat/completions` (forces `stream: true`): yields each chunk as it
+    /// arrives and ends at `data: [DONE]`. Dropping the stream closes the connection, which makes
+    /// r1d stop generating.
+    ///
+    /// # Errors
+    /// The call fails when the request is refused (no model, prompt over the context, …); the
+    /// stream yields [`ClientError::Stream`] when the answer is cut or ends in an error event.
+    pub async fn chat_stream(&self, request: &ChatCompletionRequest) -> Result<ChunkStream, ClientError> {
+        let mut request = request.clone();
+        request.stream = true;
+        let response = self
+            .request(Method::POST, "/v1/chat/completions", Some(serde_json::to_vec(&request)?))
+            .await?;
+        if !response.status().is_success() {
+            let (status, body) = self.read_body(response).await?;
+            return Err(status_error(status, &body));
+        }
+        let body = BodyStream::new(response.into_body()).filter_map(|frame| {
+            std::future::ready(match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
+        let events = eventsource_stream::EventStream::new(body);
+        let stream = sse_chunks(events);
+        Ok(Box::pin(stream))
+    }
+}
+
+fn sse_chunks<S, E>(events: eventsource_stream::EventStream<S>) -> impl Stream<Item = Result<ChatCompletionChunk, ClientError>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut done = false;
+    events
+        .take_while(move |event| {
+            let keep = !done;
+            if let Ok(e) = event {
+                if e.data.trim() == "[DONE]" {
+                    done = true;
+                    return std::future::ready(false);
+                }
+            }
+            std::future::ready(keep)
+        })
+        .map(|event| match event {
+            Ok(event) => {
+                if let Ok(err) = serde_json::from_str::<wire::OpenAiErrorBody>(&event.data) {
+                    return Err(ClientError::Stream(err.error.message));
+                }
+                serde_json::from_str::<ChatCompletionChunk>(&event.data).map_err(ClientError::from)
+            }
+            Err(e) => Err(ClientError::Stream(e.to_string())),
+        })
+}
+
+/// Turns an error response into [`ClientError::Status`], taking the message from an OpenAI error
+/// object, an Ollama/native `{"error": "..."}`, or the raw body.
+fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let message = serde_json::from_slice::<wire::OpenAiErrorBody>(body)
+        .map(|b| b.error.message)
+        .or_else(|_| {
+            serde_json::from_slice::<serde_json::Value>(body).map(|v| {
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| text.clone())
+            })
+        })
+        .unwrap_or_else(|_| text.clone());
+    ClientError::Status {
+        status,
+        message,
+        body: text,
+    }
+}

@@ -1,0 +1,428 @@
+//! JSON shapes of r1d's HTTP API.
+//!
+//! OpenAI shapes follow the OpenAI Chat Completions API reference (`/v1/chat/completions`,
+//! `chat.completion` and `chat.completion.chunk` objects); `reasoning_content` and `timings` are
+//! the extensions DeepSeek's API and llama.cpp's `llama-server` use. Native shapes (`/r1/*`,
+//! `/health`) are r1d's own. Unknown fields in requests are ignored (clients send many optional
+//! OpenAI fields); absent optional fields in responses are omitted.
+
+use serde::{Deserialize, Serialize};
+
+/// A chat message as OpenAI clients send it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text, or OpenAI content parts of which the `text` parts are used.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// Reasoning of an earlier assistant turn (DeepSeek API field); accepted and not re-sent to
+    /// the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message with plain text content.
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.to_owned(),
+            content: Some(MessageContent::Text(content.into())),
+            reasoning_content: None,
+        }
+    }
+
+    /// The text of the message: the string, or the `text` parts joined.
+    pub fn text(&self) -> String {
+        match &self.content {
+            None => String::new(),
+            Some(MessageContent::Text(s)) => s.clone(),
+            Some(MessageContent::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+}
+
+/// OpenAI message content: a string or an array of parts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Content parts (`{"type": "text", "text": "…"}`); non-text parts are ignored.
+    Parts(Vec<ContentPart>),
+}
+
+/// One OpenAI content part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContentPart {
+    /// Part type, e.g. `"text"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `stop` as OpenAI accepts it: one string or several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Up to a few stop strings.
+    Many(Vec<String>),
+}
+
+impl Stop {
+    /// The stop strings as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s],
+            Stop::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options` of an OpenAI request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and empty `choices`) before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Body of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionRequest {
+    /// Model name; r1d serves its resident model whatever is named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate (legacy OpenAI name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Most tokens to generate (current OpenAI name; wins over `max_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature, 0 = greedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k sampling (llama.cpp extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    /// Min-p sampling (llama.cpp extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Stop strings: generation ends before the first occurrence, which is not returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated (each streamed piece is one token).
+    pub completion_tokens: u32,
+    /// Sum of the two.
+    pub total_tokens: u32,
+}
+
+/// Speed of one request, as llama.cpp's `llama-server` reports it in `timings`
+/// (`tools/server/server.cpp`, `result_timings`), plus the time to first token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timings {
+    /// Prompt tokens taken from the KV cache instead of evaluated.
+    pub cache_n: u32,
+    /// Prompt tokens evaluated.
+    pub prompt_n: u32,
+    /// Prompt processing time, milliseconds.
+    pub prompt_ms: f64,
+    /// Milliseconds per prompt token.
+    pub prompt_per_token_ms: f64,
+    /// Prompt processing speed, tokens/s.
+    pub prompt_per_second: f64,
+    /// Tokens generated.
+    pub predicted_n: u32,
+    /// Generation time, milliseconds.
+    pub predicted_ms: f64,
+    /// Milliseconds per generated token.
+    pub predicted_per_token_ms: f64,
+    /// Generation speed, tokens/s.
+    pub predicted_per_second: f64,
+    /// Time from the request's admission to its first token, milliseconds.
+    #[serde(default)]
+    pub time_to_first_token_ms: Option<f64>,
+}
+
+/// The assistant message of a non-streamed answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AssistantMessage {
+    /// Always `"assistant"`.
+    pub role: String,
+    /// The answer.
+    pub content: String,
+    /// The model's reasoning (R1's `<think>` part), when there is any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// One choice of a non-streamed answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Choice {
+    /// Always 0 (r1d generates one choice).
+    pub index: u32,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// `"stop"` (end of generation or a stop string) or `"length"` (`max_tokens` or the context
+    /// length was reached).
+    pub finish_reason: String,
+}
+
+/// Response of `POST /v1/chat/completions` without streaming (`object: "chat.completion"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletion {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// `"chat.completion"`.
+    pub object: String,
+    /// Unix time, seconds.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// One choice.
+    pub choices: Vec<Choice>,
+    /// Token counts.
+    pub usage: Usage,
+    /// Speeds.
+    #[serde(default)]
+    pub timings: Option<Timings>,
+}
+
+/// The incremental message of a streamed chunk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delta {
+    /// `"assistant"` in the first chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// A piece of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// A piece of the reasoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// One choice of a streamed chunk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkChoice {
+    /// Always 0.
+    pub index: u32,
+    /// What is new.
+    pub delta: Delta,
+    /// Set in the last content chunk only.
+    pub finish_reason: Option<String>,
+}
+
+/// One server-sent event of a streamed answer (`object: "chat.completion.chunk"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionChunk {
+    /// Same id for every chunk of one answer.
+    pub id: String,
+    /// `"chat.completion.chunk"`.
+    pub object: String,
+    /// Unix time, seconds.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// One choice, or none in the usage-only chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// In the last chunk (always when `stream_options.include_usage`, and in the finishing chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// In the finishing chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+/// OpenAI error object: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpenAiErrorBody {
+    /// The error.
+    pub error: OpenAiError,
+}
+
+/// The inner OpenAI error.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpenAiError {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// `invalid_request_error`, `server_error`, `unavailable_error`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending parameter, if one.
+    #[serde(default)]
+    pub param: Option<String>,
+    /// A machine-readable code, e.g. `context_length_exceeded`, `model_not_loaded`.
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelList {
+    /// `"list"`.
+    pub object: String,
+    /// Served models.
+    pub data: Vec<ModelEntry>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelEntry {
+    /// Model name.
+    pub id: String,
+    /// `"model"`.
+    pub object: String,
+    /// Unix time the model was loaded, seconds.
+    pub created: u64,
+    /// `"r1d"`.
+    pub owned_by: String,
+}
+
+/// Service state, as `/r1/status` and `/health` report it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Plugins are being discovered.
+    Starting,
+    /// A model is loading.
+    Loading,
+    /// A model is resident and requests are served.
+    Ready,
+    /// No model is resident (none configured, or its load failed: see `error`).
+    NoModel,
+}
+
+/// `GET /health`: 200 when `ready`, 503 otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// Current state.
+    pub status: State,
+    /// Why no model is served, when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Load progress 0.0..=1.0 while loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
+}
+
+/// The resident model, as `/r1/status` describes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ModelStatus {
+    /// Model name (GGUF `general.name` or the file stem).
+    pub name: String,
+    /// File or directory it was loaded from.
+    pub path: String,
+    /// Backend plugin serving it.
+    pub backend: String,
+    /// Architecture, e.g. `qwen2`.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// Quantization / file type, e.g. `Q4_K_M`.
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Parameter count.
+    pub parameters: u64,
+    /// Context length of the KV cache, tokens.
+    pub context_length: u32,
+    /// Transformer layers.
+    pub layers: u32,
+    /// Layers offloaded to a GPU.
+    pub gpu_layers: u32,
+    /// Bytes of weights.
+    pub weights_bytes: u64,
+    /// Bytes of KV cache.
+    pub kv_cache_bytes: u64,
+}
+
+/// `GET /r1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// r1d's version.
+    pub version: String,
+    /// Current state.
+    pub state: State,
+    /// The resident model, if any.
+    #[serde(default)]
+    pub model: Option<ModelStatus>,
+    /// The model being loaded, while loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading: Option<String>,
+    /// Load progress 0.0..=1.0 while loading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
+    /// Why no model is served, when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds since the daemon started.
+    pub uptime_s: f64,
+    /// Requests finished (successfully or not) since start.
+    pub requests_served: u64,
+    /// Requests queued or running now.
+    pub active_requests: u64,
+}
+
+/// One backend plugin as `GET /r1/backends` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendEntry {
+    /// Plugin file.
+    pub path: String,
+    /// Backend name (`llamacpp`, `echo`, …), when the plugin could be read.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Backend version.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Loaded and usable.
+    pub available: bool,
+    /// Formats it reads.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// Preference score among backends of one format.
+    #[serde(default)]
+    pub score: i32,
+    /// Devices it found.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Why it is unavailable or was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /r1/backends`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendList {
+    /// The plugin directory searched.
+    pub plugin_dir: String,
+    /// Every plugin file found, usable or not.
+    pub backends: Vec<BackendEntry>,
+}

@@ -1,0 +1,3 @@
+//! Transports. Each knows its own wire shapes; the engine knows none of them.
+
+pub mod http;

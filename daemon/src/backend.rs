@@ -1,0 +1,666 @@
+//! The plugin host: finds backend plugins, checks their ABI, and wraps them in [`Backend`] /
+//! [`LoadedModel`].
+//!
+//! **Architecture invariant**: nothing outside this module touches the raw plugin ABI. A plugin's
+//! panic is caught inside the plugin (the SDK's `catch_unwind`) and arrives here as
+//! `R1_ERR_PANIC`; an error status becomes a [`BackendError`]; neither takes the daemon down.
+//! Plugins are loaded once and never unloaded (their code may still be referenced by callbacks).
+//!
+//! The traits are what the engine sees; a later out-of-process host (a child process running the
+//! plugin) implements the same traits.
+
+use std::ffi::c_void;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use r1_plugin_abi::json::{GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport};
+use r1_plugin_abi::{
+    self as abi, R1Model, R1OwnedStr, R1PluginApi, R1PluginEntryFn, R1Status, R1Str,
+    R1_PLUGIN_ABI_VERSION,
+};
+
+/// Errors of the plugin host and of plugin calls.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The plugin directory or a plugin file is writable by others than its owner and root.
+    #[error("refusing plugins in {path}: it is writable by users other than its owner and root (mode {mode:o})")]
+    InsecurePath {
+        /// The offending path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `dlopen` or `dlsym` failed.
+    #[error("failed to load plugin {path}: {source}")]
+    Open {
+        /// The plugin file.
+        path: PathBuf,
+        /// The loader's error.
+        source: libloading::Error,
+    },
+    /// The plugin returned NULL from its entry point.
+    #[error("plugin {path} refused host ABI version {host}")]
+    Refused {
+        /// The plugin file.
+        path: PathBuf,
+        /// Our ABI version.
+        host: u32,
+    },
+    /// The plugin implements another ABI version.
+    #[error("plugin {name} ({path}) implements plugin ABI version {plugin}, but this r1d speaks version {host}; rebuild the plugin against r1d's plugins/abi")]
+    AbiMismatch {
+        /// Backend name the plugin reports.
+        name: String,
+        /// The plugin file.
+        path: PathBuf,
+        /// The plugin's ABI version.
+        plugin: u32,
+        /// Ours.
+        host: u32,
+    },
+    /// The plugin's table is smaller than ABI version 1 requires.
+    #[error("plugin {path} has a function table of {size} bytes, smaller than the {needed} bytes ABI version 1 requires")]
+    TableTooSmall {
+        /// The plugin file.
+        path: PathBuf,
+        /// Its `struct_size`.
+        size: u32,
+        /// What we need.
+        needed: usize,
+    },
+    /// No plugin reads this model's format.
+    #[error("no backend plugin can load {path} (format {format}); available backends: {available}")]
+    NoBackend {
+        /// The model path.
+        path: PathBuf,
+        /// Detected format.
+        format: String,
+        /// Names of usable backends.
+        available: String,
+    },
+    /// The model path is missing or unreadable.
+    #[error("failed to open model {path}: {source}")]
+    ModelFile {
+        /// The model path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A plugin call returned an error status.
+    #[error("{message}")]
+    Call {
+        /// The backend.
+        backend: String,
+        /// The ABI status.
+        status: R1Status,
+        /// The plugin's message.
+        message: String,
+    },
+    /// A plugin returned JSON we could not read.
+    #[error("plugin {backend} returned malformed {what}: {source}")]
+    BadJson {
+        /// The backend.
+        backend: String,
+        /// Which document.
+        what: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+impl BackendError {
+    /// The ABI status of a failed plugin call, if this is one.
+    pub fn status(&self) -> Option<R1Status> {
+        match self {
+            BackendError::Call { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A backend as the engine sees it.
+pub trait Backend: Send + Sync {
+    /// Backend name, e.g. `llamacpp`.
+    fn name(&self) -> &str;
+    /// What `probe` reported at discovery.
+    fn probe_report(&self) -> &ProbeReport;
+    /// Loads a model; `progress(fraction)` returns false to abort.
+    ///
+    /// # Errors
+    /// [`BackendError::Call`] with the plugin's message (which names the file and the reason).
+    fn load(
+        &self,
+        params: &LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Box<dyn LoadedModel>, BackendError>;
+}
+
+/// A resident model. Owned by one thread at a time (the engine's); not shared.
+pub trait LoadedModel: Send {
+    /// What was loaded.
+    fn info(&self) -> &ModelInfo;
+    /// The backend serving it.
+    fn backend_name(&self) -> &str;
+    /// Tokenizes text (see `tokenize` in `r1_plugin.h`).
+    ///
+    /// # Errors
+    /// [`BackendError::Call`] when the plugin fails.
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>, BackendError>;
+    /// Generates, handing each piece to `on_token`; returning false stops the generation.
+    ///
+    /// # Errors
+    /// [`BackendError::Call`] when the plugin fails (including a caught panic, status
+    /// `R1_ERR_PANIC`).
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+    ) -> Result<GenerateResult, BackendError>;
+}
+
+/// A plugin file found in the plugin directory, usable or not.
+#[derive(Debug, Clone)]
+pub struct PluginRecord {
+    /// The file.
+    pub path: PathBuf,
+    /// Backend name, when the table could be read.
+    pub name: Option<String>,
+    /// Backend version.
+    pub version: Option<String>,
+    /// The probe report, when probed.
+    pub probe: Option<ProbeReport>,
+    /// Why it is not usable.
+    pub error: Option<String>,
+}
+
+/// All plugins of one directory.
+pub struct PluginHost {
+    dir: PathBuf,
+    backends: Vec<std::sync::Arc<dyn Backend>>,
+    records: Vec<PluginRecord>,
+}
+
+impl PluginHost {
+    /// Scans `dir` for `libr1_plugin_*.so`, loads each, checks its ABI and probes it. A plugin
+    /// that fails any step is recorded with its error (and logged) and skipped; the others load.
+    ///
+    /// # Errors
+    /// [`BackendError::InsecurePath`] when `dir` itself is writable by others (nothing is loaded
+    /// from it); [`BackendError::ModelFile`] when it cannot be read.
+    pub fn discover(dir: &Path) -> Result<PluginHost, BackendError> {
+        check_permissions(dir)?;
+        let entries = std::fs::read_dir(dir).map_err(|source| BackendError::ModelFile {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libr1_plugin_") && n.ends_with(".so"))
+            })
+            .collect();
+        paths.sort();
+        let mut host = PluginHost {
+            dir: dir.to_owned(),
+            backends: Vec::new(),
+            records: Vec::new(),
+        };
+        for path in paths {
+            match DylibBackend::open(&path) {
+                Ok(backend) => {
+                    let report = backend.probe_report().clone();
+                    tracing::info!(
+                        plugin = backend.name(),
+                        version = backend.version,
+                        available = report.available,
+                        formats = ?report.formats,
+                        "found backend plugin {}",
+                        path.display()
+                    );
+                    if let Some(reason) = &report.reason {
+                        tracing::warn!(plugin = backend.name(), "{reason}");
+                    }
+                    host.records.push(PluginRecord {
+                        path: path.clone(),
+                        name: Some(backend.name().to_owned()),
+                        version: Some(backend.version.clone()),
+                        probe: Some(report.clone()),
+                        error: if report.available { None } else { report.reason.clone() },
+                    });
+                    if report.available {
+                        host.backends.push(std::sync::Arc::new(backend));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    let name = match &e {
+                        BackendError::AbiMismatch { name, .. } => Some(name.clone()),
+                        _ => None,
+                    };
+                    host.records.push(PluginRecord {
+                        path,
+                        name,
+                        version: None,
+                        probe: None,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
+        Ok(host)
+    }
+
+    /// A host with no plugins (the directory was refused or missing), remembering why.
+    pub fn empty(dir: &Path, error: String) -> PluginHost {
+        PluginHost {
+            dir: dir.to_owned(),
+            backends: Vec::new(),
+            records: vec![PluginRecord {
+                path: dir.to_owned(),
+                name: None,
+                version: None,
+                probe: None,
+                error: Some(error),
+            }],
+        }
+    }
+
+    /// The directory scanned.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every plugin file found, with its state.
+    pub fn records(&self) -> &[PluginRecord] {
+        &self.records
+    }
+
+    /// Usable backends.
+    pub fn backends(&self) -> &[std::sync::Arc<dyn Backend>] {
+        &self.backends
+    }
+
+    /// Picks the backend for a model: the one named, or the highest-scoring backend that reads
+    /// the model's format (detected from the file: GGUF magic, `.echo`, an ONNX directory).
+    ///
+    /// # Errors
+    /// [`BackendError::ModelFile`] when the model cannot be read, [`BackendError::NoBackend`] when
+    /// no usable backend fits.
+    pub fn select(
+        &self,
+        model: &Path,
+        wanted: Option<&str>,
+    ) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+        let format = detect_format(model)?;
+        let available = self
+            .backends
+            .iter()
+            .map(|b| b.name().to_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.backends
+            .iter()
+            .filter(|b| match wanted {
+                Some(name) => b.name() == name,
+                None => b.probe_report().formats.iter().any(|f| f == &format),
+            })
+            .max_by_key(|b| b.probe_report().score)
+            .cloned()
+            .ok_or_else(|| BackendError::NoBackend {
+                path: model.to_owned(),
+                format: match wanted {
+                    Some(name) => format!("{format}, backend {name} requested"),
+                    None => format,
+                },
+                available: if available.is_empty() { "none".into() } else { available },
+            })
+    }
+}
+
+/// Detects a model's format: `gguf` (magic `GGUF`), `onnx` (a directory with `model.onnx` or a
+/// `.onnx` file), `echo` (extension `.echo`), else `unknown`.
+///
+/// # Errors
+/// [`BackendError::ModelFile`] when the path cannot be opened.
+pub fn detect_format(path: &Path) -> Result<String, BackendError> {
+    use std::io::Read;
+    let err = |source| BackendError::ModelFile {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.is_dir() {
+        return Ok(if path.join("model.onnx").exists() { "onnx" } else { "unknown" }.into());
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "echo" {
+        return Ok("echo".into());
+    }
+    if ext == "onnx" {
+        return Ok("onnx".into());
+    }
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let n = file.read(&mut magic).map_err(err)?;
+    Ok(if n == 4 && &magic == b"GGUF" { "gguf" } else { "unknown" }.into())
+}
+
+/// Refuses a path that users other than its owner and root can write to (group-writable by a
+/// non-root group, or world-writable): loading a library from there is running their code.
+fn check_permissions(path: &Path) -> Result<(), BackendError> {
+    let meta = std::fs::metadata(path).map_err(|source| BackendError::ModelFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let world_writable = mode & 0o002 != 0;
+    let group_writable = mode & 0o020 != 0 && meta.gid() != 0;
+    if world_writable || group_writable {
+        return Err(BackendError::InsecurePath {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// A plugin loaded into this process with libloading.
+struct DylibBackend {
+    api: &'static R1PluginApi,
+    name: String,
+    version: String,
+    probe: ProbeReport,
+}
+
+/// Routes plugin log lines into the host's `tracing`, under target `r1d::plugin`.
+unsafe extern "C" fn log_sink(user_data: *mut c_void, level: i32, target: R1Str, message: R1Str) {
+    // SAFETY: `user_data` is the leaked `String` with the plugin name set in `DylibBackend::open`,
+    // valid for the rest of the process; the strings are borrowed for this call (ABI contract).
+    let (plugin, target, message) = unsafe {
+        (
+            &*(user_data as *const String),
+            String::from_utf8_lossy(target.as_bytes()),
+            String::from_utf8_lossy(message.as_bytes()),
+        )
+    };
+    match level {
+        abi::R1_LOG_ERROR => tracing::error!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+        abi::R1_LOG_WARN => tracing::warn!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+        abi::R1_LOG_INFO => tracing::info!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+        abi::R1_LOG_DEBUG => tracing::debug!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+        _ => tracing::trace!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+    }
+}
+
+/// Takes ownership of a plugin-allocated string: copies it and frees the original.
+fn take_string(api: &R1PluginApi, s: R1OwnedStr) -> String {
+    if s.ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: a non-null owned string from this plugin points to `len` initialised bytes until we
+    // free it, which we do right after copying.
+    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }).into_owned();
+    // SAFETY: the string was allocated by this plugin and is freed exactly once.
+    unsafe { (api.free_string)(s) };
+    text
+}
+
+/// Turns a status and error string into a result.
+fn check(api: &R1PluginApi, backend: &str, status: R1Status, error: R1OwnedStr) -> Result<(), BackendError> {
+    let message = take_string(api, error);
+    if status == abi::R1_OK {
+        return Ok(());
+    }
+    let message = if message.is_empty() {
+        format!("plugin {backend} failed: {}", abi::status_name(status))
+    } else {
+        message
+    };
+    Err(BackendError::Call {
+        backend: backend.to_owned(),
+        status,
+        message,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(backend: &str, what: &'static str, json: &str) -> Result<T, BackendError> {
+    serde_json::from_str(json).map_err(|source| BackendError::BadJson {
+        backend: backend.to_owned(),
+        what,
+        source,
+    })
+}
+
+impl DylibBackend {
+    fn open(path: &Path) -> Result<DylibBackend, BackendError> {
+        check_permissions(path)?;
+        let open_err = |source| BackendError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        // SAFETY: loading a library runs its initialisers. The directory and file passed the
+        // permission check (only their owner and root can write them), which is the trust
+        // boundary ARCHITECTURE.md sets for plugins.
+        let library = unsafe { libloading::Library::new(path) }.map_err(open_err)?;
+        // Plugins are never unloaded: their code may be referenced by callbacks and statics.
+        let library: &'static libloading::Library = Box::leak(Box::new(library));
+        // SAFETY: the symbol's type is fixed by the ABI (`R1PluginEntryFn`).
+        let entry: libloading::Symbol<'static, R1PluginEntryFn> =
+            unsafe { library.get(abi::ENTRY_SYMBOL) }.map_err(open_err)?;
+        // SAFETY: calling the entry point with our version is the documented handshake.
+        let api_ptr = unsafe { entry(R1_PLUGIN_ABI_VERSION) };
+        if api_ptr.is_null() {
+            return Err(BackendError::Refused {
+                path: path.to_owned(),
+                host: R1_PLUGIN_ABI_VERSION,
+            });
+        }
+        // SAFETY: a non-null table lives for the process (ABI contract). We read only the two
+        // leading u32 fields, present in every version, before checking the version and size.
+        let (plugin_version, size) = unsafe { ((*api_ptr).abi_version, (*api_ptr).struct_size) };
+        let name_of = || {
+            // SAFETY: `name` is part of every version's prefix; it is a static string.
+            String::from_utf8_lossy(unsafe { (*api_ptr).name.as_bytes() }).into_owned()
+        };
+        if plugin_version != R1_PLUGIN_ABI_VERSION {
+            return Err(BackendError::AbiMismatch {
+                name: name_of(),
+                path: path.to_owned(),
+                plugin: plugin_version,
+                host: R1_PLUGIN_ABI_VERSION,
+            });
+        }
+        let needed = std::mem::size_of::<R1PluginApi>();
+        if (size as usize) < needed {
+            return Err(BackendError::TableTooSmall {
+                path: path.to_owned(),
+                size,
+                needed,
+            });
+        }
+        // SAFETY: same version and at least our size: every field we know is present.
+        let api: &'static R1PluginApi = unsafe { &*api_ptr };
+        let name = name_of();
+        // SAFETY: static string of the table.
+        let version = String::from_utf8_lossy(unsafe { api.version.as_bytes() }).into_owned();
+        let user_data: &'static String = Box::leak(Box::new(name.clone()));
+        // SAFETY: `log_sink` matches `R1LogFn`; `user_data` is leaked, so valid forever.
+        unsafe { (api.set_logger)(Some(log_sink), user_data as *const String as *mut c_void) };
+
+        let mut out = R1OwnedStr::null();
+        let mut err = R1OwnedStr::null();
+        // SAFETY: valid out-pointers for the call.
+        let status = unsafe { (api.probe)(&mut out, &mut err) };
+        let json = take_string(api, out);
+        check(api, &name, status, err)?;
+        let probe: ProbeReport = parse(&name, "probe report", &json)?;
+        Ok(DylibBackend {
+            api,
+            name,
+            version,
+            probe,
+        })
+    }
+}
+
+/// Carries the progress closure through the C callback.
+unsafe extern "C" fn progress_trampoline(user_data: *mut c_void, progress: f32) -> bool {
+    // SAFETY: `user_data` points to the `&mut dyn FnMut` on `DylibBackend::load`'s stack, alive for
+    // the whole `load` call during which the plugin invokes this.
+    let f = unsafe { &mut *(user_data as *mut &mut dyn FnMut(f32) -> bool) };
+    // A panic must not unwind into the plugin's C frames.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(progress))).unwrap_or(false)
+}
+
+/// Carries the token closure through the C callback.
+unsafe extern "C" fn token_trampoline(user_data: *mut c_void, piece: *const u8, len: usize, id: i32) -> bool {
+    // SAFETY: `user_data` points to the `&mut dyn FnMut` on `PluginModel::generate`'s stack, alive
+    // for the whole `generate` call; `piece` is `len` bytes borrowed for this callback.
+    let (f, bytes) = unsafe {
+        (
+            &mut *(user_data as *mut &mut dyn FnMut(&[u8], i32) -> bool),
+            R1Str { ptr: piece, len }.as_bytes(),
+        )
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(bytes, id))).unwrap_or(false)
+}
+
+impl Backend for DylibBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn probe_report(&self) -> &ProbeReport {
+        &self.probe
+    }
+
+    fn load(
+        &self,
+        params: &LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let json = serde_json::to_string(params).expect("load params serialise");
+        let mut model: *mut R1Model = std::ptr::null_mut();
+        let mut err = R1OwnedStr::null();
+        let mut progress = progress;
+        // SAFETY: the params string and the progress closure outlive the call; out-pointers valid.
+        let status = unsafe {
+            (self.api.load)(
+                R1Str::from_str(&json),
+                Some(progress_trampoline),
+                &mut progress as *mut &mut dyn FnMut(f32) -> bool as *mut c_void,
+                &mut model,
+                &mut err,
+            )
+        };
+        check(self.api, &self.name, status, err)?;
+        let handle = NonNull::new(model).ok_or_else(|| BackendError::Call {
+            backend: self.name.clone(),
+            status: abi::R1_ERR_LOAD_FAILED,
+            message: format!("plugin {} returned no model for {}", self.name, params.path),
+        })?;
+        let mut model = PluginModel {
+            api: self.api,
+            backend: self.name.clone(),
+            handle,
+            info: ModelInfo::default(),
+        };
+        let mut out = R1OwnedStr::null();
+        let mut err = R1OwnedStr::null();
+        // SAFETY: live handle, valid out-pointers.
+        let status = unsafe { (self.api.info)(handle.as_ptr(), &mut out, &mut err) };
+        let json = take_string(self.api, out);
+        check(self.api, &self.name, status, err)?;
+        model.info = parse(&self.name, "model info", &json)?;
+        Ok(Box::new(model))
+    }
+}
+
+/// A model handle of a dylib plugin.
+struct PluginModel {
+    api: &'static R1PluginApi,
+    backend: String,
+    handle: NonNull<R1Model>,
+    info: ModelInfo,
+}
+
+// SAFETY: the ABI allows a model handle to be used from any thread, one call at a time; the
+// engine owns each `PluginModel` from one thread and `&mut self` / `&self` calls are serialised by
+// that ownership.
+unsafe impl Send for PluginModel {}
+
+impl LoadedModel for PluginModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn backend_name(&self) -> &str {
+        &self.backend
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>, BackendError> {
+        let mut capacity = text.len() + 16;
+        loop {
+            let mut tokens = vec![0i32; capacity];
+            let mut len = 0usize;
+            let mut err = R1OwnedStr::null();
+            // SAFETY: live handle; `tokens` has `capacity` writable slots; out-pointers valid.
+            let status = unsafe {
+                (self.api.tokenize)(
+                    self.handle.as_ptr(),
+                    R1Str::from_str(text),
+                    add_special,
+                    parse_special,
+                    tokens.as_mut_ptr(),
+                    capacity,
+                    &mut len,
+                    &mut err,
+                )
+            };
+            if status == abi::R1_ERR_BUFFER_TOO_SMALL && len > capacity {
+                take_string(self.api, err);
+                capacity = len;
+                continue;
+            }
+            check(self.api, &self.backend, status, err)?;
+            tokens.truncate(len);
+            return Ok(tokens);
+        }
+    }
+
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+    ) -> Result<GenerateResult, BackendError> {
+        let json = serde_json::to_string(request).expect("generate request serialises");
+        let mut on_token = on_token;
+        let mut out = R1OwnedStr::null();
+        let mut err = R1OwnedStr::null();
+        // SAFETY: live handle used by this call only (&mut self); the request and the closure
+        // outlive the call; out-pointers valid.
+        let status = unsafe {
+            (self.api.generate)(
+                self.handle.as_ptr(),
+                R1Str::from_str(&json),
+                Some(token_trampoline),
+                &mut on_token as *mut &mut dyn FnMut(&[u8], i32) -> bool as *mut c_void,
+                &mut out,
+                &mut err,
+            )
+        };
+        let json = take_string(self.api, out);
+        check(self.api, &self.backend, status, err)?;
+        parse(&self.backend, "generate result", &json)
+    }
+}
+
+impl Drop for PluginModel {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from this plugin's `load` and is released exactly once.
+        unsafe { (self.api.unload)(self.handle.as_ptr()) };
+    }
+}

