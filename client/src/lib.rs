@@ -23,20 +23,20 @@ use wire::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket (or it is not accessible).
-    #[error("r1d is not running: failed to connect to {socket}: {source}")]
+    #[error("r1d is not running: failed to connect to {socket}: {error}")]
     Connect {
         /// The socket path tried.
         socket: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (shown in the message, so not chained as a source).
+        error: std::io::Error,
     },
     /// The HTTP exchange failed midway.
-    #[error("failed to talk to r1d at {socket}: {source}")]
+    #[error("failed to talk to r1d at {socket}: {error}")]
     Http {
         /// The socket path.
         socket: PathBuf,
-        /// The hyper error.
-        source: hyper::Error,
+        /// The hyper error (shown in the message, so not chained as a source).
+        error: hyper::Error,
     },
     /// r1d answered with an error status; `message` is its explanation.
     #[error("r1d answered {status}: {message}")]
@@ -101,13 +101,13 @@ impl Client {
     ) -> Result<Response<Incoming>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?;
-        let http_err = |source| ClientError::Http {
+        let http_err = |error| ClientError::Http {
             socket: self.socket.clone(),
-            source,
+            error,
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -134,9 +134,9 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|source| ClientError::Http {
+            .map_err(|error| ClientError::Http {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?
             .to_bytes();
         Ok((status, body))

@@ -39,6 +39,14 @@ pub enum BackendError {
         /// The loader's error.
         source: libloading::Error,
     },
+    /// The library does not export `r1_plugin_entry`.
+    #[error("failed to load plugin {path}: it does not export r1_plugin_entry, so it is not an r1d plugin ({source})")]
+    NoEntry {
+        /// The plugin file.
+        path: PathBuf,
+        /// The loader's error.
+        source: libloading::Error,
+    },
     /// The plugin returned NULL from its entry point.
     #[error("plugin {path} refused host ABI version {host}")]
     Refused {
@@ -449,7 +457,10 @@ impl DylibBackend {
         let library: &'static libloading::Library = Box::leak(Box::new(library));
         // SAFETY: the symbol's type is fixed by the ABI (`R1PluginEntryFn`).
         let entry: libloading::Symbol<'static, R1PluginEntryFn> =
-            unsafe { library.get(abi::ENTRY_SYMBOL) }.map_err(open_err)?;
+            unsafe { library.get(abi::ENTRY_SYMBOL) }.map_err(|source| BackendError::NoEntry {
+                path: path.to_owned(),
+                source,
+            })?;
         // SAFETY: calling the entry point with our version is the documented handshake.
         let api_ptr = unsafe { entry(R1_PLUGIN_ABI_VERSION) };
         if api_ptr.is_null() {

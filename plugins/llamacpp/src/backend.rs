@@ -81,7 +81,8 @@ pub fn take_error_lines() -> Vec<String> {
 /// not the generic "failed to load model" (the root cause comes first), without the "error loading
 /// model: " wrapper; falls back to the SDK's last error line of this thread.
 pub fn failure_reason(lines: &[String]) -> Option<String> {
-    let generic = |l: &str| l == "failed to load model" || l.starts_with("failed to create context");
+    let generic =
+        |l: &str| l == "failed to load model" || l.starts_with("failed to create context");
     lines
         .iter()
         .map(|l| l.strip_prefix("error loading model: ").unwrap_or(l))

@@ -158,102 +158,109 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-/// The generation proper: `start` is when the call began (for the time to first token).
-fn generate(
-    self,
-    request: &GenerateRequest,
-    on_token: &mut dyn FnMut(&[u8], i32) -> bool,
-    start: Instant,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<GenerateResult, PluginError> {
-    let Target { model, session, path } = self;
-    let vocab = model.vocab();
-    let prompt = validate(request, vocab.n_tokens())?;
-    let n_ctx = session.ctx.n_ctx() as usize;
-    if prompt.len() >= n_ctx {
-        return Err(PluginError::context_exceeded(format!(
+    /// The generation proper: `start` is when the call began (for the time to first token).
+    fn generate(
+        self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+        start: Instant,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<GenerateResult, PluginError> {
+        let Target {
+            model,
+            session,
+            path,
+        } = self;
+        let vocab = model.vocab();
+        let prompt = validate(request, vocab.n_tokens())?;
+        let n_ctx = session.ctx.n_ctx() as usize;
+        if prompt.len() >= n_ctx {
+            return Err(PluginError::context_exceeded(format!(
             "the prompt has {} tokens but the context of model {path} holds {n_ctx}; the prompt \
              must be shorter than the context",
             prompt.len()
         )));
-    }
-    let mut sampler = sampler(request);
-
-    // Reuse the cached prefix, but always evaluate the last prompt token: its logits are needed.
-    let reused = session.truncate_cache(common_prefix(&session.cached, &prompt).min(prompt.len() - 1));
-
-    let mut result = GenerateResult {
-        finish_reason: FinishReason::Length,
-        prompt_tokens: prompt.len() as u32,
-        cached_prompt_tokens: reused as u32,
-        completion_tokens: 0,
-        prompt_ms: 0.0,
-        generation_ms: 0.0,
-        time_to_first_token_ms: None,
-    };
-
-    let n_batch = session.n_batch as usize;
-    let mut batch = LlamaBatch::new(n_batch, 1);
-    let prompt_start = Instant::now();
-    for chunk_start in (reused..prompt.len()).step_by(n_batch) {
-        if cancelled() {
-            result.finish_reason = FinishReason::Cancelled;
-            result.prompt_ms = ms(prompt_start);
-            return Ok(result);
         }
-        let chunk_end = (chunk_start + n_batch).min(prompt.len());
-        batch.clear();
-        for (pos, token) in prompt.iter().enumerate().take(chunk_end).skip(chunk_start) {
+        let mut sampler = sampler(request);
+
+        // Reuse the cached prefix, but always evaluate the last prompt token: its logits are needed.
+        let reused =
+            session.truncate_cache(common_prefix(&session.cached, &prompt).min(prompt.len() - 1));
+
+        let mut result = GenerateResult {
+            finish_reason: FinishReason::Length,
+            prompt_tokens: prompt.len() as u32,
+            cached_prompt_tokens: reused as u32,
+            completion_tokens: 0,
+            prompt_ms: 0.0,
+            generation_ms: 0.0,
+            time_to_first_token_ms: None,
+        };
+
+        let n_batch = session.n_batch as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let prompt_start = Instant::now();
+        for chunk_start in (reused..prompt.len()).step_by(n_batch) {
+            if cancelled() {
+                result.finish_reason = FinishReason::Cancelled;
+                result.prompt_ms = ms(prompt_start);
+                return Ok(result);
+            }
+            let chunk_end = (chunk_start + n_batch).min(prompt.len());
+            batch.clear();
+            for (pos, token) in prompt.iter().enumerate().take(chunk_end).skip(chunk_start) {
+                batch
+                    .add(*token, pos as i32, &[SEQ], pos + 1 == prompt.len())
+                    .map_err(|e| PluginError::backend(format!("failed to fill a batch: {e}")))?;
+            }
+            session.decode(&mut batch, path)?;
+            session
+                .cached
+                .extend_from_slice(&prompt[chunk_start..chunk_end]);
+        }
+        result.prompt_ms = ms(prompt_start);
+
+        let generation_start = Instant::now();
+        let mut piece = Vec::with_capacity(16);
+        let max_tokens = request.max_tokens as usize;
+        result.finish_reason = loop {
+            let completion = result.completion_tokens as usize;
+            if completion >= max_tokens || prompt.len() + completion >= n_ctx {
+                break FinishReason::Length;
+            }
+            if cancelled() {
+                break FinishReason::Cancelled;
+            }
+            let token = sampler.sample(&session.ctx, -1);
+            let stop = request.stop_tokens.contains(&token.0)
+                || (!request.ignore_eos && vocab.is_eog(token));
+            if stop {
+                break FinishReason::Stop;
+            }
+            piece.clear();
+            vocab.token_to_piece_into(token, &mut piece, false, None);
+            if result.time_to_first_token_ms.is_none() {
+                result.time_to_first_token_ms = Some(ms(start));
+            }
+            result.completion_tokens += 1;
+            if !on_token(&piece, token.0) {
+                break FinishReason::Cancelled;
+            }
+            let completion = result.completion_tokens as usize;
+            if completion >= max_tokens || prompt.len() + completion >= n_ctx {
+                break FinishReason::Length;
+            }
+            batch.clear();
+            let pos = session.cached.len();
             batch
-                .add(*token, pos as i32, &[SEQ], pos + 1 == prompt.len())
+                .add(token, pos as i32, &[SEQ], true)
                 .map_err(|e| PluginError::backend(format!("failed to fill a batch: {e}")))?;
-        }
-        session.decode(&mut batch, path)?;
-        session.cached.extend_from_slice(&prompt[chunk_start..chunk_end]);
+            session.decode(&mut batch, path)?;
+            session.cached.push(token);
+        };
+        result.generation_ms = ms(generation_start);
+        Ok(result)
     }
-    result.prompt_ms = ms(prompt_start);
-
-    let generation_start = Instant::now();
-    let mut piece = Vec::with_capacity(16);
-    let max_tokens = request.max_tokens as usize;
-    result.finish_reason = loop {
-        let completion = result.completion_tokens as usize;
-        if completion >= max_tokens || prompt.len() + completion >= n_ctx {
-            break FinishReason::Length;
-        }
-        if cancelled() {
-            break FinishReason::Cancelled;
-        }
-        let token = sampler.sample(&session.ctx, -1);
-        let stop = request.stop_tokens.contains(&token.0)
-            || (!request.ignore_eos && vocab.is_eog(token));
-        if stop {
-            break FinishReason::Stop;
-        }
-        piece.clear();
-        vocab.token_to_piece_into(token, &mut piece, false, None);
-        if result.time_to_first_token_ms.is_none() {
-            result.time_to_first_token_ms = Some(ms(start));
-        }
-        result.completion_tokens += 1;
-        if !on_token(&piece, token.0) {
-            break FinishReason::Cancelled;
-        }
-        let completion = result.completion_tokens as usize;
-        if completion >= max_tokens || prompt.len() + completion >= n_ctx {
-            break FinishReason::Length;
-        }
-        batch.clear();
-        let pos = session.cached.len();
-        batch
-            .add(token, pos as i32, &[SEQ], true)
-            .map_err(|e| PluginError::backend(format!("failed to fill a batch: {e}")))?;
-        session.decode(&mut batch, path)?;
-        session.cached.push(token);
-    };
-    result.generation_ms = ms(generation_start);
-    Ok(result)
-}
 }
 
 #[cfg(test)]

@@ -30,10 +30,7 @@ use r1_plugin_sdk::{
     ProbeReport,
 };
 
-pub use generate::sampler;
-pub use model::{
-    CancelHandle, KvType, LlamaCppModel, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_CAP,
-};
+pub use model::{CancelHandle, KvType, LlamaCppModel, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_CAP};
 
 /// Probe score when llama.cpp runs on the CPU only.
 pub const SCORE_CPU: i32 = 100;
@@ -43,13 +40,14 @@ pub const SCORE_GPU: i32 = 200;
 /// The llama.cpp backend.
 ///
 /// How [`LoadParams`] are applied:
-/// - `path`: a GGUF file; missing, a directory or unreadable → `load_failed` naming it.
+/// - `path`: a GGUF file; missing, not a regular file or unreadable → `load_failed` naming it.
 /// - `use_mmap` (default true), `vocab_only` (tokenizer and metadata only; `info` and `tokenize`
 ///   work, `generate` is `unsupported`).
 /// - `gpu_layers` → llama.cpp `n_gpu_layers`, passed through; default all layers when this build
 ///   supports GPU offload, else 0. `main_gpu` selects single-GPU placement on that device.
 /// - `context_length` → `n_ctx` in tokens; default the trained context capped at
-///   [`DEFAULT_CONTEXT_CAP`]. `batch_size` → `n_batch` (default [`DEFAULT_BATCH_SIZE`];
+///   [`DEFAULT_CONTEXT_CAP`]. llama.cpp rounds it up to a multiple of 256; `info` reports the
+///   length actually allocated. `batch_size` → `n_batch` (default [`DEFAULT_BATCH_SIZE`];
 ///   `n_ubatch` is the smaller of it and 512). `threads` (default: the available parallelism) and
 ///   `threads_batch` (default: `threads`). `kv_cache_type`: see [`KvType`].
 ///

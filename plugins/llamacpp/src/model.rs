@@ -168,14 +168,17 @@ impl LlamaCppModel {
         let path = params.path.clone();
         let kv_type = KvType::parse(params.kv_cache_type.as_deref())?;
         if params.batch_size == Some(0) {
-            return Err(PluginError::invalid_argument("batch_size must be at least 1"));
+            return Err(PluginError::invalid_argument(
+                "batch_size must be at least 1",
+            ));
         }
         check_readable(&path)?;
 
         let gpu_offload = backend.supports_gpu_offload();
-        let requested_gpu_layers = params
-            .gpu_layers
-            .unwrap_or(if gpu_offload { u32::MAX } else { 0 });
+        let requested_gpu_layers =
+            params
+                .gpu_layers
+                .unwrap_or(if gpu_offload { u32::MAX } else { 0 });
         let mut model_params = LlamaModelParams::default()
             .with_use_mmap(params.use_mmap.unwrap_or(true))
             .with_vocab_only(params.vocab_only)
@@ -437,7 +440,7 @@ impl LlamaCppModel {
     }
 }
 
-/// Fails with `load_failed` naming the path when it is missing, a directory or unreadable.
+/// Fails with `load_failed` naming the path when it is missing, not a regular file or unreadable.
 fn check_readable(path: &str) -> Result<(), PluginError> {
     if path.is_empty() {
         return Err(PluginError::invalid_argument("the model path is empty"));
@@ -447,6 +450,12 @@ fn check_readable(path: &str) -> Result<(), PluginError> {
     if meta.is_dir() {
         return Err(PluginError::load_failed(format!(
             "failed to load model {path}: it is a directory, not a GGUF file"
+        )));
+    }
+    // Opening a FIFO or device could block or read forever.
+    if !meta.is_file() {
+        return Err(PluginError::load_failed(format!(
+            "failed to load model {path}: it is not a regular file"
         )));
     }
     std::fs::File::open(path)
@@ -495,6 +504,10 @@ mod tests {
     fn missing_file_fails_naming_the_path() {
         let err = check_readable("/nonexistent/dir/model.gguf").unwrap_err();
         assert_eq!(err.status, r1_plugin_sdk::abi::R1_ERR_LOAD_FAILED);
-        assert!(err.message.contains("/nonexistent/dir/model.gguf"), "{}", err.message);
+        assert!(
+            err.message.contains("/nonexistent/dir/model.gguf"),
+            "{}",
+            err.message
+        );
     }
 }

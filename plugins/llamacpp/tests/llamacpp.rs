@@ -166,10 +166,15 @@ fn smollm2_info() {
 #[test]
 fn smollm2_tokenize() {
     let Some(model) = smollm2() else { return };
-    let tokens = model.tokenize("Hello, world!", false, false).expect("tokenize");
+    let tokens = model
+        .tokenize("Hello, world!", false, false)
+        .expect("tokenize");
     assert_eq!(tokens, vec![19556, 28, 905, 17]);
     // Special-token text becomes one token only with parse_special.
-    assert_eq!(model.tokenize("<|im_start|>", false, true).unwrap(), vec![1]);
+    assert_eq!(
+        model.tokenize("<|im_start|>", false, true).unwrap(),
+        vec![1]
+    );
     assert!(model.tokenize("<|im_start|>", false, false).unwrap().len() > 1);
     assert!(model.tokenize("", false, false).unwrap().is_empty());
 }
@@ -183,8 +188,8 @@ fn greedy_chat_answers_paris() {
     assert_eq!(result.prompt_tokens as usize, prompt.len());
     assert!(result.completion_tokens > 0);
     assert!(result.time_to_first_token_ms.is_some());
-    let pp = f64::from(result.prompt_tokens - result.cached_prompt_tokens)
-        / (result.prompt_ms / 1000.0);
+    let pp =
+        f64::from(result.prompt_tokens - result.cached_prompt_tokens) / (result.prompt_ms / 1000.0);
     let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
     eprintln!(
         "SmolLM2 greedy: {:?}, prompt {} tokens ({} cached) in {:.1} ms ({pp:.0} tok/s), \
@@ -203,7 +208,9 @@ fn greedy_runs_agree_and_second_reuses_kv_cache() {
     let Some(mut model) = smollm2() else { return };
     let prompt = france_tokens(&model);
     // Start from a different conversation so the first run cannot reuse anything.
-    let other = model.tokenize("<|im_start|>user\nHi<|im_end|>\n", false, true).unwrap();
+    let other = model
+        .tokenize("<|im_start|>user\nHi<|im_end|>\n", false, true)
+        .unwrap();
     run(&mut model, request(other, 2));
     let (first, r1) = run(&mut model, request(prompt.clone(), 24));
     let (second, r2) = run(&mut model, request(prompt.clone(), 24));
@@ -283,7 +290,9 @@ fn stop_tokens_end_generation_without_being_streamed() {
 #[test]
 fn invalid_prompts_are_refused() {
     let Some(mut model) = smollm2() else { return };
-    let err = model.generate(request(vec![], 4), &mut |_, _| true).unwrap_err();
+    let err = model
+        .generate(request(vec![], 4), &mut |_, _| true)
+        .unwrap_err();
     assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
     let err = model
         .generate(request(vec![1, 9_999_999], 4), &mut |_, _| true)
@@ -307,22 +316,37 @@ fn small_context_limits_prompt_and_generation() {
     // 256 ctx × 30 layers × 3 KV heads × 128 elements, q8_0 = 34 bytes per 32 elements.
     assert_eq!(info.memory.kv_cache_bytes, 256 * 30 * 3 * 128 / 32 * 34);
 
-    let err = model.generate(request(vec![1; 256], 4), &mut |_, _| true).unwrap_err();
+    let err = model
+        .generate(request(vec![1; 256], 4), &mut |_, _| true)
+        .unwrap_err();
     assert_eq!(err.status, abi::R1_ERR_CONTEXT_EXCEEDED);
     assert!(err.message.contains("256"), "{}", err.message);
-    let err = model.generate(request(vec![1; 300], 4), &mut |_, _| true).unwrap_err();
+    let err = model
+        .generate(request(vec![1; 300], 4), &mut |_, _| true)
+        .unwrap_err();
     assert_eq!(err.status, abi::R1_ERR_CONTEXT_EXCEEDED);
-    assert!(err.message.contains("300") && err.message.contains("256"), "{}", err.message);
+    assert!(
+        err.message.contains("300") && err.message.contains("256"),
+        "{}",
+        err.message
+    );
 
     let prompt = model
-        .tokenize("The quick brown fox jumps over the lazy dog. ", false, false)
+        .tokenize(
+            "The quick brown fox jumps over the lazy dog. ",
+            false,
+            false,
+        )
         .unwrap();
     let prompt: Vec<i32> = prompt.iter().cycle().take(252).copied().collect();
     let mut req = request(prompt, 100);
     req.ignore_eos = true;
     let (_, result) = run(&mut model, req);
     assert_eq!(result.finish_reason, FinishReason::Length);
-    assert_eq!(result.completion_tokens, 4, "prompt + completion fill the 256-token context");
+    assert_eq!(
+        result.completion_tokens, 4,
+        "prompt + completion fill the 256-token context"
+    );
 }
 
 #[test]
@@ -360,7 +384,9 @@ fn vocab_only_smollm2_answers_info_and_tokenize() {
         model.tokenize("Hello, world!", false, false).unwrap(),
         vec![19556, 28, 905, 17]
     );
-    let err = model.generate(request(vec![1], 4), &mut |_, _| true).unwrap_err();
+    let err = model
+        .generate(request(vec![1], 4), &mut |_, _| true)
+        .unwrap_err();
     assert_eq!(err.status, abi::R1_ERR_UNSUPPORTED);
 }
 
@@ -411,6 +437,189 @@ fn truncated_r1_part_fails_through_the_c_abi() {
     assert!(message.contains("incomplete"), "{message}");
 }
 
+/// Log lines the plugin sent to the host logger: (level, target, message).
+static HOST_LOG: Mutex<Vec<(i32, String, String)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn host_log(
+    _user_data: *mut std::ffi::c_void,
+    level: i32,
+    target: abi::R1Str,
+    message: abi::R1Str,
+) {
+    // SAFETY: the plugin passes strings borrowed for this call.
+    let (target, message) = unsafe { (target.as_bytes(), message.as_bytes()) };
+    let line = (
+        level,
+        String::from_utf8_lossy(target).into_owned(),
+        String::from_utf8_lossy(message).into_owned(),
+    );
+    HOST_LOG
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(line);
+}
+
+#[test]
+fn llama_cpp_log_reaches_the_host_logger() {
+    let Some(path) = fixture(R1_PART) else { return };
+    init();
+    let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+    // SAFETY: the table is static; the callback is a plain function needing no user data.
+    unsafe { ((*api).set_logger)(Some(host_log), std::ptr::null_mut()) };
+    let err = load(params(&path)).err().expect("truncated file fails");
+    assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+    if let Some(smollm2) = fixture(SMOLLM2) {
+        load(LoadParams {
+            vocab_only: true,
+            ..params(&smollm2)
+        })
+        .expect("vocab-only load");
+    }
+    let log = HOST_LOG.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let bounds_error = log.iter().find(|(level, target, message)| {
+        *level == abi::R1_LOG_ERROR
+            && target.starts_with("llama.cpp")
+            && message.contains("not within the file bounds")
+    });
+    assert!(
+        bounds_error.is_some(),
+        "no llama.cpp error line in {log:#?}"
+    );
+    // llama.cpp's own informational lines arrive too, tagged with their function.
+    assert!(
+        log.iter()
+            .any(|(l, t, _)| *l == abi::R1_LOG_INFO && t.starts_with("llama.cpp::")),
+        "{log:#?}"
+    );
+    let mut targets: Vec<&str> = log.iter().map(|(_, t, _)| t.as_str()).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    eprintln!("log targets seen: {targets:?}");
+}
+
+unsafe extern "C" fn count_progress(user_data: *mut std::ffi::c_void, _progress: f32) -> bool {
+    // SAFETY: the test passes a pointer to a live `u32` for the duration of `load`.
+    unsafe { *user_data.cast::<u32>() += 1 };
+    true
+}
+
+unsafe extern "C" fn collect_piece(
+    user_data: *mut std::ffi::c_void,
+    piece: *const u8,
+    len: usize,
+    _token_id: i32,
+) -> bool {
+    // SAFETY: the test passes a live `Vec<u8>`; the plugin passes `len` readable bytes.
+    unsafe {
+        let out = &mut *user_data.cast::<Vec<u8>>();
+        out.extend_from_slice(std::slice::from_raw_parts(piece, len));
+    }
+    true
+}
+
+/// Takes a plugin-owned string out of the ABI and frees it through the plugin.
+fn take_string(api: *const abi::R1PluginApi, s: abi::R1OwnedStr) -> String {
+    if s.ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: the plugin filled `s` with `len` bytes it owns; it is freed once, by the plugin.
+    unsafe {
+        let text = String::from_utf8_lossy(std::slice::from_raw_parts(s.ptr, s.len)).into_owned();
+        ((*api).free_string)(s);
+        text
+    }
+}
+
+#[test]
+fn smollm2_through_the_c_abi() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    init();
+    let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+    let json = serde_json::to_string(&LoadParams {
+        context_length: Some(512),
+        ..params(&path)
+    })
+    .unwrap();
+    let mut progress_calls = 0u32;
+    let mut model: *mut abi::R1Model = std::ptr::null_mut();
+    let mut error = abi::R1OwnedStr::null();
+    // SAFETY: the table is static, inputs outlive the call and out-pointers are valid.
+    let status = unsafe {
+        ((*api).load)(
+            abi::R1Str::from_str(&json),
+            Some(count_progress),
+            std::ptr::addr_of_mut!(progress_calls).cast(),
+            &mut model,
+            &mut error,
+        )
+    };
+    assert_eq!(status, abi::R1_OK, "{}", take_string(api, error));
+    assert!(progress_calls > 0);
+
+    let mut out = abi::R1OwnedStr::null();
+    let mut error = abi::R1OwnedStr::null();
+    // SAFETY: the table is static, inputs outlive the call and out-pointers are valid.
+    // SAFETY: `model` is a live handle from `load`; out-pointers are valid.
+    let status = unsafe { ((*api).info)(model, &mut out, &mut error) };
+    assert_eq!(status, abi::R1_OK, "{}", take_string(api, error));
+    let info: r1_plugin_sdk::ModelInfo = serde_json::from_str(&take_string(api, out)).unwrap();
+    assert_eq!(info.context_length, 512);
+
+    let mut tokens = [0i32; 2];
+    let mut len = 0usize;
+    let mut error = abi::R1OwnedStr::null();
+    // SAFETY: the table is static, inputs outlive the call and out-pointers are valid.
+    let status = unsafe {
+        ((*api).tokenize)(
+            model,
+            abi::R1Str::from_str(FRANCE_PROMPT),
+            false,
+            true,
+            tokens.as_mut_ptr(),
+            tokens.len(),
+            &mut len,
+            &mut error,
+        )
+    };
+    assert_eq!(status, abi::R1_ERR_BUFFER_TOO_SMALL);
+    let mut tokens = vec![0i32; len];
+    // SAFETY: the table is static, inputs outlive the call and out-pointers are valid.
+    let status = unsafe {
+        ((*api).tokenize)(
+            model,
+            abi::R1Str::from_str(FRANCE_PROMPT),
+            false,
+            true,
+            tokens.as_mut_ptr(),
+            tokens.len(),
+            &mut len,
+            &mut error,
+        )
+    };
+    assert_eq!(status, abi::R1_OK);
+
+    let request = serde_json::to_string(&request(tokens, 32)).unwrap();
+    let mut text = Vec::<u8>::new();
+    let mut out = abi::R1OwnedStr::null();
+    // SAFETY: the table is static, inputs outlive the call and out-pointers are valid.
+    let status = unsafe {
+        ((*api).generate)(
+            model,
+            abi::R1Str::from_str(&request),
+            Some(collect_piece),
+            std::ptr::addr_of_mut!(text).cast(),
+            &mut out,
+            &mut error,
+        )
+    };
+    assert_eq!(status, abi::R1_OK, "{}", take_string(api, error));
+    let result: GenerateResult = serde_json::from_str(&take_string(api, out)).unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("Paris"));
+    assert!(result.completion_tokens > 0);
+    // SAFETY: `model` is a live handle from `load`, unloaded once.
+    unsafe { ((*api).unload)(model) };
+}
+
 /// Writes the R1 part's header without tensors: a metadata-only GGUF that loads vocab-only.
 fn r1_metadata_only() -> Option<PathBuf> {
     use llama_cpp_sys_2 as sys;
@@ -440,7 +649,9 @@ fn r1_metadata_only() -> Option<PathBuf> {
 #[test]
 fn r1_metadata_only_loads_vocab_only_with_the_r1_tokenizer() {
     init();
-    let Some(path) = r1_metadata_only() else { return };
+    let Some(path) = r1_metadata_only() else {
+        return;
+    };
     let model = load(LoadParams {
         vocab_only: true,
         ..params(&path)
@@ -473,7 +684,11 @@ fn missing_file_fails_naming_the_path() {
     .err()
     .expect("missing file");
     assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
-    assert!(err.message.contains("/nonexistent/r1d/model.gguf"), "{}", err.message);
+    assert!(
+        err.message.contains("/nonexistent/r1d/model.gguf"),
+        "{}",
+        err.message
+    );
 }
 
 #[test]
@@ -512,8 +727,10 @@ fn unknown_kv_cache_type_is_invalid() {
     assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
 }
 
-/// Not an assertion: prints prompt and generation throughput (run with `--nocapture`).
+/// A benchmark, not a test: prints prompt and generation throughput. Run it alone with
+/// `cargo test --release -p r1-plugin-llamacpp --test llamacpp -- --ignored --nocapture throughput`.
 #[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
 fn throughput_report() {
     let Some(mut model) = smollm2() else { return };
     let text = "The history of Paris spans more than two thousand years, from a Celtic settlement \
@@ -531,8 +748,8 @@ fn throughput_report() {
     run(&mut model, request(vec![2], 1));
     let started = Instant::now();
     let (_, result) = run(&mut model, req);
-    let pp = f64::from(result.prompt_tokens - result.cached_prompt_tokens)
-        / (result.prompt_ms / 1000.0);
+    let pp =
+        f64::from(result.prompt_tokens - result.cached_prompt_tokens) / (result.prompt_ms / 1000.0);
     let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
     eprintln!(
         "THROUGHPUT SmolLM2 Q4_1: prompt {} tokens at {pp:.0} tok/s, generation {} tokens at \

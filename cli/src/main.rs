@@ -1,0 +1,331 @@
+//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`.
+//!
+//! Exit codes: 0 success; 1 the operation failed (including "r1d is not running"); 2 usage error
+//! (clap). Human output on a terminal; `--json` prints one JSON object per line. A closed pipe
+//! (`r1ctl ask … | head`) ends quietly.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State, Status, Timings, Usage};
+use r1d_client::{Client, ClientError};
+
+/// Talk to r1d, the DeepSeek-R1 service of this machine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// r1d's socket (default: $XDG_RUNTIME_DIR/r1d/r1d.sock for users, /run/r1d/r1d.sock for root).
+    #[arg(long, global = true, env = "R1D_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print machine-readable JSON (one object per line for streams).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerationArgs {
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, value_name = "TOKENS")]
+    max_tokens: Option<u32>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sampling seed.
+    #[arg(long)]
+    seed: Option<i64>,
+    /// Print prompt and generation speed (tokens/s) and time to first token on stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the daemon's state and the resident model.
+    Status,
+    /// Ask one question and stream the answer ("-" reads the question from stdin).
+    Ask {
+        /// The question.
+        prompt: String,
+        #[command(flatten)]
+        generation: GenerationArgs,
+    },
+    /// Chat interactively: history is kept; Ctrl-C stops the current answer, Ctrl-D leaves.
+    Chat {
+        #[command(flatten)]
+        generation: GenerationArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("r1ctl: failed to start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("r1ctl: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.clone().unwrap_or_else(r1d_client::default_socket_path);
+    let client = Client::new(socket);
+    match cli.command {
+        Command::Status => status(&client, cli.json).await,
+        Command::Ask { prompt, generation } => {
+            let prompt = if prompt == "-" {
+                std::io::read_to_string(std::io::stdin()).context("failed to read the question from stdin")?
+            } else {
+                prompt
+            };
+            let mut messages = Vec::new();
+            if let Some(system) = &generation.system {
+                messages.push(ChatMessage::new("system", system.clone()));
+            }
+            messages.push(ChatMessage::new("user", prompt));
+            ask(&client, &generation, messages, cli.json).await.map(|_| ())
+        }
+        Command::Chat { generation } => chat(&client, &generation, cli.json).await,
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Starting => "starting",
+        State::Loading => "loading",
+        State::Ready => "ready",
+        State::NoModel => "no model loaded",
+    }
+}
+
+async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status: Status = client.status().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:<14}{}", "state", state_name(status.state))?;
+    if let Some(m) = &status.model {
+        writeln!(out, "{:<14}{}", "model", m.name)?;
+        writeln!(out, "{:<14}{}", "file", m.path)?;
+        writeln!(out, "{:<14}{}", "backend", m.backend)?;
+        if let Some(q) = &m.quantization {
+            writeln!(out, "{:<14}{}", "quantization", q)?;
+        }
+        writeln!(out, "{:<14}{:.2} B", "parameters", m.parameters as f64 / 1e9)?;
+        writeln!(out, "{:<14}{} tokens", "context", m.context_length)?;
+        writeln!(out, "{:<14}{}/{}", "GPU layers", m.gpu_layers, m.layers)?;
+        writeln!(
+            out,
+            "{:<14}{} weights, {} KV cache",
+            "memory",
+            human_bytes(m.weights_bytes),
+            human_bytes(m.kv_cache_bytes)
+        )?;
+    }
+    if let Some(loading) = &status.loading {
+        let pct = status.progress.unwrap_or(0.0) * 100.0;
+        writeln!(out, "{:<14}{loading} ({pct:.0} %)", "loading")?;
+    }
+    if let Some(error) = &status.error {
+        writeln!(out, "{:<14}{error}", "why")?;
+    }
+    writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
+    writeln!(
+        out,
+        "{:<14}{} served, {} active",
+        "requests", status.requests_served, status.active_requests
+    )?;
+    Ok(())
+}
+
+fn request(generation: &GenerationArgs, messages: Vec<ChatMessage>) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        messages,
+        max_tokens: generation.max_tokens,
+        temperature: generation.temperature,
+        seed: generation.seed,
+        ..Default::default()
+    }
+}
+
+fn stats_line(usage: &Usage, t: &Timings) -> String {
+    let mut line = format!(
+        "prompt: {} tokens, {:.1} tokens/s · generation: {} tokens, {:.1} tokens/s",
+        usage.prompt_tokens, t.prompt_per_second, usage.completion_tokens, t.predicted_per_second
+    );
+    if let Some(ttft) = t.time_to_first_token_ms {
+        line.push_str(&format!(" · time to first token: {ttft:.0} ms"));
+    }
+    line
+}
+
+/// Streams one answer to stdout; returns the answer's content (for the chat history).
+/// Stops early, without error, when `cancel` fires.
+async fn stream_answer(
+    client: &Client,
+    generation: &GenerationArgs,
+    messages: Vec<ChatMessage>,
+    json: bool,
+    cancel: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<String> {
+    let mut stream = client.chat_stream(&request(generation, messages)).await?;
+    let styled = !json && std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut content = String::new();
+    let mut in_reasoning = false;
+    tokio::pin!(cancel);
+    loop {
+        let chunk = tokio::select! {
+            chunk = stream.next() => chunk,
+            _ = &mut cancel => {
+                if !json {
+                    writeln!(out, "\n[stopped]")?;
+                }
+                return Ok(content);
+            }
+        };
+        let Some(chunk) = chunk else { break };
+        let chunk = chunk?;
+        for choice in &chunk.choices {
+            if let Some(r) = choice.delta.reasoning_content.as_deref().filter(|s| !s.is_empty()) {
+                if json {
+                    writeln!(out, "{}", serde_json::json!({"type": "reasoning", "text": r}))?;
+                } else if styled {
+                    write!(out, "{}", console::style(r).dim())?;
+                } else {
+                    if !in_reasoning {
+                        write!(out, "<think>\n")?;
+                    }
+                    write!(out, "{r}")?;
+                }
+                in_reasoning = true;
+            }
+            if let Some(c) = choice.delta.content.as_deref().filter(|s| !s.is_empty()) {
+                if in_reasoning && !json {
+                    write!(out, "{}", if styled { "\n\n" } else { "\n</think>\n\n" })?;
+                }
+                in_reasoning = false;
+                content.push_str(c);
+                if json {
+                    writeln!(out, "{}", serde_json::json!({"type": "content", "text": c}))?;
+                } else {
+                    write!(out, "{c}")?;
+                }
+            }
+            out.flush()?;
+        }
+        if let (Some(usage), Some(finish)) = (
+            &chunk.usage,
+            chunk.choices.first().and_then(|c| c.finish_reason.clone()),
+        ) {
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"type": "done", "finish_reason": finish, "usage": usage, "timings": chunk.timings})
+                )?;
+            } else {
+                writeln!(out)?;
+                if finish == "length" {
+                    eprintln!("[the answer reached the token limit]");
+                }
+            }
+            if generation.stats {
+                if let Some(t) = &chunk.timings {
+                    eprintln!("{}", stats_line(usage, t));
+                }
+            }
+        }
+    }
+    Ok(content)
+}
+
+async fn ask(
+    client: &Client,
+    generation: &GenerationArgs,
+    messages: Vec<ChatMessage>,
+    json: bool,
+) -> anyhow::Result<String> {
+    stream_answer(client, generation, messages, json, std::future::pending()).await
+}
+
+async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyhow::Result<()> {
+    // Fail early and clearly when the daemon is not there.
+    let status = client.status().await?;
+    if let Some(m) = &status.model {
+        eprintln!("chatting with {} on {} — Ctrl-C stops an answer, Ctrl-D leaves", m.name, m.backend);
+    } else {
+        eprintln!(
+            "r1d serves no model: {}",
+            status.error.as_deref().unwrap_or("unknown reason")
+        );
+    }
+    let mut editor = rustyline::DefaultEditor::new().context("failed to set up the line editor")?;
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(system) = &generation.system {
+        history.push(ChatMessage::new("system", system.clone()));
+    }
+    loop {
+        let line = match editor.readline(">>> ") {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => return Ok(()),
+            Err(e) => return Err(e).context("failed to read input"),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line.as_str());
+        history.push(ChatMessage::new("user", line));
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        match stream_answer(client, generation, history.clone(), json, ctrl_c).await {
+            Ok(answer) => history.push(ChatMessage::new("assistant", answer)),
+            Err(e) => {
+                if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Connect { .. })) {
+                    return Err(e);
+                }
+                eprintln!("r1ctl: {e:#}");
+                history.pop();
+            }
+        }
+    }
+}
