@@ -67,7 +67,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("r1ctl: failed to start: {e}");
@@ -92,13 +95,17 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket.clone().unwrap_or_else(r1d_client::default_socket_path);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(r1d_client::default_socket_path);
     let client = Client::new(socket);
     match cli.command {
         Command::Status => status(&client, cli.json).await,
         Command::Ask { prompt, generation } => {
             let prompt = if prompt == "-" {
-                std::io::read_to_string(std::io::stdin()).context("failed to read the question from stdin")?
+                std::io::read_to_string(std::io::stdin())
+                    .context("failed to read the question from stdin")?
             } else {
                 prompt
             };
@@ -107,7 +114,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 messages.push(ChatMessage::new("system", system.clone()));
             }
             messages.push(ChatMessage::new("user", prompt));
-            ask(&client, &generation, messages, cli.json).await.map(|_| ())
+            ask(&client, &generation, messages, cli.json)
+                .await
+                .map(|_| ())
         }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
     }
@@ -148,7 +157,12 @@ async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         if let Some(q) = &m.quantization {
             writeln!(out, "{:<14}{}", "quantization", q)?;
         }
-        writeln!(out, "{:<14}{:.2} B", "parameters", m.parameters as f64 / 1e9)?;
+        writeln!(
+            out,
+            "{:<14}{:.2} B",
+            "parameters",
+            m.parameters as f64 / 1e9
+        )?;
         writeln!(out, "{:<14}{} tokens", "context", m.context_length)?;
         writeln!(out, "{:<14}{}/{}", "GPU layers", m.gpu_layers, m.layers)?;
         writeln!(
@@ -224,9 +238,18 @@ async fn stream_answer(
         let Some(chunk) = chunk else { break };
         let chunk = chunk?;
         for choice in &chunk.choices {
-            if let Some(r) = choice.delta.reasoning_content.as_deref().filter(|s| !s.is_empty()) {
+            if let Some(r) = choice
+                .delta
+                .reasoning_content
+                .as_deref()
+                .filter(|s| !s.is_empty())
+            {
                 if json {
-                    writeln!(out, "{}", serde_json::json!({"type": "reasoning", "text": r}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"type": "reasoning", "text": r})
+                    )?;
                 } else if styled {
                     write!(out, "{}", console::style(r).dim())?;
                 } else {
@@ -290,7 +313,10 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
     // Fail early and clearly when the daemon is not there.
     let status = client.status().await?;
     if let Some(m) = &status.model {
-        eprintln!("chatting with {} on {} — Ctrl-C stops an answer, Ctrl-D leaves", m.name, m.backend);
+        eprintln!(
+            "chatting with {} on {} — Ctrl-C stops an answer, Ctrl-D leaves",
+            m.name, m.backend
+        );
     } else {
         eprintln!(
             "r1d serves no model: {}",
@@ -320,7 +346,10 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
         match stream_answer(client, generation, history.clone(), json, ctrl_c).await {
             Ok(answer) => history.push(ChatMessage::new("assistant", answer)),
             Err(e) => {
-                if matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Connect { .. })) {
+                if matches!(
+                    e.downcast_ref::<ClientError>(),
+                    Some(ClientError::Connect { .. })
+                ) {
                     return Err(e);
                 }
                 eprintln!("r1ctl: {e:#}");

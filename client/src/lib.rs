@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, BodyStream, Full};
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+pub use hyper::{Method, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -99,12 +100,13 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| ClientError::Connect {
-                socket: self.socket.clone(),
-                error,
-            })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|error| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    error,
+                })?;
         let http_err = |error| ClientError::Http {
             socket: self.socket.clone(),
             error,
@@ -128,7 +130,10 @@ impl Client {
         sender.send_request(request).await.map_err(http_err)
     }
 
-    async fn read_body(&self, response: Response<Incoming>) -> Result<(StatusCode, Bytes), ClientError> {
+    async fn read_body(
+        &self,
+        response: Response<Incoming>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let status = response.status();
         let body = response
             .into_body()
@@ -190,7 +195,10 @@ impl Client {
     }
 
     /// Non-streamed `POST /v1/chat/completions` (forces `stream: false`).
-    pub async fn chat(&self, request: &ChatCompletionRequest) -> Result<ChatCompletion, ClientError> {
+    pub async fn chat(
+        &self,
+        request: &ChatCompletionRequest,
+    ) -> Result<ChatCompletion, ClientError> {
         let mut request = request.clone();
         request.stream = false;
         self.post_json("/v1/chat/completions", &request).await
@@ -203,11 +211,18 @@ impl Client {
     /// # Errors
     /// The call fails when the request is refused (no model, prompt over the context, …); the
     /// stream yields [`ClientError::Stream`] when the answer is cut or ends in an error event.
-    pub async fn chat_stream(&self, request: &ChatCompletionRequest) -> Result<ChunkStream, ClientError> {
+    pub async fn chat_stream(
+        &self,
+        request: &ChatCompletionRequest,
+    ) -> Result<ChunkStream, ClientError> {
         let mut request = request.clone();
         request.stream = true;
         let response = self
-            .request(Method::POST, "/v1/chat/completions", Some(serde_json::to_vec(&request)?))
+            .request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(serde_json::to_vec(&request)?),
+            )
             .await?;
         if !response.status().is_success() {
             let (status, body) = self.read_body(response).await?;
@@ -225,7 +240,9 @@ impl Client {
     }
 }
 
-fn sse_chunks<S, E>(events: eventsource_stream::EventStream<S>) -> impl Stream<Item = Result<ChatCompletionChunk, ClientError>>
+fn sse_chunks<S, E>(
+    events: eventsource_stream::EventStream<S>,
+) -> impl Stream<Item = Result<ChatCompletionChunk, ClientError>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,

@@ -78,7 +78,9 @@ pub enum BackendError {
         needed: usize,
     },
     /// No plugin reads this model's format.
-    #[error("no backend plugin can load {path} (format {format}); available backends: {available}")]
+    #[error(
+        "no backend plugin can load {path} (format {format}); available backends: {available}"
+    )]
     NoBackend {
         /// The model path.
         path: PathBuf,
@@ -154,7 +156,12 @@ pub trait LoadedModel: Send {
     ///
     /// # Errors
     /// [`BackendError::Call`] when the plugin fails.
-    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>, BackendError>;
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, BackendError>;
     /// Generates, handing each piece to `on_token`; returning false stops the generation.
     ///
     /// # Errors
@@ -236,7 +243,11 @@ impl PluginHost {
                         name: Some(backend.name().to_owned()),
                         version: Some(backend.version.clone()),
                         probe: Some(report.clone()),
-                        error: if report.available { None } else { report.reason.clone() },
+                        error: if report.available {
+                            None
+                        } else {
+                            report.reason.clone()
+                        },
                     });
                     if report.available {
                         host.backends.push(std::sync::Arc::new(backend));
@@ -323,7 +334,11 @@ impl PluginHost {
                     Some(name) => format!("{format}, backend {name} requested"),
                     None => format,
                 },
-                available: if available.is_empty() { "none".into() } else { available },
+                available: if available.is_empty() {
+                    "none".into()
+                } else {
+                    available
+                },
             })
     }
 }
@@ -341,7 +356,12 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
     };
     let meta = std::fs::metadata(path).map_err(err)?;
     if meta.is_dir() {
-        return Ok(if path.join("model.onnx").exists() { "onnx" } else { "unknown" }.into());
+        return Ok(if path.join("model.onnx").exists() {
+            "onnx"
+        } else {
+            "unknown"
+        }
+        .into());
     }
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext == "echo" {
@@ -353,7 +373,12 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(err)?;
     let n = file.read(&mut magic).map_err(err)?;
-    Ok(if n == 4 && &magic == b"GGUF" { "gguf" } else { "unknown" }.into())
+    Ok(if n == 4 && &magic == b"GGUF" {
+        "gguf"
+    } else {
+        "unknown"
+    }
+    .into())
 }
 
 /// Refuses a path that users other than its owner and root can write to (group-writable by a
@@ -395,10 +420,18 @@ unsafe extern "C" fn log_sink(user_data: *mut c_void, level: i32, target: R1Str,
         )
     };
     match level {
-        abi::R1_LOG_ERROR => tracing::error!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
-        abi::R1_LOG_WARN => tracing::warn!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
-        abi::R1_LOG_INFO => tracing::info!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
-        abi::R1_LOG_DEBUG => tracing::debug!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
+        abi::R1_LOG_ERROR => {
+            tracing::error!(target: "r1d::plugin", %plugin, source = %target, "{message}")
+        }
+        abi::R1_LOG_WARN => {
+            tracing::warn!(target: "r1d::plugin", %plugin, source = %target, "{message}")
+        }
+        abi::R1_LOG_INFO => {
+            tracing::info!(target: "r1d::plugin", %plugin, source = %target, "{message}")
+        }
+        abi::R1_LOG_DEBUG => {
+            tracing::debug!(target: "r1d::plugin", %plugin, source = %target, "{message}")
+        }
         _ => tracing::trace!(target: "r1d::plugin", %plugin, source = %target, "{message}"),
     }
 }
@@ -410,14 +443,20 @@ fn take_string(api: &R1PluginApi, s: R1OwnedStr) -> String {
     }
     // SAFETY: a non-null owned string from this plugin points to `len` initialised bytes until we
     // free it, which we do right after copying.
-    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }).into_owned();
+    let text =
+        String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(s.ptr, s.len) }).into_owned();
     // SAFETY: the string was allocated by this plugin and is freed exactly once.
     unsafe { (api.free_string)(s) };
     text
 }
 
 /// Turns a status and error string into a result.
-fn check(api: &R1PluginApi, backend: &str, status: R1Status, error: R1OwnedStr) -> Result<(), BackendError> {
+fn check(
+    api: &R1PluginApi,
+    backend: &str,
+    status: R1Status,
+    error: R1OwnedStr,
+) -> Result<(), BackendError> {
     let message = take_string(api, error);
     if status == abi::R1_OK {
         return Ok(());
@@ -434,7 +473,11 @@ fn check(api: &R1PluginApi, backend: &str, status: R1Status, error: R1OwnedStr) 
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(backend: &str, what: &'static str, json: &str) -> Result<T, BackendError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    backend: &str,
+    what: &'static str,
+    json: &str,
+) -> Result<T, BackendError> {
     serde_json::from_str(json).map_err(|source| BackendError::BadJson {
         backend: backend.to_owned(),
         what,
@@ -527,7 +570,12 @@ unsafe extern "C" fn progress_trampoline(user_data: *mut c_void, progress: f32) 
 }
 
 /// Carries the token closure through the C callback.
-unsafe extern "C" fn token_trampoline(user_data: *mut c_void, piece: *const u8, len: usize, id: i32) -> bool {
+unsafe extern "C" fn token_trampoline(
+    user_data: *mut c_void,
+    piece: *const u8,
+    len: usize,
+    id: i32,
+) -> bool {
     // SAFETY: `user_data` points to the `&mut dyn FnMut` on `PluginModel::generate`'s stack, alive
     // for the whole `generate` call; `piece` is `len` bytes borrowed for this callback.
     let (f, bytes) = unsafe {
@@ -612,7 +660,12 @@ impl LoadedModel for PluginModel {
         &self.backend
     }
 
-    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>, BackendError> {
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, BackendError> {
         let mut capacity = text.len() + 16;
         loop {
             let mut tokens = vec![0i32; capacity];

@@ -63,9 +63,12 @@ pub fn render(
             .expect("default delimiters are valid"),
     );
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, JinjaError> {
-        Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
     env.add_function("strftime_now", |format: String| -> String {
         // Templates use it for "today's date"; r1d does not leak the clock into prompts
         // differently per format, so only the common ISO form is honoured.
@@ -174,7 +177,9 @@ impl Assembler {
                 return self.drain(false);
             }
         };
-        let text = std::str::from_utf8(&self.bytes[..valid]).expect("checked").to_owned();
+        let text = std::str::from_utf8(&self.bytes[..valid])
+            .expect("checked")
+            .to_owned();
         self.bytes.drain(..valid);
         self.pending.push_str(&text);
         self.drain(false)
@@ -217,13 +222,22 @@ impl Assembler {
     fn drain(&mut self, at_end: bool) -> Vec<Piece> {
         let mut out = Vec::new();
         // A stop string anywhere in what is pending ends everything: keep only the text before it.
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             self.pending.truncate(pos);
             self.stopped = true;
         }
         while self.consume_tag(&mut out) {}
         // Emit all but a held-back tail that could start a stop string or a tag.
-        let hold = if at_end || self.stopped { 0 } else { self.holdback() };
+        let hold = if at_end || self.stopped {
+            0
+        } else {
+            self.holdback()
+        };
         let cut = self.pending.len() - hold;
         if cut > 0 {
             let text: String = self.pending.drain(..cut).collect();
@@ -307,7 +321,11 @@ mod tests {
     }
 
     fn text(pieces: &[Piece], channel: Channel) -> String {
-        pieces.iter().filter(|p| p.channel == channel).map(|p| p.text.as_str()).collect()
+        pieces
+            .iter()
+            .filter(|p| p.channel == channel)
+            .map(|p| p.text.as_str())
+            .collect()
     }
 
     #[test]
@@ -346,8 +364,14 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Piece { channel: Channel::Content, text: "Hello".into() },
-                Piece { channel: Channel::Content, text: " world".into() }
+                Piece {
+                    channel: Channel::Content,
+                    text: "Hello".into()
+                },
+                Piece {
+                    channel: Channel::Content,
+                    text: " world".into()
+                }
             ]
         );
         assert!(!stopped);
@@ -382,9 +406,18 @@ mod tests {
         // ends with `<think>\n`.
         let t = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}{% else %}{% set c = m.content %}{% if '</think>' in c %}{% set c = c.split('</think>')[-1] %}{% endif %}<｜Assistant｜>{{ c }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}";
         let msgs = vec![
-            Message { role: "user".into(), content: "Hi".into() },
-            Message { role: "assistant".into(), content: "<think>\nnotes-42\n</think>\n\nHello!".into() },
-            Message { role: "user".into(), content: "And now?".into() },
+            Message {
+                role: "user".into(),
+                content: "Hi".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "<think>\nnotes-42\n</think>\n\nHello!".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "And now?".into(),
+            },
         ];
         let p = render(t, &msgs, Some("<｜begin▁of▁sentence｜>"), None).unwrap();
         assert!(p.has_bos);
@@ -396,7 +429,13 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_a_template_error() {
-        let err = render("{{ raise_exception('roles must alternate') }}", &[], None, None).unwrap_err();
+        let err = render(
+            "{{ raise_exception('roles must alternate') }}",
+            &[],
+            None,
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("roles must alternate"), "{err}");
     }
 }

@@ -125,7 +125,9 @@ impl Config {
             message,
         };
         if self.model.context_length == Some(0) {
-            return Err(invalid("model.context_length must be at least 1 token".into()));
+            return Err(invalid(
+                "model.context_length must be at least 1 token".into(),
+            ));
         }
         if self.model.threads == Some(0) {
             return Err(invalid("model.threads must be at least 1".into()));
@@ -172,7 +174,9 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into());
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/".into());
             home.join(fallback)
         })
 }
@@ -201,7 +205,10 @@ pub fn default_socket(mode: Mode) -> PathBuf {
 /// Default plugin directory: `plugins/` or the binary's own directory when it holds
 /// `libr1_plugin_*.so` (a build tree or a relocatable install), else `/usr/lib/r1d/plugins`.
 pub fn default_plugin_dir() -> PathBuf {
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
         for candidate in [dir.join("plugins"), dir.clone()] {
             let has_plugin = std::fs::read_dir(&candidate).is_ok_and(|entries| {
                 entries.filter_map(Result::ok).any(|e| {
@@ -224,7 +231,10 @@ mod tests {
 
     #[test]
     fn empty_config_is_all_defaults() {
-        assert_eq!(Config::parse("", Path::new("x.toml")).unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x.toml")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -243,9 +253,12 @@ mod tests {
 
     #[test]
     fn typo_in_key_names_file_line_and_key() {
-        let err = Config::parse("[model]\npath = \"/m.gguf\"\ncontext_lenght = 4096\n", Path::new("/etc/r1d/r1d.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "[model]\npath = \"/m.gguf\"\ncontext_lenght = 4096\n",
+            Path::new("/etc/r1d/r1d.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/etc/r1d/r1d.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("context_lenght"), "{err}");

@@ -263,7 +263,11 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Busy`] when the queue is full, [`EngineError::ShuttingDown`] after shutdown.
-    pub fn chat(&self, messages: Vec<Message>, sampling: Sampling) -> Result<mpsc::Receiver<ChatEvent>, EngineError> {
+    pub fn chat(
+        &self,
+        messages: Vec<Message>,
+        sampling: Sampling,
+    ) -> Result<mpsc::Receiver<ChatEvent>, EngineError> {
         let (reply, rx) = mpsc::channel(64);
         let job = ChatJob {
             messages,
@@ -404,7 +408,10 @@ impl Worker {
             });
         };
         let info = model.info().clone();
-        let template = info.chat_template.as_deref().unwrap_or(chat::FALLBACK_TEMPLATE);
+        let template = info
+            .chat_template
+            .as_deref()
+            .unwrap_or(chat::FALLBACK_TEMPLATE);
         let prompt = chat::render(
             template,
             &job.messages,
@@ -417,6 +424,8 @@ impl Worker {
         let tokens = model
             .tokenize(&prompt.text, add_special, true)
             .map_err(|e| EngineError::Backend(e.to_string()))?;
+        // User content: only at trace level, never at info (ARCHITECTURE.md invariant).
+        tracing::trace!(prompt = %prompt.text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;
         let n_ctx = info.context_length;
         if n_prompt >= n_ctx {
@@ -432,10 +441,7 @@ impl Worker {
             .max_tokens
             .unwrap_or(self.config.default_max_tokens)
             .min(room);
-        let name = info
-            .name
-            .clone()
-            .unwrap_or_else(|| info.path.clone());
+        let name = info.name.clone().unwrap_or_else(|| info.path.clone());
         if job
             .reply
             .blocking_send(ChatEvent::Started {
@@ -480,7 +486,10 @@ impl Worker {
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };
         if client_gone {
-            tracing::debug!("client went away; generation stopped after {} tokens", result.completion_tokens);
+            tracing::debug!(
+                "client went away; generation stopped after {} tokens",
+                result.completion_tokens
+            );
             return Ok(());
         }
         for piece in assembler.finish() {

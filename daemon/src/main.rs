@@ -52,7 +52,9 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,r1d::plugin=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // journald adds its own timestamps.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();
@@ -122,7 +124,10 @@ async fn main() -> anyhow::Result<()> {
             kv_cache_type: config.model.kv_cache_type.clone(),
             ..Default::default()
         },
-        backend: args.backend.clone().or_else(|| config.model.backend.clone()),
+        backend: args
+            .backend
+            .clone()
+            .or_else(|| config.model.backend.clone()),
     });
 
     let socket = args
@@ -141,8 +146,14 @@ async fn main() -> anyhow::Result<()> {
         load,
         config_error,
         EngineConfig {
-            default_max_tokens: config.model.default_max_tokens.unwrap_or(config::DEFAULT_MAX_TOKENS),
-            queue_depth: config.server.queue_depth.unwrap_or(config::DEFAULT_QUEUE_DEPTH),
+            default_max_tokens: config
+                .model
+                .default_max_tokens
+                .unwrap_or(config::DEFAULT_MAX_TOKENS),
+            queue_depth: config
+                .server
+                .queue_depth
+                .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
         },
     );
     let router = r1d::api::http::router(r1d::api::http::AppState { engine, host });

@@ -37,7 +37,8 @@ pub async fn bind(path: &Path, system: bool) -> Result<UnixListener, ServerError
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
             let mode = if system { 0o755 } else { 0o700 };
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(bind_err)?;
         }
     }
     if path.exists() {

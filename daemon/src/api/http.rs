@@ -78,21 +78,35 @@ impl IntoResponse for EngineError {
                 message,
                 Some("context_length_exceeded"),
             ),
-            EngineError::InvalidRequest(_) => {
-                openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", message, None)
-            }
+            EngineError::InvalidRequest(_) => openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                message,
+                None,
+            ),
             EngineError::Busy(_) => {
-                let mut r = openai_error(StatusCode::SERVICE_UNAVAILABLE, "server_error", message, Some("busy"));
+                let mut r = openai_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    message,
+                    Some("busy"),
+                );
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
                 r
             }
-            EngineError::ShuttingDown => {
-                openai_error(StatusCode::SERVICE_UNAVAILABLE, "server_error", message, None)
-            }
-            EngineError::Backend(_) => {
-                openai_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message, Some("backend_error"))
-            }
+            EngineError::ShuttingDown => openai_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                message,
+                None,
+            ),
+            EngineError::Backend(_) => openai_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                message,
+                Some("backend_error"),
+            ),
         }
     }
 }
@@ -111,7 +125,11 @@ fn completion_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("chatcmpl-{:x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed), nanos)
+    format!(
+        "chatcmpl-{:x}{:08x}",
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
 }
 
 /// llama-server's `timings` from a backend result.
@@ -159,12 +177,18 @@ fn sampling(req: &ChatCompletionRequest) -> Sampling {
         min_p: req.min_p.unwrap_or(0.05),
         // OpenAI seeds are 64-bit; llama.cpp's are 32-bit: keep the low bits.
         seed: req.seed.map(|s| s as u32),
-        stop: req.stop.clone().map(wire::Stop::into_vec).unwrap_or_default(),
+        stop: req
+            .stop
+            .clone()
+            .map(wire::Stop::into_vec)
+            .unwrap_or_default(),
     }
 }
 
 async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Response {
-    let req: ChatCompletionRequest = match serde_json::from_slice(&body) {
+    // serde_path_to_error names the offending field ("messages: invalid type: …").
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: ChatCompletionRequest = match serde_path_to_error::deserialize(&mut de) {
         Ok(r) => r,
         Err(e) => {
             return openai_error(
@@ -198,7 +222,10 @@ async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Respons
     let model = match rx.recv().await {
         Some(ChatEvent::Started { model, .. }) => model,
         Some(ChatEvent::Failed(e)) => return e.into_response(),
-        _ => return EngineError::Backend("the engine ended the request without an answer".into()).into_response(),
+        _ => {
+            return EngineError::Backend("the engine ended the request without an answer".into())
+                .into_response()
+        }
     };
     let id = completion_id();
     let created = unix_now();
@@ -210,7 +237,12 @@ async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Respons
     }
 }
 
-async fn collect_answer(mut rx: mpsc::Receiver<ChatEvent>, id: String, created: u64, model: String) -> Response {
+async fn collect_answer(
+    mut rx: mpsc::Receiver<ChatEvent>,
+    id: String,
+    created: u64,
+    model: String,
+) -> Response {
     let mut content = String::new();
     let mut reasoning = String::new();
     while let Some(event) = rx.recv().await {
@@ -246,7 +278,13 @@ async fn collect_answer(mut rx: mpsc::Receiver<ChatEvent>, id: String, created: 
     EngineError::Backend("the generation ended without a result".into()).into_response()
 }
 
-fn chunk(id: &str, created: u64, model: &str, delta: Delta, finish: Option<&str>) -> ChatCompletionChunk {
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Delta,
+    finish: Option<&str>,
+) -> ChatCompletionChunk {
     ChatCompletionChunk {
         id: id.to_owned(),
         object: "chat.completion.chunk".into(),
@@ -307,7 +345,10 @@ fn stream_answer(
                                 ..Default::default()
                             },
                         };
-                        Some((vec![sse_json(&chunk(&id, created, &model, delta, None))], (rx, Phase::Streaming)))
+                        Some((
+                            vec![sse_json(&chunk(&id, created, &model, delta, None))],
+                            (rx, Phase::Streaming),
+                        ))
                     }
                     Some(ChatEvent::Started { .. }) => Some((vec![], (rx, Phase::Streaming))),
                     Some(ChatEvent::Done(done)) => {
@@ -330,7 +371,9 @@ fn stream_answer(
                         out.push(Event::default().data("[DONE]"));
                         Some((out, (rx, Phase::Finished)))
                     }
-                    Some(ChatEvent::Failed(e)) => Some((vec![error_event(&e)], (rx, Phase::Finished))),
+                    Some(ChatEvent::Failed(e)) => {
+                        Some((vec![error_event(&e)], (rx, Phase::Finished)))
+                    }
                     None => Some((
                         vec![error_event(&EngineError::Backend(
                             "the generation ended without a result".into(),
@@ -442,7 +485,11 @@ async fn backends(State(state): State<AppState>) -> Json<BackendList> {
             name: r.name.clone(),
             version: r.version.clone(),
             available: r.error.is_none(),
-            formats: r.probe.as_ref().map(|p| p.formats.clone()).unwrap_or_default(),
+            formats: r
+                .probe
+                .as_ref()
+                .map(|p| p.formats.clone())
+                .unwrap_or_default(),
             score: r.probe.as_ref().map(|p| p.score).unwrap_or(0),
             devices: r
                 .probe

@@ -155,7 +155,12 @@ pub type R1ProgressFn = Option<unsafe extern "C" fn(user_data: *mut c_void, prog
 /// borrowed for the call. Return `true` to go on, `false` to stop generating (the generation then
 /// ends with `finish_reason` `"cancelled"` and status [`R1_OK`]).
 pub type R1TokenFn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, piece: *const u8, len: usize, token_id: i32) -> bool,
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        piece: *const u8,
+        len: usize,
+        token_id: i32,
+    ) -> bool,
 >;
 
 /// Log callback the host installs with `set_logger`: a level (`R1_LOG_*`), a target (module or
@@ -188,7 +193,8 @@ pub struct R1PluginApi {
     /// Says whether this backend can run here. On success `*out_json` is a
     /// [`json::ProbeReport`] (owned by the caller, free with `free_string`). An unavailable backend
     /// is a success with `available: false` and a reason, not an error.
-    pub probe: unsafe extern "C" fn(out_json: *mut R1OwnedStr, out_error: *mut R1OwnedStr) -> R1Status,
+    pub probe:
+        unsafe extern "C" fn(out_json: *mut R1OwnedStr, out_error: *mut R1OwnedStr) -> R1Status,
 
     /// Loads a model. `params_json` is a [`json::LoadParams`] (borrowed). `progress` may be NULL.
     /// On success `*out_model` is a new handle owned by the caller (release with `unload`). On

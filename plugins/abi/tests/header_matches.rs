@@ -18,7 +18,9 @@ fn c_program() -> String {
         ));
     }
     for (name, _) in constants() {
-        body.push_str(&format!("printf(\"const {name} %lld\\n\", (long long)({name}));\n"));
+        body.push_str(&format!(
+            "printf(\"const {name} %lld\\n\", (long long)({name}));\n"
+        ));
     }
     // The entry point's type must match too: this line fails to compile if it does not.
     body.push_str("R1PluginEntryFn entry = r1_plugin_entry; (void)entry;\nreturn 0; }\n");
@@ -32,8 +34,16 @@ fn rust_lines() -> Vec<String> {
         format!("sizeof R1Str {}", std::mem::size_of::<R1Str>()),
         format!("sizeof R1OwnedStr {}", std::mem::size_of::<R1OwnedStr>()),
     ];
-    lines.extend(api_field_offsets().into_iter().map(|(f, o)| format!("offset {f} {o}")));
-    lines.extend(constants().into_iter().map(|(n, v)| format!("const {n} {v}")));
+    lines.extend(
+        api_field_offsets()
+            .into_iter()
+            .map(|(f, o)| format!("offset {f} {o}")),
+    );
+    lines.extend(
+        constants()
+            .into_iter()
+            .map(|(n, v)| format!("const {n} {v}")),
+    );
     lines
 }
 
@@ -65,7 +75,11 @@ fn header_matches_rust_definitions() {
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(c_lines, rust_lines(), "r1_plugin.h and plugins/abi/src/lib.rs disagree");
+    assert_eq!(
+        c_lines,
+        rust_lines(),
+        "r1_plugin.h and plugins/abi/src/lib.rs disagree"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -73,7 +87,8 @@ fn header_matches_rust_definitions() {
 fn header_declares_every_api_field_in_order() {
     // Offsets catch reordering of differently sized fields; the names in declaration order catch
     // a swap of two function pointers, which offsets alone cannot.
-    let header = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/r1_plugin.h")).unwrap();
+    let header =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/r1_plugin.h")).unwrap();
     let start = header.find("typedef struct R1PluginApi {").unwrap();
     let end = start + header[start..].find("} R1PluginApi;").unwrap();
     let block = &header[start..end];

@@ -287,7 +287,15 @@ mod tests {
     fn pieces_split_words_and_markers() {
         assert_eq!(
             pieces("<|bos|><|user|>hello big world\n<|assistant|>"),
-            vec!["<|bos|>", "<|user|>", "hello", " big", " world", "\n", "<|assistant|>"]
+            vec![
+                "<|bos|>",
+                "<|user|>",
+                "hello",
+                " big",
+                " world",
+                "\n",
+                "<|assistant|>"
+            ]
         );
     }
 
@@ -303,7 +311,11 @@ mod tests {
             )
             .unwrap();
         let ids = model
-            .tokenize("<|user|>one\n<|user|>hello world\n<|assistant|>", true, true)
+            .tokenize(
+                "<|user|>one\n<|user|>hello world\n<|assistant|>",
+                true,
+                true,
+            )
             .unwrap();
         let mut out = String::new();
         let result = model

@@ -192,7 +192,7 @@ fn greedy_chat_answers_paris() {
         f64::from(result.prompt_tokens - result.cached_prompt_tokens) / (result.prompt_ms / 1000.0);
     let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
     eprintln!(
-        "SmolLM2 greedy: {:?}, prompt {} tokens ({} cached) in {:.1} ms ({pp:.0} tok/s), \
+        "SmolLM2 greedy: {text:?} {:?}, prompt {} tokens ({} cached) in {:.1} ms ({pp:.0} tok/s), \
          {} tokens in {:.1} ms ({tg:.0} tok/s)",
         result.finish_reason,
         result.prompt_tokens,

@@ -94,7 +94,10 @@ unsafe fn guarded(
 
 /// # Safety
 /// `out` must be NULL or writable.
-unsafe fn write_json<T: serde::Serialize>(out: *mut R1OwnedStr, value: &T) -> Result<(), PluginError> {
+unsafe fn write_json<T: serde::Serialize>(
+    out: *mut R1OwnedStr,
+    value: &T,
+) -> Result<(), PluginError> {
     if out.is_null() {
         return Err(PluginError::invalid_argument("output pointer is NULL"));
     }
@@ -107,7 +110,10 @@ unsafe fn write_json<T: serde::Serialize>(out: *mut R1OwnedStr, value: &T) -> Re
 
 /// # Safety
 /// `s` must satisfy [`R1Str::as_bytes`].
-unsafe fn parse_json<'a, T: serde::Deserialize<'a>>(s: R1Str, what: &str) -> Result<T, PluginError> {
+unsafe fn parse_json<'a, T: serde::Deserialize<'a>>(
+    s: R1Str,
+    what: &str,
+) -> Result<T, PluginError> {
     // SAFETY: forwarded to the caller.
     let bytes = unsafe { s.as_bytes() };
     serde_json::from_slice(bytes)

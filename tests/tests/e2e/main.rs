@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `r1d` binary with real plugins on a real Unix socket.
+//! One test binary with a module per area keeps link time down.
+
+mod cli;
+mod host;
+mod llama;
+
+use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
+
+/// A one-message request.
+pub fn ask(prompt: &str) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", prompt)],
+        ..Default::default()
+    }
+}
