@@ -10,7 +10,6 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
 
 use r1_plugin_llamacpp::{LlamaCppModel, LlamaCppPlugin};
 use r1_plugin_sdk::abi;
@@ -725,38 +724,4 @@ fn unknown_kv_cache_type_is_invalid() {
     .err()
     .expect("refused");
     assert_eq!(err.status, abi::R1_ERR_INVALID_ARGUMENT);
-}
-
-/// A benchmark, not a test: prints prompt and generation throughput. Run it alone with
-/// `cargo test --release -p r1-plugin-llamacpp --test llamacpp -- --ignored --nocapture throughput`.
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-fn throughput_report() {
-    let Some(mut model) = smollm2() else { return };
-    let text = "The history of Paris spans more than two thousand years, from a Celtic settlement \
-                to the capital of France. ";
-    let prompt: Vec<i32> = model
-        .tokenize(text, false, false)
-        .unwrap()
-        .into_iter()
-        .cycle()
-        .take(256)
-        .collect();
-    let mut req = request(prompt, 128);
-    req.ignore_eos = true;
-    // A fresh prefix: clear the reuse by starting with a different first token.
-    run(&mut model, request(vec![2], 1));
-    let started = Instant::now();
-    let (_, result) = run(&mut model, req);
-    let pp =
-        f64::from(result.prompt_tokens - result.cached_prompt_tokens) / (result.prompt_ms / 1000.0);
-    let tg = f64::from(result.completion_tokens) / (result.generation_ms / 1000.0);
-    eprintln!(
-        "THROUGHPUT SmolLM2 Q4_1: prompt {} tokens at {pp:.0} tok/s, generation {} tokens at \
-         {tg:.0} tok/s, ttft {:.1} ms, total {:.2} s",
-        result.prompt_tokens - result.cached_prompt_tokens,
-        result.completion_tokens,
-        result.time_to_first_token_ms.unwrap_or_default(),
-        started.elapsed().as_secs_f64()
-    );
 }
