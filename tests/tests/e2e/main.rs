@@ -4,6 +4,7 @@
 mod cli;
 mod host;
 mod llama;
+mod template;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
 
