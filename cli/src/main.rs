@@ -254,7 +254,7 @@ async fn stream_answer(
                     write!(out, "{}", console::style(r).dim())?;
                 } else {
                     if !in_reasoning {
-                        write!(out, "<think>\n")?;
+                        writeln!(out, "<think>")?;
                     }
                     write!(out, "{r}")?;
                 }

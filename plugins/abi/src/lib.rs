@@ -49,7 +49,8 @@ pub const R1_ERR_INVALID_ARGUMENT: R1Status = 1;
 pub const R1_ERR_LOAD_FAILED: R1Status = 2;
 /// The operation was cancelled by the host (a progress or token callback returned false).
 pub const R1_ERR_CANCELLED: R1Status = 3;
-/// The prompt plus the requested tokens do not fit the model's context length.
+/// The prompt does not fit the model's context length. (A generation that reaches the end of the
+/// context is not an error: it ends with `finish_reason` `"length"`.)
 pub const R1_ERR_CONTEXT_EXCEEDED: R1Status = 4;
 /// The backend failed while running (decode error, device error).
 pub const R1_ERR_BACKEND: R1Status = 5;

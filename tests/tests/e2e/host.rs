@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use r1d_client::wire::{BackendList, State};
+use r1d_client::wire::State;
 use r1d_client::ClientError;
 use r1d_tests::{echo_model, plugin_dir, Daemon, DaemonOptions};
 
@@ -51,11 +51,7 @@ async fn wrong_abi_version_is_refused_naming_plugin_and_both_versions() {
     assert_eq!(health.status, State::NoModel);
     let error = health.error.unwrap();
     assert!(error.contains("no backend plugin can load"), "{error}");
-    let list: BackendList = daemon
-        .client()
-        .get_json("/r1/backends", false)
-        .await
-        .unwrap();
+    let list = daemon.backends().await;
     let echo = list
         .backends
         .iter()
@@ -271,11 +267,7 @@ async fn plugin_directory_writable_by_others_is_refused() {
     });
     let health = daemon.settled().await;
     assert_eq!(health.status, State::NoModel);
-    let list: BackendList = daemon
-        .client()
-        .get_json("/r1/backends", false)
-        .await
-        .unwrap();
+    let list = daemon.backends().await;
     let why = list.backends[0].error.clone().unwrap();
     assert!(
         why.contains("writable by users other than its owner and root"),
@@ -304,11 +296,7 @@ async fn library_without_entry_point_is_refused_and_others_load() {
         ..Default::default()
     });
     assert_eq!(daemon.settled().await.status, State::Ready);
-    let list: BackendList = daemon
-        .client()
-        .get_json("/r1/backends", false)
-        .await
-        .unwrap();
+    let list = daemon.backends().await;
     let bogus = list
         .backends
         .iter()
