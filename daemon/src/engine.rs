@@ -467,7 +467,12 @@ impl Worker {
         let reply = job.reply.clone();
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
-        let result = model.generate(&request, &mut |bytes, _id| {
+        let result = model.generate(&request, &mut |bytes, id| {
+            if id == r1_plugin_abi::R1_TOKEN_PROMPT_PROGRESS && bytes.is_empty() {
+                // Between prompt batches: stop a long prompt when the client has gone.
+                client_gone = reply.is_closed();
+                return !client_gone;
+            }
             first_token_at.get_or_insert_with(Instant::now);
             for piece in assembler.push(bytes) {
                 if reply.blocking_send(ChatEvent::Piece(piece)).is_err() {

@@ -46,6 +46,11 @@ typedef int32_t R1Status;
 #define R1_ERR_UNSUPPORTED 7      /* the operation is not supported by this backend */
 #define R1_ERR_BUFFER_TOO_SMALL 8 /* caller buffer too small; needed length written out */
 
+/* token_id of a prompt-progress call of R1TokenFn: between prompt batches a plugin may call the
+ * token callback with len 0 and this id so the host can stop a long prompt (return false).
+ * Such calls are not tokens: not streamed, not counted. */
+#define R1_TOKEN_PROMPT_PROGRESS (-1)
+
 /* Log levels for R1LogFn. */
 #define R1_LOG_ERROR 1
 #define R1_LOG_WARN 2
@@ -73,7 +78,8 @@ typedef struct R1Model R1Model;
 typedef bool (*R1ProgressFn)(void *user_data, float progress);
 
 /* One decoded piece (raw token bytes; UTF-8 may be split across pieces) and its token id.
- * Return false to stop generating (generate then returns R1_OK, finish_reason "cancelled"). */
+ * Return false to stop generating (generate then returns R1_OK, finish_reason "cancelled").
+ * Also called with len 0 and token_id R1_TOKEN_PROMPT_PROGRESS between prompt batches. */
 typedef bool (*R1TokenFn)(void *user_data, const uint8_t *piece, size_t len, int32_t token_id);
 
 /* One log line from the plugin; target and message are borrowed for the call. Any thread. */

@@ -62,6 +62,11 @@ pub const R1_ERR_UNSUPPORTED: R1Status = 7;
 /// A caller-provided buffer was too small; the needed length was written to the out-length.
 pub const R1_ERR_BUFFER_TOO_SMALL: R1Status = 8;
 
+/// `token_id` of a prompt-progress call of [`R1TokenFn`]: between batches of prompt processing a
+/// plugin may call the token callback with an empty piece and this id, so the host can stop a long
+/// prompt early (return false). Such calls are not tokens: not streamed, not counted.
+pub const R1_TOKEN_PROMPT_PROGRESS: i32 = -1;
+
 /// Log levels passed to [`R1LogFn`], ordered like `tracing`'s.
 pub const R1_LOG_ERROR: i32 = 1;
 /// Warning.
@@ -154,7 +159,8 @@ pub type R1ProgressFn = Option<unsafe extern "C" fn(user_data: *mut c_void, prog
 /// Token callback of `generate`: one decoded piece, `len` bytes at `piece` (raw bytes of the token;
 /// a multi-byte UTF-8 character may be split across pieces), and its token id. The bytes are
 /// borrowed for the call. Return `true` to go on, `false` to stop generating (the generation then
-/// ends with `finish_reason` `"cancelled"` and status [`R1_OK`]).
+/// ends with `finish_reason` `"cancelled"` and status [`R1_OK`]). Between prompt batches the plugin
+/// may also call it with `len` 0 and `token_id` [`R1_TOKEN_PROMPT_PROGRESS`] (not a token).
 pub type R1TokenFn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -293,6 +299,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         ("R1_ERR_PANIC", R1_ERR_PANIC as i64),
         ("R1_ERR_UNSUPPORTED", R1_ERR_UNSUPPORTED as i64),
         ("R1_ERR_BUFFER_TOO_SMALL", R1_ERR_BUFFER_TOO_SMALL as i64),
+        ("R1_TOKEN_PROMPT_PROGRESS", R1_TOKEN_PROMPT_PROGRESS as i64),
         ("R1_LOG_ERROR", R1_LOG_ERROR as i64),
         ("R1_LOG_WARN", R1_LOG_WARN as i64),
         ("R1_LOG_INFO", R1_LOG_INFO as i64),

@@ -217,6 +217,14 @@ impl Target<'_> {
             session
                 .cached
                 .extend_from_slice(&prompt[chunk_start..chunk_end]);
+            // Between batches, let the host stop a long prompt (a prompt-progress call, not a token).
+            if chunk_end < prompt.len()
+                && !on_token(&[], r1_plugin_sdk::abi::R1_TOKEN_PROMPT_PROGRESS)
+            {
+                result.finish_reason = FinishReason::Cancelled;
+                result.prompt_ms = ms(prompt_start);
+                return Ok(result);
+            }
         }
         result.prompt_ms = ms(prompt_start);
 

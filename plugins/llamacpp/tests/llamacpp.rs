@@ -245,6 +245,47 @@ fn callback_returning_false_cancels_at_once() {
 }
 
 #[test]
+fn host_can_stop_a_long_prompt_between_batches() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    let mut model = load(LoadParams {
+        batch_size: Some(64),
+        ..params(&path)
+    })
+    .expect("SmolLM2 loads");
+    let prompt: Vec<i32> = model
+        .tokenize("The river runs through the old town. ", false, false)
+        .unwrap()
+        .into_iter()
+        .cycle()
+        .take(640)
+        .collect();
+    let mut calls = Vec::new();
+    let result = model
+        .generate(request(prompt.clone(), 10), &mut |piece, id| {
+            calls.push((piece.len(), id));
+            false
+        })
+        .expect("generate");
+    // Stopped at the first prompt-progress call, after one batch of 64 tokens: no token sampled.
+    assert_eq!(calls, vec![(0, abi::R1_TOKEN_PROMPT_PROGRESS)]);
+    assert_eq!(result.finish_reason, FinishReason::Cancelled);
+    assert_eq!(result.completion_tokens, 0);
+    // Going on through every call evaluates the 10 batches: 9 progress calls, then tokens.
+    let mut progress = 0;
+    let result = model
+        .generate(request(prompt, 2), &mut |piece, id| {
+            if id == abi::R1_TOKEN_PROMPT_PROGRESS {
+                assert!(piece.is_empty());
+                progress += 1;
+            }
+            true
+        })
+        .expect("generate");
+    assert_eq!(result.completion_tokens, 2);
+    assert!((1..=9).contains(&progress), "{progress}");
+}
+
+#[test]
 fn cancel_handle_stops_before_the_prompt() {
     let Some(mut model) = smollm2() else { return };
     let prompt = model.tokenize("Once upon a time", false, false).unwrap();
