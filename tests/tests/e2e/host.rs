@@ -316,3 +316,27 @@ async fn no_model_configured_says_how_to_configure_one() {
     assert_eq!(health.status, State::NoModel);
     assert!(health.error.unwrap().contains("--model"));
 }
+
+#[tokio::test]
+async fn client_disconnect_during_a_non_streamed_answer_stops_generation() {
+    let (daemon, _m) = echo_daemon("{}", vec![]);
+    daemon.settled().await;
+    let client = daemon.client();
+    let mut request = ask("tick tock [[slow]]");
+    request.max_tokens = Some(10_000);
+    // The client gives up after 300 ms: the future (and its connection) is dropped.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), client.chat(&request)).await;
+    assert!(
+        gave_up.is_err(),
+        "a 10,000-token slow answer cannot be done in 300 ms"
+    );
+    let start = Instant::now();
+    while client.status().await.unwrap().active_requests != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "generation still running 1 s after the client went away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.status().await.unwrap().requests_served, 1);
+}
