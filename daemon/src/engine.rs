@@ -9,7 +9,7 @@
 //! - Knows neither HTTP nor D-Bus: it speaks [`ChatEvent`]s.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -160,6 +160,7 @@ pub struct EngineConfig {
 
 struct Shared {
     state: watch::Sender<Snapshot>,
+    shutting_down: AtomicBool,
     active: AtomicU64,
     served: AtomicU64,
     started: Instant,
@@ -207,6 +208,7 @@ impl Engine {
         });
         let shared = Arc::new(Shared {
             state,
+            shutting_down: AtomicBool::new(false),
             active: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -231,6 +233,13 @@ impl Engine {
             shared,
             queue_depth: config.queue_depth,
         }
+    }
+
+    /// Begins shutdown: the running generation stops at its next token and ends with
+    /// [`EngineError::ShuttingDown`] (an error event, not a silent cut); queued and new requests
+    /// get the same error.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// The current state.
@@ -402,6 +411,10 @@ impl Worker {
     }
 
     fn run_chat(&mut self, job: ChatJob) -> Result<(), EngineError> {
+        let shutting_down = || self.shared.shutting_down.load(Ordering::SeqCst);
+        if shutting_down() {
+            return Err(EngineError::ShuttingDown);
+        }
         let Some(model) = self.model.as_mut() else {
             return Err(EngineError::NoModel {
                 reason: self.no_model_reason.clone(),
@@ -467,7 +480,11 @@ impl Worker {
         let reply = job.reply.clone();
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
+        let shared = self.shared.clone();
         let result = model.generate(&request, &mut |bytes, id| {
+            if shared.shutting_down.load(Ordering::SeqCst) {
+                return false;
+            }
             if id == r1_plugin_abi::R1_TOKEN_PROMPT_PROGRESS && bytes.is_empty() {
                 // Between prompt batches: stop a long prompt when the client has gone.
                 client_gone = reply.is_closed();
@@ -490,6 +507,9 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
         if client_gone {
             tracing::debug!(
                 "client went away; generation stopped after {} tokens",

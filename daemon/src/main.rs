@@ -156,7 +156,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
         },
     );
-    let router = r1d::api::http::router(r1d::api::http::AppState { engine, host });
+    let router = r1d::api::http::router(r1d::api::http::AppState {
+        engine: engine.clone(),
+        host,
+    });
 
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -164,6 +167,9 @@ async fn main() -> anyhow::Result<()> {
         async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
+            // Running answers end with an error event, so the graceful shutdown does not wait
+            // for a long generation to finish.
+            engine.shutdown();
             shutdown.cancel();
         }
     });

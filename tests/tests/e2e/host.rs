@@ -340,3 +340,33 @@ async fn client_disconnect_during_a_non_streamed_answer_stops_generation() {
     }
     assert_eq!(client.status().await.unwrap().requests_served, 1);
 }
+
+#[tokio::test]
+async fn sigterm_ends_a_running_stream_with_an_error_event_and_exits() {
+    let (mut daemon, _m) = echo_daemon("{}", vec![]);
+    daemon.settled().await;
+    let mut request = ask("tick tock [[slow]]");
+    request.max_tokens = Some(10_000);
+    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    daemon.terminate();
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        last = Some(item);
+    }
+    let last = last
+        .expect("the stream ends with an event")
+        .unwrap_err()
+        .to_string();
+    assert!(last.contains("shutting down"), "{last}");
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("r1d exits within 5 s of SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        !daemon.socket.exists(),
+        "the socket file is removed at exit"
+    );
+}
