@@ -3,6 +3,7 @@
 //! This crate is the contract between the daemon and its clients (`r1ctl`, the integration
 //! tests, Rust apps): the daemon's HTTP module serialises exactly these types.
 
+pub mod ollama;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

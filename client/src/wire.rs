@@ -20,6 +20,9 @@ pub struct ChatMessage {
     /// the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The same under the name some clients use (OpenRouter, vLLM); accepted and not re-sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 impl ChatMessage {
@@ -29,6 +32,7 @@ impl ChatMessage {
             role: role.to_owned(),
             content: Some(MessageContent::Text(content.into())),
             reasoning_content: None,
+            reasoning: None,
         }
     }
 
@@ -133,6 +137,103 @@ pub struct ChatCompletionRequest {
     /// Stop strings: generation ends before the first occurrence, which is not returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
+    /// Number of choices; only 1 is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// How reasoning comes back (llama-server's option): `"deepseek"` (default; also `"auto"`):
+    /// in `reasoning_content`, no tags; `"none"`: raw in `content`, `<think>` tags paired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_format: Option<String>,
+}
+
+/// Body of `POST /v1/completions` (legacy OpenAI text completion: a raw prompt, no template).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CompletionRequest {
+    /// Model name (see [`ChatCompletionRequest::model`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The prompt: a string, or an array holding one string.
+    pub prompt: CompletionPrompt,
+    /// Stream as server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Streaming options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Most tokens to generate (OpenAI's default for this route is 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Top-k (llama.cpp extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    /// Min-p (llama.cpp extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Sampling seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Stop strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    /// Number of choices; only 1 is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+}
+
+/// The prompt of a text completion.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum CompletionPrompt {
+    /// One prompt.
+    One(String),
+    /// Several prompts (only one is supported).
+    Many(Vec<String>),
+}
+
+impl Default for CompletionPrompt {
+    fn default() -> Self {
+        CompletionPrompt::One(String::new())
+    }
+}
+
+/// One choice of a text completion (and of its streamed chunks).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CompletionChoice {
+    /// The text (a piece of it, when streamed).
+    pub text: String,
+    /// Always 0.
+    pub index: u32,
+    /// Always null (log probabilities are not reported).
+    pub logprobs: Option<serde_json::Value>,
+    /// `"stop"` or `"length"` in the last message, null before.
+    pub finish_reason: Option<String>,
+}
+
+/// Response of `POST /v1/completions`, and each streamed chunk (`object: "text_completion"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Completion {
+    /// `cmpl-…`.
+    pub id: String,
+    /// `"text_completion"`.
+    pub object: String,
+    /// Unix time, seconds.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// One choice (none in a usage-only chunk).
+    pub choices: Vec<CompletionChoice>,
+    /// Token counts (non-streamed; the last chunk when streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Speeds (non-streamed; the last chunk when streamed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
 }
 
 /// Token counts of one request.

@@ -96,6 +96,89 @@ pub fn render(
     })
 }
 
+/// How a model is talked to: whether it reasons in `<think>` blocks, whether it is a DeepSeek-R1
+/// variant (whose recommendations then apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelProfile {
+    /// A DeepSeek-R1 variant, recognised by its GGUF `general.name`/basename ("DeepSeek R1 Distill
+    /// Qwen 7B", "DeepSeek-R1-0528-Qwen3-8B", …).
+    pub deepseek_r1: bool,
+    /// Emits reasoning in `<think>…</think>` (R1, or a template that handles `</think>`).
+    pub reasoning: bool,
+}
+
+/// Sampling used when a request sets none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingDefaults {
+    /// Temperature.
+    pub temperature: f32,
+    /// Nucleus threshold.
+    pub top_p: f32,
+    /// Top-k (0 = off).
+    pub top_k: i32,
+    /// Min-p (0 = off).
+    pub min_p: f32,
+}
+
+impl ModelProfile {
+    /// The profile of a loaded model, from its name and chat template.
+    pub fn of(info: &r1_plugin_abi::json::ModelInfo) -> ModelProfile {
+        let name = info.name.as_deref().unwrap_or(&info.path).to_lowercase();
+        let deepseek_r1 = name.contains("deepseek") && name.contains("r1");
+        let template_reasons = info
+            .chat_template
+            .as_deref()
+            .is_some_and(|t| t.contains("</think>"));
+        ModelProfile {
+            deepseek_r1,
+            reasoning: deepseek_r1 || template_reasons,
+        }
+    }
+
+    /// DeepSeek's recommended sampling for R1 (model cards of the DeepSeek-R1 distills, "Usage
+    /// Recommendations": temperature 0.5–0.7, 0.6 recommended; top-p 0.95); llama.cpp's defaults
+    /// for other models (`common/common.h`, `common_params_sampling`: temperature 0.8, top-k 40,
+    /// top-p 0.95, min-p 0.05).
+    pub fn sampling_defaults(&self) -> SamplingDefaults {
+        if self.deepseek_r1 {
+            SamplingDefaults {
+                temperature: 0.6,
+                top_p: 0.95,
+                top_k: 0,
+                min_p: 0.0,
+            }
+        } else {
+            SamplingDefaults {
+                temperature: 0.8,
+                top_p: 0.95,
+                top_k: 40,
+                min_p: 0.05,
+            }
+        }
+    }
+
+    /// For R1, makes the prompt end with `<think>\n`: DeepSeek recommends "enforcing the model to
+    /// initiate its response with `<think>\n`" (R1 model cards, "Usage Recommendations"), and
+    /// R1's later templates end that way; the original template ends with the assistant tag alone.
+    pub fn open_reasoning(&self, prompt: &mut Prompt) {
+        if self.deepseek_r1 && !prompt.opens_reasoning {
+            prompt.text.push_str("<think>\n");
+            prompt.opens_reasoning = true;
+        }
+    }
+}
+
+/// How reasoning is returned (llama-server's `reasoning_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReasoningFormat {
+    /// Split: reasoning in its own channel, answer in content, no tags in either.
+    #[default]
+    DeepSeek,
+    /// Raw text in content, with the opening `<think>` restored when the prompt opened it, so the
+    /// tags always pair.
+    None,
+}
+
 /// Which channel a piece of text belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
@@ -139,16 +222,22 @@ pub struct Assembler {
 
 impl Assembler {
     /// A new assembler; `opens_reasoning` from [`Prompt::opens_reasoning`].
-    pub fn new(opens_reasoning: bool, stops: Vec<String>) -> Self {
+    pub fn new(opens_reasoning: bool, stops: Vec<String>, format: ReasoningFormat) -> Self {
+        let raw = format == ReasoningFormat::None;
         Assembler {
             bytes: Vec::new(),
-            pending: String::new(),
-            channel: if opens_reasoning {
+            // Raw: the opening tag the prompt consumed is given back, so the tags pair.
+            pending: if raw && opens_reasoning {
+                "<think>\n".into()
+            } else {
+                String::new()
+            },
+            channel: if opens_reasoning && !raw {
                 Channel::Reasoning
             } else {
                 Channel::Content
             },
-            content_started: false,
+            content_started: raw,
             trim_next: false,
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             stopped: false,
@@ -308,7 +397,11 @@ mod tests {
     use super::*;
 
     fn run(opens: bool, stops: &[&str], tokens: &[&[u8]]) -> (Vec<Piece>, bool) {
-        let mut a = Assembler::new(opens, stops.iter().map(|s| s.to_string()).collect());
+        let mut a = Assembler::new(
+            opens,
+            stops.iter().map(|s| s.to_string()).collect(),
+            ReasoningFormat::DeepSeek,
+        );
         let mut out = Vec::new();
         for t in tokens {
             out.extend(a.push(t));
@@ -358,6 +451,25 @@ mod tests {
     }
 
     #[test]
+    fn raw_format_restores_the_opening_tag_and_keeps_everything_in_content() {
+        let mut a = Assembler::new(true, vec![], ReasoningFormat::None);
+        let mut out = Vec::new();
+        for t in ["hmm", "</think>", "\n\nok"] {
+            out.extend(a.push(t.as_bytes()));
+        }
+        out.extend(a.finish());
+        assert!(out.iter().all(|p| p.channel == Channel::Content));
+        assert_eq!(text(&out, Channel::Content), "<think>\nhmm</think>\n\nok");
+    }
+
+    #[test]
+    fn unclosed_reasoning_stays_reasoning_and_is_flushed() {
+        let (out, _) = run(true, &[], &[b"still", b" thinking</th"]);
+        assert_eq!(text(&out, Channel::Reasoning), "still thinking</th");
+        assert_eq!(text(&out, Channel::Content), "");
+    }
+
+    #[test]
     fn plain_answer_stays_content() {
         let (out, stopped) = run(false, &[], &[b"Hello", b" world"]);
         // One piece per token: nothing is held back when no stop string or tag can start.
@@ -379,7 +491,7 @@ mod tests {
 
     #[test]
     fn multi_token_stop_string_stops_and_is_never_shown() {
-        let mut a = Assembler::new(false, vec!["END HERE".into()]);
+        let mut a = Assembler::new(false, vec!["END HERE".into()], ReasoningFormat::DeepSeek);
         let mut shown = String::new();
         for t in ["one ", "END", " HE", "RE more"] {
             for p in a.push(t.as_bytes()) {

@@ -17,7 +17,7 @@ use r1_plugin_abi::json::{FinishReason, GenerateRequest, GenerateResult, LoadPar
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::{BackendError, LoadedModel, PluginHost};
-use crate::chat::{self, Assembler, Message, Piece};
+use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
 
 /// Why a request could not be served.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -50,23 +50,34 @@ pub enum EngineError {
     ShuttingDown,
 }
 
-/// Sampling and limits of one request, already defaulted.
-#[derive(Debug, Clone, PartialEq)]
+/// Sampling and limits of one request as the client set them; `None` takes the model's default
+/// (see [`chat::SamplingDefaults`]).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sampling {
-    /// Most tokens to generate; `None` = the configured default, capped by the context.
+    /// Most tokens to generate; `None` = the configured default. Always capped by what is left of
+    /// the context.
     pub max_tokens: Option<u32>,
     /// Temperature; 0 = greedy.
-    pub temperature: f32,
+    pub temperature: Option<f32>,
     /// Nucleus threshold.
-    pub top_p: f32,
+    pub top_p: Option<f32>,
     /// Top-k (0 = off).
-    pub top_k: i32,
+    pub top_k: Option<i32>,
     /// Min-p (0 = off).
-    pub min_p: f32,
+    pub min_p: Option<f32>,
     /// Seed; `None` = random.
     pub seed: Option<u32>,
     /// Stop strings.
     pub stop: Vec<String>,
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<Message>),
+    /// Raw text, tokenized as it is (BOS added when the tokenizer adds one); no template.
+    Raw(String),
 }
 
 /// What a request receives, in order: `Started`, any number of `Piece`, then `Done` or `Failed`
@@ -100,10 +111,12 @@ pub struct Finished {
 /// One chat request.
 #[derive(Debug)]
 pub struct ChatJob {
-    /// The conversation.
-    pub messages: Vec<Message>,
+    /// The conversation or raw prompt.
+    pub input: PromptInput,
     /// Sampling.
     pub sampling: Sampling,
+    /// How reasoning comes back.
+    pub reasoning_format: ReasoningFormat,
     /// Where the events go; closing it cancels the request.
     pub reply: mpsc::Sender<ChatEvent>,
     /// When the request was admitted (time to first token counts from here).
@@ -274,13 +287,15 @@ impl Engine {
     /// [`EngineError::Busy`] when the queue is full, [`EngineError::ShuttingDown`] after shutdown.
     pub fn chat(
         &self,
-        messages: Vec<Message>,
+        input: PromptInput,
         sampling: Sampling,
+        reasoning_format: ReasoningFormat,
     ) -> Result<mpsc::Receiver<ChatEvent>, EngineError> {
         let (reply, rx) = mpsc::channel(64);
         let job = ChatJob {
-            messages,
+            input,
             sampling,
+            reasoning_format,
             reply,
             admitted: Instant::now(),
         };
@@ -421,24 +436,32 @@ impl Worker {
             });
         };
         let info = model.info().clone();
-        let template = info
-            .chat_template
-            .as_deref()
-            .unwrap_or(chat::FALLBACK_TEMPLATE);
-        let prompt = chat::render(
-            template,
-            &job.messages,
-            info.bos_token.as_ref().map(|t| t.text.as_str()),
-            info.eos_token.as_ref().map(|t| t.text.as_str()),
-        )
-        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let profile = chat::ModelProfile::of(&info);
+        let (text, has_bos, opens_reasoning) = match &job.input {
+            PromptInput::Chat(messages) => {
+                let template = info
+                    .chat_template
+                    .as_deref()
+                    .unwrap_or(chat::FALLBACK_TEMPLATE);
+                let mut prompt = chat::render(
+                    template,
+                    messages,
+                    info.bos_token.as_ref().map(|t| t.text.as_str()),
+                    info.eos_token.as_ref().map(|t| t.text.as_str()),
+                )
+                .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+                profile.open_reasoning(&mut prompt);
+                (prompt.text, prompt.has_bos, prompt.opens_reasoning)
+            }
+            PromptInput::Raw(text) => (text.clone(), false, false),
+        };
         // BOS exactly once: the template's, or the tokenizer's when the template has none.
-        let add_special = info.add_bos_token && !prompt.has_bos;
+        let add_special = info.add_bos_token && !has_bos;
         let tokens = model
-            .tokenize(&prompt.text, add_special, true)
+            .tokenize(&text, add_special, true)
             .map_err(|e| EngineError::Backend(e.to_string()))?;
         // User content: only at trace level, never at info (ARCHITECTURE.md invariant).
-        tracing::trace!(prompt = %prompt.text, ?tokens, "rendered prompt");
+        tracing::trace!(prompt = %text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;
         let n_ctx = info.context_length;
         if n_prompt >= n_ctx {
@@ -465,18 +488,21 @@ impl Worker {
         {
             return Ok(());
         }
+        let defaults = profile.sampling_defaults();
+        let sampling = &job.sampling;
         let request = GenerateRequest {
             prompt_tokens: tokens,
             max_tokens,
-            temperature: job.sampling.temperature,
-            top_p: job.sampling.top_p,
-            top_k: job.sampling.top_k,
-            min_p: job.sampling.min_p,
-            seed: job.sampling.seed,
+            temperature: sampling.temperature.unwrap_or(defaults.temperature),
+            top_p: sampling.top_p.unwrap_or(defaults.top_p),
+            top_k: sampling.top_k.unwrap_or(defaults.top_k),
+            min_p: sampling.min_p.unwrap_or(defaults.min_p),
+            seed: sampling.seed,
             stop_tokens: Vec::new(),
             ignore_eos: false,
         };
-        let mut assembler = Assembler::new(prompt.opens_reasoning, job.sampling.stop.clone());
+        let mut assembler =
+            Assembler::new(opens_reasoning, sampling.stop.clone(), job.reasoning_format);
         let reply = job.reply.clone();
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;

@@ -146,6 +146,9 @@ impl Daemon {
         }
         cmd.args(&options.args);
         cmd.env("RUST_LOG", "info,r1d::plugin=info");
+        // llama.cpp's OpenMP threads spin while waiting; several test daemons spinning on two
+        // cores starve each other. Tests measure behaviour, not speed.
+        cmd.env("OMP_WAIT_POLICY", "passive");
         for (k, v) in &options.env {
             cmd.env(k, v);
         }

@@ -1,3 +1,6 @@
 //! Transports. Each knows its own wire shapes; the engine knows none of them.
 
+pub mod answer;
 pub mod http;
+pub mod ollama;
+pub mod openai;

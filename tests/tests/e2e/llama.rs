@@ -9,6 +9,10 @@ use r1d_tests::{fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2};
 
 use crate::ask;
 
+/// One real model at a time: two daemons generating at once on two cores make each other's
+/// timings (the one-second disconnect bound) meaningless.
+static ONE_MODEL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn smollm_daemon() -> Option<Daemon> {
     let model = fixture(SMOLLM2)?;
     Some(Daemon::start(DaemonOptions {
@@ -20,6 +24,7 @@ fn smollm_daemon() -> Option<Daemon> {
 
 #[tokio::test]
 async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
     let Some(daemon) = smollm_daemon() else {
         return;
     };
@@ -98,6 +103,7 @@ async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
 
 #[tokio::test]
 async fn max_tokens_ends_with_finish_reason_length() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
     let Some(daemon) = smollm_daemon() else {
         return;
     };
@@ -112,6 +118,7 @@ async fn max_tokens_ends_with_finish_reason_length() {
 
 #[tokio::test]
 async fn disconnect_mid_stream_ends_generation_within_a_second() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
     let Some(daemon) = smollm_daemon() else {
         return;
     };
@@ -138,6 +145,7 @@ async fn disconnect_mid_stream_ends_generation_within_a_second() {
 
 #[tokio::test]
 async fn seeded_sampling_is_reproducible() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
     let Some(daemon) = smollm_daemon() else {
         return;
     };

@@ -46,7 +46,7 @@ fn r1_original_template_multi_turn_prompt_has_one_bos_and_drops_old_reasoning() 
         msg("assistant", "<think>\nnotes-42\n</think>\n\nHello!"),
         msg("user", "And now?"),
     ];
-    let prompt = chat::render(
+    let mut prompt = chat::render(
         &template,
         &messages,
         Some(&bos.text),
@@ -63,6 +63,12 @@ fn r1_original_template_multi_turn_prompt_has_one_bos_and_drops_old_reasoning() 
     assert!(!prompt.text.contains("notes-42"));
     assert!(prompt.has_bos);
     assert!(!prompt.opens_reasoning);
+    // r1d recognises R1 and opens the reasoning itself, as DeepSeek recommends.
+    let profile = chat::ModelProfile::of(&info);
+    assert!(profile.deepseek_r1 && profile.reasoning);
+    profile.open_reasoning(&mut prompt);
+    assert!(prompt.text.ends_with("<｜Assistant｜><think>\n"));
+    assert!(prompt.opens_reasoning);
 
     // Tokenized as the engine does: the template's BOS, none added by the tokenizer.
     let tokens = model
@@ -75,8 +81,15 @@ fn r1_original_template_multi_turn_prompt_has_one_bos_and_drops_old_reasoning() 
     );
     assert_eq!(tokens[0], bos.id);
 
-    // <｜Assistant｜> is token 151645 in R1's vocabulary, <｜User｜> 151644, BOS 151646.
-    assert_eq!(tokens.last(), Some(&151645), "{tokens:?}");
+    // <｜Assistant｜> is token 151645 in R1's vocabulary, <think> 151648, "\n" 198,
+    // <｜User｜> 151644, BOS 151646, <｜end▁of▁sentence｜> 151643.
+    assert_eq!(
+        tokens,
+        [
+            151646, 151644, 13048, 151645, 271, 9707, 0, 151643, 151644, 3036, 1431, 30, 151645,
+            151648, 198
+        ]
+    );
     assert_eq!(
         tokens.iter().filter(|&&t| t == 151644).count(),
         2,

@@ -1,0 +1,241 @@
+//! Ollama-compatible JSON shapes (`/api/*`), as Ollama's `docs/api.md` describes them: durations
+//! in nanoseconds, times in RFC 3339, streamed answers as newline-delimited JSON objects.
+
+use serde::{Deserialize, Serialize};
+
+/// A chat message.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`.
+    pub role: String,
+    /// The text.
+    #[serde(default)]
+    pub content: String,
+    /// Reasoning (`think: true`): in answers; accepted and not re-sent in requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// Images (base64); accepted and ignored (no vision model is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+}
+
+/// Body of `POST /api/chat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChatRequest {
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// The conversation; empty = just load the model.
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    /// Stream (default true, as in Ollama).
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Return reasoning in `message.thinking` (true) or inline in `content` with its tags.
+    #[serde(default)]
+    pub think: Option<bool>,
+    /// Sampling options (`temperature`, `top_p`, `top_k`, `min_p`, `seed`, `num_predict`, `stop`,
+    /// …); unknown keys are ignored, as Ollama does.
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Accepted and ignored (the model stays resident).
+    #[serde(default)]
+    pub keep_alive: Option<serde_json::Value>,
+}
+
+/// Body of `POST /api/generate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GenerateRequest {
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// The prompt; empty = just load the model.
+    #[serde(default)]
+    pub prompt: String,
+    /// A system prompt.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Send the prompt as it is, without the chat template.
+    #[serde(default)]
+    pub raw: bool,
+    /// Stream (default true).
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Reasoning in `thinking` (true) or inline in `response`.
+    #[serde(default)]
+    pub think: Option<bool>,
+    /// Sampling options, as for chat.
+    #[serde(default)]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub keep_alive: Option<serde_json::Value>,
+}
+
+/// Counts and durations of a finished answer (all durations in nanoseconds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Why it ended: `stop`, `length` (or `load` for a load-only request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    /// Whole request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_duration: Option<u64>,
+    /// Loading the model (0: it was resident).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_duration: Option<u64>,
+    /// Prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_count: Option<u32>,
+    /// Prompt processing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_duration: Option<u64>,
+    /// Generated tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_count: Option<u32>,
+    /// Generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_duration: Option<u64>,
+}
+
+/// One object of a `/api/chat` answer (each streamed line, or the whole answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChatResponse {
+    /// Model name.
+    pub model: String,
+    /// RFC 3339 time.
+    pub created_at: String,
+    /// The (piece of the) answer.
+    pub message: Message,
+    /// True in the last object.
+    pub done: bool,
+    /// Counts and durations, in the last object.
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// One object of a `/api/generate` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GenerateResponse {
+    /// Model name.
+    pub model: String,
+    /// RFC 3339 time.
+    pub created_at: String,
+    /// The (piece of the) answer.
+    pub response: String,
+    /// The (piece of the) reasoning, with `think: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    /// True in the last object.
+    pub done: bool,
+    /// Counts and durations, in the last object.
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// Model details, as `/api/tags`, `/api/show` and `/api/ps` give them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Details {
+    /// Always empty.
+    pub parent_model: String,
+    /// `gguf`.
+    pub format: String,
+    /// Architecture, e.g. `qwen2`.
+    pub family: String,
+    /// The same, as a list.
+    pub families: Vec<String>,
+    /// e.g. `7.6B`, `135M`.
+    pub parameter_size: String,
+    /// e.g. `Q4_K_M`.
+    pub quantization_level: String,
+}
+
+/// One model of `/api/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagModel {
+    /// Name.
+    pub name: String,
+    /// Name again (Ollama sends both).
+    pub model: String,
+    /// RFC 3339 modification time of the file.
+    pub modified_at: String,
+    /// File size, bytes.
+    pub size: u64,
+    /// Content digest; empty (r1d does not hash files it did not download).
+    pub digest: String,
+    /// Details.
+    pub details: Details,
+}
+
+/// `GET /api/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tags {
+    /// Models.
+    pub models: Vec<TagModel>,
+}
+
+/// One model of `/api/ps`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunningModel {
+    /// Name.
+    pub name: String,
+    /// Name again.
+    pub model: String,
+    /// Bytes held (weights + KV cache).
+    pub size: u64,
+    /// Content digest (empty).
+    pub digest: String,
+    /// Details.
+    pub details: Details,
+    /// RFC 3339; far in the future (r1d keeps the model resident).
+    pub expires_at: String,
+    /// Bytes on GPUs.
+    pub size_vram: u64,
+    /// Context length, tokens.
+    pub context_length: u32,
+}
+
+/// `GET /api/ps`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Running {
+    /// The resident model, if any.
+    pub models: Vec<RunningModel>,
+}
+
+/// Body of `POST /api/show`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShowRequest {
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// Older clients send `name`.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `POST /api/show`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Show {
+    /// Empty (r1d has no Modelfiles).
+    pub modelfile: String,
+    /// Default sampling, one `key value` per line.
+    pub parameters: String,
+    /// The model's chat template (Jinja).
+    pub template: String,
+    /// Details.
+    pub details: Details,
+    /// GGUF-style keys: `general.architecture`, `general.parameter_count`,
+    /// `<arch>.context_length`, `<arch>.block_count`, `<arch>.embedding_length`.
+    pub model_info: serde_json::Map<String, serde_json::Value>,
+    /// `completion`, and `thinking` for reasoning models.
+    pub capabilities: Vec<String>,
+    /// RFC 3339.
+    pub modified_at: String,
+}
+
+/// `GET /api/version`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Version {
+    /// r1d's version.
+    pub version: String,
+}

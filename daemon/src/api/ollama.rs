@@ -1,0 +1,597 @@
+//! Ollama-compatible routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by default),
+//! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`.
+//!
+//! Shapes follow Ollama's `docs/api.md`. Errors are `{"error": "…"}`. Reasoning goes to
+//! `thinking` when the request says `think: true`; otherwise it stays inline in the answer with its
+//! `<think>` tags (what Ollama shows for DeepSeek-R1 without `think`).
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use r1_plugin_abi::json::{FinishReason, ModelInfo};
+use r1d_client::ollama::{
+    ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
+    Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Version,
+};
+use serde_json::Value;
+
+use super::answer::{self, Collected, Encoder, Out};
+use super::http::AppState;
+use crate::chat::{Channel, Message, ModelProfile, Piece, ReasoningFormat};
+use crate::engine::{EngineError, Finished, PromptInput, Sampling};
+
+/// The Ollama routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/chat", post(chat))
+        .route("/api/generate", post(generate))
+        .route("/api/tags", get(tags))
+        .route("/api/show", post(show))
+        .route("/api/ps", get(ps))
+        .route("/api/version", get(version))
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// The one mapping from engine errors to Ollama responses.
+fn engine_error(e: EngineError) -> Response {
+    let status = match &e {
+        EngineError::NoModel { .. } | EngineError::Busy(_) | EngineError::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        EngineError::ContextExceeded { .. } | EngineError::InvalidRequest(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        EngineError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// Sampling from Ollama `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`,
+/// `num_predict` (-1 = no limit but the context), `stop`. Other keys are ignored, as Ollama
+/// ignores options a model does not use; a known key of the wrong type is an error.
+fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling, Response> {
+    let mut s = Sampling::default();
+    let Some(options) = options else { return Ok(s) };
+    let bad = |key: &str, what: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid option {key}: expected {what}"),
+        )
+    };
+    let float = |key: &str| -> Result<Option<f32>, Response> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|f| Some(f as f32))
+                .ok_or_else(|| bad(key, "a number")),
+        }
+    };
+    let int = |key: &str| -> Result<Option<i64>, Response> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| bad(key, "an integer")),
+        }
+    };
+    s.temperature = float("temperature")?;
+    s.top_p = float("top_p")?;
+    s.min_p = float("min_p")?;
+    s.top_k = int("top_k")?.map(|k| k as i32);
+    s.seed = int("seed")?.map(|k| k as u32);
+    // Ollama: -1 = no limit, -2 = fill the context; both end at the context here.
+    s.max_tokens = match int("num_predict")? {
+        Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
+        Some(n) if n < 0 => Some(u32::MAX),
+        _ => None,
+    };
+    s.stop = match options.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) => many
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad("stop", "strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("stop", "a string or a list of strings")),
+    };
+    answer::validate_sampling(&s)
+        .map_err(|(_, message)| error(StatusCode::BAD_REQUEST, message))?;
+    Ok(s)
+}
+
+fn check_model(state: &AppState, model: &str) -> Result<(), Response> {
+    answer::check_model(&state.engine.snapshot(), Some(model))
+        .map_err(|message| error(StatusCode::NOT_FOUND, message))
+}
+
+fn format_of(think: Option<bool>) -> ReasoningFormat {
+    if think == Some(true) {
+        ReasoningFormat::DeepSeek
+    } else {
+        ReasoningFormat::None
+    }
+}
+
+fn ns(ms: f64) -> u64 {
+    (ms * 1e6).max(0.0) as u64
+}
+
+fn stats(f: &Finished) -> Stats {
+    let r = &f.result;
+    Stats {
+        done_reason: Some(
+            match f.finish_reason {
+                FinishReason::Length => "length",
+                FinishReason::Stop | FinishReason::Cancelled => "stop",
+            }
+            .into(),
+        ),
+        total_duration: Some(ns(r.prompt_ms + r.generation_ms)),
+        load_duration: Some(0),
+        prompt_eval_count: Some(r.prompt_tokens),
+        prompt_eval_duration: Some(ns(r.prompt_ms)),
+        eval_count: Some(r.completion_tokens),
+        eval_duration: Some(ns(r.generation_ms)),
+    }
+}
+
+fn load_only_stats() -> Stats {
+    Stats {
+        done_reason: Some("load".into()),
+        ..Default::default()
+    }
+}
+
+fn ndjson(stream: impl futures_util::Stream<Item = Out> + Send + 'static) -> Response {
+    let lines = stream.filter_map(|out| {
+        std::future::ready(match out {
+            Out::Json(v) => Some(Ok::<_, std::convert::Infallible>(Bytes::from(format!(
+                "{v}\n"
+            )))),
+            Out::End => None,
+        })
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed to build the response".into(),
+            )
+        })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: ChatRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_model(&state, &req.model) {
+        return r;
+    }
+    let sampling = match sampling(req.options.as_ref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let model = state
+        .engine
+        .snapshot()
+        .model
+        .map(|(info, _)| display_name(&info))
+        .unwrap_or_else(|| req.model.clone());
+    if req.messages.is_empty() {
+        // Ollama answers an empty conversation by (loading and) reporting the model.
+        return Json(ChatResponse {
+            model,
+            created_at: now_rfc3339(),
+            message: OMessage {
+                role: "assistant".into(),
+                ..Default::default()
+            },
+            done: true,
+            stats: load_only_stats(),
+        })
+        .into_response();
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !answer::ROLES.contains(&m.role.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "messages[{i}].role {:?} is not one of {}",
+                    m.role,
+                    answer::ROLES.join(", ")
+                ),
+            );
+        }
+        messages.push(Message {
+            role: if m.role == "developer" {
+                "system".into()
+            } else {
+                m.role.clone()
+            },
+            content: m.content.clone(),
+        });
+    }
+    let admitted = match answer::admit(
+        &state.engine,
+        PromptInput::Chat(messages),
+        sampling,
+        format_of(req.think),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => return engine_error(e),
+    };
+    let encoder = ChatEncoder { model };
+    if req.stream.unwrap_or(true) {
+        return ndjson(answer::encode(admitted.rx, encoder));
+    }
+    match answer::collect(admitted.rx).await {
+        Ok(Collected {
+            content,
+            reasoning,
+            finished,
+        }) => Json(ChatResponse {
+            model: encoder.model,
+            created_at: now_rfc3339(),
+            message: OMessage {
+                role: "assistant".into(),
+                content,
+                thinking: (!reasoning.is_empty()).then_some(reasoning),
+                images: None,
+            },
+            done: true,
+            stats: stats(&finished),
+        })
+        .into_response(),
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `/api/chat` lines: one per piece (`content` or `thinking`), then a `done` line with stats.
+struct ChatEncoder {
+    model: String,
+}
+
+impl ChatEncoder {
+    fn line(
+        &self,
+        content: String,
+        thinking: Option<String>,
+        done: bool,
+        stats: Stats,
+    ) -> ChatResponse {
+        ChatResponse {
+            model: self.model.clone(),
+            created_at: now_rfc3339(),
+            message: OMessage {
+                role: "assistant".into(),
+                content,
+                thinking,
+                images: None,
+            },
+            done,
+            stats,
+        }
+    }
+}
+
+impl Encoder for ChatEncoder {
+    fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        let line = match piece.channel {
+            Channel::Content => self.line(piece.text, None, false, Stats::default()),
+            Channel::Reasoning => {
+                self.line(String::new(), Some(piece.text), false, Stats::default())
+            }
+        };
+        vec![json(&line)]
+    }
+
+    fn done(&mut self, finished: &Finished) -> Vec<Value> {
+        vec![json(&self.line(String::new(), None, true, stats(finished)))]
+    }
+
+    fn error(&mut self, error: &EngineError) -> Value {
+        serde_json::json!({ "error": error.to_string() })
+    }
+}
+
+async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: GenerateRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_model(&state, &req.model) {
+        return r;
+    }
+    let sampling = match sampling(req.options.as_ref()) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let model = state
+        .engine
+        .snapshot()
+        .model
+        .map(|(info, _)| display_name(&info))
+        .unwrap_or_else(|| req.model.clone());
+    if req.prompt.is_empty() {
+        return Json(GenerateResponse {
+            model,
+            created_at: now_rfc3339(),
+            response: String::new(),
+            thinking: None,
+            done: true,
+            stats: load_only_stats(),
+        })
+        .into_response();
+    }
+    let input = if req.raw {
+        PromptInput::Raw(req.prompt.clone())
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &req.system {
+            messages.push(Message {
+                role: "system".into(),
+                content: system.clone(),
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: req.prompt.clone(),
+        });
+        PromptInput::Chat(messages)
+    };
+    let admitted = match answer::admit(&state.engine, input, sampling, format_of(req.think)).await {
+        Ok(a) => a,
+        Err(e) => return engine_error(e),
+    };
+    let encoder = GenerateEncoder { model };
+    if req.stream.unwrap_or(true) {
+        return ndjson(answer::encode(admitted.rx, encoder));
+    }
+    match answer::collect(admitted.rx).await {
+        Ok(c) => Json(GenerateResponse {
+            model: encoder.model,
+            created_at: now_rfc3339(),
+            response: c.content,
+            thinking: (!c.reasoning.is_empty()).then_some(c.reasoning),
+            done: true,
+            stats: stats(&c.finished),
+        })
+        .into_response(),
+        Err(e) => engine_error(e),
+    }
+}
+
+/// `/api/generate` lines: one per piece (`response` or `thinking`), then a `done` line.
+struct GenerateEncoder {
+    model: String,
+}
+
+impl GenerateEncoder {
+    fn line(
+        &self,
+        response: String,
+        thinking: Option<String>,
+        done: bool,
+        stats: Stats,
+    ) -> GenerateResponse {
+        GenerateResponse {
+            model: self.model.clone(),
+            created_at: now_rfc3339(),
+            response,
+            thinking,
+            done,
+            stats,
+        }
+    }
+}
+
+impl Encoder for GenerateEncoder {
+    fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        let line = match piece.channel {
+            Channel::Content => self.line(piece.text, None, false, Stats::default()),
+            Channel::Reasoning => {
+                self.line(String::new(), Some(piece.text), false, Stats::default())
+            }
+        };
+        vec![json(&line)]
+    }
+
+    fn done(&mut self, finished: &Finished) -> Vec<Value> {
+        vec![json(&self.line(String::new(), None, true, stats(finished)))]
+    }
+
+    fn error(&mut self, error: &EngineError) -> Value {
+        serde_json::json!({ "error": error.to_string() })
+    }
+}
+
+/// The name Ollama clients see: the GGUF's `general.name`, else the file stem.
+fn display_name(info: &ModelInfo) -> String {
+    info.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(&info.path)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| info.path.clone())
+    })
+}
+
+/// "7.6B", "135M": the parameter count as Ollama prints it.
+fn parameter_size(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{}M", (n as f64 / 1e6).round())
+    }
+}
+
+fn details(info: &ModelInfo) -> Details {
+    let family = info.architecture.clone().unwrap_or_default();
+    Details {
+        parent_model: String::new(),
+        format: "gguf".into(),
+        families: vec![family.clone()],
+        family,
+        parameter_size: parameter_size(info.parameters),
+        quantization_level: info.file_type.clone().unwrap_or_default(),
+    }
+}
+
+fn file_times(path: &str) -> (u64, String) {
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(now_rfc3339);
+    (size, modified)
+}
+
+async fn tags(State(state): State<AppState>) -> Json<Tags> {
+    let models = state
+        .engine
+        .snapshot()
+        .model
+        .map(|(info, _)| {
+            let (size, modified_at) = file_times(&info.path);
+            let name = display_name(&info);
+            TagModel {
+                model: name.clone(),
+                name,
+                modified_at,
+                size,
+                digest: String::new(),
+                details: details(&info),
+            }
+        })
+        .into_iter()
+        .collect();
+    Json(Tags { models })
+}
+
+async fn ps(State(state): State<AppState>) -> Json<Running> {
+    let models = state
+        .engine
+        .snapshot()
+        .model
+        .map(|(info, _)| {
+            let name = display_name(&info);
+            // Resident until swapped: report an expiry far ahead, as Ollama does for keep_alive -1.
+            let expires = SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+            RunningModel {
+                model: name.clone(),
+                name,
+                size: info.memory.weights_bytes + info.memory.kv_cache_bytes,
+                digest: String::new(),
+                details: details(&info),
+                expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
+                size_vram: info.memory.gpu_bytes,
+                context_length: info.context_length,
+            }
+        })
+        .into_iter()
+        .collect();
+    Json(Running { models })
+}
+
+async fn show(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: ShowRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let name = if req.model.is_empty() {
+        &req.name
+    } else {
+        &req.model
+    };
+    let snapshot = state.engine.snapshot();
+    let Some((info, _)) = snapshot.model.clone() else {
+        let reason = snapshot
+            .error
+            .unwrap_or_else(|| "no model is loaded".into());
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("model {name:?} not found: {reason}"),
+        );
+    };
+    if let Err(message) = answer::check_model(&snapshot, Some(name)) {
+        return error(StatusCode::NOT_FOUND, message);
+    }
+    let profile = ModelProfile::of(&info);
+    let defaults = profile.sampling_defaults();
+    let arch = info.architecture.clone().unwrap_or_default();
+    let mut model_info = serde_json::Map::new();
+    model_info.insert("general.architecture".into(), arch.clone().into());
+    model_info.insert("general.parameter_count".into(), info.parameters.into());
+    if let Some(n) = &info.name {
+        model_info.insert("general.name".into(), n.clone().into());
+    }
+    model_info.insert(
+        format!("{arch}.context_length"),
+        info.trained_context_length.into(),
+    );
+    model_info.insert(format!("{arch}.block_count"), info.layers.into());
+    model_info.insert(
+        format!("{arch}.embedding_length"),
+        info.embedding_length.into(),
+    );
+    let mut capabilities = vec!["completion".to_owned()];
+    if profile.reasoning {
+        capabilities.push("thinking".into());
+    }
+    let (_, modified_at) = file_times(&info.path);
+    Json(Show {
+        modelfile: String::new(),
+        parameters: format!(
+            "temperature {}\ntop_p {}\ntop_k {}\nmin_p {}",
+            defaults.temperature, defaults.top_p, defaults.top_k, defaults.min_p
+        ),
+        template: info.chat_template.clone().unwrap_or_default(),
+        details: details(&info),
+        model_info,
+        capabilities,
+        modified_at,
+    })
+    .into_response()
+}
+
+async fn version() -> Json<Version> {
+    Json(Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}

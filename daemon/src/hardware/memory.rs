@@ -1,0 +1,239 @@
+//! RAM: `/proc/meminfo`, bounded by the cgroup r1d runs in.
+//!
+//! Inside a cgroup v2 limit the usable memory is
+//! `available = min(memory.max − (memory.current − inactive_file), MemAvailable)`:
+//! page cache that the kernel would drop (`inactive_file` in `memory.stat`) counts as free, as it
+//! does in `MemAvailable`. Every ancestor of r1d's cgroup up to the mount point is checked and the
+//! tightest limit wins (a slice may limit all its services). Hosts still on cgroup v1 are read
+//! the same way from `memory.limit_in_bytes`, `memory.usage_in_bytes` and `total_inactive_file`.
+
+use std::path::{Path, PathBuf};
+
+use super::{read_optional, read_required, HardwareError, Memory, Probe};
+
+/// Reads meminfo and the cgroup limits below the probe's root.
+///
+/// # Errors
+/// When `/proc/meminfo` cannot be read or lacks `MemTotal`.
+pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
+    let path = probe.path("/proc/meminfo");
+    let text = read_required(&path)?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            Some(kib * 1024)
+        })
+    };
+    let total = field("MemTotal").ok_or_else(|| HardwareError::Parse {
+        path: path.clone(),
+        message: "no MemTotal".into(),
+    })?;
+    // Kernels before 3.14 have no MemAvailable: free + cached is the old approximation.
+    let host_available = field("MemAvailable")
+        .unwrap_or_else(|| field("MemFree").unwrap_or(0) + field("Cached").unwrap_or(0))
+        .min(total);
+    let cgroup = cgroup_limit(probe)?;
+    Ok(match cgroup {
+        Some(CgroupMemory {
+            limit,
+            available,
+        }) => Memory {
+            total_bytes: total.min(limit),
+            available_bytes: host_available.min(available),
+            cgroup_limit_bytes: Some(limit),
+            bandwidth_bytes_per_s: None,
+        },
+        None => Memory {
+            total_bytes: total,
+            available_bytes: host_available,
+            cgroup_limit_bytes: None,
+            bandwidth_bytes_per_s: None,
+        },
+    })
+}
+
+/// The tightest cgroup memory limit on the way from r1d's cgroup to the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupMemory {
+    /// The limit (bytes).
+    pub limit: u64,
+    /// What is left under it (bytes): limit − (usage − inactive page cache).
+    pub available: u64,
+}
+
+/// Limits at or above this are "no limit" (cgroup v1 writes `PAGE_COUNTER_MAX` × page size,
+/// 9223372036854771712 on x86-64).
+const UNLIMITED: u64 = 1 << 60;
+
+/// Finds r1d's memory cgroup from `<root>/proc/self/cgroup` and reads its limit.
+///
+/// # Errors
+/// When a cgroup file exists but cannot be read.
+pub fn cgroup_limit(probe: &Probe) -> Result<Option<CgroupMemory>, HardwareError> {
+    let Some(text) = read_optional(&probe.path("/proc/self/cgroup"))? else {
+        return Ok(None);
+    };
+    let mut v2 = None;
+    let mut v1 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            v2 = Some(path.to_owned());
+        } else if controllers.split(',').any(|c| c == "memory") {
+            v1 = Some(path.to_owned());
+        }
+    }
+    // A v1 memory controller, when mounted, is the one that limits (hybrid hierarchies keep an
+    // empty v2 tree beside it).
+    if let Some(path) = v1 {
+        let mount = probe.path("/sys/fs/cgroup/memory");
+        if mount.is_dir() {
+            return tightest(&mount, &path, read_v1);
+        }
+    }
+    if let Some(path) = v2 {
+        let mount = probe.path("/sys/fs/cgroup");
+        return tightest(&mount, &path, read_v2);
+    }
+    Ok(None)
+}
+
+type LevelReader = fn(&Path) -> Result<Option<CgroupMemory>, HardwareError>;
+
+/// The tightest limit from the cgroup directory up to the mount point. A cgroup namespace shows
+/// a path that is not below the mount (the container's root is the mount itself): then the mount
+/// alone is read.
+fn tightest(
+    mount: &Path,
+    cgroup: &str,
+    read: LevelReader,
+) -> Result<Option<CgroupMemory>, HardwareError> {
+    let leaf = mount.join(cgroup.trim_start_matches('/'));
+    let start = if leaf.is_dir() {
+        leaf
+    } else {
+        mount.to_owned()
+    };
+    let mut best: Option<CgroupMemory> = None;
+    let mut dir: Option<PathBuf> = Some(start);
+    while let Some(d) = dir {
+        if let Some(level) = read(&d)? {
+            best = Some(match best {
+                None => level,
+                Some(b) => CgroupMemory {
+                    limit: b.limit.min(level.limit),
+                    available: b.available.min(level.available),
+                },
+            });
+        }
+        if d == mount {
+            break;
+        }
+        dir = d.parent().filter(|p| p.starts_with(mount)).map(Path::to_owned);
+    }
+    Ok(best)
+}
+
+fn number(path: &Path) -> Result<Option<u64>, HardwareError> {
+    Ok(read_optional(path)?.and_then(|s| s.trim().parse().ok()))
+}
+
+fn stat_field(dir: &Path, names: &[&str]) -> Result<u64, HardwareError> {
+    let Some(text) = read_optional(&dir.join("memory.stat"))? else {
+        return Ok(0);
+    };
+    for name in names {
+        if let Some(v) = text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == *name).then(|| v.trim().parse().ok()).flatten()
+        }) {
+            return Ok(v);
+        }
+    }
+    Ok(0)
+}
+
+fn level(limit: u64, usage: u64, inactive_file: u64) -> CgroupMemory {
+    let used = usage.saturating_sub(inactive_file);
+    CgroupMemory {
+        limit,
+        available: limit.saturating_sub(used),
+    }
+}
+
+/// cgroup v2: `memory.max` (`max` = none), `memory.current`, `inactive_file` of `memory.stat`.
+fn read_v2(dir: &Path) -> Result<Option<CgroupMemory>, HardwareError> {
+    let Some(max) = read_optional(&dir.join("memory.max"))? else {
+        return Ok(None);
+    };
+    let Ok(limit) = max.trim().parse::<u64>() else {
+        return Ok(None); // "max"
+    };
+    let usage = number(&dir.join("memory.current"))?.unwrap_or(0);
+    let inactive = stat_field(dir, &["inactive_file"])?;
+    Ok(Some(level(limit, usage, inactive)))
+}
+
+/// cgroup v1: `memory.limit_in_bytes`, `memory.usage_in_bytes`, `total_inactive_file`.
+fn read_v1(dir: &Path) -> Result<Option<CgroupMemory>, HardwareError> {
+    let Some(limit) = number(&dir.join("memory.limit_in_bytes"))? else {
+        return Ok(None);
+    };
+    if limit >= UNLIMITED {
+        return Ok(None);
+    }
+    let usage = number(&dir.join("memory.usage_in_bytes"))?.unwrap_or(0);
+    let inactive = stat_field(dir, &["total_inactive_file", "inactive_file"])?;
+    Ok(Some(level(limit, usage, inactive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::tests::fixture;
+
+    fn probe_of(name: &str) -> Memory {
+        let p = Probe::fake_root(fixture(name), PathBuf::from("/nonexistent"));
+        probe(&p).unwrap()
+    }
+
+    #[test]
+    fn cgroup_v2_limit_smaller_than_the_host_is_what_counts() {
+        // Host: 64 GiB, 60 GiB available. Service: memory.max 8 GiB, 3 GiB charged of which
+        // 1 GiB is inactive page cache → 8 − (3 − 1) = 6 GiB available.
+        let m = probe_of("cgroup-v2-service");
+        assert_eq!(m.total_bytes, 8 << 30);
+        assert_eq!(m.cgroup_limit_bytes, Some(8 << 30));
+        assert_eq!(m.available_bytes, 6 << 30);
+    }
+
+    #[test]
+    fn cgroup_v2_tighter_parent_slice_wins() {
+        // The service has no limit of its own; its slice allows 4 GiB with 1 GiB used.
+        let m = probe_of("cgroup-v2-slice");
+        assert_eq!(m.cgroup_limit_bytes, Some(4 << 30));
+        assert_eq!(m.total_bytes, 4 << 30);
+        assert_eq!(m.available_bytes, 3 << 30);
+    }
+
+    #[test]
+    fn cgroup_v1_limit_is_read() {
+        let m = probe_of("cgroup-v1");
+        assert_eq!(m.cgroup_limit_bytes, Some(2 << 30));
+        // usage 1.5 GiB, total_inactive_file 0.5 GiB → 2 − 1 = 1 GiB.
+        assert_eq!(m.available_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn unlimited_cgroup_leaves_host_numbers() {
+        let m = probe_of("workstation");
+        assert_eq!(m.cgroup_limit_bytes, None);
+        assert_eq!(m.total_bytes, 32_768_000 * 1024);
+        assert_eq!(m.available_bytes, 28_000_000 * 1024);
+    }
+}
