@@ -2,11 +2,14 @@
 //!
 //! A model is a small JSON file with the extension `.echo`:
 //! ```json
-//! {"name": "echo-test", "context_length": 256, "fail_load": null}
+//! {"name": "echo-test", "context_length": 256, "fail_load": null, "transform": "upper"}
 //! ```
 //! The chat template renders `<|role|>content` lines; generation takes the text of the last
-//! `<|user|>` turn and streams it back upper-cased, one word per token, then stops
-//! (`finish_reason: "stop"`), or ends at `max_tokens` (`"length"`).
+//! `<|user|>` turn and streams it back upper-cased (`"transform": "identity"`: unchanged), one
+//! word per token, then stops (`finish_reason: "stop"`), or ends at `max_tokens` (`"length"`).
+//! A prompt that ends in `<think>\n` (added by the host for models named like DeepSeek-R1) is
+//! answered the same way, so a user turn such as `hmm</think>The answer` exercises the reasoning
+//! split.
 //!
 //! Switches, to exercise the host's error paths:
 //! - `"fail_load": "message"` in the model file: `load` fails with that message;
@@ -14,6 +17,10 @@
 //! - a prompt containing `[[panic]]`: `generate` panics (the SDK turns it into an error status);
 //! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
 //!   (for cancellation and disconnect tests);
+//! - a prompt containing `[[bytes]]`: one token per byte, so multi-byte characters are split
+//!   across tokens (for UTF-8 reassembly tests);
+//! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
+//!   `temperature=… top_p=… top_k=… min_p=…`;
 //! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
 
 use std::sync::Mutex;
@@ -43,6 +50,8 @@ struct EchoFile {
     context_length: Option<u32>,
     #[serde(default)]
     fail_load: Option<String>,
+    #[serde(default)]
+    transform: Option<String>,
 }
 
 /// A loaded echo model: a growing vocabulary of the pieces it has seen.
@@ -50,6 +59,7 @@ pub struct EchoModel {
     path: String,
     name: String,
     context_length: u32,
+    upper: bool,
     vocab: Mutex<Vec<String>>,
 }
 
@@ -113,7 +123,18 @@ impl Plugin for EchoPlugin {
         if !progress(0.5) || !progress(1.0) {
             return Err(PluginError::cancelled("load of echo model cancelled"));
         }
+        let upper = match file.transform.as_deref() {
+            None | Some("upper") => true,
+            Some("identity") => false,
+            Some(other) => {
+                return Err(PluginError::load_failed(format!(
+                    "echo model {}: transform {other:?} is not upper or identity",
+                    params.path
+                )))
+            }
+        };
         let model = EchoModel {
+            upper,
             name: file.name.unwrap_or_else(|| "echo".into()),
             path: params.path,
             context_length: params
@@ -218,13 +239,30 @@ impl Model for EchoModel {
                 self.context_length
             )));
         }
-        let user = prompt
+        let mut user = prompt
             .rsplit("<|user|>")
             .next()
             .and_then(|t| t.split('\n').next())
             .unwrap_or("")
-            .to_uppercase();
-        let words: Vec<String> = pieces(&user).into_iter().map(str::to_owned).collect();
+            .to_owned();
+        if self.upper {
+            user = user.to_uppercase();
+        }
+        if prompt.contains("[[params]]") {
+            user = format!(
+                "temperature={} top_p={} top_k={} min_p={}",
+                request.temperature, request.top_p, request.top_k, request.min_p
+            );
+        }
+        let words: Vec<Vec<u8>> = if prompt.contains("[[bytes]]") {
+            // One token per byte: pieces that are not valid UTF-8 on their own.
+            user.bytes().map(|b| vec![b]).collect()
+        } else {
+            pieces(&user)
+                .into_iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect()
+        };
         let prompt_ms = start.elapsed().as_secs_f64() * 1e3;
         let gen_start = Instant::now();
         let mut first = None;
@@ -243,11 +281,11 @@ impl Model for EchoModel {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let word = &words[i % words.len()];
-            let id = self.intern(word);
+            let id = self.intern(&String::from_utf8_lossy(word));
             n += 1;
             i += 1;
             first.get_or_insert_with(|| start.elapsed().as_secs_f64() * 1e3);
-            if !on_token(word.as_bytes(), id) {
+            if !on_token(word, id) {
                 finish = FinishReason::Cancelled;
                 break;
             }
