@@ -2,6 +2,7 @@
 //! One test binary with a module per area keeps link time down.
 
 mod cli;
+mod clients;
 mod compat;
 mod host;
 mod llama;

@@ -1,0 +1,46 @@
+"""Drives r1d with the official `ollama` Python package over the Unix socket (see
+openai_client.py for the model it expects)."""
+
+import sys
+
+import httpx
+import ollama
+
+sock = sys.argv[1]
+client = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=sock))
+THINKER = "hmm let me see</think>The answer"
+MODEL = "DeepSeek-R1 echo"
+
+r = client.chat(model=MODEL, messages=[{"role": "user", "content": THINKER}], think=True)
+assert r.message.content == "The answer" and r.message.thinking == "hmm let me see", r
+assert r.done and r.done_reason == "stop" and r.eval_count == 5, r
+
+content, thinking, last = "", "", None
+for part in client.chat(model=MODEL, messages=[{"role": "user", "content": THINKER}], think=True, stream=True):
+    content += part.message.content or ""
+    thinking += part.message.thinking or ""
+    last = part
+assert (content, thinking) == ("The answer", "hmm let me see"), (content, thinking)
+assert last.done and last.prompt_eval_count > 0, last
+
+g = client.generate(model=MODEL, prompt="one two three", think=True, options={"num_predict": 2})
+assert g.thinking == "one two" and g.done_reason == "length", g
+
+tags = client.list()
+assert [m.model for m in tags.models] == [MODEL], tags
+assert tags.models[0].details.quantization_level == "echo", tags
+
+show = client.show(MODEL)
+assert "thinking" in show.capabilities, show
+assert "temperature 0.6" in show.parameters, show
+
+ps = client.ps()
+assert ps.models[0].model == MODEL and ps.models[0].context_length == 2048, ps
+
+try:
+    client.chat(model="llama3", messages=[{"role": "user", "content": "hi"}])
+    raise AssertionError("unknown model accepted")
+except ollama.ResponseError as e:
+    assert e.status_code == 404 and "llama3" in e.error, e
+
+print("ollama client: all checks passed")

@@ -1,0 +1,73 @@
+"""Drives r1d with the official `openai` Python package over the Unix socket, unchanged but for
+the transport. Run by tests/tests/e2e/clients.rs against an echo model named like DeepSeek-R1
+that answers with the user's words: "hmm let me see</think>The answer" → reasoning + content.
+Exits non-zero (an assertion) when something differs from what an OpenAI client expects."""
+
+import sys
+
+import httpx
+import openai
+
+sock = sys.argv[1]
+client = openai.OpenAI(
+    base_url="http://r1d/v1",
+    api_key="not-needed",
+    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=sock)),
+    max_retries=0,
+)
+THINKER = "hmm let me see</think>The answer"
+MODEL = "DeepSeek-R1 echo"
+
+models = client.models.list()
+assert [m.id for m in models.data] == [MODEL], models
+
+# Non-streamed chat: reasoning in reasoning_content (an extra field the client keeps).
+r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": THINKER}])
+assert r.choices[0].message.content == "The answer", r
+assert r.choices[0].message.reasoning_content == "hmm let me see", r
+assert r.choices[0].finish_reason == "stop"
+assert r.usage.completion_tokens == 5 and r.usage.total_tokens == r.usage.prompt_tokens + 5, r.usage
+
+# Streamed chat with usage.
+stream = client.chat.completions.create(
+    model=MODEL,
+    messages=[{"role": "user", "content": THINKER}],
+    stream=True,
+    stream_options={"include_usage": True},
+)
+content, reasoning, finish, usage = "", "", None, None
+for chunk in stream:
+    if chunk.usage is not None and not chunk.choices:
+        usage = chunk.usage
+    for c in chunk.choices:
+        content += c.delta.content or ""
+        reasoning += getattr(c.delta, "reasoning_content", None) or ""
+        finish = c.finish_reason or finish
+assert (content, reasoning, finish) == ("The answer", "hmm let me see", "stop"), (content, reasoning, finish)
+assert usage is not None and usage.completion_tokens == 5, usage
+
+# Legacy completions: a raw prompt.
+c = client.completions.create(model=MODEL, prompt="<|user|>one two three", max_tokens=2)
+assert c.choices[0].text == "one two" and c.choices[0].finish_reason == "length", c
+
+# Error paths raise the client's own exception classes with the server's message.
+try:
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    raise AssertionError("unknown model accepted")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found" and "gpt-4o" in e.message, e
+try:
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=3)
+    raise AssertionError("temperature 3 accepted")
+except openai.BadRequestError as e:
+    assert e.param == "temperature", e
+try:
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 3000}])
+    raise AssertionError("prompt over the context accepted")
+except openai.BadRequestError as e:
+    assert e.code == "context_length_exceeded" and "2048 tokens" in e.message, e
+
+# And the next request is served.
+r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": THINKER}])
+assert r.choices[0].message.content == "The answer"
+print("openai client: all checks passed")
