@@ -63,6 +63,8 @@ enum Command {
         #[command(flatten)]
         generation: GenerationArgs,
     },
+    /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why.
+    Plan,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|_| ())
         }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
+        Command::Plan => plan(&client, cli.json).await,
     }
 }
 
@@ -357,4 +360,15 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
             }
         }
     }
+}
+
+async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {
+    let plan: r1d_client::wire::Plan = client.get_json("/r1/plan", false).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&plan)?)?;
+    } else {
+        write!(out, "{}", plan.to_table())?;
+    }
+    Ok(())
 }

@@ -527,3 +527,204 @@ pub struct BackendList {
     /// Every plugin file found, usable or not.
     pub backends: Vec<BackendEntry>,
 }
+
+// ---- Hardware profiles and plans (`GET /r1/hardware`, `GET /r1/plan`, `r1d hardware|plan`) ----
+
+/// A machine, as `r1d hardware --json` prints it and `r1d plan --hardware FILE` reads it.
+/// Fields may be added; the existing ones keep their names and units. Optional fields may be
+/// absent: the planner then uses its documented defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct HardwareProfile {
+    /// The CPU.
+    pub cpu: CpuProfile,
+    /// Main memory.
+    pub memory: MemoryProfile,
+    /// Free disk where models are stored; absent = not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskProfile>,
+    /// GPUs, in device order.
+    #[serde(default)]
+    pub gpus: Vec<GpuProfile>,
+}
+
+/// The CPU of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CpuProfile {
+    /// Model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Physical cores.
+    pub cores: u32,
+    /// Hardware threads; absent = `cores`.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// SIMD features (`avx2`, `avx512f`, `amx_int8`, `neon`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// The memory of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct MemoryProfile {
+    /// Total RAM usable (bytes; the cgroup limit when smaller than the machine).
+    pub total_bytes: u64,
+    /// RAM available now (bytes).
+    pub available_bytes: u64,
+    /// Memory read bandwidth (bytes/s); absent = the planner's default (25 GB/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// The cgroup memory limit (bytes), when one applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_limit_bytes: Option<u64>,
+}
+
+/// The disk of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DiskProfile {
+    /// Free bytes where models are stored.
+    pub free_bytes: u64,
+    /// The models directory measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// One GPU of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GpuProfile {
+    /// `nvidia` or `amd`.
+    pub vendor: String,
+    /// Name.
+    pub name: String,
+    /// Installed VRAM (bytes).
+    pub vram_total_bytes: u64,
+    /// Free VRAM (bytes): what other processes hold is not free.
+    pub vram_free_bytes: u64,
+    /// Peak memory bandwidth (bytes/s); absent = the planner's default (250 GB/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// CUDA compute capability (`8.9`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<String>,
+    /// Driver version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+}
+
+/// One variant × quantization of a [`Plan`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PlanCandidate {
+    /// Variant (`deepseek-r1:14b`).
+    pub variant: String,
+    /// Quantization (`Q4_K_M`).
+    pub quantization: String,
+    /// Backend plugin (`llamacpp`).
+    pub backend: String,
+    /// Layers offloaded to GPUs (llama.cpp's `n_gpu_layers`).
+    pub gpu_layers: u32,
+    /// Layers in all (blocks + output head).
+    pub total_layers: u32,
+    /// RAM needed (bytes), without the policy's reserve.
+    pub ram_bytes: u64,
+    /// VRAM needed per GPU (bytes), in the profile's GPU order.
+    pub vram_bytes: Vec<u64>,
+    /// Expected generation speed (tokens/s).
+    pub est_generation_tokens_per_s: f64,
+    /// Fits in free memory and disk under the policy.
+    #[serde(default)]
+    pub fits: bool,
+    /// Why it was chosen or not.
+    #[serde(default)]
+    pub reason: String,
+    /// Context length planned for (tokens).
+    #[serde(default)]
+    pub context_length: u32,
+    /// Size of the model file(s) (bytes).
+    #[serde(default)]
+    pub file_bytes: u64,
+    /// The file is already on disk.
+    #[serde(default)]
+    pub present: bool,
+    /// Where to download it: `hf://<repo>/<file>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The published rule of thumb for this size class ("8 cores, 16 GB RAM, 1 × 8 GB GPU").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_requirements: Option<String>,
+}
+
+/// `GET /r1/plan`, `r1d plan --json`: every candidate and the chosen one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Plan {
+    /// The chosen candidate; `null` when nothing fits.
+    pub chosen: Option<PlanCandidate>,
+    /// Every candidate, best quality first.
+    pub candidates: Vec<PlanCandidate>,
+    /// Why this choice, or why none (what is short, by how much).
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Plan {
+    /// The human form: one row per candidate with the computed needs, the published rule of
+    /// thumb beside them and the reason; the choice on top.
+    pub fn to_table(&self) -> String {
+        fn gb(bytes: u64) -> String {
+            format!("{:.1}", bytes as f64 / 1e9)
+        }
+        let mut out = String::new();
+        match &self.chosen {
+            Some(c) => out.push_str(&format!(
+                "chosen: {} {} on {} ({}/{} layers on GPU, {} GB RAM{}, ≈ {:.1} tokens/s)\n",
+                c.variant,
+                c.quantization,
+                c.backend,
+                c.gpu_layers,
+                c.total_layers,
+                gb(c.ram_bytes),
+                if c.vram_bytes.iter().any(|&v| v > 0) {
+                    format!(
+                        ", {} GB VRAM",
+                        c.vram_bytes
+                            .iter()
+                            .map(|&v| gb(v))
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    )
+                } else {
+                    String::new()
+                },
+                c.est_generation_tokens_per_s
+            )),
+            None => out.push_str("chosen: nothing\n"),
+        }
+        out.push_str(&format!("why: {}\n\n", self.reason));
+        out.push_str(&format!(
+            "{:<22} {:<10} {:>7} {:>8} {:>9} {:>7} {:>7}  {:<32} {}\n",
+            "VARIANT",
+            "QUANT",
+            "FILE GB",
+            "RAM GB",
+            "VRAM GB",
+            "GPU LY",
+            "TOK/S",
+            "PUBLISHED",
+            "REASON"
+        ));
+        for c in &self.candidates {
+            let vram: u64 = c.vram_bytes.iter().sum();
+            out.push_str(&format!(
+                "{:<22} {:<10} {:>7} {:>8} {:>9} {:>7} {:>7.1}  {:<32} {}\n",
+                c.variant,
+                c.quantization,
+                gb(c.file_bytes),
+                gb(c.ram_bytes),
+                gb(vram),
+                format!("{}/{}", c.gpu_layers, c.total_layers),
+                c.est_generation_tokens_per_s,
+                c.published_requirements.as_deref().unwrap_or("-"),
+                c.reason
+            ));
+        }
+        out
+    }
+}

@@ -46,6 +46,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where plugins are.
     pub plugins: PluginsConfig,
+    /// How the planner picks a variant.
+    pub planner: PlannerConfig,
 }
 
 /// `[model]`.
@@ -92,6 +94,39 @@ pub const DEFAULT_MAX_TOKENS: u32 = 2048;
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
+/// `[planner]`: the policy the planner applies (see `planner`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerConfig {
+    /// Context length to plan the KV cache for (tokens). Default 8192: R1 thinks at length, and
+    /// its model cards suggest room for long answers.
+    pub context_length: u32,
+    /// Slowest acceptable generation speed (tokens/s); default 10.
+    pub min_tokens_per_s: f64,
+    /// RAM to leave for the rest of the machine (bytes); default 1 GiB.
+    pub reserve_ram_bytes: u64,
+    /// Only consider this variant (`deepseek-r1:14b`, …); default: all.
+    pub variant: Option<String>,
+    /// Allow splitting a model between GPU and CPU; default true.
+    pub allow_partial_offload: bool,
+    /// Allow quantizations under 3 bits per weight (the 671B's dynamic 1.58–2.51-bit quants);
+    /// default false.
+    pub allow_extreme_quantization: bool,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            context_length: 8192,
+            min_tokens_per_s: 10.0,
+            reserve_ram_bytes: 1 << 30,
+            variant: None,
+            allow_partial_offload: true,
+            allow_extreme_quantization: false,
+        }
+    }
+}
+
 impl Config {
     /// Parses a config from TOML text; `path` only names the source in errors.
     ///
@@ -136,6 +171,25 @@ impl Config {
             if !["f16", "q8_0", "q4_0", "f32"].contains(&kv.as_str()) {
                 return Err(invalid(format!(
                     "model.kv_cache_type {kv:?} is not one of f16, q8_0, q4_0, f32"
+                )));
+            }
+        }
+        if self.planner.context_length == 0 {
+            return Err(invalid(
+                "planner.context_length must be at least 1 token".into(),
+            ));
+        }
+        if !(self.planner.min_tokens_per_s.is_finite() && self.planner.min_tokens_per_s >= 0.0) {
+            return Err(invalid(
+                "planner.min_tokens_per_s must be a number of tokens/s, 0 or more".into(),
+            ));
+        }
+        if let Some(v) = &self.planner.variant {
+            if crate::catalog::variant(v).is_none() {
+                let known: Vec<&str> = crate::catalog::VARIANTS.iter().map(|v| v.id).collect();
+                return Err(invalid(format!(
+                    "planner.variant {v:?} is not one of {}",
+                    known.join(", ")
                 )));
             }
         }
@@ -262,6 +316,32 @@ mod tests {
         assert!(err.contains("/etc/r1d/r1d.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("context_lenght"), "{err}");
+    }
+
+    #[test]
+    fn planner_section_parses_and_defaults() {
+        let c = Config::parse(
+            "[planner]\ncontext_length = 4096\nvariant = \"deepseek-r1:14b\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.planner.context_length, 4096);
+        assert_eq!(c.planner.variant.as_deref(), Some("deepseek-r1:14b"));
+        assert_eq!(c.planner.min_tokens_per_s, 10.0);
+        assert!(c.planner.allow_partial_offload && !c.planner.allow_extreme_quantization);
+        for bad in [
+            "variant = \"deepseek-r1:13b\"",
+            "min_tokens = 5",
+            "context_length = 0",
+        ] {
+            let err = Config::parse(&format!("[planner]\n{bad}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("planner") || err.contains("min_tokens"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,10 @@
 
 pub mod api;
 pub mod backend;
+pub mod catalog;
 pub mod chat;
 pub mod config;
 pub mod engine;
+pub mod hardware;
+pub mod planner;
 pub mod server;

@@ -10,6 +10,7 @@ use r1_plugin_abi::json::LoadParams;
 use r1d::backend::PluginHost;
 use r1d::config::{self, Config, Mode};
 use r1d::engine::{Engine, EngineConfig, LoadSpec};
+use r1d::hardware::Probe;
 use tokio_util::sync::CancellationToken;
 
 /// r1d — serves DeepSeek-R1 (or any GGUF model) to the programs of this machine over a Unix socket.
@@ -46,6 +47,31 @@ struct Args {
     /// Run in user mode (XDG paths), even as root.
     #[arg(long)]
     user: bool,
+    /// Without a subcommand, r1d serves.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// One-shot commands that need no running daemon.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print this machine's hardware profile (CPU, RAM within the cgroup, disk, GPUs, bandwidth).
+    Hardware {
+        /// Print the profile as JSON (the input format of `r1d plan --hardware`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print which DeepSeek-R1 variant and quantization fits this machine, or the one a profile
+    /// describes, with every candidate and why.
+    Plan {
+        /// Plan for the machine described by this hardware profile (JSON, as `r1d hardware
+        /// --json` prints it) instead of this one.
+        #[arg(long, value_name = "PROFILE.json")]
+        hardware: Option<PathBuf>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logging() {
@@ -97,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
         Mode::detect()
     };
     let (config, config_error) = read_config(&args, mode);
+    if let Some(command) = &args.command {
+        return one_shot(command, &config, mode);
+    }
 
     let plugin_dir = args
         .plugin_dir
@@ -161,6 +190,13 @@ async fn main() -> anyhow::Result<()> {
         host,
     });
 
+    let router = router.merge(r1d::api::http::planner_routes(
+        r1d::api::http::PlannerState {
+            probe: this_machine(mode),
+            policy: config.planner.clone(),
+        },
+    ));
+
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -176,6 +212,110 @@ async fn main() -> anyhow::Result<()> {
     let result = r1d::server::serve(listener, router, shutdown).await;
     let _ = std::fs::remove_file(&socket);
     result.context("the HTTP server failed")
+}
+
+fn this_machine(mode: Mode) -> Probe {
+    Probe::this_machine(
+        r1d::hardware::disk::default_models_dir(mode),
+        Some(r1d::hardware::bandwidth::default_cache_path(mode)),
+    )
+}
+
+/// `r1d hardware` and `r1d plan`: print and exit; a closed pipe ends quietly.
+fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()> {
+    use r1d::api::http::{hardware_from_wire, hardware_to_wire, plan_to_wire};
+    use std::io::Write as _;
+    let probe_here = || {
+        this_machine(mode)
+            .run()
+            .context("failed to probe this machine's hardware")
+    };
+    let text = match command {
+        Command::Hardware { json } => {
+            let profile = hardware_to_wire(&probe_here()?);
+            if *json {
+                serde_json::to_string_pretty(&profile)?
+            } else {
+                hardware_text(&profile)
+            }
+        }
+        Command::Plan { hardware, json } => {
+            let hw = match hardware {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!("failed to read the hardware profile {}", path.display())
+                    })?;
+                    let profile: r1d_client::wire::HardwareProfile = serde_json::from_str(&text)
+                        .with_context(|| format!("invalid hardware profile {}", path.display()))?;
+                    hardware_from_wire(&profile)
+                }
+                None => probe_here()?,
+            };
+            let plan = plan_to_wire(&r1d::planner::plan(&hw, &[], &config.planner));
+            if *json {
+                serde_json::to_string_pretty(&plan)?
+            } else {
+                plan.to_table()
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{}", text.trim_end()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("failed to write to stdout"),
+    }
+}
+
+fn hardware_text(p: &r1d_client::wire::HardwareProfile) -> String {
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    let mut s = format!(
+        "{:<10}{} — {} cores, {} threads{}\n",
+        "cpu",
+        p.cpu.model.as_deref().unwrap_or("unknown model"),
+        p.cpu.cores,
+        p.cpu.threads.unwrap_or(p.cpu.cores),
+        if p.cpu.features.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.cpu.features.join(" "))
+        }
+    );
+    s += &format!(
+        "{:<10}{} available of {}{}{}\n",
+        "memory",
+        gb(p.memory.available_bytes),
+        gb(p.memory.total_bytes),
+        p.memory
+            .cgroup_limit_bytes
+            .map(|l| format!(" (cgroup limit {})", gb(l)))
+            .unwrap_or_default(),
+        p.memory
+            .bandwidth_bytes_per_s
+            .map(|b| format!(", {:.1} GB/s read", b as f64 / 1e9))
+            .unwrap_or_default()
+    );
+    if let Some(d) = &p.disk {
+        s += &format!(
+            "{:<10}{} free in {}\n",
+            "disk",
+            gb(d.free_bytes),
+            d.path.as_deref().unwrap_or("?")
+        );
+    }
+    if p.gpus.is_empty() {
+        s += &format!("{:<10}none\n", "gpu");
+    }
+    for (i, g) in p.gpus.iter().enumerate() {
+        s += &format!(
+            "{:<10}{} {} — {} free of {}\n",
+            format!("gpu {i}"),
+            g.vendor,
+            g.name,
+            gb(g.vram_free_bytes),
+            gb(g.vram_total_bytes)
+        );
+    }
+    s
 }
 
 async fn wait_for_signal() {

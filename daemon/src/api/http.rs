@@ -130,3 +130,170 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     )
         .into_response()
 }
+
+// ---- Hardware and plan: `GET /r1/hardware`, `GET /r1/plan` ----
+
+/// State of the hardware and plan routes: how to probe and the planner's policy.
+#[derive(Debug, Clone)]
+pub struct PlannerState {
+    /// The probes (this machine).
+    pub probe: crate::hardware::Probe,
+    /// The `[planner]` policy.
+    pub policy: crate::config::PlannerConfig,
+}
+
+/// `GET /r1/hardware` and `GET /r1/plan`, merged into [`router`]'s by `main.rs`.
+pub fn planner_routes(state: PlannerState) -> Router {
+    Router::new()
+        .route("/r1/hardware", get(hardware))
+        .route("/r1/plan", get(plan))
+        .with_state(Arc::new(state))
+}
+
+/// Probes on a blocking thread (file reads, NVML, perhaps the bandwidth measurement).
+async fn probe_now(state: &PlannerState) -> Result<crate::hardware::Hardware, Response> {
+    let probe = state.probe.clone();
+    let internal = |message: String| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
+    };
+    match tokio::task::spawn_blocking(move || probe.run()).await {
+        Ok(Ok(hw)) => Ok(hw),
+        Ok(Err(e)) => Err(internal(format!("failed to probe the hardware: {e}"))),
+        Err(e) => Err(internal(format!("the hardware probe failed: {e}"))),
+    }
+}
+
+async fn hardware(State(state): State<Arc<PlannerState>>) -> Response {
+    match probe_now(&state).await {
+        Ok(hw) => Json(hardware_to_wire(&hw)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn plan(State(state): State<Arc<PlannerState>>) -> Response {
+    match probe_now(&state).await {
+        Ok(hw) => {
+            let plan = crate::planner::plan(&hw, &[], &state.policy);
+            Json(plan_to_wire(&plan)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// A probed machine as the wire's hardware profile.
+pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile {
+    wire::HardwareProfile {
+        cpu: wire::CpuProfile {
+            model: hw.cpu.model.clone(),
+            cores: hw.cpu.cores,
+            threads: Some(hw.cpu.threads),
+            features: hw.cpu.features.clone(),
+        },
+        memory: wire::MemoryProfile {
+            total_bytes: hw.memory.total_bytes,
+            available_bytes: hw.memory.available_bytes,
+            bandwidth_bytes_per_s: hw.memory.bandwidth_bytes_per_s,
+            cgroup_limit_bytes: hw.memory.cgroup_limit_bytes,
+        },
+        disk: hw.disk.as_ref().map(|d| wire::DiskProfile {
+            free_bytes: d.free_bytes,
+            path: Some(d.path.display().to_string()),
+        }),
+        gpus: hw
+            .gpus
+            .iter()
+            .map(|g| wire::GpuProfile {
+                vendor: g.vendor.name().to_owned(),
+                name: g.name.clone(),
+                vram_total_bytes: g.vram_total_bytes,
+                vram_free_bytes: g.vram_free_bytes,
+                bandwidth_bytes_per_s: g.bandwidth_bytes_per_s,
+                compute_capability: g.compute_capability.clone(),
+                driver: g.driver.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A hardware profile (from `r1d plan --hardware FILE`) as the planner's input. An unknown
+/// vendor is planned like an AMD GPU: VRAM and bandwidth are what count.
+pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardware {
+    use crate::hardware::{Cpu, Disk, Gpu, GpuVendor, Hardware, Memory};
+    Hardware {
+        cpu: Cpu {
+            model: p.cpu.model.clone(),
+            cores: p.cpu.cores,
+            threads: p.cpu.threads.unwrap_or(p.cpu.cores),
+            features: p.cpu.features.clone(),
+        },
+        memory: Memory {
+            total_bytes: p.memory.total_bytes,
+            available_bytes: p.memory.available_bytes.min(p.memory.total_bytes),
+            cgroup_limit_bytes: p.memory.cgroup_limit_bytes,
+            bandwidth_bytes_per_s: p.memory.bandwidth_bytes_per_s,
+        },
+        disk: p.disk.as_ref().map(|d| Disk {
+            path: d.path.clone().unwrap_or_default().into(),
+            free_bytes: d.free_bytes,
+        }),
+        gpus: p
+            .gpus
+            .iter()
+            .map(|g| Gpu {
+                vendor: if g.vendor.eq_ignore_ascii_case("nvidia") {
+                    GpuVendor::Nvidia
+                } else {
+                    GpuVendor::Amd
+                },
+                name: g.name.clone(),
+                vram_total_bytes: g.vram_total_bytes,
+                vram_free_bytes: g.vram_free_bytes.min(g.vram_total_bytes),
+                bandwidth_bytes_per_s: g.bandwidth_bytes_per_s,
+                compute_capability: g.compute_capability.clone(),
+                driver: g.driver.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A plan in its wire form.
+pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
+    let candidate = |c: &crate::planner::Candidate| wire::PlanCandidate {
+        variant: c.variant.id.to_owned(),
+        quantization: c.quantization.name.to_owned(),
+        backend: c.backend.to_owned(),
+        gpu_layers: c.gpu_layers,
+        total_layers: c.total_layers,
+        ram_bytes: c.ram_bytes,
+        vram_bytes: c.vram_bytes.clone(),
+        est_generation_tokens_per_s: (c.tokens_per_s * 10.0).round() / 10.0,
+        fits: c.fits,
+        reason: c.reason.clone(),
+        context_length: c.context_length,
+        file_bytes: c.quantization.file_bytes,
+        present: c.present,
+        source: Some(format!(
+            "hf://{}/{}",
+            c.quantization.repo, c.quantization.file
+        )),
+        published_requirements: c.variant.rule_of_thumb.map(|r| {
+            if r.gpus == 0 {
+                format!("{} cores, {} GB RAM, no GPU", r.cores, r.ram_gb)
+            } else {
+                format!(
+                    "{} cores, {} GB RAM, {} × {} GB GPU",
+                    r.cores, r.ram_gb, r.gpus, r.vram_gb_per_gpu
+                )
+            }
+        }),
+    };
+    wire::Plan {
+        chosen: plan.chosen().map(candidate),
+        candidates: plan.candidates.iter().map(candidate).collect(),
+        reason: plan.reason.clone(),
+    }
+}

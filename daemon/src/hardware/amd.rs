@@ -20,7 +20,10 @@ pub fn probe(probe: &Probe) -> Vec<Gpu> {
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         // card0, card1 — not the connectors (card0-DP-1) nor render nodes.
-        .filter(|n| n.strip_prefix("card").is_some_and(|i| i.parse::<u32>().is_ok()))
+        .filter(|n| {
+            n.strip_prefix("card")
+                .is_some_and(|i| i.parse::<u32>().is_ok())
+        })
         .collect();
     cards.sort_by_key(|n| n[4..].parse::<u32>().unwrap_or(u32::MAX));
     let read = |card: &str, file: &str| {
@@ -34,7 +37,8 @@ pub fn probe(probe: &Probe) -> Vec<Gpu> {
             continue;
         }
         let number = |file| read(card, file).and_then(|s| s.parse::<u64>().ok());
-        let (Some(total), Some(used)) = (number("mem_info_vram_total"), number("mem_info_vram_used"))
+        let (Some(total), Some(used)) =
+            (number("mem_info_vram_total"), number("mem_info_vram_used"))
         else {
             tracing::debug!("{card}: AMD device without amdgpu VRAM information");
             continue;

@@ -29,8 +29,7 @@ pub fn default_cache_path(mode: Mode) -> PathBuf {
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
             .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into()))
-                    .join(".cache")
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".cache")
             })
             .join("r1d/memory-bandwidth"),
     }
@@ -125,7 +124,10 @@ mod tests {
         let path = dir.path().join("bw");
         std::fs::write(&path, "r1d-bandwidth-v1 12345 1000 2 Test CPU\n").unwrap();
         assert_eq!(cached_or_measure(Some(&path), &cpu(), 1000), Some(12345));
-        assert_eq!(parse_cache("r1d-bandwidth-v1 12345 1000 2 Test CPU", "2000 2 Test CPU"), None);
+        assert_eq!(
+            parse_cache("r1d-bandwidth-v1 12345 1000 2 Test CPU", "2000 2 Test CPU"),
+            None
+        );
     }
 
     /// On this machine: a real measurement lands between 1 GB/s and 2 TB/s and is cached.

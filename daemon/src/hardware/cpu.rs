@@ -105,7 +105,16 @@ mod tests {
         assert_eq!((cpu.cores, cpu.threads), (2, 4));
         assert_eq!(
             cpu.features,
-            ["avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_tile", "amx_int8"]
+            [
+                "avx",
+                "avx2",
+                "fma",
+                "f16c",
+                "avx512f",
+                "avx512_bf16",
+                "amx_tile",
+                "amx_int8"
+            ]
         );
     }
 

@@ -35,10 +35,7 @@ pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
         .min(total);
     let cgroup = cgroup_limit(probe)?;
     Ok(match cgroup {
-        Some(CgroupMemory {
-            limit,
-            available,
-        }) => Memory {
+        Some(CgroupMemory { limit, available }) => Memory {
             total_bytes: total.min(limit),
             available_bytes: host_available.min(available),
             cgroup_limit_bytes: Some(limit),
@@ -134,7 +131,10 @@ fn tightest(
         if d == mount {
             break;
         }
-        dir = d.parent().filter(|p| p.starts_with(mount)).map(Path::to_owned);
+        dir = d
+            .parent()
+            .filter(|p| p.starts_with(mount))
+            .map(Path::to_owned);
     }
     Ok(best)
 }

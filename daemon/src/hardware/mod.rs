@@ -243,7 +243,10 @@ pub(crate) mod tests {
         let hw = Probe::fake_root(fixture("workstation"), dir.path().to_owned())
             .run()
             .unwrap();
-        assert_eq!(hw.cpu.model.as_deref(), Some("AMD Ryzen 7 7700X 8-Core Processor"));
+        assert_eq!(
+            hw.cpu.model.as_deref(),
+            Some("AMD Ryzen 7 7700X 8-Core Processor")
+        );
         assert_eq!((hw.cpu.cores, hw.cpu.threads), (8, 16));
         assert_eq!(hw.memory.total_bytes, 32_768_000 * 1024);
         assert_eq!(hw.memory.available_bytes, 28_000_000 * 1024);
@@ -266,7 +269,10 @@ pub(crate) mod tests {
         let hw = probe.run().unwrap();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         assert!(hw.cpu.threads >= threads, "{hw:?}");
-        assert!(hw.cpu.cores >= 1 && hw.cpu.cores <= hw.cpu.threads, "{hw:?}");
+        assert!(
+            hw.cpu.cores >= 1 && hw.cpu.cores <= hw.cpu.threads,
+            "{hw:?}"
+        );
         assert!(hw.memory.total_bytes > 256 << 20, "{hw:?}");
         assert!(hw.memory.available_bytes <= hw.memory.total_bytes, "{hw:?}");
         assert!(hw.memory.available_bytes > 0, "{hw:?}");

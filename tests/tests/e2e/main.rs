@@ -6,6 +6,7 @@ mod clients;
 mod compat;
 mod host;
 mod llama;
+mod plan;
 mod template;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};

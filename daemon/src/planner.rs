@@ -1,0 +1,734 @@
+//! The planner: hardware × catalog × models present × policy → a [`Plan`].
+//!
+//! **Architecture invariant**: a pure function — no I/O, no clock, no randomness — so the same
+//! inputs give the same plan, and it is tested table-driven with the published hardware rows.
+//!
+//! For every variant and quantization of the [`catalog`](crate::catalog) it places the model:
+//! the output head and as many transformer blocks as fit go to the GPUs (largest free VRAM
+//! first, as llama.cpp's default split by free memory does), the rest stays on the CPU when the
+//! policy allows partial offload. It then checks RAM (what stays on the CPU + the policy's
+//! reserve ≤ available), VRAM (≤ *free* on each GPU), and disk (the download must fit unless the
+//! model is present), and estimates generation speed from memory bandwidth.
+//!
+//! The choice is the highest-quality candidate that fits and reaches the policy's minimum
+//! tokens/s: the best variant first; within it a quantization that runs entirely on the GPU
+//! before a higher one that spills layers to the CPU; then the highest quantization. When candidates fit but none is fast enough, the
+//! fastest of them is chosen and the plan says so: a slow answer beats none. When nothing fits,
+//! there is no choice and the reason says what is short, by how much.
+//!
+//! Speed model: generating one token reads every active weight once plus the KV cache (taken
+//! half full on average), so `time per token = Σ bytes on device / bandwidth of device`, with
+//! layer-split GPUs working in turn. MoE models read `active / total` of their block weights.
+
+use crate::catalog::{Quantization, Variant, VARIANTS};
+use crate::config::PlannerConfig;
+use crate::hardware::Hardware;
+
+/// The planner's policy is the `[planner]` config section.
+pub type Policy = PlannerConfig;
+
+/// CPU memory bandwidth assumed when a profile has none (bytes/s): 25 GB/s, a conservative
+/// figure for a dual-channel DDR4 desktop (DDR4-3200 peaks at 51.2 GB/s; streaming reads reach
+/// roughly 60–80 % of it, fewer with few cores).
+pub const DEFAULT_CPU_BANDWIDTH: u64 = 25_000_000_000;
+
+/// GPU memory bandwidth assumed when the device gives none (bytes/s): 250 GB/s, the class of an
+/// entry-level discrete GPU (RTX 4060: 272 GB/s; RX 7600: 288 GB/s). AMD GPUs found through
+/// sysfs always use this.
+pub const DEFAULT_GPU_BANDWIDTH: u64 = 250_000_000_000;
+
+/// Share of a GPU's peak bandwidth that llama.cpp's token generation reaches (≈ 0.6–0.8 in
+/// llama-bench `tg128` results against data-sheet bandwidth); an estimate.
+pub const GPU_EFFICIENCY: f64 = 0.7;
+
+/// Share of the measured CPU read bandwidth that llama.cpp's generation reaches; an estimate.
+pub const CPU_EFFICIENCY: f64 = 0.8;
+
+/// VRAM a GPU runtime takes before any model tensor (bytes): CUDA/HIP context and the BLAS
+/// workspaces, ≈ 300–500 MiB on current drivers; 512 MiB to be safe.
+pub const GPU_RUNTIME_OVERHEAD: u64 = 512 << 20;
+
+/// RAM the r1d process and llama.cpp's host buffers take besides the model (bytes).
+pub const HOST_OVERHEAD: u64 = 256 << 20;
+
+/// The backend that runs GGUF files.
+pub const GGUF_BACKEND: &str = "llamacpp";
+
+/// A model file already on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Present {
+    /// Variant id (`deepseek-r1:7b`).
+    pub variant: String,
+    /// Quantization name (`Q4_K_M`).
+    pub quantization: String,
+}
+
+/// One variant × quantization, placed on this hardware.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The variant.
+    pub variant: &'static Variant,
+    /// The quantization.
+    pub quantization: &'static Quantization,
+    /// Backend plugin that would run it.
+    pub backend: &'static str,
+    /// Layers on GPUs, counted as llama.cpp's `n_gpu_layers` counts them (the output head is
+    /// the first offloaded layer).
+    pub gpu_layers: u32,
+    /// Layers in all: the blocks plus the output head.
+    pub total_layers: u32,
+    /// Context length planned for (tokens): the policy's, capped at the trained context.
+    pub context_length: u32,
+    /// RAM needed (bytes), without the policy's reserve.
+    pub ram_bytes: u64,
+    /// VRAM needed on each GPU (bytes), in the hardware's GPU order; 0 for unused GPUs.
+    pub vram_bytes: Vec<u64>,
+    /// Expected generation speed (tokens/s).
+    pub tokens_per_s: f64,
+    /// Whether it fits in free memory and disk (and the policy allows it).
+    pub fits: bool,
+    /// Why it was chosen or not, in one line.
+    pub reason: String,
+    /// The file is already on disk.
+    pub present: bool,
+}
+
+/// The plan: every candidate, and the chosen one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Index of the chosen candidate in `candidates`.
+    pub chosen: Option<usize>,
+    /// Every variant × quantization, best quality first.
+    pub candidates: Vec<Candidate>,
+    /// Why this choice (or why none), in one line.
+    pub reason: String,
+}
+
+impl Plan {
+    /// The chosen candidate.
+    pub fn chosen(&self) -> Option<&Candidate> {
+        self.chosen.map(|i| &self.candidates[i])
+    }
+}
+
+/// Where a model's layers go and what that costs.
+struct Placement {
+    gpu_layers: u32,
+    ram_bytes: u64,
+    vram_bytes: Vec<u64>,
+    tokens_per_s: f64,
+    description: String,
+}
+
+/// Decimal gigabytes, one digit: how model sizes are quoted.
+fn gb(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32) -> Placement {
+    let f = v.footprint(q, ctx);
+    let per_layer = f.layer_weights + f.layer_kv;
+    let n = v.layers;
+    let gpu_fixed = f.compute + GPU_RUNTIME_OVERHEAD;
+    let mut room: Vec<u64> = hw
+        .gpus
+        .iter()
+        .map(|g| g.vram_free_bytes.saturating_sub(gpu_fixed))
+        .collect();
+    let mut layers = vec![0u32; hw.gpus.len()];
+    // The output head is offloaded first (llama.cpp's n_gpu_layers = 1 puts just the output head
+    // on the GPU); it goes to the GPU with the most room.
+    let mut output_on = (0..room.len())
+        .filter(|&i| room[i] >= f.output && room[i] > 0)
+        .max_by_key(|&i| (room[i], std::cmp::Reverse(i)));
+    if let Some(i) = output_on {
+        room[i] -= f.output;
+        let mut order: Vec<usize> = (0..room.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(room[i]), i));
+        let mut remaining = n;
+        for i in order {
+            let k = (room[i] / per_layer.max(1)).min(remaining as u64) as u32;
+            layers[i] = k;
+            remaining -= k;
+        }
+        if remaining > 0 && !policy.allow_partial_offload {
+            layers.iter_mut().for_each(|l| *l = 0);
+            output_on = None;
+        }
+    }
+    let on_gpu: u32 = layers.iter().sum();
+    let on_cpu = n - on_gpu;
+    let vram_bytes: Vec<u64> = (0..hw.gpus.len())
+        .map(|i| {
+            let output = if output_on == Some(i) { f.output } else { 0 };
+            if layers[i] == 0 && output == 0 {
+                0
+            } else {
+                layers[i] as u64 * per_layer + output + gpu_fixed
+            }
+        })
+        .collect();
+    let cpu_runs_graph = on_cpu > 0 || output_on.is_none();
+    let ram_bytes = f.token_embedding
+        + on_cpu as u64 * per_layer
+        + if output_on.is_none() { f.output } else { 0 }
+        + if cpu_runs_graph { f.compute } else { 0 }
+        + HOST_OVERHEAD;
+
+    // Speed: bytes read per token on each device over its effective bandwidth.
+    let active = v.active_parameters as f64 / v.parameters as f64;
+    let read_per_layer = f.layer_weights as f64 * active + f.layer_kv as f64 / 2.0;
+    let cpu_bw = hw
+        .memory
+        .bandwidth_bytes_per_s
+        .unwrap_or(DEFAULT_CPU_BANDWIDTH) as f64
+        * CPU_EFFICIENCY;
+    let mut seconds = (on_cpu as f64 * read_per_layer
+        + if output_on.is_none() {
+            f.output as f64
+        } else {
+            0.0
+        })
+        / cpu_bw;
+    for (i, gpu) in hw.gpus.iter().enumerate() {
+        let bytes = layers[i] as f64 * read_per_layer
+            + if output_on == Some(i) {
+                f.output as f64
+            } else {
+                0.0
+            };
+        if bytes > 0.0 {
+            let bw = gpu.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64;
+            seconds += bytes / (bw * GPU_EFFICIENCY);
+        }
+    }
+    let tokens_per_s = if seconds > 0.0 { 1.0 / seconds } else { 0.0 };
+
+    let gpu_layers = on_gpu + u32::from(output_on.is_some());
+    let used: Vec<usize> = (0..hw.gpus.len()).filter(|&i| vram_bytes[i] > 0).collect();
+    let gpus_text = match used.as_slice() {
+        [i] => format!("GPU {i}"),
+        _ => format!("{} GPUs", used.len()),
+    };
+    let description = if gpu_layers == 0 {
+        "on the CPU".to_owned()
+    } else if on_cpu == 0 {
+        format!("all {} layers on {gpus_text}", n + 1)
+    } else {
+        format!(
+            "{gpu_layers} of {} layers on {gpus_text}, the rest on the CPU",
+            n + 1
+        )
+    };
+    Placement {
+        gpu_layers,
+        ram_bytes,
+        vram_bytes,
+        tokens_per_s,
+        description,
+    }
+}
+
+/// Plans every variant × quantization for `hw` under `policy`; `present` lists the model files
+/// already on disk (they need no download space).
+pub fn plan(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
+    let reserve = policy.reserve_ram_bytes;
+    let available = hw.memory.available_bytes;
+    let mut candidates = Vec::new();
+    // (ram shortfall, candidate index) of candidates that only failed for memory or disk.
+    let mut shortfalls: Vec<(u64, String)> = Vec::new();
+    for v in VARIANTS.iter().rev() {
+        for q in v.quantizations.iter().rev() {
+            let ctx = policy.context_length.min(v.trained_context);
+            let p = place(v, q, hw, policy, ctx);
+            let is_present = present.iter().any(|m| {
+                m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
+            });
+            let pinned_out = policy
+                .variant
+                .as_deref()
+                .is_some_and(|pin| !pin.eq_ignore_ascii_case(v.id));
+            let ram_need = p.ram_bytes + reserve;
+            let reason_not = if pinned_out {
+                Some(format!(
+                    "not the pinned variant ({})",
+                    policy.variant.as_deref().unwrap_or_default()
+                ))
+            } else if q.is_extreme() && !policy.allow_extreme_quantization {
+                Some(format!(
+                    "{:.2} bits per weight: extreme quantization is off (planner.allow_extreme_quantization)",
+                    q.bits_per_weight
+                ))
+            } else if ram_need > available {
+                let short = ram_need - available;
+                let text = format!(
+                    "needs {} RAM ({} + {} reserve; {}), {} available: {} short",
+                    gb(ram_need),
+                    gb(p.ram_bytes),
+                    gb(reserve),
+                    p.description,
+                    gb(available),
+                    gb(short)
+                );
+                shortfalls.push((short, format!("{} {}: {text}", v.id, q.name)));
+                Some(text)
+            } else if let Some(disk) = hw
+                .disk
+                .as_ref()
+                .filter(|d| !is_present && d.free_bytes < q.file_bytes)
+            {
+                let text = format!(
+                    "the {} download does not fit the {} free on disk: {} short",
+                    gb(q.file_bytes),
+                    gb(disk.free_bytes),
+                    gb(q.file_bytes - disk.free_bytes)
+                );
+                shortfalls.push((
+                    q.file_bytes - disk.free_bytes,
+                    format!("{} {}: {text}", v.id, q.name),
+                ));
+                Some(text)
+            } else {
+                None
+            };
+            let fits = reason_not.is_none();
+            let reason = reason_not.unwrap_or_else(|| {
+                if p.tokens_per_s < policy.min_tokens_per_s {
+                    format!(
+                        "fits ({}), but {:.1} tokens/s is under the {} tokens/s minimum",
+                        p.description, p.tokens_per_s, policy.min_tokens_per_s
+                    )
+                } else {
+                    format!("fits: {}, ≈ {:.1} tokens/s", p.description, p.tokens_per_s)
+                }
+            });
+            candidates.push(Candidate {
+                variant: v,
+                quantization: q,
+                backend: GGUF_BACKEND,
+                gpu_layers: p.gpu_layers,
+                total_layers: v.layers + 1,
+                context_length: ctx,
+                ram_bytes: p.ram_bytes,
+                vram_bytes: p.vram_bytes,
+                tokens_per_s: p.tokens_per_s,
+                fits,
+                reason,
+                present: is_present,
+            });
+        }
+    }
+
+    // Variant first; within a variant, running entirely on the GPU beats a higher quantization
+    // that spills layers to the CPU (Q5→Q6 changes little, a spill costs a large share of speed).
+    let quality = |c: &Candidate| {
+        (
+            c.variant.quality,
+            c.gpu_layers == c.total_layers,
+            c.quantization.quality,
+        )
+    };
+    let fast_enough = |c: &&Candidate| c.tokens_per_s >= policy.min_tokens_per_s;
+    let best = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.fits && fast_enough(c))
+        .max_by_key(|(_, c)| quality(c))
+        .map(|(i, _)| i);
+    let (chosen, reason) = if let Some(i) = best {
+        let c = &candidates[i];
+        (
+            Some(i),
+            format!(
+                "{} {}: the highest quality that fits and reaches {} tokens/s",
+                c.variant.id, c.quantization.name, policy.min_tokens_per_s
+            ),
+        )
+    } else if let Some(i) = candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.fits)
+        .max_by(|(_, a), (_, b)| {
+            a.tokens_per_s
+                .total_cmp(&b.tokens_per_s)
+                .then_with(|| quality(a).cmp(&quality(b)))
+        })
+        .map(|(i, _)| i)
+    {
+        let c = &candidates[i];
+        (
+            Some(i),
+            format!(
+                "nothing reaches {} tokens/s here; {} {} is the fastest that fits (≈ {:.1} tokens/s)",
+                policy.min_tokens_per_s, c.variant.id, c.quantization.name, c.tokens_per_s
+            ),
+        )
+    } else {
+        let closest = shortfalls
+            .iter()
+            .min_by_key(|(short, _)| *short)
+            .map(|(_, text)| text.clone());
+        (
+            None,
+            match closest {
+                Some(text) => format!("nothing fits; the closest is {text}"),
+                None => "nothing fits the policy".to_owned(),
+            },
+        )
+    };
+    if let Some(i) = chosen {
+        let c = &mut candidates[i];
+        c.reason = format!("chosen — {}", c.reason);
+    }
+    Plan {
+        chosen,
+        candidates,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::{Cpu, Disk, Gpu, GpuVendor, Memory};
+
+    const GIB: u64 = 1 << 30;
+    const GB: u64 = 1_000_000_000;
+
+    fn gpu(vram_gib: u64, free_gib: f64, bandwidth_gb_s: u64) -> Gpu {
+        Gpu {
+            vendor: GpuVendor::Nvidia,
+            name: format!("{vram_gib} GiB GPU"),
+            vram_total_bytes: vram_gib * GIB,
+            vram_free_bytes: (free_gib * GIB as f64) as u64,
+            bandwidth_bytes_per_s: Some(bandwidth_gb_s * GB),
+            compute_capability: Some("8.9".into()),
+            driver: None,
+        }
+    }
+
+    /// A profile as the published table states it: cores, RAM (GiB, of which ~90 % available),
+    /// GPUs, and the CPU's bandwidth (GB/s).
+    fn machine(cores: u32, ram_gib: u64, cpu_bw_gb_s: u64, gpus: Vec<Gpu>) -> Hardware {
+        Hardware {
+            cpu: Cpu {
+                model: Some("Test CPU".into()),
+                cores,
+                threads: cores * 2,
+                features: vec!["avx2".into()],
+            },
+            memory: Memory {
+                total_bytes: ram_gib * GIB,
+                available_bytes: ram_gib * GIB * 9 / 10,
+                cgroup_limit_bytes: None,
+                bandwidth_bytes_per_s: Some(cpu_bw_gb_s * GB),
+            },
+            disk: Some(Disk {
+                path: "/var/lib/r1d/models".into(),
+                free_bytes: 2000 * GB,
+            }),
+            gpus,
+        }
+    }
+
+    fn chosen(hw: &Hardware) -> (&'static str, &'static str, u32, u32) {
+        let plan = plan(hw, &[], &Policy::default());
+        let c = plan
+            .chosen()
+            .unwrap_or_else(|| panic!("no choice: {}", plan.reason));
+        (
+            c.variant.id,
+            c.quantization.name,
+            c.gpu_layers,
+            c.total_layers,
+        )
+    }
+
+    /// The published rule-of-thumb rows: each profile gets the variant the table names.
+    #[test]
+    fn published_requirement_rows_choose_the_published_variant() {
+        struct Row {
+            what: &'static str,
+            hw: Hardware,
+            variants: &'static [&'static str],
+            entirely_on_gpu: bool,
+        }
+        let rows = [
+            Row {
+                what: "4 cores / 8 GB / no GPU",
+                hw: machine(4, 8, 25, vec![]),
+                variants: &["deepseek-r1:1.5b"],
+                entirely_on_gpu: false,
+            },
+            Row {
+                what: "8 cores / 16 GB / 8 GB GPU (RTX 4060 class)",
+                hw: machine(8, 16, 40, vec![gpu(8, 7.5, 272)]),
+                variants: &["deepseek-r1:7b", "deepseek-r1:8b", "deepseek-r1-0528:8b"],
+                entirely_on_gpu: true,
+            },
+            Row {
+                what: "12 cores / 32 GB / 16 GB GPU (RTX 4060 Ti 16 GB class)",
+                hw: machine(12, 32, 50, vec![gpu(16, 15.5, 288)]),
+                variants: &["deepseek-r1:14b"],
+                entirely_on_gpu: true,
+            },
+            Row {
+                what: "16 cores / 64 GB / 24 GB GPU (RTX 3090 class)",
+                hw: machine(16, 64, 60, vec![gpu(24, 23.5, 936)]),
+                variants: &["deepseek-r1:32b"],
+                entirely_on_gpu: true,
+            },
+            Row {
+                what: "32 cores / 128 GB / 2 × 80 GB (A100 80GB class)",
+                hw: machine(32, 128, 150, vec![gpu(80, 79.0, 2039), gpu(80, 79.0, 2039)]),
+                variants: &["deepseek-r1:70b"],
+                entirely_on_gpu: true,
+            },
+            Row {
+                what: "64 cores / 512 GB / 8 × 80 GB (H100 SXM class)",
+                hw: machine(64, 512, 300, (0..8).map(|_| gpu(80, 79.0, 3350)).collect()),
+                variants: &["deepseek-r1:671b", "deepseek-r1-0528:671b"],
+                entirely_on_gpu: false,
+            },
+        ];
+        for row in &rows {
+            let (variant, quant, gpu_layers, total) = chosen(&row.hw);
+            assert!(
+                row.variants.contains(&variant),
+                "{}: chose {variant} {quant}, expected one of {:?}",
+                row.what,
+                row.variants
+            );
+            if row.entirely_on_gpu {
+                assert_eq!(
+                    gpu_layers, total,
+                    "{}: {variant} {quant} not all on the GPU",
+                    row.what
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rtx_4060_row_runs_the_qwen3_8b_at_q5_entirely_on_the_gpu() {
+        let hw = machine(8, 16, 40, vec![gpu(8, 7.5, 272)]);
+        let plan = plan(&hw, &[], &Policy::default());
+        let c = plan.chosen().unwrap();
+        assert_eq!(
+            (c.variant.id, c.quantization.name),
+            ("deepseek-r1-0528:8b", "Q5_K_M")
+        );
+        assert_eq!((c.gpu_layers, c.total_layers), (37, 37));
+        // 5.85 GB weights + 36 × 8192 × 2 × 8 × 128 × 2 B KV + compute + runtime.
+        let kv = 36 * 8192 * 2 * 8 * 128 * 2;
+        let compute = 512 * 4 * (151_936 + 16 * 4096);
+        let expected = 5_850_000_000 - c.variant.footprint(c.quantization, 8192).token_embedding
+            + kv
+            + compute
+            + GPU_RUNTIME_OVERHEAD;
+        assert!(
+            c.vram_bytes[0].abs_diff(expected) < 64,
+            "{} vs {expected}",
+            c.vram_bytes[0]
+        );
+        assert!(
+            c.tokens_per_s > 25.0 && c.tokens_per_s < 45.0,
+            "{}",
+            c.tokens_per_s
+        );
+    }
+
+    #[test]
+    fn cgroup_limit_smaller_than_the_host_is_what_counts() {
+        // 64 GiB host, no GPU, but the service may use 4 GiB.
+        let mut hw = machine(16, 64, 60, vec![]);
+        let host = plan(&hw, &[], &Policy::default());
+        hw.memory.total_bytes = 4 * GIB;
+        hw.memory.available_bytes = 4 * GIB;
+        hw.memory.cgroup_limit_bytes = Some(4 * GIB);
+        let limited = plan(&hw, &[], &Policy::default());
+        let (h, l) = (host.chosen().unwrap(), limited.chosen().unwrap());
+        assert!(
+            h.variant.quality > l.variant.quality,
+            "{} vs {}",
+            h.variant.id,
+            l.variant.id
+        );
+        assert_eq!(l.variant.id, "deepseek-r1:1.5b");
+        assert!(l.ram_bytes + Policy::default().reserve_ram_bytes <= 4 * GIB);
+    }
+
+    #[test]
+    fn vram_held_by_other_processes_is_not_counted_as_free() {
+        // A 24 GiB card of which other processes hold 20 GiB: the 32B must not be planned onto it.
+        let busy = machine(16, 64, 60, vec![gpu(24, 4.0, 936)]);
+        let plan = plan(&busy, &[], &Policy::default());
+        let c = plan.chosen().unwrap();
+        assert!(c.vram_bytes[0] <= 4 * GIB, "{}", c.vram_bytes[0]);
+        for c in plan.candidates.iter().filter(|c| c.fits) {
+            assert!(
+                c.vram_bytes[0] <= 4 * GIB,
+                "{} {}",
+                c.variant.id,
+                c.quantization.name
+            );
+        }
+        let idle = machine(16, 64, 60, vec![gpu(24, 23.5, 936)]);
+        let idle_choice = super::plan(&idle, &[], &Policy::default());
+        assert_eq!(idle_choice.chosen().unwrap().variant.id, "deepseek-r1:32b");
+        assert_ne!(c.variant.id, "deepseek-r1:32b");
+    }
+
+    #[test]
+    fn too_small_machine_gets_no_choice_and_a_reason_with_the_shortfall() {
+        let hw = machine(1, 1, 10, vec![]);
+        let plan = plan(&hw, &[], &Policy::default());
+        assert_eq!(plan.chosen, None);
+        assert!(plan.candidates.iter().all(|c| !c.fits));
+        // The closest is the smallest file: 1.5B Q4_K_M.
+        assert!(
+            plan.reason
+                .starts_with("nothing fits; the closest is deepseek-r1:1.5b Q4_K_M"),
+            "{}",
+            plan.reason
+        );
+        assert!(plan.reason.contains("short"), "{}", plan.reason);
+    }
+
+    #[test]
+    fn slow_machine_gets_the_fastest_fitting_candidate() {
+        let hw = machine(2, 24, 5, vec![]);
+        let plan = plan(&hw, &[], &Policy::default());
+        let c = plan.chosen().unwrap();
+        assert_eq!(
+            (c.variant.id, c.quantization.name),
+            ("deepseek-r1:1.5b", "Q4_K_M")
+        );
+        assert!(
+            plan.reason.starts_with("nothing reaches 10 tokens/s"),
+            "{}",
+            plan.reason
+        );
+    }
+
+    #[test]
+    fn pinned_variant_and_extreme_quantization_follow_the_policy() {
+        let hw = machine(64, 192, 300, vec![gpu(80, 79.0, 3350), gpu(80, 79.0, 3350)]);
+        let pinned = Policy {
+            variant: Some("deepseek-r1:14b".into()),
+            ..Policy::default()
+        };
+        assert_eq!(
+            plan(&hw, &[], &pinned).chosen().unwrap().variant.id,
+            "deepseek-r1:14b"
+        );
+        // 160 GiB VRAM + 192 GiB RAM: no 4-bit 671B fits, the 1.58-bit one does once allowed.
+        let default = plan(&hw, &[], &Policy::default());
+        assert_eq!(default.chosen().unwrap().variant.id, "deepseek-r1:70b");
+        let extreme = Policy {
+            allow_extreme_quantization: true,
+            ..Policy::default()
+        };
+        let c = plan(&hw, &[], &extreme);
+        assert_eq!(
+            c.chosen().unwrap().variant.id,
+            "deepseek-r1:671b",
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn no_partial_offload_keeps_a_model_that_does_not_fit_the_gpu_on_the_cpu() {
+        let hw = machine(16, 64, 60, vec![gpu(8, 7.5, 272)]);
+        let policy = Policy {
+            allow_partial_offload: false,
+            ..Policy::default()
+        };
+        for c in plan(&hw, &[], &policy).candidates {
+            assert!(
+                c.gpu_layers == 0 || c.gpu_layers == c.total_layers,
+                "{}",
+                c.reason
+            );
+        }
+    }
+
+    #[test]
+    fn a_present_model_needs_no_disk() {
+        let mut hw = machine(8, 16, 40, vec![gpu(8, 7.5, 272)]);
+        hw.disk.as_mut().unwrap().free_bytes = 0;
+        assert_eq!(plan(&hw, &[], &Policy::default()).chosen, None);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+        }];
+        let p = plan(&hw, &present, &Policy::default());
+        let c = p.chosen().unwrap();
+        assert_eq!(
+            (c.variant.id, c.quantization.name, c.present),
+            ("deepseek-r1:7b", "Q4_K_M", true)
+        );
+    }
+
+    #[test]
+    fn same_inputs_same_plan() {
+        let hw = machine(12, 32, 50, vec![gpu(16, 15.5, 288)]);
+        assert_eq!(
+            plan(&hw, &[], &Policy::default()),
+            plan(&hw, &[], &Policy::default())
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn hardware() -> impl Strategy<Value = Hardware> {
+            (
+                1u32..128,
+                1u64..1024,
+                1u64..400,
+                prop::collection::vec((4u64..192, 0.0f64..1.0, 100u64..4000), 0..9),
+            )
+                .prop_map(|(cores, ram, bw, gpus)| {
+                    let gpus = gpus
+                        .into_iter()
+                        .map(|(vram, free, bw)| gpu(vram, vram as f64 * free, bw))
+                        .collect();
+                    machine(cores, ram, bw, gpus)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn more_memory_never_yields_a_smaller_variant(hw in hardware(), extra in 1u64..512) {
+                let before = plan(&hw, &[], &Policy::default());
+                let mut more = hw.clone();
+                more.memory.total_bytes += extra * GIB;
+                more.memory.available_bytes += extra * GIB;
+                let after = plan(&more, &[], &Policy::default());
+                if let Some(b) = before.chosen() {
+                    let a = after.chosen().expect("a choice survives more memory");
+                    prop_assert!(a.variant.quality >= b.variant.quality,
+                        "{} → {} with {} GiB more", b.variant.id, a.variant.id, extra);
+                }
+            }
+
+            #[test]
+            fn every_chosen_candidate_fits_in_free_memory(hw in hardware()) {
+                let policy = Policy::default();
+                let p = plan(&hw, &[], &policy);
+                if let Some(c) = p.chosen() {
+                    prop_assert!(c.fits);
+                    prop_assert!(c.ram_bytes + policy.reserve_ram_bytes <= hw.memory.available_bytes);
+                    for (need, g) in c.vram_bytes.iter().zip(&hw.gpus) {
+                        prop_assert!(*need <= g.vram_free_bytes, "{} > {}", need, g.vram_free_bytes);
+                    }
+                }
+            }
+        }
+    }
+}
