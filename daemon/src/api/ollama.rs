@@ -5,6 +5,10 @@
 //! `thinking` when the request says `think: true`; otherwise it stays inline in the answer with its
 //! `<think>` tags (what Ollama shows for DeepSeek-R1 without `think`).
 
+// Request checks return the finished error `Response` to send; it is built once per refused
+// request, so the size of the `Err` variant costs nothing worth boxing.
+#![allow(clippy::result_large_err)]
+
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};

@@ -4,6 +4,10 @@
 //! reasoning, `timings` is llama-server's. Every error is the OpenAI error object
 //! `{"error": {"message", "type", "param", "code"}}`.
 
+// Request checks return the finished error `Response` to send; it is built once per refused
+// request, so the size of the `Err` variant costs nothing worth boxing.
+#![allow(clippy::result_large_err)]
+
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
