@@ -492,6 +492,26 @@ pub struct Status {
     pub active_requests: u64,
 }
 
+/// Body of `POST /r1/load`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    /// Model file (GGUF) or directory.
+    pub path: String,
+    /// Backend plugin; default: the best for the format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// KV cache size, tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// Layers to offload to the GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_layers: Option<u32>,
+    /// Generation threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+}
+
 /// One backend plugin as `GET /r1/backends` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendEntry {

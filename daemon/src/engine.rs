@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use r1_plugin_abi::json::{FinishReason, GenerateRequest, GenerateResult, LoadParams, ModelInfo};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{BackendError, LoadedModel, PluginHost};
 use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
@@ -173,6 +173,9 @@ pub struct EngineConfig {
 
 struct Shared {
     state: watch::Sender<Snapshot>,
+    /// Milliseconds since `started` at the engine thread's last sign of progress (a job taken,
+    /// a token, a prompt batch, a load progress report).
+    heartbeat_ms: AtomicU64,
     shutting_down: AtomicBool,
     active: AtomicU64,
     served: AtomicU64,
@@ -181,6 +184,9 @@ struct Shared {
 
 enum Job {
     Chat(ChatJob),
+    Load(LoadSpec, oneshot::Sender<Result<(), EngineError>>),
+    Unload(oneshot::Sender<()>),
+    Ping(oneshot::Sender<()>),
 }
 
 /// Handle to the engine; cheap to clone.
@@ -193,6 +199,13 @@ pub struct Engine {
 
 /// Decrements the active-request count when a request ends, however it ends.
 struct ActiveGuard(Arc<Shared>);
+
+impl Shared {
+    fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -221,6 +234,7 @@ impl Engine {
         });
         let shared = Arc::new(Shared {
             state,
+            heartbeat_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             active: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -253,6 +267,51 @@ impl Engine {
     /// get the same error.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Replaces the resident model: the current one is unloaded first (its memory is needed),
+    /// then `spec` is loaded. Waits for requests queued before it. On failure no model is
+    /// resident and the state says why.
+    ///
+    /// # Errors
+    /// [`EngineError::NoModel`] with the load error; [`EngineError::Busy`] / `ShuttingDown`.
+    pub async fn load(&self, spec: LoadSpec) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Load(spec, tx)).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Unloads the resident model (after the requests queued before this call).
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn unload(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Unload(tx)).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Whether the engine thread is making progress: when requests are running, that it showed a
+    /// sign of life (a token, a prompt batch, load progress) within `within`; when idle, that it
+    /// answers a ping within `within`. For the systemd watchdog.
+    pub async fn is_alive(&self, within: std::time::Duration) -> bool {
+        if self.active_requests() > 0 || self.snapshot().state == EngineState::Loading {
+            let now = self.shared.started.elapsed().as_millis() as u64;
+            let last = self.shared.heartbeat_ms.load(Ordering::Relaxed);
+            return now.saturating_sub(last) <= within.as_millis() as u64;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.try_send(Job::Ping(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+    }
+
+    async fn send(&self, job: Job) -> Result<(), EngineError> {
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)
     }
 
     /// The current state.
@@ -334,10 +393,34 @@ impl Worker {
             None => self.publish_no_model(),
         }
         while let Some(job) = rx.blocking_recv() {
+            self.shared.beat();
             match job {
                 Job::Chat(job) => {
                     let _guard = ActiveGuard(self.shared.clone());
                     self.chat(job);
+                }
+                Job::Load(spec, reply) => {
+                    // Memory for the new model comes from the old one.
+                    self.model = None;
+                    self.load(spec);
+                    let result = match &self.model {
+                        Some(_) => Ok(()),
+                        None => Err(EngineError::NoModel {
+                            reason: self.no_model_reason.clone(),
+                        }),
+                    };
+                    let _ = reply.send(result);
+                }
+                Job::Unload(reply) => {
+                    if self.model.take().is_some() {
+                        self.no_model_reason = "the model was unloaded on request".into();
+                        tracing::info!("model unloaded on request");
+                    }
+                    self.publish_no_model();
+                    let _ = reply.send(());
+                }
+                Job::Ping(reply) => {
+                    let _ = reply.send(());
                 }
             }
         }
@@ -373,6 +456,7 @@ impl Worker {
                 let shared = self.shared.clone();
                 let mut last = -1.0f32;
                 backend.load(&spec.params, &mut |p| {
+                    shared.beat();
                     // Publish at 1 % steps so watchers are not flooded.
                     if p - last >= 0.01 || p >= 1.0 {
                         last = p;
@@ -508,6 +592,7 @@ impl Worker {
         let mut client_gone = false;
         let shared = self.shared.clone();
         let result = model.generate(&request, &mut |bytes, id| {
+            shared.beat();
             if shared.shutting_down.load(Ordering::SeqCst) {
                 return false;
             }

@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/r1/status", get(status))
         .route("/r1/backends", get(backends))
+        .route("/r1/load", axum::routing::post(load))
+        .route("/r1/unload", axum::routing::post(unload))
         .fallback(not_found)
         .with_state(state)
 }
@@ -121,6 +123,50 @@ async fn backends(State(state): State<AppState>) -> Json<BackendList> {
         plugin_dir: state.host.dir().display().to_string(),
         backends,
     })
+}
+
+fn native_error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// `POST /r1/load`: replaces the resident model (the old one is unloaded first) and answers when
+/// the new one is resident (200 with `/r1/status`'s body) or failed to load (422 naming why).
+async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: wire::LoadRequest = match serde_path_to_error::deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) => {
+            return native_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid request body: {e}"),
+            )
+        }
+    };
+    let spec = crate::engine::LoadSpec {
+        params: r1_plugin_abi::json::LoadParams {
+            path: req.path,
+            context_length: req.context_length,
+            gpu_layers: req.gpu_layers,
+            threads: req.threads,
+            ..Default::default()
+        },
+        backend: req.backend,
+    };
+    match state.engine.load(spec).await {
+        Ok(()) => status(State(state)).await.into_response(),
+        Err(crate::engine::EngineError::NoModel { reason }) => {
+            native_error(StatusCode::UNPROCESSABLE_ENTITY, reason)
+        }
+        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `POST /r1/unload`: unloads the resident model; answers with `/r1/status`'s body.
+async fn unload(State(state): State<AppState>) -> Response {
+    match state.engine.unload().await {
+        Ok(()) => status(State(state)).await.into_response(),
+        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {

@@ -370,3 +370,45 @@ async fn sigterm_ends_a_running_stream_with_an_error_event_and_exits() {
         "the socket file is removed at exit"
     );
 }
+
+#[tokio::test]
+async fn load_and_unload_replace_the_resident_model_at_run_time() {
+    let (daemon, models) = echo_daemon(r#"{"name": "first"}"#, vec![]);
+    daemon.settled().await;
+    let client = daemon.client();
+    let second = models.path().join("second.echo");
+    std::fs::write(&second, r#"{"name": "second"}"#).unwrap();
+    let status: r1d_client::wire::Status = client
+        .post_json("/r1/load", &serde_json::json!({"path": second}))
+        .await
+        .unwrap();
+    assert_eq!(status.model.unwrap().name, "second");
+    assert_eq!(client.chat(&ask("hi")).await.unwrap().model, "second");
+    // A failing load says why, and leaves no model (the old one was unloaded to make room).
+    let broken = models.path().join("broken.echo");
+    std::fs::write(&broken, r#"{"fail_load": "disk on fire"}"#).unwrap();
+    let err = client
+        .post_json::<_, serde_json::Value>("/r1/load", &serde_json::json!({"path": broken}))
+        .await
+        .unwrap_err();
+    let ClientError::Status {
+        status, message, ..
+    } = err
+    else {
+        panic!("expected status")
+    };
+    assert_eq!(status.as_u16(), 422);
+    assert!(message.contains("disk on fire"), "{message}");
+    assert_eq!(client.health().await.unwrap().status, State::NoModel);
+    let status: r1d_client::wire::Status = client
+        .post_json("/r1/load", &serde_json::json!({"path": second}))
+        .await
+        .unwrap();
+    assert_eq!(status.state, State::Ready);
+    let status: r1d_client::wire::Status = client
+        .post_json("/r1/unload", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status.state, State::NoModel);
+    assert!(status.error.unwrap().contains("unloaded on request"));
+}
