@@ -17,9 +17,9 @@
 //! llama.cpp's log goes to `tracing` (target `llama.cpp`), which the SDK forwards to the host.
 
 mod backend;
-pub mod ftype;
+/// GGUF `general.file_type` names: shared with the daemon's model store.
+pub use gguf_header::ftype;
 mod generate;
-mod gguf_header;
 mod model;
 
 use std::sync::OnceLock;

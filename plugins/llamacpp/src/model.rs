@@ -14,7 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::LlamaModelLoadError;
 use r1_plugin_sdk::{LoadParams, MemoryBreakdown, ModelInfo, PluginError, SpecialToken};
 
-use crate::{backend, ftype, gguf_header};
+use crate::{backend, ftype};
 
 /// Context length used when the load parameters give none: the trained context, capped here so a
 /// 128k-context model does not reserve gigabytes of KV cache nobody asked for.
