@@ -1,0 +1,726 @@
+//! The model store: model files on disk, what each one is, pulls, and which one to serve.
+//!
+//! - [`scan`]: r1d's models directory (system `/var/lib/r1d/models`, user
+//!   `$XDG_DATA_HOME/r1d/models`, or `[store] dir`) and, read-only, the Hugging Face cache
+//!   (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`) and Ollama's store
+//!   (`$OLLAMA_MODELS`, `~/.ollama/models`).
+//! - [`gguf`]: each file is identified from its own GGUF header (through the shared
+//!   `gguf-header` crate) and checked: a file shorter than its tensor infos imply is listed as
+//!   truncated with both sizes, and is never chosen.
+//! - [`pull`]: downloads with resume and sha256 verification.
+//! - [`select`]: the best present DeepSeek-R1 by the planner's ranking.
+//!
+//! **Architecture invariants**: other tools' stores are never written; knows neither HTTP nor
+//! JSON wire shapes (the `api` modules convert).
+
+pub mod gguf;
+pub mod pull;
+pub mod scan;
+pub mod select;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gguf_header::HeaderCheck;
+use r1_plugin_abi::json::LoadParams;
+use tokio::sync::watch;
+
+use crate::catalog::{self, Variant};
+use crate::config::{Config, Mode, ModelConfig, PlannerConfig};
+use crate::engine::LoadSpec;
+use crate::hardware::Probe;
+use crate::planner::{self, Plan, Present};
+
+pub use gguf::Identity;
+pub use pull::{PullSpec, PullState};
+
+/// Where a file was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// r1d's own models directory.
+    Local,
+    /// The Hugging Face cache.
+    HuggingFace {
+        /// `OWNER/REPO`.
+        repo: String,
+        /// Snapshot (commit hash).
+        revision: String,
+        /// File in the repository.
+        file: String,
+    },
+    /// Ollama's store.
+    Ollama {
+        /// `NAME:TAG`.
+        name: String,
+        /// `sha256:…` of the blob.
+        digest: String,
+    },
+}
+
+impl Source {
+    /// `r1d`, `huggingface` or `ollama`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Local => "r1d",
+            Source::HuggingFace { .. } => "huggingface",
+            Source::Ollama { .. } => "ollama",
+        }
+    }
+}
+
+/// Whether a file can be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Complete per its header.
+    Ok,
+    /// Shorter than its header implies.
+    Truncated {
+        /// Bytes the header implies.
+        expected_bytes: u64,
+        /// Bytes on disk.
+        actual_bytes: u64,
+    },
+    /// Not readable as GGUF; why.
+    Unreadable(String),
+}
+
+/// One model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    /// The name to ask for it by: `deepseek-r1:7b-q4_k_m` for a catalog variant, else the
+    /// source's own name (`smollm2:135m` from Ollama, `hf.co/OWNER/REPO:FILE`, the file stem).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Where it was found.
+    pub source: Source,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// Modification time (Unix seconds).
+    pub modified: Option<u64>,
+    /// Complete or not.
+    pub health: Health,
+    /// What the header says, when it could be read.
+    pub identity: Option<Identity>,
+}
+
+impl ModelEntry {
+    /// Complete and readable.
+    pub fn is_usable(&self) -> bool {
+        self.health == Health::Ok
+    }
+
+    /// The catalog variant, when it is one.
+    pub fn variant(&self) -> Option<&'static Variant> {
+        self.identity.as_ref().and_then(|i| i.variant)
+    }
+
+    /// This file is `variant` in `quantization` (a catalog one).
+    pub fn is_variant(&self, variant: &str, quantization: &str) -> bool {
+        self.identity.as_ref().is_some_and(|i| {
+            i.variant.is_some_and(|v| v.id == variant)
+                && i.catalog_quantization
+                    .is_some_and(|q| q.name.eq_ignore_ascii_case(quantization))
+        })
+    }
+
+    /// Names this entry answers to: its name, the source's name, the file name and its stem.
+    pub fn matches(&self, query: &str) -> bool {
+        let q = query.trim();
+        let file = self
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = file.strip_suffix(".gguf").unwrap_or(&file).to_owned();
+        let source_name = match &self.source {
+            Source::Local => None,
+            Source::HuggingFace { repo, file, .. } => Some(format!("hf.co/{repo}:{file}")),
+            Source::Ollama { name, .. } => Some(name.clone()),
+        };
+        [Some(self.name.clone()), source_name, Some(file), Some(stem)]
+            .into_iter()
+            .flatten()
+            .any(|n| n.eq_ignore_ascii_case(q))
+    }
+
+    /// One line about its state, for listings.
+    pub fn status_text(&self) -> String {
+        match &self.health {
+            Health::Ok => "ok".to_owned(),
+            Health::Truncated {
+                expected_bytes,
+                actual_bytes,
+            } => format!("truncated: {actual_bytes} of {expected_bytes} bytes"),
+            Health::Unreadable(why) => format!("unreadable: {why}"),
+        }
+    }
+}
+
+/// Errors of store operations (not of pulls: see [`pull::PullError`]).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    /// No such model, in the catalog or on disk.
+    #[error("no model named {0:?}: not a catalog variant (deepseek-r1:1.5b … deepseek-r1-0528:671b, optionally with a quantization: deepseek-r1:7b-q8_0), not hf.co/OWNER/REPO:FILE, and no file of that name is present (r1ctl models lists them)")]
+    Unknown(String),
+    /// Present, but not usable.
+    #[error("{name} cannot be served: {reason}")]
+    Unusable {
+        /// The model.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A catalog variant that is not on disk.
+    #[error("{name} is not present; run `r1ctl pull {name}` first")]
+    NotPresent {
+        /// The model.
+        name: String,
+    },
+    /// Nothing of the variant fits here.
+    #[error("{variant} does not fit this machine: {reason}; name a smaller quantization (e.g. {variant}-q4_k_m) to pull it anyway")]
+    DoesNotFit {
+        /// The variant.
+        variant: String,
+        /// The planner's reason.
+        reason: String,
+    },
+    /// A catalog entry that is a folder of split files.
+    #[error("{0} is published as split files; pulling split GGUFs is not supported yet")]
+    Split(String),
+    /// The hardware probe failed.
+    #[error("failed to probe the hardware: {0}")]
+    Probe(String),
+}
+
+/// The store: where to look, how to pull, and what was last chosen.
+pub struct Store {
+    /// r1d's models directory (pulls land here).
+    pub dir: PathBuf,
+    hf_cache: Option<PathBuf>,
+    ollama: Option<PathBuf>,
+    /// `[store] auto_pull`.
+    pub auto_pull: bool,
+    puller: Arc<pull::Puller>,
+    probe: Probe,
+    policy: PlannerConfig,
+    model: ModelConfig,
+    /// The last selection's reason (shown in `/r1/status`).
+    selection: Mutex<Option<String>>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/".into())
+}
+
+/// The Hugging Face hub cache `huggingface_hub` uses: `$HF_HUB_CACHE`, `$HF_HOME/hub`,
+/// `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`.
+pub fn default_hf_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache"))
+        .join("huggingface/hub")
+}
+
+/// Ollama's models directory: `$OLLAMA_MODELS`, else `~/.ollama/models`.
+pub fn default_ollama_dir() -> PathBuf {
+    std::env::var_os("OLLAMA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".ollama/models"))
+}
+
+impl Store {
+    /// The store of `config` in `mode`; `probe` measures this machine for planning.
+    pub fn new(config: &Config, mode: Mode, probe: Probe) -> Arc<Store> {
+        let s = &config.store;
+        let dir = s
+            .dir
+            .clone()
+            .unwrap_or_else(|| crate::hardware::disk::default_models_dir(mode));
+        Arc::new(Store {
+            puller: Arc::new(pull::Puller::from_env(dir.clone(), s.reserve_disk_bytes)),
+            dir,
+            hf_cache: s
+                .scan_huggingface
+                .then(|| s.huggingface_cache.clone().unwrap_or_else(default_hf_cache)),
+            ollama: s
+                .scan_ollama
+                .then(|| s.ollama_models.clone().unwrap_or_else(default_ollama_dir)),
+            auto_pull: s.auto_pull,
+            probe,
+            policy: config.planner.clone(),
+            model: config.model.clone(),
+            selection: Mutex::new(None),
+        })
+    }
+
+    /// The directories searched, for messages.
+    pub fn searched(&self) -> String {
+        let mut dirs = vec![self.dir.display().to_string()];
+        dirs.extend(self.hf_cache.iter().map(|p| p.display().to_string()));
+        dirs.extend(self.ollama.iter().map(|p| p.display().to_string()));
+        dirs.join(", ")
+    }
+
+    /// Every model file, identified and checked. Blocking (reads headers).
+    pub fn scan(&self) -> Vec<ModelEntry> {
+        let mut found = scan::models_dir(&self.dir);
+        if let Some(hub) = &self.hf_cache {
+            found.extend(scan::huggingface_cache(hub));
+        }
+        if let Some(ollama) = &self.ollama {
+            found.extend(scan::ollama(ollama));
+        }
+        found.into_iter().map(examine).collect()
+    }
+
+    /// Scans, probes and plans; the selection. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::Probe`].
+    pub fn choose(&self) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
+        self.choose_with(&self.policy)
+    }
+
+    fn choose_with(
+        &self,
+        policy: &PlannerConfig,
+    ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
+        let entries = self.scan();
+        let hw = self
+            .probe
+            .run()
+            .map_err(|e| StoreError::Probe(e.to_string()))?;
+        let plan = planner::plan(&hw, &present(&entries), policy);
+        let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
+        Ok((entries, plan, choice))
+    }
+
+    /// What to load at start when no model path is configured: the best present R1, with the
+    /// reason; when none, `None` and a reason that names the command that fixes it. With
+    /// `auto_pull`, also the pull of the planner's choice when it is not present. Blocking.
+    pub fn startup(&self) -> (Option<LoadSpec>, String, Option<PullSpec>) {
+        match self.choose() {
+            Ok((entries, plan, choice)) => {
+                let load = choice
+                    .entry
+                    .zip(choice.candidate)
+                    .map(|(e, c)| self.load_spec(&entries[e], Some(&plan.candidates[c])));
+                let pull = choice
+                    .missing
+                    .filter(|_| self.auto_pull)
+                    .and_then(|ci| catalog_spec(&plan.candidates[ci]).ok());
+                self.set_selection(&choice.reason);
+                (load, choice.reason, pull)
+            }
+            Err(e) => {
+                let reason = format!("{e}; run `r1ctl use NAME` to serve a model by name");
+                self.set_selection(&reason);
+                (None, reason, None)
+            }
+        }
+    }
+
+    /// The last selection's reason.
+    pub fn selection(&self) -> Option<String> {
+        self.selection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records why the resident model is what it is.
+    pub fn set_selection(&self, reason: &str) {
+        *self.selection.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+    }
+
+    /// The load of `entry`: the planner's context and GPU layers for a variant, the config's
+    /// `[model]` values where set.
+    pub fn load_spec(
+        &self,
+        entry: &ModelEntry,
+        candidate: Option<&planner::Candidate>,
+    ) -> LoadSpec {
+        LoadSpec {
+            params: LoadParams {
+                path: entry.path.to_string_lossy().into_owned(),
+                context_length: self
+                    .model
+                    .context_length
+                    .or(candidate.map(|c| c.context_length)),
+                gpu_layers: self.model.gpu_layers.or(candidate.map(|c| c.gpu_layers)),
+                threads: self.model.threads,
+                kv_cache_type: self.model.kv_cache_type.clone(),
+                ..Default::default()
+            },
+            backend: self.model.backend.clone(),
+        }
+    }
+
+    /// What `r1ctl use NAME` loads: `auto` (the selection), a catalog variant (its best present
+    /// quantization that fits), or any present model by name. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError`]: unknown, not present, truncated.
+    pub fn resolve_use(&self, name: &str) -> Result<(LoadSpec, String), StoreError> {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("auto") {
+            let (entries, plan, choice) = self.choose()?;
+            return match choice.entry.zip(choice.candidate) {
+                Some((e, c)) => Ok((
+                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                    choice.reason,
+                )),
+                None => Err(StoreError::Unusable {
+                    name: "auto".into(),
+                    reason: choice.reason,
+                }),
+            };
+        }
+        if let Some(v) = catalog::variant(name) {
+            let policy = PlannerConfig {
+                variant: Some(v.id.to_owned()),
+                ..self.policy.clone()
+            };
+            let (entries, plan, choice) = self.choose_with(&policy)?;
+            return match choice.entry.zip(choice.candidate) {
+                Some((e, c)) => Ok((
+                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                    format!("pinned to {}: {}", v.id, choice.reason),
+                )),
+                None if entries
+                    .iter()
+                    .any(|e| e.variant().is_some_and(|x| x.id == v.id) && e.is_usable()) =>
+                {
+                    Err(StoreError::DoesNotFit {
+                        variant: v.id.to_owned(),
+                        reason: choice.reason,
+                    })
+                }
+                None => Err(StoreError::NotPresent {
+                    name: v.id.to_owned(),
+                }),
+            };
+        }
+        let entries = self.scan();
+        let Some(entry) = entries
+            .iter()
+            .filter(|e| e.matches(name))
+            .max_by_key(|e| e.is_usable())
+        else {
+            return Err(match parse_variant_quant(name) {
+                Some(_) => StoreError::NotPresent {
+                    name: name.to_owned(),
+                },
+                None => StoreError::Unknown(name.to_owned()),
+            });
+        };
+        if !entry.is_usable() {
+            return Err(StoreError::Unusable {
+                name: entry.name.clone(),
+                reason: entry.status_text(),
+            });
+        }
+        Ok((
+            self.load_spec(entry, None),
+            format!(
+                "{} ({}): asked for by name",
+                entry.name,
+                entry.path.display()
+            ),
+        ))
+    }
+
+    /// What `r1ctl pull NAME` downloads: a catalog variant (the best quantization for this
+    /// machine unless one is named) or `hf.co/OWNER/REPO:FILE`. Blocking (may probe).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`], [`StoreError::DoesNotFit`], [`StoreError::Split`].
+    pub fn resolve_pull(&self, name: &str) -> Result<PullSpec, StoreError> {
+        let name = name.trim();
+        if let Some(rest) = name
+            .strip_prefix("hf.co/")
+            .or_else(|| name.strip_prefix("huggingface.co/"))
+        {
+            let (repo, file) = rest
+                .split_once(':')
+                .filter(|(r, f)| r.split('/').count() == 2 && !f.is_empty())
+                .ok_or_else(|| StoreError::Unknown(name.to_owned()))?;
+            return Ok(PullSpec {
+                repo: repo.to_owned(),
+                revision: "main".to_owned(),
+                file: file.to_owned(),
+                sha256: None,
+                label: name.to_owned(),
+            });
+        }
+        if let Some((v, q)) = parse_variant_quant(name) {
+            return spec_of(v, q);
+        }
+        let v = catalog::variant(name).ok_or_else(|| StoreError::Unknown(name.to_owned()))?;
+        let hw = self
+            .probe
+            .run()
+            .map_err(|e| StoreError::Probe(e.to_string()))?;
+        let policy = PlannerConfig {
+            variant: Some(v.id.to_owned()),
+            ..self.policy.clone()
+        };
+        let plan = planner::plan(&hw, &present(&self.scan()), &policy);
+        match plan.chosen() {
+            Some(c) => catalog_spec(c),
+            None => Err(StoreError::DoesNotFit {
+                variant: v.id.to_owned(),
+                reason: plan.reason.clone(),
+            }),
+        }
+    }
+
+    /// At start: a configured model (`load`) wins; otherwise the selection from the store. The
+    /// second value is the reason for serving nothing (with `config_error` first), the third the
+    /// pull `auto_pull` asks for.
+    pub async fn at_start(
+        self: &Arc<Self>,
+        load: Option<LoadSpec>,
+        config_error: Option<String>,
+    ) -> (Option<LoadSpec>, Option<String>, Option<PullSpec>) {
+        if let Some(load) = load {
+            self.set_selection("the model configured with [model] path or --model");
+            return (Some(load), config_error, None);
+        }
+        let this = self.clone();
+        let (load, reason, pull) = tokio::task::spawn_blocking(move || this.startup())
+            .await
+            .unwrap_or_else(|e| (None, format!("failed to scan the model store: {e}"), None));
+        tracing::info!("model selection: {reason}");
+        let reason = match config_error {
+            Some(c) => format!("{c}; {reason}"),
+            None => reason,
+        };
+        (load, Some(reason), pull)
+    }
+
+    /// `auto_pull`: pulls `spec` in the background and, when it is in place, loads the selection
+    /// again (the best present model is served meanwhile).
+    pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, engine: crate::engine::Engine) {
+        let this = self.clone();
+        tracing::info!("auto_pull: pulling {}", spec.label);
+        let mut rx = self.pull(spec);
+        tokio::spawn(async move {
+            while !rx.borrow_and_update().is_final() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            if !matches!(*rx.borrow(), PullState::Done { .. }) {
+                return;
+            }
+            let store = this.clone();
+            if let Ok(Ok((spec, reason))) =
+                tokio::task::spawn_blocking(move || store.resolve_use("auto")).await
+            {
+                if engine.load(spec).await.is_ok() {
+                    this.set_selection(&reason);
+                }
+            }
+        });
+    }
+
+    /// Starts (or joins) a pull.
+    pub fn pull(&self, spec: PullSpec) -> watch::Receiver<PullState> {
+        self.puller.start(spec)
+    }
+}
+
+/// `deepseek-r1:7b-q8_0` → the variant and its catalog quantization.
+pub fn parse_variant_quant(
+    name: &str,
+) -> Option<(&'static Variant, &'static catalog::Quantization)> {
+    catalog::VARIANTS.iter().find_map(|v| {
+        let rest = name
+            .get(..v.id.len())
+            .filter(|p| p.eq_ignore_ascii_case(v.id))
+            .and_then(|_| name[v.id.len()..].strip_prefix('-'))?;
+        v.quantizations
+            .iter()
+            .find(|q| q.name.eq_ignore_ascii_case(rest))
+            .map(|q| (v, q))
+    })
+}
+
+fn spec_of(v: &Variant, q: &catalog::Quantization) -> Result<PullSpec, StoreError> {
+    let label = format!("{}-{}", v.id, q.name.to_ascii_lowercase());
+    if !q.file.to_ascii_lowercase().ends_with(".gguf") {
+        return Err(StoreError::Split(label));
+    }
+    Ok(PullSpec {
+        repo: q.repo.to_owned(),
+        revision: "main".to_owned(),
+        file: q.file.to_owned(),
+        sha256: q.sha256.map(str::to_owned),
+        label,
+    })
+}
+
+fn catalog_spec(c: &planner::Candidate) -> Result<PullSpec, StoreError> {
+    spec_of(c.variant, c.quantization)
+}
+
+/// The planner's "present" list: usable files of catalog variants.
+pub fn present(entries: &[ModelEntry]) -> Vec<Present> {
+    entries
+        .iter()
+        .filter(|e| e.is_usable())
+        .filter_map(|e| {
+            let id = e.identity.as_ref()?;
+            Some(Present {
+                variant: id.variant?.id.to_owned(),
+                quantization: id.catalog_quantization?.name.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Reads and checks one file. Never panics on a bad file: it is listed with why.
+pub fn examine(found: scan::Found) -> ModelEntry {
+    let meta = std::fs::metadata(&found.path).ok();
+    let size_bytes = meta.as_ref().map_or(0, |m| m.len());
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let file_name = match &found.source {
+        Source::HuggingFace { file, .. } => file.clone(),
+        Source::Ollama { name, .. } => name.clone(),
+        Source::Local => found
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let read = gguf_header::read(&found.path);
+    let identity = read.as_ref().ok().map(|h| gguf::identify(h, &file_name));
+    let health = match HeaderCheck::of(&read) {
+        HeaderCheck::Complete if read.as_ref().is_ok_and(|h| h.tensors.is_empty()) => {
+            Health::Unreadable("the file has no tensors (a vocab-only GGUF)".to_owned())
+        }
+        HeaderCheck::Complete => Health::Ok,
+        HeaderCheck::Truncated {
+            actual_bytes,
+            expected_bytes,
+        } => Health::Truncated {
+            expected_bytes,
+            actual_bytes,
+        },
+        other => Health::Unreadable(other.explanation().unwrap_or_default()),
+    };
+    let name = match identity
+        .as_ref()
+        .and_then(|i| i.variant.zip(i.catalog_quantization))
+    {
+        Some((v, q)) => format!("{}-{}", v.id, q.name.to_ascii_lowercase()),
+        None => match &found.source {
+            Source::Local => {
+                let stem = file_name.strip_suffix(".gguf").unwrap_or(&file_name);
+                stem.to_owned()
+            }
+            Source::HuggingFace { repo, file, .. } => format!("hf.co/{repo}:{file}"),
+            Source::Ollama { name, .. } => name.clone(),
+        },
+    };
+    ModelEntry {
+        name,
+        path: found.path,
+        source: found.source,
+        size_bytes,
+        modified,
+        health,
+        identity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gguf_header::write::{gguf, Meta};
+
+    fn r1_7b(data: u64) -> Vec<u8> {
+        gguf(
+            &[
+                ("general.architecture", Meta::Str("qwen2")),
+                ("general.name", Meta::Str("DeepSeek R1 Distill Qwen 7B")),
+                ("qwen2.block_count", Meta::U32(28)),
+                ("qwen2.embedding_length", Meta::U32(3584)),
+                ("general.file_type", Meta::U32(15)),
+            ],
+            &[("token_embd.weight", &[256, 4], 12)],
+            data,
+        )
+    }
+
+    #[test]
+    fn names_parse_to_variant_and_quantization() {
+        let (v, q) = parse_variant_quant("deepseek-r1:7b-q8_0").unwrap();
+        assert_eq!((v.id, q.name), ("deepseek-r1:7b", "Q8_0"));
+        let (v, q) = parse_variant_quant("DeepSeek-R1:1.5B-Q4_K_M").unwrap();
+        assert_eq!((v.id, q.name), ("deepseek-r1:1.5b", "Q4_K_M"));
+        assert!(parse_variant_quant("deepseek-r1:7b").is_none());
+        assert!(parse_variant_quant("deepseek-r1:7b-q3").is_none());
+        assert!(parse_variant_quant("deepseek-r1-0528:8b-q4_k_m").is_some());
+    }
+
+    #[test]
+    fn examine_names_checks_and_identifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf");
+        std::fs::write(&good, r1_7b(576)).unwrap();
+        let e = examine(scan::Found {
+            path: good.clone(),
+            source: Source::Local,
+        });
+        assert_eq!(e.name, "deepseek-r1:7b-q4_k_m");
+        assert_eq!(e.health, Health::Ok);
+        assert!(e.matches("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M"));
+        assert_eq!(
+            present(std::slice::from_ref(&e)),
+            vec![Present {
+                variant: "deepseek-r1:7b".into(),
+                quantization: "Q4_K_M".into()
+            }]
+        );
+        let cut = dir.path().join("cut.gguf");
+        let bytes = r1_7b(576);
+        std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+        let e = examine(scan::Found {
+            path: cut,
+            source: Source::Local,
+        });
+        assert_eq!(
+            e.health,
+            Health::Truncated {
+                expected_bytes: bytes.len() as u64,
+                actual_bytes: bytes.len() as u64 - 100
+            }
+        );
+        assert!(
+            present(&[e]).is_empty(),
+            "a truncated file is never present"
+        );
+        let junk = dir.path().join("junk.gguf");
+        std::fs::write(&junk, b"GGUF\x03\0\0\0").unwrap();
+        let e = examine(scan::Found {
+            path: junk,
+            source: Source::Local,
+        });
+        assert!(matches!(e.health, Health::Unreadable(_)), "{e:?}");
+        assert_eq!(e.name, "junk");
+    }
+}

@@ -1,0 +1,559 @@
+//! Downloads from Hugging Face (or a mirror: `HF_ENDPOINT`) into the models directory.
+//!
+//! The protocol is `huggingface_hub`'s: a `HEAD {endpoint}/{repo}/resolve/{revision}/{file}`
+//! without following redirects gives the LFS hash (`X-Linked-Etag`) and size (`X-Linked-Size`);
+//! a `GET` (redirects followed, `Range: bytes=N-` to resume) brings the bytes.
+//!
+//! **Invariants**
+//! - Bytes go to `FILE.partial`; the file appears under its final name only after its length and
+//!   its sha256 (the catalog's, else the LFS hash) are right — a rename on the same file system.
+//!   A wrong hash deletes the partial file (resuming from wrong bytes could never succeed).
+//! - The free space (minus `[store] reserve_disk_bytes`) is checked before the first byte; a full
+//!   disk during the download (ENOSPC) fails the pull and keeps the partial file for a resume.
+//! - Two pulls of one file share one download: the second subscribes to the first's progress.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+/// What to download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullSpec {
+    /// Repository (`bartowski/DeepSeek-R1-Distill-Qwen-7B-GGUF`).
+    pub repo: String,
+    /// Revision (`main`).
+    pub revision: String,
+    /// File in the repository.
+    pub file: String,
+    /// SHA-256 the file must have, when the catalog knows it.
+    pub sha256: Option<String>,
+    /// What the user asked for (`deepseek-r1:7b`), for messages.
+    pub label: String,
+}
+
+/// Where a pull is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullState {
+    /// Asking the server for the file's size and hash.
+    Resolving,
+    /// Receiving bytes.
+    Downloading {
+        /// Bytes on disk (including those of an earlier, interrupted pull).
+        completed: u64,
+        /// Bytes in all, when known.
+        total: Option<u64>,
+        /// Bytes that were already on disk when this download started (resumed).
+        resumed_from: u64,
+    },
+    /// Hashing the complete file.
+    Verifying,
+    /// In place.
+    Done {
+        /// The final path.
+        path: PathBuf,
+        /// Its sha256, when one was checked.
+        sha256: Option<String>,
+        /// Size.
+        bytes: u64,
+        /// The file was already there; nothing was downloaded.
+        already_present: bool,
+    },
+    /// Failed; the message says why and what is left on disk.
+    Failed(String),
+}
+
+impl PullState {
+    /// Done or failed.
+    pub fn is_final(&self) -> bool {
+        matches!(self, PullState::Done { .. } | PullState::Failed(_))
+    }
+}
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The server answered with an error status.
+    #[error("failed to download {url}: the server answered {status}{hint}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// The connection failed.
+    #[error("failed to download {url}: {source}")]
+    Connection {
+        /// The URL.
+        url: String,
+        /// The client error.
+        source: reqwest::Error,
+    },
+    /// Not enough free disk.
+    #[error("not enough disk space in {dir}: the download needs {need} bytes ({remaining} to download + {reserve} kept free by [store] reserve_disk_bytes), {free} are free")]
+    DiskTooSmall {
+        /// The models directory.
+        dir: PathBuf,
+        /// Bytes needed.
+        need: u64,
+        /// Bytes still to download.
+        remaining: u64,
+        /// The configured reserve.
+        reserve: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// The disk filled up during the download.
+    #[error("the disk holding {path} is full after {written} bytes; {path} is kept so the pull resumes once space is freed")]
+    DiskFull {
+        /// The partial file.
+        path: PathBuf,
+        /// Bytes written so far.
+        written: u64,
+    },
+    /// The bytes do not hash to what they must.
+    #[error(
+        "sha256 mismatch for {file}: expected {expected}, got {actual}; the download was discarded"
+    )]
+    Checksum {
+        /// The file.
+        file: String,
+        /// The expected hash.
+        expected: String,
+        /// The hash of the bytes received.
+        actual: String,
+    },
+    /// The server's LFS hash contradicts the catalog's.
+    #[error("the server's {file} has sha256 {server}, but the catalog expects {catalog}; not downloading")]
+    CatalogMismatch {
+        /// The file.
+        file: String,
+        /// The server's hash.
+        server: String,
+        /// The catalog's hash.
+        catalog: String,
+    },
+    /// The download ended short or long.
+    #[error("the download of {file} ended at {got} bytes, {expected} were announced; {partial} is kept for a resume")]
+    Length {
+        /// The file.
+        file: String,
+        /// Bytes received.
+        got: u64,
+        /// Bytes announced.
+        expected: u64,
+        /// The partial file.
+        partial: PathBuf,
+    },
+    /// A file-system error.
+    #[error("failed to write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Performs pulls; one per destination file at a time.
+pub struct Puller {
+    dir: PathBuf,
+    endpoint: String,
+    token: Option<String>,
+    reserve_disk_bytes: u64,
+    running: Mutex<HashMap<PathBuf, watch::Receiver<PullState>>>,
+}
+
+impl Puller {
+    /// Pulls into `dir` from `endpoint` (`https://huggingface.co` or a mirror), with an optional
+    /// bearer `token`, keeping `reserve_disk_bytes` free.
+    pub fn new(
+        dir: PathBuf,
+        endpoint: String,
+        token: Option<String>,
+        reserve_disk_bytes: u64,
+    ) -> Puller {
+        Puller {
+            dir,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token,
+            reserve_disk_bytes,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `HF_ENDPOINT` (default `https://huggingface.co`) and `HF_TOKEN` from the environment.
+    pub fn from_env(dir: PathBuf, reserve_disk_bytes: u64) -> Puller {
+        let endpoint =
+            std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".to_owned());
+        let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+        Puller::new(dir, endpoint, token, reserve_disk_bytes)
+    }
+
+    /// Where `spec` lands.
+    pub fn destination(&self, spec: &PullSpec) -> PathBuf {
+        let name = Path::new(&spec.file)
+            .file_name()
+            .map(|n| n.to_owned())
+            .unwrap_or_else(|| spec.file.clone().into());
+        self.dir.join(name)
+    }
+
+    /// Starts pulling `spec` (or joins the pull of the same file already running) and returns
+    /// its progress. The pull runs on its own task: a subscriber going away does not stop it.
+    pub fn start(self: &Arc<Self>, spec: PullSpec) -> watch::Receiver<PullState> {
+        let dest = self.destination(&spec);
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = running.get(&dest) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(PullState::Resolving);
+        running.insert(dest.clone(), rx.clone());
+        drop(running);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.download(&spec, &dest, &tx).await;
+            let final_state = match result {
+                Ok(state) => {
+                    tracing::info!("pulled {} into {}", spec.label, dest.display());
+                    state
+                }
+                Err(e) => {
+                    tracing::warn!("pull of {} failed: {e}", spec.label);
+                    PullState::Failed(e.to_string())
+                }
+            };
+            this.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&dest);
+            let _ = tx.send(final_state);
+        });
+        rx
+    }
+
+    fn url(&self, spec: &PullSpec) -> String {
+        format!(
+            "{}/{}/resolve/{}/{}",
+            self.endpoint, spec.repo, spec.revision, spec.file
+        )
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn download(
+        &self,
+        spec: &PullSpec,
+        dest: &Path,
+        tx: &watch::Sender<PullState>,
+    ) -> Result<PullState, PullError> {
+        let url = self.url(spec);
+        let connection = |source| PullError::Connection {
+            url: url.clone(),
+            source,
+        };
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| PullError::Io { path, source }
+        };
+        let no_redirect = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(connection)?;
+        let head = self
+            .authorize(no_redirect.head(&url))
+            .send()
+            .await
+            .map_err(connection)?;
+        let status = head.status();
+        if !(status.is_success() || status.is_redirection()) {
+            return Err(http_error(&url, status.as_u16()));
+        }
+        let header = |name: &str| {
+            head.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim_matches('"').to_owned())
+        };
+        let lfs_sha = header("x-linked-etag").filter(|e| is_sha256(e));
+        let total: Option<u64> = header("x-linked-size")
+            .or_else(|| {
+                if status.is_success() {
+                    header("content-length")
+                } else {
+                    None
+                }
+            })
+            .and_then(|s| s.parse().ok());
+        let expected_sha = match (&spec.sha256, &lfs_sha) {
+            (Some(c), Some(s)) if !c.eq_ignore_ascii_case(s) => {
+                return Err(PullError::CatalogMismatch {
+                    file: spec.file.clone(),
+                    server: s.clone(),
+                    catalog: c.clone(),
+                })
+            }
+            (Some(c), _) => Some(c.to_ascii_lowercase()),
+            (None, s) => s.as_ref().map(|s| s.to_ascii_lowercase()),
+        };
+
+        if let (Ok(meta), Some(total)) = (std::fs::metadata(dest), total) {
+            if meta.len() == total {
+                return Ok(PullState::Done {
+                    path: dest.to_owned(),
+                    sha256: None,
+                    bytes: total,
+                    already_present: true,
+                });
+            }
+        }
+
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io(&self.dir))?;
+        let partial = partial_path(dest);
+        let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if total.is_some_and(|t| have > t) {
+            tokio::fs::remove_file(&partial)
+                .await
+                .map_err(io(&partial))?;
+            have = 0;
+        }
+        if let Some(total) = total {
+            let free = free_bytes(&self.dir).map_err(io(&self.dir))?;
+            let remaining = total - have;
+            let need = remaining.saturating_add(self.reserve_disk_bytes);
+            if free < need {
+                return Err(PullError::DiskTooSmall {
+                    dir: self.dir.clone(),
+                    need,
+                    remaining,
+                    reserve: self.reserve_disk_bytes,
+                    free,
+                });
+            }
+        }
+
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(connection)?;
+        let mut done_downloading = total == Some(have);
+        if !done_downloading {
+            let mut req = self.authorize(client.get(&url));
+            if have > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+            }
+            let resp = req.send().await.map_err(connection)?;
+            let code = resp.status().as_u16();
+            let mut file = match code {
+                206 => tokio::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&partial)
+                    .await
+                    .map_err(io(&partial))?,
+                200 => {
+                    // The server ignored the range (or there was none): start over.
+                    have = 0;
+                    tokio::fs::File::create(&partial)
+                        .await
+                        .map_err(io(&partial))?
+                }
+                416 if total.is_none() => {
+                    done_downloading = true;
+                    tokio::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&partial)
+                        .await
+                        .map_err(io(&partial))?
+                }
+                _ => return Err(http_error(&url, code)),
+            };
+            let total = total.or_else(|| resp.content_length().map(|l| l + have));
+            let resumed_from = have;
+            let mut last = Instant::now();
+            let _ = tx.send(PullState::Downloading {
+                completed: have,
+                total,
+                resumed_from,
+            });
+            // After a 416 for a complete partial file there is nothing to read.
+            let go = !done_downloading;
+            let mut body = resp
+                .bytes_stream()
+                .take_while(move |_| futures_util::future::ready(go));
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(connection)?;
+                if let Err(e) = file.write_all(&chunk).await {
+                    return Err(if e.raw_os_error() == Some(28) {
+                        PullError::DiskFull {
+                            path: partial.clone(),
+                            written: have,
+                        }
+                    } else {
+                        PullError::Io {
+                            path: partial.clone(),
+                            source: e,
+                        }
+                    });
+                }
+                have += chunk.len() as u64;
+                if last.elapsed() >= Duration::from_millis(100) {
+                    last = Instant::now();
+                    let _ = tx.send(PullState::Downloading {
+                        completed: have,
+                        total,
+                        resumed_from,
+                    });
+                }
+            }
+            file.flush().await.map_err(io(&partial))?;
+            file.sync_all().await.map_err(io(&partial))?;
+            let _ = tx.send(PullState::Downloading {
+                completed: have,
+                total,
+                resumed_from,
+            });
+        }
+        let len = std::fs::metadata(&partial).map_err(io(&partial))?.len();
+        if let Some(total) = total {
+            if len != total {
+                return Err(PullError::Length {
+                    file: spec.file.clone(),
+                    got: len,
+                    expected: total,
+                    partial,
+                });
+            }
+        }
+        let _ = tx.send(PullState::Verifying);
+        let sha = {
+            let target = partial.clone();
+            tokio::task::spawn_blocking(move || sha256_file(&target))
+                .await
+                .map_err(|e| PullError::Io {
+                    path: dest.to_owned(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(io(&partial))?
+        };
+        if let Some(expected) = &expected_sha {
+            if &sha != expected {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(PullError::Checksum {
+                    file: spec.file.clone(),
+                    expected: expected.clone(),
+                    actual: sha,
+                });
+            }
+        } else {
+            tracing::warn!(
+                "{}: the server sent no LFS hash and the catalog has none; the file is not verified",
+                spec.file
+            );
+        }
+        tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
+        Ok(PullState::Done {
+            path: dest.to_owned(),
+            sha256: expected_sha.map(|_| sha),
+            bytes: len,
+            already_present: false,
+        })
+    }
+}
+
+/// `FILE.partial` beside `dest`.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+fn http_error(url: &str, status: u16) -> PullError {
+    let hint = match status {
+        401 | 403 => " (a gated or private repository needs HF_TOKEN)",
+        404 => " (no such repository, revision or file)",
+        _ => "",
+    };
+    PullError::Http {
+        url: url.to_owned(),
+        status,
+        hint,
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Bytes an unprivileged process may still write on the file system of `dir` (`statvfs`:
+/// `f_bavail × f_frsize`).
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Lowercase hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_sits_beside_the_destination() {
+        assert_eq!(
+            partial_path(Path::new("/m/x.gguf")),
+            PathBuf::from("/m/x.gguf.partial")
+        );
+    }
+
+    #[test]
+    fn sha256_of_a_known_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn free_bytes_of_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        assert!(free_bytes(Path::new("/nonexistent/dir")).is_err());
+    }
+}

@@ -1,0 +1,400 @@
+//! The model store and pulls: a real r1d pulling from a real HTTP server on 127.0.0.1 that serves
+//! files in Hugging Face's layout (`/{repo}/resolve/{revision}/{file}` with `X-Linked-Etag` /
+//! `X-Linked-Size`, Range requests), and a store holding the SmolLM2 model, the truncated R1
+//! download, and a fake Hugging Face cache and Ollama store built in a temporary directory.
+//!
+//! Every daemon here gets its own models directory (`XDG_DATA_HOME`), HF cache (`HF_HUB_CACHE`)
+//! and Ollama store (`OLLAMA_MODELS`), so nothing of this machine's own stores is seen.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use r1d_client::wire::{PullEvent, State as EngineState, StoreModelList};
+use r1d_tests::{fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2};
+use sha2::Digest;
+
+/// SmolLM2's published sha256 (ARCHITECTURE.md, "Test data").
+const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+struct Served {
+    body: Arc<Vec<u8>>,
+    /// What `X-Linked-Etag` says (the right hash, or a wrong one).
+    etag: String,
+    /// What `X-Linked-Size` says.
+    size: u64,
+    /// The first GET stops sending after this many bytes and then hangs.
+    stall_first_after: Option<usize>,
+    gets: AtomicUsize,
+    ranges: Mutex<Vec<u64>>,
+}
+
+/// A Hugging Face-like file server on 127.0.0.1; stops when the test's runtime ends.
+async fn hub(served: Arc<Served>) -> String {
+    async fn resolve(
+        State(s): State<Arc<Served>>,
+        method: Method,
+        headers: HeaderMap,
+        UrlPath((_owner, _repo, _rev, _file)): UrlPath<(String, String, String, String)>,
+    ) -> Response {
+        let mut r = Response::builder()
+            .header("x-linked-etag", format!("\"{}\"", s.etag))
+            .header("x-linked-size", s.size.to_string())
+            .header("accept-ranges", "bytes");
+        if method == Method::HEAD {
+            return r.status(StatusCode::OK).body(Body::empty()).unwrap();
+        }
+        let n = s.gets.fetch_add(1, Ordering::SeqCst);
+        let start: u64 = headers
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.trim_end_matches('-').parse().ok())
+            .unwrap_or(0);
+        s.ranges.lock().unwrap().push(start);
+        let len = s.body.len() as u64;
+        let status = if start > 0 {
+            r = r.header("content-range", format!("bytes {start}-{}/{len}", len - 1));
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let rest = s.body[start as usize..].to_vec();
+        r = r.header("content-length", rest.len().to_string());
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = rest
+            .chunks(1 << 20)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let body = match s.stall_first_after.filter(|_| n == 0) {
+            Some(limit) => {
+                let first: Vec<_> = chunks.into_iter().take(limit >> 20).collect();
+                Body::from_stream(futures_util::StreamExt::chain(
+                    futures_util::stream::iter(first),
+                    futures_util::stream::pending(),
+                ))
+            }
+            None => Body::from_stream(futures_util::stream::iter(chunks)),
+        };
+        r.status(status).body(body).unwrap()
+    }
+    let app = axum::Router::new()
+        .route(
+            "/{owner}/{repo}/resolve/{rev}/{file}",
+            axum::routing::get(resolve),
+        )
+        .with_state(served);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+fn served(body: Vec<u8>, etag: Option<&str>, stall: Option<usize>) -> Arc<Served> {
+    let sha = sha256(&body);
+    Arc::new(Served {
+        size: body.len() as u64,
+        body: Arc::new(body),
+        etag: etag.map(str::to_owned).unwrap_or(sha),
+        stall_first_after: stall,
+        gets: AtomicUsize::new(0),
+        ranges: Mutex::new(Vec::new()),
+    })
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A daemon with private stores under `root`, pulling from `endpoint`.
+fn daemon(root: &Path, endpoint: &str) -> Daemon {
+    Daemon::start(DaemonOptions {
+        plugin_dir: None,
+        env: vec![
+            ("XDG_DATA_HOME", root.join("data").display().to_string()),
+            ("HF_HUB_CACHE", root.join("hf").display().to_string()),
+            ("OLLAMA_MODELS", root.join("ollama").display().to_string()),
+            ("XDG_CACHE_HOME", root.join("cache").display().to_string()),
+            ("HF_ENDPOINT", endpoint.to_owned()),
+        ],
+        ..Default::default()
+    })
+}
+
+fn models_dir(root: &Path) -> PathBuf {
+    root.join("data/r1d/models")
+}
+
+async fn pull_all(daemon: &Daemon, model: &str) -> Vec<PullEvent> {
+    let mut rx = daemon.client().pull(model).await.expect("POST /r1/pull");
+    let mut events = Vec::new();
+    while let Some(e) = rx.recv().await {
+        events.push(e.expect("a pull event"));
+    }
+    events
+}
+
+const FILE: &str = "hf.co/HuggingFaceTB/SmolLM2-GGUF:SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[tokio::test]
+async fn pull_completes_verifies_and_lists_a_non_r1_model() {
+    let Some(smol) = fixture(SMOLLM2) else { return };
+    let server = served(std::fs::read(&smol).unwrap(), None, None);
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, FILE).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "done", "{events:?}\n{}", d.log());
+    assert_eq!(last.sha256.as_deref(), Some(SMOLLM2_SHA256));
+    assert!(events.iter().any(|e| e.kind == "verifying"), "{events:?}");
+    let dest = models_dir(root.path()).join(SMOLLM2);
+    assert_eq!(last.path.as_deref(), Some(dest.to_str().unwrap()));
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), server.size);
+    assert!(!dest.with_extension("gguf.partial").exists());
+
+    let list: StoreModelList = d.client().get_json("/r1/models", false).await.unwrap();
+    let m = list
+        .models
+        .iter()
+        .find(|m| m.path == dest.to_str().unwrap())
+        .unwrap();
+    assert_eq!(m.status, "ok");
+    assert_eq!(m.variant, None, "SmolLM2 is not an R1 variant");
+    assert!(!m.selectable);
+    assert_eq!(m.quantization.as_deref(), Some("Q4_1"));
+    assert_eq!(m.architecture.as_deref(), Some("llama"));
+    // A second pull of a present file downloads nothing.
+    let again = pull_all(&d, FILE).await;
+    assert!(again.last().unwrap().already_present, "{again:?}");
+    assert_eq!(server.gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn wrong_bytes_are_caught_and_the_partial_is_not_promoted() {
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let wrong = sha256(b"something else");
+    let server = served(body, Some(&wrong), None);
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, "hf.co/owner/repo:blob.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    let error = last.error.clone().unwrap();
+    assert!(
+        error.contains("sha256 mismatch") && error.contains(&wrong),
+        "{error}"
+    );
+    let dest = models_dir(root.path()).join("blob.gguf");
+    assert!(
+        !dest.exists(),
+        "a file with wrong bytes must not appear under its final name"
+    );
+    assert!(!models_dir(root.path()).join("blob.gguf.partial").exists());
+}
+
+/// A file larger than the disk's free space (as `statvfs` reports it for the models directory)
+/// is refused before any byte is requested. The server announces a size no disk here has
+/// (1 EB, `X-Linked-Size`) — the honest way to be "too big" without a small tmpfs.
+#[tokio::test]
+async fn a_disk_too_small_is_refused_before_the_download() {
+    let mut server = served(vec![0u8; 1024], None, None);
+    Arc::get_mut(&mut server).unwrap().size = 1_000_000_000_000_000_000;
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, "hf.co/owner/repo:huge.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    assert!(
+        last.error
+            .as_deref()
+            .unwrap()
+            .contains("not enough disk space"),
+        "{last:?}"
+    );
+    assert_eq!(server.gets.load(Ordering::SeqCst), 0, "no GET may be sent");
+    assert!(!models_dir(root.path()).join("huge.gguf.partial").exists());
+}
+
+#[tokio::test]
+async fn a_pull_killed_halfway_resumes_with_a_range_and_the_sha256_is_right() {
+    let Some(smol) = fixture(SMOLLM2) else { return };
+    // The first GET sends 32 MiB and then hangs, so the daemon is killed mid-download.
+    let server = served(std::fs::read(&smol).unwrap(), None, Some(32 << 20));
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let partial = models_dir(root.path()).join(format!("{SMOLLM2}.partial"));
+    {
+        let d = daemon(root.path(), &endpoint);
+        let _rx = d.client().pull(FILE).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 32 << 20 {
+            assert!(Instant::now() < deadline, "no progress:\n{}", d.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Dropping the daemon kills it (SIGKILL).
+    }
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert_eq!(kept, 32 << 20);
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, FILE).await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "done", "{events:?}\n{}", d.log());
+    assert_eq!(last.sha256.as_deref(), Some(SMOLLM2_SHA256));
+    assert!(
+        events.iter().any(|e| e.resumed_from == Some(kept)),
+        "{events:?}"
+    );
+    assert_eq!(*server.ranges.lock().unwrap(), vec![0, kept]);
+    let dest = models_dir(root.path()).join(SMOLLM2);
+    assert_eq!(sha256(&std::fs::read(dest).unwrap()), SMOLLM2_SHA256);
+    assert!(!partial.exists());
+}
+
+/// The store as r1d sees it: its models directory holds SmolLM2 and the truncated R1 download,
+/// a fake Hugging Face cache and a fake Ollama store hold SmolLM2 again. Nothing R1 is usable, so
+/// r1d serves nothing and says which command fixes it; the truncated file is listed with both
+/// sizes and never chosen; SmolLM2 is listed but not chosen, and served when asked for by name.
+#[tokio::test]
+async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_by_name() {
+    let (Some(smol), Some(r1)) = (fixture(SMOLLM2), fixture(R1_TRUNCATED)) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let models = models_dir(root.path());
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(&smol, models.join(SMOLLM2)).unwrap();
+    std::os::unix::fs::symlink(&r1, models.join(R1_TRUNCATED)).unwrap();
+    // Hugging Face cache: models--OWNER--REPO/snapshots/REV/FILE → ../../blobs/HASH.
+    let repo = root
+        .path()
+        .join("hf/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/0123abcd")).unwrap();
+    std::os::unix::fs::symlink(&smol, repo.join("blobs").join(SMOLLM2_SHA256)).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../blobs/{SMOLLM2_SHA256}"),
+        repo.join("snapshots/0123abcd/smollm2-q4_1.gguf"),
+    )
+    .unwrap();
+    // Ollama: manifests/registry.ollama.ai/library/NAME/TAG → blobs/sha256-HEX.
+    let ollama = root.path().join("ollama");
+    std::fs::create_dir_all(ollama.join("manifests/registry.ollama.ai/library/smollm2")).unwrap();
+    std::fs::create_dir_all(ollama.join("blobs")).unwrap();
+    std::os::unix::fs::symlink(&smol, ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")))
+        .unwrap();
+    std::fs::write(
+        ollama.join("manifests/registry.ollama.ai/library/smollm2/135m"),
+        format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{SMOLLM2_SHA256}","size":98362432}}]}}"#),
+    )
+    .unwrap();
+
+    let d = daemon(root.path(), "http://127.0.0.1:9");
+    let health = d.settled().await;
+    assert_eq!(health.status, EngineState::NoModel, "{}", d.log());
+    let why = health.error.unwrap();
+    assert!(why.contains("r1ctl pull deepseek-r1:"), "{why}");
+    assert!(why.contains("no DeepSeek-R1 model is present"), "{why}");
+    let status = d.client().status().await.unwrap();
+    assert!(status.error.unwrap().contains("r1ctl pull deepseek-r1:"));
+
+    let list: StoreModelList = d.client().get_json("/r1/models", false).await.unwrap();
+    assert_eq!(list.models.len(), 4, "{list:#?}");
+    let truncated = list
+        .models
+        .iter()
+        .find(|m| m.status == "truncated")
+        .unwrap();
+    assert_eq!(truncated.variant.as_deref(), Some("deepseek-r1:7b"));
+    assert_eq!(truncated.quantization.as_deref(), Some("Q4_K_M"));
+    assert_eq!(truncated.name, "deepseek-r1:7b-q4_k_m");
+    assert_eq!(truncated.size_bytes, 99_614_720);
+    assert_eq!(truncated.expected_bytes, Some(4_683_073_248));
+    assert!(!truncated.selectable);
+    let mut sources: Vec<(&str, &str)> = list
+        .models
+        .iter()
+        .filter(|m| m.status == "ok")
+        .map(|m| (m.source.as_str(), m.name.as_str()))
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        vec![
+            (
+                "huggingface",
+                "hf.co/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2-q4_1.gguf"
+            ),
+            ("ollama", "smollm2:135m"),
+            ("r1d", "SmolLM2-135M-Instruct.Q4_1"),
+        ]
+    );
+    let tags: r1d_client::ollama::Tags = d.client().get_json("/api/tags", false).await.unwrap();
+    let mut names: Vec<&str> = tags.models.iter().map(|m| m.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        3,
+        "the truncated file is not offered: {names:?}"
+    );
+    let ollama_tag = tags
+        .models
+        .iter()
+        .find(|m| m.name == "smollm2:135m")
+        .unwrap();
+    assert_eq!(ollama_tag.digest, SMOLLM2_SHA256);
+    assert_eq!(ollama_tag.details.quantization_level, "Q4_1");
+
+    // Not present as an R1 variant: `use` says what to pull; the truncated file is refused.
+    let err = d
+        .client()
+        .post_json::<_, serde_json::Value>(
+            "/r1/use",
+            &r1d_client::wire::ModelRequest {
+                model: "deepseek-r1:7b-q4_k_m".into(),
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("truncated: 99614720 of 4683073248 bytes"),
+        "{err}"
+    );
+    // Served when asked for by name (Ollama's name here).
+    let status: r1d_client::wire::Status = d
+        .client()
+        .post_json(
+            "/r1/use",
+            &r1d_client::wire::ModelRequest {
+                model: "smollm2:135m".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.state, EngineState::Ready, "{}", d.log());
+    assert_eq!(
+        status.model.as_ref().unwrap().path,
+        ollama
+            .join(format!("blobs/sha256-{SMOLLM2_SHA256}"))
+            .display()
+            .to_string()
+    );
+    assert!(status.selection.unwrap().contains("asked for by name"));
+    let mut request = crate::ask("What is the capital of France?");
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(8);
+    let answer = d.client().chat(&request).await.unwrap();
+    assert!(answer.usage.completion_tokens > 0);
+}
