@@ -1,0 +1,520 @@
+//! systemd integration: readiness, status, watchdog and reload through `sd_notify`, socket
+//! activation, and log lines that journald files under the right priority.
+//!
+//! Everything here does nothing outside systemd: without `NOTIFY_SOCKET` no notification is
+//! sent, without `WATCHDOG_USEC` there are no pings, without `LISTEN_FDS`/`LISTEN_PID` r1d binds
+//! its own socket, and without a `JOURNAL_STREAM` that names stderr log lines are plain.
+//!
+//! What systemd sees (`systemctl status r1d`):
+//! - `STATUS=loading <file>, 43 %` while the model loads (with `EXTEND_TIMEOUT_USEC`, so a
+//!   large model that keeps making progress is not killed by `TimeoutStartSec=`);
+//! - `READY=1` once r1d can answer: the socket is bound and the model is resident, or r1d has
+//!   settled on serving no model, with `STATUS=no model: <reason>`;
+//! - `STATUS=serving <name> <quantization> on <backend> (GPU n/m layers)`;
+//! - `WATCHDOG=1` every half `WATCHDOG_USEC` while [`Engine::is_alive`] says the engine thread
+//!   makes progress — a hung engine stops the pings and systemd restarts the service;
+//! - `RELOADING=1` + `MONOTONIC_USEC` on SIGHUP, then the config is read again and the model it
+//!   names is loaded when it differs from the resident one, then `READY=1`;
+//! - `STOPPING=1` when shutdown begins.
+//!
+//! **API boundary**: only this module knows the `sd_notify` protocol and systemd's environment
+//! variables; the engine knows nothing of systemd.
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineState, LoadSpec, Snapshot};
+use crate::server::ServerError;
+
+/// How long systemd's start (or reload) timeout is extended at each sign of load progress.
+const LOAD_PROGRESS_EXTEND: Duration = Duration::from_secs(90);
+
+/// Errors taking or binding the listening socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// `LISTEN_FDS` / `LISTEN_PID` are malformed.
+    #[error("failed to read the sockets passed by systemd (LISTEN_FDS): {0}")]
+    ListenFds(std::io::Error),
+    /// systemd passed more than one socket.
+    #[error("systemd passed {0} sockets; r1d takes exactly one (one ListenStream= in r1d.socket)")]
+    FdCount(usize),
+    /// The passed descriptor is not a Unix socket.
+    #[error("the socket systemd passed (fd 3) is not a Unix stream socket: {0}")]
+    NotUnix(std::io::Error),
+    /// Binding our own socket failed.
+    #[error(transparent)]
+    Bind(#[from] ServerError),
+}
+
+/// The socket r1d serves on.
+#[derive(Debug)]
+pub struct Listening {
+    /// The listener, ready for [`crate::server::serve`].
+    pub listener: UnixListener,
+    /// Its path.
+    pub path: PathBuf,
+    /// True when systemd passed it (socket activation). Then the socket file belongs to systemd
+    /// (`r1d.socket`) and outlives r1d: it must not be removed at exit.
+    pub activated: bool,
+}
+
+impl Listening {
+    /// The socket file r1d created and removes at exit; `None` when systemd owns it.
+    pub fn owned_socket_file(&self) -> Option<PathBuf> {
+        (!self.activated).then(|| self.path.clone())
+    }
+}
+
+/// Takes the listening socket systemd passed (socket activation, `LISTEN_FDS=1` with
+/// `LISTEN_PID` = this process), or binds `configured` with [`crate::server::bind`] otherwise.
+///
+/// # Errors
+/// [`SystemdError`] when the passed socket is unusable or binding fails.
+pub async fn listen(configured: &Path, system: bool) -> Result<Listening, SystemdError> {
+    let mut fds = sd_notify::listen_fds().map_err(SystemdError::ListenFds)?;
+    match fds.len() {
+        0 => {
+            let listener = crate::server::bind(configured, system).await?;
+            tracing::info!("listening on {}", configured.display());
+            Ok(Listening {
+                listener,
+                path: configured.to_owned(),
+                activated: false,
+            })
+        }
+        1 => {
+            let fd = fds.next().ok_or(SystemdError::FdCount(0))?;
+            // SAFETY: systemd passed this descriptor to this process (LISTEN_PID matched) and
+            // nothing else in r1d takes it: ownership moves here exactly once.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let std_listener = std::os::unix::net::UnixListener::from(owned);
+            // Fails with "not a Unix socket" for an AF_INET or non-socket descriptor.
+            let addr = std_listener.local_addr().map_err(SystemdError::NotUnix)?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(SystemdError::NotUnix)?;
+            let listener = UnixListener::from_std(std_listener).map_err(SystemdError::NotUnix)?;
+            let path = addr
+                .as_pathname()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("(unnamed socket)"));
+            if path != configured {
+                tracing::info!(
+                    "serving on the socket systemd passed, {}, instead of {}",
+                    path.display(),
+                    configured.display()
+                );
+            }
+            tracing::info!("listening on {} (socket activation)", path.display());
+            Ok(Listening {
+                listener,
+                path,
+                activated: true,
+            })
+        }
+        n => Err(SystemdError::FdCount(n)),
+    }
+}
+
+/// Re-reads the configuration on SIGHUP and says what to load now (`Ok(None)`: no model); an
+/// error (an invalid config file) keeps what runs.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Option<LoadSpec>> + Send + Sync>;
+
+/// Talks to systemd's notification socket. Create it before the engine starts (it says what is
+/// being loaded), then [`Notifier::spawn`] it.
+#[derive(Debug)]
+pub struct Notifier {
+    /// What the engine was started with.
+    initial: Option<LoadSpec>,
+    /// Whether `STOPPING=1` has been sent.
+    stopping: Arc<AtomicBool>,
+}
+
+/// Keeps the notifier's tasks; when dropped (r1d exits) it makes sure systemd heard
+/// `STOPPING=1`.
+#[derive(Debug)]
+pub struct NotifierGuard {
+    stopping: Arc<AtomicBool>,
+}
+
+impl Drop for NotifierGuard {
+    fn drop(&mut self) {
+        send_stopping(&self.stopping);
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("failed to notify systemd (NOTIFY_SOCKET): {e}");
+    }
+}
+
+fn send_stopping(sent: &AtomicBool) {
+    if !sent.swap(true, Ordering::SeqCst) {
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+}
+
+impl Notifier {
+    /// Sends the first `STATUS=` ("loading <file>" or "starting").
+    pub fn new(initial: Option<&LoadSpec>) -> Notifier {
+        let notifier = Notifier {
+            initial: initial.cloned(),
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        let status = starting_status(notifier.initial.as_ref());
+        notify(&[NotifyState::Status(&status)]);
+        notifier
+    }
+
+    /// Starts the tasks that follow the engine: `STATUS=` on every state change, `READY=1`
+    /// once it settles, watchdog pings when systemd asked for them, reload on SIGHUP (when
+    /// `reload` is given), `STOPPING=1` when `shutdown` is cancelled. Keep the returned guard
+    /// alive until r1d exits.
+    pub fn spawn(
+        self,
+        engine: Engine,
+        shutdown: CancellationToken,
+        reload: Option<Reload>,
+    ) -> NotifierGuard {
+        let guard = NotifierGuard {
+            stopping: self.stopping.clone(),
+        };
+        tokio::spawn(follow_state(
+            engine.clone(),
+            self.initial.clone(),
+            shutdown.clone(),
+            self.stopping.clone(),
+        ));
+        match sd_notify::watchdog_enabled() {
+            Some(timeout) if !timeout.is_zero() => {
+                tracing::info!(
+                    "systemd watchdog: {} (pinging every {})",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(timeout / 2)
+                );
+                tokio::spawn(watchdog(engine.clone(), timeout, shutdown.clone()));
+            }
+            _ => {}
+        }
+        if let Some(reload) = reload {
+            tokio::spawn(reload_on_sighup(engine, self.initial, reload, shutdown));
+        }
+        guard
+    }
+}
+
+/// `STATUS=` and `READY=1` from the engine's state; `STOPPING=1` at shutdown.
+async fn follow_state(
+    engine: Engine,
+    initial: Option<LoadSpec>,
+    shutdown: CancellationToken,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut rx = engine.subscribe();
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    loop {
+        let snapshot = rx.borrow_and_update().clone();
+        let status = status_line(&snapshot, initial.as_ref());
+        let settled = matches!(snapshot.state, EngineState::Ready | EngineState::NoModel);
+        let mut states = Vec::new();
+        if status != last_status {
+            states.push(NotifyState::Status(&status));
+            if snapshot.state == EngineState::Loading {
+                states.push(NotifyState::ExtendTimeoutUsec(
+                    LOAD_PROGRESS_EXTEND.as_micros() as u32,
+                ));
+            }
+        }
+        if settled && !ready_sent {
+            ready_sent = true;
+            states.push(NotifyState::Ready);
+        }
+        if !states.is_empty() {
+            notify(&states);
+        }
+        last_status = status;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    if shutdown.is_cancelled() {
+        send_stopping(&stopping);
+    }
+}
+
+/// `WATCHDOG=1` every `timeout / 2` while the engine thread makes progress. A hung engine gets
+/// no ping, and systemd (`WatchdogSec=`) restarts the service.
+async fn watchdog(engine: Engine, timeout: Duration, shutdown: CancellationToken) {
+    let period = timeout / 2;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_alive = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let alive = engine.is_alive(period).await;
+        if alive {
+            notify(&[NotifyState::Watchdog]);
+        } else if was_alive {
+            tracing::error!(
+                "the engine thread has shown no progress for {}; not pinging the systemd watchdog",
+                humantime::format_duration(period)
+            );
+        }
+        was_alive = alive;
+    }
+}
+
+/// SIGHUP: `RELOADING=1`, read the config again, load what it names when that differs from what
+/// is resident (or retry when nothing is), `READY=1`.
+async fn reload_on_sighup(
+    engine: Engine,
+    mut current: Option<LoadSpec>,
+    reload: Reload,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("failed to handle SIGHUP, reload is not available: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            received = hup.recv() => if received.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the configuration");
+        let mut states = vec![
+            NotifyState::Reloading,
+            NotifyState::Status("reloading the configuration"),
+        ];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        notify(&states);
+        let wanted = match reload() {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                tracing::error!("reload: keeping the running model and settings: {e:#}");
+                current.clone()
+            }
+        };
+        let resident = engine.snapshot().state == EngineState::Ready;
+        let unchanged = match (&wanted, &current) {
+            (Some(a), Some(b)) => a.params == b.params && a.backend == b.backend,
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged && (resident || wanted.is_none()) {
+            tracing::info!("reload: the model configuration is unchanged");
+        } else {
+            let result = match &wanted {
+                Some(spec) => engine.load(spec.clone()).await,
+                None => engine.unload().await,
+            };
+            if let Err(e) = result {
+                tracing::error!("reload: {e}");
+            }
+            current = wanted;
+        }
+        let status = status_line(&engine.snapshot(), current.as_ref());
+        notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn starting_status(initial: Option<&LoadSpec>) -> String {
+    match initial {
+        Some(spec) => format!("loading {}", file_name(Path::new(&spec.params.path))),
+        None => "starting".into(),
+    }
+}
+
+/// The line `systemctl status` shows for a state: one line, for a person.
+pub fn status_line(snapshot: &Snapshot, initial: Option<&LoadSpec>) -> String {
+    let line = match snapshot.state {
+        EngineState::Starting => starting_status(initial),
+        EngineState::Loading => {
+            let what = snapshot
+                .loading
+                .as_deref()
+                .map(file_name)
+                .unwrap_or_else(|| "the model".into());
+            match snapshot.progress {
+                Some(p) => format!("loading {what}, {:.0} %", (p * 100.0).clamp(0.0, 100.0)),
+                None => format!("loading {what}"),
+            }
+        }
+        EngineState::Ready => match &snapshot.model {
+            Some((info, backend)) => {
+                let mut s = format!(
+                    "serving {}",
+                    info.name
+                        .clone()
+                        .unwrap_or_else(|| file_name(Path::new(&info.path)))
+                );
+                if let Some(quant) = &info.file_type {
+                    s += &format!(" {quant}");
+                }
+                s += &format!(" on {backend}");
+                if info.layers > 0 {
+                    s += &format!(" (GPU {}/{} layers)", info.gpu_layers, info.layers);
+                }
+                s
+            }
+            None => "serving".into(),
+        },
+        EngineState::NoModel => format!(
+            "no model: {}",
+            snapshot.error.as_deref().unwrap_or("none is configured")
+        ),
+    };
+    // One line: a multi-line load error would otherwise be cut by systemctl.
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// True when stderr is the journal: `JOURNAL_STREAM` (`DEVICE:INODE`, set by systemd for
+/// `StandardError=journal`) names the file stderr is. A child that inherited the variable but
+/// writes elsewhere gets plain lines.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// Formats each event as `F` does, prefixed with its syslog priority (`<3>` error, `<4>` warn,
+/// `<6>` info, `<7>` debug and trace), which journald reads from a service's stderr
+/// (`SyslogLevelPrefix=yes`, the default) — see sd-daemon(3).
+#[derive(Debug, Clone)]
+pub struct SyslogPriority<F>(pub F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use r1_plugin_abi::json::{LoadParams, ModelInfo};
+
+    fn snapshot(state: EngineState) -> Snapshot {
+        Snapshot {
+            state,
+            model: None,
+            loading: None,
+            progress: None,
+            error: None,
+            loaded_at: None,
+        }
+    }
+
+    #[test]
+    fn loading_status_names_the_file_and_the_percentage() {
+        let mut s = snapshot(EngineState::Loading);
+        s.loading = Some("/var/lib/r1d/models/DeepSeek-R1-Distill-Qwen-14B-Q4_K_M.gguf".into());
+        s.progress = Some(0.434);
+        assert_eq!(
+            status_line(&s, None),
+            "loading DeepSeek-R1-Distill-Qwen-14B-Q4_K_M.gguf, 43 %"
+        );
+    }
+
+    #[test]
+    fn starting_status_names_what_will_be_loaded() {
+        let spec = LoadSpec {
+            params: LoadParams {
+                path: "/m/x.gguf".into(),
+                ..Default::default()
+            },
+            backend: None,
+        };
+        assert_eq!(
+            status_line(&snapshot(EngineState::Starting), Some(&spec)),
+            "loading x.gguf"
+        );
+        assert_eq!(
+            status_line(&snapshot(EngineState::Starting), None),
+            "starting"
+        );
+    }
+
+    #[test]
+    fn serving_status_names_model_quantization_backend_and_offload() {
+        let mut s = snapshot(EngineState::Ready);
+        let info = ModelInfo {
+            path: "/m/r1.gguf".into(),
+            name: Some("DeepSeek-R1-Distill-Qwen-14B".into()),
+            file_type: Some("Q4_K_M".into()),
+            layers: 48,
+            gpu_layers: 30,
+            ..Default::default()
+        };
+        s.model = Some((info, "llamacpp".into()));
+        assert_eq!(
+            status_line(&s, None),
+            "serving DeepSeek-R1-Distill-Qwen-14B Q4_K_M on llamacpp (GPU 30/48 layers)"
+        );
+    }
+
+    #[test]
+    fn no_model_status_is_one_line_with_the_reason() {
+        let mut s = snapshot(EngineState::NoModel);
+        s.error = Some("failed to load /m/x.gguf:\n  truncated".into());
+        assert_eq!(
+            status_line(&s, None),
+            "no model: failed to load /m/x.gguf: truncated"
+        );
+    }
+}

@@ -1,0 +1,611 @@
+//! systemd integration with systemd's own tools — this machine has no systemd as PID 1, so
+//! nothing here boots it: a datagram socket of the test stands in for `NOTIFY_SOCKET`,
+//! `systemd-socket-activate` passes the listening socket, `systemd-analyze` checks the units, and
+//! the `.deb` (`make deb`, cargo-deb) is unpacked with `dpkg-deb`.
+//!
+//! A test whose tool is missing says so loudly and skips; under `CI=true` it fails
+//! (`scripts/test` installs the tools).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use r1d_client::wire::State;
+use r1d_client::Client;
+use r1d_tests::{bin_dir, binary, echo_model, plugin_dir, Daemon, DaemonOptions};
+
+use crate::ask;
+
+/// The tool on PATH, or `None` after a loud skip message (a failure under `CI=true`).
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let message = format!(
+            "{name} is not installed (scripts/test installs it: package systemd, or cargo install \
+             cargo-deb --locked)"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+    }
+    found
+}
+
+/// The test's own `NOTIFY_SOCKET`: collects what r1d sends.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+    /// Every message received so far, in order.
+    received: Vec<String>,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            path,
+            _dir: dir,
+            received: Vec::new(),
+        }
+    }
+
+    /// Receives until a message satisfies `want` (returning it) or `timeout` passes.
+    fn wait_for(&mut self, timeout: Duration, want: impl Fn(&str) -> bool) -> Option<String> {
+        if let Some(m) = self.received.iter().find(|m| want(m)) {
+            return Some(m.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.received.push(message.clone());
+                if want(&message) {
+                    return Some(message);
+                }
+            }
+        }
+        None
+    }
+
+    /// Receives for `duration` and counts the messages that satisfy `want` (counting those
+    /// already received too).
+    fn count_for(&mut self, duration: Duration, want: impl Fn(&str) -> bool) -> usize {
+        let _ = self.wait_for(duration, |_| false);
+        self.received.iter().filter(|m| want(m)).count()
+    }
+}
+
+fn has_line(message: &str, line: &str) -> bool {
+    message.lines().any(|l| l == line)
+}
+
+fn status_of(message: &str) -> Option<&str> {
+    message.lines().find_map(|l| l.strip_prefix("STATUS="))
+}
+
+#[tokio::test]
+async fn notify_socket_sees_loading_ready_watchdog_and_stopping() {
+    let mut notify = NotifySocket::new();
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-systemd"}"#);
+    let plugins = plugin_dir(&["echo"]);
+    let mut daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        plugin_dir: Some(plugins.path()),
+        env: vec![
+            ("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned()),
+            // 0.4 s: a ping every 0.2 s.
+            ("WATCHDOG_USEC", "400000".into()),
+        ],
+        ..Default::default()
+    });
+
+    let ready = notify
+        .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}\n{}", notify.received, daemon.log()));
+    // The model is resident when READY=1 comes, and the status says what is served.
+    assert_eq!(
+        status_of(&ready),
+        Some("serving echo-systemd echo on echo (GPU 0/1 layers)"),
+        "{:?}",
+        notify.received
+    );
+    let health = daemon.client().health().await.unwrap();
+    assert_eq!(health.status, State::Ready);
+    // Before it: the load, named.
+    let ready_at = notify.received.iter().position(|m| *m == ready).unwrap();
+    assert!(
+        notify.received[..ready_at]
+            .iter()
+            .filter_map(|m| status_of(m))
+            .any(|s| s.starts_with("loading test.echo")),
+        "no STATUS=loading before READY=1: {:?}",
+        notify.received
+    );
+    assert_eq!(
+        notify
+            .received
+            .iter()
+            .filter(|m| has_line(m, "READY=1"))
+            .count(),
+        1
+    );
+
+    // Watchdog pings every 0.2 s while the engine is alive: at least 4 in 1.5 s.
+    let pings = notify.count_for(Duration::from_millis(1500), |m| has_line(m, "WATCHDOG=1"));
+    assert!(pings >= 4, "{pings} pings: {:?}", notify.received);
+
+    daemon.terminate();
+    let stopping = notify.wait_for(Duration::from_secs(10), |m| has_line(m, "STOPPING=1"));
+    assert!(
+        stopping.is_some(),
+        "no STOPPING=1: {:?}\n{}",
+        notify.received,
+        daemon.log()
+    );
+    let status = daemon.wait_exit(Duration::from_secs(10)).expect("r1d exit");
+    assert!(status.success(), "{status}\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn notify_without_a_model_is_ready_and_says_why_and_no_watchdog_unless_asked() {
+    let mut notify = NotifySocket::new();
+    let plugins = plugin_dir(&["echo"]);
+    let daemon = Daemon::start(DaemonOptions {
+        plugin_dir: Some(plugins.path()),
+        env: vec![("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned())],
+        ..Default::default()
+    });
+    let ready = notify
+        .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}\n{}", notify.received, daemon.log()));
+    // The same reason /health gives, on one line.
+    let health = daemon.client().health().await.unwrap();
+    assert_eq!(health.status, State::NoModel);
+    let reason = health.error.expect("a reason");
+    assert_eq!(
+        status_of(&ready),
+        Some(
+            format!(
+                "no model: {}",
+                reason.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+            .as_str()
+        )
+    );
+    let pings = notify.count_for(Duration::from_millis(800), |m| m.contains("WATCHDOG"));
+    assert_eq!(pings, 0, "{:?}", notify.received);
+}
+
+/// Spawns r1d directly (for tests that need its pid or its stderr).
+fn spawn_r1d(dir: &Path, config: &Path, env: &[(&str, String)]) -> std::process::Child {
+    let plugins = bin_dir();
+    let mut cmd = Command::new(binary("r1d"));
+    cmd.arg("--user")
+        .arg("--socket")
+        .arg(dir.join("r1d.sock"))
+        .arg("--config")
+        .arg(config)
+        .arg("--plugin-dir")
+        .arg(plugins)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("r1d.log")).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("failed to start r1d")
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_between_reloading_and_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut notify = NotifySocket::new();
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "").unwrap();
+    let model = echo_model(dir.path(), r#"{"name": "echo-reloaded"}"#);
+    let mut child = spawn_r1d(
+        dir.path(),
+        &config,
+        &[("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned())],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("r1d.log")).unwrap_or_default();
+    assert!(
+        notify
+            .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
+            .is_some(),
+        "{}",
+        log()
+    );
+
+    // The config now names a model: SIGHUP loads it.
+    std::fs::write(
+        &config,
+        format!("[model]\npath = {:?}\n", model.to_str().unwrap()),
+    )
+    .unwrap();
+    let before = notify.received.len();
+    signal(&child, "HUP");
+    let reloading = notify
+        .wait_for(Duration::from_secs(10), |m| has_line(m, "RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1: {:?}\n{}", notify.received, log()));
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(usec.is_some_and(|u| u > 0), "{reloading:?}");
+    let ready = notify
+        .wait_for(Duration::from_secs(30), |m| {
+            has_line(m, "READY=1") && m.contains("serving")
+        })
+        .unwrap_or_else(|| panic!("no READY=1 after reload: {:?}\n{}", notify.received, log()));
+    assert_eq!(
+        status_of(&ready),
+        Some("serving echo-reloaded echo on echo (GPU 0/1 layers)")
+    );
+    assert!(notify.received.len() > before);
+    let answer = Client::new(dir.path().join("r1d.sock"))
+        .chat(&ask("reloaded fine"))
+        .await
+        .unwrap();
+    assert_eq!(answer.choices[0].message.content, "RELOADED FINE");
+
+    // An invalid config keeps the running model.
+    std::fs::write(&config, "[model]\nnot_a_key = 1\n").unwrap();
+    notify.received.clear();
+    signal(&child, "HUP");
+    let ready = notify
+        .wait_for(Duration::from_secs(10), |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", notify.received, log()));
+    assert_eq!(
+        status_of(&ready),
+        Some("serving echo-reloaded echo on echo (GPU 0/1 layers)")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn journal_stderr_lines_carry_syslog_priorities() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "").unwrap();
+    // JOURNAL_STREAM names r1d's stderr (device:inode), as systemd sets it.
+    let log = dir.path().join("r1d.log");
+    std::fs::write(&log, "").unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let mut cmd = Command::new(binary("r1d"));
+    cmd.args(["--user", "--socket"])
+        .arg(dir.path().join("r1d.sock"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--plugin-dir")
+        .arg(bin_dir())
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    // No model: a warning ("serving no model") after the info lines.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("serving no model") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("<6> INFO")), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4> WARN") && l.contains("serving no model")),
+        "{text}"
+    );
+    // journald adds the time: none in the line.
+    assert!(!lines.iter().any(|l| l.contains("Z  INFO")), "{text}");
+}
+
+#[tokio::test]
+async fn socket_activation_starts_r1d_on_the_first_connection_and_answers_it() {
+    let Some(activate) = tool("systemd-socket-activate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "").unwrap();
+    let model = echo_model(dir.path(), r#"{"name": "echo-activated"}"#);
+    let log = dir.path().join("r1d.log");
+    let plugins = plugin_dir(&["echo"]);
+    // r1d is only started when the first client connects.
+    let mut activator = Command::new(activate)
+        .arg("--listen")
+        .arg(&socket)
+        .arg("--")
+        .arg(binary("r1d"))
+        .args(["--user", "--socket"])
+        // Not this one: the socket systemd passes wins.
+        .arg(dir.path().join("configured.sock"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .arg("--model")
+        .arg(&model)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("failed to run systemd-socket-activate");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !read_log().contains("r1d"),
+        "r1d started before a client came:\n{}",
+        read_log()
+    );
+
+    // The first request (sent while r1d starts and loads) is answered.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(60),
+        Client::new(&socket).chat(&ask("first one in")),
+    )
+    .await
+    .expect("no answer within 60 s")
+    .unwrap_or_else(|e| panic!("{e}\n{}", read_log()));
+    assert_eq!(answer.choices[0].message.content, "FIRST ONE IN");
+    let text = read_log();
+    assert!(
+        text.contains(&format!(
+            "listening on {} (socket activation)",
+            socket.display()
+        )),
+        "{text}"
+    );
+    assert!(!dir.path().join("configured.sock").exists());
+
+    // systemd-socket-activate exec'd r1d: SIGTERM stops it, and it leaves the socket file,
+    // which belongs to systemd.
+    signal(&activator, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while activator.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "r1d did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(socket.exists(), "r1d removed systemd's socket");
+}
+
+/// The units with ExecStart= pointing at the built binary, in a scratch directory.
+fn scratch_units(dir: &Path) -> Vec<PathBuf> {
+    let systemd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let r1d = binary("r1d");
+    let mut units = Vec::new();
+    for (src, sub) in [
+        ("r1d.service", "system"),
+        ("r1d.socket", "system"),
+        ("user/r1d.service", "user"),
+        ("user/r1d.socket", "user"),
+    ] {
+        let text = std::fs::read_to_string(systemd.join(src)).unwrap();
+        assert!(text.contains("ExecStart=/usr/bin/r1d") || src.ends_with(".socket"));
+        let text = text.replace("/usr/bin/r1d", r1d.to_str().unwrap());
+        let out_dir = dir.join(sub);
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let name = Path::new(src).file_name().unwrap();
+        std::fs::write(out_dir.join(name), text).unwrap();
+        units.push(out_dir.join(name));
+    }
+    units
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify_and_security_exposure_is_at_most_2() {
+    let Some(analyze) = tool("systemd-analyze") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    scratch_units(dir.path());
+    let runtime = dir.path().join("xdg-runtime");
+    std::fs::create_dir(&runtime).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (scope, sub) in [(None, "system"), (Some("--user"), "user")] {
+        let out = Command::new(&analyze)
+            .args(scope)
+            .args(["verify", "--man=no", "./r1d.service", "./r1d.socket"])
+            .current_dir(dir.path().join(sub))
+            // A user manager needs a runtime directory, even to verify.
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "systemd-analyze verify ({sub}) failed:\n{stderr}"
+        );
+    }
+
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=true", "--no-pager", "./r1d.service"])
+        .current_dir(dir.path().join("system"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for r1d.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    println!("systemd-analyze security --offline=true r1d.service: exposure {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+}
+
+#[test]
+fn deb_holds_every_file_with_its_mode() {
+    let cargo = std::env::var_os("CARGO").map(PathBuf::from);
+    let has_cargo_deb = cargo.as_ref().is_some_and(|c| {
+        Command::new(c)
+            .args(["deb", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !has_cargo_deb && tool("cargo-deb").is_none() {
+        return;
+    }
+    let (Some(_), Some(_)) = (tool("make"), tool("dpkg-deb")) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scratch = tempfile::tempdir().unwrap();
+    let deb = scratch.path().join("r1d.deb");
+    // `make deb` packs what `cargo build --release --workspace` built; it builds nothing.
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&root)
+        .arg("deb")
+        .arg(format!("CARGO_DEB_FLAGS=--output {}", deb.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make deb failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unpacked = scratch.path().join("root");
+    let ok = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+
+    let mut expected: Vec<(&str, u32)> = vec![
+        ("usr/bin/r1d", 0o755),
+        ("usr/bin/r1ctl", 0o755),
+        ("usr/lib/r1d/plugins/libr1_plugin_llamacpp.so", 0o644),
+        ("usr/lib/systemd/system/r1d.service", 0o644),
+        ("usr/lib/systemd/system/r1d.socket", 0o644),
+        ("usr/lib/systemd/user/r1d.service", 0o644),
+        ("usr/lib/systemd/user/r1d.socket", 0o644),
+        ("usr/lib/sysusers.d/r1d.conf", 0o644),
+        ("usr/lib/tmpfiles.d/r1d.conf", 0o644),
+        ("etc/r1d/r1d.toml", 0o644),
+        ("usr/share/man/man1/r1d.1", 0o644),
+        ("usr/share/man/man1/r1d-plan.1", 0o644),
+        ("usr/share/man/man1/r1ctl.1", 0o644),
+        ("usr/share/man/man1/r1ctl-ask.1", 0o644),
+        ("usr/share/bash-completion/completions/r1d", 0o644),
+        ("usr/share/bash-completion/completions/r1ctl", 0o644),
+        ("usr/share/zsh/vendor-completions/_r1d", 0o644),
+        ("usr/share/zsh/vendor-completions/_r1ctl", 0o644),
+        ("usr/share/fish/vendor_completions.d/r1d.fish", 0o644),
+        ("usr/share/fish/vendor_completions.d/r1ctl.fish", 0o644),
+        ("usr/share/doc/r1d/copyright", 0o644),
+    ];
+    // The D-Bus and polkit files, when the tree has them.
+    for (src, dest) in [
+        (
+            "org.r1d.R1.conf",
+            "usr/share/dbus-1/system.d/org.r1d.R1.conf",
+        ),
+        (
+            "org.r1d.R1.service",
+            "usr/share/dbus-1/system-services/org.r1d.R1.service",
+        ),
+        (
+            "org.r1d.R1.policy",
+            "usr/share/polkit-1/actions/org.r1d.R1.policy",
+        ),
+    ] {
+        if root.join("systemd").join(src).exists() {
+            expected.push((dest, 0o644));
+        }
+    }
+    for (path, mode) in &expected {
+        let meta = std::fs::metadata(unpacked.join(path))
+            .unwrap_or_else(|e| panic!("{path} is not in the package: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o7777, *mode, "mode of {path}");
+    }
+    // The test backend is not shipped.
+    assert!(!unpacked
+        .join("usr/lib/r1d/plugins/libr1_plugin_echo.so")
+        .exists());
+    // The unit starts the packaged binary; the config is a conffile.
+    let unit =
+        std::fs::read_to_string(unpacked.join("usr/lib/systemd/system/r1d.service")).unwrap();
+    assert!(unit.contains("\nExecStart=/usr/bin/r1d --system\n"));
+    let control = scratch.path().join("control");
+    assert!(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(&control)
+        .status()
+        .unwrap()
+        .success());
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    assert_eq!(conffiles.trim(), "/etc/r1d/r1d.toml");
+    for script in ["postinst", "prerm", "postrm"] {
+        let mode = std::fs::metadata(control.join(script))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{script}");
+    }
+    // The packaged binary runs, and its default config parses.
+    let out = Command::new(unpacked.join("usr/bin/r1d"))
+        .arg("--config")
+        .arg(unpacked.join("etc/r1d/r1d.toml"))
+        .args(["--user", "plan", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
