@@ -1,0 +1,1056 @@
+//! D-Bus (zbus): `org.r1d.R1` at `/org/r1d/R1` on the system bus (system mode) or the session
+//! bus (user mode), with two versioned interfaces:
+//!
+//! - `org.r1d.R1.Manager1` — properties `State`, `ActiveModel`, `Backend`, `Error`,
+//!   `LoadProgress`, `ActiveRequests`, `Hardware`, `Backends`, `Version` (`PropertiesChanged`
+//!   follows the engine's state watch); methods `GetPlan`, `ListModels`, `Load`, `Use`, `Unload`,
+//!   `Reload`, `Pull`.
+//! - `org.r1d.R1.Chat1` — `Ask`/`Chat` (one answer) and `AskStream`/`ChatStream`, which return a
+//!   Unix socket descriptor on which the answer arrives as JSON lines
+//!   ([`r1d_client::dbus::StreamEvent`]); closing it cancels the generation.
+//!
+//! **Architecture invariants**
+//! - The only module that knows D-Bus. It asks the same [`Engine`] as the HTTP routes, through
+//!   [`super::answer`]: there is no second path to the model.
+//! - No signal carries user content: the only signals are `PropertiesChanged` of `Manager1`
+//!   (state, model and backend names). Answers go to the caller alone, in the method return or
+//!   over its private descriptor.
+//! - Changing the resident model, pulling and reloading need root, the uid r1d runs as, or the
+//!   polkit action `org.r1d.R1.manage` (system bus only; without polkit: root only). The caller's
+//!   uid comes from the bus (`GetConnectionUnixUser`), so the check holds on a session bus too,
+//!   which has no policy file. Who may call `Chat1` at all is the bus policy's business
+//!   (`systemd/org.r1d.R1.conf`: group `r1d`).
+//!
+//! `systemd/org.r1d.R1.xml` is the introspection of these interfaces; a test fails when it
+//! drifts from the code (`R1D_BLESS=1 cargo test -p r1d dbus` rewrites it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use r1d_client::dbus::{StreamEvent, Usage, BUS_NAME, MANAGE_ACTION, OBJECT_PATH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use zbus::message::Header;
+use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
+use zbus::{interface, Connection};
+
+use super::answer::{self, Collected};
+use super::http::PlannerState;
+use crate::backend::PluginHost;
+use crate::chat::{Channel, Message, ReasoningFormat};
+use crate::config::Mode;
+use crate::engine::{ChatEvent, Engine, EngineError, EngineState, LoadSpec, PromptInput, Sampling};
+
+/// Which bus r1d serves on (`--dbus`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusChoice {
+    /// The system bus in system mode, the session bus in user mode.
+    #[default]
+    Auto,
+    /// The system bus (`DBUS_SYSTEM_BUS_ADDRESS` or `/run/dbus/system_bus_socket`).
+    System,
+    /// The session bus (`DBUS_SESSION_BUS_ADDRESS`).
+    Session,
+    /// No D-Bus.
+    Off,
+}
+
+/// What the D-Bus service needs.
+pub struct Options {
+    /// Which bus.
+    pub bus: BusChoice,
+    /// System or user mode (chooses the bus for [`BusChoice::Auto`]).
+    pub mode: Mode,
+    /// The engine (the same one HTTP uses).
+    pub engine: Engine,
+    /// The plugin host (`Backends`).
+    pub host: Arc<PluginHost>,
+    /// Probes and planner policy (`Hardware`, `GetPlan`).
+    pub planner: PlannerState,
+}
+
+/// The D-Bus errors, `org.r1d.R1.Error.*`, each with a readable message.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.r1d.R1.Error")]
+pub enum Error {
+    /// A bus error (passed through with its own name).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No model is resident; the message says why.
+    NoModel(String),
+    /// The prompt does not fit the model's context length.
+    ContextLengthExceeded(String),
+    /// The queue is full.
+    Busy(String),
+    /// An argument or option is invalid; the message names it.
+    InvalidArgument(String),
+    /// The caller may not do this.
+    PermissionDenied(String),
+    /// Not available (yet); the message says why.
+    NotSupported(String),
+    /// The requested model is not the one served.
+    ModelNotFound(String),
+    /// The model failed to load; the message says why.
+    LoadFailed(String),
+    /// The generation failed.
+    Failed(String),
+    /// r1d is shutting down.
+    ShuttingDown(String),
+}
+
+impl Error {
+    /// The D-Bus error name, for the `error` line of a stream.
+    fn dbus_name(&self) -> String {
+        use zbus::DBusError as _;
+        self.name().to_string()
+    }
+}
+
+impl From<EngineError> for Error {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::NoModel { .. } => Error::NoModel(message),
+            EngineError::ContextExceeded { .. } => Error::ContextLengthExceeded(message),
+            EngineError::InvalidRequest(_) => Error::InvalidArgument(message),
+            EngineError::Busy(_) => Error::Busy(message),
+            EngineError::Backend(_) => Error::Failed(message),
+            EngineError::ShuttingDown => Error::ShuttingDown(message),
+        }
+    }
+}
+
+/// Connects to the bus, serves the interfaces and owns `org.r1d.R1` in a task of its own; keeps
+/// PropertiesChanged in step with the engine. When no bus is reachable or the name is taken, it
+/// logs a warning and r1d goes on serving HTTP.
+pub fn spawn(options: Options) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let system = match options.bus {
+            BusChoice::Off => {
+                tracing::info!("D-Bus is off (--dbus off)");
+                return;
+            }
+            BusChoice::Auto => options.mode == Mode::System,
+            BusChoice::System => true,
+            BusChoice::Session => false,
+        };
+        let which = if system { "system" } else { "session" };
+        let engine = options.engine.clone();
+        let connected = tokio::time::timeout(Duration::from_secs(10), connect(options, system));
+        let conn = match connected.await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::warn!("D-Bus is not available: failed to serve {BUS_NAME} on the {which} bus: {e}; serving HTTP only");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("D-Bus is not available: the {which} bus did not answer within 10 s; serving HTTP only");
+                return;
+            }
+        };
+        tracing::info!("serving {BUS_NAME} at {OBJECT_PATH} on the {which} bus");
+        if let Err(e) = follow_state(&conn, engine).await {
+            tracing::warn!("D-Bus: failed to signal a property change: {e}");
+        }
+    })
+}
+
+async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Error> {
+    let builder = if system {
+        zbus::connection::Builder::system()?
+    } else {
+        zbus::connection::Builder::session()?
+    };
+    let manager = Manager {
+        engine: options.engine.clone(),
+        host: options.host,
+        planner: options.planner,
+        hardware: tokio::sync::OnceCell::new(),
+        own_uid: own_uid(),
+        system_bus: system,
+    };
+    let chat = Chat {
+        engine: options.engine,
+    };
+    let conn = builder
+        .serve_at(OBJECT_PATH, manager)?
+        .serve_at(OBJECT_PATH, chat)?
+        .build()
+        .await?;
+    use zbus::fdo::{RequestNameFlags, RequestNameReply};
+    match conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
+        .await?
+    {
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => Ok(conn),
+        _ => Err(zbus::Error::NameTaken),
+    }
+}
+
+/// Emits `PropertiesChanged` for what changed, on every state change of the engine.
+async fn follow_state(conn: &Connection, engine: Engine) -> Result<(), zbus::Error> {
+    let iface = conn
+        .object_server()
+        .interface::<_, Manager>(OBJECT_PATH)
+        .await?;
+    let emitter = iface.signal_emitter();
+    let mut rx = engine.subscribe();
+    let mut last = Published::of(&rx.borrow_and_update());
+    while rx.changed().await.is_ok() {
+        let now = Published::of(&rx.borrow_and_update());
+        let manager = iface.get().await;
+        if now.state != last.state {
+            manager.state_changed(emitter).await?;
+        }
+        if now.model != last.model {
+            manager.active_model_changed(emitter).await?;
+        }
+        if now.backend != last.backend {
+            manager.backend_changed(emitter).await?;
+        }
+        if now.error != last.error {
+            manager.error_changed(emitter).await?;
+        }
+        if now.progress != last.progress {
+            manager.load_progress_changed(emitter).await?;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
+/// The values of the signalled properties, to see which changed.
+#[derive(PartialEq)]
+struct Published {
+    state: &'static str,
+    model: String,
+    backend: String,
+    error: String,
+    progress: u32,
+}
+
+impl Published {
+    fn of(s: &crate::engine::Snapshot) -> Published {
+        Published {
+            state: state_name(s.state),
+            model: s
+                .model
+                .as_ref()
+                .map(|(i, _)| i.name.clone().unwrap_or_else(|| i.path.clone()))
+                .unwrap_or_default(),
+            backend: s.model.as_ref().map(|(_, b)| b.clone()).unwrap_or_default(),
+            error: s.error.clone().unwrap_or_default(),
+            progress: (s.progress.unwrap_or(0.0) * 100.0).round() as u32,
+        }
+    }
+}
+
+fn state_name(s: EngineState) -> &'static str {
+    match s {
+        EngineState::Starting => "starting",
+        EngineState::Loading => "loading",
+        EngineState::Ready => "ready",
+        EngineState::NoModel => "no-model",
+    }
+}
+
+/// The uid this process runs as (the owner of `/proc/self`).
+fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+/// `org.r1d.R1.Manager1`.
+pub struct Manager {
+    engine: Engine,
+    host: Arc<PluginHost>,
+    planner: PlannerState,
+    hardware: tokio::sync::OnceCell<String>,
+    own_uid: u32,
+    system_bus: bool,
+}
+
+const STORE_MISSING: &str = "needs the model store, which r1d does not have yet (issue 4)";
+
+/// State, hardware, plan, models and control of the resident model.
+#[interface(name = "org.r1d.R1.Manager1")]
+impl Manager {
+    /// starting, loading, ready, swapping, degraded or no-model.
+    #[zbus(property)]
+    fn state(&self) -> String {
+        state_name(self.engine.snapshot().state).into()
+    }
+
+    /// Name of the resident model; empty when none.
+    #[zbus(property)]
+    fn active_model(&self) -> String {
+        Published::of(&self.engine.snapshot()).model
+    }
+
+    /// Backend plugin of the resident model; empty when none.
+    #[zbus(property)]
+    fn backend(&self) -> String {
+        Published::of(&self.engine.snapshot()).backend
+    }
+
+    /// Why no model is resident; empty otherwise.
+    #[zbus(property)]
+    fn error(&self) -> String {
+        Published::of(&self.engine.snapshot()).error
+    }
+
+    /// Load progress, 0 to 1, while a model loads.
+    #[zbus(property)]
+    fn load_progress(&self) -> f64 {
+        f64::from(self.engine.snapshot().progress.unwrap_or(0.0))
+    }
+
+    /// Requests queued or running (not signalled: read it when needed).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn active_requests(&self) -> u32 {
+        u32::try_from(self.engine.active_requests()).unwrap_or(u32::MAX)
+    }
+
+    /// This machine's hardware profile, as JSON (the shape of GET /r1/hardware).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn hardware(&self) -> zbus::fdo::Result<String> {
+        self.hardware
+            .get_or_try_init(|| async {
+                let hw = probe(&self.planner).await?;
+                serde_json::to_string(&super::http::hardware_to_wire(&hw))
+                    .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Backend plugins found: (name, version, available).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn backends(&self) -> Vec<(String, String, bool)> {
+        self.host
+            .records()
+            .iter()
+            .map(|r| {
+                let name = r.name.clone().unwrap_or_else(|| {
+                    r.path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                });
+                (
+                    name,
+                    r.version.clone().unwrap_or_default(),
+                    r.error.is_none(),
+                )
+            })
+            .collect()
+    }
+
+    /// r1d's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").into()
+    }
+
+    /// The plan for this machine: the chosen variant, quantization and backend (empty when
+    /// nothing fits), the planner's reason, and the whole plan as JSON (GET /r1/plan).
+    #[zbus(out_args("variant", "quantization", "backend", "reason", "plan_json"))]
+    async fn get_plan(&self) -> Result<(String, String, String, String, String), Error> {
+        let hw = probe(&self.planner)
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let plan = crate::planner::plan(&hw, &[], &self.planner.policy);
+        let wire = super::http::plan_to_wire(&plan);
+        let json = serde_json::to_string(&wire).map_err(|e| Error::Failed(e.to_string()))?;
+        let (variant, quantization, backend) = wire
+            .chosen
+            .as_ref()
+            .map(|c| (c.variant.clone(), c.quantization.clone(), c.backend.clone()))
+            .unwrap_or_default();
+        Ok((variant, quantization, backend, wire.reason.clone(), json))
+    }
+
+    /// The models on disk: (name, variant, quantization, path, bytes).
+    #[zbus(out_args("models"))]
+    async fn list_models(&self) -> Result<Vec<(String, String, String, String, u64)>, Error> {
+        Err(Error::NotSupported(format!(
+            "listing the models on disk {STORE_MISSING}"
+        )))
+    }
+
+    /// Replaces the resident model with the model file at an absolute path. Options:
+    /// context_length, gpu_layers, threads (u), backend, kv_cache_type (s). Needs root or
+    /// org.r1d.R1.manage.
+    async fn load(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        path: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &header, "loading a model").await?;
+        let spec = load_spec(&path, &options)?;
+        self.load_spec(spec).await
+    }
+
+    /// Replaces the resident model with a model file (absolute path). Catalog names
+    /// (deepseek-r1:7b) need the model store, which is not built yet. Needs root or
+    /// org.r1d.R1.manage.
+    #[zbus(name = "Use")]
+    async fn use_model(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        model: String,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &header, "changing the model").await?;
+        if crate::catalog::variant(&model).is_some() {
+            return Err(Error::NotSupported(format!(
+                "using {model} by name {STORE_MISSING}; pass the model file's path to Load"
+            )));
+        }
+        let spec = load_spec(&model, &HashMap::new())?;
+        self.load_spec(spec).await
+    }
+
+    /// Unloads the resident model. Needs root or org.r1d.R1.manage.
+    async fn unload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &header, "unloading the model").await?;
+        self.engine.unload().await.map_err(Error::from)
+    }
+
+    /// Re-reads the config, as `systemctl reload r1d` does (SIGHUP): the model the config names
+    /// is loaded when it differs from the resident one. Returns once the reload has begun; the
+    /// State property follows it. Needs root or org.r1d.R1.manage.
+    async fn reload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.authorize(conn, &header, "reloading the config")
+            .await?;
+        use rustix::process::{getpid, kill_process, Signal};
+        kill_process(getpid(), Signal::HUP)
+            .map_err(|e| Error::Failed(format!("failed to signal r1d to reload: {e}")))
+    }
+
+    /// Starts downloading a variant (deepseek-r1:7b) and returns the job object. Needs root or
+    /// org.r1d.R1.manage.
+    #[zbus(out_args("job"))]
+    async fn pull(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        variant: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedObjectPath, Error> {
+        self.authorize(conn, &header, "pulling a model").await?;
+        let _ = options;
+        Err(Error::NotSupported(format!(
+            "pulling {variant} {STORE_MISSING}"
+        )))
+    }
+}
+
+impl Manager {
+    async fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
+        match self.engine.load(spec).await {
+            Ok(()) => Ok(()),
+            Err(EngineError::NoModel { reason }) => Err(Error::LoadFailed(reason)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Root, the uid r1d runs as, or (system bus) polkit's `org.r1d.R1.manage`; without polkit,
+    /// root only.
+    async fn authorize(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        what: &str,
+    ) -> Result<(), Error> {
+        let sender = header
+            .sender()
+            .ok_or_else(|| Error::PermissionDenied(format!("{what}: the call has no sender")))?;
+        let uid = zbus::fdo::DBusProxy::new(conn)
+            .await?
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .map_err(|e| {
+                Error::PermissionDenied(format!("{what}: failed to identify the caller: {e}"))
+            })?;
+        if uid == 0 || uid == self.own_uid {
+            return Ok(());
+        }
+        if !self.system_bus {
+            return Err(Error::PermissionDenied(format!(
+                "{what} needs root or uid {} (r1d's own); the caller is uid {uid}",
+                self.own_uid
+            )));
+        }
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(zbus::message::Flags::AllowInteractiveAuth);
+        match polkit_check(conn, sender.as_str(), interactive).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::PermissionDenied(format!(
+                "{what} needs root or polkit authorization for {MANAGE_ACTION}; uid {uid} is not authorized"
+            ))),
+            Err(Polkit::Absent) => Err(Error::PermissionDenied(format!(
+                "{what} needs root: polkit is not available to authorize uid {uid} for {MANAGE_ACTION}"
+            ))),
+            Err(Polkit::Failed(e)) => Err(Error::PermissionDenied(format!(
+                "{what}: the polkit check for uid {uid} failed: {e}"
+            ))),
+        }
+    }
+}
+
+enum Polkit {
+    Absent,
+    Failed(zbus::Error),
+}
+
+/// polkit's `CheckAuthorization` for the caller's bus name.
+async fn polkit_check(conn: &Connection, sender: &str, interactive: bool) -> Result<bool, Polkit> {
+    let mut subject: HashMap<&str, Value<'_>> = HashMap::new();
+    subject.insert("name", Value::from(sender));
+    let details: HashMap<&str, &str> = HashMap::new();
+    let flags: u32 = u32::from(interactive);
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.PolicyKit1"),
+            "/org/freedesktop/PolicyKit1/Authority",
+            Some("org.freedesktop.PolicyKit1.Authority"),
+            "CheckAuthorization",
+            &(
+                ("system-bus-name", subject),
+                MANAGE_ACTION,
+                details,
+                flags,
+                "",
+            ),
+        )
+        .await;
+    match reply {
+        Ok(msg) => {
+            let ((authorized, _challenge, _details),): ((bool, bool, HashMap<String, String>),) =
+                msg.body().deserialize().map_err(Polkit::Failed)?;
+            Ok(authorized)
+        }
+        Err(zbus::Error::MethodError(name, _, _))
+            if matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) =>
+        {
+            Err(Polkit::Absent)
+        }
+        Err(e) => Err(Polkit::Failed(e)),
+    }
+}
+
+async fn probe(planner: &PlannerState) -> Result<crate::hardware::Hardware, zbus::fdo::Error> {
+    let probe = planner.probe.clone();
+    match tokio::task::spawn_blocking(move || probe.run()).await {
+        Ok(Ok(hw)) => Ok(hw),
+        Ok(Err(e)) => Err(zbus::fdo::Error::Failed(format!(
+            "failed to probe the hardware: {e}"
+        ))),
+        Err(e) => Err(zbus::fdo::Error::Failed(format!(
+            "the hardware probe failed: {e}"
+        ))),
+    }
+}
+
+/// `org.r1d.R1.Chat1`.
+pub struct Chat {
+    engine: Engine,
+}
+
+/// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p (d),
+/// top_k (i), seed (u), stop (as), system (s, Ask only), model (s: must name the resident
+/// model), reasoning_format ("deepseek": reasoning apart; "none": raw text with its tags).
+#[interface(name = "org.r1d.R1.Chat1")]
+impl Chat {
+    /// One question; returns the answer, the reasoning and usage (prompt_tokens,
+    /// completion_tokens, total_tokens, finish_reason, model).
+    #[zbus(out_args("content", "reasoning", "usage"))]
+    async fn ask(
+        &self,
+        prompt: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, String, HashMap<String, OwnedValue>), Error> {
+        let (input, request) = ask_input(prompt, &options)?;
+        self.answer(input, request).await
+    }
+
+    /// One question, streamed: returns a Unix socket on which JSON lines arrive ({"type":
+    /// "start"|"reasoning"|"content"|"done"|"error", …}); closing it cancels the generation.
+    #[zbus(out_args("stream"))]
+    async fn ask_stream(
+        &self,
+        prompt: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedFd, Error> {
+        let (input, request) = ask_input(prompt, &options)?;
+        self.stream(input, request).await
+    }
+
+    /// A conversation of (role, content) messages; returns like Ask.
+    #[zbus(out_args("content", "reasoning", "usage"))]
+    async fn chat(
+        &self,
+        messages: Vec<(String, String)>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<(String, String, HashMap<String, OwnedValue>), Error> {
+        let (input, request) = chat_input(messages, &options)?;
+        self.answer(input, request).await
+    }
+
+    /// A conversation, streamed like AskStream.
+    #[zbus(out_args("stream"))]
+    async fn chat_stream(
+        &self,
+        messages: Vec<(String, String)>,
+        options: HashMap<String, OwnedValue>,
+    ) -> Result<OwnedFd, Error> {
+        let (input, request) = chat_input(messages, &options)?;
+        self.stream(input, request).await
+    }
+}
+
+/// Sampling and checks of one chat call, from its options.
+struct Request {
+    sampling: Sampling,
+    format: ReasoningFormat,
+    model: Option<String>,
+}
+
+impl Chat {
+    async fn admit(&self, input: PromptInput, request: Request) -> Result<answer::Admitted, Error> {
+        answer::check_model(&self.engine.snapshot(), request.model.as_deref())
+            .map_err(Error::ModelNotFound)?;
+        Ok(answer::admit(&self.engine, input, request.sampling, request.format).await?)
+    }
+
+    async fn answer(
+        &self,
+        input: PromptInput,
+        request: Request,
+    ) -> Result<(String, String, HashMap<String, OwnedValue>), Error> {
+        let admitted = self.admit(input, request).await?;
+        let model = admitted.model;
+        let Collected {
+            content,
+            reasoning,
+            finished,
+        } = answer::collect(admitted.rx).await?;
+        let usage = usage_of(&finished.result);
+        let mut map: HashMap<String, OwnedValue> = HashMap::new();
+        map.insert(
+            "prompt_tokens".into(),
+            OwnedValue::from(usage.prompt_tokens),
+        );
+        map.insert(
+            "completion_tokens".into(),
+            OwnedValue::from(usage.completion_tokens),
+        );
+        map.insert("total_tokens".into(), OwnedValue::from(usage.total_tokens));
+        map.insert(
+            "finish_reason".into(),
+            owned_str(finish_reason(finished.finish_reason)),
+        );
+        map.insert("model".into(), owned_str(&model));
+        Ok((content, reasoning, map))
+    }
+
+    async fn stream(&self, input: PromptInput, request: Request) -> Result<OwnedFd, Error> {
+        // Admitted before the descriptor is handed out, so a refusal is a D-Bus error.
+        let admitted = self.admit(input, request).await?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::Failed(format!("failed to create the stream socket: {e}")))?;
+        ours.set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
+            .map(|ours| {
+                tokio::spawn(pump(admitted.model, admitted.rx, ours));
+            })
+            .map_err(|e| Error::Failed(format!("failed to set up the stream socket: {e}")))?;
+        Ok(OwnedFd::from(std::os::fd::OwnedFd::from(theirs)))
+    }
+}
+
+/// Writes the events of an answer as JSON lines until the end, or until the caller closes its
+/// end, which drops the receiver and so stops the generation at its next token.
+async fn pump(model: String, mut rx: mpsc::Receiver<ChatEvent>, socket: tokio::net::UnixStream) {
+    let (mut read, mut write) = socket.into_split();
+    let mut pending = vec![StreamEvent::Start { model }];
+    let mut scratch = [0u8; 256];
+    loop {
+        for event in pending.drain(..) {
+            let mut line = match serde_json::to_vec(&event) {
+                Ok(l) => l,
+                Err(_) => return,
+            };
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                tracing::debug!("D-Bus stream closed by the caller");
+                return;
+            }
+            if matches!(event, StreamEvent::Done { .. } | StreamEvent::Error { .. }) {
+                return;
+            }
+        }
+        tokio::select! {
+            event = rx.recv() => pending.push(match event {
+                Some(ChatEvent::Piece(p)) => match p.channel {
+                    Channel::Content => StreamEvent::Content { text: p.text },
+                    Channel::Reasoning => StreamEvent::Reasoning { text: p.text },
+                },
+                Some(ChatEvent::Started { .. }) => continue,
+                Some(ChatEvent::Done(finished)) => StreamEvent::Done {
+                    finish_reason: finish_reason(finished.finish_reason).into(),
+                    usage: usage_of(&finished.result),
+                },
+                Some(ChatEvent::Failed(e)) => stream_error(e.into()),
+                None => stream_error(Error::Failed("the generation ended without a result".into())),
+            }),
+            n = read.read(&mut scratch) => {
+                if matches!(n, Ok(0) | Err(_)) {
+                    tracing::debug!("D-Bus stream closed by the caller; cancelling the generation");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn stream_error(e: Error) -> StreamEvent {
+    let message = match &e {
+        Error::ZBus(e) => e.to_string(),
+        Error::NoModel(m)
+        | Error::ContextLengthExceeded(m)
+        | Error::Busy(m)
+        | Error::InvalidArgument(m)
+        | Error::PermissionDenied(m)
+        | Error::NotSupported(m)
+        | Error::ModelNotFound(m)
+        | Error::LoadFailed(m)
+        | Error::Failed(m)
+        | Error::ShuttingDown(m) => m.clone(),
+    };
+    StreamEvent::Error {
+        name: e.dbus_name(),
+        message,
+    }
+}
+
+fn usage_of(r: &r1_plugin_abi::json::GenerateResult) -> Usage {
+    Usage {
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        total_tokens: r.prompt_tokens + r.completion_tokens,
+    }
+}
+
+fn finish_reason(f: r1_plugin_abi::json::FinishReason) -> &'static str {
+    match f {
+        r1_plugin_abi::json::FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn owned_str(s: &str) -> OwnedValue {
+    OwnedValue::try_from(Value::from(s)).unwrap_or_else(|_| OwnedValue::from(0u32))
+}
+
+fn ask_input(
+    prompt: String,
+    options: &HashMap<String, OwnedValue>,
+) -> Result<(PromptInput, Request), Error> {
+    let mut messages = Vec::new();
+    if let Some(system) = options.get("system") {
+        messages.push(Message {
+            role: "system".into(),
+            content: opt_str("system", system)?,
+        });
+    }
+    messages.push(Message {
+        role: "user".into(),
+        content: prompt,
+    });
+    Ok((PromptInput::Chat(messages), request_of(options, true)?))
+}
+
+fn chat_input(
+    messages: Vec<(String, String)>,
+    options: &HashMap<String, OwnedValue>,
+) -> Result<(PromptInput, Request), Error> {
+    if messages.is_empty() {
+        return Err(Error::InvalidArgument("messages must not be empty".into()));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, (role, content)) in messages.into_iter().enumerate() {
+        if !answer::ROLES.contains(&role.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "messages[{i}]: role {role:?} is not one of {}",
+                answer::ROLES.join(", ")
+            )));
+        }
+        out.push(Message { role, content });
+    }
+    Ok((PromptInput::Chat(out), request_of(options, false)?))
+}
+
+fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Request, Error> {
+    let mut sampling = Sampling::default();
+    let mut format = ReasoningFormat::DeepSeek;
+    let mut model = None;
+    for (key, value) in options {
+        match key.as_str() {
+            "max_tokens" => sampling.max_tokens = Some(opt_u32(key, value)?),
+            "temperature" => sampling.temperature = Some(opt_f64(key, value)? as f32),
+            "top_p" => sampling.top_p = Some(opt_f64(key, value)? as f32),
+            "min_p" => sampling.min_p = Some(opt_f64(key, value)? as f32),
+            "top_k" => {
+                sampling.top_k = Some(i32::try_from(opt_i64(key, value)?).map_err(|_| {
+                    Error::InvalidArgument(format!("option {key} is out of range"))
+                })?)
+            }
+            "seed" => sampling.seed = Some(opt_u32(key, value)?),
+            "stop" => sampling.stop = opt_strs(key, value)?,
+            "model" => model = Some(opt_str(key, value)?),
+            "system" if ask => {}
+            "reasoning_format" => {
+                format = match opt_str(key, value)?.as_str() {
+                    "deepseek" => ReasoningFormat::DeepSeek,
+                    "none" => ReasoningFormat::None,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "option reasoning_format: {other:?} is not \"deepseek\" or \"none\""
+                        )))
+                    }
+                }
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, model, reasoning_format{}",
+                    if ask { ", system" } else { "" }
+                )))
+            }
+        }
+    }
+    answer::validate_sampling(&sampling).map_err(|(_, m)| Error::InvalidArgument(m))?;
+    Ok(Request {
+        sampling,
+        format,
+        model,
+    })
+}
+
+fn load_spec(path: &str, options: &HashMap<String, OwnedValue>) -> Result<LoadSpec, Error> {
+    if !std::path::Path::new(path).is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "model path {path:?} is not absolute"
+        )));
+    }
+    let mut spec = LoadSpec {
+        params: r1_plugin_abi::json::LoadParams {
+            path: path.to_owned(),
+            ..Default::default()
+        },
+        backend: None,
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            "context_length" => spec.params.context_length = Some(opt_u32(key, value)?),
+            "gpu_layers" => spec.params.gpu_layers = Some(opt_u32(key, value)?),
+            "threads" => spec.params.threads = Some(opt_u32(key, value)?),
+            "backend" => spec.backend = Some(opt_str(key, value)?),
+            "kv_cache_type" => spec.params.kv_cache_type = Some(opt_str(key, value)?),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option {other:?}; known: context_length, gpu_layers, threads, backend, kv_cache_type"
+                )))
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// The value inside any nesting of variants.
+fn inner<'a>(v: &'a Value<'a>) -> &'a Value<'a> {
+    match v {
+        Value::Value(v) => inner(v),
+        v => v,
+    }
+}
+
+fn opt_i64(key: &str, v: &Value<'_>) -> Result<i64, Error> {
+    Ok(match inner(v) {
+        Value::U8(x) => i64::from(*x),
+        Value::U16(x) => i64::from(*x),
+        Value::I16(x) => i64::from(*x),
+        Value::U32(x) => i64::from(*x),
+        Value::I32(x) => i64::from(*x),
+        Value::I64(x) => *x,
+        Value::U64(x) => i64::try_from(*x)
+            .map_err(|_| Error::InvalidArgument(format!("option {key} is out of range")))?,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "option {key} must be an integer, not of type {}",
+                other.value_signature()
+            )))
+        }
+    })
+}
+
+fn opt_u32(key: &str, v: &Value<'_>) -> Result<u32, Error> {
+    u32::try_from(opt_i64(key, v)?).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "option {key} must be an integer from 0 to {}",
+            u32::MAX
+        ))
+    })
+}
+
+fn opt_f64(key: &str, v: &Value<'_>) -> Result<f64, Error> {
+    match inner(v) {
+        Value::F64(x) => Ok(*x),
+        _ => opt_i64(key, v)
+            .map(|x| x as f64)
+            .map_err(|_| Error::InvalidArgument(format!("option {key} must be a number"))),
+    }
+}
+
+fn opt_str(key: &str, v: &Value<'_>) -> Result<String, Error> {
+    match inner(v) {
+        Value::Str(s) => Ok(s.to_string()),
+        other => Err(Error::InvalidArgument(format!(
+            "option {key} must be a string, not of type {}",
+            other.value_signature()
+        ))),
+    }
+}
+
+fn opt_strs(key: &str, v: &Value<'_>) -> Result<Vec<String>, Error> {
+    match inner(v) {
+        Value::Str(s) => Ok(vec![s.to_string()]),
+        Value::Array(a) => a.iter().map(|v| opt_str(key, v)).collect(),
+        other => Err(Error::InvalidArgument(format!(
+            "option {key} must be a string or an array of strings, not of type {}",
+            other.value_signature()
+        ))),
+    }
+}
+
+/// The introspection XML of the interfaces (what `systemd/org.r1d.R1.xml` ships).
+pub fn introspection_xml(manager: &Manager, chat: &Chat) -> String {
+    use zbus::object_server::Interface as _;
+    let mut xml = String::from(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- r1d's D-Bus interfaces at /org/r1d/R1 on org.r1d.R1. Generated from daemon/src/api/dbus.rs:\n     R1D_BLESS=1 cargo test -p r1d dbus rewrites it; the test fails when it drifts. -->\n<node name=\"/org/r1d/R1\">\n",
+    );
+    manager.introspect_to_writer(&mut xml, 1);
+    chat.introspect_to_writer(&mut xml, 1);
+    xml.push_str("</node>\n");
+    xml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interfaces() -> (Manager, Chat) {
+        let host = Arc::new(PluginHost::empty(
+            std::path::Path::new("/nonexistent"),
+            "none".into(),
+        ));
+        let engine = Engine::start(
+            host.clone(),
+            None,
+            None,
+            crate::engine::EngineConfig {
+                default_max_tokens: 16,
+                queue_depth: 1,
+            },
+        );
+        let planner = PlannerState {
+            probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
+            policy: Default::default(),
+        };
+        let manager = Manager {
+            engine: engine.clone(),
+            host,
+            planner,
+            hardware: tokio::sync::OnceCell::new(),
+            own_uid: 0,
+            system_bus: false,
+        };
+        (manager, Chat { engine })
+    }
+
+    #[test]
+    fn shipped_introspection_xml_matches_the_code() {
+        let (manager, chat) = interfaces();
+        let xml = introspection_xml(&manager, &chat);
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/org.r1d.R1.xml");
+        if std::env::var_os("R1D_BLESS").is_some() {
+            std::fs::write(&path, &xml).unwrap();
+        }
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            shipped == xml,
+            "{} drifted from daemon/src/api/dbus.rs; run `R1D_BLESS=1 cargo test -p r1d dbus` and review the diff.\nThe code's XML:\n{xml}",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn options_of_any_integer_type_are_accepted_and_unknown_ones_named() {
+        let mut options: HashMap<String, OwnedValue> = HashMap::new();
+        options.insert("max_tokens".into(), OwnedValue::from(5i32));
+        options.insert("temperature".into(), OwnedValue::from(0.5f64));
+        options.insert("seed".into(), OwnedValue::from(7u64));
+        let r = request_of(&options, true).unwrap();
+        assert_eq!(r.sampling.max_tokens, Some(5));
+        assert_eq!(r.sampling.temperature, Some(0.5));
+        assert_eq!(r.sampling.seed, Some(7));
+        options.insert("max_token".into(), OwnedValue::from(5u32));
+        let Err(Error::InvalidArgument(m)) = request_of(&options, true) else {
+            panic!("an unknown option must be refused");
+        };
+        assert!(m.contains("\"max_token\""), "{m}");
+    }
+
+    #[test]
+    fn sampling_out_of_range_is_an_invalid_argument() {
+        let mut options: HashMap<String, OwnedValue> = HashMap::new();
+        options.insert("temperature".into(), OwnedValue::from(3.0f64));
+        assert!(matches!(
+            request_of(&options, true),
+            Err(Error::InvalidArgument(m)) if m.contains("temperature")
+        ));
+    }
+
+    #[test]
+    fn error_names_are_under_org_r1d_r1_error() {
+        assert_eq!(
+            Error::from(EngineError::Busy(3)).dbus_name(),
+            "org.r1d.R1.Error.Busy"
+        );
+        assert_eq!(
+            Error::PermissionDenied(String::new()).dbus_name(),
+            "org.r1d.R1.Error.PermissionDenied"
+        );
+    }
+}
