@@ -4,6 +4,8 @@
 //! (clap). Human output on a terminal; `--json` prints one JSON object per line. A closed pipe
 //! (`r1ctl ask … | head`) ends quietly.
 
+mod assets;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,9 +67,38 @@ enum Command {
     },
     /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why.
     Plan,
+    /// List the model files r1d knows (its own, the Hugging Face cache's, Ollama's), with
+    /// variant, quantization, size, location and status.
+    Models,
+    /// Download a model into r1d's models directory: `deepseek-r1:7b` (the best quantization for
+    /// this machine), `deepseek-r1:7b-q8_0`, or `hf.co/OWNER/REPO:FILE`. Resumes an interrupted
+    /// pull; the daemon verifies the sha256 before the file is put in place.
+    Pull {
+        /// What to pull.
+        model: String,
+    },
+    /// Serve another model now: a variant (`deepseek-r1:14b`, pinned), any listed model by name,
+    /// or `auto` for the planner's choice among the models present.
+    Use {
+        /// Variant, model name, or `auto`.
+        model: String,
+    },
 }
 
 fn main() -> ExitCode {
+    // Packaging (hidden): man pages and shell completions.
+    if let Some(dir) = assets::requested() {
+        return match assets::generate(<Cli as clap::CommandFactory>::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "r1ctl: failed to write man pages and completions to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -122,6 +153,135 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
         Command::Plan => plan(&client, cli.json).await,
+        Command::Models => models(&client, cli.json).await,
+        Command::Pull { model } => pull(&client, &model, cli.json).await,
+        Command::Use { model } => {
+            let status: Status = client
+                .post_json("/r1/use", &r1d_client::wire::ModelRequest { model })
+                .await?;
+            if cli.json {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string(&status)?
+                )?;
+                Ok(())
+            } else {
+                print_status(&status)
+            }
+        }
+    }
+}
+
+async fn models(client: &Client, json: bool) -> anyhow::Result<()> {
+    let list: r1d_client::wire::StoreModelList = client.get_json("/r1/models", false).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&list)?)?;
+        return Ok(());
+    }
+    if list.models.is_empty() {
+        writeln!(
+            out,
+            "no models found (searched {}); `r1ctl pull deepseek-r1:1.5b` fetches the smallest",
+            list.searched
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32} {:<20} {:<8} {:>10} {:<12} {:<11} PATH",
+        "NAME", "VARIANT", "QUANT", "SIZE", "SOURCE", "STATUS"
+    )?;
+    for m in &list.models {
+        writeln!(
+            out,
+            "{:<32} {:<20} {:<8} {:>10} {:<12} {:<11} {}{}",
+            m.name,
+            m.variant.as_deref().unwrap_or("-"),
+            m.quantization.as_deref().unwrap_or("-"),
+            human_bytes(m.size_bytes),
+            m.source,
+            if m.resident {
+                "resident"
+            } else {
+                m.status.as_str()
+            },
+            m.path,
+            m.detail
+                .as_deref()
+                .map(|d| format!("\n{:<33}{d}", ""))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+async fn pull(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
+    let mut events = client.pull(model).await?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(model.to_owned());
+        bar
+    });
+    let mut last = None;
+    while let Some(event) = events.recv().await {
+        let event = event?;
+        if json {
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string(&event)?
+            )?;
+        }
+        if let Some(bar) = &bar {
+            if let Some(total) = event.total {
+                bar.set_length(total);
+            }
+            if let Some(done) = event.completed {
+                bar.set_position(done);
+            }
+            if event.kind == "verifying" {
+                bar.set_message(format!("{model}: verifying sha256"));
+            }
+        }
+        last = Some(event);
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match last {
+        Some(e) if e.kind == "done" => {
+            if !json {
+                let what = if e.already_present {
+                    "already present"
+                } else {
+                    "pulled"
+                };
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{} {what}: {}{}",
+                    e.model,
+                    e.path.as_deref().unwrap_or("?"),
+                    e.sha256
+                        .as_deref()
+                        .map(|s| format!(" (sha256 {s} verified)"))
+                        .unwrap_or_default()
+                )?;
+            }
+            Ok(())
+        }
+        Some(e) if e.kind == "error" => {
+            anyhow::bail!("{}", e.error.unwrap_or_else(|| "the pull failed".into()))
+        }
+        _ => anyhow::bail!("the pull of {model} ended without a result (did r1d stop?)"),
     }
 }
 
@@ -147,11 +307,19 @@ fn state_name(s: State) -> &'static str {
 
 async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     let status: Status = client.status().await?;
-    let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string(&status)?
+        )?;
         return Ok(());
     }
+    print_status(&status)
+}
+
+fn print_status(status: &Status) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     writeln!(out, "{:<14}{}", "state", state_name(status.state))?;
     if let Some(m) = &status.model {
         writeln!(out, "{:<14}{}", "model", m.name)?;
@@ -182,6 +350,8 @@ async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     }
     if let Some(error) = &status.error {
         writeln!(out, "{:<14}{error}", "why")?;
+    } else if let Some(selection) = &status.selection {
+        writeln!(out, "{:<14}{selection}", "chosen")?;
     }
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(
@@ -220,14 +390,24 @@ async fn stream_answer(
     generation: &GenerationArgs,
     messages: Vec<ChatMessage>,
     json: bool,
-    cancel: impl std::future::Future<Output = ()>,
+    cancel: impl std::future::Future,
 ) -> anyhow::Result<String> {
-    let mut stream = client.chat_stream(&request(generation, messages)).await?;
+    tokio::pin!(cancel);
+    // Ctrl-C also stops a request still waiting for its turn in r1d's queue.
+    let request = request(generation, messages);
+    let mut stream = tokio::select! {
+        stream = client.chat_stream(&request) => stream?,
+        _ = &mut cancel => {
+            if !json {
+                eprintln!("[stopped]");
+            }
+            return Ok(String::new());
+        }
+    };
     let styled = !json && std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut content = String::new();
     let mut in_reasoning = false;
-    tokio::pin!(cancel);
     loop {
         let chunk = tokio::select! {
             chunk = stream.next() => chunk,
@@ -290,7 +470,9 @@ async fn stream_answer(
             } else {
                 writeln!(out)?;
                 if finish == "length" {
-                    eprintln!("[the answer reached the token limit]");
+                    eprintln!(
+                        "[the answer was cut off: it reached max tokens or the context length]"
+                    );
                 }
             }
             if generation.stats {
@@ -309,7 +491,14 @@ async fn ask(
     messages: Vec<ChatMessage>,
     json: bool,
 ) -> anyhow::Result<String> {
-    stream_answer(client, generation, messages, json, std::future::pending()).await
+    stream_answer(
+        client,
+        generation,
+        messages,
+        json,
+        std::future::pending::<()>(),
+    )
+    .await
 }
 
 async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyhow::Result<()> {
@@ -327,6 +516,9 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
         );
     }
     let mut editor = rustyline::DefaultEditor::new().context("failed to set up the line editor")?;
+    // Installed once for the whole chat, so no Ctrl-C falls between two answers and kills r1ctl.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("failed to listen for Ctrl-C")?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(system) = &generation.system {
         history.push(ChatMessage::new("system", system.clone()));
@@ -343,23 +535,50 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
         }
         let _ = editor.add_history_entry(line.as_str());
         history.push(ChatMessage::new("user", line));
-        let ctrl_c = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        match stream_answer(client, generation, history.clone(), json, ctrl_c).await {
-            Ok(answer) => history.push(ChatMessage::new("assistant", answer)),
-            Err(e) => {
-                if matches!(
-                    e.downcast_ref::<ClientError>(),
-                    Some(ClientError::Connect { .. })
-                ) {
-                    return Err(e);
+        loop {
+            match stream_answer(client, generation, history.clone(), json, sigint.recv()).await {
+                // Stopped before any answer: forget the question too.
+                Ok(answer) if answer.is_empty() => {
+                    history.pop();
                 }
-                eprintln!("r1ctl: {e:#}");
-                history.pop();
+                Ok(answer) => history.push(ChatMessage::new("assistant", answer)),
+                Err(e) => {
+                    match e.downcast_ref::<ClientError>() {
+                        Some(ClientError::Connect { .. }) => return Err(e),
+                        // The conversation outgrew the context: drop the oldest exchange and retry.
+                        Some(ClientError::Status { body, .. })
+                            if body.contains("context_length_exceeded")
+                                && drop_oldest_exchange(&mut history) =>
+                        {
+                            eprintln!("[dropped the oldest exchange to fit the model's context]");
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    eprintln!("r1ctl: {e:#}");
+                    history.pop();
+                }
             }
+            break;
         }
     }
+}
+
+/// Removes the oldest user turn and the answers after it, keeping system prompts and the last
+/// user turn; false when nothing is left to drop.
+fn drop_oldest_exchange(history: &mut Vec<ChatMessage>) -> bool {
+    let users: Vec<usize> = history
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == "user")
+        .map(|(i, _)| i)
+        .collect();
+    if users.len() < 2 {
+        return false;
+    }
+    let (first, next) = (users[0], users[1]);
+    history.drain(first..next);
+    true
 }
 
 async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! This crate is the contract between the daemon and its clients (`r1ctl`, the integration
 //! tests, Rust apps): the daemon's HTTP module serialises exactly these types.
 
+pub mod dbus;
 pub mod ollama;
 pub mod wire;
 
@@ -58,15 +59,43 @@ pub enum ClientError {
     Stream(String),
 }
 
-/// The default socket of this user: `$XDG_RUNTIME_DIR/r1d/r1d.sock` when not root and the
-/// variable is set, else the system socket `/run/r1d/r1d.sock`.
-pub fn default_socket_path() -> PathBuf {
-    let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
-        || std::env::var_os("XDG_RUNTIME_DIR").is_none();
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !is_root => PathBuf::from(dir).join("r1d/r1d.sock"),
-        _ => PathBuf::from("/run/r1d/r1d.sock"),
+/// The system service's socket.
+pub const SYSTEM_SOCKET: &str = "/run/r1d/r1d.sock";
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { geteuid() }
+}
+
+/// The user-mode socket of this user, where `r1d --user` listens: `$XDG_RUNTIME_DIR/r1d/r1d.sock`,
+/// or `/tmp/r1d-$UID/r1d.sock` when `XDG_RUNTIME_DIR` is not set.
+pub fn user_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("r1d/r1d.sock"),
+        None => PathBuf::from(format!("/tmp/r1d-{}/r1d.sock", euid())),
     }
+}
+
+/// Where a client looks when no socket is given: root tries the system socket first, other users
+/// their user socket first; the first of the two that exists wins, else the first.
+pub fn default_socket_path() -> PathBuf {
+    let user = user_socket_path();
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    let order = if euid() == 0 {
+        [system, user]
+    } else {
+        [user, system]
+    };
+    order
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or(&order[0])
+        .clone()
 }
 
 /// A client for one r1d socket. Cheap to clone; every request opens its own connection.
@@ -183,6 +212,62 @@ impl Client {
             return Err(status_error(status, &body));
         }
         Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// `POST /r1/pull`: starts (or joins) a pull in the daemon and returns its progress events,
+    /// one per NDJSON line, ending with `done` or `error`. Dropping the receiver stops watching,
+    /// not the pull.
+    ///
+    /// # Errors
+    /// See [`ClientError`]; a refused request (unknown model) is [`ClientError::Status`].
+    pub async fn pull(
+        &self,
+        model: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<wire::PullEvent, ClientError>>, ClientError>
+    {
+        let body = serde_json::to_vec(&wire::ModelRequest {
+            model: model.to_owned(),
+        })?;
+        let response = self.request(Method::POST, "/r1/pull", Some(body)).await?;
+        if !response.status().is_success() {
+            let (status, body) = self.read_body(response).await?;
+            return Err(status_error(status, &body));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let socket = self.socket.clone();
+        tokio::spawn(async move {
+            let mut body = response.into_body();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(error) => {
+                        let _ = tx
+                            .send(Err(ClientError::Http {
+                                socket: socket.clone(),
+                                error,
+                            }))
+                            .await;
+                        return;
+                    }
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let event = serde_json::from_slice(&line).map_err(ClientError::from);
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// `GET /r1/status`.

@@ -52,7 +52,7 @@ impl ChatMessage {
 
 /// OpenAI message content: a string or an array of parts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of content parts")]
 pub enum MessageContent {
     /// Plain text.
     Text(String),
@@ -73,7 +73,7 @@ pub struct ContentPart {
 
 /// `stop` as OpenAI accepts it: one string or several.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of strings")]
 pub enum Stop {
     /// One stop string.
     One(String),
@@ -188,7 +188,7 @@ pub struct CompletionRequest {
 
 /// The prompt of a text completion.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array holding one string")]
 pub enum CompletionPrompt {
     /// One prompt.
     One(String),
@@ -490,6 +490,9 @@ pub struct Status {
     pub requests_served: u64,
     /// Requests queued or running now.
     pub active_requests: u64,
+    /// Why the resident model was chosen (or why none is), and what a pull would bring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
 }
 
 /// Body of `POST /r1/load`.
@@ -747,4 +750,100 @@ impl Plan {
         }
         out
     }
+}
+
+// ---- The model store: `GET /r1/models`, `POST /r1/pull`, `POST /r1/use` ----
+
+/// One model file, as `GET /r1/models` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreModel {
+    /// The name to ask for it by (`deepseek-r1:7b-q4_k_m`, `smollm2:135m`, a file stem).
+    pub name: String,
+    /// The file.
+    pub path: String,
+    /// `r1d`, `huggingface` or `ollama`.
+    pub source: String,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+    /// `ok`, `truncated` or `unreadable`.
+    pub status: String,
+    /// Bytes its GGUF header implies, when it is truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_bytes: Option<u64>,
+    /// Why it cannot be served, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The DeepSeek-R1 catalog variant, when it is one.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Quantization (`Q4_K_M`).
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// `general.architecture`.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// `general.name`.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub parameters: Option<u64>,
+    /// Modification time (Unix seconds).
+    #[serde(default)]
+    pub modified: Option<u64>,
+    /// Chosen automatically when it is the best that fits (DeepSeek-R1 variants only).
+    pub selectable: bool,
+    /// Resident now.
+    pub resident: bool,
+}
+
+/// Body of `GET /r1/models`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreModelList {
+    /// r1d's models directory (pulls land here).
+    pub dir: String,
+    /// Every directory searched.
+    pub searched: String,
+    /// The files.
+    pub models: Vec<StoreModel>,
+}
+
+/// Body of `POST /r1/pull` and `POST /r1/use`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRequest {
+    /// `deepseek-r1:7b`, `deepseek-r1:7b-q8_0`, `hf.co/OWNER/REPO:FILE`; for `use` also `auto`
+    /// or any listed name.
+    pub model: String,
+}
+
+/// One line of `POST /r1/pull`'s NDJSON stream (or one SSE `data:`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PullEvent {
+    /// `resolving`, `progress`, `verifying`, `done` or `error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What is pulled (`deepseek-r1:7b-q4_k_m`, `hf.co/…`).
+    pub model: String,
+    /// Bytes on disk so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+    /// Bytes in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Bytes already on disk from an interrupted pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+    /// The final file (`done`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Its verified sha256 (`done`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Nothing was downloaded: the file was there (`done`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_present: bool,
+    /// Why it failed (`error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

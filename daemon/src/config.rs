@@ -48,6 +48,45 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// How the planner picks a variant.
     pub planner: PlannerConfig,
+    /// Where model files are, and pulls.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where model files are and how they are fetched (see `store`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// r1d's models directory (pulls land here); default `/var/lib/r1d/models` (system) or
+    /// `$XDG_DATA_HOME/r1d/models` (user).
+    pub dir: Option<PathBuf>,
+    /// Also list the Hugging Face cache's GGUF files (read-only); default true.
+    pub scan_huggingface: bool,
+    /// The Hugging Face hub cache; default `$HF_HUB_CACHE`, `$HF_HOME/hub`,
+    /// `~/.cache/huggingface/hub`.
+    pub huggingface_cache: Option<PathBuf>,
+    /// Also list Ollama's models (read-only); default true.
+    pub scan_ollama: bool,
+    /// Ollama's models directory; default `$OLLAMA_MODELS`, `~/.ollama/models`.
+    pub ollama_models: Option<PathBuf>,
+    /// Pull the planner's choice at start when it is not present (serving the best present
+    /// model meanwhile); default false.
+    pub auto_pull: bool,
+    /// Disk space a pull must leave free (bytes); default 1 GiB.
+    pub reserve_disk_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: None,
+            scan_huggingface: true,
+            huggingface_cache: None,
+            scan_ollama: true,
+            ollama_models: None,
+            auto_pull: false,
+            reserve_disk_bytes: 1 << 30,
+        }
+    }
 }
 
 /// `[model]`.
@@ -209,18 +248,12 @@ pub enum Mode {
 impl Mode {
     /// System mode when running as root, user mode otherwise.
     pub fn detect() -> Mode {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc_geteuid() } == 0 {
+        if r1d_client::euid() == 0 {
             Mode::System
         } else {
             Mode::User
         }
     }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
@@ -243,16 +276,13 @@ pub fn default_config_path(mode: Mode) -> PathBuf {
     }
 }
 
-/// Default socket: `/run/r1d/r1d.sock` (system) or `$XDG_RUNTIME_DIR/r1d/r1d.sock` (user; falls
-/// back to `/tmp/r1d-$UID/r1d.sock` without `XDG_RUNTIME_DIR`).
+/// Default socket: `/run/r1d/r1d.sock` (system) or the user socket
+/// ([`r1d_client::user_socket_path`]: `$XDG_RUNTIME_DIR/r1d/r1d.sock`, `/tmp/r1d-$UID/r1d.sock`
+/// without it) — the same paths `r1ctl` looks at.
 pub fn default_socket(mode: Mode) -> PathBuf {
     match mode {
-        Mode::System => "/run/r1d/r1d.sock".into(),
-        Mode::User => match std::env::var_os("XDG_RUNTIME_DIR") {
-            Some(dir) => PathBuf::from(dir).join("r1d/r1d.sock"),
-            // SAFETY: geteuid has no preconditions.
-            None => PathBuf::from(format!("/tmp/r1d-{}/r1d.sock", unsafe { libc_geteuid() })),
-        },
+        Mode::System => r1d_client::SYSTEM_SOCKET.into(),
+        Mode::User => r1d_client::user_socket_path(),
     }
 }
 
@@ -342,6 +372,20 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn store_section_parses_and_defaults() {
+        let c = Config::parse(
+            "[store]\ndir = \"/m\"\nauto_pull = true\nscan_ollama = false\nreserve_disk_bytes = 5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.store.dir.as_deref(), Some(Path::new("/m")));
+        assert!(c.store.auto_pull && !c.store.scan_ollama && c.store.scan_huggingface);
+        assert_eq!(c.store.reserve_disk_bytes, 5);
+        assert_eq!(Config::default().store.reserve_disk_bytes, 1 << 30);
+        assert!(Config::parse("[store]\nautopull = true\n", Path::new("c.toml")).is_err());
     }
 
     #[test]

@@ -27,13 +27,13 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
     /// Context length in tokens (overrides [model] context_length).
-    #[arg(long, value_name = "TOKENS")]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
     context_length: Option<u32>,
     /// Layers to offload to the GPU (overrides [model] gpu_layers).
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
     /// Generation threads (overrides [model] threads).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
     /// Unix socket to listen on (overrides [server] socket).
     #[arg(long, value_name = "PATH")]
@@ -47,6 +47,16 @@ struct Args {
     /// Run in user mode (XDG paths), even as root.
     #[arg(long)]
     user: bool,
+    /// D-Bus bus to serve org.r1d.R1 on: auto (the system bus in system mode, the session bus in
+    /// user mode), system, session or off. Without a reachable bus r1d serves HTTP only.
+    #[arg(long, value_enum, value_name = "BUS", default_value = "auto")]
+    dbus: r1d::api::dbus::BusChoice,
+    /// No D-Bus (the same as --dbus off).
+    #[arg(long)]
+    no_dbus: bool,
+    /// Write man pages and shell completions into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_assets: Option<PathBuf>,
     /// Without a subcommand, r1d serves.
     #[command(subcommand)]
     command: Option<Command>,
@@ -81,11 +91,16 @@ fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    // journald adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+    // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
+    if r1d::systemd::stderr_is_journal() {
+        let format = tracing_subscriber::fmt::format().without_time();
+        builder
+            .with_ansi(false)
+            .event_format(r1d::systemd::SyslogPriority(format))
+            .init();
     } else {
-        builder.init();
+        use std::io::IsTerminal;
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 
@@ -105,7 +120,7 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
             (c, None)
         }
         Err(e) => {
-            tracing::error!("{e}; running with the defaults");
+            tracing::error!("{e}");
             (Config::default(), Some(e.to_string()))
         }
     }
@@ -114,6 +129,15 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_assets {
+        let command = <Args as clap::CommandFactory>::command();
+        return r1d::cli_assets::generate(command, dir).with_context(|| {
+            format!(
+                "failed to write man pages and completions to {}",
+                dir.display()
+            )
+        });
+    }
     init_logging();
     let mode = if args.system {
         Mode::System
@@ -123,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
         Mode::detect()
     };
     let (config, config_error) = read_config(&args, mode);
+    // At start there is no running config to keep: a broken file stops r1d with the file, line
+    // and key, rather than serving on defaults (another socket, another model) unnoticed.
+    if let Some(error) = &config_error {
+        anyhow::bail!("{error}");
+    }
     if let Some(command) = &args.command {
         return one_shot(command, &config, mode);
     }
@@ -143,31 +172,20 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
 
-    let model_path = args.model.clone().or_else(|| config.model.path.clone());
-    let load = model_path.map(|path| LoadSpec {
-        params: LoadParams {
-            path: path.to_string_lossy().into_owned(),
-            context_length: args.context_length.or(config.model.context_length),
-            gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
-            threads: args.threads.or(config.model.threads),
-            kv_cache_type: config.model.kv_cache_type.clone(),
-            ..Default::default()
-        },
-        backend: args
-            .backend
-            .clone()
-            .or_else(|| config.model.backend.clone()),
-    });
+    let load = load_spec(&args, &config);
+    // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
+    let store = r1d::store::Store::new(&config, mode, this_machine(mode));
+    let (load, config_error, auto_pull) = store.at_start(load, config_error).await;
 
     let socket = args
         .socket
         .clone()
         .or_else(|| config.server.socket.clone())
         .unwrap_or_else(|| config::default_socket(mode));
-    let listener = r1d::server::bind(&socket, mode == Mode::System)
+    let listening = r1d::systemd::listen(&socket, mode == Mode::System)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
-    tracing::info!("listening on {}", socket.display());
+    let notifier = r1d::systemd::Notifier::new(load.as_ref());
 
     let host = Arc::new(host);
     let engine = Engine::start(
@@ -185,9 +203,28 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
         },
     );
+    // D-Bus (org.r1d.R1) beside HTTP, on the same engine; a missing bus is a warning.
+    r1d::api::dbus::spawn(r1d::api::dbus::Options {
+        bus: if args.no_dbus {
+            r1d::api::dbus::BusChoice::Off
+        } else {
+            args.dbus
+        },
+        mode,
+        engine: engine.clone(),
+        host: host.clone(),
+        planner: r1d::api::http::PlannerState {
+            probe: this_machine(mode),
+            policy: config.planner.clone(),
+        },
+    });
+    if let Some(spec) = auto_pull {
+        store.spawn_auto_pull(spec, engine.clone());
+    }
     let router = r1d::api::http::router(r1d::api::http::AppState {
         engine: engine.clone(),
         host,
+        store,
     });
 
     let router = router.merge(r1d::api::http::planner_routes(
@@ -198,6 +235,12 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let shutdown = CancellationToken::new();
+    // systemd: STATUS=, READY=1, watchdog, STOPPING=1; SIGHUP re-reads the config.
+    let reload: r1d::systemd::Reload = Box::new(move || match read_config(&args, mode) {
+        (_, Some(error)) => Err(anyhow::anyhow!(error)),
+        (config, None) => Ok(load_spec(&args, &config)),
+    });
+    let _systemd = notifier.spawn(engine.clone(), shutdown.clone(), Some(reload));
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -209,9 +252,31 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let result = r1d::server::serve(listener, router, shutdown).await;
-    let _ = std::fs::remove_file(&socket);
+    let socket_file = listening.owned_socket_file();
+    let result = r1d::server::serve(listening.listener, router, shutdown).await;
+    if let Some(path) = socket_file {
+        let _ = std::fs::remove_file(path);
+    }
     result.context("the HTTP server failed")
+}
+
+/// What to load: `--model` and the other overrides over the config's `[model]`.
+fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
+    let model_path = args.model.clone().or_else(|| config.model.path.clone());
+    model_path.map(|path| LoadSpec {
+        params: LoadParams {
+            path: path.to_string_lossy().into_owned(),
+            context_length: args.context_length.or(config.model.context_length),
+            gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
+            threads: args.threads.or(config.model.threads),
+            kv_cache_type: config.model.kv_cache_type.clone(),
+            ..Default::default()
+        },
+        backend: args
+            .backend
+            .clone()
+            .or_else(|| config.model.backend.clone()),
+    })
 }
 
 fn this_machine(mode: Mode) -> Probe {

@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Another process already serves on this socket.
-    #[error("another r1d is already listening on {0}")]
+    #[error("another process (another r1d?) is already listening on {0}")]
     InUse(PathBuf),
+    /// The path exists and is not a socket: r1d does not delete other files.
+    #[error("{0} exists and is not a socket; choose another --socket path or remove it")]
+    NotASocket(PathBuf),
     /// Creating the directory or binding failed.
     #[error("failed to bind {path}: {source}")]
     Bind {
@@ -27,7 +30,8 @@ pub enum ServerError {
 /// answers), binds, and sets the socket's mode (0660 system, 0600 user).
 ///
 /// # Errors
-/// [`ServerError::InUse`] when a live server answers on the path; [`ServerError::Bind`] otherwise.
+/// [`ServerError::InUse`] when a live server answers on the path; [`ServerError::NotASocket`] when
+/// the path is another kind of file; [`ServerError::Bind`] otherwise.
 pub async fn bind(path: &Path, system: bool) -> Result<UnixListener, ServerError> {
     let bind_err = |source| ServerError::Bind {
         path: path.to_owned(),
@@ -41,7 +45,11 @@ pub async fn bind(path: &Path, system: bool) -> Result<UnixListener, ServerError
                 .map_err(bind_err)?;
         }
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket(path.to_owned()));
+        }
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(ServerError::InUse(path.to_owned()));
         }

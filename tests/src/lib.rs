@@ -144,8 +144,22 @@ impl Daemon {
         if let Some(model) = options.model {
             cmd.arg("--model").arg(model);
         }
+        // Off the bus unless a test asks for one: test daemons must not compete for org.r1d.R1
+        // on a developer's session bus.
+        if !options
+            .args
+            .iter()
+            .any(|a| a == "--dbus" || a == "--no-dbus")
+        {
+            cmd.arg("--dbus").arg("off");
+        }
         cmd.args(&options.args);
         cmd.env("RUST_LOG", "info,r1d::plugin=info");
+        // Hermetic stores: the models directory, the Hugging Face cache and Ollama's store of the
+        // machine running the tests are not the test's (a test may override these).
+        cmd.env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("HF_HUB_CACHE", dir.path().join("hf-cache"))
+            .env("OLLAMA_MODELS", dir.path().join("ollama"));
         // llama.cpp's OpenMP threads spin while waiting; several test daemons spinning on two
         // cores starve each other. Tests measure behaviour, not speed.
         cmd.env("OMP_WAIT_POLICY", "passive");

@@ -24,6 +24,8 @@ pub struct AppState {
     pub engine: Engine,
     /// The plugin host (for `/r1/backends`).
     pub host: Arc<PluginHost>,
+    /// The model store (`/r1/models`, `/r1/pull`, `/r1/use`, `/api/tags`).
+    pub store: Arc<crate::store::Store>,
 }
 
 /// The router with every route.
@@ -36,7 +38,11 @@ pub fn router(state: AppState) -> Router {
         .route("/r1/backends", get(backends))
         .route("/r1/load", axum::routing::post(load))
         .route("/r1/unload", axum::routing::post(unload))
+        .route("/r1/models", get(models))
+        .route("/r1/pull", axum::routing::post(pull))
+        .route("/r1/use", axum::routing::post(use_model))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -92,6 +98,7 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
         uptime_s: state.engine.uptime_s(),
         requests_served: state.engine.requests_served(),
         active_requests: state.engine.active_requests(),
+        selection: state.store.selection(),
     })
 }
 
@@ -169,12 +176,22 @@ async fn unload(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Unknown routes: the OpenAI error shape under `/v1`, `{"error": "…"}` elsewhere.
 async fn not_found(method: Method, uri: Uri) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({ "error": format!("no route for {method} {uri}") })),
-    )
-        .into_response()
+    let message = format!("no route for {method} {}", uri.path());
+    if uri.path().starts_with("/v1/") {
+        return super::openai::not_found(message);
+    }
+    native_error(StatusCode::NOT_FOUND, message)
+}
+
+/// A known route called with the wrong method: 405, in the route family's error shape.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("{method} is not allowed on {}", uri.path());
+    if uri.path().starts_with("/v1/") {
+        return super::openai::method_not_allowed(message);
+    }
+    native_error(StatusCode::METHOD_NOT_ALLOWED, message)
 }
 
 // ---- Hardware and plan: `GET /r1/hardware`, `GET /r1/plan` ----
@@ -341,5 +358,221 @@ pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
         chosen: plan.chosen().map(candidate),
         candidates: plan.candidates.iter().map(candidate).collect(),
         reason: plan.reason.clone(),
+    }
+}
+
+// ---- The model store: `GET /r1/models`, `POST /r1/pull`, `POST /r1/use` ----
+
+/// A store entry in its wire form; `resident` compares with the engine's model path.
+pub fn store_model_to_wire(
+    e: &crate::store::ModelEntry,
+    resident: Option<&str>,
+) -> wire::StoreModel {
+    use crate::store::Health;
+    let id = e.identity.as_ref();
+    wire::StoreModel {
+        name: e.name.clone(),
+        path: e.path.display().to_string(),
+        source: e.source.kind().to_owned(),
+        size_bytes: e.size_bytes,
+        status: match e.health {
+            Health::Ok => "ok",
+            Health::Truncated { .. } => "truncated",
+            Health::Unreadable(_) => "unreadable",
+        }
+        .to_owned(),
+        expected_bytes: match e.health {
+            Health::Truncated { expected_bytes, .. } => Some(expected_bytes),
+            _ => None,
+        },
+        detail: match &e.health {
+            Health::Ok => id.and_then(|i| i.mismatch.clone()),
+            Health::Truncated { .. } => Some(format!(
+                "{}; never chosen (delete it or pull it again)",
+                e.status_text()
+            )),
+            Health::Unreadable(why) => Some(why.clone()),
+        },
+        variant: e.variant().map(|v| v.id.to_owned()),
+        quantization: id.and_then(|i| i.quantization.clone()),
+        architecture: id.and_then(|i| i.architecture.clone()),
+        model_name: id.and_then(|i| i.name.clone()),
+        parameters: id.map(|i| i.parameters),
+        modified: e.modified,
+        selectable: e.is_usable() && id.is_some_and(|i| i.catalog_quantization.is_some()),
+        resident: resident.is_some_and(|p| std::path::Path::new(p) == e.path),
+    }
+}
+
+/// Scans the store on a blocking thread (it reads GGUF headers).
+pub async fn scan_store(store: &Arc<crate::store::Store>) -> Vec<crate::store::ModelEntry> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.scan())
+        .await
+        .unwrap_or_default()
+}
+
+async fn models(State(state): State<AppState>) -> Json<wire::StoreModelList> {
+    let resident = state.engine.snapshot().model.map(|(info, _)| info.path);
+    let entries = scan_store(&state.store).await;
+    Json(wire::StoreModelList {
+        dir: state.store.dir.display().to_string(),
+        searched: state.store.searched(),
+        models: entries
+            .iter()
+            .map(|e| store_model_to_wire(e, resident.as_deref()))
+            .collect(),
+    })
+}
+
+// The error is the response itself (as in `openai` and `ollama`).
+#[allow(clippy::result_large_err)]
+fn parse_model_request(body: &[u8]) -> Result<wire::ModelRequest, Response> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        native_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+fn store_error(e: crate::store::StoreError) -> Response {
+    use crate::store::StoreError;
+    let code = match e {
+        StoreError::Unknown(_) | StoreError::NotPresent { .. } => StatusCode::NOT_FOUND,
+        StoreError::Probe(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    native_error(code, e.to_string())
+}
+
+fn pull_event(label: &str, s: &crate::store::PullState) -> wire::PullEvent {
+    use crate::store::PullState;
+    let mut ev = wire::PullEvent {
+        model: label.to_owned(),
+        ..Default::default()
+    };
+    match s {
+        PullState::Resolving => ev.kind = "resolving".into(),
+        PullState::Downloading {
+            completed,
+            total,
+            resumed_from,
+        } => {
+            ev.kind = "progress".into();
+            ev.completed = Some(*completed);
+            ev.total = *total;
+            ev.resumed_from = Some(*resumed_from).filter(|&r| r > 0);
+        }
+        PullState::Verifying => ev.kind = "verifying".into(),
+        PullState::Done {
+            path,
+            sha256,
+            bytes,
+            already_present,
+        } => {
+            ev.kind = "done".into();
+            ev.path = Some(path.display().to_string());
+            ev.sha256 = sha256.clone();
+            ev.completed = Some(*bytes);
+            ev.total = Some(*bytes);
+            ev.already_present = *already_present;
+        }
+        PullState::Failed(e) => {
+            ev.kind = "error".into();
+            ev.error = Some(e.clone());
+        }
+    }
+    ev
+}
+
+/// `POST /r1/pull`: resolves the name (a catalog variant gets the best quantization for this
+/// machine), starts or joins the download, and streams its progress: NDJSON lines by default,
+/// SSE `data:` events when the client accepts `text/event-stream`. The pull goes on when the
+/// client goes away.
+async fn pull(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let req = match parse_model_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let store = state.store.clone();
+    let name = req.model.clone();
+    let spec = match tokio::task::spawn_blocking(move || store.resolve_pull(&name)).await {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(e)) => return store_error(e),
+        Err(e) => return native_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let label = spec.label.clone();
+    let rx = state.store.pull(spec);
+    let sse = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let events =
+        futures_util::stream::unfold((rx, false, true), move |(mut rx, finished, first)| {
+            let label = label.clone();
+            async move {
+                if finished {
+                    return None;
+                }
+                if !first && rx.changed().await.is_err() {
+                    // The pull task ended; its last state is still readable.
+                    let last = rx.borrow().clone();
+                    return Some((pull_event(&label, &last), (rx, true, false)));
+                }
+                let now = rx.borrow_and_update().clone();
+                let done = now.is_final();
+                Some((pull_event(&label, &now), (rx, done, false)))
+            }
+        });
+    let lines = futures_util::StreamExt::map(events, move |ev| {
+        let json = serde_json::to_string(&ev).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(if sse {
+            format!("data: {json}\n\n")
+        } else {
+            format!("{json}\n")
+        })
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// `POST /r1/use`: `auto` (the planner's choice among present models), a catalog variant (pinned:
+/// its best present quantization), or any listed model by name; loads it through the engine and
+/// answers with `/r1/status`'s body.
+async fn use_model(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let req = match parse_model_request(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let store = state.store.clone();
+    let resolved = tokio::task::spawn_blocking(move || store.resolve_use(&req.model)).await;
+    let (spec, reason) = match resolved {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return store_error(e),
+        Err(e) => return native_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match state.engine.load(spec).await {
+        Ok(()) => {
+            state.store.set_selection(&reason);
+            status(State(state)).await.into_response()
+        }
+        Err(crate::engine::EngineError::NoModel { reason }) => {
+            native_error(StatusCode::UNPROCESSABLE_ENTITY, reason)
+        }
+        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

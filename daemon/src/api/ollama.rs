@@ -486,25 +486,65 @@ fn file_times(path: &str) -> (u64, String) {
     (size, modified)
 }
 
+/// `GET /api/tags`: the store's usable models (r1d's own, the Hugging Face cache's, Ollama's),
+/// and the resident model when it was loaded from elsewhere.
 async fn tags(State(state): State<AppState>) -> Json<Tags> {
-    let models = state
-        .engine
-        .snapshot()
-        .model
-        .map(|(info, _)| {
+    let resident = state.engine.snapshot().model;
+    let entries = super::http::scan_store(&state.store).await;
+    let mut models: Vec<TagModel> = entries
+        .iter()
+        .filter(|e| e.is_usable())
+        .map(|e| {
+            let id = e.identity.as_ref();
+            let family = id.and_then(|i| i.architecture.clone()).unwrap_or_default();
+            let modified_at = e
+                .modified
+                .map(|s| {
+                    humantime::format_rfc3339_seconds(
+                        SystemTime::UNIX_EPOCH + Duration::from_secs(s),
+                    )
+                    .to_string()
+                })
+                .unwrap_or_default();
+            TagModel {
+                name: e.name.clone(),
+                model: e.name.clone(),
+                modified_at,
+                size: e.size_bytes,
+                digest: match &e.source {
+                    crate::store::Source::Ollama { digest, .. } => {
+                        digest.trim_start_matches("sha256:").to_owned()
+                    }
+                    _ => String::new(),
+                },
+                details: r1d_client::ollama::Details {
+                    parent_model: String::new(),
+                    format: "gguf".into(),
+                    families: vec![family.clone()],
+                    family,
+                    parameter_size: id.and_then(|i| i.size_label.clone()).unwrap_or_default(),
+                    quantization_level: id.and_then(|i| i.quantization.clone()).unwrap_or_default(),
+                },
+            }
+        })
+        .collect();
+    if let Some((info, _)) = resident {
+        if !entries
+            .iter()
+            .any(|e| e.path == std::path::Path::new(&info.path))
+        {
             let (size, modified_at) = file_times(&info.path);
             let name = display_name(&info);
-            TagModel {
+            models.push(TagModel {
                 model: name.clone(),
                 name,
                 modified_at,
                 size,
                 digest: String::new(),
                 details: details(&info),
-            }
-        })
-        .into_iter()
-        .collect();
+            });
+        }
+    }
     Json(Tags { models })
 }
 

@@ -40,6 +40,28 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
+/// The answer to an unknown `/v1/…` route or method, in OpenAI's shape.
+pub(super) fn not_found(what: String) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        what,
+        None,
+        Some("unknown_url"),
+    )
+}
+
+/// The answer to a known `/v1/…` route called with the wrong method, in OpenAI's shape.
+pub(super) fn method_not_allowed(what: String) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        what,
+        None,
+        Some("method_not_allowed"),
+    )
+}
+
 /// An OpenAI-shaped error response.
 fn error(
     status: StatusCode,
@@ -129,8 +151,23 @@ fn error_value(e: &EngineError) -> Value {
     .unwrap_or(Value::Null)
 }
 
+/// A request body as axum read it: too large or unreadable bodies become OpenAI errors too.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// Parses a JSON body, naming the offending field in the error (serde_path_to_error).
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            return Err(error(
+                rejection.status(),
+                "invalid_request_error",
+                rejection.body_text(),
+                None,
+                None,
+            ))
+        }
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -257,7 +294,7 @@ fn sse(stream: impl futures_util::Stream<Item = Out> + Send + 'static) -> Respon
         .into_response()
 }
 
-async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Response {
+async fn chat_completions(State(state): State<AppState>, body: Body) -> Response {
     let req: ChatCompletionRequest = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
@@ -440,7 +477,7 @@ impl Encoder for ChatEncoder {
     }
 }
 
-async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
+async fn completions(State(state): State<AppState>, body: Body) -> Response {
     let req: CompletionRequest = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,

@@ -86,3 +86,84 @@ async fn ask_failure_exits_1_with_the_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("generation failure requested"));
 }
+
+#[tokio::test]
+async fn r1ctl_finds_a_user_mode_r1d_without_being_told_the_socket() {
+    let runtime = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-default-socket"}"#);
+    let mut r1d = Command::new(binary("r1d"))
+        .args(["--user", "--config", "/dev/null", "--model"])
+        .arg(&model)
+        .arg("--plugin-dir")
+        .arg(r1d_tests::bin_dir())
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = runtime.path().join("r1d/r1d.sock");
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = Command::new(binary("r1ctl"))
+        .arg("status")
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        // As a non-root user would: r1ctl must not depend on $USER.
+        .env("USER", "someone")
+        .output()
+        .unwrap();
+    let _ = r1d.kill();
+    let _ = r1d.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo-default-socket"));
+}
+
+#[test]
+fn r1d_refuses_a_broken_config_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "[model]\ncontext_lenght = 512\n").unwrap();
+    let out = Command::new(binary("r1d"))
+        .args(["--user", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(config.to_str().unwrap())
+            && err.contains("line 2")
+            && err.contains("context_lenght"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "it did not start serving"
+    );
+}
+
+#[test]
+fn r1d_never_deletes_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "precious").unwrap();
+    let out = Command::new(binary("r1d"))
+        .args(["--user", "--config", "/dev/null", "--socket"])
+        .arg(&notes)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious");
+}

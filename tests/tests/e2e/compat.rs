@@ -201,7 +201,7 @@ async fn malformed_requests_get_openai_errors_naming_the_field_and_the_next_requ
             json!({"messages": [{"role": "user", "content": 5}]}),
             400,
             "messages[0].content",
-            "",
+            "a string or an array of content parts",
         ),
         (json!({"messages": []}), 400, "messages", "at least one"),
         (
@@ -267,6 +267,35 @@ async fn malformed_requests_get_openai_errors_naming_the_field_and_the_next_requ
     )
     .await;
     assert_eq!(got, 400);
+    // Wrong method, unknown route: still OpenAI error objects.
+    for (method, path, body, status) in [
+        (Method::GET, "/v1/chat/completions", Value::Null, 405),
+        (Method::POST, "/v1/embeddings", json!({}), 404),
+    ] {
+        let (got, answer) = raw(&daemon, method.clone(), path, body).await;
+        assert_eq!(got, status, "{method} {path} → {answer}");
+        let v: Value = serde_json::from_str(&answer)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {answer}"));
+        assert!(v["error"]["message"].is_string(), "{answer}");
+    }
+    // An oversized body (over axum's 2 MB default) is a 413 in the same shape. curl, as a client
+    // that reads the early answer while still sending, shows what clients see.
+    let big = daemon.dir.path().join("big.json");
+    let body = json!({"messages": [{"role": "user", "content": "x".repeat(3 << 20)}]});
+    std::fs::write(&big, body.to_string()).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&daemon.socket)
+        .arg("--data-binary")
+        .arg(format!("@{}", big.display()))
+        .arg("http://r1d/v1/chat/completions")
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "413", "{text}");
+    let v: Value = serde_json::from_str(answer).unwrap_or_else(|_| panic!("not JSON: {answer}"));
+    assert_eq!(v["error"]["type"], "invalid_request_error");
     // Accepted: the served model's name, and a history with reasoning fields.
     let request: ChatCompletionRequest = serde_json::from_value(json!({
         "model": "DeepSeek-R1 echo",

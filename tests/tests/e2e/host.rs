@@ -314,7 +314,10 @@ async fn no_model_configured_says_how_to_configure_one() {
     let daemon = Daemon::start(DaemonOptions::default());
     let health = daemon.settled().await;
     assert_eq!(health.status, State::NoModel);
-    assert!(health.error.unwrap().contains("--model"));
+    let why = health.error.unwrap();
+    assert!(why.contains("no DeepSeek-R1 model is present"), "{why}");
+    assert!(why.contains("r1ctl pull deepseek-r1:"), "{why}");
+    assert!(why.contains("--model PATH"), "{why}");
 }
 
 #[tokio::test]

@@ -4,9 +4,12 @@
 mod cli;
 mod clients;
 mod compat;
+mod dbus;
 mod host;
 mod llama;
 mod plan;
+mod store;
+mod systemd;
 mod template;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
