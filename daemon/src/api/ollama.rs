@@ -63,7 +63,13 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+/// A request body as axum read it: a too-large body becomes an Ollama error too.
+type RequestBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn parse<T: serde::de::DeserializeOwned>(body: &RequestBody) -> Result<T, Response> {
+    let body = body
+        .as_ref()
+        .map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         error(
@@ -71,6 +77,24 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
             format!("invalid request body: {e}"),
         )
     })
+}
+
+/// What `/api/chat` and `/api/generate` check first: the model name and the options; returns the
+/// sampling and the name to answer under.
+fn prepare(
+    state: &AppState,
+    model: &str,
+    options: Option<&serde_json::Map<String, Value>>,
+) -> Result<(Sampling, String), Response> {
+    check_model(state, model)?;
+    let sampling = sampling(options)?;
+    let name = state
+        .engine
+        .snapshot()
+        .model
+        .map(|(info, _)| display_name(&info))
+        .unwrap_or_else(|| model.to_owned());
+    Ok((sampling, name))
 }
 
 /// Sampling from Ollama `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`,
@@ -196,24 +220,15 @@ fn json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
+async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     let req: ChatRequest = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = check_model(&state, &req.model) {
-        return r;
-    }
-    let sampling = match sampling(req.options.as_ref()) {
-        Ok(s) => s,
+    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()) {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let model = state
-        .engine
-        .snapshot()
-        .model
-        .map(|(info, _)| display_name(&info))
-        .unwrap_or_else(|| req.model.clone());
     if req.messages.is_empty() {
         // Ollama answers an empty conversation by (loading and) reporting the model.
         return Json(ChatResponse {
@@ -334,24 +349,15 @@ impl Encoder for ChatEncoder {
     }
 }
 
-async fn generate(State(state): State<AppState>, body: Bytes) -> Response {
+async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
     let req: GenerateRequest = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = check_model(&state, &req.model) {
-        return r;
-    }
-    let sampling = match sampling(req.options.as_ref()) {
-        Ok(s) => s,
+    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()) {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    let model = state
-        .engine
-        .snapshot()
-        .model
-        .map(|(info, _)| display_name(&info))
-        .unwrap_or_else(|| req.model.clone());
     if req.prompt.is_empty() {
         return Json(GenerateResponse {
             model,
@@ -573,7 +579,7 @@ async fn ps(State(state): State<AppState>) -> Json<Running> {
     Json(Running { models })
 }
 
-async fn show(State(state): State<AppState>, body: Bytes) -> Response {
+async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
     let req: ShowRequest = match parse(&body) {
         Ok(r) => r,
         Err(r) => return r,
