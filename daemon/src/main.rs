@@ -217,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             probe: this_machine(mode),
             policy: config.planner.clone(),
         },
+        store: Some(store.clone()),
     });
     if let Some(spec) = auto_pull {
         store.spawn_auto_pull(spec, engine.clone());

@@ -68,6 +68,8 @@ pub struct Options {
     pub host: Arc<PluginHost>,
     /// Probes and planner policy (`Hardware`, `GetPlan`).
     pub planner: PlannerState,
+    /// The model store (`ListModels`, `Use` by name); `None` answers `NotSupported`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// The D-Bus errors, `org.r1d.R1.Error.*`, each with a readable message.
@@ -169,6 +171,7 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
         hardware: tokio::sync::OnceCell::new(),
         own_uid: own_uid(),
         system_bus: system,
+        store: options.store,
     };
     let chat = Chat {
         engine: options.engine,
@@ -271,9 +274,12 @@ pub struct Manager {
     hardware: tokio::sync::OnceCell<String>,
     own_uid: u32,
     system_bus: bool,
+    store: Option<Arc<crate::store::Store>>,
 }
 
-const STORE_MISSING: &str = "needs the model store, which r1d does not have yet (issue 4)";
+const STORE_MISSING: &str = "needs the model store, which this r1d was started without";
+const PULL_MISSING: &str =
+    "is not offered on D-Bus yet (no job object); use `r1ctl pull` or POST /r1/pull";
 
 /// State, hardware, plan, models and control of the resident model.
 #[interface(name = "org.r1d.R1.Manager1")]
@@ -376,9 +382,25 @@ impl Manager {
     /// The models on disk: (name, variant, quantization, path, bytes).
     #[zbus(out_args("models"))]
     async fn list_models(&self) -> Result<Vec<(String, String, String, String, u64)>, Error> {
-        Err(Error::NotSupported(format!(
-            "listing the models on disk {STORE_MISSING}"
-        )))
+        let Some(store) = &self.store else {
+            return Err(Error::NotSupported(format!(
+                "listing the models on disk {STORE_MISSING}"
+            )));
+        };
+        let entries = crate::api::http::scan_store(store).await;
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let id = e.identity.as_ref();
+                (
+                    e.name.clone(),
+                    e.variant().map(|v| v.id.to_owned()).unwrap_or_default(),
+                    id.and_then(|i| i.quantization.clone()).unwrap_or_default(),
+                    e.path.display().to_string(),
+                    e.size_bytes,
+                )
+            })
+            .collect())
     }
 
     /// Replaces the resident model with the model file at an absolute path. Options:
@@ -396,9 +418,9 @@ impl Manager {
         self.load_spec(spec).await
     }
 
-    /// Replaces the resident model with a model file (absolute path). Catalog names
-    /// (deepseek-r1:7b) need the model store, which is not built yet. Needs root or
-    /// org.r1d.R1.manage.
+    /// Replaces the resident model: an absolute path loads that file; a name goes through the model
+    /// store as `r1ctl use` does (`auto`, a variant such as `deepseek-r1:7b`, any listed model).
+    /// Needs root or org.r1d.R1.manage.
     #[zbus(name = "Use")]
     async fn use_model(
         &self,
@@ -407,13 +429,27 @@ impl Manager {
         model: String,
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "changing the model").await?;
-        if crate::catalog::variant(&model).is_some() {
+        // A path loads that file; a name (`auto`, `deepseek-r1:7b`, any listed model) goes
+        // through the store, as `r1ctl use` does.
+        if model.starts_with('/') {
+            let spec = load_spec(&model, &HashMap::new())?;
+            return self.load_spec(spec).await;
+        }
+        let Some(store) = self.store.clone() else {
             return Err(Error::NotSupported(format!(
                 "using {model} by name {STORE_MISSING}; pass the model file's path to Load"
             )));
+        };
+        let name = model.clone();
+        let resolved = tokio::task::spawn_blocking(move || store.resolve_use(&name))
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let (spec, reason) = resolved.map_err(|e| Error::ModelNotFound(e.to_string()))?;
+        self.load_spec(spec).await?;
+        if let Some(store) = &self.store {
+            store.set_selection(&reason);
         }
-        let spec = load_spec(&model, &HashMap::new())?;
-        self.load_spec(spec).await
+        Ok(())
     }
 
     /// Unloads the resident model. Needs root or org.r1d.R1.manage.
@@ -454,7 +490,7 @@ impl Manager {
         self.authorize(conn, &header, "pulling a model").await?;
         let _ = options;
         Err(Error::NotSupported(format!(
-            "pulling {variant} {STORE_MISSING}"
+            "pulling {variant} {PULL_MISSING}"
         )))
     }
 }
@@ -994,6 +1030,7 @@ mod tests {
             hardware: tokio::sync::OnceCell::new(),
             own_uid: 0,
             system_bus: false,
+            store: None,
         };
         (manager, Chat { engine })
     }

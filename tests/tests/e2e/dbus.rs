@@ -263,10 +263,9 @@ async fn dbus_manager_properties_and_methods_through_the_rust_proxy() {
     assert!(!plan["candidates"].as_array().unwrap().is_empty());
     assert_eq!(plan["reason"], reason.as_str());
 
-    // The model store does not exist yet (issue 4): said so, not faked.
-    let e = manager.list_models().await.unwrap_err();
-    assert_eq!(error_name(&e), "org.r1d.R1.Error.NotSupported");
-    assert!(e.to_string().contains("model store"), "{e}");
+    // The store of this test daemon is its own empty directory: nothing is listed.
+    assert_eq!(manager.list_models().await.unwrap(), vec![]);
+    // Pulls are not offered on D-Bus yet: said so, not faked.
     let e = manager
         .pull("deepseek-r1:1.5b", no_options())
         .await
@@ -308,7 +307,8 @@ async fn dbus_manager_properties_and_methods_through_the_rust_proxy() {
     assert_eq!(error_name(&e), "org.r1d.R1.Error.LoadFailed");
     assert!(e.to_string().contains("/nonexistent/model.echo"), "{e}");
     let e = manager.use_model("deepseek-r1:7b").await.unwrap_err();
-    assert_eq!(error_name(&e), "org.r1d.R1.Error.NotSupported");
+    assert_eq!(error_name(&e), "org.r1d.R1.Error.ModelNotFound");
+    assert!(e.to_string().contains("r1ctl pull"), "{e}");
     manager.use_model(path).await.unwrap();
     assert_eq!(fresh.state().await.unwrap(), "ready");
 }
@@ -526,12 +526,9 @@ async fn dbus_busctl_and_gdbus_call_r1d_as_outside_clients() {
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "(<'DeepSeek-R1 echo'>,)");
-    let (ok, _, err) = gdbus_call("org.r1d.R1.Manager1.ListModels", &[]);
-    assert!(!ok);
-    assert!(
-        err.contains("GDBus.Error:org.r1d.R1.Error.NotSupported"),
-        "{err}"
-    );
+    let (ok, out, err) = gdbus_call("org.r1d.R1.Manager1.ListModels", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "(@a(sssst) [],)");
 
     // The live introspection has every method and property of the shipped XML.
     let (ok, live, err) = run(
