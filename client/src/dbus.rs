@@ -81,8 +81,37 @@ pub trait Manager1 {
     fn unload(&self) -> zbus::Result<()>;
     /// Re-reads the config.
     fn reload(&self) -> zbus::Result<()>;
-    /// Starts downloading a variant; returns the job object.
-    fn pull(&self, variant: &str, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+    /// Starts downloading a model (`deepseek-r1:7b`, `hf.co/OWNER/REPO:FILE`); returns the job
+    /// object (`org.r1d.R1.Job1`, see [`Job1Proxy`]).
+    fn pull(&self, model: &str, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+}
+
+/// `org.r1d.R1.Job1`: one pull, at `/org/r1d/R1/jobs/N`. Build it with
+/// `Job1Proxy::builder(&conn).path(job)?.cache_properties(CacheProperties::No).build()` to read
+/// fresh values, or follow `PropertiesChanged`.
+#[zbus::proxy(interface = "org.r1d.R1.Job1", default_service = "org.r1d.R1")]
+pub trait Job1 {
+    /// The model asked for.
+    #[zbus(property)]
+    fn model(&self) -> zbus::Result<String>;
+    /// `resolving`, `downloading`, `verifying`, `done` or `failed`.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    /// Bytes on disk so far.
+    #[zbus(property)]
+    fn completed_bytes(&self) -> zbus::Result<u64>;
+    /// Bytes in all (0 while unknown).
+    #[zbus(property)]
+    fn total_bytes(&self) -> zbus::Result<u64>;
+    /// Why it failed.
+    #[zbus(property)]
+    fn error(&self) -> zbus::Result<String>;
+    /// Where the model landed.
+    #[zbus(property)]
+    fn path(&self) -> zbus::Result<String>;
+    /// The pull ended: success, and the final path or the reason.
+    #[zbus(signal)]
+    fn finished(&self, success: bool, message: String) -> zbus::Result<()>;
 }
 
 /// `org.r1d.R1.Chat1`: asking the resident model.

@@ -191,6 +191,138 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
     }
 }
 
+/// A pull, as a D-Bus object: `org.r1d.R1.Job1` at `/org/r1d/R1/jobs/N`.
+pub struct PullJob {
+    model: String,
+    state: crate::store::PullState,
+}
+
+#[interface(name = "org.r1d.R1.Job1")]
+impl PullJob {
+    /// The model being pulled, as it was asked for.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn model(&self) -> String {
+        self.model.clone()
+    }
+
+    /// `resolving`, `downloading`, `verifying`, `done` or `failed`.
+    #[zbus(property)]
+    fn state(&self) -> String {
+        use crate::store::PullState as S;
+        match &self.state {
+            S::Resolving => "resolving",
+            S::Downloading { .. } => "downloading",
+            S::Verifying => "verifying",
+            S::Done { .. } => "done",
+            S::Failed(_) => "failed",
+        }
+        .into()
+    }
+
+    /// Bytes on disk so far (including those of an interrupted earlier pull that was resumed).
+    #[zbus(property)]
+    fn completed_bytes(&self) -> u64 {
+        match &self.state {
+            crate::store::PullState::Downloading { completed, .. } => *completed,
+            crate::store::PullState::Done { bytes, .. } => *bytes,
+            _ => 0,
+        }
+    }
+
+    /// Bytes in all; 0 while unknown.
+    #[zbus(property)]
+    fn total_bytes(&self) -> u64 {
+        match &self.state {
+            crate::store::PullState::Downloading { total, .. } => total.unwrap_or(0),
+            crate::store::PullState::Done { bytes, .. } => *bytes,
+            _ => 0,
+        }
+    }
+
+    /// Why it failed; empty otherwise.
+    #[zbus(property)]
+    fn error(&self) -> String {
+        match &self.state {
+            crate::store::PullState::Failed(why) => why.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Where the model landed; empty until done.
+    #[zbus(property)]
+    fn path(&self) -> String {
+        match &self.state {
+            crate::store::PullState::Done { path, .. } => path.display().to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// The pull ended: `success`, and the final path or the reason it failed.
+    #[zbus(signal)]
+    async fn finished(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
+}
+
+/// Serves a new job object for a pull and follows it until it ends (the object stays, so a late
+/// caller can still read how it ended).
+async fn start_pull_job(
+    conn: &Connection,
+    model: String,
+    mut rx: tokio::sync::watch::Receiver<crate::store::PullState>,
+) -> Result<OwnedObjectPath, Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let path = format!(
+        "{OBJECT_PATH}/jobs/{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let state = rx.borrow_and_update().clone();
+    let job = PullJob { model, state };
+    conn.object_server()
+        .at(path.as_str(), job)
+        .await
+        .map_err(|e| Error::Failed(format!("failed to serve the pull job: {e}")))?;
+    let iface = conn
+        .object_server()
+        .interface::<_, PullJob>(path.as_str())
+        .await
+        .map_err(|e| Error::Failed(format!("failed to serve the pull job: {e}")))?;
+    tokio::spawn(async move {
+        let emitter = iface.signal_emitter().clone();
+        loop {
+            let ended = rx.changed().await.is_err();
+            let now = rx.borrow_and_update().clone();
+            let last = now.is_final() || ended;
+            {
+                let mut job = iface.get_mut().await;
+                job.state = now.clone();
+                let _ = job.state_changed(&emitter).await;
+                let _ = job.completed_bytes_changed(&emitter).await;
+                let _ = job.total_bytes_changed(&emitter).await;
+                if last {
+                    let _ = job.error_changed(&emitter).await;
+                    let _ = job.path_changed(&emitter).await;
+                }
+            }
+            if last {
+                let (success, message) = match &now {
+                    crate::store::PullState::Done { path, .. } => {
+                        (true, path.display().to_string())
+                    }
+                    crate::store::PullState::Failed(why) => (false, why.to_string()),
+                    _ => (false, "the pull ended without a result".to_owned()),
+                };
+                let _ = PullJob::finished(&emitter, success, &message).await;
+                return;
+            }
+        }
+    });
+    OwnedObjectPath::try_from(path).map_err(|e| Error::Failed(e.to_string()))
+}
+
 /// Emits `PropertiesChanged` for what changed, on every state change of the engine.
 async fn follow_state(conn: &Connection, engine: Engine) -> Result<(), zbus::Error> {
     let iface = conn
@@ -278,8 +410,6 @@ pub struct Manager {
 }
 
 const STORE_MISSING: &str = "needs the model store, which this r1d was started without";
-const PULL_MISSING: &str =
-    "is not offered on D-Bus yet (no job object); use `r1ctl pull` or POST /r1/pull";
 
 /// State, hardware, plan, models and control of the resident model.
 #[interface(name = "org.r1d.R1.Manager1")]
@@ -477,21 +607,38 @@ impl Manager {
             .map_err(|e| Error::Failed(format!("failed to signal r1d to reload: {e}")))
     }
 
-    /// Starts downloading a variant (deepseek-r1:7b) and returns the job object. Needs root or
+    /// Starts downloading a model (`deepseek-r1:7b`, `deepseek-r1:7b-q8_0`,
+    /// `hf.co/OWNER/REPO:FILE`) into the store, as `r1ctl pull` does, and returns the job object
+    /// (`org.r1d.R1.Job1` at /org/r1d/R1/jobs/N): its properties show the progress and its
+    /// `Finished` signal says how it ended. No options are defined yet. Needs root or
     /// org.r1d.R1.manage.
     #[zbus(out_args("job"))]
     async fn pull(
         &self,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-        variant: String,
+        model: String,
         options: HashMap<String, OwnedValue>,
     ) -> Result<OwnedObjectPath, Error> {
         self.authorize(conn, &header, "pulling a model").await?;
-        let _ = options;
-        Err(Error::NotSupported(format!(
-            "pulling {variant} {PULL_MISSING}"
-        )))
+        if let Some(key) = options.keys().next() {
+            return Err(Error::InvalidArgument(format!(
+                "unknown option {key:?} for Pull"
+            )));
+        }
+        let Some(store) = self.store.clone() else {
+            return Err(Error::NotSupported(format!(
+                "pulling {model} {STORE_MISSING}"
+            )));
+        };
+        let name = model.clone();
+        let resolving = store.clone();
+        let spec = tokio::task::spawn_blocking(move || resolving.resolve_pull(&name))
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?
+            .map_err(|e| Error::ModelNotFound(e.to_string()))?;
+        let rx = store.pull(spec);
+        start_pull_job(conn, model, rx).await
     }
 }
 

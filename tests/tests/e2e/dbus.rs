@@ -265,12 +265,7 @@ async fn dbus_manager_properties_and_methods_through_the_rust_proxy() {
 
     // The store of this test daemon is its own empty directory: nothing is listed.
     assert_eq!(manager.list_models().await.unwrap(), vec![]);
-    // Pulls are not offered on D-Bus yet: said so, not faked.
-    let e = manager
-        .pull("deepseek-r1:1.5b", no_options())
-        .await
-        .unwrap_err();
-    assert_eq!(error_name(&e), "org.r1d.R1.Error.NotSupported");
+    // Pull: see dbus_pull_returns_a_job_whose_properties_and_finished_signal_follow_the_download.
 
     // Unload: the state changes and PropertiesChanged says so.
     let mut states = manager.receive_state_changed().await;
@@ -588,7 +583,21 @@ async fn dbus_monitor_watching_signals_sees_no_user_content() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The monitor is listening once the bus has greeted it (its NameAcquired), not after a guess.
+    let wait_for = |needle: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(needle)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for("NameAcquired").await;
 
     let secret = "zebra quartz</think>marmalade";
     let chat = Chat1Proxy::new(&conn).await.unwrap();
@@ -607,7 +616,8 @@ async fn dbus_monitor_watching_signals_sees_no_user_content() {
         .load(model.to_str().unwrap(), no_options())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // PropertiesChanged may follow the method's reply: wait for it (bounded) before stopping.
+    wait_for("no-model").await;
     let _ = monitor.kill();
     let _ = monitor.wait();
 
@@ -766,4 +776,89 @@ async fn dbus_without_a_reachable_bus_r1d_warns_and_serves_http() {
         .chat(&crate::ask("still here"))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn dbus_pull_returns_a_job_whose_properties_and_finished_signal_follow_the_download() {
+    use r1d_client::dbus::Job1Proxy;
+    if !tools_present(&["dbus-daemon"]) {
+        return;
+    }
+    let Some(smol) = r1d_tests::fixture(r1d_tests::SMOLLM2) else {
+        return;
+    };
+    let server = crate::store::served(std::fs::read(&smol).unwrap(), None, None);
+    let endpoint = crate::store::hub(server.clone()).await;
+    let bus = Bus::session();
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--dbus".into(), "session".into()],
+        env: vec![
+            ("DBUS_SESSION_BUS_ADDRESS", bus.address.clone()),
+            (
+                "XDG_DATA_HOME",
+                root.path().join("data").display().to_string(),
+            ),
+            ("HF_ENDPOINT", endpoint),
+        ],
+        ..Default::default()
+    });
+    let conn = bus.wait_for_r1d(&daemon).await;
+    let manager = Manager1Proxy::new(&conn).await.unwrap();
+    let job_path = manager
+        .pull(crate::store::FILE, no_options())
+        .await
+        .unwrap();
+    assert!(
+        job_path.as_str().starts_with("/org/r1d/R1/jobs/"),
+        "{job_path}"
+    );
+    let job = Job1Proxy::builder(&conn)
+        .path(job_path.clone())
+        .unwrap()
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let mut finished = job.receive_finished().await.unwrap();
+    // The pull may have ended before the subscription: then the properties already say so.
+    let state = job.state().await.unwrap();
+    if state != "done" && state != "failed" {
+        let signal = tokio::time::timeout(Duration::from_secs(60), finished.next())
+            .await
+            .expect("no Finished signal within 60 s")
+            .unwrap();
+        let args = signal.args().unwrap();
+        assert!(args.success, "{}\n{}", args.message, daemon.log());
+    }
+    let dest = root.path().join("data/r1d/models").join(r1d_tests::SMOLLM2);
+    assert_eq!(
+        job.state().await.unwrap(),
+        "done",
+        "{}",
+        job.error().await.unwrap()
+    );
+    assert_eq!(job.path().await.unwrap(), dest.to_str().unwrap());
+    assert_eq!(job.total_bytes().await.unwrap(), server.size);
+    assert_eq!(job.completed_bytes().await.unwrap(), server.size);
+    assert_eq!(job.model().await.unwrap(), crate::store::FILE);
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), server.size);
+    // ListModels shows it: (name, variant, quantization, path, bytes).
+    let models = manager.list_models().await.unwrap();
+    assert!(
+        models
+            .iter()
+            .any(|m| m.2 == "Q4_1" && m.3 == dest.to_str().unwrap() && m.4 == server.size),
+        "{models:?}"
+    );
+    // Unknown names and options are refused with their error names.
+    let e = manager
+        .pull("deepseek-r1:999b", no_options())
+        .await
+        .unwrap_err();
+    assert_eq!(error_name(&e), "org.r1d.R1.Error.ModelNotFound");
+    let mut bad = no_options();
+    bad.insert("quantisation", Value::from("q8_0"));
+    let e = manager.pull(crate::store::FILE, bad).await.unwrap_err();
+    assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument");
 }

@@ -22,12 +22,12 @@ use sha2::Digest;
 /// SmolLM2's published sha256 (ARCHITECTURE.md, "Test data").
 const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
-struct Served {
+pub(crate) struct Served {
     body: Arc<Vec<u8>>,
     /// What `X-Linked-Etag` says (the right hash, or a wrong one).
     etag: String,
     /// What `X-Linked-Size` says.
-    size: u64,
+    pub(crate) size: u64,
     /// The first GET stops sending after this many bytes and then hangs.
     stall_first_after: Option<usize>,
     gets: AtomicUsize,
@@ -35,7 +35,7 @@ struct Served {
 }
 
 /// A Hugging Face-like file server on 127.0.0.1; stops when the test's runtime ends.
-async fn hub(served: Arc<Served>) -> String {
+pub(crate) async fn hub(served: Arc<Served>) -> String {
     async fn resolve(
         State(s): State<Arc<Served>>,
         method: Method,
@@ -96,7 +96,7 @@ async fn hub(served: Arc<Served>) -> String {
     format!("http://{addr}")
 }
 
-fn served(body: Vec<u8>, etag: Option<&str>, stall: Option<usize>) -> Arc<Served> {
+pub(crate) fn served(body: Vec<u8>, etag: Option<&str>, stall: Option<usize>) -> Arc<Served> {
     let sha = sha256(&body);
     Arc::new(Served {
         size: body.len() as u64,
@@ -143,7 +143,7 @@ async fn pull_all(daemon: &Daemon, model: &str) -> Vec<PullEvent> {
     events
 }
 
-const FILE: &str = "hf.co/HuggingFaceTB/SmolLM2-GGUF:SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const FILE: &str = "hf.co/HuggingFaceTB/SmolLM2-GGUF:SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[tokio::test]
 async fn pull_completes_verifies_and_lists_a_non_r1_model() {
