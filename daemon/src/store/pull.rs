@@ -130,6 +130,24 @@ pub enum PullError {
         /// The hash of the bytes received.
         actual: String,
     },
+    /// A different file with the same name is already in the models directory; it is kept.
+    #[error("{path} already exists and is not the file {url} serves ({why}); remove or rename it to pull this one")]
+    Exists {
+        /// The file in the way.
+        path: PathBuf,
+        /// The URL being pulled.
+        url: String,
+        /// How they differ.
+        why: String,
+    },
+    /// Another pull of a different URL is writing the same file right now.
+    #[error("{path} is being pulled from {other} right now; wait for that pull to end")]
+    Busy {
+        /// The destination.
+        path: PathBuf,
+        /// The URL of the running pull.
+        other: String,
+    },
     /// The server's LFS hash contradicts the catalog's.
     #[error("the server's {file} has sha256 {server}, but the catalog expects {catalog}; not downloading")]
     CatalogMismatch {
@@ -168,7 +186,8 @@ pub struct Puller {
     endpoint: String,
     token: Option<String>,
     reserve_disk_bytes: u64,
-    running: Mutex<HashMap<PathBuf, watch::Receiver<PullState>>>,
+    /// Running pulls by destination, with the URL each downloads.
+    running: Mutex<HashMap<PathBuf, (String, watch::Receiver<PullState>)>>,
 }
 
 impl Puller {
@@ -210,12 +229,22 @@ impl Puller {
     /// its progress. The pull runs on its own task: a subscriber going away does not stop it.
     pub fn start(self: &Arc<Self>, spec: PullSpec) -> watch::Receiver<PullState> {
         let dest = self.destination(&spec);
+        let url = self.url(&spec);
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = running.get(&dest) {
-            return rx.clone();
+        if let Some((other, rx)) = running.get(&dest) {
+            // The same file from the same place: share the download. Another URL with the same
+            // file name must not join (it would be "verified" with the other file's hash).
+            if *other == url {
+                return rx.clone();
+            }
+            let error = PullError::Busy {
+                path: dest.clone(),
+                other: other.clone(),
+            };
+            return watch::channel(PullState::Failed(error.to_string())).1;
         }
         let (tx, rx) = watch::channel(PullState::Resolving);
-        running.insert(dest.clone(), rx.clone());
+        running.insert(dest.clone(), (url, rx.clone()));
         drop(running);
         let this = self.clone();
         tokio::spawn(async move {
@@ -310,15 +339,41 @@ impl Puller {
             (None, s) => s.as_ref().map(|s| s.to_ascii_lowercase()),
         };
 
-        if let (Ok(meta), Some(total)) = (std::fs::metadata(dest), total) {
-            if meta.len() == total {
-                return Ok(PullState::Done {
-                    path: dest.to_owned(),
-                    sha256: None,
-                    bytes: total,
-                    already_present: true,
-                });
+        // A file of that name is already here: it is this file only if it has the expected hash
+        // (or, with no hash known, the size); anything else is kept and the pull refused.
+        if let Ok(meta) = std::fs::metadata(dest) {
+            let exists = |why: String| PullError::Exists {
+                path: dest.to_owned(),
+                url: url.clone(),
+                why,
+            };
+            if let Some(total) = total.filter(|t| *t != meta.len()) {
+                return Err(exists(format!("{} bytes, the server's {total}", meta.len())));
             }
+            let sha = match &expected_sha {
+                Some(expected) => {
+                    let _ = tx.send(PullState::Verifying);
+                    let target = dest.to_owned();
+                    let actual = tokio::task::spawn_blocking(move || sha256_file(&target))
+                        .await
+                        .map_err(|e| PullError::Io {
+                            path: dest.to_owned(),
+                            source: std::io::Error::other(e),
+                        })?
+                        .map_err(io(dest))?;
+                    if &actual != expected {
+                        return Err(exists(format!("sha256 {actual}, the server's {expected}")));
+                    }
+                    Some(actual)
+                }
+                None => None,
+            };
+            return Ok(PullState::Done {
+                path: dest.to_owned(),
+                sha256: sha,
+                bytes: meta.len(),
+                already_present: true,
+            });
         }
 
         tokio::fs::create_dir_all(&self.dir)

@@ -203,6 +203,68 @@ async fn wrong_bytes_are_caught_and_the_partial_is_not_promoted() {
     assert!(!models_dir(root.path()).join("blob.gguf.partial").exists());
 }
 
+/// A file already in the models directory under the same name is this file only if its hash is
+/// the server's: otherwise it is kept and the pull refused (never replaced, never "verified" by
+/// its size alone).
+#[tokio::test]
+async fn a_different_file_with_the_same_name_is_never_replaced() {
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+    let root = tempfile::tempdir().unwrap();
+    let dest = models_dir(root.path()).join("blob.gguf");
+    {
+        let good = served(body.clone(), None, None);
+        let d = daemon(root.path(), &hub(good).await);
+        let events = pull_all(&d, "hf.co/owner/repo:blob.gguf").await;
+        assert_eq!(events.last().unwrap().kind, "done", "{events:?}");
+    }
+    // Same name and size, another hash (another repo's file): refused, the file untouched.
+    let other = sha256(b"another file");
+    let same_size = served(body.clone(), Some(&other), None);
+    let d = daemon(root.path(), &hub(same_size.clone()).await);
+    let events = pull_all(&d, "hf.co/someone/else:blob.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    let error = last.error.clone().unwrap();
+    assert!(error.contains("already exists and is not the file"), "{error}");
+    assert!(error.contains(&other), "{error}");
+    assert_eq!(same_size.gets.load(Ordering::SeqCst), 0, "nothing downloaded");
+    assert_eq!(sha256(&std::fs::read(&dest).unwrap()), sha256(&body));
+    // Another size: refused as well.
+    drop(d);
+    let shorter = served(body[..1000].to_vec(), None, None);
+    let d = daemon(root.path(), &hub(shorter).await);
+    let events = pull_all(&d, "hf.co/someone/else:blob.gguf").await;
+    let error = events.last().unwrap().error.clone().unwrap_or_default();
+    assert!(error.contains("2000000 bytes, the server's 1000"), "{events:?}");
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 2_000_000);
+}
+
+/// Two pulls of one file name from different places do not share a download.
+#[tokio::test]
+async fn a_pull_of_another_url_with_the_same_file_name_does_not_join_a_running_one() {
+    let body: Vec<u8> = (0..48_000_000u32).map(|i| (i % 239) as u8).collect();
+    // The first GET sends 32 MiB and then hangs: the first pull stays running.
+    let server = served(body, None, Some(32 << 20));
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = daemon(root.path(), &endpoint);
+    let mut first = d.client().pull("hf.co/owner/repo:big.gguf").await.unwrap();
+    // Wait until it is downloading.
+    while let Some(e) = first.recv().await {
+        if e.unwrap().kind == "progress" {
+            break;
+        }
+    }
+    let events = pull_all(&d, "hf.co/someone/else:big.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    assert!(
+        last.error.as_deref().unwrap().contains("is being pulled from"),
+        "{last:?}"
+    );
+    assert_eq!(server.gets.load(Ordering::SeqCst), 1, "only the first pull downloads");
+}
+
 /// A file larger than the disk's free space (as `statvfs` reports it for the models directory)
 /// is refused before any byte is requested. The server announces a size no disk here has
 /// (1 EB, `X-Linked-Size`) — the honest way to be "too big" without a small tmpfs.
