@@ -71,8 +71,9 @@ enum Command {
     /// variant, quantization, size, location and status.
     Models,
     /// Download a model into r1d's models directory: `deepseek-r1:7b` (the best quantization for
-    /// this machine), `deepseek-r1:7b-q8_0`, or `hf.co/OWNER/REPO:FILE`. Resumes an interrupted
-    /// pull; the daemon verifies the sha256 before the file is put in place.
+    /// this machine), `deepseek-r1:7b-q8_0`, or `hf.co/OWNER/REPO:FILE`. The daemon downloads
+    /// (Ctrl-C stops watching, not the download; run the same pull again to follow it), resumes
+    /// an interrupted download, and verifies the sha256 before the file is put in place.
     Pull {
         /// What to pull.
         model: String,
@@ -232,7 +233,18 @@ async fn pull(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
         bar
     });
     let mut last = None;
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+                eprintln!("r1d goes on pulling {model}; run `r1ctl pull {model}` again to follow it");
+                return Ok(());
+            }
+        };
+        let Some(event) = event else { break };
         let event = event?;
         if json {
             writeln!(

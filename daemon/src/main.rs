@@ -119,10 +119,8 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
             tracing::info!("config {}", path.display());
             (c, None)
         }
-        Err(e) => {
-            tracing::error!("{e}");
-            (Config::default(), Some(e.to_string()))
-        }
+        // Reported by the caller: at start as r1d's exit error, on reload in the log.
+        Err(e) => (Config::default(), Some(e.to_string())),
     }
 }
 

@@ -348,7 +348,10 @@ impl Puller {
                 why,
             };
             if let Some(total) = total.filter(|t| *t != meta.len()) {
-                return Err(exists(format!("{} bytes, the server's {total}", meta.len())));
+                return Err(exists(format!(
+                    "{} bytes, the server's {total}",
+                    meta.len()
+                )));
             }
             let sha = match &expected_sha {
                 Some(expected) => {

@@ -94,7 +94,7 @@ pub fn choose(plan: &Plan, entries: &[ModelEntry], min_tokens_per_s: f64, dirs: 
         }
         None => {
             let why = if present.is_empty() {
-                format!("no DeepSeek-R1 model is present (searched {dirs})")
+                format!("no usable DeepSeek-R1 model is present (searched {dirs})")
             } else {
                 let (ci, _) = present[0];
                 format!(

@@ -315,7 +315,10 @@ async fn no_model_configured_says_how_to_configure_one() {
     let health = daemon.settled().await;
     assert_eq!(health.status, State::NoModel);
     let why = health.error.unwrap();
-    assert!(why.contains("no DeepSeek-R1 model is present"), "{why}");
+    assert!(
+        why.contains("no usable DeepSeek-R1 model is present"),
+        "{why}"
+    );
     assert!(why.contains("r1ctl pull deepseek-r1:"), "{why}");
     assert!(why.contains("--model PATH"), "{why}");
 }

@@ -225,9 +225,16 @@ async fn a_different_file_with_the_same_name_is_never_replaced() {
     let last = events.last().unwrap();
     assert_eq!(last.kind, "error", "{events:?}");
     let error = last.error.clone().unwrap();
-    assert!(error.contains("already exists and is not the file"), "{error}");
+    assert!(
+        error.contains("already exists and is not the file"),
+        "{error}"
+    );
     assert!(error.contains(&other), "{error}");
-    assert_eq!(same_size.gets.load(Ordering::SeqCst), 0, "nothing downloaded");
+    assert_eq!(
+        same_size.gets.load(Ordering::SeqCst),
+        0,
+        "nothing downloaded"
+    );
     assert_eq!(sha256(&std::fs::read(&dest).unwrap()), sha256(&body));
     // Another size: refused as well.
     drop(d);
@@ -235,7 +242,10 @@ async fn a_different_file_with_the_same_name_is_never_replaced() {
     let d = daemon(root.path(), &hub(shorter).await);
     let events = pull_all(&d, "hf.co/someone/else:blob.gguf").await;
     let error = events.last().unwrap().error.clone().unwrap_or_default();
-    assert!(error.contains("2000000 bytes, the server's 1000"), "{events:?}");
+    assert!(
+        error.contains("2000000 bytes, the server's 1000"),
+        "{events:?}"
+    );
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 2_000_000);
 }
 
@@ -259,10 +269,17 @@ async fn a_pull_of_another_url_with_the_same_file_name_does_not_join_a_running_o
     let last = events.last().unwrap();
     assert_eq!(last.kind, "error", "{events:?}");
     assert!(
-        last.error.as_deref().unwrap().contains("is being pulled from"),
+        last.error
+            .as_deref()
+            .unwrap()
+            .contains("is being pulled from"),
         "{last:?}"
     );
-    assert_eq!(server.gets.load(Ordering::SeqCst), 1, "only the first pull downloads");
+    assert_eq!(
+        server.gets.load(Ordering::SeqCst),
+        1,
+        "only the first pull downloads"
+    );
 }
 
 /// A file larger than the disk's free space (as `statvfs` reports it for the models directory)
@@ -367,7 +384,10 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     assert_eq!(health.status, EngineState::NoModel, "{}", d.log());
     let why = health.error.unwrap();
     assert!(why.contains("r1ctl pull deepseek-r1:"), "{why}");
-    assert!(why.contains("no DeepSeek-R1 model is present"), "{why}");
+    assert!(
+        why.contains("no usable DeepSeek-R1 model is present"),
+        "{why}"
+    );
     let status = d.client().status().await.unwrap();
     assert!(status.error.unwrap().contains("r1ctl pull deepseek-r1:"));
 
