@@ -231,17 +231,8 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     };
     if req.messages.is_empty() {
         // Ollama answers an empty conversation by (loading and) reporting the model.
-        return Json(ChatResponse {
-            model,
-            created_at: now_rfc3339(),
-            message: OMessage {
-                role: "assistant".into(),
-                ..Default::default()
-            },
-            done: true,
-            stats: load_only_stats(),
-        })
-        .into_response();
+        return Json(Lines::chat(model).line(String::new(), None, true, load_only_stats()))
+            .into_response();
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
@@ -275,78 +266,7 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(a) => a,
         Err(e) => return engine_error(e),
     };
-    let encoder = ChatEncoder { model };
-    if req.stream.unwrap_or(true) {
-        return ndjson(answer::encode(admitted.rx, encoder));
-    }
-    match answer::collect(admitted.rx).await {
-        Ok(Collected {
-            content,
-            reasoning,
-            finished,
-        }) => Json(ChatResponse {
-            model: encoder.model,
-            created_at: now_rfc3339(),
-            message: OMessage {
-                role: "assistant".into(),
-                content,
-                thinking: (!reasoning.is_empty()).then_some(reasoning),
-                images: None,
-            },
-            done: true,
-            stats: stats(&finished),
-        })
-        .into_response(),
-        Err(e) => engine_error(e),
-    }
-}
-
-/// `/api/chat` lines: one per piece (`content` or `thinking`), then a `done` line with stats.
-struct ChatEncoder {
-    model: String,
-}
-
-impl ChatEncoder {
-    fn line(
-        &self,
-        content: String,
-        thinking: Option<String>,
-        done: bool,
-        stats: Stats,
-    ) -> ChatResponse {
-        ChatResponse {
-            model: self.model.clone(),
-            created_at: now_rfc3339(),
-            message: OMessage {
-                role: "assistant".into(),
-                content,
-                thinking,
-                images: None,
-            },
-            done,
-            stats,
-        }
-    }
-}
-
-impl Encoder for ChatEncoder {
-    fn piece(&mut self, piece: Piece) -> Vec<Value> {
-        let line = match piece.channel {
-            Channel::Content => self.line(piece.text, None, false, Stats::default()),
-            Channel::Reasoning => {
-                self.line(String::new(), Some(piece.text), false, Stats::default())
-            }
-        };
-        vec![json(&line)]
-    }
-
-    fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        vec![json(&self.line(String::new(), None, true, stats(finished)))]
-    }
-
-    fn error(&mut self, error: &EngineError) -> Value {
-        serde_json::json!({ "error": error.to_string() })
-    }
+    respond(admitted, Lines::chat(model), req.stream).await
 }
 
 async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
@@ -359,15 +279,8 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Err(r) => return r,
     };
     if req.prompt.is_empty() {
-        return Json(GenerateResponse {
-            model,
-            created_at: now_rfc3339(),
-            response: String::new(),
-            thinking: None,
-            done: true,
-            stats: load_only_stats(),
-        })
-        .into_response();
+        return Json(Lines::generate(model).line(String::new(), None, true, load_only_stats()))
+            .into_response();
     }
     let input = if req.raw {
         PromptInput::Raw(req.prompt.clone())
@@ -389,65 +302,102 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Ok(a) => a,
         Err(e) => return engine_error(e),
     };
-    let encoder = GenerateEncoder { model };
-    if req.stream.unwrap_or(true) {
-        return ndjson(answer::encode(admitted.rx, encoder));
-    }
-    match answer::collect(admitted.rx).await {
-        Ok(c) => Json(GenerateResponse {
-            model: encoder.model,
-            created_at: now_rfc3339(),
-            response: c.content,
-            thinking: (!c.reasoning.is_empty()).then_some(c.reasoning),
-            done: true,
-            stats: stats(&c.finished),
-        })
-        .into_response(),
-        Err(e) => engine_error(e),
-    }
+    respond(admitted, Lines::generate(model), req.stream).await
 }
 
-/// `/api/generate` lines: one per piece (`response` or `thinking`), then a `done` line.
-struct GenerateEncoder {
+/// Which route's object shape the lines take.
+#[derive(Clone, Copy)]
+enum Route {
+    /// `/api/chat`: the text in `message.content`, reasoning in `message.thinking`.
+    Chat,
+    /// `/api/generate`: the text in `response`, reasoning in `thinking`.
+    Generate,
+}
+
+/// The objects of one answer: one line per piece (text or reasoning), then a `done` line with the
+/// stats; not streamed, the whole answer is one `done` object of the same shape.
+struct Lines {
     model: String,
+    route: Route,
 }
 
-impl GenerateEncoder {
-    fn line(
-        &self,
-        response: String,
-        thinking: Option<String>,
-        done: bool,
-        stats: Stats,
-    ) -> GenerateResponse {
-        GenerateResponse {
-            model: self.model.clone(),
-            created_at: now_rfc3339(),
-            response,
-            thinking,
-            done,
-            stats,
+impl Lines {
+    fn chat(model: String) -> Lines {
+        Lines {
+            model,
+            route: Route::Chat,
+        }
+    }
+
+    fn generate(model: String) -> Lines {
+        Lines {
+            model,
+            route: Route::Generate,
+        }
+    }
+
+    fn line(&self, text: String, thinking: Option<String>, done: bool, stats: Stats) -> Value {
+        let model = self.model.clone();
+        let created_at = now_rfc3339();
+        match self.route {
+            Route::Chat => json(&ChatResponse {
+                model,
+                created_at,
+                message: OMessage {
+                    role: "assistant".into(),
+                    content: text,
+                    thinking,
+                    images: None,
+                },
+                done,
+                stats,
+            }),
+            Route::Generate => json(&GenerateResponse {
+                model,
+                created_at,
+                response: text,
+                thinking,
+                done,
+                stats,
+            }),
         }
     }
 }
 
-impl Encoder for GenerateEncoder {
+impl Encoder for Lines {
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
-        let line = match piece.channel {
+        vec![match piece.channel {
             Channel::Content => self.line(piece.text, None, false, Stats::default()),
             Channel::Reasoning => {
                 self.line(String::new(), Some(piece.text), false, Stats::default())
             }
-        };
-        vec![json(&line)]
+        }]
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        vec![json(&self.line(String::new(), None, true, stats(finished)))]
+        vec![self.line(String::new(), None, true, stats(finished))]
     }
 
     fn error(&mut self, error: &EngineError) -> Value {
         serde_json::json!({ "error": error.to_string() })
+    }
+}
+
+/// Streams the answer as NDJSON (Ollama's default) or collects it into one `done` object.
+async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>) -> Response {
+    if stream.unwrap_or(true) {
+        return ndjson(answer::encode(admitted.rx, lines));
+    }
+    match answer::collect(admitted.rx).await {
+        Ok(Collected {
+            content,
+            reasoning,
+            finished,
+        }) => {
+            let thinking = (!reasoning.is_empty()).then_some(reasoning);
+            Json(lines.line(content, thinking, true, stats(&finished))).into_response()
+        }
+        Err(e) => engine_error(e),
     }
 }
 
