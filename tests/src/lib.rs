@@ -117,6 +117,9 @@ pub struct DaemonOptions<'a> {
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(&'a str, String)>,
+    /// The config file's text (written to `r1d.toml` in the daemon's directory and passed as
+    /// `--config`); default: an empty file.
+    pub config: Option<&'a str>,
 }
 
 impl Daemon {
@@ -133,7 +136,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("--config")
-            .arg(dir.path().join("no-config.toml"))
+            .arg(dir.path().join("r1d.toml"))
             .arg("--plugin-dir")
             .arg(
                 options
@@ -167,7 +170,7 @@ impl Daemon {
             cmd.env(k, v);
         }
         // An explicit --config that does not exist would be an error: write an empty one.
-        std::fs::write(dir.path().join("no-config.toml"), "").unwrap();
+        std::fs::write(dir.path().join("r1d.toml"), options.config.unwrap_or("")).unwrap();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -201,6 +204,19 @@ impl Daemon {
     /// A client for this daemon.
     pub fn client(&self) -> Client {
         Client::new(&self.socket)
+    }
+
+    /// The config file r1d was started with (`r1d.toml` in its directory).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("r1d.toml")
+    }
+
+    /// Replaces the config file as editors do: the new text goes to a temporary file in the same
+    /// directory, which is then renamed over the config.
+    pub fn edit_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".r1d.toml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
     /// Everything r1d logged so far.
