@@ -553,4 +553,33 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("sometimes"), "{e}");
     }
+
+    #[test]
+    fn shipped_config_with_every_key_uncommented_parses() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/r1d.toml");
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        // `#key = value` lines are the documented keys; `# prose` lines stay comments.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with(' ') && rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&uncommented, &shipped).unwrap();
+        assert_eq!(
+            c.watch,
+            WatchConfig::default(),
+            "documented [watch] values are the defaults"
+        );
+        assert_eq!(
+            c.planner,
+            PlannerConfig {
+                variant: Some("deepseek-r1:14b".into()),
+                ..PlannerConfig::default()
+            },
+            "documented [planner] values are the defaults (the variant is an example)"
+        );
+    }
 }

@@ -636,7 +636,12 @@ async fn notify_status_follows_a_swap_after_a_config_edit() {
     let swapping = notify.wait_for(Duration::from_secs(10), |m| {
         status_of(m).is_some_and(|s| s.starts_with("swapping first for slow.echo"))
     });
-    assert!(swapping.is_some(), "{:?}\n{}", notify.received, daemon.log());
+    assert!(
+        swapping.is_some(),
+        "{:?}\n{}",
+        notify.received,
+        daemon.log()
+    );
     let serving = notify.wait_for(Duration::from_secs(10), |m| {
         status_of(m).is_some_and(|s| s.starts_with("serving slow"))
     });
