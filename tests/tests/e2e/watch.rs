@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use gguf_header::write::{gguf, Meta};
 use r1d_client::wire::{self, ChatCompletionRequest, ChatMessage, State};
-use r1d_tests::{binary, echo_model, fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2};
+use r1d_tests::{
+    binary, echo_config, echo_model, fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2,
+};
 
 use crate::ask;
 
@@ -27,10 +29,7 @@ fn echo_file(dir: &Path, file: &str, json: &str) -> PathBuf {
 }
 
 fn config_with_model(path: &Path) -> String {
-    format!(
-        "[model]\npath = {:?}\nbackend = \"echo\"\n\n[watch]\nhardware_interval_s = 0\n",
-        path.display().to_string()
-    )
+    format!("{}\n[watch]\nhardware_interval_s = 0\n", echo_config(path))
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, up to `secs`; panics with `what` and the log.
@@ -63,6 +62,15 @@ async fn ready(daemon: &Daemon) {
         health.error,
         daemon.log()
     );
+}
+
+/// `POST /r1/use` as `r1ctl use NAME` sends it.
+async fn use_model(daemon: &Daemon, name: &str) -> wire::Status {
+    daemon
+        .client()
+        .post_json("/r1/use", &wire::ModelRequest { model: name.into() })
+        .await
+        .unwrap()
 }
 
 async fn resident(daemon: &Daemon) -> Option<String> {
@@ -427,9 +435,13 @@ fn small_machine(weights_7b: Option<u64>) -> Machine {
 }
 
 fn planner_daemon(m: &Machine, settle_s: f64, policy: &str) -> Daemon {
-    let config = planner_config(m.models.path(), settle_s, policy);
+    on_machine(m, &planner_config(m.models.path(), settle_s, policy))
+}
+
+/// r1d with `config` on the fake machine `m`.
+fn on_machine(m: &Machine, config: &str) -> Daemon {
     Daemon::start(DaemonOptions {
-        config: Some(&config),
+        config: Some(config),
         args: vec![
             "--hardware-root".into(),
             m.root.path().display().to_string(),
@@ -550,16 +562,7 @@ async fn under_manual_a_better_fit_is_only_reported() {
         Some("DeepSeek R1 Distill Qwen 1.5B")
     );
     // The person agrees: `use auto` swaps.
-    let status: wire::Status = daemon
-        .client()
-        .post_json(
-            "/r1/use",
-            &wire::ModelRequest {
-                model: "auto".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let status = use_model(&daemon, "auto").await;
     assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 7B");
 }
 
@@ -667,14 +670,7 @@ async fn a_gpu_the_driver_lists_but_that_does_not_answer_is_waited_for_then_repo
         planner_config(m.models.path(), 0.5, "auto")
     );
     let started = Instant::now();
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config),
-        args: vec![
-            "--hardware-root".into(),
-            m.root.path().display().to_string(),
-        ],
-        ..Default::default()
-    });
+    let daemon = on_machine(&m, &config);
     let health = daemon.settled().await;
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -735,16 +731,7 @@ async fn a_run_time_pin_survives_re_plans_until_use_auto() {
         status.watch.unwrap().pinned.as_deref(),
         Some("deepseek-r1:1.5b")
     );
-    let status: wire::Status = daemon
-        .client()
-        .post_json(
-            "/r1/use",
-            &wire::ModelRequest {
-                model: "auto".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let status = use_model(&daemon, "auto").await;
     assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 7B");
     assert_eq!(status.watch.unwrap().pinned, None);
 }
@@ -761,14 +748,7 @@ async fn a_model_that_failed_to_load_is_not_retried_by_re_plans_until_its_file_c
         "[model]\npath = {:?}\nbackend = \"echo\"\n\n[watch]\nhardware_interval_s = 0.25\nsettle_s = 0.25\n",
         broken.display().to_string()
     );
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config),
-        args: vec![
-            "--hardware-root".into(),
-            m.root.path().display().to_string(),
-        ],
-        ..Default::default()
-    });
+    let daemon = on_machine(&m, &config);
     assert_eq!(daemon.settled().await.status, State::NoModel);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let attempts = || daemon.log().matches("asks to fail").count();
