@@ -1,0 +1,304 @@
+//! Tests of the ONNX Runtime plugin against the real ONNX fixture.
+//!
+//! Fixtures live in `$R1D_TEST_MODELS` (default `~/.cache/r1d-test-models`), made by
+//! `scripts/make-onnx-fixture`:
+//! - `SmolLM2-135M-Instruct-onnx/`: SmolLM2-135M-Instruct exported to ONNX (fp32) from the
+//!   packaged GGUF, with `reference.json`: a prompt's ids and 48 greedy ids computed by
+//!   transformers on the same weights (end of sequence ignored);
+//! - `libonnxruntime.so`: the ONNX Runtime library of the PyPI `onnxruntime` wheel.
+//!
+//! A missing fixture skips its test loudly, except under `CI=true`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use r1_onnx_common::{runtime, OnnxModel};
+use r1_plugin_onnxruntime::OnnxRuntimePlugin;
+use r1_plugin_sdk::abi;
+use r1_plugin_sdk::{FinishReason, GenerateRequest, GenerateResult, LoadParams, Model, Plugin};
+use serde_json::Value;
+
+const MODEL_DIR: &str = "SmolLM2-135M-Instruct-onnx";
+const LIBRARY: &str = "libonnxruntime.so";
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("R1D_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/r1d-test-models")
+        });
+    let path = dir.join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("test fixture {} is missing (CI=true)", path.display());
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: test fixture {} is missing; run scripts/fetch-test-models (it calls \
+         scripts/make-onnx-fixture) or set R1D_TEST_MODELS !!!!!!!!\n",
+        path.display()
+    );
+    None
+}
+
+/// Loads the fixture's ONNX Runtime (before anything else in this process can pick another) and
+/// installs the SDK's log forwarding, once.
+fn init() -> Option<()> {
+    static ONCE: OnceLock<Option<()>> = OnceLock::new();
+    *ONCE.get_or_init(|| {
+        let lib = fixture(LIBRARY)?;
+        let rt = runtime::runtime(Some(&lib)).expect("the fixture's ONNX Runtime loads");
+        assert_eq!(rt.library, lib);
+        let api = r1_plugin_onnxruntime::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+        assert!(!api.is_null());
+        Some(())
+    })
+}
+
+fn params(path: &Path) -> LoadParams {
+    LoadParams {
+        path: path.to_str().expect("UTF-8 fixture path").to_owned(),
+        ..LoadParams::default()
+    }
+}
+
+/// The fixture model, loaded once and shared (tests lock it in turn).
+fn smollm2() -> Option<MutexGuard<'static, OnnxModel>> {
+    static MODEL: OnceLock<Option<Mutex<OnnxModel>>> = OnceLock::new();
+    let model = MODEL.get_or_init(|| {
+        init()?;
+        let dir = fixture(MODEL_DIR)?;
+        Some(Mutex::new(
+            OnnxRuntimePlugin
+                .load(params(&dir), &mut |_| true)
+                .expect("the ONNX fixture loads"),
+        ))
+    });
+    Some(
+        model
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+struct Reference {
+    prompt: String,
+    prompt_ids: Vec<i32>,
+    greedy_ids: Vec<i32>,
+}
+
+fn reference() -> Option<Reference> {
+    let path = fixture(MODEL_DIR)?.join("reference.json");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("reference.json parses");
+    let ids = |key: &str| -> Vec<i32> {
+        json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("reference.json has no {key}"))
+            .iter()
+            .map(|v| v.as_i64().expect("an id") as i32)
+            .collect()
+    };
+    Some(Reference {
+        prompt: json["prompt"].as_str().expect("a prompt").to_owned(),
+        prompt_ids: ids("prompt_ids"),
+        greedy_ids: ids("greedy_ids"),
+    })
+}
+
+fn greedy(prompt: Vec<i32>, max_tokens: u32, ignore_eos: bool) -> GenerateRequest {
+    GenerateRequest {
+        prompt_tokens: prompt,
+        max_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        min_p: 0.0,
+        seed: Some(1),
+        stop_tokens: vec![],
+        ignore_eos,
+    }
+}
+
+fn run(model: &mut OnnxModel, request: GenerateRequest) -> (Vec<i32>, String, GenerateResult) {
+    let mut ids = Vec::new();
+    let mut text = Vec::new();
+    let result = model
+        .generate(request, &mut |piece, id| {
+            if id != abi::R1_TOKEN_PROMPT_PROGRESS {
+                ids.push(id);
+                text.extend_from_slice(piece);
+            }
+            true
+        })
+        .expect("generation succeeds");
+    (ids, String::from_utf8(text).expect("UTF-8 pieces"), result)
+}
+
+#[test]
+fn the_tokenizer_matches_transformers_on_the_rendered_prompt() {
+    let (Some(model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    let ids = model
+        .tokenize(&reference.prompt, false, true)
+        .expect("tokenize");
+    assert_eq!(ids, reference.prompt_ids);
+    // Without special-token parsing, "<|im_start|>" is text, not id 1.
+    let literal = model.tokenize("<|im_start|>", false, false).unwrap();
+    assert!(!literal.contains(&1) && literal.len() > 1, "{literal:?}");
+}
+
+#[test]
+fn greedy_ids_match_the_transformers_reference_for_48_tokens() {
+    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    assert!(reference.greedy_ids.len() >= 32);
+    let n = reference.greedy_ids.len() as u32;
+    let (ids, text, result) = run(&mut model, greedy(reference.prompt_ids.clone(), n, true));
+    assert_eq!(
+        ids, reference.greedy_ids,
+        "greedy ids differ from transformers'"
+    );
+    assert_eq!(result.finish_reason, FinishReason::Length);
+    assert_eq!(result.completion_tokens, n);
+    assert!(
+        text.starts_with("The capital of France is Paris."),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn generation_stops_at_the_end_of_sequence_token() {
+    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    let (ids, text, result) = run(&mut model, greedy(reference.prompt_ids.clone(), 64, false));
+    let eos = reference
+        .greedy_ids
+        .iter()
+        .position(|id| *id == 2)
+        .expect("EOS in reference");
+    assert_eq!(ids, reference.greedy_ids[..eos]);
+    assert_eq!(result.finish_reason, FinishReason::Stop);
+    assert_eq!(text, "The capital of France is Paris.");
+}
+
+#[test]
+fn a_longer_prompt_reuses_the_cache_and_continues_the_same() {
+    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    // First request: the prompt and 8 tokens; the cache then holds prompt + 7 of them.
+    let (first, _, _) = run(&mut model, greedy(reference.prompt_ids.clone(), 8, true));
+    assert_eq!(first, reference.greedy_ids[..8]);
+    let mut longer = reference.prompt_ids.clone();
+    longer.extend_from_slice(&first);
+    let (rest, _, result) = run(&mut model, greedy(longer.clone(), 16, true));
+    assert_eq!(result.cached_prompt_tokens as usize, longer.len() - 1);
+    assert_eq!(rest, reference.greedy_ids[8..24]);
+}
+
+#[test]
+fn info_has_the_template_and_special_tokens() {
+    let Some(model) = smollm2() else {
+        return;
+    };
+    let info = model.info().unwrap();
+    assert_eq!(info.layers, 30);
+    assert_eq!(info.architecture.as_deref(), Some("llama"));
+    assert_eq!(info.eos_token.as_ref().map(|t| t.id), Some(2));
+    assert_eq!(
+        info.bos_token.as_ref().map(|t| t.text.as_str()),
+        Some("<|im_start|>")
+    );
+    assert!(info.eog_token_ids.contains(&2));
+    assert!(!info.add_bos_token);
+    let template = info.chat_template.expect("a chat template");
+    assert!(template.contains("<|im_start|>"), "{template}");
+    // 30 layers × K and V × 3 heads × 64 × 4 bytes (f32) per token.
+    assert_eq!(
+        info.memory.kv_cache_bytes,
+        u64::from(info.context_length) * 30 * 2 * 3 * 64 * 4
+    );
+    assert!(info.memory.weights_bytes > 500_000_000);
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_reason() {
+    let Some(mut model) = smollm2() else {
+        return;
+    };
+    let err = model
+        .generate(greedy(vec![], 4, false), &mut |_, _| true)
+        .unwrap_err();
+    assert!(
+        err.message.contains("the prompt is empty"),
+        "{}",
+        err.message
+    );
+    let err = model
+        .generate(greedy(vec![1, 999_999], 4, false), &mut |_, _| true)
+        .unwrap_err();
+    assert!(
+        err.message.contains("outside the vocabulary"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn the_token_callback_cancels() {
+    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    let mut seen = 0;
+    let result = model
+        .generate(
+            greedy(reference.prompt_ids.clone(), 32, true),
+            &mut |_, _| {
+                seen += 1;
+                seen < 3
+            },
+        )
+        .unwrap();
+    assert_eq!(result.finish_reason, FinishReason::Cancelled);
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn a_directory_without_model_onnx_is_a_load_error_naming_it() {
+    if init().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("r1d-onnx-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{}").unwrap();
+    let err = OnnxRuntimePlugin
+        .load(params(&dir), &mut |_| true)
+        .err()
+        .expect("no model.onnx: error");
+    assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+    assert!(err.message.contains("has no model.onnx"), "{}", err.message);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn probe_reports_the_loaded_runtime() {
+    if init().is_none() {
+        return;
+    }
+    let report = OnnxRuntimePlugin.probe().unwrap();
+    assert!(report.available, "{report:?}");
+    assert_eq!(report.formats, vec!["onnx"]);
+    assert!(
+        report.devices[0].name.contains("ONNX Runtime 1."),
+        "{report:?}"
+    );
+}
