@@ -15,7 +15,8 @@
 //!   fallback for what TensorRT does not take or when TensorRT's libraries are missing. If the
 //!   CUDA provider cannot be registered either, the load fails (it does not quietly run on the
 //!   CPU). `LoadParams.main_gpu` picks the device (default 0); `extra.tensorrt_fp16` (bool,
-//!   default false) lets TensorRT build fp16 engines.
+//!   default false) lets TensorRT build fp16 engines; [`PROVIDERS_ENV`] set to `cuda` skips
+//!   TensorRT.
 
 use std::path::PathBuf;
 
@@ -30,6 +31,10 @@ pub const SCORE_GPU: i32 = 300;
 
 /// Environment variable naming the directory for TensorRT's engine and timing caches.
 pub const ENGINE_CACHE_ENV: &str = "R1D_TENSORRT_CACHE_DIR";
+
+/// Environment variable choosing the execution providers: `tensorrt,cuda` (the default:
+/// TensorRT, falling back to CUDA) or `cuda` (CUDA only, e.g. to compare the two).
+pub const PROVIDERS_ENV: &str = "R1D_TENSORRT_PROVIDERS";
 
 /// Where TensorRT engines are cached, so that the second load of a model skips the engine build
 /// (minutes for a large model). First of:
@@ -219,16 +224,29 @@ impl Plugin for TensorRtPlugin {
                     .with_timing_cache_path(&dir);
             }
         }
+        let use_tensorrt = match std::env::var(PROVIDERS_ENV).ok().as_deref() {
+            None | Some("") | Some("tensorrt,cuda") => true,
+            Some("cuda") => false,
+            Some(other) => {
+                return Err(PluginError::invalid_argument(format!(
+                    "{PROVIDERS_ENV}={other:?} is not one of \"tensorrt,cuda\" or \"cuda\""
+                )))
+            }
+        };
+        let mut providers = Vec::with_capacity(2);
+        if use_tensorrt {
+            // TensorRT failing to register (its libraries missing) falls back to CUDA.
+            providers.push(tensorrt.build().fail_silently());
+        }
+        // CUDA failing to register fails the load: this backend never runs on the CPU.
+        providers.push(
+            ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure(),
+        );
         let options = SessionOptions {
-            providers: vec![
-                // TensorRT failing to register (its libraries missing) falls back to CUDA.
-                tensorrt.build().fail_silently(),
-                // CUDA failing to register fails the load: this backend never runs on the CPU.
-                ep::CUDA::default()
-                    .with_device_id(device)
-                    .build()
-                    .error_on_failure(),
-            ],
+            providers,
             on_gpu: true,
         };
         OnnxModel::load(&params, options, progress)
