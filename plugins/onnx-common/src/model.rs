@@ -130,7 +130,7 @@ impl OnnxModel {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned()),
             architecture: dir.config.model_type.clone(),
-            parameters: 0,
+            parameters: dir.config.parameters().unwrap_or(0),
             layers,
             gpu_layers: if options.on_gpu { layers } else { 0 },
             trained_context_length: trained,

@@ -47,6 +47,12 @@ pub struct HfConfig {
     /// Vocabulary size of the output head.
     #[serde(default)]
     pub vocab_size: Option<u32>,
+    /// Width of the feed-forward layer.
+    #[serde(default)]
+    pub intermediate_size: Option<u32>,
+    /// Whether the output head shares the embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
     /// Beginning-of-sequence id.
     #[serde(default)]
     pub bos_token_id: Option<Value>,
@@ -59,6 +65,28 @@ impl HfConfig {
     /// Key/value heads: `num_key_value_heads`, else `num_attention_heads`.
     pub fn kv_heads(&self) -> Option<u32> {
         self.num_key_value_heads.or(self.num_attention_heads)
+    }
+
+    /// Parameters of a dense decoder of these shapes (Llama/Qwen2 layout: embedding, per layer
+    /// Q/K/V/O projections, a gated MLP of three matrices and two norms, a final norm, and the
+    /// output head unless tied); `None` when a shape is missing. An estimate from the config,
+    /// not a count of the graph's weights (biases and MoE are not counted).
+    pub fn parameters(&self) -> Option<u64> {
+        let hidden = u64::from(self.hidden_size?);
+        let vocab = u64::from(self.vocab_size?);
+        let layers = u64::from(self.num_hidden_layers?);
+        let heads = u64::from(self.num_attention_heads?);
+        let kv = u64::from(self.kv_heads()?);
+        let head_dim = u64::from(self.head_dim()?);
+        let ffn = u64::from(self.intermediate_size?);
+        let attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim;
+        let layer = attention + 3 * hidden * ffn + 2 * hidden;
+        let head = if self.tie_word_embeddings.unwrap_or(false) {
+            0
+        } else {
+            vocab * hidden
+        };
+        Some(vocab * hidden + layers * layer + hidden + head)
     }
 
     /// Head width: `head_dim`, else `hidden_size / num_attention_heads`.
@@ -365,6 +393,8 @@ mod tests {
         assert_eq!(m.chat_template.as_deref(), Some("D"));
         assert_eq!(m.config.head_dim(), Some(4));
         assert_eq!(m.config.kv_heads(), Some(2));
+        // No intermediate_size or vocab_size: no estimate.
+        assert_eq!(m.config.parameters(), None);
         assert!(!m.add_bos_token);
     }
 

@@ -228,6 +228,76 @@ fn info_has_the_template_and_special_tokens() {
         u64::from(info.context_length) * 30 * 2 * 3 * 64 * 4
     );
     assert!(info.memory.weights_bytes > 500_000_000);
+    // SmolLM2-135M: 134.5 M parameters from its config's shapes (tied output head).
+    assert_eq!(info.parameters, 134_515_008);
+}
+
+#[test]
+fn seeded_sampling_repeats_and_the_seed_matters() {
+    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+        return;
+    };
+    let sample = |model: &mut OnnxModel, seed| {
+        let request = GenerateRequest {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            seed: Some(seed),
+            ..greedy(reference.prompt_ids.clone(), 24, true)
+        };
+        run(model, request).0
+    };
+    let a = sample(&mut model, 42);
+    assert_eq!(a, sample(&mut model, 42));
+    assert_eq!(a.len(), 24);
+    let others: Vec<Vec<i32>> = (43..46).map(|seed| sample(&mut model, seed)).collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "four seeds gave the same 24 tokens"
+    );
+}
+
+/// A prompt evaluated in chunks of 8 tokens (the cache growing between runs of several tokens)
+/// gives the same greedy ids, and the host hears of the progress between chunks.
+#[test]
+fn a_prompt_in_small_batches_gives_the_same_ids_and_reports_progress() {
+    let Some(reference) = reference() else {
+        return;
+    };
+    if init().is_none() {
+        return;
+    }
+    let Some(dir) = fixture(MODEL_DIR) else {
+        return;
+    };
+    let mut model = OnnxRuntimePlugin
+        .load(
+            LoadParams {
+                batch_size: Some(8),
+                ..params(&dir)
+            },
+            &mut |_| true,
+        )
+        .expect("loads");
+    let mut progress = 0;
+    let mut ids = Vec::new();
+    model
+        .generate(
+            greedy(reference.prompt_ids.clone(), 32, true),
+            &mut |_, id| {
+                if id == abi::R1_TOKEN_PROMPT_PROGRESS {
+                    progress += 1;
+                } else {
+                    ids.push(id);
+                }
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(ids, reference.greedy_ids[..32]);
+    // 27 prompt tokens in chunks of 8: progress after the first three chunks.
+    assert_eq!(progress, reference.prompt_ids.len().div_ceil(8) - 1);
 }
 
 #[test]
