@@ -1,5 +1,5 @@
-//! ONNX model directories in the store: recognised by `model.onnx` + `config.json`, identified
-//! from `config.json` and the directory's name, and checked for the files a load needs.
+//! ONNX model directories in the store: recognised by `model.onnx` + `config.json` (or
+//! `genai_config.json`), identified from that config and the directory's name, and checked for the files a load needs.
 //!
 //! A directory is listed as one model (format `onnx`); its size is the sum of its files. It is
 //! matched to a catalog variant when its name says DeepSeek-R1 and `config.json`'s shape
@@ -12,9 +12,33 @@ use std::path::Path;
 use super::{gguf::Identity, scan::Found, Health, ModelEntry, Source};
 use crate::catalog::{Format, Quantization, Variant, VARIANTS};
 
-/// Whether `dir` is an ONNX model directory: it holds `model.onnx` and `config.json`.
+/// Whether `dir` is an ONNX model directory: it holds `model.onnx` and `config.json` (or, as
+/// onnxruntime-genai folders do, `genai_config.json` instead).
 pub fn is_model_dir(dir: &Path) -> bool {
-    dir.join("model.onnx").is_file() && dir.join("config.json").is_file()
+    dir.join("model.onnx").is_file()
+        && (dir.join("config.json").is_file() || dir.join("genai_config.json").is_file())
+}
+
+/// `config.json`, or the shapes of `genai_config.json` under `config.json`'s key names.
+fn read_config(dir: &Path) -> Result<serde_json::Value, String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| format!("failed to read {name}: {e}"))
+            .and_then(|text| {
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .map_err(|e| format!("{name} is not valid JSON: {e}"))
+            })
+    };
+    if dir.join("config.json").is_file() {
+        return read("config.json");
+    }
+    let genai = read("genai_config.json")?;
+    let model = &genai["model"];
+    Ok(serde_json::json!({
+        "model_type": model["type"],
+        "num_hidden_layers": model["decoder"]["num_hidden_layers"],
+        "hidden_size": model["decoder"]["hidden_size"],
+    }))
 }
 
 /// Lowercase, spaces, underscores and dots as dashes (as `gguf` normalises names).
@@ -101,12 +125,7 @@ pub fn examine(found: Found) -> ModelEntry {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = std::fs::read_to_string(dir.join("config.json"))
-        .map_err(|e| format!("failed to read config.json: {e}"))
-        .and_then(|text| {
-            serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| format!("config.json is not valid JSON: {e}"))
-        });
+    let config = read_config(dir);
     let (identity, mut health) = match &config {
         Ok(config) => (Some(identify(config, &name)), Health::Ok),
         Err(why) => (None, Health::Unreadable(why.clone())),
@@ -178,6 +197,25 @@ mod tests {
                 quantization: "ONNX-Q4F16".into()
             }]
         );
+    }
+
+    #[test]
+    fn a_genai_folder_is_identified_from_genai_config() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = onnx_dir(root.path(), "deepseek-r1-distill-qwen-1.5B-q4f16", R1_1_5B);
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+        std::fs::write(
+            dir.join("genai_config.json"),
+            r#"{"model": {"type": "qwen2", "decoder": {"num_hidden_layers": 28, "hidden_size": 1536}}}"#,
+        )
+        .unwrap();
+        assert!(is_model_dir(&dir));
+        let e = examine(Found {
+            path: dir,
+            source: Source::Local,
+        });
+        assert_eq!(e.name, "deepseek-r1:1.5b-onnx-q4f16");
+        assert_eq!(e.health, Health::Ok);
     }
 
     #[test]

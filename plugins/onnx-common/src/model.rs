@@ -126,9 +126,18 @@ impl OnnxModel {
         });
         let info = ModelInfo {
             path: path.clone(),
-            name: Path::new(&path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned()),
+            // The directory's name; for a graph file, with the file: `repo/model_q4f16.onnx`.
+            name: dir.dir.file_name().map(|d| {
+                let d = d.to_string_lossy();
+                match Path::new(&path)
+                    .is_file()
+                    .then(|| Path::new(&path).file_name())
+                    .flatten()
+                {
+                    Some(f) => format!("{d}/{}", f.to_string_lossy()),
+                    None => d.into_owned(),
+                }
+            }),
             architecture: dir.config.model_type.clone(),
             parameters: dir.config.parameters().unwrap_or(0),
             layers,

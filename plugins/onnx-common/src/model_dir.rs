@@ -1,9 +1,13 @@
 //! A model directory in the Hugging Face / Optimum or onnxruntime-genai layout: what is read from
 //! it besides the graph (shapes, tokenizer, chat template, special tokens).
 //!
-//! Files:
-//! - `model.onnx` (required; its external data, e.g. `model.onnx.data`, beside it);
-//! - `config.json` (required): `model_type`, `num_hidden_layers`, `hidden_size`,
+//! The model is a directory, or the path of one `.onnx` graph file whose configs are beside it
+//! or one level up (transformers.js exports keep `onnx/model_q4f16.onnx` etc. under the
+//! configs). Files:
+//! - `model.onnx` (required in a directory; else the `decoder.filename` of `genai_config.json`;
+//!   its external data, e.g. `model.onnx.data`, beside it);
+//! - `config.json` (required unless `genai_config.json` is there; onnxruntime-genai folders ship
+//!   only that): `model_type`, `num_hidden_layers`, `hidden_size`,
 //!   `num_attention_heads`, `num_key_value_heads`, `head_dim`, `max_position_embeddings`,
 //!   `vocab_size`, `bos_token_id`, `eos_token_id`;
 //! - `tokenizer.json` (required), read by the `tokenizers` crate;
@@ -87,6 +91,30 @@ impl HfConfig {
             vocab * hidden
         };
         Some(vocab * hidden + layers * layer + hidden + head)
+    }
+
+    /// The same shapes from an onnxruntime-genai `genai_config.json` (its `model` object:
+    /// `type`, `context_length`, `vocab_size`, `bos_token_id`, `eos_token_id` and
+    /// `decoder.{num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads,
+    /// head_size}`), for genai folders that ship no `config.json`.
+    pub fn from_genai(genai: &Value) -> HfConfig {
+        let model = genai.get("model").cloned().unwrap_or_default();
+        let uint = |v: Option<&Value>| v.and_then(Value::as_u64).map(|n| n as u32);
+        let decoder = |key: &str| uint(model.pointer(&format!("/decoder/{key}")));
+        HfConfig {
+            model_type: model.get("type").and_then(Value::as_str).map(str::to_owned),
+            num_hidden_layers: decoder("num_hidden_layers"),
+            hidden_size: decoder("hidden_size"),
+            num_attention_heads: decoder("num_attention_heads"),
+            num_key_value_heads: decoder("num_key_value_heads"),
+            head_dim: decoder("head_size"),
+            max_position_embeddings: uint(model.get("context_length")),
+            vocab_size: uint(model.get("vocab_size")),
+            intermediate_size: None,
+            tie_word_embeddings: None,
+            bos_token_id: model.get("bos_token_id").cloned(),
+            eos_token_id: model.get("eos_token_id").cloned(),
+        }
     }
 
     /// Head width: `head_dim`, else `hidden_size / num_attention_heads`.
@@ -198,32 +226,67 @@ impl ModelDir {
     /// [`PluginError::load_failed`] naming the file: `path` is not a directory, `model.onnx`,
     /// `config.json` or `tokenizer.json` is missing, a JSON file does not parse, the tokenizer
     /// is invalid.
-    pub fn open(path: &Path) -> Result<ModelDir, PluginError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| load_failed(format!("failed to open model {}: {e}", path.display())))?;
-        if !meta.is_dir() {
+    pub fn open(model: &Path) -> Result<ModelDir, PluginError> {
+        let meta = std::fs::metadata(model)
+            .map_err(|e| load_failed(format!("failed to open model {}: {e}", model.display())))?;
+        let genai_in = |dir: &Path| read_json(&dir.join("genai_config.json"));
+        // The graph, and the directory holding the configs and tokenizer.
+        let (graph, path, genai) = if meta.is_dir() {
+            let genai = genai_in(model)?;
+            let named = genai
+                .as_ref()
+                .and_then(|g| g.pointer("/model/decoder/filename"))
+                .and_then(Value::as_str)
+                .map(|f| model.join(f));
+            let graph = std::iter::once(model.join("model.onnx"))
+                .chain(named)
+                .find(|g| g.is_file())
+                .ok_or_else(|| {
+                    let others = onnx_files(model);
+                    load_failed(if others.is_empty() {
+                        format!("model directory {} has no model.onnx", model.display())
+                    } else {
+                        format!(
+                            "model directory {} has no model.onnx; it has {}: give the path of \
+                             the one to load",
+                            model.display(),
+                            others.join(", ")
+                        )
+                    })
+                })?;
+            (graph, model.to_owned(), genai)
+        } else if model.extension().is_some_and(|e| e == "onnx") {
+            // A graph file: its configs are beside it, or one level up (transformers.js keeps
+            // its graphs in onnx/ under the configs).
+            let parent = model.parent().unwrap_or(Path::new("."));
+            let path = [parent, parent.parent().unwrap_or(parent)]
+                .into_iter()
+                .find(|d| d.join("tokenizer.json").is_file())
+                .unwrap_or(parent)
+                .to_owned();
+            let genai = genai_in(&path)?;
+            (model.to_owned(), path, genai)
+        } else {
             return Err(load_failed(format!(
-                "model {} is not a directory; an ONNX model is a directory with model.onnx, \
-                 config.json and tokenizer.json",
-                path.display()
+                "model {} is neither a directory nor an .onnx file; an ONNX model is a directory \
+                 with model.onnx, config.json and tokenizer.json",
+                model.display()
             )));
-        }
-        let graph = path.join("model.onnx");
-        if !graph.is_file() {
-            return Err(load_failed(format!(
-                "model directory {} has no model.onnx",
-                path.display()
-            )));
-        }
+        };
+        let path = path.as_path();
         let config_path = path.join("config.json");
-        let config_value = read_json(&config_path)?.ok_or_else(|| {
-            load_failed(format!(
-                "model directory {} has no config.json",
-                path.display()
-            ))
-        })?;
-        let config: HfConfig = serde_json::from_value(config_value)
-            .map_err(|e| load_failed(format!("failed to read {}: {e}", config_path.display())))?;
+        let config: HfConfig = match (read_json(&config_path)?, &genai) {
+            (Some(value), _) => serde_json::from_value(value).map_err(|e| {
+                load_failed(format!("failed to read {}: {e}", config_path.display()))
+            })?,
+            (None, Some(genai)) => HfConfig::from_genai(genai),
+            (None, None) => {
+                return Err(load_failed(format!(
+                    "model directory {} has no config.json (nor genai_config.json)",
+                    path.display()
+                )))
+            }
+        };
         let tokenizer_path = path.join("tokenizer.json");
         if !tokenizer_path.is_file() {
             return Err(load_failed(format!(
@@ -300,7 +363,7 @@ impl ModelDir {
 
         Ok(ModelDir {
             dir: path.to_owned(),
-            weights_bytes: weights_bytes(path),
+            weights_bytes: weights_bytes(&graph),
             graph,
             config,
             tokenizer,
@@ -314,20 +377,44 @@ impl ModelDir {
     }
 }
 
-/// `model.onnx` plus the files whose names start with `model.onnx` or end in `.onnx_data` /
-/// `.data` (external weights), in bytes.
-fn weights_bytes(dir: &Path) -> u64 {
+/// The `.onnx` files in `dir` and `dir/onnx`, relative to `dir`, sorted.
+fn onnx_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["", "onnx"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".onnx") {
+                out.push(if sub.is_empty() {
+                    name
+                } else {
+                    format!("{sub}/{name}")
+                });
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The graph file plus the files beside it whose names start with its name (external data:
+/// `model.onnx.data`, `model.onnx_data`, `model_q4f16.onnx_data`), in bytes.
+fn weights_bytes(graph: &Path) -> u64 {
+    let (Some(dir), Some(name)) = (graph.parent(), graph.file_name()) else {
+        return 0;
+    };
+    let name = name.to_string_lossy();
+    let stem = name.strip_suffix(".onnx").unwrap_or(&name);
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("model.onnx") || name.ends_with(".onnx_data")
-        })
-        .filter_map(|e| e.metadata().ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(stem))
+        // Following links: the Hugging Face cache links snapshot files to blobs.
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()

@@ -372,3 +372,111 @@ fn probe_reports_the_loaded_runtime() {
         "{report:?}"
     );
 }
+
+/// Links `names` of the fixture directory into `dir` (created).
+fn link_fixture(fixture_dir: &Path, dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for name in names {
+        std::os::unix::fs::symlink(fixture_dir.join(name), dir.join(name)).unwrap();
+    }
+}
+
+fn greedy_ids_of(params: LoadParams, reference: &Reference) -> Vec<i32> {
+    let mut model = OnnxRuntimePlugin
+        .load(params, &mut |_| true)
+        .expect("loads");
+    run(&mut model, greedy(reference.prompt_ids.clone(), 32, true)).0
+}
+
+/// onnxruntime-genai folders ship genai_config.json and no config.json: the shapes and special
+/// tokens come from it.
+#[test]
+fn a_genai_folder_without_config_json_loads_from_genai_config() {
+    let (Some(reference), Some(fixture_dir)) = (reference(), fixture(MODEL_DIR)) else {
+        return;
+    };
+    if init().is_none() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("genai");
+    link_fixture(
+        &fixture_dir,
+        &dir,
+        &[
+            "model.onnx",
+            "model.onnx.data",
+            "genai_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+        ],
+    );
+    let model = OnnxRuntimePlugin
+        .load(params(&dir), &mut |_| true)
+        .expect("loads");
+    let info = model.info().unwrap();
+    assert_eq!(info.layers, 30);
+    assert_eq!(info.architecture.as_deref(), Some("llama"));
+    assert_eq!(info.trained_context_length, 8192);
+    assert!(info.eog_token_ids.contains(&2));
+    drop(model);
+    assert_eq!(
+        greedy_ids_of(params(&dir), &reference),
+        reference.greedy_ids[..32]
+    );
+}
+
+/// transformers.js exports keep several graphs in onnx/ under the configs: the path of one
+/// graph file loads it; the directory alone names the graphs it has.
+#[test]
+fn a_graph_file_in_onnx_subdirectory_loads_with_the_configs_above() {
+    let (Some(reference), Some(fixture_dir)) = (reference(), fixture(MODEL_DIR)) else {
+        return;
+    };
+    if init().is_none() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("SmolLM2-ONNX");
+    link_fixture(
+        &fixture_dir,
+        &root,
+        &[
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+        ],
+    );
+    link_fixture(
+        &fixture_dir,
+        &root.join("onnx"),
+        &["model.onnx", "model.onnx.data"],
+    );
+    let err = OnnxRuntimePlugin
+        .load(params(&root), &mut |_| true)
+        .err()
+        .expect("no model.onnx at the top");
+    assert!(
+        err.message
+            .contains("has no model.onnx; it has onnx/model.onnx"),
+        "{}",
+        err.message
+    );
+    let graph = root.join("onnx/model.onnx");
+    let model = OnnxRuntimePlugin
+        .load(params(&graph), &mut |_| true)
+        .expect("loads");
+    assert_eq!(
+        model.info().unwrap().name.as_deref(),
+        Some("SmolLM2-ONNX/model.onnx")
+    );
+    assert!(model.info().unwrap().memory.weights_bytes > 500_000_000);
+    drop(model);
+    assert_eq!(
+        greedy_ids_of(params(&graph), &reference),
+        reference.greedy_ids[..32]
+    );
+}
