@@ -480,3 +480,44 @@ fn a_graph_file_in_onnx_subdirectory_loads_with_the_configs_above() {
         reference.greedy_ids[..32]
     );
 }
+
+/// The Optimum layout (with `position_ids`, float32 cache [1, heads, past, head_dim]) through a
+/// toy graph whose greedy choice is (sum of cached ids + last position + 1000 × (mask length −
+/// cache length)) mod 49152 (`scripts/make_toy_decoder.py`): the output is the predicted one only
+/// if the cache is carried, positions count from the cache length and the mask covers past +
+/// new tokens — over prompt chunks of 2 and single-token steps.
+#[test]
+fn the_optimum_layout_gets_positions_mask_and_cache_right() {
+    if init().is_none() {
+        return;
+    }
+    let Some(dir) = fixture("toy-optimum-decoder") else {
+        return;
+    };
+    let mut model = OnnxRuntimePlugin
+        .load(
+            LoadParams {
+                batch_size: Some(2),
+                ..params(&dir)
+            },
+            &mut |_| true,
+        )
+        .expect("the toy graph loads");
+    let prompt = vec![5, 7, 11, 13, 17];
+    let mut expected: Vec<i64> = prompt.iter().map(|t| i64::from(*t)).collect();
+    for _ in 0..8 {
+        let next = (expected.iter().sum::<i64>() + expected.len() as i64 - 1) % 49152;
+        expected.push(next);
+    }
+    let expected: Vec<i32> = expected[prompt.len()..].iter().map(|t| *t as i32).collect();
+    let (ids, _, result) = run(&mut model, greedy(prompt.clone(), 8, true));
+    assert_eq!(ids, expected);
+    assert_eq!(result.prompt_tokens, 5);
+    // Again, continuing from the cache (prompt + 7 generated are cached).
+    let mut longer = prompt.clone();
+    longer.extend_from_slice(&ids);
+    let (more, _, result) = run(&mut model, greedy(longer.clone(), 1, true));
+    assert_eq!(result.cached_prompt_tokens as usize, longer.len() - 1);
+    let sum: i64 = longer.iter().map(|t| i64::from(*t)).sum();
+    assert_eq!(i64::from(more[0]), (sum + longer.len() as i64 - 1) % 49152);
+}
