@@ -185,6 +185,8 @@ pub struct Snapshot {
     /// The last load that failed and its file's modification time then (cleared by the next
     /// successful load): the supervisor does not retry it until the file changes.
     pub last_failed: Option<(LoadSpec, Option<std::time::SystemTime>)>,
+    /// A load waiting in the queue behind running answers (its path), until the engine takes it.
+    pub queued_load: Option<PathBuf>,
 }
 
 /// What to load.
@@ -287,6 +289,7 @@ impl Engine {
             swapping_from: None,
             last_load_error: None,
             last_failed: None,
+            queued_load: None,
         });
         let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
@@ -343,6 +346,8 @@ impl Engine {
     /// [`EngineError::LoadFailed`] naming the file, the error and what is served now;
     /// [`EngineError::ShuttingDown`].
     pub async fn load(&self, spec: LoadSpec) -> Result<(), EngineError> {
+        let path = PathBuf::from(&spec.params.path);
+        self.shared.publish(|s| s.queued_load = Some(path));
         let (tx, rx) = oneshot::channel();
         self.send(Job::Load(spec, tx)).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
@@ -540,11 +545,35 @@ impl Worker {
 
     /// Replaces the resident model with `spec`; on failure loads the previous one again.
     fn swap(&mut self, spec: LoadSpec) -> Result<(), EngineError> {
+        self.shared.publish(|s| s.queued_load = None);
+        let mtime = |spec: &LoadSpec| {
+            std::fs::metadata(&spec.params.path)
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        // What can be known without loading (the file is there, a backend takes it, a GGUF is
+        // complete) is checked before the serving model is unloaded.
+        if let Some(model) = &self.model {
+            if let Err(reason) = precheck(&self.host, &spec) {
+                let name = model_name(model.info());
+                let reason = format!("{reason}; {name} goes on serving (nothing was unloaded)");
+                tracing::error!("{reason}");
+                let modified = mtime(&spec);
+                self.shared.publish(|s| {
+                    s.last_load_error = Some(reason.clone());
+                    s.last_failed = Some((spec.clone(), modified));
+                });
+                return Err(EngineError::LoadFailed { reason });
+            }
+        }
         let previous = self.spec.take();
         let previous_name = self.model.as_ref().map(|m| model_name(m.info()));
         // Memory for the new model comes from the old one.
         self.model = None;
         self.shared.publish(|s| {
+            if previous_name.is_some() {
+                s.state = EngineState::Swapping;
+            }
             s.model = None;
             s.spec = None;
             s.swapping_from = previous_name.clone();
@@ -567,9 +596,16 @@ impl Worker {
                             });
                             Err(EngineError::LoadFailed { reason })
                         }
-                        Err(again) => Err(EngineError::LoadFailed {
-                            reason: format!("{reason}; loading {name} again failed too: {again}"),
-                        }),
+                        Err(again) => {
+                            let modified = mtime(&spec);
+                            self.shared
+                                .publish(|s| s.last_failed = Some((spec.clone(), modified)));
+                            Err(EngineError::LoadFailed {
+                                reason: format!(
+                                    "{reason}; loading {name} again failed too: {again}"
+                                ),
+                            })
+                        }
                     }
                 }
                 _ => Err(EngineError::LoadFailed { reason }),
@@ -842,6 +878,21 @@ impl Worker {
                 .unwrap_or_else(|| "memory is running out".into()),
         )
     }
+}
+
+/// Checks what can be checked of `spec` without loading it: the file exists, a backend takes it,
+/// and a GGUF is as long as its header says. Returns the reason it cannot load.
+fn precheck(host: &PluginHost, spec: &LoadSpec) -> Result<(), String> {
+    let path = std::path::Path::new(&spec.params.path);
+    host.select(path, spec.backend.as_deref())
+        .map_err(|e| describe_load_error(path, &e))?;
+    if gguf_header::has_magic(path) {
+        let check = gguf_header::check(path);
+        if let Some(why) = check.explanation() {
+            return Err(format!("failed to load model {}: {why}", path.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The name a model is shown by: its own name, else its path.

@@ -71,6 +71,7 @@ struct Inner {
     read_config: ReadConfig,
     configured_model: ConfiguredModel,
     probe: Probe,
+    shutdown: CancellationToken,
     events: broadcast::Sender<wire::Event>,
     view: watch::Sender<wire::WatchStatus>,
     state: Mutex<State>,
@@ -96,8 +97,8 @@ struct State {
     pinned: Option<Pin>,
     /// A different choice and since when it holds.
     pending: Option<(LoadSpec, String, Instant)>,
-    /// The last hardware summary (to log changes).
-    hardware: Option<String>,
+    /// The hardware as last reported (to report changes that matter, not every 0.1 GB).
+    hardware: Option<crate::hardware::Hardware>,
     /// NVIDIA GPUs the kernel driver lists but the probe did not find.
     degraded: Option<String>,
 }
@@ -218,6 +219,7 @@ impl Supervisor {
                 read_config: setup.read_config,
                 configured_model: setup.configured_model,
                 probe: setup.probe,
+                shutdown: shutdown.clone(),
                 events,
                 view,
                 state: Mutex::new(State {
@@ -259,8 +261,30 @@ impl Supervisor {
     /// What `/r1/status` shows under `watch`.
     pub fn view(&self) -> wire::WatchStatus {
         let mut v = self.inner.view.borrow().clone();
-        v.last_load_error = self.inner.engine.snapshot().last_load_error;
+        let snap = self.inner.engine.snapshot();
+        v.last_load_error = snap.last_load_error;
+        if let Some(path) = snap.queued_load {
+            v.pending = Some(format!(
+                "swapping to {} once the answers before it finish ({} queued or running)",
+                path.display(),
+                self.inner.engine.active_requests()
+            ));
+        }
         v
+    }
+
+    /// Cancelled when r1d shuts down (event streams end then).
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Reads the config file and says whether it would be accepted, without applying it (for
+    /// D-Bus `Reload`, which answers before the reload has finished).
+    ///
+    /// # Errors
+    /// The file's error (file, line, key).
+    pub fn check_config(&self) -> Result<(), String> {
+        (self.inner.read_config)().map(|_| ())
     }
 
     /// A receiver that sees every change of [`Supervisor::view`] (for D-Bus).
@@ -341,56 +365,51 @@ impl Supervisor {
 
     // ---- Config ----
 
-    /// Watches the config file's directory; a change of the file (written in place, or replaced
-    /// by rename) reloads it after 300 ms of quiet. Without a file or directory, nothing is
-    /// watched (SIGHUP and `r1ctl reload` still work).
+    /// Watches the config file's directory (and, for a symlinked config, its target's); a change
+    /// of the file (written in place, or replaced by rename) reloads it after 300 ms of quiet.
+    /// When the directory does not exist yet (a first config not written yet), it is looked for
+    /// every 2 s and watched once it appears. `[watch] config = false` (also set by a reload)
+    /// ignores the changes; SIGHUP and `r1ctl reload` still reload.
     fn watch_config(self, shutdown: CancellationToken) {
-        use notify::Watcher as _;
         let Some(path) = self.inner.config_path.clone() else {
             return;
         };
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return;
-        };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        let name = name.to_owned();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher = match notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| {
-                let Ok(ev) = res else { return };
-                if matches!(ev.kind, notify::EventKind::Access(_)) {
-                    return;
-                }
-                // Only the config file itself: an editor's swap, temp and backup files in the
-                // same directory are not the config.
-                if ev.paths.iter().any(|p| p.file_name() == Some(&name)) {
-                    let _ = tx.send(());
-                }
-            },
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("not watching the config file (inotify: {e}); SIGHUP and `r1ctl reload` still reload it");
-                return;
-            }
-        };
-        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            tracing::info!(
-                "not watching {} for config changes: {e}; SIGHUP and `r1ctl reload` still reload it",
-                dir.display()
-            );
-            return;
-        }
-        tracing::info!("watching {} for changes", path.display());
         tokio::spawn(async move {
-            let _watcher = watcher;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let mut watcher = None;
+            let mut said_missing = false;
             loop {
+                if watcher.is_none() {
+                    match watch_dirs(&path, tx.clone()) {
+                        Ok(w) => {
+                            tracing::info!("watching {} for changes", path.display());
+                            watcher = Some(w);
+                            if said_missing {
+                                // The directory (and maybe the file) appeared: read it.
+                                self.reload("the file appeared").await;
+                            }
+                        }
+                        Err(e) if !said_missing => {
+                            tracing::info!(
+                                "not watching {} yet ({e}); looking again every 2 s; SIGHUP and `r1ctl reload` reload it",
+                                path.display()
+                            );
+                            said_missing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                let wait = if watcher.is_some() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::from_secs(2)
+                };
                 tokio::select! {
-                    got = rx.recv() => if got.is_none() { return },
+                    got = tokio::time::timeout(wait, rx.recv()) => match got {
+                        Ok(Some(())) => {}
+                        Ok(None) => return,
+                        Err(_) => continue,
+                    },
                     () = shutdown.cancelled() => return,
                 }
                 // Quiet period: an editor's write, rename and chmod come as several events.
@@ -403,6 +422,13 @@ impl Supervisor {
                         },
                         () = shutdown.cancelled() => return,
                     }
+                }
+                if !self.config().watch.config {
+                    tracing::info!(
+                        "{} changed; not reloading ([watch] config = false)",
+                        path.display()
+                    );
+                    continue;
                 }
                 self.reload("the file changed").await;
             }
@@ -428,12 +454,14 @@ impl Supervisor {
                 tracing::error!(
                     "config reload ({origin}) rejected, the running config stays in force: {error}"
                 );
-                self.update_view(|v| v.config_error = Some(error.clone()));
+                // TOML errors come with a quoted line and a caret: one line for status and events.
+                let line = one_line(&error);
+                self.update_view(|v| v.config_error = Some(line.clone()));
                 let mut e = event(
                     "config",
-                    format!("rejected, the running config stays in force: {error}"),
+                    format!("rejected, the running config stays in force: {line}"),
                 );
-                e.error = Some(error.clone());
+                e.error = Some(line);
                 self.emit(e);
                 return wire::ReloadOutcome {
                     config_path,
@@ -444,40 +472,36 @@ impl Supervisor {
             }
         };
         let old = self.config();
-        let changes = config::diff(&old, &new);
+        // Keys read once at start: said so beside the change, not pretended applied.
+        const AT_RESTART: [&str; 9] = [
+            "[server] socket",
+            "[server] queue_depth",
+            "[plugins] dir",
+            "[store] dir",
+            "[store] scan_huggingface",
+            "[store] huggingface_cache",
+            "[store] scan_ollama",
+            "[store] ollama_models",
+            "[model] default_max_tokens",
+        ];
+        let changes: Vec<String> = config::diff(&old, &new)
+            .into_iter()
+            .map(|line| {
+                if AT_RESTART
+                    .iter()
+                    .any(|k| line.starts_with(&format!("{k}:")))
+                {
+                    format!("{line} (takes effect when r1d restarts)")
+                } else {
+                    line
+                }
+            })
+            .collect();
         if changes.is_empty() {
             tracing::info!("config reload ({origin}): nothing changed");
         }
         for line in &changes {
             tracing::info!("config reload ({origin}): {line}");
-        }
-        for (key, changed) in [
-            ("[server] socket", old.server.socket != new.server.socket),
-            (
-                "[server] queue_depth",
-                old.server.queue_depth != new.server.queue_depth,
-            ),
-            ("[plugins] dir", old.plugins.dir != new.plugins.dir),
-            ("[store] dir", old.store.dir != new.store.dir),
-            (
-                "[store] scan settings",
-                old.store.scan_huggingface != new.store.scan_huggingface
-                    || old.store.scan_ollama != new.store.scan_ollama
-                    || old.store.huggingface_cache != new.store.huggingface_cache
-                    || old.store.ollama_models != new.store.ollama_models,
-            ),
-            (
-                "[model] default_max_tokens",
-                old.model.default_max_tokens != new.model.default_max_tokens,
-            ),
-            (
-                "[watch] config and hardware_interval_s",
-                old.watch.config != new.watch.config,
-            ),
-        ] {
-            if changed {
-                tracing::warn!("config reload: {key} takes effect when r1d restarts");
-            }
         }
         if (self.inner.configured_model)(&old) != (self.inner.configured_model)(&new)
             || old.planner.variant != new.planner.variant
@@ -631,6 +655,13 @@ impl Supervisor {
             Err(err) => {
                 let text = err.to_string();
                 tracing::error!("{text}");
+                if let Some((info, _)) = &engine.snapshot().model {
+                    self.inner.store.set_selection(&format!(
+                        "{} kept serving: {to} failed to load ({})",
+                        model_name(info),
+                        one_line(&text)
+                    ));
+                }
                 let mut e = event("swap", format!("failed: {text}"));
                 e.error = Some(text.clone());
                 self.emit(e);
@@ -651,6 +682,19 @@ impl Supervisor {
     ) -> Result<String, Result<crate::store::StoreError, EngineError>> {
         let _acting = self.inner.acting.lock().await;
         let name = name.trim();
+        if name.starts_with('/') {
+            // A file by its path, as D-Bus `Use` takes it: the same as `POST /r1/load`.
+            let spec = LoadSpec {
+                params: r1_plugin_abi::json::LoadParams {
+                    path: name.to_owned(),
+                    ..Default::default()
+                },
+                backend: None,
+            };
+            self.set_pin(Some(Pin::Spec(spec.clone())));
+            let reason = format!("{name} was loaded on request");
+            return self.load_now(spec, reason).await.map_err(Err);
+        }
         if name.eq_ignore_ascii_case("auto") {
             self.set_pin(None);
             let wanted = self
@@ -717,11 +761,34 @@ impl Supervisor {
         });
     }
 
-    /// Loads `spec` now (through the engine's queue) and records why.
+    /// Loads `spec` now (through the engine's queue), records why and says so in events.
     async fn load_now(&self, spec: LoadSpec, reason: String) -> Result<String, EngineError> {
-        self.inner.engine.load(spec).await?;
-        self.inner.store.set_selection(&reason);
-        Ok(reason)
+        let to = file_name(&spec.params.path);
+        let mut e = event("swap", format!("loading {to}: asked for ({reason})"));
+        e.model = Some(to.clone());
+        self.emit(e);
+        match self.inner.engine.load(spec).await {
+            Ok(()) => {
+                self.inner.store.set_selection(&reason);
+                let name = self
+                    .inner
+                    .engine
+                    .snapshot()
+                    .model
+                    .map(|(i, _)| model_name(&i))
+                    .unwrap_or(to);
+                let mut e = event("swap", format!("serving {name}"));
+                e.model = Some(name);
+                self.emit(e);
+                Ok(reason)
+            }
+            Err(err) => {
+                let mut e = event("swap", format!("failed: {}", one_line(&err.to_string())));
+                e.error = Some(err.to_string());
+                self.emit(e);
+                Err(err)
+            }
+        }
     }
 
     // ---- Hardware ----
@@ -848,7 +915,12 @@ impl Supervisor {
             || policy == SwapPolicy::Auto
             || policy == SwapPolicy::Idle && idle >= config.watch.idle_s;
         if go {
-            self.apply(wanted, forced, "the machine changed").await;
+            let why = if self.inner.engine.snapshot().model.is_some() {
+                "the machine changed"
+            } else {
+                "nothing is served and this can be"
+            };
+            self.apply(wanted, forced, why).await;
             return;
         }
         let message = match policy {
@@ -936,8 +1008,10 @@ impl Supervisor {
         let degraded = degraded_reason(probe, hw);
         let (changed, degraded_changed) = {
             let mut st = self.state();
-            let changed = st.hardware.as_deref() != Some(summary.as_str());
-            st.hardware = Some(summary.clone());
+            let changed = st.hardware.as_ref().is_none_or(|last| differs(last, hw));
+            if changed {
+                st.hardware = Some(hw.clone());
+            }
             let degraded_changed = st.degraded != degraded;
             st.degraded = degraded.clone();
             (changed, degraded_changed)
@@ -971,6 +1045,76 @@ fn modified(spec: &LoadSpec) -> Option<std::time::SystemTime> {
     std::fs::metadata(&spec.params.path)
         .and_then(|m| m.modified())
         .ok()
+}
+
+/// Watches the directory of `path` and, when `path` is a symlink, its target's directory;
+/// sends on `tx` when a file named like the config or its target changes there.
+fn watch_dirs(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut places: Vec<(PathBuf, std::ffi::OsString)> = Vec::new();
+    for p in [Some(path.to_owned()), std::fs::canonicalize(path).ok()]
+        .into_iter()
+        .flatten()
+    {
+        let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+            continue;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_owned()
+        };
+        if !places.iter().any(|(d, n)| *d == dir && n == name) {
+            places.push((dir, name.to_owned()));
+        }
+    }
+    let names: Vec<std::ffi::OsString> = places.iter().map(|(_, n)| n.clone()).collect();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        // Only the config file itself: an editor's swap, temp and backup files in the same
+        // directory are not the config.
+        if ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| n == f)))
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    for (dir, _) in &places {
+        watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok(watcher)
+}
+
+/// Whether `now` differs from `last` enough to report: the total, the cgroup limit or the GPUs
+/// changed, or free RAM or a GPU's free VRAM moved by 5 % of its total (at least 0.5 GB).
+fn differs(last: &crate::hardware::Hardware, now: &crate::hardware::Hardware) -> bool {
+    let moved = |a: u64, b: u64, total: u64| a.abs_diff(b) >= (total / 20).max(500_000_000);
+    last.memory.total_bytes != now.memory.total_bytes
+        || last.memory.cgroup_limit_bytes != now.memory.cgroup_limit_bytes
+        || moved(
+            last.memory.available_bytes,
+            now.memory.available_bytes,
+            now.memory.total_bytes,
+        )
+        || last.gpus.len() != now.gpus.len()
+        || last.gpus.iter().zip(&now.gpus).any(|(a, b)| {
+            a.name != b.name
+                || a.vram_total_bytes != b.vram_total_bytes
+                || moved(a.vram_free_bytes, b.vram_free_bytes, b.vram_total_bytes)
+        })
+}
+
+/// `text` on one line (runs of whitespace, newlines included, become one space).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn policy_name(p: SwapPolicy) -> &'static str {

@@ -444,6 +444,7 @@ mod tests {
             swapping_from: None,
             last_load_error: None,
             last_failed: None,
+            queued_load: None,
         }
     }
 

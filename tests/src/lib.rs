@@ -125,6 +125,8 @@ pub struct DaemonOptions<'a> {
     /// The config file's text (written to `r1d.toml` in the daemon's directory and passed as
     /// `--config`); default: an empty file.
     pub config: Option<&'a str>,
+    /// A config file of the test's own to pass as `--config` instead (then `config` is unused).
+    pub config_file: Option<&'a Path>,
 }
 
 impl Daemon {
@@ -141,7 +143,12 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("--config")
-            .arg(dir.path().join("r1d.toml"))
+            .arg(
+                options
+                    .config_file
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| dir.path().join("r1d.toml")),
+            )
             .arg("--plugin-dir")
             .arg(
                 options

@@ -36,16 +36,20 @@ pub async fn admit(
     format: ReasoningFormat,
 ) -> Result<Admitted, EngineError> {
     let mut rx = engine.chat(input, sampling, format)?;
-    // While a model is being loaded or swapped, a request waits up to the queue deadline; then
+    // While a model is being loaded or swapped (or a swap waits behind running answers), a
+    // request waits up to the queue deadline; then
     // it leaves the queue (dropping `rx` cancels it) with 503 and Retry-After. Behind a running
     // answer on a resident model it waits as long as it takes.
     let first = loop {
         match tokio::time::timeout(engine.queue_deadline(), rx.recv()).await {
             Ok(event) => break event,
             Err(_) => {
-                let what = match engine.snapshot().state {
+                let snap = engine.snapshot();
+                let what = match snap.state {
                     EngineState::Loading => "loaded",
                     EngineState::Swapping => "swapped",
+                    // A swap waits behind the running answers: this request waits for it.
+                    _ if snap.queued_load.is_some() => "swapped",
                     _ => continue,
                 };
                 return Err(EngineError::Unavailable {

@@ -651,8 +651,11 @@ impl Manager {
         self.authorize(conn, &header, "reloading the config")
             .await?;
         if let Some(supervisor) = self.supervisor.clone() {
+            // A file that would be rejected is an error of this call; the reload itself (maybe a
+            // long swap) goes on after the reply, and the State property follows it.
+            let checked = supervisor.check_config();
             tokio::spawn(async move { supervisor.reload("D-Bus Reload").await });
-            return Ok(());
+            return checked.map_err(Error::InvalidArgument);
         }
         use rustix::process::{getpid, kill_process, Signal};
         kill_process(getpid(), Signal::HUP)

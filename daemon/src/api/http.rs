@@ -622,6 +622,27 @@ async fn events(State(state): State<AppState>) -> Response {
             }
         })
     });
+    // At shutdown the stream ends with a last event, so a watcher learns why and r1d's graceful
+    // shutdown does not wait for it.
+    let stopping = state.supervisor.stopping();
+    let last = futures_util::stream::once(async {
+        Ok(SseEvent::default()
+            .event("state")
+            .json_data(wire::Event {
+                kind: "state".into(),
+                time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                message: "r1d is stopping".into(),
+                state: None,
+                model: None,
+                changes: Vec::new(),
+                error: None,
+            })
+            .unwrap_or_else(|_| SseEvent::default().comment("stopping")))
+    });
+    let rest = rest.take_until(stopping.cancelled_owned()).chain(last);
     Sse::new(head.chain(rest))
         .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
         .into_response()

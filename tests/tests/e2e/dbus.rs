@@ -906,3 +906,35 @@ async fn dbus_a_swap_after_a_config_edit_is_signalled_through_state_and_active_m
     // The loop above fails unless ActiveModel changed to "slow" (an empty name in between, while
     // no model is resident, may be coalesced by the proxy).
 }
+
+#[tokio::test]
+async fn dbus_reload_of_a_rejected_config_is_an_error_naming_the_key() {
+    if !tools_present(&["dbus-daemon"]) {
+        return;
+    }
+    let bus = Bus::session();
+    let models = tempfile::tempdir().unwrap();
+    let (first, _slow) = swap_pair(models.path(), 0);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&format!(
+            "{}\n[watch]\nconfig = false\n",
+            echo_config(&first)
+        )),
+        args: vec!["--dbus".into(), "session".into()],
+        env: vec![("DBUS_SESSION_BUS_ADDRESS", bus.address.clone())],
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let conn = bus.wait_for_r1d(&daemon).await;
+    let manager = Manager1Proxy::new(&conn).await.unwrap();
+    manager.reload().await.unwrap();
+    std::fs::write(
+        daemon.config_path(),
+        format!("{}bogus = 1\n", echo_config(&first)),
+    )
+    .unwrap();
+    let e = manager.reload().await.unwrap_err();
+    assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument");
+    assert!(e.to_string().contains("bogus"), "{e}");
+    assert_eq!(manager.active_model().await.unwrap(), "first");
+}

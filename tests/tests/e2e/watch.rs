@@ -760,3 +760,125 @@ async fn a_model_that_failed_to_load_is_not_retried_by_re_plans_until_its_file_c
     })
     .await;
 }
+
+#[tokio::test]
+async fn event_streams_end_with_a_last_event_when_r1d_stops_and_do_not_hold_it() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let mut daemon = Daemon::start(DaemonOptions {
+        config: Some(&config_with_model(&a)),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    let events = collect_events(&daemon, 20, |_| false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.terminate();
+    let status = daemon.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!(
+            "r1d did not stop while an event stream was open\n{}",
+            daemon.log()
+        )
+    });
+    assert!(status.success(), "{status}");
+    let events = events.await.unwrap();
+    assert_eq!(
+        events.last().map(|e| e.message.as_str()),
+        Some("r1d is stopping"),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_file_or_unknown_backend_is_refused_before_the_serving_model_is_unloaded() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config_with_model(&a)),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    let events = collect_events(&daemon, 20, |e| e.kind == "swap" && e.error.is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.edit_config(&config_with_model(&models.path().join("nosuch.echo")));
+    let events = events.await.unwrap();
+    let failed = events.iter().find(|e| e.error.is_some()).unwrap();
+    assert!(
+        failed.message.contains("nosuch.echo") && failed.message.contains("nothing was unloaded"),
+        "{failed:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.state == Some(State::Swapping)),
+        "the serving model was unloaded: {events:#?}"
+    );
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!(status.model.unwrap().name, "echo-a");
+    let selection = status.selection.unwrap();
+    assert!(
+        selection.starts_with("echo-a kept serving: nosuch.echo failed"),
+        "{selection}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_behind_a_queued_swap_gets_503_past_the_deadline_and_status_shows_the_swap() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
+    let config = |m: &Path| format!("{}queue_deadline_s = 0.5\n", config_with_model(m));
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config(&a)),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    // A 3-second answer holds the engine; the swap waits behind it.
+    let mut request = ask("[[slow]] long");
+    request.max_tokens = Some(60);
+    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    daemon.edit_config(&config(&b));
+    let pending = until(&daemon, 10, "the queued swap in status", || async {
+        daemon.client().status().await.ok()?.watch?.pending
+    })
+    .await;
+    assert!(pending.contains("b.echo"), "{pending}");
+    let err = daemon.client().chat(&ask("waiting")).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    // The running answer finishes; then the new model serves.
+    while let Some(chunk) = stream.next().await {
+        chunk.expect("the running answer finishes");
+    }
+    let answer = daemon.client().chat(&ask("now")).await.unwrap();
+    assert_eq!(answer.model, "echo-b");
+}
+
+#[tokio::test]
+async fn a_symlinked_config_follows_edits_of_its_target() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
+    // /etc/r1d/r1d.toml -> /srv/config/r1d.toml, say.
+    let links = tempfile::tempdir().unwrap();
+    let targets = tempfile::tempdir().unwrap();
+    let target = targets.path().join("real.toml");
+    std::fs::write(&target, config_with_model(&a)).unwrap();
+    let link = links.path().join("r1d.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        config_file: Some(&link),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    assert_eq!(resident(&daemon).await.as_deref(), Some("echo-a"));
+    // The target is edited where it lives (as `sed -i` does: a new file renamed over it); the
+    // directory of the link sees nothing.
+    let tmp = targets.path().join(".real.toml.tmp");
+    std::fs::write(&tmp, config_with_model(&b)).unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    until(
+        &daemon,
+        10,
+        "echo-b after editing the symlink's target",
+        || async { (resident(&daemon).await.as_deref() == Some("echo-b")).then_some(()) },
+    )
+    .await;
+}
