@@ -362,8 +362,17 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     }
     if let Some(error) = &status.error {
         writeln!(out, "{:<14}{error}", "why")?;
-    } else if let Some(selection) = &status.selection {
+    }
+    if let Some(selection) = status.selection.as_ref().filter(|s| {
+        status
+            .error
+            .as_ref()
+            .is_none_or(|e| !e.contains(s.as_str()))
+    }) {
         writeln!(out, "{:<14}{selection}", "chosen")?;
+    }
+    if let Some(more) = &status.more_memory {
+        writeln!(out, "{:<14}{more}", "more memory")?;
     }
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(

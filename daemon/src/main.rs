@@ -278,9 +278,15 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     })
 }
 
+/// The probes of this machine; with `R1D_HARDWARE_ROOT` set, of the fake `/proc` and `/sys`
+/// tree below it instead (no NVML, no bandwidth measurement): what r1d would do elsewhere.
 fn this_machine(mode: Mode) -> Probe {
+    let models = r1d::hardware::disk::default_models_dir(mode);
+    if let Some(root) = std::env::var_os("R1D_HARDWARE_ROOT") {
+        return Probe::fake_root(root, models);
+    }
     Probe::this_machine(
-        r1d::hardware::disk::default_models_dir(mode),
+        models,
         Some(r1d::hardware::bandwidth::default_cache_path(mode)),
     )
 }

@@ -205,8 +205,40 @@ pub struct Store {
     probe: Probe,
     policy: PlannerConfig,
     model: ModelConfig,
-    /// The last selection's reason (shown in `/r1/status`).
-    selection: Mutex<Option<String>>,
+    /// The last selection (shown in `/r1/status`).
+    selection: Mutex<Selection>,
+    /// What more memory would bring, from the plan behind the reason `resolve_use` returned
+    /// last; [`Store::set_selection`] takes it over when it records that reason.
+    pending: Mutex<Option<(String, MoreMemory)>>,
+}
+
+/// What the planner said more memory would bring, for `/r1/status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MoreMemory {
+    /// [`Plan::upgrades`].
+    pub upgrades: Vec<planner::Upgrade>,
+    /// [`Plan::more_memory`].
+    pub text: String,
+}
+
+impl MoreMemory {
+    fn of(plan: &Plan) -> MoreMemory {
+        MoreMemory {
+            upgrades: plan.upgrades.clone(),
+            text: plan.more_memory.clone(),
+        }
+    }
+}
+
+/// Why the resident model is what it is.
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    reason: Option<String>,
+    more: Option<MoreMemory>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn home() -> PathBuf {
@@ -258,7 +290,8 @@ impl Store {
             probe,
             policy: config.planner.clone(),
             model: config.model.clone(),
-            selection: Mutex::new(None),
+            selection: Mutex::new(Selection::default()),
+            pending: Mutex::new(None),
         })
     }
 
@@ -318,7 +351,7 @@ impl Store {
                     .missing
                     .filter(|_| self.auto_pull)
                     .and_then(|ci| catalog_spec(&plan.candidates[ci]).ok());
-                self.set_selection(&choice.reason);
+                self.record(&choice.reason, Some(MoreMemory::of(&plan)));
                 (load, choice.reason, pull)
             }
             Err(e) => {
@@ -331,15 +364,47 @@ impl Store {
 
     /// The last selection's reason.
     pub fn selection(&self) -> Option<String> {
-        self.selection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locked(&self.selection).reason.clone()
     }
 
-    /// Records why the resident model is what it is.
+    /// What the planner said more memory would bring when it chose the resident model (empty
+    /// when the model was named rather than chosen).
+    pub fn upgrades(&self) -> Vec<planner::Upgrade> {
+        locked(&self.selection)
+            .more
+            .as_ref()
+            .map(|m| m.upgrades.clone())
+            .unwrap_or_default()
+    }
+
+    /// [`Plan::more_memory`] of the plan that chose the resident model.
+    pub fn more_memory(&self) -> Option<String> {
+        locked(&self.selection)
+            .more
+            .as_ref()
+            .map(|m| m.text.clone())
+    }
+
+    /// Records why the resident model is what it is; with the reason [`Store::resolve_use`]
+    /// returned, also what its plan said more memory would bring.
     pub fn set_selection(&self, reason: &str) {
-        *self.selection.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        let more = locked(&self.pending)
+            .take()
+            .filter(|(r, _)| r == reason)
+            .map(|(_, m)| m);
+        self.record(reason, more);
+    }
+
+    fn record(&self, reason: &str, more: Option<MoreMemory>) {
+        *locked(&self.selection) = Selection {
+            reason: Some(reason.to_owned()),
+            more,
+        };
+    }
+
+    /// Keeps what `plan` says about more memory until the caller records `reason`.
+    fn remember(&self, reason: &str, plan: &Plan) {
+        *locked(&self.pending) = Some((reason.to_owned(), MoreMemory::of(plan)));
     }
 
     /// The load of `entry`: the planner's context and GPU layers for a variant, the config's
@@ -375,10 +440,13 @@ impl Store {
         if name.eq_ignore_ascii_case("auto") {
             let (entries, plan, choice) = self.choose()?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => Ok((
-                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                    choice.reason,
-                )),
+                Some((e, c)) => {
+                    self.remember(&choice.reason, &plan);
+                    Ok((
+                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                        choice.reason,
+                    ))
+                }
                 None => Err(StoreError::Unusable {
                     name: "auto".into(),
                     reason: choice.reason,
@@ -392,10 +460,14 @@ impl Store {
             };
             let (entries, plan, choice) = self.choose_with(&policy)?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => Ok((
-                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                    format!("pinned to {}: {}", v.id, choice.reason),
-                )),
+                Some((e, c)) => {
+                    let reason = format!("pinned to {}: {}", v.id, choice.reason);
+                    self.remember(&reason, &plan);
+                    Ok((
+                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                        reason,
+                    ))
+                }
                 None if entries
                     .iter()
                     .any(|e| e.variant().is_some_and(|x| x.id == v.id) && e.is_usable()) =>
