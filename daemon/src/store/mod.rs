@@ -7,7 +7,8 @@
 //! - [`gguf`]: each file is identified from its own GGUF header (through the shared
 //!   `gguf-header` crate) and checked: a file shorter than its tensor infos imply is listed as
 //!   truncated with both sizes, and is never chosen.
-//! - [`pull`]: downloads with resume and sha256 verification.
+//! - [`pull`]: downloads with resume and sha256 verification, into a directory per repository
+//!   (`MODELS/hf.co/OWNER/REPO/FILE`); files pulled flat into `MODELS/` before that still count.
 //! - [`select`]: the best present DeepSeek-R1 by the planner's ranking.
 //!
 //! **Architecture invariants**: other tools' stores are never written; knows neither HTTP nor
@@ -134,7 +135,9 @@ impl ModelEntry {
             .unwrap_or_default();
         let stem = file.strip_suffix(".gguf").unwrap_or(&file).to_owned();
         let source_name = match &self.source {
-            Source::Local => None,
+            Source::Local => {
+                pull::pulled_origin(&self.path).map(|(repo, file)| format!("hf.co/{repo}:{file}"))
+            }
             Source::HuggingFace { repo, file, .. } => Some(format!("hf.co/{repo}:{file}")),
             Source::Ollama { name, .. } => Some(name.clone()),
         };
@@ -700,10 +703,14 @@ pub fn examine(found: scan::Found) -> ModelEntry {
     {
         Some((v, q)) => format!("{}-{}", v.id, q.name.to_ascii_lowercase()),
         None => match &found.source {
-            Source::Local => {
-                let stem = file_name.strip_suffix(".gguf").unwrap_or(&file_name);
-                stem.to_owned()
-            }
+            // Pulled into `MODELS/hf.co/OWNER/REPO/FILE`: the name it was pulled by.
+            Source::Local => match pull::pulled_origin(&found.path) {
+                Some((repo, file)) => format!("hf.co/{repo}:{file}"),
+                None => {
+                    let stem = file_name.strip_suffix(".gguf").unwrap_or(&file_name);
+                    stem.to_owned()
+                }
+            },
             Source::HuggingFace { repo, file, .. } => format!("hf.co/{repo}:{file}"),
             Source::Ollama { name, .. } => name.clone(),
         },
