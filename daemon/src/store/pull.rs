@@ -94,6 +94,16 @@ pub enum PullError {
         /// What to do.
         hint: &'static str,
     },
+    /// r1d may not use the network: opening an Internet socket failed with `EAFNOSUPPORT` (a
+    /// seccomp address-family filter, as `RestrictAddressFamilies=` of `r1d.service` installs) or
+    /// connecting with `EPERM` (an IP filter such as `IPAddressDeny=any`, or a local firewall).
+    #[error("failed to download {url}: r1d may not use the network here ({cause}). The r1d.service unit allows only Unix and netlink sockets (RestrictAddressFamilies=AF_UNIX AF_NETLINK, IPAddressDeny=any); to let it pull, run `sudo systemctl edit r1d`, add the lines\n[Service]\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6\nIPAddressDeny=\nand `sudo systemctl restart r1d` (the same drop-in: /usr/share/doc/r1d/examples/network.conf); or download the file yourself and put it into the models directory")]
+    NoNetwork {
+        /// The URL.
+        url: String,
+        /// What the system refused, with its errno name.
+        cause: &'static str,
+    },
     /// The connection failed.
     #[error("failed to download {url}: {source}")]
     Connection {
@@ -308,10 +318,7 @@ impl Puller {
         tx: &watch::Sender<PullState>,
     ) -> Result<PullState, PullError> {
         let url = self.url(spec);
-        let connection = |source| PullError::Connection {
-            url: url.clone(),
-            source,
-        };
+        let connection = |source| PullError::connection(&url, source);
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| PullError::Io { path, source }
@@ -620,6 +627,39 @@ pub fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_owned();
     name.push(".partial");
     dest.with_file_name(name)
+}
+
+impl PullError {
+    /// A failed request: [`PullError::NoNetwork`] when the system refused the socket or the
+    /// connection (found in the error's source chain), else [`PullError::Connection`].
+    fn connection(url: &str, source: reqwest::Error) -> PullError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        while let Some(e) = cause {
+            let errno = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error);
+            let refused = match errno {
+                Some(n) if n == rustix::io::Errno::AFNOSUPPORT.raw_os_error() => {
+                    Some("opening an Internet socket failed with EAFNOSUPPORT, address family not supported")
+                }
+                Some(n) if n == rustix::io::Errno::PERM.raw_os_error() => {
+                    Some("connecting failed with EPERM, operation not permitted")
+                }
+                _ => None,
+            };
+            if let Some(cause) = refused {
+                return PullError::NoNetwork {
+                    url: url.to_owned(),
+                    cause,
+                };
+            }
+            cause = e.source();
+        }
+        PullError::Connection {
+            url: url.to_owned(),
+            source,
+        }
+    }
 }
 
 fn http_error(url: &str, status: u16) -> PullError {

@@ -607,3 +607,93 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let answer = d.client().chat(&request).await.unwrap();
     assert!(answer.usage.completion_tokens > 0);
 }
+
+/// The seccomp filter systemd's `RestrictAddressFamilies=AF_UNIX AF_NETLINK` amounts to for a
+/// pull: `socket(AF_INET | AF_INET6, …)` fails with `EAFNOSUPPORT`. Built before the fork.
+static NO_INET: std::sync::OnceLock<seccompiler::BpfProgram> = std::sync::OnceLock::new();
+
+fn no_inet_filter() -> seccompiler::BpfProgram {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let family = |f: libc::c_int| {
+        SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            f as u64,
+        )
+        .unwrap()])
+        .unwrap()
+    };
+    SeccompFilter::new(
+        [(
+            libc::SYS_socket,
+            vec![family(libc::AF_INET), family(libc::AF_INET6)],
+        )]
+        .into(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        std::env::consts::ARCH.try_into().unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap()
+}
+
+/// Runs in r1d's child between fork and exec: installs [`NO_INET`] (no allocation).
+fn apply_no_inet() -> std::io::Result<()> {
+    let program = NO_INET
+        .get()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+    seccompiler::apply_filter(program).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// r1d in a sandbox that forbids Internet sockets, as the hardened `r1d.service` is: a pull
+/// fails at once with a message that says so and names the drop-in that allows it; nothing
+/// reaches the server, and r1d goes on serving.
+#[tokio::test]
+async fn a_pull_without_network_sockets_says_so_and_names_the_drop_in_that_allows_it() {
+    NO_INET.get_or_init(no_inet_filter);
+    let server = served(vec![0u8; 1024], None, None);
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(DaemonOptions {
+        env: vec![
+            (
+                "XDG_DATA_HOME",
+                root.path().join("data").display().to_string(),
+            ),
+            ("HF_HUB_CACHE", root.path().join("hf").display().to_string()),
+            (
+                "OLLAMA_MODELS",
+                root.path().join("ollama").display().to_string(),
+            ),
+            (
+                "XDG_CACHE_HOME",
+                root.path().join("cache").display().to_string(),
+            ),
+            ("HF_ENDPOINT", endpoint.clone()),
+        ],
+        pre_exec: Some(apply_no_inet),
+        ..Default::default()
+    });
+    let events = pull_all(&d, "hf.co/owner/repo:blob.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    let error = last.error.as_deref().unwrap();
+    for part in [
+        "r1d may not use the network here",
+        "EAFNOSUPPORT",
+        "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
+        "IPAddressDeny=\n",
+        "sudo systemctl edit r1d",
+        "/usr/share/doc/r1d/examples/network.conf",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+    assert_eq!(server.gets.load(Ordering::SeqCst), 0);
+    // Still serving: the models route answers.
+    let list: StoreModelList = d.client().get_json("/r1/models", false).await.unwrap();
+    assert!(list.models.is_empty());
+}
