@@ -117,6 +117,8 @@ pub struct DaemonOptions<'a> {
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(&'a str, String)>,
+    /// The config file's text (default: empty, every key at its default).
+    pub config: Option<&'a str>,
     /// Runs in the child between `fork` and `exec` (e.g. to install a seccomp filter); it must
     /// not allocate or take locks (see `CommandExt::pre_exec`).
     pub pre_exec: Option<fn() -> std::io::Result<()>>,
@@ -177,7 +179,11 @@ impl Daemon {
             }
         }
         // An explicit --config that does not exist would be an error: write an empty one.
-        std::fs::write(dir.path().join("no-config.toml"), "").unwrap();
+        std::fs::write(
+            dir.path().join("no-config.toml"),
+            options.config.unwrap_or_default(),
+        )
+        .unwrap();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -584,10 +584,24 @@ impl Store {
     }
 
     /// `auto_pull`: pulls `spec` in the background and, when it is in place, loads the selection
-    /// again (the best present model is served meanwhile).
+    /// again (the best present model is served meanwhile). The selection's reason (`/r1/status`)
+    /// says that the pull runs, and then how it ended: the model it brought is served, or why
+    /// the pulled file cannot be, or why the pull failed.
     pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, engine: crate::engine::Engine) {
         let this = self.clone();
-        tracing::info!("auto_pull: pulling {}", spec.label);
+        let label = spec.label.clone();
+        tracing::info!("auto_pull: pulling {label}");
+        let before = self.selection().unwrap_or_default();
+        let amend = move |store: &Store, what: String| {
+            let reason = if before.is_empty() {
+                what
+            } else {
+                format!("{before}; {what}")
+            };
+            let mut selection = locked(&store.selection);
+            selection.reason = Some(reason);
+        };
+        amend(self, format!("auto_pull: pulling {label}"));
         let mut rx = self.pull(spec);
         tokio::spawn(async move {
             while !rx.borrow_and_update().is_final() {
@@ -595,15 +609,49 @@ impl Store {
                     break;
                 }
             }
-            if !matches!(*rx.borrow(), PullState::Done { .. }) {
-                return;
-            }
+            let end = rx.borrow().clone();
+            let (path, sha256) = match end {
+                PullState::Done { path, sha256, .. } => (path, sha256),
+                PullState::Failed(why) => {
+                    tracing::warn!("auto_pull of {label} failed: {why}");
+                    amend(&this, format!("auto_pull of {label} failed: {why}"));
+                    return;
+                }
+                _ => {
+                    amend(
+                        &this,
+                        format!("auto_pull of {label} ended without a result"),
+                    );
+                    return;
+                }
+            };
+            let pulled = format!(
+                "auto_pull: {label} is in {}{}",
+                path.display(),
+                sha256
+                    .map(|s| format!(" (sha256 {s} verified)"))
+                    .unwrap_or_default()
+            );
             let store = this.clone();
-            if let Ok(Ok((spec, reason))) =
-                tokio::task::spawn_blocking(move || store.resolve_use("auto")).await
-            {
-                if engine.load(spec).await.is_ok() {
-                    this.set_selection(&reason);
+            let resolved = tokio::task::spawn_blocking(move || {
+                let entry = store.scan().into_iter().find(|e| e.path == path);
+                match entry {
+                    Some(e) if !e.is_usable() => {
+                        Err(format!("it cannot be served: {}", e.status_text()))
+                    }
+                    _ => store.resolve_use("auto").map_err(|e| e.to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the selection failed: {e}")));
+            match resolved {
+                Ok((spec, reason)) => match engine.load(spec).await {
+                    Ok(()) => this.set_selection(&reason),
+                    Err(e) => amend(&this, format!("{pulled}, but loading it failed: {e}")),
+                },
+                Err(why) => {
+                    tracing::warn!("{pulled}, but {why}");
+                    amend(&this, format!("{pulled}, but {why}"));
                 }
             }
         });
