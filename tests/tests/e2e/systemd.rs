@@ -712,3 +712,139 @@ fn deb_holds_every_file_with_its_mode() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The session-bus activation file of user mode (`systemd/user/org.r1d.R1.service`): a private
+/// session `dbus-daemon` that reads it from its service directory starts r1d on the first call
+/// to `org.r1d.R1`, and that call is answered. A bus without systemd runs the file's `Exec=`
+/// (here pointed at the built binary, with a private socket and config); where the bus is
+/// systemd-activated, `SystemdService=r1d.service` starts the user unit instead — that path needs
+/// a user manager, which this machine does not run.
+#[test]
+fn session_bus_activation_file_starts_r1d_on_the_first_call() {
+    let (Some(_), Some(gdbus)) = (tool("dbus-daemon"), tool("gdbus")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir(&services).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/user/org.r1d.R1.service"),
+    )
+    .unwrap();
+    assert!(
+        shipped.contains("\nSystemdService=r1d.service\n"),
+        "{shipped}"
+    );
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "").unwrap();
+    let socket = dir.path().join("r1d.sock");
+    let exec = format!(
+        "{} --user --config {} --socket {}",
+        binary("r1d").display(),
+        config.display(),
+        socket.display()
+    );
+    std::fs::write(
+        services.join("org.r1d.R1.service"),
+        shipped.replace("/usr/bin/r1d --user", &exec),
+    )
+    .unwrap();
+    let bus_config = dir.path().join("session.conf");
+    std::fs::write(
+        &bus_config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={dir}/bus</listen>
+  <servicedir>{services}</servicedir>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+            dir = dir.path().display(),
+            services = services.display()
+        ),
+    )
+    .unwrap();
+    // The activated r1d inherits the bus's environment: private stores, quiet OpenMP.
+    let mut bus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", bus_config.display()))
+        .args(["--nofork", "--print-address=1"])
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env("HF_HUB_CACHE", dir.path().join("hf"))
+        .env("OLLAMA_MODELS", dir.path().join("ollama"))
+        .env("OMP_WAIT_POLICY", "passive")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("dbus-daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut address = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bus.stdout.take().unwrap()),
+        &mut address,
+    )
+    .unwrap();
+    let address = address.trim().to_owned();
+    let call = |args: &[&str]| {
+        Command::new(&gdbus)
+            .args(["call", "--session", "--timeout", "60"])
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .output()
+            .unwrap()
+    };
+    let out = call(&[
+        "--dest",
+        "org.r1d.R1",
+        "--object-path",
+        "/org/r1d/R1",
+        "--method",
+        "org.freedesktop.DBus.Properties.Get",
+        "org.r1d.R1.Manager1",
+        "Version",
+    ]);
+    // r1d serves HTTP beside the bus: its socket is there while it runs.
+    let socket_served = socket.exists();
+    // Whatever happens, stop the r1d the bus started.
+    let pid = call(&[
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.GetConnectionUnixProcessID",
+        "org.r1d.R1",
+    ]);
+    let pid: Option<i32> = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .trim_start_matches("(uint32 ")
+        .trim_end_matches(",)")
+        .parse()
+        .ok();
+    if let Some(pid) = pid {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let _ = bus.kill();
+    let _ = bus.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the call was not answered: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("dbus-daemon.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("(<'{}'>,)", env!("CARGO_PKG_VERSION")),
+        "{stdout}"
+    );
+    assert!(pid.is_some(), "no process owned org.r1d.R1");
+    assert!(socket_served, "the activated r1d did not serve its socket");
+}
