@@ -793,6 +793,45 @@ mod tests {
         )
     }
 
+    /// A store of `models` on the fake "workstation" machine (AMD GPU), other stores off.
+    fn workstation_store(models: &std::path::Path) -> Arc<Store> {
+        let mut config = Config::default();
+        config.store.dir = Some(models.to_owned());
+        config.store.scan_huggingface = false;
+        config.store.scan_ollama = false;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/workstation");
+        Store::new(&config, Mode::User, Probe::fake_root(root, models.to_owned()))
+    }
+
+    #[test]
+    fn status_keeps_what_more_memory_would_bring_only_for_the_selection_it_was_planned_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf"),
+            r1_7b(576),
+        )
+        .unwrap();
+        let store = workstation_store(dir.path());
+        let (_, plan, _) = store.choose().unwrap();
+        assert!(!plan.upgrades.is_empty(), "{}", plan.more_memory);
+        // `r1ctl use auto`: the plan behind the reason travels with it.
+        let (_, reason) = store.resolve_use("auto").unwrap();
+        assert!(reason.starts_with("deepseek-r1:7b Q4_K_M"), "{reason}");
+        store.set_selection(&reason);
+        assert_eq!(store.selection().as_deref(), Some(reason.as_str()));
+        assert_eq!(store.upgrades(), plan.upgrades);
+        assert_eq!(store.more_memory(), Some(plan.more_memory.clone()));
+        // A model named by path or name was not planned: nothing is said about more memory.
+        store.set_selection("the model configured with [model] path or --model");
+        assert!(store.upgrades().is_empty());
+        assert_eq!(store.more_memory(), None);
+        // At start, the selection records its plan's upgrades.
+        let (_, reason, _) = store.startup();
+        assert_eq!(store.selection(), Some(reason));
+        assert_eq!(store.upgrades(), plan.upgrades);
+    }
+
     #[test]
     fn names_parse_to_variant_and_quantization() {
         let (v, q) = parse_variant_quant("deepseek-r1:7b-q8_0").unwrap();
