@@ -210,8 +210,8 @@ pub struct Store {
     model: ModelConfig,
     /// The last selection (shown in `/r1/status`).
     selection: Mutex<Selection>,
-    /// What more memory would bring, from the plan behind the reason `resolve_use` returned
-    /// last; [`Store::set_selection`] takes it over when it records that reason.
+    /// What more memory would bring, from the plan behind the reason `choose` or `resolve_use`
+    /// gave last; [`Store::set_selection`] takes it over when it records that reason.
     pending: Mutex<Option<(String, MoreMemory)>>,
 }
 
@@ -337,6 +337,7 @@ impl Store {
             .map_err(|e| StoreError::Probe(e.to_string()))?;
         let plan = planner::plan(&hw, &present(&entries), policy);
         let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
+        self.remember(&choice.reason, &plan);
         Ok((entries, plan, choice))
     }
 
@@ -388,14 +389,24 @@ impl Store {
             .map(|m| m.text.clone())
     }
 
-    /// Records why the resident model is what it is; with the reason [`Store::resolve_use`]
-    /// returned, also what its plan said more memory would bring.
+    /// Records why the resident model is what it is; with a reason that [`Store::choose`] or
+    /// [`Store::resolve_use`] gave last (or the one recorded already), also what its plan said
+    /// more memory would bring; with any other reason (a model named by path), nothing about it.
     pub fn set_selection(&self, reason: &str) {
-        let more = locked(&self.pending)
-            .take()
+        let planned = locked(&self.pending)
+            .as_ref()
             .filter(|(r, _)| r == reason)
-            .map(|(_, m)| m);
-        self.record(reason, more);
+            .map(|(_, m)| m.clone());
+        let mut selection = locked(&self.selection);
+        let more = planned.or_else(|| {
+            (selection.reason.as_deref() == Some(reason))
+                .then(|| selection.more.clone())
+                .flatten()
+        });
+        *selection = Selection {
+            reason: Some(reason.to_owned()),
+            more,
+        };
     }
 
     fn record(&self, reason: &str, more: Option<MoreMemory>) {
@@ -405,7 +416,7 @@ impl Store {
         };
     }
 
-    /// Keeps what `plan` says about more memory until the caller records `reason`.
+    /// Keeps what `plan` says about more memory for when a caller records `reason`.
     fn remember(&self, reason: &str, plan: &Plan) {
         *locked(&self.pending) = Some((reason.to_owned(), MoreMemory::of(plan)));
     }
@@ -801,7 +812,11 @@ mod tests {
         config.store.scan_ollama = false;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/hardware/workstation");
-        Store::new(&config, Mode::User, Probe::fake_root(root, models.to_owned()))
+        Store::new(
+            &config,
+            Mode::User,
+            Probe::fake_root(root, models.to_owned()),
+        )
     }
 
     #[test]
@@ -822,6 +837,14 @@ mod tests {
         assert_eq!(store.selection().as_deref(), Some(reason.as_str()));
         assert_eq!(store.upgrades(), plan.upgrades);
         assert_eq!(store.more_memory(), Some(plan.more_memory.clone()));
+        // The same selection again (a re-plan that keeps the model) keeps it.
+        store.set_selection(&reason);
+        assert_eq!(store.upgrades(), plan.upgrades);
+        // `choose` (the supervisor's re-plan) gives a reason that carries its plan too.
+        let (_, again, choice) = store.choose().unwrap();
+        store.set_selection("something else");
+        store.set_selection(&choice.reason);
+        assert_eq!(store.upgrades(), again.upgrades);
         // A model named by path or name was not planned: nothing is said about more memory.
         store.set_selection("the model configured with [model] path or --model");
         assert!(store.upgrades().is_empty());

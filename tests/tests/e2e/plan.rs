@@ -206,7 +206,15 @@ fn plan_for_an_rtx_4060_says_how_much_more_vram_brings_the_next_quantization() {
             u.candidate.gpu_layers,
             u.candidate.total_layers
         ),
-        ("vram", Some(0), 340 * MIB, "deepseek-r1-0528:8b", "Q6_K", 37, 37)
+        (
+            "vram",
+            Some(0),
+            340 * MIB,
+            "deepseek-r1-0528:8b",
+            "Q6_K",
+            37,
+            37
+        )
     );
     // Q6_K's VRAM on the grown GPU is exactly what is free there, to the MiB.
     let free = hw.gpus[0].vram_free_bytes + u.more_bytes;
@@ -269,7 +277,10 @@ fn plan_for_a_machine_too_small_says_how_much_more_ram_makes_the_smallest_fit() 
         "{}",
         plan.more_memory
     );
-    assert_eq!(choice(&plan_of(&with_more_ram(&hw, u.more_bytes - MIB))), None);
+    assert_eq!(
+        choice(&plan_of(&with_more_ram(&hw, u.more_bytes - MIB))),
+        None
+    );
     assert_eq!(
         choice(&plan_of(&with_more_ram(&hw, u.more_bytes))),
         Some(("deepseek-r1:1.5b".into(), "Q4_K_M".into()))
@@ -301,7 +312,11 @@ async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
         panic!("{:?}", plan.upgrades)
     };
     assert_eq!(
-        (u.resource.as_str(), u.candidate.variant.as_str(), u.candidate.quantization.as_str()),
+        (
+            u.resource.as_str(),
+            u.candidate.variant.as_str(),
+            u.candidate.quantization.as_str()
+        ),
         ("ram", "deepseek-r1:1.5b", "Q5_K_M")
     );
     let next = plan
@@ -314,7 +329,10 @@ async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
 
     // Status carries the plan's upgrade, with the reason nothing is served.
     assert_eq!(status.upgrades, plan.upgrades);
-    assert_eq!(status.more_memory.as_deref(), Some(plan.more_memory.as_str()));
+    assert_eq!(
+        status.more_memory.as_deref(),
+        Some(plan.more_memory.as_str())
+    );
     let selection = status.selection.clone().unwrap();
     assert!(
         selection.starts_with("no usable DeepSeek-R1 model is present")
@@ -334,7 +352,10 @@ async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
         text.contains(&format!("more memory   {}\n", plan.more_memory)),
         "{text}"
     );
-    assert!(text.contains("why           no usable DeepSeek-R1"), "{text}");
+    assert!(
+        text.contains("why           no usable DeepSeek-R1"),
+        "{text}"
+    );
     let out = Command::new(binary("r1ctl"))
         .arg("--socket")
         .arg(&daemon.socket)
