@@ -84,6 +84,12 @@ enum Command {
         /// Variant, model name, or `auto`.
         model: String,
     },
+    /// Make r1d re-read its config now (as `systemctl reload r1d` does) and say what changed;
+    /// a file with an error is rejected and the running config stays in force.
+    Reload,
+    /// Follow what r1d does: state changes, config reloads, hardware changes, plan changes and
+    /// model swaps, one line each, until Ctrl-C.
+    Events,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +162,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan => plan(&client, cli.json).await,
         Command::Models => models(&client, cli.json).await,
         Command::Pull { model } => pull(&client, &model, cli.json).await,
+        Command::Reload => reload(&client, cli.json).await,
+        Command::Events => events(&client, cli.json).await,
         Command::Use { model } => {
             let status: Status = client
                 .post_json("/r1/use", &r1d_client::wire::ModelRequest { model })
@@ -318,6 +326,45 @@ async fn pull(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
     }
 }
 
+async fn reload(client: &Client, json: bool) -> anyhow::Result<()> {
+    let outcome = client.reload().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&outcome)?)?;
+    } else {
+        let file = outcome.config_path.as_deref().unwrap_or("(no config file)");
+        if let Some(error) = &outcome.error {
+            anyhow::bail!("{file} was rejected, the running config stays in force: {error}");
+        }
+        if outcome.changes.is_empty() {
+            writeln!(out, "{file}: nothing changed")?;
+        }
+        for line in &outcome.changes {
+            writeln!(out, "{line}")?;
+        }
+        writeln!(out, "model: {}", outcome.model)?;
+    }
+    Ok(())
+}
+
+async fn events(client: &Client, json: bool) -> anyhow::Result<()> {
+    let mut stream = client.events().await?;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&event)?)?;
+        } else {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(event.time);
+            let stamp = humantime::format_rfc3339_seconds(time).to_string();
+            let clock = stamp.get(11..19).unwrap_or(&stamp).to_owned();
+            writeln!(out, "{clock} {:<9}{}", event.kind, event.message)?;
+        }
+        out.flush()?;
+    }
+    anyhow::bail!("r1d closed the event stream (did it stop?)")
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -335,6 +382,8 @@ fn state_name(s: State) -> &'static str {
         State::Loading => "loading",
         State::Ready => "ready",
         State::NoModel => "no model loaded",
+        State::Swapping => "swapping models",
+        State::Degraded => "degraded",
     }
 }
 
@@ -394,6 +443,35 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     }
     if let Some(more) = &status.more_memory {
         writeln!(out, "{:<14}{more}", "more memory")?;
+    }
+    if let Some(w) = &status.watch {
+        if let Some(e) = &w.config_error {
+            writeln!(
+                out,
+                "{:<14}rejected, the running config stays in force: {e}",
+                "config"
+            )?;
+        }
+        if let Some(d) = &w.degraded {
+            writeln!(out, "{:<14}{d}", "degraded")?;
+        }
+        if let Some(p) = &w.pinned {
+            writeln!(
+                out,
+                "{:<14}{p} (`r1ctl use auto` returns to the planner's choice)",
+                "pinned"
+            )?;
+        }
+        if let Some(b) = &w.better {
+            writeln!(out, "{:<14}{b}", "better fit")?;
+        }
+        if let Some(p) = &w.pending {
+            writeln!(out, "{:<14}{p}", "pending")?;
+        }
+        if let Some(e) = &w.last_load_error {
+            writeln!(out, "{:<14}{e}", "last swap")?;
+        }
+        writeln!(out, "{:<14}{}", "swap policy", w.swap_policy)?;
     }
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(

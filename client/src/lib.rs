@@ -105,6 +105,10 @@ pub struct Client {
 }
 
 /// A stream of chat chunks (see [`Client::chat_stream`]).
+/// The events of `GET /r1/events`.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<wire::Event, ClientError>> + Send>>;
+
+/// The chunks of a streamed chat completion.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ClientError>> + Send>>;
 
 impl Client {
@@ -273,6 +277,47 @@ impl Client {
     /// `GET /r1/status`.
     pub async fn status(&self) -> Result<wire::Status, ClientError> {
         self.get_json("/r1/status", false).await
+    }
+
+    /// `POST /r1/reload`: r1d re-reads its config; the outcome says what changed or why the file
+    /// was rejected (the running config then stays in force).
+    pub async fn reload(&self) -> Result<wire::ReloadOutcome, ClientError> {
+        self.post_json("/r1/reload", &serde_json::json!({})).await
+    }
+
+    /// `GET /r1/events`: every state change, reload, hardware change, plan change and swap, as
+    /// it happens, starting with the current state. Ends when r1d closes the connection.
+    ///
+    /// # Errors
+    /// The call fails when nothing listens; the stream yields [`ClientError::Stream`] for an
+    /// event that does not parse.
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        let response = self.request(Method::GET, "/r1/events", None).await?;
+        if !response.status().is_success() {
+            let (status, body) = self.read_body(response).await?;
+            return Err(status_error(status, &body));
+        }
+        let body = BodyStream::new(response.into_body()).filter_map(|frame| {
+            std::future::ready(match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        });
+        let events = eventsource_stream::EventStream::new(body).map(|item| match item {
+            Ok(e) if e.event == "lagged" => Ok(wire::Event {
+                kind: "lagged".into(),
+                time: 0.0,
+                message: e.data,
+                state: None,
+                model: None,
+                changes: Vec::new(),
+                error: None,
+            }),
+            Ok(e) => serde_json::from_str::<wire::Event>(&e.data)
+                .map_err(|err| ClientError::Stream(format!("bad event {:?}: {err}", e.data))),
+            Err(e) => Err(ClientError::Stream(e.to_string())),
+        });
+        Ok(Box::pin(events))
     }
 
     /// `GET /health` (its 503 answers are returned, not errors).

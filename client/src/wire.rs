@@ -421,6 +421,12 @@ pub enum State {
     Ready,
     /// No model is resident (none configured, or its load failed: see `error`).
     NoModel,
+    /// The resident model is being replaced by another; requests wait (up to `[watch]
+    /// queue_deadline_s`, then 503 with `Retry-After`).
+    Swapping,
+    /// A model is served, but not as well as this machine allows: a GPU whose driver is present
+    /// did not answer (see `degraded` in `/r1/status`).
+    Degraded,
 }
 
 /// `GET /health`: 200 when `ready`, 503 otherwise.
@@ -500,6 +506,80 @@ pub struct Status {
     /// One line: what more memory would bring, or why it would not bring a better choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub more_memory: Option<String>,
+    /// What r1d does when the config or the machine changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchStatus>,
+}
+
+/// `/r1/status` `watch`: how r1d follows the config and the hardware, and what it found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WatchStatus {
+    /// The config file r1d reads (absent: none, defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<String>,
+    /// The last reload's rejection (file, line, key); the running config stays in force until
+    /// a valid one is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
+    /// `auto`, `idle` or `manual` (`[watch] swap_policy`).
+    pub swap_policy: String,
+    /// The variant or model pinned with `r1ctl use NAME` (absent: the planner's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    /// A better fit that r1d has not swapped to (policy `manual`, or `idle` while busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub better: Option<String>,
+    /// A change of the plan waiting for the settle time (`[watch] settle_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    /// Why the service is degraded (a GPU whose driver is present does not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+    /// The last load that failed while another model went on serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_load_error: Option<String>,
+}
+
+/// One event of `GET /r1/events` (server-sent events, `event:` = `kind`, `data:` = this JSON)
+/// and of `r1ctl events --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// `state` (the engine's state or model changed), `config` (reloaded or rejected),
+    /// `hardware` (memory, cgroup limit or GPUs changed), `plan` (the best fit changed, is
+    /// pending or was ignored), `swap` (started, done, failed).
+    pub kind: String,
+    /// Unix time, seconds.
+    pub time: f64,
+    /// One line for a person.
+    pub message: String,
+    /// The state after the event (`ready`, `swapping`, …) for `state` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// The model concerned (resident, or the target of a swap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Changed config keys (`config` events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// An error (a rejected config, a failed swap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Body of the answer to `POST /r1/reload`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadOutcome {
+    /// The config file read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_path: Option<String>,
+    /// What changed, one line per key.
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// Why the file was rejected (the running config stays in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the reload did to the model (`kept deepseek-r1:7b`, `swapped to …`, a load error).
+    pub model: String,
 }
 
 /// Body of `POST /r1/load`.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors reading the config.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole config file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The model to serve.
@@ -50,10 +50,67 @@ pub struct Config {
     pub planner: PlannerConfig,
     /// Where model files are, and pulls.
     pub store: StoreConfig,
+    /// How r1d follows changes of the config and the hardware.
+    pub watch: WatchConfig,
+}
+
+/// What the supervisor does when a re-plan finds that another model fits better than the
+/// resident one (see `supervisor`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapPolicy {
+    /// Swap at once: running answers finish first, new requests wait for the new model.
+    #[default]
+    Auto,
+    /// Swap once no request has run for `[watch] idle_s` seconds.
+    Idle,
+    /// Only report that a better fit exists (`r1ctl status`, `/r1/events`); swap on
+    /// `r1ctl use auto`.
+    Manual,
+}
+
+/// `[watch]`: following the config file and the hardware, and swapping models.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Re-read the config when its file changes (inotify on its directory); default true.
+    /// SIGHUP, `r1ctl reload` and D-Bus `Reload` re-read it whatever this says.
+    pub config: bool,
+    /// Seconds between hardware re-probes (memory, cgroup limit, GPUs); 0 = never; default 30.
+    pub hardware_interval_s: f64,
+    /// Seconds a re-plan's different choice must last before r1d acts on it (hysteresis, so a
+    /// burst of VRAM or RAM use by another program does not swap the model back and forth);
+    /// default 120.
+    pub settle_s: f64,
+    /// What to do when another model fits better; default `auto`.
+    pub swap_policy: SwapPolicy,
+    /// Under `swap_policy = "idle"`: seconds without a request before swapping; default 300.
+    pub idle_s: f64,
+    /// Seconds a request waits for a model that is being loaded or swapped before it gets 503
+    /// with `Retry-After`; default 120.
+    pub queue_deadline_s: f64,
+    /// At start, seconds to wait for a GPU whose driver is present but which does not answer yet
+    /// (a boot-time race with the driver); r1d plans without it meanwhile and reports
+    /// `degraded`; default 30.
+    pub gpu_wait_s: f64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            config: true,
+            hardware_interval_s: 30.0,
+            settle_s: 120.0,
+            swap_policy: SwapPolicy::Auto,
+            idle_s: 300.0,
+            queue_deadline_s: 120.0,
+            gpu_wait_s: 30.0,
+        }
+    }
 }
 
 /// `[store]`: where model files are and how they are fetched (see `store`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// r1d's models directory (pulls land here); default `/var/lib/r1d/models` (system) or
@@ -90,7 +147,7 @@ impl Default for StoreConfig {
 }
 
 /// `[model]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Model file (GGUF) or directory (ONNX) to load at start.
@@ -110,7 +167,7 @@ pub struct ModelConfig {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Unix socket path; default: system or user socket (see [`default_socket`]).
@@ -120,7 +177,7 @@ pub struct ServerConfig {
 }
 
 /// `[plugins]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Plugin directory; default: see [`default_plugin_dir`].
@@ -134,7 +191,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 2048;
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
 /// `[planner]`: the policy the planner applies (see `planner`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlannerConfig {
     /// Context length to plan the KV cache for (tokens). Default 8192: R1 thinks at length, and
@@ -223,6 +280,20 @@ impl Config {
                 "planner.min_tokens_per_s must be a number of tokens/s, 0 or more".into(),
             ));
         }
+        let w = &self.watch;
+        for (key, value) in [
+            ("watch.hardware_interval_s", w.hardware_interval_s),
+            ("watch.settle_s", w.settle_s),
+            ("watch.idle_s", w.idle_s),
+            ("watch.queue_deadline_s", w.queue_deadline_s),
+            ("watch.gpu_wait_s", w.gpu_wait_s),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(format!(
+                    "{key} must be a number of seconds, 0 or more"
+                )));
+            }
+        }
         if let Some(v) = &self.planner.variant {
             if crate::catalog::variant(v).is_none() {
                 let known: Vec<&str> = crate::catalog::VARIANTS.iter().map(|v| v.id).collect();
@@ -234,6 +305,50 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What differs between two configs, one line per key (`[model] path: "a" → "b"`), in file
+/// order; empty when they are equal. For the reload log and `/r1/events`.
+pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        format!("[{k}]")
+                    } else {
+                        format!("{prefix} {k}")
+                    };
+                    if v.is_object() && prefix.is_empty() {
+                        flatten(&key, v, out);
+                    } else {
+                        out.push((key, v.to_string()));
+                    }
+                }
+            }
+            other => out.push((prefix.to_owned(), other.to_string())),
+        }
+    }
+    let as_pairs = |c: &Config| {
+        let mut out = Vec::new();
+        flatten("", &serde_json::to_value(c).unwrap_or_default(), &mut out);
+        out
+    };
+    let (a, b) = (as_pairs(old), as_pairs(new));
+    let unset = || "(default)".to_owned();
+    let mut lines = Vec::new();
+    for (key, new_value) in &b {
+        let old_value = a.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        if old_value.as_deref() != Some(new_value.as_str()) {
+            let show = |v: &str| if v == "null" { unset() } else { v.to_owned() };
+            lines.push(format!(
+                "{key}: {} → {}",
+                show(&old_value.unwrap_or_else(|| "null".into())),
+                show(new_value)
+            ));
+        }
+    }
+    lines
 }
 
 /// Whether r1d runs as the system service (root) or for one user.
@@ -394,5 +509,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kv_cache_type"), "{err}");
+    }
+
+    #[test]
+    fn diff_names_each_changed_key_with_old_and_new_values() {
+        let old = Config::parse("[model]\npath = \"/m/a.gguf\"\n", Path::new("a.toml")).unwrap();
+        let new = Config::parse(
+            "[model]\npath = \"/m/b.gguf\"\n[watch]\nswap_policy = \"idle\"\n",
+            Path::new("b.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            diff(&old, &new),
+            vec![
+                "[model] path: \"/m/a.gguf\" → \"/m/b.gguf\"".to_owned(),
+                "[watch] swap_policy: \"auto\" → \"idle\"".to_owned(),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+        let unset = Config::default();
+        assert_eq!(
+            diff(&old, &unset),
+            vec!["[model] path: \"/m/a.gguf\" → (default)".to_owned()]
+        );
+    }
+
+    #[test]
+    fn watch_section_parses_and_rejects_negative_seconds_and_unknown_policies() {
+        let c = Config::parse(
+            "[watch]\nsettle_s = 5\nhardware_interval_s = 1.5\nswap_policy = \"manual\"\n",
+            Path::new("r1d.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.watch.settle_s, 5.0);
+        assert_eq!(c.watch.swap_policy, SwapPolicy::Manual);
+        assert_eq!(c.watch.idle_s, WatchConfig::default().idle_s);
+        let e = Config::parse("[watch]\nsettle_s = -1\n", Path::new("r1d.toml")).unwrap_err();
+        assert!(e.to_string().contains("watch.settle_s"), "{e}");
+        let e = Config::parse(
+            "[watch]\nswap_policy = \"sometimes\"\n",
+            Path::new("r1d.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_with_every_key_uncommented_parses() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/r1d.toml");
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        // `#key = value` lines are the documented keys; `# prose` lines stay comments.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with(' ') && rest.contains(" = ") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&uncommented, &shipped).unwrap();
+        assert_eq!(
+            c.watch,
+            WatchConfig::default(),
+            "documented [watch] values are the defaults"
+        );
+        assert_eq!(
+            c.planner,
+            PlannerConfig {
+                variant: Some("deepseek-r1:14b".into()),
+                ..PlannerConfig::default()
+            },
+            "documented [planner] values are the defaults (the variant is an example)"
+        );
     }
 }

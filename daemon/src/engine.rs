@@ -48,6 +48,28 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("r1d is shutting down")]
     ShuttingDown,
+    /// A model failed to load. `reason` names the file and the error, and says which model is
+    /// served instead when r1d went back to the previous one.
+    #[error("{reason}")]
+    LoadFailed {
+        /// Why, and what is served now.
+        reason: String,
+    },
+    /// The answer was ended because the model is being replaced at once (memory is
+    /// disappearing); `reason` says why. Retrying after the swap works.
+    #[error("the answer was stopped because r1d is replacing the model: {reason}")]
+    Preempted {
+        /// Why the swap could not wait.
+        reason: String,
+    },
+    /// The request waited longer than the deadline for a model that is being loaded or swapped.
+    #[error("the model is being {what}; retry in {retry_after_s} s")]
+    Unavailable {
+        /// `loaded` or `swapped`.
+        what: &'static str,
+        /// Seconds after which a retry is likely to be served (the `Retry-After` header).
+        retry_after_s: u64,
+    },
 }
 
 /// Sampling and limits of one request as the client set them; `None` takes the model's default
@@ -132,6 +154,8 @@ pub enum EngineState {
     Loading,
     /// Serving.
     Ready,
+    /// Replacing the resident model with another (requests wait in the queue).
+    Swapping,
     /// No model resident.
     NoModel,
 }
@@ -151,10 +175,17 @@ pub struct Snapshot {
     pub error: Option<String>,
     /// When the model became resident (Unix seconds).
     pub loaded_at: Option<u64>,
+    /// What the resident model was loaded with (the supervisor compares it with what it wants).
+    pub spec: Option<LoadSpec>,
+    /// The model being replaced during a swap (its name).
+    pub swapping_from: Option<String>,
+    /// The last load that failed while another model went on serving (cleared by the next
+    /// successful load).
+    pub last_load_error: Option<String>,
 }
 
-/// What to load at start.
-#[derive(Debug, Clone)]
+/// What to load.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadSpec {
     /// Load parameters (path, context, GPU layers, …).
     pub params: LoadParams,
@@ -173,10 +204,20 @@ pub struct EngineConfig {
 
 struct Shared {
     state: watch::Sender<Snapshot>,
+    /// Every published snapshot, in order (the watch channel keeps only the latest; event
+    /// streams must not miss a short `Swapping`).
+    changes: tokio::sync::broadcast::Sender<Snapshot>,
     /// Milliseconds since `started` at the engine thread's last sign of progress (a job taken,
     /// a token, a prompt batch, a load progress report).
     heartbeat_ms: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set by [`Engine::swap_now`]: the running answer ends with [`EngineError::Preempted`].
+    preempt: std::sync::Mutex<Option<String>>,
+    preempting: AtomicBool,
+    /// Milliseconds since `started` when the last request ended (or started).
+    last_request_ms: AtomicU64,
+    /// How long a request waits for a model being loaded or swapped (milliseconds).
+    queue_deadline_ms: AtomicU64,
     active: AtomicU64,
     served: AtomicU64,
     started: Instant,
@@ -201,6 +242,12 @@ pub struct Engine {
 struct ActiveGuard(Arc<Shared>);
 
 impl Shared {
+    /// Changes the published state and sends the new snapshot to [`Engine::changes`].
+    fn publish(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.state.send_modify(f);
+        let _ = self.changes.send(self.state.borrow().clone());
+    }
+
     fn beat(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.heartbeat_ms.store(ms, Ordering::Relaxed);
@@ -209,6 +256,8 @@ impl Shared {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        let ms = self.0.started.elapsed().as_millis() as u64;
+        self.0.last_request_ms.store(ms, Ordering::SeqCst);
         self.0.active.fetch_sub(1, Ordering::SeqCst);
         self.0.served.fetch_add(1, Ordering::SeqCst);
     }
@@ -231,11 +280,20 @@ impl Engine {
             progress: None,
             error: None,
             loaded_at: None,
+            spec: None,
+            swapping_from: None,
+            last_load_error: None,
         });
+        let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
             state,
+            changes,
             heartbeat_ms: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            preempt: std::sync::Mutex::new(None),
+            preempting: AtomicBool::new(false),
+            last_request_ms: AtomicU64::new(0),
+            queue_deadline_ms: AtomicU64::new(120_000),
             active: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -246,6 +304,7 @@ impl Engine {
             shared: shared.clone(),
             host,
             model: None,
+            spec: None,
             no_model_reason: initial_error.unwrap_or_else(|| {
                 "no model is configured; set [model] path in the config or start r1d with --model PATH".into()
             }),
@@ -269,16 +328,58 @@ impl Engine {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Replaces the resident model: the current one is unloaded first (its memory is needed),
-    /// then `spec` is loaded. Waits for requests queued before it. On failure no model is
-    /// resident and the state says why.
+    /// Replaces the resident model: requests queued before this call finish on the old model,
+    /// requests that come after wait in the queue. The old model is unloaded first (its memory
+    /// is needed), then `spec` is loaded (state [`EngineState::Swapping`], or `Loading` when
+    /// nothing was resident). When `spec` fails to load and a model was resident, that model is
+    /// loaded again, so r1d does not end up serving nothing; the error says so and
+    /// [`Snapshot::last_load_error`] keeps it.
     ///
     /// # Errors
-    /// [`EngineError::NoModel`] with the load error; [`EngineError::Busy`] / `ShuttingDown`.
+    /// [`EngineError::LoadFailed`] naming the file, the error and what is served now;
+    /// [`EngineError::ShuttingDown`].
     pub async fn load(&self, spec: LoadSpec) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Load(spec, tx)).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Like [`Engine::load`], but the swap cannot wait (memory is disappearing): the running
+    /// answer and those queued before the swap end at once with [`EngineError::Preempted`]
+    /// carrying `reason` (an error event, never a silent cut).
+    ///
+    /// # Errors
+    /// As [`Engine::load`].
+    pub async fn swap_now(&self, spec: LoadSpec, reason: &str) -> Result<(), EngineError> {
+        *self
+            .shared
+            .preempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        self.shared.preempting.store(true, Ordering::SeqCst);
+        self.load(spec).await
+    }
+
+    /// Sets how long a request waits for a model that is being loaded or swapped before it gets
+    /// [`EngineError::Unavailable`] (`[watch] queue_deadline_s`).
+    pub fn set_queue_deadline(&self, deadline: std::time::Duration) {
+        let ms = deadline.as_millis().min(u64::MAX as u128) as u64;
+        self.shared.queue_deadline_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// See [`Engine::set_queue_deadline`].
+    pub fn queue_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.shared.queue_deadline_ms.load(Ordering::SeqCst))
+    }
+
+    /// How long no request has been queued or running (zero while one is).
+    pub fn idle_for(&self) -> std::time::Duration {
+        if self.active_requests() > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        let last = self.shared.last_request_ms.load(Ordering::SeqCst);
+        std::time::Duration::from_millis(now.saturating_sub(last))
     }
 
     /// Unloads the resident model (after the requests queued before this call).
@@ -319,9 +420,14 @@ impl Engine {
         self.shared.state.borrow().clone()
     }
 
-    /// A receiver that sees every state change.
+    /// A receiver that sees the latest state (changes in between may be skipped).
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.shared.state.subscribe()
+    }
+
+    /// A receiver of every published snapshot, in order (up to 256 behind).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Snapshot> {
+        self.shared.changes.subscribe()
     }
 
     /// Requests queued or running.
@@ -360,6 +466,8 @@ impl Engine {
         };
         // Counted from admission; the worker's `ActiveGuard` decrements it when the job ends.
         self.shared.active.fetch_add(1, Ordering::SeqCst);
+        let ms = self.shared.started.elapsed().as_millis() as u64;
+        self.shared.last_request_ms.store(ms, Ordering::SeqCst);
         self.jobs.try_send(Job::Chat(job)).map_err(|e| {
             self.shared.active.fetch_sub(1, Ordering::SeqCst);
             match e {
@@ -375,6 +483,8 @@ struct Worker {
     shared: Arc<Shared>,
     host: Arc<PluginHost>,
     model: Option<Box<dyn LoadedModel>>,
+    /// What `model` was loaded with.
+    spec: Option<LoadSpec>,
     no_model_reason: String,
     config: EngineConfig,
 }
@@ -389,7 +499,9 @@ fn unix_now() -> u64 {
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, load: Option<LoadSpec>) {
         match load {
-            Some(spec) => self.load(spec),
+            Some(spec) => {
+                let _ = self.load(spec);
+            }
             None => self.publish_no_model(),
         }
         while let Some(job) = rx.blocking_recv() {
@@ -400,18 +512,12 @@ impl Worker {
                     self.chat(job);
                 }
                 Job::Load(spec, reply) => {
-                    // Memory for the new model comes from the old one.
-                    self.model = None;
-                    self.load(spec);
-                    let result = match &self.model {
-                        Some(_) => Ok(()),
-                        None => Err(EngineError::NoModel {
-                            reason: self.no_model_reason.clone(),
-                        }),
-                    };
-                    let _ = reply.send(result);
+                    // The jobs before this one have run: a pending preemption is over.
+                    self.shared.preempting.store(false, Ordering::SeqCst);
+                    let _ = reply.send(self.swap(spec));
                 }
                 Job::Unload(reply) => {
+                    self.spec = None;
                     if self.model.take().is_some() {
                         self.no_model_reason = "the model was unloaded on request".into();
                         tracing::info!("model unloaded on request");
@@ -428,9 +534,45 @@ impl Worker {
         self.model = None;
     }
 
+    /// Replaces the resident model with `spec`; on failure loads the previous one again.
+    fn swap(&mut self, spec: LoadSpec) -> Result<(), EngineError> {
+        let previous = self.spec.take();
+        let previous_name = self.model.as_ref().map(|m| model_name(m.info()));
+        // Memory for the new model comes from the old one.
+        self.model = None;
+        self.shared.publish(|s| {
+            s.model = None;
+            s.spec = None;
+            s.swapping_from = previous_name.clone();
+        });
+        let loaded = self.load(spec.clone());
+        let result = match loaded {
+            Ok(()) => Ok(()),
+            Err(reason) => match (previous, previous_name) {
+                (Some(prev), Some(name)) if prev != spec => {
+                    tracing::warn!("going back to {name}: {reason}");
+                    match self.load(prev) {
+                        Ok(()) => {
+                            let reason = format!("{reason}; serving {name} again");
+                            self.shared
+                                .publish(|s| s.last_load_error = Some(reason.clone()));
+                            Err(EngineError::LoadFailed { reason })
+                        }
+                        Err(again) => Err(EngineError::LoadFailed {
+                            reason: format!("{reason}; loading {name} again failed too: {again}"),
+                        }),
+                    }
+                }
+                _ => Err(EngineError::LoadFailed { reason }),
+            },
+        };
+        self.shared.publish(|s| s.swapping_from = None);
+        result
+    }
+
     fn publish_no_model(&self) {
         tracing::warn!("serving no model: {}", self.no_model_reason);
-        self.shared.state.send_modify(|s| {
+        self.shared.publish(|s| {
             s.state = EngineState::NoModel;
             s.model = None;
             s.loading = None;
@@ -439,10 +581,15 @@ impl Worker {
         });
     }
 
-    fn load(&mut self, spec: LoadSpec) {
+    /// Loads `spec`; on failure no model is resident and the error is returned (and published).
+    fn load(&mut self, spec: LoadSpec) -> Result<(), String> {
         let path = PathBuf::from(&spec.params.path);
-        self.shared.state.send_modify(|s| {
-            s.state = EngineState::Loading;
+        self.shared.publish(|s| {
+            s.state = if s.swapping_from.is_some() {
+                EngineState::Swapping
+            } else {
+                EngineState::Loading
+            };
             s.loading = Some(path.clone());
             s.progress = Some(0.0);
             s.error = None;
@@ -460,7 +607,7 @@ impl Worker {
                     // Publish at 1 % steps so watchers are not flooded.
                     if p - last >= 0.01 || p >= 1.0 {
                         last = p;
-                        shared.state.send_modify(|s| s.progress = Some(p));
+                        shared.publish(|s| s.progress = Some(p));
                     }
                     true
                 })
@@ -479,19 +626,24 @@ impl Worker {
                 );
                 let backend = model.backend_name().to_owned();
                 self.model = Some(model);
-                self.shared.state.send_modify(|s| {
+                self.spec = Some(spec.clone());
+                self.shared.publish(|s| {
                     s.state = EngineState::Ready;
                     s.model = Some((info, backend));
                     s.loading = None;
                     s.progress = None;
                     s.error = None;
                     s.loaded_at = Some(unix_now());
+                    s.spec = Some(spec);
+                    s.last_load_error = None;
                 });
+                Ok(())
             }
             Err(e) => {
                 self.no_model_reason = describe_load_error(&path, &e);
                 tracing::error!("{}", self.no_model_reason);
                 self.publish_no_model();
+                Err(self.no_model_reason.clone())
             }
         }
     }
@@ -513,6 +665,9 @@ impl Worker {
         let shutting_down = || self.shared.shutting_down.load(Ordering::SeqCst);
         if shutting_down() {
             return Err(EngineError::ShuttingDown);
+        }
+        if let Some(reason) = self.preempted() {
+            return Err(EngineError::Preempted { reason });
         }
         let Some(model) = self.model.as_mut() else {
             return Err(EngineError::NoModel {
@@ -593,7 +748,9 @@ impl Worker {
         let shared = self.shared.clone();
         let result = model.generate(&request, &mut |bytes, id| {
             shared.beat();
-            if shared.shutting_down.load(Ordering::SeqCst) {
+            if shared.shutting_down.load(Ordering::SeqCst)
+                || shared.preempting.load(Ordering::SeqCst)
+            {
                 return false;
             }
             if id == r1_plugin_abi::R1_TOKEN_PROMPT_PROGRESS && bytes.is_empty() {
@@ -620,6 +777,9 @@ impl Worker {
         };
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
+        }
+        if let Some(reason) = self.preempted() {
+            return Err(EngineError::Preempted { reason });
         }
         if client_gone {
             tracing::debug!(
@@ -650,6 +810,30 @@ impl Worker {
         }));
         Ok(())
     }
+}
+
+impl Worker {
+    /// The reason of a pending forced swap, when one is.
+    fn preempted(&self) -> Option<String> {
+        if !self.shared.preempting.load(Ordering::SeqCst) {
+            return None;
+        }
+        let reason = self
+            .shared
+            .preempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(
+            reason
+                .clone()
+                .unwrap_or_else(|| "memory is running out".into()),
+        )
+    }
+}
+
+/// The name a model is shown by: its own name, else its path.
+pub fn model_name(info: &ModelInfo) -> String {
+    info.name.clone().unwrap_or_else(|| info.path.clone())
 }
 
 /// The reason a load failed, for `/health`, `r1ctl status` and the log. Names the file; for a

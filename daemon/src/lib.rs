@@ -16,4 +16,5 @@ pub mod hardware;
 pub mod planner;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod systemd;

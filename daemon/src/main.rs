@@ -54,6 +54,10 @@ struct Args {
     /// No D-Bus (the same as --dbus off).
     #[arg(long)]
     no_dbus: bool,
+    /// Probe the hardware below DIR (its proc/ and sys/ trees) instead of this machine, without
+    /// NVML: for tests of the planner and the hardware watcher, and to replay another machine.
+    #[arg(long, value_name = "DIR", hide = true)]
+    hardware_root: Option<PathBuf>,
     /// Write man pages and shell completions into DIR and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
     generate_assets: Option<PathBuf>,
@@ -170,9 +174,29 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
 
+    let probe = match &args.hardware_root {
+        Some(root) => r1d::hardware::Probe::fake_root(
+            root,
+            config
+                .store
+                .dir
+                .clone()
+                .unwrap_or_else(|| r1d::hardware::disk::default_models_dir(mode)),
+        ),
+        None => this_machine(mode),
+    };
+    // A GPU the driver lists but that does not answer yet (boot-time race): wait a little
+    // before planning, then plan without it and report `degraded` until it shows up.
+    let degraded = {
+        let probe = probe.clone();
+        let wait = std::time::Duration::from_secs_f64(config.watch.gpu_wait_s);
+        tokio::task::spawn_blocking(move || r1d::supervisor::wait_for_gpus(&probe, wait))
+            .await
+            .unwrap_or(None)
+    };
     let load = load_spec(&args, &config);
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
-    let store = r1d::store::Store::new(&config, mode, this_machine(mode));
+    let store = r1d::store::Store::new(&config, mode, probe.clone());
     let (load, config_error, auto_pull) = store.at_start(load, config_error).await;
 
     let socket = args
@@ -201,6 +225,35 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
         },
     );
+    let shutdown = CancellationToken::new();
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| config::default_config_path(mode));
+    let args = Arc::new(args);
+    // Follows the config file and the hardware, and swaps the model when they change.
+    let supervisor = r1d::supervisor::Supervisor::start(
+        r1d::supervisor::Setup {
+            engine: engine.clone(),
+            store: store.clone(),
+            config: config.clone(),
+            config_path: Some(config_path),
+            read_config: Box::new({
+                let args = args.clone();
+                move || match read_config(&args, mode) {
+                    (config, None) => Ok(config),
+                    (_, Some(error)) => Err(error),
+                }
+            }),
+            configured_model: Box::new({
+                let args = args.clone();
+                move |config| load_spec(&args, config)
+            }),
+            degraded,
+            probe: probe.clone(),
+        },
+        shutdown.clone(),
+    );
     // D-Bus (org.r1d.R1) beside HTTP, on the same engine; a missing bus is a warning.
     r1d::api::dbus::spawn(r1d::api::dbus::Options {
         bus: if args.no_dbus {
@@ -212,10 +265,11 @@ async fn main() -> anyhow::Result<()> {
         engine: engine.clone(),
         host: host.clone(),
         planner: r1d::api::http::PlannerState {
-            probe: this_machine(mode),
+            probe: probe.clone(),
             policy: config.planner.clone(),
         },
         store: Some(store.clone()),
+        supervisor: Some(supervisor.clone()),
     });
     if let Some(spec) = auto_pull {
         store.spawn_auto_pull(spec, engine.clone());
@@ -224,20 +278,26 @@ async fn main() -> anyhow::Result<()> {
         engine: engine.clone(),
         host,
         store,
+        supervisor: supervisor.clone(),
     });
 
     let router = router.merge(r1d::api::http::planner_routes(
         r1d::api::http::PlannerState {
-            probe: this_machine(mode),
+            probe,
             policy: config.planner.clone(),
         },
     ));
 
-    let shutdown = CancellationToken::new();
     // systemd: STATUS=, READY=1, watchdog, STOPPING=1; SIGHUP re-reads the config.
-    let reload: r1d::systemd::Reload = Box::new(move || match read_config(&args, mode) {
-        (_, Some(error)) => Err(anyhow::anyhow!(error)),
-        (config, None) => Ok(load_spec(&args, &config)),
+    let reload: r1d::systemd::Reload = Box::new(move || {
+        let supervisor = supervisor.clone();
+        Box::pin(async move {
+            let outcome = supervisor.reload("SIGHUP").await;
+            match outcome.error {
+                Some(error) => format!("rejected: {error}"),
+                None => outcome.model,
+            }
+        })
     });
     let _systemd = notifier.spawn(engine.clone(), shutdown.clone(), Some(reload));
     tokio::spawn({
@@ -278,15 +338,9 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     })
 }
 
-/// The probes of this machine; with `R1D_HARDWARE_ROOT` set, of the fake `/proc` and `/sys`
-/// tree below it instead (no NVML, no bandwidth measurement): what r1d would do elsewhere.
 fn this_machine(mode: Mode) -> Probe {
-    let models = r1d::hardware::disk::default_models_dir(mode);
-    if let Some(root) = std::env::var_os("R1D_HARDWARE_ROOT") {
-        return Probe::fake_root(root, models);
-    }
     Probe::this_machine(
-        models,
+        r1d::hardware::disk::default_models_dir(mode),
         Some(r1d::hardware::bandwidth::default_cache_path(mode)),
     )
 }

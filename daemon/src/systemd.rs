@@ -123,9 +123,11 @@ pub async fn listen(configured: &Path, system: bool) -> Result<Listening, System
     }
 }
 
-/// Re-reads the configuration on SIGHUP and says what to load now (`Ok(None)`: no model); an
-/// error (an invalid config file) keeps what runs.
-pub type Reload = Box<dyn Fn() -> anyhow::Result<Option<LoadSpec>> + Send + Sync>;
+/// Re-reads the configuration on SIGHUP and applies it (the supervisor's reload); resolves to one
+/// line saying what happened to the model, or why the file was rejected.
+pub type Reload = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync,
+>;
 
 /// Talks to systemd's notification socket. Create it before the engine starts (it says what is
 /// being loaded), then [`Notifier::spawn`] it.
@@ -285,7 +287,7 @@ async fn watchdog(engine: Engine, timeout: Duration, shutdown: CancellationToken
 /// is resident (or retry when nothing is), `READY=1`.
 async fn reload_on_sighup(
     engine: Engine,
-    mut current: Option<LoadSpec>,
+    current: Option<LoadSpec>,
     reload: Reload,
     shutdown: CancellationToken,
 ) {
@@ -311,31 +313,8 @@ async fn reload_on_sighup(
             states.push(now);
         }
         notify(&states);
-        let wanted = match reload() {
-            Ok(wanted) => wanted,
-            Err(e) => {
-                tracing::error!("reload: keeping the running model and settings: {e:#}");
-                current.clone()
-            }
-        };
-        let resident = engine.snapshot().state == EngineState::Ready;
-        let unchanged = match (&wanted, &current) {
-            (Some(a), Some(b)) => a.params == b.params && a.backend == b.backend,
-            (None, None) => true,
-            _ => false,
-        };
-        if unchanged && (resident || wanted.is_none()) {
-            tracing::info!("reload: the model configuration is unchanged");
-        } else {
-            let result = match &wanted {
-                Some(spec) => engine.load(spec.clone()).await,
-                None => engine.unload().await,
-            };
-            if let Err(e) = result {
-                tracing::error!("reload: {e}");
-            }
-            current = wanted;
-        }
+        let outcome = reload().await;
+        tracing::info!("SIGHUP reload: {outcome}");
         let status = status_line(&engine.snapshot(), current.as_ref());
         notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
@@ -359,15 +338,19 @@ fn starting_status(initial: Option<&LoadSpec>) -> String {
 pub fn status_line(snapshot: &Snapshot, initial: Option<&LoadSpec>) -> String {
     let line = match snapshot.state {
         EngineState::Starting => starting_status(initial),
-        EngineState::Loading => {
+        EngineState::Loading | EngineState::Swapping => {
             let what = snapshot
                 .loading
                 .as_deref()
                 .map(file_name)
                 .unwrap_or_else(|| "the model".into());
+            let verb = match &snapshot.swapping_from {
+                Some(from) => format!("swapping {from} for"),
+                None => "loading".to_owned(),
+            };
             match snapshot.progress {
-                Some(p) => format!("loading {what}, {:.0} %", (p * 100.0).clamp(0.0, 100.0)),
-                None => format!("loading {what}"),
+                Some(p) => format!("{verb} {what}, {:.0} %", (p * 100.0).clamp(0.0, 100.0)),
+                None => format!("{verb} {what}"),
             }
         }
         EngineState::Ready => match &snapshot.model {
@@ -457,6 +440,9 @@ mod tests {
             progress: None,
             error: None,
             loaded_at: None,
+            spec: None,
+            swapping_from: None,
+            last_load_error: None,
         }
     }
 

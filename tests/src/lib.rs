@@ -117,7 +117,8 @@ pub struct DaemonOptions<'a> {
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(&'a str, String)>,
-    /// The config file's text (default: empty, every key at its default).
+    /// The config file's text (written to `r1d.toml` in the daemon's directory and passed as
+    /// `--config`); default: an empty file.
     pub config: Option<&'a str>,
     /// Runs in the child between `fork` and `exec` (e.g. to install a seccomp filter); it must
     /// not allocate or take locks (see `CommandExt::pre_exec`).
@@ -138,7 +139,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("--config")
-            .arg(dir.path().join("no-config.toml"))
+            .arg(dir.path().join("r1d.toml"))
             .arg("--plugin-dir")
             .arg(
                 options
@@ -179,11 +180,7 @@ impl Daemon {
             }
         }
         // An explicit --config that does not exist would be an error: write an empty one.
-        std::fs::write(
-            dir.path().join("no-config.toml"),
-            options.config.unwrap_or_default(),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("r1d.toml"), options.config.unwrap_or("")).unwrap();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -217,6 +214,19 @@ impl Daemon {
     /// A client for this daemon.
     pub fn client(&self) -> Client {
         Client::new(&self.socket)
+    }
+
+    /// The config file r1d was started with (`r1d.toml` in its directory).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("r1d.toml")
+    }
+
+    /// Replaces the config file as editors do: the new text goes to a temporary file in the same
+    /// directory, which is then renamed over the config.
+    pub fn edit_config(&self, text: &str) {
+        let tmp = self.dir.path().join(".r1d.toml.swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
     }
 
     /// Everything r1d logged so far.

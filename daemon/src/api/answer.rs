@@ -7,7 +7,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::chat::{Channel, Piece, ReasoningFormat};
-use crate::engine::{ChatEvent, Engine, EngineError, Finished, PromptInput, Sampling, Snapshot};
+use crate::engine::{
+    ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling, Snapshot,
+};
+
+/// The `Retry-After` of a request that waited out the queue deadline during a load or swap
+/// (seconds): a guess, loads of the variants r1d plans take from seconds to minutes.
+pub const RETRY_AFTER_S: u64 = 10;
 
 /// A request the engine accepted: its prompt fits and generation is under way.
 pub struct Admitted {
@@ -30,7 +36,26 @@ pub async fn admit(
     format: ReasoningFormat,
 ) -> Result<Admitted, EngineError> {
     let mut rx = engine.chat(input, sampling, format)?;
-    match rx.recv().await {
+    // While a model is being loaded or swapped, a request waits up to the queue deadline; then
+    // it leaves the queue (dropping `rx` cancels it) with 503 and Retry-After. Behind a running
+    // answer on a resident model it waits as long as it takes.
+    let first = loop {
+        match tokio::time::timeout(engine.queue_deadline(), rx.recv()).await {
+            Ok(event) => break event,
+            Err(_) => {
+                let what = match engine.snapshot().state {
+                    EngineState::Loading => "loaded",
+                    EngineState::Swapping => "swapped",
+                    _ => continue,
+                };
+                return Err(EngineError::Unavailable {
+                    what,
+                    retry_after_s: RETRY_AFTER_S,
+                });
+            }
+        }
+    };
+    match first {
         Some(ChatEvent::Started { model, .. }) => Ok(Admitted { model, rx }),
         Some(ChatEvent::Failed(e)) => Err(e),
         _ => Err(EngineError::Backend(

@@ -70,6 +70,9 @@ pub struct Options {
     pub planner: PlannerState,
     /// The model store (`ListModels`, `Use` by name); `None` answers `NotSupported`.
     pub store: Option<Arc<crate::store::Store>>,
+    /// The supervisor (`Reload`, pins of `Use`, the `degraded` state); `None`: `Reload` signals
+    /// SIGHUP and `Use` loads without pinning.
+    pub supervisor: Option<crate::supervisor::Supervisor>,
 }
 
 /// The D-Bus errors, `org.r1d.R1.Error.*`, each with a readable message.
@@ -119,6 +122,8 @@ impl From<EngineError> for Error {
             EngineError::Busy(_) => Error::Busy(message),
             EngineError::Backend(_) => Error::Failed(message),
             EngineError::ShuttingDown => Error::ShuttingDown(message),
+            EngineError::LoadFailed { .. } => Error::LoadFailed(message),
+            EngineError::Preempted { .. } | EngineError::Unavailable { .. } => Error::Busy(message),
         }
     }
 }
@@ -139,6 +144,7 @@ pub fn spawn(options: Options) -> tokio::task::JoinHandle<()> {
         };
         let which = if system { "system" } else { "session" };
         let engine = options.engine.clone();
+        let supervisor = options.supervisor.clone();
         let connected = tokio::time::timeout(Duration::from_secs(10), connect(options, system));
         let conn = match connected.await {
             Ok(Ok(conn)) => conn,
@@ -152,7 +158,7 @@ pub fn spawn(options: Options) -> tokio::task::JoinHandle<()> {
             }
         };
         tracing::info!("serving {BUS_NAME} at {OBJECT_PATH} on the {which} bus");
-        if let Err(e) = follow_state(&conn, engine).await {
+        if let Err(e) = follow_state(&conn, engine, supervisor).await {
             tracing::warn!("D-Bus: failed to signal a property change: {e}");
         }
     })
@@ -172,6 +178,7 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
         own_uid: own_uid(),
         system_bus: system,
         store: options.store,
+        supervisor: options.supervisor,
     };
     let chat = Chat {
         engine: options.engine,
@@ -323,17 +330,33 @@ async fn start_pull_job(
     OwnedObjectPath::try_from(path).map_err(|e| Error::Failed(e.to_string()))
 }
 
-/// Emits `PropertiesChanged` for what changed, on every state change of the engine.
-async fn follow_state(conn: &Connection, engine: Engine) -> Result<(), zbus::Error> {
+/// Emits `PropertiesChanged` for what changed, on every state change of the engine (and of the
+/// supervisor's `degraded`).
+async fn follow_state(
+    conn: &Connection,
+    engine: Engine,
+    supervisor: Option<crate::supervisor::Supervisor>,
+) -> Result<(), zbus::Error> {
     let iface = conn
         .object_server()
         .interface::<_, Manager>(OBJECT_PATH)
         .await?;
     let emitter = iface.signal_emitter();
     let mut rx = engine.subscribe();
-    let mut last = Published::of(&rx.borrow_and_update());
-    while rx.changed().await.is_ok() {
-        let now = Published::of(&rx.borrow_and_update());
+    let mut view = supervisor.as_ref().map(|s| s.subscribe_view());
+    let mut last = Published::of(&rx.borrow_and_update(), supervisor.as_ref());
+    loop {
+        let changed = match view.as_mut() {
+            Some(v) => tokio::select! {
+                c = rx.changed() => c.is_ok(),
+                c = v.changed() => c.is_ok(),
+            },
+            None => rx.changed().await.is_ok(),
+        };
+        if !changed {
+            break;
+        }
+        let now = Published::of(&rx.borrow_and_update(), supervisor.as_ref());
         let manager = iface.get().await;
         if now.state != last.state {
             manager.state_changed(emitter).await?;
@@ -366,9 +389,17 @@ struct Published {
 }
 
 impl Published {
-    fn of(s: &crate::engine::Snapshot) -> Published {
+    fn of(
+        s: &crate::engine::Snapshot,
+        supervisor: Option<&crate::supervisor::Supervisor>,
+    ) -> Published {
+        let degraded = supervisor.is_some_and(|sup| sup.degraded().is_some());
         Published {
-            state: state_name(s.state),
+            state: if degraded && s.state == EngineState::Ready {
+                "degraded"
+            } else {
+                state_name(s.state)
+            },
             model: s
                 .model
                 .as_ref()
@@ -387,6 +418,7 @@ fn state_name(s: EngineState) -> &'static str {
         EngineState::Loading => "loading",
         EngineState::Ready => "ready",
         EngineState::NoModel => "no-model",
+        EngineState::Swapping => "swapping",
     }
 }
 
@@ -407,6 +439,7 @@ pub struct Manager {
     own_uid: u32,
     system_bus: bool,
     store: Option<Arc<crate::store::Store>>,
+    supervisor: Option<crate::supervisor::Supervisor>,
 }
 
 const STORE_MISSING: &str = "needs the model store, which this r1d was started without";
@@ -417,25 +450,27 @@ impl Manager {
     /// starting, loading, ready, swapping, degraded or no-model.
     #[zbus(property)]
     fn state(&self) -> String {
-        state_name(self.engine.snapshot().state).into()
+        Published::of(&self.engine.snapshot(), self.supervisor.as_ref())
+            .state
+            .into()
     }
 
     /// Name of the resident model; empty when none.
     #[zbus(property)]
     fn active_model(&self) -> String {
-        Published::of(&self.engine.snapshot()).model
+        Published::of(&self.engine.snapshot(), None).model
     }
 
     /// Backend plugin of the resident model; empty when none.
     #[zbus(property)]
     fn backend(&self) -> String {
-        Published::of(&self.engine.snapshot()).backend
+        Published::of(&self.engine.snapshot(), None).backend
     }
 
     /// Why no model is resident; empty otherwise.
     #[zbus(property)]
     fn error(&self) -> String {
-        Published::of(&self.engine.snapshot()).error
+        Published::of(&self.engine.snapshot(), None).error
     }
 
     /// Load progress, 0 to 1, while a model loads.
@@ -565,6 +600,16 @@ impl Manager {
             let spec = load_spec(&model, &HashMap::new())?;
             return self.load_spec(spec).await;
         }
+        if let Some(supervisor) = &self.supervisor {
+            return match supervisor.use_model(&model).await {
+                Ok(_) => Ok(()),
+                Err(Ok(e)) => Err(Error::ModelNotFound(e.to_string())),
+                Err(Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason })) => {
+                    Err(Error::LoadFailed(reason))
+                }
+                Err(Err(e)) => Err(e.into()),
+            };
+        }
         let Some(store) = self.store.clone() else {
             return Err(Error::NotSupported(format!(
                 "using {model} by name {STORE_MISSING}; pass the model file's path to Load"
@@ -602,6 +647,10 @@ impl Manager {
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "reloading the config")
             .await?;
+        if let Some(supervisor) = self.supervisor.clone() {
+            tokio::spawn(async move { supervisor.reload("D-Bus Reload").await });
+            return Ok(());
+        }
         use rustix::process::{getpid, kill_process, Signal};
         kill_process(getpid(), Signal::HUP)
             .map_err(|e| Error::Failed(format!("failed to signal r1d to reload: {e}")))
@@ -646,7 +695,9 @@ impl Manager {
     async fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
         match self.engine.load(spec).await {
             Ok(()) => Ok(()),
-            Err(EngineError::NoModel { reason }) => Err(Error::LoadFailed(reason)),
+            Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason }) => {
+                Err(Error::LoadFailed(reason))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -1178,6 +1229,7 @@ mod tests {
             own_uid: 0,
             system_bus: false,
             store: None,
+            supervisor: None,
         };
         (manager, Chat { engine })
     }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub host: Arc<PluginHost>,
     /// The model store (`/r1/models`, `/r1/pull`, `/r1/use`, `/api/tags`).
     pub store: Arc<crate::store::Store>,
+    /// The supervisor (`/r1/reload`, `/r1/events`, pins of `/r1/use`, `watch` in `/r1/status`).
+    pub supervisor: crate::supervisor::Supervisor,
 }
 
 /// The router with every route.
@@ -41,20 +43,14 @@ pub fn router(state: AppState) -> Router {
         .route("/r1/models", get(models))
         .route("/r1/pull", axum::routing::post(pull))
         .route("/r1/use", axum::routing::post(use_model))
+        .route("/r1/reload", axum::routing::post(reload))
+        .route("/r1/events", get(events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-fn wire_state(s: EngineState) -> wire::State {
-    match s {
-        EngineState::Starting => wire::State::Starting,
-        EngineState::Loading => wire::State::Loading,
-        EngineState::Ready => wire::State::Ready,
-        EngineState::NoModel => wire::State::NoModel,
-    }
-}
-
+/// `/health`: 200 while a model is served (also `degraded`), 503 otherwise.
 async fn health(State(state): State<AppState>) -> Response {
     let snap = state.engine.snapshot();
     let code = if snap.state == EngineState::Ready {
@@ -63,7 +59,7 @@ async fn health(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: wire_state(snap.state),
+        status: state.supervisor.reported_state(&snap),
         error: snap.error.clone(),
         progress: snap.progress,
     };
@@ -90,7 +86,7 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
     let snap = state.engine.snapshot();
     Json(wire::Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        state: wire_state(snap.state),
+        state: state.supervisor.reported_state(&snap),
         model: model_status(&snap),
         loading: snap.loading.as_ref().map(|p| p.display().to_string()),
         progress: snap.progress,
@@ -101,6 +97,7 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
         selection: state.store.selection(),
         upgrades: upgrades_to_wire(&state.store.upgrades()),
         more_memory: state.store.more_memory(),
+        watch: Some(state.supervisor.view()),
     })
 }
 
@@ -162,10 +159,14 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
         backend: req.backend,
     };
     match state.engine.load(spec).await {
-        Ok(()) => status(State(state)).await.into_response(),
-        Err(crate::engine::EngineError::NoModel { reason }) => {
-            native_error(StatusCode::UNPROCESSABLE_ENTITY, reason)
+        Ok(()) => {
+            state.supervisor.clear_pin();
+            status(State(state)).await.into_response()
         }
+        Err(
+            crate::engine::EngineError::NoModel { reason }
+            | crate::engine::EngineError::LoadFailed { reason },
+        ) => native_error(StatusCode::UNPROCESSABLE_ENTITY, reason),
         Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -580,29 +581,78 @@ async fn pull(
         .into_response()
 }
 
-/// `POST /r1/use`: `auto` (the planner's choice among present models), a catalog variant (pinned:
-/// its best present quantization), or any listed model by name; loads it through the engine and
-/// answers with `/r1/status`'s body.
+/// `POST /r1/use`: `auto` (the planner's choice among present models, and no pin), a catalog
+/// variant (pinned: its best present quantization, kept through re-plans), or any listed model by
+/// name; loads it and answers with `/r1/status`'s body. A model that fails to load leaves the
+/// previous one serving (422 naming both).
 async fn use_model(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
     let req = match parse_model_request(&body) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let store = state.store.clone();
-    let resolved = tokio::task::spawn_blocking(move || store.resolve_use(&req.model)).await;
-    let (spec, reason) = match resolved {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return store_error(e),
-        Err(e) => return native_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    match state.engine.load(spec).await {
-        Ok(()) => {
-            state.store.set_selection(&reason);
-            status(State(state)).await.into_response()
-        }
-        Err(crate::engine::EngineError::NoModel { reason }) => {
-            native_error(StatusCode::UNPROCESSABLE_ENTITY, reason)
-        }
-        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    match state.supervisor.use_model(&req.model).await {
+        Ok(_) => status(State(state)).await.into_response(),
+        Err(Ok(e)) => store_error(e),
+        Err(Err(
+            crate::engine::EngineError::NoModel { reason }
+            | crate::engine::EngineError::LoadFailed { reason },
+        )) => native_error(StatusCode::UNPROCESSABLE_ENTITY, reason),
+        Err(Err(e)) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// `POST /r1/reload`: re-reads the config as SIGHUP does and answers with what changed, the
+/// rejection (200 too: r1d keeps running on the old config; `error` says why), and what happened
+/// to the model.
+async fn reload(State(state): State<AppState>) -> Json<wire::ReloadOutcome> {
+    Json(state.supervisor.reload("POST /r1/reload").await)
+}
+
+/// `GET /r1/events`: server-sent events, one per change (`event:` the kind, `data:` a
+/// [`wire::Event`]), starting with the current state; a comment every 15 s keeps idle
+/// connections open. A reader too slow for 256 events gets a `lagged` event saying how many it
+/// missed.
+async fn events(State(state): State<AppState>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures_util::StreamExt as _;
+    let rx = state.supervisor.subscribe();
+    let snap = state.engine.snapshot();
+    let first = wire::Event {
+        kind: "state".into(),
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        message: crate::systemd::status_line(&snap, None),
+        state: Some(state.supervisor.reported_state(&snap)),
+        model: snap
+            .model
+            .as_ref()
+            .map(|(i, _)| crate::engine::model_name(i)),
+        changes: Vec::new(),
+        error: snap.error.clone(),
+    };
+    let to_sse = |e: &wire::Event| {
+        SseEvent::default()
+            .event(e.kind.clone())
+            .json_data(e)
+            .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"))
+    };
+    let head = futures_util::stream::once({
+        let e = to_sse(&first);
+        async move { Ok::<_, std::convert::Infallible>(e) }
+    });
+    let rest = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |item| {
+        Ok(match item {
+            Ok(e) => to_sse(&e),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                SseEvent::default()
+                    .event("lagged")
+                    .data(format!("{n} events were dropped: this reader was too slow"))
+            }
+        })
+    });
+    Sse::new(head.chain(rest))
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
 }

@@ -48,15 +48,26 @@ fn error(status: StatusCode, message: String) -> Response {
 /// The one mapping from engine errors to Ollama responses.
 fn engine_error(e: EngineError) -> Response {
     let status = match &e {
-        EngineError::NoModel { .. } | EngineError::Busy(_) | EngineError::ShuttingDown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        EngineError::NoModel { .. }
+        | EngineError::Busy(_)
+        | EngineError::ShuttingDown
+        | EngineError::Preempted { .. }
+        | EngineError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EngineError::ContextExceeded { .. } | EngineError::InvalidRequest(_) => {
             StatusCode::BAD_REQUEST
         }
+        EngineError::LoadFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         EngineError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, e.to_string())
+    let mut response = error(status, e.to_string());
+    if let EngineError::Unavailable { retry_after_s, .. } = e {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.to_string()) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+    }
+    response
 }
 
 fn now_rfc3339() -> String {

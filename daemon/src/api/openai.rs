@@ -129,6 +129,34 @@ fn engine_error(e: EngineError) -> Response {
             None,
             None,
         ),
+        EngineError::Preempted { .. } => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            message,
+            None,
+            Some("model_swapped"),
+        ),
+        EngineError::Unavailable { retry_after_s, .. } => {
+            let retry = retry_after_s.to_string();
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                message,
+                None,
+                Some("model_loading"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&retry) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        EngineError::LoadFailed { .. } => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            message,
+            Some("model"),
+            Some("model_load_failed"),
+        ),
         EngineError::Backend(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",

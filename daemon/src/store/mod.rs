@@ -202,12 +202,13 @@ pub struct Store {
     pub dir: PathBuf,
     hf_cache: Option<PathBuf>,
     ollama: Option<PathBuf>,
-    /// `[store] auto_pull`.
-    pub auto_pull: bool,
     puller: Arc<pull::Puller>,
     probe: Probe,
-    policy: PlannerConfig,
-    model: ModelConfig,
+    /// What a config reload may change: `[planner]`, `[model]`, `[store] auto_pull`.
+    settings: Mutex<Settings>,
+    /// Memory the resident model holds, added back to what the probe finds free when planning
+    /// (RAM bytes, VRAM bytes of the first GPU), so that the model does not crowd itself out.
+    credit: Mutex<(u64, u64)>,
     /// The last selection (shown in `/r1/status`).
     selection: Mutex<Selection>,
     /// What more memory would bring, from the plan behind the reason `choose` or `resolve_use`
@@ -242,6 +243,14 @@ struct Selection {
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The store's settings that follow config reloads.
+#[derive(Debug, Clone)]
+struct Settings {
+    policy: PlannerConfig,
+    model: ModelConfig,
+    auto_pull: bool,
 }
 
 fn home() -> PathBuf {
@@ -289,13 +298,62 @@ impl Store {
             ollama: s
                 .scan_ollama
                 .then(|| s.ollama_models.clone().unwrap_or_else(default_ollama_dir)),
-            auto_pull: s.auto_pull,
             probe,
-            policy: config.planner.clone(),
-            model: config.model.clone(),
+            settings: Mutex::new(Settings {
+                policy: config.planner.clone(),
+                model: config.model.clone(),
+                auto_pull: s.auto_pull,
+            }),
+            credit: Mutex::new((0, 0)),
             selection: Mutex::new(Selection::default()),
             pending: Mutex::new(None),
         })
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `[store] auto_pull` of the running config.
+    pub fn auto_pull(&self) -> bool {
+        self.settings().auto_pull
+    }
+
+    /// Takes the `[planner]`, `[model]` and `[store] auto_pull` of a reloaded config (the other
+    /// `[store]` keys need a restart).
+    pub fn reconfigure(&self, config: &Config) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = Settings {
+            policy: config.planner.clone(),
+            model: config.model.clone(),
+            auto_pull: config.store.auto_pull,
+        };
+    }
+
+    /// Sets the memory the resident model holds (RAM bytes, VRAM bytes), which planning adds
+    /// back to the free memory the probe finds.
+    pub fn set_credit(&self, ram_bytes: u64, vram_bytes: u64) {
+        *self.credit.lock().unwrap_or_else(|e| e.into_inner()) = (ram_bytes, vram_bytes);
+    }
+
+    /// This machine as the planner should see it: the probe, plus the resident model's memory
+    /// counted as free (it would be freed for a swap). Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::Probe`].
+    pub fn hardware(&self) -> Result<crate::hardware::Hardware, StoreError> {
+        let mut hw = self
+            .probe
+            .run()
+            .map_err(|e| StoreError::Probe(e.to_string()))?;
+        let (ram, vram) = *self.credit.lock().unwrap_or_else(|e| e.into_inner());
+        hw.memory.available_bytes = (hw.memory.available_bytes + ram).min(hw.memory.total_bytes);
+        if let Some(gpu) = hw.gpus.first_mut() {
+            gpu.vram_free_bytes = (gpu.vram_free_bytes + vram).min(gpu.vram_total_bytes);
+        }
+        Ok(hw)
     }
 
     /// The directories searched, for messages.
@@ -323,7 +381,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Probe`].
     pub fn choose(&self) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
-        self.choose_with(&self.policy)
+        self.choose_with(&self.settings().policy)
     }
 
     fn choose_with(
@@ -331,10 +389,7 @@ impl Store {
         policy: &PlannerConfig,
     ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
         let entries = self.scan();
-        let hw = self
-            .probe
-            .run()
-            .map_err(|e| StoreError::Probe(e.to_string()))?;
+        let hw = self.hardware()?;
         let plan = planner::plan(&hw, &present(&entries), policy);
         let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
         self.remember(&choice.reason, &plan);
@@ -353,7 +408,7 @@ impl Store {
                     .map(|(e, c)| self.load_spec(&entries[e], Some(&plan.candidates[c])));
                 let pull = choice
                     .missing
-                    .filter(|_| self.auto_pull)
+                    .filter(|_| self.auto_pull())
                     .and_then(|ci| catalog_spec(&plan.candidates[ci]).ok());
                 self.record(&choice.reason, Some(MoreMemory::of(&plan)));
                 (load, choice.reason, pull)
@@ -428,19 +483,17 @@ impl Store {
         entry: &ModelEntry,
         candidate: Option<&planner::Candidate>,
     ) -> LoadSpec {
+        let model = self.settings().model;
         LoadSpec {
             params: LoadParams {
                 path: entry.path.to_string_lossy().into_owned(),
-                context_length: self
-                    .model
-                    .context_length
-                    .or(candidate.map(|c| c.context_length)),
-                gpu_layers: self.model.gpu_layers.or(candidate.map(|c| c.gpu_layers)),
-                threads: self.model.threads,
-                kv_cache_type: self.model.kv_cache_type.clone(),
+                context_length: model.context_length.or(candidate.map(|c| c.context_length)),
+                gpu_layers: model.gpu_layers.or(candidate.map(|c| c.gpu_layers)),
+                threads: model.threads,
+                kv_cache_type: model.kv_cache_type.clone(),
                 ..Default::default()
             },
-            backend: self.model.backend.clone(),
+            backend: model.backend.clone(),
         }
     }
 
@@ -470,7 +523,7 @@ impl Store {
         if let Some(v) = catalog::variant(name) {
             let policy = PlannerConfig {
                 variant: Some(v.id.to_owned()),
-                ..self.policy.clone()
+                ..self.settings().policy
             };
             let (entries, plan, choice) = self.choose_with(&policy)?;
             return match choice.entry.zip(choice.candidate) {
@@ -552,13 +605,10 @@ impl Store {
             return spec_of(v, q);
         }
         let v = catalog::variant(name).ok_or_else(|| StoreError::Unknown(name.to_owned()))?;
-        let hw = self
-            .probe
-            .run()
-            .map_err(|e| StoreError::Probe(e.to_string()))?;
+        let hw = self.hardware()?;
         let policy = PlannerConfig {
             variant: Some(v.id.to_owned()),
-            ..self.policy.clone()
+            ..self.settings().policy
         };
         let plan = planner::plan(&hw, &present(&self.scan()), &policy);
         match plan.chosen() {

@@ -13,6 +13,7 @@
 //!
 //! Switches, to exercise the host's error paths:
 //! - `"fail_load": "message"` in the model file: `load` fails with that message;
+//! - `"load_delay_ms": N` in the model file: `load` takes N ms (for swap and queue tests);
 //! - a prompt containing `[[fail]]`: `generate` returns a backend error;
 //! - a prompt containing `[[panic]]`: `generate` panics (the SDK turns it into an error status);
 //! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
@@ -22,6 +23,15 @@
 //! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
 //!   `temperature=… top_p=… top_k=… min_p=…`;
 //! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
+//!
+//! A `.gguf` file loads too, when the host asks for this backend by name (it does not claim the
+//! GGUF format, so it is never chosen for one on its own): its header gives the name
+//! (`general.name`), quantization, context length and size, and its weights are ignored — the
+//! model echoes like any echo model. Tests of the model store, the planner and model swaps use
+//! small GGUF files that carry a catalog variant's metadata this way. Header switches: a string
+//! `echo.fail_load` makes the load fail with that message; a u64 `echo.weights_bytes` is
+//! reported as the weights' memory instead of the file's tensor bytes (for tests of memory that
+//! disappears under a resident model).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,6 +61,8 @@ struct EchoFile {
     #[serde(default)]
     fail_load: Option<String>,
     #[serde(default)]
+    load_delay_ms: Option<u64>,
+    #[serde(default)]
     transform: Option<String>,
 }
 
@@ -60,6 +72,10 @@ pub struct EchoModel {
     name: String,
     context_length: u32,
     upper: bool,
+    /// Quantization from a GGUF header (`echo` otherwise).
+    file_type: String,
+    /// Size of a GGUF file's tensor data (bytes), reported as the weights' memory.
+    weights_bytes: u64,
     vocab: Mutex<Vec<String>>,
 }
 
@@ -107,6 +123,9 @@ impl Plugin for EchoPlugin {
         params: LoadParams,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<EchoModel, PluginError> {
+        if params.path.ends_with(".gguf") {
+            return load_gguf(params, progress);
+        }
         let text = std::fs::read_to_string(&params.path).map_err(|e| {
             PluginError::load_failed(format!("failed to read echo model {}: {e}", params.path))
         })?;
@@ -119,6 +138,14 @@ impl Plugin for EchoPlugin {
                 "failed to load echo model {}: {message}",
                 params.path
             )));
+        }
+        if let Some(ms) = file.load_delay_ms {
+            for _ in 0..ms / 50 {
+                std::thread::sleep(Duration::from_millis(50));
+                if !progress(0.5) {
+                    return Err(PluginError::cancelled("load of echo model cancelled"));
+                }
+            }
         }
         if !progress(0.5) || !progress(1.0) {
             return Err(PluginError::cancelled("load of echo model cancelled"));
@@ -142,9 +169,48 @@ impl Plugin for EchoPlugin {
                 .or(file.context_length)
                 .unwrap_or(2048),
             vocab: Mutex::new(vec![BOS.to_owned()]),
+            file_type: "echo".into(),
+            weights_bytes: 0,
         };
         Ok(model)
     }
+}
+
+/// Loads a GGUF file's header as an echo model (see the crate docs).
+fn load_gguf(
+    params: LoadParams,
+    progress: &mut dyn FnMut(f32) -> bool,
+) -> Result<EchoModel, PluginError> {
+    let path = std::path::Path::new(&params.path);
+    let header = gguf_header::read(path).map_err(|e| {
+        PluginError::load_failed(format!("failed to read GGUF {}: {e}", params.path))
+    })?;
+    if let Some(message) = header.str("echo.fail_load") {
+        return Err(PluginError::load_failed(format!(
+            "failed to load echo model {}: {message}",
+            params.path
+        )));
+    }
+    if !progress(0.5) || !progress(1.0) {
+        return Err(PluginError::cancelled("load of echo model cancelled"));
+    }
+    let trained = header
+        .arch_uint("context_length")
+        .map(|c| c.min(u64::from(u32::MAX)) as u32);
+    Ok(EchoModel {
+        upper: true,
+        name: header
+            .str("general.name")
+            .map(str::to_owned)
+            .unwrap_or_else(|| "echo".into()),
+        context_length: params.context_length.or(trained).unwrap_or(2048),
+        file_type: header.file_type_name().unwrap_or("echo").to_owned(),
+        weights_bytes: header
+            .uint("echo.weights_bytes")
+            .unwrap_or_else(|| header.tensors.iter().filter_map(|t| t.bytes()).sum()),
+        path: params.path,
+        vocab: Mutex::new(vec![BOS.to_owned()]),
+    })
 }
 
 /// Splits text into pieces: special markers `<|…|>` alone, words with their leading whitespace.
@@ -189,8 +255,11 @@ impl Model for EchoModel {
             trained_context_length: self.context_length,
             context_length: self.context_length,
             vocab_size: self.vocab.lock().map(|v| v.len() as u32).unwrap_or(0),
-            file_type: Some("echo".into()),
-            memory: MemoryBreakdown::default(),
+            file_type: Some(self.file_type.clone()),
+            memory: MemoryBreakdown {
+                weights_bytes: self.weights_bytes,
+                ..Default::default()
+            },
             chat_template: Some(CHAT_TEMPLATE.into()),
             bos_token: Some(SpecialToken {
                 id: 0,

@@ -866,3 +866,56 @@ async fn dbus_pull_returns_a_job_whose_properties_and_finished_signal_follow_the
     let e = manager.pull(crate::store::FILE, bad).await.unwrap_err();
     assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument");
 }
+
+#[tokio::test]
+async fn dbus_a_swap_after_a_config_edit_is_signalled_through_state_and_active_model() {
+    if !tools_present(&["dbus-daemon"]) {
+        return;
+    }
+    let bus = Bus::session();
+    let models = tempfile::tempdir().unwrap();
+    let first = models.path().join("first.echo");
+    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
+    let slow = models.path().join("slow.echo");
+    std::fs::write(&slow, r#"{"name": "slow", "load_delay_ms": 1500}"#).unwrap();
+    let config = |path: &Path| {
+        format!(
+            "[model]\npath = {:?}\nbackend = \"echo\"\n",
+            path.display().to_string()
+        )
+    };
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config(&first)),
+        args: vec!["--dbus".into(), "session".into()],
+        env: vec![("DBUS_SESSION_BUS_ADDRESS", bus.address.clone())],
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let conn = bus.wait_for_r1d(&daemon).await;
+    let manager = Manager1Proxy::new(&conn).await.unwrap();
+    assert_eq!(manager.active_model().await.unwrap(), "first");
+    let mut states = manager.receive_state_changed().await;
+    let _initial = states.next().await;
+    let mut models_changed = manager.receive_active_model_changed().await;
+    let _initial = models_changed.next().await;
+    daemon.edit_config(&config(&slow));
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("ready") {
+        let changed = tokio::time::timeout(Duration::from_secs(10), states.next())
+            .await
+            .unwrap_or_else(|_| panic!("no PropertiesChanged for State; saw {seen:?}"))
+            .unwrap();
+        seen.push(changed.get().await.unwrap());
+    }
+    assert_eq!(seen, vec!["swapping", "ready"]);
+    let mut names = Vec::new();
+    while names.last().map(String::as_str) != Some("slow") {
+        let changed = tokio::time::timeout(Duration::from_secs(5), models_changed.next())
+            .await
+            .unwrap_or_else(|_| panic!("no PropertiesChanged for ActiveModel; saw {names:?}"))
+            .unwrap();
+        names.push(changed.get().await.unwrap());
+    }
+    // The loop above fails unless ActiveModel changed to "slow" (an empty name in between, while
+    // no model is resident, may be coalesced by the proxy).
+}

@@ -390,7 +390,8 @@ async fn load_and_unload_replace_the_resident_model_at_run_time() {
         .unwrap();
     assert_eq!(status.model.unwrap().name, "second");
     assert_eq!(client.chat(&ask("hi")).await.unwrap().model, "second");
-    // A failing load says why, and leaves no model (the old one was unloaded to make room).
+    // A failing load says why; the old model (unloaded to make room) is loaded again, so r1d
+    // does not end up serving nothing.
     let broken = models.path().join("broken.echo");
     std::fs::write(&broken, r#"{"fail_load": "disk on fire"}"#).unwrap();
     let err = client
@@ -405,7 +406,9 @@ async fn load_and_unload_replace_the_resident_model_at_run_time() {
     };
     assert_eq!(status.as_u16(), 422);
     assert!(message.contains("disk on fire"), "{message}");
-    assert_eq!(client.health().await.unwrap().status, State::NoModel);
+    assert!(message.contains("serving second again"), "{message}");
+    assert_eq!(client.health().await.unwrap().status, State::Ready);
+    assert_eq!(client.chat(&ask("hi")).await.unwrap().model, "second");
     let status: r1d_client::wire::Status = client
         .post_json("/r1/load", &serde_json::json!({"path": second}))
         .await

@@ -11,7 +11,7 @@ use crate::ask;
 
 /// One real model at a time: two daemons generating at once on two cores make each other's
 /// timings (the one-second disconnect bound) meaningless.
-static ONE_MODEL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_MODEL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn smollm_daemon() -> Option<Daemon> {
     let model = fixture(SMOLLM2)?;

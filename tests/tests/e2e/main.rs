@@ -11,6 +11,7 @@ mod plan;
 mod store;
 mod systemd;
 mod template;
+mod watch;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
 

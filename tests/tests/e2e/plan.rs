@@ -287,7 +287,7 @@ fn plan_for_a_machine_too_small_says_how_much_more_ram_makes_the_smallest_fit() 
     );
 }
 
-/// A daemon on a fake machine (`R1D_HARDWARE_ROOT`: the cgroup v2 fixture, a service limited to
+/// A daemon on a fake machine (`--hardware-root`: the cgroup v2 fixture, a service limited to
 /// a few GB) with no model present: `/r1/status` and `r1ctl status` say why nothing is served and
 /// what more memory would bring, as `/r1/plan` computes it.
 #[tokio::test]
@@ -295,7 +295,7 @@ async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../daemon/tests/fixtures/hardware/cgroup-v2-slice");
     let daemon = Daemon::start(DaemonOptions {
-        env: vec![("R1D_HARDWARE_ROOT", root.display().to_string())],
+        args: vec!["--hardware-root".into(), root.display().to_string()],
         ..Default::default()
     });
     daemon.settled().await;

@@ -753,8 +753,8 @@ async fn auto_pull_fetches_the_planned_variant_and_status_says_what_came_of_it()
                 root.path().join("cache").display().to_string(),
             ),
             ("HF_ENDPOINT", endpoint.clone()),
-            ("R1D_HARDWARE_ROOT", hardware.display().to_string()),
         ],
+        args: vec!["--hardware-root".into(), hardware.display().to_string()],
         ..Default::default()
     });
     // What the planner chose, and where it is published.

@@ -848,3 +848,41 @@ fn session_bus_activation_file_starts_r1d_on_the_first_call() {
     assert!(pid.is_some(), "no process owned org.r1d.R1");
     assert!(socket_served, "the activated r1d did not serve its socket");
 }
+
+#[tokio::test]
+async fn notify_status_follows_a_swap_after_a_config_edit() {
+    let mut notify = NotifySocket::new();
+    let models = tempfile::tempdir().unwrap();
+    let first = models.path().join("first.echo");
+    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
+    let slow = models.path().join("slow.echo");
+    std::fs::write(&slow, r#"{"name": "slow", "load_delay_ms": 1000}"#).unwrap();
+    let config = |path: &Path| {
+        format!(
+            "[model]\npath = {:?}\nbackend = \"echo\"\n",
+            path.display().to_string()
+        )
+    };
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config(&first)),
+        env: vec![("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned())],
+        ..Default::default()
+    });
+    notify
+        .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}\n{}", notify.received, daemon.log()));
+    daemon.edit_config(&config(&slow));
+    let swapping = notify.wait_for(Duration::from_secs(10), |m| {
+        status_of(m).is_some_and(|s| s.starts_with("swapping first for slow.echo"))
+    });
+    assert!(
+        swapping.is_some(),
+        "{:?}\n{}",
+        notify.received,
+        daemon.log()
+    );
+    let serving = notify.wait_for(Duration::from_secs(10), |m| {
+        status_of(m).is_some_and(|s| s.starts_with("serving slow"))
+    });
+    assert!(serving.is_some(), "{:?}\n{}", notify.received, daemon.log());
+}

@@ -1,0 +1,881 @@
+//! The supervisor: keeps the best-fitting model resident while the config and the machine change
+//! under r1d.
+//!
+//! - **Config**: the config file's directory is watched with `notify` (editors replace files by
+//!   rename, so the directory, not the file, is watched; other files in it — editors' temp and
+//!   backup files — are ignored); SIGHUP, `POST /r1/reload`, D-Bus `Reload` and `r1ctl reload`
+//!   re-read it too. A file that does not parse or validate is rejected with its file, line and
+//!   key, and the running config stays in force. Every reload logs what changed.
+//! - **Hardware**: every `[watch] hardware_interval_s` the probes run again (memory, cgroup limit,
+//!   GPUs) and the planner runs on the result, with the resident model's own memory counted as
+//!   free (it would be freed by a swap). A different choice must last `[watch] settle_s` before
+//!   r1d acts on it (hysteresis), so a burst of memory use by another program is ignored.
+//! - **Acting**: config edits and `r1ctl use` act at once; a re-plan acts by `[watch]
+//!   swap_policy`: `auto` (swap now), `idle` (once no request has run for `idle_s`), `manual`
+//!   (report the better fit). The engine swaps without failing requests: answers in flight
+//!   finish, new ones wait (up to `queue_deadline_s`, then 503 with `Retry-After`); when the
+//!   resident model itself no longer fits (memory is disappearing) the swap is forced and running
+//!   answers end with an error event. A model that fails to load leaves the previous one serving.
+//! - **Events**: every change goes to an event stream (`GET /r1/events`, `r1ctl events`), to
+//!   `/r1/status` `watch`, to D-Bus and to systemd `STATUS=`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use r1d_client::wire;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, SwapPolicy};
+use crate::engine::{model_name, Engine, EngineError, EngineState, LoadSpec, Snapshot};
+use crate::hardware::Probe;
+use crate::store::Store;
+
+/// Reads the config file again: `Ok(config)` or the error naming file, line and key.
+pub type ReadConfig = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// The model the config (and the command line over it) names, if any: `--model` / `[model] path`.
+pub type ConfiguredModel = Box<dyn Fn(&Config) -> Option<LoadSpec> + Send + Sync>;
+
+/// What the supervisor needs.
+pub struct Setup {
+    /// The engine.
+    pub engine: Engine,
+    /// The model store (selection, pins).
+    pub store: Arc<Store>,
+    /// The config in force at start.
+    pub config: Config,
+    /// The config file (watched when it exists); `None` = none.
+    pub config_path: Option<PathBuf>,
+    /// How to read it again.
+    pub read_config: ReadConfig,
+    /// The model the config names.
+    pub configured_model: ConfiguredModel,
+    /// Why the service is degraded at start (a GPU that did not answer), if it is.
+    pub degraded: Option<String>,
+    /// How the hardware is probed (for the degraded check).
+    pub probe: Probe,
+}
+
+/// Handle to the supervisor; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    store: Arc<Store>,
+    config_path: Option<PathBuf>,
+    read_config: ReadConfig,
+    configured_model: ConfiguredModel,
+    probe: Probe,
+    events: broadcast::Sender<wire::Event>,
+    view: watch::Sender<wire::WatchStatus>,
+    state: Mutex<State>,
+    /// Serializes deciding and acting (reload, tick, use), held across the swap.
+    acting: tokio::sync::Mutex<()>,
+}
+
+struct State {
+    config: Config,
+    /// `r1ctl use NAME` (not `auto`).
+    pinned: Option<String>,
+    /// A different choice and since when it holds.
+    pending: Option<(LoadSpec, String, Instant)>,
+    /// The last hardware summary (to log changes).
+    hardware: Option<String>,
+    /// NVIDIA GPUs the kernel driver lists but the probe did not find.
+    degraded: Option<String>,
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// An event of `kind` with `message`.
+fn event(kind: &str, message: impl Into<String>) -> wire::Event {
+    wire::Event {
+        kind: kind.to_owned(),
+        time: now_s(),
+        message: message.into(),
+        state: None,
+        model: None,
+        changes: Vec::new(),
+        error: None,
+    }
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned())
+}
+
+/// The engine state as the wire says it.
+pub fn wire_state(s: EngineState) -> wire::State {
+    match s {
+        EngineState::Starting => wire::State::Starting,
+        EngineState::Loading => wire::State::Loading,
+        EngineState::Ready => wire::State::Ready,
+        EngineState::NoModel => wire::State::NoModel,
+        EngineState::Swapping => wire::State::Swapping,
+    }
+}
+
+/// What a re-plan wants loaded, and why.
+struct Wanted {
+    spec: Option<LoadSpec>,
+    reason: String,
+}
+
+/// Whether two load specs load the same thing (the same file with the same settings).
+fn same(a: &LoadSpec, b: &LoadSpec) -> bool {
+    a == b
+}
+
+/// NVIDIA GPUs the kernel driver lists (`/proc/driver/nvidia/gpus/*`) below `probe`'s root.
+pub fn nvidia_gpus_listed(probe: &Probe) -> usize {
+    std::fs::read_dir(probe.path("/proc/driver/nvidia/gpus"))
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+/// Why the probe result is degraded: the driver lists NVIDIA GPUs the probe (NVML) did not find.
+pub fn degraded_reason(probe: &Probe, hw: &crate::hardware::Hardware) -> Option<String> {
+    let listed = nvidia_gpus_listed(probe);
+    let found = hw
+        .gpus
+        .iter()
+        .filter(|g| g.vendor == crate::hardware::GpuVendor::Nvidia)
+        .count();
+    (listed > found).then(|| {
+        format!(
+            "the NVIDIA driver lists {listed} GPU(s) but {found} answered (NVML); planning without \
+             them until they do"
+        )
+    })
+}
+
+/// At start: waits up to `wait` for GPUs the NVIDIA driver lists but NVML does not see yet (a
+/// boot-time race with the driver), probing once a second. Returns why r1d is degraded when
+/// they did not show up. Returns at once on a machine without such GPUs. Blocking.
+pub fn wait_for_gpus(probe: &Probe, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        let hw = probe.run().ok()?;
+        let reason = degraded_reason(probe, &hw)?;
+        if Instant::now() >= deadline {
+            tracing::warn!("degraded: {reason}");
+            return Some(reason);
+        }
+        if !logged {
+            tracing::info!("waiting up to {} s for the GPUs: {reason}", wait.as_secs());
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+impl Supervisor {
+    /// Starts the supervisor: the config watcher, the hardware watcher and the event feed of
+    /// engine states. Ends with `shutdown`.
+    pub fn start(setup: Setup, shutdown: CancellationToken) -> Supervisor {
+        let (events, _) = broadcast::channel(256);
+        let watch_cfg = setup.config.watch.clone();
+        setup
+            .engine
+            .set_queue_deadline(Duration::from_secs_f64(watch_cfg.queue_deadline_s));
+        let (view, _) = watch::channel(wire::WatchStatus {
+            config_path: setup.config_path.as_ref().map(|p| p.display().to_string()),
+            swap_policy: policy_name(watch_cfg.swap_policy).into(),
+            degraded: setup.degraded.clone(),
+            ..Default::default()
+        });
+        let supervisor = Supervisor {
+            inner: Arc::new(Inner {
+                engine: setup.engine,
+                store: setup.store,
+                config_path: setup.config_path,
+                read_config: setup.read_config,
+                configured_model: setup.configured_model,
+                probe: setup.probe,
+                events,
+                view,
+                state: Mutex::new(State {
+                    config: setup.config,
+                    pinned: None,
+                    pending: None,
+                    hardware: None,
+                    degraded: setup.degraded,
+                }),
+                acting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        tokio::spawn(supervisor.clone().follow_engine(shutdown.clone()));
+        if watch_cfg.config {
+            supervisor.clone().watch_config(shutdown.clone());
+        }
+        tokio::spawn(supervisor.clone().watch_hardware(shutdown));
+        supervisor
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn config(&self) -> Config {
+        self.state().config.clone()
+    }
+
+    /// Sends an event to every listener (and nowhere when none listens).
+    pub fn emit(&self, e: wire::Event) {
+        let _ = self.inner.events.send(e);
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<wire::Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// What `/r1/status` shows under `watch`.
+    pub fn view(&self) -> wire::WatchStatus {
+        let mut v = self.inner.view.borrow().clone();
+        v.last_load_error = self.inner.engine.snapshot().last_load_error;
+        v
+    }
+
+    /// A receiver that sees every change of [`Supervisor::view`] (for D-Bus).
+    pub fn subscribe_view(&self) -> watch::Receiver<wire::WatchStatus> {
+        self.inner.view.subscribe()
+    }
+
+    /// Whether the service is degraded, and why.
+    pub fn degraded(&self) -> Option<String> {
+        self.state().degraded.clone()
+    }
+
+    /// The state to report: the engine's, but `degraded` while serving without a GPU that should
+    /// be there.
+    pub fn reported_state(&self, snapshot: &Snapshot) -> wire::State {
+        match (snapshot.state, self.degraded()) {
+            (EngineState::Ready, Some(_)) => wire::State::Degraded,
+            (s, _) => wire_state(s),
+        }
+    }
+
+    fn update_view(&self, f: impl FnOnce(&mut wire::WatchStatus)) {
+        self.inner.view.send_modify(f);
+    }
+
+    /// Emits `state` events for the engine's state changes (and load progress in 10 % steps),
+    /// and keeps the store's memory credit equal to the resident model's footprint.
+    async fn follow_engine(self, shutdown: CancellationToken) {
+        let mut rx = self.inner.engine.changes();
+        let mut last: Option<(EngineState, Option<String>, Option<String>, u32)> = None;
+        let mut next = Some(self.inner.engine.snapshot());
+        loop {
+            let snap = match next.take() {
+                Some(s) => s,
+                None => tokio::select! {
+                    got = rx.recv() => match got {
+                        Ok(s) => s,
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.inner.engine.snapshot(),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = shutdown.cancelled() => return,
+                },
+            };
+            let model = snap.model.as_ref().map(|(i, _)| model_name(i));
+            let loading = snap.loading.as_ref().map(|p| p.display().to_string());
+            let decile = (snap.progress.unwrap_or(0.0) * 10.0).floor() as u32;
+            let key = (snap.state, model.clone(), loading.clone(), decile);
+            if last.as_ref() != Some(&key) {
+                if let Some((_, m, _, _)) = &last {
+                    if *m != model {
+                        self.update_credit(&snap);
+                    }
+                } else {
+                    self.update_credit(&snap);
+                }
+                let message = crate::systemd::status_line(&snap, None);
+                let mut e = event("state", message);
+                e.state = Some(self.reported_state(&snap));
+                e.model = model.or(loading.map(|l| file_name(&l)));
+                e.error = snap.error.clone();
+                self.emit(e);
+                last = Some(key);
+            }
+        }
+    }
+
+    fn update_credit(&self, snap: &Snapshot) {
+        let (ram, vram) = match &snap.model {
+            Some((info, _)) => {
+                let m = &info.memory;
+                let total = m.weights_bytes + m.kv_cache_bytes + m.compute_bytes.unwrap_or(0);
+                (total.saturating_sub(m.gpu_bytes), m.gpu_bytes)
+            }
+            None => (0, 0),
+        };
+        self.inner.store.set_credit(ram, vram);
+    }
+
+    // ---- Config ----
+
+    /// Watches the config file's directory; a change of the file (written in place, or replaced
+    /// by rename) reloads it after 300 ms of quiet. Without a file or directory, nothing is
+    /// watched (SIGHUP and `r1ctl reload` still work).
+    fn watch_config(self, shutdown: CancellationToken) {
+        use notify::Watcher as _;
+        let Some(path) = self.inner.config_path.clone() else {
+            return;
+        };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let name = name.to_owned();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = match notify::recommended_watcher(
+            move |res: notify::Result<notify::Event>| {
+                let Ok(ev) = res else { return };
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                // Only the config file itself: an editor's swap, temp and backup files in the
+                // same directory are not the config.
+                if ev.paths.iter().any(|p| p.file_name() == Some(&name)) {
+                    let _ = tx.send(());
+                }
+            },
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("not watching the config file (inotify: {e}); SIGHUP and `r1ctl reload` still reload it");
+                return;
+            }
+        };
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::info!(
+                "not watching {} for config changes: {e}; SIGHUP and `r1ctl reload` still reload it",
+                dir.display()
+            );
+            return;
+        }
+        tracing::info!("watching {} for changes", path.display());
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { return },
+                    () = shutdown.cancelled() => return,
+                }
+                // Quiet period: an editor's write, rename and chmod come as several events.
+                loop {
+                    tokio::select! {
+                        got = tokio::time::timeout(Duration::from_millis(300), rx.recv()) => match got {
+                            Ok(Some(())) => continue,
+                            Ok(None) => return,
+                            Err(_) => break,
+                        },
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+                self.reload("the file changed").await;
+            }
+        });
+    }
+
+    /// Reads the config again and applies it: `[model]`, `[planner]`, `[store] auto_pull` and
+    /// `[watch]` take effect now (a different model is loaded at once; answers in flight finish
+    /// first); keys that need a restart are named in the log. A file that does not parse or
+    /// validate is rejected and the running config stays in force. `origin` says what asked
+    /// (`SIGHUP`, `r1ctl reload`, …), for the log.
+    pub async fn reload(&self, origin: &str) -> wire::ReloadOutcome {
+        let _acting = self.inner.acting.lock().await;
+        let config_path = self
+            .inner
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string());
+        let read = (self.inner.read_config)();
+        let new = match read {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(
+                    "config reload ({origin}) rejected, the running config stays in force: {error}"
+                );
+                self.update_view(|v| v.config_error = Some(error.clone()));
+                let mut e = event(
+                    "config",
+                    format!("rejected, the running config stays in force: {error}"),
+                );
+                e.error = Some(error.clone());
+                self.emit(e);
+                return wire::ReloadOutcome {
+                    config_path,
+                    changes: Vec::new(),
+                    error: Some(error),
+                    model: self.model_line(),
+                };
+            }
+        };
+        let old = self.config();
+        let changes = config::diff(&old, &new);
+        if changes.is_empty() {
+            tracing::info!("config reload ({origin}): nothing changed");
+        }
+        for line in &changes {
+            tracing::info!("config reload ({origin}): {line}");
+        }
+        for (key, changed) in [
+            ("[server] socket", old.server.socket != new.server.socket),
+            (
+                "[server] queue_depth",
+                old.server.queue_depth != new.server.queue_depth,
+            ),
+            ("[plugins] dir", old.plugins.dir != new.plugins.dir),
+            ("[store] dir", old.store.dir != new.store.dir),
+            (
+                "[store] scan settings",
+                old.store.scan_huggingface != new.store.scan_huggingface
+                    || old.store.scan_ollama != new.store.scan_ollama
+                    || old.store.huggingface_cache != new.store.huggingface_cache
+                    || old.store.ollama_models != new.store.ollama_models,
+            ),
+            (
+                "[model] default_max_tokens",
+                old.model.default_max_tokens != new.model.default_max_tokens,
+            ),
+            (
+                "[watch] config and hardware_interval_s",
+                old.watch.config != new.watch.config,
+            ),
+        ] {
+            if changed {
+                tracing::warn!("config reload: {key} takes effect when r1d restarts");
+            }
+        }
+        self.inner.store.reconfigure(&new);
+        self.inner
+            .engine
+            .set_queue_deadline(Duration::from_secs_f64(new.watch.queue_deadline_s));
+        self.state().config = new.clone();
+        self.update_view(|v| {
+            v.config_error = None;
+            v.swap_policy = policy_name(new.watch.swap_policy).into();
+        });
+        let mut e = event(
+            "config",
+            if changes.is_empty() {
+                format!("reloaded ({origin}): nothing changed")
+            } else {
+                format!("reloaded ({origin}): {}", changes.join("; "))
+            },
+        );
+        e.changes = changes.clone();
+        self.emit(e);
+        // A config edit is the person's intent: it acts now, whatever the swap policy.
+        let model = match self.wanted().await {
+            Ok(wanted) => self.apply(wanted, None, "the config changed").await,
+            Err(e) => format!("kept the resident model: {e}"),
+        };
+        wire::ReloadOutcome {
+            config_path,
+            changes,
+            error: None,
+            model,
+        }
+    }
+
+    fn model_line(&self) -> String {
+        match &self.inner.engine.snapshot().model {
+            Some((info, _)) => format!("kept {}", model_name(info)),
+            None => "no model is resident".into(),
+        }
+    }
+
+    // ---- Deciding ----
+
+    /// What should be resident now: the configured model, else the pin, else the planner's best
+    /// present choice.
+    async fn wanted(&self) -> Result<Wanted, String> {
+        let config = self.config();
+        if let Some(spec) = (self.inner.configured_model)(&config) {
+            return Ok(Wanted {
+                spec: Some(spec),
+                reason: "the model configured with [model] path or --model".into(),
+            });
+        }
+        let pinned = self.state().pinned.clone();
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || match pinned {
+            Some(name) => store
+                .resolve_use(&name)
+                .map(|(spec, reason)| Wanted {
+                    spec: Some(spec),
+                    reason,
+                })
+                .map_err(|e| e.to_string()),
+            None => {
+                let (entries, plan, choice) = store.choose().map_err(|e| e.to_string())?;
+                let spec = choice
+                    .entry
+                    .zip(choice.candidate)
+                    .map(|(e, c)| store.load_spec(&entries[e], Some(&plan.candidates[c])));
+                Ok(Wanted {
+                    spec,
+                    reason: choice.reason,
+                })
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Loads `wanted` when it differs from the resident model. `forced`: the resident model no
+    /// longer fits, running answers end. Returns one line saying what happened.
+    async fn apply(&self, wanted: Wanted, forced: Option<String>, why: &str) -> String {
+        let engine = &self.inner.engine;
+        let snap = engine.snapshot();
+        let Some(spec) = wanted.spec else {
+            // Nothing present fits: keep what is served rather than serving nothing.
+            return match &snap.model {
+                Some((info, _)) => format!(
+                    "kept {} (nothing better is present: {})",
+                    model_name(info),
+                    wanted.reason
+                ),
+                None => format!("no model: {}", wanted.reason),
+            };
+        };
+        if snap.state == EngineState::Ready && snap.spec.as_ref().is_some_and(|s| same(s, &spec)) {
+            self.inner.store.set_selection(&wanted.reason);
+            return self.model_line();
+        }
+        let from = snap.model.as_ref().map(|(i, _)| model_name(i));
+        let to = file_name(&spec.params.path);
+        let message = match &from {
+            Some(from) => format!("swapping {from} for {to}: {why}"),
+            None => format!("loading {to}: {why}"),
+        };
+        tracing::info!("{message}");
+        let mut e = event("swap", message);
+        e.model = Some(to.clone());
+        self.emit(e);
+        self.update_view(|v| {
+            v.better = None;
+            v.pending = None;
+        });
+        self.state().pending = None;
+        let result = match &forced {
+            Some(reason) => engine.swap_now(spec, reason).await,
+            None => engine.load(spec).await,
+        };
+        match result {
+            Ok(()) => {
+                self.inner.store.set_selection(&wanted.reason);
+                let now = engine.snapshot();
+                let name = now.model.as_ref().map(|(i, _)| model_name(i)).unwrap_or(to);
+                let mut e = event("swap", format!("serving {name}"));
+                e.model = Some(name.clone());
+                self.emit(e);
+                format!("serving {name}")
+            }
+            Err(err) => {
+                let text = err.to_string();
+                tracing::error!("{text}");
+                let mut e = event("swap", format!("failed: {text}"));
+                e.error = Some(text.clone());
+                self.emit(e);
+                text
+            }
+        }
+    }
+
+    /// `r1ctl use NAME`: pins a variant or model (`auto` returns to the planner's choice) and
+    /// loads it. Returns why it was chosen.
+    ///
+    /// # Errors
+    /// The store's error (unknown, not present, does not fit) or the engine's (load failed: the
+    /// previous model serves again).
+    pub async fn use_model(
+        &self,
+        name: &str,
+    ) -> Result<String, Result<crate::store::StoreError, EngineError>> {
+        let _acting = self.inner.acting.lock().await;
+        let store = self.inner.store.clone();
+        let query = name.to_owned();
+        let (spec, reason) = tokio::task::spawn_blocking(move || store.resolve_use(&query))
+            .await
+            .map_err(|e| Err(EngineError::Backend(e.to_string())))?
+            .map_err(Ok)?;
+        let auto = name.trim().eq_ignore_ascii_case("auto");
+        let pinned = (!auto).then(|| name.trim().to_owned());
+        self.state().pinned = pinned.clone();
+        self.update_view(|v| {
+            v.pinned = pinned;
+            v.better = None;
+        });
+        self.inner.engine.load(spec).await.map_err(Err)?;
+        self.inner.store.set_selection(&reason);
+        Ok(reason)
+    }
+
+    /// Forgets a pin (when the model was replaced by other means, e.g. `POST /r1/load`).
+    pub fn clear_pin(&self) {
+        self.state().pinned = None;
+        self.update_view(|v| v.pinned = None);
+    }
+
+    // ---- Hardware ----
+
+    async fn watch_hardware(self, shutdown: CancellationToken) {
+        let mut last_probe = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let interval = self.config().watch.hardware_interval_s;
+            if interval <= 0.0 {
+                continue;
+            }
+            let due = last_probe.elapsed().as_secs_f64() >= interval;
+            if due {
+                last_probe = Instant::now();
+                self.tick().await;
+            } else {
+                self.idle_check().await;
+            }
+        }
+    }
+
+    /// One hardware re-probe and re-plan, with hysteresis.
+    async fn tick(&self) {
+        let _acting = self.inner.acting.lock().await;
+        let engine = &self.inner.engine;
+        let snap = engine.snapshot();
+        if matches!(
+            snap.state,
+            EngineState::Loading | EngineState::Swapping | EngineState::Starting
+        ) {
+            return;
+        }
+        let probe = self.inner.probe.clone();
+        let store = self.inner.store.clone();
+        let Ok(Ok(hw)) = tokio::task::spawn_blocking(move || store.hardware()).await else {
+            return;
+        };
+        self.note_hardware(&probe, &hw);
+        let config = self.config();
+        let wanted = match self.wanted().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!("re-plan: {e}");
+                return;
+            }
+        };
+        let current = snap.spec.clone();
+        let differs = match (&wanted.spec, &current) {
+            (Some(w), Some(c)) => !same(w, c),
+            (Some(_), None) => true,
+            // Nothing better is present: keep serving what is served.
+            (None, _) => false,
+        };
+        if !differs {
+            let had = self.state().pending.take();
+            if let Some((spec, _, since)) = had {
+                let message = format!(
+                    "{} would have fitted better for {:.0} s, less than the settle time ({} s): ignored",
+                    file_name(&spec.params.path),
+                    since.elapsed().as_secs_f64(),
+                    config.watch.settle_s
+                );
+                tracing::info!("{message}");
+                self.emit(event("plan", message));
+            }
+            self.update_view(|v| {
+                v.pending = None;
+                v.better = None;
+            });
+            return;
+        }
+        let Some(spec) = wanted.spec.clone() else {
+            return;
+        };
+        let target = file_name(&spec.params.path);
+        let forced = self.resident_no_longer_fits(&hw, &snap);
+        // Hysteresis: the same different choice must hold for settle_s.
+        let since = {
+            let mut st = self.state();
+            match &st.pending {
+                Some((p, _, since)) if same(p, &spec) => *since,
+                _ => {
+                    st.pending = Some((spec.clone(), wanted.reason.clone(), Instant::now()));
+                    drop(st);
+                    let message = format!(
+                        "{target} fits better now ({}); acting if that lasts {} s",
+                        wanted.reason, config.watch.settle_s
+                    );
+                    tracing::info!("{message}");
+                    let mut e = event("plan", message.clone());
+                    e.model = Some(target.clone());
+                    self.emit(e);
+                    self.update_view(|v| v.pending = Some(message));
+                    Instant::now()
+                }
+            }
+        };
+        if since.elapsed().as_secs_f64() < config.watch.settle_s {
+            return;
+        }
+        self.act_on_plan(wanted, forced, &config).await;
+    }
+
+    /// Acts on a settled re-plan by the swap policy.
+    async fn act_on_plan(&self, wanted: Wanted, forced: Option<String>, config: &Config) {
+        let Some(spec) = &wanted.spec else { return };
+        let target = file_name(&spec.params.path);
+        let policy = config.watch.swap_policy;
+        let idle = self.inner.engine.idle_for().as_secs_f64();
+        let go = forced.is_some() && policy != SwapPolicy::Manual
+            || policy == SwapPolicy::Auto
+            || policy == SwapPolicy::Idle && idle >= config.watch.idle_s;
+        if go {
+            self.apply(wanted, forced, "the machine changed").await;
+            return;
+        }
+        let message = match policy {
+            SwapPolicy::Manual => format!(
+                "{target} fits better ({}); swap_policy is manual: run `r1ctl use auto` to swap",
+                wanted.reason
+            ),
+            _ => format!(
+                "{target} fits better ({}); swapping after {} s without requests",
+                wanted.reason, config.watch.idle_s
+            ),
+        };
+        let unchanged = self.inner.view.borrow().better.as_deref() == Some(message.as_str());
+        if !unchanged {
+            tracing::info!("{message}");
+            let mut e = event("plan", message.clone());
+            e.model = Some(target);
+            self.emit(e);
+            self.update_view(|v| {
+                v.better = Some(message);
+                v.pending = None;
+            });
+        }
+    }
+
+    /// Under `idle`: swaps to a settled better fit once r1d has been idle long enough.
+    async fn idle_check(&self) {
+        let config = self.config();
+        if config.watch.swap_policy != SwapPolicy::Idle
+            || self.inner.view.borrow().better.is_none()
+            || self.inner.engine.idle_for().as_secs_f64() < config.watch.idle_s
+        {
+            return;
+        }
+        let _acting = self.inner.acting.lock().await;
+        if let Ok(wanted) = self.wanted().await {
+            self.apply(wanted, None, "r1d is idle and the machine changed")
+                .await;
+        }
+    }
+
+    /// When the resident model's own memory is no longer there (the probe, with its footprint
+    /// counted as free, has less than the footprint), why.
+    fn resident_no_longer_fits(
+        &self,
+        hw: &crate::hardware::Hardware,
+        snap: &Snapshot,
+    ) -> Option<String> {
+        let (info, _) = snap.model.as_ref()?;
+        let m = &info.memory;
+        let ram_need = (m.weights_bytes + m.kv_cache_bytes).saturating_sub(m.gpu_bytes);
+        (ram_need > 0 && hw.memory.available_bytes < ram_need).then(|| {
+            format!(
+                "memory is running out: {:.1} GB available, {} needs {:.1} GB",
+                hw.memory.available_bytes as f64 / 1e9,
+                model_name(info),
+                ram_need as f64 / 1e9
+            )
+        })
+    }
+
+    /// Logs and emits a `hardware` event when the machine's summary changed; keeps `degraded`.
+    fn note_hardware(&self, probe: &Probe, hw: &crate::hardware::Hardware) {
+        let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+        let mut summary = format!(
+            "RAM {} available of {}",
+            gb(hw.memory.available_bytes),
+            gb(hw.memory.total_bytes)
+        );
+        if let Some(limit) = hw.memory.cgroup_limit_bytes {
+            summary += &format!(" (cgroup limit {})", gb(limit));
+        }
+        if hw.gpus.is_empty() {
+            summary += ", no GPU";
+        }
+        for g in &hw.gpus {
+            summary += &format!(
+                ", {} {} {} free of {}",
+                g.vendor.name(),
+                g.name,
+                gb(g.vram_free_bytes),
+                gb(g.vram_total_bytes)
+            );
+        }
+        let degraded = degraded_reason(probe, hw);
+        let (changed, degraded_changed) = {
+            let mut st = self.state();
+            let changed = st.hardware.as_deref() != Some(summary.as_str());
+            st.hardware = Some(summary.clone());
+            let degraded_changed = st.degraded != degraded;
+            st.degraded = degraded.clone();
+            (changed, degraded_changed)
+        };
+        if changed {
+            tracing::debug!("hardware: {summary}");
+            self.emit(event("hardware", summary));
+        }
+        if degraded_changed {
+            match &degraded {
+                Some(why) => tracing::warn!("degraded: {why}"),
+                None => tracing::info!("no longer degraded: every GPU the driver lists answers"),
+            }
+            self.update_view(|v| v.degraded = degraded.clone());
+            let snap = self.inner.engine.snapshot();
+            let mut e = event(
+                "state",
+                degraded
+                    .clone()
+                    .map(|d| format!("degraded: {d}"))
+                    .unwrap_or_else(|| "no longer degraded".into()),
+            );
+            e.state = Some(self.reported_state(&snap));
+            self.emit(e);
+        }
+    }
+}
+
+fn policy_name(p: SwapPolicy) -> &'static str {
+    match p {
+        SwapPolicy::Auto => "auto",
+        SwapPolicy::Idle => "idle",
+        SwapPolicy::Manual => "manual",
+    }
+}
