@@ -297,13 +297,7 @@ impl Client {
             let (status, body) = self.read_body(response).await?;
             return Err(status_error(status, &body));
         }
-        let body = BodyStream::new(response.into_body()).filter_map(|frame| {
-            std::future::ready(match frame {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(e)),
-            })
-        });
-        let events = eventsource_stream::EventStream::new(body).map(|item| match item {
+        let events = sse_events(response).map(|item| match item {
             Ok(e) if e.event == "lagged" => Ok(wire::Event {
                 kind: "lagged".into(),
                 time: 0.0,
@@ -359,16 +353,23 @@ impl Client {
             let (status, body) = self.read_body(response).await?;
             return Err(status_error(status, &body));
         }
-        let body = BodyStream::new(response.into_body()).filter_map(|frame| {
-            std::future::ready(match frame {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(e)),
-            })
-        });
-        let events = eventsource_stream::EventStream::new(body);
+        let events = sse_events(response);
         let stream = sse_chunks(events);
         Ok(Box::pin(stream))
     }
+}
+
+/// The server-sent events of a response body (its data frames, parsed by `eventsource-stream`).
+fn sse_events(
+    response: Response<Incoming>,
+) -> eventsource_stream::EventStream<impl Stream<Item = Result<Bytes, hyper::Error>> + Unpin> {
+    let body = BodyStream::new(response.into_body()).filter_map(|frame| {
+        std::future::ready(match frame {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    });
+    eventsource_stream::EventStream::new(body)
 }
 
 fn sse_chunks<S, E>(

@@ -182,6 +182,9 @@ pub struct Snapshot {
     /// The last load that failed while another model went on serving (cleared by the next
     /// successful load).
     pub last_load_error: Option<String>,
+    /// The last load that failed and its file's modification time then (cleared by the next
+    /// successful load): the supervisor does not retry it until the file changes.
+    pub last_failed: Option<(LoadSpec, Option<std::time::SystemTime>)>,
 }
 
 /// What to load.
@@ -283,6 +286,7 @@ impl Engine {
             spec: None,
             swapping_from: None,
             last_load_error: None,
+            last_failed: None,
         });
         let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
@@ -554,8 +558,13 @@ impl Worker {
                     match self.load(prev) {
                         Ok(()) => {
                             let reason = format!("{reason}; serving {name} again");
-                            self.shared
-                                .publish(|s| s.last_load_error = Some(reason.clone()));
+                            let modified = std::fs::metadata(&spec.params.path)
+                                .and_then(|m| m.modified())
+                                .ok();
+                            self.shared.publish(|s| {
+                                s.last_load_error = Some(reason.clone());
+                                s.last_failed = Some((spec.clone(), modified));
+                            });
                             Err(EngineError::LoadFailed { reason })
                         }
                         Err(again) => Err(EngineError::LoadFailed {
@@ -636,12 +645,16 @@ impl Worker {
                     s.loaded_at = Some(unix_now());
                     s.spec = Some(spec);
                     s.last_load_error = None;
+                    s.last_failed = None;
                 });
                 Ok(())
             }
             Err(e) => {
                 self.no_model_reason = describe_load_error(&path, &e);
                 tracing::error!("{}", self.no_model_reason);
+                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                self.shared
+                    .publish(|s| s.last_failed = Some((spec.clone(), modified)));
                 self.publish_no_model();
                 Err(self.no_model_reason.clone())
             }

@@ -78,10 +78,22 @@ struct Inner {
     acting: tokio::sync::Mutex<()>,
 }
 
+/// What a person chose at run time; it wins over the config and the planner until `r1ctl use
+/// auto`, or until a config edit changes the model the config names.
+#[derive(Debug, Clone)]
+enum Pin {
+    /// `r1ctl use NAME`: resolved again at each re-plan (the best present quantization of a
+    /// pinned variant that fits may change with the machine).
+    Name(String),
+    /// `POST /r1/load` / D-Bus `Load`: this file with these settings.
+    Spec(LoadSpec),
+    /// `POST /r1/unload` / D-Bus `Unload`: serve nothing.
+    Unloaded,
+}
+
 struct State {
     config: Config,
-    /// `r1ctl use NAME` (not `auto`).
-    pinned: Option<String>,
+    pinned: Option<Pin>,
     /// A different choice and since when it holds.
     pending: Option<(LoadSpec, String, Instant)>,
     /// The last hardware summary (to log changes).
@@ -467,6 +479,12 @@ impl Supervisor {
                 tracing::warn!("config reload: {key} takes effect when r1d restarts");
             }
         }
+        if (self.inner.configured_model)(&old) != (self.inner.configured_model)(&new)
+            || old.planner.variant != new.planner.variant
+        {
+            // The person edited which model to serve: that beats a run-time pin.
+            self.set_pin(None);
+        }
         self.inner.store.reconfigure(&new);
         self.inner
             .engine
@@ -508,27 +526,44 @@ impl Supervisor {
 
     // ---- Deciding ----
 
-    /// What should be resident now: the configured model, else the pin, else the planner's best
-    /// present choice.
+    /// What should be resident now: the run-time pin, else the configured model, else the
+    /// planner's best present choice.
     async fn wanted(&self) -> Result<Wanted, String> {
         let config = self.config();
-        if let Some(spec) = (self.inner.configured_model)(&config) {
-            return Ok(Wanted {
-                spec: Some(spec),
-                reason: "the model configured with [model] path or --model".into(),
-            });
-        }
         let pinned = self.state().pinned.clone();
+        match &pinned {
+            Some(Pin::Spec(spec)) => {
+                return Ok(Wanted {
+                    spec: Some(spec.clone()),
+                    reason: format!("{} was loaded on request", spec.params.path),
+                })
+            }
+            Some(Pin::Unloaded) => {
+                return Ok(Wanted {
+                    spec: None,
+                    reason: "the model was unloaded on request".into(),
+                })
+            }
+            Some(Pin::Name(_)) => {}
+            None => {
+                if let Some(spec) = (self.inner.configured_model)(&config) {
+                    return Ok(Wanted {
+                        spec: Some(spec),
+                        reason: "the model configured with [model] path or --model".into(),
+                    });
+                }
+            }
+        }
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || match pinned {
-            Some(name) => store
+            Some(Pin::Name(name)) => store
                 .resolve_use(&name)
                 .map(|(spec, reason)| Wanted {
                     spec: Some(spec),
                     reason,
                 })
                 .map_err(|e| e.to_string()),
-            None => {
+            _ => {
                 let (entries, plan, choice) = store.choose().map_err(|e| e.to_string())?;
                 let spec = choice
                     .entry
@@ -604,8 +639,8 @@ impl Supervisor {
         }
     }
 
-    /// `r1ctl use NAME`: pins a variant or model (`auto` returns to the planner's choice) and
-    /// loads it. Returns why it was chosen.
+    /// `r1ctl use NAME`: pins a variant or model and loads it; `auto` drops the pin and loads
+    /// what the config or the planner wants. Returns why it was chosen.
     ///
     /// # Errors
     /// The store's error (unknown, not present, does not fit) or the engine's (load failed: the
@@ -615,28 +650,78 @@ impl Supervisor {
         name: &str,
     ) -> Result<String, Result<crate::store::StoreError, EngineError>> {
         let _acting = self.inner.acting.lock().await;
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("auto") {
+            self.set_pin(None);
+            let wanted = self
+                .wanted()
+                .await
+                .map_err(|e| Err(EngineError::Backend(e)))?;
+            let Some(spec) = wanted.spec else {
+                return Err(Ok(crate::store::StoreError::Unusable {
+                    name: "auto".into(),
+                    reason: wanted.reason,
+                }));
+            };
+            return self.load_now(spec, wanted.reason).await.map_err(Err);
+        }
         let store = self.inner.store.clone();
         let query = name.to_owned();
         let (spec, reason) = tokio::task::spawn_blocking(move || store.resolve_use(&query))
             .await
             .map_err(|e| Err(EngineError::Backend(e.to_string())))?
             .map_err(Ok)?;
-        let auto = name.trim().eq_ignore_ascii_case("auto");
-        let pinned = (!auto).then(|| name.trim().to_owned());
-        self.state().pinned = pinned.clone();
-        self.update_view(|v| {
-            v.pinned = pinned;
-            v.better = None;
-        });
-        self.inner.engine.load(spec).await.map_err(Err)?;
-        self.inner.store.set_selection(&reason);
-        Ok(reason)
+        self.set_pin(Some(Pin::Name(name.to_owned())));
+        self.load_now(spec, reason).await.map_err(Err)
     }
 
-    /// Forgets a pin (when the model was replaced by other means, e.g. `POST /r1/load`).
-    pub fn clear_pin(&self) {
-        self.state().pinned = None;
-        self.update_view(|v| v.pinned = None);
+    /// `POST /r1/load` / D-Bus `Load`: loads `spec` and keeps it through re-plans (until `r1ctl
+    /// use auto` or a config edit of the model).
+    ///
+    /// # Errors
+    /// The engine's: the load failed (the previous model serves again).
+    pub async fn load(&self, spec: LoadSpec) -> Result<String, EngineError> {
+        let _acting = self.inner.acting.lock().await;
+        self.set_pin(Some(Pin::Spec(spec.clone())));
+        let reason = format!("{} was loaded on request", spec.params.path);
+        self.load_now(spec, reason).await
+    }
+
+    /// `POST /r1/unload` / D-Bus `Unload`: unloads the model and serves nothing until `r1ctl use`
+    /// or a config edit of the model.
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn unload(&self) -> Result<(), EngineError> {
+        let _acting = self.inner.acting.lock().await;
+        self.set_pin(Some(Pin::Unloaded));
+        self.inner.engine.unload().await
+    }
+
+    fn set_pin(&self, pin: Option<Pin>) {
+        let shown = match &pin {
+            Some(Pin::Name(n)) => Some(n.clone()),
+            Some(Pin::Spec(s)) => Some(s.params.path.clone()),
+            Some(Pin::Unloaded) => Some("nothing (unloaded on request)".into()),
+            None => None,
+        };
+        {
+            let mut st = self.state();
+            st.pinned = pin;
+            st.pending = None;
+        }
+        self.update_view(|v| {
+            v.pinned = shown;
+            v.better = None;
+            v.pending = None;
+        });
+    }
+
+    /// Loads `spec` now (through the engine's queue) and records why.
+    async fn load_now(&self, spec: LoadSpec, reason: String) -> Result<String, EngineError> {
+        self.inner.engine.load(spec).await?;
+        self.inner.store.set_selection(&reason);
+        Ok(reason)
     }
 
     // ---- Hardware ----
@@ -715,6 +800,15 @@ impl Supervisor {
         let Some(spec) = wanted.spec.clone() else {
             return;
         };
+        let failed_before = snap
+            .last_failed
+            .as_ref()
+            .is_some_and(|(f, mtime)| same(f, &spec) && *mtime == modified(&spec));
+        if failed_before {
+            // Tried and failed, and the file has not changed since: no retry every settle_s
+            // (a config edit or `r1ctl use` still tries it).
+            return;
+        }
         let target = file_name(&spec.params.path);
         let forced = self.resident_no_longer_fits(&hw, &snap);
         // Hysteresis: the same different choice must hold for settle_s.
@@ -870,6 +964,13 @@ impl Supervisor {
             self.emit(e);
         }
     }
+}
+
+/// Modification time of a load spec's file (or directory).
+fn modified(spec: &LoadSpec) -> Option<std::time::SystemTime> {
+    std::fs::metadata(&spec.params.path)
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 fn policy_name(p: SwapPolicy) -> &'static str {

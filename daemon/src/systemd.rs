@@ -443,6 +443,7 @@ mod tests {
             spec: None,
             swapping_from: None,
             last_load_error: None,
+            last_failed: None,
         }
     }
 

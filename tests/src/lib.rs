@@ -302,3 +302,25 @@ pub fn echo_model(dir: &Path, json: &str) -> PathBuf {
     std::fs::write(&path, json).unwrap();
     path
 }
+
+/// A config that serves `path` with the echo backend.
+pub fn echo_config(path: &Path) -> String {
+    format!(
+        "[model]\npath = {:?}\nbackend = \"echo\"\n",
+        path.display().to_string()
+    )
+}
+
+/// Two echo models in `dir` for swap tests: `first.echo` (named `first`) and `slow.echo`
+/// (named `slow`, loading for `slow_ms` milliseconds, so a swap to it can be watched).
+pub fn swap_pair(dir: &Path, slow_ms: u64) -> (PathBuf, PathBuf) {
+    let first = dir.join("first.echo");
+    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
+    let slow = dir.join("slow.echo");
+    std::fs::write(
+        &slow,
+        format!(r#"{{"name": "slow", "load_delay_ms": {slow_ms}}}"#),
+    )
+    .unwrap();
+    (first, slow)
+}

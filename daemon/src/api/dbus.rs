@@ -634,7 +634,10 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "unloading the model").await?;
-        self.engine.unload().await.map_err(Error::from)
+        match &self.supervisor {
+            Some(supervisor) => supervisor.unload().await.map_err(Error::from),
+            None => self.engine.unload().await.map_err(Error::from),
+        }
     }
 
     /// Re-reads the config, as `systemctl reload r1d` does (SIGHUP): the model the config names
@@ -693,7 +696,11 @@ impl Manager {
 
 impl Manager {
     async fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
-        match self.engine.load(spec).await {
+        let result = match &self.supervisor {
+            Some(supervisor) => supervisor.load(spec).await.map(|_| ()),
+            None => self.engine.load(spec).await,
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason }) => {
                 Err(Error::LoadFailed(reason))

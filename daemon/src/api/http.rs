@@ -136,7 +136,9 @@ fn native_error(status: StatusCode, message: String) -> Response {
 }
 
 /// `POST /r1/load`: replaces the resident model (the old one is unloaded first) and answers when
-/// the new one is resident (200 with `/r1/status`'s body) or failed to load (422 naming why).
+/// the new one is resident (200 with `/r1/status`'s body) or failed to load (422 naming why; the
+/// previous model serves again). The file stays pinned through re-plans until `r1ctl use auto`
+/// or a config edit of the model.
 async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
     let mut de = serde_json::Deserializer::from_slice(&body);
     let req: wire::LoadRequest = match serde_path_to_error::deserialize(&mut de) {
@@ -158,11 +160,8 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
         },
         backend: req.backend,
     };
-    match state.engine.load(spec).await {
-        Ok(()) => {
-            state.supervisor.clear_pin();
-            status(State(state)).await.into_response()
-        }
+    match state.supervisor.load(spec).await {
+        Ok(_) => status(State(state)).await.into_response(),
         Err(
             crate::engine::EngineError::NoModel { reason }
             | crate::engine::EngineError::LoadFailed { reason },
@@ -173,7 +172,7 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
 
 /// `POST /r1/unload`: unloads the resident model; answers with `/r1/status`'s body.
 async fn unload(State(state): State<AppState>) -> Response {
-    match state.engine.unload().await {
+    match state.supervisor.unload().await {
         Ok(()) => status(State(state)).await.into_response(),
         Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use r1d_client::dbus::{Chat1Proxy, Manager1Proxy, StreamEvent, StreamReader, Usage};
-use r1d_tests::{echo_model, Daemon, DaemonOptions};
+use r1d_tests::{echo_config, echo_model, swap_pair, Daemon, DaemonOptions};
 use zbus::zvariant::Value;
 
 /// The echo's answer to this is "hmm let me see</think>The answer" (see `compat`).
@@ -874,18 +874,9 @@ async fn dbus_a_swap_after_a_config_edit_is_signalled_through_state_and_active_m
     }
     let bus = Bus::session();
     let models = tempfile::tempdir().unwrap();
-    let first = models.path().join("first.echo");
-    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
-    let slow = models.path().join("slow.echo");
-    std::fs::write(&slow, r#"{"name": "slow", "load_delay_ms": 1500}"#).unwrap();
-    let config = |path: &Path| {
-        format!(
-            "[model]\npath = {:?}\nbackend = \"echo\"\n",
-            path.display().to_string()
-        )
-    };
+    let (first, slow) = swap_pair(models.path(), 1500);
     let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config(&first)),
+        config: Some(&echo_config(&first)),
         args: vec!["--dbus".into(), "session".into()],
         env: vec![("DBUS_SESSION_BUS_ADDRESS", bus.address.clone())],
         ..Default::default()
@@ -898,7 +889,7 @@ async fn dbus_a_swap_after_a_config_edit_is_signalled_through_state_and_active_m
     let _initial = states.next().await;
     let mut models_changed = manager.receive_active_model_changed().await;
     let _initial = models_changed.next().await;
-    daemon.edit_config(&config(&slow));
+    daemon.edit_config(&echo_config(&slow));
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("ready") {
         let changed = tokio::time::timeout(Duration::from_secs(10), states.next())

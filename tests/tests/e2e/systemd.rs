@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use r1d_client::wire::State;
 use r1d_client::Client;
-use r1d_tests::{bin_dir, binary, echo_model, plugin_dir, Daemon, DaemonOptions};
+use r1d_tests::{
+    bin_dir, binary, echo_config, echo_model, plugin_dir, swap_pair, Daemon, DaemonOptions,
+};
 
 use crate::ask;
 
@@ -853,25 +855,16 @@ fn session_bus_activation_file_starts_r1d_on_the_first_call() {
 async fn notify_status_follows_a_swap_after_a_config_edit() {
     let mut notify = NotifySocket::new();
     let models = tempfile::tempdir().unwrap();
-    let first = models.path().join("first.echo");
-    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
-    let slow = models.path().join("slow.echo");
-    std::fs::write(&slow, r#"{"name": "slow", "load_delay_ms": 1000}"#).unwrap();
-    let config = |path: &Path| {
-        format!(
-            "[model]\npath = {:?}\nbackend = \"echo\"\n",
-            path.display().to_string()
-        )
-    };
+    let (first, slow) = swap_pair(models.path(), 1000);
     let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config(&first)),
+        config: Some(&echo_config(&first)),
         env: vec![("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned())],
         ..Default::default()
     });
     notify
         .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; got {:?}\n{}", notify.received, daemon.log()));
-    daemon.edit_config(&config(&slow));
+    daemon.edit_config(&echo_config(&slow));
     let swapping = notify.wait_for(Duration::from_secs(10), |m| {
         status_of(m).is_some_and(|s| s.starts_with("swapping first for slow.echo"))
     });

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use gguf_header::write::{gguf, Meta};
 use r1d_client::wire::{self, ChatCompletionRequest, ChatMessage, State};
-use r1d_tests::{binary, echo_model, fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2};
+use r1d_tests::{
+    binary, echo_config, echo_model, fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2,
+};
 
 use crate::ask;
 
@@ -27,10 +29,7 @@ fn echo_file(dir: &Path, file: &str, json: &str) -> PathBuf {
 }
 
 fn config_with_model(path: &Path) -> String {
-    format!(
-        "[model]\npath = {:?}\nbackend = \"echo\"\n\n[watch]\nhardware_interval_s = 0\n",
-        path.display().to_string()
-    )
+    format!("{}\n[watch]\nhardware_interval_s = 0\n", echo_config(path))
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, up to `secs`; panics with `what` and the log.
@@ -63,6 +62,15 @@ async fn ready(daemon: &Daemon) {
         health.error,
         daemon.log()
     );
+}
+
+/// `POST /r1/use` as `r1ctl use NAME` sends it.
+async fn use_model(daemon: &Daemon, name: &str) -> wire::Status {
+    daemon
+        .client()
+        .post_json("/r1/use", &wire::ModelRequest { model: name.into() })
+        .await
+        .unwrap()
 }
 
 async fn resident(daemon: &Daemon) -> Option<String> {
@@ -243,12 +251,19 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
         "broken",
         r#"{"name": "echo-broken", "fail_load": "the weights are corrupt"}"#,
     );
+    // Re-plans every 0.25 s: they must not retry the broken file over and over.
+    let replanning = |model: &Path| {
+        config_with_model(model).replace(
+            "hardware_interval_s = 0\n",
+            "hardware_interval_s = 0.25\nsettle_s = 0.25\n",
+        )
+    };
     let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
+        config: Some(&replanning(&a)),
         ..Default::default()
     });
     ready(&daemon).await;
-    daemon.edit_config(&config_with_model(&broken));
+    daemon.edit_config(&replanning(&broken));
     let error = until(&daemon, 10, "the failed swap", || async {
         daemon.client().status().await.ok()?.watch?.last_load_error
     })
@@ -261,6 +276,13 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
     let answer = daemon.client().chat(&ask("still served")).await.unwrap();
     assert_eq!(answer.model, "echo-a");
     assert_eq!(answer.choices[0].message.content, "STILL SERVED");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        daemon.log().matches("asks to fail").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test]
@@ -413,9 +435,13 @@ fn small_machine(weights_7b: Option<u64>) -> Machine {
 }
 
 fn planner_daemon(m: &Machine, settle_s: f64, policy: &str) -> Daemon {
-    let config = planner_config(m.models.path(), settle_s, policy);
+    on_machine(m, &planner_config(m.models.path(), settle_s, policy))
+}
+
+/// r1d with `config` on the fake machine `m`.
+fn on_machine(m: &Machine, config: &str) -> Daemon {
     Daemon::start(DaemonOptions {
-        config: Some(&config),
+        config: Some(config),
         args: vec![
             "--hardware-root".into(),
             m.root.path().display().to_string(),
@@ -536,16 +562,7 @@ async fn under_manual_a_better_fit_is_only_reported() {
         Some("DeepSeek R1 Distill Qwen 1.5B")
     );
     // The person agrees: `use auto` swaps.
-    let status: wire::Status = daemon
-        .client()
-        .post_json(
-            "/r1/use",
-            &wire::ModelRequest {
-                model: "auto".into(),
-            },
-        )
-        .await
-        .unwrap();
+    let status = use_model(&daemon, "auto").await;
     assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 7B");
 }
 
@@ -653,14 +670,7 @@ async fn a_gpu_the_driver_lists_but_that_does_not_answer_is_waited_for_then_repo
         planner_config(m.models.path(), 0.5, "auto")
     );
     let started = Instant::now();
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config),
-        args: vec![
-            "--hardware-root".into(),
-            m.root.path().display().to_string(),
-        ],
-        ..Default::default()
-    });
+    let daemon = on_machine(&m, &config);
     let health = daemon.settled().await;
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -685,6 +695,68 @@ async fn a_gpu_the_driver_lists_but_that_does_not_answer_is_waited_for_then_repo
     until(&daemon, 10, "the end of degraded", || async {
         let h = daemon.client().health().await.ok()?;
         (h.status == State::Ready).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_time_pin_survives_re_plans_until_use_auto() {
+    let m = small_machine(None);
+    machine(m.root.path(), 32 * GB, 20 * GB, None);
+    let daemon = planner_daemon(&m, 0.5, "auto");
+    ready(&daemon).await;
+    assert_eq!(
+        resident(&daemon).await.as_deref(),
+        Some("DeepSeek R1 Distill Qwen 7B")
+    );
+    let out = std::process::Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["use", "deepseek-r1:1.5b"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Several re-plans (every 0.25 s, settle 0.5 s) would choose the 7B; the pin wins.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        resident(&daemon).await.as_deref(),
+        Some("DeepSeek R1 Distill Qwen 1.5B")
+    );
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!(
+        status.watch.unwrap().pinned.as_deref(),
+        Some("deepseek-r1:1.5b")
+    );
+    let status = use_model(&daemon, "auto").await;
+    assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 7B");
+    assert_eq!(status.watch.unwrap().pinned, None);
+}
+
+#[tokio::test]
+async fn a_model_that_failed_to_load_is_not_retried_by_re_plans_until_its_file_changes() {
+    let m = small_machine(None);
+    let broken = echo_file(
+        m.models.path(),
+        "broken",
+        r#"{"name": "echo-broken", "fail_load": "bad weights"}"#,
+    );
+    let config = format!(
+        "[model]\npath = {:?}\nbackend = \"echo\"\n\n[watch]\nhardware_interval_s = 0.25\nsettle_s = 0.25\n",
+        broken.display().to_string()
+    );
+    let daemon = on_machine(&m, &config);
+    assert_eq!(daemon.settled().await.status, State::NoModel);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = || daemon.log().matches("asks to fail").count();
+    assert_eq!(attempts(), 1, "{}", daemon.log());
+    // The file is fixed: the next re-plan loads it.
+    std::fs::write(&broken, r#"{"name": "echo-fixed"}"#).unwrap();
+    until(&daemon, 10, "the fixed model", || async {
+        (resident(&daemon).await.as_deref() == Some("echo-fixed")).then_some(())
     })
     .await;
 }
