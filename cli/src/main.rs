@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State, Status, Timings, Usage};
+use r1d_client::wire::{
+    BackendList, ChatCompletionRequest, ChatMessage, State, Status, Timings, Usage,
+};
 use r1d_client::{Client, ClientError};
 
 /// Talk to r1d, the DeepSeek-R1 service of this machine.
@@ -389,15 +391,49 @@ fn state_name(s: State) -> &'static str {
 
 async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     let status: Status = client.status().await?;
+    // The backend plugins and why any is unavailable; a daemon without the route lists none.
+    let backends = client
+        .get_json::<BackendList>("/r1/backends", false)
+        .await
+        .ok();
     if json {
-        writeln!(
-            std::io::stdout().lock(),
-            "{}",
-            serde_json::to_string(&status)?
-        )?;
+        let mut value = serde_json::to_value(&status)?;
+        if let (Some(object), Some(list)) = (value.as_object_mut(), &backends) {
+            object.insert("backends".into(), serde_json::to_value(&list.backends)?);
+        }
+        writeln!(std::io::stdout().lock(), "{value}")?;
         return Ok(());
     }
-    print_status(&status)
+    print_status(&status)?;
+    if let Some(list) = backends {
+        print_backends(&list)?;
+    }
+    Ok(())
+}
+
+/// One line per backend plugin: name, available or not, formats, and the devices or the reason.
+fn print_backends(list: &BackendList) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (i, b) in list.backends.iter().enumerate() {
+        let label = if i == 0 { "backends" } else { "" };
+        let name = b.name.clone().unwrap_or_else(|| b.path.clone());
+        let state = if b.available {
+            "available"
+        } else {
+            "unavailable"
+        };
+        let detail = match (&b.error, b.devices.is_empty()) {
+            (Some(why), _) => why.clone(),
+            (None, false) => b.devices.join(", "),
+            (None, true) => String::new(),
+        };
+        writeln!(
+            out,
+            "{label:<14}{name:<13}{state:<13}{:<6}{detail}",
+            b.formats.join(",")
+        )?;
+    }
+    Ok(())
 }
 
 fn print_status(status: &Status) -> anyhow::Result<()> {

@@ -878,6 +878,9 @@ pub struct StoreModel {
     pub path: String,
     /// `r1d`, `huggingface` or `ollama`.
     pub source: String,
+    /// `gguf` (a file) or `onnx` (a model directory).
+    #[serde(default)]
+    pub format: String,
     /// Bytes on disk.
     pub size_bytes: u64,
     /// `ok`, `truncated` or `unreadable`.

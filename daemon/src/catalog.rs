@@ -15,8 +15,9 @@
 //!   they are marked `// unverified` and are good to about ±1 %. F16 sizes are *derived* as
 //!   parameters × 2 bytes (GGUF F16 keeps norms in F32, a few MB more) and marked `// derived`.
 //!
-//! ONNX builds (onnx-community, Microsoft's onnxruntime-genai exports) are not listed yet: their
-//! sizes could not be verified and r1d has no ONNX Runtime backend so far.
+//! ONNX builds: onnx-community's transformers.js export of the 1.5B is listed (format
+//! [`Format::Onnx`], run by the `onnxruntime` plugin); its size is unverified. r1d cannot pull
+//! an ONNX folder yet, so the planner only chooses an ONNX quantization that is already present.
 
 /// Model architecture, as llama.cpp names it in `general.architecture`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,28 @@ impl Attention {
 pub enum Format {
     /// One GGUF file (or a split set), run by the llama.cpp backend.
     Gguf,
+    /// A model directory (`model.onnx` + external data, `config.json`, tokenizer files), run by
+    /// the ONNX Runtime backends.
+    Onnx,
+}
+
+impl Format {
+    /// `gguf` or `onnx`, as plugins' probe reports spell formats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Gguf => "gguf",
+            Format::Onnx => "onnx",
+        }
+    }
+
+    /// The backend plugin the planner assigns: `llamacpp` or `onnxruntime` (at load, the host
+    /// takes the best available plugin of the format, e.g. `tensorrt` where it is available).
+    pub fn backend(self) -> &'static str {
+        match self {
+            Format::Gguf => "llamacpp",
+            Format::Onnx => "onnxruntime",
+        }
+    }
 }
 
 /// One downloadable quantization of a variant.
@@ -201,6 +224,9 @@ const IQ1_S: u32 = 1;
 const IQ1_M: u32 = 2;
 const IQ2_XXS: u32 = 3;
 const Q2_K_XL: u32 = 4;
+// 4-bit weights with fp16 activations (ONNX Runtime's MatMulNBits): ranked below Q4_K_M, which
+// llama.cpp runs faster on CPUs and which keeps more precision in its K-quant mixes.
+const ONNX_Q4F16: u32 = 5;
 const Q4_K_M: u32 = 10;
 const Q5_K_M: u32 = 11;
 const Q6_K: u32 = 12;
@@ -243,6 +269,19 @@ pub static VARIANTS: &[Variant] = &[
             vram_gb_per_gpu: 0,
         }),
         quantizations: &[
+            // unverified (onnx-community/DeepSeek-R1-Distill-Qwen-1.5B-ONNX, onnx/model_q4f16.onnx:
+            // ≈ 1.28 GB as transformers.js demos download it; int4 blocks, fp16 embeddings, so
+            // the bits per weight are the file's, not the name's)
+            Quantization {
+                name: "ONNX-Q4F16",
+                bits_per_weight: 5.75,
+                quality: ONNX_Q4F16,
+                format: Format::Onnx,
+                file_bytes: 1_280 * MB,
+                repo: "onnx-community/DeepSeek-R1-Distill-Qwen-1.5B-ONNX",
+                file: "onnx/model_q4f16.onnx",
+                sha256: None,
+            },
             // (source: Hugging Face listing of DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf, 1.12 GB;
             // Ollama deepseek-r1:1.5b shows 1.1GB)
             gguf(
@@ -975,8 +1014,13 @@ mod tests {
                     v.id
                 );
             }
-            // Quality rises with size within a variant.
-            for pair in v.quantizations.windows(2) {
+            // Quality rises with size within a variant and a format.
+            let gguf: Vec<&Quantization> = v
+                .quantizations
+                .iter()
+                .filter(|q| q.format == Format::Gguf)
+                .collect();
+            for pair in gguf.windows(2) {
                 assert!(
                     pair[0].quality < pair[1].quality,
                     "{} {}",
@@ -1003,6 +1047,17 @@ mod tests {
         }
         for pair in VARIANTS.windows(2) {
             assert!(pair[0].quality < pair[1].quality);
+        }
+        // Quantizations are listed lowest quality first, whatever their format.
+        for v in VARIANTS {
+            for pair in v.quantizations.windows(2) {
+                assert!(
+                    pair[0].quality < pair[1].quality,
+                    "{} {}",
+                    v.id,
+                    pair[1].name
+                );
+            }
         }
     }
 

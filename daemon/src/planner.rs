@@ -20,7 +20,7 @@
 //! half full on average), so `time per token = Σ bytes on device / bandwidth of device`, with
 //! layer-split GPUs working in turn. MoE models read `active / total` of their block weights.
 
-use crate::catalog::{Quantization, Variant, VARIANTS};
+use crate::catalog::{Format, Quantization, Variant, VARIANTS};
 use crate::config::PlannerConfig;
 use crate::hardware::Hardware;
 
@@ -453,6 +453,8 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                     "not the pinned variant ({})",
                     policy.variant.as_deref().unwrap_or_default()
                 ))
+            } else if q.format == Format::Onnx && !is_present {
+                Some("an ONNX folder, which r1d cannot pull yet: chosen only when present".into())
             } else if q.is_extreme() && !policy.allow_extreme_quantization {
                 Some(format!(
                     "{:.2} bits per weight: extreme quantization is off (planner.allow_extreme_quantization)",
@@ -504,7 +506,7 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
             candidates.push(Candidate {
                 variant: v,
                 quantization: q,
-                backend: GGUF_BACKEND,
+                backend: q.format.backend(),
                 gpu_layers: p.gpu_layers,
                 total_layers: v.layers + 1,
                 context_length: ctx,

@@ -18,6 +18,11 @@ pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const R1_TRUNCATED: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.part0000.gguf";
 /// The same header with the tensors stripped: the R1 tokenizer and chat template, vocab-only.
 pub const R1_VOCAB: &str = "DeepSeek-R1-Distill-Qwen-7B.vocab.gguf";
+/// SmolLM2-135M-Instruct exported to ONNX (fp32) from the GGUF above, with `reference.json`
+/// (`scripts/make-onnx-fixture`).
+pub const SMOLLM2_ONNX: &str = "SmolLM2-135M-Instruct-onnx";
+/// The ONNX Runtime library of the PyPI `onnxruntime` wheel (a link into the fixture's venv).
+pub const ONNXRUNTIME_LIB: &str = "libonnxruntime.so";
 
 /// Directory of the built binaries and plugins.
 pub fn bin_dir() -> PathBuf {

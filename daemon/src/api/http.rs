@@ -404,6 +404,7 @@ pub fn store_model_to_wire(
         name: e.name.clone(),
         path: e.path.display().to_string(),
         source: e.source.kind().to_owned(),
+        format: e.format.name().to_owned(),
         size_bytes: e.size_bytes,
         status: match e.health {
             Health::Ok => "ok",

@@ -4,6 +4,8 @@
 //!   `$XDG_DATA_HOME/r1d/models`, or `[store] dir`) and, read-only, the Hugging Face cache
 //!   (`$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`) and Ollama's store
 //!   (`$OLLAMA_MODELS`, `~/.ollama/models`).
+//! - [`onnx`]: ONNX model directories (`model.onnx` + `config.json`) are listed as one model of
+//!   format `onnx`, identified from `config.json` and the directory name.
 //! - [`gguf`]: each file is identified from its own GGUF header (through the shared
 //!   `gguf-header` crate) and checked: a file shorter than its tensor infos imply is listed as
 //!   truncated with both sizes, and is never chosen.
@@ -15,6 +17,7 @@
 //! JSON wire shapes (the `api` modules convert).
 
 pub mod gguf;
+pub mod onnx;
 pub mod pull;
 pub mod scan;
 pub mod select;
@@ -95,7 +98,9 @@ pub struct ModelEntry {
     pub path: PathBuf,
     /// Where it was found.
     pub source: Source,
-    /// Bytes on disk.
+    /// GGUF file or ONNX directory.
+    pub format: catalog::Format,
+    /// Bytes on disk (for an ONNX directory, all its files).
     pub size_bytes: u64,
     /// Modification time (Unix seconds).
     pub modified: Option<u64>,
@@ -191,6 +196,9 @@ pub enum StoreError {
     /// A catalog entry that is a folder of split files.
     #[error("{0} is published as split files; pulling split GGUFs is not supported yet")]
     Split(String),
+    /// A catalog entry that is an ONNX model folder.
+    #[error("{0} is an ONNX model folder; r1d cannot pull those yet: download the folder into the models directory (r1ctl models lists it once it has model.onnx and config.json)")]
+    OnnxFolder(String),
     /// The hardware probe failed.
     #[error("failed to probe the hardware: {0}")]
     Probe(String),
@@ -742,6 +750,9 @@ pub fn parse_variant_quant(
 
 fn spec_of(v: &Variant, q: &catalog::Quantization) -> Result<PullSpec, StoreError> {
     let label = format!("{}-{}", v.id, q.name.to_ascii_lowercase());
+    if q.format == catalog::Format::Onnx {
+        return Err(StoreError::OnnxFolder(label));
+    }
     if !q.file.to_ascii_lowercase().ends_with(".gguf") {
         return Err(StoreError::Split(label));
     }
@@ -775,6 +786,9 @@ pub fn present(entries: &[ModelEntry]) -> Vec<Present> {
 
 /// Reads and checks one file. Never panics on a bad file: it is listed with why.
 pub fn examine(found: scan::Found) -> ModelEntry {
+    if found.path.is_dir() {
+        return onnx::examine(found);
+    }
     let meta = std::fs::metadata(&found.path).ok();
     let size_bytes = meta.as_ref().map_or(0, |m| m.len());
     let modified = meta
@@ -828,6 +842,7 @@ pub fn examine(found: scan::Found) -> ModelEntry {
         name,
         path: found.path,
         source: found.source,
+        format: catalog::Format::Gguf,
         size_bytes,
         modified,
         health,

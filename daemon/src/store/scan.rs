@@ -17,13 +17,15 @@ pub struct Found {
 /// Deepest directory level searched below a models directory.
 const MAX_DEPTH: usize = 4;
 
-/// GGUF files (`*.gguf`, not `*.gguf.partial`) in `dir` and its subdirectories.
+/// GGUF files (`*.gguf`, not `*.gguf.partial`) and ONNX model directories (`model.onnx` +
+/// `config.json`, listed as the directory) in `dir` and its subdirectories.
 pub fn models_dir(dir: &Path) -> Vec<Found> {
     let mut out = Vec::new();
     walk(dir, 0, &mut |path| {
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        if path.is_dir()
+            || path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
             out.push(Found {
                 path: path.to_owned(),
@@ -43,6 +45,8 @@ fn walk(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
         let path = entry.path();
         // `metadata` follows symlinks (the HF cache's snapshots are links to blobs).
         match std::fs::metadata(&path) {
+            // An ONNX model directory is one model: reported, not searched.
+            Ok(m) if m.is_dir() && super::onnx::is_model_dir(&path) => f(&path),
             Ok(m) if m.is_dir() && depth < MAX_DEPTH => walk(&path, depth + 1, f),
             Ok(m) if m.is_file() => f(&path),
             _ => {}

@@ -7,6 +7,7 @@ mod compat;
 mod dbus;
 mod host;
 mod llama;
+mod onnx;
 mod plan;
 mod store;
 mod systemd;

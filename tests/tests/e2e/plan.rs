@@ -48,8 +48,8 @@ fn plan_for_an_rtx_4060_profile_picks_the_qwen3_8b_entirely_on_the_gpu() {
         chosen.vram_bytes
     );
     assert!(chosen.est_generation_tokens_per_s >= 10.0);
-    // 7 distills × 5 + R1 671B × 8 + R1-0528 671B × 4.
-    assert_eq!(plan.candidates.len(), 47);
+    // 7 distills × 5 + the 1.5B's ONNX q4f16 + R1 671B × 8 + R1-0528 671B × 4.
+    assert_eq!(plan.candidates.len(), 48);
     assert!(plan.candidates.iter().all(|c| !c.reason.is_empty()));
 
     // The human form: the choice on top, a row per candidate with the published rule of thumb.
@@ -121,7 +121,7 @@ async fn running_daemon_serves_hardware_and_plan_and_r1ctl_prints_it() {
     let hw: HardwareProfile = client.get_json("/r1/hardware", false).await.unwrap();
     assert!(hw.cpu.cores >= 1);
     let plan: Plan = client.get_json("/r1/plan", false).await.unwrap();
-    assert_eq!(plan.candidates.len(), 47);
+    assert_eq!(plan.candidates.len(), 48);
     if let Some(c) = &plan.chosen {
         assert!(c.fits);
         assert!(c.ram_bytes <= hw.memory.available_bytes, "{c:?}");

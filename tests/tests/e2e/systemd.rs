@@ -602,6 +602,8 @@ fn deb_holds_every_file_with_its_mode() {
         ("usr/bin/r1d", 0o755),
         ("usr/bin/r1ctl", 0o755),
         ("usr/lib/r1d/plugins/libr1_plugin_llamacpp.so", 0o644),
+        ("usr/lib/r1d/plugins/libr1_plugin_onnxruntime.so", 0o644),
+        ("usr/lib/r1d/plugins/libr1_plugin_tensorrt.so", 0o644),
         ("usr/lib/systemd/system/r1d.service", 0o644),
         ("usr/lib/systemd/system/r1d.socket", 0o644),
         ("usr/lib/systemd/user/r1d.service", 0o644),
