@@ -399,6 +399,7 @@ fn more_memory_text(plan: &Plan, upgrades: &[Upgrade], policy: &Policy) -> Strin
     let allowed = |c: &&Candidate| {
         !c.reason.starts_with("not the pinned variant")
             && !(c.quantization.is_extreme() && !policy.allow_extreme_quantization)
+            && !(c.quantization.format == Format::Onnx && !c.present)
     };
     let quality = |c: &Candidate| (c.variant.quality, c.quantization.quality);
     let next = plan
