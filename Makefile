@@ -33,6 +33,7 @@ ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 DBUSSYSTEMDIR ?= $(DATADIR)/dbus-1/system.d
 DBUSSERVICEDIR ?= $(DATADIR)/dbus-1/system-services
+DBUSSESSIONSERVICEDIR ?= $(DATADIR)/dbus-1/services
 POLKITACTIONDIR ?= $(DATADIR)/polkit-1/actions
 DOCDIR ?= $(DATADIR)/doc/r1d
 
@@ -69,7 +70,7 @@ install: assets
 		$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR) $(DESTDIR)$(SYSTEMDUSERUNITDIR) \
 		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(BASHCOMPDIR) \
 		$(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(SYSCONFDIR)/r1d \
-		$(DESTDIR)$(DOCDIR)
+		$(DESTDIR)$(DOCDIR)/examples
 	$(INSTALL) -m 0755 $(RELEASE)/r1d $(RELEASE)/r1ctl $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 0644 $(PLUGINS) $(DESTDIR)$(PLUGINDIR)/
 	$(INSTALL) -m 0644 $(ASSETS)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
@@ -85,12 +86,18 @@ install: assets
 	$(INSTALL) -m 0644 $(ASSETS)/completions/_r1d $(ASSETS)/completions/_r1ctl $(DESTDIR)$(ZSHCOMPDIR)/
 	$(INSTALL) -m 0644 $(ASSETS)/completions/r1d.fish $(ASSETS)/completions/r1ctl.fish $(DESTDIR)$(FISHCOMPDIR)/
 	$(INSTALL) -m 0644 README.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 systemd/r1d.service.d/network.conf.example $(DESTDIR)$(DOCDIR)/examples/network.conf
+	$(INSTALL) -m 0644 systemd/user/r1d.service.d/sandbox.conf.example $(DESTDIR)$(DOCDIR)/examples/user-sandbox.conf
 	test -e $(DESTDIR)$(SYSCONFDIR)/r1d/r1d.toml || \
 		$(INSTALL) -m 0644 systemd/r1d.toml $(DESTDIR)$(SYSCONFDIR)/r1d/r1d.toml
 	if [ -e systemd/org.r1d.R1.conf ]; then \
 		$(INSTALL) -D -m 0644 systemd/org.r1d.R1.conf $(DESTDIR)$(DBUSSYSTEMDIR)/org.r1d.R1.conf; fi
 	if [ -e systemd/org.r1d.R1.service ]; then \
 		$(INSTALL) -D -m 0644 systemd/org.r1d.R1.service $(DESTDIR)$(DBUSSERVICEDIR)/org.r1d.R1.service; fi
+	if [ -e systemd/user/org.r1d.R1.service ]; then \
+		$(INSTALL) -d $(DESTDIR)$(DBUSSESSIONSERVICEDIR) && \
+		sed -e '$(UNIT_SED)' systemd/user/org.r1d.R1.service > $(DESTDIR)$(DBUSSESSIONSERVICEDIR)/org.r1d.R1.service && \
+		chmod 0644 $(DESTDIR)$(DBUSSESSIONSERVICEDIR)/org.r1d.R1.service; fi
 	if [ -e systemd/org.r1d.R1.policy ]; then \
 		$(INSTALL) -D -m 0644 systemd/org.r1d.R1.policy $(DESTDIR)$(POLKITACTIONDIR)/org.r1d.R1.policy; fi
 
@@ -104,6 +111,7 @@ uninstall:
 		$(DESTDIR)$(ZSHCOMPDIR)/_r1d $(DESTDIR)$(ZSHCOMPDIR)/_r1ctl \
 		$(DESTDIR)$(FISHCOMPDIR)/r1d.fish $(DESTDIR)$(FISHCOMPDIR)/r1ctl.fish \
 		$(DESTDIR)$(DBUSSYSTEMDIR)/org.r1d.R1.conf $(DESTDIR)$(DBUSSERVICEDIR)/org.r1d.R1.service \
+		$(DESTDIR)$(DBUSSESSIONSERVICEDIR)/org.r1d.R1.service \
 		$(DESTDIR)$(POLKITACTIONDIR)/org.r1d.R1.policy
 	rm -rf $(DESTDIR)$(PLUGINDIR) $(DESTDIR)$(DOCDIR)
 

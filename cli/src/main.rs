@@ -199,15 +199,36 @@ async fn models(client: &Client, json: bool) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
+    // r1d's own files by their place below the models directory (pulls sit in
+    // hf.co/OWNER/REPO/, older ones flat); other tools' stores by their full path.
+    let dir = std::path::Path::new(&list.dir);
+    let place = |path: &str| {
+        std::path::Path::new(path)
+            .strip_prefix(dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.to_owned())
+    };
     writeln!(
         out,
-        "{:<32} {:<20} {:<8} {:>10} {:<12} {:<11} PATH",
+        "models directory: {} (pulls go to hf.co/OWNER/REPO/ below it)",
+        list.dir
+    )?;
+    let width = list
+        .models
+        .iter()
+        .map(|m| m.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    writeln!(
+        out,
+        "{:<width$} {:<20} {:<8} {:>10} {:<12} {:<11} PATH",
         "NAME", "VARIANT", "QUANT", "SIZE", "SOURCE", "STATUS"
     )?;
     for m in &list.models {
         writeln!(
             out,
-            "{:<32} {:<20} {:<8} {:>10} {:<12} {:<11} {}{}",
+            "{:<width$} {:<20} {:<8} {:>10} {:<12} {:<11} {}{}",
             m.name,
             m.variant.as_deref().unwrap_or("-"),
             m.quantization.as_deref().unwrap_or("-"),
@@ -218,10 +239,10 @@ async fn models(client: &Client, json: bool) -> anyhow::Result<()> {
             } else {
                 m.status.as_str()
             },
-            m.path,
+            place(&m.path),
             m.detail
                 .as_deref()
-                .map(|d| format!("\n{:<33}{d}", ""))
+                .map(|d| format!("\n{:<w$}{d}", "", w = width + 1))
                 .unwrap_or_default()
         )?;
     }
@@ -447,8 +468,17 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     }
     if let Some(error) = &status.error {
         writeln!(out, "{:<14}{error}", "why")?;
-    } else if let Some(selection) = &status.selection {
+    }
+    if let Some(selection) = status.selection.as_ref().filter(|s| {
+        status
+            .error
+            .as_ref()
+            .is_none_or(|e| !e.contains(s.as_str()))
+    }) {
         writeln!(out, "{:<14}{selection}", "chosen")?;
+    }
+    if let Some(more) = &status.more_memory {
+        writeln!(out, "{:<14}{more}", "more memory")?;
     }
     if let Some(w) = &status.watch {
         if let Some(e) = &w.config_error {

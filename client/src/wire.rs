@@ -499,6 +499,13 @@ pub struct Status {
     /// Why the resident model was chosen (or why none is), and what a pull would bring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<String>,
+    /// What the planner would choose with more memory, as planned when the model was selected
+    /// (absent when the model was named, not selected).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<PlanUpgrade>,
+    /// One line: what more memory would bring, or why it would not bring a better choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more_memory: Option<String>,
     /// What r1d does when the config or the machine changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchStatus>,
@@ -765,6 +772,30 @@ pub struct Plan {
     /// Why this choice, or why none (what is short, by how much).
     #[serde(default)]
     pub reason: String,
+    /// What more memory would bring: at most one upgrade with more RAM and one with more VRAM
+    /// (on the GPU with the most free VRAM); empty when more memory would not change the choice
+    /// for the better.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<PlanUpgrade>,
+    /// One line: what the upgrades bring with how much more memory, or why more memory would
+    /// not bring a better choice.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub more_memory: String,
+}
+
+/// A better choice that more memory would bring ([`Plan::upgrades`], [`Status::upgrades`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PlanUpgrade {
+    /// `ram` or `vram`.
+    pub resource: String,
+    /// The GPU (index in the hardware profile's order) for `vram`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+    /// Bytes needed beyond what is available (RAM) or free (VRAM) now: the least amount, to a
+    /// MiB, with which the planner chooses a better variant or quantization.
+    pub more_bytes: u64,
+    /// The candidate chosen then, as placed on the grown machine.
+    pub candidate: PlanCandidate,
 }
 
 impl Plan {
@@ -800,7 +831,11 @@ impl Plan {
             )),
             None => out.push_str("chosen: nothing\n"),
         }
-        out.push_str(&format!("why: {}\n\n", self.reason));
+        out.push_str(&format!("why: {}\n", self.reason));
+        if !self.more_memory.is_empty() {
+            out.push_str(&format!("with more memory: {}\n", self.more_memory));
+        }
+        out.push('\n');
         out.push_str(&format!(
             "{:<22} {:<10} {:>7} {:>8} {:>9} {:>7} {:>7}  {:<32} {}\n",
             "VARIANT",

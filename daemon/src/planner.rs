@@ -102,6 +102,38 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
     /// Why this choice (or why none), in one line.
     pub reason: String,
+    /// What more memory would bring: at most one [`Upgrade`] with more RAM and one with more
+    /// VRAM on the GPU with the most free VRAM. Empty when more memory would not change the
+    /// choice for the better ([`Plan::more_memory`] says why).
+    pub upgrades: Vec<Upgrade>,
+    /// One line a person reads: what the upgrades bring with how much more memory, or why more
+    /// memory would not bring a better choice here.
+    pub more_memory: String,
+}
+
+/// Which memory grows in an [`Upgrade`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// RAM available to r1d (inside its cgroup).
+    Ram,
+    /// Free VRAM of one GPU.
+    Vram {
+        /// The GPU's index in the hardware's GPU order.
+        gpu: usize,
+    },
+}
+
+/// A better choice that more memory would bring, everything else about the machine unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upgrade {
+    /// What grows.
+    pub resource: Resource,
+    /// Bytes needed beyond what is available (RAM) or free (VRAM) now: the least amount, to a
+    /// MiB, with which the planner chooses a better variant or quantization (found by
+    /// bisection; the choice only improves as memory grows).
+    pub more_bytes: u64,
+    /// The candidate the planner would choose then, placed on the grown machine.
+    pub candidate: Candidate,
 }
 
 impl Plan {
@@ -123,6 +155,15 @@ struct Placement {
 /// Decimal gigabytes, one digit: how model sizes are quoted.
 fn gb(bytes: u64) -> String {
     format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+/// An amount of memory for a person: decimal GB with one digit, MB below 1 GB.
+fn amount(bytes: u64) -> String {
+    if bytes >= 1_000_000_000 {
+        gb(bytes)
+    } else {
+        format!("{} MB", bytes.div_ceil(1_000_000))
+    }
 }
 
 fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32) -> Placement {
@@ -230,8 +271,167 @@ fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32
 }
 
 /// Plans every variant × quantization for `hw` under `policy`; `present` lists the model files
-/// already on disk (they need no download space).
+/// already on disk (they need no download space). The plan also says what more RAM or VRAM
+/// would bring ([`Plan::upgrades`], [`Plan::more_memory`]).
 pub fn plan(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
+    let mut plan = plan_here(hw, present, policy);
+    let current = plan.chosen().map(|c| better_key(c, policy));
+    let mut upgrades = Vec::new();
+    upgrades.extend(upgrade(hw, present, policy, current, Resource::Ram));
+    if let Some(gpu) =
+        (0..hw.gpus.len()).max_by_key(|&i| (hw.gpus[i].vram_free_bytes, std::cmp::Reverse(i)))
+    {
+        upgrades.extend(upgrade(
+            hw,
+            present,
+            policy,
+            current,
+            Resource::Vram { gpu },
+        ));
+    }
+    plan.more_memory = more_memory_text(&plan, &upgrades, policy);
+    plan.upgrades = upgrades;
+    plan
+}
+
+/// How the upgrade search compares choices: reaching the minimum speed first, then the variant,
+/// then the quantization. (Where the layers go is not a better *model*: the same file moved
+/// entirely onto the GPU is not reported as an upgrade.)
+fn better_key(c: &Candidate, policy: &Policy) -> (bool, u32, u32) {
+    (
+        c.tokens_per_s >= policy.min_tokens_per_s,
+        c.variant.quality,
+        c.quantization.quality,
+    )
+}
+
+/// Granularity of the upgrade search (bytes).
+const UPGRADE_STEP: u64 = 1 << 20;
+
+/// The most extra memory the upgrade search considers (bytes): 4 TiB, beyond the largest
+/// catalog model at F16.
+const UPGRADE_LIMIT: u64 = 4 << 40;
+
+/// `hw` with `extra` bytes more of `resource`.
+fn grown(hw: &Hardware, resource: Resource, extra: u64) -> Hardware {
+    let mut more = hw.clone();
+    match resource {
+        Resource::Ram => {
+            more.memory.available_bytes = more.memory.available_bytes.saturating_add(extra);
+            more.memory.total_bytes = more.memory.total_bytes.saturating_add(extra);
+        }
+        Resource::Vram { gpu } => {
+            let g = &mut more.gpus[gpu];
+            g.vram_free_bytes = g.vram_free_bytes.saturating_add(extra);
+            g.vram_total_bytes = g.vram_total_bytes.saturating_add(extra);
+        }
+    }
+    more
+}
+
+/// The least extra `resource` (to a MiB) with which the choice gets better than `current`
+/// (`None`: nothing is chosen now), and the candidate chosen then.
+fn upgrade(
+    hw: &Hardware,
+    present: &[Present],
+    policy: &Policy,
+    current: Option<(bool, u32, u32)>,
+    resource: Resource,
+) -> Option<Upgrade> {
+    let better = |steps: u64| -> Option<Candidate> {
+        let p = plan_here(&grown(hw, resource, steps * UPGRADE_STEP), present, policy);
+        p.chosen()
+            .filter(|c| current.is_none_or(|k| better_key(c, policy) > k))
+            .cloned()
+    };
+    // Bisection over MiB steps: `better(hi)` holds, `better(lo)` does not.
+    let (mut lo, mut hi) = (0u64, UPGRADE_LIMIT / UPGRADE_STEP);
+    let mut found = better(hi)?;
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match better(mid) {
+            Some(c) => {
+                hi = mid;
+                found = c;
+            }
+            None => lo = mid,
+        }
+    }
+    found.reason = found.reason.trim_start_matches("chosen — ").to_owned();
+    Some(Upgrade {
+        resource,
+        more_bytes: hi * UPGRADE_STEP,
+        candidate: found,
+    })
+}
+
+/// [`Plan::more_memory`]: the upgrades in words, or why there are none.
+fn more_memory_text(plan: &Plan, upgrades: &[Upgrade], policy: &Policy) -> String {
+    if !upgrades.is_empty() {
+        let parts: Vec<String> = upgrades
+            .iter()
+            .map(|u| {
+                let c = &u.candidate;
+                let what = match u.resource {
+                    Resource::Ram => "RAM".to_owned(),
+                    Resource::Vram { gpu } => format!("free VRAM on GPU {gpu}"),
+                };
+                format!(
+                    "with {} more {what}: {} {} ({}/{} layers on GPU, ≈ {:.1} tokens/s)",
+                    amount(u.more_bytes),
+                    c.variant.id,
+                    c.quantization.name,
+                    c.gpu_layers,
+                    c.total_layers,
+                    c.tokens_per_s
+                )
+            })
+            .collect();
+        return parts.join("; ");
+    }
+    let Some(chosen) = plan.chosen() else {
+        return format!(
+            "more memory alone would not make anything fit ({})",
+            plan.reason
+        );
+    };
+    // The next better variant or quantization the policy allows, and why it is not chosen.
+    let allowed = |c: &&Candidate| {
+        !c.reason.starts_with("not the pinned variant")
+            && !(c.quantization.is_extreme() && !policy.allow_extreme_quantization)
+            && !(c.quantization.format == Format::Onnx && !c.present)
+    };
+    let quality = |c: &Candidate| (c.variant.quality, c.quantization.quality);
+    let next = plan
+        .candidates
+        .iter()
+        .filter(allowed)
+        .filter(|c| quality(c) > quality(chosen))
+        .min_by_key(|c| quality(c));
+    match next {
+        None => format!(
+            "nothing better: {} {} is the best DeepSeek-R1 the policy allows",
+            chosen.variant.id, chosen.quantization.name
+        ),
+        Some(c) => {
+            let slow = if c.fits || c.tokens_per_s >= policy.min_tokens_per_s {
+                String::new()
+            } else {
+                format!(
+                    ", and it would run at ≈ {:.1} tokens/s here, under the {} tokens/s minimum",
+                    c.tokens_per_s, policy.min_tokens_per_s
+                )
+            };
+            format!(
+                "more memory would not bring a better choice here: the next better, {} {}, {}{slow}",
+                c.variant.id, c.quantization.name, c.reason
+            )
+        }
+    }
+}
+
+/// [`plan`] without the upgrade search.
+fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
     let reserve = policy.reserve_ram_bytes;
     let available = hw.memory.available_bytes;
     let mut candidates = Vec::new();
@@ -386,6 +586,8 @@ pub fn plan(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
         chosen,
         candidates,
         reason,
+        upgrades: Vec::new(),
+        more_memory: String::new(),
     }
 }
 
@@ -682,6 +884,153 @@ mod tests {
         );
     }
 
+    const MIB: u64 = 1 << 20;
+
+    /// The candidate of `plan` for `variant` × `quantization`.
+    fn find<'a>(plan: &'a Plan, variant: &str, quantization: &str) -> &'a Candidate {
+        plan.candidates
+            .iter()
+            .find(|c| c.variant.id == variant && c.quantization.name == quantization)
+            .unwrap_or_else(|| panic!("no candidate {variant} {quantization}"))
+    }
+
+    #[test]
+    fn too_small_machine_is_told_the_ram_that_makes_the_smallest_variant_fit() {
+        let hw = machine(1, 1, 10, vec![]);
+        let policy = Policy::default();
+        let p = plan(&hw, &[], &policy);
+        assert_eq!(p.chosen, None);
+        let [u] = p.upgrades.as_slice() else {
+            panic!("{:?}", p.upgrades)
+        };
+        assert_eq!(u.resource, Resource::Ram);
+        assert_eq!(
+            (u.candidate.variant.id, u.candidate.quantization.name),
+            ("deepseek-r1:1.5b", "Q4_K_M")
+        );
+        // On the CPU, where the layers go does not depend on the RAM: the shortfall of this plan's
+        // own candidate, rounded up to a MiB, is what is missing.
+        let here = find(&p, "deepseek-r1:1.5b", "Q4_K_M");
+        let short = here.ram_bytes + policy.reserve_ram_bytes - hw.memory.available_bytes;
+        assert_eq!(u.more_bytes, short.div_ceil(MIB) * MIB);
+        assert_eq!(
+            p.more_memory,
+            format!(
+                "with {} more RAM: deepseek-r1:1.5b Q4_K_M (0/29 layers on GPU, ≈ {:.1} tokens/s)",
+                amount(u.more_bytes),
+                here.tokens_per_s
+            )
+        );
+    }
+
+    #[test]
+    fn cpu_only_machine_is_told_the_ram_the_next_better_choice_needs() {
+        // Bandwidth enough for every variant on the CPU: only RAM decides.
+        let hw = machine(16, 8, 400, vec![]);
+        let policy = Policy::default();
+        let p = plan(&hw, &[], &policy);
+        let chosen = p.chosen().unwrap();
+        let [u] = p.upgrades.as_slice() else {
+            panic!("{:?}", p.upgrades)
+        };
+        assert_eq!(u.resource, Resource::Ram);
+        // The upgrade is the candidate, better than the choice, that needs the least RAM more.
+        let key = |c: &Candidate| (c.variant.quality, c.quantization.quality);
+        let need = |c: &Candidate| {
+            (c.ram_bytes + policy.reserve_ram_bytes).saturating_sub(hw.memory.available_bytes)
+        };
+        let least = p
+            .candidates
+            .iter()
+            .filter(|c| key(c) > key(chosen) && c.tokens_per_s >= policy.min_tokens_per_s)
+            .map(need)
+            .min()
+            .unwrap();
+        assert_eq!(u.more_bytes, least.div_ceil(MIB) * MIB);
+        let best_then = p
+            .candidates
+            .iter()
+            .filter(|c| key(c) > key(chosen) && need(c) <= u.more_bytes)
+            .max_by_key(|c| key(c))
+            .unwrap();
+        assert_eq!(
+            (u.candidate.variant.id, u.candidate.quantization.name),
+            (best_then.variant.id, best_then.quantization.name)
+        );
+        assert!(key(&u.candidate) > key(chosen));
+    }
+
+    #[test]
+    fn rtx_4060_row_is_told_the_vram_that_brings_the_next_quantization() {
+        let hw = machine(8, 16, 40, vec![gpu(8, 7.5, 272)]);
+        let p = plan(&hw, &[], &Policy::default());
+        assert_eq!(
+            p.chosen().map(|c| (c.variant.id, c.quantization.name)),
+            Some(("deepseek-r1-0528:8b", "Q5_K_M"))
+        );
+        // More RAM does not help (what spills to the CPU is too slow); more VRAM does.
+        let [u] = p.upgrades.as_slice() else {
+            panic!("{:?}", p.upgrades)
+        };
+        assert_eq!(u.resource, Resource::Vram { gpu: 0 });
+        let c = &u.candidate;
+        assert_eq!(
+            (
+                c.variant.id,
+                c.quantization.name,
+                c.gpu_layers,
+                c.total_layers
+            ),
+            ("deepseek-r1-0528:8b", "Q6_K", 37, 37)
+        );
+        // Everything on the GPU: all blocks, their KV cache, the output head, the compute buffer
+        // and the runtime; minus the free VRAM there is, rounded up to a MiB.
+        let f = c.variant.footprint(c.quantization, 8192);
+        let need = c.variant.layers as u64 * (f.layer_weights + f.layer_kv)
+            + f.output
+            + f.compute
+            + GPU_RUNTIME_OVERHEAD;
+        let free = hw.gpus[0].vram_free_bytes;
+        assert_eq!(u.more_bytes, (need - free).div_ceil(MIB) * MIB);
+        assert_eq!(c.vram_bytes, vec![need]);
+        assert!(p.more_memory.starts_with(&format!(
+            "with {} more free VRAM on GPU 0: deepseek-r1-0528:8b Q6_K (37/37 layers on GPU",
+            amount(u.more_bytes)
+        )));
+    }
+
+    #[test]
+    fn slow_cpu_is_told_that_more_memory_would_not_bring_a_better_choice() {
+        let hw = machine(2, 24, 5, vec![]);
+        let p = plan(&hw, &[], &Policy::default());
+        assert!(p.upgrades.is_empty(), "{:?}", p.upgrades);
+        let next = find(&p, "deepseek-r1:1.5b", "Q5_K_M");
+        assert_eq!(
+            p.more_memory,
+            format!(
+                "more memory would not bring a better choice here: the next better, deepseek-r1:1.5b Q5_K_M, {}",
+                next.reason
+            )
+        );
+        assert!(next.reason.contains("under the 10 tokens/s minimum"));
+    }
+
+    #[test]
+    fn best_allowed_choice_is_told_there_is_nothing_better() {
+        let hw = machine(16, 64, 60, vec![gpu(24, 23.5, 936)]);
+        let policy = Policy {
+            variant: Some("deepseek-r1:1.5b".into()),
+            ..Policy::default()
+        };
+        let p = plan(&hw, &[], &policy);
+        assert_eq!(p.chosen().unwrap().quantization.name, "F16");
+        assert!(p.upgrades.is_empty());
+        assert_eq!(
+            p.more_memory,
+            "nothing better: deepseek-r1:1.5b F16 is the best DeepSeek-R1 the policy allows"
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -716,6 +1065,31 @@ mod tests {
                     let a = after.chosen().expect("a choice survives more memory");
                     prop_assert!(a.variant.quality >= b.variant.quality,
                         "{} → {} with {} GiB more", b.variant.id, a.variant.id, extra);
+                }
+            }
+
+            #[test]
+            fn each_upgrade_is_what_the_planner_chooses_with_that_much_more_and_not_less(
+                hw in hardware()
+            ) {
+                let policy = Policy::default();
+                let p = plan(&hw, &[], &policy);
+                let now = p.chosen().map(|c| better_key(c, &policy));
+                for u in &p.upgrades {
+                    let then = plan_here(&grown(&hw, u.resource, u.more_bytes), &[], &policy);
+                    let c = then.chosen().expect("a choice with more memory");
+                    prop_assert_eq!(
+                        (c.variant.id, c.quantization.name, c.gpu_layers),
+                        (u.candidate.variant.id, u.candidate.quantization.name, u.candidate.gpu_layers)
+                    );
+                    prop_assert!(now.is_none_or(|k| better_key(c, &policy) > k));
+                    let less = plan_here(&grown(&hw, u.resource, u.more_bytes - MIB), &[], &policy);
+                    let not_better = match (less.chosen(), now) {
+                        (None, _) => true,
+                        (Some(c), Some(k)) => better_key(c, &policy) <= k,
+                        (Some(_), None) => false,
+                    };
+                    prop_assert!(not_better, "{:?}: a MiB less already changes the choice", u.resource);
                 }
             }
 

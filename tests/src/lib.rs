@@ -127,6 +127,9 @@ pub struct DaemonOptions<'a> {
     pub config: Option<&'a str>,
     /// A config file of the test's own to pass as `--config` instead (then `config` is unused).
     pub config_file: Option<&'a Path>,
+    /// Runs in the child between `fork` and `exec` (e.g. to install a seccomp filter); it must
+    /// not allocate or take locks (see `CommandExt::pre_exec`).
+    pub pre_exec: Option<fn() -> std::io::Result<()>>,
 }
 
 impl Daemon {
@@ -180,6 +183,13 @@ impl Daemon {
         cmd.env("OMP_WAIT_POLICY", "passive");
         for (k, v) in &options.env {
             cmd.env(k, v);
+        }
+        if let Some(hook) = options.pre_exec {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the hook's contract (its doc) is `pre_exec`'s: no allocation, no locks.
+            unsafe {
+                cmd.pre_exec(hook);
+            }
         }
         // An explicit --config that does not exist would be an error: write an empty one.
         std::fs::write(dir.path().join("r1d.toml"), options.config.unwrap_or("")).unwrap();

@@ -95,6 +95,8 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
         requests_served: state.engine.requests_served(),
         active_requests: state.engine.active_requests(),
         selection: state.store.selection(),
+        upgrades: upgrades_to_wire(&state.store.upgrades()),
+        more_memory: state.store.more_memory(),
         watch: Some(state.supervisor.view()),
     })
 }
@@ -323,9 +325,9 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
     }
 }
 
-/// A plan in its wire form.
-pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
-    let candidate = |c: &crate::planner::Candidate| wire::PlanCandidate {
+/// One candidate of a plan in its wire form.
+fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
+    wire::PlanCandidate {
         variant: c.variant.id.to_owned(),
         quantization: c.quantization.name.to_owned(),
         backend: c.backend.to_owned(),
@@ -353,11 +355,39 @@ pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
                 )
             }
         }),
-    };
+    }
+}
+
+/// A plan's upgrades ([`crate::planner::Plan::upgrades`]) in their wire form.
+pub fn upgrades_to_wire(upgrades: &[crate::planner::Upgrade]) -> Vec<wire::PlanUpgrade> {
+    use crate::planner::Resource;
+    upgrades
+        .iter()
+        .map(|u| wire::PlanUpgrade {
+            resource: match u.resource {
+                Resource::Ram => "ram",
+                Resource::Vram { .. } => "vram",
+            }
+            .to_owned(),
+            gpu: match u.resource {
+                Resource::Vram { gpu } => u32::try_from(gpu).ok(),
+                Resource::Ram => None,
+            },
+            more_bytes: u.more_bytes,
+            candidate: candidate_to_wire(&u.candidate),
+        })
+        .collect()
+}
+
+/// A plan in its wire form.
+pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
+    let candidate = candidate_to_wire;
     wire::Plan {
         chosen: plan.chosen().map(candidate),
         candidates: plan.candidates.iter().map(candidate).collect(),
         reason: plan.reason.clone(),
+        upgrades: upgrades_to_wire(&plan.upgrades),
+        more_memory: plan.more_memory.clone(),
     }
 }
 

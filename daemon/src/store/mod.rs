@@ -9,7 +9,8 @@
 //! - [`gguf`]: each file is identified from its own GGUF header (through the shared
 //!   `gguf-header` crate) and checked: a file shorter than its tensor infos imply is listed as
 //!   truncated with both sizes, and is never chosen.
-//! - [`pull`]: downloads with resume and sha256 verification.
+//! - [`pull`]: downloads with resume and sha256 verification, into a directory per repository
+//!   (`MODELS/hf.co/OWNER/REPO/FILE`); files pulled flat into `MODELS/` before that still count.
 //! - [`select`]: the best present DeepSeek-R1 by the planner's ranking.
 //!
 //! **Architecture invariants**: other tools' stores are never written; knows neither HTTP nor
@@ -139,7 +140,9 @@ impl ModelEntry {
             .unwrap_or_default();
         let stem = file.strip_suffix(".gguf").unwrap_or(&file).to_owned();
         let source_name = match &self.source {
-            Source::Local => None,
+            Source::Local => {
+                pull::pulled_origin(&self.path).map(|(repo, file)| format!("hf.co/{repo}:{file}"))
+            }
             Source::HuggingFace { repo, file, .. } => Some(format!("hf.co/{repo}:{file}")),
             Source::Ollama { name, .. } => Some(name.clone()),
         };
@@ -214,8 +217,40 @@ pub struct Store {
     /// Memory the resident model holds, added back to what the probe finds free when planning
     /// (RAM bytes, VRAM bytes of the first GPU), so that the model does not crowd itself out.
     credit: Mutex<(u64, u64)>,
-    /// The last selection's reason (shown in `/r1/status`).
-    selection: Mutex<Option<String>>,
+    /// The last selection (shown in `/r1/status`).
+    selection: Mutex<Selection>,
+    /// What more memory would bring, from the plan behind the reason `choose` or `resolve_use`
+    /// gave last; [`Store::set_selection`] takes it over when it records that reason.
+    pending: Mutex<Option<(String, MoreMemory)>>,
+}
+
+/// What the planner said more memory would bring, for `/r1/status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MoreMemory {
+    /// [`Plan::upgrades`].
+    pub upgrades: Vec<planner::Upgrade>,
+    /// [`Plan::more_memory`].
+    pub text: String,
+}
+
+impl MoreMemory {
+    fn of(plan: &Plan) -> MoreMemory {
+        MoreMemory {
+            upgrades: plan.upgrades.clone(),
+            text: plan.more_memory.clone(),
+        }
+    }
+}
+
+/// Why the resident model is what it is.
+#[derive(Debug, Clone, Default)]
+struct Selection {
+    reason: Option<String>,
+    more: Option<MoreMemory>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The store's settings that follow config reloads.
@@ -278,7 +313,8 @@ impl Store {
                 auto_pull: s.auto_pull,
             }),
             credit: Mutex::new((0, 0)),
-            selection: Mutex::new(None),
+            selection: Mutex::new(Selection::default()),
+            pending: Mutex::new(None),
         })
     }
 
@@ -364,6 +400,7 @@ impl Store {
         let hw = self.hardware()?;
         let plan = planner::plan(&hw, &present(&entries), policy);
         let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
+        self.remember(&choice.reason, &plan);
         Ok((entries, plan, choice))
     }
 
@@ -381,7 +418,7 @@ impl Store {
                     .missing
                     .filter(|_| self.auto_pull())
                     .and_then(|ci| catalog_spec(&plan.candidates[ci]).ok());
-                self.set_selection(&choice.reason);
+                self.record(&choice.reason, Some(MoreMemory::of(&plan)));
                 (load, choice.reason, pull)
             }
             Err(e) => {
@@ -394,15 +431,57 @@ impl Store {
 
     /// The last selection's reason.
     pub fn selection(&self) -> Option<String> {
-        self.selection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locked(&self.selection).reason.clone()
     }
 
-    /// Records why the resident model is what it is.
+    /// What the planner said more memory would bring when it chose the resident model (empty
+    /// when the model was named rather than chosen).
+    pub fn upgrades(&self) -> Vec<planner::Upgrade> {
+        locked(&self.selection)
+            .more
+            .as_ref()
+            .map(|m| m.upgrades.clone())
+            .unwrap_or_default()
+    }
+
+    /// [`Plan::more_memory`] of the plan that chose the resident model.
+    pub fn more_memory(&self) -> Option<String> {
+        locked(&self.selection)
+            .more
+            .as_ref()
+            .map(|m| m.text.clone())
+    }
+
+    /// Records why the resident model is what it is; with a reason that [`Store::choose`] or
+    /// [`Store::resolve_use`] gave last (or the one recorded already), also what its plan said
+    /// more memory would bring; with any other reason (a model named by path), nothing about it.
     pub fn set_selection(&self, reason: &str) {
-        *self.selection.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        let planned = locked(&self.pending)
+            .as_ref()
+            .filter(|(r, _)| r == reason)
+            .map(|(_, m)| m.clone());
+        let mut selection = locked(&self.selection);
+        let more = planned.or_else(|| {
+            (selection.reason.as_deref() == Some(reason))
+                .then(|| selection.more.clone())
+                .flatten()
+        });
+        *selection = Selection {
+            reason: Some(reason.to_owned()),
+            more,
+        };
+    }
+
+    fn record(&self, reason: &str, more: Option<MoreMemory>) {
+        *locked(&self.selection) = Selection {
+            reason: Some(reason.to_owned()),
+            more,
+        };
+    }
+
+    /// Keeps what `plan` says about more memory for when a caller records `reason`.
+    fn remember(&self, reason: &str, plan: &Plan) {
+        *locked(&self.pending) = Some((reason.to_owned(), MoreMemory::of(plan)));
     }
 
     /// The load of `entry`: the planner's context and GPU layers for a variant, the config's
@@ -436,10 +515,13 @@ impl Store {
         if name.eq_ignore_ascii_case("auto") {
             let (entries, plan, choice) = self.choose()?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => Ok((
-                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                    choice.reason,
-                )),
+                Some((e, c)) => {
+                    self.remember(&choice.reason, &plan);
+                    Ok((
+                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                        choice.reason,
+                    ))
+                }
                 None => Err(StoreError::Unusable {
                     name: "auto".into(),
                     reason: choice.reason,
@@ -453,10 +535,14 @@ impl Store {
             };
             let (entries, plan, choice) = self.choose_with(&policy)?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => Ok((
-                    self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                    format!("pinned to {}: {}", v.id, choice.reason),
-                )),
+                Some((e, c)) => {
+                    let reason = format!("pinned to {}: {}", v.id, choice.reason);
+                    self.remember(&reason, &plan);
+                    Ok((
+                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                        reason,
+                    ))
+                }
                 None if entries
                     .iter()
                     .any(|e| e.variant().is_some_and(|x| x.id == v.id) && e.is_usable()) =>
@@ -567,10 +653,24 @@ impl Store {
     }
 
     /// `auto_pull`: pulls `spec` in the background and, when it is in place, loads the selection
-    /// again (the best present model is served meanwhile).
+    /// again (the best present model is served meanwhile). The selection's reason (`/r1/status`)
+    /// says that the pull runs, and then how it ended: the model it brought is served, or why
+    /// the pulled file cannot be, or why the pull failed.
     pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, engine: crate::engine::Engine) {
         let this = self.clone();
-        tracing::info!("auto_pull: pulling {}", spec.label);
+        let label = spec.label.clone();
+        tracing::info!("auto_pull: pulling {label}");
+        let before = self.selection().unwrap_or_default();
+        let amend = move |store: &Store, what: String| {
+            let reason = if before.is_empty() {
+                what
+            } else {
+                format!("{before}; {what}")
+            };
+            let mut selection = locked(&store.selection);
+            selection.reason = Some(reason);
+        };
+        amend(self, format!("auto_pull: pulling {label}"));
         let mut rx = self.pull(spec);
         tokio::spawn(async move {
             while !rx.borrow_and_update().is_final() {
@@ -578,15 +678,49 @@ impl Store {
                     break;
                 }
             }
-            if !matches!(*rx.borrow(), PullState::Done { .. }) {
-                return;
-            }
+            let end = rx.borrow().clone();
+            let (path, sha256) = match end {
+                PullState::Done { path, sha256, .. } => (path, sha256),
+                PullState::Failed(why) => {
+                    tracing::warn!("auto_pull of {label} failed: {why}");
+                    amend(&this, format!("auto_pull of {label} failed: {why}"));
+                    return;
+                }
+                _ => {
+                    amend(
+                        &this,
+                        format!("auto_pull of {label} ended without a result"),
+                    );
+                    return;
+                }
+            };
+            let pulled = format!(
+                "auto_pull: {label} is in {}{}",
+                path.display(),
+                sha256
+                    .map(|s| format!(" (sha256 {s} verified)"))
+                    .unwrap_or_default()
+            );
             let store = this.clone();
-            if let Ok(Ok((spec, reason))) =
-                tokio::task::spawn_blocking(move || store.resolve_use("auto")).await
-            {
-                if engine.load(spec).await.is_ok() {
-                    this.set_selection(&reason);
+            let resolved = tokio::task::spawn_blocking(move || {
+                let entry = store.scan().into_iter().find(|e| e.path == path);
+                match entry {
+                    Some(e) if !e.is_usable() => {
+                        Err(format!("it cannot be served: {}", e.status_text()))
+                    }
+                    _ => store.resolve_use("auto").map_err(|e| e.to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the selection failed: {e}")));
+            match resolved {
+                Ok((spec, reason)) => match engine.load(spec).await {
+                    Ok(()) => this.set_selection(&reason),
+                    Err(e) => amend(&this, format!("{pulled}, but loading it failed: {e}")),
+                },
+                Err(why) => {
+                    tracing::warn!("{pulled}, but {why}");
+                    amend(&this, format!("{pulled}, but {why}"));
                 }
             }
         });
@@ -692,10 +826,14 @@ pub fn examine(found: scan::Found) -> ModelEntry {
     {
         Some((v, q)) => format!("{}-{}", v.id, q.name.to_ascii_lowercase()),
         None => match &found.source {
-            Source::Local => {
-                let stem = file_name.strip_suffix(".gguf").unwrap_or(&file_name);
-                stem.to_owned()
-            }
+            // Pulled into `MODELS/hf.co/OWNER/REPO/FILE`: the name it was pulled by.
+            Source::Local => match pull::pulled_origin(&found.path) {
+                Some((repo, file)) => format!("hf.co/{repo}:{file}"),
+                None => {
+                    let stem = file_name.strip_suffix(".gguf").unwrap_or(&file_name);
+                    stem.to_owned()
+                }
+            },
             Source::HuggingFace { repo, file, .. } => format!("hf.co/{repo}:{file}"),
             Source::Ollama { name, .. } => name.clone(),
         },
@@ -729,6 +867,57 @@ mod tests {
             &[("token_embd.weight", &[256, 4], 12)],
             data,
         )
+    }
+
+    /// A store of `models` on the fake "workstation" machine (AMD GPU), other stores off.
+    fn workstation_store(models: &std::path::Path) -> Arc<Store> {
+        let mut config = Config::default();
+        config.store.dir = Some(models.to_owned());
+        config.store.scan_huggingface = false;
+        config.store.scan_ollama = false;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hardware/workstation");
+        Store::new(
+            &config,
+            Mode::User,
+            Probe::fake_root(root, models.to_owned()),
+        )
+    }
+
+    #[test]
+    fn status_keeps_what_more_memory_would_bring_only_for_the_selection_it_was_planned_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf"),
+            r1_7b(576),
+        )
+        .unwrap();
+        let store = workstation_store(dir.path());
+        let (_, plan, _) = store.choose().unwrap();
+        assert!(!plan.upgrades.is_empty(), "{}", plan.more_memory);
+        // `r1ctl use auto`: the plan behind the reason travels with it.
+        let (_, reason) = store.resolve_use("auto").unwrap();
+        assert!(reason.starts_with("deepseek-r1:7b Q4_K_M"), "{reason}");
+        store.set_selection(&reason);
+        assert_eq!(store.selection().as_deref(), Some(reason.as_str()));
+        assert_eq!(store.upgrades(), plan.upgrades);
+        assert_eq!(store.more_memory(), Some(plan.more_memory.clone()));
+        // The same selection again (a re-plan that keeps the model) keeps it.
+        store.set_selection(&reason);
+        assert_eq!(store.upgrades(), plan.upgrades);
+        // `choose` (the supervisor's re-plan) gives a reason that carries its plan too.
+        let (_, again, choice) = store.choose().unwrap();
+        store.set_selection("something else");
+        store.set_selection(&choice.reason);
+        assert_eq!(store.upgrades(), again.upgrades);
+        // A model named by path or name was not planned: nothing is said about more memory.
+        store.set_selection("the model configured with [model] path or --model");
+        assert!(store.upgrades().is_empty());
+        assert_eq!(store.more_memory(), None);
+        // At start, the selection records its plan's upgrades.
+        let (_, reason, _) = store.startup();
+        assert_eq!(store.selection(), Some(reason));
+        assert_eq!(store.upgrades(), plan.upgrades);
     }
 
     #[test]

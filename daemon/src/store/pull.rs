@@ -1,5 +1,11 @@
 //! Downloads from Hugging Face (or a mirror: `HF_ENDPOINT`) into the models directory.
 //!
+//! A file lands in a directory of its repository: `hf.co/OWNER/REPO:FILE` goes to
+//! `MODELS/hf.co/OWNER/REPO/FILE` (see [`pulled_path`], and [`pulled_origin`] for the way back),
+//! so two repositories' files of one name live side by side. Files pulled before this layout sit
+//! flat in `MODELS/`: they are still scanned and served, and a pull whose hash they have finds them
+//! there instead of downloading again.
+//!
 //! The protocol is `huggingface_hub`'s: a `HEAD {endpoint}/{repo}/resolve/{revision}/{file}`
 //! without following redirects gives the LFS hash (`X-Linked-Etag`) and size (`X-Linked-Size`);
 //! a `GET` (redirects followed, `Range: bytes=N-` to resume) brings the bytes.
@@ -88,6 +94,16 @@ pub enum PullError {
         /// What to do.
         hint: &'static str,
     },
+    /// r1d may not use the network: opening an Internet socket failed with `EAFNOSUPPORT` (a
+    /// seccomp address-family filter, as `RestrictAddressFamilies=` of `r1d.service` installs) or
+    /// connecting with `EPERM` (an IP filter such as `IPAddressDeny=any`, or a local firewall).
+    #[error("failed to download {url}: r1d may not use the network here ({cause}). The r1d.service unit allows only Unix and netlink sockets (RestrictAddressFamilies=AF_UNIX AF_NETLINK, IPAddressDeny=any); to let it pull, run `sudo systemctl edit r1d`, add the lines\n[Service]\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6\nIPAddressDeny=\nand `sudo systemctl restart r1d` (the same drop-in: /usr/share/doc/r1d/examples/network.conf); or download the file yourself and put it into the models directory")]
+    NoNetwork {
+        /// The URL.
+        url: String,
+        /// What the system refused, with its errno name.
+        cause: &'static str,
+    },
     /// The connection failed.
     #[error("failed to download {url}: {source}")]
     Connection {
@@ -140,6 +156,9 @@ pub enum PullError {
         /// How they differ.
         why: String,
     },
+    /// The repository or file name would leave the models directory, or is not a name.
+    #[error("{0:?} is not a repository file name (OWNER/REPO and FILE may not be empty, absolute, or contain `.` or `..` components)")]
+    BadName(String),
     /// Another pull of a different URL is writing the same file right now.
     #[error("{path} is being pulled from {other} right now; wait for that pull to end")]
     Busy {
@@ -216,19 +235,29 @@ impl Puller {
         Puller::new(dir, endpoint, token, reserve_disk_bytes)
     }
 
-    /// Where `spec` lands.
-    pub fn destination(&self, spec: &PullSpec) -> PathBuf {
-        let name = Path::new(&spec.file)
+    /// Where `spec` lands: `MODELS/hf.co/OWNER/REPO/FILE`.
+    ///
+    /// # Errors
+    /// [`PullError::BadName`] when the repository or file would leave that directory.
+    pub fn destination(&self, spec: &PullSpec) -> Result<PathBuf, PullError> {
+        pulled_path(&self.dir, &spec.repo, &spec.file)
+            .ok_or_else(|| PullError::BadName(format!("{}:{}", spec.repo, spec.file)))
+    }
+
+    /// Where a file pulled before per-repository directories would be: flat in `MODELS/`.
+    fn flat_destination(&self, spec: &PullSpec) -> Option<PathBuf> {
+        Path::new(&spec.file)
             .file_name()
-            .map(|n| n.to_owned())
-            .unwrap_or_else(|| spec.file.clone().into());
-        self.dir.join(name)
+            .map(|name| self.dir.join(name))
     }
 
     /// Starts pulling `spec` (or joins the pull of the same file already running) and returns
     /// its progress. The pull runs on its own task: a subscriber going away does not stop it.
     pub fn start(self: &Arc<Self>, spec: PullSpec) -> watch::Receiver<PullState> {
-        let dest = self.destination(&spec);
+        let dest = match self.destination(&spec) {
+            Ok(dest) => dest,
+            Err(e) => return watch::channel(PullState::Failed(e.to_string())).1,
+        };
         let url = self.url(&spec);
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((other, rx)) = running.get(&dest) {
@@ -289,10 +318,7 @@ impl Puller {
         tx: &watch::Sender<PullState>,
     ) -> Result<PullState, PullError> {
         let url = self.url(spec);
-        let connection = |source| PullError::Connection {
-            url: url.clone(),
-            source,
-        };
+        let connection = |source| PullError::connection(&url, source);
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| PullError::Io { path, source }
@@ -379,9 +405,35 @@ impl Puller {
             });
         }
 
-        tokio::fs::create_dir_all(&self.dir)
+        // A file pulled before per-repository directories, flat in the models directory, is this
+        // file when it has the expected hash (without a hash to check, it is not trusted: it may be
+        // another repository's file of the same name).
+        if let (Some(flat), Some(expected)) = (self.flat_destination(spec), &expected_sha) {
+            let same_size = std::fs::metadata(&flat)
+                .is_ok_and(|m| m.is_file() && total.is_none_or(|t| t == m.len()));
+            if same_size {
+                let _ = tx.send(PullState::Verifying);
+                let target = flat.clone();
+                let actual = tokio::task::spawn_blocking(move || sha256_file(&target))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                if actual.as_ref() == Some(expected) {
+                    let bytes = std::fs::metadata(&flat).map_or(0, |m| m.len());
+                    return Ok(PullState::Done {
+                        path: flat,
+                        sha256: actual,
+                        bytes,
+                        already_present: true,
+                    });
+                }
+            }
+        }
+
+        let parent = dest.parent().unwrap_or(&self.dir).to_owned();
+        tokio::fs::create_dir_all(&parent)
             .await
-            .map_err(io(&self.dir))?;
+            .map_err(io(&parent))?;
         let partial = partial_path(dest);
         let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if total.is_some_and(|t| have > t) {
@@ -534,11 +586,80 @@ impl Puller {
     }
 }
 
+/// Directory below the models directory that holds pulled repositories.
+pub const PULLED_DIR: &str = "hf.co";
+
+/// `MODELS/hf.co/OWNER/REPO/FILE` for `repo` (`OWNER/REPO`) and `file` (a path in the repository);
+/// `None` when either is not a plain relative name (empty, absolute, `.` or `..` components), which
+/// could leave the directory.
+pub fn pulled_path(models: &Path, repo: &str, file: &str) -> Option<PathBuf> {
+    let plain = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with('/')
+            && part
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+    };
+    let (owner, name) = repo.split_once('/')?;
+    if !plain(owner) || !plain(name) || name.contains('/') || !plain(file) {
+        return None;
+    }
+    Some(models.join(PULLED_DIR).join(owner).join(name).join(file))
+}
+
+/// The way back from [`pulled_path`]: `(OWNER/REPO, FILE)` of a file below a `hf.co` directory
+/// (the last one in the path, with at least owner, repository and file below it).
+pub fn pulled_origin(path: &Path) -> Option<(String, String)> {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let at = parts.iter().rposition(|p| p == PULLED_DIR)?;
+    let rest = &parts[at + 1..];
+    if rest.len() < 3 {
+        return None;
+    }
+    Some((format!("{}/{}", rest[0], rest[1]), rest[2..].join("/")))
+}
+
 /// `FILE.partial` beside `dest`.
 pub fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_owned();
     name.push(".partial");
     dest.with_file_name(name)
+}
+
+impl PullError {
+    /// A failed request: [`PullError::NoNetwork`] when the system refused the socket or the
+    /// connection (found in the error's source chain), else [`PullError::Connection`].
+    fn connection(url: &str, source: reqwest::Error) -> PullError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        while let Some(e) = cause {
+            let errno = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error);
+            let refused = match errno {
+                Some(n) if n == rustix::io::Errno::AFNOSUPPORT.raw_os_error() => {
+                    Some("opening an Internet socket failed with EAFNOSUPPORT, address family not supported")
+                }
+                Some(n) if n == rustix::io::Errno::PERM.raw_os_error() => {
+                    Some("connecting failed with EPERM, operation not permitted")
+                }
+                _ => None,
+            };
+            if let Some(cause) = refused {
+                return PullError::NoNetwork {
+                    url: url.to_owned(),
+                    cause,
+                };
+            }
+            cause = e.source();
+        }
+        PullError::Connection {
+            url: url.to_owned(),
+            source,
+        }
+    }
 }
 
 fn http_error(url: &str, status: u16) -> PullError {
@@ -595,6 +716,43 @@ mod tests {
             partial_path(Path::new("/m/x.gguf")),
             PathBuf::from("/m/x.gguf.partial")
         );
+    }
+
+    #[test]
+    fn pulls_land_in_a_directory_of_their_repository_and_the_way_back_holds() {
+        let m = Path::new("/var/lib/r1d/models");
+        let p = pulled_path(m, "bartowski/DeepSeek-R1-GGUF", "x-Q4_K_M.gguf").unwrap();
+        assert_eq!(
+            p,
+            PathBuf::from("/var/lib/r1d/models/hf.co/bartowski/DeepSeek-R1-GGUF/x-Q4_K_M.gguf")
+        );
+        assert_eq!(
+            pulled_origin(&p),
+            Some(("bartowski/DeepSeek-R1-GGUF".into(), "x-Q4_K_M.gguf".into()))
+        );
+        // A file in a folder of the repository keeps its folder.
+        let p = pulled_path(m, "o/r", "Q4_K_M/x.gguf").unwrap();
+        assert!(p.ends_with("hf.co/o/r/Q4_K_M/x.gguf"));
+        assert_eq!(
+            pulled_origin(&p),
+            Some(("o/r".into(), "Q4_K_M/x.gguf".into()))
+        );
+        // Nothing leaves the models directory.
+        for (repo, file) in [
+            ("../..", "x.gguf"),
+            ("o/..", "x.gguf"),
+            ("o/r", "../../x.gguf"),
+            ("o/r", "/etc/passwd"),
+            ("o/r", "a//b.gguf"),
+            ("o", "x.gguf"),
+            ("o/r/s", "x.gguf"),
+            ("/o/r", "x.gguf"),
+            ("o/r", ""),
+        ] {
+            assert_eq!(pulled_path(m, repo, file), None, "{repo}:{file}");
+        }
+        // A flat file (pulled before this layout) has no origin.
+        assert_eq!(pulled_origin(Path::new("/var/lib/r1d/models/x.gguf")), None);
     }
 
     #[test]

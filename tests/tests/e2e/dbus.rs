@@ -831,7 +831,11 @@ async fn dbus_pull_returns_a_job_whose_properties_and_finished_signal_follow_the
         let args = signal.args().unwrap();
         assert!(args.success, "{}\n{}", args.message, daemon.log());
     }
-    let dest = root.path().join("data/r1d/models").join(r1d_tests::SMOLLM2);
+    let dest = crate::store::pulled(
+        root.path(),
+        "HuggingFaceTB/SmolLM2-GGUF",
+        r1d_tests::SMOLLM2,
+    );
     assert_eq!(
         job.state().await.unwrap(),
         "done",

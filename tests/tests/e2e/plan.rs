@@ -147,3 +147,223 @@ async fn running_daemon_serves_hardware_and_plan_and_r1ctl_prints_it() {
     assert!(text.starts_with("chosen: "), "{text}");
     assert!(text.contains("deepseek-r1:1.5b"), "{text}");
 }
+
+const MIB: u64 = 1 << 20;
+
+/// `profile` with `more` bytes of free VRAM on GPU 0 (and as much more installed).
+fn with_more_vram(profile: &HardwareProfile, more: u64) -> HardwareProfile {
+    let mut p = profile.clone();
+    p.gpus[0].vram_free_bytes += more;
+    p.gpus[0].vram_total_bytes += more;
+    p
+}
+
+/// `profile` with `more` bytes of RAM available (and as much more installed).
+fn with_more_ram(profile: &HardwareProfile, more: u64) -> HardwareProfile {
+    let mut p = profile.clone();
+    p.memory.available_bytes += more;
+    p.memory.total_bytes += more;
+    p
+}
+
+/// `r1d plan --json` for `profile`.
+fn plan_of(profile: &HardwareProfile) -> Plan {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profile.json");
+    std::fs::write(&path, serde_json::to_vec(profile).unwrap()).unwrap();
+    let out = r1d(&["plan", "--hardware", path.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn choice(plan: &Plan) -> Option<(String, String)> {
+    plan.chosen
+        .as_ref()
+        .map(|c| (c.variant.clone(), c.quantization.clone()))
+}
+
+#[test]
+fn plan_for_an_rtx_4060_says_how_much_more_vram_brings_the_next_quantization() {
+    let path = profile("rtx4060-desktop.json");
+    let hw: HardwareProfile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let plan = plan_of(&hw);
+    // More RAM brings nothing better (what spills to the CPU is under 10 tokens/s); 340 MiB more
+    // free VRAM holds Q6_K of the same variant entirely on the GPU.
+    let [u] = plan.upgrades.as_slice() else {
+        panic!("{:?}", plan.upgrades)
+    };
+    assert_eq!(
+        (
+            u.resource.as_str(),
+            u.gpu,
+            u.more_bytes,
+            u.candidate.variant.as_str(),
+            u.candidate.quantization.as_str(),
+            u.candidate.gpu_layers,
+            u.candidate.total_layers
+        ),
+        (
+            "vram",
+            Some(0),
+            340 * MIB,
+            "deepseek-r1-0528:8b",
+            "Q6_K",
+            37,
+            37
+        )
+    );
+    // Q6_K's VRAM on the grown GPU is exactly what is free there, to the MiB.
+    let free = hw.gpus[0].vram_free_bytes + u.more_bytes;
+    assert!(u.candidate.vram_bytes[0] <= free && free - u.candidate.vram_bytes[0] < MIB);
+    assert_eq!(
+        plan.more_memory,
+        "with 357 MB more free VRAM on GPU 0: deepseek-r1-0528:8b Q6_K (37/37 layers on GPU, ≈ 27.9 tokens/s)"
+    );
+    // The same r1d, asked about the grown machine, chooses it; a MiB less does not.
+    let then = plan_of(&with_more_vram(&hw, u.more_bytes));
+    assert_eq!(
+        choice(&then),
+        Some(("deepseek-r1-0528:8b".into(), "Q6_K".into()))
+    );
+    let less = plan_of(&with_more_vram(&hw, u.more_bytes - MIB));
+    assert_eq!(
+        choice(&less),
+        Some(("deepseek-r1-0528:8b".into(), "Q5_K_M".into()))
+    );
+    // The human form says it under the reason.
+    let out = r1d(&["plan", "--hardware", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\nwith more memory: {}\n", plan.more_memory)),
+        "{text}"
+    );
+}
+
+#[test]
+fn plan_for_a_machine_too_small_says_how_much_more_ram_makes_the_smallest_fit() {
+    let path = profile("too-small.json");
+    let hw: HardwareProfile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let plan = plan_of(&hw);
+    assert!(plan.chosen.is_none());
+    let [u] = plan.upgrades.as_slice() else {
+        panic!("{:?}", plan.upgrades)
+    };
+    assert_eq!(
+        (
+            u.resource.as_str(),
+            u.gpu,
+            u.candidate.variant.as_str(),
+            u.candidate.quantization.as_str()
+        ),
+        ("ram", None, "deepseek-r1:1.5b", "Q4_K_M")
+    );
+    // On the CPU the RAM a candidate needs does not depend on the RAM there is: its need plus
+    // the default 1 GiB reserve, less what is available, rounded up to a MiB.
+    let small = plan
+        .candidates
+        .iter()
+        .find(|c| c.variant == "deepseek-r1:1.5b" && c.quantization == "Q4_K_M")
+        .unwrap();
+    let short = small.ram_bytes + (1 << 30) - hw.memory.available_bytes;
+    assert_eq!(u.more_bytes, short.div_ceil(MIB) * MIB);
+    assert_eq!(u.more_bytes, 2149 * MIB);
+    assert!(
+        plan.more_memory
+            .starts_with("with 2.3 GB more RAM: deepseek-r1:1.5b Q4_K_M (0/29 layers on GPU"),
+        "{}",
+        plan.more_memory
+    );
+    assert_eq!(
+        choice(&plan_of(&with_more_ram(&hw, u.more_bytes - MIB))),
+        None
+    );
+    assert_eq!(
+        choice(&plan_of(&with_more_ram(&hw, u.more_bytes))),
+        Some(("deepseek-r1:1.5b".into(), "Q4_K_M".into()))
+    );
+}
+
+/// A daemon on a fake machine (`--hardware-root`: the cgroup v2 fixture, a service limited to
+/// a few GB) with no model present: `/r1/status` and `r1ctl status` say why nothing is served and
+/// what more memory would bring, as `/r1/plan` computes it.
+#[tokio::test]
+async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../daemon/tests/fixtures/hardware/cgroup-v2-slice");
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--hardware-root".into(), root.display().to_string()],
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let client = daemon.client();
+    let hw: HardwareProfile = client.get_json("/r1/hardware", false).await.unwrap();
+    let plan: Plan = client.get_json("/r1/plan", false).await.unwrap();
+    let status: r1d_client::wire::Status = client.status().await.unwrap();
+
+    assert_eq!(
+        choice(&plan),
+        Some(("deepseek-r1:1.5b".into(), "Q4_K_M".into()))
+    );
+    let [u] = plan.upgrades.as_slice() else {
+        panic!("{:?}", plan.upgrades)
+    };
+    assert_eq!(
+        (
+            u.resource.as_str(),
+            u.candidate.variant.as_str(),
+            u.candidate.quantization.as_str()
+        ),
+        ("ram", "deepseek-r1:1.5b", "Q5_K_M")
+    );
+    let next = plan
+        .candidates
+        .iter()
+        .find(|c| c.variant == "deepseek-r1:1.5b" && c.quantization == "Q5_K_M")
+        .unwrap();
+    let short = next.ram_bytes + (1 << 30) - hw.memory.available_bytes;
+    assert_eq!(u.more_bytes, short.div_ceil(MIB) * MIB);
+
+    // Status carries the plan's upgrade, with the reason nothing is served.
+    assert_eq!(status.upgrades, plan.upgrades);
+    assert_eq!(
+        status.more_memory.as_deref(),
+        Some(plan.more_memory.as_str())
+    );
+    let selection = status.selection.clone().unwrap();
+    assert!(
+        selection.starts_with("no usable DeepSeek-R1 model is present")
+            && selection.contains("`r1ctl pull deepseek-r1:1.5b`"),
+        "{selection}"
+    );
+
+    let out = Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("more memory   {}\n", plan.more_memory)),
+        "{text}"
+    );
+    assert!(
+        text.contains("why           no usable DeepSeek-R1"),
+        "{text}"
+    );
+    let out = Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--json", "status"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["upgrades"][0]["resource"], "ram");
+    assert_eq!(json["upgrades"][0]["more_bytes"], u.more_bytes);
+    assert_eq!(json["upgrades"][0]["candidate"]["quantization"], "Q5_K_M");
+}

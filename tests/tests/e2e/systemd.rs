@@ -480,6 +480,78 @@ fn units_pass_systemd_analyze_verify_and_security_exposure_is_at_most_2() {
         });
     println!("systemd-analyze security --offline=true r1d.service: exposure {score}");
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+
+    // The user unit: only what a user manager applies everywhere (see the unit's notes); the
+    // sandbox drop-in for machines with unprivileged user namespaces brings it under 2.5.
+    let systemd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let user = dir.path().join("user");
+    let user_score = exposure(&analyze, &user, true, &runtime);
+    println!("systemd-analyze security --user --offline=true r1d.service: exposure {user_score}");
+    assert!(user_score <= 6.3, "user unit exposure {user_score} > 6.3");
+    std::fs::create_dir(user.join("r1d.service.d")).unwrap();
+    std::fs::copy(
+        systemd.join("user/r1d.service.d/sandbox.conf.example"),
+        user.join("r1d.service.d/sandbox.conf"),
+    )
+    .unwrap();
+    verify(&analyze, &user, true, &runtime);
+    let sandboxed = exposure(&analyze, &user, true, &runtime);
+    println!("… with the user-sandbox.conf drop-in: exposure {sandboxed}");
+    assert!(sandboxed <= 2.5, "user unit + sandbox drop-in: {sandboxed}");
+
+    // The system unit with the network drop-in (for pulls) verifies and stays at most 2.0.
+    let system = dir.path().join("system");
+    std::fs::create_dir(system.join("r1d.service.d")).unwrap();
+    std::fs::copy(
+        systemd.join("r1d.service.d/network.conf.example"),
+        system.join("r1d.service.d/network.conf"),
+    )
+    .unwrap();
+    verify(&analyze, &system, false, &runtime);
+    let with_network = exposure(&analyze, &system, false, &runtime);
+    println!("… r1d.service with the network.conf drop-in: exposure {with_network}");
+    assert!(with_network > score, "the drop-in did not apply");
+    assert!(with_network <= 2.0, "with network: {with_network}");
+}
+
+/// `systemd-analyze [--user] verify` of `dir`'s r1d.service and r1d.socket (and drop-ins): no
+/// complaint.
+fn verify(analyze: &Path, dir: &Path, user: bool, runtime: &Path) {
+    let out = Command::new(analyze)
+        .args(user.then_some("--user"))
+        .args(["verify", "--man=no", "./r1d.service", "./r1d.socket"])
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify ({}) failed:\n{stderr}",
+        dir.display()
+    );
+}
+
+/// The overall exposure `systemd-analyze [--user] security --offline=true` gives `dir`'s
+/// r1d.service (with its drop-ins).
+fn exposure(analyze: &Path, dir: &Path, user: bool, runtime: &Path) -> f64 {
+    let out = Command::new(analyze)
+        .args(user.then_some("--user"))
+        .args(["security", "--offline=true", "--no-pager", "./r1d.service"])
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", runtime)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split_once("Overall exposure level for r1d.service:"))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 #[test]
@@ -550,6 +622,9 @@ fn deb_holds_every_file_with_its_mode() {
         ("usr/share/fish/vendor_completions.d/r1d.fish", 0o644),
         ("usr/share/fish/vendor_completions.d/r1ctl.fish", 0o644),
         ("usr/share/doc/r1d/copyright", 0o644),
+        ("usr/share/doc/r1d/examples/network.conf", 0o644),
+        ("usr/share/doc/r1d/examples/user-sandbox.conf", 0o644),
+        ("usr/share/dbus-1/services/org.r1d.R1.service", 0o644),
     ];
     // The D-Bus and polkit files, when the tree has them.
     for (src, dest) in [
@@ -583,6 +658,34 @@ fn deb_holds_every_file_with_its_mode() {
     let unit =
         std::fs::read_to_string(unpacked.join("usr/lib/systemd/system/r1d.service")).unwrap();
     assert!(unit.contains("\nExecStart=/usr/bin/r1d --system\n"));
+    // User mode: the session bus starts the user unit (or r1d --user without systemd).
+    let session =
+        std::fs::read_to_string(unpacked.join("usr/share/dbus-1/services/org.r1d.R1.service"))
+            .unwrap();
+    for line in [
+        "\n[D-BUS Service]\n",
+        "\nName=org.r1d.R1\n",
+        "\nSystemdService=r1d.service\n",
+        "\nExec=/usr/bin/r1d --user --dbus session\n",
+    ] {
+        assert!(session.contains(line), "{line:?} missing:\n{session}");
+    }
+    // Every man page and completion the binaries generate is packaged.
+    let assets = scratch.path().join("assets");
+    for bin in ["r1d", "r1ctl"] {
+        let ok = Command::new(unpacked.join("usr/bin").join(bin))
+            .arg("--generate-assets")
+            .arg(&assets)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{bin} --generate-assets");
+    }
+    for page in std::fs::read_dir(assets.join("man")).unwrap() {
+        let name = page.unwrap().file_name();
+        let packaged = unpacked.join("usr/share/man/man1").join(&name);
+        assert!(packaged.is_file(), "{name:?} is not packaged");
+    }
     let control = scratch.path().join("control");
     assert!(Command::new("dpkg-deb")
         .arg("-e")
@@ -612,6 +715,142 @@ fn deb_holds_every_file_with_its_mode() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The session-bus activation file of user mode (`systemd/user/org.r1d.R1.service`): a private
+/// session `dbus-daemon` that reads it from its service directory starts r1d on the first call
+/// to `org.r1d.R1`, and that call is answered. A bus without systemd runs the file's `Exec=`
+/// (here pointed at the built binary, with a private socket and config); where the bus is
+/// systemd-activated, `SystemdService=r1d.service` starts the user unit instead — that path needs
+/// a user manager, which this machine does not run.
+#[test]
+fn session_bus_activation_file_starts_r1d_on_the_first_call() {
+    let (Some(_), Some(gdbus)) = (tool("dbus-daemon"), tool("gdbus")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services");
+    std::fs::create_dir(&services).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/user/org.r1d.R1.service"),
+    )
+    .unwrap();
+    assert!(
+        shipped.contains("\nSystemdService=r1d.service\n"),
+        "{shipped}"
+    );
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, "").unwrap();
+    let socket = dir.path().join("r1d.sock");
+    let exec = format!(
+        "{} --user --config {} --socket {}",
+        binary("r1d").display(),
+        config.display(),
+        socket.display()
+    );
+    std::fs::write(
+        services.join("org.r1d.R1.service"),
+        shipped.replace("/usr/bin/r1d --user", &exec),
+    )
+    .unwrap();
+    let bus_config = dir.path().join("session.conf");
+    std::fs::write(
+        &bus_config,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={dir}/bus</listen>
+  <servicedir>{services}</servicedir>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+            dir = dir.path().display(),
+            services = services.display()
+        ),
+    )
+    .unwrap();
+    // The activated r1d inherits the bus's environment: private stores, quiet OpenMP.
+    let mut bus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", bus_config.display()))
+        .args(["--nofork", "--print-address=1"])
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env("HF_HUB_CACHE", dir.path().join("hf"))
+        .env("OLLAMA_MODELS", dir.path().join("ollama"))
+        .env("OMP_WAIT_POLICY", "passive")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("dbus-daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut address = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(bus.stdout.take().unwrap()),
+        &mut address,
+    )
+    .unwrap();
+    let address = address.trim().to_owned();
+    let call = |args: &[&str]| {
+        Command::new(&gdbus)
+            .args(["call", "--session", "--timeout", "60"])
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .output()
+            .unwrap()
+    };
+    let out = call(&[
+        "--dest",
+        "org.r1d.R1",
+        "--object-path",
+        "/org/r1d/R1",
+        "--method",
+        "org.freedesktop.DBus.Properties.Get",
+        "org.r1d.R1.Manager1",
+        "Version",
+    ]);
+    // r1d serves HTTP beside the bus: its socket is there while it runs.
+    let socket_served = socket.exists();
+    // Whatever happens, stop the r1d the bus started.
+    let pid = call(&[
+        "--dest",
+        "org.freedesktop.DBus",
+        "--object-path",
+        "/org/freedesktop/DBus",
+        "--method",
+        "org.freedesktop.DBus.GetConnectionUnixProcessID",
+        "org.r1d.R1",
+    ]);
+    let pid: Option<i32> = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .trim_start_matches("(uint32 ")
+        .trim_end_matches(",)")
+        .parse()
+        .ok();
+    if let Some(pid) = pid {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let _ = bus.kill();
+    let _ = bus.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the call was not answered: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(dir.path().join("dbus-daemon.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("(<'{}'>,)", env!("CARGO_PKG_VERSION")),
+        "{stdout}"
+    );
+    assert!(pid.is_some(), "no process owned org.r1d.R1");
+    assert!(socket_served, "the activated r1d did not serve its socket");
 }
 
 #[tokio::test]
