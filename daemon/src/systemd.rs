@@ -186,6 +186,20 @@ impl Notifier {
         shutdown: CancellationToken,
         reload: Option<Reload>,
     ) -> NotifierGuard {
+        // SIGHUP is handled from before the first task runs: READY=1 (sent by a task) must never
+        // come before the handler, or a `systemctl reload` right after start would kill r1d
+        // (SIGHUP's default action).
+        let hup = match reload
+            .is_some()
+            .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()))
+        {
+            Some(Ok(hup)) => Some(hup),
+            Some(Err(e)) => {
+                tracing::error!("failed to handle SIGHUP, reload is not available: {e}");
+                None
+            }
+            None => None,
+        };
         let guard = NotifierGuard {
             stopping: self.stopping.clone(),
         };
@@ -206,8 +220,14 @@ impl Notifier {
             }
             _ => {}
         }
-        if let Some(reload) = reload {
-            tokio::spawn(reload_on_sighup(engine, self.initial, reload, shutdown));
+        if let (Some(reload), Some(hup)) = (reload, hup) {
+            tokio::spawn(reload_on_sighup(
+                engine,
+                self.initial,
+                reload,
+                hup,
+                shutdown,
+            ));
         }
         guard
     }
@@ -289,16 +309,9 @@ async fn reload_on_sighup(
     engine: Engine,
     current: Option<LoadSpec>,
     reload: Reload,
+    mut hup: tokio::signal::unix::Signal,
     shutdown: CancellationToken,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("failed to handle SIGHUP, reload is not available: {e}");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             received = hup.recv() => if received.is_none() { return },
