@@ -272,7 +272,13 @@ async fn main() -> anyhow::Result<()> {
         supervisor: Some(supervisor.clone()),
     });
     if let Some(spec) = auto_pull {
-        store.spawn_auto_pull(spec, engine.clone());
+        let supervisor = supervisor.clone();
+        store.spawn_auto_pull(
+            spec,
+            Box::new(move || {
+                Box::pin(async move { supervisor.replan_now("auto_pull brought it").await })
+            }),
+        );
     }
     let router = r1d::api::http::router(r1d::api::http::AppState {
         engine: engine.clone(),

@@ -530,7 +530,10 @@ impl Supervisor {
         self.emit(e);
         // A config edit is the person's intent: it acts now, whatever the swap policy.
         let model = match self.wanted().await {
-            Ok(wanted) => self.apply(wanted, None, "the config changed").await,
+            Ok(wanted) => self
+                .apply(wanted, None, "the config changed")
+                .await
+                .unwrap_or_else(|e| e),
             Err(e) => format!("kept the resident model: {e}"),
         };
         wire::ReloadOutcome {
@@ -605,23 +608,29 @@ impl Supervisor {
 
     /// Loads `wanted` when it differs from the resident model. `forced`: the resident model no
     /// longer fits, running answers end. Returns one line saying what happened.
-    async fn apply(&self, wanted: Wanted, forced: Option<String>, why: &str) -> String {
+    /// `Err` is the load error (the previous model serves again when it could be loaded).
+    async fn apply(
+        &self,
+        wanted: Wanted,
+        forced: Option<String>,
+        why: &str,
+    ) -> Result<String, String> {
         let engine = &self.inner.engine;
         let snap = engine.snapshot();
         let Some(spec) = wanted.spec else {
             // Nothing present fits: keep what is served rather than serving nothing.
-            return match &snap.model {
+            return Ok(match &snap.model {
                 Some((info, _)) => format!(
                     "kept {} (nothing better is present: {})",
                     model_name(info),
                     wanted.reason
                 ),
                 None => format!("no model: {}", wanted.reason),
-            };
+            });
         };
         if snap.state == EngineState::Ready && snap.spec.as_ref().is_some_and(|s| same(s, &spec)) {
             self.inner.store.set_selection(&wanted.reason);
-            return self.model_line();
+            return Ok(self.model_line());
         }
         let from = snap.model.as_ref().map(|(i, _)| model_name(i));
         let to = file_name(&spec.params.path);
@@ -650,7 +659,7 @@ impl Supervisor {
                 let mut e = event("swap", format!("serving {name}"));
                 e.model = Some(name.clone());
                 self.emit(e);
-                format!("serving {name}")
+                Ok(format!("serving {name}"))
             }
             Err(err) => {
                 let text = err.to_string();
@@ -665,7 +674,7 @@ impl Supervisor {
                 let mut e = event("swap", format!("failed: {text}"));
                 e.error = Some(text.clone());
                 self.emit(e);
-                text
+                Err(text)
             }
         }
     }
@@ -717,6 +726,18 @@ impl Supervisor {
             .map_err(Ok)?;
         self.set_pin(Some(Pin::Name(name.to_owned())));
         self.load_now(spec, reason).await.map_err(Err)
+    }
+
+    /// Chooses again now and loads the choice when it differs from the resident model (after
+    /// `auto_pull` brought a file): the pin, the configured model or the planner's best present
+    /// one. Returns one line saying what happened.
+    ///
+    /// # Errors
+    /// Why the choice could not be made, or the load error.
+    pub async fn replan_now(&self, why: &str) -> Result<String, String> {
+        let _acting = self.inner.acting.lock().await;
+        let wanted = self.wanted().await?;
+        self.apply(wanted, None, why).await
     }
 
     /// `POST /r1/load` / D-Bus `Load`: loads `spec` and keeps it through re-plans (until `r1ctl
@@ -920,7 +941,7 @@ impl Supervisor {
             } else {
                 "nothing is served and this can be"
             };
-            self.apply(wanted, forced, why).await;
+            let _ = self.apply(wanted, forced, why).await;
             return;
         }
         let message = match policy {
@@ -957,7 +978,8 @@ impl Supervisor {
         }
         let _acting = self.inner.acting.lock().await;
         if let Ok(wanted) = self.wanted().await {
-            self.apply(wanted, None, "r1d is idle and the machine changed")
+            let _ = self
+                .apply(wanted, None, "r1d is idle and the machine changed")
                 .await;
         }
     }

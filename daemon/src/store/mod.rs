@@ -656,7 +656,7 @@ impl Store {
     /// again (the best present model is served meanwhile). The selection's reason (`/r1/status`)
     /// says that the pull runs, and then how it ended: the model it brought is served, or why
     /// the pulled file cannot be, or why the pull failed.
-    pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, engine: crate::engine::Engine) {
+    pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, then: AfterPull) {
         let this = self.clone();
         let label = spec.label.clone();
         tracing::info!("auto_pull: pulling {label}");
@@ -702,26 +702,25 @@ impl Store {
                     .unwrap_or_default()
             );
             let store = this.clone();
-            let resolved = tokio::task::spawn_blocking(move || {
+            let unusable = tokio::task::spawn_blocking(move || {
                 let entry = store.scan().into_iter().find(|e| e.path == path);
                 match entry {
                     Some(e) if !e.is_usable() => {
-                        Err(format!("it cannot be served: {}", e.status_text()))
+                        Some(format!("it cannot be served: {}", e.status_text()))
                     }
-                    _ => store.resolve_use("auto").map_err(|e| e.to_string()),
+                    _ => None,
                 }
             })
             .await
-            .unwrap_or_else(|e| Err(format!("the selection failed: {e}")));
-            match resolved {
-                Ok((spec, reason)) => match engine.load(spec).await {
-                    Ok(()) => this.set_selection(&reason),
-                    Err(e) => amend(&this, format!("{pulled}, but loading it failed: {e}")),
-                },
-                Err(why) => {
-                    tracing::warn!("{pulled}, but {why}");
-                    amend(&this, format!("{pulled}, but {why}"));
-                }
+            .unwrap_or_else(|e| Some(format!("the store scan failed: {e}")));
+            if let Some(why) = unusable {
+                tracing::warn!("{pulled}, but {why}");
+                amend(&this, format!("{pulled}, but {why}"));
+                return;
+            }
+            // The selection again, through whoever decides (a pin still wins).
+            if let Err(e) = then().await {
+                amend(&this, format!("{pulled}, but loading it failed: {e}"));
             }
         });
     }
@@ -731,6 +730,14 @@ impl Store {
         self.puller.start(spec)
     }
 }
+
+/// What `auto_pull` does once the pulled file is in place and usable: choose again and load
+/// (`Supervisor::replan_now`, so a run-time pin still wins); `Err` says why loading failed.
+pub type AfterPull = Box<
+    dyn FnOnce() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<String, String>> + Send>,
+        > + Send,
+>;
 
 /// `deepseek-r1:7b-q8_0` → the variant and its catalog quantization.
 pub fn parse_variant_quant(
