@@ -230,12 +230,35 @@ impl Config {
     /// [`ConfigError::Parse`] for bad TOML, unknown keys or wrong types;
     /// [`ConfigError::Invalid`] for values out of range.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
         config.validate(path)?;
+        config.resolve_paths(path);
         Ok(config)
+    }
+
+    /// Paths in the file as a person means them: `~/…` is in `$HOME`, and a relative path is
+    /// relative to the config file's directory (not to r1d's working directory, which is `/`
+    /// under systemd).
+    fn resolve_paths(&mut self, file: &Path) {
+        let base = file.parent().unwrap_or(Path::new("/"));
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let resolve = |p: &mut Option<PathBuf>| {
+            let Some(path) = p.as_mut() else { return };
+            if let (Ok(rest), Some(home)) = (path.strip_prefix("~"), &home) {
+                *path = home.join(rest);
+            } else if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.model.path);
+        resolve(&mut self.server.socket);
+        resolve(&mut self.plugins.dir);
+        resolve(&mut self.store.dir);
+        resolve(&mut self.store.huggingface_cache);
+        resolve(&mut self.store.ollama_models);
     }
 
     /// Reads and parses `path`.
@@ -581,5 +604,21 @@ mod tests {
             },
             "documented [planner] values are the defaults (the variant is an example)"
         );
+    }
+
+    #[test]
+    fn home_and_relative_paths_resolve_against_home_and_the_config_directory() {
+        let home = std::env::var("HOME").unwrap();
+        let c = Config::parse(
+            "[model]\npath = \"~/models/a.gguf\"\n[store]\ndir = \"models\"\n[plugins]\ndir = \"/abs/plugins\"\n",
+            Path::new("/etc/r1d/r1d.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.model.path.unwrap(),
+            PathBuf::from(home).join("models/a.gguf")
+        );
+        assert_eq!(c.store.dir.unwrap(), PathBuf::from("/etc/r1d/models"));
+        assert_eq!(c.plugins.dir.unwrap(), PathBuf::from("/abs/plugins"));
     }
 }

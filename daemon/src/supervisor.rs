@@ -920,7 +920,8 @@ impl Supervisor {
                 }
             }
         };
-        if since.elapsed().as_secs_f64() < config.watch.settle_s {
+        // With nothing served there is nothing to flap between: serve at once.
+        if snap.model.is_some() && since.elapsed().as_secs_f64() < config.watch.settle_s {
             return;
         }
         self.act_on_plan(wanted, forced, &config).await;

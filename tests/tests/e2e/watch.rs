@@ -882,3 +882,30 @@ async fn a_symlinked_config_follows_edits_of_its_target() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_nothing_served_a_model_put_in_the_store_is_served_without_waiting_the_settle_time() {
+    let root = tempfile::tempdir().unwrap();
+    machine(root.path(), 32 * GB, 20 * GB, None);
+    let models = tempfile::tempdir().unwrap();
+    let m = Machine { root, models };
+    // A settle time of a minute: only the nothing-served rule can make this quick.
+    let daemon = planner_daemon(&m, 60.0, "auto");
+    let health = daemon.settled().await;
+    assert_eq!(health.status, State::NoModel);
+    assert!(
+        health.error.unwrap().contains("r1ctl pull"),
+        "says how to get one"
+    );
+    variant_file(
+        m.models.path(),
+        "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
+        "DeepSeek R1 Distill Qwen 1.5B",
+        1536,
+        None,
+    );
+    until(&daemon, 10, "the new file served", || async {
+        (resident(&daemon).await.as_deref() == Some("DeepSeek R1 Distill Qwen 1.5B")).then_some(())
+    })
+    .await;
+}
