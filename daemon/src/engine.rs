@@ -223,6 +223,9 @@ struct Shared {
     last_request_ms: AtomicU64,
     /// How long a request waits for a model being loaded or swapped (milliseconds).
     queue_deadline_ms: AtomicU64,
+    /// Counts the loads asked for; a load whose generation is below it has been superseded by a
+    /// newer one and stops (through the plugin's progress callback) or is skipped.
+    load_generation: AtomicU64,
     active: AtomicU64,
     served: AtomicU64,
     started: Instant,
@@ -230,7 +233,8 @@ struct Shared {
 
 enum Job {
     Chat(ChatJob),
-    Load(LoadSpec, oneshot::Sender<Result<(), EngineError>>),
+    /// A load, its generation (see [`Shared::load_generation`]) and where the outcome goes.
+    Load(LoadSpec, u64, oneshot::Sender<Result<(), EngineError>>),
     Unload(oneshot::Sender<()>),
     Ping(oneshot::Sender<()>),
 }
@@ -301,6 +305,7 @@ impl Engine {
             preempting: AtomicBool::new(false),
             last_request_ms: AtomicU64::new(0),
             queue_deadline_ms: AtomicU64::new(120_000),
+            load_generation: AtomicU64::new(0),
             active: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -312,6 +317,8 @@ impl Engine {
             host,
             model: None,
             spec: None,
+            fallback: None,
+            generation: 0,
             no_model_reason: initial_error.unwrap_or_else(|| {
                 "no model is configured; set [model] path in the config or start r1d with --model PATH".into()
             }),
@@ -346,11 +353,38 @@ impl Engine {
     /// [`EngineError::LoadFailed`] naming the file, the error and what is served now;
     /// [`EngineError::ShuttingDown`].
     pub async fn load(&self, spec: LoadSpec) -> Result<(), EngineError> {
+        let outcome = self.start_load(spec).await?;
+        outcome.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Queues the load of [`Engine::load`] and returns where its outcome will arrive, so the
+    /// caller need not hold anything while it runs. A load still running or queued from before
+    /// is superseded: it stops at its next progress report (or is skipped) and ends with
+    /// [`EngineError::LoadFailed`] saying so.
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn start_load(
+        &self,
+        spec: LoadSpec,
+    ) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
+        let generation = self.shared.load_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let path = PathBuf::from(&spec.params.path);
         self.shared.publish(|s| s.queued_load = Some(path));
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Load(spec, tx)).await?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)?
+        self.send(Job::Load(spec, generation, tx)).await?;
+        Ok(rx)
+    }
+
+    /// Makes the next swap a forced one (see [`Engine::swap_now`]): the running answer and
+    /// those queued before the next load end with [`EngineError::Preempted`] carrying `reason`.
+    pub fn preempt(&self, reason: &str) {
+        *self
+            .shared
+            .preempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        self.shared.preempting.store(true, Ordering::SeqCst);
     }
 
     /// Like [`Engine::load`], but the swap cannot wait (memory is disappearing): the running
@@ -360,12 +394,7 @@ impl Engine {
     /// # Errors
     /// As [`Engine::load`].
     pub async fn swap_now(&self, spec: LoadSpec, reason: &str) -> Result<(), EngineError> {
-        *self
-            .shared
-            .preempt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
-        self.shared.preempting.store(true, Ordering::SeqCst);
+        self.preempt(reason);
         self.load(spec).await
     }
 
@@ -494,6 +523,11 @@ struct Worker {
     model: Option<Box<dyn LoadedModel>>,
     /// What `model` was loaded with.
     spec: Option<LoadSpec>,
+    /// The model that served before a load that was superseded (its spec and name): the one to
+    /// go back to when the newer load fails too.
+    fallback: Option<(LoadSpec, String)>,
+    /// The generation of the load running now (0: the load at start).
+    generation: u64,
     no_model_reason: String,
     config: EngineConfig,
 }
@@ -520,13 +554,22 @@ impl Worker {
                     let _guard = ActiveGuard(self.shared.clone());
                     self.chat(job);
                 }
-                Job::Load(spec, reply) => {
+                Job::Load(spec, generation, reply) => {
                     // The jobs before this one have run: a pending preemption is over.
                     self.shared.preempting.store(false, Ordering::SeqCst);
+                    if self.shared.load_generation.load(Ordering::SeqCst) > generation {
+                        // A newer load is queued behind this one: skip it, touch nothing.
+                        let _ = reply.send(Err(EngineError::LoadFailed {
+                            reason: superseded(&spec),
+                        }));
+                        continue;
+                    }
+                    self.generation = generation;
                     let _ = reply.send(self.swap(spec));
                 }
                 Job::Unload(reply) => {
                     self.spec = None;
+                    self.fallback = None;
                     if self.model.take().is_some() {
                         self.no_model_reason = "the model was unloaded on request".into();
                         tracing::info!("model unloaded on request");
@@ -566,19 +609,35 @@ impl Worker {
                 return Err(EngineError::LoadFailed { reason });
             }
         }
-        let previous = self.spec.take();
-        let previous_name = self.model.as_ref().map(|m| model_name(m.info()));
+        let current = self
+            .spec
+            .take()
+            .zip(self.model.as_ref().map(|m| model_name(m.info())));
+        let (previous, previous_name) = current
+            .or_else(|| self.fallback.take())
+            .map_or((None, None), |(spec, name)| (Some(spec), Some(name)));
         // Memory for the new model comes from the old one.
         self.model = None;
         self.shared.publish(|s| {
             if previous_name.is_some() {
                 s.state = EngineState::Swapping;
             }
+            s.loading = Some(PathBuf::from(&spec.params.path));
             s.model = None;
             s.spec = None;
             s.swapping_from = previous_name.clone();
         });
         let loaded = self.load(spec.clone());
+        if loaded.is_err() && self.shared.load_generation.load(Ordering::SeqCst) > self.generation {
+            // Stopped for a newer load, which comes next: no going back now, but remember
+            // what served, in case the newer one fails too.
+            self.fallback = previous.zip(previous_name);
+            self.shared.publish(|s| s.swapping_from = None);
+            return Err(EngineError::LoadFailed {
+                reason: superseded(&spec),
+            });
+        }
+        self.fallback = None;
         let result = match loaded {
             Ok(()) => Ok(()),
             Err(reason) => match (previous, previous_name) {
@@ -646,9 +705,14 @@ impl Worker {
             .and_then(|backend| {
                 tracing::info!(backend = backend.name(), "loading model {}", path.display());
                 let shared = self.shared.clone();
+                let generation = self.generation;
                 let mut last = -1.0f32;
                 backend.load(&spec.params, &mut |p| {
                     shared.beat();
+                    if shared.load_generation.load(Ordering::SeqCst) > generation {
+                        // A newer load was asked for: stop this one.
+                        return false;
+                    }
                     // Publish at 1 % steps so watchers are not flooded.
                     if p - last >= 0.01 || p >= 1.0 {
                         last = p;
@@ -878,6 +942,13 @@ impl Worker {
                 .unwrap_or_else(|| "memory is running out".into()),
         )
     }
+}
+
+fn superseded(spec: &LoadSpec) -> String {
+    format!(
+        "the load of {} was stopped: a newer load was asked for",
+        spec.params.path
+    )
 }
 
 /// Checks what can be checked of `spec` without loading it: the file exists, a backend takes it,

@@ -430,7 +430,10 @@ impl Supervisor {
                     );
                     continue;
                 }
-                self.reload("the file changed").await;
+                // In a task of its own: a reload may wait for a slow load, and a newer edit
+                // must be read meanwhile (it supersedes that load).
+                let this = self.clone();
+                tokio::spawn(async move { this.reload("the file changed").await });
             }
         });
     }
@@ -441,7 +444,7 @@ impl Supervisor {
     /// validate is rejected and the running config stays in force. `origin` says what asked
     /// (`SIGHUP`, `r1ctl reload`, …), for the log.
     pub async fn reload(&self, origin: &str) -> wire::ReloadOutcome {
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         let config_path = self
             .inner
             .config_path
@@ -531,7 +534,7 @@ impl Supervisor {
         // A config edit is the person's intent: it acts now, whatever the swap policy.
         let model = match self.wanted().await {
             Ok(wanted) => self
-                .apply(wanted, None, "the config changed")
+                .apply(acting, wanted, None, "the config changed")
                 .await
                 .unwrap_or_else(|e| e),
             Err(e) => format!("kept the resident model: {e}"),
@@ -609,8 +612,11 @@ impl Supervisor {
     /// Loads `wanted` when it differs from the resident model. `forced`: the resident model no
     /// longer fits, running answers end. Returns one line saying what happened.
     /// `Err` is the load error (the previous model serves again when it could be loaded).
+    /// `acting` is released once the load is queued, so a newer decision (another config
+    /// edit) can supersede a slow load instead of waiting for it.
     async fn apply(
         &self,
+        acting: tokio::sync::MutexGuard<'_, ()>,
         wanted: Wanted,
         forced: Option<String>,
         why: &str,
@@ -647,9 +653,14 @@ impl Supervisor {
             v.pending = None;
         });
         self.state().pending = None;
-        let result = match &forced {
-            Some(reason) => engine.swap_now(spec, reason).await,
-            None => engine.load(spec).await,
+        if let Some(reason) = &forced {
+            engine.preempt(reason);
+        }
+        let started = engine.start_load(spec).await;
+        drop(acting);
+        let result = match started {
+            Ok(outcome) => outcome.await.unwrap_or(Err(EngineError::ShuttingDown)),
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => {
@@ -689,7 +700,7 @@ impl Supervisor {
         &self,
         name: &str,
     ) -> Result<String, Result<crate::store::StoreError, EngineError>> {
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         let name = name.trim();
         if name.starts_with('/') {
             // A file by its path, as D-Bus `Use` takes it: the same as `POST /r1/load`.
@@ -702,7 +713,7 @@ impl Supervisor {
             };
             self.set_pin(Some(Pin::Spec(spec.clone())));
             let reason = format!("{name} was loaded on request");
-            return self.load_now(spec, reason).await.map_err(Err);
+            return self.load_now(acting, spec, reason).await.map_err(Err);
         }
         if name.eq_ignore_ascii_case("auto") {
             self.set_pin(None);
@@ -716,7 +727,10 @@ impl Supervisor {
                     reason: wanted.reason,
                 }));
             };
-            return self.load_now(spec, wanted.reason).await.map_err(Err);
+            return self
+                .load_now(acting, spec, wanted.reason)
+                .await
+                .map_err(Err);
         }
         let store = self.inner.store.clone();
         let query = name.to_owned();
@@ -725,7 +739,7 @@ impl Supervisor {
             .map_err(|e| Err(EngineError::Backend(e.to_string())))?
             .map_err(Ok)?;
         self.set_pin(Some(Pin::Name(name.to_owned())));
-        self.load_now(spec, reason).await.map_err(Err)
+        self.load_now(acting, spec, reason).await.map_err(Err)
     }
 
     /// Chooses again now and loads the choice when it differs from the resident model (after
@@ -735,9 +749,9 @@ impl Supervisor {
     /// # Errors
     /// Why the choice could not be made, or the load error.
     pub async fn replan_now(&self, why: &str) -> Result<String, String> {
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         let wanted = self.wanted().await?;
-        self.apply(wanted, None, why).await
+        self.apply(acting, wanted, None, why).await
     }
 
     /// `POST /r1/load` / D-Bus `Load`: loads `spec` and keeps it through re-plans (until `r1ctl
@@ -746,10 +760,10 @@ impl Supervisor {
     /// # Errors
     /// The engine's: the load failed (the previous model serves again).
     pub async fn load(&self, spec: LoadSpec) -> Result<String, EngineError> {
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         self.set_pin(Some(Pin::Spec(spec.clone())));
         let reason = format!("{} was loaded on request", spec.params.path);
-        self.load_now(spec, reason).await
+        self.load_now(acting, spec, reason).await
     }
 
     /// `POST /r1/unload` / D-Bus `Unload`: unloads the model and serves nothing until `r1ctl use`
@@ -783,12 +797,23 @@ impl Supervisor {
     }
 
     /// Loads `spec` now (through the engine's queue), records why and says so in events.
-    async fn load_now(&self, spec: LoadSpec, reason: String) -> Result<String, EngineError> {
+    async fn load_now(
+        &self,
+        acting: tokio::sync::MutexGuard<'_, ()>,
+        spec: LoadSpec,
+        reason: String,
+    ) -> Result<String, EngineError> {
         let to = file_name(&spec.params.path);
         let mut e = event("swap", format!("loading {to}: asked for ({reason})"));
         e.model = Some(to.clone());
         self.emit(e);
-        match self.inner.engine.load(spec).await {
+        let started = self.inner.engine.start_load(spec).await;
+        drop(acting);
+        let result = match started {
+            Ok(outcome) => outcome.await.unwrap_or(Err(EngineError::ShuttingDown)),
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => {
                 self.inner.store.set_selection(&reason);
                 let name = self
@@ -837,7 +862,7 @@ impl Supervisor {
 
     /// One hardware re-probe and re-plan, with hysteresis.
     async fn tick(&self) {
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         let engine = &self.inner.engine;
         let snap = engine.snapshot();
         if matches!(
@@ -924,11 +949,17 @@ impl Supervisor {
         if snap.model.is_some() && since.elapsed().as_secs_f64() < config.watch.settle_s {
             return;
         }
-        self.act_on_plan(wanted, forced, &config).await;
+        self.act_on_plan(acting, wanted, forced, &config).await;
     }
 
     /// Acts on a settled re-plan by the swap policy.
-    async fn act_on_plan(&self, wanted: Wanted, forced: Option<String>, config: &Config) {
+    async fn act_on_plan(
+        &self,
+        acting: tokio::sync::MutexGuard<'_, ()>,
+        wanted: Wanted,
+        forced: Option<String>,
+        config: &Config,
+    ) {
         let Some(spec) = &wanted.spec else { return };
         let target = file_name(&spec.params.path);
         let policy = config.watch.swap_policy;
@@ -942,7 +973,7 @@ impl Supervisor {
             } else {
                 "nothing is served and this can be"
             };
-            let _ = self.apply(wanted, forced, why).await;
+            let _ = self.apply(acting, wanted, forced, why).await;
             return;
         }
         let message = match policy {
@@ -977,10 +1008,10 @@ impl Supervisor {
         {
             return;
         }
-        let _acting = self.inner.acting.lock().await;
+        let acting = self.inner.acting.lock().await;
         if let Ok(wanted) = self.wanted().await {
             let _ = self
-                .apply(wanted, None, "r1d is idle and the machine changed")
+                .apply(acting, wanted, None, "r1d is idle and the machine changed")
                 .await;
         }
     }

@@ -909,3 +909,54 @@ async fn with_nothing_served_a_model_put_in_the_store_is_served_without_waiting_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_second_config_edit_during_a_slow_load_stops_that_load_and_serves_the_newer_choice() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let slow = echo_file(
+        models.path(),
+        "slow",
+        r#"{"name": "echo-slow", "load_delay_ms": 5000}"#,
+    );
+    let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config_with_model(&a)),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    // Until both the stopped load and the new model are reported, in whichever order.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let events = collect_events(&daemon, 30, move |e| {
+        use std::sync::atomic::Ordering::SeqCst;
+        if e.kind == "swap" && e.message == "serving echo-b" {
+            seen.fetch_or(1, SeqCst);
+        }
+        if e.kind == "swap" && e.message.contains("a newer load was asked for") {
+            seen.fetch_or(2, SeqCst);
+        }
+        seen.load(SeqCst) == 3
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.edit_config(&config_with_model(&slow));
+    until(&daemon, 10, "the slow load to begin", || async {
+        (daemon.client().health().await.ok()?.status == State::Swapping).then_some(())
+    })
+    .await;
+    // The person changes their mind before the slow model is in.
+    daemon.edit_config(&config_with_model(&b));
+    let events = events.await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "swap"
+            && e.message
+                .contains("slow.echo was stopped: a newer load was asked for")),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.model.as_deref() == Some("echo-slow") && e.state == Some(State::Ready)),
+        "the superseded model was never served: {events:#?}"
+    );
+    assert_eq!(resident(&daemon).await.as_deref(), Some("echo-b"));
+}
