@@ -434,7 +434,12 @@ impl Engine {
     /// sign of life (a token, a prompt batch, load progress) within `within`; when idle, that it
     /// answers a ping within `within`. For the systemd watchdog.
     pub async fn is_alive(&self, within: std::time::Duration) -> bool {
-        if self.active_requests() > 0 || self.snapshot().state == EngineState::Loading {
+        if self.active_requests() > 0
+            || matches!(
+                self.snapshot().state,
+                EngineState::Loading | EngineState::Swapping
+            )
+        {
             let now = self.shared.started.elapsed().as_millis() as u64;
             let last = self.shared.heartbeat_ms.load(Ordering::Relaxed);
             return now.saturating_sub(last) <= within.as_millis() as u64;
@@ -547,10 +552,20 @@ impl Worker {
             }
             None => self.publish_no_model(),
         }
+        // Requests held back while a stopped load's successor is queued (see `Job::Chat`).
+        let mut deferred: std::collections::VecDeque<ChatJob> = Default::default();
         while let Some(job) = rx.blocking_recv() {
             self.shared.beat();
             match job {
                 Job::Chat(job) => {
+                    if self.model.is_none()
+                        && self.shared.load_generation.load(Ordering::SeqCst) > self.generation
+                    {
+                        // A load was stopped for a newer one queued behind this request: the
+                        // request waits for that model instead of failing on none.
+                        deferred.push_back(job);
+                        continue;
+                    }
                     let _guard = ActiveGuard(self.shared.clone());
                     self.chat(job);
                 }
@@ -566,6 +581,12 @@ impl Worker {
                     }
                     self.generation = generation;
                     let _ = reply.send(self.swap(spec));
+                    if self.shared.load_generation.load(Ordering::SeqCst) <= self.generation {
+                        for job in deferred.drain(..) {
+                            let _guard = ActiveGuard(self.shared.clone());
+                            self.chat(job);
+                        }
+                    }
                 }
                 Job::Unload(reply) => {
                     self.spec = None;
@@ -576,6 +597,10 @@ impl Worker {
                     }
                     self.publish_no_model();
                     let _ = reply.send(());
+                    for job in deferred.drain(..) {
+                        let _guard = ActiveGuard(self.shared.clone());
+                        self.chat(job);
+                    }
                 }
                 Job::Ping(reply) => {
                     let _ = reply.send(());
@@ -589,6 +614,10 @@ impl Worker {
     /// Replaces the resident model with `spec`; on failure loads the previous one again.
     fn swap(&mut self, spec: LoadSpec) -> Result<(), EngineError> {
         self.shared.publish(|s| s.queued_load = None);
+        if self.model.is_some() && self.spec.as_ref() == Some(&spec) {
+            // Already resident with these settings: nothing to unload or load.
+            return Ok(());
+        }
         let mtime = |spec: &LoadSpec| {
             std::fs::metadata(&spec.params.path)
                 .and_then(|m| m.modified())
@@ -679,6 +708,7 @@ impl Worker {
         self.shared.publish(|s| {
             s.state = EngineState::NoModel;
             s.model = None;
+            s.spec = None;
             s.loading = None;
             s.progress = None;
             s.error = Some(self.no_model_reason.clone());
@@ -752,9 +782,12 @@ impl Worker {
             Err(e) => {
                 self.no_model_reason = describe_load_error(&path, &e);
                 tracing::error!("{}", self.no_model_reason);
-                let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                self.shared
-                    .publish(|s| s.last_failed = Some((spec.clone(), modified)));
+                // A load stopped for a newer one did not fail: nothing to avoid retrying.
+                if self.shared.load_generation.load(Ordering::SeqCst) <= self.generation {
+                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    self.shared
+                        .publish(|s| s.last_failed = Some((spec.clone(), modified)));
+                }
                 self.publish_no_model();
                 Err(self.no_model_reason.clone())
             }

@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     // before planning, then plan without it and report `degraded` until it shows up.
     let degraded = {
         let probe = probe.clone();
-        let wait = std::time::Duration::from_secs_f64(config.watch.gpu_wait_s);
+        let wait = r1d::supervisor::seconds(config.watch.gpu_wait_s);
         tokio::task::spawn_blocking(move || r1d::supervisor::wait_for_gpus(&probe, wait))
             .await
             .unwrap_or(None)

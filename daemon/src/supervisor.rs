@@ -81,7 +81,7 @@ struct Inner {
 
 /// What a person chose at run time; it wins over the config and the planner until `r1ctl use
 /// auto`, or until a config edit changes the model the config names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Pin {
     /// `r1ctl use NAME`: resolved again at each re-plan (the best present quantization of a
     /// pinned variant that fits may change with the machine).
@@ -179,12 +179,12 @@ pub fn degraded_reason(probe: &Probe, hw: &crate::hardware::Hardware) -> Option<
 /// boot-time race with the driver), probing once a second. Returns why r1d is degraded when
 /// they did not show up. Returns at once on a machine without such GPUs. Blocking.
 pub fn wait_for_gpus(probe: &Probe, wait: Duration) -> Option<String> {
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now().checked_add(wait);
     let mut logged = false;
     loop {
         let hw = probe.run().ok()?;
         let reason = degraded_reason(probe, &hw)?;
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::warn!("degraded: {reason}");
             return Some(reason);
         }
@@ -204,7 +204,7 @@ impl Supervisor {
         let watch_cfg = setup.config.watch.clone();
         setup
             .engine
-            .set_queue_deadline(Duration::from_secs_f64(watch_cfg.queue_deadline_s));
+            .set_queue_deadline(seconds(watch_cfg.queue_deadline_s));
         let (view, _) = watch::channel(wire::WatchStatus {
             config_path: setup.config_path.as_ref().map(|p| p.display().to_string()),
             swap_policy: policy_name(watch_cfg.swap_policy).into(),
@@ -515,7 +515,7 @@ impl Supervisor {
         self.inner.store.reconfigure(&new);
         self.inner
             .engine
-            .set_queue_deadline(Duration::from_secs_f64(new.watch.queue_deadline_s));
+            .set_queue_deadline(seconds(new.watch.queue_deadline_s));
         self.state().config = new.clone();
         self.update_view(|v| {
             v.config_error = None;
@@ -634,7 +634,10 @@ impl Supervisor {
                 None => format!("no model: {}", wanted.reason),
             });
         };
-        if snap.state == EngineState::Ready && snap.spec.as_ref().is_some_and(|s| same(s, &spec)) {
+        if snap.state == EngineState::Ready
+            && snap.queued_load.is_none()
+            && snap.spec.as_ref().is_some_and(|s| same(s, &spec))
+        {
             self.inner.store.set_selection(&wanted.reason);
             return Ok(self.model_line());
         }
@@ -711,9 +714,12 @@ impl Supervisor {
                 },
                 backend: None,
             };
-            self.set_pin(Some(Pin::Spec(spec.clone())));
+            let pin = Pin::Spec(spec.clone());
             let reason = format!("{name} was loaded on request");
-            return self.load_now(acting, spec, reason).await.map_err(Err);
+            return self
+                .pinned_load(acting, pin, spec, reason)
+                .await
+                .map_err(Err);
         }
         if name.eq_ignore_ascii_case("auto") {
             self.set_pin(None);
@@ -738,8 +744,10 @@ impl Supervisor {
             .await
             .map_err(|e| Err(EngineError::Backend(e.to_string())))?
             .map_err(Ok)?;
-        self.set_pin(Some(Pin::Name(name.to_owned())));
-        self.load_now(acting, spec, reason).await.map_err(Err)
+        let pin = Pin::Name(name.to_owned());
+        self.pinned_load(acting, pin, spec, reason)
+            .await
+            .map_err(Err)
     }
 
     /// Chooses again now and loads the choice when it differs from the resident model (after
@@ -761,9 +769,9 @@ impl Supervisor {
     /// The engine's: the load failed (the previous model serves again).
     pub async fn load(&self, spec: LoadSpec) -> Result<String, EngineError> {
         let acting = self.inner.acting.lock().await;
-        self.set_pin(Some(Pin::Spec(spec.clone())));
         let reason = format!("{} was loaded on request", spec.params.path);
-        self.load_now(acting, spec, reason).await
+        self.pinned_load(acting, Pin::Spec(spec.clone()), spec, reason)
+            .await
     }
 
     /// `POST /r1/unload` / D-Bus `Unload`: unloads the model and serves nothing until `r1ctl use`
@@ -777,23 +785,42 @@ impl Supervisor {
         self.inner.engine.unload().await
     }
 
-    fn set_pin(&self, pin: Option<Pin>) {
+    /// Pins `pin` and loads `spec`; when the load fails, the pin before it comes back (unless
+    /// a newer decision pinned something else meanwhile).
+    async fn pinned_load(
+        &self,
+        acting: tokio::sync::MutexGuard<'_, ()>,
+        pin: Pin,
+        spec: LoadSpec,
+        reason: String,
+    ) -> Result<String, EngineError> {
+        let before = self.set_pin(Some(pin.clone()));
+        let result = self.load_now(acting, spec, reason).await;
+        if result.is_err() && self.state().pinned.as_ref() == Some(&pin) {
+            self.set_pin(before);
+        }
+        result
+    }
+
+    /// Sets the pin; returns the one before.
+    fn set_pin(&self, pin: Option<Pin>) -> Option<Pin> {
         let shown = match &pin {
             Some(Pin::Name(n)) => Some(n.clone()),
             Some(Pin::Spec(s)) => Some(s.params.path.clone()),
             Some(Pin::Unloaded) => Some("nothing (unloaded on request)".into()),
             None => None,
         };
-        {
+        let before = {
             let mut st = self.state();
-            st.pinned = pin;
             st.pending = None;
-        }
+            std::mem::replace(&mut st.pinned, pin)
+        };
         self.update_view(|v| {
             v.pinned = shown;
             v.better = None;
             v.pending = None;
         });
+        before
     }
 
     /// Loads `spec` now (through the engine's queue), records why and says so in events.
@@ -865,10 +892,14 @@ impl Supervisor {
         let acting = self.inner.acting.lock().await;
         let engine = &self.inner.engine;
         let snap = engine.snapshot();
-        if matches!(
-            snap.state,
-            EngineState::Loading | EngineState::Swapping | EngineState::Starting
-        ) {
+        // Not while a load runs or waits in the queue: it would supersede the load someone asked
+        // for, and compare against a model that is about to go.
+        if snap.queued_load.is_some()
+            || matches!(
+                snap.state,
+                EngineState::Loading | EngineState::Swapping | EngineState::Starting
+            )
+        {
             return;
         }
         let probe = self.inner.probe.clone();
@@ -1003,6 +1034,7 @@ impl Supervisor {
     async fn idle_check(&self) {
         let config = self.config();
         if config.watch.swap_policy != SwapPolicy::Idle
+            || self.inner.engine.snapshot().queued_load.is_some()
             || self.inner.view.borrow().better.is_none()
             || self.inner.engine.idle_for().as_secs_f64() < config.watch.idle_s
         {
@@ -1164,6 +1196,11 @@ fn differs(last: &crate::hardware::Hardware, now: &crate::hardware::Hardware) ->
                 || a.vram_total_bytes != b.vram_total_bytes
                 || moved(a.vram_free_bytes, b.vram_free_bytes, b.vram_total_bytes)
         })
+}
+
+/// `s` seconds as a duration; beyond what a duration holds (a config may say 1e20): the most.
+pub fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
 }
 
 /// `text` on one line (runs of whitespace, newlines included, become one space).

@@ -41,7 +41,11 @@ pub async fn admit(
     // it leaves the queue (dropping `rx` cancels it) with 503 and Retry-After. Behind a running
     // answer on a resident model it waits as long as it takes.
     let first = loop {
-        match tokio::time::timeout(engine.queue_deadline(), rx.recv()).await {
+        // At least 100 ms a round, so a deadline of 0 does not spin behind a running answer.
+        let round = engine
+            .queue_deadline()
+            .max(std::time::Duration::from_millis(100));
+        match tokio::time::timeout(round, rx.recv()).await {
             Ok(event) => break event,
             Err(_) => {
                 let snap = engine.snapshot();

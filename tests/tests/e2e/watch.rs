@@ -960,3 +960,32 @@ async fn a_second_config_edit_during_a_slow_load_stops_that_load_and_serves_the_
     );
     assert_eq!(resident(&daemon).await.as_deref(), Some("echo-b"));
 }
+
+#[tokio::test]
+async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first_model() {
+    let models = tempfile::tempdir().unwrap();
+    let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
+    let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config_with_model(&a)),
+        ..Default::default()
+    });
+    ready(&daemon).await;
+    let mut request = ask("[[slow]] long");
+    request.max_tokens = Some(40);
+    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    daemon.edit_config(&config_with_model(&b));
+    until(&daemon, 10, "the queued swap", || async {
+        daemon.client().status().await.ok()?.watch?.pending
+    })
+    .await;
+    // Changed back before the running answer ended: echo-a is what the config names.
+    daemon.edit_config(&config_with_model(&a));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    while let Some(chunk) = stream.next().await {
+        chunk.expect("the running answer finishes");
+    }
+    let answer = daemon.client().chat(&ask("which")).await.unwrap();
+    assert_eq!(answer.model, "echo-a", "{}", daemon.log());
+}
