@@ -46,33 +46,7 @@ pub fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 }
 
 fn validate(request: &GenerateRequest, n_vocab: i32) -> Result<Vec<LlamaToken>, PluginError> {
-    for (name, value) in [
-        ("temperature", request.temperature),
-        ("top_p", request.top_p),
-        ("min_p", request.min_p),
-    ] {
-        if !value.is_finite() {
-            return Err(PluginError::invalid_argument(format!(
-                "{name} must be a finite number, got {value}"
-            )));
-        }
-    }
-    if request.prompt_tokens.is_empty() {
-        return Err(PluginError::invalid_argument(
-            "the prompt is empty; generation needs at least one prompt token",
-        ));
-    }
-    // An id outside the vocabulary makes llama.cpp throw across its C API (process abort).
-    if let Some((i, id)) = request
-        .prompt_tokens
-        .iter()
-        .enumerate()
-        .find(|(_, id)| **id < 0 || **id >= n_vocab)
-    {
-        return Err(PluginError::invalid_argument(format!(
-            "prompt token {i} has id {id}, outside the vocabulary of {n_vocab} tokens"
-        )));
-    }
+    r1_plugin_sdk::validate_request(request, n_vocab)?;
     Ok(request
         .prompt_tokens
         .iter()

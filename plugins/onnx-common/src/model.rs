@@ -179,33 +179,7 @@ impl OnnxModel {
     }
 
     fn validate(&self, request: &GenerateRequest) -> Result<(), PluginError> {
-        for (name, value) in [
-            ("temperature", request.temperature),
-            ("top_p", request.top_p),
-            ("min_p", request.min_p),
-        ] {
-            if !value.is_finite() {
-                return Err(PluginError::invalid_argument(format!(
-                    "{name} must be a finite number, got {value}"
-                )));
-            }
-        }
-        if request.prompt_tokens.is_empty() {
-            return Err(PluginError::invalid_argument(
-                "the prompt is empty; generation needs at least one prompt token",
-            ));
-        }
-        let n_vocab = self.info.vocab_size as i32;
-        if let Some((i, id)) = request
-            .prompt_tokens
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id < 0 || **id >= n_vocab)
-        {
-            return Err(PluginError::invalid_argument(format!(
-                "prompt token {i} has id {id}, outside the vocabulary of {n_vocab} tokens"
-            )));
-        }
+        r1_plugin_sdk::validate_request(request, self.info.vocab_size as i32)?;
         let n_ctx = self.context_length as usize;
         if request.prompt_tokens.len() >= n_ctx {
             return Err(PluginError::context_exceeded(format!(

@@ -172,3 +172,41 @@ macro_rules! export_plugin {
         }
     };
 }
+
+/// The checks every backend makes of a [`GenerateRequest`] before generating: finite
+/// temperature, top-p and min-p, a prompt of at least one token, every prompt id inside the
+/// vocabulary of `n_vocab` tokens (an id outside it makes llama.cpp throw across its C API, a
+/// process abort, and indexes out of an ONNX model's embedding).
+///
+/// # Errors
+/// [`PluginError::invalid_argument`] naming the value, the empty prompt, or the first id outside
+/// the vocabulary with its position.
+pub fn validate_request(request: &GenerateRequest, n_vocab: i32) -> Result<(), PluginError> {
+    for (name, value) in [
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("min_p", request.min_p),
+    ] {
+        if !value.is_finite() {
+            return Err(PluginError::invalid_argument(format!(
+                "{name} must be a finite number, got {value}"
+            )));
+        }
+    }
+    if request.prompt_tokens.is_empty() {
+        return Err(PluginError::invalid_argument(
+            "the prompt is empty; generation needs at least one prompt token",
+        ));
+    }
+    if let Some((i, id)) = request
+        .prompt_tokens
+        .iter()
+        .enumerate()
+        .find(|(_, id)| **id < 0 || **id >= n_vocab)
+    {
+        return Err(PluginError::invalid_argument(format!(
+            "prompt token {i} has id {id}, outside the vocabulary of {n_vocab} tokens"
+        )));
+    }
+    Ok(())
+}
