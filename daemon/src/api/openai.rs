@@ -484,20 +484,15 @@ impl Encoder for ChatEncoder {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        let mut last = self.chunk(
-            Delta::default(),
-            Some(finish_reason_name(finished.finish_reason)),
-        );
-        last.usage = Some(usage(&finished.result));
-        last.timings = Some(timings(&finished.result));
-        let mut out = vec![json(&last)];
-        if self.include_usage {
-            let mut u = self.chunk(Delta::default(), None);
-            u.choices.clear();
-            u.usage = Some(usage(&finished.result));
-            out.push(json(&u));
-        }
-        out
+        finishing(
+            self.chunk(
+                Delta::default(),
+                Some(finish_reason_name(finished.finish_reason)),
+            ),
+            self.include_usage
+                .then(|| self.chunk(Delta::default(), None)),
+            finished,
+        )
     }
 
     fn error(&mut self, error: &EngineError) -> Value {
@@ -598,26 +593,68 @@ impl CompletionEncoder {
     }
 }
 
+/// A streamed chunk of either OpenAI route, for [`finishing`].
+trait StreamChunk: serde::Serialize {
+    /// Sets `usage` and llama-server's `timings`.
+    fn finish(&mut self, usage: Usage, timings: Timings);
+    /// Makes it OpenAI's usage-only chunk: no choices, only `usage`.
+    fn usage_only(&mut self, usage: Usage);
+}
+
+impl StreamChunk for ChatCompletionChunk {
+    fn finish(&mut self, usage: Usage, timings: Timings) {
+        self.usage = Some(usage);
+        self.timings = Some(timings);
+    }
+    fn usage_only(&mut self, usage: Usage) {
+        self.choices.clear();
+        self.usage = Some(usage);
+    }
+}
+
+impl StreamChunk for Completion {
+    fn finish(&mut self, usage: Usage, timings: Timings) {
+        self.usage = Some(usage);
+        self.timings = Some(timings);
+    }
+    fn usage_only(&mut self, usage: Usage) {
+        self.choices.clear();
+        self.usage = Some(usage);
+    }
+}
+
+/// The last messages of a stream: `last` (the finish reason) with usage and timings, then, when
+/// the client asked for it (`stream_options.include_usage`), `usage_only` as a chunk with no
+/// choices and only the usage.
+fn finishing<C: StreamChunk>(
+    mut last: C,
+    usage_only: Option<C>,
+    finished: &Finished,
+) -> Vec<Value> {
+    last.finish(usage(&finished.result), timings(&finished.result));
+    let mut out = vec![json(&last)];
+    if let Some(mut u) = usage_only {
+        u.usage_only(usage(&finished.result));
+        out.push(json(&u));
+    }
+    out
+}
+
 impl Encoder for CompletionEncoder {
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
         vec![json(&self.message(piece.text, None))]
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        let mut last = self.message(
-            String::new(),
-            Some(finish_reason_name(finished.finish_reason)),
-        );
-        last.usage = Some(usage(&finished.result));
-        last.timings = Some(timings(&finished.result));
-        let mut out = vec![json(&last)];
-        if self.include_usage {
-            let mut u = self.message(String::new(), None);
-            u.choices.clear();
-            u.usage = Some(usage(&finished.result));
-            out.push(json(&u));
-        }
-        out
+        finishing(
+            self.message(
+                String::new(),
+                Some(finish_reason_name(finished.finish_reason)),
+            ),
+            self.include_usage
+                .then(|| self.message(String::new(), None)),
+            finished,
+        )
     }
 
     fn error(&mut self, error: &EngineError) -> Value {

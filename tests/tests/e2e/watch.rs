@@ -52,6 +52,24 @@ where
     }
 }
 
+/// r1d with `config` (TOML text) and the default plugins.
+fn echo_daemon(config: &str) -> Daemon {
+    Daemon::start(DaemonOptions {
+        config: Some(config),
+        ..Default::default()
+    })
+}
+
+/// Starts a streamed `[[slow]]` answer of `max_tokens` tokens (50 ms each on the echo backend)
+/// and returns it once its first chunk arrived (the engine is then busy with it).
+async fn slow_answer(daemon: &Daemon, prompt: &str, max_tokens: u32) -> r1d_client::ChunkStream {
+    let mut request = ask(prompt);
+    request.max_tokens = Some(max_tokens);
+    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
+    assert!(stream.next().await.unwrap().is_ok());
+    stream
+}
+
 /// Waits for the first model to be served; panics with `/health`'s reason and the log if not.
 async fn ready(daemon: &Daemon) {
     let health = daemon.settled().await;
@@ -115,10 +133,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
     let config = config_with_model(&a);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config);
     ready(&daemon).await;
     let events = collect_events(&daemon, 30, |e| {
         e.kind == "swap" && e.message.starts_with("serving")
@@ -183,10 +198,7 @@ async fn a_config_typo_keeps_the_running_config_and_status_names_the_error() {
     let models = tempfile::tempdir().unwrap();
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
 
     // `pth` for `path`, and a new model that must not be loaded from a rejected file.
@@ -258,10 +270,7 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
             "hardware_interval_s = 0.25\nsettle_s = 0.25\n",
         )
     };
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&replanning(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&replanning(&a));
     ready(&daemon).await;
     daemon.edit_config(&replanning(&broken));
     let error = until(&daemon, 10, "the failed swap", || async {
@@ -296,10 +305,7 @@ async fn a_request_during_a_slow_swap_gets_503_with_retry_after_past_the_deadlin
     );
     let with_deadline =
         |model: &Path| format!("{}queue_deadline_s = 0.5\n", config_with_model(model));
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&with_deadline(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&with_deadline(&a));
     ready(&daemon).await;
     daemon.edit_config(&with_deadline(&slow));
     until(&daemon, 10, "the swap to begin", || async {
@@ -577,10 +583,7 @@ async fn a_cgroup_limit_below_the_resident_model_forces_a_swap_that_ends_streams
         resident(&daemon).await.as_deref(),
         Some("DeepSeek R1 Distill Qwen 7B")
     );
-    let mut request = ask("[[slow]] a long answer");
-    request.max_tokens = Some(400);
-    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
-    assert!(stream.next().await.unwrap().is_ok());
+    let mut stream = slow_answer(&daemon, "[[slow]] a long answer", 400).await;
     machine(m.root.path(), 32 * GB, 20 * GB, Some(4 * GB));
     let mut error = None;
     while let Some(chunk) = stream.next().await {
@@ -608,10 +611,7 @@ async fn llama_config_edits_swap_echo_for_smollm2_and_a_truncated_file_leaves_sm
     };
     let models = tempfile::tempdir().unwrap();
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
     let llama_config = |path: &Path| {
         format!(
@@ -765,10 +765,7 @@ async fn a_model_that_failed_to_load_is_not_retried_by_re_plans_until_its_file_c
 async fn event_streams_end_with_a_last_event_when_r1d_stops_and_do_not_hold_it() {
     let models = tempfile::tempdir().unwrap();
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
-    let mut daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let mut daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
     let events = collect_events(&daemon, 20, |_| false);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -792,10 +789,7 @@ async fn event_streams_end_with_a_last_event_when_r1d_stops_and_do_not_hold_it()
 async fn a_missing_file_or_unknown_backend_is_refused_before_the_serving_model_is_unloaded() {
     let models = tempfile::tempdir().unwrap();
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
     let events = collect_events(&daemon, 20, |e| e.kind == "swap" && e.error.is_some());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -825,16 +819,10 @@ async fn a_request_behind_a_queued_swap_gets_503_past_the_deadline_and_status_sh
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
     let config = |m: &Path| format!("{}queue_deadline_s = 0.5\n", config_with_model(m));
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config(&a));
     ready(&daemon).await;
     // A 3-second answer holds the engine; the swap waits behind it.
-    let mut request = ask("[[slow]] long");
-    request.max_tokens = Some(60);
-    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
-    assert!(stream.next().await.unwrap().is_ok());
+    let mut stream = slow_answer(&daemon, "[[slow]] long", 60).await;
     daemon.edit_config(&config(&b));
     let pending = until(&daemon, 10, "the queued swap in status", || async {
         daemon.client().status().await.ok()?.watch?.pending
@@ -920,10 +908,7 @@ async fn a_second_config_edit_during_a_slow_load_stops_that_load_and_serves_the_
         r#"{"name": "echo-slow", "load_delay_ms": 5000}"#,
     );
     let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
     // Until both the stopped load and the new model are reported, in whichever order.
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
@@ -966,15 +951,9 @@ async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first
     let models = tempfile::tempdir().unwrap();
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let b = echo_file(models.path(), "b", r#"{"name": "echo-b"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        config: Some(&config_with_model(&a)),
-        ..Default::default()
-    });
+    let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
-    let mut request = ask("[[slow]] long");
-    request.max_tokens = Some(40);
-    let mut stream = daemon.client().chat_stream(&request).await.unwrap();
-    assert!(stream.next().await.unwrap().is_ok());
+    let mut stream = slow_answer(&daemon, "[[slow]] long", 40).await;
     daemon.edit_config(&config_with_model(&b));
     until(&daemon, 10, "the queued swap", || async {
         daemon.client().status().await.ok()?.watch?.pending
