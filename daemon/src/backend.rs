@@ -494,7 +494,7 @@ impl DylibBackend {
         };
         // SAFETY: loading a library runs its initialisers. The directory and file passed the
         // permission check (only their owner and root can write them), which is the trust
-        // boundary ARCHITECTURE.md sets for plugins.
+        // boundary docs/architecture.md sets for plugins ("The plugin ABI").
         let library = unsafe { libloading::Library::new(path) }.map_err(open_err)?;
         // Plugins are never unloaded: their code may be referenced by callbacks and statics.
         let library: &'static libloading::Library = Box::leak(Box::new(library));

@@ -152,7 +152,8 @@ impl Quantization {
 
 /// The published rule-of-thumb requirements of a size class (shown beside the planner's own
 /// numbers, never used instead of them). Source: the requirement table circulated with the R1
-/// release and quoted in r1d's design (`ARCHITECTURE.md`, "The DeepSeek-R1 variants").
+/// release (1.5B: 4 cores, 8 GB RAM; 7B: 8 cores, 16 GB, 8 GB VRAM; … 671B: 64 cores, 512 GB,
+/// 8 × 80 GB), written out in `docs/architecture.md`, "The DeepSeek-R1 variants".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleOfThumb {
     /// CPU cores.

@@ -122,7 +122,7 @@ pub struct SamplingDefaults {
 
 impl ModelProfile {
     /// The profile of a loaded model, from its name and chat template.
-    pub fn of(info: &r1_plugin_abi::json::ModelInfo) -> ModelProfile {
+    pub fn of(info: &crate::engine::ModelInfo) -> ModelProfile {
         let name = info.name.as_deref().unwrap_or(&info.path).to_lowercase();
         let deepseek_r1 = name.contains("deepseek") && name.contains("r1");
         let template_reasons = info

@@ -13,11 +13,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use r1_plugin_abi::json::{FinishReason, GenerateRequest, GenerateResult, LoadParams, ModelInfo};
+use r1_plugin_abi::json::GenerateRequest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{BackendError, LoadedModel, PluginHost};
 use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
+
+mod types;
+pub use types::{
+    FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken,
+};
 
 /// Why a request could not be served.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -627,7 +632,7 @@ impl Worker {
         // complete) is checked before the serving model is unloaded.
         if let Some(model) = &self.model {
             if let Err(reason) = precheck(&self.host, &spec) {
-                let name = model_name(model.info());
+                let name = resident_name(model.info());
                 let reason = format!("{reason}; {name} goes on serving (nothing was unloaded)");
                 tracing::error!("{reason}");
                 let modified = mtime(&spec);
@@ -641,7 +646,7 @@ impl Worker {
         let current = self
             .spec
             .take()
-            .zip(self.model.as_ref().map(|m| model_name(m.info())));
+            .zip(self.model.as_ref().map(|m| resident_name(m.info())));
         let (previous, previous_name) = current
             .or_else(|| self.fallback.take())
             .map_or((None, None), |(spec, name)| (Some(spec), Some(name)));
@@ -737,7 +742,7 @@ impl Worker {
                 let shared = self.shared.clone();
                 let generation = self.generation;
                 let mut last = -1.0f32;
-                backend.load(&spec.params, &mut |p| {
+                backend.load(&(&spec.params).into(), &mut |p| {
                     shared.beat();
                     if shared.load_generation.load(Ordering::SeqCst) > generation {
                         // A newer load was asked for: stop this one.
@@ -753,7 +758,7 @@ impl Worker {
             });
         match result {
             Ok(model) => {
-                let info = model.info().clone();
+                let info: ModelInfo = model.info().clone().into();
                 tracing::info!(
                     backend = model.backend_name(),
                     quantization = info.file_type.as_deref().unwrap_or("?"),
@@ -820,7 +825,7 @@ impl Worker {
                 reason: self.no_model_reason.clone(),
             });
         };
-        let info = model.info().clone();
+        let info: ModelInfo = model.info().clone().into();
         let profile = chat::ModelProfile::of(&info);
         let (text, has_bos, opens_reasoning) = match &job.input {
             PromptInput::Chat(messages) => {
@@ -845,7 +850,7 @@ impl Worker {
         let tokens = model
             .tokenize(&text, add_special, true)
             .map_err(|e| EngineError::Backend(e.to_string()))?;
-        // User content: only at trace level, never at info (ARCHITECTURE.md invariant).
+        // User content: only at trace level, never at info (docs/architecture.md, cross-cutting: user content).
         tracing::trace!(prompt = %text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;
         let n_ctx = info.context_length;
@@ -917,8 +922,8 @@ impl Worker {
             }
             !assembler.stopped()
         });
-        let mut result = match result {
-            Ok(r) => r,
+        let mut result: GenerateResult = match result {
+            Ok(r) => r.into(),
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };
         if self.shared.shutting_down.load(Ordering::SeqCst) {
@@ -1001,6 +1006,11 @@ fn precheck(host: &PluginHost, spec: &LoadSpec) -> Result<(), String> {
 
 /// The name a model is shown by: its own name, else its path.
 pub fn model_name(info: &ModelInfo) -> String {
+    info.name.clone().unwrap_or_else(|| info.path.clone())
+}
+
+/// [`model_name`] of a plugin's own report, without converting all of it.
+fn resident_name(info: &r1_plugin_abi::json::ModelInfo) -> String {
     info.name.clone().unwrap_or_else(|| info.path.clone())
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use r1_plugin_abi::json::LoadParams;
+use r1d::engine::LoadParams;
 use r1d::backend::PluginHost;
 use r1d::config::{self, Config, Mode};
 use r1d::engine::{Engine, EngineConfig, LoadSpec};

@@ -708,7 +708,7 @@ impl Supervisor {
         if name.starts_with('/') {
             // A file by its path, as D-Bus `Use` takes it: the same as `POST /r1/load`.
             let spec = LoadSpec {
-                params: r1_plugin_abi::json::LoadParams {
+                params: crate::engine::LoadParams {
                     path: name.to_owned(),
                     ..Default::default()
                 },

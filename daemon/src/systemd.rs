@@ -443,7 +443,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use r1_plugin_abi::json::{LoadParams, ModelInfo};
+    use crate::engine::{LoadParams, ModelInfo};
 
     fn snapshot(state: EngineState) -> Snapshot {
         Snapshot {

@@ -998,7 +998,7 @@ fn stream_error(e: Error) -> StreamEvent {
     }
 }
 
-fn usage_of(r: &r1_plugin_abi::json::GenerateResult) -> Usage {
+fn usage_of(r: &crate::engine::GenerateResult) -> Usage {
     Usage {
         prompt_tokens: r.prompt_tokens,
         completion_tokens: r.completion_tokens,
@@ -1006,9 +1006,9 @@ fn usage_of(r: &r1_plugin_abi::json::GenerateResult) -> Usage {
     }
 }
 
-fn finish_reason(f: r1_plugin_abi::json::FinishReason) -> &'static str {
+fn finish_reason(f: crate::engine::FinishReason) -> &'static str {
     match f {
-        r1_plugin_abi::json::FinishReason::Length => "length",
+        crate::engine::FinishReason::Length => "length",
         _ => "stop",
     }
 }
@@ -1108,7 +1108,7 @@ fn load_spec(path: &str, options: &HashMap<String, OwnedValue>) -> Result<LoadSp
         )));
     }
     let mut spec = LoadSpec {
-        params: r1_plugin_abi::json::LoadParams {
+        params: crate::engine::LoadParams {
             path: path.to_owned(),
             ..Default::default()
         },

@@ -151,7 +151,7 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
         }
     };
     let spec = crate::engine::LoadSpec {
-        params: r1_plugin_abi::json::LoadParams {
+        params: crate::engine::LoadParams {
             path: req.path,
             context_length: req.context_length,
             gpu_layers: req.gpu_layers,

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use r1_plugin_abi::json::{FinishReason, ModelInfo};
+use crate::engine::{FinishReason, ModelInfo};
 use r1d_client::ollama::{
     ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
     Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Version,

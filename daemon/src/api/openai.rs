@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use r1_plugin_abi::json::{FinishReason, GenerateResult};
+use crate::engine::{FinishReason, GenerateResult};
 use r1d_client::wire::{
     self, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
     ChunkChoice, Completion, CompletionChoice, CompletionPrompt, CompletionRequest, Delta,

