@@ -174,6 +174,9 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
     /// Requests that may wait in the queue behind the running one before new ones get 503.
     pub queue_depth: Option<usize>,
+    /// Seconds a client may stop reading a streamed answer (its buffer full) before its request
+    /// is cancelled, so one stalled reader cannot hold the engine; default 30.
+    pub stall_timeout_s: Option<f64>,
 }
 
 /// `[plugins]`.
@@ -189,6 +192,9 @@ pub const DEFAULT_MAX_TOKENS: u32 = 2048;
 
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
+
+/// Default `[server] stall_timeout_s`: how long a client may stop reading a streamed answer.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `[planner]`: the policy the planner applies (see `planner`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -315,6 +321,15 @@ impl Config {
                 return Err(invalid(format!(
                     "{key} must be a number of seconds, 0 or more"
                 )));
+            }
+        }
+        if let Some(v) = self.server.stall_timeout_s {
+            // Above a day it is no bound at all (and Duration::from_secs_f64 would overflow).
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(invalid(
+                    "server.stall_timeout_s must be a number of seconds above 0, at most 86400"
+                        .into(),
+                ));
             }
         }
         if let Some(v) = &self.planner.variant {

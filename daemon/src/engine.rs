@@ -210,6 +210,66 @@ pub struct EngineConfig {
     pub default_max_tokens: u32,
     /// Requests that may wait behind the running one.
     pub queue_depth: usize,
+    /// How long the engine waits for a client that stopped reading (its reply buffer is full)
+    /// before it cancels that client's request (`[server] stall_timeout_s`, default 30 s).
+    pub stall_timeout: std::time::Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            default_max_tokens: crate::config::DEFAULT_MAX_TOKENS,
+            queue_depth: crate::config::DEFAULT_QUEUE_DEPTH,
+            stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+/// Why an event could not be handed to a request's reply channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undelivered {
+    /// The receiver is gone (the client disconnected).
+    Closed,
+    /// The buffer stayed full for the stall timeout (the client stopped reading).
+    Stalled,
+    /// r1d is shutting down or the answer was preempted while waiting.
+    Stopped,
+}
+
+/// Hands `event` to a request's own bounded reply buffer without ever blocking the engine on a
+/// client for long: while the buffer is full it waits in short steps (1–20 ms), beating the
+/// heartbeat (the engine is alive, it is waiting on a client), and gives up after `stall` —
+/// the caller then cancels that request. Shutdown and preemption end the wait at once.
+fn deliver(
+    shared: &Shared,
+    reply: &mpsc::Sender<ChatEvent>,
+    event: ChatEvent,
+    stall: std::time::Duration,
+) -> Result<(), Undelivered> {
+    let mut event = match reply.try_send(event) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Undelivered::Closed),
+        Err(mpsc::error::TrySendError::Full(event)) => event,
+    };
+    let since = Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        shared.beat();
+        if shared.shutting_down.load(Ordering::SeqCst) || shared.preempting.load(Ordering::SeqCst)
+        {
+            return Err(Undelivered::Stopped);
+        }
+        if since.elapsed() >= stall {
+            return Err(Undelivered::Stalled);
+        }
+        std::thread::sleep(pause.min(stall.saturating_sub(since.elapsed())));
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        event = match reply.try_send(event) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Undelivered::Closed),
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+    }
 }
 
 struct Shared {
@@ -807,7 +867,7 @@ impl Worker {
         match self.run_chat(job) {
             Ok(()) => {}
             Err(e) => {
-                let _ = reply.blocking_send(ChatEvent::Failed(e));
+                let _ = deliver(&self.shared, &reply, ChatEvent::Failed(e), self.config.stall_timeout);
             }
         }
     }
@@ -868,14 +928,12 @@ impl Worker {
             .unwrap_or(self.config.default_max_tokens)
             .min(room);
         let name = info.name.clone().unwrap_or_else(|| info.path.clone());
-        if job
-            .reply
-            .blocking_send(ChatEvent::Started {
-                model: name,
-                prompt_tokens: n_prompt,
-            })
-            .is_err()
-        {
+        let stall = self.config.stall_timeout;
+        let started = ChatEvent::Started {
+            model: name,
+            prompt_tokens: n_prompt,
+        };
+        if deliver(&self.shared, &job.reply, started, stall).is_err() {
             return Ok(());
         }
         let defaults = profile.sampling_defaults();
@@ -896,6 +954,7 @@ impl Worker {
         let reply = job.reply.clone();
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
+        let mut stalled = false;
         let shared = self.shared.clone();
         let result = model.generate(&request, &mut |bytes, id| {
             shared.beat();
@@ -911,9 +970,13 @@ impl Worker {
             }
             first_token_at.get_or_insert_with(Instant::now);
             for piece in assembler.push(bytes) {
-                if reply.blocking_send(ChatEvent::Piece(piece)).is_err() {
-                    client_gone = true;
-                    return false;
+                match deliver(&shared, &reply, ChatEvent::Piece(piece), stall) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        client_gone = true;
+                        stalled = why == Undelivered::Stalled;
+                        return false;
+                    }
                 }
             }
             if reply.is_closed() {
@@ -932,6 +995,15 @@ impl Worker {
         if let Some(reason) = self.preempted() {
             return Err(EngineError::Preempted { reason });
         }
+        if stalled {
+            tracing::warn!(
+                "a client stopped reading its answer for {:.0} s ([server] stall_timeout_s); \
+                 its request was cancelled after {} tokens",
+                stall.as_secs_f64(),
+                result.completion_tokens
+            );
+            return Ok(());
+        }
         if client_gone {
             tracing::debug!(
                 "client went away; generation stopped after {} tokens",
@@ -940,7 +1012,7 @@ impl Worker {
             return Ok(());
         }
         for piece in assembler.finish() {
-            if reply.blocking_send(ChatEvent::Piece(piece)).is_err() {
+            if deliver(&self.shared, &reply, ChatEvent::Piece(piece), stall).is_err() {
                 return Ok(());
             }
         }
@@ -955,10 +1027,11 @@ impl Worker {
         // Time to first token from the request's admission (queue wait included).
         result.time_to_first_token_ms =
             first_token_at.map(|t| t.duration_since(job.admitted).as_secs_f64() * 1e3);
-        let _ = reply.blocking_send(ChatEvent::Done(Finished {
+        let done = ChatEvent::Done(Finished {
             finish_reason,
             result,
-        }));
+        });
+        let _ = deliver(&self.shared, &reply, done, stall);
         Ok(())
     }
 }

@@ -1225,6 +1225,7 @@ mod tests {
             crate::engine::EngineConfig {
                 default_max_tokens: 16,
                 queue_depth: 1,
+                ..Default::default()
             },
         );
         let planner = PlannerState {

@@ -18,6 +18,8 @@
 //! - a prompt containing `[[panic]]`: `generate` panics (the SDK turns it into an error status);
 //! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
 //!   (for cancellation and disconnect tests);
+//! - a prompt containing `[[flood]]`: no pause between tokens, and the words repeat until
+//!   `max_tokens` (for tests of clients that stop reading: the answer outgrows every buffer);
 //! - a prompt containing `[[bytes]]`: one token per byte, so multi-byte characters are split
 //!   across tokens (for UTF-8 reassembly tests);
 //! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
@@ -301,6 +303,7 @@ impl Model for EchoModel {
             ));
         }
         let slow = prompt.contains("[[slow]]");
+        let repeat = slow || prompt.contains("[[flood]]");
         let n_prompt = request.prompt_tokens.len() as u32;
         if n_prompt >= self.context_length {
             return Err(PluginError::context_exceeded(format!(
@@ -339,7 +342,7 @@ impl Model for EchoModel {
         let mut finish = FinishReason::Stop;
         let mut i = 0usize;
         loop {
-            if words.is_empty() || (!slow && i >= words.len()) {
+            if words.is_empty() || (!repeat && i >= words.len()) {
                 break;
             }
             if n >= request.max_tokens {

@@ -881,3 +881,83 @@ async fn notify_status_follows_a_swap_after_a_config_edit() {
     });
     assert!(serving.is_some(), "{:?}\n{}", notify.received, daemon.log());
 }
+
+/// A client that opens a stream and then stops reading (without closing) must not stall
+/// everyone: its request is cancelled after `[server] stall_timeout_s`, the next client is
+/// answered, and the watchdog keeps beating throughout (the engine waits on that client in
+/// short steps, alive, instead of blocking on its full buffer).
+#[tokio::test]
+async fn stalled_reader_is_cancelled_after_the_stall_timeout_and_the_watchdog_keeps_beating() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut notify = NotifySocket::new();
+    let models = tempfile::tempdir().unwrap();
+    // A context large enough for an answer that outgrows every buffer on the way.
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo-stall", "context_length": 2000000}"#,
+    );
+    let plugins = plugin_dir(&["echo"]);
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        plugin_dir: Some(plugins.path()),
+        config: Some("[server]\nstall_timeout_s = 3\n"),
+        env: vec![
+            ("NOTIFY_SOCKET", notify.path.to_string_lossy().into_owned()),
+            // 0.4 s: a ping every 0.2 s while the engine shows progress.
+            ("WATCHDOG_USEC", "400000".into()),
+        ],
+        ..Default::default()
+    });
+    notify
+        .wait_for(Duration::from_secs(30), |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}\n{}", notify.received, daemon.log()));
+    let client = daemon.client();
+
+    // The stalled reader: a raw connection that sends its request and never reads.
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "flood flood flood [[flood]]"}],
+        "stream": true,
+        "max_tokens": 1_900_000,
+    })
+    .to_string();
+    let mut stalled = tokio::net::UnixStream::connect(&daemon.socket).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: r1d\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while client.status().await.unwrap().active_requests == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pings_before = notify.count_for(Duration::ZERO, |m| has_line(m, "WATCHDOG=1"));
+
+    // Another client is answered, and right: the stalled request was cancelled, not finished
+    // (its 1.9 million tokens would take far longer than the test allows).
+    let answer = tokio::time::timeout(Duration::from_secs(60), client.chat(&ask("next")))
+        .await
+        .unwrap_or_else(|_| panic!("the next client was never answered\n{}", daemon.log()))
+        .unwrap();
+    assert_eq!(answer.choices[0].message.content, "NEXT");
+    let log = daemon.log();
+    assert!(
+        log.contains("a client stopped reading its answer for 3 s"),
+        "{log}"
+    );
+    assert!(!log.contains("has shown no progress"), "{log}");
+    // Pings went on while the engine waited for the stalled client (≥ 3 s at one per 0.2 s).
+    let pings_after = notify.count_for(Duration::from_millis(300), |m| has_line(m, "WATCHDOG=1"));
+    assert!(
+        pings_after >= pings_before + 8,
+        "watchdog pings: {pings_before} before the stall, {pings_after} after\n{log}"
+    );
+    drop(stalled);
+}

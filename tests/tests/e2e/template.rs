@@ -64,7 +64,7 @@ fn r1_original_template_multi_turn_prompt_has_one_bos_and_drops_old_reasoning() 
     assert!(prompt.has_bos);
     assert!(!prompt.opens_reasoning);
     // r1d recognises R1 and opens the reasoning itself, as DeepSeek recommends.
-    let profile = chat::ModelProfile::of(&info);
+    let profile = chat::ModelProfile::of(&info.clone().into());
     assert!(profile.deepseek_r1 && profile.reasoning);
     profile.open_reasoning(&mut prompt);
     assert!(prompt.text.ends_with("<｜Assistant｜><think>\n"));
