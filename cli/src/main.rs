@@ -1,4 +1,6 @@
-//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`.
+//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`, `run`, `ps`, `show`, `stop`, and
+//! the store and control commands. Ollama users find its habits here: `run MODEL [PROMPT]`, `ps`,
+//! `show`, `stop`, and `/bye`, `/help`, `/clear`, `/set`, `/show` inside a chat.
 //!
 //! Exit codes: 0 success; 1 the operation failed (including "r1d is not running"); 2 usage error
 //! (clap). Human output on a terminal; `--json` prints one JSON object per line. A closed pipe
@@ -32,7 +34,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct GenerationArgs {
     /// System prompt.
     #[arg(long)]
@@ -49,16 +51,20 @@ struct GenerationArgs {
     /// Print prompt and generation speed (tokens/s) and time to first token on stderr.
     #[arg(long)]
     stats: bool,
+    /// Do not print the model's reasoning (R1 still reasons; only its answer is shown).
+    #[arg(long)]
+    hide_reasoning: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show the daemon's state and the resident model.
     Status,
-    /// Ask one question and stream the answer ("-" reads the question from stdin).
+    /// Ask one question and stream the answer. Without a question (or with "-"), it is read
+    /// from stdin: `echo "why?" | r1ctl ask`.
     Ask {
         /// The question.
-        prompt: String,
+        prompt: Option<String>,
         #[command(flatten)]
         generation: GenerationArgs,
     },
@@ -86,6 +92,27 @@ enum Command {
         /// Variant, model name, or `auto`.
         model: String,
     },
+    /// Serve MODEL and talk to it, as `ollama run` does: pulls it when it is not present (with
+    /// progress), makes it resident, then answers PROMPT or opens a chat.
+    Run {
+        /// Variant (`deepseek-r1:7b`), listed model name, `hf.co/OWNER/REPO:FILE`, or a file's path.
+        model: String,
+        /// The question; without one, an interactive chat opens.
+        prompt: Option<String>,
+        #[command(flatten)]
+        generation: GenerationArgs,
+    },
+    /// Show the resident model: name, quantization, memory, and the requests running.
+    Ps,
+    /// Show a model's details: variant, quantization, parameters, context, capabilities and its
+    /// chat template (`--json` for everything r1d knows).
+    Show {
+        /// The model's name, as `r1ctl models` or `r1ctl ps` list it.
+        model: String,
+    },
+    /// Unload the resident model (memory is freed; `r1ctl use auto` or a request to load brings
+    /// one back).
+    Stop,
     /// Make r1d re-read its config now (as `systemctl reload r1d` does) and say what changed;
     /// a file with an error is rejected and the running config stays in force.
     Reload,
@@ -124,8 +151,38 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("r1ctl: {e:#}");
+            if let Some(hint) = connect_hint(&e) {
+                eprintln!("{hint}");
+            }
             ExitCode::from(1)
         }
+    }
+}
+
+/// What to do about a failed connection: not in group `r1d` (permission denied on the system
+/// socket), or no r1d running (no socket) — how to start it in both modes.
+fn connect_hint(e: &anyhow::Error) -> Option<String> {
+    let Some(ClientError::Connect { socket, error }) = e.downcast_ref::<ClientError>() else {
+        return None;
+    };
+    let system = socket == std::path::Path::new(r1d_client::SYSTEM_SOCKET);
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied if system => Some(format!(
+            "hint: you are not in group r1d, which may use {}: `sudo usermod -aG r1d $USER`, \
+             then log in again",
+            socket.display()
+        )),
+        std::io::ErrorKind::PermissionDenied => Some(format!(
+            "hint: {} belongs to another user; start your own r1d, or pass --socket",
+            socket.display()
+        )),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => Some(
+            "hint: start r1d — as a system service: `sudo systemctl enable --now r1d.socket`; \
+             for your user: `systemctl --user enable --now r1d.socket`, or run `r1d` in a \
+             terminal"
+                .to_owned(),
+        ),
+        _ => None,
     }
 }
 
@@ -145,20 +202,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status => status(&client, cli.json).await,
         Command::Ask { prompt, generation } => {
-            let prompt = if prompt == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .context("failed to read the question from stdin")?
-            } else {
-                prompt
-            };
-            let mut messages = Vec::new();
-            if let Some(system) = &generation.system {
-                messages.push(ChatMessage::new("system", system.clone()));
+            let prompt = question(prompt)?;
+            ask_once(&client, &generation, prompt, cli.json).await
+        }
+        Command::Run {
+            model,
+            prompt,
+            generation,
+        } => {
+            run_model(&client, &model, cli.json).await?;
+            match prompt {
+                Some(prompt) => ask_once(&client, &generation, prompt, cli.json).await,
+                None if !std::io::stdin().is_terminal() => {
+                    let prompt = question(None)?;
+                    ask_once(&client, &generation, prompt, cli.json).await
+                }
+                None => chat(&client, &generation, cli.json).await,
             }
-            messages.push(ChatMessage::new("user", prompt));
-            ask(&client, &generation, messages, cli.json)
-                .await
-                .map(|_| ())
+        }
+        Command::Ps => ps(&client, cli.json).await,
+        Command::Show { model } => show(&client, &model, cli.json).await,
+        Command::Stop => {
+            let status: Status = client
+                .post_json("/r1/unload", &serde_json::json!({}))
+                .await?;
+            if cli.json {
+                writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string(&status)?
+                )?;
+            } else {
+                writeln!(std::io::stdout().lock(), "unloaded; r1d serves no model now")?;
+            }
+            Ok(())
         }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
         Command::Plan => plan(&client, cli.json).await,
@@ -167,9 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reload => reload(&client, cli.json).await,
         Command::Events => events(&client, cli.json).await,
         Command::Use { model } => {
-            let status: Status = client
-                .post_json("/r1/use", &r1d_client::wire::ModelRequest { model })
-                .await?;
+            let status = use_model(&client, &model, cli.json).await?;
             if cli.json {
                 writeln!(
                     std::io::stdout().lock(),
@@ -583,7 +658,9 @@ async fn stream_answer(
                 .as_deref()
                 .filter(|s| !s.is_empty())
             {
-                if json {
+                if generation.hide_reasoning {
+                    // Shown nowhere, not even in --json: the user asked for the answer only.
+                } else if json {
                     writeln!(
                         out,
                         "{}",
@@ -597,7 +674,7 @@ async fn stream_answer(
                     }
                     write!(out, "{r}")?;
                 }
-                in_reasoning = true;
+                in_reasoning = !generation.hide_reasoning;
             }
             if let Some(c) = choice.delta.content.as_deref().filter(|s| !s.is_empty()) {
                 if in_reasoning && !json {
@@ -658,11 +735,12 @@ async fn ask(
 }
 
 async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyhow::Result<()> {
+    let mut generation = generation.clone();
     // Fail early and clearly when the daemon is not there.
     let status = client.status().await?;
     if let Some(m) = &status.model {
         eprintln!(
-            "chatting with {} on {} — Ctrl-C stops an answer, Ctrl-D leaves",
+            "chatting with {} on {} — Ctrl-C stops an answer, Ctrl-D or /bye leaves, /help for more",
             m.name, m.backend
         );
     } else {
@@ -690,9 +768,41 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
             continue;
         }
         let _ = editor.add_history_entry(line.as_str());
+        match chat_input(&line) {
+            ChatInput::Question(_) => {}
+            ChatInput::Bye => return Ok(()),
+            ChatInput::Help => {
+                eprintln!("{CHAT_HELP}");
+                continue;
+            }
+            ChatInput::Clear => {
+                history.retain(|m| m.role == "system");
+                eprintln!("[the conversation is forgotten]");
+                continue;
+            }
+            ChatInput::Show => {
+                match client.status().await {
+                    Ok(status) => print_status(&status)?,
+                    Err(e) => eprintln!("r1ctl: {e:#}"),
+                }
+                continue;
+            }
+            ChatInput::Think(on) => {
+                generation.hide_reasoning = !on;
+                eprintln!(
+                    "[reasoning {}]",
+                    if on { "shown" } else { "hidden (the model still reasons)" }
+                );
+                continue;
+            }
+            ChatInput::Unknown(message) => {
+                eprintln!("{message}");
+                continue;
+            }
+        }
         history.push(ChatMessage::new("user", line));
         loop {
-            match stream_answer(client, generation, history.clone(), json, sigint.recv()).await {
+            match stream_answer(client, &generation, history.clone(), json, sigint.recv()).await {
                 // Stopped before any answer: forget the question too.
                 Ok(answer) if answer.is_empty() => {
                     history.pop();
@@ -746,4 +856,269 @@ async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {
         write!(out, "{}", plan.to_table())?;
     }
     Ok(())
+}
+
+/// The question of `ask`/`run`: the argument, or stdin when it is `-`, absent and piped.
+///
+/// # Errors
+/// No question and stdin is a terminal (nothing to read), or stdin cannot be read.
+fn question(prompt: Option<String>) -> anyhow::Result<String> {
+    match prompt {
+        Some(p) if p != "-" => Ok(p),
+        Some(_) => std::io::read_to_string(std::io::stdin())
+            .context("failed to read the question from stdin"),
+        None if std::io::stdin().is_terminal() => anyhow::bail!(
+            "no question: give one (`r1ctl ask \"why is the sky blue?\"`) or pipe it in \
+             (`echo \"why?\" | r1ctl ask`); `r1ctl chat` opens a conversation"
+        ),
+        None => std::io::read_to_string(std::io::stdin())
+            .context("failed to read the question from stdin"),
+    }
+}
+
+/// Asks one question (with the system prompt, if any) and streams the answer.
+async fn ask_once(
+    client: &Client,
+    generation: &GenerationArgs,
+    prompt: String,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    if let Some(system) = &generation.system {
+        messages.push(ChatMessage::new("system", system.clone()));
+    }
+    messages.push(ChatMessage::new("user", prompt));
+    ask(client, generation, messages, json).await.map(|_| ())
+}
+
+/// `POST /r1/use` for `model`, with the load's progress on stderr while it waits (a terminal
+/// only). Answers with the status after the load.
+async fn use_model(client: &Client, model: &str, json: bool) -> anyhow::Result<Status> {
+    let request = r1d_client::wire::ModelRequest {
+        model: model.to_owned(),
+    };
+    let asked = client.post_json::<_, Status>("/r1/use", &request);
+    tokio::pin!(asked);
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos:>3} %")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("loading {model}"));
+        bar
+    });
+    let watcher = Client::new(client.socket().to_owned());
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut asked => break outcome,
+            _ = tick.tick(), if bar.is_some() => {
+                if let (Some(bar), Ok(status)) = (&bar, watcher.status().await) {
+                    if let Some(p) = status.progress.filter(|_| status.loading.is_some()) {
+                        bar.set_position((p * 100.0).round() as u64);
+                    }
+                }
+            }
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    Ok(outcome?)
+}
+
+/// Whether `model` names something r1d could pull (a catalog variant or a Hugging Face file).
+fn pullable(model: &str) -> bool {
+    model.starts_with("deepseek-r1") || model.starts_with("hf.co/")
+}
+
+/// `r1ctl run`: makes `model` resident, pulling it first when r1d does not have it.
+async fn run_model(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
+    let status = match use_model(client, model, json).await {
+        Ok(status) => status,
+        Err(e) => {
+            let absent = matches!(
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::Status { status, .. }) if status.as_u16() == 404
+            );
+            if !(absent && pullable(model)) {
+                return Err(e);
+            }
+            if !json {
+                eprintln!("{model} is not here yet: pulling it");
+            }
+            pull(client, model, json).await?;
+            use_model(client, model, json).await?
+        }
+    };
+    if !json {
+        if let Some(m) = &status.model {
+            eprintln!(
+                "serving {} ({}) on {}",
+                m.name,
+                m.quantization.as_deref().unwrap_or("?"),
+                m.backend
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `r1ctl ps`: the resident model, its memory, and the requests running (Ollama's `ps`).
+async fn ps(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status: Status = client.status().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "state": status.state,
+            "model": status.model,
+            "active_requests": status.active_requests,
+        });
+        writeln!(out, "{value}")?;
+        return Ok(());
+    }
+    let Some(m) = &status.model else {
+        writeln!(
+            out,
+            "no model is resident ({})",
+            status.error.as_deref().unwrap_or(state_name(status.state))
+        )?;
+        return Ok(());
+    };
+    writeln!(
+        out,
+        "{:<40} {:<8} {:>10} {:>10} {:<12} REQUESTS",
+        "NAME", "QUANT", "MEMORY", "GPU", "BACKEND"
+    )?;
+    writeln!(
+        out,
+        "{:<40} {:<8} {:>10} {:>10} {:<12} {} running",
+        m.name,
+        m.quantization.as_deref().unwrap_or("-"),
+        human_bytes(m.weights_bytes + m.kv_cache_bytes),
+        format!("{}/{}", m.gpu_layers, m.layers),
+        m.backend,
+        status.active_requests
+    )?;
+    Ok(())
+}
+
+/// `r1ctl show MODEL`: `/api/show` in words.
+async fn show(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
+    let request = r1d_client::ollama::ShowRequest {
+        model: model.to_owned(),
+        name: String::new(),
+    };
+    let shown: r1d_client::ollama::Show = client.post_json("/api/show", &request).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&shown)?)?;
+        return Ok(());
+    }
+    let d = &shown.details;
+    let info = |key: &str| {
+        shown
+            .model_info
+            .iter()
+            .find(|(k, _)| k.ends_with(key))
+            .map(|(_, v)| v.to_string())
+    };
+    writeln!(out, "{:<14}{model}", "model")?;
+    writeln!(out, "{:<14}{}", "architecture", d.family)?;
+    writeln!(out, "{:<14}{}", "parameters", d.parameter_size)?;
+    writeln!(out, "{:<14}{}", "quantization", d.quantization_level)?;
+    writeln!(out, "{:<14}{}", "format", d.format)?;
+    if let Some(ctx) = info(".context_length") {
+        writeln!(out, "{:<14}{ctx} tokens", "context")?;
+    }
+    writeln!(out, "{:<14}{}", "capabilities", shown.capabilities.join(", "))?;
+    if !shown.parameters.is_empty() {
+        writeln!(out, "parameters")?;
+        for line in shown.parameters.lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    if !shown.template.is_empty() {
+        writeln!(out, "template")?;
+        for line in shown.template.lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// What a line typed in `r1ctl chat` is: a question for the model, or one of r1ctl's own
+/// commands (never sent to the model).
+#[derive(Debug, PartialEq, Eq)]
+enum ChatInput<'a> {
+    /// Send it to the model.
+    Question(&'a str),
+    /// `/bye`: leave.
+    Bye,
+    /// `/help` or `/?`.
+    Help,
+    /// `/clear`: forget the conversation (the system prompt stays).
+    Clear,
+    /// `/show`: the resident model.
+    Show,
+    /// `/set think on|off`: show or hide the reasoning.
+    Think(bool),
+    /// A `/` command r1ctl does not know, or a bad argument: the message to print.
+    Unknown(String),
+}
+
+/// Reads one chat line (Ollama's commands: `/bye`, `/?`, `/help`, `/clear`, `/show`, `/set`).
+fn chat_input(line: &str) -> ChatInput<'_> {
+    if !line.starts_with('/') {
+        return ChatInput::Question(line);
+    }
+    let trimmed = line.trim_end();
+    let words: Vec<&str> = trimmed.split_whitespace().collect();
+    match words.as_slice() {
+        ["/bye"] | ["/exit"] => ChatInput::Bye,
+        ["/?"] | ["/help"] => ChatInput::Help,
+        ["/clear"] => ChatInput::Clear,
+        ["/show"] | ["/show", "info"] => ChatInput::Show,
+        ["/set", "think", "on"] | ["/set", "think"] => ChatInput::Think(true),
+        ["/set", "think", "off"] | ["/set", "nothink"] => ChatInput::Think(false),
+        ["/set", ..] => ChatInput::Unknown(format!(
+            "unknown setting {trimmed:?}: `/set think on` or `/set think off`"
+        )),
+        _ => ChatInput::Unknown(format!(
+            "unknown command {:?}; /help lists them (to send a line that starts with /, \
+             put a space before it)",
+            words.first().copied().unwrap_or(trimmed)
+        )),
+    }
+}
+
+const CHAT_HELP: &str = "\
+/bye               leave (as does Ctrl-D)
+/clear             forget the conversation so far (the system prompt stays)
+/show              the resident model
+/set think on|off  show or hide the model's reasoning (R1 reasons either way; off hides it)
+/help              this list
+Ctrl-C stops the current answer.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_lines_are_questions_unless_they_are_commands() {
+        assert_eq!(chat_input("hello"), ChatInput::Question("hello"));
+        // A leading space sends a line that starts with "/" to the model.
+        assert_eq!(chat_input(" /bye"), ChatInput::Question(" /bye"));
+        assert_eq!(chat_input("/bye"), ChatInput::Bye);
+        assert_eq!(chat_input("/?"), ChatInput::Help);
+        assert_eq!(chat_input("/help"), ChatInput::Help);
+        assert_eq!(chat_input("/clear"), ChatInput::Clear);
+        assert_eq!(chat_input("/show"), ChatInput::Show);
+        assert_eq!(chat_input("/set think off"), ChatInput::Think(false));
+        assert_eq!(chat_input("/set think on"), ChatInput::Think(true));
+        assert!(matches!(chat_input("/set temperature 1"), ChatInput::Unknown(m) if m.contains("/set think on")));
+        assert!(matches!(chat_input("/load x"), ChatInput::Unknown(m) if m.contains("\"/load\"")));
+    }
 }

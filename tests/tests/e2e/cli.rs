@@ -20,9 +20,14 @@ fn no_daemon_is_one_line_naming_the_socket_and_exit_1() {
     let out = r1ctl(&socket, &["status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("r1d is not running"), "{err}");
-    assert!(err.contains(socket.to_str().unwrap()), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "the error, then what to do: {err}");
+    assert!(lines[0].contains("r1d is not running"), "{err}");
+    assert!(lines[0].contains(socket.to_str().unwrap()), "{err}");
+    assert!(
+        lines[1].starts_with("hint: start r1d") && lines[1].contains("systemctl --user"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -166,4 +171,125 @@ fn r1d_never_deletes_a_file_that_is_not_a_socket() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a socket"));
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "precious");
+}
+
+fn r1ctl_with_stdin(socket: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("failed to run r1ctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn ask_reads_a_piped_question_and_hide_reasoning_shows_only_the_answer() {
+    let models = tempfile::tempdir().unwrap();
+    // Named like R1, so r1d opens the reasoning; the echo's answer closes it.
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let out = r1ctl_with_stdin(&daemon.socket, &["ask"], "hmm let me see</think>The answer\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "<think>\nhmm let me see\n</think>\n\nThe answer\n"
+    );
+    let out = r1ctl_with_stdin(
+        &daemon.socket,
+        &["ask", "--hide-reasoning"],
+        "hmm let me see</think>The answer\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "The answer\n");
+}
+
+#[tokio::test]
+async fn ps_show_stop_and_run_work_like_ollamas() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-ps", "context_length": 512}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+
+    let out = r1ctl(&daemon.socket, &["ps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = text.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with("echo-ps") && row.ends_with("0 running"), "{text}");
+
+    let out = r1ctl(&daemon.socket, &["show", "echo-ps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("context       512 tokens"), "{text}");
+    assert!(text.contains("capabilities  completion"), "{text}");
+    // The echo template, line by line under "template".
+    assert!(text.contains("template\n  {{ bos_token }}"), "{text}");
+    let out = r1ctl(&daemon.socket, &["show", "no-such-model"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = r1ctl(&daemon.socket, &["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r1ctl(&daemon.socket, &["ps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("no model is resident"), "{text}");
+
+    // `run` makes a model resident again and answers.
+    let other = models.path().join("other.echo");
+    std::fs::write(&other, r#"{"name": "echo-other"}"#).unwrap();
+    let out = r1ctl(&daemon.socket, &["run", other.to_str().unwrap(), "good night"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "GOOD NIGHT\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serving echo-other"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn chat_commands_are_never_sent_to_the_model() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-chat"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let out = r1ctl_with_stdin(
+        &daemon.socket,
+        &["chat"],
+        "/help\nhello there\n/clear\n/set think off\n/frobnicate\nagain\n/bye\nnever sent\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Two questions reached the model; /bye left before the last line.
+    assert!(stdout.contains("HELLO THERE"), "{stdout}");
+    assert!(stdout.contains("AGAIN"), "{stdout}");
+    assert!(!stdout.contains("NEVER SENT") && !stdout.contains("/HELP"), "{stdout}");
+    assert!(err.contains("/bye") && err.contains("/set think on|off"), "{err}");
+    assert!(err.contains("[the conversation is forgotten]"), "{err}");
+    assert!(err.contains("unknown command \"/frobnicate\""), "{err}");
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!(status.requests_served, 2);
 }
