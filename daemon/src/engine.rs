@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use r1_plugin_abi::json::{FinishReason, GenerateRequest, GenerateResult, LoadParams, ModelInfo};
+use r1_plugin_abi::json::GenerateRequest;
+/// The documents the engine takes and gives (the plugin ABI's JSON shapes for now); `api` and
+/// `control` name them through here.
+pub use r1_plugin_abi::json::{FinishReason, GenerateResult, LoadParams, ModelInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{BackendError, LoadedModel, PluginHost};
