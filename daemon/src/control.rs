@@ -496,6 +496,52 @@ mod tests {
         assert_eq!(spec.backend.as_deref(), Some("llamacpp"));
     }
 
+    fn control_without_store_or_supervisor() -> Control {
+        let host = Arc::new(PluginHost::empty(
+            std::path::Path::new("/nonexistent"),
+            "none".into(),
+        ));
+        let engine = Engine::start(
+            host.clone(),
+            None,
+            None,
+            crate::engine::EngineConfig {
+                default_max_tokens: 16,
+                queue_depth: 1,
+            },
+        );
+        let planner = PlannerState {
+            probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
+            policy: Default::default(),
+        };
+        Control::new(engine, host, planner, None, None)
+    }
+
+    #[tokio::test]
+    async fn without_a_supervisor_control_requests_are_refused_not_done_another_way() {
+        let control = control_without_store_or_supervisor();
+        let refused = |r: Result<(), ControlError>| match r {
+            Err(e @ ControlError::NotSupported { .. }) => e.to_string(),
+            other => panic!("expected NotSupported, got {other:?}"),
+        };
+        let m = refused(control.reload("test").await.map(|_| ()));
+        assert!(
+            m.contains("reloading the config needs the supervisor"),
+            "{m}"
+        );
+        refused(control.begin_reload("test"));
+        refused(control.use_model("deepseek-r1:7b").await.map(|_| ()));
+        refused(control.load(options("/m/a.gguf")).await.map(|_| ()));
+        refused(control.unload().await);
+        let m = refused(control.models().await.map(|_| ()));
+        assert!(m.contains("needs the model store"), "{m}");
+        // Invalid options are refused before anything else.
+        assert!(matches!(
+            control.load(options("a.gguf")).await,
+            Err(ControlError::InvalidArgument(_))
+        ));
+    }
+
     #[test]
     fn a_failed_load_is_load_failed_and_other_refusals_stay_the_engines() {
         assert!(matches!(

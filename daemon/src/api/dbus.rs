@@ -1197,6 +1197,34 @@ mod tests {
     }
 
     #[test]
+    fn control_errors_map_to_their_d_bus_names_in_one_place() {
+        let name = |e: ControlError| Error::from(e).dbus_name();
+        assert_eq!(
+            name(ControlError::LoadFailed("x".into())),
+            "org.r1d.R1.Error.LoadFailed"
+        );
+        assert_eq!(
+            name(ControlError::ConfigRejected("bogus".into())),
+            "org.r1d.R1.Error.InvalidArgument"
+        );
+        assert_eq!(
+            name(ControlError::Store(StoreError::Unknown("x".into()))),
+            "org.r1d.R1.Error.ModelNotFound"
+        );
+        assert_eq!(
+            name(ControlError::Engine(EngineError::ShuttingDown)),
+            "org.r1d.R1.Error.ShuttingDown"
+        );
+        assert_eq!(
+            name(ControlError::NotSupported {
+                what: "x".into(),
+                needs: "the supervisor"
+            }),
+            "org.r1d.R1.Error.NotSupported"
+        );
+    }
+
+    #[test]
     fn error_names_are_under_org_r1d_r1_error() {
         assert_eq!(
             Error::from(EngineError::Busy(3)).dbus_name(),

@@ -53,7 +53,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
     error::parse(body).map_err(fail)
 }
 
-pub(super) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
