@@ -11,7 +11,9 @@
 //!
 //! **Architecture invariants**
 //! - The only module that knows D-Bus. It asks the same [`Engine`] as the HTTP routes, through
-//!   [`super::answer`]: there is no second path to the model.
+//!   [`super::answer`]: there is no second path to the model. `Manager1` is an adapter over
+//!   [`Control`], as HTTP's native routes are: no control logic (and no fallback) of its own.
+//! - r1d's errors become `org.r1d.R1.Error.*` in one place: the `From` impls of [`Error`].
 //! - No signal carries user content: the only signals are `PropertiesChanged` of `Manager1`
 //!   (state, model and backend names). Answers go to the caller alone, in the method return or
 //!   over its private descriptor.
