@@ -600,6 +600,9 @@ pub struct LoadRequest {
     /// Generation threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
+    /// KV cache element type: `f16`, `q8_0`, `q4_0` or `f32`; default: the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_type: Option<String>,
 }
 
 /// One backend plugin as `GET /r1/backends` lists it.

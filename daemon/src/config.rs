@@ -166,6 +166,10 @@ pub struct ModelConfig {
     pub default_max_tokens: Option<u32>,
 }
 
+/// The KV cache element types a load may ask for (`[model] kv_cache_type`, `POST /r1/load`,
+/// D-Bus `Load`).
+pub const KV_CACHE_TYPES: [&str; 4] = ["f16", "q8_0", "q4_0", "f32"];
+
 /// `[server]`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -293,9 +297,10 @@ impl Config {
             return Err(invalid("model.threads must be at least 1".into()));
         }
         if let Some(kv) = &self.model.kv_cache_type {
-            if !["f16", "q8_0", "q4_0", "f32"].contains(&kv.as_str()) {
+            if !KV_CACHE_TYPES.contains(&kv.as_str()) {
                 return Err(invalid(format!(
-                    "model.kv_cache_type {kv:?} is not one of f16, q8_0, q4_0, f32"
+                    "model.kv_cache_type {kv:?} is not one of {}",
+                    KV_CACHE_TYPES.join(", ")
                 )));
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! The daemon finds backend plugins ([`backend`]), loads the configured model through one of
 //! them, keeps it resident in the [`engine`], renders prompts with the model's own chat template
-//! ([`chat`]) and serves it over a Unix socket ([`api::http`]). `main.rs` only wires these
+//! ([`chat`]) and serves it over a Unix socket ([`api::http`]) and D-Bus ([`api::dbus`]), both controlled
+//! through one core ([`control`]). `main.rs` only wires these
 //! together; see `docs/architecture.md` for the map.
 
 pub mod api;
@@ -11,6 +12,7 @@ pub mod catalog;
 pub mod chat;
 pub mod cli_assets;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod hardware;
 pub mod planner;

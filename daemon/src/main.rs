@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use r1d::engine::LoadParams;
 use r1d::backend::PluginHost;
 use r1d::config::{self, Config, Mode};
+use r1d::control::{Control, LoadOptions, PlannerState};
 use r1d::engine::{Engine, EngineConfig, LoadSpec};
 use r1d::hardware::Probe;
 use tokio_util::sync::CancellationToken;
@@ -258,6 +258,17 @@ async fn main() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    // One control plane under HTTP's native routes and D-Bus.
+    let control = Control::new(
+        engine.clone(),
+        host,
+        PlannerState {
+            probe,
+            policy: config.planner.clone(),
+        },
+        Some(store.clone()),
+        Some(supervisor.clone()),
+    );
     // D-Bus (org.r1d.R1) beside HTTP, on the same engine; a missing bus is a warning.
     r1d::api::dbus::spawn(r1d::api::dbus::Options {
         bus: if args.no_dbus {
@@ -266,14 +277,7 @@ async fn main() -> anyhow::Result<()> {
             args.dbus
         },
         mode,
-        engine: engine.clone(),
-        host: host.clone(),
-        planner: r1d::api::http::PlannerState {
-            probe: probe.clone(),
-            policy: config.planner.clone(),
-        },
-        store: Some(store.clone()),
-        supervisor: Some(supervisor.clone()),
+        control: control.clone(),
     });
     if let Some(spec) = auto_pull {
         let supervisor = supervisor.clone();
@@ -284,19 +288,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         );
     }
-    let router = r1d::api::http::router(r1d::api::http::AppState {
-        engine: engine.clone(),
-        host,
-        store,
-        supervisor: supervisor.clone(),
-    });
-
-    let router = router.merge(r1d::api::http::planner_routes(
-        r1d::api::http::PlannerState {
-            probe,
-            policy: config.planner.clone(),
-        },
-    ));
+    let router = r1d::api::http::router(r1d::api::http::AppState::new(control));
 
     // systemd: STATUS=, READY=1, watchdog, STOPPING=1; SIGHUP re-reads the config.
     let reload: r1d::systemd::Reload = Box::new(move || {
@@ -332,19 +324,19 @@ async fn main() -> anyhow::Result<()> {
 /// What to load: `--model` and the other overrides over the config's `[model]`.
 fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     let model_path = args.model.clone().or_else(|| config.model.path.clone());
-    model_path.map(|path| LoadSpec {
-        params: LoadParams {
+    model_path.map(|path| {
+        LoadOptions {
             path: path.to_string_lossy().into_owned(),
             context_length: args.context_length.or(config.model.context_length),
             gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
             threads: args.threads.or(config.model.threads),
             kv_cache_type: config.model.kv_cache_type.clone(),
-            ..Default::default()
-        },
-        backend: args
-            .backend
-            .clone()
-            .or_else(|| config.model.backend.clone()),
+            backend: args
+                .backend
+                .clone()
+                .or_else(|| config.model.backend.clone()),
+        }
+        .spec()
     })
 }
 
@@ -357,7 +349,7 @@ fn this_machine(mode: Mode) -> Probe {
 
 /// `r1d hardware` and `r1d plan`: print and exit; a closed pipe ends quietly.
 fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()> {
-    use r1d::api::http::{hardware_from_wire, hardware_to_wire, plan_to_wire};
+    use r1d::api::to_wire::{hardware_from_wire, hardware_to_wire, plan_to_wire};
     use std::io::Write as _;
     let probe_here = || {
         this_machine(mode)

@@ -121,8 +121,8 @@ pub trait Encoder: Send + 'static {
     fn piece(&mut self, piece: Piece) -> Vec<Value>;
     /// The end: finish reason, usage, timings.
     fn done(&mut self, finished: &Finished) -> Vec<Value>;
-    /// A failure mid-answer (the last message).
-    fn error(&mut self, error: &EngineError) -> Value;
+    /// A failure mid-answer (the last message), in the route family's error shape.
+    fn error(&mut self, error: EngineError) -> Value;
 }
 
 /// One encoded message of a streamed answer.
@@ -163,12 +163,12 @@ pub fn encode<E: Encoder>(rx: mpsc::Receiver<ChatEvent>, encoder: E) -> impl Str
                     }
                     Some(ChatEvent::Failed(e)) => {
                         tracing::warn!("request failed mid-stream: {e}");
-                        (vec![Out::Json(enc.error(&e))], Phase::Finished)
+                        (vec![Out::Json(enc.error(e))], Phase::Finished)
                     }
                     None => {
                         let e =
                             EngineError::Backend("the generation ended without a result".into());
-                        (vec![Out::Json(enc.error(&e))], Phase::Finished)
+                        (vec![Out::Json(enc.error(e))], Phase::Finished)
                     }
                 },
                 Phase::Finished => return None,

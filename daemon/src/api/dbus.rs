@@ -11,7 +11,9 @@
 //!
 //! **Architecture invariants**
 //! - The only module that knows D-Bus. It asks the same [`Engine`] as the HTTP routes, through
-//!   [`super::answer`]: there is no second path to the model.
+//!   [`super::answer`]: there is no second path to the model. `Manager1` is an adapter over
+//!   [`Control`], as HTTP's native routes are: no control logic (and no fallback) of its own.
+//! - r1d's errors become `org.r1d.R1.Error.*` in one place: the `From` impls of [`Error`].
 //! - No signal carries user content: the only signals are `PropertiesChanged` of `Manager1`
 //!   (state, model and backend names). Answers go to the caller alone, in the method return or
 //!   over its private descriptor.
@@ -25,7 +27,6 @@
 //! drifts from the code (`R1D_BLESS=1 cargo test -p r1d dbus` rewrites it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use r1d_client::dbus::{StreamEvent, Usage, BUS_NAME, MANAGE_ACTION, OBJECT_PATH};
@@ -36,11 +37,13 @@ use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::{interface, Connection};
 
 use super::answer::{self, Collected};
-use super::http::PlannerState;
-use crate::backend::PluginHost;
 use crate::chat::{Channel, Message, ReasoningFormat};
 use crate::config::Mode;
-use crate::engine::{ChatEvent, Engine, EngineError, EngineState, LoadSpec, PromptInput, Sampling};
+use crate::control::{Control, ControlError, LoadOptions};
+use crate::engine::{
+    ChatEvent, Engine, EngineError, EngineState, GenerateResult, PromptInput, Sampling,
+};
+use crate::store::StoreError;
 
 /// Which bus r1d serves on (`--dbus`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -62,17 +65,9 @@ pub struct Options {
     pub bus: BusChoice,
     /// System or user mode (chooses the bus for [`BusChoice::Auto`]).
     pub mode: Mode,
-    /// The engine (the same one HTTP uses).
-    pub engine: Engine,
-    /// The plugin host (`Backends`).
-    pub host: Arc<PluginHost>,
-    /// Probes and planner policy (`Hardware`, `GetPlan`).
-    pub planner: PlannerState,
-    /// The model store (`ListModels`, `Use` by name); `None` answers `NotSupported`.
-    pub store: Option<Arc<crate::store::Store>>,
-    /// The supervisor (`Reload`, pins of `Use`, the `degraded` state); `None`: `Reload` signals
-    /// SIGHUP and `Use` loads without pinning.
-    pub supervisor: Option<crate::supervisor::Supervisor>,
+    /// The control plane (the same one HTTP's native routes use): `Manager1`'s methods and
+    /// properties, and the engine `Chat1` asks.
+    pub control: Control,
 }
 
 /// The D-Bus errors, `org.r1d.R1.Error.*`, each with a readable message.
@@ -112,6 +107,33 @@ impl Error {
     }
 }
 
+// The one mapping of r1d's errors to D-Bus errors.
+
+impl From<ControlError> for Error {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        match e {
+            ControlError::InvalidArgument(_) | ControlError::ConfigRejected(_) => {
+                Error::InvalidArgument(message)
+            }
+            ControlError::LoadFailed(_) => Error::LoadFailed(message),
+            ControlError::Engine(e) => e.into(),
+            ControlError::Store(e) => e.into(),
+            ControlError::NotSupported { .. } => Error::NotSupported(message),
+            ControlError::Probe(_) | ControlError::Internal(_) => Error::Failed(message),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Probe(_) => Error::Failed(e.to_string()),
+            e => Error::ModelNotFound(e.to_string()),
+        }
+    }
+}
+
 impl From<EngineError> for Error {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
@@ -143,8 +165,7 @@ pub fn spawn(options: Options) -> tokio::task::JoinHandle<()> {
             BusChoice::Session => false,
         };
         let which = if system { "system" } else { "session" };
-        let engine = options.engine.clone();
-        let supervisor = options.supervisor.clone();
+        let control = options.control.clone();
         let connected = tokio::time::timeout(Duration::from_secs(10), connect(options, system));
         let conn = match connected.await {
             Ok(Ok(conn)) => conn,
@@ -158,7 +179,7 @@ pub fn spawn(options: Options) -> tokio::task::JoinHandle<()> {
             }
         };
         tracing::info!("serving {BUS_NAME} at {OBJECT_PATH} on the {which} bus");
-        if let Err(e) = follow_state(&conn, engine, supervisor).await {
+        if let Err(e) = follow_state(&conn, control).await {
             tracing::warn!("D-Bus: failed to signal a property change: {e}");
         }
     })
@@ -170,18 +191,14 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
     } else {
         zbus::connection::Builder::session()?
     };
+    let chat = Chat {
+        engine: options.control.engine().clone(),
+    };
     let manager = Manager {
-        engine: options.engine.clone(),
-        host: options.host,
-        planner: options.planner,
+        control: options.control,
         hardware: tokio::sync::OnceCell::new(),
         own_uid: own_uid(),
         system_bus: system,
-        store: options.store,
-        supervisor: options.supervisor,
-    };
-    let chat = Chat {
-        engine: options.engine,
     };
     let conn = builder
         .serve_at(OBJECT_PATH, manager)?
@@ -332,19 +349,15 @@ async fn start_pull_job(
 
 /// Emits `PropertiesChanged` for what changed, on every state change of the engine (and of the
 /// supervisor's `degraded`).
-async fn follow_state(
-    conn: &Connection,
-    engine: Engine,
-    supervisor: Option<crate::supervisor::Supervisor>,
-) -> Result<(), zbus::Error> {
+async fn follow_state(conn: &Connection, control: Control) -> Result<(), zbus::Error> {
     let iface = conn
         .object_server()
         .interface::<_, Manager>(OBJECT_PATH)
         .await?;
     let emitter = iface.signal_emitter();
-    let mut rx = engine.subscribe();
-    let mut view = supervisor.as_ref().map(|s| s.subscribe_view());
-    let mut last = Published::of(&rx.borrow_and_update(), supervisor.as_ref());
+    let mut rx = control.engine().subscribe();
+    let mut view = control.running_supervisor().map(|s| s.subscribe_view());
+    let mut last = Published::of(&rx.borrow_and_update(), &control);
     loop {
         let changed = match view.as_mut() {
             Some(v) => tokio::select! {
@@ -356,7 +369,7 @@ async fn follow_state(
         if !changed {
             break;
         }
-        let now = Published::of(&rx.borrow_and_update(), supervisor.as_ref());
+        let now = Published::of(&rx.borrow_and_update(), &control);
         let manager = iface.get().await;
         if now.state != last.state {
             manager.state_changed(emitter).await?;
@@ -389,11 +402,8 @@ struct Published {
 }
 
 impl Published {
-    fn of(
-        s: &crate::engine::Snapshot,
-        supervisor: Option<&crate::supervisor::Supervisor>,
-    ) -> Published {
-        let degraded = supervisor.is_some_and(|sup| sup.degraded().is_some());
+    fn of(s: &crate::engine::Snapshot, control: &Control) -> Published {
+        let degraded = control.degraded().is_some();
         Published {
             state: if degraded && s.state == EngineState::Ready {
                 "degraded"
@@ -432,17 +442,12 @@ fn own_uid() -> u32 {
 
 /// `org.r1d.R1.Manager1`.
 pub struct Manager {
-    engine: Engine,
-    host: Arc<PluginHost>,
-    planner: PlannerState,
+    control: Control,
+    /// The hardware profile as JSON, probed once (a constant property).
     hardware: tokio::sync::OnceCell<String>,
     own_uid: u32,
     system_bus: bool,
-    store: Option<Arc<crate::store::Store>>,
-    supervisor: Option<crate::supervisor::Supervisor>,
 }
-
-const STORE_MISSING: &str = "needs the model store, which this r1d was started without";
 
 /// State, hardware, plan, models and control of the resident model.
 #[interface(name = "org.r1d.R1.Manager1")]
@@ -450,7 +455,7 @@ impl Manager {
     /// starting, loading, ready, swapping, degraded or no-model.
     #[zbus(property)]
     fn state(&self) -> String {
-        Published::of(&self.engine.snapshot(), self.supervisor.as_ref())
+        Published::of(&self.control.engine().snapshot(), &self.control)
             .state
             .into()
     }
@@ -458,31 +463,31 @@ impl Manager {
     /// Name of the resident model; empty when none.
     #[zbus(property)]
     fn active_model(&self) -> String {
-        Published::of(&self.engine.snapshot(), None).model
+        Published::of(&self.control.engine().snapshot(), &self.control).model
     }
 
     /// Backend plugin of the resident model; empty when none.
     #[zbus(property)]
     fn backend(&self) -> String {
-        Published::of(&self.engine.snapshot(), None).backend
+        Published::of(&self.control.engine().snapshot(), &self.control).backend
     }
 
     /// Why no model is resident; empty otherwise.
     #[zbus(property)]
     fn error(&self) -> String {
-        Published::of(&self.engine.snapshot(), None).error
+        Published::of(&self.control.engine().snapshot(), &self.control).error
     }
 
     /// Load progress, 0 to 1, while a model loads.
     #[zbus(property)]
     fn load_progress(&self) -> f64 {
-        f64::from(self.engine.snapshot().progress.unwrap_or(0.0))
+        f64::from(self.control.engine().snapshot().progress.unwrap_or(0.0))
     }
 
     /// Requests queued or running (not signalled: read it when needed).
     #[zbus(property(emits_changed_signal = "false"))]
     fn active_requests(&self) -> u32 {
-        u32::try_from(self.engine.active_requests()).unwrap_or(u32::MAX)
+        u32::try_from(self.control.engine().active_requests()).unwrap_or(u32::MAX)
     }
 
     /// This machine's hardware profile, as JSON (the shape of GET /r1/hardware).
@@ -490,8 +495,12 @@ impl Manager {
     async fn hardware(&self) -> zbus::fdo::Result<String> {
         self.hardware
             .get_or_try_init(|| async {
-                let hw = probe(&self.planner).await?;
-                serde_json::to_string(&super::http::hardware_to_wire(&hw))
+                let hw = self
+                    .control
+                    .hardware()
+                    .await
+                    .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+                serde_json::to_string(&super::to_wire::hardware_to_wire(&hw))
                     .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
             })
             .await
@@ -501,8 +510,8 @@ impl Manager {
     /// Backend plugins found: (name, version, available).
     #[zbus(property(emits_changed_signal = "const"))]
     fn backends(&self) -> Vec<(String, String, bool)> {
-        self.host
-            .records()
+        self.control
+            .backends()
             .iter()
             .map(|r| {
                 let name = r.name.clone().unwrap_or_else(|| {
@@ -530,11 +539,8 @@ impl Manager {
     /// nothing fits), the planner's reason, and the whole plan as JSON (GET /r1/plan).
     #[zbus(out_args("variant", "quantization", "backend", "reason", "plan_json"))]
     async fn get_plan(&self) -> Result<(String, String, String, String, String), Error> {
-        let hw = probe(&self.planner)
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))?;
-        let plan = crate::planner::plan(&hw, &[], &self.planner.policy);
-        let wire = super::http::plan_to_wire(&plan);
+        let plan = self.control.plan().await?;
+        let wire = super::to_wire::plan_to_wire(&plan);
         let json = serde_json::to_string(&wire).map_err(|e| Error::Failed(e.to_string()))?;
         let (variant, quantization, backend) = wire
             .chosen
@@ -547,13 +553,9 @@ impl Manager {
     /// The models on disk: (name, variant, quantization, path, bytes).
     #[zbus(out_args("models"))]
     async fn list_models(&self) -> Result<Vec<(String, String, String, String, u64)>, Error> {
-        let Some(store) = &self.store else {
-            return Err(Error::NotSupported(format!(
-                "listing the models on disk {STORE_MISSING}"
-            )));
-        };
-        let entries = crate::api::http::scan_store(store).await;
-        Ok(entries
+        let models = self.control.models().await?;
+        Ok(models
+            .entries
             .iter()
             .map(|e| {
                 let id = e.identity.as_ref();
@@ -579,8 +581,8 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "loading a model").await?;
-        let spec = load_spec(&path, &options)?;
-        self.load_spec(spec).await
+        self.control.load(load_options(path, &options)?).await?;
+        Ok(())
     }
 
     /// Replaces the resident model: an absolute path loads that file; a name goes through the model
@@ -594,36 +596,7 @@ impl Manager {
         model: String,
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "changing the model").await?;
-        // A path loads that file; a name (`auto`, `deepseek-r1:7b`, any listed model) goes
-        // through the store, as `r1ctl use` does.
-        if model.starts_with('/') {
-            let spec = load_spec(&model, &HashMap::new())?;
-            return self.load_spec(spec).await;
-        }
-        if let Some(supervisor) = &self.supervisor {
-            return match supervisor.use_model(&model).await {
-                Ok(_) => Ok(()),
-                Err(Ok(e)) => Err(Error::ModelNotFound(e.to_string())),
-                Err(Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason })) => {
-                    Err(Error::LoadFailed(reason))
-                }
-                Err(Err(e)) => Err(e.into()),
-            };
-        }
-        let Some(store) = self.store.clone() else {
-            return Err(Error::NotSupported(format!(
-                "using {model} by name {STORE_MISSING}; pass the model file's path to Load"
-            )));
-        };
-        let name = model.clone();
-        let resolved = tokio::task::spawn_blocking(move || store.resolve_use(&name))
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))?;
-        let (spec, reason) = resolved.map_err(|e| Error::ModelNotFound(e.to_string()))?;
-        self.load_spec(spec).await?;
-        if let Some(store) = &self.store {
-            store.set_selection(&reason);
-        }
+        self.control.use_model(&model).await?;
         Ok(())
     }
 
@@ -634,10 +607,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "unloading the model").await?;
-        match &self.supervisor {
-            Some(supervisor) => supervisor.unload().await.map_err(Error::from),
-            None => self.engine.unload().await.map_err(Error::from),
-        }
+        Ok(self.control.unload().await?)
     }
 
     /// Re-reads the config, as `systemctl reload r1d` does (SIGHUP): the model the config names
@@ -650,16 +620,9 @@ impl Manager {
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "reloading the config")
             .await?;
-        if let Some(supervisor) = self.supervisor.clone() {
-            // A file that would be rejected is an error of this call; the reload itself (maybe a
-            // long swap) goes on after the reply, and the State property follows it.
-            let checked = supervisor.check_config();
-            tokio::spawn(async move { supervisor.reload("D-Bus Reload").await });
-            return checked.map_err(Error::InvalidArgument);
-        }
-        use rustix::process::{getpid, kill_process, Signal};
-        kill_process(getpid(), Signal::HUP)
-            .map_err(|e| Error::Failed(format!("failed to signal r1d to reload: {e}")))
+        // A file that would be rejected is an error of this call; the reload itself (maybe a
+        // long swap) goes on after the reply, and the State property follows it.
+        Ok(self.control.begin_reload("D-Bus Reload")?)
     }
 
     /// Starts downloading a model (`deepseek-r1:7b`, `deepseek-r1:7b-q8_0`,
@@ -681,37 +644,13 @@ impl Manager {
                 "unknown option {key:?} for Pull"
             )));
         }
-        let Some(store) = self.store.clone() else {
-            return Err(Error::NotSupported(format!(
-                "pulling {model} {STORE_MISSING}"
-            )));
-        };
-        let name = model.clone();
-        let resolving = store.clone();
-        let spec = tokio::task::spawn_blocking(move || resolving.resolve_pull(&name))
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))?
-            .map_err(|e| Error::ModelNotFound(e.to_string()))?;
-        let rx = store.pull(spec);
+        let pull = self.control.pull(&model).await?;
+        let rx = pull.progress;
         start_pull_job(conn, model, rx).await
     }
 }
 
 impl Manager {
-    async fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
-        let result = match &self.supervisor {
-            Some(supervisor) => supervisor.load(spec).await.map(|_| ()),
-            None => self.engine.load(spec).await,
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason }) => {
-                Err(Error::LoadFailed(reason))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Root, the uid r1d runs as, or (system bus) polkit's `org.r1d.R1.manage`; without polkit,
     /// root only.
     async fn authorize(
@@ -800,19 +739,6 @@ async fn polkit_check(conn: &Connection, sender: &str, interactive: bool) -> Res
             Err(Polkit::Absent)
         }
         Err(e) => Err(Polkit::Failed(e)),
-    }
-}
-
-async fn probe(planner: &PlannerState) -> Result<crate::hardware::Hardware, zbus::fdo::Error> {
-    let probe = planner.probe.clone();
-    match tokio::task::spawn_blocking(move || probe.run()).await {
-        Ok(Ok(hw)) => Ok(hw),
-        Ok(Err(e)) => Err(zbus::fdo::Error::Failed(format!(
-            "failed to probe the hardware: {e}"
-        ))),
-        Err(e) => Err(zbus::fdo::Error::Failed(format!(
-            "the hardware probe failed: {e}"
-        ))),
     }
 }
 
@@ -912,7 +838,7 @@ impl Chat {
         map.insert("total_tokens".into(), OwnedValue::from(usage.total_tokens));
         map.insert(
             "finish_reason".into(),
-            owned_str(finish_reason(finished.finish_reason)),
+            owned_str(super::to_wire::finish_reason(finished.finish_reason)),
         );
         map.insert("model".into(), owned_str(&model));
         Ok((content, reasoning, map))
@@ -962,7 +888,7 @@ async fn pump(model: String, mut rx: mpsc::Receiver<ChatEvent>, socket: tokio::n
                 },
                 Some(ChatEvent::Started { .. }) => continue,
                 Some(ChatEvent::Done(finished)) => StreamEvent::Done {
-                    finish_reason: finish_reason(finished.finish_reason).into(),
+                    finish_reason: super::to_wire::finish_reason(finished.finish_reason).into(),
                     usage: usage_of(&finished.result),
                 },
                 Some(ChatEvent::Failed(e)) => stream_error(e.into()),
@@ -998,18 +924,11 @@ fn stream_error(e: Error) -> StreamEvent {
     }
 }
 
-fn usage_of(r: &crate::engine::GenerateResult) -> Usage {
+fn usage_of(r: &GenerateResult) -> Usage {
     Usage {
         prompt_tokens: r.prompt_tokens,
         completion_tokens: r.completion_tokens,
         total_tokens: r.prompt_tokens + r.completion_tokens,
-    }
-}
-
-fn finish_reason(f: crate::engine::FinishReason) -> &'static str {
-    match f {
-        crate::engine::FinishReason::Length => "length",
-        _ => "stop",
     }
 }
 
@@ -1101,26 +1020,19 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
     })
 }
 
-fn load_spec(path: &str, options: &HashMap<String, OwnedValue>) -> Result<LoadSpec, Error> {
-    if !std::path::Path::new(path).is_absolute() {
-        return Err(Error::InvalidArgument(format!(
-            "model path {path:?} is not absolute"
-        )));
-    }
-    let mut spec = LoadSpec {
-        params: crate::engine::LoadParams {
-            path: path.to_owned(),
-            ..Default::default()
-        },
-        backend: None,
+/// `Load`'s path and options (checked by the control core, as `POST /r1/load`'s are).
+fn load_options(path: String, options: &HashMap<String, OwnedValue>) -> Result<LoadOptions, Error> {
+    let mut load = LoadOptions {
+        path,
+        ..Default::default()
     };
     for (key, value) in options {
         match key.as_str() {
-            "context_length" => spec.params.context_length = Some(opt_u32(key, value)?),
-            "gpu_layers" => spec.params.gpu_layers = Some(opt_u32(key, value)?),
-            "threads" => spec.params.threads = Some(opt_u32(key, value)?),
-            "backend" => spec.backend = Some(opt_str(key, value)?),
-            "kv_cache_type" => spec.params.kv_cache_type = Some(opt_str(key, value)?),
+            "context_length" => load.context_length = Some(opt_u32(key, value)?),
+            "gpu_layers" => load.gpu_layers = Some(opt_u32(key, value)?),
+            "threads" => load.threads = Some(opt_u32(key, value)?),
+            "backend" => load.backend = Some(opt_str(key, value)?),
+            "kv_cache_type" => load.kv_cache_type = Some(opt_str(key, value)?),
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown option {other:?}; known: context_length, gpu_layers, threads, backend, kv_cache_type"
@@ -1128,7 +1040,7 @@ fn load_spec(path: &str, options: &HashMap<String, OwnedValue>) -> Result<LoadSp
             }
         }
     }
-    Ok(spec)
+    Ok(load)
 }
 
 /// The value inside any nesting of variants.
@@ -1212,6 +1124,8 @@ pub fn introspection_xml(manager: &Manager, chat: &Chat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::PluginHost;
+    use std::sync::Arc;
 
     fn interfaces() -> (Manager, Chat) {
         let host = Arc::new(PluginHost::empty(
@@ -1228,19 +1142,15 @@ mod tests {
                 ..Default::default()
             },
         );
-        let planner = PlannerState {
+        let planner = crate::control::PlannerState {
             probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
             policy: Default::default(),
         };
         let manager = Manager {
-            engine: engine.clone(),
-            host,
-            planner,
+            control: Control::new(engine.clone(), host, planner, None, None),
             hardware: tokio::sync::OnceCell::new(),
             own_uid: 0,
             system_bus: false,
-            store: None,
-            supervisor: None,
         };
         (manager, Chat { engine })
     }
@@ -1287,6 +1197,34 @@ mod tests {
             request_of(&options, true),
             Err(Error::InvalidArgument(m)) if m.contains("temperature")
         ));
+    }
+
+    #[test]
+    fn control_errors_map_to_their_d_bus_names_in_one_place() {
+        let name = |e: ControlError| Error::from(e).dbus_name();
+        assert_eq!(
+            name(ControlError::LoadFailed("x".into())),
+            "org.r1d.R1.Error.LoadFailed"
+        );
+        assert_eq!(
+            name(ControlError::ConfigRejected("bogus".into())),
+            "org.r1d.R1.Error.InvalidArgument"
+        );
+        assert_eq!(
+            name(ControlError::Store(StoreError::Unknown("x".into()))),
+            "org.r1d.R1.Error.ModelNotFound"
+        );
+        assert_eq!(
+            name(ControlError::Engine(EngineError::ShuttingDown)),
+            "org.r1d.R1.Error.ShuttingDown"
+        );
+        assert_eq!(
+            name(ControlError::NotSupported {
+                what: "x".into(),
+                needs: "the supervisor"
+            }),
+            "org.r1d.R1.Error.NotSupported"
+        );
     }
 
     #[test]

@@ -1,7 +1,18 @@
-//! Transports. Each knows its own wire shapes; the engine knows none of them.
+//! Transports over the engine and the control core ([`crate::control`]). Each knows its own wire
+//! shapes; the engine and the control core know none of them.
+//!
+//! - [`http`]: the router and its shared state; the routes are [`openai`], [`ollama`] and
+//!   [`native`], all answering through [`answer`].
+//! - [`error`]: the one mapping of errors to HTTP statuses, codes and `Retry-After`, and the one
+//!   request-body parser.
+//! - [`to_wire`]: every conversion from daemon types to `r1d_client::wire`.
+//! - [`dbus`]: D-Bus (`org.r1d.R1`).
 
 pub mod answer;
 pub mod dbus;
+pub mod error;
 pub mod http;
+pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod to_wire;

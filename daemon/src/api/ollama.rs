@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use crate::engine::{FinishReason, ModelInfo};
 use r1d_client::ollama::{
     ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
     Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Version,
@@ -26,9 +25,10 @@ use r1d_client::ollama::{
 use serde_json::Value;
 
 use super::answer::{self, Collected, Encoder, Out};
+use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
 use crate::chat::{Channel, Message, ModelProfile, Piece, ReasoningFormat};
-use crate::engine::{EngineError, Finished, PromptInput, Sampling};
+use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
 
 /// The Ollama routes.
 pub fn routes() -> Router<AppState> {
@@ -41,53 +41,18 @@ pub fn routes() -> Router<AppState> {
         .route("/api/version", get(version))
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-/// The one mapping from engine errors to Ollama responses.
-fn engine_error(e: EngineError) -> Response {
-    let status = match &e {
-        EngineError::NoModel { .. }
-        | EngineError::Busy(_)
-        | EngineError::ShuttingDown
-        | EngineError::Preempted { .. }
-        | EngineError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        EngineError::ContextExceeded { .. } | EngineError::InvalidRequest(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        EngineError::LoadFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        EngineError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let mut response = error(status, e.to_string());
-    if let EngineError::Unavailable { retry_after_s, .. } = e {
-        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after_s.to_string()) {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, v);
-        }
-    }
-    response
+/// An error in Ollama's shape, `{"error": "…"}`.
+fn fail(e: impl Into<ApiError>) -> Response {
+    e.into().respond(Shape::Ollama)
 }
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
 }
 
-/// A request body as axum read it: a too-large body becomes an Ollama error too.
-type RequestBody = Result<Bytes, axum::extract::rejection::BytesRejection>;
-
+/// A request body, parsed by the one parser; its errors in Ollama's shape.
 fn parse<T: serde::de::DeserializeOwned>(body: &RequestBody) -> Result<T, Response> {
-    let body = body
-        .as_ref()
-        .map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid request body: {e}"),
-        )
-    })
+    error::parse(body).map_err(fail)
 }
 
 /// What `/api/chat` and `/api/generate` check first: the model name and the options; returns the
@@ -115,10 +80,10 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
     let mut s = Sampling::default();
     let Some(options) = options else { return Ok(s) };
     let bad = |key: &str, what: &str| {
-        error(
-            StatusCode::BAD_REQUEST,
+        fail(ApiError::invalid(
+            Some(key),
             format!("invalid option {key}: expected {what}"),
-        )
+        ))
     };
     let float = |key: &str| -> Result<Option<f32>, Response> {
         match options.get(key) {
@@ -160,13 +125,13 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
         Some(_) => return Err(bad("stop", "a string or a list of strings")),
     };
     answer::validate_sampling(&s)
-        .map_err(|(_, message)| error(StatusCode::BAD_REQUEST, message))?;
+        .map_err(|(param, message)| fail(ApiError::invalid(Some(param), message)))?;
     Ok(s)
 }
 
 fn check_model(state: &AppState, model: &str) -> Result<(), Response> {
     answer::check_model(&state.engine.snapshot(), Some(model))
-        .map_err(|message| error(StatusCode::NOT_FOUND, message))
+        .map_err(|message| fail(ApiError::model_not_found(message)))
 }
 
 fn format_of(think: Option<bool>) -> ReasoningFormat {
@@ -184,13 +149,7 @@ fn ns(ms: f64) -> u64 {
 fn stats(f: &Finished) -> Stats {
     let r = &f.result;
     Stats {
-        done_reason: Some(
-            match f.finish_reason {
-                FinishReason::Length => "length",
-                FinishReason::Stop | FinishReason::Cancelled => "stop",
-            }
-            .into(),
-        ),
+        done_reason: Some(super::to_wire::finish_reason(f.finish_reason).into()),
         total_duration: Some(ns(r.prompt_ms + r.generation_ms)),
         load_duration: Some(0),
         prompt_eval_count: Some(r.prompt_tokens),
@@ -220,10 +179,11 @@ fn ndjson(stream: impl futures_util::Stream<Item = Out> + Send + 'static) -> Res
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(lines))
         .unwrap_or_else(|_| {
-            error(
+            fail(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "failed to build the response".into(),
-            )
+                "internal_error",
+                "failed to build the response",
+            ))
         })
 }
 
@@ -248,14 +208,14 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
         if !answer::ROLES.contains(&m.role.as_str()) {
-            return error(
-                StatusCode::BAD_REQUEST,
+            return fail(ApiError::invalid(
+                Some(&format!("messages[{i}].role")),
                 format!(
                     "messages[{i}].role {:?} is not one of {}",
                     m.role,
                     answer::ROLES.join(", ")
                 ),
-            );
+            ));
         }
         messages.push(Message {
             role: if m.role == "developer" {
@@ -275,7 +235,7 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     .await
     {
         Ok(a) => a,
-        Err(e) => return engine_error(e),
+        Err(e) => return fail(e),
     };
     respond(admitted, Lines::chat(model), req.stream).await
 }
@@ -311,7 +271,7 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
     };
     let admitted = match answer::admit(&state.engine, input, sampling, format_of(req.think)).await {
         Ok(a) => a,
-        Err(e) => return engine_error(e),
+        Err(e) => return fail(e),
     };
     respond(admitted, Lines::generate(model), req.stream).await
 }
@@ -389,8 +349,8 @@ impl Encoder for Lines {
         vec![self.line(String::new(), None, true, stats(finished))]
     }
 
-    fn error(&mut self, error: &EngineError) -> Value {
-        serde_json::json!({ "error": error.to_string() })
+    fn error(&mut self, error: EngineError) -> Value {
+        ApiError::from(error).body(Shape::Ollama)
     }
 }
 
@@ -408,7 +368,7 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
             Json(lines.line(content, thinking, true, stats(&finished))).into_response()
         }
-        Err(e) => engine_error(e),
+        Err(e) => fail(e),
     }
 }
 
@@ -457,7 +417,11 @@ fn file_times(path: &str) -> (u64, String) {
 /// and the resident model when it was loaded from elsewhere.
 async fn tags(State(state): State<AppState>) -> Json<Tags> {
     let resident = state.engine.snapshot().model;
-    let entries = super::http::scan_store(&state.store).await;
+    let entries = state
+        .control
+        .scan("listing the models on disk")
+        .await
+        .unwrap_or_default();
     let mut models: Vec<TagModel> = entries
         .iter()
         .filter(|e| e.is_usable())
@@ -555,13 +519,12 @@ async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
         let reason = snapshot
             .error
             .unwrap_or_else(|| "no model is loaded".into());
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("model {name:?} not found: {reason}"),
-        );
+        return fail(ApiError::model_not_found(format!(
+            "model {name:?} not found: {reason}"
+        )));
     };
     if let Err(message) = answer::check_model(&snapshot, Some(name)) {
-        return error(StatusCode::NOT_FOUND, message);
+        return fail(ApiError::model_not_found(message));
     }
     let profile = ModelProfile::of(&info);
     let defaults = profile.sampling_defaults();

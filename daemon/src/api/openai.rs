@@ -11,24 +11,23 @@
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use crate::engine::{FinishReason, GenerateResult};
 use r1d_client::wire::{
     self, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
     ChunkChoice, Completion, CompletionChoice, CompletionPrompt, CompletionRequest, Delta,
-    ModelEntry, ModelList, OpenAiError, OpenAiErrorBody, Timings, Usage,
+    ModelEntry, ModelList, Timings, Usage,
 };
 use serde_json::Value;
 
 use super::answer::{self, Encoder, Out};
+use super::error::{self, ApiError, Body, Shape};
 use super::http::AppState;
+use super::to_wire::{finish_reason, timings, usage};
 use crate::chat::{Channel, Message, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, PromptInput, Sampling};
 
@@ -40,171 +39,21 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
-/// The answer to an unknown `/v1/…` route or method, in OpenAI's shape.
-pub(super) fn not_found(what: String) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        what,
-        None,
-        Some("unknown_url"),
-    )
-}
-
-/// The answer to a known `/v1/…` route called with the wrong method, in OpenAI's shape.
-pub(super) fn method_not_allowed(what: String) -> Response {
-    error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
-        what,
-        None,
-        Some("method_not_allowed"),
-    )
-}
-
-/// An OpenAI-shaped error response.
-fn error(
-    status: StatusCode,
-    kind: &str,
-    message: String,
-    param: Option<&str>,
-    code: Option<&str>,
-) -> Response {
-    let body = OpenAiErrorBody {
-        error: OpenAiError {
-            message,
-            kind: kind.to_owned(),
-            param: param.map(str::to_owned),
-            code: code.map(str::to_owned),
-        },
-    };
-    (status, Json(body)).into_response()
+/// An error in OpenAI's shape.
+fn fail(e: impl Into<ApiError>) -> Response {
+    e.into().respond(Shape::OpenAi)
 }
 
 fn invalid(param: Option<&str>, message: String) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        message,
-        param,
-        None,
-    )
+    fail(ApiError::invalid(param, message))
 }
 
-/// The one mapping from engine errors to OpenAI responses.
-fn engine_error(e: EngineError) -> Response {
-    let message = e.to_string();
-    match &e {
-        EngineError::NoModel { .. } => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            message,
-            None,
-            Some("model_not_loaded"),
-        ),
-        EngineError::ContextExceeded { .. } => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            message,
-            Some("messages"),
-            Some("context_length_exceeded"),
-        ),
-        EngineError::InvalidRequest(_) => invalid(None, message),
-        EngineError::Busy(_) => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                message,
-                None,
-                Some("busy"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
-        }
-        EngineError::ShuttingDown => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            message,
-            None,
-            None,
-        ),
-        EngineError::Preempted { .. } => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            message,
-            None,
-            Some("model_swapped"),
-        ),
-        EngineError::Unavailable { retry_after_s, .. } => {
-            let retry = retry_after_s.to_string();
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                message,
-                None,
-                Some("model_loading"),
-            );
-            if let Ok(v) = header::HeaderValue::from_str(&retry) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        EngineError::LoadFailed { .. } => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request_error",
-            message,
-            Some("model"),
-            Some("model_load_failed"),
-        ),
-        EngineError::Backend(_) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            message,
-            None,
-            Some("backend_error"),
-        ),
-    }
-}
-
-fn error_value(e: &EngineError) -> Value {
-    serde_json::to_value(OpenAiErrorBody {
-        error: OpenAiError {
-            message: e.to_string(),
-            kind: "server_error".into(),
-            param: None,
-            code: None,
-        },
-    })
-    .unwrap_or(Value::Null)
-}
-
-/// A request body as axum read it: too large or unreadable bodies become OpenAI errors too.
-type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
-
-/// Parses a JSON body, naming the offending field in the error (serde_path_to_error).
+/// A request body, parsed by the one parser; its errors in OpenAI's shape.
 fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            return Err(error(
-                rejection.status(),
-                "invalid_request_error",
-                rejection.body_text(),
-                None,
-                None,
-            ))
-        }
-    };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let param = (path != ".").then_some(path);
-        invalid(param.as_deref(), format!("invalid request body: {e}"))
-    })
+    error::parse(body).map_err(fail)
 }
 
-pub(super) fn unix_now() -> u64 {
+fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -223,41 +72,6 @@ fn new_id(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed),
         nanos
     )
-}
-
-/// llama-server's `timings` from a backend result.
-fn timings(r: &GenerateResult) -> Timings {
-    let prompt_n = r.prompt_tokens.saturating_sub(r.cached_prompt_tokens);
-    let per = |ms: f64, n: u32| if n > 0 { ms / n as f64 } else { 0.0 };
-    let rate = |ms: f64, n: u32| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
-    Timings {
-        cache_n: r.cached_prompt_tokens,
-        prompt_n,
-        prompt_ms: r.prompt_ms,
-        prompt_per_token_ms: per(r.prompt_ms, prompt_n),
-        prompt_per_second: rate(r.prompt_ms, prompt_n),
-        predicted_n: r.completion_tokens,
-        predicted_ms: r.generation_ms,
-        predicted_per_token_ms: per(r.generation_ms, r.completion_tokens),
-        predicted_per_second: rate(r.generation_ms, r.completion_tokens),
-        time_to_first_token_ms: r.time_to_first_token_ms,
-    }
-}
-
-/// Token counts; reasoning tokens are completion tokens.
-fn usage(r: &GenerateResult) -> Usage {
-    Usage {
-        prompt_tokens: r.prompt_tokens,
-        completion_tokens: r.completion_tokens,
-        total_tokens: r.prompt_tokens + r.completion_tokens,
-    }
-}
-
-fn finish_reason_name(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
-    }
 }
 
 /// Request fields common to both routes, checked.
@@ -281,13 +95,7 @@ fn common(
     stream_options: Option<&wire::StreamOptions>,
 ) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.engine.snapshot(), model) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            message,
-            Some("model"),
-            Some("model_not_found"),
-        ));
+        return Err(fail(ApiError::model_not_found(message)));
     }
     if n.is_some_and(|n| n != 1) {
         return Err(invalid(Some("n"), "only n = 1 is supported".into()));
@@ -391,7 +199,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     .await
     {
         Ok(a) => a,
-        Err(e) => return engine_error(e),
+        Err(e) => return fail(e),
     };
     let id = new_id("chatcmpl");
     let created = unix_now();
@@ -417,13 +225,13 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
                     content: c.content,
                     reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
                 },
-                finish_reason: finish_reason_name(c.finished.finish_reason).into(),
+                finish_reason: finish_reason(c.finished.finish_reason).into(),
             }],
             usage: usage(&c.finished.result),
             timings: Some(timings(&c.finished.result)),
         })
         .into_response(),
-        Err(e) => engine_error(e),
+        Err(e) => fail(e),
     }
 }
 
@@ -487,7 +295,7 @@ impl Encoder for ChatEncoder {
         finishing(
             self.chunk(
                 Delta::default(),
-                Some(finish_reason_name(finished.finish_reason)),
+                Some(finish_reason(finished.finish_reason)),
             ),
             self.include_usage
                 .then(|| self.chunk(Delta::default(), None)),
@@ -495,8 +303,8 @@ impl Encoder for ChatEncoder {
         )
     }
 
-    fn error(&mut self, error: &EngineError) -> Value {
-        error_value(error)
+    fn error(&mut self, error: EngineError) -> Value {
+        ApiError::from(error).body(Shape::OpenAi)
     }
 }
 
@@ -541,7 +349,7 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
     .await
     {
         Ok(a) => a,
-        Err(e) => return engine_error(e),
+        Err(e) => return fail(e),
     };
     let encoder = CompletionEncoder {
         id: new_id("cmpl"),
@@ -554,15 +362,13 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
     }
     match answer::collect(admitted.rx).await {
         Ok(c) => {
-            let mut body = encoder.message(
-                c.content,
-                Some(finish_reason_name(c.finished.finish_reason)),
-            );
+            let mut body =
+                encoder.message(c.content, Some(finish_reason(c.finished.finish_reason)));
             body.usage = Some(usage(&c.finished.result));
             body.timings = Some(timings(&c.finished.result));
             Json(body).into_response()
         }
-        Err(e) => engine_error(e),
+        Err(e) => fail(e),
     }
 }
 
@@ -647,18 +453,15 @@ impl Encoder for CompletionEncoder {
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
         finishing(
-            self.message(
-                String::new(),
-                Some(finish_reason_name(finished.finish_reason)),
-            ),
+            self.message(String::new(), Some(finish_reason(finished.finish_reason))),
             self.include_usage
                 .then(|| self.message(String::new(), None)),
             finished,
         )
     }
 
-    fn error(&mut self, error: &EngineError) -> Value {
-        error_value(error)
+    fn error(&mut self, error: EngineError) -> Value {
+        ApiError::from(error).body(Shape::OpenAi)
     }
 }
 

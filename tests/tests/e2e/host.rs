@@ -421,3 +421,47 @@ async fn load_and_unload_replace_the_resident_model_at_run_time() {
     assert_eq!(status.state, State::NoModel);
     assert!(status.error.unwrap().contains("unloaded on request"));
 }
+
+#[tokio::test]
+async fn load_takes_the_options_d_bus_load_takes_and_checks_them_the_same_way() {
+    let (daemon, models) = echo_daemon(r#"{"name": "first"}"#, vec![]);
+    daemon.settled().await;
+    let client = daemon.client();
+    let second = models.path().join("second.echo");
+    std::fs::write(&second, r#"{"name": "second"}"#).unwrap();
+    let status: r1d_client::wire::Status = client
+        .post_json(
+            "/r1/load",
+            &serde_json::json!({"path": second, "kv_cache_type": "q8_0"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.model.unwrap().name, "second");
+    for (body, names) in [
+        (
+            serde_json::json!({"path": second, "kv_cache_type": "q3"}),
+            "kv_cache_type \"q3\"",
+        ),
+        (serde_json::json!({"path": "second.echo"}), "not absolute"),
+        (serde_json::json!({"path": second, "threads": 0}), "threads"),
+        (
+            serde_json::json!({"path": second, "context_lenght": 512}),
+            "context_lenght",
+        ),
+    ] {
+        let err = client
+            .post_json::<_, serde_json::Value>("/r1/load", &body)
+            .await
+            .unwrap_err();
+        let ClientError::Status {
+            status, message, ..
+        } = err
+        else {
+            panic!("expected status")
+        };
+        assert_eq!(status.as_u16(), 400, "{body} → {message}");
+        assert!(message.contains(names), "{body} → {message}");
+    }
+    // Refused before anything was unloaded.
+    assert_eq!(client.chat(&ask("hi")).await.unwrap().model, "second");
+}

@@ -1,0 +1,563 @@
+//! The control core: what r1d can be asked to report or do about its model, implemented once for
+//! every transport. HTTP's native routes (`api::native`) and D-Bus `Manager1` (`api::dbus`) are
+//! thin adapters over [`Control`]: they parse their own arguments into the types here, call one
+//! method, and turn the result (or the [`ControlError`]) into their own shapes.
+//!
+//! **Architecture invariant**: knows neither HTTP nor D-Bus nor the wire shapes
+//! (`r1d_client::wire`); returns daemon-owned types. Blocking work (hardware probes, store scans,
+//! name resolution) runs on a blocking thread through [`blocking`], the one place that does so for
+//! the control plane.
+
+use std::sync::Arc;
+
+use crate::backend::{PluginHost, PluginRecord};
+use crate::engine::{Engine, EngineError, LoadParams, LoadSpec, Snapshot};
+use crate::store::{ModelEntry, PullState, Store, StoreError};
+use crate::supervisor::Supervisor;
+
+/// How to probe the hardware and the planner's policy (`/r1/hardware`, `/r1/plan`, D-Bus
+/// `Hardware` and `GetPlan`).
+#[derive(Debug, Clone)]
+pub struct PlannerState {
+    /// The probes (this machine, or a fake tree given with `--hardware-root`).
+    pub probe: crate::hardware::Probe,
+    /// The `[planner]` policy.
+    pub policy: crate::config::PlannerConfig,
+}
+
+/// Why a control request failed. Each transport maps it to its own error once:
+/// `api::error` to an HTTP status, machine code and `Retry-After`, `api::dbus` to
+/// `org.r1d.R1.Error.*`.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// An argument is invalid; the message names it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The model failed to load; the message says why and which model serves instead.
+    #[error("{0}")]
+    LoadFailed(String),
+    /// The config file would be rejected (file, line, key); the running config stays.
+    #[error("{0}")]
+    ConfigRejected(String),
+    /// The engine refused (queue full, shutting down, …).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model store refused (unknown name, not present, does not fit, …).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The hardware probe failed.
+    #[error("failed to probe the hardware: {0}")]
+    Probe(String),
+    /// This r1d was started without a part the request needs (only in tests: r1d itself always
+    /// has its model store and supervisor).
+    #[error("{what} needs {needs}, which this r1d was started without")]
+    NotSupported {
+        /// What was asked, e.g. `listing the models on disk`.
+        what: String,
+        /// The missing part, e.g. `the model store`.
+        needs: &'static str,
+    },
+    /// A blocking task failed (panicked or was cancelled).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What to load: the parameters `POST /r1/load` and D-Bus `Load` both accept. [`LoadOptions::spec`]
+/// is the one place a request becomes the engine's [`LoadSpec`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// The model file (GGUF, `.echo`) or directory (ONNX); an absolute path.
+    pub path: String,
+    /// The backend plugin by name (`llamacpp`, `onnxruntime`, …); `None`: the best for the format.
+    pub backend: Option<String>,
+    /// KV cache size in tokens, at least 1; `None`: the backend's default.
+    pub context_length: Option<u32>,
+    /// Layers to offload to the GPU; `None`: the backend decides.
+    pub gpu_layers: Option<u32>,
+    /// Generation threads, at least 1; `None`: the backend decides.
+    pub threads: Option<u32>,
+    /// KV cache element type, one of [`crate::config::KV_CACHE_TYPES`]; `None`: the backend's.
+    pub kv_cache_type: Option<String>,
+}
+
+impl LoadOptions {
+    /// Checks the options as the config checks `[model]`.
+    ///
+    /// # Errors
+    /// [`ControlError::InvalidArgument`] naming the option: a relative path, a context length or
+    /// thread count of 0, an unknown KV cache type.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        let invalid = |m: String| Err(ControlError::InvalidArgument(m));
+        if !std::path::Path::new(&self.path).is_absolute() {
+            return invalid(format!("model path {:?} is not absolute", self.path));
+        }
+        if self.context_length == Some(0) {
+            return invalid("context_length must be at least 1 token".into());
+        }
+        if self.threads == Some(0) {
+            return invalid("threads must be at least 1".into());
+        }
+        if let Some(kv) = &self.kv_cache_type {
+            if !crate::config::KV_CACHE_TYPES.contains(&kv.as_str()) {
+                return invalid(format!(
+                    "kv_cache_type {kv:?} is not one of {}",
+                    crate::config::KV_CACHE_TYPES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's load spec (not validated: the config's paths may be relative).
+    pub fn spec(self) -> LoadSpec {
+        LoadSpec {
+            params: LoadParams {
+                path: self.path,
+                context_length: self.context_length,
+                gpu_layers: self.gpu_layers,
+                threads: self.threads,
+                kv_cache_type: self.kv_cache_type,
+                ..Default::default()
+            },
+            backend: self.backend,
+        }
+    }
+}
+
+/// What `/r1/status` shows, daemon-side.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The engine's state, resident model and load progress.
+    pub snapshot: Snapshot,
+    /// Why the service is degraded (serving without a GPU that should be there); `None` when not.
+    pub degraded: Option<String>,
+    /// Seconds since the engine started.
+    pub uptime_s: f64,
+    /// Requests finished since start.
+    pub requests_served: u64,
+    /// Requests queued or running.
+    pub active_requests: u64,
+    /// Why the resident model was chosen.
+    pub selection: Option<String>,
+    /// What more memory would bring, from the plan that chose the resident model.
+    pub upgrades: Vec<crate::planner::Upgrade>,
+    /// The same in one line.
+    pub more_memory: Option<String>,
+}
+
+/// The models on disk (`/r1/models`, D-Bus `ListModels`).
+#[derive(Debug, Clone)]
+pub struct Models {
+    /// r1d's models directory.
+    pub dir: std::path::PathBuf,
+    /// Every place searched, in one line.
+    pub searched: String,
+    /// The models found.
+    pub entries: Vec<ModelEntry>,
+    /// The resident model's path, to mark it.
+    pub resident: Option<String>,
+}
+
+/// A download under way (`/r1/pull`, D-Bus `Pull`).
+pub struct Pull {
+    /// What is pulled, as the store names it (`deepseek-r1:7b-q4_k_m`, `hf.co/OWNER/REPO:FILE`).
+    pub label: String,
+    /// Its progress; the last value is [`PullState::Done`] or [`PullState::Failed`].
+    pub progress: tokio::sync::watch::Receiver<PullState>,
+}
+
+/// What a config reload did (`POST /r1/reload`, SIGHUP, D-Bus `Reload`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReloadOutcome {
+    /// The config file read.
+    pub config_path: Option<String>,
+    /// What changed, one line per key.
+    pub changes: Vec<String>,
+    /// Why the file was rejected (the running config stays in force).
+    pub error: Option<String>,
+    /// What the reload did to the model.
+    pub model: String,
+}
+
+/// The control plane over the engine, the plugin host, the model store and the supervisor.
+/// Cheap to clone; HTTP and D-Bus share one.
+#[derive(Clone)]
+pub struct Control {
+    engine: Engine,
+    host: Arc<PluginHost>,
+    planner: Arc<PlannerState>,
+    store: Option<Arc<Store>>,
+    supervisor: Option<Supervisor>,
+}
+
+/// Runs `f` on a blocking thread; `what` names it in the error when the thread fails.
+///
+/// # Errors
+/// [`ControlError::Internal`] when the task panicked or was cancelled.
+pub async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ControlError::Internal(format!("{what} failed: {e}")))
+}
+
+impl Control {
+    /// The control plane. `store` and `supervisor` are `None` only in tests; requests that need
+    /// them then fail with [`ControlError::NotSupported`].
+    pub fn new(
+        engine: Engine,
+        host: Arc<PluginHost>,
+        planner: PlannerState,
+        store: Option<Arc<Store>>,
+        supervisor: Option<Supervisor>,
+    ) -> Control {
+        Control {
+            engine,
+            host,
+            planner: Arc::new(planner),
+            store,
+            supervisor,
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The model store.
+    ///
+    /// # Errors
+    /// [`ControlError::NotSupported`] without one.
+    pub fn store(&self, what: &str) -> Result<&Arc<Store>, ControlError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| ControlError::NotSupported {
+                what: what.to_owned(),
+                needs: "the model store",
+            })
+    }
+
+    /// The supervisor.
+    ///
+    /// # Errors
+    /// [`ControlError::NotSupported`] without one.
+    pub fn supervisor(&self, what: &str) -> Result<&Supervisor, ControlError> {
+        self.supervisor
+            .as_ref()
+            .ok_or_else(|| ControlError::NotSupported {
+                what: what.to_owned(),
+                needs: "the supervisor",
+            })
+    }
+
+    /// The supervisor, when this r1d has one (always, outside tests).
+    pub fn running_supervisor(&self) -> Option<&Supervisor> {
+        self.supervisor.as_ref()
+    }
+
+    /// Why the service is degraded, when it is.
+    pub fn degraded(&self) -> Option<String> {
+        self.supervisor.as_ref().and_then(Supervisor::degraded)
+    }
+
+    /// The engine's state with the supervisor's view of it.
+    pub fn status(&self) -> Status {
+        let store = self.store.as_ref();
+        Status {
+            snapshot: self.engine.snapshot(),
+            degraded: self.degraded(),
+            uptime_s: self.engine.uptime_s(),
+            requests_served: self.engine.requests_served(),
+            active_requests: self.engine.active_requests(),
+            selection: store.and_then(|s| s.selection()),
+            upgrades: store.map(|s| s.upgrades()).unwrap_or_default(),
+            more_memory: store.and_then(|s| s.more_memory()),
+        }
+    }
+
+    /// Every plugin file found, usable or not.
+    pub fn backends(&self) -> &[PluginRecord] {
+        self.host.records()
+    }
+
+    /// The plugin directory.
+    pub fn plugin_dir(&self) -> &std::path::Path {
+        self.host.dir()
+    }
+
+    /// Probes the hardware now (file reads, NVML, perhaps the bandwidth measurement).
+    ///
+    /// # Errors
+    /// [`ControlError::Probe`], or [`ControlError::Internal`] when the probe thread failed.
+    pub async fn hardware(&self) -> Result<crate::hardware::Hardware, ControlError> {
+        let probe = self.planner.probe.clone();
+        blocking("the hardware probe", move || probe.run())
+            .await?
+            .map_err(|e| ControlError::Probe(e.to_string()))
+    }
+
+    /// The plan for this machine as it is now, by the `[planner]` policy.
+    ///
+    /// # Errors
+    /// As [`Control::hardware`].
+    pub async fn plan(&self) -> Result<crate::planner::Plan, ControlError> {
+        let hw = self.hardware().await?;
+        Ok(crate::planner::plan(&hw, &[], &self.planner.policy))
+    }
+
+    /// Scans the store (it reads GGUF headers).
+    ///
+    /// # Errors
+    /// [`ControlError::NotSupported`] without a store; [`ControlError::Internal`] when the scan
+    /// thread failed.
+    pub async fn scan(&self, what: &str) -> Result<Vec<ModelEntry>, ControlError> {
+        let store = self.store(what)?.clone();
+        blocking("the store scan", move || store.scan()).await
+    }
+
+    /// The models on disk, and which is resident.
+    ///
+    /// # Errors
+    /// As [`Control::scan`].
+    pub async fn models(&self) -> Result<Models, ControlError> {
+        let what = "listing the models on disk";
+        let entries = self.scan(what).await?;
+        let store = self.store(what)?;
+        Ok(Models {
+            dir: store.dir.clone(),
+            searched: store.searched(),
+            entries,
+            resident: self.engine.snapshot().model.map(|(info, _)| info.path),
+        })
+    }
+
+    /// Replaces the resident model with `options.path` (the old one is unloaded first) and waits
+    /// until it is resident; it stays pinned through re-plans until `use auto` or a config edit
+    /// of the model. Returns why it is served.
+    ///
+    /// # Errors
+    /// [`ControlError::InvalidArgument`] (see [`LoadOptions::validate`]);
+    /// [`ControlError::LoadFailed`] (the previous model serves again); the engine's refusal.
+    pub async fn load(&self, options: LoadOptions) -> Result<String, ControlError> {
+        options.validate()?;
+        let supervisor = self.supervisor("loading a model")?;
+        supervisor.load(options.spec()).await.map_err(load_error)
+    }
+
+    /// Serves a model by name: `auto` (the planner's choice, no pin), a catalog variant (pinned:
+    /// its best present quantization), any listed model, or an absolute path (as [`Control::load`]
+    /// with no options). Waits until it is resident; returns why it was chosen.
+    ///
+    /// # Errors
+    /// The store's (unknown, not present, does not fit); [`ControlError::LoadFailed`].
+    pub async fn use_model(&self, name: &str) -> Result<String, ControlError> {
+        let supervisor = self.supervisor("changing the model")?;
+        supervisor.use_model(name).await.map_err(use_error)
+    }
+
+    /// Unloads the resident model; nothing is served until `use` or a config edit of the model.
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn unload(&self) -> Result<(), ControlError> {
+        let supervisor = self.supervisor("unloading the model")?;
+        Ok(supervisor.unload().await?)
+    }
+
+    /// Re-reads the config and applies it, and waits until that is done (a rejected file is
+    /// part of the outcome, not an error). `origin` names the caller in the log.
+    ///
+    /// # Errors
+    /// [`ControlError::NotSupported`] without a supervisor.
+    pub async fn reload(&self, origin: &str) -> Result<ReloadOutcome, ControlError> {
+        let supervisor = self.supervisor("reloading the config")?;
+        Ok(reload_outcome(supervisor.reload(origin).await))
+    }
+
+    /// Checks the config file and starts a reload in the background; returns once it has begun
+    /// (the reload itself may be a long swap).
+    ///
+    /// # Errors
+    /// [`ControlError::ConfigRejected`] when the file would be rejected (the reload still runs,
+    /// and keeps the running config).
+    pub fn begin_reload(&self, origin: &str) -> Result<(), ControlError> {
+        let supervisor = self.supervisor("reloading the config")?.clone();
+        let checked = supervisor.check_config();
+        let origin = origin.to_owned();
+        tokio::spawn(async move { supervisor.reload(&origin).await });
+        checked.map_err(ControlError::ConfigRejected)
+    }
+
+    /// Resolves `name` (a catalog variant gets the best quantization for this machine) and
+    /// starts the download, or joins the one under way. The pull goes on when nobody follows it.
+    ///
+    /// # Errors
+    /// The store's (unknown name, does not fit, not pullable).
+    pub async fn pull(&self, name: &str) -> Result<Pull, ControlError> {
+        let store = self.store(&format!("pulling {name}"))?.clone();
+        let resolving = store.clone();
+        let query = name.to_owned();
+        let spec = blocking("resolving the model name", move || {
+            resolving.resolve_pull(&query)
+        })
+        .await??;
+        let label = spec.label.clone();
+        Ok(Pull {
+            label,
+            progress: store.pull(spec),
+        })
+    }
+}
+
+// The supervisor's error shapes, each wrapped in one function.
+
+/// A load's error: the load failed (or left nothing resident), or the engine refused it.
+fn load_error(e: EngineError) -> ControlError {
+    match e {
+        EngineError::NoModel { reason } | EngineError::LoadFailed { reason } => {
+            ControlError::LoadFailed(reason)
+        }
+        e => ControlError::Engine(e),
+    }
+}
+
+/// `use`'s error: the store's, or the load's.
+fn use_error(e: Result<StoreError, EngineError>) -> ControlError {
+    match e {
+        Ok(e) => ControlError::Store(e),
+        Err(e) => load_error(e),
+    }
+}
+
+/// The supervisor's reload outcome as the control core's.
+fn reload_outcome(o: r1d_client::wire::ReloadOutcome) -> ReloadOutcome {
+    ReloadOutcome {
+        config_path: o.config_path,
+        changes: o.changes,
+        error: o.error,
+        model: o.model,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(path: &str) -> LoadOptions {
+        LoadOptions {
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn load_options_are_checked_like_the_config() {
+        assert!(options("/m/a.gguf").validate().is_ok());
+        let bad = |o: LoadOptions| match o.validate() {
+            Err(ControlError::InvalidArgument(m)) => m,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        };
+        assert!(bad(options("a.gguf")).contains("not absolute"));
+        let m = bad(LoadOptions {
+            kv_cache_type: Some("q3".into()),
+            ..options("/m/a.gguf")
+        });
+        assert!(
+            m.contains("kv_cache_type \"q3\"") && m.contains("q8_0"),
+            "{m}"
+        );
+        assert!(bad(LoadOptions {
+            threads: Some(0),
+            ..options("/m/a.gguf")
+        })
+        .contains("threads"));
+        assert!(bad(LoadOptions {
+            context_length: Some(0),
+            ..options("/m/a.gguf")
+        })
+        .contains("context_length"));
+    }
+
+    #[test]
+    fn load_options_become_the_engines_spec() {
+        let spec = LoadOptions {
+            backend: Some("llamacpp".into()),
+            context_length: Some(2048),
+            kv_cache_type: Some("q8_0".into()),
+            ..options("/m/a.gguf")
+        }
+        .spec();
+        assert_eq!(spec.params.path, "/m/a.gguf");
+        assert_eq!(spec.params.context_length, Some(2048));
+        assert_eq!(spec.params.kv_cache_type.as_deref(), Some("q8_0"));
+        assert_eq!(spec.backend.as_deref(), Some("llamacpp"));
+    }
+
+    fn control_without_store_or_supervisor() -> Control {
+        let host = Arc::new(PluginHost::empty(
+            std::path::Path::new("/nonexistent"),
+            "none".into(),
+        ));
+        let engine = Engine::start(
+            host.clone(),
+            None,
+            None,
+            crate::engine::EngineConfig {
+                default_max_tokens: 16,
+                queue_depth: 1,
+                ..Default::default()
+            },
+        );
+        let planner = PlannerState {
+            probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
+            policy: Default::default(),
+        };
+        Control::new(engine, host, planner, None, None)
+    }
+
+    #[tokio::test]
+    async fn without_a_supervisor_control_requests_are_refused_not_done_another_way() {
+        let control = control_without_store_or_supervisor();
+        let refused = |r: Result<(), ControlError>| match r {
+            Err(e @ ControlError::NotSupported { .. }) => e.to_string(),
+            other => panic!("expected NotSupported, got {other:?}"),
+        };
+        let m = refused(control.reload("test").await.map(|_| ()));
+        assert!(
+            m.contains("reloading the config needs the supervisor"),
+            "{m}"
+        );
+        refused(control.begin_reload("test"));
+        refused(control.use_model("deepseek-r1:7b").await.map(|_| ()));
+        refused(control.load(options("/m/a.gguf")).await.map(|_| ()));
+        refused(control.unload().await);
+        let m = refused(control.models().await.map(|_| ()));
+        assert!(m.contains("needs the model store"), "{m}");
+        // Invalid options are refused before anything else.
+        assert!(matches!(
+            control.load(options("a.gguf")).await,
+            Err(ControlError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_load_is_load_failed_and_other_refusals_stay_the_engines() {
+        assert!(matches!(
+            load_error(EngineError::NoModel {
+                reason: "x".into()
+            }),
+            ControlError::LoadFailed(m) if m == "x"
+        ));
+        assert!(matches!(
+            use_error(Err(EngineError::Busy(2))),
+            ControlError::Engine(EngineError::Busy(2))
+        ));
+        assert!(matches!(
+            use_error(Ok(StoreError::Unknown("x".into()))),
+            ControlError::Store(_)
+        ));
+    }
+}
