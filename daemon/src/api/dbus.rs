@@ -112,6 +112,19 @@ impl Error {
     }
 }
 
+/// A supervisor error as D-Bus says it: the store's as `ModelNotFound`, a failed load as
+/// `LoadFailed` with the engine's reason, the engine's others as [`From<EngineError>`] maps them.
+fn supervisor_error(e: crate::supervisor::SupervisorError) -> Error {
+    use crate::supervisor::{ErrorKind, SupervisorError};
+    match (e.kind(), e) {
+        (_, SupervisorError::Store(e)) => Error::ModelNotFound(e.to_string()),
+        (ErrorKind::LoadFailed, e) => Error::LoadFailed(e.reason()),
+        (_, SupervisorError::Engine(e)) => e.into(),
+        (_, SupervisorError::Choose(e)) => EngineError::Backend(e.to_string()).into(),
+        (_, e) => Error::Failed(e.to_string()),
+    }
+}
+
 impl From<EngineError> for Error {
     fn from(e: EngineError) -> Self {
         let message = e.to_string();
@@ -603,11 +616,7 @@ impl Manager {
         if let Some(supervisor) = &self.supervisor {
             return match supervisor.use_model(&model).await {
                 Ok(_) => Ok(()),
-                Err(Ok(e)) => Err(Error::ModelNotFound(e.to_string())),
-                Err(Err(EngineError::NoModel { reason } | EngineError::LoadFailed { reason })) => {
-                    Err(Error::LoadFailed(reason))
-                }
-                Err(Err(e)) => Err(e.into()),
+                Err(e) => Err(supervisor_error(e)),
             };
         }
         let Some(store) = self.store.clone() else {
@@ -619,12 +628,8 @@ impl Manager {
         let resolved = tokio::task::spawn_blocking(move || store.resolve_use(&name))
             .await
             .map_err(|e| Error::Failed(e.to_string()))?;
-        let (spec, reason) = resolved.map_err(|e| Error::ModelNotFound(e.to_string()))?;
-        self.load_spec(spec).await?;
-        if let Some(store) = &self.store {
-            store.set_selection(&reason);
-        }
-        Ok(())
+        let resolved = resolved.map_err(|e| Error::ModelNotFound(e.to_string()))?;
+        self.load_spec(resolved.spec).await
     }
 
     /// Unloads the resident model. Needs root or org.r1d.R1.manage.
@@ -635,7 +640,7 @@ impl Manager {
     ) -> Result<(), Error> {
         self.authorize(conn, &header, "unloading the model").await?;
         match &self.supervisor {
-            Some(supervisor) => supervisor.unload().await.map_err(Error::from),
+            Some(supervisor) => supervisor.unload().await.map_err(supervisor_error),
             None => self.engine.unload().await.map_err(Error::from),
         }
     }
@@ -655,7 +660,7 @@ impl Manager {
             // long swap) goes on after the reply, and the State property follows it.
             let checked = supervisor.check_config();
             tokio::spawn(async move { supervisor.reload("D-Bus Reload").await });
-            return checked.map_err(Error::InvalidArgument);
+            return checked.map_err(|e| Error::InvalidArgument(e.to_string()));
         }
         use rustix::process::{getpid, kill_process, Signal};
         kill_process(getpid(), Signal::HUP)
@@ -700,7 +705,13 @@ impl Manager {
 impl Manager {
     async fn load_spec(&self, spec: LoadSpec) -> Result<(), Error> {
         let result = match &self.supervisor {
-            Some(supervisor) => supervisor.load(spec).await.map(|_| ()),
+            Some(supervisor) => {
+                return supervisor
+                    .load(spec)
+                    .await
+                    .map(|_| ())
+                    .map_err(supervisor_error)
+            }
             None => self.engine.load(spec).await,
         };
         match result {

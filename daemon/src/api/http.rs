@@ -59,7 +59,7 @@ async fn health(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: state.supervisor.reported_state(&snap),
+        status: super::supervisor_wire::state(state.supervisor.reported_state(&snap)),
         error: snap.error.clone(),
         progress: snap.progress,
     };
@@ -86,7 +86,7 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
     let snap = state.engine.snapshot();
     Json(wire::Status {
         version: env!("CARGO_PKG_VERSION").into(),
-        state: state.supervisor.reported_state(&snap),
+        state: super::supervisor_wire::state(state.supervisor.reported_state(&snap)),
         model: model_status(&snap),
         loading: snap.loading.as_ref().map(|p| p.display().to_string()),
         progress: snap.progress,
@@ -94,10 +94,12 @@ async fn status(State(state): State<AppState>) -> Json<wire::Status> {
         uptime_s: state.engine.uptime_s(),
         requests_served: state.engine.requests_served(),
         active_requests: state.engine.active_requests(),
-        selection: state.store.selection(),
-        upgrades: upgrades_to_wire(&state.store.upgrades()),
-        more_memory: state.store.more_memory(),
-        watch: Some(state.supervisor.view()),
+        selection: state.supervisor.selection(),
+        upgrades: upgrades_to_wire(&state.supervisor.upgrades()),
+        more_memory: state.supervisor.more_memory(),
+        watch: Some(super::supervisor_wire::watch_status(
+            &state.supervisor.view(),
+        )),
     })
 }
 
@@ -162,11 +164,7 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
     };
     match state.supervisor.load(spec).await {
         Ok(_) => status(State(state)).await.into_response(),
-        Err(
-            crate::engine::EngineError::NoModel { reason }
-            | crate::engine::EngineError::LoadFailed { reason },
-        ) => native_error(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => supervisor_error(e),
     }
 }
 
@@ -174,7 +172,7 @@ async fn load(State(state): State<AppState>, body: axum::body::Bytes) -> Respons
 async fn unload(State(state): State<AppState>) -> Response {
     match state.supervisor.unload().await {
         Ok(()) => status(State(state)).await.into_response(),
-        Err(e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => supervisor_error(e),
     }
 }
 
@@ -478,6 +476,17 @@ fn store_error(e: crate::store::StoreError) -> Response {
     native_error(code, e.to_string())
 }
 
+/// A supervisor error in the native shape: the store's errors as [`store_error`] maps them, a
+/// failed load 422 with the engine's reason, anything else 503.
+fn supervisor_error(e: crate::supervisor::SupervisorError) -> Response {
+    use crate::supervisor::{ErrorKind, SupervisorError};
+    match (e.kind(), e) {
+        (_, SupervisorError::Store(e)) => store_error(e),
+        (ErrorKind::LoadFailed, e) => native_error(StatusCode::UNPROCESSABLE_ENTITY, e.reason()),
+        (_, e) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 fn pull_event(label: &str, s: &crate::store::PullState) -> wire::PullEvent {
     use crate::store::PullState;
     let mut ev = wire::PullEvent {
@@ -592,12 +601,7 @@ async fn use_model(State(state): State<AppState>, body: axum::body::Bytes) -> Re
     };
     match state.supervisor.use_model(&req.model).await {
         Ok(_) => status(State(state)).await.into_response(),
-        Err(Ok(e)) => store_error(e),
-        Err(Err(
-            crate::engine::EngineError::NoModel { reason }
-            | crate::engine::EngineError::LoadFailed { reason },
-        )) => native_error(StatusCode::UNPROCESSABLE_ENTITY, reason),
-        Err(Err(e)) => native_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => supervisor_error(e),
     }
 }
 
@@ -605,7 +609,9 @@ async fn use_model(State(state): State<AppState>, body: axum::body::Bytes) -> Re
 /// rejection (200 too: r1d keeps running on the old config; `error` says why), and what happened
 /// to the model.
 async fn reload(State(state): State<AppState>) -> Json<wire::ReloadOutcome> {
-    Json(state.supervisor.reload("POST /r1/reload").await)
+    Json(super::supervisor_wire::reload_outcome(
+        state.supervisor.reload("POST /r1/reload").await,
+    ))
 }
 
 /// `GET /r1/events`: server-sent events, one per change (`event:` the kind, `data:` a
@@ -624,7 +630,9 @@ async fn events(State(state): State<AppState>) -> Response {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         message: crate::systemd::status_line(&snap, None),
-        state: Some(state.supervisor.reported_state(&snap)),
+        state: Some(super::supervisor_wire::state(
+            state.supervisor.reported_state(&snap),
+        )),
         model: snap
             .model
             .as_ref()
@@ -644,7 +652,7 @@ async fn events(State(state): State<AppState>) -> Response {
     });
     let rest = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |item| {
         Ok(match item {
-            Ok(e) => to_sse(&e),
+            Ok(e) => to_sse(&super::supervisor_wire::event(&e)),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 SseEvent::default()
                     .event("lagged")

@@ -5,3 +5,4 @@ pub mod dbus;
 pub mod http;
 pub mod ollama;
 pub mod openai;
+pub mod supervisor_wire;
