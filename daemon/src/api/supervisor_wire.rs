@@ -63,3 +63,45 @@ pub fn reload_outcome(o: ReloadOutcome) -> wire::ReloadOutcome {
         model: o.model,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::EventKind;
+
+    #[test]
+    fn events_and_status_keep_their_wire_names() {
+        let mut e = Event::new(EventKind::Swap, "serving echo-b");
+        e.state = Some(ReportedState::Degraded);
+        e.model = Some("echo-b".into());
+        let w = event(&e);
+        assert_eq!(w.kind, "swap");
+        assert_eq!(w.state, Some(wire::State::Degraded));
+        assert_eq!(w.message, "serving echo-b");
+        let json = serde_json::to_value(&w).unwrap();
+        assert_eq!(json["state"], "degraded");
+        let kinds = [
+            (EventKind::State, "state"),
+            (EventKind::Config, "config"),
+            (EventKind::Hardware, "hardware"),
+            (EventKind::Plan, "plan"),
+            (EventKind::Swap, "swap"),
+        ];
+        for (k, name) in kinds {
+            assert_eq!(event(&Event::new(k, "")).kind, name);
+        }
+        let v = WatchStatus {
+            config_path: Some("/etc/r1d/r1d.toml".into()),
+            config_error: None,
+            swap_policy: SwapPolicy::Manual,
+            pinned: Some("deepseek-r1:1.5b".into()),
+            better: None,
+            pending: None,
+            degraded: None,
+            last_load_error: None,
+        };
+        let w = watch_status(&v);
+        assert_eq!(w.swap_policy, "manual");
+        assert_eq!(w.pinned.as_deref(), Some("deepseek-r1:1.5b"));
+    }
+}

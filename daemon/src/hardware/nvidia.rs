@@ -78,19 +78,6 @@ pub fn probe() -> Vec<Gpu> {
     gpus
 }
 
-#[cfg(test)]
-mod tests {
-    /// Without a driver (as on the CI machines) the answer is "none", never an error or panic;
-    /// with one, every GPU has sane numbers.
-    #[test]
-    fn nvml_probe_never_fails() {
-        for gpu in super::probe() {
-            assert!(gpu.vram_free_bytes <= gpu.vram_total_bytes, "{gpu:?}");
-            assert!(gpu.vram_total_bytes > 0, "{gpu:?}");
-        }
-    }
-}
-
 /// NVIDIA GPUs the kernel driver lists (`/proc/driver/nvidia/gpus/*`) below `probe`'s root.
 pub fn gpus_listed(probe: &super::Probe) -> usize {
     std::fs::read_dir(probe.path("/proc/driver/nvidia/gpus"))
@@ -134,5 +121,18 @@ pub fn wait_for_gpus(probe: &super::Probe, wait: std::time::Duration) -> Option<
             logged = true;
         }
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without a driver (as on the CI machines) the answer is "none", never an error or panic;
+    /// with one, every GPU has sane numbers.
+    #[test]
+    fn nvml_probe_never_fails() {
+        for gpu in super::probe() {
+            assert!(gpu.vram_free_bytes <= gpu.vram_total_bytes, "{gpu:?}");
+            assert!(gpu.vram_total_bytes > 0, "{gpu:?}");
+        }
     }
 }

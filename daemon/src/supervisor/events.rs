@@ -153,6 +153,7 @@ pub(crate) struct Outputs {
 }
 
 impl Outputs {
+    /// Outputs starting with the watch status `view`.
     pub(crate) fn new(view: WatchStatus) -> Outputs {
         let (events, _) = broadcast::channel(CAPACITY);
         let (view, _) = watch::channel(view);
@@ -164,18 +165,22 @@ impl Outputs {
         let _ = self.events.send(e);
     }
 
+    /// A receiver of every event from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
+    /// The watch status as published.
     pub(crate) fn view(&self) -> WatchStatus {
         self.view.borrow().clone()
     }
 
+    /// A receiver of every change of the watch status.
     pub(crate) fn subscribe_view(&self) -> watch::Receiver<WatchStatus> {
         self.view.subscribe()
     }
 
+    /// Changes the watch status (receivers see it).
     pub(crate) fn update_view(&self, f: impl FnOnce(&mut WatchStatus)) {
         self.view.send_modify(f);
     }
