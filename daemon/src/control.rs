@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::backend::{PluginHost, PluginRecord};
 use crate::engine::{Engine, EngineError, LoadParams, LoadSpec, Snapshot};
 use crate::store::{ModelEntry, PullState, Store, StoreError};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{ErrorKind, Supervisor, SupervisorError};
 
 /// How to probe the hardware and the planner's policy (`/r1/hardware`, `/r1/plan`, D-Bus
 /// `Hardware` and `GetPlan`).
@@ -166,18 +166,9 @@ pub struct Pull {
     pub progress: tokio::sync::watch::Receiver<PullState>,
 }
 
-/// What a config reload did (`POST /r1/reload`, SIGHUP, D-Bus `Reload`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReloadOutcome {
-    /// The config file read.
-    pub config_path: Option<String>,
-    /// What changed, one line per key.
-    pub changes: Vec<String>,
-    /// Why the file was rejected (the running config stays in force).
-    pub error: Option<String>,
-    /// What the reload did to the model.
-    pub model: String,
-}
+/// What a config reload did (`POST /r1/reload`, SIGHUP, D-Bus `Reload`): the supervisor's own
+/// account, passed through.
+pub use crate::supervisor::ReloadOutcome;
 
 /// The control plane over the engine, the plugin host, the model store and the supervisor.
 /// Cheap to clone; HTTP and D-Bus share one.
@@ -265,16 +256,16 @@ impl Control {
 
     /// The engine's state with the supervisor's view of it.
     pub fn status(&self) -> Status {
-        let store = self.store.as_ref();
+        let supervisor = self.supervisor.as_ref();
         Status {
             snapshot: self.engine.snapshot(),
             degraded: self.degraded(),
             uptime_s: self.engine.uptime_s(),
             requests_served: self.engine.requests_served(),
             active_requests: self.engine.active_requests(),
-            selection: store.and_then(|s| s.selection()),
-            upgrades: store.map(|s| s.upgrades()).unwrap_or_default(),
-            more_memory: store.and_then(|s| s.more_memory()),
+            selection: supervisor.and_then(|s| s.selection()),
+            upgrades: supervisor.map(|s| s.upgrades()).unwrap_or_default(),
+            more_memory: supervisor.and_then(|s| s.more_memory()),
         }
     }
 
@@ -344,7 +335,7 @@ impl Control {
     pub async fn load(&self, options: LoadOptions) -> Result<String, ControlError> {
         options.validate()?;
         let supervisor = self.supervisor("loading a model")?;
-        supervisor.load(options.spec()).await.map_err(load_error)
+        Ok(supervisor.load(options.spec()).await?)
     }
 
     /// Serves a model by name: `auto` (the planner's choice, no pin), a catalog variant (pinned:
@@ -355,7 +346,7 @@ impl Control {
     /// The store's (unknown, not present, does not fit); [`ControlError::LoadFailed`].
     pub async fn use_model(&self, name: &str) -> Result<String, ControlError> {
         let supervisor = self.supervisor("changing the model")?;
-        supervisor.use_model(name).await.map_err(use_error)
+        Ok(supervisor.use_model(name).await?)
     }
 
     /// Unloads the resident model; nothing is served until `use` or a config edit of the model.
@@ -374,7 +365,7 @@ impl Control {
     /// [`ControlError::NotSupported`] without a supervisor.
     pub async fn reload(&self, origin: &str) -> Result<ReloadOutcome, ControlError> {
         let supervisor = self.supervisor("reloading the config")?;
-        Ok(reload_outcome(supervisor.reload(origin).await))
+        Ok(supervisor.reload(origin).await)
     }
 
     /// Checks the config file and starts a reload in the background; returns once it has begun
@@ -388,7 +379,7 @@ impl Control {
         let checked = supervisor.check_config();
         let origin = origin.to_owned();
         tokio::spawn(async move { supervisor.reload(&origin).await });
-        checked.map_err(ControlError::ConfigRejected)
+        checked.map_err(|e| ControlError::ConfigRejected(e.to_string()))
     }
 
     /// Resolves `name` (a catalog variant gets the best quantization for this machine) and
@@ -412,33 +403,19 @@ impl Control {
     }
 }
 
-// The supervisor's error shapes, each wrapped in one function.
+// The supervisor's errors, mapped once.
 
-/// A load's error: the load failed (or left nothing resident), or the engine refused it.
-fn load_error(e: EngineError) -> ControlError {
-    match e {
-        EngineError::NoModel { reason } | EngineError::LoadFailed { reason } => {
-            ControlError::LoadFailed(reason)
+impl From<SupervisorError> for ControlError {
+    /// A failed load (or one that left nothing resident) is [`ControlError::LoadFailed`] with the
+    /// engine's reason; the store's and the engine's other refusals keep their own mappings.
+    fn from(e: SupervisorError) -> ControlError {
+        match (e.kind(), e) {
+            (ErrorKind::LoadFailed, e) => ControlError::LoadFailed(e.reason()),
+            (_, SupervisorError::Store(e) | SupervisorError::Choose(e)) => ControlError::Store(e),
+            (_, SupervisorError::Engine(e)) => ControlError::Engine(e),
+            (_, SupervisorError::Config(m)) => ControlError::ConfigRejected(m),
+            (_, SupervisorError::Task(m)) => ControlError::Internal(m),
         }
-        e => ControlError::Engine(e),
-    }
-}
-
-/// `use`'s error: the store's, or the load's.
-fn use_error(e: Result<StoreError, EngineError>) -> ControlError {
-    match e {
-        Ok(e) => ControlError::Store(e),
-        Err(e) => load_error(e),
-    }
-}
-
-/// The supervisor's reload outcome as the control core's.
-fn reload_outcome(o: r1d_client::wire::ReloadOutcome) -> ReloadOutcome {
-    ReloadOutcome {
-        config_path: o.config_path,
-        changes: o.changes,
-        error: o.error,
-        model: o.model,
     }
 }
 
@@ -545,19 +522,22 @@ mod tests {
 
     #[test]
     fn a_failed_load_is_load_failed_and_other_refusals_stay_the_engines() {
+        let control = |e: SupervisorError| ControlError::from(e);
         assert!(matches!(
-            load_error(EngineError::NoModel {
-                reason: "x".into()
-            }),
+            control(EngineError::NoModel { reason: "x".into() }.into()),
             ControlError::LoadFailed(m) if m == "x"
         ));
         assert!(matches!(
-            use_error(Err(EngineError::Busy(2))),
+            control(EngineError::Busy(2).into()),
             ControlError::Engine(EngineError::Busy(2))
         ));
         assert!(matches!(
-            use_error(Ok(StoreError::Unknown("x".into()))),
+            control(StoreError::Unknown("x".into()).into()),
             ControlError::Store(_)
+        ));
+        assert!(matches!(
+            control(SupervisorError::Config("bad key".into())),
+            ControlError::ConfigRejected(m) if m == "bad key"
         ));
     }
 }

@@ -190,14 +190,14 @@ async fn main() -> anyhow::Result<()> {
     let degraded = {
         let probe = probe.clone();
         let wait = r1d::supervisor::seconds(config.watch.gpu_wait_s);
-        tokio::task::spawn_blocking(move || r1d::supervisor::wait_for_gpus(&probe, wait))
+        tokio::task::spawn_blocking(move || r1d::hardware::nvidia::wait_for_gpus(&probe, wait))
             .await
             .unwrap_or(None)
     };
-    let load = load_spec(&args, &config);
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
-    let (load, config_error, auto_pull) = store.at_start(load, config_error).await;
+    let start =
+        r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
 
     let socket = args
         .socket
@@ -207,13 +207,13 @@ async fn main() -> anyhow::Result<()> {
     let listening = r1d::systemd::listen(&socket, mode == Mode::System)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
-    let notifier = r1d::systemd::Notifier::new(load.as_ref());
+    let notifier = r1d::systemd::Notifier::new(start.load.as_ref());
 
     let host = Arc::new(host);
     let engine = Engine::start(
         host.clone(),
-        load,
-        config_error,
+        start.load.clone(),
+        start.no_model_reason.clone(),
         EngineConfig {
             default_max_tokens: config
                 .model
@@ -255,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             degraded,
             probe: probe.clone(),
+            start,
         },
         shutdown.clone(),
     );
@@ -279,15 +280,6 @@ async fn main() -> anyhow::Result<()> {
         mode,
         control: control.clone(),
     });
-    if let Some(spec) = auto_pull {
-        let supervisor = supervisor.clone();
-        store.spawn_auto_pull(
-            spec,
-            Box::new(move || {
-                Box::pin(async move { supervisor.replan_now("auto_pull brought it").await })
-            }),
-        );
-    }
     let router = r1d::api::http::router(r1d::api::http::AppState::new(control));
 
     // systemd: STATUS=, READY=1, watchdog, STOPPING=1; SIGHUP re-reads the config.

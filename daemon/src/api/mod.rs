@@ -5,7 +5,9 @@
 //!   [`native`], all answering through [`answer`].
 //! - [`error`]: the one mapping of errors to HTTP statuses, codes and `Retry-After`, and the one
 //!   request-body parser.
-//! - [`to_wire`]: every conversion from daemon types to `r1d_client::wire`.
+//! - [`to_wire`]: every conversion from daemon types to `r1d_client::wire`;
+//!   [`supervisor_wire`] the same for what the supervisor publishes (events, watch status,
+//!   reload outcomes, the reported state).
 //! - [`dbus`]: D-Bus (`org.r1d.R1`).
 
 pub mod answer;
@@ -15,4 +17,5 @@ pub mod http;
 pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod supervisor_wire;
 pub mod to_wire;

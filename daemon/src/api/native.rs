@@ -59,7 +59,10 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// `/r1/status`'s body, also the answer to a load, unload or use.
 fn status_now(state: &AppState) -> Json<wire::Status> {
-    let watch = state.control.running_supervisor().map(|s| s.view());
+    let watch = state
+        .control
+        .running_supervisor()
+        .map(|s| super::supervisor_wire::watch_status(&s.view()));
     Json(to_wire::status(&state.control.status(), watch))
 }
 
@@ -238,7 +241,7 @@ async fn events(State(state): State<AppState>) -> Response {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         message: crate::systemd::status_line(&snap, None),
-        state: Some(supervisor.reported_state(&snap)),
+        state: Some(super::supervisor_wire::state(supervisor.reported_state(&snap))),
         model: snap
             .model
             .as_ref()
@@ -258,7 +261,7 @@ async fn events(State(state): State<AppState>) -> Response {
     });
     let rest = tokio_stream::wrappers::BroadcastStream::new(rx).map(move |item| {
         Ok(match item {
-            Ok(e) => to_sse(&e),
+            Ok(e) => to_sse(&super::supervisor_wire::event(&e)),
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 SseEvent::default()
                     .event("lagged")

@@ -30,10 +30,10 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
 /// The state to report: the engine's, but `degraded` while serving without a GPU that should be
 /// there (`degraded` is the supervisor's reason).
 pub fn state(s: EngineState, degraded: Option<&str>) -> wire::State {
-    match (s, degraded) {
-        (EngineState::Ready, Some(_)) => wire::State::Degraded,
-        (s, _) => crate::supervisor::wire_state(s),
-    }
+    super::supervisor_wire::state(crate::supervisor::ReportedState::reported(
+        s,
+        degraded.is_some(),
+    ))
 }
 
 /// `/r1/status`'s body; `watch` is the supervisor's view.

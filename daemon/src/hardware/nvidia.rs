@@ -78,6 +78,52 @@ pub fn probe() -> Vec<Gpu> {
     gpus
 }
 
+/// NVIDIA GPUs the kernel driver lists (`/proc/driver/nvidia/gpus/*`) below `probe`'s root.
+pub fn gpus_listed(probe: &super::Probe) -> usize {
+    std::fs::read_dir(probe.path("/proc/driver/nvidia/gpus"))
+        .map(|d| d.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+/// Why the probe result `hw` is degraded: the driver lists NVIDIA GPUs the probe (NVML) did not
+/// find. `None` when every listed GPU answered (or none is listed).
+pub fn degraded_reason(probe: &super::Probe, hw: &super::Hardware) -> Option<String> {
+    let listed = gpus_listed(probe);
+    let found = hw
+        .gpus
+        .iter()
+        .filter(|g| g.vendor == GpuVendor::Nvidia)
+        .count();
+    (listed > found).then(|| {
+        format!(
+            "the NVIDIA driver lists {listed} GPU(s) but {found} answered (NVML); planning without \
+             them until they do"
+        )
+    })
+}
+
+/// At start: waits up to `wait` for GPUs the NVIDIA driver lists but NVML does not see yet (a
+/// boot-time race with the driver), probing once a second. Returns why r1d is degraded when
+/// they did not show up; `None` at once on a machine without such GPUs. Blocking.
+pub fn wait_for_gpus(probe: &super::Probe, wait: std::time::Duration) -> Option<String> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now().checked_add(wait);
+    let mut logged = false;
+    loop {
+        let hw = probe.run().ok()?;
+        let reason = degraded_reason(probe, &hw)?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!("degraded: {reason}");
+            return Some(reason);
+        }
+        if !logged {
+            tracing::info!("waiting up to {} s for the GPUs: {reason}", wait.as_secs());
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Without a driver (as on the CI machines) the answer is "none", never an error or panic;

@@ -1,4 +1,5 @@
-//! The model store: model files on disk, what each one is, pulls, and which one to serve.
+//! The model store: an inventory of model files on disk — scan, examine, resolve, pull.
+//! Which one to serve, and why, is the supervisor's (`crate::supervisor`).
 //!
 //! - [`scan`]: r1d's models directory (system `/var/lib/r1d/models`, user
 //!   `$XDG_DATA_HOME/r1d/models`, or `[store] dir`) and, read-only, the Hugging Face cache
@@ -11,7 +12,8 @@
 //!   truncated with both sizes, and is never chosen.
 //! - [`pull`]: downloads with resume and sha256 verification, into a directory per repository
 //!   (`MODELS/hf.co/OWNER/REPO/FILE`); files pulled flat into `MODELS/` before that still count.
-//! - [`select`]: the best present DeepSeek-R1 by the planner's ranking.
+//! - [`select`]: the best present DeepSeek-R1 by the planner's ranking (pure; the supervisor
+//!   decides whether to load it).
 //!
 //! **Architecture invariants**: other tools' stores are never written; knows neither HTTP nor
 //! JSON wire shapes (the `api` modules convert).
@@ -24,6 +26,8 @@ pub mod select;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use crate::hardware::Hardware;
 
 use gguf_header::HeaderCheck;
 use crate::engine::LoadParams;
@@ -214,43 +218,24 @@ pub struct Store {
     probe: Probe,
     /// What a config reload may change: `[planner]`, `[model]`, `[store] auto_pull`.
     settings: Mutex<Settings>,
-    /// Memory the resident model holds, added back to what the probe finds free when planning
-    /// (RAM bytes, VRAM bytes of the first GPU), so that the model does not crowd itself out.
-    credit: Mutex<(u64, u64)>,
-    /// The last selection (shown in `/r1/status`).
-    selection: Mutex<Selection>,
-    /// What more memory would bring, from the plan behind the reason `choose` or `resolve_use`
-    /// gave last; [`Store::set_selection`] takes it over when it records that reason.
-    pending: Mutex<Option<(String, MoreMemory)>>,
+    /// How the probe's result is adjusted before planning (the supervisor adds the resident
+    /// model's memory back as free); `None`: as probed.
+    adjust: Mutex<Option<HardwareAdjust>>,
 }
 
-/// What the planner said more memory would bring, for `/r1/status`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MoreMemory {
-    /// [`Plan::upgrades`].
-    pub upgrades: Vec<planner::Upgrade>,
-    /// [`Plan::more_memory`].
-    pub text: String,
-}
+/// Adjusts a probe result before planning (see [`Store::set_hardware_adjust`]).
+pub type HardwareAdjust = Arc<dyn Fn(&mut Hardware) + Send + Sync>;
 
-impl MoreMemory {
-    fn of(plan: &Plan) -> MoreMemory {
-        MoreMemory {
-            upgrades: plan.upgrades.clone(),
-            text: plan.more_memory.clone(),
-        }
-    }
-}
-
-/// Why the resident model is what it is.
-#[derive(Debug, Clone, Default)]
-struct Selection {
-    reason: Option<String>,
-    more: Option<MoreMemory>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What `r1ctl use NAME` resolved to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The load.
+    pub spec: LoadSpec,
+    /// Why: one line for `/r1/status` `selection`.
+    pub reason: String,
+    /// The plan that chose it and the index of its candidate, when a plan chose it (`auto`, a
+    /// variant); `None` for a model asked for by name.
+    pub planned: Option<(Plan, usize)>,
 }
 
 /// The store's settings that follow config reloads.
@@ -312,9 +297,7 @@ impl Store {
                 model: config.model.clone(),
                 auto_pull: s.auto_pull,
             }),
-            credit: Mutex::new((0, 0)),
-            selection: Mutex::new(Selection::default()),
-            pending: Mutex::new(None),
+            adjust: Mutex::new(None),
         })
     }
 
@@ -340,14 +323,14 @@ impl Store {
         };
     }
 
-    /// Sets the memory the resident model holds (RAM bytes, VRAM bytes), which planning adds
-    /// back to the free memory the probe finds.
-    pub fn set_credit(&self, ram_bytes: u64, vram_bytes: u64) {
-        *self.credit.lock().unwrap_or_else(|e| e.into_inner()) = (ram_bytes, vram_bytes);
+    /// Sets how a probe result is adjusted before planning: the supervisor counts the resident
+    /// model's memory as free (it would be freed for a swap), on the GPUs the model is on.
+    pub fn set_hardware_adjust(&self, adjust: HardwareAdjust) {
+        *self.adjust.lock().unwrap_or_else(|e| e.into_inner()) = Some(adjust);
     }
 
-    /// This machine as the planner should see it: the probe, plus the resident model's memory
-    /// counted as free (it would be freed for a swap). Blocking.
+    /// This machine as the planner should see it: the probe, adjusted as
+    /// [`Store::set_hardware_adjust`] says. Blocking.
     ///
     /// # Errors
     /// [`StoreError::Probe`].
@@ -356,10 +339,13 @@ impl Store {
             .probe
             .run()
             .map_err(|e| StoreError::Probe(e.to_string()))?;
-        let (ram, vram) = *self.credit.lock().unwrap_or_else(|e| e.into_inner());
-        hw.memory.available_bytes = (hw.memory.available_bytes + ram).min(hw.memory.total_bytes);
-        if let Some(gpu) = hw.gpus.first_mut() {
-            gpu.vram_free_bytes = (gpu.vram_free_bytes + vram).min(gpu.vram_total_bytes);
+        let adjust = self
+            .adjust
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(adjust) = adjust {
+            adjust(&mut hw);
         }
         Ok(hw)
     }
@@ -400,88 +386,7 @@ impl Store {
         let hw = self.hardware()?;
         let plan = planner::plan(&hw, &present(&entries), policy);
         let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
-        self.remember(&choice.reason, &plan);
         Ok((entries, plan, choice))
-    }
-
-    /// What to load at start when no model path is configured: the best present R1, with the
-    /// reason; when none, `None` and a reason that names the command that fixes it. With
-    /// `auto_pull`, also the pull of the planner's choice when it is not present. Blocking.
-    pub fn startup(&self) -> (Option<LoadSpec>, String, Option<PullSpec>) {
-        match self.choose() {
-            Ok((entries, plan, choice)) => {
-                let load = choice
-                    .entry
-                    .zip(choice.candidate)
-                    .map(|(e, c)| self.load_spec(&entries[e], Some(&plan.candidates[c])));
-                let pull = choice
-                    .missing
-                    .filter(|_| self.auto_pull())
-                    .and_then(|ci| catalog_spec(&plan.candidates[ci]).ok());
-                self.record(&choice.reason, Some(MoreMemory::of(&plan)));
-                (load, choice.reason, pull)
-            }
-            Err(e) => {
-                let reason = format!("{e}; run `r1ctl use NAME` to serve a model by name");
-                self.set_selection(&reason);
-                (None, reason, None)
-            }
-        }
-    }
-
-    /// The last selection's reason.
-    pub fn selection(&self) -> Option<String> {
-        locked(&self.selection).reason.clone()
-    }
-
-    /// What the planner said more memory would bring when it chose the resident model (empty
-    /// when the model was named rather than chosen).
-    pub fn upgrades(&self) -> Vec<planner::Upgrade> {
-        locked(&self.selection)
-            .more
-            .as_ref()
-            .map(|m| m.upgrades.clone())
-            .unwrap_or_default()
-    }
-
-    /// [`Plan::more_memory`] of the plan that chose the resident model.
-    pub fn more_memory(&self) -> Option<String> {
-        locked(&self.selection)
-            .more
-            .as_ref()
-            .map(|m| m.text.clone())
-    }
-
-    /// Records why the resident model is what it is; with a reason that [`Store::choose`] or
-    /// [`Store::resolve_use`] gave last (or the one recorded already), also what its plan said
-    /// more memory would bring; with any other reason (a model named by path), nothing about it.
-    pub fn set_selection(&self, reason: &str) {
-        let planned = locked(&self.pending)
-            .as_ref()
-            .filter(|(r, _)| r == reason)
-            .map(|(_, m)| m.clone());
-        let mut selection = locked(&self.selection);
-        let more = planned.or_else(|| {
-            (selection.reason.as_deref() == Some(reason))
-                .then(|| selection.more.clone())
-                .flatten()
-        });
-        *selection = Selection {
-            reason: Some(reason.to_owned()),
-            more,
-        };
-    }
-
-    fn record(&self, reason: &str, more: Option<MoreMemory>) {
-        *locked(&self.selection) = Selection {
-            reason: Some(reason.to_owned()),
-            more,
-        };
-    }
-
-    /// Keeps what `plan` says about more memory for when a caller records `reason`.
-    fn remember(&self, reason: &str, plan: &Plan) {
-        *locked(&self.pending) = Some((reason.to_owned(), MoreMemory::of(plan)));
     }
 
     /// The load of `entry`: the planner's context and GPU layers for a variant, the config's
@@ -510,18 +415,16 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`]: unknown, not present, truncated.
-    pub fn resolve_use(&self, name: &str) -> Result<(LoadSpec, String), StoreError> {
+    pub fn resolve_use(&self, name: &str) -> Result<Resolved, StoreError> {
         let name = name.trim();
         if name.eq_ignore_ascii_case("auto") {
             let (entries, plan, choice) = self.choose()?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => {
-                    self.remember(&choice.reason, &plan);
-                    Ok((
-                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                        choice.reason,
-                    ))
-                }
+                Some((e, c)) => Ok(Resolved {
+                    spec: self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                    reason: choice.reason,
+                    planned: Some((plan, c)),
+                }),
                 None => Err(StoreError::Unusable {
                     name: "auto".into(),
                     reason: choice.reason,
@@ -535,14 +438,11 @@ impl Store {
             };
             let (entries, plan, choice) = self.choose_with(&policy)?;
             return match choice.entry.zip(choice.candidate) {
-                Some((e, c)) => {
-                    let reason = format!("pinned to {}: {}", v.id, choice.reason);
-                    self.remember(&reason, &plan);
-                    Ok((
-                        self.load_spec(&entries[e], Some(&plan.candidates[c])),
-                        reason,
-                    ))
-                }
+                Some((e, c)) => Ok(Resolved {
+                    spec: self.load_spec(&entries[e], Some(&plan.candidates[c])),
+                    reason: format!("pinned to {}: {}", v.id, choice.reason),
+                    planned: Some((plan, c)),
+                }),
                 None if entries
                     .iter()
                     .any(|e| e.variant().is_some_and(|x| x.id == v.id) && e.is_usable()) =>
@@ -576,14 +476,15 @@ impl Store {
                 reason: entry.status_text(),
             });
         }
-        Ok((
-            self.load_spec(entry, None),
-            format!(
+        Ok(Resolved {
+            spec: self.load_spec(entry, None),
+            reason: format!(
                 "{} ({}): asked for by name",
                 entry.name,
                 entry.path.display()
             ),
-        ))
+            planned: None,
+        })
     }
 
     /// What `r1ctl pull NAME` downloads: a catalog variant (the best quantization for this
@@ -620,7 +521,7 @@ impl Store {
         };
         let plan = planner::plan(&hw, &present(&self.scan()), &policy);
         match plan.chosen() {
-            Some(c) => catalog_spec(c),
+            Some(c) => pull_spec_of(c),
             None => Err(StoreError::DoesNotFit {
                 variant: v.id.to_owned(),
                 reason: plan.reason.clone(),
@@ -628,116 +529,11 @@ impl Store {
         }
     }
 
-    /// At start: a configured model (`load`) wins; otherwise the selection from the store. The
-    /// second value is the reason for serving nothing (with `config_error` first), the third the
-    /// pull `auto_pull` asks for.
-    pub async fn at_start(
-        self: &Arc<Self>,
-        load: Option<LoadSpec>,
-        config_error: Option<String>,
-    ) -> (Option<LoadSpec>, Option<String>, Option<PullSpec>) {
-        if let Some(load) = load {
-            self.set_selection("the model configured with [model] path or --model");
-            return (Some(load), config_error, None);
-        }
-        let this = self.clone();
-        let (load, reason, pull) = tokio::task::spawn_blocking(move || this.startup())
-            .await
-            .unwrap_or_else(|e| (None, format!("failed to scan the model store: {e}"), None));
-        tracing::info!("model selection: {reason}");
-        let reason = match config_error {
-            Some(c) => format!("{c}; {reason}"),
-            None => reason,
-        };
-        (load, Some(reason), pull)
-    }
-
-    /// `auto_pull`: pulls `spec` in the background and, when it is in place, loads the selection
-    /// again (the best present model is served meanwhile). The selection's reason (`/r1/status`)
-    /// says that the pull runs, and then how it ended: the model it brought is served, or why
-    /// the pulled file cannot be, or why the pull failed.
-    pub fn spawn_auto_pull(self: &Arc<Self>, spec: PullSpec, then: AfterPull) {
-        let this = self.clone();
-        let label = spec.label.clone();
-        tracing::info!("auto_pull: pulling {label}");
-        let before = self.selection().unwrap_or_default();
-        let amend = move |store: &Store, what: String| {
-            let reason = if before.is_empty() {
-                what
-            } else {
-                format!("{before}; {what}")
-            };
-            let mut selection = locked(&store.selection);
-            selection.reason = Some(reason);
-        };
-        amend(self, format!("auto_pull: pulling {label}"));
-        let mut rx = self.pull(spec);
-        tokio::spawn(async move {
-            while !rx.borrow_and_update().is_final() {
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-            let end = rx.borrow().clone();
-            let (path, sha256) = match end {
-                PullState::Done { path, sha256, .. } => (path, sha256),
-                PullState::Failed(why) => {
-                    tracing::warn!("auto_pull of {label} failed: {why}");
-                    amend(&this, format!("auto_pull of {label} failed: {why}"));
-                    return;
-                }
-                _ => {
-                    amend(
-                        &this,
-                        format!("auto_pull of {label} ended without a result"),
-                    );
-                    return;
-                }
-            };
-            let pulled = format!(
-                "auto_pull: {label} is in {}{}",
-                path.display(),
-                sha256
-                    .map(|s| format!(" (sha256 {s} verified)"))
-                    .unwrap_or_default()
-            );
-            let store = this.clone();
-            let unusable = tokio::task::spawn_blocking(move || {
-                let entry = store.scan().into_iter().find(|e| e.path == path);
-                match entry {
-                    Some(e) if !e.is_usable() => {
-                        Some(format!("it cannot be served: {}", e.status_text()))
-                    }
-                    _ => None,
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Some(format!("the store scan failed: {e}")));
-            if let Some(why) = unusable {
-                tracing::warn!("{pulled}, but {why}");
-                amend(&this, format!("{pulled}, but {why}"));
-                return;
-            }
-            // The selection again, through whoever decides (a pin still wins).
-            if let Err(e) = then().await {
-                amend(&this, format!("{pulled}, but loading it failed: {e}"));
-            }
-        });
-    }
-
     /// Starts (or joins) a pull.
     pub fn pull(&self, spec: PullSpec) -> watch::Receiver<PullState> {
         self.puller.start(spec)
     }
 }
-
-/// What `auto_pull` does once the pulled file is in place and usable: choose again and load
-/// (`Supervisor::replan_now`, so a run-time pin still wins); `Err` says why loading failed.
-pub type AfterPull = Box<
-    dyn FnOnce() -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<String, String>> + Send>,
-        > + Send,
->;
 
 /// `deepseek-r1:7b-q8_0` → the variant and its catalog quantization.
 pub fn parse_variant_quant(
@@ -772,7 +568,12 @@ fn spec_of(v: &Variant, q: &catalog::Quantization) -> Result<PullSpec, StoreErro
     })
 }
 
-fn catalog_spec(c: &planner::Candidate) -> Result<PullSpec, StoreError> {
+/// The pull of a plan candidate (what `auto_pull` fetches when the planner's choice is not
+/// present).
+///
+/// # Errors
+/// [`StoreError::Split`], [`StoreError::OnnxFolder`]: r1d cannot pull it.
+pub fn pull_spec_of(c: &planner::Candidate) -> Result<PullSpec, StoreError> {
     spec_of(c.variant, c.quantization)
 }
 
@@ -874,57 +675,6 @@ mod tests {
             &[("token_embd.weight", &[256, 4], 12)],
             data,
         )
-    }
-
-    /// A store of `models` on the fake "workstation" machine (AMD GPU), other stores off.
-    fn workstation_store(models: &std::path::Path) -> Arc<Store> {
-        let mut config = Config::default();
-        config.store.dir = Some(models.to_owned());
-        config.store.scan_huggingface = false;
-        config.store.scan_ollama = false;
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/hardware/workstation");
-        Store::new(
-            &config,
-            Mode::User,
-            Probe::fake_root(root, models.to_owned()),
-        )
-    }
-
-    #[test]
-    fn status_keeps_what_more_memory_would_bring_only_for_the_selection_it_was_planned_for() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf"),
-            r1_7b(576),
-        )
-        .unwrap();
-        let store = workstation_store(dir.path());
-        let (_, plan, _) = store.choose().unwrap();
-        assert!(!plan.upgrades.is_empty(), "{}", plan.more_memory);
-        // `r1ctl use auto`: the plan behind the reason travels with it.
-        let (_, reason) = store.resolve_use("auto").unwrap();
-        assert!(reason.starts_with("deepseek-r1:7b Q4_K_M"), "{reason}");
-        store.set_selection(&reason);
-        assert_eq!(store.selection().as_deref(), Some(reason.as_str()));
-        assert_eq!(store.upgrades(), plan.upgrades);
-        assert_eq!(store.more_memory(), Some(plan.more_memory.clone()));
-        // The same selection again (a re-plan that keeps the model) keeps it.
-        store.set_selection(&reason);
-        assert_eq!(store.upgrades(), plan.upgrades);
-        // `choose` (the supervisor's re-plan) gives a reason that carries its plan too.
-        let (_, again, choice) = store.choose().unwrap();
-        store.set_selection("something else");
-        store.set_selection(&choice.reason);
-        assert_eq!(store.upgrades(), again.upgrades);
-        // A model named by path or name was not planned: nothing is said about more memory.
-        store.set_selection("the model configured with [model] path or --model");
-        assert!(store.upgrades().is_empty());
-        assert_eq!(store.more_memory(), None);
-        // At start, the selection records its plan's upgrades.
-        let (_, reason, _) = store.startup();
-        assert_eq!(store.selection(), Some(reason));
-        assert_eq!(store.upgrades(), plan.upgrades);
     }
 
     #[test]

@@ -99,16 +99,27 @@ async fn resident(daemon: &Daemon) -> Option<String> {
         .map(|m| m.name)
 }
 
-/// Collects the events r1d sends until `stop` says enough (or `secs` pass).
-fn collect_events(
+/// Collects the events r1d sends until `stop` says enough (or `secs` pass). Returns once the
+/// stream's first event (the current state) has arrived: r1d is subscribed then, so nothing
+/// that happens afterwards is missed.
+async fn collect_events(
     daemon: &Daemon,
     secs: u64,
     stop: impl Fn(&wire::Event) -> bool + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<wire::Event>> {
     let client = daemon.client();
+    let mut stream = client.events().await.expect("GET /r1/events");
+    let first = tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .expect("the event stream's first event")
+        .expect("an event")
+        .expect("a readable event");
     tokio::spawn(async move {
-        let mut stream = client.events().await.expect("GET /r1/events");
-        let mut seen = Vec::new();
+        let done = stop(&first);
+        let mut seen = vec![first];
+        if done {
+            return seen;
+        }
         let deadline = tokio::time::sleep(Duration::from_secs(secs));
         tokio::pin!(deadline);
         loop {
@@ -137,8 +148,8 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     ready(&daemon).await;
     let events = collect_events(&daemon, 30, |e| {
         e.kind == "swap" && e.message.starts_with("serving")
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
 
     // A slow answer: 40 tokens, 50 ms apart.
     let client = daemon.client();
@@ -285,7 +296,8 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
     let answer = daemon.client().chat(&ask("still served")).await.unwrap();
     assert_eq!(answer.model, "echo-a");
     assert_eq!(answer.choices[0].message.content, "STILL SERVED");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // That re-plans do not retry it later is `decide`'s unit test
+    // `a_failed_load_is_not_retried_until_its_file_changes`.
     assert_eq!(
         daemon.log().matches("asks to fail").count(),
         1,
@@ -489,7 +501,8 @@ async fn more_memory_for_longer_than_the_settle_time_swaps_to_the_bigger_variant
         w.pending.is_none().then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // That a dropped burst never swaps later is `decide`'s unit test
+    // `hysteresis_a_choice_must_hold_for_the_settle_time`.
     assert_eq!(
         resident(&daemon).await.as_deref(),
         Some("DeepSeek R1 Distill Qwen 1.5B"),
@@ -562,7 +575,7 @@ async fn under_manual_a_better_fit_is_only_reported() {
         "{better}"
     );
     assert!(better.contains("r1ctl use auto"), "{better}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // That manual never swaps by itself is `decide`'s unit test `swap_policies`.
     assert_eq!(
         resident(&daemon).await.as_deref(),
         Some("DeepSeek R1 Distill Qwen 1.5B")
@@ -720,8 +733,8 @@ async fn a_run_time_pin_survives_re_plans_until_use_auto() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Several re-plans (every 0.25 s, settle 0.5 s) would choose the 7B; the pin wins.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Re-plans (every 0.25 s, settle 0.5 s) would choose the 7B; that the pin wins over them is
+    // `decide`'s unit test `pins_win_over_the_config_and_the_plan`.
     assert_eq!(
         resident(&daemon).await.as_deref(),
         Some("DeepSeek R1 Distill Qwen 1.5B")
@@ -750,7 +763,8 @@ async fn a_model_that_failed_to_load_is_not_retried_by_re_plans_until_its_file_c
     );
     let daemon = on_machine(&m, &config);
     assert_eq!(daemon.settled().await.status, State::NoModel);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // That re-plans leave it alone until the file changes is `decide`'s unit test
+    // `a_failed_load_is_not_retried_until_its_file_changes`.
     let attempts = || daemon.log().matches("asks to fail").count();
     assert_eq!(attempts(), 1, "{}", daemon.log());
     // The file is fixed: the next re-plan loads it.
@@ -767,8 +781,7 @@ async fn event_streams_end_with_a_last_event_when_r1d_stops_and_do_not_hold_it()
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let mut daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
-    let events = collect_events(&daemon, 20, |_| false);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = collect_events(&daemon, 20, |_| false).await;
     daemon.terminate();
     let status = daemon.wait_exit(Duration::from_secs(5)).unwrap_or_else(|| {
         panic!(
@@ -791,8 +804,7 @@ async fn a_missing_file_or_unknown_backend_is_refused_before_the_serving_model_i
     let a = echo_file(models.path(), "a", r#"{"name": "echo-a"}"#);
     let daemon = echo_daemon(&config_with_model(&a));
     ready(&daemon).await;
-    let events = collect_events(&daemon, 20, |e| e.kind == "swap" && e.error.is_some());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = collect_events(&daemon, 20, |e| e.kind == "swap" && e.error.is_some()).await;
     daemon.edit_config(&config_with_model(&models.path().join("nosuch.echo")));
     let events = events.await.unwrap();
     let failed = events.iter().find(|e| e.error.is_some()).unwrap();
@@ -921,8 +933,8 @@ async fn a_second_config_edit_during_a_slow_load_stops_that_load_and_serves_the_
             seen.fetch_or(2, SeqCst);
         }
         seen.load(SeqCst) == 3
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
     daemon.edit_config(&config_with_model(&slow));
     until(&daemon, 10, "the slow load to begin", || async {
         (daemon.client().health().await.ok()?.status == State::Swapping).then_some(())
@@ -961,7 +973,13 @@ async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first
     .await;
     // Changed back before the running answer ended: echo-a is what the config names.
     daemon.edit_config(&config_with_model(&a));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Read once the queued swap is gone (superseded by loading echo-a again, which the engine
+    // skips: `decide`'s unit test `steps_of_edits_and_use`).
+    until(&daemon, 10, "the revert to be read", || async {
+        let w = daemon.client().status().await.ok()?.watch?;
+        w.pending.is_none().then_some(())
+    })
+    .await;
     while let Some(chunk) = stream.next().await {
         chunk.expect("the running answer finishes");
     }
