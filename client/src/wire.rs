@@ -667,9 +667,10 @@ pub struct CpuProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Physical cores.
+    #[serde(deserialize_with = "count::u32")]
     pub cores: u32,
     /// Hardware threads; absent = `cores`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count::opt_u32")]
     pub threads: Option<u32>,
     /// SIMD features (`avx2`, `avx512f`, `amx_int8`, `neon`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -680,14 +681,24 @@ pub struct CpuProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct MemoryProfile {
     /// Total RAM usable (bytes; the cgroup limit when smaller than the machine).
+    #[serde(deserialize_with = "count::u64")]
     pub total_bytes: u64,
     /// RAM available now (bytes).
+    #[serde(deserialize_with = "count::u64")]
     pub available_bytes: u64,
     /// Memory read bandwidth (bytes/s); absent = the planner's default (25 GB/s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt_u64"
+    )]
     pub bandwidth_bytes_per_s: Option<u64>,
     /// The cgroup memory limit (bytes), when one applies.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt_u64"
+    )]
     pub cgroup_limit_bytes: Option<u64>,
 }
 
@@ -695,6 +706,7 @@ pub struct MemoryProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DiskProfile {
     /// Free bytes where models are stored.
+    #[serde(deserialize_with = "count::u64")]
     pub free_bytes: u64,
     /// The models directory measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -709,11 +721,17 @@ pub struct GpuProfile {
     /// Name.
     pub name: String,
     /// Installed VRAM (bytes).
+    #[serde(deserialize_with = "count::u64")]
     pub vram_total_bytes: u64,
     /// Free VRAM (bytes): what other processes hold is not free.
+    #[serde(deserialize_with = "count::u64")]
     pub vram_free_bytes: u64,
     /// Peak memory bandwidth (bytes/s); absent = the planner's default (250 GB/s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt_u64"
+    )]
     pub bandwidth_bytes_per_s: Option<u64>,
     /// CUDA compute capability (`8.9`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -967,4 +985,90 @@ pub struct PullEvent {
     /// Why it failed (`error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Counts and rates (bytes, bytes/s, cores) accept every JSON spelling of a whole number:
+/// `40000000000`, `40000000000.0`, `4e10`. JSON has one number type (RFC 8259 §6); a tool or a
+/// person that writes `4e10` means the same count. A fraction, a negative number or one past the
+/// type's range is refused, naming the value.
+mod count {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(u64),
+        Float(f64),
+    }
+
+    fn whole<E: Error>(n: Number, max: u64) -> Result<u64, E> {
+        let v = match n {
+            Number::Int(v) => v,
+            // 2^64 as f64: every finite float below it converts exactly when it is whole.
+            Number::Float(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => f as u64,
+            Number::Float(f) => {
+                return Err(E::custom(format!(
+                    "{f} is not a whole number from 0 to {max}"
+                )))
+            }
+        };
+        if v > max {
+            return Err(E::custom(format!("{v} is more than {max}")));
+        }
+        Ok(v)
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        whole(Number::deserialize(d)?, u64::MAX)
+    }
+
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<Number>::deserialize(d)?
+            .map(|n| whole(n, u64::MAX))
+            .transpose()
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        whole(Number::deserialize(d)?, u32::MAX.into()).map(|v| v as u32)
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        Option::<Number>::deserialize(d)?
+            .map(|n| whole(n, u32::MAX.into()).map(|v| v as u32))
+            .transpose()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::wire::MemoryProfile;
+
+        fn memory(total: &str) -> Result<MemoryProfile, serde_json::Error> {
+            serde_json::from_str(&format!(
+                r#"{{"total_bytes": {total}, "available_bytes": 1, "bandwidth_bytes_per_s": {total}}}"#
+            ))
+        }
+
+        #[test]
+        fn every_spelling_of_a_whole_number_is_that_number() {
+            for spelling in ["40000000000", "40000000000.0", "4e10", "4E+10"] {
+                let m = memory(spelling).unwrap();
+                assert_eq!(m.total_bytes, 40_000_000_000, "{spelling}");
+                assert_eq!(m.bandwidth_bytes_per_s, Some(40_000_000_000), "{spelling}");
+            }
+        }
+
+        #[test]
+        fn fractions_negatives_and_overflows_are_refused_naming_the_value() {
+            let e = memory("1.5").unwrap_err().to_string();
+            assert!(e.contains("1.5 is not a whole number"), "{e}");
+            assert!(memory("-3").is_err());
+            assert!(memory("1e30").is_err());
+            let cores: Result<crate::wire::CpuProfile, _> =
+                serde_json::from_str(r#"{"cores": 5000000000}"#);
+            assert!(cores.unwrap_err().to_string().contains("more than 4294967295"));
+            let cpu: crate::wire::CpuProfile =
+                serde_json::from_str(r#"{"cores": 8.0, "threads": 1.6e1}"#).unwrap();
+            assert_eq!((cpu.cores, cpu.threads), (8, Some(16)));
+        }
+    }
 }

@@ -341,7 +341,7 @@ fn this_machine(mode: Mode) -> Probe {
 
 /// `r1d hardware` and `r1d plan`: print and exit; a closed pipe ends quietly.
 fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()> {
-    use r1d::api::to_wire::{hardware_from_wire, hardware_to_wire, plan_to_wire};
+    use r1d::api::report;
     use std::io::Write as _;
     let probe_here = || {
         this_machine(mode)
@@ -349,32 +349,19 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
             .context("failed to probe this machine's hardware")
     };
     let text = match command {
-        Command::Hardware { json } => {
-            let profile = hardware_to_wire(&probe_here()?);
-            if *json {
-                serde_json::to_string_pretty(&profile)?
-            } else {
-                hardware_text(&profile)
-            }
-        }
+        Command::Hardware { json } => report::hardware(&probe_here()?, *json)?,
         Command::Plan { hardware, json } => {
             let hw = match hardware {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
                         format!("failed to read the hardware profile {}", path.display())
                     })?;
-                    let profile: r1d_client::wire::HardwareProfile = serde_json::from_str(&text)
-                        .with_context(|| format!("invalid hardware profile {}", path.display()))?;
-                    hardware_from_wire(&profile)
+                    report::hardware_from_json(&text)
+                        .with_context(|| format!("invalid hardware profile {}", path.display()))?
                 }
                 None => probe_here()?,
             };
-            let plan = plan_to_wire(&r1d::planner::plan(&hw, &[], &config.planner));
-            if *json {
-                serde_json::to_string_pretty(&plan)?
-            } else {
-                plan.to_table()
-            }
+            report::plan(&r1d::planner::plan(&hw, &[], &config.planner), *json)?
         }
     };
     let mut out = std::io::stdout().lock();
@@ -382,58 +369,6 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("failed to write to stdout"),
     }
-}
-
-fn hardware_text(p: &r1d_client::wire::HardwareProfile) -> String {
-    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
-    let mut s = format!(
-        "{:<10}{} — {} cores, {} threads{}\n",
-        "cpu",
-        p.cpu.model.as_deref().unwrap_or("unknown model"),
-        p.cpu.cores,
-        p.cpu.threads.unwrap_or(p.cpu.cores),
-        if p.cpu.features.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", p.cpu.features.join(" "))
-        }
-    );
-    s += &format!(
-        "{:<10}{} available of {}{}{}\n",
-        "memory",
-        gb(p.memory.available_bytes),
-        gb(p.memory.total_bytes),
-        p.memory
-            .cgroup_limit_bytes
-            .map(|l| format!(" (cgroup limit {})", gb(l)))
-            .unwrap_or_default(),
-        p.memory
-            .bandwidth_bytes_per_s
-            .map(|b| format!(", {:.1} GB/s read", b as f64 / 1e9))
-            .unwrap_or_default()
-    );
-    if let Some(d) = &p.disk {
-        s += &format!(
-            "{:<10}{} free in {}\n",
-            "disk",
-            gb(d.free_bytes),
-            d.path.as_deref().unwrap_or("?")
-        );
-    }
-    if p.gpus.is_empty() {
-        s += &format!("{:<10}none\n", "gpu");
-    }
-    for (i, g) in p.gpus.iter().enumerate() {
-        s += &format!(
-            "{:<10}{} {} — {} free of {}\n",
-            format!("gpu {i}"),
-            g.vendor,
-            g.name,
-            gb(g.vram_free_bytes),
-            gb(g.vram_total_bytes)
-        );
-    }
-    s
 }
 
 async fn wait_for_signal() {

@@ -8,6 +8,7 @@
 //! - [`to_wire`]: every conversion from daemon types to `r1d_client::wire`;
 //!   [`supervisor_wire`] the same for what the supervisor publishes (events, watch status,
 //!   reload outcomes, the reported state).
+//! - [`report`]: what `r1d hardware` and `r1d plan` print (text or JSON).
 //! - [`dbus`]: D-Bus (`org.r1d.R1`).
 
 pub mod answer;
@@ -17,5 +18,6 @@ pub mod http;
 pub mod native;
 pub mod ollama;
 pub mod openai;
+pub mod report;
 pub mod supervisor_wire;
 pub mod to_wire;

@@ -367,3 +367,37 @@ async fn status_on_a_fake_machine_says_what_more_memory_would_bring() {
     assert_eq!(json["upgrades"][0]["more_bytes"], u.more_bytes);
     assert_eq!(json["upgrades"][0]["candidate"]["quantization"], "Q5_K_M");
 }
+
+/// A profile whose counts are written as floats (`4e10`, `8053063680.0`), as tools and people
+/// write JSON numbers, plans exactly as the same profile written with integers.
+#[test]
+fn plan_hardware_accepts_every_json_spelling_of_a_count() {
+    let path = profile("rtx4060-desktop.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    fn floats(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_u64() => {
+                // 8053063680 → "8.05306368e9": the same count as a float.
+                let f = n.as_u64().unwrap() as f64;
+                *v = serde_json::Value::Number(serde_json::Number::from_f64(f).unwrap());
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(floats),
+            serde_json::Value::Object(o) => o.values_mut().for_each(floats),
+            _ => {}
+        }
+    }
+    floats(&mut value);
+    let dir = tempfile::tempdir().unwrap();
+    let floated = dir.path().join("floats.json");
+    std::fs::write(&floated, serde_json::to_string(&value).unwrap()).unwrap();
+    assert!(std::fs::read_to_string(&floated).unwrap().contains(".0"));
+    let plan_of = |p: &Path| {
+        let out = r1d(&["plan", "--hardware", p.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Plan>(&out.stdout).unwrap()
+    };
+    let (a, b) = (plan_of(&path), plan_of(&floated));
+    assert_eq!(a.chosen, b.chosen);
+    assert_eq!(a.candidates.len(), b.candidates.len());
+}

@@ -1,0 +1,99 @@
+//! What `r1d hardware` and `r1d plan` print: the hardware profile and the plan as text or JSON
+//! (the JSON is `/r1/hardware`'s and `/r1/plan`'s body), and a saved profile read back for
+//! `r1d plan --hardware PROFILE.json`.
+
+use r1d_client::wire;
+
+use super::to_wire::{hardware_from_wire, hardware_to_wire, plan_to_wire};
+use crate::hardware::Hardware;
+use crate::planner::Plan;
+
+/// The hardware as `r1d hardware` prints it: a few lines of text, or (`json`) the profile that
+/// `r1d plan --hardware` reads.
+///
+/// # Errors
+/// Only if the profile cannot be encoded as JSON.
+pub fn hardware(hw: &Hardware, json: bool) -> Result<String, serde_json::Error> {
+    let profile = hardware_to_wire(hw);
+    if json {
+        serde_json::to_string_pretty(&profile)
+    } else {
+        Ok(hardware_text(&profile))
+    }
+}
+
+/// The plan as `r1d plan` prints it: the table, or (`json`) `/r1/plan`'s body.
+///
+/// # Errors
+/// Only if the plan cannot be encoded as JSON.
+pub fn plan(plan: &Plan, json: bool) -> Result<String, serde_json::Error> {
+    let plan = plan_to_wire(plan);
+    if json {
+        serde_json::to_string_pretty(&plan)
+    } else {
+        Ok(plan.to_table())
+    }
+}
+
+/// A hardware profile saved by `r1d hardware --json` (or written by hand), as the planner's input.
+///
+/// # Errors
+/// The JSON error, naming the field at fault.
+pub fn hardware_from_json(text: &str) -> Result<Hardware, serde_path_to_error::Error<serde_json::Error>> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let profile: wire::HardwareProfile = serde_path_to_error::deserialize(de)?;
+    Ok(hardware_from_wire(&profile))
+}
+
+fn hardware_text(p: &wire::HardwareProfile) -> String {
+    let gb = |b: u64| format!("{:.1} GB", b as f64 / 1e9);
+    let mut s = format!(
+        "{:<10}{} — {} cores, {} threads{}\n",
+        "cpu",
+        p.cpu.model.as_deref().unwrap_or("unknown model"),
+        p.cpu.cores,
+        p.cpu.threads.unwrap_or(p.cpu.cores),
+        if p.cpu.features.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", p.cpu.features.join(" "))
+        }
+    );
+    s += &format!(
+        "{:<10}{} available of {}{}{}\n",
+        "memory",
+        gb(p.memory.available_bytes),
+        gb(p.memory.total_bytes),
+        p.memory
+            .cgroup_limit_bytes
+            .map(|l| format!(" (cgroup limit {})", gb(l)))
+            .unwrap_or_default(),
+        p.memory
+            .bandwidth_bytes_per_s
+            .map(|b| format!(", {:.1} GB/s read", b as f64 / 1e9))
+            .unwrap_or_default()
+    );
+    if let Some(d) = &p.disk {
+        s += &format!(
+            "{:<10}{} free in {}\n",
+            "disk",
+            gb(d.free_bytes),
+            d.path.as_deref().unwrap_or("?")
+        );
+    }
+    if p.gpus.is_empty() {
+        s += &format!("{:<10}none\n", "gpu");
+    }
+    for (i, g) in p.gpus.iter().enumerate() {
+        s += &format!(
+            "{:<10}{} {} — {} free of {}\n",
+            format!("gpu {i}"),
+            g.vendor,
+            g.name,
+            gb(g.vram_free_bytes),
+            gb(g.vram_total_bytes)
+        );
+    }
+    s
+}
+
