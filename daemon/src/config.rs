@@ -174,7 +174,7 @@ pub const KV_CACHE_TYPES: [&str; 4] = ["f16", "q8_0", "q4_0", "f32"];
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Unix socket path; default: system or user socket (see [`default_socket`]).
+    /// Unix socket path; default: system or user socket (see [`crate::paths::socket`]).
     pub socket: Option<PathBuf>,
     /// Requests that may wait in the queue behind the running one before new ones get 503.
     pub queue_depth: Option<usize>,
@@ -187,7 +187,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Plugin directory; default: see [`default_plugin_dir`].
+    /// Plugin directory; default: see [`crate::paths::plugin_dir`].
     pub dir: Option<PathBuf>,
 }
 
@@ -412,59 +412,6 @@ impl Mode {
             Mode::User
         }
     }
-}
-
-fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/".into());
-            home.join(fallback)
-        })
-}
-
-/// Default config file: `/etc/r1d/r1d.toml` (system) or `$XDG_CONFIG_HOME/r1d/r1d.toml` (user).
-pub fn default_config_path(mode: Mode) -> PathBuf {
-    match mode {
-        Mode::System => "/etc/r1d/r1d.toml".into(),
-        Mode::User => xdg_dir("XDG_CONFIG_HOME", ".config").join("r1d/r1d.toml"),
-    }
-}
-
-/// Default socket: `/run/r1d/r1d.sock` (system) or the user socket
-/// ([`r1d_client::user_socket_path`]: `$XDG_RUNTIME_DIR/r1d/r1d.sock`, `/tmp/r1d-$UID/r1d.sock`
-/// without it) — the same paths `r1ctl` looks at.
-pub fn default_socket(mode: Mode) -> PathBuf {
-    match mode {
-        Mode::System => r1d_client::SYSTEM_SOCKET.into(),
-        Mode::User => r1d_client::user_socket_path(),
-    }
-}
-
-/// Default plugin directory: `plugins/` or the binary's own directory when it holds
-/// `libr1_plugin_*.so` (a build tree or a relocatable install), else `/usr/lib/r1d/plugins`.
-pub fn default_plugin_dir() -> PathBuf {
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-    {
-        for candidate in [dir.join("plugins"), dir.clone()] {
-            let has_plugin = std::fs::read_dir(&candidate).is_ok_and(|entries| {
-                entries.filter_map(Result::ok).any(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.starts_with("libr1_plugin_") && n.ends_with(".so"))
-                })
-            });
-            if has_plugin {
-                return candidate;
-            }
-        }
-    }
-    "/usr/lib/r1d/plugins".into()
 }
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ fn init_logging() {
 fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
-        None => (config::default_config_path(mode), false),
+        None => (r1d::paths::config_file(mode), false),
     };
     if !explicit && !path.exists() {
         return (Config::default(), None);
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
         .plugin_dir
         .clone()
         .or_else(|| config.plugins.dir.clone())
-        .unwrap_or_else(config::default_plugin_dir);
+        .unwrap_or_else(r1d::paths::plugin_dir);
     let host = match PluginHost::discover(&plugin_dir) {
         Ok(h) => h,
         Err(e) => {
@@ -181,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
                 .store
                 .dir
                 .clone()
-                .unwrap_or_else(|| r1d::hardware::disk::default_models_dir(mode)),
+                .unwrap_or_else(|| r1d::paths::models_dir(mode)),
         ),
         None => this_machine(mode),
     };
@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
         .socket
         .clone()
         .or_else(|| config.server.socket.clone())
-        .unwrap_or_else(|| config::default_socket(mode));
+        .unwrap_or_else(|| r1d::paths::socket(mode));
     let listening = r1d::systemd::listen(&socket, mode == Mode::System)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
@@ -233,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let config_path = args
         .config
         .clone()
-        .unwrap_or_else(|| config::default_config_path(mode));
+        .unwrap_or_else(|| r1d::paths::config_file(mode));
     let args = Arc::new(args);
     // Follows the config file and the hardware, and swaps the model when they change.
     let supervisor = r1d::supervisor::Supervisor::start(
@@ -334,8 +334,8 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
 
 fn this_machine(mode: Mode) -> Probe {
     Probe::this_machine(
-        r1d::hardware::disk::default_models_dir(mode),
-        Some(r1d::hardware::bandwidth::default_cache_path(mode)),
+        r1d::paths::models_dir(mode),
+        Some(r1d::paths::bandwidth_cache(mode)),
     )
 }
 

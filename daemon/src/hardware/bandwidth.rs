@@ -11,29 +11,13 @@
 //! order: the cache, a new measurement, and — for a profile without a figure — the planner's
 //! [`crate::planner::DEFAULT_CPU_BANDWIDTH`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use super::Cpu;
-use crate::config::Mode;
 
 /// Bytes read per pass.
 const BUFFER_BYTES: usize = 256 << 20;
-
-/// Default cache file: `/var/cache/r1d/memory-bandwidth` (system) or
-/// `$XDG_CACHE_HOME/r1d/memory-bandwidth` (user, default `~/.cache`).
-pub fn default_cache_path(mode: Mode) -> PathBuf {
-    match mode {
-        Mode::System => "/var/cache/r1d/memory-bandwidth".into(),
-        Mode::User => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into())).join(".cache")
-            })
-            .join("r1d/memory-bandwidth"),
-    }
-}
 
 fn cache_key(cpu: &Cpu, total_bytes: u64) -> String {
     format!(

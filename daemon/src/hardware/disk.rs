@@ -3,23 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use super::Disk;
-use crate::config::Mode;
-
-/// Where models are stored by default: `/var/lib/r1d/models` (system) or
-/// `$XDG_DATA_HOME/r1d/models` (user, default `~/.local/share`).
-pub fn default_models_dir(mode: Mode) -> PathBuf {
-    match mode {
-        Mode::System => "/var/lib/r1d/models".into(),
-        Mode::User => std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/".into()))
-                    .join(".local/share")
-            })
-            .join("r1d/models"),
-    }
-}
 
 /// Free space of the file system holding `models_dir` (or its nearest existing ancestor, so a
 /// models directory that is not created yet still gets an answer). `None` when no mounted file

@@ -246,34 +246,6 @@ struct Settings {
     auto_pull: bool,
 }
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/".into())
-}
-
-/// The Hugging Face hub cache `huggingface_hub` uses: `$HF_HUB_CACHE`, `$HF_HOME/hub`,
-/// `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`.
-pub fn default_hf_cache() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return p.into();
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return PathBuf::from(p).join("hub");
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache"))
-        .join("huggingface/hub")
-}
-
-/// Ollama's models directory: `$OLLAMA_MODELS`, else `~/.ollama/models`.
-pub fn default_ollama_dir() -> PathBuf {
-    std::env::var_os("OLLAMA_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".ollama/models"))
-}
-
 impl Store {
     /// The store of `config` in `mode`; `probe` measures this machine for planning.
     pub fn new(config: &Config, mode: Mode, probe: Probe) -> Arc<Store> {
@@ -281,16 +253,16 @@ impl Store {
         let dir = s
             .dir
             .clone()
-            .unwrap_or_else(|| crate::hardware::disk::default_models_dir(mode));
+            .unwrap_or_else(|| crate::paths::models_dir(mode));
         Arc::new(Store {
             puller: Arc::new(pull::Puller::from_env(dir.clone(), s.reserve_disk_bytes)),
             dir,
             hf_cache: s
                 .scan_huggingface
-                .then(|| s.huggingface_cache.clone().unwrap_or_else(default_hf_cache)),
+                .then(|| s.huggingface_cache.clone().unwrap_or_else(crate::paths::hf_cache)),
             ollama: s
                 .scan_ollama
-                .then(|| s.ollama_models.clone().unwrap_or_else(default_ollama_dir)),
+                .then(|| s.ollama_models.clone().unwrap_or_else(crate::paths::ollama_models)),
             probe,
             settings: Mutex::new(Settings {
                 policy: config.planner.clone(),
