@@ -12,6 +12,7 @@ pub mod chat;
 pub mod cli_assets;
 pub mod config;
 pub mod engine;
+pub mod files;
 pub mod hardware;
 pub mod planner;
 pub mod server;
