@@ -858,7 +858,7 @@ impl Worker {
             .host
             .select(&path, spec.backend.as_deref())
             .and_then(|backend| {
-                tracing::info!(backend = backend.name(), "loading model {}", path.display());
+                tracing::info!(backend = backend.name(), "loading model {:?}", path);
                 let shared = self.shared.clone();
                 let generation = self.generation;
                 let mut last = -1.0f32;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod files;
 pub mod hardware;
+pub mod logging;
 pub mod planner;
 pub mod server;
 pub mod store;

@@ -96,20 +96,24 @@ fn init_logging() {
     // Rust programs) is dropped. tracing-subscriber would otherwise report it with `eprintln!`,
     // which panics on that same stderr — in whichever task logged, the signal task included, so
     // r1d would no longer stop on SIGTERM.
+    // Each event is one line whatever user-chosen strings it carries (control characters
+    // escaped: no forged lines), see `r1d::logging`.
+    use std::io::IsTerminal;
+    let journal = r1d::systemd::stderr_is_journal();
+    let ansi = !journal && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(r1d::logging::EscapingStderr { ansi })
         .log_internal_errors(false);
     // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
-    if r1d::systemd::stderr_is_journal() {
+    if journal {
         let format = tracing_subscriber::fmt::format().without_time();
         builder
             .with_ansi(false)
             .event_format(r1d::systemd::SyslogPriority(format))
             .init();
     } else {
-        use std::io::IsTerminal;
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        builder.with_ansi(ansi).init();
     }
 }
 

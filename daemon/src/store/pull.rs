@@ -301,11 +301,11 @@ impl Puller {
             let result = this.download(&spec, &dest, &tx).await;
             let final_state = match result {
                 Ok(state) => {
-                    tracing::info!("pulled {} into {}", spec.label, dest.display());
+                    tracing::info!("pulled {:?} into {:?}", spec.label, dest);
                     state
                 }
                 Err(e) => {
-                    tracing::warn!("pull of {} failed: {e}", spec.label);
+                    tracing::warn!("pull of {:?} failed: {e}", spec.label);
                     PullState::Failed(e.to_string())
                 }
             };
