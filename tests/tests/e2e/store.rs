@@ -580,15 +580,16 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let root = tempfile::tempdir().unwrap();
     let models = models_dir(root.path());
     std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(&smol, models.join(SMOLLM2)).unwrap();
-    std::os::unix::fs::symlink(&r1, models.join(R1_TRUNCATED)).unwrap();
+    // Hard links: the scan does not follow symlinks out of the models directory.
+    r1d_tests::link_into(&smol, &models.join(SMOLLM2));
+    r1d_tests::link_into(&r1, &models.join(R1_TRUNCATED));
     // Hugging Face cache: models--OWNER--REPO/snapshots/REV/FILE → ../../blobs/HASH.
     let repo = root
         .path()
         .join("hf/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("snapshots/0123abcd")).unwrap();
-    std::os::unix::fs::symlink(&smol, repo.join("blobs").join(SMOLLM2_SHA256)).unwrap();
+    r1d_tests::link_into(&smol, &repo.join("blobs").join(SMOLLM2_SHA256));
     std::os::unix::fs::symlink(
         format!("../../blobs/{SMOLLM2_SHA256}"),
         repo.join("snapshots/0123abcd/smollm2-q4_1.gguf"),
@@ -598,8 +599,7 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let ollama = root.path().join("ollama");
     std::fs::create_dir_all(ollama.join("manifests/registry.ollama.ai/library/smollm2")).unwrap();
     std::fs::create_dir_all(ollama.join("blobs")).unwrap();
-    std::os::unix::fs::symlink(&smol, ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")))
-        .unwrap();
+    r1d_tests::link_into(&smol, &ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")));
     std::fs::write(
         ollama.join("manifests/registry.ollama.ai/library/smollm2/135m"),
         format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{SMOLLM2_SHA256}","size":98362432}}]}}"#),
