@@ -657,7 +657,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("r1d-client-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("passwd");
-        std::fs::write(&db, "root:x:0:0::/root:/bin/sh\nr1d:x:994:994::/var/lib/r1d:/usr/sbin/nologin\nbad\n").unwrap();
+        std::fs::write(
+            &db,
+            "root:x:0:0::/root:/bin/sh\nr1d:x:994:994::/var/lib/r1d:/usr/sbin/nologin\nbad\n",
+        )
+        .unwrap();
         assert_eq!(id_from_db(&db, "r1d"), Some(994));
         assert_eq!(id_from_db(&db, "nobody"), None);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -678,10 +682,16 @@ mod tests {
         assert!(e.contains("0755"), "{e}");
         let link = base.join("l");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        assert!(matches!(check_private_dir(&link), Err(PrivateDirError::Symlink { .. })));
+        assert!(matches!(
+            check_private_dir(&link),
+            Err(PrivateDirError::Symlink { .. })
+        ));
         let file = base.join("f");
         std::fs::write(&file, b"").unwrap();
-        assert!(matches!(check_private_dir(&file), Err(PrivateDirError::NotADirectory { .. })));
+        assert!(matches!(
+            check_private_dir(&file),
+            Err(PrivateDirError::NotADirectory { .. })
+        ));
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -380,8 +380,12 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
         return Ok("onnx".into());
     }
     let mut magic = [0u8; 4];
-    let mut file = crate::files::open_regular(path)
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())))?;
+    let mut file = crate::files::open_regular(path).map_err(|e| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            e.to_string(),
+        ))
+    })?;
     let n = file.read(&mut magic).map_err(err)?;
     Ok(if n == 4 && &magic == b"GGUF" {
         "gguf"

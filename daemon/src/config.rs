@@ -298,10 +298,11 @@ impl Config {
         if path == Path::new("/dev/null") {
             return Config::parse("", path);
         }
-        let text = crate::files::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| match e {
-            crate::files::FileError::Io { path, source } => ConfigError::Read { path, source },
-            other => ConfigError::File(other),
-        })?;
+        let text =
+            crate::files::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+                crate::files::FileError::Io { path, source } => ConfigError::Read { path, source },
+                other => ConfigError::File(other),
+            })?;
         Config::parse(&text, path)
     }
 
@@ -605,7 +606,11 @@ mod tests {
         let d = Config::default().server_limits();
         assert_eq!(d.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(d.idle_timeout, DEFAULT_IDLE_TIMEOUT);
-        for bad in ["max_connections = 0", "idle_timeout_s = 0", "idle_timeout_s = -1"] {
+        for bad in [
+            "max_connections = 0",
+            "idle_timeout_s = 0",
+            "idle_timeout_s = -1",
+        ] {
             let e = Config::parse(&format!("[server]\n{bad}\n"), Path::new("c.toml"))
                 .unwrap_err()
                 .to_string();

@@ -115,10 +115,7 @@ pub fn read_text_bounded(path: &Path, limit: u64) -> Result<String, FileError> {
     }
     let mut text = String::new();
     // The file may grow after the check: never read past the limit.
-    let read = file
-        .take(limit + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
+    let read = file.take(limit + 1).read_to_string(&mut text).map_err(io)?;
     if read as u64 > limit {
         return Err(FileError::TooLarge {
             path: path.to_owned(),
@@ -170,7 +167,10 @@ mod tests {
         let p = dir.path().join("r1d.toml");
         fifo(&p);
         let e = read_text_bounded(&p, 1 << 20).unwrap_err().to_string();
-        assert!(e.contains("not a regular file") && e.contains("FIFO"), "{e}");
+        assert!(
+            e.contains("not a regular file") && e.contains("FIFO"),
+            "{e}"
+        );
         assert!(check_model_path(&p).is_err());
         assert!(open_regular(dir.path()).is_err());
     }

@@ -82,8 +82,14 @@ mod tests {
             escape_line(line, false),
             b"ERROR failed to load model /m/x\\nINFO r1d: serving model evil\n".to_vec()
         );
-        assert_eq!(escape_line(b"a\r\x1b[2Jb\x7f\n", false), b"a\\r\\x1b[2Jb\\x7f\n".to_vec());
+        assert_eq!(
+            escape_line(b"a\r\x1b[2Jb\x7f\n", false),
+            b"a\\r\\x1b[2Jb\\x7f\n".to_vec()
+        );
         // Colours of the formatter stay on a terminal; tabs and UTF-8 are untouched.
-        assert_eq!(escape_line(b"\x1b[32mok\x1b[0m\t\xc3\xa9\n", true), b"\x1b[32mok\x1b[0m\t\xc3\xa9\n".to_vec());
+        assert_eq!(
+            escape_line(b"\x1b[32mok\x1b[0m\t\xc3\xa9\n", true),
+            b"\x1b[32mok\x1b[0m\t\xc3\xa9\n".to_vec()
+        );
     }
 }

@@ -764,7 +764,11 @@ mod tests {
         let partial = partial_path(m, &dest);
         assert_eq!(partial, PathBuf::from("/m/.r1d-partial/hf.co/o/r/x.gguf"));
         // Whatever a repository names its files, none lands on a partial.
-        for file in ["x.gguf.partial", ".r1d-partial/hf.co/o/r/x.gguf", "a/x.gguf"] {
+        for file in [
+            "x.gguf.partial",
+            ".r1d-partial/hf.co/o/r/x.gguf",
+            "a/x.gguf",
+        ] {
             let other = pulled_path(m, "o/r", file).unwrap();
             assert_ne!(other, partial);
             assert!(other.starts_with("/m/hf.co"));

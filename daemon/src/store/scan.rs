@@ -62,9 +62,7 @@ fn walk_in(inside: &Path, dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
             continue;
         }
         let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-        if is_link
-            && !std::fs::canonicalize(&path).is_ok_and(|target| target.starts_with(inside))
-        {
+        if is_link && !std::fs::canonicalize(&path).is_ok_and(|target| target.starts_with(inside)) {
             tracing::debug!("not following {:?}: it leads out of {:?}", path, inside);
             continue;
         }
@@ -271,15 +269,14 @@ mod tests {
         std::fs::create_dir(m.join("real")).unwrap();
         std::fs::write(m.join("real/a.gguf"), b"GGUF").unwrap();
         // Out of the directory: a file link and a directory link, skipped.
-        std::os::unix::fs::symlink(outside.path().join("secret.gguf"), m.join("out.gguf"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.gguf"), m.join("out.gguf")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("more"), m.join("outdir")).unwrap();
         // Inside: followed, listed under the link's name.
         std::os::unix::fs::symlink(m.join("real/a.gguf"), m.join("alias.gguf")).unwrap();
         // A FIFO named like a model is not listed (and not opened).
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &m.join("fifo.gguf"),
+            m.join("fifo.gguf"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,

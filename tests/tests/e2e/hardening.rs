@@ -96,7 +96,11 @@ fn wait_for_socket(path: &Path, child: &mut std::process::Child, log: &Path) {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        assert!(Instant::now() < deadline, "r1d did not listen on {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "r1d did not listen on {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -131,9 +135,14 @@ fn another_user_cannot_impersonate_r1d_where_xdg_runtime_dir_is_unset() {
 
     // The attacker: the victim's predictable directory, an r1d serving in it, the socket 0666.
     let attacker_home = home_of(base.path(), ATTACKER);
-    let made = as_user(ATTACKER, &attacker_home, Path::new("/bin/mkdir"), &["-m", "0755", trap.to_str().unwrap()])
-        .status()
-        .unwrap();
+    let made = as_user(
+        ATTACKER,
+        &attacker_home,
+        Path::new("/bin/mkdir"),
+        &["-m", "0755", trap.to_str().unwrap()],
+    )
+    .status()
+    .unwrap();
     assert!(made.success());
     let attacker_log = base.path().join("attacker.log");
     let socket = trap.join("r1d.sock");
@@ -141,7 +150,13 @@ fn another_user_cannot_impersonate_r1d_where_xdg_runtime_dir_is_unset() {
         ATTACKER,
         &attacker_home,
         &r1d,
-        &["--user", "--dbus", "off", "--socket", socket.to_str().unwrap()],
+        &[
+            "--user",
+            "--dbus",
+            "off",
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
     )
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(&attacker_log).unwrap())
@@ -169,7 +184,10 @@ fn another_user_cannot_impersonate_r1d_where_xdg_runtime_dir_is_unset() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "r1d started in another user's directory:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "r1d started in another user's directory:\n{stderr}"
+    );
     assert!(
         stderr.contains(trap.to_str().unwrap()) && stderr.contains(&format!("uid {ATTACKER}")),
         "{stderr}"
@@ -192,7 +210,11 @@ fn another_user_cannot_impersonate_r1d_where_xdg_runtime_dir_is_unset() {
     let out = as_user(VICTIM, &victim_home, &r1ctl, &["status", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(_victim);
     let _ = std::fs::remove_dir_all(&trap);
 }
@@ -209,7 +231,10 @@ fn the_system_socket_r1d_binds_as_root_is_group_r1d_and_0660() {
     let config = dir.path().join("r1d.toml");
     std::fs::write(
         &config,
-        format!("[store]\ndir = {:?}\n", dir.path().join("models").display().to_string()),
+        format!(
+            "[store]\ndir = {:?}\n",
+            dir.path().join("models").display().to_string()
+        ),
     )
     .unwrap();
     let socket = dir.path().join("run/r1d.sock");
@@ -265,7 +290,9 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
     let result = tokio::task::spawn_blocking(move || {
         use std::os::unix::net::UnixStream;
         // 300 idle connections: the first 16 are held, the rest answered 503.
-        let mut idle: Vec<UnixStream> = (0..300).map(|_| UnixStream::connect(&socket).unwrap()).collect();
+        let mut idle: Vec<UnixStream> = (0..300)
+            .map(|_| UnixStream::connect(&socket).unwrap())
+            .collect();
         let mut over = idle.pop().unwrap();
         over.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let refused = read_all(&mut over);
@@ -284,8 +311,12 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
         drop(idle);
         // Served again: one request on a connection kept alive, then idle, then closed.
         let mut alive = UnixStream::connect(&socket).unwrap();
-        alive.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        alive.write_all(b"GET /health HTTP/1.1\r\nhost: r1d\r\n\r\n").unwrap();
+        alive
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        alive
+            .write_all(b"GET /health HTTP/1.1\r\nhost: r1d\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 4096];
         let n = alive.read(&mut buf).unwrap();
         let head = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -294,19 +325,30 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
         let rest = read_all(&mut alive);
         assert!(rest.is_empty(), "{rest}");
         let idle_for = idle_since.elapsed();
-        assert!(idle_for >= Duration::from_millis(1500) && idle_for < Duration::from_secs(6), "{idle_for:?}");
+        assert!(
+            idle_for >= Duration::from_millis(1500) && idle_for < Duration::from_secs(6),
+            "{idle_for:?}"
+        );
         // Headers trickled in a byte at a time never complete in time: closed.
         let mut slow = UnixStream::connect(&socket).unwrap();
         let trickle_start = Instant::now();
         let mut closed = false;
-        for b in b"GET /health HTTP/1.1\r\nhost: r1d\r\nx-slow: ".iter().cycle().take(200) {
+        for b in b"GET /health HTTP/1.1\r\nhost: r1d\r\nx-slow: "
+            .iter()
+            .cycle()
+            .take(200)
+        {
             if slow.write_all(&[*b]).is_err() {
                 closed = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(closed, "a trickling client was kept for {:?}", trickle_start.elapsed());
+        assert!(
+            closed,
+            "a trickling client was kept for {:?}",
+            trickle_start.elapsed()
+        );
         assert!(trickle_start.elapsed() < Duration::from_secs(8));
     })
     .await;
@@ -360,7 +402,10 @@ async fn fifos_where_a_config_or_a_model_is_expected_are_refused_at_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(stderr.contains("r1d.toml") && stderr.contains("not a regular file"), "{stderr}");
+    assert!(
+        stderr.contains("r1d.toml") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
 
     // A config over 1 MiB: refused with its size.
     let big = dir.path().join("big.toml");
@@ -373,7 +418,10 @@ async fn fifos_where_a_config_or_a_model_is_expected_are_refused_at_once() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("big.toml") && stderr.contains("1048576"), "{stderr}");
+    assert!(
+        stderr.contains("big.toml") && stderr.contains("1048576"),
+        "{stderr}"
+    );
 
     // A model that is a FIFO: no model, with the reason; the API answers; and while an echo
     // model is served, loading the FIFO is refused and the echo model goes on answering.
@@ -392,7 +440,10 @@ async fn fifos_where_a_config_or_a_model_is_expected_are_refused_at_once() {
     let echo = echo_model(dir.path(), r#"{"name": "e"}"#);
     let loaded: Result<serde_json::Value, _> = daemon
         .client()
-        .post_json("/r1/load", &serde_json::json!({"path": echo, "backend": "echo"}))
+        .post_json(
+            "/r1/load",
+            &serde_json::json!({"path": echo, "backend": "echo"}),
+        )
         .await;
     loaded.unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
     let refused: Result<serde_json::Value, _> = tokio::time::timeout(
@@ -419,7 +470,9 @@ async fn fifos_where_a_config_or_a_model_is_expected_are_refused_at_once() {
     .expect("the listing hangs on a FIFO")
     .unwrap();
     assert!(
-        !serde_json::to_string(&list).unwrap().contains("listed.gguf"),
+        !serde_json::to_string(&list)
+            .unwrap()
+            .contains("listed.gguf"),
         "{list:?}"
     );
 }
@@ -433,14 +486,24 @@ async fn the_models_scan_does_not_follow_symlinks_out_of_its_directory() {
     let models = daemon.dir.path().join("data/r1d/models");
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("inside.gguf"), b"GGUF\x03\0\0\0").unwrap();
-    std::os::unix::fs::symlink(outside.path().join("elsewhere.gguf"), models.join("link-out.gguf")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("elsewhere.gguf"),
+        models.join("link-out.gguf"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(outside.path(), models.join("dir-out")).unwrap();
     std::os::unix::fs::symlink(models.join("inside.gguf"), models.join("link-in.gguf")).unwrap();
     let list: r1d_client::wire::StoreModelList =
         daemon.client().get_json("/r1/models", false).await.unwrap();
     let text = serde_json::to_string(&list).unwrap();
-    assert!(text.contains("inside.gguf") && text.contains("link-in.gguf"), "{text}");
-    assert!(!text.contains("elsewhere") && !text.contains("link-out") && !text.contains("dir-out"), "{text}");
+    assert!(
+        text.contains("inside.gguf") && text.contains("link-in.gguf"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("elsewhere") && !text.contains("link-out") && !text.contains("dir-out"),
+        "{text}"
+    );
 }
 
 /// A path from a request that carries a newline and a fake log line stays on its own line.
@@ -454,20 +517,31 @@ async fn user_strings_cannot_forge_log_lines() {
         ..Default::default()
     });
     daemon.settled().await;
-    let forged = "/nowhere/x.gguf\n2026-01-01T00:00:00Z  INFO r1d: FORGED serving model evil\u{1b}[2J";
+    let forged =
+        "/nowhere/x.gguf\n2026-01-01T00:00:00Z  INFO r1d: FORGED serving model evil\u{1b}[2J";
     let _ = daemon
         .client()
         .post_json::<_, serde_json::Value>("/r1/load", &serde_json::json!({"path": forged}))
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !daemon.log().contains("FORGED") {
-        assert!(Instant::now() < deadline, "the path was not logged:\n{}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "the path was not logged:\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = daemon.log();
     for line in log.lines().filter(|l| l.contains("FORGED")) {
-        assert!(line.contains("/nowhere/x.gguf"), "a forged line: {line:?}\n{log}");
-        assert!(!line.contains('\u{1b}'), "an escape sequence reached the log: {line:?}");
+        assert!(
+            line.contains("/nowhere/x.gguf"),
+            "a forged line: {line:?}\n{log}"
+        );
+        assert!(
+            !line.contains('\u{1b}'),
+            "an escape sequence reached the log: {line:?}"
+        );
     }
 }
 
@@ -480,7 +554,15 @@ fn sigterm_stops_r1d_when_its_stderr_is_a_closed_pipe() {
     let socket = dir.path().join("r1d.sock");
     let plugins = plugin_dir(&["echo"]);
     let mut child = Command::new(binary("r1d"))
-        .args(["--user", "--dbus", "off", "--backend", "echo", "--config", "/dev/null"])
+        .args([
+            "--user",
+            "--dbus",
+            "off",
+            "--backend",
+            "echo",
+            "--config",
+            "/dev/null",
+        ])
         .arg("--socket")
         .arg(&socket)
         .arg("--plugin-dir")
@@ -525,10 +607,19 @@ fn sigterm_stops_r1d_when_its_stderr_is_a_closed_pipe() {
 /// Stops r1d with SIGTERM in the middle of a streamed answer, `rounds` times, and asserts a
 /// clean stop every time: exit status 0, no death by signal (a segfault of static destructors
 /// running under the engine thread would be SIGSEGV).
-async fn stop_mid_answer(rounds: usize, options: impl Fn() -> DaemonOptions<'static>, prompt: &str) {
+async fn stop_mid_answer(
+    rounds: usize,
+    options: impl Fn() -> DaemonOptions<'static>,
+    prompt: &str,
+) {
     for round in 0..rounds {
         let mut daemon = Daemon::start(options());
-        assert_eq!(daemon.settled().await.status, State::Ready, "{}", daemon.log());
+        assert_eq!(
+            daemon.settled().await.status,
+            State::Ready,
+            "{}",
+            daemon.log()
+        );
         let mut request = ask(prompt);
         request.max_tokens = Some(2000);
         let mut stream = daemon.client().chat_stream(&request).await.unwrap();
@@ -558,7 +649,8 @@ async fn stop_mid_answer(rounds: usize, options: impl Fn() -> DaemonOptions<'sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_answer_always_ends_with_status_0_on_echo() {
     let models: &'static tempfile::TempDir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
-    let model: &'static Path = Box::leak(echo_model(models.path(), r#"{"name": "e"}"#).into_boxed_path());
+    let model: &'static Path =
+        Box::leak(echo_model(models.path(), r#"{"name": "e"}"#).into_boxed_path());
     stop_mid_answer(
         10,
         || DaemonOptions {
@@ -576,7 +668,10 @@ async fn sigterm_mid_answer_always_ends_with_status_0_on_echo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_answer_always_ends_with_status_0_on_llama_cpp() {
     let Some(smol) = fixture(SMOLLM2) else { return };
-    if !r1d_tests::bin_dir().join("libr1_plugin_llamacpp.so").exists() {
+    if !r1d_tests::bin_dir()
+        .join("libr1_plugin_llamacpp.so")
+        .exists()
+    {
         skip_or_fail("the llama.cpp plugin is not built");
         return;
     }

@@ -490,10 +490,19 @@ async fn a_pull_of_unknown_size_stops_at_the_disk_reserve() {
         plugin_dir: None,
         config: Some(&config),
         env: vec![
-            ("XDG_DATA_HOME", root.path().join("data").display().to_string()),
+            (
+                "XDG_DATA_HOME",
+                root.path().join("data").display().to_string(),
+            ),
             ("HF_HUB_CACHE", root.path().join("hf").display().to_string()),
-            ("OLLAMA_MODELS", root.path().join("ollama").display().to_string()),
-            ("XDG_CACHE_HOME", root.path().join("cache").display().to_string()),
+            (
+                "OLLAMA_MODELS",
+                root.path().join("ollama").display().to_string(),
+            ),
+            (
+                "XDG_CACHE_HOME",
+                root.path().join("cache").display().to_string(),
+            ),
             ("HF_ENDPOINT", endpoint.clone()),
         ],
         ..Default::default()
@@ -529,8 +538,15 @@ async fn a_download_in_progress_never_has_the_name_of_a_repository_file() {
     let events = pull_all(&d, "hf.co/owner/repo:x.gguf").await;
     let last = events.last().unwrap();
     assert_eq!(last.kind, "error", "{events:?}");
-    assert!(last.error.as_deref().unwrap().contains("sha256 mismatch"), "{last:?}");
-    assert_eq!(std::fs::read(&real).unwrap(), before, "the repository's file was touched");
+    assert!(
+        last.error.as_deref().unwrap().contains("sha256 mismatch"),
+        "{last:?}"
+    );
+    assert_eq!(
+        std::fs::read(&real).unwrap(),
+        before,
+        "the repository's file was touched"
+    );
 }
 
 #[tokio::test]
@@ -599,7 +615,10 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let ollama = root.path().join("ollama");
     std::fs::create_dir_all(ollama.join("manifests/registry.ollama.ai/library/smollm2")).unwrap();
     std::fs::create_dir_all(ollama.join("blobs")).unwrap();
-    r1d_tests::link_into(&smol, &ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")));
+    r1d_tests::link_into(
+        &smol,
+        &ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")),
+    );
     std::fs::write(
         ollama.join("manifests/registry.ollama.ai/library/smollm2/135m"),
         format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{SMOLLM2_SHA256}","size":98362432}}]}}"#),
