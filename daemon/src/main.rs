@@ -221,6 +221,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         r1d::server::SocketKind::UserChosen
     };
+    // As the units' LimitNOFILE= does: room for [server] max_connections and the model's files.
+    r1d::server::raise_file_limit(65_536);
     let listening = r1d::systemd::listen(&socket, kind)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;

@@ -138,6 +138,29 @@ pub async fn bind(path: &Path, kind: SocketKind) -> Result<UnixListener, ServerE
     Ok(listener)
 }
 
+/// Raises this process's soft limit of open files towards `want` (within the hard limit), as
+/// the units' `LimitNOFILE=` does under systemd: started by hand, r1d otherwise has the usual
+/// soft limit of 1024, which [`Limits::max_connections`] plus the model's files may approach.
+/// Returns the soft limit in force afterwards.
+pub fn raise_file_limit(want: u64) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = match limit.maximum {
+        Some(max) => want.min(max),
+        None => want,
+    };
+    if limit.current.is_some_and(|c| c < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("failed to raise the open-file limit to {target}: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// Bounds on the connections [`serve`] accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
