@@ -185,8 +185,8 @@ pub struct ServerConfig {
     /// connections cannot use up r1d's file descriptors; default 256.
     pub max_connections: Option<usize>,
     /// Seconds a connection may take to send a complete request head — after it opens, between
-    /// requests, or while it trickles its headers in — before it is closed; running answers are
-    /// not affected; default 30.
+    /// requests, or while it trickles its headers in — and the longest pause within a request
+    /// body, before the connection is closed; running answers are not affected; default 30.
     pub idle_timeout_s: Option<f64>,
 }
 

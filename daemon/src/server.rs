@@ -5,7 +5,8 @@
 //! and the system socket is group `r1d`, mode 0660. Serving is bounded: at most
 //! `[server] max_connections` connections at once (more are answered 503 and closed), and a
 //! connection that sends no complete request head within `[server] idle_timeout_s` (after it
-//! opens, between requests, or while it trickles its headers in) is closed.
+//! opens, between requests, or while it trickles its headers in) is closed, as is one whose
+//! request body stops arriving for as long.
 
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -167,7 +168,8 @@ pub struct Limits {
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
     /// How long a connection may take to send a complete request head, counted from when it
-    /// opens or its previous answer ended: idle and slow connections are closed after it.
+    /// opens or its previous answer ended, and the longest pause within a request body: idle
+    /// and slow connections are closed after it.
     pub idle_timeout: Duration,
 }
 
@@ -257,7 +259,14 @@ pub async fn serve(
             tracker.spawn(refuse(stream));
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let idle = limits.idle_timeout;
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut router = router.clone();
+            let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, idle)));
+            // The router is always ready (axum's own `serve` calls it the same way).
+            tower_service::Service::call(&mut router, request)
+        });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
@@ -285,6 +294,62 @@ pub async fn serve(
         tracing::warn!("connections still open at shutdown were dropped");
     }
     Ok(())
+}
+
+/// A request body that fails when no part of it arrives for `timeout` (a client that sends its
+/// headers and then trickles, or stops, its body must not hold a connection slot for ever).
+struct TimedBody {
+    inner: Incoming,
+    timeout: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, timeout: Duration) -> TimedBody {
+        TimedBody {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+/// The error of a [`TimedBody`] whose client stopped sending.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no part of the request body for {0:?} ([server] idle_timeout_s)")]
+pub struct BodyTimeout(Duration);
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.timeout;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(this.timeout).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Answers a connection over the limit with 503 (within a second) and closes it.

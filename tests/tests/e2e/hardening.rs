@@ -275,9 +275,9 @@ fn read_all(stream: &mut std::os::unix::net::UnixStream) -> String {
 }
 
 /// Idle connections cannot stop r1d from accepting anyone: over `[server] max_connections` a
-/// connection is answered 503 at once, idle ones (never sending a request, or between requests)
-/// and one trickling its headers in are closed after `[server] idle_timeout_s`, after which
-/// clients are served again.
+/// connection is answered 503 at once, idle ones (never sending a request, or between requests),
+/// one trickling its headers in and one whose body stops are closed after
+/// `[server] idle_timeout_s`, after which clients are served again.
 #[tokio::test]
 async fn idle_and_slow_connections_are_bounded_and_closed() {
     let config = "[server]\nmax_connections = 16\nidle_timeout_s = 2\n";
@@ -350,6 +350,27 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
             trickle_start.elapsed()
         );
         assert!(trickle_start.elapsed() < Duration::from_secs(8));
+        // A body that stops after a few bytes: refused (4xx) and closed after the timeout.
+        let mut stalled = UnixStream::connect(&socket).unwrap();
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stalled
+            .write_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: r1d\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"messa",
+            )
+            .unwrap();
+        let body_start = Instant::now();
+        let answer = read_all(&mut stalled);
+        let held = body_start.elapsed();
+        assert!(
+            held >= Duration::from_millis(1500) && held < Duration::from_secs(6),
+            "a stalled body held its connection {held:?}: {answer:?}"
+        );
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{answer}"
+        );
     })
     .await;
     if let Err(e) = result {
