@@ -57,6 +57,25 @@ pub enum ClientError {
     /// A streamed answer ended with an error event or was cut.
     #[error("stream from r1d failed: {0}")]
     Stream(String),
+    /// The process serving the socket is not who r1d must be (SO_PEERCRED): another user may be
+    /// impersonating r1d. Nothing was sent.
+    #[error("refusing to talk to {socket}: it is served by a process of uid {uid}, but {expected}; another user may be impersonating r1d (nothing was sent)")]
+    Impostor {
+        /// The socket path.
+        socket: PathBuf,
+        /// The uid of the process that serves it.
+        uid: u32,
+        /// Who may serve it, in words.
+        expected: String,
+    },
+    /// The peer's credentials could not be read.
+    #[error("failed to read the credentials of the process serving {socket}: {error}")]
+    PeerCredentials {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
 }
 
 /// The system service's socket.
@@ -72,13 +91,124 @@ pub fn euid() -> u32 {
     unsafe { geteuid() }
 }
 
+/// The name of the system user (and group) r1d runs as under systemd (`r1d.sysusers`).
+pub const SYSTEM_USER: &str = "r1d";
+
+/// The uid of the `r1d` system user, from `/etc/passwd` (where `systemd-sysusers` puts it);
+/// `None` when there is no such user.
+pub fn system_user_uid() -> Option<u32> {
+    id_from_db(Path::new("/etc/passwd"), SYSTEM_USER)
+}
+
+/// The gid of the `r1d` group, from `/etc/group`; `None` when there is no such group.
+pub fn system_group_gid() -> Option<u32> {
+    id_from_db(Path::new("/etc/group"), SYSTEM_USER)
+}
+
+/// The third field (uid or gid) of the line of `name` in a `passwd`- or `group`-format file.
+fn id_from_db(db: &Path, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(db).ok()?;
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[0] == name)
+        .and_then(|f| f[2].parse().ok())
+}
+
+/// The directory of the user socket when `XDG_RUNTIME_DIR` is not set: `/tmp/r1d-$UID`. Its
+/// name is predictable, so r1d creates it with mode 0700 and refuses it unless it is a real
+/// directory (not a symlink) owned by this user and closed to everyone else
+/// ([`check_private_dir`]); `r1ctl` checks who serves the socket before sending anything.
+pub fn fallback_runtime_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/r1d-{}", euid()))
+}
+
 /// The user-mode socket of this user, where `r1d --user` listens: `$XDG_RUNTIME_DIR/r1d/r1d.sock`,
-/// or `/tmp/r1d-$UID/r1d.sock` when `XDG_RUNTIME_DIR` is not set.
+/// or `/tmp/r1d-$UID/r1d.sock` ([`fallback_runtime_dir`]) when `XDG_RUNTIME_DIR` is not set.
 pub fn user_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("r1d/r1d.sock"),
-        None => PathBuf::from(format!("/tmp/r1d-{}/r1d.sock", euid())),
+        None => fallback_runtime_dir().join("r1d.sock"),
     }
+}
+
+/// Why a directory is not private to this user (see [`check_private_dir`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateDirError {
+    /// It could not be examined.
+    #[error("failed to examine {path}: {error}")]
+    Stat {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// It is a symbolic link (which may point anywhere, into another user's directory).
+    #[error("{path} is a symbolic link, not a directory; r1d does not put its socket there (remove it, or set XDG_RUNTIME_DIR)")]
+    Symlink {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// It is not a directory.
+    #[error("{path} is not a directory; r1d does not put its socket there (remove it, or set XDG_RUNTIME_DIR)")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Another user owns it: whoever created it first could serve in r1d's place.
+    #[error("{path} belongs to uid {owner}, not to you (uid {uid}); another user may have created it to impersonate r1d. Remove it (as root) or set XDG_RUNTIME_DIR")]
+    Owner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's effective uid.
+        uid: u32,
+    },
+    /// Others may enter or write it.
+    #[error("{path} has mode {mode:04o}; the directory of r1d's user socket must be 0700 (chmod 700 it, or set XDG_RUNTIME_DIR)")]
+    Mode {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Checks that `dir` is a directory (not a symlink to one) owned by this process's effective
+/// user, with no permission for group or others (mode 0700 or tighter).
+///
+/// # Errors
+/// [`PrivateDirError`] naming what is wrong.
+pub fn check_private_dir(dir: &Path) -> Result<(), PrivateDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|error| PrivateDirError::Stat {
+        path: dir.to_owned(),
+        error,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(PrivateDirError::Symlink {
+            path: dir.to_owned(),
+        });
+    }
+    if !meta.is_dir() {
+        return Err(PrivateDirError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    if meta.uid() != euid() {
+        return Err(PrivateDirError::Owner {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            uid: euid(),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(PrivateDirError::Mode {
+            path: dir.to_owned(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// Where a client looks when no socket is given: root tries the system socket first, other users
@@ -98,10 +228,60 @@ pub fn default_socket_path() -> PathBuf {
         .clone()
 }
 
+/// Who may serve a socket, checked with `SO_PEERCRED` before a request is sent (see
+/// [`Client::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The user socket: only this user's own r1d.
+    OwnUser,
+    /// The system socket: root, or the `r1d` system user.
+    System,
+    /// Another socket: this user, root, or the `r1d` system user.
+    Any,
+}
+
+impl Trust {
+    /// The trust for `socket`: [`Trust::OwnUser`] for this user's socket
+    /// ([`user_socket_path`]), [`Trust::System`] for [`SYSTEM_SOCKET`], [`Trust::Any`] else.
+    pub fn for_socket(socket: &Path) -> Trust {
+        if socket == user_socket_path() {
+            Trust::OwnUser
+        } else if socket == Path::new(SYSTEM_SOCKET) {
+            Trust::System
+        } else {
+            Trust::Any
+        }
+    }
+
+    /// Whether a server of `uid` may be trusted, when this process runs as `me` and the `r1d`
+    /// system user is `system_user`; otherwise who was expected, in words.
+    pub fn check(&self, uid: u32, me: u32, system_user: Option<u32>) -> Result<(), String> {
+        let system = |uid: u32| uid == 0 || Some(uid) == system_user;
+        let ok = match self {
+            Trust::OwnUser => uid == me,
+            Trust::System => system(uid),
+            Trust::Any => uid == me || system(uid),
+        };
+        if ok {
+            return Ok(());
+        }
+        let r1d = match system_user {
+            Some(u) => format!("the r1d system user (uid {u})"),
+            None => "the r1d system user".to_owned(),
+        };
+        Err(match self {
+            Trust::OwnUser => format!("your own user socket must be served by you (uid {me})"),
+            Trust::System => format!("the system socket must be served by root or {r1d}"),
+            Trust::Any => format!("it must be served by you (uid {me}), root or {r1d}"),
+        })
+    }
+}
+
 /// A client for one r1d socket. Cheap to clone; every request opens its own connection.
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    trust: Trust,
 }
 
 /// A stream of chat chunks (see [`Client::chat_stream`]).
@@ -112,11 +292,20 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<wire::Event, ClientError
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk, ClientError>> + Send>>;
 
 impl Client {
-    /// A client for the socket at `socket`. Nothing is connected until a request is made.
+    /// A client for the socket at `socket`. Nothing is connected until a request is made; each
+    /// connection is then checked to be served by whom [`Trust::for_socket`] names (this user
+    /// for the user socket, root or the `r1d` user for the system socket) before anything is
+    /// sent.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Client {
-            socket: socket.into(),
-        }
+        let socket = socket.into();
+        let trust = Trust::for_socket(&socket);
+        Client { socket, trust }
+    }
+
+    /// The same client, trusting servers as `trust` says instead.
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// The socket this client talks to.
@@ -141,6 +330,7 @@ impl Client {
                     socket: self.socket.clone(),
                     error,
                 })?;
+        self.check_peer(&stream)?;
         let http_err = |error| ClientError::Http {
             socket: self.socket.clone(),
             error,
@@ -162,6 +352,23 @@ impl Client {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("request parts are valid");
         sender.send_request(request).await.map_err(http_err)
+    }
+
+    /// Refuses a server whose uid (`SO_PEERCRED`) is not one [`Trust`] allows.
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), ClientError> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|error| ClientError::PeerCredentials {
+                socket: self.socket.clone(),
+                error,
+            })?;
+        self.trust
+            .check(cred.uid(), euid(), system_user_uid())
+            .map_err(|expected| ClientError::Impostor {
+                socket: self.socket.clone(),
+                uid: cred.uid(),
+                expected,
+            })
     }
 
     async fn read_body(
@@ -421,5 +628,70 @@ fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
         status,
         message,
         body: text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_names_who_may_serve_each_socket() {
+        let me = 1000;
+        let r1d = Some(999);
+        assert!(Trust::OwnUser.check(1000, me, r1d).is_ok());
+        assert!(Trust::OwnUser.check(0, me, r1d).is_err());
+        let e = Trust::OwnUser.check(4242, me, r1d).unwrap_err();
+        assert!(e.contains("uid 1000"), "{e}");
+        assert!(Trust::System.check(0, me, r1d).is_ok());
+        assert!(Trust::System.check(999, me, r1d).is_ok());
+        assert!(Trust::System.check(1000, me, r1d).is_err());
+        assert!(Trust::System.check(999, me, None).is_err());
+        assert!(Trust::Any.check(1000, me, r1d).is_ok());
+        assert!(Trust::Any.check(0, me, r1d).is_ok());
+        assert!(Trust::Any.check(4242, me, r1d).is_err());
+    }
+
+    #[test]
+    fn ids_come_from_passwd_format_files() {
+        let dir = std::env::temp_dir().join(format!("r1d-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("passwd");
+        std::fs::write(
+            &db,
+            "root:x:0:0::/root:/bin/sh\nr1d:x:994:994::/var/lib/r1d:/usr/sbin/nologin\nbad\n",
+        )
+        .unwrap();
+        assert_eq!(id_from_db(&db, "r1d"), Some(994));
+        assert_eq!(id_from_db(&db, "nobody"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_private_dir_must_be_ours_0700_and_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("r1d-client-priv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("d");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_private_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = check_private_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("0755"), "{e}");
+        let link = base.join("l");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            check_private_dir(&link),
+            Err(PrivateDirError::Symlink { .. })
+        ));
+        let file = base.join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            check_private_dir(&file),
+            Err(PrivateDirError::NotADirectory { .. })
+        ));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -354,7 +354,16 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(err)?;
+    // A FIFO, socket or device is refused here, before anything opens it: opening a FIFO
+    // would block the engine thread until a writer came.
+    let meta = crate::files::check_model_path(path).map_err(|e| match e {
+        crate::files::FileError::Io { source, .. } => err(source),
+        crate::files::FileError::NotRegular { kind, .. } => err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file or a directory"),
+        )),
+        other => err(std::io::Error::other(other.to_string())),
+    })?;
     if meta.is_dir() {
         return Ok(if path.join("model.onnx").exists() {
             "onnx"
@@ -371,7 +380,12 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
         return Ok("onnx".into());
     }
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut file = crate::files::open_regular(path).map_err(|e| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            e.to_string(),
+        ))
+    })?;
     let n = file.read(&mut magic).map_err(err)?;
     Ok(if n == 4 && &magic == b"GGUF" {
         "gguf"

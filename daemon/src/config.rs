@@ -18,6 +18,10 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO would block r1d), or the file is larger than
+    /// [`MAX_CONFIG_BYTES`].
+    #[error("invalid config: {0}")]
+    File(crate::files::FileError),
     /// The file is not valid TOML or has unknown keys or wrong types.
     #[error("invalid config {path}: {source}")]
     Parse {
@@ -181,6 +185,13 @@ pub struct ServerConfig {
     /// Seconds a client may stop reading a streamed answer (its buffer full) before its request
     /// is cancelled, so one stalled reader cannot hold the engine; default 30.
     pub stall_timeout_s: Option<f64>,
+    /// Connections served at once; more are answered 503 and closed at once, so a flood of idle
+    /// connections cannot use up r1d's file descriptors; default 256.
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may take to send a complete request head — after it opens, between
+    /// requests, or while it trickles its headers in — and the longest pause within a request
+    /// body, before the connection is closed; running answers are not affected; default 30.
+    pub idle_timeout_s: Option<f64>,
 }
 
 /// `[plugins]`.
@@ -199,6 +210,15 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
 /// Default `[server] stall_timeout_s`: how long a client may stop reading a streamed answer.
 pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Default `[server] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Default `[server] idle_timeout_s`.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The largest config file r1d reads (1 MiB); a config is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// `[planner]`: the policy the planner applies (see `planner`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -271,16 +291,37 @@ impl Config {
         resolve(&mut self.store.ollama_models);
     }
 
-    /// Reads and parses `path`.
+    /// Reads and parses `path`, which must be a regular file of at most [`MAX_CONFIG_BYTES`]
+    /// (a FIFO there is refused at once instead of blocking r1d), or `/dev/null` (all defaults).
     ///
     /// # Errors
-    /// See [`Config::parse`]; [`ConfigError::Read`] when the file cannot be read.
+    /// See [`Config::parse`]; [`ConfigError::Read`] when the file cannot be read;
+    /// [`ConfigError::File`] when it is not a regular file or is too large.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        // `--config /dev/null`: no file, all defaults (a device, but one that cannot block).
+        if path == Path::new("/dev/null") {
+            return Config::parse("", path);
+        }
+        let text =
+            crate::files::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+                crate::files::FileError::Io { path, source } => ConfigError::Read { path, source },
+                other => ConfigError::File(other),
+            })?;
         Config::parse(&text, path)
+    }
+
+    /// The connection limits of `[server]` for [`crate::server::serve`].
+    pub fn server_limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            max_connections: self
+                .server
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout: self
+                .server
+                .idle_timeout_s
+                .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs_f64),
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -333,6 +374,17 @@ impl Config {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return Err(invalid(
                     "server.stall_timeout_s must be a number of seconds above 0, at most 86400"
+                        .into(),
+                ));
+            }
+        }
+        if self.server.max_connections == Some(0) {
+            return Err(invalid("server.max_connections must be at least 1".into()));
+        }
+        if let Some(v) = self.server.idle_timeout_s {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return Err(invalid(
+                    "server.idle_timeout_s must be a number of seconds above 0, at most 86400"
                         .into(),
                 ));
             }
@@ -491,6 +543,42 @@ mod tests {
         assert_eq!(c.store.reserve_disk_bytes, 5);
         assert_eq!(Config::default().store.reserve_disk_bytes, 1 << 30);
         assert!(Config::parse("[store]\nautopull = true\n", Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn server_limits_parse_default_and_reject_nonsense() {
+        let c = Config::parse(
+            "[server]\nmax_connections = 8\nidle_timeout_s = 2.5\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let limits = c.server_limits();
+        assert_eq!(limits.max_connections, 8);
+        assert_eq!(limits.idle_timeout, std::time::Duration::from_millis(2500));
+        let d = Config::default().server_limits();
+        assert_eq!(d.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(d.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        for bad in [
+            "max_connections = 0",
+            "idle_timeout_s = 0",
+            "idle_timeout_s = -1",
+        ] {
+            let e = Config::parse(&format!("[server]\n{bad}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("server."), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_config_over_a_mebibyte_or_not_a_regular_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        let e = Config::load(&big).unwrap_err().to_string();
+        assert!(e.contains("big.toml") && e.contains("1048576"), "{e}");
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]

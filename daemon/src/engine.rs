@@ -294,6 +294,8 @@ struct Shared {
     active: AtomicU64,
     served: AtomicU64,
     started: Instant,
+    /// The engine thread, joined by [`Engine::stop`].
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 enum Job {
@@ -374,6 +376,7 @@ impl Engine {
             active: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
+            thread: std::sync::Mutex::new(None),
         });
         // The queue holds the waiting requests; the running one has been taken off it.
         let (jobs, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -389,10 +392,11 @@ impl Engine {
             }),
             config: config.clone(),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("r1d-engine".into())
             .spawn(move || worker.run(rx, load))
             .expect("failed to spawn the engine thread");
+        *shared.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
         Engine {
             jobs,
             shared,
@@ -405,6 +409,38 @@ impl Engine {
     /// get the same error.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Shuts down (see [`Engine::shutdown`]) and waits up to `timeout` for the engine thread to
+    /// end: it leaves the plugin at the running generation's next token (or load's next progress
+    /// report), answers what is queued with [`EngineError::ShuttingDown`], unloads the model and
+    /// returns. Call this before `main` returns: the backend's C++ static destructors run at
+    /// process exit and must not run while the engine thread is inside the backend. Returns
+    /// whether the thread ended (true as well when it had ended before).
+    pub async fn stop(&self, timeout: std::time::Duration) -> bool {
+        self.shutdown();
+        // Wakes an idle engine thread; a full queue means it is busy and sees the flag after the
+        // job it runs.
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.jobs.try_send(Job::Ping(tx));
+        let thread = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(thread) = thread else {
+            return true;
+        };
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(timeout, join).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(_))) => {
+                tracing::error!("the engine thread panicked");
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
+        }
     }
 
     /// Replaces the resident model: requests queued before this call finish on the old model,
@@ -671,6 +707,30 @@ impl Worker {
                     let _ = reply.send(());
                 }
             }
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        // Shutting down: nothing new gets in, and what waits is answered at once (each chat with
+        // `ShuttingDown`, without touching the plugin).
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            match job {
+                Job::Chat(job) => deferred.push_back(job),
+                Job::Load(_, _, reply) => {
+                    let _ = reply.send(Err(EngineError::ShuttingDown));
+                }
+                Job::Unload(reply) => {
+                    let _ = reply.send(());
+                }
+                Job::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+        for job in deferred.drain(..) {
+            let _guard = ActiveGuard(self.shared.clone());
+            self.chat(job);
         }
         // Unload before the thread ends so the plugin releases its memory in order.
         self.model = None;
@@ -798,14 +858,16 @@ impl Worker {
             .host
             .select(&path, spec.backend.as_deref())
             .and_then(|backend| {
-                tracing::info!(backend = backend.name(), "loading model {}", path.display());
+                tracing::info!(backend = backend.name(), "loading model {:?}", path);
                 let shared = self.shared.clone();
                 let generation = self.generation;
                 let mut last = -1.0f32;
                 backend.load(&(&spec.params).into(), &mut |p| {
                     shared.beat();
-                    if shared.load_generation.load(Ordering::SeqCst) > generation {
-                        // A newer load was asked for: stop this one.
+                    if shared.load_generation.load(Ordering::SeqCst) > generation
+                        || shared.shutting_down.load(Ordering::SeqCst)
+                    {
+                        // A newer load was asked for, or r1d stops: stop this one.
                         return false;
                     }
                     // Publish at 1 % steps so watchers are not flooded.

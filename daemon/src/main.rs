@@ -92,19 +92,28 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,r1d::plugin=warn"));
+    // A log line that cannot be written (stderr a closed pipe: EPIPE, as SIGPIPE is ignored by
+    // Rust programs) is dropped. tracing-subscriber would otherwise report it with `eprintln!`,
+    // which panics on that same stderr — in whichever task logged, the signal task included, so
+    // r1d would no longer stop on SIGTERM.
+    // Each event is one line whatever user-chosen strings it carries (control characters
+    // escaped: no forged lines), see `r1d::logging`.
+    use std::io::IsTerminal;
+    let journal = r1d::systemd::stderr_is_journal();
+    let ansi = !journal && std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(r1d::logging::EscapingStderr { ansi })
+        .log_internal_errors(false);
     // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
-    if r1d::systemd::stderr_is_journal() {
+    if journal {
         let format = tracing_subscriber::fmt::format().without_time();
         builder
             .with_ansi(false)
             .event_format(r1d::systemd::SyslogPriority(format))
             .init();
     } else {
-        use std::io::IsTerminal;
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        builder.with_ansi(ansi).init();
     }
 }
 
@@ -157,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return one_shot(command, &config, mode);
     }
+    let stop_signals = StopSignals::install()?;
 
     let plugin_dir = args
         .plugin_dir
@@ -204,7 +214,16 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.server.socket.clone())
         .unwrap_or_else(|| r1d::paths::socket(mode));
-    let listening = r1d::systemd::listen(&socket, mode == Mode::System)
+    let kind = if mode == Mode::System {
+        r1d::server::SocketKind::System
+    } else if args.socket.is_none() && config.server.socket.is_none() {
+        r1d::server::SocketKind::UserDefault
+    } else {
+        r1d::server::SocketKind::UserChosen
+    };
+    // As the units' LimitNOFILE= does: room for [server] max_connections and the model's files.
+    r1d::server::raise_file_limit(65_536);
+    let listening = r1d::systemd::listen(&socket, kind)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
     let notifier = r1d::systemd::Notifier::new(start.load.as_ref());
@@ -294,23 +313,46 @@ async fn main() -> anyhow::Result<()> {
         })
     });
     let _systemd = notifier.spawn(engine.clone(), shutdown.clone(), Some(reload));
+    let limits = config.server_limits();
+    let stopping_engine = engine.clone();
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
+            stop_signals.wait().await;
             // Running answers end with an error event, so the graceful shutdown does not wait
-            // for a long generation to finish.
+            // for a long generation to finish. (Acted on before anything is logged.)
             engine.shutdown();
             shutdown.cancel();
+            tracing::info!("shutting down");
         }
     });
     let socket_file = listening.owned_socket_file();
-    let result = r1d::server::serve(listening.listener, router, shutdown).await;
+    let result = r1d::server::serve(listening.listener, router, shutdown, limits).await;
     if let Some(path) = socket_file {
         let _ = std::fs::remove_file(path);
     }
+    // The engine thread may be inside the backend (a decode): `main` returns only once it has
+    // left, unloaded the model and ended, because returning runs the backend's C++ static
+    // destructors (llama.cpp's), which must not run under a working backend thread.
+    if !stopping_engine.stop(ENGINE_STOP_TIMEOUT).await {
+        tracing::error!(
+            "the engine thread did not stop within {} s; exiting without running exit handlers",
+            ENGINE_STOP_TIMEOUT.as_secs()
+        );
+        // SAFETY: `_exit` ends the process at once, running no exit handlers and no static
+        // destructors — exactly what must not run while the engine thread is in the backend.
+        unsafe { _exit(1) }
+    }
     result.context("the HTTP server failed")
+}
+
+/// How long r1d waits at exit for the engine thread to leave the backend (it stops at the next
+/// token or load progress report, and waits on no client once shutdown began). With the 10 s
+/// the server gives open connections, below the units' `TimeoutStopSec=30s`.
+const ENGINE_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+extern "C" {
+    fn _exit(status: i32) -> !;
 }
 
 /// What to load: `--model` and the other overrides over the config's `[model]`.
@@ -371,12 +413,26 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, handled from early in `main` (before the socket is bound), so a stop
+/// request that comes while r1d starts is a clean stop, never a death by signal.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("failed to handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("failed to handle SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

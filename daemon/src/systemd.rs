@@ -77,11 +77,14 @@ impl Listening {
 ///
 /// # Errors
 /// [`SystemdError`] when the passed socket is unusable or binding fails.
-pub async fn listen(configured: &Path, system: bool) -> Result<Listening, SystemdError> {
+pub async fn listen(
+    configured: &Path,
+    kind: crate::server::SocketKind,
+) -> Result<Listening, SystemdError> {
     let mut fds = sd_notify::listen_fds().map_err(SystemdError::ListenFds)?;
     match fds.len() {
         0 => {
-            let listener = crate::server::bind(configured, system).await?;
+            let listener = crate::server::bind(configured, kind).await?;
             tracing::info!("listening on {}", configured.display());
             Ok(Listening {
                 listener,

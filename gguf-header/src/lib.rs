@@ -283,10 +283,28 @@ pub fn check(path: &Path) -> HeaderCheck {
     HeaderCheck::of(&read(path))
 }
 
-/// Whether `path` starts with the GGUF magic (false when it cannot be read).
+/// Opens `path` for reading without blocking on a FIFO (`O_NONBLOCK`), and only when it is a
+/// regular file: a FIFO, socket or device where a model is expected is an error, not a hang.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Whether `path` starts with the GGUF magic (false when it cannot be read or is not a regular
+/// file).
 pub fn has_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    File::open(path)
+    open_regular(path)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && &magic == MAGIC
@@ -303,7 +321,7 @@ pub fn read(path: &Path) -> Result<Header, GgufError> {
         path: name.clone(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let file = open_regular(path).map_err(io)?;
     let file_bytes = file.metadata().map_err(io)?.len();
     let mut r = Reader {
         inner: BufReader::with_capacity(1 << 16, file),

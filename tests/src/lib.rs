@@ -336,3 +336,22 @@ pub fn swap_pair(dir: &Path, slow_ms: u64) -> (PathBuf, PathBuf) {
     .unwrap();
     (first, slow)
 }
+
+/// Puts `src` (a file, or a directory tree) at `dst` as hard links — no copy of the bytes, and,
+/// unlike a symlink, inside the directory it is put in (r1d's scan does not follow symlinks out
+/// of a models directory). Copies where a hard link is impossible (another file system).
+pub fn link_into(src: &Path, dst: &Path) {
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let entry = entry.unwrap();
+            link_into(&entry.path(), &dst.join(entry.file_name()));
+        }
+        return;
+    }
+    // A fixture may itself be a link (libonnxruntime.so is one): link what it points to.
+    let src = std::fs::canonicalize(src).unwrap();
+    if std::fs::hard_link(&src, dst).is_err() {
+        std::fs::copy(&src, dst).unwrap();
+    }
+}

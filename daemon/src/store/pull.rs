@@ -11,11 +11,16 @@
 //! a `GET` (redirects followed, `Range: bytes=N-` to resume) brings the bytes.
 //!
 //! **Invariants**
-//! - Bytes go to `FILE.partial`; the file appears under its final name only after its length and
-//!   its sha256 (the catalog's, else the LFS hash) are right — a rename on the same file system.
-//!   A wrong hash deletes the partial file (resuming from wrong bytes could never succeed).
-//! - The free space (minus `[store] reserve_disk_bytes`) is checked before the first byte; a full
-//!   disk during the download (ENOSPC) fails the pull and keeps the partial file for a resume.
+//! - Bytes go to `MODELS/.r1d-partial/hf.co/OWNER/REPO/FILE` ([`partial_path`]): a hidden
+//!   directory beside `hf.co/`, where no repository file can land, so a download in progress
+//!   never has the name of a real file (and a wrong hash never deletes one). The file appears
+//!   under its final name only after its length and its sha256 (the catalog's, else the LFS
+//!   hash) are right — a rename on the same file system. A wrong hash deletes the partial file
+//!   (resuming from wrong bytes could never succeed).
+//! - `[store] reserve_disk_bytes` stays free: checked before the first byte when the size is
+//!   announced, and, announced or not, before each piece is written — a server that sends no
+//!   size cannot fill the disk. Stopping there, or a full disk (ENOSPC), fails the pull and
+//!   keeps the partial file for a resume.
 //! - Two pulls of one file share one download: the second subscribes to the first's progress.
 
 use std::collections::HashMap;
@@ -125,6 +130,22 @@ pub enum PullError {
         reserve: u64,
         /// Bytes free.
         free: u64,
+    },
+    /// Writing on would leave less than the reserve free.
+    #[error("stopped the download of {file} after {written} bytes: only {free} bytes are free in {dir} and [store] reserve_disk_bytes keeps {reserve} free; {partial} is kept so the pull resumes once space is freed")]
+    ReserveReached {
+        /// The file.
+        file: String,
+        /// The models directory.
+        dir: PathBuf,
+        /// Bytes in the partial file.
+        written: u64,
+        /// Bytes free.
+        free: u64,
+        /// The configured reserve.
+        reserve: u64,
+        /// The partial file.
+        partial: PathBuf,
     },
     /// The disk filled up during the download.
     #[error("the disk holding {path} is full after {written} bytes; {path} is kept so the pull resumes once space is freed")]
@@ -280,11 +301,11 @@ impl Puller {
             let result = this.download(&spec, &dest, &tx).await;
             let final_state = match result {
                 Ok(state) => {
-                    tracing::info!("pulled {} into {}", spec.label, dest.display());
+                    tracing::info!("pulled {:?} into {:?}", spec.label, dest);
                     state
                 }
                 Err(e) => {
-                    tracing::warn!("pull of {} failed: {e}", spec.label);
+                    tracing::warn!("pull of {:?} failed: {e}", spec.label);
                     PullState::Failed(e.to_string())
                 }
             };
@@ -434,7 +455,12 @@ impl Puller {
         tokio::fs::create_dir_all(&parent)
             .await
             .map_err(io(&parent))?;
-        let partial = partial_path(dest);
+        let partial = partial_path(&self.dir, dest);
+        if let Some(partial_dir) = partial.parent() {
+            tokio::fs::create_dir_all(partial_dir)
+                .await
+                .map_err(io(partial_dir))?;
+        }
         let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if total.is_some_and(|t| have > t) {
             tokio::fs::remove_file(&partial)
@@ -508,6 +534,19 @@ impl Puller {
                 .take_while(move |_| futures_util::future::ready(go));
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(connection)?;
+                // The reserve holds whatever the server announced (or did not).
+                let free = free_bytes(&self.dir).map_err(io(&self.dir))?;
+                if free < self.reserve_disk_bytes.saturating_add(chunk.len() as u64) {
+                    let _ = file.flush().await;
+                    return Err(PullError::ReserveReached {
+                        file: spec.file.clone(),
+                        dir: self.dir.clone(),
+                        written: have,
+                        free,
+                        reserve: self.reserve_disk_bytes,
+                        partial: partial.clone(),
+                    });
+                }
                 if let Err(e) = file.write_all(&chunk).await {
                     return Err(if e.raw_os_error() == Some(28) {
                         PullError::DiskFull {
@@ -622,11 +661,19 @@ pub fn pulled_origin(path: &Path) -> Option<(String, String)> {
     Some((format!("{}/{}", rest[0], rest[1]), rest[2..].join("/")))
 }
 
-/// `FILE.partial` beside `dest`.
-pub fn partial_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_owned();
-    name.push(".partial");
-    dest.with_file_name(name)
+/// The hidden directory below the models directory where downloads in progress live (see
+/// [`partial_path`]); the scan skips it.
+pub const PARTIAL_DIR: &str = ".r1d-partial";
+
+/// Where the download of `dest` (below `models`) is kept until it is verified:
+/// `MODELS/.r1d-partial/` + `dest`'s path below `models`. Pulls land only below `MODELS/hf.co/`,
+/// so no repository file can ever have this name.
+pub fn partial_path(models: &Path, dest: &Path) -> PathBuf {
+    let rel = dest
+        .strip_prefix(models)
+        .map(Path::to_owned)
+        .unwrap_or_else(|_| PathBuf::from(dest.file_name().unwrap_or_default()));
+    models.join(PARTIAL_DIR).join(rel)
 }
 
 impl PullError {
@@ -711,11 +758,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partial_sits_beside_the_destination() {
-        assert_eq!(
-            partial_path(Path::new("/m/x.gguf")),
-            PathBuf::from("/m/x.gguf.partial")
-        );
+    fn partials_live_where_no_repository_file_can() {
+        let m = Path::new("/m");
+        let dest = pulled_path(m, "o/r", "x.gguf").unwrap();
+        let partial = partial_path(m, &dest);
+        assert_eq!(partial, PathBuf::from("/m/.r1d-partial/hf.co/o/r/x.gguf"));
+        // Whatever a repository names its files, none lands on a partial.
+        for file in [
+            "x.gguf.partial",
+            ".r1d-partial/hf.co/o/r/x.gguf",
+            "a/x.gguf",
+        ] {
+            let other = pulled_path(m, "o/r", file).unwrap();
+            assert_ne!(other, partial);
+            assert!(other.starts_with("/m/hf.co"));
+        }
     }
 
     #[test]

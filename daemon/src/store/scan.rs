@@ -19,9 +19,14 @@ const MAX_DEPTH: usize = 4;
 
 /// GGUF files (`*.gguf`, not `*.gguf.partial`) and ONNX model directories (`model.onnx` +
 /// `config.json`, listed as the directory) in `dir` and its subdirectories.
+///
+/// Symlinks are followed only where they lead to a place inside `dir` (a link to a model file
+/// elsewhere in the models directory is listed under the link's name); a link that leaves it is
+/// skipped, so the scan never reads files outside the directory it was given. Only regular
+/// files and directories are listed: a FIFO or device named `*.gguf` is not.
 pub fn models_dir(dir: &Path) -> Vec<Found> {
     let mut out = Vec::new();
-    walk(dir, 0, &mut |path| {
+    walk(dir, &mut |path| {
         if path.is_dir()
             || path
                 .extension()
@@ -37,17 +42,36 @@ pub fn models_dir(dir: &Path) -> Vec<Found> {
     out
 }
 
-fn walk(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
+/// Hands every regular file (and ONNX model directory) below `root` to `f`, up to
+/// [`MAX_DEPTH`] levels down, never leaving `root` through a symlink.
+fn walk(root: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(inside) = std::fs::canonicalize(root) else {
+        return;
+    };
+    walk_in(&inside, root, 0, f);
+}
+
+fn walk_in(inside: &Path, dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        // `metadata` follows symlinks (the HF cache's snapshots are links to blobs).
+        // Downloads in progress (`store::pull` keeps them in a hidden directory) are not models.
+        if entry.file_name() == super::pull::PARTIAL_DIR {
+            continue;
+        }
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if is_link && !std::fs::canonicalize(&path).is_ok_and(|target| target.starts_with(inside)) {
+            tracing::debug!("not following {:?}: it leads out of {:?}", path, inside);
+            continue;
+        }
+        // `metadata` follows the symlinks that stay inside (the HF cache's snapshots are links
+        // to its blobs).
         match std::fs::metadata(&path) {
             // An ONNX model directory is one model: reported, not searched.
             Ok(m) if m.is_dir() && super::onnx::is_model_dir(&path) => f(&path),
-            Ok(m) if m.is_dir() && depth < MAX_DEPTH => walk(&path, depth + 1, f),
+            Ok(m) if m.is_dir() && depth < MAX_DEPTH => walk_in(inside, &path, depth + 1, f),
             Ok(m) if m.is_file() => f(&path),
             _ => {}
         }
@@ -60,6 +84,10 @@ fn walk(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
 pub fn huggingface_cache(hub: &Path) -> Vec<Found> {
     let mut out: Vec<(std::time::SystemTime, PathBuf, Found)> = Vec::new();
     let Ok(repos) = std::fs::read_dir(hub) else {
+        return Vec::new();
+    };
+    // Snapshot files are links into the cache's blobs: followed, but never out of the cache.
+    let Ok(inside) = std::fs::canonicalize(hub) else {
         return Vec::new();
     };
     for repo in repos.flatten() {
@@ -78,7 +106,7 @@ pub fn huggingface_cache(hub: &Path) -> Vec<Found> {
                 .and_then(|m| m.modified())
                 .unwrap_or(std::time::UNIX_EPOCH);
             let root = snapshot.path();
-            walk(&root, 0, &mut |path| {
+            walk_in(&inside, &root, 0, &mut |path| {
                 if !path
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -127,7 +155,8 @@ pub fn ollama(models: &Path) -> Vec<Found> {
     let manifests = models.join("manifests");
     let mut out = Vec::new();
     let mut files = Vec::new();
-    walk(&manifests, 0, &mut |p| files.push(p.to_owned()));
+    walk(&manifests, &mut |p| files.push(p.to_owned()));
+    let inside = std::fs::canonicalize(models).unwrap_or_else(|_| models.to_owned());
     files.sort();
     for manifest in files {
         let Ok(rel) = manifest.strip_prefix(&manifests) else {
@@ -154,7 +183,9 @@ pub fn ollama(models: &Path) -> Vec<Found> {
             continue;
         }
         let blob = models.join("blobs").join(format!("sha256-{hex}"));
-        if !blob.is_file() {
+        let stays_inside =
+            std::fs::canonicalize(&blob).is_ok_and(|target| target.starts_with(&inside));
+        if !blob.is_file() || !stays_inside {
             continue;
         }
         let display = if host == "registry.ollama.ai" && namespace == "library" {
@@ -225,6 +256,34 @@ mod tests {
                 digest: format!("sha256:{hex}")
             }
         );
+    }
+
+    #[test]
+    fn the_scan_does_not_leave_the_models_directory_through_symlinks() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.gguf"), b"GGUF").unwrap();
+        std::fs::create_dir(outside.path().join("more")).unwrap();
+        std::fs::write(outside.path().join("more/other.gguf"), b"GGUF").unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let m = models.path();
+        std::fs::create_dir(m.join("real")).unwrap();
+        std::fs::write(m.join("real/a.gguf"), b"GGUF").unwrap();
+        // Out of the directory: a file link and a directory link, skipped.
+        std::os::unix::fs::symlink(outside.path().join("secret.gguf"), m.join("out.gguf")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("more"), m.join("outdir")).unwrap();
+        // Inside: followed, listed under the link's name.
+        std::os::unix::fs::symlink(m.join("real/a.gguf"), m.join("alias.gguf")).unwrap();
+        // A FIFO named like a model is not listed (and not opened).
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.join("fifo.gguf"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let found: Vec<PathBuf> = models_dir(m).into_iter().map(|f| f.path).collect();
+        assert_eq!(found, vec![m.join("alias.gguf"), m.join("real/a.gguf")]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod compat;
 mod dbus;
+mod hardening;
 mod host;
 mod llama;
 mod onnx;

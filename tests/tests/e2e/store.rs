@@ -36,6 +36,8 @@ pub(crate) struct Served {
     requests: Mutex<Vec<String>>,
     /// When set, a GET waits for a permit before sending its body.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Announce no size: no `X-Linked-Size`, no `Content-Length` (a chunked body).
+    no_size: bool,
 }
 
 /// A Hugging Face-like file server on 127.0.0.1; stops when the test's runtime ends.
@@ -52,8 +54,10 @@ pub(crate) async fn hub(served: Arc<Served>) -> String {
             .push(format!("{method} {owner}/{repo}/resolve/{rev}/{file}"));
         let mut r = Response::builder()
             .header("x-linked-etag", format!("\"{}\"", s.etag))
-            .header("x-linked-size", s.size.to_string())
             .header("accept-ranges", "bytes");
+        if !s.no_size {
+            r = r.header("x-linked-size", s.size.to_string());
+        }
         if method == Method::HEAD {
             return r.status(StatusCode::OK).body(Body::empty()).unwrap();
         }
@@ -76,7 +80,9 @@ pub(crate) async fn hub(served: Arc<Served>) -> String {
             StatusCode::OK
         };
         let rest = s.body[start as usize..].to_vec();
-        r = r.header("content-length", rest.len().to_string());
+        if !s.no_size {
+            r = r.header("content-length", rest.len().to_string());
+        }
         let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = rest
             .chunks(1 << 20)
             .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
@@ -118,6 +124,7 @@ pub(crate) fn served(body: Vec<u8>, etag: Option<&str>, stall: Option<usize>) ->
         ranges: Mutex::new(Vec::new()),
         requests: Mutex::new(Vec::new()),
         gate: None,
+        no_size: false,
     })
 }
 
@@ -152,6 +159,15 @@ pub(crate) fn pulled(root: &Path, repo: &str, file: &str) -> PathBuf {
     models_dir(root).join("hf.co").join(repo).join(file)
 }
 
+/// Where the download of `hf.co/REPO:FILE` is kept until it is verified: a hidden directory no
+/// repository file can land in.
+pub(crate) fn partial(root: &Path, repo: &str, file: &str) -> PathBuf {
+    models_dir(root)
+        .join(".r1d-partial/hf.co")
+        .join(repo)
+        .join(file)
+}
+
 async fn pull_all(daemon: &Daemon, model: &str) -> Vec<PullEvent> {
     let mut rx = daemon.client().pull(model).await.expect("POST /r1/pull");
     let mut events = Vec::new();
@@ -178,7 +194,7 @@ async fn pull_completes_verifies_and_lists_a_non_r1_model() {
     let dest = pulled(root.path(), "HuggingFaceTB/SmolLM2-GGUF", SMOLLM2);
     assert_eq!(last.path.as_deref(), Some(dest.to_str().unwrap()));
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), server.size);
-    assert!(!dest.with_extension("gguf.partial").exists());
+    assert!(!partial(root.path(), "HuggingFaceTB/SmolLM2-GGUF", SMOLLM2).exists());
     assert!(!models_dir(root.path()).join(SMOLLM2).exists(), "not flat");
 
     let list: StoreModelList = d.client().get_json("/r1/models", false).await.unwrap();
@@ -240,7 +256,7 @@ async fn wrong_bytes_are_caught_and_the_partial_is_not_promoted() {
         !dest.exists(),
         "a file with wrong bytes must not appear under its final name"
     );
-    assert!(!pulled(root.path(), "owner/repo", "blob.gguf.partial").exists());
+    assert!(!partial(root.path(), "owner/repo", "blob.gguf").exists());
 }
 
 /// Two repositories' files of one name live side by side, each in its repository's directory.
@@ -339,7 +355,7 @@ async fn a_pull_of_the_same_file_name_from_another_repository_does_not_join_a_ru
     assert_eq!(sha256(&std::fs::read(&second).unwrap()), sha256(&body));
     assert_eq!(server.gets.load(Ordering::SeqCst), 2, "two downloads");
     // The first is still running, in its own directory.
-    assert!(pulled(root.path(), "owner/repo", "big.gguf.partial").exists());
+    assert!(partial(root.path(), "owner/repo", "big.gguf").exists());
     assert!(!pulled(root.path(), "owner/repo", "big.gguf").exists());
 }
 
@@ -439,7 +455,98 @@ async fn a_disk_too_small_is_refused_before_the_download() {
         "{last:?}"
     );
     assert_eq!(server.gets.load(Ordering::SeqCst), 0, "no GET may be sent");
-    assert!(!pulled(root.path(), "owner/repo", "huge.gguf.partial").exists());
+    assert!(!partial(root.path(), "owner/repo", "huge.gguf").exists());
+}
+
+/// A server that announces no size (no `X-Linked-Size`, no `Content-Length`) cannot make a
+/// pull cross `[store] reserve_disk_bytes`: free space is checked as bytes arrive, and the pull
+/// stops with an error naming the reserve, keeping the partial file for a resume.
+#[tokio::test]
+async fn a_pull_of_unknown_size_stops_at_the_disk_reserve() {
+    let body: Vec<u8> = (0..64_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut server = served(body, None, None);
+    Arc::get_mut(&mut server).unwrap().no_size = true;
+    let endpoint = hub(server.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(models_dir(root.path())).unwrap();
+    // Leave about 8 MB of this disk to the pull.
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(root.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let reserve = free.saturating_sub(8_000_000);
+    let config = format!("[store]\nreserve_disk_bytes = {reserve}\n");
+    let d = Daemon::start(DaemonOptions {
+        plugin_dir: None,
+        config: Some(&config),
+        env: vec![
+            (
+                "XDG_DATA_HOME",
+                root.path().join("data").display().to_string(),
+            ),
+            ("HF_HUB_CACHE", root.path().join("hf").display().to_string()),
+            (
+                "OLLAMA_MODELS",
+                root.path().join("ollama").display().to_string(),
+            ),
+            (
+                "XDG_CACHE_HOME",
+                root.path().join("cache").display().to_string(),
+            ),
+            ("HF_ENDPOINT", endpoint.clone()),
+        ],
+        ..Default::default()
+    });
+    let events = pull_all(&d, "hf.co/owner/repo:unsized.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}\n{}", d.log());
+    let error = last.error.as_deref().unwrap();
+    assert!(error.contains("reserve_disk_bytes"), "{error}");
+    let kept = std::fs::metadata(partial(root.path(), "owner/repo", "unsized.gguf"))
+        .map_or(0, |m| m.len());
+    assert!(kept < 64_000_000, "{kept} bytes written");
+    assert!(!pulled(root.path(), "owner/repo", "unsized.gguf").exists());
+}
+
+/// A repository file whose name looks like a download in progress (`x.gguf.partial`) is a file
+/// like any other: a later pull of `x.gguf` that fails its hash never deletes it.
+#[tokio::test]
+async fn a_download_in_progress_never_has_the_name_of_a_repository_file() {
+    let good = served(b"GGUF real file named like a partial".to_vec(), None, None);
+    let endpoint = hub(good.clone()).await;
+    let root = tempfile::tempdir().unwrap();
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, "hf.co/owner/repo:x.gguf.partial").await;
+    assert_eq!(events.last().unwrap().kind, "done", "{events:?}");
+    let real = pulled(root.path(), "owner/repo", "x.gguf.partial");
+    let before = std::fs::read(&real).unwrap();
+    drop(d);
+    // The same repository's x.gguf, from a server whose bytes do not match their hash.
+    let bad = served(b"GGUF other bytes".to_vec(), Some(&"0".repeat(64)), None);
+    let endpoint = hub(bad).await;
+    let d = daemon(root.path(), &endpoint);
+    let events = pull_all(&d, "hf.co/owner/repo:x.gguf").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "error", "{events:?}");
+    assert!(
+        last.error.as_deref().unwrap().contains("sha256 mismatch"),
+        "{last:?}"
+    );
+    assert_eq!(
+        std::fs::read(&real).unwrap(),
+        before,
+        "the repository's file was touched"
+    );
 }
 
 #[tokio::test]
@@ -449,11 +556,7 @@ async fn a_pull_killed_halfway_resumes_with_a_range_and_the_sha256_is_right() {
     let server = served(std::fs::read(&smol).unwrap(), None, Some(32 << 20));
     let endpoint = hub(server.clone()).await;
     let root = tempfile::tempdir().unwrap();
-    let partial = pulled(
-        root.path(),
-        "HuggingFaceTB/SmolLM2-GGUF",
-        &format!("{SMOLLM2}.partial"),
-    );
+    let partial = partial(root.path(), "HuggingFaceTB/SmolLM2-GGUF", SMOLLM2);
     {
         let d = daemon(root.path(), &endpoint);
         let _rx = d.client().pull(FILE).await.unwrap();
@@ -493,15 +596,16 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let root = tempfile::tempdir().unwrap();
     let models = models_dir(root.path());
     std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(&smol, models.join(SMOLLM2)).unwrap();
-    std::os::unix::fs::symlink(&r1, models.join(R1_TRUNCATED)).unwrap();
+    // Hard links: the scan does not follow symlinks out of the models directory.
+    r1d_tests::link_into(&smol, &models.join(SMOLLM2));
+    r1d_tests::link_into(&r1, &models.join(R1_TRUNCATED));
     // Hugging Face cache: models--OWNER--REPO/snapshots/REV/FILE → ../../blobs/HASH.
     let repo = root
         .path()
         .join("hf/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
     std::fs::create_dir_all(repo.join("blobs")).unwrap();
     std::fs::create_dir_all(repo.join("snapshots/0123abcd")).unwrap();
-    std::os::unix::fs::symlink(&smol, repo.join("blobs").join(SMOLLM2_SHA256)).unwrap();
+    r1d_tests::link_into(&smol, &repo.join("blobs").join(SMOLLM2_SHA256));
     std::os::unix::fs::symlink(
         format!("../../blobs/{SMOLLM2_SHA256}"),
         repo.join("snapshots/0123abcd/smollm2-q4_1.gguf"),
@@ -511,8 +615,10 @@ async fn store_lists_every_source_never_chooses_truncated_or_non_r1_and_serves_b
     let ollama = root.path().join("ollama");
     std::fs::create_dir_all(ollama.join("manifests/registry.ollama.ai/library/smollm2")).unwrap();
     std::fs::create_dir_all(ollama.join("blobs")).unwrap();
-    std::os::unix::fs::symlink(&smol, ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")))
-        .unwrap();
+    r1d_tests::link_into(
+        &smol,
+        &ollama.join(format!("blobs/sha256-{SMOLLM2_SHA256}")),
+    );
     std::fs::write(
         ollama.join("manifests/registry.ollama.ai/library/smollm2/135m"),
         format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{SMOLLM2_SHA256}","size":98362432}}]}}"#),
