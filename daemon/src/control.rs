@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::access::{Caller, Policy};
 use crate::backend::{PluginHost, PluginRecord};
 use crate::engine::{Engine, EngineError, LoadParams, LoadSpec, Snapshot};
 use crate::store::{ModelEntry, PullState, Store, StoreError};
@@ -57,6 +58,9 @@ pub enum ControlError {
         /// The missing part, e.g. `the model store`.
         needs: &'static str,
     },
+    /// The caller may not manage r1d; the message names what, the caller's uid and what is needed.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A blocking task failed (panicked or was cancelled).
     #[error("{0}")]
     Internal(String),
@@ -179,6 +183,7 @@ pub struct Control {
     planner: Arc<PlannerState>,
     store: Option<Arc<Store>>,
     supervisor: Option<Supervisor>,
+    policy: Arc<Policy>,
 }
 
 /// Runs `f` on a blocking thread; `what` names it in the error when the thread fails.
@@ -210,7 +215,27 @@ impl Control {
             planner: Arc::new(planner),
             store,
             supervisor,
+            policy: Arc::new(Policy::new(rustix::process::geteuid().as_raw())),
         }
+    }
+
+    /// Whether `caller` may manage r1d ([`crate::access`]: root, r1d's own uid, else polkit's
+    /// `org.r1d.R1.manage` where an authority is installed). Every managing method asks it first,
+    /// whichever transport called.
+    ///
+    /// # Errors
+    /// [`ControlError::PermissionDenied`] naming `what`, the caller's uid and what is needed.
+    pub async fn authorize(&self, caller: Option<&Caller>, what: &str) -> Result<(), ControlError> {
+        self.policy
+            .authorize(caller, what)
+            .await
+            .map_err(ControlError::PermissionDenied)
+    }
+
+    /// The management policy, to install an [`crate::access::Authority`] (polkit) once the
+    /// system bus is up.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The engine.
@@ -330,9 +355,15 @@ impl Control {
     /// of the model. Returns why it is served.
     ///
     /// # Errors
+    /// [`ControlError::PermissionDenied`] (see [`crate::access`]);
     /// [`ControlError::InvalidArgument`] (see [`LoadOptions::validate`]);
     /// [`ControlError::LoadFailed`] (the previous model serves again); the engine's refusal.
-    pub async fn load(&self, options: LoadOptions) -> Result<String, ControlError> {
+    pub async fn load(
+        &self,
+        caller: Option<&Caller>,
+        options: LoadOptions,
+    ) -> Result<String, ControlError> {
+        self.authorize(caller, "loading a model").await?;
         options.validate()?;
         let supervisor = self.supervisor("loading a model")?;
         Ok(supervisor.load(options.spec()).await?)
@@ -344,7 +375,12 @@ impl Control {
     ///
     /// # Errors
     /// The store's (unknown, not present, does not fit); [`ControlError::LoadFailed`].
-    pub async fn use_model(&self, name: &str) -> Result<String, ControlError> {
+    pub async fn use_model(
+        &self,
+        caller: Option<&Caller>,
+        name: &str,
+    ) -> Result<String, ControlError> {
+        self.authorize(caller, "changing the model").await?;
         let supervisor = self.supervisor("changing the model")?;
         Ok(supervisor.use_model(name).await?)
     }
@@ -353,7 +389,8 @@ impl Control {
     ///
     /// # Errors
     /// [`EngineError::ShuttingDown`].
-    pub async fn unload(&self) -> Result<(), ControlError> {
+    pub async fn unload(&self, caller: Option<&Caller>) -> Result<(), ControlError> {
+        self.authorize(caller, "unloading the model").await?;
         let supervisor = self.supervisor("unloading the model")?;
         Ok(supervisor.unload().await?)
     }
@@ -363,7 +400,12 @@ impl Control {
     ///
     /// # Errors
     /// [`ControlError::NotSupported`] without a supervisor.
-    pub async fn reload(&self, origin: &str) -> Result<ReloadOutcome, ControlError> {
+    pub async fn reload(
+        &self,
+        caller: Option<&Caller>,
+        origin: &str,
+    ) -> Result<ReloadOutcome, ControlError> {
+        self.authorize(caller, "reloading the config").await?;
         let supervisor = self.supervisor("reloading the config")?;
         Ok(supervisor.reload(origin).await)
     }
@@ -374,7 +416,12 @@ impl Control {
     /// # Errors
     /// [`ControlError::ConfigRejected`] when the file would be rejected (the reload still runs,
     /// and keeps the running config).
-    pub fn begin_reload(&self, origin: &str) -> Result<(), ControlError> {
+    pub async fn begin_reload(
+        &self,
+        caller: Option<&Caller>,
+        origin: &str,
+    ) -> Result<(), ControlError> {
+        self.authorize(caller, "reloading the config").await?;
         let supervisor = self.supervisor("reloading the config")?.clone();
         let checked = supervisor.check_config();
         let origin = origin.to_owned();
@@ -387,7 +434,8 @@ impl Control {
     ///
     /// # Errors
     /// The store's (unknown name, does not fit, not pullable).
-    pub async fn pull(&self, name: &str) -> Result<Pull, ControlError> {
+    pub async fn pull(&self, caller: Option<&Caller>, name: &str) -> Result<Pull, ControlError> {
+        self.authorize(caller, "pulling a model").await?;
         let store = self.store(&format!("pulling {name}"))?.clone();
         let resolving = store.clone();
         let query = name.to_owned();
@@ -496,26 +544,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn managing_needs_root_or_r1ds_own_uid_on_every_method() {
+        let control = control_without_store_or_supervisor();
+        let own = rustix::process::geteuid().as_raw();
+        // Any uid but root and r1d's own; no polkit authority is installed here.
+        let other = Caller::unix_peer(if own == 4242 { 4343 } else { 4242 }, None);
+        let other = Some(&other);
+        let denied = |r: Result<(), ControlError>, what: &str| match r {
+            Err(ControlError::PermissionDenied(m)) => assert!(m.starts_with(what), "{m}"),
+            other => panic!("expected PermissionDenied for {what}, got {other:?}"),
+        };
+        denied(control.load(other, options("/m/a.gguf")).await.map(|_| ()), "loading a model");
+        denied(control.use_model(other, "auto").await.map(|_| ()), "changing the model");
+        denied(control.unload(other).await, "unloading the model");
+        denied(control.reload(other, "t").await.map(|_| ()), "reloading the config");
+        denied(control.begin_reload(other, "t").await, "reloading the config");
+        denied(control.pull(other, "deepseek-r1:7b").await.map(|_| ()), "pulling a model");
+        // No identity at all (TCP): refused too.
+        denied(control.unload(None).await, "unloading the model");
+    }
+
+    #[tokio::test]
     async fn without_a_supervisor_control_requests_are_refused_not_done_another_way() {
         let control = control_without_store_or_supervisor();
         let refused = |r: Result<(), ControlError>| match r {
             Err(e @ ControlError::NotSupported { .. }) => e.to_string(),
             other => panic!("expected NotSupported, got {other:?}"),
         };
-        let m = refused(control.reload("test").await.map(|_| ()));
+        let root = Caller::unix_peer(0, None);
+        let root = Some(&root);
+        let m = refused(control.reload(root, "test").await.map(|_| ()));
         assert!(
             m.contains("reloading the config needs the supervisor"),
             "{m}"
         );
-        refused(control.begin_reload("test"));
-        refused(control.use_model("deepseek-r1:7b").await.map(|_| ()));
-        refused(control.load(options("/m/a.gguf")).await.map(|_| ()));
-        refused(control.unload().await);
+        refused(control.begin_reload(root, "test").await);
+        refused(control.use_model(root, "deepseek-r1:7b").await.map(|_| ()));
+        refused(control.load(root, options("/m/a.gguf")).await.map(|_| ()));
+        refused(control.unload(root).await);
         let m = refused(control.models().await.map(|_| ()));
         assert!(m.contains("needs the model store"), "{m}");
         // Invalid options are refused before anything else.
         assert!(matches!(
-            control.load(options("a.gguf")).await,
+            control.load(root, options("a.gguf")).await,
             Err(ControlError::InvalidArgument(_))
         ));
     }

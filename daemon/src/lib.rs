@@ -6,6 +6,7 @@
 //! through one core ([`control`]). `main.rs` only wires these
 //! together; see `docs/architecture.md` for the map.
 
+pub mod access;
 pub mod api;
 pub mod backend;
 pub mod catalog;

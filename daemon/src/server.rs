@@ -261,9 +261,19 @@ pub async fn serve(
         };
         let router = router.clone();
         let idle = limits.idle_timeout;
+        // Who is on the other end, as the kernel says (SO_PEERCRED): the control core decides
+        // from it who may manage r1d (crate::access). Read once per connection.
+        let caller = stream
+            .peer_cred()
+            .ok()
+            .map(|c| crate::access::Caller::unix_peer(c.uid(), c.pid().and_then(|p| u32::try_from(p).ok())));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut router = router.clone();
-            let request = request.map(|body| axum::body::Body::new(TimedBody::new(body, idle)));
+            let mut request =
+                request.map(|body| axum::body::Body::new(TimedBody::new(body, idle)));
+            if let Some(caller) = &caller {
+                request.extensions_mut().insert(caller.clone());
+            }
             // The router is always ready (axum's own `serve` calls it the same way).
             tower_service::Service::call(&mut router, request)
         });

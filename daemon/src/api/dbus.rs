@@ -29,7 +29,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use r1d_client::dbus::{StreamEvent, Usage, BUS_NAME, MANAGE_ACTION, OBJECT_PATH};
+use r1d_client::dbus::{StreamEvent, Usage, BUS_NAME, OBJECT_PATH};
+
+use crate::access::{Authority, AuthorityError, Caller, Subject, Verdict, MANAGE_ACTION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use zbus::message::Header;
@@ -120,6 +122,7 @@ impl From<ControlError> for Error {
             ControlError::Engine(e) => e.into(),
             ControlError::Store(e) => e.into(),
             ControlError::NotSupported { .. } => Error::NotSupported(message),
+            ControlError::PermissionDenied(_) => Error::PermissionDenied(message),
             ControlError::Probe(_) | ControlError::Internal(_) => Error::Failed(message),
         }
     }
@@ -195,11 +198,10 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
         engine: options.control.engine().clone(),
     };
     let manager = Manager {
-        control: options.control,
+        control: options.control.clone(),
         hardware: tokio::sync::OnceCell::new(),
-        own_uid: own_uid(),
-        system_bus: system,
     };
+    let policy_control = options.control.clone();
     let conn = builder
         .serve_at(OBJECT_PATH, manager)?
         .serve_at(OBJECT_PATH, chat)?
@@ -210,7 +212,15 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DoNotQueue.into())
         .await?
     {
-        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => Ok(conn),
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {
+            if system {
+                // polkit answers on the system bus, for D-Bus and Unix-socket callers alike.
+                policy_control
+                    .policy()
+                    .set_authority(std::sync::Arc::new(Polkit { conn: conn.clone() }));
+            }
+            Ok(conn)
+        }
         _ => Err(zbus::Error::NameTaken),
     }
 }
@@ -432,21 +442,11 @@ fn state_name(s: EngineState) -> &'static str {
     }
 }
 
-/// The uid this process runs as (the owner of `/proc/self`).
-fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
-}
-
 /// `org.r1d.R1.Manager1`.
 pub struct Manager {
     control: Control,
     /// The hardware profile as JSON, probed once (a constant property).
     hardware: tokio::sync::OnceCell<String>,
-    own_uid: u32,
-    system_bus: bool,
 }
 
 /// State, hardware, plan, models and control of the resident model.
@@ -580,8 +580,8 @@ impl Manager {
         path: String,
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), Error> {
-        self.authorize(conn, &header, "loading a model").await?;
-        self.control.load(load_options(path, &options)?).await?;
+        let caller = caller(conn, &header).await?;
+        self.control.load(Some(&caller), load_options(path, &options)?).await?;
         Ok(())
     }
 
@@ -595,8 +595,8 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
         model: String,
     ) -> Result<(), Error> {
-        self.authorize(conn, &header, "changing the model").await?;
-        self.control.use_model(&model).await?;
+        let caller = caller(conn, &header).await?;
+        self.control.use_model(Some(&caller), &model).await?;
         Ok(())
     }
 
@@ -606,8 +606,8 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
-        self.authorize(conn, &header, "unloading the model").await?;
-        Ok(self.control.unload().await?)
+        let caller = caller(conn, &header).await?;
+        Ok(self.control.unload(Some(&caller)).await?)
     }
 
     /// Re-reads the config, as `systemctl reload r1d` does (SIGHUP): the model the config names
@@ -618,11 +618,13 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
-        self.authorize(conn, &header, "reloading the config")
-            .await?;
+        let caller = caller(conn, &header).await?;
         // A file that would be rejected is an error of this call; the reload itself (maybe a
         // long swap) goes on after the reply, and the State property follows it.
-        Ok(self.control.begin_reload("D-Bus Reload")?)
+        Ok(self
+            .control
+            .begin_reload(Some(&caller), "D-Bus Reload")
+            .await?)
     }
 
     /// Starts downloading a model (`deepseek-r1:7b`, `deepseek-r1:7b-q8_0`,
@@ -638,95 +640,85 @@ impl Manager {
         model: String,
         options: HashMap<String, OwnedValue>,
     ) -> Result<OwnedObjectPath, Error> {
-        self.authorize(conn, &header, "pulling a model").await?;
+        let caller = caller(conn, &header).await?;
         if let Some(key) = options.keys().next() {
             return Err(Error::InvalidArgument(format!(
                 "unknown option {key:?} for Pull"
             )));
         }
-        let pull = self.control.pull(&model).await?;
+        let pull = self.control.pull(Some(&caller), &model).await?;
         let rx = pull.progress;
         start_pull_job(conn, model, rx).await
     }
 }
 
-impl Manager {
-    /// Root, the uid r1d runs as, or (system bus) polkit's `org.r1d.R1.manage`; without polkit,
-    /// root only.
-    async fn authorize(
-        &self,
-        conn: &Connection,
-        header: &Header<'_>,
-        what: &str,
-    ) -> Result<(), Error> {
-        let sender = header
-            .sender()
-            .ok_or_else(|| Error::PermissionDenied(format!("{what}: the call has no sender")))?;
-        let uid = zbus::fdo::DBusProxy::new(conn)
-            .await?
-            .get_connection_unix_user(sender.clone().into())
-            .await
-            .map_err(|e| {
-                Error::PermissionDenied(format!("{what}: failed to identify the caller: {e}"))
-            })?;
-        if uid == 0 || uid == self.own_uid {
-            return Ok(());
-        }
-        if !self.system_bus {
-            return Err(Error::PermissionDenied(format!(
-                "{what} needs root or uid {} (r1d's own); the caller is uid {uid}",
-                self.own_uid
-            )));
-        }
-        let interactive = header
+/// The caller of a method, as the bus daemon vouches for it: its uid
+/// (`GetConnectionUnixUser`), its bus name (polkit's subject) and whether it allows interactive
+/// authorization. Whether it may manage r1d is the control core's rule (`crate::access`), the same
+/// as for HTTP.
+async fn caller(conn: &Connection, header: &Header<'_>) -> Result<Caller, Error> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::PermissionDenied("the call has no sender".into()))?;
+    let uid = zbus::fdo::DBusProxy::new(conn)
+        .await?
+        .get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| Error::PermissionDenied(format!("failed to identify the caller: {e}")))?;
+    Ok(Caller {
+        uid,
+        subject: Subject::BusName(sender.to_string()),
+        interactive: header
             .primary()
             .flags()
-            .contains(zbus::message::Flags::AllowInteractiveAuth);
-        match polkit_check(conn, sender.as_str(), interactive).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::PermissionDenied(format!(
-                "{what} needs root or polkit authorization for {MANAGE_ACTION}; uid {uid} is not authorized"
-            ))),
-            Err(Polkit::Absent) => Err(Error::PermissionDenied(format!(
-                "{what} needs root: polkit is not available to authorize uid {uid} for {MANAGE_ACTION}"
-            ))),
-            Err(Polkit::Failed(e)) => Err(Error::PermissionDenied(format!(
-                "{what}: the polkit check for uid {uid} failed: {e}"
-            ))),
-        }
+            .contains(zbus::message::Flags::AllowInteractiveAuth),
+    })
+}
+
+/// polkit on the system bus as the control core's [`Authority`]: it answers for D-Bus callers
+/// (by bus name) and for Unix-socket callers (by process) alike.
+struct Polkit {
+    conn: Connection,
+}
+
+impl Authority for Polkit {
+    fn check<'a>(&'a self, caller: &'a Caller) -> Verdict<'a> {
+        Box::pin(polkit_check(&self.conn, caller))
     }
 }
 
-enum Polkit {
-    Absent,
-    Failed(zbus::Error),
-}
-
-/// polkit's `CheckAuthorization` for the caller's bus name.
-async fn polkit_check(conn: &Connection, sender: &str, interactive: bool) -> Result<bool, Polkit> {
+/// polkit's `CheckAuthorization` of [`MANAGE_ACTION`] for `caller`.
+async fn polkit_check(conn: &Connection, caller: &Caller) -> Result<bool, AuthorityError> {
     let mut subject: HashMap<&str, Value<'_>> = HashMap::new();
-    subject.insert("name", Value::from(sender));
+    let kind = match &caller.subject {
+        Subject::BusName(name) => {
+            subject.insert("name", Value::from(name.as_str()));
+            "system-bus-name"
+        }
+        Subject::Process { pid, start_time } => {
+            subject.insert("pid", Value::from(*pid));
+            subject.insert("start-time", Value::from(*start_time));
+            subject.insert("uid", Value::from(caller.uid as i32));
+            "unix-process"
+        }
+    };
     let details: HashMap<&str, &str> = HashMap::new();
-    let flags: u32 = u32::from(interactive);
+    let flags: u32 = u32::from(caller.interactive);
     let reply = conn
         .call_method(
             Some("org.freedesktop.PolicyKit1"),
             "/org/freedesktop/PolicyKit1/Authority",
             Some("org.freedesktop.PolicyKit1.Authority"),
             "CheckAuthorization",
-            &(
-                ("system-bus-name", subject),
-                MANAGE_ACTION,
-                details,
-                flags,
-                "",
-            ),
+            &((kind, subject), MANAGE_ACTION, details, flags, ""),
         )
         .await;
     match reply {
         Ok(msg) => {
             let ((authorized, _challenge, _details),): ((bool, bool, HashMap<String, String>),) =
-                msg.body().deserialize().map_err(Polkit::Failed)?;
+                msg.body()
+                    .deserialize()
+                    .map_err(|e| AuthorityError::Failed(e.to_string()))?;
             Ok(authorized)
         }
         Err(zbus::Error::MethodError(name, _, _))
@@ -736,9 +728,9 @@ async fn polkit_check(conn: &Connection, sender: &str, interactive: bool) -> Res
                     | "org.freedesktop.DBus.Error.NameHasNoOwner"
             ) =>
         {
-            Err(Polkit::Absent)
+            Err(AuthorityError::Absent)
         }
-        Err(e) => Err(Polkit::Failed(e)),
+        Err(e) => Err(AuthorityError::Failed(e.to_string())),
     }
 }
 
@@ -1149,8 +1141,6 @@ mod tests {
         let manager = Manager {
             control: Control::new(engine.clone(), host, planner, None, None),
             hardware: tokio::sync::OnceCell::new(),
-            own_uid: 0,
-            system_bus: false,
         };
         (manager, Chat { engine })
     }

@@ -199,6 +199,9 @@ impl From<ControlError> for ApiError {
             e @ ControlError::NotSupported { .. } => {
                 ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_supported", e.to_string())
             }
+            ControlError::PermissionDenied(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_denied", m)
+            }
             ControlError::Internal(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)
             }

@@ -19,6 +19,15 @@ use super::to_wire;
 use crate::control::LoadOptions;
 use crate::engine::EngineState;
 
+/// The caller of a managing route: the Unix socket's peer credentials, which `server` attaches to
+/// every request of a connection (absent over a transport without them). The control core decides
+/// from it, with the same rule as D-Bus (`crate::access`).
+type Peer = Option<axum::Extension<crate::access::Caller>>;
+
+fn who(caller: &Peer) -> Option<&crate::access::Caller> {
+    caller.as_ref().map(|c| &c.0)
+}
+
 /// The native routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -100,7 +109,7 @@ async fn plan(State(state): State<AppState>) -> Response {
 /// load (422 naming why; the previous model serves again). Options are checked as D-Bus `Load`
 /// checks them (400). The file stays pinned through re-plans until `r1ctl use auto` or a config
 /// edit of the model.
-async fn load(State(state): State<AppState>, body: Body) -> Response {
+async fn load(State(state): State<AppState>, caller: Peer, body: Body) -> Response {
     let req: wire::LoadRequest = match error::parse(&body) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -113,15 +122,15 @@ async fn load(State(state): State<AppState>, body: Body) -> Response {
         threads: req.threads,
         kv_cache_type: req.kv_cache_type,
     };
-    match state.control.load(options).await {
+    match state.control.load(who(&caller), options).await {
         Ok(_) => status_now(&state).into_response(),
         Err(e) => fail(e),
     }
 }
 
 /// `POST /r1/unload`: unloads the resident model; answers with `/r1/status`'s body.
-async fn unload(State(state): State<AppState>) -> Response {
-    match state.control.unload().await {
+async fn unload(State(state): State<AppState>, caller: Peer) -> Response {
+    match state.control.unload(who(&caller)).await {
         Ok(()) => status_now(&state).into_response(),
         Err(e) => fail(e),
     }
@@ -139,12 +148,12 @@ async fn models(State(state): State<AppState>) -> Response {
 /// and no pin), a catalog variant (pinned: its best present quantization, kept through re-plans),
 /// or any listed model by name; loads it and answers with `/r1/status`'s body. A model that fails
 /// to load leaves the previous one serving (422 naming both); an unknown one is 404.
-async fn use_model(State(state): State<AppState>, body: Body) -> Response {
+async fn use_model(State(state): State<AppState>, caller: Peer, body: Body) -> Response {
     let req: wire::ModelRequest = match error::parse(&body) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    match state.control.use_model(&req.model).await {
+    match state.control.use_model(who(&caller), &req.model).await {
         Ok(_) => status_now(&state).into_response(),
         Err(e) => fail(e),
     }
@@ -153,8 +162,8 @@ async fn use_model(State(state): State<AppState>, body: Body) -> Response {
 /// `POST /r1/reload`: re-reads the config as SIGHUP does and answers with what changed, the
 /// rejection (200 too: r1d keeps running on the old config; `error` says why), and what happened
 /// to the model.
-async fn reload(State(state): State<AppState>) -> Response {
-    match state.control.reload("POST /r1/reload").await {
+async fn reload(State(state): State<AppState>, caller: Peer) -> Response {
+    match state.control.reload(who(&caller), "POST /r1/reload").await {
         Ok(outcome) => Json(to_wire::reload_outcome(outcome)).into_response(),
         Err(e) => fail(e),
     }
@@ -166,6 +175,7 @@ async fn reload(State(state): State<AppState>) -> Response {
 /// `text/event-stream`. The pull goes on when the client goes away.
 async fn pull(
     State(state): State<AppState>,
+    caller: Peer,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
@@ -176,7 +186,7 @@ async fn pull(
     let crate::control::Pull {
         label,
         progress: rx,
-    } = match state.control.pull(&req.model).await {
+    } = match state.control.pull(who(&caller), &req.model).await {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

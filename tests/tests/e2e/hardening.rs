@@ -710,3 +710,116 @@ async fn sigterm_mid_answer_always_ends_with_status_0_on_llama_cpp() {
     )
     .await;
 }
+
+/// The uid of a member of the socket's audience who is neither root nor r1d's own user.
+const MEMBER: u32 = 47013;
+
+/// Management over HTTP follows D-Bus's rule (root, r1d's own uid, else polkit): another user who
+/// can reach the socket may ask questions, but loading, unloading, using, reloading and pulling
+/// are refused with 403 naming what and the caller's uid — the uid the kernel reports for the
+/// connection (SO_PEERCRED), not anything the request says. Root may manage.
+#[tokio::test]
+async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
+    if !can_switch_users() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("r1d-manage-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let model = echo_model(dir.path(), r#"{"name": "echo-manage"}"#);
+    std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let socket = dir.path().join("r1d.sock");
+    let log = dir.path().join("r1d.log");
+    let bins = public_bin_dir();
+    // r1d as root, its socket open to everyone (umask 0), so the other user can connect at all.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("umask 0; exec \"$@\"")
+        .arg("sh")
+        .arg(bins.path().join("r1d"))
+        .args(["--dbus", "off", "--plugin-dir"])
+        .arg(bins.path())
+        .arg("--model")
+        .arg(&model)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg("/dev/null")
+        .env("XDG_CACHE_HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    wait_for_socket(&socket, &mut child.0, &log);
+    let home = home_of(dir.path(), MEMBER);
+    let curl = |uid: u32, method: &str, path: &str, body: &str| -> (u16, String) {
+        let out = as_user(uid, &home, Path::new("/usr/bin/curl"), &[
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            socket.to_str().unwrap(),
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("http://r1d{path}"),
+        ])
+        .output()
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    };
+    // Wait until the echo model serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(0, "GET", "/health", "").0 != 200 {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Chat is open to the other user.
+    let (code, body) = curl(
+        MEMBER,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hello there"}]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("HELLO THERE"), "{body}");
+
+    // Management is not, on every managing route.
+    let path = model.to_str().unwrap();
+    for (route, body, what) in [
+        ("/r1/unload", "{}".to_owned(), "unloading the model"),
+        ("/r1/load", format!("{{\"path\": {path:?}}}"), "loading a model"),
+        ("/r1/use", r#"{"model": "auto"}"#.to_owned(), "changing the model"),
+        ("/r1/reload", "{}".to_owned(), "reloading the config"),
+        ("/r1/pull", r#"{"model": "deepseek-r1:1.5b"}"#.to_owned(), "pulling a model"),
+    ] {
+        let (code, answer) = curl(MEMBER, "POST", route, &body);
+        assert_eq!(code, 403, "{route}: {answer}");
+        let json: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(json["code"], "permission_denied", "{route}: {answer}");
+        let message = json["error"].as_str().unwrap();
+        assert!(
+            message.starts_with(what) && message.contains(&format!("uid {MEMBER}")),
+            "{route}: {message}"
+        );
+    }
+    // Still serving: nothing was unloaded.
+    let (code, body) = curl(MEMBER, "GET", "/r1/status", "");
+    assert_eq!(code, 200);
+    assert!(body.contains("echo-manage"), "{body}");
+
+    // Root may.
+    let (code, body) = curl(0, "POST", "/r1/unload", "{}");
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = curl(0, "GET", "/health", "");
+    assert!(body.contains("no-model"), "{body}");
+}
