@@ -468,7 +468,7 @@ impl From<SupervisorError> for ControlError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn options(path: &str) -> LoadOptions {
@@ -521,7 +521,9 @@ mod tests {
         assert_eq!(spec.backend.as_deref(), Some("llamacpp"));
     }
 
-    fn control_without_store_or_supervisor() -> Control {
+    /// A control core over an engine with no plugins and no model, without a store or a
+    /// supervisor (for the transports' unit tests too).
+    pub(crate) fn control_without_store_or_supervisor() -> Control {
         let host = Arc::new(PluginHost::empty(
             std::path::Path::new("/nonexistent"),
             "none".into(),

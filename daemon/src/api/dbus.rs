@@ -1116,30 +1116,12 @@ pub fn introspection_xml(manager: &Manager, chat: &Chat) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::PluginHost;
-    use std::sync::Arc;
 
     fn interfaces() -> (Manager, Chat) {
-        let host = Arc::new(PluginHost::empty(
-            std::path::Path::new("/nonexistent"),
-            "none".into(),
-        ));
-        let engine = Engine::start(
-            host.clone(),
-            None,
-            None,
-            crate::engine::EngineConfig {
-                default_max_tokens: 16,
-                queue_depth: 1,
-                ..Default::default()
-            },
-        );
-        let planner = crate::control::PlannerState {
-            probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
-            policy: Default::default(),
-        };
+        let control = crate::control::tests::control_without_store_or_supervisor();
+        let engine = control.engine().clone();
         let manager = Manager {
-            control: Control::new(engine.clone(), host, planner, None, None),
+            control,
             hardware: tokio::sync::OnceCell::new(),
         };
         (manager, Chat { engine })

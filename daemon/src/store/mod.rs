@@ -631,11 +631,13 @@ pub fn examine(found: scan::Found) -> ModelEntry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gguf_header::write::{gguf, Meta};
 
-    fn r1_7b(data: u64) -> Vec<u8> {
+    /// A small GGUF whose metadata names DeepSeek-R1-Distill-Qwen-7B Q4_K_M, with `data` bytes of
+    /// tensor data (for the store's and the supervisor's tests).
+    pub(crate) fn r1_7b(data: u64) -> Vec<u8> {
         gguf(
             &[
                 ("general.architecture", Meta::Str("qwen2")),

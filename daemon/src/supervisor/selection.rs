@@ -272,21 +272,8 @@ mod tests {
     use super::*;
     use crate::config::{Config, Mode};
     use crate::hardware::Probe;
-    use gguf_header::write::{gguf, Meta};
 
-    fn r1_7b(data: u64) -> Vec<u8> {
-        gguf(
-            &[
-                ("general.architecture", Meta::Str("qwen2")),
-                ("general.name", Meta::Str("DeepSeek R1 Distill Qwen 7B")),
-                ("qwen2.block_count", Meta::U32(28)),
-                ("qwen2.embedding_length", Meta::U32(3584)),
-                ("general.file_type", Meta::U32(15)),
-            ],
-            &[("token_embd.weight", &[256, 4], 12)],
-            data,
-        )
-    }
+    use crate::store::tests::r1_7b;
 
     /// A store of `models` on the fake "workstation" machine (AMD GPU), other stores off.
     fn workstation_store(models: &std::path::Path) -> Arc<Store> {
