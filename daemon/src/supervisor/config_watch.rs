@@ -55,10 +55,25 @@ impl Supervisor {
         let Some(path) = self.inner.config_path.clone() else {
             return;
         };
+        // The first watch is set up before this returns, so it is in place before r1d says it is
+        // ready (READY=1, the socket answering): an edit right after that is never missed.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher = None;
+        let mut said_missing = false;
+        match watch_dirs(&path, tx.clone()) {
+            Ok(w) => {
+                tracing::info!("watching {} for changes", path.display());
+                watcher = Some(w);
+            }
+            Err(e) => {
+                tracing::info!(
+                    "not watching {} yet ({e}); looking again every 2 s; SIGHUP and `r1ctl reload` reload it",
+                    path.display()
+                );
+                said_missing = true;
+            }
+        }
         tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-            let mut watcher = None;
-            let mut said_missing = false;
             loop {
                 if watcher.is_none() {
                     match watch_dirs(&path, tx.clone()) {
