@@ -302,6 +302,8 @@ def main():
         est = c["est_generation_tokens_per_s"]
         print(f"{variant:<22} {quant:<7} {r['prompt_n']:>10} {r['pp']:>9.1f} "
               f"{r['predicted_n']:>8} {r['tg']:>9.2f} {est:>8.1f} {err(est, r['tg']):>5}")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (speed is shared with whatever "
+          "else runs on the CPUs)")
     return 0 if ident_ok else 1
 
 

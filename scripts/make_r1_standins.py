@@ -579,7 +579,12 @@ def main() -> int:
     else:
         chosen = []
         for k in args.variants.split(","):
-            k = k.strip().removeprefix("deepseek-r1:").removeprefix("deepseek-r1-")
+            # `7b`, `0528-8b`, or r1d's ids: `deepseek-r1:7b`, `deepseek-r1-0528:8b`.
+            k = k.strip().lower()
+            if k.startswith("deepseek-r1:"):
+                k = k[len("deepseek-r1:"):]
+            elif k.startswith("deepseek-r1-"):
+                k = k[len("deepseek-r1-"):].replace(":", "-")
             if k not in keys:
                 sys.exit(f"make_r1_standins: unknown variant {k!r} (known: {', '.join(keys)})")
             chosen.append(keys[k])
