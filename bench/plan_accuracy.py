@@ -206,6 +206,10 @@ def measure(args, path, cand, speed):
             r["predicted_n"] = runs[0]["predicted_n"]
             r["pp"] = statistics.median(t["prompt_per_second"] for t in runs)
             r["tg"] = statistics.median(t["predicted_per_second"] for t in runs)
+            # Other work on the CPUs only slows a run down: the best run is the closest to what
+            # the machine does alone.
+            r["pp_best"] = max(t["prompt_per_second"] for t in runs)
+            r["tg_best"] = max(t["predicted_per_second"] for t in runs)
         else:
             d.ctl("ask", "--temperature", "0", "--max-tokens", "8", "Say hello.")
             r["answer"] = rss(d.proc.pid)
@@ -227,7 +231,7 @@ def main():
                    "deepseek-r1:7b:Q4_K_M) to load; default: all that fit")
     p.add_argument("--no-identify", action="store_true", help="skip the store listing check")
     p.add_argument("--no-load", action="store_true", help="estimates only, load nothing")
-    p.add_argument("--speed-runs", type=int, default=2)
+    p.add_argument("--speed-runs", type=int, default=3)
     p.add_argument("--gen-tokens", type=int, default=64)
     args = p.parse_args()
 
@@ -289,10 +293,10 @@ def main():
               f"{gb(at):>7} {gb(aa):>6} {gb(af):>6} {err(pl, at):>5}  {note}")
     print("\nerr = (plan - measured) / measured: negative means the planner under-estimates.\n")
 
-    print("## Speed (stand-ins' Q4_K_M on this CPU; llama.cpp timings, median of "
+    print("## Speed (stand-ins' Q4_K_M on this CPU; llama.cpp timings, median and best of "
           f"{args.speed_runs} runs; the planner estimates generation only)\n")
-    print(f"{'variant':<22} {'quant':<7} {'prompt tok':>10} {'pp tok/s':>9} {'gen tok':>8} "
-          f"{'tg tok/s':>9} {'plan tg':>8} {'err':>5}")
+    print(f"{'variant':<22} {'quant':<7} {'prompt tok':>10} {'pp tok/s':>9} {'best':>6} "
+          f"{'gen tok':>8} {'tg tok/s':>9} {'best':>6} {'plan tg':>8} {'err':>5} {'best':>5}")
     for path, variant, quant, c, r, note in rows:
         if not (quant == "Q4_K_M" and variant in SPEED):
             continue
@@ -300,8 +304,9 @@ def main():
             print(f"{variant:<22} {quant:<7} {note or 'not measured'}")
             continue
         est = c["est_generation_tokens_per_s"]
-        print(f"{variant:<22} {quant:<7} {r['prompt_n']:>10} {r['pp']:>9.1f} "
-              f"{r['predicted_n']:>8} {r['tg']:>9.2f} {est:>8.1f} {err(est, r['tg']):>5}")
+        print(f"{variant:<22} {quant:<7} {r['prompt_n']:>10} {r['pp']:>9.1f} {r['pp_best']:>6.1f} "
+              f"{r['predicted_n']:>8} {r['tg']:>9.2f} {r['tg_best']:>6.2f} {est:>8.1f} "
+              f"{err(est, r['tg']):>5} {err(est, r['tg_best']):>5}")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end (speed is shared with whatever "
           "else runs on the CPUs)")
     return 0 if ident_ok else 1
