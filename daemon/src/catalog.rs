@@ -942,6 +942,26 @@ pub struct Footprint {
     pub layer_kv: u64,
     /// Compute (activation) buffer of the device that runs the graph.
     pub compute: u64,
+    /// One block's weights that llama.cpp's CPU backend repacks into a second, anonymous copy
+    /// when the block runs on a CPU with the repacking kernels (see [`cpu_repack_share`]); the
+    /// mapped file stays mapped beside it, so both count.
+    pub layer_repack: u64,
+}
+
+/// The share of a quantization's block weights that llama.cpp's CPU backend keeps a repacked
+/// copy of ("extra buffer types" of ggml-cpu, `GGML_CPU_REPACK`, on by default: Q4_0, Q4_K and
+/// IQ4_NL matrices are re-laid for the AVX2 / ARM i8mm kernels at load, in anonymous memory, while
+/// the file stays mapped). For Q4_K_M, llama.cpp's quantize type rule makes 79–81 % of the block
+/// bytes Q4_K in every R1 variant (measured on stand-ins built with that rule —
+/// `scripts/make-r1-standins` — and the real 7B header); the rest is Q6_K, which is not repacked.
+/// Measured with `bench/plan-accuracy`: the 7B Q4_K_M's process held 3.7 GB anonymous + 4.6 GB
+/// of its mapped file after one answer.
+pub fn cpu_repack_share(quantization: &str) -> f64 {
+    match quantization {
+        "Q4_K_M" => 0.80,
+        "Q4_K_S" | "Q4_0" => 1.0,
+        _ => 0.0,
+    }
 }
 
 impl Footprint {
@@ -990,6 +1010,7 @@ impl Variant {
                 * KV_BYTES_PER_VALUE
                 * context as u64,
             compute: MICRO_BATCH * 4 * (self.vocab_size as u64 + 16 * self.hidden_size as u64),
+            layer_repack: ((blocks / self.layers as u64) as f64 * cpu_repack_share(q.name)) as u64,
         }
     }
 }

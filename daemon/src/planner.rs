@@ -210,8 +210,15 @@ fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32
         })
         .collect();
     let cpu_runs_graph = on_cpu > 0 || output_on.is_none();
+    // Blocks on a CPU with llama.cpp's repacking kernels hold their Q4 weights twice.
+    let repacks = hw
+        .cpu
+        .features
+        .iter()
+        .any(|f| f == "avx2" || f == "i8mm");
+    let per_cpu_layer = per_layer + if repacks { f.layer_repack } else { 0 };
     let ram_bytes = f.token_embedding
-        + on_cpu as u64 * per_layer
+        + on_cpu as u64 * per_cpu_layer
         + if output_on.is_none() { f.output } else { 0 }
         + if cpu_runs_graph { f.compute } else { 0 }
         + HOST_OVERHEAD;
@@ -783,16 +790,62 @@ mod tests {
         assert_ne!(c.variant.id, "deepseek-r1:32b");
     }
 
+    /// llama.cpp's CPU backend repacks Q4_K weights for its AVX2 and i8mm kernels into a second,
+    /// anonymous copy (measured: the 7B Q4_K_M held 3.7 GB anonymous + 4.6 GB mapped after one
+    /// answer): a CPU-resident Q4_K_M block costs its weights and 80 % of them again there, a
+    /// block on a GPU or on a CPU without those kernels does not, and other quantizations never.
+    #[test]
+    fn q4_k_m_blocks_on_a_repacking_cpu_are_counted_twice_over() {
+        let v = crate::catalog::variant("deepseek-r1:7b").unwrap();
+        let q4 = v.quantizations.iter().find(|q| q.name == "Q4_K_M").unwrap();
+        let q8 = v.quantizations.iter().find(|q| q.name == "Q8_0").unwrap();
+        let f = v.footprint(q4, 8192);
+        let share = f.layer_repack as f64 / f.layer_weights as f64;
+        assert!((share - 0.80).abs() < 0.001, "{share}");
+        assert_eq!(v.footprint(q8, 8192).layer_repack, 0);
+
+        let policy = Policy::default();
+        let avx2 = machine(8, 32, 40, vec![]);
+        let mut plain = avx2.clone();
+        plain.cpu.features.clear();
+        let ram = |hw: &Hardware, q: &str| find(&plan(hw, &[], &policy), "deepseek-r1:7b", q).ram_bytes;
+        assert_eq!(
+            ram(&avx2, "Q4_K_M") - ram(&plain, "Q4_K_M"),
+            v.layers as u64 * f.layer_repack
+        );
+        assert_eq!(ram(&avx2, "Q8_0"), ram(&plain, "Q8_0"));
+        // Without the repacking kernels the smallest file is again the closest fit.
+        let tiny = {
+            let mut hw = machine(1, 1, 10, vec![]);
+            hw.cpu.features.clear();
+            hw
+        };
+        assert!(plan(&tiny, &[], &policy)
+            .reason
+            .starts_with("nothing fits; the closest is deepseek-r1:1.5b Q4_K_M"));
+        // All layers on a GPU: nothing is repacked.
+        let gpu_box = machine(8, 32, 40, vec![gpu(24, 23.5, 936)]);
+        let on_gpu = find(&plan(&gpu_box, &[], &policy), "deepseek-r1:7b", "Q4_K_M").clone();
+        let mut gpu_plain = gpu_box.clone();
+        gpu_plain.cpu.features.clear();
+        assert_eq!(
+            on_gpu.ram_bytes,
+            find(&plan(&gpu_plain, &[], &policy), "deepseek-r1:7b", "Q4_K_M").ram_bytes
+        );
+    }
+
     #[test]
     fn too_small_machine_gets_no_choice_and_a_reason_with_the_shortfall() {
         let hw = machine(1, 1, 10, vec![]);
         let plan = plan(&hw, &[], &Policy::default());
         assert_eq!(plan.chosen, None);
         assert!(plan.candidates.iter().all(|c| !c.fits));
-        // The closest is the smallest file: 1.5B Q4_K_M.
+        // The closest is the one that needs the least RAM: on this AVX2 CPU llama.cpp keeps a
+        // repacked copy of Q4_K_M's Q4_K weights beside the mapped file, so the 1.5B's Q5_K_M
+        // (not repacked) needs less than its Q4_K_M.
         assert!(
             plan.reason
-                .starts_with("nothing fits; the closest is deepseek-r1:1.5b Q4_K_M"),
+                .starts_with("nothing fits; the closest is deepseek-r1:1.5b Q5_K_M"),
             "{}",
             plan.reason
         );
@@ -906,17 +959,17 @@ mod tests {
         assert_eq!(u.resource, Resource::Ram);
         assert_eq!(
             (u.candidate.variant.id, u.candidate.quantization.name),
-            ("deepseek-r1:1.5b", "Q4_K_M")
+            ("deepseek-r1:1.5b", "Q5_K_M")
         );
         // On the CPU, where the layers go does not depend on the RAM: the shortfall of this plan's
         // own candidate, rounded up to a MiB, is what is missing.
-        let here = find(&p, "deepseek-r1:1.5b", "Q4_K_M");
+        let here = find(&p, "deepseek-r1:1.5b", "Q5_K_M");
         let short = here.ram_bytes + policy.reserve_ram_bytes - hw.memory.available_bytes;
         assert_eq!(u.more_bytes, short.div_ceil(MIB) * MIB);
         assert_eq!(
             p.more_memory,
             format!(
-                "with {} more RAM: deepseek-r1:1.5b Q4_K_M (0/29 layers on GPU, ≈ {:.1} tokens/s)",
+                "with {} more RAM: deepseek-r1:1.5b Q5_K_M (0/29 layers on GPU, ≈ {:.1} tokens/s)",
                 amount(u.more_bytes),
                 here.tokens_per_s
             )

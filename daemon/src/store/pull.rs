@@ -365,6 +365,9 @@ impl Puller {
                 .map(|v| v.trim_matches('"').to_owned())
         };
         let lfs_sha = header("x-linked-etag").filter(|e| is_sha256(e));
+        // The file's size: Hugging Face's `X-Linked-Size`, else a HEAD's `Content-Length`. A
+        // length of 0 is no size (servers send it for the empty body of a HEAD answer; a model file
+        // is never empty): taken as the size, it made the pull skip the download.
         let total: Option<u64> = header("x-linked-size")
             .or_else(|| {
                 if status.is_success() {
@@ -373,7 +376,8 @@ impl Puller {
                     None
                 }
             })
-            .and_then(|s| s.parse().ok());
+            .and_then(|s| s.parse().ok())
+            .filter(|&n: &u64| n > 0);
         let expected_sha = match (&spec.sha256, &lfs_sha) {
             (Some(c), Some(s)) if !c.eq_ignore_ascii_case(s) => {
                 return Err(PullError::CatalogMismatch {

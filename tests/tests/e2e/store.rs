@@ -511,7 +511,7 @@ async fn a_pull_of_unknown_size_stops_at_the_disk_reserve() {
     let last = events.last().unwrap();
     assert_eq!(last.kind, "error", "{events:?}\n{}", d.log());
     let error = last.error.as_deref().unwrap();
-    assert!(error.contains("reserve_disk_bytes"), "{error}");
+    assert!(error.contains("reserve_disk_bytes"), "{error}\n{}", d.log());
     let kept = std::fs::metadata(partial(root.path(), "owner/repo", "unsized.gguf"))
         .map_or(0, |m| m.len());
     assert!(kept < 64_000_000, "{kept} bytes written");
