@@ -181,6 +181,13 @@ pub struct ServerConfig {
     /// Seconds a client may stop reading a streamed answer (its buffer full) before its request
     /// is cancelled, so one stalled reader cannot hold the engine; default 30.
     pub stall_timeout_s: Option<f64>,
+    /// TCP addresses to serve the same routes on besides the Unix socket (`"127.0.0.1:11434"`,
+    /// `"[::1]:11434"`); default none. An address that is not loopback needs `api_key_file`.
+    /// Read at start only.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// A file holding the API key TCP clients must send as `Authorization: Bearer KEY`
+    /// (required on every TCP listener once set; the Unix socket never asks for it).
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// `[plugins]`.
@@ -265,6 +272,7 @@ impl Config {
         };
         resolve(&mut self.model.path);
         resolve(&mut self.server.socket);
+        resolve(&mut self.server.api_key_file);
         resolve(&mut self.plugins.dir);
         resolve(&mut self.store.dir);
         resolve(&mut self.store.huggingface_cache);
@@ -562,6 +570,11 @@ mod tests {
             c.watch,
             WatchConfig::default(),
             "documented [watch] values are the defaults"
+        );
+        assert_eq!(
+            c.server.listen,
+            vec!["127.0.0.1:11434".parse::<std::net::SocketAddr>().unwrap()],
+            "the documented listen address is the example"
         );
         assert_eq!(
             c.planner,

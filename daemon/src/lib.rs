@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod hardware;
+pub mod listen;
 pub mod paths;
 pub mod planner;
 pub mod server;

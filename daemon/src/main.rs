@@ -38,6 +38,10 @@ struct Args {
     /// Unix socket to listen on (overrides [server] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also serve on this TCP address, e.g. 127.0.0.1:11434 or [::1]:11434 (repeatable;
+    /// overrides [server] listen). A non-loopback address needs [server] api_key_file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddr>,
     /// Plugin directory (overrides [plugins] dir).
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
@@ -204,9 +208,28 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.server.socket.clone())
         .unwrap_or_else(|| r1d::paths::socket(mode));
-    let listening = r1d::systemd::listen(&socket, mode == Mode::System)
+    // TCP is opt in; the key is read (and a non-loopback address without one refused) before
+    // anything is bound.
+    let api_key = config
+        .server
+        .api_key_file
+        .as_deref()
+        .map(r1d::listen::ApiKey::read)
+        .transpose()?;
+    let tcp_addrs = if args.listen.is_empty() {
+        config.server.listen.clone()
+    } else {
+        args.listen.clone()
+    };
+    r1d::listen::check(&tcp_addrs, api_key.as_ref())?;
+    let mut listening = r1d::systemd::listen(&socket, mode == Mode::System)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    let tcp_listeners = r1d::listen::listeners(
+        std::mem::take(&mut listening.tcp),
+        &tcp_addrs,
+        api_key.as_ref(),
+    )?;
     let notifier = r1d::systemd::Notifier::new(start.load.as_ref());
 
     let host = Arc::new(host);
@@ -306,7 +329,24 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let socket_file = listening.owned_socket_file();
-    let result = r1d::server::serve(listening.listener, router, shutdown).await;
+    // TCP serves the same routes; with a key configured, every TCP request must present it.
+    let tcp_router = match api_key {
+        Some(key) => r1d::api::auth::require_key(router.clone(), key),
+        None => router.clone(),
+    };
+    let tcp = tokio::spawn(r1d::listen::serve(
+        tcp_listeners,
+        tcp_router,
+        shutdown.clone(),
+    ));
+    let result = r1d::server::serve(listening.listener, router, shutdown.clone()).await;
+    // The Unix socket's server ended (shutdown, or an error): TCP ends too.
+    shutdown.cancel();
+    match tcp.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the TCP listener failed: {e}"),
+        Err(e) => tracing::error!("the TCP listener failed: {e}"),
+    }
     if let Some(path) = socket_file {
         let _ = std::fs::remove_file(path);
     }

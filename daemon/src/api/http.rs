@@ -46,7 +46,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The error shape of the route family `uri` belongs to.
-fn shape_of(uri: &Uri) -> Shape {
+pub(crate) fn shape_of(uri: &Uri) -> Shape {
     let path = uri.path();
     if path.starts_with("/v1/") {
         Shape::OpenAi

@@ -9,9 +9,11 @@
 //!   [`supervisor_wire`] the same for what the supervisor publishes (events, watch status,
 //!   reload outcomes, the reported state).
 //! - [`report`]: what `r1d hardware` and `r1d plan` print (text or JSON).
+//! - [`auth`]: the API key TCP listeners ask for (see [`crate::listen`]).
 //! - [`dbus`]: D-Bus (`org.r1d.R1`).
 
 pub mod answer;
+pub mod auth;
 pub mod dbus;
 pub mod error;
 pub mod http;

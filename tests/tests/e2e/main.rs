@@ -11,6 +11,7 @@ mod onnx;
 mod plan;
 mod store;
 mod systemd;
+mod tcp;
 mod template;
 mod watch;
 
