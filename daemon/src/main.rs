@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     init_logging();
+    r1d::telemetry::install();
     let mode = if args.system {
         Mode::System
     } else if args.user {

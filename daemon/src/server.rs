@@ -70,7 +70,9 @@ pub async fn serve(
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // The peer's uid goes into each request's log line (`api::observe`).
+    let service = router.into_make_service_with_connect_info::<crate::api::observe::UnixPeer>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

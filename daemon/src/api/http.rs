@@ -40,8 +40,10 @@ pub fn router(state: AppState) -> Router {
         .merge(super::openai::routes())
         .merge(super::ollama::routes())
         .merge(super::native::routes())
+        .merge(super::observe::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(super::observe::observe))
         .with_state(state)
 }
 

@@ -128,3 +128,52 @@ fn ollama_python_client_over_loopback_tcp_without_a_key() {
 fn ollama_python_client_over_tcp_with_a_key() {
     run_client("ollama_client.py", Reach::Tcp(Some("sk-r1d-test-77c1")));
 }
+
+#[test]
+fn metrics_parse_with_prometheus_client_and_each_request_is_logged_without_content() {
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let request: r1d_client::wire::ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+        "model": "DeepSeek-R1 echo",
+        "messages": [{"role": "user", "content": "secretword alpha beta"}],
+    }))
+    .unwrap();
+    let answer = rt.block_on(daemon.client().chat(&request)).unwrap();
+    assert_eq!(answer.usage.completion_tokens, 3);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/metrics_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n--- r1d log ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    // One line for the chat, with counts and the client's uid; never the words.
+    let log = daemon.log();
+    let uid = std::fs::metadata(&daemon.socket).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("route=/v1/chat/completions"))
+        .unwrap_or_else(|| panic!("no request line:\n{log}"));
+    for part in ["status=200", "model=\"DeepSeek-R1 echo\"", "generated_tokens=3", "ttft_ms=", "duration_ms=", &format!("client=uid={uid}")] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    assert!(!log.contains("secretword"), "the prompt is in the log:\n{log}");
+}
