@@ -154,7 +154,8 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     /// Backend to use (`llamacpp`, …); default: the best backend for the model's format.
     pub backend: Option<String>,
-    /// KV cache size in tokens; default: the trained context, capped at 4096 by the backend.
+    /// KV cache size in tokens; default: `[planner] context_length` (what the plan fits),
+    /// capped at a GGUF's trained context (other formats: the backend's default).
     pub context_length: Option<u32>,
     /// Layers to offload to a GPU; default: the backend decides (all, when it has a GPU).
     pub gpu_layers: Option<u32>,
@@ -162,7 +163,8 @@ pub struct ModelConfig {
     pub threads: Option<u32>,
     /// KV cache type: `f16`, `q8_0`, `q4_0`, `f32`.
     pub kv_cache_type: Option<String>,
-    /// Default `max_tokens` for requests that set none (tokens).
+    /// A cap on `max_tokens` for requests that set none (tokens); default none: an answer may
+    /// run to the end of the context.
     pub default_max_tokens: Option<u32>,
 }
 
@@ -197,9 +199,6 @@ pub struct PluginsConfig {
     /// Plugin directory; default: see [`crate::paths::plugin_dir`].
     pub dir: Option<PathBuf>,
 }
-
-/// Tokens generated when a request sets no `max_tokens` and the config sets no default.
-pub const DEFAULT_MAX_TOKENS: u32 = 2048;
 
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;

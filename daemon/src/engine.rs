@@ -208,8 +208,11 @@ pub struct LoadSpec {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// `max_tokens` when a request sets none.
-    pub default_max_tokens: u32,
+    /// A cap on `max_tokens` for requests that set none (`[model] default_max_tokens`); `None`:
+    /// an answer may run to the end of the context (OpenAI's behaviour). R1 reasons for hundreds
+    /// to thousands of tokens before it answers, and an answer cut inside its reasoning has no
+    /// content at all.
+    pub default_max_tokens: Option<u32>,
     /// Requests that may wait behind the running one.
     pub queue_depth: usize,
     /// How long the engine waits for a client that stopped reading (its reply buffer is full)
@@ -220,7 +223,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
-            default_max_tokens: crate::config::DEFAULT_MAX_TOKENS,
+            default_max_tokens: None,
             queue_depth: crate::config::DEFAULT_QUEUE_DEPTH,
             stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         }
@@ -945,7 +948,8 @@ impl Worker {
         let max_tokens = job
             .sampling
             .max_tokens
-            .unwrap_or(self.config.default_max_tokens)
+            .or(self.config.default_max_tokens)
+            .unwrap_or(room)
             .min(room);
         let name = info.name.clone().unwrap_or_else(|| info.path.clone());
         crate::telemetry::update(job.stats.as_ref(), |s| {

@@ -239,10 +239,7 @@ async fn main() -> anyhow::Result<()> {
         start.load.clone(),
         start.no_model_reason.clone(),
         EngineConfig {
-            default_max_tokens: config
-                .model
-                .default_max_tokens
-                .unwrap_or(config::DEFAULT_MAX_TOKENS),
+            default_max_tokens: config.model.default_max_tokens,
             queue_depth: config
                 .server
                 .queue_depth
@@ -360,7 +357,12 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     model_path.map(|path| {
         LoadOptions {
             path: path.to_string_lossy().into_owned(),
-            context_length: args.context_length.or(config.model.context_length),
+            context_length: args
+                .context_length
+                .or(config.model.context_length)
+                .or_else(|| {
+                    r1d::control::default_context_length(&path, config.planner.context_length)
+                }),
             gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
             threads: args.threads.or(config.model.threads),
             kv_cache_type: config.model.kv_cache_type.clone(),

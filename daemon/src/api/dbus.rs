@@ -1137,7 +1137,7 @@ mod tests {
             None,
             None,
             crate::engine::EngineConfig {
-                default_max_tokens: 16,
+                default_max_tokens: Some(16),
                 queue_depth: 1,
                 ..Default::default()
             },
