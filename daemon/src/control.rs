@@ -426,7 +426,11 @@ impl From<SupervisorError> for ControlError {
 pub fn default_context_length(path: &std::path::Path, planner_context: u32) -> Option<u32> {
     let header = gguf_header::read(path).ok()?;
     let trained = header.arch_uint("context_length")?;
-    Some(planner_context.min(u32::try_from(trained).unwrap_or(u32::MAX)).max(1))
+    Some(
+        planner_context
+            .min(u32::try_from(trained).unwrap_or(u32::MAX))
+            .max(1),
+    )
 }
 
 #[cfg(test)]

@@ -233,10 +233,20 @@ mod tests {
     #[test]
     fn loopback_needs_no_key_anything_else_does() {
         let key = ApiKey::new("k");
-        for a in ["127.0.0.1:11434", "127.8.9.1:1", "[::1]:11434", "[::ffff:127.0.0.1]:1"] {
+        for a in [
+            "127.0.0.1:11434",
+            "127.8.9.1:1",
+            "[::1]:11434",
+            "[::ffff:127.0.0.1]:1",
+        ] {
             assert!(check(&[addr(a)], None).is_ok(), "{a}");
         }
-        for a in ["0.0.0.0:11434", "[::]:11434", "192.168.1.2:80", "[fe80::1]:1"] {
+        for a in [
+            "0.0.0.0:11434",
+            "[::]:11434",
+            "192.168.1.2:80",
+            "[fe80::1]:1",
+        ] {
             let e = check(&[addr("127.0.0.1:1"), addr(a)], None).unwrap_err();
             assert!(matches!(e, ListenError::NeedsKey(x) if x == addr(a)), "{a}");
             assert!(e.to_string().contains("api_key_file"));
@@ -249,7 +259,13 @@ mod tests {
         let key = ApiKey::new(" s3cret\n").unwrap();
         assert!(key.accepts(b"Bearer s3cret"));
         assert!(key.accepts(b"bearer s3cret "));
-        for wrong in [&b"Bearer s3cre"[..], b"Bearer s3cret2", b"Basic s3cret", b"s3cret", b""] {
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret2",
+            b"Basic s3cret",
+            b"s3cret",
+            b"",
+        ] {
             assert!(!key.accepts(wrong), "{}", String::from_utf8_lossy(wrong));
         }
         assert!(!format!("{key:?}").contains("s3cret"));

@@ -49,7 +49,9 @@ pub enum SystemdError {
     )]
     UnixCount(usize),
     /// A passed descriptor is neither a Unix nor a TCP stream socket.
-    #[error("the socket systemd passed as fd {fd} is neither a Unix nor a TCP stream socket: {source}")]
+    #[error(
+        "the socket systemd passed as fd {fd} is neither a Unix nor a TCP stream socket: {source}"
+    )]
     Unusable {
         /// The descriptor.
         fd: i32,

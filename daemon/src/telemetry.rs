@@ -69,11 +69,23 @@ pub fn install() {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
-    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request duration, to the last byte");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request duration, to the last byte"
+    );
     describe_counter!(PROMPT_TOKENS, "prompt tokens of answered requests");
     describe_counter!(GENERATED_TOKENS, "tokens generated");
-    describe_histogram!(TTFT, Unit::Seconds, "time to first token, queue wait included");
-    describe_histogram!(GENERATION_DURATION, Unit::Seconds, "admission to last token");
+    describe_histogram!(
+        TTFT,
+        Unit::Seconds,
+        "time to first token, queue wait included"
+    );
+    describe_histogram!(
+        GENERATION_DURATION,
+        Unit::Seconds,
+        "admission to last token"
+    );
     describe_gauge!(QUEUE_DEPTH, "jobs waiting for the engine");
     describe_gauge!(RUNNING, "answers being generated");
     describe_gauge!(ACTIVE, "answers admitted and not finished");

@@ -31,10 +31,12 @@ async fn check_key(State(key): State<Arc<ApiKey>>, request: Request, next: Next)
     } else {
         "this listener needs an API key: send `Authorization: Bearer KEY`"
     };
-    let mut response = ApiError::unauthorized(message).respond(super::http::shape_of(request.uri()));
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    let mut response =
+        ApiError::unauthorized(message).respond(super::http::shape_of(request.uri()));
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     response
 }
 
@@ -68,7 +70,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_or_missing_key_is_401_in_the_family_shape() {
-        assert_eq!(call("/v1/models", Some("Bearer k1")).await.0, StatusCode::OK);
+        assert_eq!(
+            call("/v1/models", Some("Bearer k1")).await.0,
+            StatusCode::OK
+        );
         let (status, body) = call("/v1/models", Some("Bearer k2")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "invalid_api_key");

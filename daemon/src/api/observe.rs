@@ -112,9 +112,11 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
-    let client = if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<UnixPeer>>()
+    let client = if let Some(ConnectInfo(peer)) =
+        request.extensions().get::<ConnectInfo<UnixPeer>>()
     {
-        peer.uid.map_or_else(|| "uid=?".to_owned(), |uid| format!("uid={uid}"))
+        peer.uid
+            .map_or_else(|| "uid=?".to_owned(), |uid| format!("uid={uid}"))
     } else if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
         format!("addr={addr}")
     } else {

@@ -58,7 +58,12 @@ fn run_client(script: &str, reach: Reach) {
                 None => String::new(),
             };
             let addr = format!("127.0.0.1:{port}");
-            (vec!["--listen".to_owned(), addr.clone()], config, Some(addr), key)
+            (
+                vec!["--listen".to_owned(), addr.clone()],
+                config,
+                Some(addr),
+                key,
+            )
         }
     };
     let daemon = Daemon::start(DaemonOptions {
@@ -95,7 +100,11 @@ fn run_client(script: &str, reach: Reach) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
     if let Some(key) = key {
-        assert!(!daemon.log().contains(key), "the key is in the log:\n{}", daemon.log());
+        assert!(
+            !daemon.log().contains(key),
+            "the key is in the log:\n{}",
+            daemon.log()
+        );
     }
 }
 
@@ -145,11 +154,12 @@ fn metrics_parse_with_prometheus_client_and_each_request_is_logged_without_conte
         .enable_all()
         .build()
         .unwrap();
-    let request: r1d_client::wire::ChatCompletionRequest = serde_json::from_value(serde_json::json!({
-        "model": "DeepSeek-R1 echo",
-        "messages": [{"role": "user", "content": "secretword alpha beta"}],
-    }))
-    .unwrap();
+    let request: r1d_client::wire::ChatCompletionRequest =
+        serde_json::from_value(serde_json::json!({
+            "model": "DeepSeek-R1 echo",
+            "messages": [{"role": "user", "content": "secretword alpha beta"}],
+        }))
+        .unwrap();
     let answer = rt.block_on(daemon.client().chat(&request)).unwrap();
     assert_eq!(answer.usage.completion_tokens, 3);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/metrics_check.py");
@@ -167,13 +177,25 @@ fn metrics_parse_with_prometheus_client_and_each_request_is_logged_without_conte
     );
     // One line for the chat, with counts and the client's uid; never the words.
     let log = daemon.log();
-    let uid = std::fs::metadata(&daemon.socket).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let uid = std::fs::metadata(&daemon.socket)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
     let line = log
         .lines()
         .find(|l| l.contains("route=/v1/chat/completions"))
         .unwrap_or_else(|| panic!("no request line:\n{log}"));
-    for part in ["status=200", "model=\"DeepSeek-R1 echo\"", "generated_tokens=3", "ttft_ms=", "duration_ms=", &format!("client=uid={uid}")] {
+    for part in [
+        "status=200",
+        "model=\"DeepSeek-R1 echo\"",
+        "generated_tokens=3",
+        "ttft_ms=",
+        "duration_ms=",
+        &format!("client=uid={uid}"),
+    ] {
         assert!(line.contains(part), "{part} missing in {line}");
     }
-    assert!(!log.contains("secretword"), "the prompt is in the log:\n{log}");
+    assert!(
+        !log.contains("secretword"),
+        "the prompt is in the log:\n{log}"
+    );
 }

@@ -27,7 +27,9 @@ fn free_port() -> u16 {
 /// One HTTP/1.1 request over TCP; returns the status line's code and the whole response.
 fn http(addr: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     write!(
         stream,
@@ -58,7 +60,10 @@ fn start_and_exit(args: &[&str], config: &str) -> (std::process::ExitStatus, Str
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -75,7 +80,10 @@ fn a_non_loopback_address_without_a_key_is_refused_at_start() {
     }
     // The same from the config file; and an unreadable key file is named.
     let (status, log) = start_and_exit(&[], &format!("[server]\nlisten = [\"0.0.0.0:{port}\"]\n"));
-    assert!(!status.success() && log.contains("refusing to listen"), "{log}");
+    assert!(
+        !status.success() && log.contains("refusing to listen"),
+        "{log}"
+    );
     let (status, log) = start_and_exit(
         &["--listen", &format!("127.0.0.1:{port}")],
         "[server]\napi_key_file = \"/nonexistent/r1d-key\"\n",
@@ -111,7 +119,11 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
     // Missing or wrong key: 401 in each family's shape.
     let (code, body) = http(&v4, "GET", "/v1/models", None);
     assert_eq!(code, 401, "{body}");
-    assert!(body.contains(r#""code":"invalid_api_key""#) && body.contains(r#""type":"invalid_request_error""#), "{body}");
+    assert!(
+        body.contains(r#""code":"invalid_api_key""#)
+            && body.contains(r#""type":"invalid_request_error""#),
+        "{body}"
+    );
     let (code, body) = http(&v4, "GET", "/api/tags", Some("Bearer nope"));
     assert_eq!(code, 401, "{body}");
     assert!(body.contains(r#"{"error":"invalid API key"#), "{body}");
@@ -120,16 +132,27 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
     assert!(body.contains(r#""code":"invalid_api_key""#), "{body}");
     // IPv6 loopback too (where the machine has IPv6).
     if std::net::TcpStream::connect(format!("[::1]:{p6}")).is_ok() {
-        let (code, body) = http(&format!("[::1]:{p6}"), "GET", "/health", Some("Bearer k-93af"));
+        let (code, body) = http(
+            &format!("[::1]:{p6}"),
+            "GET",
+            "/health",
+            Some("Bearer k-93af"),
+        );
         assert_eq!(code, 200, "{body}");
     }
     // The Unix socket asks for no key.
     let client = daemon.client();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(client.health()).unwrap();
     let log = daemon.log();
     assert!(!log.contains("k-93af"), "the key is in the log:\n{log}");
-    assert!(log.contains(&format!("listening on {v4} (TCP, API key required)")), "{log}");
+    assert!(
+        log.contains(&format!("listening on {v4} (TCP, API key required)")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -170,16 +193,23 @@ fn tcp_sockets_passed_by_systemd_are_served() {
     }
     // The first connection starts r1d, which answers it.
     let (code, body) = http(&addr, "GET", "/v1/models", None);
-    let _ = Command::new("kill").arg(activator.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg(activator.id().to_string())
+        .status();
     let _ = activator.wait();
     assert_eq!(code, 200, "{body}\n{}", read_log());
     assert!(body.contains("echo-tcp-activated"), "{body}");
     let text = read_log();
     assert!(
-        text.contains(&format!("listening on {addr} (TCP (socket activation), no API key)")),
+        text.contains(&format!(
+            "listening on {addr} (TCP (socket activation), no API key)"
+        )),
         "{text}"
     );
-    assert!(text.contains(&format!("listening on {}", socket.display())), "{text}");
+    assert!(
+        text.contains(&format!("listening on {}", socket.display())),
+        "{text}"
+    );
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -208,11 +238,18 @@ struct Netns {
 
 impl Netns {
     fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip").args(args).output().map_err(|e| e.to_string())?;
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
@@ -230,10 +267,35 @@ impl Netns {
         let ns_if = format!("r1dn{id}");
         Netns::ip(&["netns", "add", &ns.name])?;
         // From here on, drop removes what was made.
-        Netns::ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name])?;
-        Netns::ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if])?;
+        Netns::ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+            "netns",
+            &ns.name,
+        ])?;
+        Netns::ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ])?;
         Netns::ip(&["link", "set", &ns.host_if, "up"])?;
-        Netns::ip(&["-n", &ns.name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if])?;
+        Netns::ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ])?;
         Netns::ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
         Netns::ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -304,4 +366,50 @@ fn a_client_in_another_network_namespace_reaches_r1d_with_the_key() {
 fn rustix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn the_tcp_example_socket_and_drop_in_pass_systemd_analyze_verify() {
+    let Some(analyze) = which("systemd-analyze") else {
+        skip("systemd-analyze is not installed (package systemd)");
+        return;
+    };
+    let systemd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let service = std::fs::read_to_string(systemd.join("r1d.service")).unwrap();
+    std::fs::write(
+        d.join("r1d.service"),
+        service.replace("/usr/bin/r1d", binary("r1d").to_str().unwrap()),
+    )
+    .unwrap();
+    for unit in ["r1d.socket", "r1d-tcp.socket"] {
+        std::fs::copy(systemd.join(unit), d.join(unit)).unwrap();
+    }
+    // The drop-in as the r1d-tcp.socket instructions say: with its Sockets= line uncommented.
+    let drop_in = std::fs::read_to_string(systemd.join("r1d.service.d/tcp.conf.example")).unwrap();
+    assert!(drop_in.contains("#Sockets=r1d.socket r1d-tcp.socket"));
+    std::fs::create_dir(d.join("r1d.service.d")).unwrap();
+    std::fs::write(
+        d.join("r1d.service.d/tcp.conf"),
+        drop_in.replace("#Sockets=", "Sockets="),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .args([
+            "verify",
+            "--man=no",
+            "./r1d.service",
+            "./r1d.socket",
+            "./r1d-tcp.socket",
+        ])
+        .current_dir(d)
+        .env("XDG_RUNTIME_DIR", d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    // Without the drop-in the hardened unit keeps TCP out, as the docs say.
+    assert!(service.contains("\nRestrictAddressFamilies=AF_UNIX AF_NETLINK\n"));
+    assert!(drop_in.contains("\nRestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6\n"));
 }
