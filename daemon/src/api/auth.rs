@@ -37,6 +37,22 @@ async fn check_key(State(key): State<Arc<ApiKey>>, request: Request, next: Next)
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer"),
     );
+    // Refused before the observing layer: counted and logged here (the path and the client's
+    // address, never what it presented).
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "-".to_owned(), |c| c.0.to_string());
+    metrics::counter!(crate::telemetry::HTTP_REQUESTS, "route" => "unauthorized", "status" => "401")
+        .increment(1);
+    tracing::warn!(
+        target: "r1d::request",
+        path = request.uri().path(),
+        status = 401,
+        client = %format_args!("addr={client}"),
+        "refused: {}",
+        if presented.is_some() { "wrong API key" } else { "no API key" }
+    );
     response
 }
 

@@ -150,6 +150,14 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
     let log = daemon.log();
     assert!(!log.contains("k-93af"), "the key is in the log:\n{log}");
     assert!(
+        log.contains("refused: no API key") && log.contains("refused: wrong API key"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("nope"),
+        "what a client presented is in the log:\n{log}"
+    );
+    assert!(
         log.contains(&format!("listening on {v4} (TCP, API key required)")),
         "{log}"
     );
