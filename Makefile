@@ -88,6 +88,8 @@ install: assets
 	$(INSTALL) -m 0644 README.md $(DESTDIR)$(DOCDIR)/
 	$(INSTALL) -m 0644 systemd/r1d.service.d/network.conf.example $(DESTDIR)$(DOCDIR)/examples/network.conf
 	$(INSTALL) -m 0644 systemd/user/r1d.service.d/sandbox.conf.example $(DESTDIR)$(DOCDIR)/examples/user-sandbox.conf
+	$(INSTALL) -m 0644 systemd/r1d.service.d/tcp.conf.example $(DESTDIR)$(DOCDIR)/examples/tcp.conf
+	$(INSTALL) -m 0644 systemd/r1d-tcp.socket $(DESTDIR)$(DOCDIR)/examples/r1d-tcp.socket
 	test -e $(DESTDIR)$(SYSCONFDIR)/r1d/r1d.toml || \
 		$(INSTALL) -m 0644 systemd/r1d.toml $(DESTDIR)$(SYSCONFDIR)/r1d/r1d.toml
 	if [ -e systemd/org.r1d.R1.conf ]; then \

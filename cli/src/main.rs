@@ -702,7 +702,14 @@ async fn stream_answer(
                 )?;
             } else {
                 writeln!(out)?;
-                if finish == "length" {
+                if finish == "length" && content.is_empty() {
+                    // R1 reasons before it answers: a cut there leaves no answer at all.
+                    eprintln!(
+                        "[the answer was cut off inside its reasoning, before any answer: it \
+                         reached max tokens or the context length; raise --max-tokens, or the \
+                         context ([model] context_length, r1d --context-length)]"
+                    );
+                } else if finish == "length" {
                     eprintln!(
                         "[the answer was cut off: it reached max tokens or the context length]"
                     );

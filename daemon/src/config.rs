@@ -158,7 +158,8 @@ pub struct ModelConfig {
     pub path: Option<PathBuf>,
     /// Backend to use (`llamacpp`, …); default: the best backend for the model's format.
     pub backend: Option<String>,
-    /// KV cache size in tokens; default: the trained context, capped at 4096 by the backend.
+    /// KV cache size in tokens; default: `[planner] context_length` (what the plan fits),
+    /// capped at a GGUF's trained context (other formats: the backend's default).
     pub context_length: Option<u32>,
     /// Layers to offload to a GPU; default: the backend decides (all, when it has a GPU).
     pub gpu_layers: Option<u32>,
@@ -166,7 +167,8 @@ pub struct ModelConfig {
     pub threads: Option<u32>,
     /// KV cache type: `f16`, `q8_0`, `q4_0`, `f32`.
     pub kv_cache_type: Option<String>,
-    /// Default `max_tokens` for requests that set none (tokens).
+    /// A cap on `max_tokens` for requests that set none (tokens); default none: an answer may
+    /// run to the end of the context.
     pub default_max_tokens: Option<u32>,
 }
 
@@ -192,6 +194,13 @@ pub struct ServerConfig {
     /// requests, or while it trickles its headers in — and the longest pause within a request
     /// body, before the connection is closed; running answers are not affected; default 30.
     pub idle_timeout_s: Option<f64>,
+    /// TCP addresses to serve the same routes on besides the Unix socket (`"127.0.0.1:11434"`,
+    /// `"[::1]:11434"`); default none. An address that is not loopback needs `api_key_file`.
+    /// Read at start only.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// A file holding the API key TCP clients must send as `Authorization: Bearer KEY`
+    /// (required on every TCP listener once set; the Unix socket never asks for it).
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// `[plugins]`.
@@ -201,9 +210,6 @@ pub struct PluginsConfig {
     /// Plugin directory; default: see [`crate::paths::plugin_dir`].
     pub dir: Option<PathBuf>,
 }
-
-/// Tokens generated when a request sets no `max_tokens` and the config sets no default.
-pub const DEFAULT_MAX_TOKENS: u32 = 2048;
 
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
@@ -285,6 +291,7 @@ impl Config {
         };
         resolve(&mut self.model.path);
         resolve(&mut self.server.socket);
+        resolve(&mut self.server.api_key_file);
         resolve(&mut self.plugins.dir);
         resolve(&mut self.store.dir);
         resolve(&mut self.store.huggingface_cache);
@@ -650,6 +657,11 @@ mod tests {
             c.watch,
             WatchConfig::default(),
             "documented [watch] values are the defaults"
+        );
+        assert_eq!(
+            c.server.listen,
+            vec!["127.0.0.1:11434".parse::<std::net::SocketAddr>().unwrap()],
+            "the documented listen address is the example"
         );
         assert_eq!(
             c.planner,

@@ -467,8 +467,48 @@ impl From<SupervisorError> for ControlError {
     }
 }
 
+/// The context a model named by path (`--model`, `[model] path`) gets when nothing sets one:
+/// the planner's `[planner] context_length` (what a planned model is fitted for), capped at the
+/// trained context a GGUF's header states; `None` (the backend's default) for other formats or
+/// an unreadable header.
+pub fn default_context_length(path: &std::path::Path, planner_context: u32) -> Option<u32> {
+    let header = gguf_header::read(path).ok()?;
+    let trained = header.arch_uint("context_length")?;
+    Some(
+        planner_context
+            .min(u32::try_from(trained).unwrap_or(u32::MAX))
+            .max(1),
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_model_named_by_path_gets_the_planner_context_capped_at_its_trained_one() {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend((s.len() as u64).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        let mut gguf = b"GGUF".to_vec();
+        gguf.extend(3u32.to_le_bytes());
+        gguf.extend(0u64.to_le_bytes()); // tensors
+        gguf.extend(2u64.to_le_bytes()); // key-value pairs
+        string(&mut gguf, "general.architecture");
+        gguf.extend(8u32.to_le_bytes());
+        string(&mut gguf, "llama");
+        string(&mut gguf, "llama.context_length");
+        gguf.extend(4u32.to_le_bytes());
+        gguf.extend(4096u32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &gguf).unwrap();
+        assert_eq!(default_context_length(&path, 8192), Some(4096));
+        assert_eq!(default_context_length(&path, 2048), Some(2048));
+        let echo = dir.path().join("m.echo");
+        std::fs::write(&echo, "{}").unwrap();
+        assert_eq!(default_context_length(&echo, 8192), None);
+    }
+
     use super::*;
 
     fn options(path: &str) -> LoadOptions {
@@ -533,7 +573,7 @@ pub(crate) mod tests {
             None,
             None,
             crate::engine::EngineConfig {
-                default_max_tokens: 16,
+                default_max_tokens: Some(16),
                 queue_depth: 1,
                 ..Default::default()
             },

@@ -148,6 +148,8 @@ pub struct ChatJob {
     pub reply: mpsc::Sender<ChatEvent>,
     /// When the request was admitted (time to first token counts from here).
     pub admitted: Instant,
+    /// Where the transport wants the request's counts for its log line (`telemetry`).
+    pub stats: Option<crate::telemetry::StatsSlot>,
 }
 
 /// Engine states.
@@ -206,8 +208,11 @@ pub struct LoadSpec {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// `max_tokens` when a request sets none.
-    pub default_max_tokens: u32,
+    /// A cap on `max_tokens` for requests that set none (`[model] default_max_tokens`); `None`:
+    /// an answer may run to the end of the context (OpenAI's behaviour). R1 reasons for hundreds
+    /// to thousands of tokens before it answers, and an answer cut inside its reasoning has no
+    /// content at all.
+    pub default_max_tokens: Option<u32>,
     /// Requests that may wait behind the running one.
     pub queue_depth: usize,
     /// How long the engine waits for a client that stopped reading (its reply buffer is full)
@@ -218,7 +223,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
-            default_max_tokens: crate::config::DEFAULT_MAX_TOKENS,
+            default_max_tokens: None,
             queue_depth: crate::config::DEFAULT_QUEUE_DEPTH,
             stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         }
@@ -584,6 +589,11 @@ impl Engine {
         self.shared.served.load(Ordering::SeqCst)
     }
 
+    /// Jobs (answers and loads) waiting in the queue for the engine thread.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Seconds since the engine started.
     pub fn uptime_s(&self) -> f64 {
         self.shared.started.elapsed().as_secs_f64()
@@ -607,6 +617,7 @@ impl Engine {
             reasoning_format,
             reply,
             admitted: Instant::now(),
+            stats: crate::telemetry::current_request(),
         };
         // Counted from admission; the worker's `ActiveGuard` decrements it when the job ends.
         self.shared.active.fetch_add(1, Ordering::SeqCst);
@@ -878,6 +889,14 @@ impl Worker {
                     true
                 })
             });
+        let kind = if self.shared.state.borrow().swapping_from.is_some() {
+            "swap"
+        } else {
+            "load"
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        metrics::histogram!(crate::telemetry::LOAD_DURATION, "kind" => kind, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(model) => {
                 let info: ModelInfo = model.info().clone().into();
@@ -926,7 +945,11 @@ impl Worker {
         if reply.is_closed() {
             return;
         }
-        match self.run_chat(job) {
+        let running = metrics::gauge!(crate::telemetry::RUNNING);
+        running.increment(1.0);
+        let outcome = self.run_chat(job);
+        running.decrement(1.0);
+        match outcome {
             Ok(()) => {}
             Err(e) => {
                 let _ = deliver(&self.shared, &reply, ChatEvent::Failed(e), self.config.stall_timeout);
@@ -987,9 +1010,15 @@ impl Worker {
         let max_tokens = job
             .sampling
             .max_tokens
-            .unwrap_or(self.config.default_max_tokens)
+            .or(self.config.default_max_tokens)
+            .unwrap_or(room)
             .min(room);
         let name = info.name.clone().unwrap_or_else(|| info.path.clone());
+        crate::telemetry::update(job.stats.as_ref(), |s| {
+            s.model = Some(name.clone());
+            s.prompt_tokens = Some(n_prompt);
+        });
+        metrics::counter!(crate::telemetry::PROMPT_TOKENS).increment(u64::from(n_prompt));
         let stall = self.config.stall_timeout;
         let started = ChatEvent::Started {
             model: name,
@@ -1051,6 +1080,18 @@ impl Worker {
             Ok(r) => r.into(),
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };
+        let ttft = first_token_at.map(|t| t.duration_since(job.admitted));
+        metrics::counter!(crate::telemetry::GENERATED_TOKENS)
+            .increment(u64::from(result.completion_tokens));
+        if let Some(ttft) = ttft {
+            metrics::histogram!(crate::telemetry::TTFT).record(ttft.as_secs_f64());
+        }
+        metrics::histogram!(crate::telemetry::GENERATION_DURATION)
+            .record(job.admitted.elapsed().as_secs_f64());
+        crate::telemetry::update(job.stats.as_ref(), |s| {
+            s.generated_tokens = Some(result.completion_tokens);
+            s.ttft = ttft;
+        });
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }

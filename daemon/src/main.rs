@@ -38,6 +38,10 @@ struct Args {
     /// Unix socket to listen on (overrides [server] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also serve on this TCP address, e.g. 127.0.0.1:11434 or [::1]:11434 (repeatable;
+    /// overrides [server] listen). A non-loopback address needs [server] api_key_file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddr>,
     /// Plugin directory (overrides [plugins] dir).
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     init_logging();
+    r1d::telemetry::install();
     let mode = if args.system {
         Mode::System
     } else if args.user {
@@ -214,6 +219,20 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.server.socket.clone())
         .unwrap_or_else(|| r1d::paths::socket(mode));
+    // TCP is opt in; the key is read (and a non-loopback address without one refused) before
+    // anything is bound.
+    let api_key = config
+        .server
+        .api_key_file
+        .as_deref()
+        .map(r1d::listen::ApiKey::read)
+        .transpose()?;
+    let tcp_addrs = if args.listen.is_empty() {
+        config.server.listen.clone()
+    } else {
+        args.listen.clone()
+    };
+    r1d::listen::check(&tcp_addrs, api_key.as_ref())?;
     let kind = if mode == Mode::System {
         r1d::server::SocketKind::System
     } else if args.socket.is_none() && config.server.socket.is_none() {
@@ -223,9 +242,14 @@ async fn main() -> anyhow::Result<()> {
     };
     // As the units' LimitNOFILE= does: room for [server] max_connections and the model's files.
     r1d::server::raise_file_limit(65_536);
-    let listening = r1d::systemd::listen(&socket, kind)
+    let mut listening = r1d::systemd::listen(&socket, kind)
         .await
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
+    let tcp_listeners = r1d::listen::listeners(
+        std::mem::take(&mut listening.tcp),
+        &tcp_addrs,
+        api_key.as_ref(),
+    )?;
     let notifier = r1d::systemd::Notifier::new(start.load.as_ref());
 
     let host = Arc::new(host);
@@ -234,10 +258,7 @@ async fn main() -> anyhow::Result<()> {
         start.load.clone(),
         start.no_model_reason.clone(),
         EngineConfig {
-            default_max_tokens: config
-                .model
-                .default_max_tokens
-                .unwrap_or(config::DEFAULT_MAX_TOKENS),
+            default_max_tokens: config.model.default_max_tokens,
             queue_depth: config
                 .server
                 .queue_depth
@@ -327,7 +348,24 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let socket_file = listening.owned_socket_file();
-    let result = r1d::server::serve(listening.listener, router, shutdown, limits).await;
+    // TCP serves the same routes; with a key configured, every TCP request must present it.
+    let tcp_router = match api_key {
+        Some(key) => r1d::api::auth::require_key(router.clone(), key),
+        None => router.clone(),
+    };
+    let tcp = tokio::spawn(r1d::listen::serve(
+        tcp_listeners,
+        tcp_router,
+        shutdown.clone(),
+    ));
+    let result = r1d::server::serve(listening.listener, router, shutdown.clone(), limits).await;
+    // The Unix socket's server ended (shutdown, or an error): TCP ends too.
+    shutdown.cancel();
+    match tcp.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("the TCP listener failed: {e}"),
+        Err(e) => tracing::error!("the TCP listener failed: {e}"),
+    }
     if let Some(path) = socket_file {
         let _ = std::fs::remove_file(path);
     }
@@ -361,7 +399,12 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     model_path.map(|path| {
         LoadOptions {
             path: path.to_string_lossy().into_owned(),
-            context_length: args.context_length.or(config.model.context_length),
+            context_length: args
+                .context_length
+                .or(config.model.context_length)
+                .or_else(|| {
+                    r1d::control::default_context_length(&path, config.planner.context_length)
+                }),
             gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
             threads: args.threads.or(config.model.threads),
             kv_cache_type: config.model.kv_cache_type.clone(),

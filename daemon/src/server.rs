@@ -274,6 +274,12 @@ pub async fn serve(
             if let Some(caller) = &caller {
                 request.extensions_mut().insert(caller.clone());
             }
+            // The peer's uid also goes into each request's log line (`api::observe`).
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(crate::api::observe::UnixPeer {
+                    uid: caller.as_ref().map(|c| c.uid),
+                }));
             // The router is always ready (axum's own `serve` calls it the same way).
             tower_service::Service::call(&mut router, request)
         });

@@ -36,33 +36,46 @@ use crate::server::ServerError;
 /// How long systemd's start (or reload) timeout is extended at each sign of load progress.
 const LOAD_PROGRESS_EXTEND: Duration = Duration::from_secs(90);
 
-/// Errors taking or binding the listening socket.
+/// Errors taking or binding the listening sockets.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     /// `LISTEN_FDS` / `LISTEN_PID` are malformed.
     #[error("failed to read the sockets passed by systemd (LISTEN_FDS): {0}")]
     ListenFds(std::io::Error),
-    /// systemd passed more than one socket.
-    #[error("systemd passed {0} sockets; r1d takes exactly one (one ListenStream= in r1d.socket)")]
-    FdCount(usize),
-    /// The passed descriptor is not a Unix socket.
-    #[error("the socket systemd passed (fd 3) is not a Unix stream socket: {0}")]
-    NotUnix(std::io::Error),
+    /// systemd passed more than one Unix socket.
+    #[error(
+        "systemd passed {0} Unix sockets; r1d serves one (one ListenStream= path in r1d.socket) \
+         beside any number of TCP sockets"
+    )]
+    UnixCount(usize),
+    /// A passed descriptor is neither a Unix nor a TCP stream socket.
+    #[error(
+        "the socket systemd passed as fd {fd} is neither a Unix nor a TCP stream socket: {source}"
+    )]
+    Unusable {
+        /// The descriptor.
+        fd: i32,
+        /// Why it was refused.
+        source: std::io::Error,
+    },
     /// Binding our own socket failed.
     #[error(transparent)]
     Bind(#[from] ServerError),
 }
 
-/// The socket r1d serves on.
+/// The sockets r1d serves on.
 #[derive(Debug)]
 pub struct Listening {
-    /// The listener, ready for [`crate::server::serve`].
+    /// The Unix socket's listener, ready for [`crate::server::serve`].
     pub listener: UnixListener,
     /// Its path.
     pub path: PathBuf,
     /// True when systemd passed it (socket activation). Then the socket file belongs to systemd
     /// (`r1d.socket`) and outlives r1d: it must not be removed at exit.
     pub activated: bool,
+    /// TCP sockets systemd passed (e.g. `r1d-tcp.socket`), served like `[server] listen` ones
+    /// (see [`crate::listen`]).
+    pub tcp: Vec<std::net::TcpListener>,
 }
 
 impl Listening {
@@ -72,42 +85,70 @@ impl Listening {
     }
 }
 
-/// Takes the listening socket systemd passed (socket activation, `LISTEN_FDS=1` with
-/// `LISTEN_PID` = this process), or binds `configured` with [`crate::server::bind`] otherwise.
+/// A socket systemd passed.
+enum Passed {
+    Unix(std::os::unix::net::UnixListener, PathBuf, i32),
+    Tcp(std::net::TcpListener),
+}
+
+/// Tells a passed descriptor's kind by its address family: a Unix socket has a Unix address, a
+/// TCP one an IP address.
+fn classify(fd: i32) -> Result<Passed, SystemdError> {
+    let unusable = |source| SystemdError::Unusable { fd, source };
+    // SAFETY: systemd passed this descriptor to this process (LISTEN_PID matched) and nothing
+    // else in r1d takes it: ownership moves here exactly once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let unix = std::os::unix::net::UnixListener::from(owned);
+    if let Ok(addr) = unix.local_addr() {
+        unix.set_nonblocking(true).map_err(unusable)?;
+        let path = addr
+            .as_pathname()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("(unnamed socket)"));
+        return Ok(Passed::Unix(unix, path, fd));
+    }
+    let tcp = std::net::TcpListener::from(OwnedFd::from(unix));
+    tcp.local_addr().map_err(unusable)?;
+    tcp.set_nonblocking(true).map_err(unusable)?;
+    Ok(Passed::Tcp(tcp))
+}
+
+/// Takes the sockets systemd passed (socket activation, `LISTEN_FDS` with `LISTEN_PID` = this
+/// process): at most one Unix socket and any number of TCP ones. Without a passed Unix socket it
+/// binds `configured` with [`crate::server::bind`].
 ///
 /// # Errors
-/// [`SystemdError`] when the passed socket is unusable or binding fails.
+/// [`SystemdError`] when a passed socket is unusable or binding fails.
 pub async fn listen(
     configured: &Path,
     kind: crate::server::SocketKind,
 ) -> Result<Listening, SystemdError> {
-    let mut fds = sd_notify::listen_fds().map_err(SystemdError::ListenFds)?;
-    match fds.len() {
-        0 => {
+    let fds = sd_notify::listen_fds().map_err(SystemdError::ListenFds)?;
+    let mut unix = Vec::new();
+    let mut tcp = Vec::new();
+    for fd in fds {
+        match classify(fd)? {
+            Passed::Unix(listener, path, fd) => unix.push((listener, path, fd)),
+            Passed::Tcp(listener) => tcp.push(listener),
+        }
+    }
+    if unix.len() > 1 {
+        return Err(SystemdError::UnixCount(unix.len()));
+    }
+    match unix.pop() {
+        None => {
             let listener = crate::server::bind(configured, kind).await?;
             tracing::info!("listening on {}", configured.display());
             Ok(Listening {
                 listener,
                 path: configured.to_owned(),
                 activated: false,
+                tcp,
             })
         }
-        1 => {
-            let fd = fds.next().ok_or(SystemdError::FdCount(0))?;
-            // SAFETY: systemd passed this descriptor to this process (LISTEN_PID matched) and
-            // nothing else in r1d takes it: ownership moves here exactly once.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            let std_listener = std::os::unix::net::UnixListener::from(owned);
-            // Fails with "not a Unix socket" for an AF_INET or non-socket descriptor.
-            let addr = std_listener.local_addr().map_err(SystemdError::NotUnix)?;
-            std_listener
-                .set_nonblocking(true)
-                .map_err(SystemdError::NotUnix)?;
-            let listener = UnixListener::from_std(std_listener).map_err(SystemdError::NotUnix)?;
-            let path = addr
-                .as_pathname()
-                .map(Path::to_owned)
-                .unwrap_or_else(|| PathBuf::from("(unnamed socket)"));
+        Some((std_listener, path, fd)) => {
+            let listener = UnixListener::from_std(std_listener)
+                .map_err(|source| SystemdError::Unusable { fd, source })?;
             if path != configured {
                 tracing::info!(
                     "serving on the socket systemd passed, {}, instead of {}",
@@ -120,9 +161,9 @@ pub async fn listen(
                 listener,
                 path,
                 activated: true,
+                tcp,
             })
         }
-        n => Err(SystemdError::FdCount(n)),
     }
 }
 

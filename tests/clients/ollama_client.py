@@ -1,13 +1,27 @@
 """Drives r1d with the official `ollama` Python package over the Unix socket (see
 openai_client.py for the model it expects)."""
 
+import os
 import sys
 
 import httpx
 import ollama
 
-sock = sys.argv[1]
-client = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=sock))
+# argv[1]: the Unix socket, or r1d's TCP address (127.0.0.1:PORT), reached as any Ollama client
+# would (OLLAMA_HOST); argv[2]: the API key the TCP listener asks for, if any.
+target = sys.argv[1]
+key = sys.argv[2] if len(sys.argv) > 2 else None
+if target.startswith("/"):
+    client = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=target))
+else:
+    os.environ["OLLAMA_HOST"] = target
+    if key:
+        try:
+            ollama.Client().list()
+            raise AssertionError("a request without the key was accepted")
+        except ollama.ResponseError as e:
+            assert e.status_code == 401 and "API key" in e.error, e
+    client = ollama.Client(headers={"Authorization": f"Bearer {key}"} if key else None)
 THINKER = "hmm let me see</think>The answer"
 MODEL = "DeepSeek-R1 echo"
 

@@ -8,13 +8,27 @@ import sys
 import httpx
 import openai
 
-sock = sys.argv[1]
-client = openai.OpenAI(
-    base_url="http://r1d/v1",
-    api_key="not-needed",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=sock)),
-    max_retries=0,
-)
+# argv[1]: the Unix socket, or r1d's TCP address as a URL (http://127.0.0.1:PORT), reached as
+# any OpenAI client would (base_url); argv[2]: the API key the TCP listener asks for, if any.
+target = sys.argv[1]
+key = sys.argv[2] if len(sys.argv) > 2 else None
+if target.startswith("http://"):
+    client = openai.OpenAI(base_url=target + "/v1", api_key=key or "not-needed", max_retries=0)
+    if key:
+        wrong = openai.OpenAI(base_url=target + "/v1", api_key=key + "x", max_retries=0)
+        try:
+            wrong.models.list()
+            raise AssertionError("a wrong key was accepted")
+        except openai.AuthenticationError as e:
+            assert e.status_code == 401 and e.code == "invalid_api_key", e
+            assert key not in str(e), e
+else:
+    client = openai.OpenAI(
+        base_url="http://r1d/v1",
+        api_key="not-needed",
+        http_client=httpx.Client(transport=httpx.HTTPTransport(uds=target)),
+        max_retries=0,
+    )
 THINKER = "hmm let me see</think>The answer"
 MODEL = "DeepSeek-R1 echo"
 

@@ -74,6 +74,11 @@ impl ApiError {
         }
     }
 
+    /// 401: a TCP listener that needs an API key got none, or another one.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+    }
+
     /// 404: no route for this path.
     pub fn unknown_route(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_url", message)

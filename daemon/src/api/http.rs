@@ -40,13 +40,15 @@ pub fn router(state: AppState) -> Router {
         .merge(super::openai::routes())
         .merge(super::ollama::routes())
         .merge(super::native::routes())
+        .merge(super::observe::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(super::observe::observe))
         .with_state(state)
 }
 
 /// The error shape of the route family `uri` belongs to.
-fn shape_of(uri: &Uri) -> Shape {
+pub(crate) fn shape_of(uri: &Uri) -> Shape {
     let path = uri.path();
     if path.starts_with("/v1/") {
         Shape::OpenAi

@@ -9,13 +9,17 @@
 //!   [`supervisor_wire`] the same for what the supervisor publishes (events, watch status,
 //!   reload outcomes, the reported state).
 //! - [`report`]: what `r1d hardware` and `r1d plan` print (text or JSON).
+//! - [`observe`]: `GET /metrics` and the layer that counts, measures and logs each request.
+//! - [`auth`]: the API key TCP listeners ask for (see [`crate::listen`]).
 //! - [`dbus`]: D-Bus (`org.r1d.R1`).
 
 pub mod answer;
+pub mod auth;
 pub mod dbus;
 pub mod error;
 pub mod http;
 pub mod native;
+pub mod observe;
 pub mod ollama;
 pub mod openai;
 pub mod report;

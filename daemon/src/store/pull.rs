@@ -565,6 +565,7 @@ impl Puller {
                     });
                 }
                 have += chunk.len() as u64;
+                metrics::counter!(crate::telemetry::PULL_BYTES).increment(chunk.len() as u64);
                 if last.elapsed() >= Duration::from_millis(100) {
                     last = Instant::now();
                     let _ = tx.send(PullState::Downloading {

@@ -293,3 +293,25 @@ async fn chat_commands_are_never_sent_to_the_model() {
     let status = daemon.client().status().await.unwrap();
     assert_eq!(status.requests_served, 2);
 }
+
+#[test]
+fn an_answer_cut_inside_its_reasoning_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        dir.path(),
+        r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    // R1's prompt opens its reasoning: two tokens of "one two three" are all reasoning.
+    let out = r1ctl(&daemon.socket, &["ask", "--max-tokens", "2", "one two three"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut off inside its reasoning"), "{err}");
+    // Without a limit the whole answer comes (no default cap of the daemon's).
+    let out = r1ctl(&daemon.socket, &["ask", "one two three</think>done"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("cut off"));
+}

@@ -20,24 +20,74 @@ fn python() -> Option<PathBuf> {
     None
 }
 
-fn run_client(script: &str) {
+/// Where the client reaches r1d.
+enum Reach {
+    /// The Unix socket (through an httpx transport).
+    Socket,
+    /// A loopback TCP listener (`--listen 127.0.0.1:PORT`), with an API key when given.
+    Tcp(Option<&'static str>),
+}
+
+/// A free loopback TCP port (bound and released: another process could take it meanwhile, which
+/// the test would report as a failed start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_client(script: &str, reach: Reach) {
     let Some(python) = python() else { return };
     let models = tempfile::tempdir().unwrap();
     let model = echo_model(
         models.path(),
         r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
     );
+    let port = free_port();
+    let key_file = models.path().join("api-key");
+    let (args, config, target, key) = match reach {
+        Reach::Socket => (vec![], String::new(), None, None),
+        Reach::Tcp(key) => {
+            let config = match key {
+                Some(key) => {
+                    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+                    format!("[server]\napi_key_file = {:?}\n", key_file)
+                }
+                None => String::new(),
+            };
+            let addr = format!("127.0.0.1:{port}");
+            (
+                vec!["--listen".to_owned(), addr.clone()],
+                config,
+                Some(addr),
+                key,
+            )
+        }
+    };
     let daemon = Daemon::start(DaemonOptions {
         model: Some(&model),
+        args,
+        config: Some(&config),
         ..Default::default()
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
         .join(script);
     // The daemon listens once start() returns; the model (an echo file) is resident at once.
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&daemon.socket)
+    let mut command = Command::new(&python);
+    command.arg(&script);
+    match &target {
+        None => command.arg(&daemon.socket),
+        // The openai client takes a URL, the ollama one OLLAMA_HOST's host:port.
+        Some(addr) if script.ends_with("openai_client.py") => command.arg(format!("http://{addr}")),
+        Some(addr) => command.arg(addr),
+    };
+    if let Some(key) = key {
+        command.arg(key);
+    }
+    let out = command
         .output()
         .unwrap_or_else(|e| panic!("failed to run {}: {e}", python.display()));
     assert!(
@@ -49,14 +99,103 @@ fn run_client(script: &str) {
         daemon.log()
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+    if let Some(key) = key {
+        assert!(
+            !daemon.log().contains(key),
+            "the key is in the log:\n{}",
+            daemon.log()
+        );
+    }
 }
 
 #[test]
 fn openai_python_client_works_unchanged() {
-    run_client("openai_client.py");
+    run_client("openai_client.py", Reach::Socket);
 }
 
 #[test]
 fn ollama_python_client_works_unchanged() {
-    run_client("ollama_client.py");
+    run_client("ollama_client.py", Reach::Socket);
+}
+
+#[test]
+fn openai_python_client_over_loopback_tcp_without_a_key() {
+    run_client("openai_client.py", Reach::Tcp(None));
+}
+
+#[test]
+fn openai_python_client_over_tcp_with_a_key() {
+    run_client("openai_client.py", Reach::Tcp(Some("sk-r1d-test-4f2a")));
+}
+
+#[test]
+fn ollama_python_client_over_loopback_tcp_without_a_key() {
+    run_client("ollama_client.py", Reach::Tcp(None));
+}
+
+#[test]
+fn ollama_python_client_over_tcp_with_a_key() {
+    run_client("ollama_client.py", Reach::Tcp(Some("sk-r1d-test-77c1")));
+}
+
+#[test]
+fn metrics_parse_with_prometheus_client_and_each_request_is_logged_without_content() {
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let request: r1d_client::wire::ChatCompletionRequest =
+        serde_json::from_value(serde_json::json!({
+            "model": "DeepSeek-R1 echo",
+            "messages": [{"role": "user", "content": "secretword alpha beta"}],
+        }))
+        .unwrap();
+    let answer = rt.block_on(daemon.client().chat(&request)).unwrap();
+    assert_eq!(answer.usage.completion_tokens, 3);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/metrics_check.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n--- r1d log ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    // One line for the chat, with counts and the client's uid; never the words.
+    let log = daemon.log();
+    let uid = std::fs::metadata(&daemon.socket)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("route=/v1/chat/completions"))
+        .unwrap_or_else(|| panic!("no request line:\n{log}"));
+    for part in [
+        "status=200",
+        "model=\"DeepSeek-R1 echo\"",
+        "generated_tokens=3",
+        "ttft_ms=",
+        "duration_ms=",
+        &format!("client=uid={uid}"),
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    assert!(
+        !log.contains("secretword"),
+        "the prompt is in the log:\n{log}"
+    );
 }

@@ -12,6 +12,7 @@ mod onnx;
 mod plan;
 mod store;
 mod systemd;
+mod tcp;
 mod template;
 mod watch;
 

@@ -624,6 +624,8 @@ fn deb_holds_every_file_with_its_mode() {
         ("usr/share/doc/r1d/copyright", 0o644),
         ("usr/share/doc/r1d/examples/network.conf", 0o644),
         ("usr/share/doc/r1d/examples/user-sandbox.conf", 0o644),
+        ("usr/share/doc/r1d/examples/tcp.conf", 0o644),
+        ("usr/share/doc/r1d/examples/r1d-tcp.socket", 0o644),
         ("usr/share/dbus-1/services/org.r1d.R1.service", 0o644),
     ];
     // The D-Bus and polkit files, when the tree has them.
