@@ -193,6 +193,7 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
     };
     let chat = Chat {
         engine: options.control.engine().clone(),
+        control: options.control.clone(),
     };
     let manager = Manager {
         control: options.control,
@@ -745,6 +746,7 @@ async fn polkit_check(conn: &Connection, sender: &str, interactive: bool) -> Res
 /// `org.r1d.R1.Chat1`.
 pub struct Chat {
     engine: Engine,
+    control: Control,
 }
 
 /// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p (d),
@@ -808,7 +810,8 @@ struct Request {
 
 impl Chat {
     async fn admit(&self, input: PromptInput, request: Request) -> Result<answer::Admitted, Error> {
-        answer::check_model(&self.engine.snapshot(), request.model.as_deref())
+        answer::check_model(&self.control, request.model.as_deref())
+            .await
             .map_err(Error::ModelNotFound)?;
         Ok(answer::admit(&self.engine, input, request.sampling, request.format).await?)
     }
@@ -1012,7 +1015,8 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
         }
     }
-    answer::validate_sampling(&sampling).map_err(|(_, m)| Error::InvalidArgument(m))?;
+    answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
+        .map_err(|(_, m)| Error::InvalidArgument(m))?;
     Ok(Request {
         sampling,
         format,
@@ -1146,13 +1150,14 @@ mod tests {
             probe: crate::hardware::Probe::this_machine("/nonexistent".into(), None),
             policy: Default::default(),
         };
+        let control = Control::new(engine.clone(), host, planner, None, None);
         let manager = Manager {
-            control: Control::new(engine.clone(), host, planner, None, None),
+            control: control.clone(),
             hardware: tokio::sync::OnceCell::new(),
             own_uid: 0,
             system_bus: false,
         };
-        (manager, Chat { engine })
+        (manager, Chat { engine, control })
     }
 
     #[test]
