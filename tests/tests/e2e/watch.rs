@@ -986,3 +986,98 @@ async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first
     let answer = daemon.client().chat(&ask("which")).await.unwrap();
     assert_eq!(answer.model, "echo-a", "{}", daemon.log());
 }
+
+/// Issue 17: every name r1d lists for the resident model is accepted by every answering route;
+/// a listed model that is on disk but not resident gets a 404 that says how to `use` it; after
+/// `use deepseek-r1:1.5b` that name is accepted.
+#[tokio::test]
+async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
+    let m = small_machine(None);
+    machine(m.root.path(), 32 * GB, 20 * GB, None);
+    let daemon = planner_daemon(&m, 0.5, "manual");
+    ready(&daemon).await;
+    let client = daemon.client();
+    let get = |path: &'static str| {
+        let client = daemon.client();
+        async move { client.get_json::<serde_json::Value>(path, false).await.unwrap() }
+    };
+    // The names each listing shows.
+    let tags = get("/api/tags").await;
+    let mut tag_names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    tag_names.sort();
+    assert_eq!(tag_names, ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:7b-q4_k_m"]);
+    let ids = get("/v1/models").await;
+    assert_eq!(ids["data"][0]["id"], "deepseek-r1:7b-q4_k_m");
+    assert_eq!(get("/api/ps").await["models"][0]["name"], "deepseek-r1:7b-q4_k_m");
+
+    // Every route, every name of the resident 7B.
+    let post = |path: &'static str, body: serde_json::Value| {
+        let client = daemon.client();
+        async move {
+            use http_body_util::BodyExt;
+            let response = client
+                .request(r1d_client::Method::POST, path, Some(body.to_string().into_bytes()))
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let routes = |name: &str| {
+        let msgs = serde_json::json!([{"role": "user", "content": "one two"}]);
+        [
+            ("/v1/chat/completions", serde_json::json!({"model": name, "messages": msgs, "max_tokens": 2})),
+            ("/v1/completions", serde_json::json!({"model": name, "prompt": "<|user|>one two", "max_tokens": 2})),
+            ("/api/chat", serde_json::json!({"model": name, "messages": msgs, "stream": false})),
+            ("/api/generate", serde_json::json!({"model": name, "prompt": "one two", "stream": false})),
+            ("/api/show", serde_json::json!({"model": name})),
+        ]
+    };
+    for name in [
+        "deepseek-r1:7b-q4_k_m",
+        "deepseek-r1:7b",
+        "DeepSeek-R1:7B",
+        "deepseek-r1:7b-q4_k_m:latest",
+        "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf",
+        "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M",
+        "DeepSeek R1 Distill Qwen 7B",
+    ] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 200, "{path} {name}: {answer}");
+        }
+    }
+    // The 1.5B is listed but not resident: a 404 in each family's shape that says how to use it.
+    for name in ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:1.5b"] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 404, "{path} {name}: {answer}");
+            assert!(
+                answer.contains("on disk but not loaded")
+                    && answer.contains("r1ctl use deepseek-r1:1.5b-q4_k_m"),
+                "{path} {name}: {answer}"
+            );
+        }
+    }
+    let (status, answer) = post(routes("llama3")[0].0, routes("llama3")[0].1.clone()).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("not served here"), "{answer}");
+
+    // The name `use` was given is accepted right after it (the issue's report).
+    let status = use_model(&daemon, "deepseek-r1:1.5b").await;
+    assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 1.5B");
+    for name in ["deepseek-r1:1.5b", "deepseek-r1:1.5b-q4_k_m"] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 200, "{path} {name}: {answer}");
+        }
+    }
+    let ids = client.get_json::<serde_json::Value>("/v1/models", false).await.unwrap();
+    assert_eq!(ids["data"][0]["id"], "deepseek-r1:1.5b-q4_k_m");
+}
