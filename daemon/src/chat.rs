@@ -204,7 +204,9 @@ impl ModelProfile {
             return;
         }
         if prompt.opens_reasoning {
-            prompt.text.push_str("\n</think>\n\n");
+            let open = prompt.text.trim_end().len();
+            prompt.text.truncate(open);
+            prompt.text.push_str("\n\n</think>\n\n");
         } else {
             prompt.text.push_str("<think>\n\n</think>\n\n");
         }
@@ -466,6 +468,72 @@ mod tests {
             .filter(|p| p.channel == channel)
             .map(|p| p.text.as_str())
             .collect()
+    }
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    fn r1() -> ModelProfile {
+        ModelProfile {
+            deepseek_r1: true,
+            reasoning: true,
+        }
+    }
+
+    /// R1's published template, reduced to what prefill depends on: earlier assistant turns lose
+    /// their reasoning, each turn ends with the end-of-sentence token.
+    const R1_LIKE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}{% elif m.role == 'assistant' %}<｜Assistant｜>{{ m.content.split('</think>')[-1] }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}";
+
+    #[test]
+    fn a_final_assistant_message_is_continued_not_closed() {
+        let messages = [msg("user", "Count to five."), msg("assistant", "One, two,")];
+        let mut p = render(FALLBACK_TEMPLATE, &messages, None, None).unwrap();
+        assert_eq!(
+            p.text,
+            "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\nOne, two,"
+        );
+        assert!(p.continues && !p.opens_reasoning);
+        // R1 continues the answer, not a new reasoning block.
+        r1().open_reasoning(&mut p);
+        assert!(p.text.ends_with("One, two,"));
+        let p = render(R1_LIKE, &messages, Some("<s>"), None).unwrap();
+        assert_eq!(p.text, "<s><｜User｜>Count to five.<｜Assistant｜>One, two,");
+        // An assistant turn that is not last is closed as before.
+        let p = render(R1_LIKE, &[msg("assistant", "Hi"), msg("user", "Go")], None, None).unwrap();
+        assert_eq!(p.text, "<｜Assistant｜>Hi<｜end▁of▁sentence｜><｜User｜>Go<｜Assistant｜>");
+        assert!(!p.continues);
+        // An empty final assistant message asks for a new answer.
+        let p = render(R1_LIKE, &[msg("user", "Go"), msg("assistant", "")], None, None).unwrap();
+        assert!(p.text.ends_with("<｜end▁of▁sentence｜><｜Assistant｜>"), "{}", p.text);
+        assert!(!p.continues);
+    }
+
+    #[test]
+    fn think_off_ends_r1s_prompt_with_an_empty_closed_think_block() {
+        let mut p = render(R1_LIKE, &[msg("user", "Hi")], None, None).unwrap();
+        r1().skip_reasoning(&mut p);
+        assert_eq!(p.text, "<｜User｜>Hi<｜Assistant｜><think>\n\n</think>\n\n");
+        assert!(!p.opens_reasoning);
+        // A template that opens the block itself gets it closed.
+        let opening = format!("{R1_LIKE}<think>\n");
+        let mut p = render(&opening, &[msg("user", "Hi")], None, None).unwrap();
+        assert!(p.opens_reasoning);
+        r1().skip_reasoning(&mut p);
+        assert!(p.text.ends_with("<think>\n\n</think>\n\n"), "{}", p.text);
+        assert!(!p.opens_reasoning);
+        // A model that does not reason is left alone.
+        let mut p = render(FALLBACK_TEMPLATE, &[msg("user", "Hi")], None, None).unwrap();
+        let before = p.text.clone();
+        ModelProfile {
+            deepseek_r1: false,
+            reasoning: false,
+        }
+        .skip_reasoning(&mut p);
+        assert_eq!(p.text, before);
     }
 
     #[test]
