@@ -157,7 +157,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     request.max_tokens = Some(40);
     let mut stream = client.chat_stream(&request).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first.model, "echo-a");
+    assert_eq!(first.model, "a");
 
     // The editor saves the config while the answer streams.
     daemon.edit_config(&config_with_model(&b));
@@ -165,7 +165,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     let mut finish = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("the answer in flight must not fail");
-        assert_eq!(chunk.model, "echo-a");
+        assert_eq!(chunk.model, "a");
         if let Some(c) = chunk.choices.first() {
             if c.delta.content.as_deref().is_some_and(|t| !t.is_empty()) {
                 tokens += 1;
@@ -180,7 +180,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
 
     // The next request is served by the new model (it may wait for the swap in the queue).
     let answer = client.chat(&ask("after the edit")).await.unwrap();
-    assert_eq!(answer.model, "echo-b");
+    assert_eq!(answer.model, "b");
     assert_eq!(answer.choices[0].message.content, "AFTER THE EDIT");
 
     let events = events.await.unwrap();
@@ -227,7 +227,7 @@ async fn a_config_typo_keeps_the_running_config_and_status_names_the_error() {
     assert!(error.contains("line 2"), "{error}");
     assert_eq!(resident(&daemon).await.as_deref(), Some("echo-a"));
     let answer = daemon.client().chat(&ask("still here")).await.unwrap();
-    assert_eq!(answer.model, "echo-a");
+    assert_eq!(answer.model, "a");
 
     // r1ctl status shows it, and `r1ctl reload` refuses the same file with the same message.
     let out = std::process::Command::new(binary("r1ctl"))
@@ -294,7 +294,7 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
     let health = daemon.client().health().await.unwrap();
     assert_eq!(health.status, State::Ready);
     let answer = daemon.client().chat(&ask("still served")).await.unwrap();
-    assert_eq!(answer.model, "echo-a");
+    assert_eq!(answer.model, "a");
     assert_eq!(answer.choices[0].message.content, "STILL SERVED");
     // That re-plans do not retry it later is `decide`'s unit test
     // `a_failed_load_is_not_retried_until_its_file_changes`.
@@ -347,7 +347,7 @@ async fn a_request_during_a_slow_swap_gets_503_with_retry_after_past_the_deadlin
     })
     .await;
     let answer = daemon.client().chat(&ask("anyone?")).await.unwrap();
-    assert_eq!(answer.model, "echo-slow");
+    assert_eq!(answer.model, "slow");
 }
 
 // ---- Hardware changes ----
@@ -522,7 +522,8 @@ async fn more_memory_for_longer_than_the_settle_time_swaps_to_the_bigger_variant
         "swapped before the settle time"
     );
     let answer = daemon.client().chat(&ask("bigger now")).await.unwrap();
-    assert_eq!(answer.model, "DeepSeek R1 Distill Qwen 7B");
+    // Answers carry the name the store lists the model by (issue 17).
+    assert_eq!(answer.model, "deepseek-r1:7b-q4_k_m");
     let status = daemon.client().status().await.unwrap();
     let selection = status.selection.unwrap_or_default();
     assert!(selection.contains("deepseek-r1:7b"), "{selection}");
@@ -701,7 +702,7 @@ async fn a_gpu_the_driver_lists_but_that_does_not_answer_is_waited_for_then_repo
             .await
             .unwrap()
             .model,
-        "DeepSeek R1 Distill Qwen 1.5B"
+        "deepseek-r1:1.5b-q4_k_m"
     );
     // The driver no longer lists it (or it answers): no longer degraded.
     std::fs::remove_dir(&listed).unwrap();
@@ -848,7 +849,7 @@ async fn a_request_behind_a_queued_swap_gets_503_past_the_deadline_and_status_sh
         chunk.expect("the running answer finishes");
     }
     let answer = daemon.client().chat(&ask("now")).await.unwrap();
-    assert_eq!(answer.model, "echo-b");
+    assert_eq!(answer.model, "b");
 }
 
 #[tokio::test]
@@ -984,7 +985,7 @@ async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first
         chunk.expect("the running answer finishes");
     }
     let answer = daemon.client().chat(&ask("which")).await.unwrap();
-    assert_eq!(answer.model, "echo-a", "{}", daemon.log());
+    assert_eq!(answer.model, "a", "{}", daemon.log());
 }
 
 /// Issue 17: every name r1d lists for the resident model is accepted by every answering route;
