@@ -45,10 +45,9 @@ impl ChatMessage {
     /// The `type` of the first content part that is not text (an image, audio, a file), if any.
     pub fn non_text_part(&self) -> Option<&str> {
         match &self.content {
-            Some(MessageContent::Parts(parts)) => parts
-                .iter()
-                .map(|p| p.kind.as_str())
-                .find(|k| *k != "text"),
+            Some(MessageContent::Parts(parts)) => {
+                parts.iter().map(|p| p.kind.as_str()).find(|k| *k != "text")
+            }
             _ => None,
         }
     }

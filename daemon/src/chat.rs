@@ -501,14 +501,36 @@ mod tests {
         r1().open_reasoning(&mut p);
         assert!(p.text.ends_with("One, two,"));
         let p = render(R1_LIKE, &messages, Some("<s>"), None).unwrap();
-        assert_eq!(p.text, "<s><｜User｜>Count to five.<｜Assistant｜>One, two,");
+        assert_eq!(
+            p.text,
+            "<s><｜User｜>Count to five.<｜Assistant｜>One, two,"
+        );
         // An assistant turn that is not last is closed as before.
-        let p = render(R1_LIKE, &[msg("assistant", "Hi"), msg("user", "Go")], None, None).unwrap();
-        assert_eq!(p.text, "<｜Assistant｜>Hi<｜end▁of▁sentence｜><｜User｜>Go<｜Assistant｜>");
+        let p = render(
+            R1_LIKE,
+            &[msg("assistant", "Hi"), msg("user", "Go")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.text,
+            "<｜Assistant｜>Hi<｜end▁of▁sentence｜><｜User｜>Go<｜Assistant｜>"
+        );
         assert!(!p.continues);
         // An empty final assistant message asks for a new answer.
-        let p = render(R1_LIKE, &[msg("user", "Go"), msg("assistant", "")], None, None).unwrap();
-        assert!(p.text.ends_with("<｜end▁of▁sentence｜><｜Assistant｜>"), "{}", p.text);
+        let p = render(
+            R1_LIKE,
+            &[msg("user", "Go"), msg("assistant", "")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(
+            p.text.ends_with("<｜end▁of▁sentence｜><｜Assistant｜>"),
+            "{}",
+            p.text
+        );
         assert!(!p.continues);
     }
 

@@ -8,9 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::chat::{Channel, Piece, ReasoningFormat};
 use crate::control::{Control, NameMatch};
-use crate::engine::{
-    ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling,
-};
+use crate::engine::{ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling};
 
 /// The `Retry-After` of a request that waited out the queue deadline during a load or swap
 /// (seconds): a guess, loads of the variants r1d plans take from seconds to minutes.
@@ -232,11 +230,15 @@ pub enum Ranges {
 pub fn validate_sampling(s: &Sampling, ranges: Ranges) -> Result<(), (&'static str, String)> {
     let openai = ranges == Ranges::OpenAi;
     if let Some(t) = s.temperature {
-        if openai && !(0.0..=2.0).contains(&t) {
-            return Err(("temperature", format!("temperature {t} is outside 0 to 2")));
-        }
-        if !openai && !(t >= 0.0 && t.is_finite()) {
-            return Err(("temperature", format!("temperature {t} must not be negative")));
+        if openai {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(("temperature", format!("temperature {t} is outside 0 to 2")));
+            }
+        } else if t < 0.0 || !t.is_finite() {
+            return Err((
+                "temperature",
+                format!("temperature {t} must not be negative"),
+            ));
         }
     }
     // OpenAI documents top_p in [0, 1]; 0 keeps only the most likely token.

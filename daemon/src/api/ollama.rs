@@ -117,7 +117,9 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
             if f64::from(v) != off {
                 return Err(fail(ApiError::invalid(
                     Some(key),
-                    format!("option {key} is not supported by r1d; leave it out or set it to {off}"),
+                    format!(
+                        "option {key} is not supported by r1d; leave it out or set it to {off}"
+                    ),
                 )));
             }
         }
@@ -125,7 +127,8 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
     s.presence_penalty = float("presence_penalty")?;
     s.frequency_penalty = float("frequency_penalty")?;
     s.repeat_penalty = float("repeat_penalty")?;
-    s.repeat_last_n = int("repeat_last_n")?.map(|n| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32);
+    s.repeat_last_n =
+        int("repeat_last_n")?.map(|n| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32);
     s.temperature = float("temperature")?;
     s.top_p = float("top_p")?;
     s.min_p = float("min_p")?;
@@ -164,20 +167,25 @@ async fn check_model(state: &AppState, model: &str) -> Result<(), Response> {
 /// How reasoning comes back for Ollama's `think`: on (or any level) in `thinking`, off not at
 /// all, absent inline with its tags. `think` set on a model that does not reason is refused, as
 /// Ollama refuses it.
-fn format_of(state: &AppState, model: &str, think: Option<&Think>) -> Result<ReasoningFormat, Response> {
-    let on = match think {
-        None => return Ok(ReasoningFormat::None),
-        Some(Think::Switch(on)) => *on,
-        Some(Think::Level(level)) => match level.as_str() {
-            "low" | "medium" | "high" => true,
-            other => {
-                return Err(fail(ApiError::invalid(
+fn format_of(
+    state: &AppState,
+    model: &str,
+    think: Option<&Think>,
+) -> Result<ReasoningFormat, Response> {
+    let on =
+        match think {
+            None => return Ok(ReasoningFormat::None),
+            Some(Think::Switch(on)) => *on,
+            Some(Think::Level(level)) => match level.as_str() {
+                "low" | "medium" | "high" => true,
+                other => return Err(fail(ApiError::invalid(
                     Some("think"),
-                    format!("think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""),
-                )))
-            }
-        },
-    };
+                    format!(
+                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
+                    ),
+                ))),
+            },
+        };
     let reasons = state
         .engine
         .snapshot()
@@ -208,7 +216,11 @@ fn refuse_unimplemented(
             Some("format"),
             format!(
                 "format {} is not supported: r1d has no structured output; leave format out",
-                if f.is_string() { f.to_string() } else { "(a JSON schema)".into() }
+                if f.is_string() {
+                    f.to_string()
+                } else {
+                    "(a JSON schema)".into()
+                }
             ),
         )));
     }
@@ -302,7 +314,9 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         if let Err(r) = refuse_unimplemented(
             None,
             None,
-            m.images.as_ref().map(|im| (format!("messages[{i}].images"), im)),
+            m.images
+                .as_ref()
+                .map(|im| (format!("messages[{i}].images"), im)),
         ) {
             return r;
         }
@@ -331,17 +345,11 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
             content: m.content.clone(),
         });
     }
-    let admitted = match answer::admit(
-        &state.engine,
-        PromptInput::Chat(messages),
-        sampling,
-        format,
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
+    let admitted =
+        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
     respond(admitted, Lines::chat(model), req.stream).await
 }
 
@@ -358,12 +366,27 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         return r;
     }
     for (field, set, why) in [
-        ("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty()), "r1d does not fill in the middle"),
-        ("template", req.template.as_ref().is_some_and(|t| !t.is_empty()), "r1d renders the model's own chat template"),
-        ("context", req.context.as_ref().is_some_and(|c| !c.is_empty()), "r1d returns no context; send the conversation to /api/chat"),
+        (
+            "suffix",
+            req.suffix.as_ref().is_some_and(|s| !s.is_empty()),
+            "r1d does not fill in the middle",
+        ),
+        (
+            "template",
+            req.template.as_ref().is_some_and(|t| !t.is_empty()),
+            "r1d renders the model's own chat template",
+        ),
+        (
+            "context",
+            req.context.as_ref().is_some_and(|c| !c.is_empty()),
+            "r1d returns no context; send the conversation to /api/chat",
+        ),
     ] {
         if set {
-            return fail(ApiError::invalid(Some(field), format!("{field} is not supported: {why}")));
+            return fail(ApiError::invalid(
+                Some(field),
+                format!("{field} is not supported: {why}"),
+            ));
         }
     }
     let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {

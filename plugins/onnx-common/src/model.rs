@@ -374,4 +374,3 @@ fn refuse_unsupported(request: &GenerateRequest) -> Result<(), PluginError> {
         None => Ok(()),
     }
 }
-

@@ -555,9 +555,15 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
                 ("penalty_last_n", "-1"),
             ],
         ),
-        (json!({"logit_bias": {"0": -100}}), vec![("logit_bias", "0:-100")]),
+        (
+            json!({"logit_bias": {"0": -100}}),
+            vec![("logit_bias", "0:-100")],
+        ),
         (json!({"seed": 42}), vec![("seed", "42")]),
-        (json!({"seed": 42, "temperature": 0}), vec![("temperature", "0")]),
+        (
+            json!({"seed": 42, "temperature": 0}),
+            vec![("temperature", "0")],
+        ),
         // Accepted because they mean "off" or do not change the answer.
         (
             json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
@@ -581,28 +587,80 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
     let refused: Vec<(Value, &str, &str)> = vec![
-        (json!({"response_format": {"type": "json_object"}}), "response_format", "\"json_object\" is not supported"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+            "\"json_object\" is not supported",
+        ),
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
             "response_format",
             "\"json_schema\" is not supported",
         ),
-        (json!({"tools": [{"type": "function", "function": {"name": "f"}}]}), "tools", "tool calling"),
-        (json!({"tool_choice": "required"}), "tool_choice", "tool calling"),
-        (json!({"functions": [{"name": "f"}]}), "functions", "tool calling"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+            "tool calling",
+        ),
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "tool calling",
+        ),
+        (
+            json!({"functions": [{"name": "f"}]}),
+            "functions",
+            "tool calling",
+        ),
         (json!({"logprobs": true}), "logprobs", "log probabilities"),
-        (json!({"top_logprobs": 3}), "top_logprobs", "log probabilities"),
+        (
+            json!({"top_logprobs": 3}),
+            "top_logprobs",
+            "log probabilities",
+        ),
         (json!({"n": 2}), "n", "n = 2 is not supported"),
         (json!({"n": 0}), "n", "at least 1"),
-        (json!({"presence_penalty": 5}), "presence_penalty", "outside -2 to 2"),
-        (json!({"frequency_penalty": -2.5}), "frequency_penalty", "outside -2 to 2"),
-        (json!({"logit_bias": {"0": 101}}), "logit_bias", "outside -100 to 100"),
-        (json!({"logit_bias": {"hello": 1}}), "logit_bias", "not a token id"),
+        (
+            json!({"presence_penalty": 5}),
+            "presence_penalty",
+            "outside -2 to 2",
+        ),
+        (
+            json!({"frequency_penalty": -2.5}),
+            "frequency_penalty",
+            "outside -2 to 2",
+        ),
+        (
+            json!({"logit_bias": {"0": 101}}),
+            "logit_bias",
+            "outside -100 to 100",
+        ),
+        (
+            json!({"logit_bias": {"hello": 1}}),
+            "logit_bias",
+            "not a token id",
+        ),
         (json!({"top_p": 1.01}), "top_p", "outside 0 to 1"),
-        (json!({"temperature": -0.1}), "temperature", "outside 0 to 2"),
-        (json!({"modalities": ["text", "audio"]}), "modalities", "text-only"),
-        (json!({"audio": {"voice": "alloy", "format": "wav"}}), "audio", "text-only"),
-        (json!({"messages": image}), "messages[0].content", "\"image_url\" part"),
+        (
+            json!({"temperature": -0.1}),
+            "temperature",
+            "outside 0 to 2",
+        ),
+        (
+            json!({"modalities": ["text", "audio"]}),
+            "modalities",
+            "text-only",
+        ),
+        (
+            json!({"audio": {"voice": "alloy", "format": "wav"}}),
+            "audio",
+            "text-only",
+        ),
+        (
+            json!({"messages": image}),
+            "messages[0].content",
+            "\"image_url\" part",
+        ),
         (
             json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}),
             "messages[0].content",
@@ -625,7 +683,13 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
     )
     .await;
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("not in the vocabulary"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the vocabulary"),
+        "{v}"
+    );
 
     // Text parts are joined; stop as a string and as an array; max_completion_tokens wins.
     let parts = json!({"messages": [{"role": "user", "content": [
@@ -634,13 +698,20 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
     let (status, answer) = raw(&daemon, Method::POST, "/v1/chat/completions", parts).await;
     assert_eq!(status, 200, "{answer}");
     let v: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(v["choices"][0]["message"]["reasoning_content"], "one two three");
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        "one two three"
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     for stop in [json!("three"), json!(["nine", "three"])] {
-        let body = json!({"messages": [{"role": "user", "content": "one two three four"}], "stop": stop});
+        let body =
+            json!({"messages": [{"role": "user", "content": "one two three four"}], "stop": stop});
         let (_, answer) = raw(&daemon, Method::POST, "/v1/chat/completions", body).await;
         let v: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["choices"][0]["message"]["reasoning_content"], "one two ", "{stop}");
+        assert_eq!(
+            v["choices"][0]["message"]["reasoning_content"], "one two ",
+            "{stop}"
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
 
@@ -719,7 +790,10 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
             ],
         ),
         // Ollama documents no upper bound on temperature.
-        (json!({"options": {"temperature": 3}}), vec![("temperature", "3")]),
+        (
+            json!({"options": {"temperature": 3}}),
+            vec![("temperature", "3")],
+        ),
         // "Off" values of samplers r1d does not run, load-time options and empty lists.
         (
             json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 4096},
@@ -739,9 +813,15 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         }
     }
     let refused: Vec<(Value, &str)> = vec![
-        (json!({"format": "json"}), "format \"json\" is not supported"),
+        (
+            json!({"format": "json"}),
+            "format \"json\" is not supported",
+        ),
         (json!({"format": {"type": "object"}}), "(a JSON schema)"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f"}}]}), "tool calling"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool calling",
+        ),
         (
             json!({"messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}),
             "messages[0].images",
@@ -756,7 +836,9 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
     for (extra, text) in refused {
         let (status, v) = params_of(&daemon, "/api/chat", extra.clone()).await;
         assert_eq!(status, 400, "{extra} → {v}");
-        let error = v["error"].as_str().unwrap_or_else(|| panic!("{extra} → {v}"));
+        let error = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{extra} → {v}"));
         assert!(error.contains(text), "{extra} → {error}");
     }
     for (extra, text) in [
@@ -773,7 +855,10 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         let (status, answer) = raw(&daemon, Method::POST, "/api/generate", body).await;
         assert_eq!(status, 400, "{extra} → {answer}");
         let v: Value = serde_json::from_str(&answer).unwrap();
-        assert!(v["error"].as_str().unwrap().contains(text), "{extra} → {answer}");
+        assert!(
+            v["error"].as_str().unwrap().contains(text),
+            "{extra} → {answer}"
+        );
     }
 
     // think: false: reasoning the model emits anyway (the echo's `<think>…</think>`) is dropped,
@@ -815,7 +900,10 @@ async fn ollama_think_on_a_model_that_cannot_reason_is_refused() {
         let (status, answer) = raw(&daemon, Method::POST, "/api/chat", body).await;
         assert_eq!(status, 400, "{think} → {answer}");
         let v: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["error"], "\"plain echo\" does not support thinking", "{think}");
+        assert_eq!(
+            v["error"], "\"plain echo\" does not support thinking",
+            "{think}"
+        );
     }
     let body = json!({"model": "plain echo", "stream": false,
         "messages": [{"role": "user", "content": "hi"}]});

@@ -198,7 +198,12 @@ async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     let Some(daemon) = smollm_daemon() else {
         return;
     };
-    assert_eq!(daemon.settled().await.status, State::Ready, "{}", daemon.log());
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
     let greedy = |prompt: &str, extra: serde_json::Value| {
         let mut body = serde_json::json!({
             "messages": [
@@ -217,7 +222,10 @@ async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     };
     let plain = greedy("What is the capital of France?", serde_json::json!({})).await;
     let plain_text = plain.choices[0].message.content.clone();
-    assert!(plain_text.starts_with("The capital of France"), "{plain_text}");
+    assert!(
+        plain_text.starts_with("The capital of France"),
+        "{plain_text}"
+    );
 
     // +100 on one token: greedy picks it at every position.
     let forced = greedy(
@@ -271,9 +279,15 @@ async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     let repeats = |t: &str| {
         let chars: Vec<char> = t.chars().collect();
         let windows: Vec<String> = chars.windows(2).map(|w| w.iter().collect()).collect();
-        windows.iter().enumerate().any(|(i, w)| windows[i + 2..].contains(w))
+        windows
+            .iter()
+            .enumerate()
+            .any(|(i, w)| windows[i + 2..].contains(w))
     };
-    assert!(repeats(&repeated), "the unpenalized continuation repeats: {repeated:?}");
+    assert!(
+        repeats(&repeated),
+        "the unpenalized continuation repeats: {repeated:?}"
+    );
     let penalized = raw_completion(
         "/v1/completions",
         serde_json::json!({"presence_penalty": 2.0, "frequency_penalty": 2.0}),
@@ -281,7 +295,10 @@ async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     .await;
     assert_ne!(penalized, repeated);
     let ollama_plain = raw_completion("/api/generate", serde_json::json!({})).await;
-    assert_eq!(ollama_plain, repeated, "the same greedy continuation on both routes");
+    assert_eq!(
+        ollama_plain, repeated,
+        "the same greedy continuation on both routes"
+    );
     let ollama_penalized = raw_completion(
         "/api/generate",
         serde_json::json!({"options": {"temperature": 0, "num_predict": 12,

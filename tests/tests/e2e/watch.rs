@@ -1000,7 +1000,12 @@ async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
     let client = daemon.client();
     let get = |path: &'static str| {
         let client = daemon.client();
-        async move { client.get_json::<serde_json::Value>(path, false).await.unwrap() }
+        async move {
+            client
+                .get_json::<serde_json::Value>(path, false)
+                .await
+                .unwrap()
+        }
     };
     // The names each listing shows.
     let tags = get("/api/tags").await;
@@ -1011,10 +1016,16 @@ async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     tag_names.sort();
-    assert_eq!(tag_names, ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:7b-q4_k_m"]);
+    assert_eq!(
+        tag_names,
+        ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:7b-q4_k_m"]
+    );
     let ids = get("/v1/models").await;
     assert_eq!(ids["data"][0]["id"], "deepseek-r1:7b-q4_k_m");
-    assert_eq!(get("/api/ps").await["models"][0]["name"], "deepseek-r1:7b-q4_k_m");
+    assert_eq!(
+        get("/api/ps").await["models"][0]["name"],
+        "deepseek-r1:7b-q4_k_m"
+    );
 
     // Every route, every name of the resident 7B.
     let post = |path: &'static str, body: serde_json::Value| {
@@ -1022,7 +1033,11 @@ async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
         async move {
             use http_body_util::BodyExt;
             let response = client
-                .request(r1d_client::Method::POST, path, Some(body.to_string().into_bytes()))
+                .request(
+                    r1d_client::Method::POST,
+                    path,
+                    Some(body.to_string().into_bytes()),
+                )
                 .await
                 .unwrap();
             let status = response.status().as_u16();
@@ -1033,10 +1048,22 @@ async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
     let routes = |name: &str| {
         let msgs = serde_json::json!([{"role": "user", "content": "one two"}]);
         [
-            ("/v1/chat/completions", serde_json::json!({"model": name, "messages": msgs, "max_tokens": 2})),
-            ("/v1/completions", serde_json::json!({"model": name, "prompt": "<|user|>one two", "max_tokens": 2})),
-            ("/api/chat", serde_json::json!({"model": name, "messages": msgs, "stream": false})),
-            ("/api/generate", serde_json::json!({"model": name, "prompt": "one two", "stream": false})),
+            (
+                "/v1/chat/completions",
+                serde_json::json!({"model": name, "messages": msgs, "max_tokens": 2}),
+            ),
+            (
+                "/v1/completions",
+                serde_json::json!({"model": name, "prompt": "<|user|>one two", "max_tokens": 2}),
+            ),
+            (
+                "/api/chat",
+                serde_json::json!({"model": name, "messages": msgs, "stream": false}),
+            ),
+            (
+                "/api/generate",
+                serde_json::json!({"model": name, "prompt": "one two", "stream": false}),
+            ),
             ("/api/show", serde_json::json!({"model": name})),
         ]
     };
@@ -1079,6 +1106,9 @@ async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
             assert_eq!(status, 200, "{path} {name}: {answer}");
         }
     }
-    let ids = client.get_json::<serde_json::Value>("/v1/models", false).await.unwrap();
+    let ids = client
+        .get_json::<serde_json::Value>("/v1/models", false)
+        .await
+        .unwrap();
     assert_eq!(ids["data"][0]["id"], "deepseek-r1:1.5b-q4_k_m");
 }
