@@ -749,9 +749,9 @@ pub struct Chat {
     control: Control,
 }
 
-/// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p (d),
-/// top_k (i), seed (u), stop (as), system (s, Ask only), model (s: must name the resident
-/// model), reasoning_format ("deepseek": reasoning apart; "none": raw text with its tags).
+/// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p,
+/// presence_penalty, frequency_penalty (d), top_k (i), seed (u), stop (as), system (s, Ask only),
+/// model (s: any name r1d lists the resident model by), reasoning_format ("deepseek": reasoning apart; "none": raw text with its tags).
 #[interface(name = "org.r1d.R1.Chat1")]
 impl Chat {
     /// One question; returns the answer, the reasoning and usage (prompt_tokens,
@@ -994,6 +994,15 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             "seed" => sampling.seed = Some(opt_u32(key, value)?),
             "stop" => sampling.stop = opt_strs(key, value)?,
+            // OpenAI's penalties (over every generated token), as on /v1/chat/completions.
+            "presence_penalty" => {
+                sampling.presence_penalty = Some(opt_f64(key, value)? as f32);
+                sampling.repeat_last_n = Some(-1);
+            }
+            "frequency_penalty" => {
+                sampling.frequency_penalty = Some(opt_f64(key, value)? as f32);
+                sampling.repeat_last_n = Some(-1);
+            }
             "model" => model = Some(opt_str(key, value)?),
             "system" if ask => {}
             "reasoning_format" => {
@@ -1009,7 +1018,7 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, model, reasoning_format{}",
+                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, model, reasoning_format{}",
                     if ask { ", system" } else { "" }
                 )))
             }
@@ -1192,6 +1201,24 @@ mod tests {
             panic!("an unknown option must be refused");
         };
         assert!(m.contains("\"max_token\""), "{m}");
+    }
+
+    /// Issue 17: Chat1 honours OpenAI's penalties (over every generated token) and refuses
+    /// values outside OpenAI's range, naming the option.
+    #[test]
+    fn penalties_are_options_with_openai_ranges() {
+        let mut options: HashMap<String, OwnedValue> = HashMap::new();
+        options.insert("presence_penalty".into(), OwnedValue::from(1.5f64));
+        options.insert("frequency_penalty".into(), OwnedValue::from(-0.5f64));
+        let r = request_of(&options, true).unwrap();
+        assert_eq!(r.sampling.presence_penalty, Some(1.5));
+        assert_eq!(r.sampling.frequency_penalty, Some(-0.5));
+        assert_eq!(r.sampling.repeat_last_n, Some(-1));
+        options.insert("presence_penalty".into(), OwnedValue::from(5.0f64));
+        assert!(matches!(
+            request_of(&options, true),
+            Err(Error::InvalidArgument(m)) if m.contains("presence_penalty 5 is outside -2 to 2")
+        ));
     }
 
     #[test]
