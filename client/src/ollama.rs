@@ -14,9 +14,22 @@ pub struct Message {
     /// Reasoning (`think: true`): in answers; accepted and not re-sent in requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<String>,
-    /// Images (base64); accepted and ignored (no vision model is served).
+    /// Images (base64): refused when any is given (r1d serves text-only models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// Tool calls of an earlier assistant turn: refused (tool calling is not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+}
+
+/// Ollama's `think`: a switch, or an effort level (`"low"`, `"medium"`, `"high"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged, expecting = "true, false, \"low\", \"medium\" or \"high\"")]
+pub enum Think {
+    /// On or off.
+    Switch(bool),
+    /// An effort level (R1 has none: any level means on).
+    Level(String),
 }
 
 /// Body of `POST /api/chat`.
@@ -31,9 +44,16 @@ pub struct ChatRequest {
     /// Stream (default true, as in Ollama).
     #[serde(default)]
     pub stream: Option<bool>,
-    /// Return reasoning in `message.thinking` (true) or inline in `content` with its tags.
-    #[serde(default)]
-    pub think: Option<bool>,
+    /// `true` (or a level): reasoning in `message.thinking`; `false`: no reasoning; absent:
+    /// inline in `content` with its tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think: Option<Think>,
+    /// Structured output (`"json"` or a JSON schema): refused (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    /// Tools the model may call: refused unless empty (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
     /// Sampling options (`temperature`, `top_p`, `top_k`, `min_p`, `seed`, `num_predict`, `stop`,
     /// …); unknown keys are ignored, as Ollama does.
     #[serde(default)]
@@ -61,9 +81,25 @@ pub struct GenerateRequest {
     /// Stream (default true).
     #[serde(default)]
     pub stream: Option<bool>,
-    /// Reasoning in `thinking` (true) or inline in `response`.
-    #[serde(default)]
-    pub think: Option<bool>,
+    /// Reasoning in `thinking` (true or a level), none (false), or inline in `response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think: Option<Think>,
+    /// Structured output (`"json"` or a JSON schema): refused (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    /// Images (base64): refused when any is given (r1d serves text-only models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+    /// Text after the answer (fill in the middle): refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    /// A template overriding the model's: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The context of an earlier answer: refused unless empty (r1d returns none; send the
+    /// conversation to `/api/chat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<i64>>,
     /// Sampling options, as for chat.
     #[serde(default)]
     pub options: Option<serde_json::Map<String, serde_json::Value>>,

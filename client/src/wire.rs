@@ -3,8 +3,10 @@
 //! OpenAI shapes follow the OpenAI Chat Completions API reference (`/v1/chat/completions`,
 //! `chat.completion` and `chat.completion.chunk` objects); `reasoning_content` and `timings` are
 //! the extensions DeepSeek's API and llama.cpp's `llama-server` use. Native shapes (`/r1/*`,
-//! `/health`) are r1d's own. Unknown fields in requests are ignored (clients send many optional
-//! OpenAI fields); absent optional fields in responses are omitted.
+//! `/health`) are r1d's own. Request fields that change the answer are all named here, so the
+//! daemon honours each or refuses it (docs/api-fields.md); unknown fields that do not change the
+//! answer (`user`, `metadata`, `store`, …) are ignored. Absent optional fields in responses are
+//! omitted.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,9 +15,12 @@ use serde::{Deserialize, Serialize};
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// Text, or OpenAI content parts of which the `text` parts are used.
+    /// Text, or OpenAI content parts (text parts are joined; others are refused).
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// Tool calls of an earlier assistant turn: refused (tool calling is not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
     /// Reasoning of an earlier assistant turn (DeepSeek API field); accepted and not re-sent to
     /// the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,8 +36,19 @@ impl ChatMessage {
         ChatMessage {
             role: role.to_owned(),
             content: Some(MessageContent::Text(content.into())),
+            tool_calls: None,
             reasoning_content: None,
             reasoning: None,
+        }
+    }
+
+    /// The `type` of the first content part that is not text (an image, audio, a file), if any.
+    pub fn non_text_part(&self) -> Option<&str> {
+        match &self.content {
+            Some(MessageContent::Parts(parts)) => {
+                parts.iter().map(|p| p.kind.as_str()).find(|k| *k != "text")
+            }
+            _ => None,
         }
     }
 
@@ -56,7 +72,7 @@ impl ChatMessage {
 pub enum MessageContent {
     /// Plain text.
     Text(String),
-    /// Content parts (`{"type": "text", "text": "…"}`); non-text parts are ignored.
+    /// Content parts (`{"type": "text", "text": "…"}`); the daemon refuses other parts.
     Parts(Vec<ContentPart>),
 }
 
@@ -140,6 +156,45 @@ pub struct ChatCompletionRequest {
     /// Number of choices; only 1 is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// OpenAI's presence penalty, −2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's frequency penalty, −2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string, as JSON object keys are) → bias, −100 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Log probabilities of the output tokens: not implemented, `true` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// Most likely tokens per position (0–20, needs `logprobs`): refused when set above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    /// `{"type": "text"}` is honoured; `json_object` and `json_schema` are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+    /// Tools the model may call: refused unless empty (tool calling is not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `"none"` (and `"auto"` without tools) is honoured; others are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Only meaningful with `tools`; accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// Deprecated form of `tools`: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<Vec<serde_json::Value>>,
+    /// Deprecated form of `tool_choice`: `"none"` is honoured, others refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<serde_json::Value>,
+    /// Output modalities: `["text"]` is honoured; audio is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modalities: Option<Vec<String>>,
+    /// Audio output parameters: refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<serde_json::Value>,
     /// How reasoning comes back (llama-server's option): `"deepseek"` (default; also `"auto"`):
     /// in `reasoning_content`, no tags; `"none"`: raw in `content`, `<think>` tags paired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +239,27 @@ pub struct CompletionRequest {
     /// Number of choices; only 1 is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// OpenAI's presence penalty, −2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's frequency penalty, −2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string, as JSON object keys are) → bias, −100 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Log probabilities of the most likely tokens (0–5): not implemented, refused when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// Echo the prompt in the answer: `true` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    /// Candidates to choose the best from: only 1 is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_of: Option<u32>,
+    /// Text after the completion (fill in the middle): refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
 }
 
 /// The prompt of a text completion.

@@ -39,6 +39,9 @@ pub struct Prompt {
     /// True when the prompt ends inside an opened `<think>` block (R1's template opens the
     /// reasoning itself), so the generation starts in the reasoning channel.
     pub opens_reasoning: bool,
+    /// True when the conversation ends with an assistant message that the generation continues
+    /// (a prefill): the prompt ends with that message's text, with no new generation prompt.
+    pub continues: bool,
 }
 
 /// Renders `messages` with `template` as Hugging Face's `apply_chat_template` does: Jinja with
@@ -78,21 +81,48 @@ pub fn render(
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| ChatError::Template(e.to_string()))?;
-    let text = tmpl
+    // A final assistant message is a prefill: the answer continues it (Ollama does this for a
+    // trailing assistant message; vLLM calls it `continue_final_message`). The template renders
+    // it as a finished turn without a generation prompt; the text is cut after the message's own
+    // content (after its reasoning, which R1's template leaves out of earlier turns).
+    let prefill = messages
+        .last()
+        .filter(|m| m.role == "assistant")
+        .map(|m| {
+            m.content
+                .rsplit("</think>")
+                .next()
+                .unwrap_or("")
+                .trim_end()
+                .to_owned()
+        })
+        .filter(|tail| !tail.is_empty());
+    let mut text = tmpl
         .render(context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-            add_generation_prompt => true,
+            add_generation_prompt => prefill.is_none(),
             bos_token => bos_token.unwrap_or(""),
             eos_token => eos_token.unwrap_or(""),
         })
         .map_err(|e| ChatError::Template(e.to_string()))?;
+    if let Some(tail) = &prefill {
+        let Some(at) = text.rfind(tail.as_str()) else {
+            return Err(ChatError::Template(
+                "the final assistant message cannot be continued: the chat template does not \
+                 render its text as it is"
+                    .into(),
+            ));
+        };
+        text.truncate(at + tail.len());
+    }
     let has_bos = bos_token.is_some_and(|b| !b.is_empty() && text.starts_with(b));
     let trimmed = text.trim_end();
-    let opens_reasoning = trimmed.ends_with("<think>");
+    let opens_reasoning = prefill.is_none() && trimmed.ends_with("<think>");
     Ok(Prompt {
         text,
         has_bos,
         opens_reasoning,
+        continues: prefill.is_some(),
     })
 }
 
@@ -161,10 +191,26 @@ impl ModelProfile {
     /// initiate its response with `<think>\n`" (R1 model cards, "Usage Recommendations"), and
     /// R1's later templates end that way; the original template ends with the assistant tag alone.
     pub fn open_reasoning(&self, prompt: &mut Prompt) {
-        if self.deepseek_r1 && !prompt.opens_reasoning {
+        if self.deepseek_r1 && !prompt.opens_reasoning && !prompt.continues {
             prompt.text.push_str("<think>\n");
             prompt.opens_reasoning = true;
         }
+    }
+
+    /// For `think: false`: a reasoning model's prompt ends with an empty, closed `<think>` block
+    /// (closing the one the template opened, if it did), so the model answers without reasoning.
+    pub fn skip_reasoning(&self, prompt: &mut Prompt) {
+        if prompt.continues || !self.reasoning {
+            return;
+        }
+        if prompt.opens_reasoning {
+            let open = prompt.text.trim_end().len();
+            prompt.text.truncate(open);
+            prompt.text.push_str("\n\n</think>\n\n");
+        } else {
+            prompt.text.push_str("<think>\n\n</think>\n\n");
+        }
+        prompt.opens_reasoning = false;
     }
 }
 
@@ -177,6 +223,9 @@ pub enum ReasoningFormat {
     /// Raw text in content, with the opening `<think>` restored when the prompt opened it, so the
     /// tags always pair.
     None,
+    /// No reasoning (Ollama's `think: false`): R1's prompt ends with an empty, closed
+    /// `<think>` block so the model answers at once, and any reasoning it emits anyway is dropped.
+    Off,
 }
 
 /// Which channel a piece of text belongs to.
@@ -419,6 +468,94 @@ mod tests {
             .filter(|p| p.channel == channel)
             .map(|p| p.text.as_str())
             .collect()
+    }
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    fn r1() -> ModelProfile {
+        ModelProfile {
+            deepseek_r1: true,
+            reasoning: true,
+        }
+    }
+
+    /// R1's published template, reduced to what prefill depends on: earlier assistant turns lose
+    /// their reasoning, each turn ends with the end-of-sentence token.
+    const R1_LIKE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}<｜User｜>{{ m.content }}{% elif m.role == 'assistant' %}<｜Assistant｜>{{ m.content.split('</think>')[-1] }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}";
+
+    #[test]
+    fn a_final_assistant_message_is_continued_not_closed() {
+        let messages = [msg("user", "Count to five."), msg("assistant", "One, two,")];
+        let mut p = render(FALLBACK_TEMPLATE, &messages, None, None).unwrap();
+        assert_eq!(
+            p.text,
+            "<|im_start|>user\nCount to five.<|im_end|>\n<|im_start|>assistant\nOne, two,"
+        );
+        assert!(p.continues && !p.opens_reasoning);
+        // R1 continues the answer, not a new reasoning block.
+        r1().open_reasoning(&mut p);
+        assert!(p.text.ends_with("One, two,"));
+        let p = render(R1_LIKE, &messages, Some("<s>"), None).unwrap();
+        assert_eq!(
+            p.text,
+            "<s><｜User｜>Count to five.<｜Assistant｜>One, two,"
+        );
+        // An assistant turn that is not last is closed as before.
+        let p = render(
+            R1_LIKE,
+            &[msg("assistant", "Hi"), msg("user", "Go")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.text,
+            "<｜Assistant｜>Hi<｜end▁of▁sentence｜><｜User｜>Go<｜Assistant｜>"
+        );
+        assert!(!p.continues);
+        // An empty final assistant message asks for a new answer.
+        let p = render(
+            R1_LIKE,
+            &[msg("user", "Go"), msg("assistant", "")],
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(
+            p.text.ends_with("<｜end▁of▁sentence｜><｜Assistant｜>"),
+            "{}",
+            p.text
+        );
+        assert!(!p.continues);
+    }
+
+    #[test]
+    fn think_off_ends_r1s_prompt_with_an_empty_closed_think_block() {
+        let mut p = render(R1_LIKE, &[msg("user", "Hi")], None, None).unwrap();
+        r1().skip_reasoning(&mut p);
+        assert_eq!(p.text, "<｜User｜>Hi<｜Assistant｜><think>\n\n</think>\n\n");
+        assert!(!p.opens_reasoning);
+        // A template that opens the block itself gets it closed.
+        let opening = format!("{R1_LIKE}<think>\n");
+        let mut p = render(&opening, &[msg("user", "Hi")], None, None).unwrap();
+        assert!(p.opens_reasoning);
+        r1().skip_reasoning(&mut p);
+        assert!(p.text.ends_with("<think>\n\n</think>\n\n"), "{}", p.text);
+        assert!(!p.opens_reasoning);
+        // A model that does not reason is left alone.
+        let mut p = render(FALLBACK_TEMPLATE, &[msg("user", "Hi")], None, None).unwrap();
+        let before = p.text.clone();
+        ModelProfile {
+            deepseek_r1: false,
+            reasoning: false,
+        }
+        .skip_reasoning(&mut p);
+        assert_eq!(p.text, before);
     }
 
     #[test]

@@ -184,6 +184,61 @@ pub struct Control {
     store: Option<Arc<Store>>,
     supervisor: Option<Supervisor>,
     policy: Arc<Policy>,
+    /// The names of the resident model, found once per resident file (a store scan reads every
+    /// model's header; answering requests must not pay for it each time).
+    names: Arc<std::sync::Mutex<Option<ResidentNames>>>,
+}
+
+/// Every name the resident model is listed under, for one resident file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidentNames {
+    /// The resident file.
+    pub path: String,
+    /// The name r1d lists it by (`/api/tags`, `/v1/models`, `r1ctl models`): the store's name,
+    /// else the file stem. Never holds spaces unless the file name does.
+    pub listed: String,
+    /// Every name it answers to: the listed one, the store's aliases (source name, file name,
+    /// stem), its GGUF `general.name`, the path, and its catalog variant (`deepseek-r1:7b`).
+    pub aliases: Vec<String>,
+}
+
+impl ResidentNames {
+    /// Whether `requested` names this model: one of its aliases, with or without Ollama's
+    /// `:latest` tag, case-insensitively.
+    pub fn answers_to(&self, requested: &str) -> bool {
+        name_forms(requested)
+            .iter()
+            .any(|q| self.aliases.iter().any(|a| a.eq_ignore_ascii_case(q)))
+    }
+}
+
+/// The forms a requested name may match in: as given, without a `:latest` tag, and with one
+/// (Ollama lists untagged names as `NAME:latest`).
+fn name_forms(requested: &str) -> Vec<String> {
+    let q = requested.trim();
+    let mut forms = vec![q.to_owned()];
+    match q.strip_suffix(":latest") {
+        Some(bare) => forms.push(bare.to_owned()),
+        None if !q.rsplit('/').next().unwrap_or(q).contains(':') => {
+            forms.push(format!("{q}:latest"))
+        }
+        None => {}
+    }
+    forms
+}
+
+/// What a model name in an answering request refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameMatch {
+    /// The resident model (or no name given, or nothing resident: the engine answers then).
+    Resident,
+    /// A usable model on disk that is not resident, by its listed name.
+    NotResident {
+        /// The name to `use` it by.
+        name: String,
+    },
+    /// No model r1d knows by that name.
+    Unknown,
 }
 
 /// Runs `f` on a blocking thread; `what` names it in the error when the thread fails.
@@ -216,6 +271,7 @@ impl Control {
             store,
             supervisor,
             policy: Arc::new(Policy::new(rustix::process::geteuid().as_raw())),
+            names: Arc::default(),
         }
     }
 
@@ -236,6 +292,92 @@ impl Control {
     /// system bus is up.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The names of the resident model (`None` when nothing is resident).
+    pub async fn resident_names(&self) -> Option<ResidentNames> {
+        let (info, _) = self.engine.snapshot().model?;
+        if let Ok(cache) = self.names.lock() {
+            if let Some(names) = cache.as_ref().filter(|n| n.path == info.path) {
+                return Some(names.clone());
+            }
+        }
+        let path = std::path::PathBuf::from(&info.path);
+        // A directory (ONNX) by its name, a file by its stem (`model.gguf` → `model`).
+        let stem = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        }
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| info.path.clone());
+        let mut aliases = vec![info.path.clone(), stem.clone()];
+        aliases.extend(path.file_name().map(|f| f.to_string_lossy().into_owned()));
+        aliases.extend(info.name.clone());
+        let mut listed = stem;
+        // Without a store (tests) the file's own names are all there is.
+        if let Ok(entries) = self.scan("listing the resident model's names").await {
+            let mine: Vec<&ModelEntry> = entries.iter().filter(|e| e.path == path).collect();
+            if let Some(first) = mine.first() {
+                listed = first.name.clone();
+            }
+            for e in mine {
+                aliases.push(e.name.clone());
+                if let Some(v) = e.variant() {
+                    aliases.push(v.id.to_owned());
+                }
+                // The source's own names (`hf.co/OWNER/REPO:FILE`, Ollama's `name:tag`).
+                aliases.extend(
+                    entries
+                        .iter()
+                        .filter(|o| o.path == e.path)
+                        .map(|o| o.name.clone()),
+                );
+            }
+        }
+        aliases.push(listed.clone());
+        aliases.sort();
+        aliases.dedup();
+        let names = ResidentNames {
+            path: info.path,
+            listed,
+            aliases,
+        };
+        if let Ok(mut cache) = self.names.lock() {
+            *cache = Some(names.clone());
+        }
+        Some(names)
+    }
+
+    /// What `requested` names: the resident model, another model on disk, or nothing known.
+    /// A name of a model on disk that is not resident is not loaded on the way (r1d keeps one
+    /// model resident and the supervisor decides which; `use` makes another resident on purpose).
+    pub async fn match_name(&self, requested: Option<&str>) -> NameMatch {
+        let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+            return NameMatch::Resident;
+        };
+        let Some(resident) = self.resident_names().await else {
+            return NameMatch::Resident;
+        };
+        if resident.answers_to(requested) {
+            return NameMatch::Resident;
+        }
+        // The error path: scan again (a model may have been pulled since).
+        let Ok(entries) = self.scan("matching a model name").await else {
+            return NameMatch::Unknown;
+        };
+        let forms = name_forms(requested);
+        let variant = forms.iter().find_map(|f| crate::catalog::variant(f));
+        entries
+            .iter()
+            .filter(|e| e.is_usable())
+            .find(|e| {
+                forms.iter().any(|f| e.matches(f))
+                    || variant.is_some_and(|v| e.variant().is_some_and(|x| x.id == v.id))
+            })
+            .map_or(NameMatch::Unknown, |e| NameMatch::NotResident {
+                name: e.name.clone(),
+            })
     }
 
     /// The engine.

@@ -96,6 +96,17 @@ pub struct Sampling {
     pub seed: Option<u32>,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// OpenAI's presence penalty (−2 to 2); `None` = off.
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's frequency penalty (−2 to 2); `None` = off.
+    pub frequency_penalty: Option<f32>,
+    /// Ollama's repeat penalty (1 = off); `None` = off.
+    pub repeat_penalty: Option<f32>,
+    /// Ollama's `repeat_last_n`: how many last tokens the penalties see (0 = none, −1 = the
+    /// context); `None` = 64, Ollama's default.
+    pub repeat_last_n: Option<i32>,
+    /// Bias added to token ids' logits (OpenAI's `logit_bias`, −100 to 100).
+    pub logit_bias: Vec<(i32, f32)>,
 }
 
 /// What to generate from.
@@ -985,7 +996,11 @@ impl Worker {
                     info.eos_token.as_ref().map(|t| t.text.as_str()),
                 )
                 .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-                profile.open_reasoning(&mut prompt);
+                if job.reasoning_format == ReasoningFormat::Off {
+                    profile.skip_reasoning(&mut prompt);
+                } else {
+                    profile.open_reasoning(&mut prompt);
+                }
                 (prompt.text, prompt.has_bos, prompt.opens_reasoning)
             }
             PromptInput::Raw(text) => (text.clone(), false, false),
@@ -1004,6 +1019,18 @@ impl Worker {
                 prompt_tokens: n_prompt,
                 context_length: n_ctx,
             });
+        }
+        // A bias for a token the vocabulary does not have is refused before the answer starts.
+        if let Some((id, _)) = job
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id < 0 || *id as u32 >= info.vocab_size)
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "logit_bias: token {id} is not in the vocabulary of {} tokens",
+                info.vocab_size
+            )));
         }
         // Like llama-server: generation stops at the end of the context (finish_reason "length").
         let room = n_ctx - n_prompt;
@@ -1039,10 +1066,16 @@ impl Worker {
             seed: sampling.seed,
             stop_tokens: Vec::new(),
             ignore_eos: false,
+            presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+            repeat_penalty: sampling.repeat_penalty.unwrap_or(1.0),
+            penalty_last_n: sampling.repeat_last_n.unwrap_or(64),
+            logit_bias: sampling.logit_bias.clone(),
         };
         let mut assembler =
             Assembler::new(opens_reasoning, sampling.stop.clone(), job.reasoning_format);
         let reply = job.reply.clone();
+        let drop_reasoning = job.reasoning_format == ReasoningFormat::Off;
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
         let mut stalled = false;
@@ -1061,6 +1094,9 @@ impl Worker {
             }
             first_token_at.get_or_insert_with(Instant::now);
             for piece in assembler.push(bytes) {
+                if drop_reasoning && piece.channel == chat::Channel::Reasoning {
+                    continue;
+                }
                 match deliver(&shared, &reply, ChatEvent::Piece(piece), stall) {
                     Ok(()) => {}
                     Err(why) => {
@@ -1078,6 +1114,13 @@ impl Worker {
         });
         let mut result: GenerateResult = match result {
             Ok(r) => r.into(),
+            // A plugin that cannot honour a field refuses it by name: the client's mistake (400),
+            // not a failure of the backend.
+            Err(crate::backend::BackendError::Call {
+                status, message, ..
+            }) if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
+                return Err(EngineError::InvalidRequest(message))
+            }
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };
         let ttft = first_token_at.map(|t| t.duration_since(job.admitted));
@@ -1115,6 +1158,9 @@ impl Worker {
             return Ok(());
         }
         for piece in assembler.finish() {
+            if drop_reasoning && piece.channel == chat::Channel::Reasoning {
+                continue;
+            }
             if deliver(&self.shared, &reply, ChatEvent::Piece(piece), stall).is_err() {
                 return Ok(());
             }

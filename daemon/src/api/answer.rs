@@ -7,9 +7,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::chat::{Channel, Piece, ReasoningFormat};
-use crate::engine::{
-    ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling, Snapshot,
-};
+use crate::control::{Control, NameMatch};
+use crate::engine::{ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling};
 
 /// The `Retry-After` of a request that waited out the queue deadline during a load or swap
 /// (seconds): a guess, loads of the variants r1d plans take from seconds to minutes.
@@ -179,46 +178,73 @@ pub fn encode<E: Encoder>(rx: mpsc::Receiver<ChatEvent>, encoder: E) -> impl Str
     .flat_map(stream::iter)
 }
 
-/// Checks that a requested model name is the resident model (its name, file name, file stem or
-/// path, case-insensitively); an absent or empty name means "the resident model". With no model
-/// resident the engine answers instead (503 with the reason).
+/// Checks that a requested model name names the resident model: any name r1d lists it by
+/// (`/api/tags`, `/v1/models`, `r1ctl models`), its catalog variant (`deepseek-r1:7b`), its GGUF
+/// `general.name`, file name, stem or path, with or without `:latest`, case-insensitively. An
+/// absent or empty name means "the resident model". With no model resident the engine answers
+/// instead (503 with the reason). A model on disk that is not resident is not loaded on the way:
+/// the message says how to make it resident.
 ///
 /// # Errors
-/// A message naming the requested and the served model.
-pub fn check_model(snapshot: &Snapshot, requested: Option<&str>) -> Result<(), String> {
-    let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
-        return Ok(());
+/// A message naming the requested and the served model, and what to do.
+pub async fn check_model(control: &Control, requested: Option<&str>) -> Result<(), String> {
+    let served = || async {
+        control
+            .resident_names()
+            .await
+            .map(|n| n.listed)
+            .unwrap_or_default()
     };
-    let Some((info, _)) = &snapshot.model else {
-        return Ok(());
-    };
-    let path = std::path::Path::new(&info.path);
-    let mut names: Vec<String> = vec![info.path.clone()];
-    names.extend(info.name.clone());
-    names.extend(path.file_name().map(|n| n.to_string_lossy().into_owned()));
-    names.extend(path.file_stem().map(|n| n.to_string_lossy().into_owned()));
-    if names.iter().any(|n| n.eq_ignore_ascii_case(requested)) {
-        return Ok(());
+    match control.match_name(requested).await {
+        NameMatch::Resident => Ok(()),
+        NameMatch::NotResident { name } => Err(format!(
+            "model {:?} is on disk but not loaded; r1d serves {:?}. Make it resident with \
+             `r1ctl use {name}` (POST /r1/use, D-Bus Use), or omit \"model\"",
+            requested.unwrap_or_default(),
+            served().await
+        )),
+        NameMatch::Unknown => Err(format!(
+            "model {:?} is not served here; r1d serves {:?} (or omit \"model\"); `r1ctl models` \
+             lists the models on disk",
+            requested.unwrap_or_default(),
+            served().await
+        )),
     }
-    Err(format!(
-        "model {requested:?} is not served here; r1d serves {:?} (or omit \"model\")",
-        info.name.as_deref().unwrap_or(&info.path)
-    ))
 }
 
-/// Checks sampling values against their ranges (OpenAI's: temperature 0–2, top-p in (0, 1]).
+/// Whose documented ranges a route checks sampling values against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranges {
+    /// OpenAI's API reference (Chat Completions / Completions): temperature 0–2, top_p 0–1,
+    /// presence and frequency penalty −2 to 2, logit_bias −100 to 100.
+    OpenAi,
+    /// Ollama's API and Modelfile docs, which give no upper bounds: temperature ≥ 0, top_p 0–1,
+    /// repeat_penalty > 0 (llama.cpp divides by it), repeat_last_n ≥ −1.
+    Ollama,
+}
+
+/// Checks sampling values against the documented ranges (docs/api-fields.md has the table).
 ///
 /// # Errors
 /// The parameter's name and what is wrong with it.
-pub fn validate_sampling(s: &Sampling) -> Result<(), (&'static str, String)> {
+pub fn validate_sampling(s: &Sampling, ranges: Ranges) -> Result<(), (&'static str, String)> {
+    let openai = ranges == Ranges::OpenAi;
     if let Some(t) = s.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(("temperature", format!("temperature {t} is outside 0 to 2")));
+        if openai {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(("temperature", format!("temperature {t} is outside 0 to 2")));
+            }
+        } else if t < 0.0 || !t.is_finite() {
+            return Err((
+                "temperature",
+                format!("temperature {t} must not be negative"),
+            ));
         }
     }
+    // OpenAI documents top_p in [0, 1]; 0 keeps only the most likely token.
     if let Some(p) = s.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(("top_p", format!("top_p {p} is outside (0, 1]")));
+        if !(0.0..=1.0).contains(&p) {
+            return Err(("top_p", format!("top_p {p} is outside 0 to 1")));
         }
     }
     if let Some(p) = s.min_p {
@@ -231,6 +257,44 @@ pub fn validate_sampling(s: &Sampling) -> Result<(), (&'static str, String)> {
     }
     if s.max_tokens == Some(0) {
         return Err(("max_tokens", "max_tokens must be at least 1".into()));
+    }
+    for (name, value) in [
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ] {
+        let Some(v) = value else { continue };
+        if openai && !(-2.0..=2.0).contains(&v) {
+            return Err((name, format!("{name} {v} is outside -2 to 2")));
+        }
+        if !v.is_finite() {
+            return Err((name, format!("{name} must be a finite number")));
+        }
+    }
+    if let Some(r) = s.repeat_penalty {
+        if !(r > 0.0 && r.is_finite()) {
+            return Err((
+                "repeat_penalty",
+                format!("repeat_penalty {r} must be greater than 0 (1 = off)"),
+            ));
+        }
+    }
+    if let Some(n) = s.repeat_last_n {
+        if n < -1 {
+            return Err((
+                "repeat_last_n",
+                format!("repeat_last_n {n} must be -1 (the context), 0 (off) or more"),
+            ));
+        }
+    }
+    if let Some((id, b)) = s
+        .logit_bias
+        .iter()
+        .find(|(_, b)| !(-100.0..=100.0).contains(b))
+    {
+        return Err((
+            "logit_bias",
+            format!("logit_bias for token {id} is {b}, outside -100 to 100"),
+        ));
     }
     Ok(())
 }

@@ -196,6 +196,7 @@ async fn connect(options: Options, system: bool) -> Result<Connection, zbus::Err
     };
     let chat = Chat {
         engine: options.control.engine().clone(),
+        control: options.control.clone(),
     };
     let manager = Manager {
         control: options.control.clone(),
@@ -737,11 +738,12 @@ async fn polkit_check(conn: &Connection, caller: &Caller) -> Result<bool, Author
 /// `org.r1d.R1.Chat1`.
 pub struct Chat {
     engine: Engine,
+    control: Control,
 }
 
-/// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p (d),
-/// top_k (i), seed (u), stop (as), system (s, Ask only), model (s: must name the resident
-/// model), reasoning_format ("deepseek": reasoning apart; "none": raw text with its tags).
+/// Asking the resident model. Options (a{sv}): max_tokens (u), temperature, top_p, min_p,
+/// presence_penalty, frequency_penalty (d), top_k (i), seed (u), stop (as), system (s, Ask only),
+/// model (s: any name r1d lists the resident model by), reasoning_format ("deepseek": reasoning apart; "none": raw text with its tags).
 #[interface(name = "org.r1d.R1.Chat1")]
 impl Chat {
     /// One question; returns the answer, the reasoning and usage (prompt_tokens,
@@ -800,7 +802,8 @@ struct Request {
 
 impl Chat {
     async fn admit(&self, input: PromptInput, request: Request) -> Result<answer::Admitted, Error> {
-        answer::check_model(&self.engine.snapshot(), request.model.as_deref())
+        answer::check_model(&self.control, request.model.as_deref())
+            .await
             .map_err(Error::ModelNotFound)?;
         Ok(answer::admit(&self.engine, input, request.sampling, request.format).await?)
     }
@@ -983,6 +986,15 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             "seed" => sampling.seed = Some(opt_u32(key, value)?),
             "stop" => sampling.stop = opt_strs(key, value)?,
+            // OpenAI's penalties (over every generated token), as on /v1/chat/completions.
+            "presence_penalty" => {
+                sampling.presence_penalty = Some(opt_f64(key, value)? as f32);
+                sampling.repeat_last_n = Some(-1);
+            }
+            "frequency_penalty" => {
+                sampling.frequency_penalty = Some(opt_f64(key, value)? as f32);
+                sampling.repeat_last_n = Some(-1);
+            }
             "model" => model = Some(opt_str(key, value)?),
             "system" if ask => {}
             "reasoning_format" => {
@@ -998,13 +1010,14 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, model, reasoning_format{}",
+                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, model, reasoning_format{}",
                     if ask { ", system" } else { "" }
                 )))
             }
         }
     }
-    answer::validate_sampling(&sampling).map_err(|(_, m)| Error::InvalidArgument(m))?;
+    answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
+        .map_err(|(_, m)| Error::InvalidArgument(m))?;
     Ok(Request {
         sampling,
         format,
@@ -1121,10 +1134,10 @@ mod tests {
         let control = crate::control::tests::control_without_store_or_supervisor();
         let engine = control.engine().clone();
         let manager = Manager {
-            control,
+            control: control.clone(),
             hardware: tokio::sync::OnceCell::new(),
         };
-        (manager, Chat { engine })
+        (manager, Chat { engine, control })
     }
 
     #[test]
@@ -1159,6 +1172,24 @@ mod tests {
             panic!("an unknown option must be refused");
         };
         assert!(m.contains("\"max_token\""), "{m}");
+    }
+
+    /// Issue 17: Chat1 honours OpenAI's penalties (over every generated token) and refuses
+    /// values outside OpenAI's range, naming the option.
+    #[test]
+    fn penalties_are_options_with_openai_ranges() {
+        let mut options: HashMap<String, OwnedValue> = HashMap::new();
+        options.insert("presence_penalty".into(), OwnedValue::from(1.5f64));
+        options.insert("frequency_penalty".into(), OwnedValue::from(-0.5f64));
+        let r = request_of(&options, true).unwrap();
+        assert_eq!(r.sampling.presence_penalty, Some(1.5));
+        assert_eq!(r.sampling.frequency_penalty, Some(-0.5));
+        assert_eq!(r.sampling.repeat_last_n, Some(-1));
+        options.insert("presence_penalty".into(), OwnedValue::from(5.0f64));
+        assert!(matches!(
+            request_of(&options, true),
+            Err(Error::InvalidArgument(m)) if m.contains("presence_penalty 5 is outside -2 to 2")
+        ));
     }
 
     #[test]

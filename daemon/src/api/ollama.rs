@@ -1,5 +1,6 @@
 //! Ollama-compatible routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by default),
-//! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`.
+//! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and `GET /` / `HEAD /`
+//! ("Ollama is running", the liveness check Ollama clients use).
 //!
 //! Shapes follow Ollama's `docs/api.md`. Errors are `{"error": "…"}`. Reasoning goes to
 //! `thinking` when the request says `think: true`; otherwise it stays inline in the answer with its
@@ -20,7 +21,7 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use r1d_client::ollama::{
     ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
-    Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Version,
+    Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think, Version,
 };
 use serde_json::Value;
 
@@ -39,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/show", post(show))
         .route("/api/ps", get(ps))
         .route("/api/version", get(version))
+        // Ollama's liveness check (clients probe it before anything else); HEAD comes with GET.
+        .route("/", get(|| async { "Ollama is running" }))
 }
 
 /// An error in Ollama's shape, `{"error": "…"}`.
@@ -57,25 +60,32 @@ fn parse<T: serde::de::DeserializeOwned>(body: &RequestBody) -> Result<T, Respon
 
 /// What `/api/chat` and `/api/generate` check first: the model name and the options; returns the
 /// sampling and the name to answer under.
-fn prepare(
+async fn prepare(
     state: &AppState,
     model: &str,
     options: Option<&serde_json::Map<String, Value>>,
 ) -> Result<(Sampling, String), Response> {
-    check_model(state, model)?;
+    check_model(state, model).await?;
     let sampling = sampling(options)?;
-    let name = state
-        .engine
-        .snapshot()
-        .model
-        .map(|(info, _)| display_name(&info))
-        .unwrap_or_else(|| model.to_owned());
+    // As Ollama does: the answer carries the name it was asked for, else the listed one.
+    let name = match model.trim() {
+        "" => listed_name(state).await.unwrap_or_default(),
+        asked => asked.to_owned(),
+    };
     Ok((sampling, name))
 }
 
+/// The name `/api/tags` lists the resident model by.
+async fn listed_name(state: &AppState) -> Option<String> {
+    state.control.resident_names().await.map(|n| n.listed)
+}
+
 /// Sampling from Ollama `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`,
-/// `num_predict` (-1 = no limit but the context), `stop`. Other keys are ignored, as Ollama
-/// ignores options a model does not use; a known key of the wrong type is an error.
+/// `num_predict` (-1 = no limit but the context), `stop`, `repeat_penalty`, `repeat_last_n`,
+/// `presence_penalty`, `frequency_penalty`; `mirostat`, `typical_p`, `tfs_z` only at their "off"
+/// values. Other keys (load-time settings such as `num_ctx`, which r1d's config decides) are
+/// ignored, as Ollama ignores options a model does not use; a known key of the wrong type is an
+/// error.
 fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling, Response> {
     let mut s = Sampling::default();
     let Some(options) = options else { return Ok(s) };
@@ -100,6 +110,25 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
             Some(v) => v.as_i64().map(Some).ok_or_else(|| bad(key, "an integer")),
         }
     };
+    // Options Ollama documents whose samplers r1d does not run: the value that means "off" is
+    // accepted, any other is refused by name.
+    for (key, off) in [("mirostat", 0.0), ("typical_p", 1.0), ("tfs_z", 1.0)] {
+        if let Some(v) = float(key)? {
+            if f64::from(v) != off {
+                return Err(fail(ApiError::invalid(
+                    Some(key),
+                    format!(
+                        "option {key} is not supported by r1d; leave it out or set it to {off}"
+                    ),
+                )));
+            }
+        }
+    }
+    s.presence_penalty = float("presence_penalty")?;
+    s.frequency_penalty = float("frequency_penalty")?;
+    s.repeat_penalty = float("repeat_penalty")?;
+    s.repeat_last_n =
+        int("repeat_last_n")?.map(|n| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32);
     s.temperature = float("temperature")?;
     s.top_p = float("top_p")?;
     s.min_p = float("min_p")?;
@@ -124,22 +153,90 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("stop", "a string or a list of strings")),
     };
-    answer::validate_sampling(&s)
+    answer::validate_sampling(&s, answer::Ranges::Ollama)
         .map_err(|(param, message)| fail(ApiError::invalid(Some(param), message)))?;
     Ok(s)
 }
 
-fn check_model(state: &AppState, model: &str) -> Result<(), Response> {
-    answer::check_model(&state.engine.snapshot(), Some(model))
+async fn check_model(state: &AppState, model: &str) -> Result<(), Response> {
+    answer::check_model(&state.control, Some(model))
+        .await
         .map_err(|message| fail(ApiError::model_not_found(message)))
 }
 
-fn format_of(think: Option<bool>) -> ReasoningFormat {
-    if think == Some(true) {
+/// How reasoning comes back for Ollama's `think`: on (or any level) in `thinking`, off not at
+/// all, absent inline with its tags. `think` set on a model that does not reason is refused, as
+/// Ollama refuses it.
+fn format_of(
+    state: &AppState,
+    model: &str,
+    think: Option<&Think>,
+) -> Result<ReasoningFormat, Response> {
+    let on =
+        match think {
+            None => return Ok(ReasoningFormat::None),
+            Some(Think::Switch(on)) => *on,
+            Some(Think::Level(level)) => match level.as_str() {
+                "low" | "medium" | "high" => true,
+                other => return Err(fail(ApiError::invalid(
+                    Some("think"),
+                    format!(
+                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
+                    ),
+                ))),
+            },
+        };
+    let reasons = state
+        .engine
+        .snapshot()
+        .model
+        .is_none_or(|(info, _)| ModelProfile::of(&info).reasoning);
+    if !reasons {
+        return Err(fail(ApiError::invalid(
+            Some("think"),
+            format!("\"{model}\" does not support thinking"),
+        )));
+    }
+    Ok(if on {
         ReasoningFormat::DeepSeek
     } else {
-        ReasoningFormat::None
+        ReasoningFormat::Off
+    })
+}
+
+/// Refuses the request fields r1d does not implement, naming each: structured output, tools,
+/// images; the values that mean "none" (`format: ""`, `tools: []`) are accepted.
+fn refuse_unimplemented(
+    format: Option<&Value>,
+    tools: Option<&Vec<Value>>,
+    images: Option<(String, &Vec<String>)>,
+) -> Result<(), Response> {
+    if let Some(f) = format.filter(|f| !f.is_null() && f.as_str() != Some("")) {
+        return Err(fail(ApiError::invalid(
+            Some("format"),
+            format!(
+                "format {} is not supported: r1d has no structured output; leave format out",
+                if f.is_string() {
+                    f.to_string()
+                } else {
+                    "(a JSON schema)".into()
+                }
+            ),
+        )));
     }
+    if tools.is_some_and(|t| !t.is_empty()) {
+        return Err(fail(ApiError::invalid(
+            Some("tools"),
+            "tools: tool calling is not supported by r1d".to_owned(),
+        )));
+    }
+    if let Some((field, _)) = images.filter(|(_, i)| !i.is_empty()) {
+        return Err(fail(ApiError::invalid(
+            Some(&field),
+            format!("{field}: r1d serves text-only models, which cannot read images"),
+        )));
+    }
+    Ok(())
 }
 
 fn ns(ms: f64) -> u64 {
@@ -196,8 +293,15 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()) {
+    if let Err(r) = refuse_unimplemented(req.format.as_ref(), req.tools.as_ref(), None) {
+        return r;
+    }
+    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
         Ok(p) => p,
+        Err(r) => return r,
+    };
+    let format = match format_of(&state, &req.model, req.think.as_ref()) {
+        Ok(f) => f,
         Err(r) => return r,
     };
     if req.messages.is_empty() {
@@ -207,6 +311,21 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
+        if let Err(r) = refuse_unimplemented(
+            None,
+            None,
+            m.images
+                .as_ref()
+                .map(|im| (format!("messages[{i}].images"), im)),
+        ) {
+            return r;
+        }
+        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
+            return fail(ApiError::invalid(
+                Some(&format!("messages[{i}].tool_calls")),
+                format!("messages[{i}].tool_calls: tool calling is not supported by r1d"),
+            ));
+        }
         if !answer::ROLES.contains(&m.role.as_str()) {
             return fail(ApiError::invalid(
                 Some(&format!("messages[{i}].role")),
@@ -226,17 +345,11 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
             content: m.content.clone(),
         });
     }
-    let admitted = match answer::admit(
-        &state.engine,
-        PromptInput::Chat(messages),
-        sampling,
-        format_of(req.think),
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
+    let admitted =
+        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
     respond(admitted, Lines::chat(model), req.stream).await
 }
 
@@ -245,8 +358,43 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()) {
+    if let Err(r) = refuse_unimplemented(
+        req.format.as_ref(),
+        None,
+        req.images.as_ref().map(|im| ("images".to_owned(), im)),
+    ) {
+        return r;
+    }
+    for (field, set, why) in [
+        (
+            "suffix",
+            req.suffix.as_ref().is_some_and(|s| !s.is_empty()),
+            "r1d does not fill in the middle",
+        ),
+        (
+            "template",
+            req.template.as_ref().is_some_and(|t| !t.is_empty()),
+            "r1d renders the model's own chat template",
+        ),
+        (
+            "context",
+            req.context.as_ref().is_some_and(|c| !c.is_empty()),
+            "r1d returns no context; send the conversation to /api/chat",
+        ),
+    ] {
+        if set {
+            return fail(ApiError::invalid(
+                Some(field),
+                format!("{field} is not supported: {why}"),
+            ));
+        }
+    }
+    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
         Ok(p) => p,
+        Err(r) => return r,
+    };
+    let format = match format_of(&state, &req.model, req.think.as_ref()) {
+        Ok(f) => f,
         Err(r) => return r,
     };
     if req.prompt.is_empty() {
@@ -269,7 +417,7 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         });
         PromptInput::Chat(messages)
     };
-    let admitted = match answer::admit(&state.engine, input, sampling, format_of(req.think)).await {
+    let admitted = match answer::admit(&state.engine, input, sampling, format).await {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -319,6 +467,7 @@ impl Lines {
                     content: text,
                     thinking,
                     images: None,
+                    tool_calls: None,
                 },
                 done,
                 stats,
@@ -370,16 +519,6 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
         }
         Err(e) => fail(e),
     }
-}
-
-/// The name Ollama clients see: the GGUF's `general.name`, else the file stem.
-fn display_name(info: &ModelInfo) -> String {
-    info.name.clone().unwrap_or_else(|| {
-        std::path::Path::new(&info.path)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| info.path.clone())
-    })
 }
 
 /// "7.6B", "135M": the parameter count as Ollama prints it.
@@ -465,7 +604,9 @@ async fn tags(State(state): State<AppState>) -> Json<Tags> {
             .any(|e| e.path == std::path::Path::new(&info.path))
         {
             let (size, modified_at) = file_times(&info.path);
-            let name = display_name(&info);
+            let name = listed_name(&state)
+                .await
+                .unwrap_or_else(|| info.path.clone());
             models.push(TagModel {
                 model: name.clone(),
                 name,
@@ -480,12 +621,13 @@ async fn tags(State(state): State<AppState>) -> Json<Tags> {
 }
 
 async fn ps(State(state): State<AppState>) -> Json<Running> {
+    let listed = listed_name(&state).await;
     let models = state
         .engine
         .snapshot()
         .model
         .map(|(info, _)| {
-            let name = display_name(&info);
+            let name = listed.clone().unwrap_or_else(|| info.path.clone());
             // Resident until swapped: report an expiry far ahead, as Ollama does for keep_alive -1.
             let expires = SystemTime::now() + Duration::from_secs(10 * 365 * 24 * 3600);
             RunningModel {
@@ -523,8 +665,8 @@ async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
             "model {name:?} not found: {reason}"
         )));
     };
-    if let Err(message) = answer::check_model(&snapshot, Some(name)) {
-        return fail(ApiError::model_not_found(message));
+    if let Err(r) = check_model(&state, name).await {
+        return r;
     }
     let profile = ModelProfile::of(&info);
     let defaults = profile.sampling_defaults();

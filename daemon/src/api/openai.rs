@@ -80,10 +80,9 @@ struct Common {
     include_usage: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn common(
-    state: &AppState,
-    model: Option<&str>,
+/// The sampling fields both routes share, as the client sent them.
+struct Knobs<'a> {
+    model: Option<&'a str>,
     n: Option<u32>,
     max_tokens: Option<u32>,
     temperature: Option<f32>,
@@ -92,30 +91,180 @@ fn common(
     min_p: Option<f32>,
     seed: Option<i64>,
     stop: Option<wire::Stop>,
-    stream_options: Option<&wire::StreamOptions>,
-) -> Result<Common, Response> {
-    if let Err(message) = answer::check_model(&state.engine.snapshot(), model) {
+    stream_options: Option<&'a wire::StreamOptions>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
+}
+
+async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
+    if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
     }
-    if n.is_some_and(|n| n != 1) {
-        return Err(invalid(Some("n"), "only n = 1 is supported".into()));
+    match k.n {
+        Some(0) => return Err(invalid(Some("n"), "n must be at least 1".into())),
+        Some(n) if n > 1 => {
+            return Err(invalid(
+                Some("n"),
+                format!("n = {n} is not supported: r1d generates one choice per request"),
+            ))
+        }
+        _ => {}
+    }
+    let mut logit_bias = Vec::new();
+    for (key, bias) in k.logit_bias.into_iter().flatten() {
+        let Ok(id) = key.trim().parse::<i32>() else {
+            return Err(invalid(
+                Some("logit_bias"),
+                format!("logit_bias key {key:?} is not a token id"),
+            ));
+        };
+        logit_bias.push((id, *bias));
     }
     let sampling = Sampling {
-        max_tokens,
-        temperature,
-        top_p,
-        top_k,
-        min_p,
+        max_tokens: k.max_tokens,
+        temperature: k.temperature,
+        top_p: k.top_p,
+        top_k: k.top_k,
+        min_p: k.min_p,
         // OpenAI seeds are 64-bit; llama.cpp's are 32-bit: keep the low bits.
-        seed: seed.map(|s| s as u32),
-        stop: stop.map(wire::Stop::into_vec).unwrap_or_default(),
+        seed: k.seed.map(|s| s as u32),
+        stop: k.stop.map(wire::Stop::into_vec).unwrap_or_default(),
+        presence_penalty: k.presence_penalty,
+        frequency_penalty: k.frequency_penalty,
+        repeat_penalty: None,
+        // OpenAI's penalties count every token generated so far.
+        repeat_last_n: (k.presence_penalty.is_some() || k.frequency_penalty.is_some())
+            .then_some(-1),
+        logit_bias,
     };
-    answer::validate_sampling(&sampling)
+    answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;
     Ok(Common {
         sampling,
-        include_usage: stream_options.is_some_and(|o| o.include_usage),
+        include_usage: k.stream_options.is_some_and(|o| o.include_usage),
     })
+}
+
+/// Refuses what `/v1/chat/completions` does not implement, naming the field and why; values that
+/// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`, `response_format: text`)
+/// are accepted.
+fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response> {
+    if req.logprobs == Some(true) {
+        return Err(invalid(
+            Some("logprobs"),
+            "logprobs is not supported: r1d does not return token log probabilities".into(),
+        ));
+    }
+    if req.top_logprobs.is_some_and(|n| n > 0) {
+        return Err(invalid(
+            Some("top_logprobs"),
+            "top_logprobs is not supported: r1d does not return token log probabilities".into(),
+        ));
+    }
+    if let Some(format) = &req.response_format {
+        let kind = format.get("type").and_then(Value::as_str);
+        if kind != Some("text") {
+            return Err(invalid(
+                Some("response_format"),
+                format!(
+                    "response_format {} is not supported: r1d has no structured output; only \
+                     {{\"type\": \"text\"}} is accepted",
+                    kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
+                ),
+            ));
+        }
+    }
+    let no_tools = "tool calling is not supported by r1d";
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(invalid(Some("tools"), format!("tools: {no_tools}")));
+    }
+    if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(invalid(Some("functions"), format!("functions: {no_tools}")));
+    }
+    for (name, choice) in [
+        ("tool_choice", &req.tool_choice),
+        ("function_call", &req.function_call),
+    ] {
+        match choice.as_ref().map(|c| c.as_str()) {
+            None | Some(Some("none")) | Some(Some("auto")) => {}
+            Some(_) => {
+                return Err(invalid(
+                    Some(name),
+                    format!("{name} other than \"none\" or \"auto\": {no_tools}"),
+                ))
+            }
+        }
+    }
+    if let Some(m) = req.modalities.iter().flatten().find(|m| *m != "text") {
+        return Err(invalid(
+            Some("modalities"),
+            format!("modality {m:?} is not supported: r1d serves text-only models"),
+        ));
+    }
+    if req.audio.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(invalid(
+            Some("audio"),
+            "audio output is not supported: r1d serves text-only models".into(),
+        ));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        if let Some(kind) = m.non_text_part() {
+            return Err(invalid(
+                Some(&format!("messages[{i}].content")),
+                format!(
+                    "messages[{i}].content has a {kind:?} part: r1d serves text-only models, \
+                     which cannot read it"
+                ),
+            ));
+        }
+        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(invalid(
+                Some(&format!("messages[{i}].tool_calls")),
+                format!("messages[{i}].tool_calls: {no_tools}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses what `/v1/completions` does not implement, naming the field and why.
+fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Response> {
+    if req.logprobs.is_some() {
+        return Err(invalid(
+            Some("logprobs"),
+            "logprobs is not supported: r1d does not return token log probabilities".into(),
+        ));
+    }
+    if req.echo == Some(true) {
+        return Err(invalid(
+            Some("echo"),
+            "echo is not supported: the answer holds only the completion".into(),
+        ));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(invalid(
+            Some("best_of"),
+            "best_of other than 1 is not supported: r1d generates one completion per request"
+                .into(),
+        ));
+    }
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(invalid(
+            Some("suffix"),
+            "suffix is not supported: r1d does not fill in the middle".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The name answers carry: the one `/v1/models` lists, else the engine's.
+async fn listed_or(state: &AppState, engine_name: String) -> String {
+    state
+        .control
+        .resident_names()
+        .await
+        .map_or(engine_name, |n| n.listed)
 }
 
 fn sse(stream: impl futures_util::Stream<Item = Out> + Send + 'static) -> Response {
@@ -135,19 +284,29 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         Ok(r) => r,
         Err(r) => return r,
     };
+    if let Err(r) = refuse_unimplemented_chat(&req) {
+        return r;
+    }
     let common = match common(
         &state,
-        req.model.as_deref(),
-        req.n,
-        req.max_completion_tokens.or(req.max_tokens),
-        req.temperature,
-        req.top_p,
-        req.top_k,
-        req.min_p,
-        req.seed,
-        req.stop.clone(),
-        req.stream_options.as_ref(),
-    ) {
+        Knobs {
+            model: req.model.as_deref(),
+            n: req.n,
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            seed: req.seed,
+            stop: req.stop.clone(),
+            stream_options: req.stream_options.as_ref(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.as_ref(),
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -203,11 +362,12 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     };
     let id = new_id("chatcmpl");
     let created = unix_now();
+    let model = listed_or(&state, admitted.model).await;
     if req.stream {
         let encoder = ChatEncoder {
             id,
             created,
-            model: admitted.model,
+            model,
             include_usage: common.include_usage,
         };
         return sse(answer::encode(admitted.rx, encoder));
@@ -217,7 +377,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             id,
             object: "chat.completion".into(),
             created,
-            model: admitted.model,
+            model,
             choices: vec![Choice {
                 index: 0,
                 message: AssistantMessage {
@@ -323,20 +483,30 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
             )
         }
     };
+    if let Err(r) = refuse_unimplemented_completion(&req) {
+        return r;
+    }
     let common = match common(
         &state,
-        req.model.as_deref(),
-        req.n,
-        // OpenAI's default for this route.
-        Some(req.max_tokens.unwrap_or(16)),
-        req.temperature,
-        req.top_p,
-        req.top_k,
-        req.min_p,
-        req.seed,
-        req.stop.clone(),
-        req.stream_options.as_ref(),
-    ) {
+        Knobs {
+            model: req.model.as_deref(),
+            n: req.n,
+            // OpenAI's default for this route.
+            max_tokens: Some(req.max_tokens.unwrap_or(16)),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            seed: req.seed,
+            stop: req.stop.clone(),
+            stream_options: req.stream_options.as_ref(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.as_ref(),
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -354,7 +524,7 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
     let encoder = CompletionEncoder {
         id: new_id("cmpl"),
         created: unix_now(),
-        model: admitted.model,
+        model: listed_or(&state, admitted.model).await,
         include_usage: common.include_usage,
     };
     if req.stream {
@@ -405,6 +575,8 @@ trait StreamChunk: serde::Serialize {
     fn finish(&mut self, usage: Usage, timings: Timings);
     /// Makes it OpenAI's usage-only chunk: no choices, only `usage`.
     fn usage_only(&mut self, usage: Usage);
+    /// Removes `usage` (it goes in the usage-only chunk instead).
+    fn drop_usage(&mut self);
 }
 
 impl StreamChunk for ChatCompletionChunk {
@@ -415,6 +587,9 @@ impl StreamChunk for ChatCompletionChunk {
     fn usage_only(&mut self, usage: Usage) {
         self.choices.clear();
         self.usage = Some(usage);
+    }
+    fn drop_usage(&mut self) {
+        self.usage = None;
     }
 }
 
@@ -427,17 +602,25 @@ impl StreamChunk for Completion {
         self.choices.clear();
         self.usage = Some(usage);
     }
+    fn drop_usage(&mut self) {
+        self.usage = None;
+    }
 }
 
-/// The last messages of a stream: `last` (the finish reason) with usage and timings, then, when
-/// the client asked for it (`stream_options.include_usage`), `usage_only` as a chunk with no
-/// choices and only the usage.
+/// The last messages of a stream: `last` (the finish reason) with llama-server's timings, then,
+/// when the client asked for it (`stream_options.include_usage`), `usage_only` as a chunk with no
+/// choices and only the usage. Usage is in that extra chunk only, where OpenAI's reference puts
+/// it, so a client that sums the usage of every chunk counts it once; without `include_usage` it
+/// rides on the finishing chunk, as llama-server sends it.
 fn finishing<C: StreamChunk>(
     mut last: C,
     usage_only: Option<C>,
     finished: &Finished,
 ) -> Vec<Value> {
     last.finish(usage(&finished.result), timings(&finished.result));
+    if usage_only.is_some() {
+        last.drop_usage();
+    }
     let mut out = vec![json(&last)];
     if let Some(mut u) = usage_only {
         u.usage_only(usage(&finished.result));
@@ -465,13 +648,16 @@ impl Encoder for CompletionEncoder {
     }
 }
 
+/// `GET /v1/models`: the resident model, by the name `/api/tags` and `r1ctl models` list it
+/// under (a name every route accepts; never the GGUF's free-text `general.name`).
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let snap = state.engine.snapshot();
+    let listed = state.control.resident_names().await.map(|n| n.listed);
     let data = snap
         .model
         .as_ref()
         .map(|(info, _)| ModelEntry {
-            id: info.name.clone().unwrap_or_else(|| info.path.clone()),
+            id: listed.clone().unwrap_or_else(|| info.path.clone()),
             object: "model".into(),
             created: snap.loaded_at.unwrap_or(0),
             owned_by: "r1d".into(),

@@ -190,6 +190,68 @@ pub struct GenerateRequest {
     /// Keep going past end-of-generation tokens (for benchmarks and reference tests).
     #[serde(default)]
     pub ignore_eos: bool,
+    // Appended fields (ABI v1 stays v1: each has a default meaning "off", so a host that does not
+    // send them and a plugin that does not read them keep today's behaviour). A plugin that cannot
+    // honour a value other than the default refuses the request with `R1_ERR_INVALID_ARGUMENT`
+    // naming the field; it never ignores it.
+    /// OpenAI's `presence_penalty` (−2 to 2): subtracted from the logit of every token that
+    /// occurs among the last `penalty_last_n` tokens; 0 disables it.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// OpenAI's `frequency_penalty` (−2 to 2): subtracted once per occurrence among the last
+    /// `penalty_last_n` tokens; 0 disables it.
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// Ollama's `repeat_penalty` (llama.cpp's): the logit of a token among the last
+    /// `penalty_last_n` is divided by it (multiplied when negative); 1 disables it.
+    #[serde(default = "one")]
+    pub repeat_penalty: f32,
+    /// How many of the last tokens the three penalties look at (Ollama's `repeat_last_n`);
+    /// 0 disables them, −1 means the whole context.
+    #[serde(default = "default_penalty_last_n")]
+    pub penalty_last_n: i32,
+    /// `[token id, bias]` pairs added to those tokens' logits before sampling (OpenAI's
+    /// `logit_bias`, −100 to 100); empty disables it.
+    #[serde(default)]
+    pub logit_bias: Vec<(i32, f32)>,
+}
+
+/// An empty prompt, no tokens to generate, and every sampling option at the value a missing JSON
+/// field takes (for struct literals: `GenerateRequest { prompt_tokens, max_tokens, ..Default::default() }`).
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest {
+            prompt_tokens: Vec::new(),
+            max_tokens: 0,
+            temperature: default_temperature(),
+            top_p: one(),
+            top_k: 0,
+            min_p: 0.0,
+            seed: None,
+            stop_tokens: Vec::new(),
+            ignore_eos: false,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repeat_penalty: one(),
+            penalty_last_n: default_penalty_last_n(),
+            logit_bias: Vec::new(),
+        }
+    }
+}
+
+impl GenerateRequest {
+    /// Whether any penalty differs from its "off" value.
+    pub fn has_penalties(&self) -> bool {
+        self.penalty_last_n != 0
+            && (self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0
+                || self.repeat_penalty != 1.0)
+    }
+}
+
+/// Ollama's default `repeat_last_n`.
+fn default_penalty_last_n() -> i32 {
+    64
 }
 
 fn default_temperature() -> f32 {
@@ -231,4 +293,40 @@ pub struct GenerateResult {
     /// Time from the call to the first token handed to the callback, in milliseconds.
     #[serde(default)]
     pub time_to_first_token_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host from before the penalties were appended sends none of them: the request means what
+    /// it meant then (every penalty and bias off).
+    #[test]
+    fn generate_request_without_appended_fields_has_them_off() {
+        let r: GenerateRequest =
+            serde_json::from_str(r#"{"prompt_tokens": [1, 2], "max_tokens": 4}"#).unwrap();
+        assert_eq!(r.presence_penalty, 0.0);
+        assert_eq!(r.frequency_penalty, 0.0);
+        assert_eq!(r.repeat_penalty, 1.0);
+        assert_eq!(r.penalty_last_n, 64);
+        assert!(r.logit_bias.is_empty());
+        assert!(!r.has_penalties());
+        assert_eq!(
+            r,
+            GenerateRequest {
+                prompt_tokens: vec![1, 2],
+                max_tokens: 4,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn logit_bias_crosses_as_pairs() {
+        let r: GenerateRequest = serde_json::from_str(
+            r#"{"prompt_tokens": [1], "max_tokens": 1, "logit_bias": [[15, -100.0]]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.logit_bias, vec![(15, -100.0)]);
+    }
 }

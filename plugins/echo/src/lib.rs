@@ -23,7 +23,8 @@
 //! - a prompt containing `[[bytes]]`: one token per byte, so multi-byte characters are split
 //!   across tokens (for UTF-8 reassembly tests);
 //! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
-//!   `temperature=… top_p=… top_k=… min_p=…`;
+//!   `temperature=… top_p=… top_k=… min_p=… seed=… presence_penalty=… frequency_penalty=…
+//!   repeat_penalty=… penalty_last_n=… logit_bias=ID:BIAS,…`;
 //! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
 //!
 //! A `.gguf` file loads too, when the host asks for this backend by name (it does not claim the
@@ -322,8 +323,23 @@ impl Model for EchoModel {
         }
         if prompt.contains("[[params]]") {
             user = format!(
-                "temperature={} top_p={} top_k={} min_p={}",
-                request.temperature, request.top_p, request.top_k, request.min_p
+                "temperature={} top_p={} top_k={} min_p={} seed={} presence_penalty={} \
+                 frequency_penalty={} repeat_penalty={} penalty_last_n={} logit_bias={}",
+                request.temperature,
+                request.top_p,
+                request.top_k,
+                request.min_p,
+                request.seed.map_or("none".to_owned(), |s| s.to_string()),
+                request.presence_penalty,
+                request.frequency_penalty,
+                request.repeat_penalty,
+                request.penalty_last_n,
+                request
+                    .logit_bias
+                    .iter()
+                    .map(|(id, b)| format!("{id}:{b}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
             );
         }
         let words: Vec<Vec<u8>> = if prompt.contains("[[bytes]]") {
@@ -440,6 +456,7 @@ mod tests {
                     seed: None,
                     stop_tokens: vec![],
                     ignore_eos: false,
+                    ..Default::default()
                 },
                 &mut |piece, _| {
                     out.push_str(std::str::from_utf8(piece).unwrap());

@@ -8,6 +8,7 @@ use std::time::Instant;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use r1_plugin_sdk::{FinishReason, GenerateRequest, GenerateResult, PluginError};
 
@@ -16,13 +17,38 @@ use crate::model::{LlamaCppModel, Session};
 /// The KV-cache sequence every request uses (one sequence per model).
 const SEQ: i32 = 0;
 
-/// Builds the sampler chain: greedy when `temperature <= 0`; otherwise top-k (if > 0), top-p
-/// (if < 1), min-p (if > 0), temperature, then a seeded draw (`seed`, or a random one).
-pub fn sampler(request: &GenerateRequest) -> LlamaSampler {
-    if request.temperature <= 0.0 {
-        return LlamaSampler::greedy();
+/// Builds the sampler chain: the logit biases (if any), the penalties (presence, frequency,
+/// repetition over the last `penalty_last_n` tokens, if any differs from "off"), then greedy when
+/// `temperature <= 0`; otherwise top-k (if > 0), top-p (if < 1), min-p (if > 0), temperature,
+/// then a seeded draw (`seed`, or a random one). `n_ctx` is what `penalty_last_n: -1` means.
+pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(7);
+    if !request.logit_bias.is_empty() {
+        let biases: Vec<LlamaLogitBias> = request
+            .logit_bias
+            .iter()
+            .map(|&(id, bias)| LlamaLogitBias::new(LlamaToken(id), bias))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
-    let mut chain = Vec::with_capacity(5);
+    if request.has_penalties() {
+        let last_n = if request.penalty_last_n < 0 {
+            n_ctx
+        } else {
+            request.penalty_last_n
+        };
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            last_n,
+            request.repeat_penalty,
+            request.frequency_penalty,
+            request.presence_penalty,
+        ));
+    }
+    if request.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+        return LlamaSampler::chain(chain, true);
+    }
     if request.top_k > 0 {
         chain.push(LlamaSampler::top_k(request.top_k));
     }
@@ -155,7 +181,7 @@ impl Target<'_> {
             prompt.len()
         )));
         }
-        let mut sampler = sampler(request);
+        let mut sampler = sampler(request, vocab.n_tokens(), n_ctx as i32);
 
         // Reuse the cached prefix, but always evaluate the last prompt token: its logits are needed.
         let reused =

@@ -89,6 +89,7 @@ fn request(prompt_tokens: Vec<i32>, max_tokens: u32) -> GenerateRequest {
         seed: None,
         stop_tokens: Vec::new(),
         ignore_eos: false,
+        ..Default::default()
     }
 }
 

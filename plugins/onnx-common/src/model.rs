@@ -180,6 +180,7 @@ impl OnnxModel {
 
     fn validate(&self, request: &GenerateRequest) -> Result<(), PluginError> {
         r1_plugin_sdk::validate_request(request, self.info.vocab_size as i32)?;
+        refuse_unsupported(request)?;
         let n_ctx = self.context_length as usize;
         if request.prompt_tokens.len() >= n_ctx {
             return Err(PluginError::context_exceeded(format!(
@@ -354,5 +355,22 @@ impl Model for OnnxModel {
         };
         result.generation_ms = ms(generation_start);
         Ok(result)
+    }
+}
+
+/// The request fields this backend's sampler does not implement: a value other than "off" is
+/// refused by name rather than ignored.
+fn refuse_unsupported(request: &GenerateRequest) -> Result<(), PluginError> {
+    let unsupported = [
+        ("presence_penalty", request.presence_penalty != 0.0),
+        ("frequency_penalty", request.frequency_penalty != 0.0),
+        ("repeat_penalty", request.repeat_penalty != 1.0),
+        ("logit_bias", !request.logit_bias.is_empty()),
+    ];
+    match unsupported.iter().find(|(_, set)| *set) {
+        Some((name, _)) => Err(PluginError::invalid_argument(format!(
+            "{name} is not supported by the ONNX backends; leave it out or serve a GGUF model"
+        ))),
+        None => Ok(()),
     }
 }

@@ -114,6 +114,7 @@ mod tests {
             seed: Some(seed),
             stop_tokens: vec![],
             ignore_eos: false,
+            ..Default::default()
         }
     }
 

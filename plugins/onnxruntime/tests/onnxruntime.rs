@@ -122,6 +122,7 @@ fn greedy(prompt: Vec<i32>, max_tokens: u32, ignore_eos: bool) -> GenerateReques
         seed: Some(1),
         stop_tokens: vec![],
         ignore_eos,
+        ..Default::default()
     }
 }
 

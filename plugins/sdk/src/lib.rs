@@ -186,6 +186,9 @@ pub fn validate_request(request: &GenerateRequest, n_vocab: i32) -> Result<(), P
         ("temperature", request.temperature),
         ("top_p", request.top_p),
         ("min_p", request.min_p),
+        ("presence_penalty", request.presence_penalty),
+        ("frequency_penalty", request.frequency_penalty),
+        ("repeat_penalty", request.repeat_penalty),
     ] {
         if !value.is_finite() {
             return Err(PluginError::invalid_argument(format!(
@@ -206,6 +209,16 @@ pub fn validate_request(request: &GenerateRequest, n_vocab: i32) -> Result<(), P
     {
         return Err(PluginError::invalid_argument(format!(
             "prompt token {i} has id {id}, outside the vocabulary of {n_vocab} tokens"
+        )));
+    }
+    if let Some((id, bias)) = request
+        .logit_bias
+        .iter()
+        .find(|(id, bias)| *id < 0 || *id >= n_vocab || !bias.is_finite())
+    {
+        return Err(PluginError::invalid_argument(format!(
+            "logit_bias names token {id} with bias {bias}; token ids are 0 to {} and biases finite",
+            n_vocab - 1
         )));
     }
     Ok(())

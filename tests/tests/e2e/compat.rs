@@ -113,7 +113,7 @@ async fn r1_defaults_to_deepseek_sampling_and_requests_override_it() {
     // The prompt opened <think>, and the echo's answer has no </think>: an answer that never
     // closes the tag stays reasoning (nothing is invented for content).
     let said = answer.choices[0].message.reasoning_content.clone().unwrap();
-    assert_eq!(said, "temperature=0.6 top_p=0.95 top_k=0 min_p=0");
+    assert_eq!(said, "temperature=0.6 top_p=0.95 top_k=0 min_p=0 seed=none presence_penalty=0 frequency_penalty=0 repeat_penalty=1 penalty_last_n=64 logit_bias=");
     assert_eq!(answer.choices[0].message.content, "");
     let mut request = ask("x [[params]]");
     request.temperature = Some(0.2);
@@ -123,7 +123,7 @@ async fn r1_defaults_to_deepseek_sampling_and_requests_override_it() {
         .reasoning_content
         .clone()
         .unwrap();
-    assert_eq!(said, "temperature=0.2 top_p=0.95 top_k=7 min_p=0");
+    assert_eq!(said, "temperature=0.2 top_p=0.95 top_k=7 min_p=0 seed=none presence_penalty=0 frequency_penalty=0 repeat_penalty=1 penalty_last_n=64 logit_bias=");
 }
 
 #[tokio::test]
@@ -141,7 +141,7 @@ async fn other_models_default_to_llama_cpp_sampling() {
     let answer = daemon.client().chat(&ask("x [[params]]")).await.unwrap();
     assert_eq!(
         answer.choices[0].message.content,
-        "temperature=0.8 top_p=0.95 top_k=40 min_p=0.05"
+        "temperature=0.8 top_p=0.95 top_k=40 min_p=0.05 seed=none presence_penalty=0 frequency_penalty=0 repeat_penalty=1 penalty_last_n=64 logit_bias="
     );
 }
 
@@ -217,7 +217,7 @@ async fn malformed_requests_get_openai_errors_naming_the_field_and_the_next_requ
             "outside",
         ),
         (
-            json!({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "top_p": 1.5}),
             400,
             "top_p",
             "outside",
@@ -232,7 +232,7 @@ async fn malformed_requests_get_openai_errors_naming_the_field_and_the_next_requ
             json!({"messages": [{"role": "user", "content": "hi"}], "n": 2}),
             400,
             "n",
-            "n = 1",
+            "n = 2 is not supported",
         ),
         (
             json!({"messages": [{"role": "user", "content": "hi"}], "reasoning_format": "xml"}),
@@ -429,7 +429,8 @@ async fn ollama_generate_tags_show_ps_version_and_errors() {
 
     let (_, tags) = raw(&daemon, Method::GET, "/api/tags", Value::Null).await;
     let tags: Value = serde_json::from_str(&tags).unwrap();
-    assert_eq!(tags["models"][0]["name"], "DeepSeek-R1 echo");
+    // The resident model loaded from outside the store is listed by its file stem (no spaces).
+    assert_eq!(tags["models"][0]["name"], "test");
     let size = std::fs::metadata(m.path().join("test.echo")).unwrap().len();
     assert_eq!(tags["models"][0]["size"], size);
     assert_eq!(tags["models"][0]["details"]["quantization_level"], "echo");
@@ -513,4 +514,399 @@ async fn prompt_over_the_context_is_refused_before_any_byte_of_a_stream() {
     assert_eq!(v["error"]["code"], "context_length_exceeded");
     assert!(v["error"]["message"].as_str().unwrap().contains("8 tokens"));
     let _ = ChatMessage::new("user", "");
+}
+
+/// The `[[params]]` answer of a request with these extra fields (`None`: refused; the body).
+async fn params_of(daemon: &Daemon, path: &str, extra: Value) -> (u16, Value) {
+    let mut body = match path {
+        "/api/chat" => json!({"model": "DeepSeek-R1 echo", "stream": false, "think": true,
+            "messages": [{"role": "user", "content": "x [[params]]"}]}),
+        _ => json!({"messages": [{"role": "user", "content": "x [[params]]"}]}),
+    };
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, answer) = raw(daemon, Method::POST, path, body).await;
+    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+}
+
+/// One `key=value` of the echo's `[[params]]` answer.
+fn param<'a>(said: &'a str, key: &str) -> &'a str {
+    said.split(' ')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("{key} not in {said:?}"))
+}
+
+/// Issue 17: every field an OpenAI client sends is honoured (it reaches the backend, as the
+/// echo's `[[params]]` shows) or refused with a 400 naming it; nothing is dropped silently.
+#[tokio::test]
+async fn openai_fields_are_honoured_or_refused_by_name() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    // Honoured: (extra fields, the params the backend must see).
+    let honoured: Vec<(Value, Vec<(&str, &str)>)> = vec![
+        (json!({"top_p": 0}), vec![("top_p", "0")]),
+        (
+            json!({"presence_penalty": 1.5, "frequency_penalty": -2}),
+            vec![
+                ("presence_penalty", "1.5"),
+                ("frequency_penalty", "-2"),
+                // OpenAI's penalties count every token so far.
+                ("penalty_last_n", "-1"),
+            ],
+        ),
+        (
+            json!({"logit_bias": {"0": -100}}),
+            vec![("logit_bias", "0:-100")],
+        ),
+        (json!({"seed": 42}), vec![("seed", "42")]),
+        (
+            json!({"seed": 42, "temperature": 0}),
+            vec![("temperature", "0")],
+        ),
+        // Accepted because they mean "off" or do not change the answer.
+        (
+            json!({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                   "logprobs": false, "top_logprobs": 0, "n": 1, "parallel_tool_calls": false,
+                   "user": "u1", "metadata": {"a": "b"}, "store": false, "modalities": ["text"]}),
+            vec![("presence_penalty", "0"), ("logit_bias", "")],
+        ),
+    ];
+    for (extra, want) in honoured {
+        let (status, v) = params_of(&daemon, "/v1/chat/completions", extra.clone()).await;
+        assert_eq!(status, 200, "{extra} → {v}");
+        let said = v["choices"][0]["message"]["reasoning_content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{extra} → {v}"));
+        for (key, value) in want {
+            assert_eq!(param(said, key), value, "{extra} → {said}");
+        }
+    }
+    // Refused: (extra fields, param, words of the message).
+    let image = json!([{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
+    let refused: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+            "\"json_object\" is not supported",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            "response_format",
+            "\"json_schema\" is not supported",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+            "tool calling",
+        ),
+        (
+            json!({"tool_choice": "required"}),
+            "tool_choice",
+            "tool calling",
+        ),
+        (
+            json!({"functions": [{"name": "f"}]}),
+            "functions",
+            "tool calling",
+        ),
+        (json!({"logprobs": true}), "logprobs", "log probabilities"),
+        (
+            json!({"top_logprobs": 3}),
+            "top_logprobs",
+            "log probabilities",
+        ),
+        (json!({"n": 2}), "n", "n = 2 is not supported"),
+        (json!({"n": 0}), "n", "at least 1"),
+        (
+            json!({"presence_penalty": 5}),
+            "presence_penalty",
+            "outside -2 to 2",
+        ),
+        (
+            json!({"frequency_penalty": -2.5}),
+            "frequency_penalty",
+            "outside -2 to 2",
+        ),
+        (
+            json!({"logit_bias": {"0": 101}}),
+            "logit_bias",
+            "outside -100 to 100",
+        ),
+        (
+            json!({"logit_bias": {"hello": 1}}),
+            "logit_bias",
+            "not a token id",
+        ),
+        (json!({"top_p": 1.01}), "top_p", "outside 0 to 1"),
+        (
+            json!({"temperature": -0.1}),
+            "temperature",
+            "outside 0 to 2",
+        ),
+        (
+            json!({"modalities": ["text", "audio"]}),
+            "modalities",
+            "text-only",
+        ),
+        (
+            json!({"audio": {"voice": "alloy", "format": "wav"}}),
+            "audio",
+            "text-only",
+        ),
+        (
+            json!({"messages": image}),
+            "messages[0].content",
+            "\"image_url\" part",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}),
+            "messages[0].content",
+            "text-only",
+        ),
+    ];
+    for (extra, want_param, text) in refused {
+        let (status, v) = params_of(&daemon, "/v1/chat/completions", extra.clone()).await;
+        assert_eq!(status, 400, "{extra} → {v}");
+        assert_eq!(v["error"]["param"], want_param, "{extra} → {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(text), "{extra} → {message}");
+    }
+    // A token the vocabulary does not have: refused by the engine before the answer starts.
+    let (status, v) = params_of(
+        &daemon,
+        "/v1/chat/completions",
+        json!({"logit_bias": {"99999999": 5}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the vocabulary"),
+        "{v}"
+    );
+
+    // Text parts are joined; stop as a string and as an array; max_completion_tokens wins.
+    let parts = json!({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "one two "}, {"type": "text", "text": "three four"}]}],
+        "max_tokens": 1, "max_completion_tokens": 3});
+    let (status, answer) = raw(&daemon, Method::POST, "/v1/chat/completions", parts).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        "one two three"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    for stop in [json!("three"), json!(["nine", "three"])] {
+        let body =
+            json!({"messages": [{"role": "user", "content": "one two three four"}], "stop": stop});
+        let (_, answer) = raw(&daemon, Method::POST, "/v1/chat/completions", body).await;
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["reasoning_content"], "one two ",
+            "{stop}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+
+    // The text completion route: the same sampling fields, its own refusals.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": "<|user|>x [[params]]", "presence_penalty": -1, "top_p": 0, "max_tokens": 200}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let said = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(param(said, "presence_penalty"), "-1");
+    assert_eq!(param(said, "top_p"), "0");
+    for (extra, want_param) in [
+        (json!({"logprobs": 2}), "logprobs"),
+        (json!({"echo": true}), "echo"),
+        (json!({"best_of": 3}), "best_of"),
+        (json!({"suffix": "end"}), "suffix"),
+        (json!({"presence_penalty": 2.5}), "presence_penalty"),
+    ] {
+        let mut body = json!({"prompt": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = raw(&daemon, Method::POST, "/v1/completions", body).await;
+        assert_eq!(status, 400, "{extra} → {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], want_param, "{extra} → {answer}");
+    }
+}
+
+/// Issue 17: with `stream_options.include_usage`, usage is in the extra chunk only, so a client
+/// that sums the usage of every chunk counts it once; without it, the finishing chunk carries it
+/// (as llama-server sends it).
+#[tokio::test]
+async fn include_usage_puts_usage_in_the_extra_chunk_only() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    for include in [true, false] {
+        let mut request = ask(THINKER);
+        request.stream_options = Some(StreamOptions {
+            include_usage: include,
+        });
+        let mut stream = daemon.client().chat_stream(&request).await.unwrap();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            chunks.push(chunk.unwrap());
+        }
+        let with_usage: Vec<_> = chunks.iter().filter(|c| c.usage.is_some()).collect();
+        assert_eq!(with_usage.len(), 1, "include_usage {include}: {chunks:?}");
+        assert_eq!(with_usage[0].usage.as_ref().unwrap().completion_tokens, 5);
+        assert_eq!(with_usage[0].choices.is_empty(), include);
+    }
+}
+
+/// Issue 17: Ollama's fields on `/api/chat` and `/api/generate`, honoured or refused in Ollama's
+/// `{"error"}` shape; `think: false` leaves no reasoning; `GET /` is Ollama's liveness answer.
+#[tokio::test]
+async fn ollama_fields_are_honoured_or_refused_by_name() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let honoured: Vec<(Value, Vec<(&str, &str)>)> = vec![
+        (
+            json!({"options": {"repeat_penalty": 1.3, "repeat_last_n": 32, "presence_penalty": 0.5,
+                               "frequency_penalty": 0.25, "seed": 7, "top_p": 0}}),
+            vec![
+                ("repeat_penalty", "1.3"),
+                ("penalty_last_n", "32"),
+                ("presence_penalty", "0.5"),
+                ("frequency_penalty", "0.25"),
+                ("seed", "7"),
+                ("top_p", "0"),
+            ],
+        ),
+        // Ollama documents no upper bound on temperature.
+        (
+            json!({"options": {"temperature": 3}}),
+            vec![("temperature", "3")],
+        ),
+        // "Off" values of samplers r1d does not run, load-time options and empty lists.
+        (
+            json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 4096},
+                   "format": "", "tools": [], "keep_alive": "5m"}),
+            vec![("repeat_penalty", "1")],
+        ),
+        (json!({"think": "high"}), vec![("top_k", "0")]),
+    ];
+    for (extra, want) in honoured {
+        let (status, v) = params_of(&daemon, "/api/chat", extra.clone()).await;
+        assert_eq!(status, 200, "{extra} → {v}");
+        let said = v["message"]["thinking"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{extra} → {v}"));
+        for (key, value) in want {
+            assert_eq!(param(said, key), value, "{extra} → {said}");
+        }
+    }
+    let refused: Vec<(Value, &str)> = vec![
+        (
+            json!({"format": "json"}),
+            "format \"json\" is not supported",
+        ),
+        (json!({"format": {"type": "object"}}), "(a JSON schema)"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool calling",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}),
+            "messages[0].images",
+        ),
+        (json!({"options": {"mirostat": 2}}), "mirostat"),
+        (json!({"options": {"typical_p": 0.5}}), "typical_p"),
+        (json!({"options": {"repeat_penalty": 0}}), "repeat_penalty"),
+        (json!({"options": {"repeat_last_n": -2}}), "repeat_last_n"),
+        (json!({"options": {"top_p": 2}}), "top_p"),
+        (json!({"think": "very"}), "think"),
+    ];
+    for (extra, text) in refused {
+        let (status, v) = params_of(&daemon, "/api/chat", extra.clone()).await;
+        assert_eq!(status, 400, "{extra} → {v}");
+        let error = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{extra} → {v}"));
+        assert!(error.contains(text), "{extra} → {error}");
+    }
+    for (extra, text) in [
+        (json!({"images": ["AAAA"]}), "images"),
+        (json!({"suffix": "x"}), "suffix"),
+        (json!({"template": "{{ .Prompt }}"}), "template"),
+        (json!({"context": [1, 2, 3]}), "context"),
+        (json!({"format": "json"}), "format"),
+    ] {
+        let mut body = json!({"model": "DeepSeek-R1 echo", "prompt": "hi", "stream": false});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = raw(&daemon, Method::POST, "/api/generate", body).await;
+        assert_eq!(status, 400, "{extra} → {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains(text),
+            "{extra} → {answer}"
+        );
+    }
+
+    // think: false: reasoning the model emits anyway (the echo's `<think>…</think>`) is dropped,
+    // the answer stays.
+    let body = json!({"model": "DeepSeek-R1 echo", "stream": false, "think": false,
+        "messages": [{"role": "user", "content": format!("<think>{THINKER}")}]});
+    let (status, answer) = raw(&daemon, Method::POST, "/api/chat", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["message"]["content"], "The answer");
+    assert!(v["message"].get("thinking").is_none(), "{answer}");
+
+    // Ollama's liveness check.
+    for method in [Method::GET, Method::HEAD] {
+        let (status, body) = raw(&daemon, method.clone(), "/", Value::Null).await;
+        assert_eq!(status, 200, "{method}");
+        if method == Method::GET {
+            assert_eq!(body, "Ollama is running");
+        }
+    }
+}
+
+/// Issue 17: `think` on a model that does not reason is refused, as Ollama refuses it.
+#[tokio::test]
+async fn ollama_think_on_a_model_that_cannot_reason_is_refused() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "plain echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    for think in [json!(true), json!(false), json!("low")] {
+        let body = json!({"model": "plain echo", "stream": false, "think": think,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let (status, answer) = raw(&daemon, Method::POST, "/api/chat", body).await;
+        assert_eq!(status, 400, "{think} → {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            v["error"], "\"plain echo\" does not support thinking",
+            "{think}"
+        );
+    }
+    let body = json!({"model": "plain echo", "stream": false,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _) = raw(&daemon, Method::POST, "/api/chat", body).await;
+    assert_eq!(status, 200);
 }

@@ -157,7 +157,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     request.max_tokens = Some(40);
     let mut stream = client.chat_stream(&request).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first.model, "echo-a");
+    assert_eq!(first.model, "a");
 
     // The editor saves the config while the answer streams.
     daemon.edit_config(&config_with_model(&b));
@@ -165,7 +165,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
     let mut finish = None;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.expect("the answer in flight must not fail");
-        assert_eq!(chunk.model, "echo-a");
+        assert_eq!(chunk.model, "a");
         if let Some(c) = chunk.choices.first() {
             if c.delta.content.as_deref().is_some_and(|t| !t.is_empty()) {
                 tokens += 1;
@@ -180,7 +180,7 @@ async fn editing_the_pinned_model_during_a_streamed_answer_lets_it_finish_then_s
 
     // The next request is served by the new model (it may wait for the swap in the queue).
     let answer = client.chat(&ask("after the edit")).await.unwrap();
-    assert_eq!(answer.model, "echo-b");
+    assert_eq!(answer.model, "b");
     assert_eq!(answer.choices[0].message.content, "AFTER THE EDIT");
 
     let events = events.await.unwrap();
@@ -227,7 +227,7 @@ async fn a_config_typo_keeps_the_running_config_and_status_names_the_error() {
     assert!(error.contains("line 2"), "{error}");
     assert_eq!(resident(&daemon).await.as_deref(), Some("echo-a"));
     let answer = daemon.client().chat(&ask("still here")).await.unwrap();
-    assert_eq!(answer.model, "echo-a");
+    assert_eq!(answer.model, "a");
 
     // r1ctl status shows it, and `r1ctl reload` refuses the same file with the same message.
     let out = std::process::Command::new(binary("r1ctl"))
@@ -294,7 +294,7 @@ async fn a_new_model_that_fails_to_load_leaves_the_old_one_serving() {
     let health = daemon.client().health().await.unwrap();
     assert_eq!(health.status, State::Ready);
     let answer = daemon.client().chat(&ask("still served")).await.unwrap();
-    assert_eq!(answer.model, "echo-a");
+    assert_eq!(answer.model, "a");
     assert_eq!(answer.choices[0].message.content, "STILL SERVED");
     // That re-plans do not retry it later is `decide`'s unit test
     // `a_failed_load_is_not_retried_until_its_file_changes`.
@@ -347,7 +347,7 @@ async fn a_request_during_a_slow_swap_gets_503_with_retry_after_past_the_deadlin
     })
     .await;
     let answer = daemon.client().chat(&ask("anyone?")).await.unwrap();
-    assert_eq!(answer.model, "echo-slow");
+    assert_eq!(answer.model, "slow");
 }
 
 // ---- Hardware changes ----
@@ -524,7 +524,8 @@ async fn more_memory_for_longer_than_the_settle_time_swaps_to_the_bigger_variant
         "swapped before the settle time"
     );
     let answer = daemon.client().chat(&ask("bigger now")).await.unwrap();
-    assert_eq!(answer.model, "DeepSeek R1 Distill Qwen 7B");
+    // Answers carry the name the store lists the model by (issue 17).
+    assert_eq!(answer.model, "deepseek-r1:7b-q4_k_m");
     let status = daemon.client().status().await.unwrap();
     let selection = status.selection.unwrap_or_default();
     assert!(selection.contains("deepseek-r1:7b"), "{selection}");
@@ -703,7 +704,7 @@ async fn a_gpu_the_driver_lists_but_that_does_not_answer_is_waited_for_then_repo
             .await
             .unwrap()
             .model,
-        "DeepSeek R1 Distill Qwen 1.5B"
+        "deepseek-r1:1.5b-q4_k_m"
     );
     // The driver no longer lists it (or it answers): no longer degraded.
     std::fs::remove_dir(&listed).unwrap();
@@ -850,7 +851,7 @@ async fn a_request_behind_a_queued_swap_gets_503_past_the_deadline_and_status_sh
         chunk.expect("the running answer finishes");
     }
     let answer = daemon.client().chat(&ask("now")).await.unwrap();
-    assert_eq!(answer.model, "echo-b");
+    assert_eq!(answer.model, "b");
 }
 
 #[tokio::test]
@@ -986,5 +987,130 @@ async fn an_edit_reverted_while_its_swap_waits_behind_an_answer_leaves_the_first
         chunk.expect("the running answer finishes");
     }
     let answer = daemon.client().chat(&ask("which")).await.unwrap();
-    assert_eq!(answer.model, "echo-a", "{}", daemon.log());
+    assert_eq!(answer.model, "a", "{}", daemon.log());
+}
+
+/// Issue 17: every name r1d lists for the resident model is accepted by every answering route;
+/// a listed model that is on disk but not resident gets a 404 that says how to `use` it; after
+/// `use deepseek-r1:1.5b` that name is accepted.
+#[tokio::test]
+async fn every_listed_name_of_the_resident_model_is_accepted_by_every_route() {
+    let m = small_machine(None);
+    machine(m.root.path(), 32 * GB, 20 * GB, None);
+    let daemon = planner_daemon(&m, 0.5, "manual");
+    ready(&daemon).await;
+    let client = daemon.client();
+    let get = |path: &'static str| {
+        let client = daemon.client();
+        async move {
+            client
+                .get_json::<serde_json::Value>(path, false)
+                .await
+                .unwrap()
+        }
+    };
+    // The names each listing shows.
+    let tags = get("/api/tags").await;
+    let mut tag_names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    tag_names.sort();
+    assert_eq!(
+        tag_names,
+        ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:7b-q4_k_m"]
+    );
+    let ids = get("/v1/models").await;
+    assert_eq!(ids["data"][0]["id"], "deepseek-r1:7b-q4_k_m");
+    assert_eq!(
+        get("/api/ps").await["models"][0]["name"],
+        "deepseek-r1:7b-q4_k_m"
+    );
+
+    // Every route, every name of the resident 7B.
+    let post = |path: &'static str, body: serde_json::Value| {
+        let client = daemon.client();
+        async move {
+            use http_body_util::BodyExt;
+            let response = client
+                .request(
+                    r1d_client::Method::POST,
+                    path,
+                    Some(body.to_string().into_bytes()),
+                )
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let routes = |name: &str| {
+        let msgs = serde_json::json!([{"role": "user", "content": "one two"}]);
+        [
+            (
+                "/v1/chat/completions",
+                serde_json::json!({"model": name, "messages": msgs, "max_tokens": 2}),
+            ),
+            (
+                "/v1/completions",
+                serde_json::json!({"model": name, "prompt": "<|user|>one two", "max_tokens": 2}),
+            ),
+            (
+                "/api/chat",
+                serde_json::json!({"model": name, "messages": msgs, "stream": false}),
+            ),
+            (
+                "/api/generate",
+                serde_json::json!({"model": name, "prompt": "one two", "stream": false}),
+            ),
+            ("/api/show", serde_json::json!({"model": name})),
+        ]
+    };
+    for name in [
+        "deepseek-r1:7b-q4_k_m",
+        "deepseek-r1:7b",
+        "DeepSeek-R1:7B",
+        "deepseek-r1:7b-q4_k_m:latest",
+        "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf",
+        "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M",
+        "DeepSeek R1 Distill Qwen 7B",
+    ] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 200, "{path} {name}: {answer}");
+        }
+    }
+    // The 1.5B is listed but not resident: a 404 in each family's shape that says how to use it.
+    for name in ["deepseek-r1:1.5b-q4_k_m", "deepseek-r1:1.5b"] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 404, "{path} {name}: {answer}");
+            assert!(
+                answer.contains("on disk but not loaded")
+                    && answer.contains("r1ctl use deepseek-r1:1.5b-q4_k_m"),
+                "{path} {name}: {answer}"
+            );
+        }
+    }
+    let (status, answer) = post(routes("llama3")[0].0, routes("llama3")[0].1.clone()).await;
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("not served here"), "{answer}");
+
+    // The name `use` was given is accepted right after it (the issue's report).
+    let status = use_model(&daemon, "deepseek-r1:1.5b").await;
+    assert_eq!(status.model.unwrap().name, "DeepSeek R1 Distill Qwen 1.5B");
+    for name in ["deepseek-r1:1.5b", "deepseek-r1:1.5b-q4_k_m"] {
+        for (path, body) in routes(name) {
+            let (status, answer) = post(path, body).await;
+            assert_eq!(status, 200, "{path} {name}: {answer}");
+        }
+    }
+    let ids = client
+        .get_json::<serde_json::Value>("/v1/models", false)
+        .await
+        .unwrap();
+    assert_eq!(ids["data"][0]["id"], "deepseek-r1:1.5b-q4_k_m");
 }
