@@ -233,7 +233,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::to_string(&status)?
                 )?;
             } else {
-                writeln!(std::io::stdout().lock(), "unloaded; r1d serves no model now")?;
+                writeln!(
+                    std::io::stdout().lock(),
+                    "unloaded; r1d serves no model now"
+                )?;
             }
             Ok(())
         }
@@ -798,7 +801,11 @@ async fn chat(client: &Client, generation: &GenerationArgs, json: bool) -> anyho
                 generation.hide_reasoning = !on;
                 eprintln!(
                     "[reasoning {}]",
-                    if on { "shown" } else { "hidden (the model still reasons)" }
+                    if on {
+                        "shown"
+                    } else {
+                        "hidden (the model still reasons)"
+                    }
                 );
                 continue;
             }
@@ -1040,7 +1047,12 @@ async fn show(client: &Client, model: &str, json: bool) -> anyhow::Result<()> {
     if let Some(ctx) = info(".context_length") {
         writeln!(out, "{:<14}{ctx} tokens", "context")?;
     }
-    writeln!(out, "{:<14}{}", "capabilities", shown.capabilities.join(", "))?;
+    writeln!(
+        out,
+        "{:<14}{}",
+        "capabilities",
+        shown.capabilities.join(", ")
+    )?;
     if !shown.parameters.is_empty() {
         writeln!(out, "parameters")?;
         for line in shown.parameters.lines() {
@@ -1125,7 +1137,9 @@ mod tests {
         assert_eq!(chat_input("/show"), ChatInput::Show);
         assert_eq!(chat_input("/set think off"), ChatInput::Think(false));
         assert_eq!(chat_input("/set think on"), ChatInput::Think(true));
-        assert!(matches!(chat_input("/set temperature 1"), ChatInput::Unknown(m) if m.contains("/set think on")));
+        assert!(
+            matches!(chat_input("/set temperature 1"), ChatInput::Unknown(m) if m.contains("/set think on"))
+        );
         assert!(matches!(chat_input("/load x"), ChatInput::Unknown(m) if m.contains("\"/load\"")));
     }
 }

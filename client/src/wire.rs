@@ -1081,7 +1081,14 @@ mod count {
         let v = match n {
             Number::Int(v) => v,
             // 2^64 as f64: every finite float below it converts exactly when it is whole.
-            Number::Float(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 18_446_744_073_709_551_616.0 => f as u64,
+            Number::Float(f)
+                if f.is_finite()
+                    && f >= 0.0
+                    && f.fract() == 0.0
+                    && f < 18_446_744_073_709_551_616.0 =>
+            {
+                f as u64
+            }
             Number::Float(f) => {
                 return Err(E::custom(format!(
                     "{f} is not a whole number from 0 to {max}"
@@ -1141,7 +1148,10 @@ mod count {
             assert!(memory("1e30").is_err());
             let cores: Result<crate::wire::CpuProfile, _> =
                 serde_json::from_str(r#"{"cores": 5000000000}"#);
-            assert!(cores.unwrap_err().to_string().contains("more than 4294967295"));
+            assert!(cores
+                .unwrap_err()
+                .to_string()
+                .contains("more than 4294967295"));
             let cpu: crate::wire::CpuProfile =
                 serde_json::from_str(r#"{"cores": 8.0, "threads": 1.6e1}"#).unwrap();
             assert_eq!((cpu.cores, cpu.threads), (8, Some(16)));

@@ -190,11 +190,17 @@ mod tests {
         for (answer, expected) in [
             (Ok(false), "is not authorized"),
             (Err(AuthorityError::Absent), "polkit is not available"),
-            (Err(AuthorityError::Failed("timeout".into())), "failed: timeout"),
+            (
+                Err(AuthorityError::Failed("timeout".into())),
+                "failed: timeout",
+            ),
         ] {
             let policy = Policy::new(990);
             policy.set_authority(Arc::new(Fixed(answer)));
-            let e = policy.authorize(Some(&caller(1000)), "x").await.unwrap_err();
+            let e = policy
+                .authorize(Some(&caller(1000)), "x")
+                .await
+                .unwrap_err();
             assert!(e.contains(expected), "{e}");
             assert!(policy.authorize(Some(&caller(0)), "x").await.is_ok());
         }

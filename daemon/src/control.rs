@@ -738,12 +738,27 @@ pub(crate) mod tests {
             Err(ControlError::PermissionDenied(m)) => assert!(m.starts_with(what), "{m}"),
             other => panic!("expected PermissionDenied for {what}, got {other:?}"),
         };
-        denied(control.load(other, options("/m/a.gguf")).await.map(|_| ()), "loading a model");
-        denied(control.use_model(other, "auto").await.map(|_| ()), "changing the model");
+        denied(
+            control.load(other, options("/m/a.gguf")).await.map(|_| ()),
+            "loading a model",
+        );
+        denied(
+            control.use_model(other, "auto").await.map(|_| ()),
+            "changing the model",
+        );
         denied(control.unload(other).await, "unloading the model");
-        denied(control.reload(other, "t").await.map(|_| ()), "reloading the config");
-        denied(control.begin_reload(other, "t").await, "reloading the config");
-        denied(control.pull(other, "deepseek-r1:7b").await.map(|_| ()), "pulling a model");
+        denied(
+            control.reload(other, "t").await.map(|_| ()),
+            "reloading the config",
+        );
+        denied(
+            control.begin_reload(other, "t").await,
+            "reloading the config",
+        );
+        denied(
+            control.pull(other, "deepseek-r1:7b").await.map(|_| ()),
+            "pulling a model",
+        );
         // No identity at all (TCP): refused too.
         denied(control.unload(None).await, "unloading the model");
     }

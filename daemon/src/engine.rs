@@ -20,9 +20,7 @@ use crate::backend::{BackendError, LoadedModel, PluginHost};
 use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
 
 mod types;
-pub use types::{
-    FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken,
-};
+pub use types::{FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken};
 
 /// Why a request could not be served.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -271,8 +269,7 @@ fn deliver(
     let mut pause = std::time::Duration::from_millis(1);
     loop {
         shared.beat();
-        if shared.shutting_down.load(Ordering::SeqCst) || shared.preempting.load(Ordering::SeqCst)
-        {
+        if shared.shutting_down.load(Ordering::SeqCst) || shared.preempting.load(Ordering::SeqCst) {
             return Err(Undelivered::Stopped);
         }
         if since.elapsed() >= stall {
@@ -963,7 +960,12 @@ impl Worker {
         match outcome {
             Ok(()) => {}
             Err(e) => {
-                let _ = deliver(&self.shared, &reply, ChatEvent::Failed(e), self.config.stall_timeout);
+                let _ = deliver(
+                    &self.shared,
+                    &reply,
+                    ChatEvent::Failed(e),
+                    self.config.stall_timeout,
+                );
             }
         }
     }

@@ -263,10 +263,10 @@ async fn main() -> anyhow::Result<()> {
                 .server
                 .queue_depth
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
-            stall_timeout: config
-                .server
-                .stall_timeout_s
-                .map_or(config::DEFAULT_STALL_TIMEOUT, std::time::Duration::from_secs_f64),
+            stall_timeout: config.server.stall_timeout_s.map_or(
+                config::DEFAULT_STALL_TIMEOUT,
+                std::time::Duration::from_secs_f64,
+            ),
         },
     );
     let shutdown = CancellationToken::new();

@@ -211,11 +211,7 @@ fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32
         .collect();
     let cpu_runs_graph = on_cpu > 0 || output_on.is_none();
     // Blocks on a CPU with llama.cpp's repacking kernels hold their Q4 weights twice.
-    let repacks = hw
-        .cpu
-        .features
-        .iter()
-        .any(|f| f == "avx2" || f == "i8mm");
+    let repacks = hw.cpu.features.iter().any(|f| f == "avx2" || f == "i8mm");
     let per_cpu_layer = per_layer + if repacks { f.layer_repack } else { 0 };
     let ram_bytes = f.token_embedding
         + on_cpu as u64 * per_cpu_layer
@@ -808,7 +804,8 @@ mod tests {
         let avx2 = machine(8, 32, 40, vec![]);
         let mut plain = avx2.clone();
         plain.cpu.features.clear();
-        let ram = |hw: &Hardware, q: &str| find(&plan(hw, &[], &policy), "deepseek-r1:7b", q).ram_bytes;
+        let ram =
+            |hw: &Hardware, q: &str| find(&plan(hw, &[], &policy), "deepseek-r1:7b", q).ram_bytes;
         assert_eq!(
             ram(&avx2, "Q4_K_M") - ram(&plain, "Q4_K_M"),
             v.layers as u64 * f.layer_repack

@@ -263,23 +263,21 @@ pub async fn serve(
         let idle = limits.idle_timeout;
         // Who is on the other end, as the kernel says (SO_PEERCRED): the control core decides
         // from it who may manage r1d (crate::access). Read once per connection.
-        let caller = stream
-            .peer_cred()
-            .ok()
-            .map(|c| crate::access::Caller::unix_peer(c.uid(), c.pid().and_then(|p| u32::try_from(p).ok())));
+        let caller = stream.peer_cred().ok().map(|c| {
+            crate::access::Caller::unix_peer(c.uid(), c.pid().and_then(|p| u32::try_from(p).ok()))
+        });
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut router = router.clone();
-            let mut request =
-                request.map(|body| axum::body::Body::new(TimedBody::new(body, idle)));
+            let mut request = request.map(|body| axum::body::Body::new(TimedBody::new(body, idle)));
             if let Some(caller) = &caller {
                 request.extensions_mut().insert(caller.clone());
             }
             // The peer's uid also goes into each request's log line (`api::observe`).
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(crate::api::observe::UnixPeer {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                crate::api::observe::UnixPeer {
                     uid: caller.as_ref().map(|c| c.uid),
-                }));
+                },
+            ));
             // The router is always ready (axum's own `serve` calls it the same way).
             tower_service::Service::call(&mut router, request)
         });

@@ -115,9 +115,13 @@ fn the_detectors_catch_what_they_are_for() {
     assert!(names_wire("use r1d_client::wire::Event;"));
     assert!(names_wire("let s: r1d_client::ollama::Tags = x;"));
     assert!(names_wire("use r1d_client::{euid, wire};"));
-    assert!(names_wire("use r1d_client::{\n    ollama::Tags,\n    euid,\n};"));
+    assert!(names_wire(
+        "use r1d_client::{\n    ollama::Tags,\n    euid,\n};"
+    ));
     assert!(!names_wire("use r1d_client::{euid, user_socket_path};"));
     assert!(!names_wire("let wire = r1d_client::euid();"));
     assert!(names_abi("use r1_plugin_abi::json::ModelInfo;"));
-    assert!(!names_abi(&code("// r1_plugin_abi is named only in a comment")));
+    assert!(!names_abi(&code(
+        "// r1_plugin_abi is named only in a comment"
+    )));
 }

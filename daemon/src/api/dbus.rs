@@ -582,7 +582,9 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> Result<(), Error> {
         let caller = caller(conn, &header).await?;
-        self.control.load(Some(&caller), load_options(path, &options)?).await?;
+        self.control
+            .load(Some(&caller), load_options(path, &options)?)
+            .await?;
         Ok(())
     }
 

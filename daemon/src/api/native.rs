@@ -251,7 +251,9 @@ async fn events(State(state): State<AppState>) -> Response {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         message: crate::systemd::status_line(&snap, None),
-        state: Some(super::supervisor_wire::state(supervisor.reported_state(&snap))),
+        state: Some(super::supervisor_wire::state(
+            supervisor.reported_state(&snap),
+        )),
         model: snap
             .model
             .as_ref()

@@ -172,20 +172,21 @@ fn format_of(
     model: &str,
     think: Option<&Think>,
 ) -> Result<ReasoningFormat, Response> {
-    let on =
-        match think {
-            None => return Ok(ReasoningFormat::None),
-            Some(Think::Switch(on)) => *on,
-            Some(Think::Level(level)) => match level.as_str() {
-                "low" | "medium" | "high" => true,
-                other => return Err(fail(ApiError::invalid(
+    let on = match think {
+        None => return Ok(ReasoningFormat::None),
+        Some(Think::Switch(on)) => *on,
+        Some(Think::Level(level)) => match level.as_str() {
+            "low" | "medium" | "high" => true,
+            other => {
+                return Err(fail(ApiError::invalid(
                     Some("think"),
                     format!(
                         "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
                     ),
-                ))),
-            },
-        };
+                )))
+            }
+        },
+    };
     let reasons = state
         .engine
         .snapshot()

@@ -39,7 +39,9 @@ pub fn plan(plan: &Plan, json: bool) -> Result<String, serde_json::Error> {
 ///
 /// # Errors
 /// The JSON error, naming the field at fault.
-pub fn hardware_from_json(text: &str) -> Result<Hardware, serde_path_to_error::Error<serde_json::Error>> {
+pub fn hardware_from_json(
+    text: &str,
+) -> Result<Hardware, serde_path_to_error::Error<serde_json::Error>> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let profile: wire::HardwareProfile = serde_path_to_error::deserialize(de)?;
     Ok(hardware_from_wire(&profile))
@@ -96,4 +98,3 @@ fn hardware_text(p: &wire::HardwareProfile) -> String {
     }
     s
 }
-

@@ -152,7 +152,10 @@ impl From<&LoadParams> for abi::LoadParams {
 
 impl From<abi::SpecialToken> for SpecialToken {
     fn from(t: abi::SpecialToken) -> SpecialToken {
-        SpecialToken { id: t.id, text: t.text }
+        SpecialToken {
+            id: t.id,
+            text: t.text,
+        }
     }
 }
 
@@ -239,7 +242,10 @@ mod tests {
         assert_eq!(a.context_length, Some(4096));
         assert_eq!(a.gpu_layers, Some(0));
         assert_eq!(a.main_gpu, Some(1));
-        assert_eq!((a.threads, a.threads_batch, a.batch_size), (Some(2), Some(3), Some(512)));
+        assert_eq!(
+            (a.threads, a.threads_batch, a.batch_size),
+            (Some(2), Some(3), Some(512))
+        );
         assert_eq!(a.kv_cache_type.as_deref(), Some("q8_0"));
         assert_eq!(a.use_mmap, Some(false));
         assert!(a.vocab_only);
@@ -267,8 +273,14 @@ mod tests {
                 gpu_bytes: 40,
             },
             chat_template: Some("{{ x }}".into()),
-            bos_token: Some(abi::SpecialToken { id: 1, text: "<s>".into() }),
-            eos_token: Some(abi::SpecialToken { id: 2, text: "</s>".into() }),
+            bos_token: Some(abi::SpecialToken {
+                id: 1,
+                text: "<s>".into(),
+            }),
+            eos_token: Some(abi::SpecialToken {
+                id: 2,
+                text: "</s>".into(),
+            }),
             eog_token_ids: vec![2, 3],
             add_bos_token: true,
             vocab_only: false,
@@ -278,7 +290,13 @@ mod tests {
         assert_eq!((i.layers, i.gpu_layers, i.context_length), (28, 5, 4096));
         assert_eq!(i.memory.compute_bytes, Some(30));
         assert_eq!(i.memory.gpu_bytes, 40);
-        assert_eq!(i.bos_token, Some(SpecialToken { id: 1, text: "<s>".into() }));
+        assert_eq!(
+            i.bos_token,
+            Some(SpecialToken {
+                id: 1,
+                text: "<s>".into()
+            })
+        );
         assert_eq!(i.eog_token_ids, vec![2, 3]);
         assert!(i.add_bos_token);
     }

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::hardware::Hardware;
 
-use gguf_header::HeaderCheck;
 use crate::engine::LoadParams;
+use gguf_header::HeaderCheck;
 use tokio::sync::watch;
 
 use crate::catalog::{self, Variant};
@@ -257,12 +257,16 @@ impl Store {
         Arc::new(Store {
             puller: Arc::new(pull::Puller::from_env(dir.clone(), s.reserve_disk_bytes)),
             dir,
-            hf_cache: s
-                .scan_huggingface
-                .then(|| s.huggingface_cache.clone().unwrap_or_else(crate::paths::hf_cache)),
-            ollama: s
-                .scan_ollama
-                .then(|| s.ollama_models.clone().unwrap_or_else(crate::paths::ollama_models)),
+            hf_cache: s.scan_huggingface.then(|| {
+                s.huggingface_cache
+                    .clone()
+                    .unwrap_or_else(crate::paths::hf_cache)
+            }),
+            ollama: s.scan_ollama.then(|| {
+                s.ollama_models
+                    .clone()
+                    .unwrap_or_else(crate::paths::ollama_models)
+            }),
             probe,
             settings: Mutex::new(Settings {
                 policy: config.planner.clone(),

@@ -12,8 +12,8 @@
 //!    its total VRAM. This is an estimate; no GPU is credited beyond its total.
 
 use crate::engine::LoadSpec;
-use crate::hardware::Hardware;
 use crate::engine::ModelInfo;
+use crate::hardware::Hardware;
 
 /// Which GPUs hold the resident model.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,8 +94,8 @@ impl Credit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hardware::{Cpu, Gpu, GpuVendor, Memory};
     use crate::engine::{LoadParams, ModelMemory as MemoryBreakdown};
+    use crate::hardware::{Cpu, Gpu, GpuVendor, Memory};
 
     const GB: u64 = 1_000_000_000;
 

@@ -278,8 +278,8 @@ pub fn differs(last: &Hardware, now: &Hardware) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hardware::Memory;
     use crate::engine::ModelMemory as MemoryBreakdown;
+    use crate::hardware::Memory;
 
     const GB: u64 = 1_000_000_000;
 

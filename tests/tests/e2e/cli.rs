@@ -206,8 +206,16 @@ async fn ask_reads_a_piped_question_and_hide_reasoning_shows_only_the_answer() {
         ..Default::default()
     });
     daemon.settled().await;
-    let out = r1ctl_with_stdin(&daemon.socket, &["ask"], "hmm let me see</think>The answer\n");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r1ctl_with_stdin(
+        &daemon.socket,
+        &["ask"],
+        "hmm let me see</think>The answer\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "<think>\nhmm let me see\n</think>\n\nThe answer\n"
@@ -217,14 +225,21 @@ async fn ask_reads_a_piped_question_and_hide_reasoning_shows_only_the_answer() {
         &["ask", "--hide-reasoning"],
         "hmm let me see</think>The answer\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "The answer\n");
 }
 
 #[tokio::test]
 async fn ps_show_stop_and_run_work_like_ollamas() {
     let models = tempfile::tempdir().unwrap();
-    let model = echo_model(models.path(), r#"{"name": "echo-ps", "context_length": 512}"#);
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo-ps", "context_length": 512}"#,
+    );
     let daemon = Daemon::start(DaemonOptions {
         model: Some(&model),
         ..Default::default()
@@ -233,13 +248,24 @@ async fn ps_show_stop_and_run_work_like_ollamas() {
 
     let out = r1ctl(&daemon.socket, &["ps"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let row = text.lines().nth(1).unwrap_or_default();
-    assert!(row.starts_with("echo-ps") && row.ends_with("0 running"), "{text}");
+    assert!(
+        row.starts_with("echo-ps") && row.ends_with("0 running"),
+        "{text}"
+    );
 
     let out = r1ctl(&daemon.socket, &["show", "echo-ps"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("context       512 tokens"), "{text}");
     assert!(text.contains("capabilities  completion"), "{text}");
     // The echo template, line by line under "template".
@@ -248,7 +274,11 @@ async fn ps_show_stop_and_run_work_like_ollamas() {
     assert_eq!(out.status.code(), Some(1));
 
     let out = r1ctl(&daemon.socket, &["stop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = r1ctl(&daemon.socket, &["ps"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("no model is resident"), "{text}");
@@ -256,8 +286,15 @@ async fn ps_show_stop_and_run_work_like_ollamas() {
     // `run` makes a model resident again and answers.
     let other = models.path().join("other.echo");
     std::fs::write(&other, r#"{"name": "echo-other"}"#).unwrap();
-    let out = r1ctl(&daemon.socket, &["run", other.to_str().unwrap(), "good night"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r1ctl(
+        &daemon.socket,
+        &["run", other.to_str().unwrap(), "good night"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "GOOD NIGHT\n");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("serving echo-other"),
@@ -280,14 +317,24 @@ async fn chat_commands_are_never_sent_to_the_model() {
         &["chat"],
         "/help\nhello there\n/clear\n/set think off\n/frobnicate\nagain\n/bye\nnever sent\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     // Two questions reached the model; /bye left before the last line.
     assert!(stdout.contains("HELLO THERE"), "{stdout}");
     assert!(stdout.contains("AGAIN"), "{stdout}");
-    assert!(!stdout.contains("NEVER SENT") && !stdout.contains("/HELP"), "{stdout}");
-    assert!(err.contains("/bye") && err.contains("/set think on|off"), "{err}");
+    assert!(
+        !stdout.contains("NEVER SENT") && !stdout.contains("/HELP"),
+        "{stdout}"
+    );
+    assert!(
+        err.contains("/bye") && err.contains("/set think on|off"),
+        "{err}"
+    );
     assert!(err.contains("[the conversation is forgotten]"), "{err}");
     assert!(err.contains("unknown command \"/frobnicate\""), "{err}");
     let status = daemon.client().status().await.unwrap();
@@ -306,7 +353,10 @@ fn an_answer_cut_inside_its_reasoning_says_so() {
         ..Default::default()
     });
     // R1's prompt opens its reasoning: two tokens of "one two three" are all reasoning.
-    let out = r1ctl(&daemon.socket, &["ask", "--max-tokens", "2", "one two three"]);
+    let out = r1ctl(
+        &daemon.socket,
+        &["ask", "--max-tokens", "2", "one two three"],
+    );
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cut off inside its reasoning"), "{err}");

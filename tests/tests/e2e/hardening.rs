@@ -723,7 +723,10 @@ async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
     if !can_switch_users() {
         return;
     }
-    let dir = tempfile::Builder::new().prefix("r1d-manage-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("r1d-manage-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let model = echo_model(dir.path(), r#"{"name": "echo-manage"}"#);
     std::fs::set_permissions(&model, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -752,22 +755,27 @@ async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let home = home_of(dir.path(), MEMBER);
     let curl = |uid: u32, method: &str, path: &str, body: &str| -> (u16, String) {
-        let out = as_user(uid, &home, Path::new("/usr/bin/curl"), &[
-            "-s",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "--unix-socket",
-            socket.to_str().unwrap(),
-            "-X",
-            method,
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            body,
-            &format!("http://r1d{path}"),
-        ])
+        let out = as_user(
+            uid,
+            &home,
+            Path::new("/usr/bin/curl"),
+            &[
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                socket.to_str().unwrap(),
+                "-X",
+                method,
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                body,
+                &format!("http://r1d{path}"),
+            ],
+        )
         .output()
         .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -777,7 +785,11 @@ async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
     // Wait until the echo model serves.
     let deadline = Instant::now() + Duration::from_secs(30);
     while curl(0, "GET", "/health", "").0 != 200 {
-        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -795,10 +807,22 @@ async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
     let path = model.to_str().unwrap();
     for (route, body, what) in [
         ("/r1/unload", "{}".to_owned(), "unloading the model"),
-        ("/r1/load", format!("{{\"path\": {path:?}}}"), "loading a model"),
-        ("/r1/use", r#"{"model": "auto"}"#.to_owned(), "changing the model"),
+        (
+            "/r1/load",
+            format!("{{\"path\": {path:?}}}"),
+            "loading a model",
+        ),
+        (
+            "/r1/use",
+            r#"{"model": "auto"}"#.to_owned(),
+            "changing the model",
+        ),
         ("/r1/reload", "{}".to_owned(), "reloading the config"),
-        ("/r1/pull", r#"{"model": "deepseek-r1:1.5b"}"#.to_owned(), "pulling a model"),
+        (
+            "/r1/pull",
+            r#"{"model": "deepseek-r1:1.5b"}"#.to_owned(),
+            "pulling a model",
+        ),
     ] {
         let (code, answer) = curl(MEMBER, "POST", route, &body);
         assert_eq!(code, 403, "{route}: {answer}");

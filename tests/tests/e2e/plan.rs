@@ -394,7 +394,11 @@ fn plan_hardware_accepts_every_json_spelling_of_a_count() {
     assert!(std::fs::read_to_string(&floated).unwrap().contains(".0"));
     let plan_of = |p: &Path| {
         let out = r1d(&["plan", "--hardware", p.to_str().unwrap(), "--json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Plan>(&out.stdout).unwrap()
     };
     let (a, b) = (plan_of(&path), plan_of(&floated));

@@ -923,7 +923,9 @@ async fn stalled_reader_is_cancelled_after_the_stall_timeout_and_the_watchdog_ke
         "max_tokens": 1_900_000,
     })
     .to_string();
-    let mut stalled = tokio::net::UnixStream::connect(&daemon.socket).await.unwrap();
+    let mut stalled = tokio::net::UnixStream::connect(&daemon.socket)
+        .await
+        .unwrap();
     stalled
         .write_all(
             format!(
@@ -937,7 +939,11 @@ async fn stalled_reader_is_cancelled_after_the_stall_timeout_and_the_watchdog_ke
         .unwrap();
     let start = Instant::now();
     while client.status().await.unwrap().active_requests == 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}", daemon.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pings_before = notify.count_for(Duration::ZERO, |m| has_line(m, "WATCHDOG=1"));
