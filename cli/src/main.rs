@@ -877,6 +877,16 @@ async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {
 /// # Errors
 /// No question and stdin is a terminal (nothing to read), or stdin cannot be read.
 fn question(prompt: Option<String>) -> anyhow::Result<String> {
+    let question = read_question(prompt)?;
+    if question.trim().is_empty() {
+        anyhow::bail!(
+            "the question is empty: give one (`r1ctl ask \"why is the sky blue?\"`) or pipe it in"
+        );
+    }
+    Ok(question)
+}
+
+fn read_question(prompt: Option<String>) -> anyhow::Result<String> {
     match prompt {
         Some(p) if p != "-" => Ok(p),
         Some(_) => std::io::read_to_string(std::io::stdin())

@@ -211,6 +211,16 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// The most threads a model may be given: 4 per CPU this process may run on
+/// (`std::thread::available_parallelism`), at least 4. More only adds contention — 10,000
+/// threads on 2 CPUs left r1d unable to answer or to stop in time.
+pub fn max_threads() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cpus.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .max(4)
+}
+
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
 
@@ -343,6 +353,12 @@ impl Config {
         }
         if self.model.threads == Some(0) {
             return Err(invalid("model.threads must be at least 1".into()));
+        }
+        if let Some(t) = self.model.threads.filter(|&t| t > max_threads()) {
+            return Err(invalid(format!(
+                "model.threads = {t} is more than {} (4 per CPU of this machine)",
+                max_threads()
+            )));
         }
         if let Some(kv) = &self.model.kv_cache_type {
             if !KV_CACHE_TYPES.contains(&kv.as_str()) {

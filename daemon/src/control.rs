@@ -101,6 +101,12 @@ impl LoadOptions {
         if self.threads == Some(0) {
             return invalid("threads must be at least 1".into());
         }
+        let max = crate::config::max_threads();
+        if let Some(t) = self.threads.filter(|&t| t > max) {
+            return invalid(format!(
+                "threads = {t} is more than {max} (4 per CPU of this machine)"
+            ));
+        }
         if let Some(kv) = &self.kv_cache_type {
             if !crate::config::KV_CACHE_TYPES.contains(&kv.as_str()) {
                 return invalid(format!(
@@ -668,6 +674,22 @@ pub(crate) mod tests {
             other => panic!("expected an invalid argument, got {other:?}"),
         };
         assert!(bad(options("a.gguf")).contains("not absolute"));
+        // Threads are bounded by the machine: 4 per CPU.
+        let max = crate::config::max_threads();
+        let m = bad(LoadOptions {
+            threads: Some(max + 1),
+            ..options("/m/a.gguf")
+        });
+        assert!(
+            m.contains(&format!("threads = {} is more than {max}", max + 1)),
+            "{m}"
+        );
+        assert!(LoadOptions {
+            threads: Some(max),
+            ..options("/m/a.gguf")
+        }
+        .validate()
+        .is_ok());
         let m = bad(LoadOptions {
             kv_cache_type: Some("q3".into()),
             ..options("/m/a.gguf")

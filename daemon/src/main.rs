@@ -406,7 +406,15 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
                     r1d::control::default_context_length(&path, config.planner.context_length)
                 }),
             gpu_layers: args.gpu_layers.or(config.model.gpu_layers),
-            threads: args.threads.or(config.model.threads),
+            threads: args.threads.or(config.model.threads).map(|t| {
+                // A bound for --threads as for [model] threads and /r1/load: more threads than 4
+                // per CPU only add contention (capped, with a warning, not refused at start).
+                let max = config::max_threads();
+                if t > max {
+                    tracing::warn!("--threads {t} is more than {max} (4 per CPU); using {max}");
+                }
+                t.min(max)
+            }),
             kv_cache_type: config.model.kv_cache_type.clone(),
             backend: args
                 .backend

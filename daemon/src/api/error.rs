@@ -229,16 +229,69 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, ApiError>
         ApiError::new(rejection.status(), "invalid_body", rejection.body_text())
     })?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    // Top-level fields the request type does not know: a typo (`max_token`) or a feature r1d
+    // does not have must not be a 200 that silently drops it (OpenAI answers 400 too).
+    let mut unknown: Vec<String> = Vec::new();
+    let mut track = |path: serde_ignored::Path<'_>| {
+        if let serde_ignored::Path::Map { parent, key } = path {
+            if matches!(parent, serde_ignored::Path::Root) {
+                unknown.push(key.clone());
+            }
+        }
+    };
+    let ignored = serde_ignored::Deserializer::new(&mut de, &mut track);
+    let value: T = serde_path_to_error::deserialize(ignored).map_err(|e| {
         let path = e.path().to_string();
         let param = (path != ".").then_some(path);
         ApiError::invalid(param.as_deref(), format!("invalid request body: {e}"))
-    })
+    })?;
+    if let Some(field) = unknown
+        .iter()
+        .find(|f| !HARMLESS_FIELDS.contains(&f.as_str()))
+    {
+        return Err(ApiError::invalid(
+            Some(field),
+            format!("unknown field `{field}`: r1d does not implement it (a misspelt field name?)"),
+        ));
+    }
+    Ok(value)
 }
+
+/// Request fields r1d accepts without acting on them because they do not change the answer:
+/// bookkeeping for the caller or the provider (OpenAI's `user`, `metadata`, `store`,
+/// `service_tier`, `prompt_cache_key`, `safety_identifier`; Ollama's `keep_alive`).
+pub const HARMLESS_FIELDS: [&str; 7] = [
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "keep_alive",
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_top_level_field_is_refused_by_name_and_bookkeeping_fields_are_not() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Req {
+            #[allow(dead_code)]
+            max_tokens: Option<u32>,
+        }
+        let body = |s: &str| -> Body { Ok(Bytes::from(s.to_owned())) };
+        let e = parse::<Req>(&body(r#"{"max_token": 3}"#)).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("max_token"));
+        assert!(
+            e.message.contains("unknown field `max_token`"),
+            "{}",
+            e.message
+        );
+        assert!(parse::<Req>(&body(r#"{"max_tokens": 3, "user": "u", "metadata": {}}"#)).is_ok());
+    }
 
     #[test]
     fn busy_and_loading_get_retry_after_in_every_shape() {

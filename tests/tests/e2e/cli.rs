@@ -365,3 +365,23 @@ fn an_answer_cut_inside_its_reasoning_says_so() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("cut off"));
 }
+
+#[tokio::test]
+async fn an_empty_question_is_refused_not_sent() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-empty"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    for out in [
+        r1ctl(&daemon.socket, &["ask", ""]),
+        r1ctl_with_stdin(&daemon.socket, &["ask"], "  \n"),
+    ] {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the question is empty"), "{err}");
+    }
+    assert_eq!(daemon.client().status().await.unwrap().requests_served, 0);
+}

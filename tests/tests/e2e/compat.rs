@@ -910,3 +910,48 @@ async fn ollama_think_on_a_model_that_cannot_reason_is_refused() {
     let (status, _) = raw(&daemon, Method::POST, "/api/chat", body).await;
     assert_eq!(status, 200);
 }
+
+/// A field r1d does not know — a typo such as `max_token` — is a 400 naming it on every
+/// answering route, never a 200 that drops it (an answer without the limit the client meant runs
+/// to the end of the context); bookkeeping fields that do not change the answer are accepted.
+#[tokio::test]
+async fn an_unknown_field_is_refused_by_name_and_bookkeeping_fields_are_accepted() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": messages, "max_token": 3}),
+        ),
+        ("/v1/completions", json!({"prompt": "hi", "max_token": 3})),
+        (
+            "/api/chat",
+            json!({"messages": messages, "stream": false, "max_token": 3}),
+        ),
+        (
+            "/api/generate",
+            json!({"prompt": "hi", "stream": false, "max_token": 3}),
+        ),
+    ] {
+        let (code, text) = raw(&daemon, Method::POST, path, body).await;
+        assert_eq!(code, 400, "{path}: {text}");
+        assert!(text.contains("unknown field `max_token`"), "{path}: {text}");
+    }
+    let (code, text) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"messages": messages, "user": "u-1", "metadata": {"k": "v"}, "store": false}),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = raw(
+        &daemon,
+        Method::POST,
+        "/api/chat",
+        json!({"messages": messages, "stream": false, "keep_alive": "5m"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+}
