@@ -259,8 +259,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, ApiError>
 
 /// Request fields r1d accepts without acting on them because they do not change the answer:
 /// bookkeeping for the caller or the provider (OpenAI's `user`, `metadata`, `store`,
-/// `service_tier`, `prompt_cache_key`, `safety_identifier`; Ollama's `keep_alive`).
-pub const HARMLESS_FIELDS: [&str; 7] = [
+/// `service_tier`, `prompt_cache_key`, `safety_identifier`, and `prediction`, which only speeds
+/// up an answer it would match; Ollama's `keep_alive`).
+pub const HARMLESS_FIELDS: [&str; 8] = [
+    "prediction",
     "user",
     "metadata",
     "store",
