@@ -13,6 +13,18 @@ fn r1ctl(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("failed to run r1ctl")
 }
 
+/// An r1d serving an echo model described by `json`, settled; the directory holds the model.
+async fn echo_daemon(json: &str) -> (Daemon, tempfile::TempDir) {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), json);
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    (daemon, models)
+}
+
 #[test]
 fn no_daemon_is_one_line_naming_the_socket_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -41,13 +53,7 @@ fn usage_error_exits_2() {
 
 #[tokio::test]
 async fn ask_streams_the_answer_and_json_has_typed_lines() {
-    let models = tempfile::tempdir().unwrap();
-    let model = echo_model(models.path(), r#"{"name": "echo-cli"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&model),
-        ..Default::default()
-    });
-    daemon.settled().await;
+    let (daemon, _models) = echo_daemon(r#"{"name": "echo-cli"}"#).await;
     let out = r1ctl(&daemon.socket, &["ask", "--stats", "good morning"]);
     assert!(
         out.status.success(),
@@ -195,17 +201,9 @@ fn r1ctl_with_stdin(socket: &std::path::Path, args: &[&str], stdin: &str) -> std
 
 #[tokio::test]
 async fn ask_reads_a_piped_question_and_hide_reasoning_shows_only_the_answer() {
-    let models = tempfile::tempdir().unwrap();
     // Named like R1, so r1d opens the reasoning; the echo's answer closes it.
-    let model = echo_model(
-        models.path(),
-        r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#,
-    );
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&model),
-        ..Default::default()
-    });
-    daemon.settled().await;
+    let (daemon, _models) =
+        echo_daemon(r#"{"name": "DeepSeek-R1 echo", "transform": "identity"}"#).await;
     let out = r1ctl_with_stdin(
         &daemon.socket,
         &["ask"],
@@ -235,16 +233,7 @@ async fn ask_reads_a_piped_question_and_hide_reasoning_shows_only_the_answer() {
 
 #[tokio::test]
 async fn ps_show_stop_and_run_work_like_ollamas() {
-    let models = tempfile::tempdir().unwrap();
-    let model = echo_model(
-        models.path(),
-        r#"{"name": "echo-ps", "context_length": 512}"#,
-    );
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&model),
-        ..Default::default()
-    });
-    daemon.settled().await;
+    let (daemon, models) = echo_daemon(r#"{"name": "echo-ps", "context_length": 512}"#).await;
 
     let out = r1ctl(&daemon.socket, &["ps"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -305,13 +294,7 @@ async fn ps_show_stop_and_run_work_like_ollamas() {
 
 #[tokio::test]
 async fn chat_commands_are_never_sent_to_the_model() {
-    let models = tempfile::tempdir().unwrap();
-    let model = echo_model(models.path(), r#"{"name": "echo-chat"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&model),
-        ..Default::default()
-    });
-    daemon.settled().await;
+    let (daemon, _models) = echo_daemon(r#"{"name": "echo-chat"}"#).await;
     let out = r1ctl_with_stdin(
         &daemon.socket,
         &["chat"],
@@ -368,13 +351,7 @@ fn an_answer_cut_inside_its_reasoning_says_so() {
 
 #[tokio::test]
 async fn an_empty_question_is_refused_not_sent() {
-    let models = tempfile::tempdir().unwrap();
-    let model = echo_model(models.path(), r#"{"name": "echo-empty"}"#);
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&model),
-        ..Default::default()
-    });
-    daemon.settled().await;
+    let (daemon, _models) = echo_daemon(r#"{"name": "echo-empty"}"#).await;
     for out in [
         r1ctl(&daemon.socket, &["ask", ""]),
         r1ctl_with_stdin(&daemon.socket, &["ask"], "  \n"),
