@@ -590,8 +590,12 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(
         out,
-        "{:<14}{} served, {} active",
-        "requests", status.requests_served, status.active_requests
+        "{:<14}{} served, {} running, {} queued (up to {} at once)",
+        "requests",
+        status.requests_served,
+        status.running_requests,
+        status.queued_requests,
+        status.parallel
     )?;
     Ok(())
 }

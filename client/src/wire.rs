@@ -572,6 +572,16 @@ pub struct Status {
     pub requests_served: u64,
     /// Requests queued or running now.
     pub active_requests: u64,
+    /// Of those, requests generating now.
+    #[serde(default)]
+    pub running_requests: u64,
+    /// Of those, requests waiting in the queue for a free sequence (or a model).
+    #[serde(default)]
+    pub queued_requests: u64,
+    /// Answers the resident model generates at once (`[server] parallel`, capped by what its
+    /// backend runs); 0 with no model.
+    #[serde(default)]
+    pub parallel: u32,
     /// Why the resident model was chosen (or why none is), and what a pull would bring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<String>,

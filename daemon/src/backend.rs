@@ -147,11 +147,16 @@ pub trait Backend: Send + Sync {
 }
 
 /// A resident model. Owned by one thread at a time (the engine's); not shared.
-pub trait LoadedModel: Send {
+pub trait LoadedModel: Send + Sync {
     /// What was loaded.
     fn info(&self) -> &ModelInfo;
     /// The backend serving it.
     fn backend_name(&self) -> &str;
+    /// How many generations the model runs at once (at least 1; the plugin's
+    /// `parallel_sequences`).
+    fn parallel_sequences(&self) -> u32 {
+        self.info().parallel_sequences.max(1)
+    }
     /// Tokenizes text (see `tokenize` in `r1_plugin.h`).
     ///
     /// # Errors
@@ -162,13 +167,15 @@ pub trait LoadedModel: Send {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<i32>, BackendError>;
-    /// Generates, handing each piece to `on_token`; returning false stops the generation.
+    /// Generates, handing each piece to `on_token`; returning false stops the generation. Up to
+    /// [`LoadedModel::parallel_sequences`] calls may run at once from different threads (more
+    /// wait for each other).
     ///
     /// # Errors
     /// [`BackendError::Call`] when the plugin fails (including a caught panic, status
     /// `R1_ERR_PANIC`).
     fn generate(
-        &mut self,
+        &self,
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, BackendError>;
@@ -640,6 +647,7 @@ impl Backend for DylibBackend {
             backend: self.name.clone(),
             handle,
             info: ModelInfo::default(),
+            serial: None,
         };
         let mut out = R1OwnedStr::null();
         let mut err = R1OwnedStr::null();
@@ -648,6 +656,10 @@ impl Backend for DylibBackend {
         let json = take_string(self.api, out);
         check(self.api, &self.name, status, err)?;
         model.info = parse(&self.name, "model info", &json)?;
+        if model.info.parallel_sequences <= 1 {
+            // One call at a time on this handle, as ABI v1 requires of such a model.
+            model.serial = Some(std::sync::Mutex::new(()));
+        }
         Ok(Box::new(model))
     }
 }
@@ -658,12 +670,27 @@ struct PluginModel {
     backend: String,
     handle: NonNull<R1Model>,
     info: ModelInfo,
+    /// Held around every call when the model runs one sequence (`parallel_sequences` ≤ 1): the
+    /// ABI then allows one call at a time per handle. `None` when the plugin said it runs several
+    /// `generate` calls at once (and `info`/`tokenize` meanwhile).
+    serial: Option<std::sync::Mutex<()>>,
 }
 
-// SAFETY: the ABI allows a model handle to be used from any thread, one call at a time; the
-// engine owns each `PluginModel` from one thread and `&mut self` / `&self` calls are serialised by
-// that ownership.
+impl PluginModel {
+    /// The lock a call must hold (none for a model that takes concurrent calls).
+    fn turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.serial
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+// SAFETY: the ABI allows a model handle to be used from any thread; calls are serialised by
+// `serial` unless the plugin said the handle takes concurrent calls (`parallel_sequences` > 1).
+// `unload` (in `Drop`) runs when no call holds `&self`.
 unsafe impl Send for PluginModel {}
+// SAFETY: see `Send`.
+unsafe impl Sync for PluginModel {}
 
 impl LoadedModel for PluginModel {
     fn info(&self) -> &ModelInfo {
@@ -680,6 +707,7 @@ impl LoadedModel for PluginModel {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<i32>, BackendError> {
+        let _turn = self.turn();
         let mut capacity = text.len() + 16;
         loop {
             let mut tokens = vec![0i32; capacity];
@@ -710,16 +738,17 @@ impl LoadedModel for PluginModel {
     }
 
     fn generate(
-        &mut self,
+        &self,
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, BackendError> {
+        let _turn = self.turn();
         let json = serde_json::to_string(request).expect("generate request serialises");
         let mut on_token = on_token;
         let mut out = R1OwnedStr::null();
         let mut err = R1OwnedStr::null();
-        // SAFETY: live handle used by this call only (&mut self); the request and the closure
-        // outlive the call; out-pointers valid.
+        // SAFETY: live handle, used by this call only or concurrently as the plugin allows (see
+        // `serial`); the request and the closure outlive the call; out-pointers valid.
         let status = unsafe {
             (self.api.generate)(
                 self.handle.as_ptr(),

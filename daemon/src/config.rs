@@ -182,8 +182,12 @@ pub const KV_CACHE_TYPES: [&str; 4] = ["f16", "q8_0", "q4_0", "f32"];
 pub struct ServerConfig {
     /// Unix socket path; default: system or user socket (see [`crate::paths::socket`]).
     pub socket: Option<PathBuf>,
-    /// Requests that may wait in the queue behind the running one before new ones get 503.
+    /// Requests that may wait in the queue behind the running ones before new ones get 503.
     pub queue_depth: Option<usize>,
+    /// Answers generated at once (continuous batching: one sequence each, with its own context
+    /// of KV cache); default [`DEFAULT_PARALLEL`], at most [`MAX_PARALLEL`]. A backend that runs
+    /// fewer (the ONNX ones run 1) caps it. Applies at the next load.
+    pub parallel: Option<u32>,
     /// Seconds a client may stop reading a streamed answer (its buffer full) before its request
     /// is cancelled, so one stalled reader cannot hold the engine; default 30.
     pub stall_timeout_s: Option<f64>,
@@ -220,6 +224,14 @@ pub fn max_threads() -> u32 {
         .unwrap_or(u32::MAX)
         .max(4)
 }
+
+/// Default `[server] parallel`: 4 answers at once, as Ollama's `OLLAMA_NUM_PARALLEL` default
+/// where memory allows; each sequence reserves its own context of KV cache.
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+/// The most `[server] parallel` may be: llama.cpp allows 256 sequences (`LLAMA_MAX_SEQ`); the
+/// llama.cpp plugin accepts up to 64, beyond which a CPU or one GPU gains nothing.
+pub const MAX_PARALLEL: u32 = 64;
 
 /// Default queue depth (requests waiting behind the running one).
 pub const DEFAULT_QUEUE_DEPTH: usize = 64;
@@ -399,6 +411,13 @@ impl Config {
                     "server.stall_timeout_s must be a number of seconds above 0, at most 86400"
                         .into(),
                 ));
+            }
+        }
+        if let Some(n) = self.server.parallel {
+            if !(1..=MAX_PARALLEL).contains(&n) {
+                return Err(invalid(format!(
+                    "server.parallel must be 1 to {MAX_PARALLEL} answers at once, got {n}"
+                )));
             }
         }
         if self.server.max_connections == Some(0) {

@@ -147,6 +147,10 @@ pub struct Status {
     pub requests_served: u64,
     /// Requests queued or running.
     pub active_requests: u64,
+    /// Of those, requests generating now.
+    pub running_requests: u64,
+    /// Answers the resident model generates at once (0 with no model).
+    pub parallel: u32,
     /// Why the resident model was chosen.
     pub selection: Option<String>,
     /// What more memory would bring, from the plan that chose the resident model.
@@ -436,6 +440,8 @@ impl Control {
             uptime_s: self.engine.uptime_s(),
             requests_served: self.engine.requests_served(),
             active_requests: self.engine.active_requests(),
+            running_requests: self.engine.running_requests(),
+            parallel: self.engine.parallel(),
             selection: supervisor.and_then(|s| s.selection()),
             upgrades: supervisor.map(|s| s.upgrades()).unwrap_or_default(),
             more_memory: supervisor.and_then(|s| s.more_memory()),

@@ -222,8 +222,12 @@ pub struct EngineConfig {
     /// to thousands of tokens before it answers, and an answer cut inside its reasoning has no
     /// content at all.
     pub default_max_tokens: Option<u32>,
-    /// Requests that may wait behind the running one.
+    /// Requests that may wait behind the running ones.
     pub queue_depth: usize,
+    /// Answers generated at once (`[server] parallel`): asked of the backend at load (each
+    /// sequence with its own context) and the most requests run side by side; a backend that
+    /// runs fewer caps it.
+    pub parallel: u32,
     /// How long the engine waits for a client that stopped reading (its reply buffer is full)
     /// before it cancels that client's request (`[server] stall_timeout_s`, default 30 s).
     pub stall_timeout: std::time::Duration,
@@ -234,6 +238,7 @@ impl Default for EngineConfig {
         EngineConfig {
             default_max_tokens: None,
             queue_depth: crate::config::DEFAULT_QUEUE_DEPTH,
+            parallel: 1,
             stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         }
     }
@@ -305,6 +310,10 @@ struct Shared {
     /// newer one and stops (through the plugin's progress callback) or is skipped.
     load_generation: AtomicU64,
     active: AtomicU64,
+    /// Requests generating now (the rest of `active` waits in the queue).
+    running: AtomicU64,
+    /// `[server] parallel`.
+    parallel_limit: std::sync::atomic::AtomicU32,
     served: AtomicU64,
     started: Instant,
     /// The engine thread, joined by [`Engine::stop`].
@@ -340,6 +349,62 @@ impl Shared {
     fn beat(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The reason of a pending forced swap, when one is.
+    fn preempted(&self) -> Option<String> {
+        if !self.preempting.load(Ordering::SeqCst) {
+            return None;
+        }
+        let reason = self.preempt.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            reason
+                .clone()
+                .unwrap_or_else(|| "memory is running out".into()),
+        )
+    }
+}
+
+/// The answers running at once, counted so the engine thread can wait for a free one (admission)
+/// or for none (before a load, an unload or the end).
+#[derive(Default)]
+struct Slots {
+    running: std::sync::Mutex<u32>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    /// Waits until fewer than `limit` answers run, then counts one more.
+    fn acquire(&self, limit: u32) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= limit.max(1) {
+            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+    }
+
+    /// Counts one answer less.
+    fn release(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running = running.saturating_sub(1);
+        self.freed.notify_all();
+    }
+
+    /// Waits until no answer runs.
+    fn wait_idle(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running > 0 {
+            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Releases an answer's slot when its thread ends, however it ends.
+struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -387,6 +452,8 @@ impl Engine {
             queue_deadline_ms: AtomicU64::new(120_000),
             load_generation: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            parallel_limit: std::sync::atomic::AtomicU32::new(config.parallel),
             served: AtomicU64::new(0),
             started: Instant::now(),
             thread: std::sync::Mutex::new(None),
@@ -397,6 +464,7 @@ impl Engine {
             shared: shared.clone(),
             host,
             model: None,
+            slots: Arc::default(),
             spec: None,
             fallback: None,
             generation: 0,
@@ -592,6 +660,21 @@ impl Engine {
         self.shared.active.load(Ordering::SeqCst)
     }
 
+    /// Requests generating now (the others of [`Engine::active_requests`] wait in the queue).
+    pub fn running_requests(&self) -> u64 {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Answers the resident model generates at once: `[server] parallel` capped by its backend's
+    /// `parallel_sequences`; 0 with no model resident.
+    pub fn parallel(&self) -> u32 {
+        let limit = self.shared.parallel_limit.load(Ordering::SeqCst);
+        match &self.shared.state.borrow().model {
+            Some((info, _)) => info.parallel_sequences.max(1).min(limit.max(1)),
+            None => 0,
+        }
+    }
+
     /// Requests finished since start.
     pub fn requests_served(&self) -> u64 {
         self.shared.served.load(Ordering::SeqCst)
@@ -645,7 +728,11 @@ impl Engine {
 struct Worker {
     shared: Arc<Shared>,
     host: Arc<PluginHost>,
-    model: Option<Box<dyn LoadedModel>>,
+    /// The resident model; each running answer holds a clone, and the engine thread waits for
+    /// them all to end ([`Slots::wait_idle`]) before it unloads, so the model is always released
+    /// here.
+    model: Option<Arc<dyn LoadedModel>>,
+    slots: Arc<Slots>,
     /// What `model` was loaded with.
     spec: Option<LoadSpec>,
     /// The model that served before a load that was superseded (its spec and name): the one to
@@ -686,10 +773,11 @@ impl Worker {
                         deferred.push_back(job);
                         continue;
                     }
-                    let _guard = ActiveGuard(self.shared.clone());
-                    self.chat(job);
+                    self.dispatch(job);
                 }
                 Job::Load(spec, generation, reply) => {
+                    // Answers in flight finish on the old model (or end at once, preempted).
+                    self.slots.wait_idle();
                     // The jobs before this one have run: a pending preemption is over.
                     self.shared.preempting.store(false, Ordering::SeqCst);
                     if self.shared.load_generation.load(Ordering::SeqCst) > generation {
@@ -703,12 +791,12 @@ impl Worker {
                     let _ = reply.send(self.swap(spec));
                     if self.shared.load_generation.load(Ordering::SeqCst) <= self.generation {
                         for job in deferred.drain(..) {
-                            let _guard = ActiveGuard(self.shared.clone());
-                            self.chat(job);
+                            self.dispatch(job);
                         }
                     }
                 }
                 Job::Unload(reply) => {
+                    self.slots.wait_idle();
                     self.spec = None;
                     self.fallback = None;
                     if self.model.take().is_some() {
@@ -718,8 +806,7 @@ impl Worker {
                     self.publish_no_model();
                     let _ = reply.send(());
                     for job in deferred.drain(..) {
-                        let _guard = ActiveGuard(self.shared.clone());
-                        self.chat(job);
+                        self.dispatch(job);
                     }
                 }
                 Job::Ping(reply) => {
@@ -748,10 +835,11 @@ impl Worker {
             }
         }
         for job in deferred.drain(..) {
-            let _guard = ActiveGuard(self.shared.clone());
-            self.chat(job);
+            self.dispatch(job);
         }
-        // Unload before the thread ends so the plugin releases its memory in order.
+        // Unload before the thread ends so the plugin releases its memory in order, and only
+        // once no answer runs inside it.
+        self.slots.wait_idle();
         self.model = None;
     }
 
@@ -789,7 +877,7 @@ impl Worker {
         let (previous, previous_name) = current
             .or_else(|| self.fallback.take())
             .map_or((None, None), |(spec, name)| (Some(spec), Some(name)));
-        // Memory for the new model comes from the old one.
+        // Memory for the new model comes from the old one (no answer holds it: see `Job::Load`).
         self.model = None;
         self.shared.publish(|s| {
             if previous_name.is_some() {
@@ -881,7 +969,9 @@ impl Worker {
                 let shared = self.shared.clone();
                 let generation = self.generation;
                 let mut last = -1.0f32;
-                backend.load(&(&spec.params).into(), &mut |p| {
+                let mut params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
+                params.parallel = params.parallel.or(Some(self.config.parallel.max(1)));
+                backend.load(&params, &mut |p| {
                     shared.beat();
                     if shared.load_generation.load(Ordering::SeqCst) > generation
                         || shared.shutting_down.load(Ordering::SeqCst)
@@ -918,7 +1008,7 @@ impl Worker {
                     started.elapsed().as_secs_f64()
                 );
                 let backend = model.backend_name().to_owned();
-                self.model = Some(model);
+                self.model = Some(Arc::from(model));
                 self.spec = Some(spec.clone());
                 self.shared.publish(|s| {
                     s.state = EngineState::Ready;
@@ -948,7 +1038,56 @@ impl Worker {
         }
     }
 
-    fn chat(&mut self, job: ChatJob) {
+    /// Starts `job` on a thread of its own once fewer than the parallel limit of answers run
+    /// (the resident model's `parallel_sequences`, capped by `[server] parallel`); until then the
+    /// engine thread waits and the queue behind it fills (503 when full).
+    fn dispatch(&mut self, job: ChatJob) {
+        let active = ActiveGuard(self.shared.clone());
+        if job.reply.is_closed() {
+            return;
+        }
+        let limit = self.model.as_ref().map_or(1, |m| {
+            m.parallel_sequences()
+                .min(self.config.parallel.max(1))
+        });
+        self.slots.acquire(limit);
+        let slot = SlotGuard(self.slots.clone());
+        let answer = Answer {
+            shared: self.shared.clone(),
+            config: self.config.clone(),
+            model: self.model.clone(),
+            no_model_reason: self.no_model_reason.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("r1d-answer".into())
+            .spawn(move || {
+                let (slot, active) = (slot, active);
+                answer.shared.running.fetch_add(1, Ordering::SeqCst);
+                answer.chat(job);
+                answer.shared.running.fetch_sub(1, Ordering::SeqCst);
+                // The model is released before the slot: the engine thread unloads it only after
+                // every slot is free, and must hold the last reference then.
+                drop(answer);
+                drop(slot);
+                drop(active);
+            });
+        if let Err(e) = spawned {
+            // The job went down with the closure: its client sees the stream end.
+            tracing::error!("failed to start a thread for an answer: {e}");
+        }
+    }
+}
+
+/// What one answer's thread needs: the engine's shared state, its settings and the model.
+struct Answer {
+    shared: Arc<Shared>,
+    config: EngineConfig,
+    model: Option<Arc<dyn LoadedModel>>,
+    no_model_reason: String,
+}
+
+impl Answer {
+    fn chat(&self, job: ChatJob) {
         let reply = job.reply.clone();
         if reply.is_closed() {
             return;
@@ -970,15 +1109,15 @@ impl Worker {
         }
     }
 
-    fn run_chat(&mut self, job: ChatJob) -> Result<(), EngineError> {
+    fn run_chat(&self, job: ChatJob) -> Result<(), EngineError> {
         let shutting_down = || self.shared.shutting_down.load(Ordering::SeqCst);
         if shutting_down() {
             return Err(EngineError::ShuttingDown);
         }
-        if let Some(reason) = self.preempted() {
+        if let Some(reason) = self.shared.preempted() {
             return Err(EngineError::Preempted { reason });
         }
-        let Some(model) = self.model.as_mut() else {
+        let Some(model) = self.model.as_deref() else {
             return Err(EngineError::NoModel {
                 reason: self.no_model_reason.clone(),
             });
@@ -1140,7 +1279,7 @@ impl Worker {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }
-        if let Some(reason) = self.preempted() {
+        if let Some(reason) = self.shared.preempted() {
             return Err(EngineError::Preempted { reason });
         }
         if stalled {
@@ -1184,25 +1323,6 @@ impl Worker {
         });
         let _ = deliver(&self.shared, &reply, done, stall);
         Ok(())
-    }
-}
-
-impl Worker {
-    /// The reason of a pending forced swap, when one is.
-    fn preempted(&self) -> Option<String> {
-        if !self.shared.preempting.load(Ordering::SeqCst) {
-            return None;
-        }
-        let reason = self
-            .shared
-            .preempt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Some(
-            reason
-                .clone()
-                .unwrap_or_else(|| "memory is running out".into()),
-        )
     }
 }
 

@@ -32,6 +32,10 @@ struct Args {
     /// Layers to offload to the GPU (overrides [model] gpu_layers).
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
+    /// Answers generated at once, each with its own context (overrides [server] parallel;
+    /// default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=r1d::config::MAX_PARALLEL as i64))]
+    parallel: Option<u32>,
     /// Generation threads (overrides [model] threads).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     threads: Option<u32>,
@@ -263,6 +267,10 @@ async fn main() -> anyhow::Result<()> {
                 .server
                 .queue_depth
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
+            parallel: args
+                .parallel
+                .or(config.server.parallel)
+                .unwrap_or(config::DEFAULT_PARALLEL),
             stall_timeout: config.server.stall_timeout_s.map_or(
                 config::DEFAULT_STALL_TIMEOUT,
                 std::time::Duration::from_secs_f64,

@@ -16,7 +16,10 @@
  *  - Callbacks are invoked on the calling thread before the call returns; the bytes they receive
  *    are borrowed for the callback only.
  *  - A model handle from load is owned by the caller until passed to unload. One call at a time
- *    per handle; different handles may be used concurrently.
+ *    per handle, unless the model's ModelInfo says "parallel_sequences": N > 1: then info and
+ *    tokenize may be called at any time from any thread and up to N generate calls may run at
+ *    once (the plugin batches them); unload only when no other call runs. Different handles may
+ *    be used concurrently.
  *
  * The Rust definitions in plugins/abi/src/lib.rs are the same contract; a test compiles this
  * header and fails when the two drift apart. JSON shapes: plugins/abi/src/json.rs.

@@ -132,44 +132,50 @@ pub enum Out {
     End,
 }
 
-/// The encoded stream of an admitted answer. Dropping it drops the receiver, which stops the
-/// generation at its next token.
+/// The encoded stream of an admitted answer. The encoder's first messages (OpenAI's role chunk)
+/// go out together with the first piece (or the end), not before: benchmark clients take the
+/// first chunk for the first token, and the prompt may still be processing. Dropping the stream
+/// drops the receiver, which stops the generation at its next token.
 pub fn encode<E: Encoder>(rx: mpsc::Receiver<ChatEvent>, encoder: E) -> impl Stream<Item = Out> {
     enum Phase {
         First,
         Streaming,
         Finished,
     }
+    fn handle<E: Encoder>(enc: &mut E, event: Option<ChatEvent>) -> (Vec<Out>, Phase) {
+        match event {
+            Some(ChatEvent::Piece(p)) => (
+                enc.piece(p).into_iter().map(Out::Json).collect(),
+                Phase::Streaming,
+            ),
+            Some(ChatEvent::Started { .. }) => (Vec::new(), Phase::Streaming),
+            Some(ChatEvent::Done(finished)) => {
+                let mut out: Vec<Out> = enc.done(&finished).into_iter().map(Out::Json).collect();
+                out.push(Out::End);
+                (out, Phase::Finished)
+            }
+            Some(ChatEvent::Failed(e)) => {
+                tracing::warn!("request failed mid-stream: {e}");
+                (vec![Out::Json(enc.error(e))], Phase::Finished)
+            }
+            None => {
+                let e = EngineError::Backend("the generation ended without a result".into());
+                (vec![Out::Json(enc.error(e))], Phase::Finished)
+            }
+        }
+    }
     stream::unfold(
         (rx, encoder, Phase::First),
         |(mut rx, mut enc, phase)| async move {
             let (out, next) = match phase {
-                Phase::First => (
-                    enc.start().into_iter().map(Out::Json).collect(),
-                    Phase::Streaming,
-                ),
-                Phase::Streaming => match rx.recv().await {
-                    Some(ChatEvent::Piece(p)) => (
-                        enc.piece(p).into_iter().map(Out::Json).collect(),
-                        Phase::Streaming,
-                    ),
-                    Some(ChatEvent::Started { .. }) => (Vec::new(), Phase::Streaming),
-                    Some(ChatEvent::Done(finished)) => {
-                        let mut out: Vec<Out> =
-                            enc.done(&finished).into_iter().map(Out::Json).collect();
-                        out.push(Out::End);
-                        (out, Phase::Finished)
-                    }
-                    Some(ChatEvent::Failed(e)) => {
-                        tracing::warn!("request failed mid-stream: {e}");
-                        (vec![Out::Json(enc.error(e))], Phase::Finished)
-                    }
-                    None => {
-                        let e =
-                            EngineError::Backend("the generation ended without a result".into());
-                        (vec![Out::Json(enc.error(e))], Phase::Finished)
-                    }
-                },
+                Phase::First => {
+                    let event = rx.recv().await;
+                    let mut out: Vec<Out> = enc.start().into_iter().map(Out::Json).collect();
+                    let (rest, next) = handle(&mut enc, event);
+                    out.extend(rest);
+                    (out, next)
+                }
+                Phase::Streaming => handle(&mut enc, rx.recv().await),
                 Phase::Finished => return None,
             };
             Some((out, (rx, enc, next)))

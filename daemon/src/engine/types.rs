@@ -37,6 +37,9 @@ pub struct LoadParams {
     pub use_mmap: Option<bool>,
     /// Load only the vocabulary (tokenizer and metadata): no generation possible.
     pub vocab_only: bool,
+    /// Answers generated at once (sequences of one batch, each with `context_length` tokens of
+    /// KV cache); `None` = 1. A backend may run fewer (see [`ModelInfo::parallel_sequences`]).
+    pub parallel: Option<u32>,
 }
 
 /// A special token: its id and its text.
@@ -100,6 +103,8 @@ pub struct ModelInfo {
     pub add_bos_token: bool,
     /// True when only the vocabulary was loaded.
     pub vocab_only: bool,
+    /// Answers the model generates at once (at least 1).
+    pub parallel_sequences: u32,
 }
 
 /// Why an answer ended.
@@ -145,6 +150,7 @@ impl From<&LoadParams> for abi::LoadParams {
             kv_cache_type: p.kv_cache_type.clone(),
             use_mmap: p.use_mmap,
             vocab_only: p.vocab_only,
+            parallel: p.parallel,
             extra: serde_json::Value::Null,
         }
     }
@@ -191,6 +197,7 @@ impl From<abi::ModelInfo> for ModelInfo {
             eog_token_ids: i.eog_token_ids,
             add_bos_token: i.add_bos_token,
             vocab_only: i.vocab_only,
+            parallel_sequences: i.parallel_sequences.max(1),
         }
     }
 }
@@ -236,6 +243,7 @@ mod tests {
             kv_cache_type: Some("q8_0".into()),
             use_mmap: Some(false),
             vocab_only: true,
+            parallel: Some(4),
         };
         let a = abi::LoadParams::from(&p);
         assert_eq!(a.path, "/m/x.gguf");
@@ -249,6 +257,7 @@ mod tests {
         assert_eq!(a.kv_cache_type.as_deref(), Some("q8_0"));
         assert_eq!(a.use_mmap, Some(false));
         assert!(a.vocab_only);
+        assert_eq!(a.parallel, Some(4));
         assert!(a.extra.is_null());
     }
 
@@ -284,8 +293,10 @@ mod tests {
             eog_token_ids: vec![2, 3],
             add_bos_token: true,
             vocab_only: false,
+            parallel_sequences: 3,
         };
         let i = ModelInfo::from(a);
+        assert_eq!(i.parallel_sequences, 3);
         assert_eq!(i.parameters, 7_615_616_512);
         assert_eq!((i.layers, i.gpu_layers, i.context_length), (28, 5, 4096));
         assert_eq!(i.memory.compute_bytes, Some(30));

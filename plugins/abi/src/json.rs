@@ -75,6 +75,12 @@ pub struct LoadParams {
     /// Load only the vocabulary (tokenizer and metadata); no generation possible.
     #[serde(default)]
     pub vocab_only: bool,
+    /// Sequences (requests) the model should be able to generate at once, each with its own
+    /// `context_length` tokens of KV cache; `None` = 1. A backend that can run fewer reports what
+    /// it runs in [`ModelInfo::parallel_sequences`]; it may refuse a number it cannot hold
+    /// (`invalid_argument`). Appended to ABI v1: older plugins ignore it and run one sequence.
+    #[serde(default)]
+    pub parallel: Option<u32>,
     /// Backend-specific options, passed through untouched.
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -160,6 +166,11 @@ pub struct ModelInfo {
     /// True when only the vocabulary was loaded.
     #[serde(default)]
     pub vocab_only: bool,
+    /// How many `generate` calls this model runs at once (continuous batching: each call is one
+    /// sequence of a shared batch). 0 (absent: an older plugin) and 1 both mean one call at a
+    /// time. `context_length` is per sequence; `memory.kv_cache_bytes` covers all of them.
+    #[serde(default)]
+    pub parallel_sequences: u32,
 }
 
 /// Parameters of `generate`.

@@ -19,10 +19,14 @@
 //!   serde types in [`json`]; this keeps the C surface small and lets fields be added without a new
 //!   ABI version (unknown JSON fields are ignored by both sides).
 //!
-//! Threading: `probe` and `load` may be called from any thread. One model handle is used by one
-//! call at a time (the host serialises `info`, `tokenize` and `generate` per model), but different
-//! models may be used from different threads at once. Callbacks are invoked on the calling thread,
-//! before the call returns.
+//! Threading: `probe` and `load` may be called from any thread. Different models may be used from
+//! different threads at once. A model handle is used by one call at a time (the host serialises
+//! `info`, `tokenize` and `generate` per model), unless the model's
+//! [`json::ModelInfo::parallel_sequences`] is N > 1: then `info` and `tokenize` may be called at
+//! any time from any thread, and up to N `generate` calls may run at once from different threads,
+//! which the plugin batches together (continuous batching). `unload` is only called when no other
+//! call on the model runs. Callbacks are invoked on the thread that made the call, before the call
+//! returns.
 
 pub mod json;
 
@@ -240,7 +244,8 @@ pub struct R1PluginApi {
     /// Generates from a prompt. `request_json` is a [`json::GenerateRequest`] (borrowed). Each
     /// decoded piece goes to `on_token` as soon as it is sampled; returning false stops promptly.
     /// On success `*out_json` is a [`json::GenerateResult`] (usage, timings, finish reason) owned
-    /// by the caller. The model handle must not be used by another call meanwhile.
+    /// by the caller. Several calls may run at once only when the model's `parallel_sequences`
+    /// allows it (see the crate docs, "Threading").
     pub generate: unsafe extern "C" fn(
         model: *mut R1Model,
         request_json: R1Str,

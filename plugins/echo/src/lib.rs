@@ -79,6 +79,9 @@ pub struct EchoModel {
     file_type: String,
     /// Size of a GGUF file's tensor data (bytes), reported as the weights' memory.
     weights_bytes: u64,
+    /// Generations it runs at once (`LoadParams::parallel`, default 1): echo generation keeps no
+    /// state between tokens, so any number can run side by side.
+    parallel: u32,
     vocab: Mutex<Vec<String>>,
 }
 
@@ -174,6 +177,7 @@ impl Plugin for EchoPlugin {
             vocab: Mutex::new(vec![BOS.to_owned()]),
             file_type: "echo".into(),
             weights_bytes: 0,
+            parallel: params.parallel.unwrap_or(1).max(1),
         };
         Ok(model)
     }
@@ -211,6 +215,7 @@ fn load_gguf(
         weights_bytes: header
             .uint("echo.weights_bytes")
             .unwrap_or_else(|| header.tensors.iter().filter_map(|t| t.bytes()).sum()),
+        parallel: params.parallel.unwrap_or(1).max(1),
         path: params.path,
         vocab: Mutex::new(vec![BOS.to_owned()]),
     })
@@ -270,6 +275,7 @@ impl Model for EchoModel {
             }),
             eos_token: None,
             add_bos_token: true,
+            parallel_sequences: self.parallel,
             ..Default::default()
         })
     }
@@ -289,7 +295,7 @@ impl Model for EchoModel {
     }
 
     fn generate(
-        &mut self,
+        &self,
         request: GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, PluginError> {

@@ -9,10 +9,11 @@
 //! - `load`: see [`LlamaCppPlugin`] for how [`LoadParams`] map to llama.cpp and their defaults.
 //!   A failed load names the file and llama.cpp's reason; a file shorter than its GGUF header
 //!   implies is reported as "truncated or incomplete".
-//! - `generate`: one sequence per model; the KV cache of the previous request is reused for the
-//!   longest common token prefix. Cancellation (token callback returning false, or
-//!   [`CancelHandle`]) takes effect between prompt batches and between tokens, not inside one
-//!   llama.cpp `decode` call.
+//! - `generate`: `parallel` sequences per model (`LoadParams::parallel`, default 1), batched
+//!   together by one thread per model (continuous batching, see `generate.rs`); up to that many
+//!   `generate` calls may run at once. A request takes the free sequence whose KV cache shares the
+//!   longest token prefix with its prompt. Cancellation (token callback returning false, or
+//!   [`CancelHandle`]) takes effect at the next decode step, not inside one llama.cpp `decode`.
 //!
 //! llama.cpp's log goes to `tracing` (target `llama.cpp`), which the SDK forwards to the host.
 
@@ -30,7 +31,9 @@ use r1_plugin_sdk::{
     ProbeReport,
 };
 
-pub use model::{CancelHandle, KvType, LlamaCppModel, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_CAP};
+pub use model::{
+    CancelHandle, KvType, LlamaCppModel, DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_CAP, MAX_PARALLEL,
+};
 
 /// Probe score when llama.cpp runs on the CPU only.
 pub const SCORE_CPU: i32 = 100;
@@ -49,7 +52,9 @@ pub const SCORE_GPU: i32 = 200;
 ///   [`DEFAULT_CONTEXT_CAP`]. llama.cpp rounds it up to a multiple of 256; `info` reports the
 ///   length actually allocated. `batch_size` → `n_batch` (default [`DEFAULT_BATCH_SIZE`];
 ///   `n_ubatch` is the smaller of it and 512). `threads` (default: the available parallelism) and
-///   `threads_batch` (default: `threads`). `kv_cache_type`: see [`KvType`].
+///   `threads_batch` (default: `threads`). `kv_cache_type`: see [`KvType`]. `parallel`: sequences
+///   run at once (1 to [`MAX_PARALLEL`], default 1, at most `batch_size`), each with its own
+///   `context_length` tokens in one unified KV cache; `info` reports it as `parallel_sequences`.
 ///
 /// Errors: `invalid_argument` for bad parameters, `load_failed` for a file llama.cpp refuses
 /// ("failed to load model PATH: REASON") or a context it cannot create (out of memory),
@@ -148,7 +153,7 @@ impl Model for LlamaCppModel {
     /// generation unless `ignore_eos`; `stop_tokens` always do; neither is streamed or counted.
     /// Prompt + completion never exceed the context length (then `finish_reason` is `length`).
     fn generate(
-        &mut self,
+        &self,
         request: GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, PluginError> {

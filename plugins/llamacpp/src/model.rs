@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
-use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::LlamaModelLoadError;
 use r1_plugin_sdk::{LoadParams, MemoryBreakdown, ModelInfo, PluginError, SpecialToken};
 
+use crate::generate::Batcher;
 use crate::{backend, ftype};
 
 /// Context length used when the load parameters give none: the trained context, capped here so a
@@ -22,6 +22,11 @@ pub const DEFAULT_CONTEXT_CAP: u32 = 4096;
 
 /// Logical batch size in tokens when the load parameters give none.
 pub const DEFAULT_BATCH_SIZE: u32 = 512;
+
+/// Most sequences one model may run at once (`LoadParams::parallel`). llama.cpp allows 256
+/// (`LLAMA_MAX_SEQ` in `llama-cparams.h`); beyond a few dozen a CPU or a single GPU gains nothing
+/// and each sequence reserves a full context of KV cache.
+pub const MAX_PARALLEL: u32 = 64;
 
 /// Element type of the KV cache (`LoadParams::kv_cache_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +79,9 @@ impl KvType {
     }
 }
 
-/// A handle that stops a generation from another thread: the generation in progress (or, if none
-/// is, the next one to start) ends with `FinishReason::Cancelled` at the next prompt batch or
-/// token boundary. The r1d ABI has no such call yet (only the token callback can cancel); this is
-/// the hook for it.
+/// A handle that stops generations from another thread: every generation in progress (or, if none
+/// is, the next one to start) ends with `FinishReason::Cancelled` at the next decode step. The r1d
+/// ABI has no such call (the token callback cancels one generation); this is the hook for it.
 #[derive(Debug, Clone)]
 pub struct CancelHandle(Arc<AtomicBool>);
 
@@ -88,17 +92,6 @@ impl CancelHandle {
     }
 }
 
-/// The evaluation state of a model loaded with weights.
-pub(crate) struct Session {
-    /// The llama.cpp context (KV cache, compute buffers). Borrows the model for `'static`; see
-    /// [`LlamaCppModel`] for why that holds.
-    pub(crate) ctx: LlamaContext<'static>,
-    /// The tokens whose keys and values are in the KV cache (sequence 0), in position order.
-    pub(crate) cached: Vec<LlamaToken>,
-    /// Logical batch size, as llama.cpp settled it (at most the context length).
-    pub(crate) n_batch: u32,
-}
-
 /// A GGUF model loaded by llama.cpp, with its context unless it was loaded vocab-only.
 ///
 /// `LlamaContext` borrows `LlamaModel`, so the two cannot simply be fields of one struct. The model
@@ -107,8 +100,9 @@ pub(crate) struct Session {
 /// lives exactly as long as this struct, which makes the `'static` borrow sound as long as no
 /// reference to the model escapes the struct (none does: every accessor borrows `self`).
 pub struct LlamaCppModel {
-    /// `None` when loaded vocab-only. Dropped before `model` (see `Drop`).
-    pub(crate) session: Option<Session>,
+    /// The thread that owns the llama.cpp context and runs every generation in one batch; `None`
+    /// when loaded vocab-only. Dropped (its thread joined) before `model` (see `Drop`).
+    pub(crate) batcher: Option<Batcher>,
     /// The leaked `Box<LlamaModel>`; reclaimed in `Drop`.
     model: NonNull<LlamaModel>,
     pub(crate) path: String,
@@ -123,15 +117,19 @@ pub struct LlamaCppModel {
     pub(crate) cancel: Arc<AtomicBool>,
 }
 
-// SAFETY: `model` is the only pointer to a heap `LlamaModel`, which is `Send + Sync`; the context
-// (`Send`) and the other fields are owned. Moving the whole struct to another thread moves sole
-// ownership of all of them; it is not `Sync`, so no two threads use it at once.
+// SAFETY: `model` is the only owning pointer to a heap `LlamaModel`, which is `Send + Sync`; the
+// batcher's thread borrows it (shared) until the batcher is dropped, which `Drop` does first. The
+// other fields are owned and `Send + Sync` (the batcher holds only a channel sender, a join handle
+// and numbers). Shared use from several threads only reads the model (metadata, vocabulary) and
+// sends to the batcher, both thread-safe.
 unsafe impl Send for LlamaCppModel {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for LlamaCppModel {}
 
 impl Drop for LlamaCppModel {
     fn drop(&mut self) {
-        // The context borrows the model: free it first.
-        self.session = None;
+        // The batcher's context borrows the model: stop its thread and free the context first.
+        self.batcher = None;
         // SAFETY: `model` came from `Box::leak` in `load` and is reclaimed only here, once; the
         // context that borrowed it is gone and no other reference to it outlives `&mut self`.
         drop(unsafe { Box::from_raw(self.model.as_ptr()) });
@@ -144,14 +142,6 @@ impl LlamaCppModel {
         // SAFETY: `model` points to a live `LlamaModel` until `Drop` (see the struct docs); the
         // shared borrow is tied to `&self`, so it cannot outlive it.
         unsafe { self.model.as_ref() }
-    }
-
-    /// The model, its session (`None` when vocab-only) and its path, borrowed at once.
-    pub(crate) fn parts_mut(&mut self) -> (&LlamaModel, Option<&mut Session>, &str) {
-        // SAFETY: as in `model()`; the shared borrow of the model is tied to `&mut self` and does
-        // not alias the session, which is a separate field.
-        let model = unsafe { self.model.as_ref() };
-        (model, self.session.as_mut(), &self.path)
     }
 
     /// A handle that cancels generations of this model from another thread.
@@ -241,7 +231,7 @@ impl LlamaCppModel {
                 .collect()
         };
         let mut loaded = LlamaCppModel {
-            session: None,
+            batcher: None,
             model: NonNull::from(Box::leak(Box::new(model))),
             path,
             vocab_only: params.vocab_only,
@@ -252,33 +242,54 @@ impl LlamaCppModel {
             cancel: Arc::new(AtomicBool::new(false)),
         };
         if !params.vocab_only {
-            loaded.session = Some(loaded.new_session(&params, kv_type)?);
+            loaded.batcher = Some(loaded.new_batcher(&params, kv_type)?);
         }
         tracing::info!(
             path = loaded.path.as_str(),
             vocab_only = loaded.vocab_only,
-            n_ctx = loaded.session.as_ref().map(|s| s.ctx.n_ctx()),
+            n_ctx = loaded.batcher.as_ref().map(|b| b.n_ctx_seq),
+            parallel = loaded.batcher.as_ref().map(|b| b.n_seq),
             "loaded model"
         );
         Ok(loaded)
     }
 
-    fn new_session(&self, params: &LoadParams, kv_type: KvType) -> Result<Session, PluginError> {
+    /// Creates the llama.cpp context for `params.parallel` sequences of `params.context_length`
+    /// tokens each — one unified KV cache of `parallel × context_length` cells (llama.cpp's
+    /// `kv_unified`, as `llama-server --kv-unified -np N` uses) — and starts its batcher thread.
+    fn new_batcher(&self, params: &LoadParams, kv_type: KvType) -> Result<Batcher, PluginError> {
         let backend = backend::backend()?;
         // SAFETY: the model lives, unmoved, until `Drop` of the `LlamaCppModel` that will own this
-        // session, and `Drop` frees the session first (see the struct docs), so the context never
+        // batcher, and `Drop` stops the batcher first (see the struct docs), so the context never
         // outlives the model it borrows.
         let model: &'static LlamaModel = unsafe { self.model.as_ref() };
-        let n_ctx = match params.context_length {
+        let n_ctx_seq = match params.context_length {
             Some(n) if n > 0 => n,
             _ => model.n_ctx_train().clamp(1, DEFAULT_CONTEXT_CAP),
         };
+        let n_seq = params.parallel.unwrap_or(1);
+        if n_seq == 0 || n_seq > MAX_PARALLEL {
+            return Err(PluginError::invalid_argument(format!(
+                "parallel must be 1 to {MAX_PARALLEL} sequences, got {n_seq}"
+            )));
+        }
+        let n_ctx = n_ctx_seq.checked_mul(n_seq).ok_or_else(|| {
+            PluginError::invalid_argument(format!(
+                "{n_seq} sequences of {n_ctx_seq} tokens exceed llama.cpp's context limit"
+            ))
+        })?;
         let threads = match params.threads {
             Some(n) if n > 0 => n,
             _ => std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
         };
         let threads_batch = params.threads_batch.filter(|n| *n > 0).unwrap_or(threads);
         let n_batch = params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if n_batch < n_seq {
+            return Err(PluginError::invalid_argument(format!(
+                "batch_size {n_batch} is smaller than parallel {n_seq}: each decode step carries \
+                 one token of every running sequence"
+            )));
+        }
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_batch)
@@ -287,6 +298,8 @@ impl LlamaCppModel {
             .with_n_threads_batch(i32::try_from(threads_batch).unwrap_or(i32::MAX))
             .with_type_k(kv_type.llama_type())
             .with_type_v(kv_type.llama_type())
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(true)
             .with_no_perf(false);
 
         backend::clear_error_lines();
@@ -299,12 +312,9 @@ impl LlamaCppModel {
                 self.path
             ))
         })?;
-        let n_batch = ctx.n_batch().max(1);
-        Ok(Session {
-            ctx,
-            cached: Vec::new(),
-            n_batch,
-        })
+        // llama.cpp rounds the context up (to a multiple of 256); each sequence gets its share.
+        let n_ctx_seq = (ctx.n_ctx() / n_seq).max(n_ctx_seq.min(ctx.n_ctx()));
+        Batcher::start(ctx, model, self.path.clone(), n_seq, n_ctx_seq, Arc::clone(&self.cancel))
     }
 
     /// Reads a scalar GGUF metadata value as text (arrays are not available this way).
@@ -360,8 +370,10 @@ impl LlamaCppModel {
         let head_dim_k = arch_u32("attention.key_length").unwrap_or(head_dim);
         let head_dim_v = arch_u32("attention.value_length").unwrap_or(head_dim);
 
-        let context_length = self.session.as_ref().map_or(0, |s| s.ctx.n_ctx());
+        let context_length = self.batcher.as_ref().map_or(0, |b| b.n_ctx_seq);
+        let parallel_sequences = self.batcher.as_ref().map_or(0, |b| b.n_seq);
         let kv_elements = u64::from(context_length)
+            * u64::from(parallel_sequences.max(1))
             * u64::from(layers)
             * u64::from(n_head_kv)
             * u64::from(head_dim_k + head_dim_v);
@@ -415,6 +427,7 @@ impl LlamaCppModel {
             eog_token_ids: self.eog_ids.clone(),
             add_bos_token: vocab.should_add_bos(),
             vocab_only: self.vocab_only,
+            parallel_sequences,
         }
     }
 

@@ -36,14 +36,20 @@ pub struct SessionOptions {
 /// A decoder-only causal LM loaded from an ONNX model directory.
 pub struct OnnxModel {
     dir: ModelDir,
-    /// `None` when loaded vocab-only.
-    decoder: Option<Decoder>,
+    /// The decoder and its cache: one generation at a time (`parallel_sequences` is 1).
+    state: std::sync::Mutex<DecodeState>,
     path: String,
     context_length: u32,
     batch_size: u32,
+    info: ModelInfo,
+}
+
+/// What a generation changes: the decoder (with its KV cache) and the tokens it holds.
+struct DecodeState {
+    /// `None` when loaded vocab-only.
+    decoder: Option<Decoder>,
     /// Tokens whose keys and values are in the decoder's cache, in position order.
     cached: Vec<i32>,
-    info: ModelInfo,
 }
 
 impl OnnxModel {
@@ -166,14 +172,18 @@ impl OnnxModel {
             eog_token_ids: dir.eog_ids.clone(),
             add_bos_token: dir.add_bos_token,
             vocab_only: params.vocab_only,
+            // One generation at a time: the decoder keeps one sequence's cache.
+            parallel_sequences: 1,
         };
         Ok(OnnxModel {
             dir,
-            decoder,
+            state: std::sync::Mutex::new(DecodeState {
+                decoder,
+                cached: Vec::new(),
+            }),
             path,
             context_length,
             batch_size: params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-            cached: Vec::new(),
             info,
         })
     }
@@ -193,8 +203,11 @@ impl OnnxModel {
         Ok(())
     }
 
-    /// Evaluates `tokens` and records them as cached.
-    fn eval(&mut self, tokens: &[i32]) -> Result<Vec<f32>, PluginError> {
+}
+
+impl DecodeState {
+    /// Evaluates `tokens` and records them as cached; `path` names the model in errors.
+    fn eval(&mut self, tokens: &[i32], path: &str) -> Result<Vec<f32>, PluginError> {
         let decoder = self
             .decoder
             .as_mut()
@@ -207,8 +220,8 @@ impl OnnxModel {
             Err(e) => {
                 self.cached.clear();
                 Err(PluginError::backend(format!(
-                    "failed to evaluate tokens with model {}: {}",
-                    self.path, e.message
+                    "failed to evaluate tokens with model {path}: {}",
+                    e.message
                 )))
             }
         }
@@ -274,30 +287,32 @@ impl Model for OnnxModel {
     /// Errors: `invalid_argument` (empty prompt, id outside the vocabulary, non-finite sampling
     /// numbers), `context_exceeded`, `backend` (ONNX Runtime failed; the cache is dropped).
     fn generate(
-        &mut self,
+        &self,
         request: GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, PluginError> {
         let start = Instant::now();
-        let Some(decoder) = self.decoder.as_mut() else {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = &mut *state;
+        let Some(decoder) = state.decoder.as_mut() else {
             return Err(PluginError::unsupported(format!(
                 "model {} was loaded vocab-only; generation needs the weights",
                 self.path
             )));
         };
         // Reuse the cache only when it is a prefix of the prompt (the cache cannot be cut).
-        let reusable = self.cached.len() < request.prompt_tokens.len()
-            && request.prompt_tokens.starts_with(&self.cached);
+        let reusable = state.cached.len() < request.prompt_tokens.len()
+            && request.prompt_tokens.starts_with(&state.cached);
         if !reusable {
             decoder.reset();
-            self.cached.clear();
+            state.cached.clear();
         }
         self.validate(&request)?;
         let prompt = &request.prompt_tokens;
         let n_ctx = self.context_length as usize;
         let mut sampler = Sampler::new(&request);
 
-        let reused = self.cached.len();
+        let reused = state.cached.len();
         let mut result = GenerateResult {
             finish_reason: FinishReason::Length,
             prompt_tokens: prompt.len() as u32,
@@ -315,7 +330,7 @@ impl Model for OnnxModel {
         let mut chunk_start = reused;
         while chunk_start < prompt.len() {
             let chunk_end = (chunk_start + batch).min(prompt.len());
-            logits = self.eval(&prompt[chunk_start..chunk_end])?;
+            logits = state.eval(&prompt[chunk_start..chunk_end], &self.path)?;
             chunk_start = chunk_end;
             if chunk_end < prompt.len() && !on_token(&[], abi::R1_TOKEN_PROMPT_PROGRESS) {
                 result.finish_reason = FinishReason::Cancelled;
@@ -351,7 +366,7 @@ impl Model for OnnxModel {
             if completion >= max_tokens || prompt.len() + completion >= n_ctx {
                 break FinishReason::Length;
             }
-            logits = self.eval(&[token])?;
+            logits = state.eval(&[token], &self.path)?;
         };
         result.generation_ms = ms(generation_start);
         Ok(result)

@@ -272,7 +272,7 @@ fn a_prompt_in_small_batches_gives_the_same_ids_and_reports_progress() {
     let Some(dir) = fixture(MODEL_DIR) else {
         return;
     };
-    let mut model = OnnxRuntimePlugin
+    let model = OnnxRuntimePlugin
         .load(
             LoadParams {
                 batch_size: Some(8),
@@ -303,7 +303,7 @@ fn a_prompt_in_small_batches_gives_the_same_ids_and_reports_progress() {
 
 #[test]
 fn bad_requests_are_refused_with_a_reason() {
-    let Some(mut model) = smollm2() else {
+    let Some(model) = smollm2() else {
         return;
     };
     let err = model
@@ -326,7 +326,7 @@ fn bad_requests_are_refused_with_a_reason() {
 
 #[test]
 fn the_token_callback_cancels() {
-    let (Some(mut model), Some(reference)) = (smollm2(), reference()) else {
+    let (Some(model), Some(reference)) = (smollm2(), reference()) else {
         return;
     };
     let mut seen = 0;

@@ -250,14 +250,15 @@ unsafe extern "C" fn generate<P: Instance>(
     out_json: *mut R1OwnedStr,
     out_error: *mut R1OwnedStr,
 ) -> R1Status {
-    // SAFETY: the host passes a live handle used by no other call, a readable request and writable
-    // out-pointers; the callback and user data are valid for this call.
+    // SAFETY: the host passes a live handle (shared with other `generate` calls only when the model
+    // said it runs several at once; `Model` is `Sync` and takes `&self`), a readable request and
+    // writable out-pointers; the callback and user data are valid for this call.
     unsafe {
         guarded(out_error, || {
             if model.is_null() {
                 return Err(PluginError::invalid_argument("model handle is NULL"));
             }
-            let model = &mut *model.cast::<P::Model>();
+            let model = &*model.cast::<P::Model>();
             let request = parse_json(request_json, "generate request")?;
             let mut sink = |piece: &[u8], id: i32| match on_token {
                 Some(f) => f(token_user_data, piece.as_ptr(), piece.len(), id),

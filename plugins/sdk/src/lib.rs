@@ -96,8 +96,11 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Result<Self::Model, PluginError>;
 }
 
-/// A loaded model. The host calls one method at a time per model.
-pub trait Model: Send + 'static {
+/// A loaded model. The host calls one method at a time per model, unless [`ModelInfo`] says
+/// `parallel_sequences` N > 1: then `info` and `tokenize` may run at any time and up to N
+/// `generate` calls at once, from different threads (hence `&self` and `Sync`; a sequential
+/// backend keeps its mutable state behind a `Mutex`).
+pub trait Model: Send + Sync + 'static {
     /// Describes the model (see [`ModelInfo`]).
     fn info(&self) -> Result<ModelInfo, PluginError>;
 
@@ -113,7 +116,7 @@ pub trait Model: Send + 'static {
     /// `on_token` as soon as it is sampled. When `on_token` returns false, stop at once and return
     /// `Ok` with [`FinishReason::Cancelled`].
     fn generate(
-        &mut self,
+        &self,
         request: GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, PluginError>;
