@@ -43,7 +43,7 @@ pub enum EngineError {
     #[error("{0}")]
     InvalidRequest(String),
     /// The queue is full.
-    #[error("r1d is busy: {0} requests are already waiting")]
+    #[error("r1d is busy: its queue of {0} waiting requests is full; retry later")]
     Busy(usize),
     /// The backend failed while generating (including a caught plugin panic).
     #[error("{0}")]
@@ -710,6 +710,16 @@ impl Engine {
             admitted: Instant::now(),
             stats: crate::telemetry::current_request(),
         };
+        // The queue holds what does not run yet: requests in the channel and the one the engine
+        // thread holds while it waits for a free sequence.
+        let queued = self
+            .shared
+            .active
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.shared.running.load(Ordering::SeqCst));
+        if queued >= self.queue_depth.max(1) as u64 {
+            return Err(EngineError::Busy(self.queue_depth));
+        }
         // Counted from admission; the worker's `ActiveGuard` decrements it when the job ends.
         self.shared.active.fetch_add(1, Ordering::SeqCst);
         let ms = self.shared.started.elapsed().as_millis() as u64;
@@ -1047,11 +1057,11 @@ impl Worker {
             return;
         }
         let limit = self.model.as_ref().map_or(1, |m| {
-            m.parallel_sequences()
-                .min(self.config.parallel.max(1))
+            m.parallel_sequences().min(self.config.parallel.max(1))
         });
         self.slots.acquire(limit);
         let slot = SlotGuard(self.slots.clone());
+        self.shared.running.fetch_add(1, Ordering::SeqCst);
         let answer = Answer {
             shared: self.shared.clone(),
             config: self.config.clone(),
@@ -1062,7 +1072,6 @@ impl Worker {
             .name("r1d-answer".into())
             .spawn(move || {
                 let (slot, active) = (slot, active);
-                answer.shared.running.fetch_add(1, Ordering::SeqCst);
                 answer.chat(job);
                 answer.shared.running.fetch_sub(1, Ordering::SeqCst);
                 // The model is released before the slot: the engine thread unloads it only after
@@ -1073,6 +1082,7 @@ impl Worker {
             });
         if let Err(e) = spawned {
             // The job went down with the closure: its client sees the stream end.
+            self.shared.running.fetch_sub(1, Ordering::SeqCst);
             tracing::error!("failed to start a thread for an answer: {e}");
         }
     }

@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn generate_echoes_last_user_turn_upper_cased() {
-        let mut model = EchoPlugin
+        let model = EchoPlugin
             .load(
                 LoadParams {
                     path: write_model("{}"),

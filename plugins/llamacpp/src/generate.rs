@@ -294,7 +294,12 @@ impl Worker {
             let Some(sub) = self.waiting.front() else {
                 break;
             };
-            let free = || self.slots.iter().enumerate().filter(|(_, s)| s.job.is_none());
+            let free = || {
+                self.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.job.is_none())
+            };
             let similar = free()
                 .map(|(i, s)| (i, common_prefix(&s.cached, &sub.prompt)))
                 .filter(|&(_, prefix)| prefix > 0 && 2 * prefix >= sub.prompt.len())
@@ -475,7 +480,6 @@ impl Worker {
             }
         }
     }
-
 }
 
 /// Samples the next token of `job` from the logits at `idx`, hands its piece to the waiting call

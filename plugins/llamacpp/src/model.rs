@@ -314,7 +314,14 @@ impl LlamaCppModel {
         })?;
         // llama.cpp rounds the context up (to a multiple of 256); each sequence gets its share.
         let n_ctx_seq = (ctx.n_ctx() / n_seq).max(n_ctx_seq.min(ctx.n_ctx()));
-        Batcher::start(ctx, model, self.path.clone(), n_seq, n_ctx_seq, Arc::clone(&self.cancel))
+        Batcher::start(
+            ctx,
+            model,
+            self.path.clone(),
+            n_seq,
+            n_ctx_seq,
+            Arc::clone(&self.cancel),
+        )
     }
 
     /// Reads a scalar GGUF metadata value as text (arrays are not available this way).

@@ -345,7 +345,7 @@ fn invalid_prompts_are_refused() {
 #[test]
 fn small_context_limits_prompt_and_generation() {
     let Some(path) = fixture(SMOLLM2) else { return };
-    let mut model = load(LoadParams {
+    let model = load(LoadParams {
         context_length: Some(200),
         kv_cache_type: Some("q8_0".to_owned()),
         ..params(&path)
@@ -830,7 +830,9 @@ fn parallel_beyond_the_limits_is_refused() {
 
 #[test]
 fn simultaneous_requests_progress_together_without_cross_talk() {
-    let Some(model) = smollm2_parallel(3) else { return };
+    let Some(model) = smollm2_parallel(3) else {
+        return;
+    };
     let prompts = questions(&model);
     let alone: Vec<String> = prompts
         .iter()
@@ -886,14 +888,20 @@ fn simultaneous_requests_progress_together_without_cross_talk() {
         eprintln!(
             "request {i}: {same} of {} bytes as when served alone{}",
             alone[i].len(),
-            if text == &alone[i] { " (identical)" } else { "" }
+            if text == &alone[i] {
+                " (identical)"
+            } else {
+                ""
+            }
         );
     }
 }
 
 #[test]
 fn a_request_takes_the_sequence_holding_its_prefix() {
-    let Some(model) = smollm2_parallel(2) else { return };
+    let Some(model) = smollm2_parallel(2) else {
+        return;
+    };
     let prompts = questions(&model);
     let (a, b) = (&prompts[0], &prompts[1]);
     let (first_a, _) = run(&model, request(a.clone(), 8));
@@ -908,7 +916,9 @@ fn a_request_takes_the_sequence_holding_its_prefix() {
 
 #[test]
 fn the_same_request_gives_the_same_long_answer_with_a_cached_prefix() {
-    let Some(model) = smollm2_parallel(1) else { return };
+    let Some(model) = smollm2_parallel(1) else {
+        return;
+    };
     let prompts = questions(&model);
     let (cold, r1) = run(&model, request(prompts[2].clone(), 160));
     let (warm, r2) = run(&model, request(prompts[2].clone(), 160));

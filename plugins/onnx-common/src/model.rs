@@ -202,7 +202,6 @@ impl OnnxModel {
         }
         Ok(())
     }
-
 }
 
 impl DecodeState {

@@ -9,6 +9,7 @@ mod hardening;
 mod host;
 mod llama;
 mod onnx;
+mod parallel;
 mod plan;
 mod store;
 mod systemd;

@@ -1,0 +1,243 @@
+//! Many clients at once: answers generated side by side (`[server] parallel`), each exactly its
+//! own, a bounded queue behind them, and one client's cancellation or stall not felt by others.
+//! The echo backend runs any number of sequences; SmolLM2 runs through the llama.cpp plugin's
+//! continuous batching.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State};
+use r1d_tests::{echo_model, fixture, Daemon, DaemonOptions, SMOLLM2};
+
+use crate::ask;
+
+fn echo_daemon(config: &str) -> (Daemon, tempfile::TempDir) {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo-many", "context_length": 4096}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        config: Some(config),
+        ..Default::default()
+    });
+    (daemon, models)
+}
+
+/// A slow echo request (50 ms a token) whose answer is `words` upper-cased, repeated up to
+/// `max_tokens` tokens.
+fn slow(words: &str, max_tokens: u32) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", &format!("{words} [[slow]]"))],
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+/// Streams `request` to its end and returns the content.
+async fn streamed(client: &r1d_client::Client, request: &ChatCompletionRequest) -> String {
+    let mut stream = client.chat_stream(request).await.unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        for c in &chunk.unwrap().choices {
+            text.push_str(c.delta.content.as_deref().unwrap_or(""));
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn many_answers_run_at_once_and_each_is_exactly_its_own() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 8\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let status = client.status().await.unwrap();
+    assert_eq!(status.parallel, 8, "{status:?}");
+    // What each request gives alone.
+    let requests: Vec<ChatCompletionRequest> = (0..12)
+        .map(|i| slow(&format!("client{i} asks w{i}x"), 8))
+        .collect();
+    let alone = streamed(&client, &requests[0]).await;
+    assert!(alone.starts_with("CLIENT0 ASKS W0X"), "{alone}");
+
+    // Twelve at once (8 run, 4 wait): each gets exactly its own answer, no word of another.
+    let watcher = {
+        let client = daemon.client();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..100 {
+                let s = client.status().await.unwrap();
+                most = most.max(s.running_requests);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            most
+        })
+    };
+    let answers = futures_util::future::join_all(requests.iter().map(|r| {
+        let client = daemon.client();
+        async move { streamed(&client, r).await }
+    }))
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        let own = alone
+            .replace("CLIENT0", &format!("CLIENT{i}"))
+            .replace("W0X", &format!("W{i}X"));
+        assert_eq!(answer, &own, "request {i}");
+    }
+    let most = watcher.await.unwrap();
+    assert!(
+        (2..=8).contains(&most),
+        "at most {most} answers ran at once; expected several and never more than 8"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_is_refused_with_503_and_retry_after() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 1\nqueue_depth = 1\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    // One runs (2 s), one waits: the queue is full.
+    let running = {
+        let client = daemon.client();
+        tokio::spawn(async move { streamed(&client, &slow("first", 40)).await })
+    };
+    let client = daemon.client();
+    let start = Instant::now();
+    while client.status().await.unwrap().running_requests == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waiting = {
+        let client = daemon.client();
+        tokio::spawn(async move { streamed(&client, &slow("second", 2)).await })
+    };
+    while client.status().await.unwrap().queued_requests == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!((status.running_requests, status.queued_requests), (1, 1));
+    let response = client
+        .request(
+            r1d_client::Method::POST,
+            "/v1/chat/completions",
+            Some(serde_json::to_vec(&ask("third")).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let bytes = {
+        use http_body_util::BodyExt;
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("queue"), "{body}");
+    // The two admitted ones are answered in full.
+    assert!(running.await.unwrap().starts_with("FIRST"));
+    assert!(waiting.await.unwrap().starts_with("SECOND"));
+}
+
+#[tokio::test]
+async fn cancelling_one_stream_leaves_the_others_whole() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 4\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let alone = streamed(&client, &slow("keep going", 12)).await;
+    let keepers: Vec<_> = (0..2)
+        .map(|_| {
+            let client = daemon.client();
+            tokio::spawn(async move { streamed(&client, &slow("keep going", 12)).await })
+        })
+        .collect();
+    let mut quitter = client.chat_stream(&slow("quit early", 40)).await.unwrap();
+    for _ in 0..3 {
+        quitter.next().await.unwrap().unwrap();
+    }
+    drop(quitter);
+    for keeper in keepers {
+        assert_eq!(keeper.await.unwrap(), alone);
+    }
+    // The quitter's sequence was freed: nothing runs any more.
+    let start = Instant::now();
+    while client.status().await.unwrap().active_requests > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_smollm2_streams_make_progress_at_once() {
+    let _one = crate::llama::ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        args: vec![
+            "--context-length".into(),
+            "1024".into(),
+            "--parallel".into(),
+            "3".into(),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    assert_eq!(daemon.client().status().await.unwrap().parallel, 3);
+    let start = Instant::now();
+    let runs = [
+        "Count from one to twenty.",
+        "Name ten animals.",
+        "List ten cities.",
+    ]
+    .map(|q| {
+        let client = daemon.client();
+        tokio::spawn(async move {
+            let request = ChatCompletionRequest {
+                messages: vec![ChatMessage::new("user", q)],
+                max_tokens: Some(48),
+                temperature: Some(0.0),
+                ..Default::default()
+            };
+            let mut stream = client.chat_stream(&request).await.unwrap();
+            let mut first_token = None;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.unwrap();
+                let has_text = chunk
+                    .choices
+                    .iter()
+                    .any(|c| c.delta.content.as_deref().is_some_and(|t| !t.is_empty()));
+                if has_text {
+                    first_token.get_or_insert_with(|| start.elapsed());
+                }
+            }
+            (first_token.expect("a token"), start.elapsed())
+        })
+    });
+    let mut times = Vec::new();
+    for run in runs {
+        times.push(run.await.unwrap());
+    }
+    let first_end = times.iter().map(|t| t.1).min().unwrap();
+    for (i, (first_token, _)) in times.iter().enumerate() {
+        assert!(
+            *first_token < first_end,
+            "stream {i} got its first token at {first_token:?}, after another ended at \
+             {first_end:?}: answers were not generated together\n{}",
+            daemon.log()
+        );
+    }
+}
