@@ -855,6 +855,9 @@ pub struct PlanCandidate {
     /// Context length planned for (tokens).
     #[serde(default)]
     pub context_length: u32,
+    /// Answers it would generate at once, each with its own context.
+    #[serde(default)]
+    pub parallel: u32,
     /// Size of the model file(s) (bytes).
     #[serde(default)]
     pub file_bytes: u64,

@@ -266,6 +266,12 @@ pub struct PlannerConfig {
     /// Allow quantizations under 3 bits per weight (the 671B's dynamic 1.58–2.51-bit quants);
     /// default false.
     pub allow_extreme_quantization: bool,
+    /// Answers to plan the KV cache for, each with `context_length` tokens: `[server] parallel`
+    /// when set (copied here when the config is read; not a `[planner]` key). `None`: the
+    /// planner plans one and says how many up to [`DEFAULT_PARALLEL`] also fit
+    /// (`Candidate::parallel`).
+    #[serde(skip)]
+    pub sequences: Option<u32>,
 }
 
 impl Default for PlannerConfig {
@@ -277,6 +283,7 @@ impl Default for PlannerConfig {
             variant: None,
             allow_partial_offload: true,
             allow_extreme_quantization: false,
+            sequences: None,
         }
     }
 }
@@ -294,6 +301,7 @@ impl Config {
         })?;
         config.validate(path)?;
         config.resolve_paths(path);
+        config.planner.sequences = config.server.parallel;
         Ok(config)
     }
 

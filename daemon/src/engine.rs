@@ -224,10 +224,11 @@ pub struct EngineConfig {
     pub default_max_tokens: Option<u32>,
     /// Requests that may wait behind the running ones.
     pub queue_depth: usize,
-    /// Answers generated at once (`[server] parallel`): asked of the backend at load (each
-    /// sequence with its own context) and the most requests run side by side; a backend that
-    /// runs fewer caps it.
-    pub parallel: u32,
+    /// Answers generated at once when set explicitly (`--parallel`, `[server] parallel`): asked
+    /// of the backend at every load. `None`: what the load asks for (the planner's count of
+    /// sequences that fit), else [`crate::config::DEFAULT_PARALLEL`]. The resident model's
+    /// `parallel_sequences` (what its backend runs) is how many answers run side by side.
+    pub parallel: Option<u32>,
     /// How long the engine waits for a client that stopped reading (its reply buffer is full)
     /// before it cancels that client's request (`[server] stall_timeout_s`, default 30 s).
     pub stall_timeout: std::time::Duration,
@@ -238,7 +239,7 @@ impl Default for EngineConfig {
         EngineConfig {
             default_max_tokens: None,
             queue_depth: crate::config::DEFAULT_QUEUE_DEPTH,
-            parallel: 1,
+            parallel: Some(1),
             stall_timeout: crate::config::DEFAULT_STALL_TIMEOUT,
         }
     }
@@ -312,8 +313,6 @@ struct Shared {
     active: AtomicU64,
     /// Requests generating now (the rest of `active` waits in the queue).
     running: AtomicU64,
-    /// `[server] parallel`.
-    parallel_limit: std::sync::atomic::AtomicU32,
     served: AtomicU64,
     started: Instant,
     /// The engine thread, joined by [`Engine::stop`].
@@ -453,7 +452,6 @@ impl Engine {
             load_generation: AtomicU64::new(0),
             active: AtomicU64::new(0),
             running: AtomicU64::new(0),
-            parallel_limit: std::sync::atomic::AtomicU32::new(config.parallel),
             served: AtomicU64::new(0),
             started: Instant::now(),
             thread: std::sync::Mutex::new(None),
@@ -665,12 +663,11 @@ impl Engine {
         self.shared.running.load(Ordering::SeqCst)
     }
 
-    /// Answers the resident model generates at once: `[server] parallel` capped by its backend's
-    /// `parallel_sequences`; 0 with no model resident.
+    /// Answers the resident model generates at once (its backend's `parallel_sequences`); 0 with
+    /// no model resident.
     pub fn parallel(&self) -> u32 {
-        let limit = self.shared.parallel_limit.load(Ordering::SeqCst);
         match &self.shared.state.borrow().model {
-            Some((info, _)) => info.parallel_sequences.max(1).min(limit.max(1)),
+            Some((info, _)) => info.parallel_sequences.max(1),
             None => 0,
         }
     }
@@ -980,7 +977,11 @@ impl Worker {
                 let generation = self.generation;
                 let mut last = -1.0f32;
                 let mut params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
-                params.parallel = params.parallel.or(Some(self.config.parallel.max(1)));
+                params.parallel = self
+                    .config
+                    .parallel
+                    .or(params.parallel)
+                    .or(Some(crate::config::DEFAULT_PARALLEL));
                 backend.load(&params, &mut |p| {
                     shared.beat();
                     if shared.load_generation.load(Ordering::SeqCst) > generation
@@ -1056,9 +1057,7 @@ impl Worker {
         if job.reply.is_closed() {
             return;
         }
-        let limit = self.model.as_ref().map_or(1, |m| {
-            m.parallel_sequences().min(self.config.parallel.max(1))
-        });
+        let limit = self.model.as_ref().map_or(1, |m| m.parallel_sequences());
         self.slots.acquire(limit);
         let slot = SlotGuard(self.slots.clone());
         self.shared.running.fetch_add(1, Ordering::SeqCst);

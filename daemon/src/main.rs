@@ -267,10 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 .server
                 .queue_depth
                 .unwrap_or(config::DEFAULT_QUEUE_DEPTH),
-            parallel: args
-                .parallel
-                .or(config.server.parallel)
-                .unwrap_or(config::DEFAULT_PARALLEL),
+            parallel: args.parallel.or(config.server.parallel),
             stall_timeout: config.server.stall_timeout_s.map_or(
                 config::DEFAULT_STALL_TIMEOUT,
                 std::time::Duration::from_secs_f64,

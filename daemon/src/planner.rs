@@ -21,7 +21,7 @@
 //! layer-split GPUs working in turn. MoE models read `active / total` of their block weights.
 
 use crate::catalog::{Format, Quantization, Variant, VARIANTS};
-use crate::config::PlannerConfig;
+use crate::config::{PlannerConfig, DEFAULT_PARALLEL};
 use crate::hardware::Hardware;
 
 /// The planner's policy is the `[planner]` config section.
@@ -79,6 +79,11 @@ pub struct Candidate {
     pub total_layers: u32,
     /// Context length planned for (tokens): the policy's, capped at the trained context.
     pub context_length: u32,
+    /// Answers generated at once that the plan holds, each with its own `context_length` of KV
+    /// cache: `[server] parallel` when set (`Policy::sequences`, planned for in the memory
+    /// figures), else the most up to [`DEFAULT_PARALLEL`] whose extra KV cache fits beside the
+    /// one-answer plan without moving a layer off the GPU (the memory figures are for one).
+    pub parallel: u32,
     /// RAM needed (bytes), without the policy's reserve.
     pub ram_bytes: u64,
     /// VRAM needed on each GPU (bytes), in the hardware's GPU order; 0 for unused GPUs.
@@ -166,8 +171,18 @@ fn amount(bytes: u64) -> String {
     }
 }
 
-fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32) -> Placement {
-    let f = v.footprint(q, ctx);
+/// Places `v` at `q` with a KV cache of `sequences` × `ctx` tokens (its memory); the speed
+/// estimate is for one answer reading its own `ctx`.
+fn place(
+    v: &Variant,
+    q: &Quantization,
+    hw: &Hardware,
+    policy: &Policy,
+    ctx: u32,
+    sequences: u32,
+) -> Placement {
+    let f = v.footprint(q, ctx.saturating_mul(sequences.max(1)));
+    let read = v.footprint(q, ctx);
     let per_layer = f.layer_weights + f.layer_kv;
     let n = v.layers;
     let gpu_fixed = f.compute + GPU_RUNTIME_OVERHEAD;
@@ -221,7 +236,7 @@ fn place(v: &Variant, q: &Quantization, hw: &Hardware, policy: &Policy, ctx: u32
 
     // Speed: bytes read per token on each device over its effective bandwidth.
     let active = v.active_parameters as f64 / v.parameters as f64;
-    let read_per_layer = f.layer_weights as f64 * active + f.layer_kv as f64 / 2.0;
+    let read_per_layer = read.layer_weights as f64 * active + read.layer_kv as f64 / 2.0;
     let cpu_bw = hw
         .memory
         .bandwidth_bytes_per_s
@@ -443,7 +458,18 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
     for v in VARIANTS.iter().rev() {
         for q in v.quantizations.iter().rev() {
             let ctx = policy.context_length.min(v.trained_context);
-            let p = place(v, q, hw, policy, ctx);
+            let p = place(v, q, hw, policy, ctx, policy.sequences.unwrap_or(1));
+            let parallel = policy.sequences.unwrap_or_else(|| {
+                (2..=DEFAULT_PARALLEL)
+                    .rev()
+                    .find(|&n| {
+                        let more = place(v, q, hw, policy, ctx, n);
+                        more.gpu_layers == p.gpu_layers
+                            && more.ram_bytes + policy.reserve_ram_bytes
+                                <= hw.memory.available_bytes
+                    })
+                    .unwrap_or(1)
+            });
             let is_present = present.iter().any(|m| {
                 m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
             });
@@ -514,6 +540,7 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 gpu_layers: p.gpu_layers,
                 total_layers: v.layers + 1,
                 context_length: ctx,
+                parallel,
                 ram_bytes: p.ram_bytes,
                 vram_bytes: p.vram_bytes,
                 tokens_per_s: p.tokens_per_s,
@@ -714,6 +741,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn parallel_answers_are_planned_for_and_never_cost_the_choice() {
+        // A roomy CPU machine: the choice is unchanged and four answers fit beside it.
+        let roomy = machine(16, 64, 60, vec![]);
+        let one = plan(&roomy, &[], &Policy::default());
+        let c = one.chosen().unwrap();
+        assert_eq!(c.parallel, DEFAULT_PARALLEL);
+        // `[server] parallel = 8` is planned for: the RAM figure holds 8 contexts of KV cache.
+        let eight = plan(
+            &roomy,
+            &[],
+            &Policy {
+                sequences: Some(8),
+                ..Policy::default()
+            },
+        );
+        let same = eight
+            .candidates
+            .iter()
+            .find(|x| x.variant.id == c.variant.id && x.quantization.name == c.quantization.name)
+            .unwrap();
+        assert_eq!(same.parallel, 8);
+        let kv = |n: u32| c.variant.footprint(c.quantization, 8192 * n).layer_kv;
+        assert_eq!(
+            same.ram_bytes - c.ram_bytes,
+            u64::from(c.variant.layers) * (kv(8) - kv(1))
+        );
+        // A machine where the chosen model just fits: one answer at a time, same choice.
+        let tight_ram = c.ram_bytes + Policy::default().reserve_ram_bytes + (64 << 20);
+        let mut tight = machine(16, 64, 60, vec![]);
+        tight.memory.available_bytes = tight_ram;
+        let t = plan(&tight, &[], &Policy::default());
+        let tc = t.chosen().unwrap();
+        assert_eq!(
+            (tc.variant.id, tc.quantization.name),
+            (c.variant.id, c.quantization.name)
+        );
+        assert_eq!(tc.parallel, 1);
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
         fits: c.fits,
         reason: c.reason.clone(),
         context_length: c.context_length,
+        parallel: c.parallel,
         file_bytes: c.quantization.file_bytes,
         present: c.present,
         source: Some(format!(

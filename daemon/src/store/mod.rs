@@ -380,6 +380,7 @@ impl Store {
                 gpu_layers: model.gpu_layers.or(candidate.map(|c| c.gpu_layers)),
                 threads: model.threads,
                 kv_cache_type: model.kv_cache_type.clone(),
+                parallel: candidate.map(|c| c.parallel),
                 ..Default::default()
             },
             backend: model.backend.clone(),

@@ -173,6 +173,14 @@ fn emit(level: sys::ggml_log_level, line: &str) {
         None => LOG_TARGET.to_owned(),
     };
     let module = module.as_str();
+    // With a unified KV cache for N sequences llama.cpp compares all N contexts' cells with the
+    // trained context ("n_ctx_seq (N×C) > n_ctx_train"); the plugin keeps each sequence within
+    // its own context C, so the line is misleading at warning level.
+    let level = if level == sys::GGML_LOG_LEVEL_WARN && is_unified_kv_overflow_note(message) {
+        sys::GGML_LOG_LEVEL_DEBUG
+    } else {
+        level
+    };
     match level {
         sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: LOG_TARGET, module, "{message}"),
         sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: LOG_TARGET, module, "{message}"),
@@ -181,9 +189,22 @@ fn emit(level: sys::ggml_log_level, line: &str) {
     }
 }
 
+/// llama.cpp's "n_ctx_seq (…) > n_ctx_train (…) -- possible training context overflow" line.
+fn is_unified_kv_overflow_note(message: &str) -> bool {
+    message.starts_with("n_ctx_seq (") && message.contains("possible training context overflow")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unified_kv_overflow_note_is_recognised() {
+        assert!(is_unified_kv_overflow_note(
+            "n_ctx_seq (32768) > n_ctx_train (8192) -- possible training context overflow"
+        ));
+        assert!(!is_unified_kv_overflow_note("failed to allocate buffer"));
+    }
 
     #[test]
     fn split_function_takes_llama_cpp_function_prefix() {

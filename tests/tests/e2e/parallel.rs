@@ -241,3 +241,77 @@ async fn three_smollm2_streams_make_progress_at_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_swap_waits_for_every_running_answer_then_serves_the_new_model() {
+    let models = tempfile::tempdir().unwrap();
+    let (first, second) = (
+        models.path().join("first.echo"),
+        models.path().join("second.echo"),
+    );
+    std::fs::write(&first, r#"{"name": "first"}"#).unwrap();
+    std::fs::write(&second, r#"{"name": "second"}"#).unwrap();
+    let config = |model: &std::path::Path| {
+        format!(
+            "{}[server]\nparallel = 4\n[watch]\nhardware_interval_s = 0\n",
+            r1d_tests::echo_config(model)
+        )
+    };
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config(&first)),
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let alone = streamed(&client, &slow("still here", 20)).await;
+    // Three answers of a second each are running when the config names another model.
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            let client = daemon.client();
+            tokio::spawn(async move {
+                let mut stream = client.chat_stream(&slow("still here", 20)).await.unwrap();
+                let (mut text, mut model) = (String::new(), String::new());
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.unwrap();
+                    model = chunk.model.clone();
+                    for c in &chunk.choices {
+                        text.push_str(c.delta.content.as_deref().unwrap_or(""));
+                    }
+                }
+                (text, model)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while client.status().await.unwrap().running_requests < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon.edit_config(&config(&second));
+    // Every answer in flight finishes whole, on the model it started with.
+    for run in running {
+        let (text, model) = run.await.unwrap();
+        assert_eq!(text, alone);
+        assert_eq!(model, "first");
+    }
+    // Then the new model serves.
+    let start = Instant::now();
+    loop {
+        let status = client.status().await.unwrap();
+        if status.state == State::Ready && status.model.as_ref().is_some_and(|m| m.name == "second")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.chat(&ask("new")).await.unwrap().model, "second");
+}
