@@ -677,9 +677,10 @@ impl Engine {
         self.shared.served.load(Ordering::SeqCst)
     }
 
-    /// Jobs (answers and loads) waiting in the queue for the engine thread.
+    /// Requests admitted but not generating yet: waiting for a free sequence or for a model.
     pub fn queued(&self) -> usize {
-        self.jobs.max_capacity() - self.jobs.capacity()
+        self.active_requests()
+            .saturating_sub(self.running_requests()) as usize
     }
 
     /// Seconds since the engine started.
