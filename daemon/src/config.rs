@@ -710,6 +710,8 @@ mod tests {
             c.planner,
             PlannerConfig {
                 variant: Some("deepseek-r1:14b".into()),
+                // The documented `[server] parallel`, which the planner plans for.
+                sequences: Some(DEFAULT_PARALLEL),
                 ..PlannerConfig::default()
             },
             "documented [planner] values are the defaults (the variant is an example)"
