@@ -323,24 +323,42 @@ pub fn read(path: &Path) -> Result<Header, GgufError> {
     };
     let file = open_regular(path).map_err(io)?;
     let file_bytes = file.metadata().map_err(io)?.len();
+    read_from(BufReader::with_capacity(1 << 16, file), file_bytes, &name)
+}
+
+/// Reads a GGUF header from `bytes`, the start of a GGUF file (or all of it): the same parser as
+/// [`read`], for headers already in memory (and for fuzzing it). `name` names the source in
+/// errors; [`Header::file_bytes`] is `bytes.len()`.
+///
+/// # Errors
+/// [`GgufError::NotGguf`] without the magic, [`GgufError::Malformed`] when the header is cut
+/// short or inconsistent.
+pub fn read_bytes(bytes: &[u8], name: &str) -> Result<Header, GgufError> {
+    read_from(std::io::Cursor::new(bytes), bytes.len() as u64, name)
+}
+
+fn read_from<R: Read + Seek>(inner: R, file_bytes: u64, name: &str) -> Result<Header, GgufError> {
     let mut r = Reader {
-        inner: BufReader::with_capacity(1 << 16, file),
+        inner,
         pos: 0,
         len: file_bytes,
     };
     let mut magic = [0u8; 4];
     if file_bytes < 4 {
-        return Err(GgufError::NotGguf { path: name });
+        return Err(GgufError::NotGguf {
+            path: name.to_owned(),
+        });
     }
-    r.bytes(&mut magic)
-        .map_err(|e| e.into_error(&name, r.pos))?;
+    r.bytes(&mut magic).map_err(|e| e.into_error(name, r.pos))?;
     if &magic != MAGIC {
-        return Err(GgufError::NotGguf { path: name });
+        return Err(GgufError::NotGguf {
+            path: name.to_owned(),
+        });
     }
-    parse(&mut r, file_bytes).map_err(|e| e.into_error(&name, r.pos))
+    parse(&mut r, file_bytes).map_err(|e| e.into_error(name, r.pos))
 }
 
-fn parse(r: &mut Reader, file_bytes: u64) -> Result<Header, ReadError> {
+fn parse<R: Read + Seek>(r: &mut Reader<R>, file_bytes: u64) -> Result<Header, ReadError> {
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
         return Err(ReadError::Bad(format!(
@@ -425,13 +443,13 @@ impl ReadError {
 
 /// A little-endian reader that knows its position and the file's length, so no count read from
 /// the file can make it allocate or skip past the end.
-struct Reader {
-    inner: BufReader<File>,
+struct Reader<R> {
+    inner: R,
     pos: u64,
     len: u64,
 }
 
-impl Reader {
+impl<R: Read + Seek> Reader<R> {
     fn bytes(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
         if self.pos + buf.len() as u64 > self.len {
             return Err(ReadError::Eof);
