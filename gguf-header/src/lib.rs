@@ -199,9 +199,12 @@ impl Header {
         ftype::name(u32::try_from(self.uint("general.file_type")?).ok()?)
     }
 
-    /// Parameters: the elements of every tensor.
+    /// Parameters: the elements of every tensor (`u64::MAX` when a corrupt header claims more).
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.iter().map(TensorInfo::elements).sum()
+        self.tensors
+            .iter()
+            .map(TensorInfo::elements)
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Bytes the file must have: the data offset plus the end of the furthest tensor. `None`
@@ -749,6 +752,32 @@ mod tests {
         bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
         let f = file(&bytes);
         assert!(matches!(read(f.path()), Err(GgufError::Malformed { .. })));
+    }
+
+    /// Found by the `gguf_header` fuzz target: two tensors whose element counts add up past
+    /// `u64::MAX` made `parameter_count` overflow (a panic with overflow checks, a wrong small
+    /// count without).
+    #[test]
+    fn parameter_count_of_a_corrupt_header_saturates_instead_of_overflowing() {
+        let huge: &[u64] = &[1 << 32, 1 << 31];
+        let bytes = write::gguf(&[], &[("a.weight", huge, 0), ("b.weight", huge, 0)], 0);
+        let h = read_bytes(&bytes, "corrupt.gguf").unwrap();
+        assert_eq!(h.tensors[0].elements(), 1 << 63);
+        assert_eq!(h.parameter_count(), u64::MAX);
+    }
+
+    #[test]
+    fn read_bytes_agrees_with_read() {
+        let bytes = model(704 + 256);
+        let f = file(&bytes);
+        assert_eq!(
+            read_bytes(&bytes, "m.gguf").unwrap(),
+            read(f.path()).unwrap()
+        );
+        assert!(matches!(
+            read_bytes(b"GGU", "short.gguf"),
+            Err(GgufError::NotGguf { .. })
+        ));
     }
 
     #[test]
