@@ -323,8 +323,13 @@ impl Assembler {
         self.drain(false)
     }
 
-    /// Flushes what is held back at the end of the generation.
+    /// Flushes what is held back at the end of the generation (nothing once a stop string
+    /// matched: the bytes still held then came after it).
     pub fn finish(&mut self) -> Vec<Piece> {
+        if self.stopped {
+            self.bytes.clear();
+            return Vec::new();
+        }
         if !self.bytes.is_empty() {
             let text = String::from_utf8_lossy(&self.bytes).into_owned();
             self.bytes.clear();
@@ -604,6 +609,20 @@ mod tests {
         let (out, _) = run(true, &[], &[b"still", b" thinking</th"]);
         assert_eq!(text(&out, Channel::Reasoning), "still thinking</th");
         assert_eq!(text(&out, Channel::Content), "");
+    }
+
+    /// Found by the `assembler` fuzz target: the first byte of a multi-byte character held back
+    /// when a stop string matched came out of `finish` as U+FFFD, after the stop.
+    #[test]
+    fn nothing_after_a_stop_string_comes_out_of_finish_not_even_a_held_back_byte() {
+        let mut a = Assembler::new(true, vec!["k".into()], ReasoningFormat::None);
+        let mut out = a.push(&[0xF2]);
+        assert!(a.stopped());
+        out.extend(a.finish());
+        assert_eq!(text(&out, Channel::Content), "<thin");
+        let (out, stopped) = run(false, &["STOP"], &[b"ok STOP\xE2\x82"]);
+        assert!(stopped);
+        assert_eq!(text(&out, Channel::Content), "ok ");
     }
 
     #[test]
