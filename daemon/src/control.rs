@@ -115,8 +115,12 @@ impl LoadOptions {
                 ));
             }
         }
-        check_model_file(std::path::Path::new(&self.path), self.context_length)
-            .map_err(ControlError::InvalidArgument)
+        check_model_file(
+            std::path::Path::new(&self.path),
+            self.backend.as_deref(),
+            self.context_length,
+        )
+        .map_err(ControlError::InvalidArgument)
     }
 
     /// The engine's load spec (not validated: the config's paths may be relative).
@@ -619,7 +623,8 @@ impl From<SupervisorError> for ControlError {
 }
 
 /// Checks what the model file itself says about a load, before anything is unloaded for it: a
-/// directory must be an ONNX model directory (one with `model.onnx`), and a context length must
+/// directory must be an ONNX model directory (one with `model.onnx`; when a backend is named,
+/// its plugin judges the directory and names what is missing), and a context length must
 /// not exceed the trained context a GGUF's header states (`{architecture}.context_length`); the
 /// message names the path, or both numbers. A path that does not exist, a file of another format
 /// or a GGUF whose header cannot be read pass: the engine's own checks name those. Reads at most
@@ -627,9 +632,13 @@ impl From<SupervisorError> for ControlError {
 ///
 /// # Errors
 /// Why the load is refused, as one sentence.
-pub fn check_model_file(path: &std::path::Path, context_length: Option<u32>) -> Result<(), String> {
+pub fn check_model_file(
+    path: &std::path::Path,
+    backend: Option<&str>,
+    context_length: Option<u32>,
+) -> Result<(), String> {
     if path.is_dir() {
-        if path.join("model.onnx").is_file() {
+        if backend.is_some() || path.join("model.onnx").is_file() {
             return Ok(());
         }
         return Err(format!(
@@ -668,6 +677,7 @@ pub fn check_model_file(path: &std::path::Path, context_length: Option<u32>) -> 
 pub fn check_spec(spec: &LoadSpec) -> Result<(), String> {
     check_model_file(
         std::path::Path::new(&spec.params.path),
+        spec.backend.as_deref(),
         spec.params.context_length,
     )
 }
@@ -724,9 +734,9 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         std::fs::write(&path, trained_4096_gguf()).unwrap();
-        assert_eq!(check_model_file(&path, Some(4096)), Ok(()));
-        assert_eq!(check_model_file(&path, None), Ok(()));
-        let e = check_model_file(&path, Some(1_000_000_000)).unwrap_err();
+        assert_eq!(check_model_file(&path, None, Some(4096)), Ok(()));
+        assert_eq!(check_model_file(&path, None, None), Ok(()));
+        let e = check_model_file(&path, None, Some(1_000_000_000)).unwrap_err();
         assert!(
             e.contains("context_length 1000000000") && e.contains("4096 tokens"),
             "{e}"
@@ -742,9 +752,9 @@ pub(crate) mod tests {
         // Another format, or no file at all: the engine's checks speak for those.
         let echo = dir.path().join("m.echo");
         std::fs::write(&echo, "{}").unwrap();
-        assert_eq!(check_model_file(&echo, Some(1_000_000_000)), Ok(()));
+        assert_eq!(check_model_file(&echo, None, Some(1_000_000_000)), Ok(()));
         assert_eq!(
-            check_model_file(&dir.path().join("absent.gguf"), Some(9)),
+            check_model_file(&dir.path().join("absent.gguf"), None, Some(9)),
             Ok(())
         );
     }
@@ -752,13 +762,18 @@ pub(crate) mod tests {
     #[test]
     fn a_directory_without_model_onnx_is_named_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let e = check_model_file(dir.path(), None).unwrap_err();
+        let e = check_model_file(dir.path(), None, None).unwrap_err();
         assert!(
             e.contains(&dir.path().display().to_string()) && e.contains("is a directory"),
             "{e}"
         );
+        // A named backend judges the directory itself (onnxruntime names the missing graph).
+        assert_eq!(
+            check_model_file(dir.path(), Some("onnxruntime"), None),
+            Ok(())
+        );
         std::fs::write(dir.path().join("model.onnx"), b"").unwrap();
-        assert_eq!(check_model_file(dir.path(), None), Ok(()));
+        assert_eq!(check_model_file(dir.path(), None, None), Ok(()));
     }
 
     use super::*;
