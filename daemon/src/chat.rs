@@ -246,6 +246,21 @@ pub struct Piece {
     pub text: String,
 }
 
+/// Length of the start of a UTF-8 character at the end of `bytes` that more bytes could still
+/// complete (0 when the bytes end on a character boundary or in invalid bytes).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(_) => return 0,
+            Err(e) => match e.error_len() {
+                Some(bad) => rest = &rest[e.valid_up_to() + bad..],
+                None => return rest.len() - e.valid_up_to(),
+            },
+        }
+    }
+}
+
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
 
@@ -304,27 +319,22 @@ impl Assembler {
             return Vec::new();
         }
         self.bytes.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.bytes) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // Invalid bytes (not just incomplete): decode lossily rather than stall forever.
-            Err(_) => {
-                let text = String::from_utf8_lossy(&self.bytes).into_owned();
-                self.bytes.clear();
-                self.pending.push_str(&text);
-                return self.drain(false);
-            }
-        };
-        let text = std::str::from_utf8(&self.bytes[..valid])
-            .expect("checked")
-            .to_owned();
-        self.bytes.drain(..valid);
+        // Invalid bytes (not just incomplete) become U+FFFD, as `String::from_utf8_lossy` decodes
+        // the whole text; a character still incomplete at the end is held for the next token.
+        let complete = self.bytes.len() - incomplete_tail(&self.bytes);
+        let text = String::from_utf8_lossy(&self.bytes[..complete]).into_owned();
+        self.bytes.drain(..complete);
         self.pending.push_str(&text);
         self.drain(false)
     }
 
-    /// Flushes what is held back at the end of the generation.
+    /// Flushes what is held back at the end of the generation (nothing once a stop string
+    /// matched: the bytes still held then came after it).
     pub fn finish(&mut self) -> Vec<Piece> {
+        if self.stopped {
+            self.bytes.clear();
+            return Vec::new();
+        }
         if !self.bytes.is_empty() {
             let text = String::from_utf8_lossy(&self.bytes).into_owned();
             self.bytes.clear();
@@ -604,6 +614,34 @@ mod tests {
         let (out, _) = run(true, &[], &[b"still", b" thinking</th"]);
         assert_eq!(text(&out, Channel::Reasoning), "still thinking</th");
         assert_eq!(text(&out, Channel::Content), "");
+    }
+
+    /// Found by the `assembler` fuzz target: the first byte of a multi-byte character held back
+    /// when a stop string matched came out of `finish` as U+FFFD, after the stop.
+    #[test]
+    fn nothing_after_a_stop_string_comes_out_of_finish_not_even_a_held_back_byte() {
+        let mut a = Assembler::new(true, vec!["k".into()], ReasoningFormat::None);
+        let mut out = a.push(&[0xF2]);
+        assert!(a.stopped());
+        out.extend(a.finish());
+        assert_eq!(text(&out, Channel::Content), "<thin");
+        let (out, stopped) = run(false, &["STOP"], &[b"ok STOP\xE2\x82"]);
+        assert!(stopped);
+        assert_eq!(text(&out, Channel::Content), "ok ");
+    }
+
+    /// Found by the `assembler` fuzz target: an invalid byte before the first byte of a split
+    /// character made the whole held buffer decode lossily, so the character, completed by the
+    /// next token, came out as two U+FFFD instead of itself.
+    #[test]
+    fn a_character_split_after_an_invalid_byte_is_still_joined() {
+        let (out, _) = run(false, &[], &[&[0xFF, 0xC5], &[0x82]]);
+        assert_eq!(text(&out, Channel::Content), "\u{FFFD}ł");
+        let (out, _) = run(false, &[], &[b"a\xE2", &[0x82, 0xFF, 0xE2, 0x82], &[0xAC]]);
+        assert_eq!(text(&out, Channel::Content), "a\u{FFFD}\u{FFFD}€");
+        assert_eq!(incomplete_tail(b"ok\xF0\x9F"), 2);
+        assert_eq!(incomplete_tail(b"ok\xFF"), 0);
+        assert_eq!(incomplete_tail("é".as_bytes()), 0);
     }
 
     #[test]

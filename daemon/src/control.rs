@@ -115,7 +115,12 @@ impl LoadOptions {
                 ));
             }
         }
-        Ok(())
+        check_model_file(
+            std::path::Path::new(&self.path),
+            self.backend.as_deref(),
+            self.context_length,
+        )
+        .map_err(ControlError::InvalidArgument)
     }
 
     /// The engine's load spec (not validated: the config's paths may be relative).
@@ -518,7 +523,9 @@ impl Control {
         options: LoadOptions,
     ) -> Result<String, ControlError> {
         self.authorize(caller, "loading a model").await?;
-        options.validate()?;
+        // It may read the model's GGUF header (a few MB).
+        let checked = options.clone();
+        blocking("checking the load options", move || checked.validate()).await??;
         let supervisor = self.supervisor("loading a model")?;
         Ok(supervisor.load(options.spec()).await?)
     }
@@ -621,6 +628,66 @@ impl From<SupervisorError> for ControlError {
     }
 }
 
+/// Checks what the model file itself says about a load, before anything is unloaded for it: a
+/// directory must be an ONNX model directory (one with `model.onnx`; when a backend is named,
+/// its plugin judges the directory and names what is missing), and a context length must
+/// not exceed the trained context a GGUF's header states (`{architecture}.context_length`); the
+/// message names the path, or both numbers. A path that does not exist, a file of another format
+/// or a GGUF whose header cannot be read pass: the engine's own checks name those. Reads at most
+/// the GGUF header (blocking).
+///
+/// # Errors
+/// Why the load is refused, as one sentence.
+pub fn check_model_file(
+    path: &std::path::Path,
+    backend: Option<&str>,
+    context_length: Option<u32>,
+) -> Result<(), String> {
+    if path.is_dir() {
+        if backend.is_some() || path.join("model.onnx").is_file() {
+            return Ok(());
+        }
+        return Err(format!(
+            "model path {} is a directory without model.onnx: give a GGUF or .echo file, or an \
+             ONNX model directory (model.onnx with its config.json and tokenizer.json)",
+            path.display()
+        ));
+    }
+    let Some(asked) = context_length else {
+        return Ok(());
+    };
+    if !gguf_header::has_magic(path) {
+        return Ok(());
+    }
+    let Ok(header) = gguf_header::read(path) else {
+        return Ok(());
+    };
+    let Some(trained) = header.arch_uint("context_length") else {
+        return Ok(());
+    };
+    if u64::from(asked) > trained {
+        return Err(format!(
+            "context_length {asked} is more than the {trained} tokens {} was trained for \
+             (its GGUF header's {}.context_length); ask for {trained} or less",
+            path.display(),
+            header.architecture().unwrap_or("?"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_model_file`] for an engine load spec.
+///
+/// # Errors
+/// See [`check_model_file`].
+pub fn check_spec(spec: &LoadSpec) -> Result<(), String> {
+    check_model_file(
+        std::path::Path::new(&spec.params.path),
+        spec.backend.as_deref(),
+        spec.params.context_length,
+    )
+}
+
 /// The context a model named by path (`--model`, `[model] path`) gets when nothing sets one:
 /// the planner's `[planner] context_length` (what a planned model is fitted for), capped at the
 /// trained context a GGUF's header states; `None` (the backend's default) for other formats or
@@ -639,6 +706,18 @@ pub fn default_context_length(path: &std::path::Path, planner_context: u32) -> O
 pub(crate) mod tests {
     #[test]
     fn a_model_named_by_path_gets_the_planner_context_capped_at_its_trained_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, trained_4096_gguf()).unwrap();
+        assert_eq!(default_context_length(&path, 8192), Some(4096));
+        assert_eq!(default_context_length(&path, 2048), Some(2048));
+        let echo = dir.path().join("m.echo");
+        std::fs::write(&echo, "{}").unwrap();
+        assert_eq!(default_context_length(&echo, 8192), None);
+    }
+
+    /// A GGUF header of a llama model trained for 4096 tokens, without tensors.
+    fn trained_4096_gguf() -> Vec<u8> {
         fn string(out: &mut Vec<u8>, s: &str) {
             out.extend((s.len() as u64).to_le_bytes());
             out.extend(s.as_bytes());
@@ -653,14 +732,54 @@ pub(crate) mod tests {
         string(&mut gguf, "llama.context_length");
         gguf.extend(4u32.to_le_bytes());
         gguf.extend(4096u32.to_le_bytes());
+        gguf
+    }
+
+    #[test]
+    fn a_context_beyond_the_trained_one_is_refused_naming_both_numbers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
-        std::fs::write(&path, &gguf).unwrap();
-        assert_eq!(default_context_length(&path, 8192), Some(4096));
-        assert_eq!(default_context_length(&path, 2048), Some(2048));
+        std::fs::write(&path, trained_4096_gguf()).unwrap();
+        assert_eq!(check_model_file(&path, None, Some(4096)), Ok(()));
+        assert_eq!(check_model_file(&path, None, None), Ok(()));
+        let e = check_model_file(&path, None, Some(1_000_000_000)).unwrap_err();
+        assert!(
+            e.contains("context_length 1000000000") && e.contains("4096 tokens"),
+            "{e}"
+        );
+        let e = LoadOptions {
+            context_length: Some(4097),
+            ..options(path.to_str().unwrap())
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("4097") && e.contains("4096"), "{e}");
+        // Another format, or no file at all: the engine's checks speak for those.
         let echo = dir.path().join("m.echo");
         std::fs::write(&echo, "{}").unwrap();
-        assert_eq!(default_context_length(&echo, 8192), None);
+        assert_eq!(check_model_file(&echo, None, Some(1_000_000_000)), Ok(()));
+        assert_eq!(
+            check_model_file(&dir.path().join("absent.gguf"), None, Some(9)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_directory_without_model_onnx_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_model_file(dir.path(), None, None).unwrap_err();
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("is a directory"),
+            "{e}"
+        );
+        // A named backend judges the directory itself (onnxruntime names the missing graph).
+        assert_eq!(
+            check_model_file(dir.path(), Some("onnxruntime"), None),
+            Ok(())
+        );
+        std::fs::write(dir.path().join("model.onnx"), b"").unwrap();
+        assert_eq!(check_model_file(dir.path(), None, None), Ok(()));
     }
 
     use super::*;

@@ -215,8 +215,23 @@ async fn main() -> anyhow::Result<()> {
     };
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
-    let start =
+    let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
+    // What the file says against the configured load (a directory that is no model, a context
+    // beyond the trained one) is said at start, and nothing is loaded.
+    if let Some(spec) = &start.load {
+        let checked = {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || r1d::control::check_spec(&spec))
+                .await
+                .unwrap_or(Ok(()))
+        };
+        if let Err(reason) = checked {
+            tracing::error!("failed to load the configured model: {reason}");
+            start.load = None;
+            start.no_model_reason = Some(reason);
+        }
+    }
 
     let socket = args
         .socket

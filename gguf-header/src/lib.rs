@@ -199,9 +199,12 @@ impl Header {
         ftype::name(u32::try_from(self.uint("general.file_type")?).ok()?)
     }
 
-    /// Parameters: the elements of every tensor.
+    /// Parameters: the elements of every tensor (`u64::MAX` when a corrupt header claims more).
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.iter().map(TensorInfo::elements).sum()
+        self.tensors
+            .iter()
+            .map(TensorInfo::elements)
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Bytes the file must have: the data offset plus the end of the furthest tensor. `None`
@@ -323,24 +326,42 @@ pub fn read(path: &Path) -> Result<Header, GgufError> {
     };
     let file = open_regular(path).map_err(io)?;
     let file_bytes = file.metadata().map_err(io)?.len();
+    read_from(BufReader::with_capacity(1 << 16, file), file_bytes, &name)
+}
+
+/// Reads a GGUF header from `bytes`, the start of a GGUF file (or all of it): the same parser as
+/// [`read`], for headers already in memory (and for fuzzing it). `name` names the source in
+/// errors; [`Header::file_bytes`] is `bytes.len()`.
+///
+/// # Errors
+/// [`GgufError::NotGguf`] without the magic, [`GgufError::Malformed`] when the header is cut
+/// short or inconsistent.
+pub fn read_bytes(bytes: &[u8], name: &str) -> Result<Header, GgufError> {
+    read_from(std::io::Cursor::new(bytes), bytes.len() as u64, name)
+}
+
+fn read_from<R: Read + Seek>(inner: R, file_bytes: u64, name: &str) -> Result<Header, GgufError> {
     let mut r = Reader {
-        inner: BufReader::with_capacity(1 << 16, file),
+        inner,
         pos: 0,
         len: file_bytes,
     };
     let mut magic = [0u8; 4];
     if file_bytes < 4 {
-        return Err(GgufError::NotGguf { path: name });
+        return Err(GgufError::NotGguf {
+            path: name.to_owned(),
+        });
     }
-    r.bytes(&mut magic)
-        .map_err(|e| e.into_error(&name, r.pos))?;
+    r.bytes(&mut magic).map_err(|e| e.into_error(name, r.pos))?;
     if &magic != MAGIC {
-        return Err(GgufError::NotGguf { path: name });
+        return Err(GgufError::NotGguf {
+            path: name.to_owned(),
+        });
     }
-    parse(&mut r, file_bytes).map_err(|e| e.into_error(&name, r.pos))
+    parse(&mut r, file_bytes).map_err(|e| e.into_error(name, r.pos))
 }
 
-fn parse(r: &mut Reader, file_bytes: u64) -> Result<Header, ReadError> {
+fn parse<R: Read + Seek>(r: &mut Reader<R>, file_bytes: u64) -> Result<Header, ReadError> {
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
         return Err(ReadError::Bad(format!(
@@ -425,13 +446,13 @@ impl ReadError {
 
 /// A little-endian reader that knows its position and the file's length, so no count read from
 /// the file can make it allocate or skip past the end.
-struct Reader {
-    inner: BufReader<File>,
+struct Reader<R> {
+    inner: R,
     pos: u64,
     len: u64,
 }
 
-impl Reader {
+impl<R: Read + Seek> Reader<R> {
     fn bytes(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
         if self.pos + buf.len() as u64 > self.len {
             return Err(ReadError::Eof);
@@ -731,6 +752,32 @@ mod tests {
         bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
         let f = file(&bytes);
         assert!(matches!(read(f.path()), Err(GgufError::Malformed { .. })));
+    }
+
+    /// Found by the `gguf_header` fuzz target: two tensors whose element counts add up past
+    /// `u64::MAX` made `parameter_count` overflow (a panic with overflow checks, a wrong small
+    /// count without).
+    #[test]
+    fn parameter_count_of_a_corrupt_header_saturates_instead_of_overflowing() {
+        let huge: &[u64] = &[1 << 32, 1 << 31];
+        let bytes = write::gguf(&[], &[("a.weight", huge, 0), ("b.weight", huge, 0)], 0);
+        let h = read_bytes(&bytes, "corrupt.gguf").unwrap();
+        assert_eq!(h.tensors[0].elements(), 1 << 63);
+        assert_eq!(h.parameter_count(), u64::MAX);
+    }
+
+    #[test]
+    fn read_bytes_agrees_with_read() {
+        let bytes = model(704 + 256);
+        let f = file(&bytes);
+        assert_eq!(
+            read_bytes(&bytes, "m.gguf").unwrap(),
+            read(f.path()).unwrap()
+        );
+        assert!(matches!(
+            read_bytes(b"GGU", "short.gguf"),
+            Err(GgufError::NotGguf { .. })
+        ));
     }
 
     #[test]

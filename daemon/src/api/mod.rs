@@ -12,11 +12,15 @@
 //! - [`observe`]: `GET /metrics` and the layer that counts, measures and logs each request.
 //! - [`auth`]: the API key TCP listeners ask for (see [`crate::listen`]).
 //! - [`dbus`]: D-Bus (`org.r1d.R1`).
+//! - `fuzzing` (feature `fuzzing`, and in tests): the request-body checks without an engine, for
+//!   the fuzz targets in `fuzz/`.
 
 pub mod answer;
 pub mod auth;
 pub mod dbus;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http;
 pub mod native;
 pub mod observe;

@@ -172,20 +172,8 @@ fn format_of(
     model: &str,
     think: Option<&Think>,
 ) -> Result<ReasoningFormat, Response> {
-    let on = match think {
-        None => return Ok(ReasoningFormat::None),
-        Some(Think::Switch(on)) => *on,
-        Some(Think::Level(level)) => match level.as_str() {
-            "low" | "medium" | "high" => true,
-            other => {
-                return Err(fail(ApiError::invalid(
-                    Some("think"),
-                    format!(
-                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
-                    ),
-                )))
-            }
-        },
+    let Some(on) = think_switch(think)? else {
+        return Ok(ReasoningFormat::None);
     };
     let reasons = state
         .engine
@@ -202,6 +190,25 @@ fn format_of(
         ReasoningFormat::DeepSeek
     } else {
         ReasoningFormat::Off
+    })
+}
+
+/// `think` as on (`true` or a level) or off; `None` when absent; an unknown level is refused.
+fn think_switch(think: Option<&Think>) -> Result<Option<bool>, Response> {
+    Ok(match think {
+        None => None,
+        Some(Think::Switch(on)) => Some(*on),
+        Some(Think::Level(level)) => match level.as_str() {
+            "low" | "medium" | "high" => Some(true),
+            other => {
+                return Err(fail(ApiError::invalid(
+                    Some("think"),
+                    format!(
+                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
+                    ),
+                )))
+            }
+        },
     })
 }
 
@@ -310,32 +317,45 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         return Json(Lines::chat(model).line(String::new(), None, true, load_only_stats()))
             .into_response();
     }
+    let messages = match chat_messages(&req) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let admitted =
+        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+    respond(admitted, Lines::chat(model), req.stream).await
+}
+
+/// The conversation of an `/api/chat` request for the template; refuses images, tool calls and
+/// unknown roles, naming the message.
+fn chat_messages(req: &ChatRequest) -> Result<Vec<Message>, Response> {
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        if let Err(r) = refuse_unimplemented(
+        refuse_unimplemented(
             None,
             None,
             m.images
                 .as_ref()
                 .map(|im| (format!("messages[{i}].images"), im)),
-        ) {
-            return r;
-        }
+        )?;
         if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-            return fail(ApiError::invalid(
+            return Err(fail(ApiError::invalid(
                 Some(&format!("messages[{i}].tool_calls")),
                 format!("messages[{i}].tool_calls: tool calling is not supported by r1d"),
-            ));
+            )));
         }
         if !answer::ROLES.contains(&m.role.as_str()) {
-            return fail(ApiError::invalid(
+            return Err(fail(ApiError::invalid(
                 Some(&format!("messages[{i}].role")),
                 format!(
                     "messages[{i}].role {:?} is not one of {}",
                     m.role,
                     answer::ROLES.join(", ")
                 ),
-            ));
+            )));
         }
         messages.push(Message {
             role: if m.role == "developer" {
@@ -346,26 +366,17 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
             content: m.content.clone(),
         });
     }
-    let admitted =
-        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
-    respond(admitted, Lines::chat(model), req.stream).await
+    Ok(messages)
 }
 
-async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
-    let req: GenerateRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(r) = refuse_unimplemented(
+/// Refuses what `/api/generate` does not implement: structured output, images, `suffix`,
+/// `template`, `context`.
+fn refuse_unimplemented_generate(req: &GenerateRequest) -> Result<(), Response> {
+    refuse_unimplemented(
         req.format.as_ref(),
         None,
         req.images.as_ref().map(|im| ("images".to_owned(), im)),
-    ) {
-        return r;
-    }
+    )?;
     for (field, set, why) in [
         (
             "suffix",
@@ -384,11 +395,42 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         ),
     ] {
         if set {
-            return fail(ApiError::invalid(
+            return Err(fail(ApiError::invalid(
                 Some(field),
                 format!("{field} is not supported: {why}"),
-            ));
+            )));
         }
+    }
+    Ok(())
+}
+
+/// Every check `/api/chat` (`generate: false`) or `/api/generate` makes on a request body before
+/// it needs the engine (the model name and whether the model reasons aside); the refusal's
+/// response on failure. For the fuzz targets and the tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn check_body(generate: bool, body: &RequestBody) -> Result<(), Response> {
+    if generate {
+        let req: GenerateRequest = parse(body)?;
+        refuse_unimplemented_generate(&req)?;
+        sampling(req.options.as_ref())?;
+        think_switch(req.think.as_ref())?;
+    } else {
+        let req: ChatRequest = parse(body)?;
+        refuse_unimplemented(req.format.as_ref(), req.tools.as_ref(), None)?;
+        sampling(req.options.as_ref())?;
+        think_switch(req.think.as_ref())?;
+        chat_messages(&req)?;
+    }
+    Ok(())
+}
+
+async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
+    let req: GenerateRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = refuse_unimplemented_generate(&req) {
+        return r;
     }
     let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
         Ok(p) => p,

@@ -101,6 +101,11 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
     }
+    checked_knobs(k)
+}
+
+/// The checks of [`common`] that need no engine: `n`, `logit_bias` and the sampling ranges.
+fn checked_knobs(k: Knobs<'_>) -> Result<Common, Response> {
     match k.n {
         Some(0) => return Err(invalid(Some("n"), "n must be at least 1".into())),
         Some(n) if n > 1 => {
@@ -228,6 +233,121 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
     Ok(())
 }
 
+/// The sampling fields of a chat request.
+fn chat_knobs(req: &ChatCompletionRequest) -> Knobs<'_> {
+    Knobs {
+        model: req.model.as_deref(),
+        n: req.n,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        seed: req.seed,
+        stop: req.stop.clone(),
+        stream_options: req.stream_options.as_ref(),
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: req.logit_bias.as_ref(),
+    }
+}
+
+/// The conversation of a chat request for the template, and how reasoning comes back; refuses
+/// an empty conversation, an unknown role and an unknown `reasoning_format`.
+fn chat_messages(req: &ChatCompletionRequest) -> Result<(Vec<Message>, ReasoningFormat), Response> {
+    if req.messages.is_empty() {
+        return Err(invalid(
+            Some("messages"),
+            "messages must hold at least one message".into(),
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !answer::ROLES.contains(&m.role.as_str()) {
+            return Err(invalid(
+                Some(&format!("messages[{i}].role")),
+                format!(
+                    "messages[{i}].role {:?} is not one of {}",
+                    m.role,
+                    answer::ROLES.join(", ")
+                ),
+            ));
+        }
+        // OpenAI's "developer" is the system prompt of older models.
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            m.role.as_str()
+        };
+        messages.push(Message {
+            role: role.to_owned(),
+            content: m.text(),
+        });
+    }
+    let format = match req.reasoning_format.as_deref() {
+        None | Some("deepseek") | Some("auto") => ReasoningFormat::DeepSeek,
+        Some("none") => ReasoningFormat::None,
+        Some(other) => {
+            return Err(invalid(
+                Some("reasoning_format"),
+                format!("reasoning_format {other:?} is not one of deepseek, auto, none"),
+            ))
+        }
+    };
+    Ok((messages, format))
+}
+
+/// The sampling fields of a completion request (`max_tokens` defaults to OpenAI's 16).
+fn completion_knobs(req: &CompletionRequest) -> Knobs<'_> {
+    Knobs {
+        model: req.model.as_deref(),
+        n: req.n,
+        // OpenAI's default for this route.
+        max_tokens: Some(req.max_tokens.unwrap_or(16)),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        seed: req.seed,
+        stop: req.stop.clone(),
+        stream_options: req.stream_options.as_ref(),
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: req.logit_bias.as_ref(),
+    }
+}
+
+/// The one prompt of a completion request.
+fn completion_prompt(req: &CompletionRequest) -> Result<String, Response> {
+    match req.prompt.clone() {
+        CompletionPrompt::One(p) => Ok(p),
+        CompletionPrompt::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        CompletionPrompt::Many(_) => Err(invalid(
+            Some("prompt"),
+            "only one prompt per request is supported".into(),
+        )),
+    }
+}
+
+/// Every check `/v1/chat/completions` (`completion: false`) or `/v1/completions` makes on a
+/// request body before it needs the engine, in the handler's order but for the model name; the
+/// refusal's response on failure. For the fuzz targets and the tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(super) fn check_body(completion: bool, body: &Body) -> Result<(), Response> {
+    if completion {
+        let req: CompletionRequest = parse(body)?;
+        completion_prompt(&req)?;
+        refuse_unimplemented_completion(&req)?;
+        checked_knobs(completion_knobs(&req))?;
+    } else {
+        let req: ChatCompletionRequest = parse(body)?;
+        refuse_unimplemented_chat(&req)?;
+        checked_knobs(chat_knobs(&req))?;
+        chat_messages(&req)?;
+    }
+    Ok(())
+}
+
 /// Refuses what `/v1/completions` does not implement, naming the field and why.
 fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Response> {
     if req.logprobs.is_some() {
@@ -287,67 +407,13 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     if let Err(r) = refuse_unimplemented_chat(&req) {
         return r;
     }
-    let common = match common(
-        &state,
-        Knobs {
-            model: req.model.as_deref(),
-            n: req.n,
-            max_tokens: req.max_completion_tokens.or(req.max_tokens),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            seed: req.seed,
-            stop: req.stop.clone(),
-            stream_options: req.stream_options.as_ref(),
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            logit_bias: req.logit_bias.as_ref(),
-        },
-    )
-    .await
-    {
+    let common = match common(&state, chat_knobs(&req)).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if req.messages.is_empty() {
-        return invalid(
-            Some("messages"),
-            "messages must hold at least one message".into(),
-        );
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        if !answer::ROLES.contains(&m.role.as_str()) {
-            return invalid(
-                Some(&format!("messages[{i}].role")),
-                format!(
-                    "messages[{i}].role {:?} is not one of {}",
-                    m.role,
-                    answer::ROLES.join(", ")
-                ),
-            );
-        }
-        // OpenAI's "developer" is the system prompt of older models.
-        let role = if m.role == "developer" {
-            "system"
-        } else {
-            m.role.as_str()
-        };
-        messages.push(Message {
-            role: role.to_owned(),
-            content: m.text(),
-        });
-    }
-    let format = match req.reasoning_format.as_deref() {
-        None | Some("deepseek") | Some("auto") => ReasoningFormat::DeepSeek,
-        Some("none") => ReasoningFormat::None,
-        Some(other) => {
-            return invalid(
-                Some("reasoning_format"),
-                format!("reasoning_format {other:?} is not one of deepseek, auto, none"),
-            )
-        }
+    let (messages, format) = match chat_messages(&req) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
     let admitted = match answer::admit(
         &state.engine,
@@ -473,40 +539,14 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let prompt = match req.prompt.clone() {
-        CompletionPrompt::One(p) => p,
-        CompletionPrompt::Many(mut v) if v.len() == 1 => v.remove(0),
-        CompletionPrompt::Many(_) => {
-            return invalid(
-                Some("prompt"),
-                "only one prompt per request is supported".into(),
-            )
-        }
+    let prompt = match completion_prompt(&req) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     if let Err(r) = refuse_unimplemented_completion(&req) {
         return r;
     }
-    let common = match common(
-        &state,
-        Knobs {
-            model: req.model.as_deref(),
-            n: req.n,
-            // OpenAI's default for this route.
-            max_tokens: Some(req.max_tokens.unwrap_or(16)),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            min_p: req.min_p,
-            seed: req.seed,
-            stop: req.stop.clone(),
-            stream_options: req.stream_options.as_ref(),
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            logit_bias: req.logit_bias.as_ref(),
-        },
-    )
-    .await
-    {
+    let common = match common(&state, completion_knobs(&req)).await {
         Ok(c) => c,
         Err(r) => return r,
     };

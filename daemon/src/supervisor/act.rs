@@ -112,7 +112,12 @@ impl Supervisor {
         if let Some(reason) = &forced {
             engine.preempt(reason);
         }
-        let started = engine.start_load(spec).await;
+        // What the file says against the load (a directory that is no model, a context beyond
+        // the trained one) is refused before the engine unloads anything for it.
+        let started = match crate::control::check_spec(&spec) {
+            Ok(()) => engine.start_load(spec).await,
+            Err(reason) => Err(EngineError::LoadFailed { reason }),
+        };
         drop(acting);
         let result = match started {
             Ok(outcome) => outcome.await.unwrap_or(Err(EngineError::ShuttingDown)),
@@ -281,7 +286,10 @@ impl Supervisor {
         );
         e.model = Some(to.clone());
         self.emit(e);
-        let started = self.inner.engine.start_load(spec).await;
+        let started = match crate::control::check_spec(&spec) {
+            Ok(()) => self.inner.engine.start_load(spec).await,
+            Err(reason) => Err(EngineError::LoadFailed { reason }),
+        };
         drop(acting);
         let result = match started {
             Ok(outcome) => outcome.await.unwrap_or(Err(EngineError::ShuttingDown)),

@@ -322,3 +322,157 @@ async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     let b = greedy("Tell me a fun fact about cats.", seeded).await;
     assert_eq!(a.choices[0].message.content, b.choices[0].message.content);
 }
+
+/// The trained context SmolLM2's own GGUF header states.
+fn trained_context(model: &std::path::Path) -> u64 {
+    gguf_header::read(model)
+        .unwrap()
+        .arch_uint("context_length")
+        .expect("SmolLM2's header states its trained context")
+}
+
+#[tokio::test]
+async fn load_with_a_context_beyond_the_trained_one_is_refused_before_the_resident_model_is_unloaded(
+) {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    let model = fixture(SMOLLM2).unwrap();
+    let trained = trained_context(&model);
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let before = client.status().await.unwrap().model.unwrap();
+    for asked in [1_000_000_000u64, trained + 1] {
+        let err = client
+            .post_json::<_, serde_json::Value>(
+                "/r1/load",
+                &serde_json::json!({"path": model, "context_length": asked}),
+            )
+            .await
+            .unwrap_err();
+        let r1d_client::ClientError::Status {
+            status, message, ..
+        } = err
+        else {
+            panic!("expected a refusal, got {err:?}")
+        };
+        assert_eq!(status.as_u16(), 400, "{message}");
+        assert!(
+            message.contains(&format!("context_length {asked}"))
+                && message.contains(&format!("{trained} tokens")),
+            "{message}"
+        );
+    }
+    // Nothing was unloaded for it: the same model answers, never reloaded.
+    assert_eq!(client.health().await.unwrap().status, State::Ready);
+    let after = client.status().await.unwrap().model.unwrap();
+    assert_eq!(after, before);
+    let answer = client.chat(&ask("Say hi.")).await.unwrap();
+    assert!(!answer.choices[0].message.content.is_empty());
+    assert!(
+        !daemon.log().contains("swapping"),
+        "the resident model was touched:\n{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn a_context_beyond_the_trained_one_at_start_is_refused_naming_both_numbers() {
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let trained = trained_context(&model);
+    let asked = trained * 4;
+    let config = format!(
+        "[model]\npath = {:?}\ncontext_length = {asked}\n",
+        model.display().to_string()
+    );
+    let by_flag = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        args: vec!["--context-length".into(), asked.to_string()],
+        ..Default::default()
+    });
+    let by_config = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        ..Default::default()
+    });
+    for daemon in [by_flag, by_config] {
+        let health = daemon.settled().await;
+        assert_eq!(health.status, State::NoModel, "{health:?}");
+        let why = health.error.unwrap_or_default();
+        assert!(
+            why.contains(&format!("context_length {asked}"))
+                && why.contains(&format!("{trained} tokens")),
+            "{why}"
+        );
+        assert!(
+            daemon.log().contains(&format!(
+                "context_length {asked} is more than the {trained} tokens"
+            )),
+            "not logged:\n{}",
+            daemon.log()
+        );
+        // It keeps serving: a model that fits can be loaded at once.
+        let status: r1d_client::wire::Status = daemon
+            .client()
+            .post_json(
+                "/r1/load",
+                &serde_json::json!({"path": model, "context_length": 512}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.state, State::Ready);
+    }
+}
+
+#[tokio::test]
+async fn a_model_path_that_is_a_directory_is_named_as_such_at_start_and_on_load() {
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let not_a_model = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(not_a_model.path()),
+        ..Default::default()
+    });
+    let health = daemon.settled().await;
+    assert_eq!(health.status, State::NoModel);
+    let why = health.error.unwrap_or_default();
+    let dir = not_a_model.path().display().to_string();
+    assert!(
+        why.contains(&format!(
+            "model path {dir} is a directory without model.onnx"
+        )),
+        "{why}"
+    );
+    assert!(!why.contains("unknown"), "{why}");
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("model path {dir} is a directory")),
+        "not logged at start:\n{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+    let _: r1d_client::wire::Status = client
+        .post_json("/r1/load", &serde_json::json!({"path": model}))
+        .await
+        .unwrap();
+    let err = client
+        .post_json::<_, serde_json::Value>("/r1/load", &serde_json::json!({"path": dir}))
+        .await
+        .unwrap_err();
+    let r1d_client::ClientError::Status {
+        status, message, ..
+    } = err
+    else {
+        panic!("expected a refusal, got {err:?}")
+    };
+    assert_eq!(status.as_u16(), 400, "{message}");
+    assert!(
+        message.contains("is a directory without model.onnx"),
+        "{message}"
+    );
+    assert_eq!(client.health().await.unwrap().status, State::Ready);
+}
