@@ -438,10 +438,14 @@ async def stream(srv, path, body):
     return first, time.monotonic() - start, tokens if tokens is not None else pieces, timings
 
 
+TIMINGS_FIELDS = {}  # server -> the fields its `timings` carried
+
+
 async def single_client(srv, prompts, n_prompt, max_tokens, bias, stats, counts):
     await complete(srv, "Hello", 4, bias)  # warm-up, a prompt unrelated to the measured ones
     for p in prompts:
         t = (await complete(srv, p, max_tokens, bias))["timings"]
+        TIMINGS_FIELDS.setdefault(srv.kind, set()).update(t)
         stats.add(f"1 client: prompt processing, {n_prompt} tokens (tok/s)", srv.kind,
                   t["prompt_per_second"])
         stats.add(f"1 client: generation, {max_tokens} tokens (tok/s)", srv.kind,
@@ -565,6 +569,7 @@ async def bench(args, llama_bin):
             round_stats, shares = Stats(), []
             for parallel in [1] + args.clients:
                 for kind in kinds:
+                    log(f"round {rnd}: {kind}, {parallel} client(s)")
                     s, share = await run_group(kind, parallel, args, llama_bin, tmp, prompts, bias, counts)
                     round_stats.merge(s)
                     shares.append(share)
@@ -580,6 +585,14 @@ async def bench(args, llama_bin):
     print()
     for k, v in sorted(counts.items()):
         print(f"token counts {k}: {sorted(v)}" + ("  (prompt, generated)" if k in kinds else "  (generated)"))
+        expected = {(n, args.tokens)} if k in kinds else {args.tokens}
+        if set(v) != expected:
+            print(f"  WARNING: expected {sorted(expected)}: the servers did not do the same work")
+    r1d_fields, llama_fields = TIMINGS_FIELDS.get("r1d", set()), TIMINGS_FIELDS.get("llama-server", set())
+    if llama_fields - r1d_fields:
+        print(f"timings fields llama-server has and r1d lacks: {sorted(llama_fields - r1d_fields)}")
+    if r1d_fields - llama_fields:
+        print(f"timings fields r1d has and llama-server lacks: {sorted(r1d_fields - llama_fields)}")
     if len(dropped) == args.rounds:
         print_table(everything, f"NO QUIET ROUND (threshold {args.quiet * 100:g}% of the machine's CPU "
                     f"used by other processes): the table below holds all {args.rounds} noisy round(s), "
@@ -588,6 +601,11 @@ async def bench(args, llama_bin):
         print_table(kept, f"{args.rounds - len(dropped)} of {args.rounds} round(s) kept (dropped: "
                     f"{dropped or 'none'}; threshold {args.quiet * 100:g}% of the machine's CPU used by "
                     "other processes)")
+    if args.llama_bench:
+        print(f"\nllama-bench (the library alone, no server; {args.threads} threads):", flush=True)
+        subprocess.run([str(llama_bin / "llama-bench"), "-m", args.model, "-t", str(args.threads),
+                        "-p", str(args.prompt_tokens), "-n", str(args.tokens), "-r", "3", "-o", "md"],
+                       check=True, stderr=subprocess.DEVNULL)
 
 
 def main():
@@ -603,6 +621,8 @@ def main():
     p.add_argument("--quiet", type=float, default=0.05,
                    help="drop a round where other processes used more than this share of all CPUs "
                    "during any of its measurements (default 0.05)")
+    p.add_argument("--llama-bench", action="store_true",
+                   help="also print llama-bench's prompt and generation speed (the library without a server)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="go on when the sdist's library code differs from the vendored one")
     p.add_argument("--cache", default=os.environ.get("R1D_BENCH_CACHE", "~/.cache/r1d-bench"))
