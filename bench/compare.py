@@ -364,8 +364,11 @@ class Server:
         self.log = open(self.logfile, "w")
         started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.sock),
-                                      base_url="http://localhost", timeout=900)
+        # A new connection per request, for both servers: llama-server (cpp-httplib) closes a
+        # kept-alive connection after a few requests or seconds, and a reused one can be gone.
+        self.http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=self.sock, limits=httpx.Limits(max_keepalive_connections=0)),
+            base_url="http://localhost", timeout=900)
         while True:
             if self.proc.poll() is not None:
                 sys.exit(f"{self.kind} exited with {self.proc.returncode} before it was ready; "
