@@ -216,7 +216,12 @@ def prepare_llama_cpp(args):
         if k in flags:
             print(f"  {k}={flags[k]}")
     on = [k for k, v in flags.items() if k not in CMAKE_KEYS and v == "ON"]
-    print(f"  ON: {' '.join(on)}")
+    off_backends = [k for k in BACKEND_DIRS.values() if flags.get(k, "OFF") == "OFF"] + ["GGML_HIP", "GGML_RV"]
+    # Switches of backends that are off and of other architectures (Apple, LoongArch, RISC-V).
+    inert = [k for k in on if any(k.startswith(b + "_") for b in off_backends)
+             or k in ("GGML_ACCELERATE", "GGML_LASX", "GGML_LSX", "GGML_RVV")]
+    print(f"  ON: {' '.join(k for k in on if k not in inert)}")
+    print(f"  ON but inert in this build (disabled backends, other architectures): {' '.join(inert)}")
     print("  every other GGML_*/LLAMA_* switch: OFF, as in that cache")
     if stamp.exists() and json.loads(stamp.read_text()) == flags and all(
             (bin_dir / t).exists() for t in TARGETS):
