@@ -443,6 +443,8 @@ async def stream(srv, path, body):
             if j.get("timings"):
                 timings = j["timings"]
                 tokens = timings.get("predicted_n", tokens)
+    if first is None:
+        sys.exit(f"{srv.kind}: {path} streamed no text for {json.dumps(body)[:200]}")
     return first, time.monotonic() - start, tokens if tokens is not None else pieces, timings
 
 
