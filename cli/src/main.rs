@@ -1,5 +1,5 @@
-//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`, `run`, `ps`, `show`, `stop`, and
-//! the store and control commands. Ollama users find its habits here: `run MODEL [PROMPT]`, `ps`,
+//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`, `run`, `ps`, `show`, `stop`,
+//! `rm`, and the store and control commands. Ollama users find its habits here: `run MODEL [PROMPT]`, `ps`,
 //! `show`, `stop`, and `/bye`, `/help`, `/clear`, `/set`, `/show` inside a chat.
 //!
 //! Exit codes: 0 success; 1 the operation failed (including "r1d is not running"); 2 usage error
@@ -109,6 +109,15 @@ enum Command {
     Show {
         /// The model's name, as `r1ctl models` or `r1ctl ps` list it.
         model: String,
+    },
+    /// Remove models from r1d's models directory, as `ollama rm` does (names as `r1ctl models`
+    /// lists them, or a file's path). The model r1d serves is refused: `r1ctl use` another one
+    /// (or `r1ctl stop`) first. Files in the Hugging Face cache or Ollama's store are never
+    /// touched; r1ctl says which tool removes them.
+    Rm {
+        /// The models to remove.
+        #[arg(required = true)]
+        models: Vec<String>,
     },
     /// Unload the resident model (memory is freed; `r1ctl use auto` or a request to load brings
     /// one back).
@@ -237,6 +246,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::io::stdout().lock(),
                     "unloaded; r1d serves no model now"
                 )?;
+            }
+            Ok(())
+        }
+        Command::Rm { models } => {
+            for model in &models {
+                let removed: r1d_client::wire::Removed = client
+                    .post_json(
+                        "/r1/remove",
+                        &r1d_client::wire::ModelRequest {
+                            model: model.clone(),
+                        },
+                    )
+                    .await?;
+                let mut out = std::io::stdout().lock();
+                if cli.json {
+                    writeln!(out, "{}", serde_json::to_string(&removed)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "deleted '{}' ({}, {} freed)",
+                        removed.model,
+                        removed.path,
+                        human_bytes(removed.freed_bytes)
+                    )?;
+                }
             }
             Ok(())
         }

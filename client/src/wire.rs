@@ -1023,13 +1023,24 @@ pub struct StoreModelList {
     pub models: Vec<StoreModel>,
 }
 
-/// Body of `POST /r1/pull` and `POST /r1/use`.
+/// Body of `POST /r1/pull`, `POST /r1/use` and `POST /r1/remove`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRequest {
     /// `deepseek-r1:7b`, `deepseek-r1:7b-q8_0`, `hf.co/OWNER/REPO:FILE`; for `use` also `auto`
     /// or any listed name.
     pub model: String,
+}
+
+/// The answer to `POST /r1/remove`: what was removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Removed {
+    /// The name it was listed by.
+    pub model: String,
+    /// The file (GGUF) or directory (ONNX) removed.
+    pub path: String,
+    /// Bytes freed on disk.
+    pub freed_bytes: u64,
 }
 
 /// One line of `POST /r1/pull`'s NDJSON stream (or one SSE `data:`).
