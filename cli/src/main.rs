@@ -73,8 +73,13 @@ enum Command {
         #[command(flatten)]
         generation: GenerationArgs,
     },
-    /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why.
-    Plan,
+    /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why: the
+    /// choice and, per variant, the best that fits (or the nearest to fitting).
+    Plan {
+        /// Show every variant × quantization.
+        #[arg(long)]
+        all: bool,
+    },
     /// List the model files r1d knows (its own, the Hugging Face cache's, Ollama's), with
     /// variant, quantization, size, location and status.
     Models,
@@ -275,7 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
-        Command::Plan => plan(&client, cli.json).await,
+        Command::Plan { all } => plan(&client, cli.json, all).await,
         Command::Models => models(&client, cli.json).await,
         Command::Pull { model } => pull(&client, &model, cli.json).await,
         Command::Reload => reload(&client, cli.json).await,
@@ -895,13 +900,22 @@ fn drop_oldest_exchange(history: &mut Vec<ChatMessage>) -> bool {
     true
 }
 
-async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {
+async fn plan(client: &Client, json: bool, all: bool) -> anyhow::Result<()> {
     let plan: r1d_client::wire::Plan = client.get_json("/r1/plan", false).await?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&plan)?)?;
     } else {
-        write!(out, "{}", plan.to_table())?;
+        // The terminal's width, else a common terminal's (a pipe, a file).
+        let width = console::Term::stdout()
+            .size_checked()
+            .map(|(_, cols)| cols)
+            .unwrap_or(r1d_client::wire::TableView::DEFAULT_WIDTH);
+        write!(
+            out,
+            "{}",
+            plan.to_table(r1d_client::wire::TableView { all, width })
+        )?;
     }
     Ok(())
 }

@@ -86,9 +86,13 @@ enum Command {
         /// --json` prints it) instead of this one.
         #[arg(long, value_name = "PROFILE.json")]
         hardware: Option<PathBuf>,
-        /// Print the plan as JSON.
+        /// Print the plan as JSON (every candidate).
         #[arg(long)]
         json: bool,
+        /// Show every variant × quantization, not only the choice and, per variant, the best
+        /// that fits (or the nearest to fitting).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -443,7 +447,11 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
     };
     let text = match command {
         Command::Hardware { json } => report::hardware(&probe_here()?, *json)?,
-        Command::Plan { hardware, json } => {
+        Command::Plan {
+            hardware,
+            json,
+            all,
+        } => {
             let hw = match hardware {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
@@ -454,7 +462,12 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
                 }
                 None => probe_here()?,
             };
-            report::plan(&r1d::planner::plan(&hw, &[], &config.planner), *json)?
+            report::plan(
+                &r1d::planner::plan(&hw, &[], &config.planner),
+                *json,
+                *all,
+                report::terminal_width(),
+            )?
         }
     };
     let mut out = std::io::stdout().lock();
