@@ -106,22 +106,47 @@ fn init_logging() {
     // r1d would no longer stop on SIGTERM.
     // Each event is one line whatever user-chosen strings it carries (control characters
     // escaped: no forged lines), see `r1d::logging`.
+    use r1d::logging::Output;
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let journal = r1d::systemd::stderr_is_journal();
-    let ansi = !journal && std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(r1d::logging::EscapingStderr { ansi })
-        .log_internal_errors(false);
-    // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
-    if journal {
-        let format = tracing_subscriber::fmt::format().without_time();
-        builder
-            .with_ansi(false)
-            .event_format(r1d::systemd::SyslogPriority(format))
-            .init();
-    } else {
-        builder.with_ansi(ansi).init();
+    // Only asked when stderr is the journal: elsewhere (a terminal, tests) no socket is opened.
+    let layer = journal.then(r1d::logging::journald_layer);
+    let output = Output::choose(
+        journal,
+        matches!(layer, Some(Ok(_))),
+        std::io::stderr().is_terminal(),
+    );
+    match (output, layer) {
+        (Output::Journal, Some(Ok(layer))) => {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .init();
+        }
+        (Output::Text { ansi }, _) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(r1d::logging::EscapingStderr { ansi })
+            .log_internal_errors(false)
+            .with_ansi(ansi)
+            .init(),
+        // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
+        (_, layer) => {
+            let format = tracing_subscriber::fmt::format().without_time();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(r1d::logging::EscapingStderr { ansi: false })
+                .log_internal_errors(false)
+                .with_ansi(false)
+                .event_format(r1d::systemd::SyslogPriority(format))
+                .init();
+            if let Some(Err(e)) = layer {
+                tracing::debug!(
+                    "journald's native socket does not answer ({e}); logging to stderr"
+                );
+            }
+        }
     }
 }
 
