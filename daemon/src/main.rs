@@ -38,10 +38,11 @@ struct Args {
     /// Unix socket to listen on (overrides [server] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Also serve on this TCP address, e.g. 127.0.0.1:11434 or [::1]:11434 (repeatable;
-    /// overrides [server] listen). A non-loopback address needs [server] api_key_file.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Vec<std::net::SocketAddr>,
+    /// Also serve on this TCP address, e.g. localhost:11434, 127.0.0.1:11434 or [::1]:11434
+    /// (repeatable; a host name means each address it resolves to; overrides [server] listen).
+    /// A non-loopback address needs [server] api_key_file.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Vec<String>,
     /// Plugin directory (overrides [plugins] dir).
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
@@ -256,11 +257,11 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(r1d::listen::ApiKey::read)
         .transpose()?;
-    let tcp_addrs = if args.listen.is_empty() {
-        config.server.listen.clone()
+    let tcp_addrs = r1d::listen::resolve(if args.listen.is_empty() {
+        &config.server.listen
     } else {
-        args.listen.clone()
-    };
+        &args.listen
+    })?;
     r1d::listen::check(&tcp_addrs, api_key.as_ref())?;
     let kind = if mode == Mode::System {
         r1d::server::SocketKind::System
