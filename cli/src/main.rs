@@ -1,5 +1,5 @@
-//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`, `run`, `ps`, `show`, `stop`, and
-//! the store and control commands. Ollama users find its habits here: `run MODEL [PROMPT]`, `ps`,
+//! `r1ctl`, the command-line client of r1d: `status`, `ask`, `chat`, `run`, `ps`, `show`, `stop`,
+//! `rm`, and the store and control commands. Ollama users find its habits here: `run MODEL [PROMPT]`, `ps`,
 //! `show`, `stop`, and `/bye`, `/help`, `/clear`, `/set`, `/show` inside a chat.
 //!
 //! Exit codes: 0 success; 1 the operation failed (including "r1d is not running"); 2 usage error
@@ -73,8 +73,13 @@ enum Command {
         #[command(flatten)]
         generation: GenerationArgs,
     },
-    /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why.
-    Plan,
+    /// Show which DeepSeek-R1 variant and quantization r1d picks for this machine, and why: the
+    /// choice and, per variant, the best that fits (or the nearest to fitting).
+    Plan {
+        /// Show every variant × quantization.
+        #[arg(long)]
+        all: bool,
+    },
     /// List the model files r1d knows (its own, the Hugging Face cache's, Ollama's), with
     /// variant, quantization, size, location and status.
     Models,
@@ -109,6 +114,15 @@ enum Command {
     Show {
         /// The model's name, as `r1ctl models` or `r1ctl ps` list it.
         model: String,
+    },
+    /// Remove models from r1d's models directory, as `ollama rm` does (names as `r1ctl models`
+    /// lists them, or a file's path). The model r1d serves is refused: `r1ctl use` another one
+    /// (or `r1ctl stop`) first. Files in the Hugging Face cache or Ollama's store are never
+    /// touched; r1ctl says which tool removes them.
+    Rm {
+        /// The models to remove.
+        #[arg(required = true)]
+        models: Vec<String>,
     },
     /// Unload the resident model (memory is freed; `r1ctl use auto` or a request to load brings
     /// one back).
@@ -240,8 +254,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Rm { models } => {
+            for model in &models {
+                let removed: r1d_client::wire::Removed = client
+                    .post_json(
+                        "/r1/remove",
+                        &r1d_client::wire::ModelRequest {
+                            model: model.clone(),
+                        },
+                    )
+                    .await?;
+                let mut out = std::io::stdout().lock();
+                if cli.json {
+                    writeln!(out, "{}", serde_json::to_string(&removed)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "deleted '{}' ({}, {} freed)",
+                        removed.model,
+                        removed.path,
+                        human_bytes(removed.freed_bytes)
+                    )?;
+                }
+            }
+            Ok(())
+        }
         Command::Chat { generation } => chat(&client, &generation, cli.json).await,
-        Command::Plan => plan(&client, cli.json).await,
+        Command::Plan { all } => plan(&client, cli.json, all).await,
         Command::Models => models(&client, cli.json).await,
         Command::Pull { model } => pull(&client, &model, cli.json).await,
         Command::Reload => reload(&client, cli.json).await,
@@ -865,13 +904,22 @@ fn drop_oldest_exchange(history: &mut Vec<ChatMessage>) -> bool {
     true
 }
 
-async fn plan(client: &Client, json: bool) -> anyhow::Result<()> {
+async fn plan(client: &Client, json: bool, all: bool) -> anyhow::Result<()> {
     let plan: r1d_client::wire::Plan = client.get_json("/r1/plan", false).await?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&plan)?)?;
     } else {
-        write!(out, "{}", plan.to_table())?;
+        // The terminal's width, else a common terminal's (a pipe, a file).
+        let width = console::Term::stdout()
+            .size_checked()
+            .map(|(_, cols)| cols)
+            .unwrap_or(r1d_client::wire::TableView::DEFAULT_WIDTH);
+        write!(
+            out,
+            "{}",
+            plan.to_table(r1d_client::wire::TableView { all, width })
+        )?;
     }
     Ok(())
 }

@@ -81,6 +81,8 @@ pub trait Manager1 {
     fn unload(&self) -> zbus::Result<()>;
     /// Re-reads the config.
     fn reload(&self) -> zbus::Result<()>;
+    /// Removes a model from r1d's models directory; returns the path removed and the bytes freed.
+    fn remove(&self, model: &str) -> zbus::Result<(String, u64)>;
     /// Starts downloading a model (`deepseek-r1:7b`, `hf.co/OWNER/REPO:FILE`); returns the job
     /// object (`org.r1d.R1.Job1`, see [`Job1Proxy`]).
     fn pull(&self, model: &str, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;

@@ -249,6 +249,17 @@ pub struct ShowRequest {
     pub name: String,
 }
 
+/// Body of `DELETE /api/delete`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeleteRequest {
+    /// Model name.
+    #[serde(default)]
+    pub model: String,
+    /// Older clients send `name`.
+    #[serde(default)]
+    pub name: String,
+}
+
 /// `POST /api/show`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Show {

@@ -908,17 +908,95 @@ pub struct PlanUpgrade {
     pub candidate: PlanCandidate,
 }
 
+/// How [`Plan::to_table`] lays a plan out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableView {
+    /// Every candidate (`--all`); otherwise only the relevant ones ([`Plan::relevant`]).
+    pub all: bool,
+    /// The widest a line may be, in terminal columns (the terminal's width, else
+    /// [`TableView::DEFAULT_WIDTH`]).
+    pub width: u16,
+}
+
+impl TableView {
+    /// The width when the output is not a terminal: a common terminal's.
+    pub const DEFAULT_WIDTH: u16 = 100;
+}
+
+impl Default for TableView {
+    fn default() -> TableView {
+        TableView {
+            all: false,
+            width: TableView::DEFAULT_WIDTH,
+        }
+    }
+}
+
 impl Plan {
-    /// The human form: one row per candidate with the computed needs, the published rule of
-    /// thumb beside them and the reason; the choice on top.
-    pub fn to_table(&self) -> String {
+    /// The candidates worth a row when not all are shown, by index, in the plan's order: per
+    /// variant one row — the chosen candidate when it is of that variant, else the best (first)
+    /// that fits, else the one that needs the least memory (the nearest to fitting).
+    pub fn relevant(&self) -> Vec<usize> {
+        let mut rows: Vec<usize> = Vec::new();
+        let mut variants: Vec<&str> = Vec::new();
+        for c in &self.candidates {
+            if !variants.contains(&c.variant.as_str()) {
+                variants.push(&c.variant);
+            }
+        }
+        let memory = |c: &PlanCandidate| c.ram_bytes + c.vram_bytes.iter().sum::<u64>();
+        for v in variants {
+            let of_variant = || {
+                self.candidates
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, c)| c.variant == v)
+            };
+            let chosen = self.chosen.as_ref().and_then(|ch| {
+                of_variant()
+                    .find(|(_, c)| c.quantization == ch.quantization && c.variant == ch.variant)
+            });
+            let pick = chosen
+                .or_else(|| of_variant().find(|(_, c)| c.fits))
+                .or_else(|| of_variant().min_by_key(|(_, c)| memory(c)));
+            rows.extend(pick.map(|(i, _)| i));
+        }
+        rows
+    }
+
+    /// The human form: the choice and why on top, then one row per candidate (`view.all`) or
+    /// per [`Plan::relevant`] candidate with the computed needs, each followed by its reason and
+    /// the published rule of thumb on lines of their own, wrapped so that no line is wider than
+    /// `view.width` columns (unless the numbers alone are wider: a terminal under 80 columns).
+    pub fn to_table(&self, view: TableView) -> String {
+        use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
         fn gb(bytes: u64) -> String {
             format!("{:.1}", bytes as f64 / 1e9)
         }
-        let mut out = String::new();
-        match &self.chosen {
-            Some(c) => out.push_str(&format!(
-                "chosen: {} {} on {} ({}/{} layers on GPU, {} GB RAM{}, ≈ {:.1} tokens/s)\n",
+        /// A borderless table whose cells wrap to fit `width`, one space between columns.
+        fn wrapping(width: u16, columns: usize) -> Table {
+            let mut t = Table::new();
+            t.load_style(presets::NOTHING)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_width(width);
+            // The columns exist once a row is added; pad them then.
+            t.add_row(vec![""; columns]);
+            t
+        }
+        fn lines(mut t: Table, skip_first_row: bool, indent: &str, out: &mut String) {
+            for c in t.column_iter_mut() {
+                c.set_padding((0, 1));
+            }
+            for line in t.lines().skip(usize::from(skip_first_row)) {
+                out.push_str(indent);
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        }
+        const INDENT: &str = "      ";
+        let chosen = match &self.chosen {
+            Some(c) => format!(
+                "{} {} on {} ({}/{} layers on GPU, {} GB RAM{}, ≈ {:.1} tokens/s)",
                 c.variant,
                 c.quantization,
                 c.backend,
@@ -938,40 +1016,71 @@ impl Plan {
                     String::new()
                 },
                 c.est_generation_tokens_per_s
-            )),
-            None => out.push_str("chosen: nothing\n"),
-        }
-        out.push_str(&format!("why: {}\n", self.reason));
+            ),
+            None => "nothing".to_owned(),
+        };
+        let mut out = String::new();
+        let mut head = wrapping(view.width, 2);
+        head.add_row(vec!["chosen:".to_owned(), chosen]);
+        head.add_row(vec!["why:".to_owned(), self.reason.clone()]);
         if !self.more_memory.is_empty() {
-            out.push_str(&format!("with more memory: {}\n", self.more_memory));
+            head.add_row(vec!["more memory:".to_owned(), self.more_memory.clone()]);
         }
+        lines(head, true, "", &mut out);
         out.push('\n');
-        out.push_str(&format!(
-            "{:<22} {:<10} {:>7} {:>8} {:>9} {:>7} {:>7}  {:<32} {}\n",
-            "VARIANT",
-            "QUANT",
-            "FILE GB",
-            "RAM GB",
-            "VRAM GB",
-            "GPU LY",
-            "TOK/S",
-            "PUBLISHED",
-            "REASON"
-        ));
-        for c in &self.candidates {
-            let vram: u64 = c.vram_bytes.iter().sum();
-            out.push_str(&format!(
-                "{:<22} {:<10} {:>7} {:>8} {:>9} {:>7} {:>7.1}  {:<32} {}\n",
-                c.variant,
-                c.quantization,
-                gb(c.file_bytes),
-                gb(c.ram_bytes),
-                gb(vram),
-                format!("{}/{}", c.gpu_layers, c.total_layers),
-                c.est_generation_tokens_per_s,
-                c.published_requirements.as_deref().unwrap_or("-"),
-                c.reason
-            ));
+
+        let rows: Vec<usize> = if view.all {
+            (0..self.candidates.len()).collect()
+        } else {
+            self.relevant()
+        };
+        let mut numbers = Table::new();
+        numbers.load_style(presets::NOTHING).set_header(vec![
+            "", "VARIANT", "QUANT", "FILE GB", "RAM GB", "VRAM GB", "GPU LY", "TOK/S",
+        ]);
+        for &i in &rows {
+            let c = &self.candidates[i];
+            let is_chosen = self
+                .chosen
+                .as_ref()
+                .is_some_and(|ch| ch.variant == c.variant && ch.quantization == c.quantization);
+            let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+            numbers.add_row(vec![
+                Cell::new(if is_chosen { "*" } else { "" }),
+                Cell::new(&c.variant),
+                Cell::new(&c.quantization),
+                right(gb(c.file_bytes)),
+                right(gb(c.ram_bytes)),
+                right(gb(c.vram_bytes.iter().sum())),
+                right(format!("{}/{}", c.gpu_layers, c.total_layers)),
+                right(format!("{:.1}", c.est_generation_tokens_per_s)),
+            ]);
+        }
+        // Without wrapping, each candidate is one line after the header's.
+        let mut number_lines = numbers.lines();
+        out.push_str(number_lines.next().unwrap_or_default().trim_end());
+        out.push('\n');
+        let text_width = view.width.saturating_sub(INDENT.len() as u16).max(20);
+        for (&i, line) in rows.iter().zip(number_lines) {
+            let c = &self.candidates[i];
+            out.push_str(line.trim_end());
+            out.push('\n');
+            let mut text = wrapping(text_width, 1);
+            text.add_row(vec![c.reason.clone()]);
+            if let Some(published) = &c.published_requirements {
+                text.add_row(vec![format!("published rule of thumb: {published}")]);
+            }
+            lines(text, true, INDENT, &mut out);
+        }
+        let hidden = self.candidates.len() - rows.len();
+        if hidden > 0 {
+            let mut note = wrapping(view.width, 1);
+            note.add_row(vec![format!(
+                "* the choice. One row per variant: the choice, else the best that fits, else \
+                 the nearest to fitting; {hidden} more with --all."
+            )]);
+            out.push('\n');
+            lines(note, true, "", &mut out);
         }
         out
     }
@@ -1036,13 +1145,24 @@ pub struct StoreModelList {
     pub models: Vec<StoreModel>,
 }
 
-/// Body of `POST /r1/pull` and `POST /r1/use`.
+/// Body of `POST /r1/pull`, `POST /r1/use` and `POST /r1/remove`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRequest {
     /// `deepseek-r1:7b`, `deepseek-r1:7b-q8_0`, `hf.co/OWNER/REPO:FILE`; for `use` also `auto`
     /// or any listed name.
     pub model: String,
+}
+
+/// The answer to `POST /r1/remove`: what was removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Removed {
+    /// The name it was listed by.
+    pub model: String,
+    /// The file (GGUF) or directory (ONNX) removed.
+    pub path: String,
+    /// Bytes freed on disk.
+    pub freed_bytes: u64,
 }
 
 /// One line of `POST /r1/pull`'s NDJSON stream (or one SSE `data:`).

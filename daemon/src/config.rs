@@ -198,10 +198,11 @@ pub struct ServerConfig {
     /// requests, or while it trickles its headers in — and the longest pause within a request
     /// body, before the connection is closed; running answers are not affected; default 30.
     pub idle_timeout_s: Option<f64>,
-    /// TCP addresses to serve the same routes on besides the Unix socket (`"127.0.0.1:11434"`,
-    /// `"[::1]:11434"`); default none. An address that is not loopback needs `api_key_file`.
-    /// Read at start only.
-    pub listen: Vec<std::net::SocketAddr>,
+    /// TCP addresses to serve the same routes on besides the Unix socket, `HOST:PORT`
+    /// (`"127.0.0.1:11434"`, `"[::1]:11434"`, `"localhost:11434"`: a name stands for every
+    /// address it resolves to); default none. An address that is not loopback needs
+    /// `api_key_file`. Read at start only.
+    pub listen: Vec<String>,
     /// A file holding the API key TCP clients must send as `Authorization: Bearer KEY`
     /// (required on every TCP listener once set; the Unix socket never asks for it).
     pub api_key_file: Option<PathBuf>,
@@ -703,7 +704,7 @@ mod tests {
         );
         assert_eq!(
             c.server.listen,
-            vec!["127.0.0.1:11434".parse::<std::net::SocketAddr>().unwrap()],
+            vec!["127.0.0.1:11434".to_owned()],
             "the documented listen address is the example"
         );
         assert_eq!(

@@ -590,6 +590,33 @@ impl Control {
         checked.map_err(|e| ControlError::ConfigRejected(e.to_string()))
     }
 
+    /// Removes the model `name` (as `r1ctl models` lists it, or its absolute path) from r1d's
+    /// models directory. The model that is resident, loading or queued to load is refused:
+    /// serve another one first (`use`) or unload it. Other tools' stores are never written.
+    ///
+    /// # Errors
+    /// [`ControlError::PermissionDenied`]; the store's: [`StoreError::NotFound`],
+    /// [`StoreError::ReadOnly`] (Hugging Face cache, Ollama), [`StoreError::Ambiguous`],
+    /// [`StoreError::InUse`], [`StoreError::RemoveFailed`].
+    pub async fn remove(
+        &self,
+        caller: Option<&Caller>,
+        name: &str,
+    ) -> Result<crate::store::Removed, ControlError> {
+        self.authorize(caller, "removing a model").await?;
+        let store = self.store(&format!("removing {name}"))?.clone();
+        let snap = self.engine.snapshot();
+        let busy: Vec<std::path::PathBuf> = snap
+            .model
+            .map(|(info, _)| std::path::PathBuf::from(info.path))
+            .into_iter()
+            .chain(snap.loading)
+            .chain(snap.queued_load)
+            .collect();
+        let name = name.to_owned();
+        Ok(blocking("removing the model", move || store.remove(&name, &busy)).await??)
+    }
+
     /// Resolves `name` (a catalog variant gets the best quantization for this machine) and
     /// starts the download, or joins the one under way. The pull goes on when nobody follows it.
     ///
@@ -905,6 +932,10 @@ pub(crate) mod tests {
         denied(
             control.pull(other, "deepseek-r1:7b").await.map(|_| ()),
             "pulling a model",
+        );
+        denied(
+            control.remove(other, "deepseek-r1:7b").await.map(|_| ()),
+            "removing a model",
         );
         // No identity at all (TCP): refused too.
         denied(control.unload(None).await, "unloading the model");

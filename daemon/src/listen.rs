@@ -20,12 +20,21 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// The key file cannot be read.
-    #[error("failed to read the API key file {path} ([server] api_key_file): {source}")]
+    // The OS error is in the message and not a `source`: anyhow's chain would print it twice.
+    #[error("failed to read the API key file {path} ([server] api_key_file): {error}")]
     KeyFile {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// A listen address that is not `HOST:PORT`, or whose host name does not resolve.
+    #[error("invalid listen address {addr:?} ([server] listen, --listen): {reason}; write HOST:PORT, e.g. localhost:11434, 127.0.0.1:11434 or [::1]:11434")]
+    Address {
+        /// The address as written.
+        addr: String,
+        /// Why it is invalid.
+        reason: String,
     },
     /// The key file holds no key.
     #[error("the API key file {0} ([server] api_key_file) is empty")]
@@ -46,12 +55,12 @@ pub enum ListenError {
     )]
     Forbidden(SocketAddr),
     /// Binding failed.
-    #[error("failed to listen on {addr}: {source}")]
+    #[error("failed to listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -74,9 +83,9 @@ impl ApiKey {
     /// [`ListenError::KeyFile`] when it cannot be read, [`ListenError::EmptyKey`] when it is
     /// blank.
     pub fn read(path: &Path) -> Result<ApiKey, ListenError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ListenError::KeyFile {
+        let text = std::fs::read_to_string(path).map_err(|error| ListenError::KeyFile {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         ApiKey::new(text.trim()).ok_or_else(|| ListenError::EmptyKey(path.to_owned()))
     }
@@ -106,6 +115,36 @@ impl ApiKey {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
+}
+
+/// The socket addresses of `addrs` (`HOST:PORT`; a host name such as `localhost` stands for
+/// every address it resolves to), in order, without repeats. Blocking (name resolution).
+///
+/// # Errors
+/// [`ListenError::Address`] naming the address: no port, or a name that does not resolve.
+pub fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, ListenError> {
+    use std::net::ToSocketAddrs as _;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for addr in addrs {
+        let invalid = |reason: String| ListenError::Address {
+            addr: addr.clone(),
+            reason,
+        };
+        let found: Vec<SocketAddr> = addr
+            .as_str()
+            .to_socket_addrs()
+            .map_err(|e| invalid(e.to_string()))?
+            .collect();
+        if found.is_empty() {
+            return Err(invalid("it resolves to no address".into()));
+        }
+        for a in found {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `ip` only reaches this machine.
@@ -141,7 +180,10 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, ListenEr
                 if source.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error()) {
                     ListenError::Forbidden(addr)
                 } else {
-                    ListenError::Bind { addr, source }
+                    ListenError::Bind {
+                        addr,
+                        error: source,
+                    }
                 }
             };
             let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
@@ -174,9 +216,9 @@ pub fn listeners(
     let mut listeners = passed;
     listeners.extend(bind(&to_bind)?);
     for l in &listeners {
-        let addr = l.local_addr().map_err(|source| ListenError::Bind {
+        let addr = l.local_addr().map_err(|error| ListenError::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
+            error,
         })?;
         let how = if passed_addrs.contains(&addr) {
             " (socket activation)"
@@ -225,6 +267,43 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_resolve_to_each_address_and_bad_ones_are_named() {
+        let addrs = resolve(&["localhost:11434".into(), "127.0.0.1:11434".into()]).unwrap();
+        assert!(
+            addrs.contains(&"127.0.0.1:11434".parse().unwrap()),
+            "{addrs:?}"
+        );
+        assert!(
+            addrs
+                .iter()
+                .all(|a| is_loopback(a.ip()) && a.port() == 11434),
+            "{addrs:?}"
+        );
+        assert_eq!(
+            addrs.iter().filter(|a| a.ip().is_ipv4()).count(),
+            1,
+            "no repeats: {addrs:?}"
+        );
+        let e = resolve(&["localhost".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("\"localhost\"") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+        let e = resolve(&["r1d-test.invalid:80".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r1d-test.invalid:80"), "{e}");
+        // A missing key file says its OS error once, however it is printed.
+        let e = anyhow::Error::from(ApiKey::read(Path::new("/nonexistent/key")).unwrap_err());
+        let text = format!("{e:#}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+    }
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()

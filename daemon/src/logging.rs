@@ -10,8 +10,62 @@
 //!
 //! Writing never fails loudly: stderr a closed pipe (EPIPE; Rust programs ignore SIGPIPE) or a
 //! full disk drops the line and r1d goes on.
+//!
+//! Under systemd ([`Output::choose`]): when stderr is the journal (`JOURNAL_STREAM`) and
+//! journald's native socket answers, events go there through `tracing-journald`, each field a
+//! journal field of its own (`MODEL=`, `ROUTE=`, `STATUS=`, `PROMPT_TOKENS=`, …, with
+//! `PRIORITY=`, `TARGET=` and `SYSLOG_IDENTIFIER=r1d`), so `journalctl -o json` or
+//! `journalctl MODEL=deepseek-r1:7b-q4_k_m` can select them; the native protocol carries a value's
+//! newlines inside its field, so no forged entries there either. Without the socket, lines with
+//! `<N>` priority prefixes go to stderr, which journald reads; elsewhere, plain text lines.
 
 use std::io::Write;
+
+/// Where log events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// journald's native protocol: structured fields.
+    Journal,
+    /// Text lines on stderr prefixed with their syslog priority (`<6>`), without timestamps
+    /// (journald adds its own): stderr is the journal, but its native socket does not answer.
+    JournalStream,
+    /// Text lines on stderr with timestamps; `ansi`: with colours (a terminal).
+    Text {
+        /// Colours (stderr is a terminal).
+        ansi: bool,
+    },
+}
+
+impl Output {
+    /// The output for a process whose stderr is the journal or not (`systemd::stderr_is_journal`),
+    /// whose journald socket answers or not, and whose stderr is a terminal or not.
+    pub fn choose(stderr_is_journal: bool, journald_answers: bool, terminal: bool) -> Output {
+        match (stderr_is_journal, journald_answers) {
+            (true, true) => Output::Journal,
+            (true, false) => Output::JournalStream,
+            (false, _) => Output::Text { ansi: terminal },
+        }
+    }
+}
+
+/// The `tracing-journald` layer r1d logs through under systemd: fields under their own names (no
+/// `F_` prefix), identifier `r1d`, and the priorities of the `<N>` prefixes
+/// (`systemd::SyslogPriority`: info 6, debug and trace 7) rather than the crate's (info 5).
+///
+/// # Errors
+/// The socket error when journald's native socket (`/run/systemd/journal/socket`) does not
+/// answer.
+pub fn journald_layer() -> std::io::Result<tracing_journald::Layer> {
+    use tracing_journald::{Priority, PriorityMappings};
+    Ok(tracing_journald::layer()?
+        .with_field_prefix(None)
+        .with_syslog_identifier("r1d".to_owned())
+        .with_priority_mappings(PriorityMappings {
+            info: Priority::Informational,
+            debug: Priority::Debug,
+            ..PriorityMappings::new()
+        }))
+}
 
 /// A `MakeWriter` for tracing-subscriber that writes escaped lines to stderr.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +128,27 @@ pub fn escape_line(buf: &[u8], ansi: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_journal_gets_fields_only_when_stderr_is_the_journal_and_journald_answers() {
+        let cases = [
+            // (stderr is the journal, journald answers, terminal) → output
+            ((true, true, false), Output::Journal),
+            ((true, false, false), Output::JournalStream),
+            // A journald that answers does not matter when stderr is not the journal (a
+            // terminal, a pipe, a file: the user reads text there).
+            ((false, true, true), Output::Text { ansi: true }),
+            ((false, true, false), Output::Text { ansi: false }),
+            ((false, false, false), Output::Text { ansi: false }),
+        ];
+        for ((journal, answers, terminal), want) in cases {
+            assert_eq!(
+                Output::choose(journal, answers, terminal),
+                want,
+                "{journal} {answers} {terminal}"
+            );
+        }
+    }
 
     #[test]
     fn a_newline_in_a_field_cannot_start_a_forged_line() {

@@ -42,10 +42,11 @@ struct Args {
     /// Unix socket to listen on (overrides [server] socket).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Also serve on this TCP address, e.g. 127.0.0.1:11434 or [::1]:11434 (repeatable;
-    /// overrides [server] listen). A non-loopback address needs [server] api_key_file.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Vec<std::net::SocketAddr>,
+    /// Also serve on this TCP address, e.g. localhost:11434, 127.0.0.1:11434 or [::1]:11434
+    /// (repeatable; a host name means each address it resolves to; overrides [server] listen).
+    /// A non-loopback address needs [server] api_key_file.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Vec<String>,
     /// Plugin directory (overrides [plugins] dir).
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
@@ -90,9 +91,13 @@ enum Command {
         /// --json` prints it) instead of this one.
         #[arg(long, value_name = "PROFILE.json")]
         hardware: Option<PathBuf>,
-        /// Print the plan as JSON.
+        /// Print the plan as JSON (every candidate).
         #[arg(long)]
         json: bool,
+        /// Show every variant × quantization, not only the choice and, per variant, the best
+        /// that fits (or the nearest to fitting).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -106,22 +111,47 @@ fn init_logging() {
     // r1d would no longer stop on SIGTERM.
     // Each event is one line whatever user-chosen strings it carries (control characters
     // escaped: no forged lines), see `r1d::logging`.
+    use r1d::logging::Output;
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let journal = r1d::systemd::stderr_is_journal();
-    let ansi = !journal && std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(r1d::logging::EscapingStderr { ansi })
-        .log_internal_errors(false);
-    // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
-    if journal {
-        let format = tracing_subscriber::fmt::format().without_time();
-        builder
-            .with_ansi(false)
-            .event_format(r1d::systemd::SyslogPriority(format))
-            .init();
-    } else {
-        builder.with_ansi(ansi).init();
+    // Only asked when stderr is the journal: elsewhere (a terminal, tests) no socket is opened.
+    let layer = journal.then(r1d::logging::journald_layer);
+    let output = Output::choose(
+        journal,
+        matches!(layer, Some(Ok(_))),
+        std::io::stderr().is_terminal(),
+    );
+    match (output, layer) {
+        (Output::Journal, Some(Ok(layer))) => {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .init();
+        }
+        (Output::Text { ansi }, _) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(r1d::logging::EscapingStderr { ansi })
+            .log_internal_errors(false)
+            .with_ansi(ansi)
+            .init(),
+        // journald adds its own timestamps, and reads each line's priority from a `<N>` prefix.
+        (_, layer) => {
+            let format = tracing_subscriber::fmt::format().without_time();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(r1d::logging::EscapingStderr { ansi: false })
+                .log_internal_errors(false)
+                .with_ansi(false)
+                .event_format(r1d::systemd::SyslogPriority(format))
+                .init();
+            if let Some(Err(e)) = layer {
+                tracing::debug!(
+                    "journald's native socket does not answer ({e}); logging to stderr"
+                );
+            }
+        }
     }
 }
 
@@ -246,11 +276,11 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(r1d::listen::ApiKey::read)
         .transpose()?;
-    let tcp_addrs = if args.listen.is_empty() {
-        config.server.listen.clone()
+    let tcp_addrs = r1d::listen::resolve(if args.listen.is_empty() {
+        &config.server.listen
     } else {
-        args.listen.clone()
-    };
+        &args.listen
+    })?;
     r1d::listen::check(&tcp_addrs, api_key.as_ref())?;
     let kind = if mode == Mode::System {
         r1d::server::SocketKind::System
@@ -463,7 +493,11 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
     };
     let text = match command {
         Command::Hardware { json } => report::hardware(&probe_here()?, *json)?,
-        Command::Plan { hardware, json } => {
+        Command::Plan {
+            hardware,
+            json,
+            all,
+        } => {
             let hw = match hardware {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
@@ -474,7 +508,12 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
                 }
                 None => probe_here()?,
             };
-            report::plan(&r1d::planner::plan(&hw, &[], &config.planner), *json)?
+            report::plan(
+                &r1d::planner::plan(&hw, &[], &config.planner),
+                *json,
+                *all,
+                report::terminal_width(),
+            )?
         }
     };
     let mut out = std::io::stdout().lock();

@@ -23,7 +23,14 @@ pub fn require_key(router: Router, key: ApiKey) -> Router {
 
 async fn check_key(State(key): State<Arc<ApiKey>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(header::AUTHORIZATION);
-    if presented.is_some_and(|v| key.accepts(v.as_bytes())) {
+    // Ollama clients check `GET /` ("Ollama is running") before anything else, without a key:
+    // it says nothing but that the server runs.
+    let liveness = request.uri().path() == "/"
+        && matches!(
+            *request.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+    if liveness || presented.is_some_and(|v| key.accepts(v.as_bytes())) {
         return next.run(request).await;
     }
     let message = if presented.is_some() {
@@ -67,7 +74,8 @@ mod tests {
         let router = Router::new()
             .route("/v1/models", axum::routing::get(|| async { "ok" }))
             .route("/api/tags", axum::routing::get(|| async { "ok" }))
-            .route("/health", axum::routing::get(|| async { "ok" }));
+            .route("/health", axum::routing::get(|| async { "ok" }))
+            .route("/", axum::routing::get(|| async { "Ollama is running" }));
         let router = require_key(router, ApiKey::new("k1").unwrap());
         let mut request = Request::builder().uri(path);
         if let Some(a) = auth {
@@ -82,6 +90,14 @@ mod tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn ollamas_liveness_check_needs_no_key_and_nothing_else_is_open() {
+        assert_eq!(call("/", None).await.0, StatusCode::OK);
+        assert_eq!(call("/", Some("Bearer wrong")).await.0, StatusCode::OK);
+        assert_eq!(call("/api/tags", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call("/health", None).await.0, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

@@ -99,6 +99,8 @@ pub enum Error {
     Failed(String),
     /// r1d is shutting down.
     ShuttingDown(String),
+    /// The model is resident, loading or queued: serve another one first.
+    ModelInUse(String),
 }
 
 impl Error {
@@ -131,7 +133,10 @@ impl From<ControlError> for Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Probe(_) => Error::Failed(e.to_string()),
+            StoreError::Probe(_) | StoreError::RemoveFailed { .. } => Error::Failed(e.to_string()),
+            StoreError::InUse { .. } => Error::ModelInUse(e.to_string()),
+            StoreError::ReadOnly { .. } => Error::PermissionDenied(e.to_string()),
+            StoreError::Ambiguous { .. } => Error::InvalidArgument(e.to_string()),
             e => Error::ModelNotFound(e.to_string()),
         }
     }
@@ -630,6 +635,23 @@ impl Manager {
             .await?)
     }
 
+    /// Removes a model (a name `ListModels` gives, or its absolute path) from r1d's models
+    /// directory, as `r1ctl rm` does, and returns the path removed and the bytes freed. The
+    /// model that is resident or loading is refused with `org.r1d.R1.Error.ModelInUse` (`Use`
+    /// another one or `Unload` first); a model in the Hugging Face cache or Ollama's store with
+    /// `PermissionDenied` (r1d only reads those). Needs root or org.r1d.R1.manage.
+    #[zbus(out_args("path", "freed_bytes"))]
+    async fn remove(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        model: String,
+    ) -> Result<(String, u64), Error> {
+        let caller = caller(conn, &header).await?;
+        let removed = self.control.remove(Some(&caller), &model).await?;
+        Ok((removed.path.display().to_string(), removed.bytes))
+    }
+
     /// Starts downloading a model (`deepseek-r1:7b`, `deepseek-r1:7b-q8_0`,
     /// `hf.co/OWNER/REPO:FILE`) into the store, as `r1ctl pull` does, and returns the job object
     /// (`org.r1d.R1.Job1` at /org/r1d/R1/jobs/N): its properties show the progress and its
@@ -913,7 +935,8 @@ fn stream_error(e: Error) -> StreamEvent {
         | Error::ModelNotFound(m)
         | Error::LoadFailed(m)
         | Error::Failed(m)
-        | Error::ShuttingDown(m) => m.clone(),
+        | Error::ShuttingDown(m)
+        | Error::ModelInUse(m) => m.clone(),
     };
     StreamEvent::Error {
         name: e.dbus_name(),

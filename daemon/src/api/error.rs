@@ -181,6 +181,11 @@ impl From<StoreError> for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "not_pullable")
             }
             StoreError::Probe(_) => (StatusCode::INTERNAL_SERVER_ERROR, "hardware_probe_failed"),
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            StoreError::ReadOnly { .. } => (StatusCode::FORBIDDEN, "read_only_store"),
+            StoreError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "ambiguous_model"),
+            StoreError::InUse { .. } => (StatusCode::CONFLICT, "model_in_use"),
+            StoreError::RemoveFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "remove_failed"),
         };
         ApiError::new(status, code, e.to_string()).with_param("model")
     }

@@ -1,6 +1,6 @@
 //! The native routes: `GET /health`, `GET /r1/status`, `GET /r1/backends`, `GET /r1/hardware`,
 //! `GET /r1/plan`, `GET /r1/models`, `POST /r1/load`, `POST /r1/unload`, `POST /r1/use`,
-//! `POST /r1/pull`, `POST /r1/reload`, `GET /r1/events`.
+//! `POST /r1/pull`, `POST /r1/remove`, `POST /r1/reload`, `GET /r1/events`.
 //!
 //! Each handler is a thin adapter over [`crate::control::Control`]: it parses the body with
 //! [`super::error::parse`], calls one method, and answers with [`super::to_wire`]'s shape, or the
@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/r1/models", get(models))
         .route("/r1/pull", post(pull))
         .route("/r1/use", post(use_model))
+        .route("/r1/remove", post(remove))
         .route("/r1/reload", post(reload))
         .route("/r1/events", get(events))
 }
@@ -155,6 +156,21 @@ async fn use_model(State(state): State<AppState>, caller: Peer, body: Body) -> R
     };
     match state.control.use_model(who(&caller), &req.model).await {
         Ok(_) => status_now(&state).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+/// `POST /r1/remove` ([`wire::ModelRequest`]): removes a model from r1d's models directory and
+/// answers with what went ([`wire::Removed`]). The model that is resident, loading or queued is
+/// 409 `model_in_use` (serve another one first, or unload it); one in the Hugging Face cache or
+/// Ollama's store is 403 `read_only_store` (r1d only reads those); an unknown name is 404.
+async fn remove(State(state): State<AppState>, caller: Peer, body: Body) -> Response {
+    let req: wire::ModelRequest = match error::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    match state.control.remove(who(&caller), &req.model).await {
+        Ok(r) => Json(to_wire::removed(&r)).into_response(),
         Err(e) => fail(e),
     }
 }

@@ -22,17 +22,28 @@ pub fn hardware(hw: &Hardware, json: bool) -> Result<String, serde_json::Error> 
     }
 }
 
-/// The plan as `r1d plan` prints it: the table, or (`json`) `/r1/plan`'s body.
+/// The plan as `r1d plan` prints it: the table (`all`: every candidate, else the relevant ones;
+/// no line wider than `width` columns), or (`json`) `/r1/plan`'s body, every candidate.
 ///
 /// # Errors
 /// Only if the plan cannot be encoded as JSON.
-pub fn plan(plan: &Plan, json: bool) -> Result<String, serde_json::Error> {
+pub fn plan(plan: &Plan, json: bool, all: bool, width: u16) -> Result<String, serde_json::Error> {
     let plan = plan_to_wire(plan);
     if json {
         serde_json::to_string_pretty(&plan)
     } else {
-        Ok(plan.to_table())
+        Ok(plan.to_table(wire::TableView { all, width }))
     }
+}
+
+/// The width of the terminal on stdout in columns, else [`wire::TableView::DEFAULT_WIDTH`]
+/// (not a terminal: a pipe, a file).
+pub fn terminal_width() -> u16 {
+    rustix::termios::tcgetwinsize(std::io::stdout())
+        .ok()
+        .map(|w| w.ws_col)
+        .filter(|&c| c > 0)
+        .unwrap_or(wire::TableView::DEFAULT_WIDTH)
 }
 
 /// A hardware profile saved by `r1d hardware --json` (or written by hand), as the planner's input.

@@ -315,6 +315,16 @@ pub fn pull_event(label: &str, s: &crate::store::PullState) -> wire::PullEvent {
 }
 
 /// `/r1/models`' body.
+/// What `POST /r1/remove` removed.
+pub fn removed(r: &crate::store::Removed) -> wire::Removed {
+    wire::Removed {
+        model: r.name.clone(),
+        path: r.path.display().to_string(),
+        freed_bytes: r.bytes,
+    }
+}
+
+/// The models on disk (`GET /r1/models`).
 pub fn models(m: &control::Models) -> wire::StoreModelList {
     wire::StoreModelList {
         dir: m.dir.display().to_string(),

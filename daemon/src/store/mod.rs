@@ -21,6 +21,7 @@
 pub mod gguf;
 pub mod onnx;
 pub mod pull;
+pub mod remove;
 pub mod scan;
 pub mod select;
 
@@ -41,6 +42,7 @@ use crate::planner::{self, Plan, Present};
 
 pub use gguf::Identity;
 pub use pull::{PullSpec, PullState};
+pub use remove::Removed;
 
 /// Where a file was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +208,45 @@ pub enum StoreError {
     /// The hardware probe failed.
     #[error("failed to probe the hardware: {0}")]
     Probe(String),
+    /// Nothing on disk is listed by that name (removal).
+    #[error("no model named {0:?} is on disk; `r1ctl models` lists them by name")]
+    NotFound(String),
+    /// The name is only in another tool's store, which r1d never writes.
+    #[error("{name} is in {store} ({path}), which r1d only reads; remove it with {how}")]
+    ReadOnly {
+        /// The name asked for.
+        name: String,
+        /// Where it is.
+        path: String,
+        /// Which store: `Ollama's store`, `the Hugging Face cache`.
+        store: &'static str,
+        /// The other tool's command.
+        how: String,
+    },
+    /// The name fits several of r1d's files.
+    #[error("{name:?} names {} files in r1d's models directory: {}; name the one to remove by its path", paths.len(), paths.join(", "))]
+    Ambiguous {
+        /// The name asked for.
+        name: String,
+        /// The files it fits.
+        paths: Vec<String>,
+    },
+    /// The model is resident, loading or queued to load.
+    #[error("{name} ({path}) is in use by r1d; serve another model first (`r1ctl use NAME`, or `r1ctl stop` to unload it), then remove it")]
+    InUse {
+        /// The model.
+        name: String,
+        /// Its file.
+        path: String,
+    },
+    /// The file or directory could not be removed.
+    #[error("failed to remove {path}: {reason}")]
+    RemoveFailed {
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
 }
 
 /// The store: where to look, how to pull, and what was last chosen.
@@ -504,6 +545,15 @@ impl Store {
                 reason: plan.reason.clone(),
             }),
         }
+    }
+
+    /// Removes the model `name` from r1d's models directory, unless it is one of `busy` (the
+    /// resident, loading or queued model); see [`remove::remove`]. Blocking (scans).
+    ///
+    /// # Errors
+    /// As [`remove::remove`].
+    pub fn remove(&self, name: &str, busy: &[PathBuf]) -> Result<Removed, StoreError> {
+        remove::remove(&self.dir, &self.scan(), name, busy)
     }
 
     /// Starts (or joins) a pull.

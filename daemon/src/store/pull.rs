@@ -109,13 +109,14 @@ pub enum PullError {
         /// What the system refused, with its errno name.
         cause: &'static str,
     },
-    /// The connection failed.
-    #[error("failed to download {url}: {source}")]
+    /// The request failed before an answer: the cause in words ([`connection_cause`]: the host
+    /// name does not resolve, the connection was refused, TLS failed, a proxy, a timeout).
+    #[error("failed to download {url}: {cause}")]
     Connection {
         /// The URL.
         url: String,
-        /// The client error.
-        source: reqwest::Error,
+        /// Why, with what to check.
+        cause: String,
     },
     /// Not enough free disk.
     #[error("not enough disk space in {dir}: the download needs {need} bytes ({remaining} to download + {reserve} kept free by [store] reserve_disk_bytes), {free} are free")]
@@ -709,8 +710,98 @@ impl PullError {
         }
         PullError::Connection {
             url: url.to_owned(),
-            source,
+            cause: connection_cause(url, &source, proxy_for(url)),
         }
+    }
+}
+
+/// The proxy reqwest takes from the environment for `url`'s scheme (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, upper or lower case), as `(variable, value)`, when one is set.
+fn proxy_for(url: &str) -> Option<(String, String)> {
+    let scheme = if url.starts_with("https:") {
+        "HTTPS_PROXY"
+    } else {
+        "HTTP_PROXY"
+    };
+    [scheme, "ALL_PROXY"]
+        .into_iter()
+        .flat_map(|v| [v.to_owned(), v.to_ascii_lowercase()])
+        .find_map(|v| {
+            std::env::var(&v)
+                .ok()
+                .filter(|x| !x.is_empty())
+                .map(|x| (v, x))
+        })
+}
+
+/// Why a request to `url` got no answer, in words: reqwest's own message only repeats the URL
+/// (`error sending request for url (…)`), so the cause is read from its source chain — the host
+/// name does not resolve (offline, DNS), the connection was refused (nothing listens), TLS
+/// failed, the connection timed out — with the proxy named when one (`proxy`: the variable and
+/// its value) was used.
+pub fn connection_cause(
+    url: &str,
+    error: &reqwest::Error,
+    proxy: Option<(String, String)>,
+) -> String {
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = next {
+        chain.push(e);
+        next = e.source();
+    }
+    let messages: Vec<String> = chain.iter().map(|e| e.to_string()).collect();
+    let innermost = messages
+        .last()
+        .cloned()
+        .unwrap_or_else(|| error.to_string());
+    let io_kind = chain
+        .iter()
+        .find_map(|e| e.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+    let parsed = reqwest::Url::parse(url).ok();
+    let host = parsed
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| url.to_owned());
+    let port = parsed
+        .as_ref()
+        .and_then(reqwest::Url::port_or_known_default)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    // Through a proxy, the name resolved and the address connected to are the proxy's.
+    let (name, target) = match &proxy {
+        Some((_, p)) => {
+            let u = reqwest::Url::parse(p).ok();
+            let name = u
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| p.clone());
+            (name, format!("the proxy {p}"))
+        }
+        None => (host.clone(), format!("{host}{port}")),
+    };
+    let lower = messages.join(" | ").to_ascii_lowercase();
+    let cause = if messages.iter().any(|m| m.starts_with("dns error")) {
+        format!(
+            "the host name {name} does not resolve ({innermost}): this machine is offline or its \
+             DNS fails; check the network, or HF_ENDPOINT"
+        )
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        format!("the connection to {target} was refused: nothing listens there")
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        format!(
+            "the TLS handshake with {name} failed ({innermost}); a proxy or firewall that \
+             inspects HTTPS needs its CA certificate trusted"
+        )
+    } else if error.is_timeout() || io_kind == Some(std::io::ErrorKind::TimedOut) {
+        format!("the connection to {target} timed out: check the network or the firewall")
+    } else {
+        innermost
+    };
+    match proxy {
+        Some((var, value)) => format!("{cause} (through the proxy {value}, set by ${var})"),
+        None => cause,
     }
 }
 

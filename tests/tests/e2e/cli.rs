@@ -371,3 +371,172 @@ async fn an_empty_question_is_refused_not_sent() {
     }
     assert_eq!(daemon.client().status().await.unwrap().requests_served, 0);
 }
+
+/// A complete GGUF named `name` (no catalog variant: listed by its file stem) at `path`, which
+/// the echo backend loads when asked for by name.
+fn small_gguf(path: &std::path::Path, name: &str) {
+    use gguf_header::write::{gguf, Meta};
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let bytes = gguf(
+        &[
+            ("general.architecture", Meta::Str("llama")),
+            ("general.name", Meta::Str(name)),
+            ("llama.block_count", Meta::U32(2)),
+            ("llama.embedding_length", Meta::U32(64)),
+            ("llama.context_length", Meta::U32(512)),
+        ],
+        &[("token_embd.weight", &[64, 4], 0)],
+        1024,
+    );
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn rm_removes_r1ds_own_files_and_refuses_the_resident_model_and_other_stores() {
+    use r1d_client::Method;
+    use serde_json::json;
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    let resident = models.join("resident.gguf");
+    small_gguf(&resident, "resident");
+    let pulled = models.join("hf.co/owner/repo/pulled.gguf");
+    small_gguf(&pulled, "pulled");
+    let spare = models.join("spare.gguf");
+    small_gguf(&spare, "spare");
+    // Ollama's store: manifests/registry.ollama.ai/library/NAME/TAG → blobs/sha256-HEX.
+    let ollama = root.path().join("ollama");
+    let digest = "0f".repeat(32);
+    let blob = ollama.join(format!("blobs/sha256-{digest}"));
+    small_gguf(&blob, "theirs");
+    let manifest = ollama.join("manifests/registry.ollama.ai/library/theirs/1b");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(r#"{{"schemaVersion":2,"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{digest}","size":1}}]}}"#),
+    )
+    .unwrap();
+    let config = format!(
+        "[model]\npath = {:?}\nbackend = \"echo\"\n\n[store]\ndir = {:?}\nscan_huggingface = false\n\
+         scan_ollama = true\nollama_models = {:?}\n",
+        resident, models, ollama
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        ..Default::default()
+    });
+    let health = daemon.settled().await;
+    assert_eq!(
+        health.status,
+        r1d_client::wire::State::Ready,
+        "{}",
+        daemon.log()
+    );
+
+    // The resident model: 409 on every route, the file stays, and the message says what to do.
+    let out = r1ctl(&daemon.socket, &["rm", "resident"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resident") && err.contains("in use") && err.contains("r1ctl use"),
+        "{err}"
+    );
+    let (status, body) = crate::compat::raw(
+        &daemon,
+        Method::POST,
+        "/r1/remove",
+        json!({"model": "resident"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"code\":\"model_in_use\""), "{body}");
+    let (status, body) = crate::compat::raw(
+        &daemon,
+        Method::DELETE,
+        "/api/delete",
+        json!({"model": "resident"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.starts_with("{\"error\":") && body.contains("r1ctl stop"),
+        "{body}"
+    );
+    assert!(resident.exists());
+
+    // Ollama's store is only read: refused with Ollama's own command, the blob stays.
+    let out = r1ctl(&daemon.socket, &["rm", "theirs:1b"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`ollama rm theirs:1b`"), "{err}");
+    assert!(blob.exists() && manifest.exists());
+
+    // An unknown name.
+    let out = r1ctl(&daemon.socket, &["rm", "nothing-here"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no model named \"nothing-here\" is on disk"),
+        "{err}"
+    );
+    let (status, _) = crate::compat::raw(
+        &daemon,
+        Method::DELETE,
+        "/api/delete",
+        json!({"name": "nothing-here"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A pulled file by the name `r1ctl models` lists: gone, with its empty repository folders.
+    let size = std::fs::metadata(&pulled).unwrap().len();
+    let out = r1ctl(
+        &daemon.socket,
+        &["--json", "rm", "hf.co/owner/repo:pulled.gguf"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removed["model"], "hf.co/owner/repo:pulled.gguf");
+    assert_eq!(removed["path"], pulled.to_str().unwrap());
+    assert_eq!(removed["freed_bytes"], size);
+    assert!(!pulled.exists());
+    assert!(!models.join("hf.co").exists(), "empty folders are pruned");
+
+    // Ollama's route, with an older client's `name`: 200 and an empty body, as Ollama answers.
+    let (status, body) = crate::compat::raw(
+        &daemon,
+        Method::DELETE,
+        "/api/delete",
+        json!({"name": "spare"}),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert!(!spare.exists());
+    let list: r1d_client::wire::StoreModelList =
+        daemon.client().get_json("/r1/models", false).await.unwrap();
+    let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["resident", "theirs:1b"], "{list:#?}");
+
+    // Once unloaded, the former resident model can go.
+    let out = r1ctl(&daemon.socket, &["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = r1ctl(&daemon.socket, &["rm", "resident"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("deleted 'resident' ({}", resident.display())),
+        "{text}"
+    );
+    assert!(!resident.exists());
+}

@@ -28,7 +28,7 @@ fn r1_echo() -> (Daemon, tempfile::TempDir) {
 /// sides of it arrive in one piece (" see</think>The").
 const THINKER: &str = "hmm let me see</think>The answer";
 
-async fn raw(daemon: &Daemon, method: Method, path: &str, body: Value) -> (u16, String) {
+pub(crate) async fn raw(daemon: &Daemon, method: Method, path: &str, body: Value) -> (u16, String) {
     use http_body_util::BodyExt;
     let response = daemon
         .client()

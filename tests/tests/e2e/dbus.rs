@@ -865,6 +865,15 @@ async fn dbus_pull_returns_a_job_whose_properties_and_finished_signal_follow_the
     bad.insert("quantisation", Value::from("q8_0"));
     let e = manager.pull(crate::store::FILE, bad).await.unwrap_err();
     assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument");
+    // Remove deletes the pulled file (as `r1ctl rm` does) and says what it freed.
+    let (path, freed) = manager.remove(crate::store::FILE).await.unwrap();
+    assert_eq!(
+        (path.as_str(), freed),
+        (dest.to_str().unwrap(), server.size)
+    );
+    assert!(!dest.exists());
+    let e = manager.remove(crate::store::FILE).await.unwrap_err();
+    assert_eq!(error_name(&e), "org.r1d.R1.Error.ModelNotFound");
 }
 
 #[tokio::test]

@@ -52,14 +52,69 @@ fn plan_for_an_rtx_4060_profile_picks_the_qwen3_8b_entirely_on_the_gpu() {
     assert_eq!(plan.candidates.len(), 48);
     assert!(plan.candidates.iter().all(|c| !c.reason.is_empty()));
 
-    // The human form: the choice on top, a row per candidate with the published rule of thumb.
+    // The human form: the choice on top, a row per variant with the published rule of thumb.
     let out = r1d(&["plan", "--hardware", path.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.starts_with("chosen: deepseek-r1-0528:8b Q5_K_M on llamacpp (37/37 layers on GPU"),
+        words(&text)
+            .starts_with("chosen: deepseek-r1-0528:8b Q5_K_M on llamacpp (37/37 layers on GPU"),
         "{text}"
     );
-    assert!(text.contains("8 cores, 16 GB RAM, 1 × 8 GB GPU"), "{text}");
+    assert!(
+        text.contains("published rule of thumb: 8 cores, 16 GB RAM, 1 × 8 GB GPU"),
+        "{text}"
+    );
+}
+
+/// `text` with every run of white space (line breaks of wrapped cells too) as one space.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The candidate rows of `r1d plan`'s table: a mark column (`*` for the choice), then the
+/// variant.
+fn candidate_rows(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            (l.starts_with(" *  ") || l.starts_with("    ")) && l[4..].starts_with("deepseek-r1")
+        })
+        .collect()
+}
+
+#[test]
+fn plan_fits_100_columns_with_a_row_per_variant_and_all_shows_every_candidate() {
+    let path = profile("rtx4060-desktop.json");
+    let out = r1d(&["plan", "--hardware", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Not a terminal: 100 columns, the reasons wrapped below their rows.
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns: {line}\n{text}",
+            line.chars().count()
+        );
+    }
+    let rows = candidate_rows(&text);
+    // One per variant: 7 distills, R1 671B and R1-0528 671B.
+    assert_eq!(rows.len(), 9, "{text}");
+    let chosen: Vec<&&str> = rows.iter().filter(|r| r.starts_with(" *  ")).collect();
+    assert_eq!(chosen.len(), 1, "{text}");
+    assert!(
+        chosen[0].contains("deepseek-r1-0528:8b") && chosen[0].contains("Q5_K_M"),
+        "{text}"
+    );
+    assert!(words(&text).contains("39 more with --all"), "{text}");
+
+    let out = r1d(&["plan", "--hardware", path.to_str().unwrap(), "--all"]);
+    let all = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(candidate_rows(&all).len(), 48, "{all}");
+    assert!(all.lines().all(|l| l.chars().count() <= 100), "{all}");
+    assert!(!all.contains("more with --all"), "{all}");
 }
 
 #[test]
@@ -144,8 +199,20 @@ async fn running_daemon_serves_hardware_and_plan_and_r1ctl_prints_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("chosen: "), "{text}");
+    assert!(text.starts_with("chosen:"), "{text}");
     assert!(text.contains("deepseek-r1:1.5b"), "{text}");
+    let all = Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["plan", "--all"])
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert_eq!(candidate_rows(&all).len(), plan.candidates.len(), "{all}");
+    assert!(
+        candidate_rows(&text).len() < plan.candidates.len(),
+        "{text}"
+    );
 }
 
 const MIB: u64 = 1 << 20;
@@ -238,7 +305,7 @@ fn plan_for_an_rtx_4060_says_how_much_more_vram_brings_the_next_quantization() {
     let out = r1d(&["plan", "--hardware", path.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("\nwith more memory: {}\n", plan.more_memory)),
+        words(&text).contains(&format!(" more memory: {} ", plan.more_memory)),
         "{text}"
     );
 }

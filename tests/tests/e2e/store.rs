@@ -817,6 +817,52 @@ async fn a_pull_without_network_sockets_says_so_and_names_the_drop_in_that_allow
     assert!(list.models.is_empty());
 }
 
+/// An offline pull says why it failed, with the URL once: nothing listens on the port
+/// (connection refused), or the host name does not resolve (`.invalid` never does, RFC 2606).
+#[tokio::test]
+async fn an_offline_pull_names_the_cause_and_the_url_once() {
+    // A loopback port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            format!("http://127.0.0.1:{port}"),
+            format!("the connection to 127.0.0.1:{port} was refused: nothing listens there"),
+        ),
+        (
+            "http://r1d-test.invalid".to_owned(),
+            "the host name r1d-test.invalid does not resolve".to_owned(),
+        ),
+    ];
+    for (endpoint, cause) in cases {
+        let root = tempfile::tempdir().unwrap();
+        let d = daemon(root.path(), &endpoint);
+        let events = pull_all(&d, "hf.co/owner/repo:m.gguf").await;
+        let last = events.last().unwrap();
+        assert_eq!(last.kind, "error", "{events:?}");
+        let error = last.error.as_deref().unwrap();
+        let url = format!("{endpoint}/owner/repo/resolve/main/m.gguf");
+        assert!(
+            error.starts_with(&format!("failed to download {url}: {cause}")),
+            "{error}"
+        );
+        assert_eq!(error.matches(&endpoint).count(), 1, "the URL once: {error}");
+        // r1ctl prints the same.
+        let out = std::process::Command::new(r1d_tests::binary("r1ctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["pull", "hf.co/owner/repo:m.gguf"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&cause), "{err}");
+    }
+}
+
 /// `[store] auto_pull = true` on a machine with no DeepSeek-R1 (a fake one: the cgroup v2
 /// fixture, where the planner chooses deepseek-r1:1.5b Q4_K_M): r1d pulls exactly the planned
 /// variant's file from `HF_ENDPOINT` at start, a `POST /r1/pull` of it joins that download and

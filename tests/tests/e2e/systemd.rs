@@ -196,8 +196,15 @@ async fn notify_without_a_model_is_ready_and_says_why_and_no_watchdog_unless_ask
 
 /// Spawns r1d directly (for tests that need its pid or its stderr).
 fn spawn_r1d(dir: &Path, config: &Path, env: &[(&str, String)]) -> std::process::Child {
+    r1d_command(Command::new(binary("r1d")), dir, config, env)
+        .spawn()
+        .expect("failed to start r1d")
+}
+
+/// `cmd` (r1d, or a wrapper that runs it with the arguments that follow) with r1d's arguments:
+/// user mode, the socket `r1d.sock` and the log `r1d.log` in `dir`, `config`, the built plugins.
+fn r1d_command(mut cmd: Command, dir: &Path, config: &Path, env: &[(&str, String)]) -> Command {
     let plugins = bin_dir();
-    let mut cmd = Command::new(binary("r1d"));
     cmd.arg("--user")
         .arg("--socket")
         .arg(dir.join("r1d.sock"))
@@ -212,7 +219,7 @@ fn spawn_r1d(dir: &Path, config: &Path, env: &[(&str, String)]) -> std::process:
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("failed to start r1d")
+    cmd
 }
 
 fn signal(child: &std::process::Child, name: &str) {
@@ -337,6 +344,141 @@ fn journal_stderr_lines_carry_syslog_priorities() {
     );
     // journald adds the time: none in the line.
     assert!(!lines.iter().any(|l| l.contains("Z  INFO")), "{text}");
+}
+
+/// The fields of one journald native-protocol datagram (`NAME=value\n`, or `NAME\n`, a 64-bit
+/// little-endian length, the value and `\n` for values that may hold newlines).
+fn journal_fields(mut d: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while let Some(end) = d.iter().position(|&b| b == b'\n' || b == b'=') {
+        let name = String::from_utf8_lossy(&d[..end]).into_owned();
+        if d[end] == b'=' {
+            let rest = &d[end + 1..];
+            let stop = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            fields.push((name, String::from_utf8_lossy(&rest[..stop]).into_owned()));
+            d = rest.get(stop + 1..).unwrap_or_default();
+        } else {
+            let len = u64::from_le_bytes(d[end + 1..end + 9].try_into().unwrap()) as usize;
+            let value = &d[end + 9..end + 9 + len];
+            fields.push((name, String::from_utf8_lossy(value).into_owned()));
+            d = d.get(end + 10 + len..).unwrap_or_default();
+        }
+    }
+    fields
+}
+
+/// Under systemd with journald answering, each request is one journal entry whose fields are
+/// journal fields. journald itself cannot run here: r1d runs in a mount namespace of its own
+/// where the test's datagram socket is `/run/systemd/journal/socket`.
+#[tokio::test]
+async fn under_journald_the_request_line_is_an_entry_with_its_fields() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(unshare) = tool("unshare") else {
+        return;
+    };
+    if r1d_client::euid() != 0 {
+        let message = "not running as root: a mount namespace needs it";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(run.join("systemd/journal")).unwrap();
+    let journald = UnixDatagram::bind(run.join("systemd/journal/socket")).unwrap();
+    // Read as journald does, all the time: a full socket queue would block r1d's logging.
+    let (entries, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n) = journald.recv(&mut buf) {
+            if entries.send(journal_fields(&buf[..n])).is_err() {
+                break;
+            }
+        }
+    });
+    let model = echo_model(dir.path(), r#"{"name": "echo-journal"}"#);
+    let config = dir.path().join("r1d.toml");
+    std::fs::write(&config, echo_config(&model)).unwrap();
+    // JOURNAL_STREAM names r1d's stderr (device:inode), as systemd sets it.
+    let log = dir.path().join("r1d.log");
+    std::fs::write(&log, "").unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let mut wrapper = Command::new(unshare);
+    wrapper
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$0" /run && exec "$@""#)
+        .arg(&run)
+        .arg(binary("r1d"));
+    let mut cmd = r1d_command(
+        wrapper,
+        dir.path(),
+        &config,
+        &[("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))],
+    );
+    cmd.args(["--dbus", "off"])
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let client = Client::new(dir.path().join("r1d.sock"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .health()
+        .await
+        .map_or(true, |h| h.status != State::Ready)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "r1d did not serve: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.chat(&ask("hello zanzibar")).await.unwrap();
+    let mut entry = None;
+    while entry.is_none() && Instant::now() < deadline {
+        let Ok(fields) = received.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if get("TARGET").as_deref() == Some("r1d::request")
+            && get("ROUTE").as_deref() == Some("/v1/chat/completions")
+        {
+            entry = Some(fields);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let fields = entry.unwrap_or_else(|| {
+        panic!("no request entry reached the journal socket; stderr:\n{stderr}")
+    });
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("MESSAGE"), Some("request"), "{fields:?}");
+    assert_eq!(get("PRIORITY"), Some("6"), "{fields:?}");
+    assert_eq!(get("SYSLOG_IDENTIFIER"), Some("r1d"), "{fields:?}");
+    assert_eq!(get("STATUS"), Some("200"), "{fields:?}");
+    assert_eq!(get("METHOD"), Some("POST"), "{fields:?}");
+    assert!(
+        get("MODEL").is_some_and(|m| m.contains("echo")),
+        "{fields:?}"
+    );
+    assert_eq!(
+        get("PROMPT_TOKENS").map(|t| t.parse::<u64>().is_ok()),
+        Some(true),
+        "{fields:?}"
+    );
+    assert_eq!(get("GENERATED_TOKENS"), Some("2"), "{fields:?}");
+    assert!(
+        get("DURATION_MS").is_some_and(|d| d.parse::<f64>().is_ok()),
+        "{fields:?}"
+    );
+    // The words of the prompt are in no field, and nothing went to stderr instead.
+    assert!(
+        !fields.iter().any(|(_, v)| v.contains("zanzibar")),
+        "{fields:?}"
+    );
+    assert!(!stderr.contains("request"), "{stderr}");
 }
 
 #[tokio::test]

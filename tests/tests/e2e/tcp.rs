@@ -92,6 +92,44 @@ fn a_non_loopback_address_without_a_key_is_refused_at_start() {
         !status.success() && log.contains("/nonexistent/r1d-key"),
         "{log}"
     );
+    // Its OS error once, not once per link of the error chain.
+    let error = log
+        .lines()
+        .find(|l| l.contains("/nonexistent/r1d-key"))
+        .unwrap_or_default();
+    assert_eq!(
+        error.matches("No such file or directory").count(),
+        1,
+        "{error}"
+    );
+    // A listen address without a port is named.
+    let (status, log) = start_and_exit(&["--listen", "localhost"], "");
+    assert!(
+        !status.success() && log.contains("invalid listen address \"localhost\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_host_name_listens_on_each_address_it_resolves_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = echo_model(dir.path(), r#"{"name": "echo-tcp"}"#);
+    let port = free_port();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        args: vec!["--listen".into(), format!("localhost:{port}")],
+        ..Default::default()
+    });
+    use std::net::ToSocketAddrs as _;
+    let resolved: Vec<std::net::SocketAddr> = format!("localhost:{port}")
+        .to_socket_addrs()
+        .unwrap()
+        .collect();
+    assert!(!resolved.is_empty());
+    for addr in resolved {
+        let (code, body) = http(&addr.to_string(), "GET", "/api/version", None);
+        assert_eq!(code, 200, "{addr}: {body}\n{}", daemon.log());
+    }
 }
 
 #[test]
@@ -112,6 +150,12 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
         config: Some(&format!("[server]\napi_key_file = {key_file:?}\n")),
         ..Default::default()
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Loaded, so that `/v1/models` lists it.
+    rt.block_on(daemon.settled());
     let v4 = format!("127.0.0.1:{p4}");
     let (code, body) = http(&v4, "GET", "/v1/models", Some("Bearer k-93af"));
     assert_eq!(code, 200, "{body}");
@@ -125,6 +169,12 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
             && body.contains(r#""type":"invalid_request_error""#),
         "{body}"
     );
+    // Ollama clients' liveness check needs no key (it tells nothing but that r1d runs).
+    let (code, response) = http(&v4, "GET", "/", None);
+    assert_eq!(code, 200, "{response}");
+    assert!(response.contains("\r\nOllama is running\r\n"), "{response}");
+    let (code, _) = http(&v4, "HEAD", "/", None);
+    assert_eq!(code, 200);
     let (code, body) = http(&v4, "GET", "/api/tags", Some("Bearer nope"));
     assert_eq!(code, 401, "{body}");
     assert!(body.contains(r#"{"error":"invalid API key"#), "{body}");
@@ -143,10 +193,6 @@ fn loopback_tcp_serves_every_route_family_and_a_key_is_asked_for_once_set() {
     }
     // The Unix socket asks for no key.
     let client = daemon.client();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     rt.block_on(client.health()).unwrap();
     let log = daemon.log();
     assert!(!log.contains("k-93af"), "the key is in the log:\n{log}");
