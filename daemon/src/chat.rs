@@ -247,7 +247,8 @@ pub struct Piece {
 }
 
 const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
+/// The tag that ends R1's reasoning (the answer follows it).
+pub const THINK_CLOSE: &str = "</think>";
 
 /// Turns raw token bytes into text pieces.
 ///

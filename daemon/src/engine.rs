@@ -105,6 +105,10 @@ pub struct Sampling {
     pub repeat_last_n: Option<i32>,
     /// Bias added to token ids' logits (OpenAI's `logit_bias`, −100 to 100).
     pub logit_bias: Vec<(i32, f32)>,
+    /// Structured output: a JSON Schema (as JSON text) the answer must be valid against; for a
+    /// model that reasons, the reasoning stays free and the answer after `</think>` is
+    /// constrained. `None` = free text.
+    pub json_schema: Option<String>,
 }
 
 /// What to generate from.
@@ -1073,6 +1077,9 @@ impl Worker {
             repeat_penalty: sampling.repeat_penalty.unwrap_or(1.0),
             penalty_last_n: sampling.repeat_last_n.unwrap_or(64),
             logit_bias: sampling.logit_bias.clone(),
+            json_schema: sampling.json_schema.clone(),
+            // The reasoning stays free: the constraint starts where the answer does.
+            constrain_after: opens_reasoning.then(|| chat::THINK_CLOSE.to_owned()),
         };
         let mut assembler =
             Assembler::new(opens_reasoning, sampling.stop.clone(), job.reasoning_format);

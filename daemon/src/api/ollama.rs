@@ -58,15 +58,18 @@ fn parse<T: serde::de::DeserializeOwned>(body: &RequestBody) -> Result<T, Respon
     error::parse(body).map_err(fail)
 }
 
-/// What `/api/chat` and `/api/generate` check first: the model name and the options; returns the
-/// sampling and the name to answer under.
+/// What `/api/chat` and `/api/generate` check first: the model name, the options and `format`
+/// (structured output); returns the sampling and the name to answer under.
 async fn prepare(
     state: &AppState,
     model: &str,
     options: Option<&serde_json::Map<String, Value>>,
+    format: Option<&Value>,
 ) -> Result<(Sampling, String), Response> {
     check_model(state, model).await?;
-    let sampling = sampling(options)?;
+    let mut sampling = sampling(options)?;
+    sampling.json_schema = answer::ollama_format(format)
+        .map_err(|why| fail(ApiError::invalid(Some("format"), why)))?;
     // As Ollama does: the answer carries the name it was asked for, else the listed one.
     let name = match model.trim() {
         "" => listed_name(state).await.unwrap_or_default(),
@@ -205,26 +208,12 @@ fn format_of(
     })
 }
 
-/// Refuses the request fields r1d does not implement, naming each: structured output, tools,
-/// images; the values that mean "none" (`format: ""`, `tools: []`) are accepted.
+/// Refuses the request fields r1d does not implement, naming each: tools, images; the values
+/// that mean "none" (`tools: []`) are accepted.
 fn refuse_unimplemented(
-    format: Option<&Value>,
     tools: Option<&Vec<Value>>,
     images: Option<(String, &Vec<String>)>,
 ) -> Result<(), Response> {
-    if let Some(f) = format.filter(|f| !f.is_null() && f.as_str() != Some("")) {
-        return Err(fail(ApiError::invalid(
-            Some("format"),
-            format!(
-                "format {} is not supported: r1d has no structured output; leave format out",
-                if f.is_string() {
-                    f.to_string()
-                } else {
-                    "(a JSON schema)".into()
-                }
-            ),
-        )));
-    }
     if tools.is_some_and(|t| !t.is_empty()) {
         return Err(fail(ApiError::invalid(
             Some("tools"),
@@ -294,10 +283,17 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = refuse_unimplemented(req.format.as_ref(), req.tools.as_ref(), None) {
+    if let Err(r) = refuse_unimplemented(req.tools.as_ref(), None) {
         return r;
     }
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
+    let (sampling, model) = match prepare(
+        &state,
+        &req.model,
+        req.options.as_ref(),
+        req.format.as_ref(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -313,7 +309,6 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
         if let Err(r) = refuse_unimplemented(
-            None,
             None,
             m.images
                 .as_ref()
@@ -360,7 +355,6 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Err(r) => return r,
     };
     if let Err(r) = refuse_unimplemented(
-        req.format.as_ref(),
         None,
         req.images.as_ref().map(|im| ("images".to_owned(), im)),
     ) {
@@ -390,7 +384,14 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             ));
         }
     }
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
+    let (sampling, model) = match prepare(
+        &state,
+        &req.model,
+        req.options.as_ref(),
+        req.format.as_ref(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(r) => return r,
     };

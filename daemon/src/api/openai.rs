@@ -137,6 +137,7 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
         repeat_last_n: (k.presence_penalty.is_some() || k.frequency_penalty.is_some())
             .then_some(-1),
         logit_bias,
+        json_schema: None,
     };
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;
@@ -147,8 +148,7 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
 }
 
 /// Refuses what `/v1/chat/completions` does not implement, naming the field and why; values that
-/// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`, `response_format: text`)
-/// are accepted.
+/// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`) are accepted.
 fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response> {
     if req.logprobs == Some(true) {
         return Err(invalid(
@@ -161,19 +161,6 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
             Some("top_logprobs"),
             "top_logprobs is not supported: r1d does not return token log probabilities".into(),
         ));
-    }
-    if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(invalid(
-                Some("response_format"),
-                format!(
-                    "response_format {} is not supported: r1d has no structured output; only \
-                     {{\"type\": \"text\"}} is accepted",
-                    kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
-                ),
-            ));
-        }
     }
     let no_tools = "tool calling is not supported by r1d";
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -287,7 +274,16 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     if let Err(r) = refuse_unimplemented_chat(&req) {
         return r;
     }
-    let common = match common(
+    let json_schema = match req
+        .response_format
+        .as_ref()
+        .map(answer::openai_response_format)
+    {
+        None => None,
+        Some(Ok(schema)) => schema,
+        Some(Err((param, message))) => return invalid(Some(&param), message),
+    };
+    let mut common = match common(
         &state,
         Knobs {
             model: req.model.as_deref(),
@@ -310,6 +306,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         Ok(c) => c,
         Err(r) => return r,
     };
+    common.sampling.json_schema = json_schema;
     if req.messages.is_empty() {
         return invalid(
             Some("messages"),

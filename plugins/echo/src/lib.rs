@@ -25,6 +25,8 @@
 //! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
 //!   `temperature=… top_p=… top_k=… min_p=… seed=… presence_penalty=… frequency_penalty=…
 //!   repeat_penalty=… penalty_last_n=… logit_bias=ID:BIAS,…`;
+//! - a request with `json_schema` (structured output) is refused with `R1_ERR_INVALID_ARGUMENT`
+//!   naming `response_format`: echo has no constrained decoding;
 //! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
 //!
 //! A `.gguf` file loads too, when the host asks for this backend by name (it does not claim the
@@ -301,6 +303,12 @@ impl Model for EchoModel {
         if prompt.contains("[[fail]]") {
             return Err(PluginError::backend(
                 "echo: generation failure requested by the prompt",
+            ));
+        }
+        if request.json_schema.is_some() {
+            return Err(PluginError::invalid_argument(
+                "response_format (Ollama: format): structured output is not supported by the echo \
+                 backend (no constrained decoding)",
             ));
         }
         let slow = prompt.contains("[[slow]]");

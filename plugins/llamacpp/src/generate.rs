@@ -17,12 +17,30 @@ use crate::model::{LlamaCppModel, Session};
 /// The KV-cache sequence every request uses (one sequence per model).
 const SEQ: i32 = 0;
 
-/// Builds the sampler chain: the logit biases (if any), the penalties (presence, frequency,
-/// repetition over the last `penalty_last_n` tokens, if any differs from "off"), then greedy when
-/// `temperature <= 0`; otherwise top-k (if > 0), top-p (if < 1), min-p (if > 0), temperature,
-/// then a seeded draw (`seed`, or a random one). `n_ctx` is what `penalty_last_n: -1` means.
-pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(7);
+/// Builds the sampler chain: the JSON-schema grammar (if `json_schema` is set; lazy, from
+/// `constrain_after` on, when that is set), the logit biases (if any), the penalties (presence,
+/// frequency, repetition over the last `penalty_last_n` tokens, if any differs from "off"), then
+/// greedy when `temperature <= 0`; otherwise top-k (if > 0), top-p (if < 1), min-p (if > 0),
+/// temperature, then a seeded draw (`seed`, or a random one). `n_ctx` is what
+/// `penalty_last_n: -1` means.
+///
+/// # Errors
+/// `R1_ERR_INVALID_ARGUMENT` naming `response_format` when llama.cpp cannot turn the schema into
+/// a grammar.
+pub fn sampler(
+    model: &LlamaModel,
+    request: &GenerateRequest,
+    n_ctx: i32,
+) -> Result<LlamaSampler, PluginError> {
+    let n_vocab = model.vocab().n_tokens();
+    let mut chain = Vec::with_capacity(8);
+    if let Some(schema) = &request.json_schema {
+        chain.push(crate::grammar::json_schema_sampler(
+            model,
+            schema,
+            request.constrain_after.as_deref(),
+        )?);
+    }
     if !request.logit_bias.is_empty() {
         let biases: Vec<LlamaLogitBias> = request
             .logit_bias
@@ -47,7 +65,7 @@ pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSamp
     }
     if request.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
-        return LlamaSampler::chain(chain, true);
+        return Ok(LlamaSampler::chain(chain, true));
     }
     if request.top_k > 0 {
         chain.push(LlamaSampler::top_k(request.top_k));
@@ -63,7 +81,7 @@ pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSamp
         .seed
         .unwrap_or_else(|| RandomState::new().hash_one(Instant::now()) as u32);
     chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain(chain, true)
+    Ok(LlamaSampler::chain(chain, true))
 }
 
 /// Length of the common prefix of two token sequences.
@@ -181,7 +199,7 @@ impl Target<'_> {
             prompt.len()
         )));
         }
-        let mut sampler = sampler(request, vocab.n_tokens(), n_ctx as i32);
+        let mut sampler = sampler(model, request, n_ctx as i32)?;
 
         // Reuse the cached prefix, but always evaluate the last prompt token: its logits are needed.
         let reused =

@@ -587,15 +587,22 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
     let refused: Vec<(Value, &str, &str)> = vec![
+        // Structured output of a shape OpenAI does not define (the echo backend's own refusal of
+        // well-formed structured output is checked below).
         (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "yaml"}}),
             "response_format",
-            "\"json_object\" is not supported",
+            "not one of text, json_object, json_schema",
         ),
         (
-            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
-            "response_format",
-            "\"json_schema\" is not supported",
+            json!({"response_format": {"type": "json_schema"}}),
+            "response_format.json_schema",
+            "needs a json_schema object",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}}),
+            "response_format.json_schema.schema",
+            "must be a JSON Schema object",
         ),
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
@@ -674,6 +681,23 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(text), "{extra} → {message}");
+    }
+    // Structured output on a backend without constrained decoding (echo): a 400 from the backend
+    // that names response_format, not free text.
+    for format in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+               "schema": {"type": "object"}}}),
+    ] {
+        let extra = json!({ "response_format": format });
+        let (status, v) = params_of(&daemon, "/v1/chat/completions", extra.clone()).await;
+        assert_eq!(status, 400, "{extra} → {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("response_format") && message.contains("not supported by the echo"),
+            "{extra} → {message}"
+        );
     }
     // A token the vocabulary does not have: refused by the engine before the answer starts.
     let (status, v) = params_of(
@@ -813,11 +837,16 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         }
     }
     let refused: Vec<(Value, &str)> = vec![
+        // The echo backend has no constrained decoding: it refuses structured output by name.
         (
             json!({"format": "json"}),
-            "format \"json\" is not supported",
+            "format): structured output is not supported by the echo backend",
         ),
-        (json!({"format": {"type": "object"}}), "(a JSON schema)"),
+        (
+            json!({"format": {"type": "object"}}),
+            "format): structured output is not supported by the echo backend",
+        ),
+        (json!({"format": "yaml"}), "format \"yaml\" is not \"json\""),
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
             "tool calling",
