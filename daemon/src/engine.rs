@@ -116,6 +116,14 @@ pub struct Sampling {
 pub enum PromptInput {
     /// A conversation, rendered with the model's chat template.
     Chat(Vec<Message>),
+    /// A conversation with OpenAI's tool definitions, given to the template as `tools`; a model
+    /// whose template has no tool support refuses it (`EngineError::InvalidRequest`).
+    ChatWithTools {
+        /// The conversation.
+        messages: Vec<Message>,
+        /// The `tools` array as the client sent it.
+        tools: serde_json::Value,
+    },
     /// Raw text, tokenized as it is (BOS added when the tokenizer adds one); no template.
     Raw(String),
 }
@@ -990,14 +998,19 @@ impl Worker {
         let info: ModelInfo = model.info().clone().into();
         let profile = chat::ModelProfile::of(&info);
         let (text, has_bos, opens_reasoning) = match &job.input {
-            PromptInput::Chat(messages) => {
+            PromptInput::Chat(messages) | PromptInput::ChatWithTools { messages, .. } => {
                 let template = info
                     .chat_template
                     .as_deref()
                     .unwrap_or(chat::FALLBACK_TEMPLATE);
-                let mut prompt = chat::render(
+                let tools = match &job.input {
+                    PromptInput::ChatWithTools { tools, .. } => Some(tools),
+                    _ => None,
+                };
+                let mut prompt = chat::render_with_tools(
                     template,
                     messages,
+                    tools,
                     info.bos_token.as_ref().map(|t| t.text.as_str()),
                     info.eos_token.as_ref().map(|t| t.text.as_str()),
                 )

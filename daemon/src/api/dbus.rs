@@ -942,11 +942,13 @@ fn ask_input(
         messages.push(Message {
             role: "system".into(),
             content: opt_str("system", system)?,
+            ..Default::default()
         });
     }
     messages.push(Message {
         role: "user".into(),
         content: prompt,
+        ..Default::default()
     });
     Ok((PromptInput::Chat(messages), request_of(options, true)?))
 }
@@ -966,7 +968,11 @@ fn chat_input(
                 answer::ROLES.join(", ")
             )));
         }
-        out.push(Message { role, content });
+        out.push(Message {
+            role,
+            content,
+            ..Default::default()
+        });
     }
     Ok((PromptInput::Chat(out), request_of(options, false)?))
 }

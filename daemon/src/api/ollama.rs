@@ -339,6 +339,7 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
                 m.role.clone()
             },
             content: m.content.clone(),
+            ..Default::default()
         });
     }
     let admitted =
@@ -411,11 +412,13 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             messages.push(Message {
                 role: "system".into(),
                 content: system.clone(),
+                ..Default::default()
             });
         }
         messages.push(Message {
             role: "user".into(),
             content: req.prompt.clone(),
+            ..Default::default()
         });
         PromptInput::Chat(messages)
     };

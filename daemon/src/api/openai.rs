@@ -28,7 +28,7 @@ use super::answer::{self, Encoder, Out};
 use super::error::{self, ApiError, Body, Shape};
 use super::http::AppState;
 use super::to_wire::{finish_reason, timings, usage};
-use crate::chat::{Channel, Message, Piece, ReasoningFormat};
+use crate::chat::{self, Channel, Message, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, PromptInput, Sampling};
 
 /// The OpenAI routes.
@@ -162,26 +162,41 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
             "top_logprobs is not supported: r1d does not return token log probabilities".into(),
         ));
     }
-    let no_tools = "tool calling is not supported by r1d";
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(invalid(Some("tools"), format!("tools: {no_tools}")));
-    }
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(invalid(Some("functions"), format!("functions: {no_tools}")));
+        return Err(invalid(
+            Some("functions"),
+            "functions (deprecated by OpenAI): use tools".into(),
+        ));
     }
-    for (name, choice) in [
-        ("tool_choice", &req.tool_choice),
-        ("function_call", &req.function_call),
-    ] {
-        match choice.as_ref().map(|c| c.as_str()) {
-            None | Some(Some("none")) | Some(Some("auto")) => {}
-            Some(_) => {
-                return Err(invalid(
-                    Some(name),
-                    format!("{name} other than \"none\" or \"auto\": {no_tools}"),
-                ))
-            }
+    match req.function_call.as_ref().map(|c| c.as_str()) {
+        None | Some(Some("none")) | Some(Some("auto")) => {}
+        Some(_) => {
+            return Err(invalid(
+                Some("function_call"),
+                "function_call (deprecated by OpenAI): use tools and tool_choice".into(),
+            ))
         }
+    }
+    match req.tool_choice.as_ref() {
+        None => {}
+        Some(Value::String(c)) if c == "none" || c == "auto" => {}
+        Some(other) => {
+            return Err(invalid(
+                Some("tool_choice"),
+                format!(
+                    "tool_choice {other} is not supported: r1d lets the model choose (\"auto\") \
+                     or gives it no tools (\"none\"); forcing a call is not implemented"
+                ),
+            ))
+        }
+    }
+    if req.stream && tools_offered(req) {
+        return Err(invalid(
+            Some("tools"),
+            "tools with stream: true are not supported yet: tool calls are parsed from a whole \
+             answer; use stream: false"
+                .into(),
+        ));
     }
     if let Some(m) = req.modalities.iter().flatten().find(|m| *m != "text") {
         return Err(invalid(
@@ -205,14 +220,31 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
                 ),
             ));
         }
-        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(invalid(
-                Some(&format!("messages[{i}].tool_calls")),
-                format!("messages[{i}].tool_calls: {no_tools}"),
-            ));
-        }
     }
     Ok(())
+}
+
+/// Whether the model is given tools: a non-empty `tools` and a `tool_choice` other than "none".
+fn tools_offered(req: &ChatCompletionRequest) -> bool {
+    req.tools.as_ref().is_some_and(|t| !t.is_empty())
+        && req.tool_choice.as_ref().and_then(Value::as_str) != Some("none")
+}
+
+/// The OpenAI `tool_calls` of an answer: each parsed call with an id and `type: "function"`;
+/// only the first when `parallel_tool_calls` is false.
+fn wire_tool_calls(calls: Vec<chat::ToolCall>, parallel: bool) -> Vec<Value> {
+    let take = if parallel { calls.len() } else { 1 };
+    calls
+        .into_iter()
+        .take(take)
+        .map(|c| {
+            serde_json::json!({
+                "id": new_id("call"),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect()
 }
 
 /// Refuses what `/v1/completions` does not implement, naming the field and why.
@@ -334,6 +366,12 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         messages.push(Message {
             role: role.to_owned(),
             content: m.text(),
+            tool_calls: m
+                .tool_calls
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Value::from),
+            tool_call_id: m.tool_call_id.clone(),
         });
     }
     let format = match req.reasoning_format.as_deref() {
@@ -346,14 +384,15 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             )
         }
     };
-    let admitted = match answer::admit(
-        &state.engine,
-        PromptInput::Chat(messages),
-        common.sampling,
-        format,
-    )
-    .await
-    {
+    let with_tools = tools_offered(&req);
+    let input = match req.tools.clone().filter(|_| with_tools) {
+        Some(tools) => PromptInput::ChatWithTools {
+            messages,
+            tools: Value::from(tools),
+        },
+        None => PromptInput::Chat(messages),
+    };
+    let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -370,24 +409,39 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         return sse(answer::encode(admitted.rx, encoder));
     }
     match answer::collect(admitted.rx).await {
-        Ok(c) => Json(ChatCompletion {
-            id,
-            object: "chat.completion".into(),
-            created,
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    content: c.content,
-                    reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
-                },
-                finish_reason: finish_reason(c.finished.finish_reason).into(),
-            }],
-            usage: usage(&c.finished.result),
-            timings: Some(timings(&c.finished.result)),
-        })
-        .into_response(),
+        Ok(c) => {
+            let (content, calls) = if with_tools {
+                chat::parse_tool_calls(&c.content)
+            } else {
+                (c.content, Vec::new())
+            };
+            let tool_calls = (!calls.is_empty())
+                .then(|| wire_tool_calls(calls, req.parallel_tool_calls != Some(false)));
+            let finish = if tool_calls.is_some() {
+                "tool_calls"
+            } else {
+                finish_reason(c.finished.finish_reason)
+            };
+            Json(ChatCompletion {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model,
+                choices: vec![Choice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content,
+                        reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
+                        tool_calls,
+                    },
+                    finish_reason: finish.into(),
+                }],
+                usage: usage(&c.finished.result),
+                timings: Some(timings(&c.finished.result)),
+            })
+            .into_response()
+        }
         Err(e) => fail(e),
     }
 }

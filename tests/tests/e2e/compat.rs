@@ -604,20 +604,16 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
             "response_format.json_schema.schema",
             "must be a JSON Schema object",
         ),
-        (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-            "tool calling",
-        ),
+        // Tools themselves: `tools_are_rendered_by_the_template_and_calls_parsed_or_refused`.
         (
             json!({"tool_choice": "required"}),
             "tool_choice",
-            "tool calling",
+            "forcing a call is not implemented",
         ),
         (
             json!({"functions": [{"name": "f"}]}),
             "functions",
-            "tool calling",
+            "use tools",
         ),
         (json!({"logprobs": true}), "logprobs", "log probabilities"),
         (
@@ -983,4 +979,122 @@ async fn an_unknown_field_is_refused_by_name_and_bookkeeping_fields_are_accepted
     )
     .await;
     assert_eq!(code, 200, "{text}");
+}
+
+/// A template that renders `tools` (and earlier tool calls and results) around the echo's own
+/// (doubled newlines: `trim_blocks` eats the first after a block tag)
+/// `<|role|>content` lines.
+const TOOL_TEMPLATE: &str = "{{ bos_token }}{% if tools %}<|system|>tools: {{ tools | tojson }}\n{% endif %}\n{% for message in messages %}<|{{ message.role }}|>{% if message.tool_calls is defined %}{{ message.tool_calls | tojson }}{% else %}{{ message.content }}{% endif %}\n\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+
+/// Issue 17, tools: rendered through the model's own template, tool calls parsed from the answer
+/// into `tool_calls` (a scripted echo model answers with a `<tool_call>` block), results sent back
+/// as `role: "tool"`; a template without tool support, forced calls and streamed tools refused.
+#[tokio::test]
+async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
+    let models = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "tool echo", "transform": "identity",
+        "chat_template": TOOL_TEMPLATE});
+    let model = echo_model(models.path(), &file.to_string());
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let call = r#"Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+    let body = |extra: Value| {
+        let mut b = json!({"model": "tool echo", "tools": tools,
+            "messages": [{"role": "user", "content": call}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for choice in [
+        json!({}),
+        json!({"tool_choice": "auto", "parallel_tool_calls": true}),
+    ] {
+        let (status, answer) =
+            raw(&daemon, Method::POST, "/v1/chat/completions", body(choice)).await;
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        assert_eq!(choice["message"]["content"], "Let me look.", "{v}");
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1, "{v}");
+        assert_eq!(calls[0]["type"], "function");
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call-"), "{v}");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+    }
+    // tool_choice "none": no tools reach the model and its text stays text.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"tool_choice": "none"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], call, "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // The round trip: the assistant's call and the tool's result are rendered; the next answer
+    // (the echo of the user turn, which now asks nothing of tools) is plain text.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"model": "tool echo", "tools": tools, "messages": [
+            {"role": "user", "content": "weather in Paris"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call-1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call-1", "content": "sunny"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "weather in Paris",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Streamed tool calls are not built yet: refused by name.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["param"], "tools", "{v}");
+
+    // The default echo template never renders tools: refused naming tools, not dropped.
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"model": "DeepSeek-R1 echo", "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("tools") && message.contains("no tool support"),
+        "{message}"
+    );
 }
