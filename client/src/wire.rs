@@ -414,6 +414,10 @@ pub struct Delta {
     /// A piece of the reasoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Tool calls, OpenAI's streamed shape: `[{"index", "id", "type": "function", "function":
+    /// {"name", "arguments"}}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// One choice of a streamed chunk.

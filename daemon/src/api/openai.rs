@@ -190,14 +190,6 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
             ))
         }
     }
-    if req.stream && tools_offered(req) {
-        return Err(invalid(
-            Some("tools"),
-            "tools with stream: true are not supported yet: tool calls are parsed from a whole \
-             answer; use stream: false"
-                .into(),
-        ));
-    }
     if let Some(m) = req.modalities.iter().flatten().find(|m| *m != "text") {
         return Err(invalid(
             Some("modalities"),
@@ -405,6 +397,8 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             created,
             model,
             include_usage: common.include_usage,
+            tools: with_tools.then_some(req.parallel_tool_calls != Some(false)),
+            held: String::new(),
         };
         return sse(answer::encode(admitted.rx, encoder));
     }
@@ -449,11 +443,19 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
 /// Chat chunks: a first chunk with the role, one chunk per piece (content or reasoning, never
 /// both), a finishing chunk with `finish_reason`, `usage` and `timings`, and with
 /// `stream_options.include_usage` one more chunk with `choices: []` and `usage`.
+///
+/// With tools offered, the answer's text is held back until the end, where tool calls are parsed
+/// out of it: then one content chunk (the text outside the calls, if any), one chunk per call
+/// (`delta.tool_calls` with its index, id, name and whole arguments) and the finishing chunk
+/// with `finish_reason: "tool_calls"`. Reasoning still streams as it comes.
 struct ChatEncoder {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
+    /// Tools offered: `Some(parallel_tool_calls)`, and the held-back answer.
+    tools: Option<bool>,
+    held: String,
 }
 
 impl ChatEncoder {
@@ -483,12 +485,16 @@ impl Encoder for ChatEncoder {
         let delta = Delta {
             role: Some("assistant".into()),
             content: Some(String::new()),
-            reasoning_content: None,
+            ..Default::default()
         };
         vec![json(&self.chunk(delta, None))]
     }
 
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        if self.tools.is_some() && piece.channel == Channel::Content {
+            self.held.push_str(&piece.text);
+            return Vec::new();
+        }
         let delta = match piece.channel {
             Channel::Content => Delta {
                 content: Some(piece.text),
@@ -503,15 +509,36 @@ impl Encoder for ChatEncoder {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        finishing(
-            self.chunk(
-                Delta::default(),
-                Some(finish_reason(finished.finish_reason)),
-            ),
+        let mut out = Vec::new();
+        let mut finish = finish_reason(finished.finish_reason);
+        if let Some(parallel) = self.tools {
+            let (text, calls) = chat::parse_tool_calls(&std::mem::take(&mut self.held));
+            if !text.is_empty() {
+                let delta = Delta {
+                    content: Some(text),
+                    ..Default::default()
+                };
+                out.push(json(&self.chunk(delta, None)));
+            }
+            if !calls.is_empty() {
+                finish = "tool_calls";
+            }
+            for (index, mut call) in wire_tool_calls(calls, parallel).into_iter().enumerate() {
+                call["index"] = index.into();
+                let delta = Delta {
+                    tool_calls: Some(vec![call]),
+                    ..Default::default()
+                };
+                out.push(json(&self.chunk(delta, None)));
+            }
+        }
+        out.extend(finishing(
+            self.chunk(Delta::default(), Some(finish)),
             self.include_usage
                 .then(|| self.chunk(Delta::default(), None)),
             finished,
-        )
+        ));
+        out
     }
 
     fn error(&mut self, error: EngineError) -> Value {

@@ -987,8 +987,8 @@ async fn an_unknown_field_is_refused_by_name_and_bookkeeping_fields_are_accepted
 const TOOL_TEMPLATE: &str = "{{ bos_token }}{% if tools %}<|system|>tools: {{ tools | tojson }}\n{% endif %}\n{% for message in messages %}<|{{ message.role }}|>{% if message.tool_calls is defined %}{{ message.tool_calls | tojson }}{% else %}{{ message.content }}{% endif %}\n\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
 
 /// Issue 17, tools: rendered through the model's own template, tool calls parsed from the answer
-/// into `tool_calls` (a scripted echo model answers with a `<tool_call>` block), results sent back
-/// as `role: "tool"`; a template without tool support, forced calls and streamed tools refused.
+/// into `tool_calls`, streamed and not (a scripted echo model answers with a `<tool_call>` block),
+/// results sent back as `role: "tool"`; a template without tool support refused.
 #[tokio::test]
 async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
     let models = tempfile::tempdir().unwrap();
@@ -1067,7 +1067,8 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
         "{v}"
     );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    // Streamed tool calls are not built yet: refused by name.
+    // Streamed: the text outside the call as content, the call as a `delta.tool_calls` chunk with
+    // its index, id, name and arguments, then finish_reason "tool_calls".
     let (status, answer) = raw(
         &daemon,
         Method::POST,
@@ -1075,9 +1076,33 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
         body(json!({"stream": true})),
     )
     .await;
-    assert_eq!(status, 400, "{answer}");
-    let v: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(v["error"]["param"], "tools", "{v}");
+    assert_eq!(status, 200, "{answer}");
+    let chunks: Vec<Value> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    let content: String = deltas
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect();
+    assert_eq!(content, "Let me look.", "{answer}");
+    let calls: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{answer}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls",
+        "{answer}"
+    );
+    assert!(answer.trim_end().ends_with("data: [DONE]"), "{answer}");
 
     // The default echo template never renders tools: refused naming tools, not dropped.
     let (daemon, _m) = r1_echo();
