@@ -28,7 +28,7 @@ use serde_json::Value;
 use super::answer::{self, Collected, Encoder, Out};
 use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
-use crate::chat::{Channel, Message, ModelProfile, Piece, ReasoningFormat};
+use crate::chat::{self, Channel, Message, ModelProfile, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
 
 /// The Ollama routes.
@@ -208,18 +208,8 @@ fn format_of(
     })
 }
 
-/// Refuses the request fields r1d does not implement, naming each: tools, images; the values
-/// that mean "none" (`tools: []`) are accepted.
-fn refuse_unimplemented(
-    tools: Option<&Vec<Value>>,
-    images: Option<(String, &Vec<String>)>,
-) -> Result<(), Response> {
-    if tools.is_some_and(|t| !t.is_empty()) {
-        return Err(fail(ApiError::invalid(
-            Some("tools"),
-            "tools: tool calling is not supported by r1d".to_owned(),
-        )));
-    }
+/// Refuses images (r1d serves text-only models), naming the field; an empty list is accepted.
+fn refuse_images(images: Option<(String, &Vec<String>)>) -> Result<(), Response> {
     if let Some((field, _)) = images.filter(|(_, i)| !i.is_empty()) {
         return Err(fail(ApiError::invalid(
             Some(&field),
@@ -283,9 +273,6 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = refuse_unimplemented(req.tools.as_ref(), None) {
-        return r;
-    }
     let (sampling, model) = match prepare(
         &state,
         &req.model,
@@ -308,19 +295,12 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     }
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        if let Err(r) = refuse_unimplemented(
-            None,
+        if let Err(r) = refuse_images(
             m.images
                 .as_ref()
                 .map(|im| (format!("messages[{i}].images"), im)),
         ) {
             return r;
-        }
-        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-            return fail(ApiError::invalid(
-                Some(&format!("messages[{i}].tool_calls")),
-                format!("messages[{i}].tool_calls: tool calling is not supported by r1d"),
-            ));
         }
         if !answer::ROLES.contains(&m.role.as_str()) {
             return fail(ApiError::invalid(
@@ -339,15 +319,30 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
                 m.role.clone()
             },
             content: m.content.clone(),
-            ..Default::default()
+            tool_calls: m
+                .tool_calls
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Value::from),
+            tool_call_id: None,
         });
     }
-    let admitted =
-        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
-    respond(admitted, Lines::chat(model), req.stream).await
+    let tools = req.tools.clone().filter(|t| !t.is_empty());
+    let with_tools = tools.is_some();
+    let input = match tools {
+        Some(tools) => PromptInput::ChatWithTools {
+            messages,
+            tools: Value::from(tools),
+        },
+        None => PromptInput::Chat(messages),
+    };
+    let admitted = match answer::admit(&state.engine, input, sampling, format).await {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let mut lines = Lines::chat(model);
+    lines.tools = with_tools;
+    respond(admitted, lines, req.stream).await
 }
 
 async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
@@ -355,10 +350,7 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = refuse_unimplemented(
-        None,
-        req.images.as_ref().map(|im| ("images".to_owned(), im)),
-    ) {
+    if let Err(r) = refuse_images(req.images.as_ref().map(|im| ("images".to_owned(), im))) {
         return r;
     }
     for (field, set, why) in [
@@ -440,9 +432,14 @@ enum Route {
 
 /// The objects of one answer: one line per piece (text or reasoning), then a `done` line with the
 /// stats; not streamed, the whole answer is one `done` object of the same shape.
+/// With `tools` (chat only), the answer's text is held to the end, where tool calls are parsed
+/// out of it and sent as `message.tool_calls` (Ollama's shape, arguments an object) in one line
+/// before the `done` line; reasoning still streams as it comes.
 struct Lines {
     model: String,
     route: Route,
+    tools: bool,
+    held: String,
 }
 
 impl Lines {
@@ -450,6 +447,8 @@ impl Lines {
         Lines {
             model,
             route: Route::Chat,
+            tools: false,
+            held: String::new(),
         }
     }
 
@@ -457,6 +456,8 @@ impl Lines {
         Lines {
             model,
             route: Route::Generate,
+            tools: false,
+            held: String::new(),
         }
     }
 
@@ -473,6 +474,7 @@ impl Lines {
                     thinking,
                     images: None,
                     tool_calls: None,
+                    tool_name: None,
                 },
                 done,
                 stats,
@@ -489,8 +491,32 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The chat line of a whole answer with tools: the text outside the calls and the calls.
+    fn tool_line(&self, answer: &str, done: bool, stats: Stats) -> Value {
+        let (text, calls) = chat::parse_tool_calls(answer);
+        let mut line = self.line(text, None, done, stats);
+        if !calls.is_empty() {
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .map(|c| {
+                    let arguments: Value =
+                        serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments));
+                    serde_json::json!({"function": {"name": c.name, "arguments": arguments}})
+                })
+                .collect();
+            line["message"]["tool_calls"] = Value::from(calls);
+        }
+        line
+    }
+}
+
 impl Encoder for Lines {
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        if self.tools && piece.channel == Channel::Content {
+            self.held.push_str(&piece.text);
+            return Vec::new();
+        }
         vec![match piece.channel {
             Channel::Content => self.line(piece.text, None, false, Stats::default()),
             Channel::Reasoning => {
@@ -500,7 +526,13 @@ impl Encoder for Lines {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        vec![self.line(String::new(), None, true, stats(finished))]
+        let mut out = Vec::new();
+        if self.tools {
+            let held = std::mem::take(&mut self.held);
+            out.push(self.tool_line(&held, false, Stats::default()));
+        }
+        out.push(self.line(String::new(), None, true, stats(finished)));
+        out
     }
 
     fn error(&mut self, error: EngineError) -> Value {
@@ -520,7 +552,15 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
             finished,
         }) => {
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
-            Json(lines.line(content, thinking, true, stats(&finished))).into_response()
+            if !lines.tools {
+                return Json(lines.line(content, thinking, true, stats(&finished))).into_response();
+            }
+            // Tools are a chat field: the thinking goes into the message.
+            let mut line = lines.tool_line(&content, true, stats(&finished));
+            if let Some(thinking) = thinking {
+                line["message"]["thinking"] = Value::from(thinking);
+            }
+            Json(line).into_response()
         }
         Err(e) => fail(e),
     }
@@ -692,6 +732,13 @@ async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
         info.embedding_length.into(),
     );
     let mut capabilities = vec!["completion".to_owned()];
+    if info
+        .chat_template
+        .as_deref()
+        .is_some_and(chat::supports_tools)
+    {
+        capabilities.push("tools".into());
+    }
     if profile.reasoning {
         capabilities.push("thinking".into());
     }

@@ -843,9 +843,10 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
             "format): structured output is not supported by the echo backend",
         ),
         (json!({"format": "yaml"}), "format \"yaml\" is not \"json\""),
+        // The echo's default template never reads tools.
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tool calling",
+            "tools: the chat template of this model has no tool support",
         ),
         (
             json!({"messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}),
@@ -981,11 +982,6 @@ async fn an_unknown_field_is_refused_by_name_and_bookkeeping_fields_are_accepted
     assert_eq!(code, 200, "{text}");
 }
 
-/// A template that renders `tools` (and earlier tool calls and results) around the echo's own
-/// (doubled newlines: `trim_blocks` eats the first after a block tag)
-/// `<|role|>content` lines.
-const TOOL_TEMPLATE: &str = "{{ bos_token }}{% if tools %}<|system|>tools: {{ tools | tojson }}\n{% endif %}\n{% for message in messages %}<|{{ message.role }}|>{% if message.tool_calls is defined %}{{ message.tool_calls | tojson }}{% else %}{{ message.content }}{% endif %}\n\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
-
 /// Issue 17, tools: rendered through the model's own template, tool calls parsed from the answer
 /// into `tool_calls`, streamed and not (a scripted echo model answers with a `<tool_call>` block),
 /// results sent back as `role: "tool"`; a template without tool support refused.
@@ -993,7 +989,7 @@ const TOOL_TEMPLATE: &str = "{{ bos_token }}{% if tools %}<|system|>tools: {{ to
 async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
     let models = tempfile::tempdir().unwrap();
     let file = serde_json::json!({"name": "tool echo", "transform": "identity",
-        "chat_template": TOOL_TEMPLATE});
+        "chat_template": r1d_tests::TOOL_TEMPLATE});
     let model = echo_model(models.path(), &file.to_string());
     let daemon = Daemon::start(DaemonOptions {
         model: Some(&model),
@@ -1104,7 +1100,51 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
     );
     assert!(answer.trim_end().ends_with("data: [DONE]"), "{answer}");
 
-    // The default echo template never renders tools: refused naming tools, not dropped.
+    // Ollama's /api/chat: the same call as message.tool_calls with an arguments object, streamed
+    // (a line with the calls before the done line) and not; /api/show lists the capability.
+    let ollama = |stream: bool| {
+        json!({"model": "tool echo", "stream": stream, "tools": tools,
+            "messages": [{"role": "user", "content": call}]})
+    };
+    let (status, answer) = raw(&daemon, Method::POST, "/api/chat", ollama(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["message"]["content"], "Let me look.", "{v}");
+    assert_eq!(
+        v["message"]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]),
+        "{v}"
+    );
+    assert_eq!(v["done"], true);
+    let (status, answer) = raw(&daemon, Method::POST, "/api/chat", ollama(true)).await;
+    assert_eq!(status, 200, "{answer}");
+    let lines: Vec<Value> = answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with_calls: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"]["tool_calls"].is_array())
+        .collect();
+    assert_eq!(with_calls.len(), 1, "{answer}");
+    assert_eq!(
+        with_calls[0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(lines.last().unwrap()["done"], true, "{answer}");
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/api/show",
+        json!({"model": "tool echo"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["capabilities"], json!(["completion", "tools"]), "{v}");
+
+    // The default echo template never renders tools: refused naming tools, not dropped, and
+    // /api/show does not claim them.
     let (daemon, _m) = r1_echo();
     daemon.settled().await;
     let (status, answer) = raw(
@@ -1122,4 +1162,13 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
         message.contains("tools") && message.contains("no tool support"),
         "{message}"
     );
+    let (_, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/api/show",
+        json!({"model": "DeepSeek-R1 echo"}),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["capabilities"], json!(["completion", "thinking"]), "{v}");
 }
