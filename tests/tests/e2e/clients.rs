@@ -145,6 +145,40 @@ fn structured_output_validates_against_the_schema_with_the_python_clients() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
 }
 
+/// A tool-calling round trip with the `openai` and `ollama` packages (`tests/clients/tools_client.py`)
+/// against an echo model whose template renders tools: the call (non-streamed and accumulated from
+/// streamed deltas), the result sent back as a tool message, a forced call refused, Ollama's shape
+/// and capability.
+#[test]
+fn tool_calls_round_trip_with_the_python_clients() {
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "tool echo", "transform": "identity",
+        "chat_template": r1d_tests::TOOL_TEMPLATE});
+    let model = echo_model(models.path(), &file.to_string());
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("tools_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}\n{}\n--- r1d log ---\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+}
+
 #[test]
 fn openai_python_client_works_unchanged() {
     run_client("openai_client.py", Reach::Socket);
