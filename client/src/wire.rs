@@ -325,6 +325,17 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Sum of the two.
     pub total_tokens: u32,
+    /// OpenAI's breakdown of the prompt tokens: how many came from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens reused from the KV cache of an earlier request (a shared prefix) instead of
+    /// evaluated again.
+    pub cached_tokens: u32,
 }
 
 /// Speed of one request, as llama.cpp's `llama-server` reports it in `timings`
