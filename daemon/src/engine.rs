@@ -109,6 +109,9 @@ pub struct Sampling {
     /// model that reasons, the reasoning stays free and the answer after `</think>` is
     /// constrained. `None` = free text.
     pub json_schema: Option<String>,
+    /// Literal text before and after the constrained JSON (a forced tool call's
+    /// `<tool_call>` block); `None` = the JSON alone.
+    pub json_wrap: Option<(String, String)>,
 }
 
 /// What to generate from.
@@ -1091,6 +1094,7 @@ impl Worker {
             penalty_last_n: sampling.repeat_last_n.unwrap_or(64),
             logit_bias: sampling.logit_bias.clone(),
             json_schema: sampling.json_schema.clone(),
+            json_wrap: sampling.json_wrap.clone(),
             // The reasoning stays free: the constraint starts where the answer does.
             constrain_after: opens_reasoning.then(|| chat::THINK_CLOSE.to_owned()),
         };

@@ -138,6 +138,7 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
             .then_some(-1),
         logit_bias,
         json_schema: None,
+        json_wrap: None,
     };
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;
@@ -177,19 +178,6 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
             ))
         }
     }
-    match req.tool_choice.as_ref() {
-        None => {}
-        Some(Value::String(c)) if c == "none" || c == "auto" => {}
-        Some(other) => {
-            return Err(invalid(
-                Some("tool_choice"),
-                format!(
-                    "tool_choice {other} is not supported: r1d lets the model choose (\"auto\") \
-                     or gives it no tools (\"none\"); forcing a call is not implemented"
-                ),
-            ))
-        }
-    }
     if let Some(m) = req.modalities.iter().flatten().find(|m| *m != "text") {
         return Err(invalid(
             Some("modalities"),
@@ -214,6 +202,88 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
         }
     }
     Ok(())
+}
+
+/// The text around a tool call in templates of the Hermes/Qwen kind, which a forced call is
+/// constrained to.
+const TOOL_CALL_WRAP: (&str, &str) = ("<tool_call>\n", "\n</tool_call>");
+
+/// `tool_choice` `"required"` or a named function as a constraint: the JSON Schema of one call
+/// (`{"name": …, "arguments": …}`, the name fixed, the arguments the function's `parameters`),
+/// any of the tools' for `"required"`. `None` for `"auto"`, `"none"` or no `tool_choice`.
+///
+/// # Errors
+/// A 400 naming `tool_choice` for a shape OpenAI does not define, a function not among
+/// `tools`, a forced call without tools, with `response_format`, or with a template whose calls
+/// are not `<tool_call>` blocks (the only format r1d constrains to).
+fn forced_call(
+    req: &ChatCompletionRequest,
+    template: Option<&str>,
+) -> Result<Option<String>, Response> {
+    let refuse = |why: String| Err(invalid(Some("tool_choice"), why));
+    let wanted: Option<&str> = match req.tool_choice.as_ref() {
+        None => return Ok(None),
+        Some(Value::String(c)) if c == "none" || c == "auto" => return Ok(None),
+        Some(Value::String(c)) if c == "required" => None,
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => Some(name),
+            _ => {
+                return refuse(format!(
+                    "tool_choice {v} is not \"none\", \"auto\", \"required\" or \
+                     {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+                ))
+            }
+        },
+    };
+    let tools = req.tools.as_deref().unwrap_or_default();
+    if tools.is_empty() {
+        return refuse("tool_choice forces a tool call, but tools is empty".into());
+    }
+    if req
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "text")
+    {
+        return refuse("tool_choice forcing a call cannot be combined with response_format".into());
+    }
+    if !template.is_some_and(|t| t.contains(TOOL_CALL_WRAP.0.trim_end())) {
+        return refuse(
+            "tool_choice forcing a call is implemented for chat templates whose calls are \
+             <tool_call> blocks; this model's template writes them otherwise"
+                .into(),
+        );
+    }
+    let mut calls = Vec::new();
+    for tool in tools {
+        let Some(name) = tool.pointer("/function/name").and_then(Value::as_str) else {
+            continue;
+        };
+        if wanted.is_some_and(|w| w != name) {
+            continue;
+        }
+        let parameters = tool
+            .pointer("/function/parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        calls.push(serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": false,
+        }));
+    }
+    match (calls.len(), wanted) {
+        (0, Some(name)) => refuse(format!(
+            "tool_choice names {name:?}, which is not among tools"
+        )),
+        (0, None) => {
+            refuse("tool_choice \"required\" but no tool in tools has a function name".into())
+        }
+        (1, _) => Ok(Some(calls.remove(0).to_string())),
+        _ => Ok(Some(serde_json::json!({ "anyOf": calls }).to_string())),
+    }
 }
 
 /// Whether the model is given tools: a non-empty `tools` and a `tool_choice` other than "none".
@@ -331,6 +401,22 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         Err(r) => return r,
     };
     common.sampling.json_schema = json_schema;
+    if req.tool_choice.is_some() {
+        let template = state
+            .engine
+            .snapshot()
+            .model
+            .and_then(|(info, _)| info.chat_template);
+        match forced_call(&req, template.as_deref()) {
+            Ok(Some(schema)) => {
+                common.sampling.json_schema = Some(schema);
+                common.sampling.json_wrap =
+                    Some((TOOL_CALL_WRAP.0.to_owned(), TOOL_CALL_WRAP.1.to_owned()));
+            }
+            Ok(None) => {}
+            Err(r) => return r,
+        }
+    }
     if req.messages.is_empty() {
         return invalid(
             Some("messages"),

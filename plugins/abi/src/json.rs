@@ -225,6 +225,11 @@ pub struct GenerateRequest {
     /// from the first generated token.
     #[serde(default)]
     pub constrain_after: Option<String>,
+    /// Literal text the constrained answer has before and after the JSON value (a forced tool
+    /// call: `<tool_call>\n` and `\n</tool_call>`); `None` = the JSON value alone. Only with
+    /// `json_schema`.
+    #[serde(default)]
+    pub json_wrap: Option<(String, String)>,
 }
 
 /// An empty prompt, no tokens to generate, and every sampling option at the value a missing JSON
@@ -248,6 +253,7 @@ impl Default for GenerateRequest {
             logit_bias: Vec::new(),
             json_schema: None,
             constrain_after: None,
+            json_wrap: None,
         }
     }
 }

@@ -318,8 +318,8 @@ impl Model for EchoModel {
         }
         if request.json_schema.is_some() {
             return Err(PluginError::invalid_argument(
-                "response_format (Ollama: format): structured output is not supported by the echo \
-                 backend (no constrained decoding)",
+                "response_format (Ollama: format; or a forced tool_choice): structured output is not \
+                 supported by the echo backend (no constrained decoding)",
             ));
         }
         let slow = prompt.contains("[[slow]]");

@@ -38,6 +38,7 @@ pub fn sampler(
         chain.push(crate::grammar::json_schema_sampler(
             model,
             schema,
+            request.json_wrap.as_ref(),
             request.constrain_after.as_deref(),
         )?);
     }

@@ -10,6 +10,9 @@ use r1_plugin_sdk::PluginError;
 /// Root rule of the lazy grammar: the trigger text, a little whitespace, then the schema's root.
 const TRIGGERED_ROOT: &str = "r1-constrained";
 
+/// Root rule of a wrapped grammar: the prefix text, the schema's root, the suffix text.
+const WRAPPED_ROOT: &str = "r1-wrapped";
+
 /// Whitespace allowed between the trigger text and the JSON value (R1 writes `</think>\n\n`).
 const MAX_GAP: u32 = 16;
 
@@ -26,18 +29,25 @@ pub fn json_schema_grammar(schema: &str) -> Result<String, PluginError> {
     })
 }
 
-/// The grammar sampler for `schema`: constrained from the first token, or — with
-/// `constrain_after` — free until that text appears, then constrained from that text on (the
-/// grammar starts with it, so the text itself still passes).
+/// The grammar sampler for `schema`, the JSON between `wrap`'s two texts when given:
+/// constrained from the first token, or — with `constrain_after` — free until that text
+/// appears, then constrained from that text on (the grammar starts with it, so the text itself
+/// still passes).
 ///
 /// # Errors
 /// `R1_ERR_INVALID_ARGUMENT` when the schema cannot be converted, or the grammar not parsed.
 pub fn json_schema_sampler(
     model: &LlamaModel,
     schema: &str,
+    wrap: Option<&(String, String)>,
     constrain_after: Option<&str>,
 ) -> Result<LlamaSampler, PluginError> {
-    let grammar = json_schema_grammar(schema)?;
+    let mut grammar = json_schema_grammar(schema)?;
+    let mut root = "root";
+    if let Some((prefix, suffix)) = wrap {
+        grammar = wrapped_grammar(&grammar, prefix, suffix);
+        root = WRAPPED_ROOT;
+    }
     let refused = |e: llama_cpp_2::GrammarError| {
         PluginError::invalid_argument(format!(
             "response_format (Ollama: format): llama.cpp refused the grammar made from this JSON \
@@ -45,9 +55,9 @@ pub fn json_schema_sampler(
         ))
     };
     match constrain_after.filter(|t| !t.is_empty()) {
-        None => LlamaSampler::grammar(model, &grammar, "root").map_err(refused),
+        None => LlamaSampler::grammar(model, &grammar, root).map_err(refused),
         Some(trigger) => {
-            let grammar = triggered_grammar(&grammar, trigger);
+            let grammar = triggered_grammar(&grammar, root, trigger);
             LlamaSampler::grammar_lazy_patterns(
                 model,
                 &grammar,
@@ -60,13 +70,24 @@ pub fn json_schema_sampler(
     }
 }
 
-/// `grammar` (root rule `root`) behind `trigger`: a new root rule that matches the trigger text,
-/// up to [`MAX_GAP`] whitespace characters, then `root`. llama.cpp feeds a lazy grammar the
+/// `grammar` (its start rule `root`) behind `trigger`: a new root rule that matches the trigger
+/// text, up to [`MAX_GAP`] whitespace characters, then `root`. llama.cpp feeds a lazy grammar the
 /// generated text from the start of the trigger pattern's match.
-fn triggered_grammar(grammar: &str, trigger: &str) -> String {
-    // A JSON string literal is a valid GBNF literal (same escapes: \" \\ \n \t \uXXXX).
-    let literal = serde_json::Value::from(trigger).to_string();
-    format!("{grammar}\n{TRIGGERED_ROOT} ::= {literal} [ \\t\\n]{{0,{MAX_GAP}}} root\n")
+fn triggered_grammar(grammar: &str, root: &str, trigger: &str) -> String {
+    let literal = gbnf_literal(trigger);
+    format!("{grammar}\n{TRIGGERED_ROOT} ::= {literal} [ \\t\\n]{{0,{MAX_GAP}}} {root}\n")
+}
+
+/// `grammar` (root rule `root`) between two literal texts, as the rule [`WRAPPED_ROOT`].
+fn wrapped_grammar(grammar: &str, prefix: &str, suffix: &str) -> String {
+    let (prefix, suffix) = (gbnf_literal(prefix), gbnf_literal(suffix));
+    format!("{grammar}\n{WRAPPED_ROOT} ::= {prefix} root {suffix}\n")
+}
+
+/// `text` as a GBNF string literal: a JSON string literal is one (same escapes: \" \\ \n \t
+/// \uXXXX).
+fn gbnf_literal(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
 }
 
 /// `text` as an ECMAScript regular expression matching it literally: llama.cpp compiles trigger
@@ -110,12 +131,17 @@ mod tests {
 
     #[test]
     fn the_triggered_grammar_starts_with_the_trigger_text() {
-        let g = triggered_grammar("root ::= \"{}\"", "</think>");
+        let g = triggered_grammar("root ::= \"{}\"", "root", "</think>");
         assert!(
             g.ends_with("r1-constrained ::= \"</think>\" [ \\t\\n]{0,16} root\n"),
             "{g}"
         );
         assert_eq!(ecmascript_escape("</think>"), "</think>");
+        let w = wrapped_grammar("root ::= \"{}\"", "<tool_call>\n", "\n</tool_call>");
+        assert!(
+            w.ends_with("r1-wrapped ::= \"<tool_call>\\n\" root \"\\n</tool_call>\"\n"),
+            "{w}"
+        );
         assert_eq!(ecmascript_escape("a.b(c)"), "a\\.b\\(c\\)");
     }
 }

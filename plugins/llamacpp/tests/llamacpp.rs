@@ -818,3 +818,33 @@ fn an_unconvertible_json_schema_is_an_invalid_argument() {
     assert_eq!(e.status, abi::R1_ERR_INVALID_ARGUMENT);
     assert!(e.message.contains("response_format"), "{}", e.message);
 }
+
+/// A forced tool call as the host asks for one (`tool_choice` "required" or named): the JSON of
+/// the call between `json_wrap`'s texts. The answer is the prefix, JSON with the fixed name and
+/// arguments of the schema's shape, the suffix — whatever the model would have said.
+#[test]
+fn json_schema_between_wrap_texts_forces_a_tool_call() {
+    let Some(mut model) = smollm2() else { return };
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                          "required": ["city"], "additionalProperties": false}
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": false
+    });
+    let mut req = request(france_tokens(&model), 80);
+    req.json_schema = Some(schema.to_string());
+    req.json_wrap = Some(("<tool_call>\n".into(), "\n</tool_call>".into()));
+    let (text, result) = run(&mut model, req);
+    assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
+    let body = text
+        .strip_prefix("<tool_call>\n")
+        .and_then(|t| t.strip_suffix("\n</tool_call>"))
+        .unwrap_or_else(|| panic!("not a <tool_call> block: {text:?}"));
+    let call: serde_json::Value = serde_json::from_str(body).expect("the call is JSON");
+    assert_eq!(call["name"], "get_weather", "{call}");
+    assert!(call["arguments"]["city"].is_string(), "{call}");
+}

@@ -381,5 +381,5 @@ fn refuse_unsupported(request: &GenerateRequest) -> Result<(), PluginError> {
 /// The refusal of structured output (`GenerateRequest::json_schema`), naming the request fields
 /// that ask for it.
 const STRUCTURED_OUTPUT_UNSUPPORTED: &str =
-    "response_format (Ollama: format): structured output is not supported by the ONNX backends \
-     (no constrained decoding); leave it out or serve a GGUF model";
+    "response_format (Ollama: format; or a forced tool_choice): structured output is not \
+     supported by the ONNX backends (no constrained decoding); leave it out or serve a GGUF model";

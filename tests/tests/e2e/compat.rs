@@ -608,7 +608,7 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         (
             json!({"tool_choice": "required"}),
             "tool_choice",
-            "forcing a call is not implemented",
+            "but tools is empty",
         ),
         (
             json!({"functions": [{"name": "f"}]}),
@@ -691,7 +691,7 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("response_format") && message.contains("not supported by the echo"),
+            message.contains("response_format") && message.contains("supported by the echo"),
             "{extra} → {message}"
         );
     }
@@ -836,11 +836,11 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         // The echo backend has no constrained decoding: it refuses structured output by name.
         (
             json!({"format": "json"}),
-            "format): structured output is not supported by the echo backend",
+            "structured output is not supported by the echo backend",
         ),
         (
             json!({"format": {"type": "object"}}),
-            "format): structured output is not supported by the echo backend",
+            "structured output is not supported by the echo backend",
         ),
         (json!({"format": "yaml"}), "format \"yaml\" is not \"json\""),
         // The echo's default template never reads tools.
@@ -1142,6 +1142,70 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
     assert_eq!(status, 200, "{answer}");
     let v: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(v["capabilities"], json!(["completion", "tools"]), "{v}");
+
+    // Forced calls: refused by name where they cannot work — this template does not write
+    // <tool_call> blocks, a named function must be among tools — and on a template that does,
+    // the constraint reaches the backend, which refuses it (echo has no constrained decoding;
+    // the llama.cpp plugin's test `json_schema_between_wrap_texts_forces_a_tool_call` runs it).
+    for (choice, text) in [
+        (json!("required"), "whose calls are <tool_call> blocks"),
+        (
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+            "whose calls are <tool_call> blocks",
+        ),
+        (
+            json!({"type": "function"}),
+            "is not \"none\", \"auto\", \"required\"",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/chat/completions",
+            body(json!({ "tool_choice": choice })),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], "tool_choice", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{v}"
+        );
+    }
+    let hermes = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "hermes echo", "transform": "identity",
+        "chat_template": format!("{{# calls are <tool_call> blocks #}}{}", r1d_tests::TOOL_TEMPLATE)});
+    let model = echo_model(hermes.path(), &file.to_string());
+    let hermes_daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    hermes_daemon.settled().await;
+    let (status, answer) = raw(
+        &hermes_daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"model": "hermes echo", "tool_choice": {"type": "function", "function": {"name": "nope"}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["param"], "tool_choice", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"nope\", which is not among tools"),
+        "{v}"
+    );
+    let (status, answer) = raw(
+        &hermes_daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"model": "hermes echo", "tool_choice": "required"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("forced tool_choice"), "{answer}");
 
     // The default echo template never renders tools: refused naming tools, not dropped, and
     // /api/show does not claim them.
