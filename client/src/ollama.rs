@@ -17,9 +17,13 @@ pub struct Message {
     /// Images (base64): refused when any is given (r1d serves text-only models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
-    /// Tool calls of an earlier assistant turn: refused (tool calling is not implemented).
+    /// Tool calls: of an earlier assistant turn in requests (given to the template), parsed from
+    /// the answer in responses (`[{"function": {"name", "arguments": {…}}}]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the name of the tool whose result it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
 }
 
 /// Ollama's `think`: a switch, or an effort level (`"low"`, `"medium"`, `"high"`).

@@ -18,9 +18,12 @@ pub struct ChatMessage {
     /// Text, or OpenAI content parts (text parts are joined; others are refused).
     #[serde(default)]
     pub content: Option<MessageContent>,
-    /// Tool calls of an earlier assistant turn: refused (tool calling is not implemented).
+    /// Tool calls of an earlier assistant turn (OpenAI's shape), given to the template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message's answer to the call with this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
     /// Reasoning of an earlier assistant turn (DeepSeek API field); accepted and not re-sent to
     /// the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,6 +40,7 @@ impl ChatMessage {
             role: role.to_owned(),
             content: Some(MessageContent::Text(content.into())),
             tool_calls: None,
+            tool_call_id: None,
             reasoning_content: None,
             reasoning: None,
         }
@@ -321,6 +325,17 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// Sum of the two.
     pub total_tokens: u32,
+    /// OpenAI's breakdown of the prompt tokens: how many came from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens reused from the KV cache of an earlier request (a shared prefix) instead of
+    /// evaluated again.
+    pub cached_tokens: u32,
 }
 
 /// Speed of one request, as llama.cpp's `llama-server` reports it in `timings`
@@ -360,6 +375,10 @@ pub struct AssistantMessage {
     /// The model's reasoning (R1's `<think>` part), when there is any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Tool calls parsed from the answer (`[{"id", "type": "function", "function": {"name",
+    /// "arguments"}}]`), when the request had `tools` and the model called any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// One choice of a non-streamed answer.
@@ -406,6 +425,10 @@ pub struct Delta {
     /// A piece of the reasoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Tool calls, OpenAI's streamed shape: `[{"index", "id", "type": "function", "function":
+    /// {"name", "arguments"}}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 /// One choice of a streamed chunk.

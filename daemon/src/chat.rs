@@ -14,15 +14,114 @@ pub enum ChatError {
     /// "Conversation roles must alternate").
     #[error("failed to render the model's chat template: {0}")]
     Template(String),
+    /// Tools were given but the model's template never renders a tool list.
+    #[error(
+        "tools: the chat template of this model has no tool support (it never renders `tools`); \
+         leave tools out"
+    )]
+    NoToolSupport,
 }
 
 /// One message given to the template.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool`.
     pub role: String,
     /// Text content.
     pub content: String,
+    /// An assistant turn's tool calls, in OpenAI's shape (`[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`), as templates expect them. Left out of the template's
+    /// view when absent, so `message.tool_calls is defined` means what it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` turn's answer to the call with this id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// One tool call parsed from a model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as JSON text (OpenAI's `function.arguments` is a string).
+    pub arguments: String,
+}
+
+/// Whether `template` renders a tool list: it reads the `tools` variable (static analysis with
+/// minijinja; a template that never looks at `tools` would drop them silently).
+pub fn supports_tools(template: &str) -> bool {
+    let env = Environment::new();
+    env.template_from_str(template)
+        .is_ok_and(|t| t.undeclared_variables(false).contains("tools"))
+}
+
+/// Splits tool calls off a model's answer, in the two formats the templates r1d serves teach:
+/// Hermes/Qwen's `<tool_call>{"name": …, "arguments": {…}}</tool_call>` and DeepSeek's
+/// `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME\n```json\nARGS\n```<｜tool▁call▁end｜>`.
+/// Returns the text outside the calls (trimmed) and the calls in order; a block that does not
+/// parse stays in the text.
+pub fn parse_tool_calls(answer: &str) -> (String, Vec<ToolCall>) {
+    let mut calls = Vec::new();
+    let mut text = String::new();
+    let mut rest = answer;
+    const HERMES: (&str, &str) = ("<tool_call>", "</tool_call>");
+    const DEEPSEEK: (&str, &str) = ("<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>");
+    loop {
+        let next = [HERMES, DEEPSEEK]
+            .into_iter()
+            .filter_map(|(open, close)| rest.find(open).map(|at| (at, open, close)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, open, close)) = next else { break };
+        let body_start = at + open.len();
+        let Some(len) = rest[body_start..].find(close) else {
+            break;
+        };
+        let body = &rest[body_start..body_start + len];
+        let call = if open == HERMES.0 {
+            hermes_call(body)
+        } else {
+            deepseek_call(body)
+        };
+        match call {
+            Some(call) => {
+                text.push_str(&rest[..at]);
+                calls.push(call);
+            }
+            None => text.push_str(&rest[..body_start + len + close.len()]),
+        }
+        rest = &rest[body_start + len + close.len()..];
+    }
+    text.push_str(rest);
+    let text = text
+        .replace("<｜tool▁calls▁begin｜>", "")
+        .replace("<｜tool▁calls▁end｜>", "");
+    (text.trim().to_owned(), calls)
+}
+
+fn hermes_call(body: &str) -> Option<ToolCall> {
+    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    let name = v.get("name")?.as_str()?.to_owned();
+    let arguments = match v.get("arguments") {
+        None => "{}".to_owned(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    Some(ToolCall { name, arguments })
+}
+
+fn deepseek_call(body: &str) -> Option<ToolCall> {
+    let (_kind, rest) = body.split_once("<｜tool▁sep｜>")?;
+    let (name, args) = rest.split_once('\n')?;
+    let args = args
+        .trim()
+        .trim_start_matches("```json")
+        .trim_end_matches("```");
+    let v: serde_json::Value = serde_json::from_str(args.trim()).ok()?;
+    Some(ToolCall {
+        name: name.trim().to_owned(),
+        arguments: v.to_string(),
+    })
 }
 
 /// ChatML, used when a model carries no template of its own (the format of Qwen and SmolLM).
@@ -57,6 +156,25 @@ pub fn render(
     bos_token: Option<&str>,
     eos_token: Option<&str>,
 ) -> Result<Prompt, ChatError> {
+    render_with_tools(template, messages, None, bos_token, eos_token)
+}
+
+/// [`render`] with OpenAI's `tools` (function definitions) given to the template as `tools`, as
+/// transformers' `apply_chat_template(tools=…)` does.
+///
+/// # Errors
+/// [`ChatError::NoToolSupport`] when `tools` is given and the template never reads it;
+/// [`ChatError::Template`] as [`render`].
+pub fn render_with_tools(
+    template: &str,
+    messages: &[Message],
+    tools: Option<&serde_json::Value>,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<Prompt, ChatError> {
+    if tools.is_some() && !supports_tools(template) {
+        return Err(ChatError::NoToolSupport);
+    }
     let mut env = Environment::new();
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
@@ -101,6 +219,7 @@ pub fn render(
         .render(context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => prefill.is_none(),
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             bos_token => bos_token.unwrap_or(""),
             eos_token => eos_token.unwrap_or(""),
         })
@@ -262,7 +381,8 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
 }
 
 const THINK_OPEN: &str = "<think>";
-const THINK_CLOSE: &str = "</think>";
+/// The tag that ends R1's reasoning (the answer follows it).
+pub const THINK_CLOSE: &str = "</think>";
 
 /// Turns raw token bytes into text pieces.
 ///
@@ -484,6 +604,7 @@ mod tests {
         Message {
             role: role.into(),
             content: content.into(),
+            ..Default::default()
         }
     }
 
@@ -696,14 +817,17 @@ mod tests {
             Message {
                 role: "user".into(),
                 content: "Hi".into(),
+                ..Default::default()
             },
             Message {
                 role: "assistant".into(),
                 content: "<think>\nnotes-42\n</think>\n\nHello!".into(),
+                ..Default::default()
             },
             Message {
                 role: "user".into(),
                 content: "And now?".into(),
+                ..Default::default()
             },
         ];
         let p = render(t, &msgs, Some("<｜begin▁of▁sentence｜>"), None).unwrap();
@@ -724,5 +848,52 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn tool_calls_are_parsed_in_hermes_and_deepseek_formats() {
+        let (text, calls) = parse_tool_calls(
+            "ok <tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>\
+             <tool_call>{\"name\": \"g\"}</tool_call>",
+        );
+        assert_eq!(text, "ok");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("f", "{\"a\":1}")
+        );
+        assert_eq!(
+            (calls[1].name.as_str(), calls[1].arguments.as_str()),
+            ("g", "{}")
+        );
+        let (text, calls) = parse_tool_calls(
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>h\n```json\n{\"b\": 2}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        );
+        assert_eq!(text, "");
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("h", "{\"b\":2}")
+        );
+        // A block that is not a call stays text.
+        let (text, calls) = parse_tool_calls("<tool_call>not json</tool_call>");
+        assert_eq!(text, "<tool_call>not json</tool_call>");
+        assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn tool_support_is_whether_the_template_reads_tools() {
+        assert!(supports_tools(
+            "{% if tools %}{{ tools | tojson }}{% endif %}"
+        ));
+        assert!(!supports_tools(FALLBACK_TEMPLATE));
+        let err = render_with_tools(
+            FALLBACK_TEMPLATE,
+            &[msg("user", "hi")],
+            Some(&serde_json::json!([])),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ChatError::NoToolSupport));
     }
 }

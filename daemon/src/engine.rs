@@ -105,6 +105,13 @@ pub struct Sampling {
     pub repeat_last_n: Option<i32>,
     /// Bias added to token ids' logits (OpenAI's `logit_bias`, −100 to 100).
     pub logit_bias: Vec<(i32, f32)>,
+    /// Structured output: a JSON Schema (as JSON text) the answer must be valid against; for a
+    /// model that reasons, the reasoning stays free and the answer after `</think>` is
+    /// constrained. `None` = free text.
+    pub json_schema: Option<String>,
+    /// Literal text before and after the constrained JSON (a forced tool call's
+    /// `<tool_call>` block); `None` = the JSON alone.
+    pub json_wrap: Option<(String, String)>,
 }
 
 /// What to generate from.
@@ -112,6 +119,14 @@ pub struct Sampling {
 pub enum PromptInput {
     /// A conversation, rendered with the model's chat template.
     Chat(Vec<Message>),
+    /// A conversation with OpenAI's tool definitions, given to the template as `tools`; a model
+    /// whose template has no tool support refuses it (`EngineError::InvalidRequest`).
+    ChatWithTools {
+        /// The conversation.
+        messages: Vec<Message>,
+        /// The `tools` array as the client sent it.
+        tools: serde_json::Value,
+    },
     /// Raw text, tokenized as it is (BOS added when the tokenizer adds one); no template.
     Raw(String),
 }
@@ -1135,14 +1150,19 @@ impl Answer {
         let info: ModelInfo = model.info().clone().into();
         let profile = chat::ModelProfile::of(&info);
         let (text, has_bos, opens_reasoning) = match &job.input {
-            PromptInput::Chat(messages) => {
+            PromptInput::Chat(messages) | PromptInput::ChatWithTools { messages, .. } => {
                 let template = info
                     .chat_template
                     .as_deref()
                     .unwrap_or(chat::FALLBACK_TEMPLATE);
-                let mut prompt = chat::render(
+                let tools = match &job.input {
+                    PromptInput::ChatWithTools { tools, .. } => Some(tools),
+                    _ => None,
+                };
+                let mut prompt = chat::render_with_tools(
                     template,
                     messages,
+                    tools,
                     info.bos_token.as_ref().map(|t| t.text.as_str()),
                     info.eos_token.as_ref().map(|t| t.text.as_str()),
                 )
@@ -1222,6 +1242,10 @@ impl Answer {
             repeat_penalty: sampling.repeat_penalty.unwrap_or(1.0),
             penalty_last_n: sampling.repeat_last_n.unwrap_or(64),
             logit_bias: sampling.logit_bias.clone(),
+            json_schema: sampling.json_schema.clone(),
+            json_wrap: sampling.json_wrap.clone(),
+            // The reasoning stays free: the constraint starts where the answer does.
+            constrain_after: opens_reasoning.then(|| chat::THINK_CLOSE.to_owned()),
         };
         let mut assembler =
             Assembler::new(opens_reasoning, sampling.stop.clone(), job.reasoning_format);

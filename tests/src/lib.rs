@@ -355,3 +355,8 @@ pub fn link_into(src: &Path, dst: &Path) {
         std::fs::copy(&src, dst).unwrap();
     }
 }
+
+/// An echo model's `chat_template` that renders `tools` (and earlier tool calls and results)
+/// around the echo's own `<|role|>content` lines, for tests of tool calling (doubled newlines:
+/// `trim_blocks` eats the first after a block tag).
+pub const TOOL_TEMPLATE: &str = "{{ bos_token }}{% if tools %}<|system|>tools: {{ tools | tojson }}\n{% endif %}\n{% for message in messages %}<|{{ message.role }}|>{% if message.tool_calls is defined %}{{ message.tool_calls | tojson }}{% else %}{{ message.content }}{% endif %}\n\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";

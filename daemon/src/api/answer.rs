@@ -307,3 +307,131 @@ pub fn validate_sampling(s: &Sampling, ranges: Ranges) -> Result<(), (&'static s
 
 /// Roles the templates understand.
 pub const ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "developer"];
+
+/// The JSON Schema of "any JSON object": OpenAI's `response_format: {"type": "json_object"}` and
+/// Ollama's `format: "json"` (Ollama constrains that to an object too).
+pub const ANY_JSON_OBJECT: &str = r#"{"type":"object"}"#;
+
+/// OpenAI's `response_format` as the JSON Schema (JSON text) the answer must follow: `text` →
+/// none; `json_object` → any object; `json_schema` → `json_schema.schema` (any JSON value when
+/// it has none). `strict` is accepted either way: the answer is always constrained to the schema,
+/// which is what `strict: true` asks for and more than `strict: false` promises.
+///
+/// # Errors
+/// The field to name (`response_format…`) and why, for a 400.
+pub fn openai_response_format(format: &Value) -> Result<Option<String>, (String, String)> {
+    let bad = |param: &str, why: String| Err((param.to_owned(), why));
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ANY_JSON_OBJECT.to_owned())),
+        Some("json_schema") => {
+            let Some(spec) = format.get("json_schema").filter(|s| s.is_object()) else {
+                return bad(
+                    "response_format.json_schema",
+                    "response_format of type \"json_schema\" needs a json_schema object \
+                     ({\"name\": …, \"schema\": {…}})"
+                        .into(),
+                );
+            };
+            if let Some(strict) = spec
+                .get("strict")
+                .filter(|s| !s.is_null() && !s.is_boolean())
+            {
+                return bad(
+                    "response_format.json_schema.strict",
+                    format!("response_format.json_schema.strict must be a boolean, got {strict}"),
+                );
+            }
+            match spec.get("schema") {
+                None | Some(Value::Null) => Ok(Some("{}".to_owned())),
+                Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
+                    Ok(Some(schema.to_string()))
+                }
+                Some(other) => bad(
+                    "response_format.json_schema.schema",
+                    format!("response_format.json_schema.schema must be a JSON Schema object, got {other}"),
+                ),
+            }
+        }
+        Some(other) => bad(
+            "response_format",
+            format!("response_format type {other:?} is not one of text, json_object, json_schema"),
+        ),
+        None => bad(
+            "response_format",
+            format!("response_format {format} has no type (text, json_object or json_schema)"),
+        ),
+    }
+}
+
+/// Ollama's `format` as the JSON Schema (JSON text) the answer must follow: absent, `null` or
+/// `""` → none; `"json"` → any object; an object → that schema.
+///
+/// # Errors
+/// Why the value is refused, for a 400 naming `format`.
+pub fn ollama_format(format: Option<&Value>) -> Result<Option<String>, String> {
+    match format {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(ANY_JSON_OBJECT.to_owned())),
+        Some(schema @ Value::Object(_)) => Ok(Some(schema.to_string())),
+        Some(other) => Err(format!(
+            "format {other} is not \"json\" or a JSON Schema object"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod structured_output_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_response_formats_become_schemas_or_are_refused_by_name() {
+        let ok = |v: Value| openai_response_format(&v).unwrap();
+        let refused = |v: Value| openai_response_format(&v).unwrap_err().0;
+        assert_eq!(ok(json!({"type": "text"})), None);
+        assert_eq!(
+            ok(json!({"type": "json_object"})).as_deref(),
+            Some(ANY_JSON_OBJECT)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            ok(
+                json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": schema}})
+            ),
+            Some(schema.to_string())
+        );
+        assert_eq!(refused(json!({"type": "yaml"})), "response_format");
+        assert_eq!(
+            refused(json!({"type": "json_schema"})),
+            "response_format.json_schema"
+        );
+        assert_eq!(
+            refused(json!({"type": "json_schema", "json_schema": {"schema": 3}})),
+            "response_format.json_schema.schema"
+        );
+        assert_eq!(
+            refused(json!({"type": "json_schema", "json_schema": {"strict": "yes"}})),
+            "response_format.json_schema.strict"
+        );
+    }
+
+    #[test]
+    fn ollama_formats_become_schemas_or_are_refused() {
+        assert_eq!(ollama_format(None).unwrap(), None);
+        assert_eq!(ollama_format(Some(&json!(""))).unwrap(), None);
+        assert_eq!(
+            ollama_format(Some(&json!("json"))).unwrap().as_deref(),
+            Some(ANY_JSON_OBJECT)
+        );
+        assert_eq!(
+            ollama_format(Some(&json!({"type": "array"})))
+                .unwrap()
+                .as_deref(),
+            Some(r#"{"type":"array"}"#)
+        );
+        assert!(ollama_format(Some(&json!("yaml"))).is_err());
+        assert!(ollama_format(Some(&json!(5))).is_err());
+    }
+}

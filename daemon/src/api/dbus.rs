@@ -965,11 +965,13 @@ fn ask_input(
         messages.push(Message {
             role: "system".into(),
             content: opt_str("system", system)?,
+            ..Default::default()
         });
     }
     messages.push(Message {
         role: "user".into(),
         content: prompt,
+        ..Default::default()
     });
     Ok((PromptInput::Chat(messages), request_of(options, true)?))
 }
@@ -989,7 +991,11 @@ fn chat_input(
                 answer::ROLES.join(", ")
             )));
         }
-        out.push(Message { role, content });
+        out.push(Message {
+            role,
+            content,
+            ..Default::default()
+        });
     }
     Ok((PromptInput::Chat(out), request_of(options, false)?))
 }
@@ -1021,6 +1027,9 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
                 sampling.repeat_last_n = Some(-1);
             }
             "model" => model = Some(opt_str(key, value)?),
+            // Structured output, as Ollama's `format`: "json" (any object) or a JSON Schema as
+            // JSON text.
+            "format" => sampling.json_schema = format_option(&opt_str(key, value)?)?,
             "system" if ask => {}
             "reasoning_format" => {
                 format = match opt_str(key, value)?.as_str() {
@@ -1035,7 +1044,7 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, model, reasoning_format{}",
+                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, format, model, reasoning_format{}",
                     if ask { ", system" } else { "" }
                 )))
             }
@@ -1048,6 +1057,20 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
         format,
         model,
     })
+}
+
+/// `Chat1`'s `format` option (`s`): `""` none, `"json"` any JSON object, else a JSON Schema as
+/// JSON text.
+fn format_option(text: &str) -> Result<Option<String>, Error> {
+    let value = match text.trim() {
+        "" | "json" => serde_json::Value::String(text.trim().to_owned()),
+        schema => serde_json::from_str(schema).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "option format: not \"json\" and not a JSON Schema in JSON text ({e})"
+            ))
+        })?,
+    };
+    answer::ollama_format(Some(&value)).map_err(|m| Error::InvalidArgument(format!("option {m}")))
 }
 
 /// `Load`'s path and options (checked by the control core, as `POST /r1/load`'s are).
@@ -1197,6 +1220,27 @@ mod tests {
             panic!("an unknown option must be refused");
         };
         assert!(m.contains("\"max_token\""), "{m}");
+    }
+
+    /// Issue 17: structured output as the `format` option: "json", a schema as JSON text, or
+    /// refused naming the option.
+    #[test]
+    fn format_option_is_json_or_a_schema_in_json_text() {
+        assert_eq!(format_option("").unwrap(), None);
+        assert_eq!(
+            format_option("json").unwrap().as_deref(),
+            Some(answer::ANY_JSON_OBJECT)
+        );
+        assert_eq!(
+            format_option(r#"{"type": "array"}"#).unwrap().as_deref(),
+            Some(r#"{"type":"array"}"#)
+        );
+        for bad in ["yaml", "[1", "3"] {
+            let Err(Error::InvalidArgument(m)) = format_option(bad) else {
+                panic!("{bad:?} must be refused");
+            };
+            assert!(m.contains("format"), "{m}");
+        }
     }
 
     /// Issue 17: Chat1 honours OpenAI's penalties (over every generated token) and refuses

@@ -1,6 +1,5 @@
 //! Ollama-compatible routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by default),
-//! `GET /api/tags`, `POST /api/show`, `DELETE /api/delete`, `GET /api/ps`, `GET /api/version`, and
-//! `GET /` / `HEAD /`
+//! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and `GET /` / `HEAD /`
 //! ("Ollama is running", the liveness check Ollama clients use).
 //!
 //! Shapes follow Ollama's `docs/api.md`. Errors are `{"error": "…"}`. Reasoning goes to
@@ -17,20 +16,19 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use r1d_client::ollama::{
-    ChatRequest, ChatResponse, DeleteRequest, Details, GenerateRequest, GenerateResponse,
-    Message as OMessage, Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think,
-    Version,
+    ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
+    Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think, Version,
 };
 use serde_json::Value;
 
 use super::answer::{self, Collected, Encoder, Out};
 use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
-use crate::chat::{Channel, Message, ModelProfile, Piece, ReasoningFormat};
+use crate::chat::{self, Channel, Message, ModelProfile, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
 
 /// The Ollama routes.
@@ -40,7 +38,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/generate", post(generate))
         .route("/api/tags", get(tags))
         .route("/api/show", post(show))
-        .route("/api/delete", delete(delete_model))
         .route("/api/ps", get(ps))
         .route("/api/version", get(version))
         // Ollama's liveness check (clients probe it before anything else); HEAD comes with GET.
@@ -61,15 +58,18 @@ fn parse<T: serde::de::DeserializeOwned>(body: &RequestBody) -> Result<T, Respon
     error::parse(body).map_err(fail)
 }
 
-/// What `/api/chat` and `/api/generate` check first: the model name and the options; returns the
-/// sampling and the name to answer under.
+/// What `/api/chat` and `/api/generate` check first: the model name, the options and `format`
+/// (structured output); returns the sampling and the name to answer under.
 async fn prepare(
     state: &AppState,
     model: &str,
     options: Option<&serde_json::Map<String, Value>>,
+    format: Option<&Value>,
 ) -> Result<(Sampling, String), Response> {
     check_model(state, model).await?;
-    let sampling = sampling(options)?;
+    let mut sampling = sampling(options)?;
+    sampling.json_schema = answer::ollama_format(format)
+        .map_err(|why| fail(ApiError::invalid(Some("format"), why)))?;
     // As Ollama does: the answer carries the name it was asked for, else the listed one.
     let name = match model.trim() {
         "" => listed_name(state).await.unwrap_or_default(),
@@ -175,8 +175,20 @@ fn format_of(
     model: &str,
     think: Option<&Think>,
 ) -> Result<ReasoningFormat, Response> {
-    let Some(on) = think_switch(think)? else {
-        return Ok(ReasoningFormat::None);
+    let on = match think {
+        None => return Ok(ReasoningFormat::None),
+        Some(Think::Switch(on)) => *on,
+        Some(Think::Level(level)) => match level.as_str() {
+            "low" | "medium" | "high" => true,
+            other => {
+                return Err(fail(ApiError::invalid(
+                    Some("think"),
+                    format!(
+                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
+                    ),
+                )))
+            }
+        },
     };
     let reasons = state
         .engine
@@ -196,56 +208,47 @@ fn format_of(
     })
 }
 
-/// `think` as on (`true` or a level) or off; `None` when absent; an unknown level is refused.
-fn think_switch(think: Option<&Think>) -> Result<Option<bool>, Response> {
-    Ok(match think {
-        None => None,
-        Some(Think::Switch(on)) => Some(*on),
-        Some(Think::Level(level)) => match level.as_str() {
-            "low" | "medium" | "high" => Some(true),
-            other => {
-                return Err(fail(ApiError::invalid(
-                    Some("think"),
-                    format!(
-                        "think {other:?} is not one of true, false, \"low\", \"medium\", \"high\""
-                    ),
-                )))
-            }
-        },
-    })
-}
-
-/// Refuses the request fields r1d does not implement, naming each: structured output, tools,
-/// images; the values that mean "none" (`format: ""`, `tools: []`) are accepted.
-fn refuse_unimplemented(
-    format: Option<&Value>,
-    tools: Option<&Vec<Value>>,
-    images: Option<(String, &Vec<String>)>,
-) -> Result<(), Response> {
-    if let Some(f) = format.filter(|f| !f.is_null() && f.as_str() != Some("")) {
-        return Err(fail(ApiError::invalid(
-            Some("format"),
-            format!(
-                "format {} is not supported: r1d has no structured output; leave format out",
-                if f.is_string() {
-                    f.to_string()
-                } else {
-                    "(a JSON schema)".into()
-                }
-            ),
-        )));
-    }
-    if tools.is_some_and(|t| !t.is_empty()) {
-        return Err(fail(ApiError::invalid(
-            Some("tools"),
-            "tools: tool calling is not supported by r1d".to_owned(),
-        )));
-    }
+/// Refuses images (r1d serves text-only models), naming the field; an empty list is accepted.
+fn refuse_images(images: Option<(String, &Vec<String>)>) -> Result<(), Response> {
     if let Some((field, _)) = images.filter(|(_, i)| !i.is_empty()) {
         return Err(fail(ApiError::invalid(
             Some(&field),
             format!("{field}: r1d serves text-only models, which cannot read images"),
         )));
+    }
+    Ok(())
+}
+
+/// The checks of `/api/chat` (`generate` false) and `/api/generate` that need no engine: the
+/// body parses (unknown fields refused by name), images are refused, and the options are valid
+/// samplers in Ollama's ranges. For the fuzz target `request_body`, through `api::fuzzing`:
+/// every refusal must be a 4xx.
+#[cfg(any(feature = "fuzzing", test))]
+pub(super) fn check_body(generate: bool, body: &RequestBody) -> Result<(), Response> {
+    if generate {
+        let req: GenerateRequest = parse(body)?;
+        refuse_images(req.images.as_ref().map(|im| ("images".to_owned(), im)))?;
+        sampling(req.options.as_ref())?;
+        if let Some(Think::Level(level)) = req.think.as_ref() {
+            if !["low", "medium", "high"].contains(&level.as_str()) {
+                return Err(fail(ApiError::invalid(
+                    Some("think"),
+                    format!(
+                        "think {level:?} is not one of true, false, \"low\", \"medium\", \"high\""
+                    ),
+                )));
+            }
+        }
+    } else {
+        let req: ChatRequest = parse(body)?;
+        for (i, m) in req.messages.iter().enumerate() {
+            refuse_images(
+                m.images
+                    .as_ref()
+                    .map(|im| (format!("messages[{i}].images"), im)),
+            )?;
+        }
+        sampling(req.options.as_ref())?;
     }
     Ok(())
 }
@@ -304,10 +307,14 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = refuse_unimplemented(req.format.as_ref(), req.tools.as_ref(), None) {
-        return r;
-    }
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
+    let (sampling, model) = match prepare(
+        &state,
+        &req.model,
+        req.options.as_ref(),
+        req.format.as_ref(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -320,45 +327,24 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         return Json(Lines::chat(model).line(String::new(), None, true, load_only_stats()))
             .into_response();
     }
-    let messages = match chat_messages(&req) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let admitted =
-        match answer::admit(&state.engine, PromptInput::Chat(messages), sampling, format).await {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
-    respond(admitted, Lines::chat(model), req.stream).await
-}
-
-/// The conversation of an `/api/chat` request for the template; refuses images, tool calls and
-/// unknown roles, naming the message.
-fn chat_messages(req: &ChatRequest) -> Result<Vec<Message>, Response> {
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.iter().enumerate() {
-        refuse_unimplemented(
-            None,
-            None,
+        if let Err(r) = refuse_images(
             m.images
                 .as_ref()
                 .map(|im| (format!("messages[{i}].images"), im)),
-        )?;
-        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(fail(ApiError::invalid(
-                Some(&format!("messages[{i}].tool_calls")),
-                format!("messages[{i}].tool_calls: tool calling is not supported by r1d"),
-            )));
+        ) {
+            return r;
         }
         if !answer::ROLES.contains(&m.role.as_str()) {
-            return Err(fail(ApiError::invalid(
+            return fail(ApiError::invalid(
                 Some(&format!("messages[{i}].role")),
                 format!(
                     "messages[{i}].role {:?} is not one of {}",
                     m.role,
                     answer::ROLES.join(", ")
                 ),
-            )));
+            ));
         }
         messages.push(Message {
             role: if m.role == "developer" {
@@ -367,19 +353,40 @@ fn chat_messages(req: &ChatRequest) -> Result<Vec<Message>, Response> {
                 m.role.clone()
             },
             content: m.content.clone(),
+            tool_calls: m
+                .tool_calls
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Value::from),
+            tool_call_id: None,
         });
     }
-    Ok(messages)
+    let tools = req.tools.clone().filter(|t| !t.is_empty());
+    let with_tools = tools.is_some();
+    let input = match tools {
+        Some(tools) => PromptInput::ChatWithTools {
+            messages,
+            tools: Value::from(tools),
+        },
+        None => PromptInput::Chat(messages),
+    };
+    let admitted = match answer::admit(&state.engine, input, sampling, format).await {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let mut lines = Lines::chat(model);
+    lines.tools = with_tools;
+    respond(admitted, lines, req.stream).await
 }
 
-/// Refuses what `/api/generate` does not implement: structured output, images, `suffix`,
-/// `template`, `context`.
-fn refuse_unimplemented_generate(req: &GenerateRequest) -> Result<(), Response> {
-    refuse_unimplemented(
-        req.format.as_ref(),
-        None,
-        req.images.as_ref().map(|im| ("images".to_owned(), im)),
-    )?;
+async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
+    let req: GenerateRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = refuse_images(req.images.as_ref().map(|im| ("images".to_owned(), im))) {
+        return r;
+    }
     for (field, set, why) in [
         (
             "suffix",
@@ -398,44 +405,20 @@ fn refuse_unimplemented_generate(req: &GenerateRequest) -> Result<(), Response> 
         ),
     ] {
         if set {
-            return Err(fail(ApiError::invalid(
+            return fail(ApiError::invalid(
                 Some(field),
                 format!("{field} is not supported: {why}"),
-            )));
+            ));
         }
     }
-    Ok(())
-}
-
-/// Every check `/api/chat` (`generate: false`) or `/api/generate` makes on a request body before
-/// it needs the engine (the model name and whether the model reasons aside); the refusal's
-/// response on failure. For the fuzz targets and the tests.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(super) fn check_body(generate: bool, body: &RequestBody) -> Result<(), Response> {
-    if generate {
-        let req: GenerateRequest = parse(body)?;
-        refuse_unimplemented_generate(&req)?;
-        sampling(req.options.as_ref())?;
-        think_switch(req.think.as_ref())?;
-    } else {
-        let req: ChatRequest = parse(body)?;
-        refuse_unimplemented(req.format.as_ref(), req.tools.as_ref(), None)?;
-        sampling(req.options.as_ref())?;
-        think_switch(req.think.as_ref())?;
-        chat_messages(&req)?;
-    }
-    Ok(())
-}
-
-async fn generate(State(state): State<AppState>, body: RequestBody) -> Response {
-    let req: GenerateRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(r) = refuse_unimplemented_generate(&req) {
-        return r;
-    }
-    let (sampling, model) = match prepare(&state, &req.model, req.options.as_ref()).await {
+    let (sampling, model) = match prepare(
+        &state,
+        &req.model,
+        req.options.as_ref(),
+        req.format.as_ref(),
+    )
+    .await
+    {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -455,11 +438,13 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             messages.push(Message {
                 role: "system".into(),
                 content: system.clone(),
+                ..Default::default()
             });
         }
         messages.push(Message {
             role: "user".into(),
             content: req.prompt.clone(),
+            ..Default::default()
         });
         PromptInput::Chat(messages)
     };
@@ -481,9 +466,14 @@ enum Route {
 
 /// The objects of one answer: one line per piece (text or reasoning), then a `done` line with the
 /// stats; not streamed, the whole answer is one `done` object of the same shape.
+/// With `tools` (chat only), the answer's text is held to the end, where tool calls are parsed
+/// out of it and sent as `message.tool_calls` (Ollama's shape, arguments an object) in one line
+/// before the `done` line; reasoning still streams as it comes.
 struct Lines {
     model: String,
     route: Route,
+    tools: bool,
+    held: String,
 }
 
 impl Lines {
@@ -491,6 +481,8 @@ impl Lines {
         Lines {
             model,
             route: Route::Chat,
+            tools: false,
+            held: String::new(),
         }
     }
 
@@ -498,6 +490,8 @@ impl Lines {
         Lines {
             model,
             route: Route::Generate,
+            tools: false,
+            held: String::new(),
         }
     }
 
@@ -514,6 +508,7 @@ impl Lines {
                     thinking,
                     images: None,
                     tool_calls: None,
+                    tool_name: None,
                 },
                 done,
                 stats,
@@ -530,8 +525,32 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The chat line of a whole answer with tools: the text outside the calls and the calls.
+    fn tool_line(&self, answer: &str, done: bool, stats: Stats) -> Value {
+        let (text, calls) = chat::parse_tool_calls(answer);
+        let mut line = self.line(text, None, done, stats);
+        if !calls.is_empty() {
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .map(|c| {
+                    let arguments: Value =
+                        serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments));
+                    serde_json::json!({"function": {"name": c.name, "arguments": arguments}})
+                })
+                .collect();
+            line["message"]["tool_calls"] = Value::from(calls);
+        }
+        line
+    }
+}
+
 impl Encoder for Lines {
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        if self.tools && piece.channel == Channel::Content {
+            self.held.push_str(&piece.text);
+            return Vec::new();
+        }
         vec![match piece.channel {
             Channel::Content => self.line(piece.text, None, false, Stats::default()),
             Channel::Reasoning => {
@@ -541,7 +560,13 @@ impl Encoder for Lines {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        vec![self.line(String::new(), None, true, stats(finished))]
+        let mut out = Vec::new();
+        if self.tools {
+            let held = std::mem::take(&mut self.held);
+            out.push(self.tool_line(&held, false, Stats::default()));
+        }
+        out.push(self.line(String::new(), None, true, stats(finished)));
+        out
     }
 
     fn error(&mut self, error: EngineError) -> Value {
@@ -561,7 +586,15 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
             finished,
         }) => {
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
-            Json(lines.line(content, thinking, true, stats(&finished))).into_response()
+            if !lines.tools {
+                return Json(lines.line(content, thinking, true, stats(&finished))).into_response();
+            }
+            // Tools are a chat field: the thinking goes into the message.
+            let mut line = lines.tool_line(&content, true, stats(&finished));
+            if let Some(thinking) = thinking {
+                line["message"]["thinking"] = Value::from(thinking);
+            }
+            Json(line).into_response()
         }
         Err(e) => fail(e),
     }
@@ -692,37 +725,6 @@ async fn ps(State(state): State<AppState>) -> Json<Running> {
     Json(Running { models })
 }
 
-/// `DELETE /api/delete` (`{"model": NAME}`, older clients `{"name": NAME}`): removes the model
-/// from r1d's models directory, as `r1ctl rm` does; 200 with an empty body, as Ollama answers.
-/// The resident model is 409 (serve another one first), another tool's store 403, an unknown
-/// name 404.
-async fn delete_model(
-    State(state): State<AppState>,
-    caller: Option<axum::Extension<crate::access::Caller>>,
-    body: RequestBody,
-) -> Response {
-    let req: DeleteRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let name = if req.model.is_empty() {
-        &req.name
-    } else {
-        &req.model
-    };
-    if name.trim().is_empty() {
-        return fail(ApiError::invalid(Some("model"), "model is required"));
-    }
-    match state
-        .control
-        .remove(caller.as_ref().map(|c| &c.0), name)
-        .await
-    {
-        Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => fail(e),
-    }
-}
-
 async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
     let req: ShowRequest = match parse(&body) {
         Ok(r) => r,
@@ -764,6 +766,13 @@ async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
         info.embedding_length.into(),
     );
     let mut capabilities = vec!["completion".to_owned()];
+    if info
+        .chat_template
+        .as_deref()
+        .is_some_and(chat::supports_tools)
+    {
+        capabilities.push("tools".into());
+    }
     if profile.reasoning {
         capabilities.push("thinking".into());
     }

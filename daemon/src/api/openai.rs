@@ -28,7 +28,7 @@ use super::answer::{self, Encoder, Out};
 use super::error::{self, ApiError, Body, Shape};
 use super::http::AppState;
 use super::to_wire::{finish_reason, timings, usage};
-use crate::chat::{Channel, Message, Piece, ReasoningFormat};
+use crate::chat::{self, Channel, Message, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, PromptInput, Sampling};
 
 /// The OpenAI routes.
@@ -101,11 +101,6 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
     }
-    checked_knobs(k)
-}
-
-/// The checks of [`common`] that need no engine: `n`, `logit_bias` and the sampling ranges.
-fn checked_knobs(k: Knobs<'_>) -> Result<Common, Response> {
     match k.n {
         Some(0) => return Err(invalid(Some("n"), "n must be at least 1".into())),
         Some(n) if n > 1 => {
@@ -142,6 +137,8 @@ fn checked_knobs(k: Knobs<'_>) -> Result<Common, Response> {
         repeat_last_n: (k.presence_penalty.is_some() || k.frequency_penalty.is_some())
             .then_some(-1),
         logit_bias,
+        json_schema: None,
+        json_wrap: None,
     };
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;
@@ -152,8 +149,7 @@ fn checked_knobs(k: Knobs<'_>) -> Result<Common, Response> {
 }
 
 /// Refuses what `/v1/chat/completions` does not implement, naming the field and why; values that
-/// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`, `response_format: text`)
-/// are accepted.
+/// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`) are accepted.
 fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response> {
     if req.logprobs == Some(true) {
         return Err(invalid(
@@ -167,38 +163,19 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
             "top_logprobs is not supported: r1d does not return token log probabilities".into(),
         ));
     }
-    if let Some(format) = &req.response_format {
-        let kind = format.get("type").and_then(Value::as_str);
-        if kind != Some("text") {
-            return Err(invalid(
-                Some("response_format"),
-                format!(
-                    "response_format {} is not supported: r1d has no structured output; only \
-                     {{\"type\": \"text\"}} is accepted",
-                    kind.map_or_else(|| format.to_string(), |k| format!("{k:?}"))
-                ),
-            ));
-        }
-    }
-    let no_tools = "tool calling is not supported by r1d";
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(invalid(Some("tools"), format!("tools: {no_tools}")));
-    }
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(invalid(Some("functions"), format!("functions: {no_tools}")));
+        return Err(invalid(
+            Some("functions"),
+            "functions (deprecated by OpenAI): use tools".into(),
+        ));
     }
-    for (name, choice) in [
-        ("tool_choice", &req.tool_choice),
-        ("function_call", &req.function_call),
-    ] {
-        match choice.as_ref().map(|c| c.as_str()) {
-            None | Some(Some("none")) | Some(Some("auto")) => {}
-            Some(_) => {
-                return Err(invalid(
-                    Some(name),
-                    format!("{name} other than \"none\" or \"auto\": {no_tools}"),
-                ))
-            }
+    match req.function_call.as_ref().map(|c| c.as_str()) {
+        None | Some(Some("none")) | Some(Some("auto")) => {}
+        Some(_) => {
+            return Err(invalid(
+                Some("function_call"),
+                "function_call (deprecated by OpenAI): use tools and tool_choice".into(),
+            ))
         }
     }
     if let Some(m) = req.modalities.iter().flatten().find(|m| *m != "text") {
@@ -223,47 +200,135 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
                 ),
             ));
         }
-        if m.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(invalid(
-                Some(&format!("messages[{i}].tool_calls")),
-                format!("messages[{i}].tool_calls: {no_tools}"),
-            ));
-        }
     }
     Ok(())
 }
 
-/// The sampling fields of a chat request.
-fn chat_knobs(req: &ChatCompletionRequest) -> Knobs<'_> {
-    Knobs {
-        model: req.model.as_deref(),
-        n: req.n,
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        seed: req.seed,
-        stop: req.stop.clone(),
-        stream_options: req.stream_options.as_ref(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
+/// The text around a tool call in templates of the Hermes/Qwen kind, which a forced call is
+/// constrained to.
+const TOOL_CALL_WRAP: (&str, &str) = ("<tool_call>\n", "\n</tool_call>");
+
+/// `tool_choice` `"required"` or a named function as a constraint: the JSON Schema of one call
+/// (`{"name": …, "arguments": …}`, the name fixed, the arguments the function's `parameters`),
+/// any of the tools' for `"required"`. `None` for `"auto"`, `"none"` or no `tool_choice`.
+///
+/// # Errors
+/// A 400 naming `tool_choice` for a shape OpenAI does not define, a function not among
+/// `tools`, a forced call without tools, with `response_format`, or with a template whose calls
+/// are not `<tool_call>` blocks (the only format r1d constrains to).
+fn forced_call(
+    req: &ChatCompletionRequest,
+    template: Option<&str>,
+) -> Result<Option<String>, Response> {
+    let refuse = |why: String| Err(invalid(Some("tool_choice"), why));
+    let wanted: Option<&str> = match req.tool_choice.as_ref() {
+        None => return Ok(None),
+        Some(Value::String(c)) if c == "none" || c == "auto" => return Ok(None),
+        Some(Value::String(c)) if c == "required" => None,
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if v.get("type").and_then(Value::as_str) == Some("function") => Some(name),
+            _ => {
+                return refuse(format!(
+                    "tool_choice {v} is not \"none\", \"auto\", \"required\" or \
+                     {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+                ))
+            }
+        },
+    };
+    let tools = req.tools.as_deref().unwrap_or_default();
+    if tools.is_empty() {
+        return refuse("tool_choice forces a tool call, but tools is empty".into());
+    }
+    if req
+        .response_format
+        .as_ref()
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "text")
+    {
+        return refuse("tool_choice forcing a call cannot be combined with response_format".into());
+    }
+    if !template.is_some_and(|t| t.contains(TOOL_CALL_WRAP.0.trim_end())) {
+        return refuse(
+            "tool_choice forcing a call is implemented for chat templates whose calls are \
+             <tool_call> blocks; this model's template writes them otherwise"
+                .into(),
+        );
+    }
+    let mut calls = Vec::new();
+    for tool in tools {
+        let Some(name) = tool.pointer("/function/name").and_then(Value::as_str) else {
+            continue;
+        };
+        if wanted.is_some_and(|w| w != name) {
+            continue;
+        }
+        let parameters = tool
+            .pointer("/function/parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        calls.push(serde_json::json!({
+            "type": "object",
+            "properties": {"name": {"const": name}, "arguments": parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": false,
+        }));
+    }
+    match (calls.len(), wanted) {
+        (0, Some(name)) => refuse(format!(
+            "tool_choice names {name:?}, which is not among tools"
+        )),
+        (0, None) => {
+            refuse("tool_choice \"required\" but no tool in tools has a function name".into())
+        }
+        (1, _) => Ok(Some(calls.remove(0).to_string())),
+        _ => Ok(Some(serde_json::json!({ "anyOf": calls }).to_string())),
     }
 }
 
-/// The conversation of a chat request for the template, and how reasoning comes back; refuses
-/// an empty conversation, an unknown role and an unknown `reasoning_format`.
-fn chat_messages(req: &ChatCompletionRequest) -> Result<(Vec<Message>, ReasoningFormat), Response> {
-    if req.messages.is_empty() {
-        return Err(invalid(
-            Some("messages"),
-            "messages must hold at least one message".into(),
-        ));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        if !answer::ROLES.contains(&m.role.as_str()) {
+/// Whether the model is given tools: a non-empty `tools` and a `tool_choice` other than "none".
+fn tools_offered(req: &ChatCompletionRequest) -> bool {
+    req.tools.as_ref().is_some_and(|t| !t.is_empty())
+        && req.tool_choice.as_ref().and_then(Value::as_str) != Some("none")
+}
+
+/// The OpenAI `tool_calls` of an answer: each parsed call with an id and `type: "function"`;
+/// only the first when `parallel_tool_calls` is false.
+fn wire_tool_calls(calls: Vec<chat::ToolCall>, parallel: bool) -> Vec<Value> {
+    let take = if parallel { calls.len() } else { 1 };
+    calls
+        .into_iter()
+        .take(take)
+        .map(|c| {
+            serde_json::json!({
+                "id": new_id("call"),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect()
+}
+
+/// Refuses what `/v1/completions` does not implement, naming the field and why.
+/// The checks of `/v1/chat/completions` (`completion` false) and `/v1/completions` that need no
+/// engine, as the handlers make them: the body parses (unknown fields refused by name) and what
+/// r1d does not implement is refused, as is a malformed `response_format`. For the fuzz target
+/// `request_body`, through `api::fuzzing`: every refusal must be a 4xx.
+#[cfg(any(feature = "fuzzing", test))]
+pub(super) fn check_body(completion: bool, body: &Body) -> Result<(), Response> {
+    if completion {
+        let req: CompletionRequest = parse(body)?;
+        completion_prompt(&req)?;
+        refuse_unimplemented_completion(&req)?;
+    } else {
+        let req: ChatCompletionRequest = parse(body)?;
+        refuse_unimplemented_chat(&req)?;
+        if let Some((i, m)) = req
+            .messages
+            .iter()
+            .enumerate()
+            .find(|(_, m)| !answer::ROLES.contains(&m.role.as_str()))
+        {
             return Err(invalid(
                 Some(&format!("messages[{i}].role")),
                 format!(
@@ -273,82 +338,17 @@ fn chat_messages(req: &ChatCompletionRequest) -> Result<(Vec<Message>, Reasoning
                 ),
             ));
         }
-        // OpenAI's "developer" is the system prompt of older models.
-        let role = if m.role == "developer" {
-            "system"
-        } else {
-            m.role.as_str()
-        };
-        messages.push(Message {
-            role: role.to_owned(),
-            content: m.text(),
-        });
-    }
-    let format = match req.reasoning_format.as_deref() {
-        None | Some("deepseek") | Some("auto") => ReasoningFormat::DeepSeek,
-        Some("none") => ReasoningFormat::None,
-        Some(other) => {
-            return Err(invalid(
-                Some("reasoning_format"),
-                format!("reasoning_format {other:?} is not one of deepseek, auto, none"),
-            ))
+        if let Some(Err((param, message))) = req
+            .response_format
+            .as_ref()
+            .map(answer::openai_response_format)
+        {
+            return Err(invalid(Some(&param), message));
         }
-    };
-    Ok((messages, format))
-}
-
-/// The sampling fields of a completion request (`max_tokens` defaults to OpenAI's 16).
-fn completion_knobs(req: &CompletionRequest) -> Knobs<'_> {
-    Knobs {
-        model: req.model.as_deref(),
-        n: req.n,
-        // OpenAI's default for this route.
-        max_tokens: Some(req.max_tokens.unwrap_or(16)),
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        seed: req.seed,
-        stop: req.stop.clone(),
-        stream_options: req.stream_options.as_ref(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.as_ref(),
-    }
-}
-
-/// The one prompt of a completion request.
-fn completion_prompt(req: &CompletionRequest) -> Result<String, Response> {
-    match req.prompt.clone() {
-        CompletionPrompt::One(p) => Ok(p),
-        CompletionPrompt::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        CompletionPrompt::Many(_) => Err(invalid(
-            Some("prompt"),
-            "only one prompt per request is supported".into(),
-        )),
-    }
-}
-
-/// Every check `/v1/chat/completions` (`completion: false`) or `/v1/completions` makes on a
-/// request body before it needs the engine, in the handler's order but for the model name; the
-/// refusal's response on failure. For the fuzz targets and the tests.
-#[cfg(any(test, feature = "fuzzing"))]
-pub(super) fn check_body(completion: bool, body: &Body) -> Result<(), Response> {
-    if completion {
-        let req: CompletionRequest = parse(body)?;
-        completion_prompt(&req)?;
-        refuse_unimplemented_completion(&req)?;
-        checked_knobs(completion_knobs(&req))?;
-    } else {
-        let req: ChatCompletionRequest = parse(body)?;
-        refuse_unimplemented_chat(&req)?;
-        checked_knobs(chat_knobs(&req))?;
-        chat_messages(&req)?;
     }
     Ok(())
 }
 
-/// Refuses what `/v1/completions` does not implement, naming the field and why.
 fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Response> {
     if req.logprobs.is_some() {
         return Err(invalid(
@@ -407,22 +407,109 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     if let Err(r) = refuse_unimplemented_chat(&req) {
         return r;
     }
-    let common = match common(&state, chat_knobs(&req)).await {
-        Ok(c) => c,
-        Err(r) => return r,
+    let json_schema = match req
+        .response_format
+        .as_ref()
+        .map(answer::openai_response_format)
+    {
+        None => None,
+        Some(Ok(schema)) => schema,
+        Some(Err((param, message))) => return invalid(Some(&param), message),
     };
-    let (messages, format) = match chat_messages(&req) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let admitted = match answer::admit(
-        &state.engine,
-        PromptInput::Chat(messages),
-        common.sampling,
-        format,
+    let mut common = match common(
+        &state,
+        Knobs {
+            model: req.model.as_deref(),
+            n: req.n,
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            seed: req.seed,
+            stop: req.stop.clone(),
+            stream_options: req.stream_options.as_ref(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.as_ref(),
+        },
     )
     .await
     {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    common.sampling.json_schema = json_schema;
+    if req.tool_choice.is_some() {
+        let template = state
+            .engine
+            .snapshot()
+            .model
+            .and_then(|(info, _)| info.chat_template);
+        match forced_call(&req, template.as_deref()) {
+            Ok(Some(schema)) => {
+                common.sampling.json_schema = Some(schema);
+                common.sampling.json_wrap =
+                    Some((TOOL_CALL_WRAP.0.to_owned(), TOOL_CALL_WRAP.1.to_owned()));
+            }
+            Ok(None) => {}
+            Err(r) => return r,
+        }
+    }
+    if req.messages.is_empty() {
+        return invalid(
+            Some("messages"),
+            "messages must hold at least one message".into(),
+        );
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        if !answer::ROLES.contains(&m.role.as_str()) {
+            return invalid(
+                Some(&format!("messages[{i}].role")),
+                format!(
+                    "messages[{i}].role {:?} is not one of {}",
+                    m.role,
+                    answer::ROLES.join(", ")
+                ),
+            );
+        }
+        // OpenAI's "developer" is the system prompt of older models.
+        let role = if m.role == "developer" {
+            "system"
+        } else {
+            m.role.as_str()
+        };
+        messages.push(Message {
+            role: role.to_owned(),
+            content: m.text(),
+            tool_calls: m
+                .tool_calls
+                .clone()
+                .filter(|t| !t.is_empty())
+                .map(Value::from),
+            tool_call_id: m.tool_call_id.clone(),
+        });
+    }
+    let format = match req.reasoning_format.as_deref() {
+        None | Some("deepseek") | Some("auto") => ReasoningFormat::DeepSeek,
+        Some("none") => ReasoningFormat::None,
+        Some(other) => {
+            return invalid(
+                Some("reasoning_format"),
+                format!("reasoning_format {other:?} is not one of deepseek, auto, none"),
+            )
+        }
+    };
+    let with_tools = tools_offered(&req);
+    let input = match req.tools.clone().filter(|_| with_tools) {
+        Some(tools) => PromptInput::ChatWithTools {
+            messages,
+            tools: Value::from(tools),
+        },
+        None => PromptInput::Chat(messages),
+    };
+    let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -435,28 +522,45 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             created,
             model,
             include_usage: common.include_usage,
+            tools: with_tools.then_some(req.parallel_tool_calls != Some(false)),
+            held: String::new(),
         };
         return sse(answer::encode(admitted.rx, encoder));
     }
     match answer::collect(admitted.rx).await {
-        Ok(c) => Json(ChatCompletion {
-            id,
-            object: "chat.completion".into(),
-            created,
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    content: c.content,
-                    reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
-                },
-                finish_reason: finish_reason(c.finished.finish_reason).into(),
-            }],
-            usage: usage(&c.finished.result),
-            timings: Some(timings(&c.finished.result)),
-        })
-        .into_response(),
+        Ok(c) => {
+            let (content, calls) = if with_tools {
+                chat::parse_tool_calls(&c.content)
+            } else {
+                (c.content, Vec::new())
+            };
+            let tool_calls = (!calls.is_empty())
+                .then(|| wire_tool_calls(calls, req.parallel_tool_calls != Some(false)));
+            let finish = if tool_calls.is_some() {
+                "tool_calls"
+            } else {
+                finish_reason(c.finished.finish_reason)
+            };
+            Json(ChatCompletion {
+                id,
+                object: "chat.completion".into(),
+                created,
+                model,
+                choices: vec![Choice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content,
+                        reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
+                        tool_calls,
+                    },
+                    finish_reason: finish.into(),
+                }],
+                usage: usage(&c.finished.result),
+                timings: Some(timings(&c.finished.result)),
+            })
+            .into_response()
+        }
         Err(e) => fail(e),
     }
 }
@@ -464,11 +568,19 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
 /// Chat chunks: a first chunk with the role, one chunk per piece (content or reasoning, never
 /// both), a finishing chunk with `finish_reason`, `usage` and `timings`, and with
 /// `stream_options.include_usage` one more chunk with `choices: []` and `usage`.
+///
+/// With tools offered, the answer's text is held back until the end, where tool calls are parsed
+/// out of it: then one content chunk (the text outside the calls, if any), one chunk per call
+/// (`delta.tool_calls` with its index, id, name and whole arguments) and the finishing chunk
+/// with `finish_reason: "tool_calls"`. Reasoning still streams as it comes.
 struct ChatEncoder {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
+    /// Tools offered: `Some(parallel_tool_calls)`, and the held-back answer.
+    tools: Option<bool>,
+    held: String,
 }
 
 impl ChatEncoder {
@@ -498,12 +610,16 @@ impl Encoder for ChatEncoder {
         let delta = Delta {
             role: Some("assistant".into()),
             content: Some(String::new()),
-            reasoning_content: None,
+            ..Default::default()
         };
         vec![json(&self.chunk(delta, None))]
     }
 
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
+        if self.tools.is_some() && piece.channel == Channel::Content {
+            self.held.push_str(&piece.text);
+            return Vec::new();
+        }
         let delta = match piece.channel {
             Channel::Content => Delta {
                 content: Some(piece.text),
@@ -518,19 +634,52 @@ impl Encoder for ChatEncoder {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
-        finishing(
-            self.chunk(
-                Delta::default(),
-                Some(finish_reason(finished.finish_reason)),
-            ),
+        let mut out = Vec::new();
+        let mut finish = finish_reason(finished.finish_reason);
+        if let Some(parallel) = self.tools {
+            let (text, calls) = chat::parse_tool_calls(&std::mem::take(&mut self.held));
+            if !text.is_empty() {
+                let delta = Delta {
+                    content: Some(text),
+                    ..Default::default()
+                };
+                out.push(json(&self.chunk(delta, None)));
+            }
+            if !calls.is_empty() {
+                finish = "tool_calls";
+            }
+            for (index, mut call) in wire_tool_calls(calls, parallel).into_iter().enumerate() {
+                call["index"] = index.into();
+                let delta = Delta {
+                    tool_calls: Some(vec![call]),
+                    ..Default::default()
+                };
+                out.push(json(&self.chunk(delta, None)));
+            }
+        }
+        out.extend(finishing(
+            self.chunk(Delta::default(), Some(finish)),
             self.include_usage
                 .then(|| self.chunk(Delta::default(), None)),
             finished,
-        )
+        ));
+        out
     }
 
     fn error(&mut self, error: EngineError) -> Value {
         ApiError::from(error).body(Shape::OpenAi)
+    }
+}
+
+/// The one prompt of a text completion; several prompts are refused naming `prompt`.
+fn completion_prompt(req: &CompletionRequest) -> Result<String, Response> {
+    match req.prompt.clone() {
+        CompletionPrompt::One(p) => Ok(p),
+        CompletionPrompt::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
+        CompletionPrompt::Many(_) => Err(invalid(
+            Some("prompt"),
+            "only one prompt per request is supported".into(),
+        )),
     }
 }
 
@@ -546,7 +695,27 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
     if let Err(r) = refuse_unimplemented_completion(&req) {
         return r;
     }
-    let common = match common(&state, completion_knobs(&req)).await {
+    let common = match common(
+        &state,
+        Knobs {
+            model: req.model.as_deref(),
+            n: req.n,
+            // OpenAI's default for this route.
+            max_tokens: Some(req.max_tokens.unwrap_or(16)),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            seed: req.seed,
+            stop: req.stop.clone(),
+            stream_options: req.stream_options.as_ref(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.as_ref(),
+        },
+    )
+    .await
+    {
         Ok(c) => c,
         Err(r) => return r,
     };

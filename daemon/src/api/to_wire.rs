@@ -372,6 +372,9 @@ pub fn usage(r: &GenerateResult) -> wire::Usage {
         prompt_tokens: r.prompt_tokens,
         completion_tokens: r.completion_tokens,
         total_tokens: r.prompt_tokens + r.completion_tokens,
+        prompt_tokens_details: Some(wire::PromptTokensDetails {
+            cached_tokens: r.cached_prompt_tokens,
+        }),
     }
 }
 

@@ -225,6 +225,22 @@ pub struct GenerateRequest {
     /// `logit_bias`, −100 to 100); empty disables it.
     #[serde(default)]
     pub logit_bias: Vec<(i32, f32)>,
+    /// Structured output: the answer must be JSON valid against this JSON Schema, given as JSON
+    /// text (OpenAI's `response_format` `json_schema`, Ollama's `format: {schema}`;
+    /// `{"type": "object"}` for `json_object` / `format: "json"`). `None` = free text. A plugin without constrained
+    /// decoding refuses it with `R1_ERR_INVALID_ARGUMENT` naming `response_format`.
+    #[serde(default)]
+    pub json_schema: Option<String>,
+    /// Text after which the `json_schema` constraint starts (R1's `</think>`: the reasoning stays
+    /// free, the answer is constrained); the trigger text itself is kept. `None` = constrained
+    /// from the first generated token.
+    #[serde(default)]
+    pub constrain_after: Option<String>,
+    /// Literal text the constrained answer has before and after the JSON value (a forced tool
+    /// call: `<tool_call>\n` and `\n</tool_call>`); `None` = the JSON value alone. Only with
+    /// `json_schema`.
+    #[serde(default)]
+    pub json_wrap: Option<(String, String)>,
 }
 
 /// An empty prompt, no tokens to generate, and every sampling option at the value a missing JSON
@@ -246,6 +262,9 @@ impl Default for GenerateRequest {
             repeat_penalty: one(),
             penalty_last_n: default_penalty_last_n(),
             logit_bias: Vec::new(),
+            json_schema: None,
+            constrain_after: None,
+            json_wrap: None,
         }
     }
 }
@@ -321,6 +340,7 @@ mod tests {
         assert_eq!(r.repeat_penalty, 1.0);
         assert_eq!(r.penalty_last_n, 64);
         assert!(r.logit_bias.is_empty());
+        assert!(r.json_schema.is_none() && r.constrain_after.is_none());
         assert!(!r.has_penalties());
         assert_eq!(
             r,

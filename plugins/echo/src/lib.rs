@@ -11,6 +11,11 @@
 //! answered the same way, so a user turn such as `hmm</think>The answer` exercises the reasoning
 //! split.
 //!
+//! `"chat_template": "…"` in the model file replaces that template (it must still render user
+//! turns as `<|user|>content` lines for the echo to find them); tests of tool calling give one
+//! that renders `tools`, and a user turn holding `<tool_call>{…}</tool_call>` is echoed back as
+//! the model's tool call (with `"transform": "identity"`).
+//!
 //! Switches, to exercise the host's error paths:
 //! - `"fail_load": "message"` in the model file: `load` fails with that message;
 //! - `"load_delay_ms": N` in the model file: `load` takes N ms (for swap and queue tests);
@@ -25,6 +30,8 @@
 //! - a prompt containing `[[params]]`: the answer is the sampling the host asked for,
 //!   `temperature=… top_p=… top_k=… min_p=… seed=… presence_penalty=… frequency_penalty=…
 //!   repeat_penalty=… penalty_last_n=… logit_bias=ID:BIAS,…`;
+//! - a request with `json_schema` (structured output) is refused with `R1_ERR_INVALID_ARGUMENT`
+//!   naming `response_format`: echo has no constrained decoding;
 //! - environment `R1_ECHO_ABI_VERSION=N`: the plugin reports ABI version N (the host must refuse it).
 //!
 //! A `.gguf` file loads too, when the host asks for this backend by name (it does not claim the
@@ -67,6 +74,8 @@ struct EchoFile {
     load_delay_ms: Option<u64>,
     #[serde(default)]
     transform: Option<String>,
+    #[serde(default)]
+    chat_template: Option<String>,
 }
 
 /// A loaded echo model: a growing vocabulary of the pieces it has seen.
@@ -75,6 +84,8 @@ pub struct EchoModel {
     name: String,
     context_length: u32,
     upper: bool,
+    /// The chat template reported (`chat_template` in the model file, else [`CHAT_TEMPLATE`]).
+    chat_template: String,
     /// Quantization from a GGUF header (`echo` otherwise).
     file_type: String,
     /// Size of a GGUF file's tensor data (bytes), reported as the weights' memory.
@@ -168,6 +179,7 @@ impl Plugin for EchoPlugin {
         };
         let model = EchoModel {
             upper,
+            chat_template: file.chat_template.unwrap_or_else(|| CHAT_TEMPLATE.into()),
             name: file.name.unwrap_or_else(|| "echo".into()),
             path: params.path,
             context_length: params
@@ -206,6 +218,7 @@ fn load_gguf(
         .map(|c| c.min(u64::from(u32::MAX)) as u32);
     Ok(EchoModel {
         upper: true,
+        chat_template: CHAT_TEMPLATE.into(),
         name: header
             .str("general.name")
             .map(str::to_owned)
@@ -268,7 +281,7 @@ impl Model for EchoModel {
                 weights_bytes: self.weights_bytes,
                 ..Default::default()
             },
-            chat_template: Some(CHAT_TEMPLATE.into()),
+            chat_template: Some(self.chat_template.clone()),
             bos_token: Some(SpecialToken {
                 id: 0,
                 text: BOS.into(),
@@ -307,6 +320,12 @@ impl Model for EchoModel {
         if prompt.contains("[[fail]]") {
             return Err(PluginError::backend(
                 "echo: generation failure requested by the prompt",
+            ));
+        }
+        if request.json_schema.is_some() {
+            return Err(PluginError::invalid_argument(
+                "response_format (Ollama: format; or a forced tool_choice): structured output is not \
+                 supported by the echo backend (no constrained decoding)",
             ));
         }
         let slow = prompt.contains("[[slow]]");

@@ -32,12 +32,31 @@ use r1_plugin_sdk::{FinishReason, GenerateRequest, GenerateResult, PluginError};
 
 use crate::model::LlamaCppModel;
 
-/// Builds the sampler chain: the logit biases (if any), the penalties (presence, frequency,
-/// repetition over the last `penalty_last_n` tokens, if any differs from "off"), then greedy when
-/// `temperature <= 0`; otherwise top-k (if > 0), top-p (if < 1), min-p (if > 0), temperature,
-/// then a seeded draw (`seed`, or a random one). `n_ctx` is what `penalty_last_n: -1` means.
-pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(7);
+/// Builds the sampler chain: the JSON-schema grammar (if `json_schema` is set; lazy, from
+/// `constrain_after` on, when that is set), the logit biases (if any), the penalties (presence,
+/// frequency, repetition over the last `penalty_last_n` tokens, if any differs from "off"), then
+/// greedy when `temperature <= 0`; otherwise top-k (if > 0), top-p (if < 1), min-p (if > 0),
+/// temperature, then a seeded draw (`seed`, or a random one). `n_ctx` is what
+/// `penalty_last_n: -1` means.
+///
+/// # Errors
+/// `R1_ERR_INVALID_ARGUMENT` naming `response_format` when llama.cpp cannot turn the schema into
+/// a grammar.
+pub fn sampler(
+    model: &LlamaModel,
+    request: &GenerateRequest,
+    n_ctx: i32,
+) -> Result<LlamaSampler, PluginError> {
+    let n_vocab = model.vocab().n_tokens();
+    let mut chain = Vec::with_capacity(8);
+    if let Some(schema) = &request.json_schema {
+        chain.push(crate::grammar::json_schema_sampler(
+            model,
+            schema,
+            request.json_wrap.as_ref(),
+            request.constrain_after.as_deref(),
+        )?);
+    }
     if !request.logit_bias.is_empty() {
         let biases: Vec<LlamaLogitBias> = request
             .logit_bias
@@ -62,7 +81,7 @@ pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSamp
     }
     if request.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
-        return LlamaSampler::chain(chain, true);
+        return Ok(LlamaSampler::chain(chain, true));
     }
     if request.top_k > 0 {
         chain.push(LlamaSampler::top_k(request.top_k));
@@ -78,7 +97,7 @@ pub fn sampler(request: &GenerateRequest, n_vocab: i32, n_ctx: i32) -> LlamaSamp
         .seed
         .unwrap_or_else(|| RandomState::new().hash_one(Instant::now()) as u32);
     chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain(chain, true)
+    Ok(LlamaSampler::chain(chain, true))
 }
 
 /// Length of the common prefix of two token sequences.
@@ -113,6 +132,9 @@ enum Event {
 /// A request handed to the batcher.
 struct Submission {
     request: GenerateRequest,
+    /// Built by the calling thread, so a request it cannot honour (a schema llama.cpp cannot
+    /// convert) is refused before it reaches the batch.
+    sampler: LlamaSampler,
     prompt: Vec<LlamaToken>,
     events: mpsc::Sender<Event>,
     /// Set by the waiting call when its host stopped the generation.
@@ -205,7 +227,6 @@ struct Slot {
 /// A request running in a slot.
 struct Job {
     sub: Submission,
-    sampler: LlamaSampler,
     /// Prompt tokens in the cache.
     fed: usize,
     /// Prompt tokens put into the current decode step.
@@ -313,11 +334,6 @@ impl Worker {
             let slot = &mut self.slots[i];
             let keep = common_prefix(&slot.cached, &sub.prompt).min(sub.prompt.len() - 1);
             let reused = truncate(&mut self.ctx, slot, keep);
-            let sampler = sampler(
-                &sub.request,
-                self.model.vocab().n_tokens(),
-                self.n_ctx_seq as i32,
-            );
             let result = GenerateResult {
                 finish_reason: FinishReason::Length,
                 prompt_tokens: sub.prompt.len() as u32,
@@ -329,7 +345,6 @@ impl Worker {
             };
             slot.job = Some(Job {
                 sub,
-                sampler,
                 fed: reused,
                 feeding: 0,
                 next: None,
@@ -499,7 +514,7 @@ fn sample_one(
     if completion >= max_tokens || n_prompt + completion >= n_ctx_seq {
         return Some(FinishReason::Length);
     }
-    let token = job.sampler.sample(ctx, idx);
+    let token = job.sub.sampler.sample(ctx, idx);
     if request.stop_tokens.contains(&token.0) || (!request.ignore_eos && vocab.is_eog(token)) {
         return Some(FinishReason::Stop);
     }
@@ -565,10 +580,12 @@ impl LlamaCppModel {
                 self.path
             )));
         }
+        let sampler = sampler(self.model(), &request, n_ctx as i32)?;
         let (events, receiver) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let submission = Submission {
             request,
+            sampler,
             prompt,
             events,
             cancel: Arc::clone(&cancel),

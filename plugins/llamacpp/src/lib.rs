@@ -21,6 +21,7 @@ mod backend;
 /// GGUF `general.file_type` names: shared with the daemon's model store.
 pub use gguf_header::ftype;
 mod generate;
+mod grammar;
 mod model;
 
 use std::sync::OnceLock;

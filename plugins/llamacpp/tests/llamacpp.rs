@@ -926,3 +926,84 @@ fn the_same_request_gives_the_same_long_answer_with_a_cached_prefix() {
     assert_eq!(r2.cached_prompt_tokens as usize, prompts[2].len() - 1);
     assert_eq!(cold, warm);
 }
+
+/// Structured output, the way R1 gets it: free text until the trigger (`constrain_after`, R1's
+/// `</think>`; here " is", which SmolLM2's greedy answer "The capital of France is Paris." holds),
+/// then JSON valid against the schema. The free part is the model's own greedy text; after the
+/// trigger the answer parses and has the schema's one required string property.
+#[test]
+fn json_schema_constrains_only_after_the_trigger_text() {
+    let Some(mut model) = smollm2() else { return };
+    let tokens = france_tokens(&model);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}},
+        "required": ["city"],
+        "additionalProperties": false
+    });
+    let mut req = request(tokens.clone(), 64);
+    req.json_schema = Some(schema.to_string());
+    req.constrain_after = Some(" is".into());
+    let (text, result) = run(&mut model, req);
+    assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
+    let (free, constrained) = text.split_once(" is").expect("the trigger text is kept");
+    assert_eq!(free, "The capital of France", "{text}");
+    let value: serde_json::Value = serde_json::from_str(constrained.trim_start())
+        .unwrap_or_else(|e| panic!("{constrained:?} is not JSON: {e}"));
+    let object = value.as_object().expect("an object");
+    assert_eq!(object.len(), 1, "{value}");
+    assert!(
+        object["city"].as_str().is_some_and(|c| c.len() <= 30),
+        "{value}"
+    );
+
+    // From the first token (a model that does not reason): the whole answer is the JSON.
+    let mut req = request(tokens, 64);
+    req.json_schema = Some(schema.to_string());
+    let (text, result) = run(&mut model, req);
+    assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON from the first token");
+    assert!(value["city"].is_string(), "{value}");
+}
+
+/// A schema llama.cpp's converter cannot turn into a grammar is refused as an invalid argument
+/// naming `response_format`, before anything is generated.
+#[test]
+fn an_unconvertible_json_schema_is_an_invalid_argument() {
+    let Some(model) = smollm2() else { return };
+    let mut req = request(france_tokens(&model), 4);
+    req.json_schema = Some(r##"{"$ref": "#/$defs/missing"}"##.into());
+    let e = model.generate(req, &mut |_, _| true).unwrap_err();
+    assert_eq!(e.status, abi::R1_ERR_INVALID_ARGUMENT);
+    assert!(e.message.contains("response_format"), "{}", e.message);
+}
+
+/// A forced tool call as the host asks for one (`tool_choice` "required" or named): the JSON of
+/// the call between `json_wrap`'s texts. The answer is the prefix, JSON with the fixed name and
+/// arguments of the schema's shape, the suffix — whatever the model would have said.
+#[test]
+fn json_schema_between_wrap_texts_forces_a_tool_call() {
+    let Some(mut model) = smollm2() else { return };
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                          "required": ["city"], "additionalProperties": false}
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": false
+    });
+    let mut req = request(france_tokens(&model), 80);
+    req.json_schema = Some(schema.to_string());
+    req.json_wrap = Some(("<tool_call>\n".into(), "\n</tool_call>".into()));
+    let (text, result) = run(&mut model, req);
+    assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
+    let body = text
+        .strip_prefix("<tool_call>\n")
+        .and_then(|t| t.strip_suffix("\n</tool_call>"))
+        .unwrap_or_else(|| panic!("not a <tool_call> block: {text:?}"));
+    let call: serde_json::Value = serde_json::from_str(body).expect("the call is JSON");
+    assert_eq!(call["name"], "get_weather", "{call}");
+    assert!(call["arguments"]["city"].is_string(), "{call}");
+}

@@ -385,6 +385,15 @@ fn refuse_unsupported(request: &GenerateRequest) -> Result<(), PluginError> {
         Some((name, _)) => Err(PluginError::invalid_argument(format!(
             "{name} is not supported by the ONNX backends; leave it out or serve a GGUF model"
         ))),
+        None if request.json_schema.is_some() => {
+            Err(PluginError::invalid_argument(STRUCTURED_OUTPUT_UNSUPPORTED))
+        }
         None => Ok(()),
     }
 }
+
+/// The refusal of structured output (`GenerateRequest::json_schema`), naming the request fields
+/// that ask for it.
+const STRUCTURED_OUTPUT_UNSUPPORTED: &str =
+    "response_format (Ollama: format; or a forced tool_choice): structured output is not \
+     supported by the ONNX backends (no constrained decoding); leave it out or serve a GGUF model";

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use r1d_tests::{echo_model, Daemon, DaemonOptions};
+use r1d_tests::{echo_model, fixture, Daemon, DaemonOptions, SMOLLM2};
 
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("R1D_TEST_PYTHON") {
@@ -108,6 +108,77 @@ fn run_client(script: &str, reach: Reach) {
     }
 }
 
+/// Structured output on a real model: `response_format` (`json_object`, `json_schema` with
+/// `strict`, streamed and not, greedy and sampled), `chat.completions.parse` with a Pydantic model,
+/// an unconvertible schema refused by name, and Ollama's `format` ("json", a schema) — each answer
+/// parsed and validated with `jsonschema` by `tests/clients/structured_output.py`. SmolLM2 does not
+/// reason, so the grammar constrains from the first token.
+#[test]
+fn structured_output_validates_against_the_schema_with_the_python_clients() {
+    let Some(python) = python() else { return };
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let _one = crate::llama::ONE_MODEL_AT_A_TIME.blocking_lock();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        args: vec!["--context-length".into(), "2048".into()],
+        ..Default::default()
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("structured_output.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .arg("SmolLM2-135M-Instruct.Q4_1")
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}\n{}\n--- r1d log ---\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+}
+
+/// A tool-calling round trip with the `openai` and `ollama` packages (`tests/clients/tools_client.py`)
+/// against an echo model whose template renders tools: the call (non-streamed and accumulated from
+/// streamed deltas), the result sent back as a tool message, a forced call refused, Ollama's shape
+/// and capability.
+#[test]
+fn tool_calls_round_trip_with_the_python_clients() {
+    let Some(python) = python() else { return };
+    let models = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "tool echo", "transform": "identity",
+        "chat_template": r1d_tests::TOOL_TEMPLATE});
+    let model = echo_model(models.path(), &file.to_string());
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("tools_client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&daemon.socket)
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}\n{}\n--- r1d log ---\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+}
+
 #[test]
 fn openai_python_client_works_unchanged() {
     run_client("openai_client.py", Reach::Socket);
@@ -166,6 +237,7 @@ fn metrics_parse_with_prometheus_client_and_each_request_is_logged_without_conte
     let out = Command::new(&python)
         .arg(&script)
         .arg(&daemon.socket)
+        .arg("SmolLM2-135M-Instruct.Q4_1")
         .output()
         .unwrap();
     assert!(

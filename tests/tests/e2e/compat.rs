@@ -587,30 +587,33 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         {"type": "text", "text": "what is this"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]);
     let refused: Vec<(Value, &str, &str)> = vec![
+        // Structured output of a shape OpenAI does not define (the echo backend's own refusal of
+        // well-formed structured output is checked below).
         (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"response_format": {"type": "yaml"}}),
             "response_format",
-            "\"json_object\" is not supported",
+            "not one of text, json_object, json_schema",
         ),
         (
-            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
-            "response_format",
-            "\"json_schema\" is not supported",
+            json!({"response_format": {"type": "json_schema"}}),
+            "response_format.json_schema",
+            "needs a json_schema object",
         ),
         (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-            "tool calling",
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "{}"}}}),
+            "response_format.json_schema.schema",
+            "must be a JSON Schema object",
         ),
+        // Tools themselves: `tools_are_rendered_by_the_template_and_calls_parsed_or_refused`.
         (
             json!({"tool_choice": "required"}),
             "tool_choice",
-            "tool calling",
+            "but tools is empty",
         ),
         (
             json!({"functions": [{"name": "f"}]}),
             "functions",
-            "tool calling",
+            "use tools",
         ),
         (json!({"logprobs": true}), "logprobs", "log probabilities"),
         (
@@ -674,6 +677,23 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(text), "{extra} → {message}");
+    }
+    // Structured output on a backend without constrained decoding (echo): a 400 from the backend
+    // that names response_format, not free text.
+    for format in [
+        json!({"type": "json_object"}),
+        json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+               "schema": {"type": "object"}}}),
+    ] {
+        let extra = json!({ "response_format": format });
+        let (status, v) = params_of(&daemon, "/v1/chat/completions", extra.clone()).await;
+        assert_eq!(status, 400, "{extra} → {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{extra} → {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("response_format") && message.contains("supported by the echo"),
+            "{extra} → {message}"
+        );
     }
     // A token the vocabulary does not have: refused by the engine before the answer starts.
     let (status, v) = params_of(
@@ -813,14 +833,20 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         }
     }
     let refused: Vec<(Value, &str)> = vec![
+        // The echo backend has no constrained decoding: it refuses structured output by name.
         (
             json!({"format": "json"}),
-            "format \"json\" is not supported",
+            "structured output is not supported by the echo backend",
         ),
-        (json!({"format": {"type": "object"}}), "(a JSON schema)"),
+        (
+            json!({"format": {"type": "object"}}),
+            "structured output is not supported by the echo backend",
+        ),
+        (json!({"format": "yaml"}), "format \"yaml\" is not \"json\""),
+        // The echo's default template never reads tools.
         (
             json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tool calling",
+            "tools: the chat template of this model has no tool support",
         ),
         (
             json!({"messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}),
@@ -954,4 +980,259 @@ async fn an_unknown_field_is_refused_by_name_and_bookkeeping_fields_are_accepted
     )
     .await;
     assert_eq!(code, 200, "{text}");
+}
+
+/// Issue 17, tools: rendered through the model's own template, tool calls parsed from the answer
+/// into `tool_calls`, streamed and not (a scripted echo model answers with a `<tool_call>` block),
+/// results sent back as `role: "tool"`; a template without tool support refused.
+#[tokio::test]
+async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
+    let models = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "tool echo", "transform": "identity",
+        "chat_template": r1d_tests::TOOL_TEMPLATE});
+    let model = echo_model(models.path(), &file.to_string());
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let call = r#"Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>"#;
+    let body = |extra: Value| {
+        let mut b = json!({"model": "tool echo", "tools": tools,
+            "messages": [{"role": "user", "content": call}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for choice in [
+        json!({}),
+        json!({"tool_choice": "auto", "parallel_tool_calls": true}),
+    ] {
+        let (status, answer) =
+            raw(&daemon, Method::POST, "/v1/chat/completions", body(choice)).await;
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+        assert_eq!(choice["message"]["content"], "Let me look.", "{v}");
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1, "{v}");
+        assert_eq!(calls[0]["type"], "function");
+        assert!(calls[0]["id"].as_str().unwrap().starts_with("call-"), "{v}");
+        assert_eq!(calls[0]["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris"}));
+    }
+    // tool_choice "none": no tools reach the model and its text stays text.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"tool_choice": "none"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], call, "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // The round trip: the assistant's call and the tool's result are rendered; the next answer
+    // (the echo of the user turn, which now asks nothing of tools) is plain text.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"model": "tool echo", "tools": tools, "messages": [
+            {"role": "user", "content": "weather in Paris"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call-1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call-1", "content": "sunny"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"], "weather in Paris",
+        "{v}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Streamed: the text outside the call as content, the call as a `delta.tool_calls` chunk with
+    // its index, id, name and arguments, then finish_reason "tool_calls".
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let chunks: Vec<Value> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    let content: String = deltas
+        .iter()
+        .filter_map(|d| d["content"].as_str())
+        .collect();
+    assert_eq!(content, "Let me look.", "{answer}");
+    let calls: Vec<&Value> = deltas
+        .iter()
+        .filter_map(|d| d["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 1, "{answer}");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls",
+        "{answer}"
+    );
+    assert!(answer.trim_end().ends_with("data: [DONE]"), "{answer}");
+
+    // Ollama's /api/chat: the same call as message.tool_calls with an arguments object, streamed
+    // (a line with the calls before the done line) and not; /api/show lists the capability.
+    let ollama = |stream: bool| {
+        json!({"model": "tool echo", "stream": stream, "tools": tools,
+            "messages": [{"role": "user", "content": call}]})
+    };
+    let (status, answer) = raw(&daemon, Method::POST, "/api/chat", ollama(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["message"]["content"], "Let me look.", "{v}");
+    assert_eq!(
+        v["message"]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]),
+        "{v}"
+    );
+    assert_eq!(v["done"], true);
+    let (status, answer) = raw(&daemon, Method::POST, "/api/chat", ollama(true)).await;
+    assert_eq!(status, 200, "{answer}");
+    let lines: Vec<Value> = answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let with_calls: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"]["tool_calls"].is_array())
+        .collect();
+    assert_eq!(with_calls.len(), 1, "{answer}");
+    assert_eq!(
+        with_calls[0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(lines.last().unwrap()["done"], true, "{answer}");
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/api/show",
+        json!({"model": "tool echo"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["capabilities"], json!(["completion", "tools"]), "{v}");
+
+    // Forced calls: refused by name where they cannot work — this template does not write
+    // <tool_call> blocks, a named function must be among tools — and on a template that does,
+    // the constraint reaches the backend, which refuses it (echo has no constrained decoding;
+    // the llama.cpp plugin's test `json_schema_between_wrap_texts_forces_a_tool_call` runs it).
+    for (choice, text) in [
+        (json!("required"), "whose calls are <tool_call> blocks"),
+        (
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+            "whose calls are <tool_call> blocks",
+        ),
+        (
+            json!({"type": "function"}),
+            "is not \"none\", \"auto\", \"required\"",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/chat/completions",
+            body(json!({ "tool_choice": choice })),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], "tool_choice", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{v}"
+        );
+    }
+    let hermes = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"name": "hermes echo", "transform": "identity",
+        "chat_template": format!("{{# calls are <tool_call> blocks #}}{}", r1d_tests::TOOL_TEMPLATE)});
+    let model = echo_model(hermes.path(), &file.to_string());
+    let hermes_daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    hermes_daemon.settled().await;
+    let (status, answer) = raw(
+        &hermes_daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"model": "hermes echo", "tool_choice": {"type": "function", "function": {"name": "nope"}}})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["param"], "tool_choice", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"nope\", which is not among tools"),
+        "{v}"
+    );
+    let (status, answer) = raw(
+        &hermes_daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        body(json!({"model": "hermes echo", "tool_choice": "required"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("forced tool_choice"), "{answer}");
+
+    // The default echo template never renders tools: refused naming tools, not dropped, and
+    // /api/show does not claim them.
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"model": "DeepSeek-R1 echo", "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("tools") && message.contains("no tool support"),
+        "{message}"
+    );
+    let (_, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/api/show",
+        json!({"model": "DeepSeek-R1 echo"}),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["capabilities"], json!(["completion", "thinking"]), "{v}");
 }

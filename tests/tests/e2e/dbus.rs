@@ -395,6 +395,20 @@ async fn dbus_streamed_answer_over_the_fd_equals_ask() {
         .await
         .unwrap_err();
     assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument");
+    // Structured output reaches the backend, which refuses it by name (echo has no constrained
+    // decoding); a format that is neither "json" nor a schema is refused by Chat1 itself.
+    for format in ["json", r#"{"type": "object"}"#, "yaml"] {
+        let e = chat
+            .ask("hi", HashMap::from([("format", Value::from(format))]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error_name(&e),
+            "org.r1d.R1.Error.InvalidArgument",
+            "{format}"
+        );
+        assert!(e.to_string().contains("format"), "{format}: {e}");
+    }
 }
 
 #[tokio::test]

@@ -476,3 +476,31 @@ async fn a_model_path_that_is_a_directory_is_named_as_such_at_start_and_on_load(
     );
     assert_eq!(client.health().await.unwrap().status, State::Ready);
 }
+
+/// Issue 17: `usage.prompt_tokens_details.cached_tokens` says how much of the prompt r1d reused
+/// from the KV cache — none for a first request, all but the last token (which is evaluated for
+/// its logits) when the same conversation comes again — and agrees with `timings.cache_n`.
+#[tokio::test]
+async fn usage_reports_cached_prompt_tokens_of_a_repeated_prompt() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let mut request = ask("Name a colour.");
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(4);
+    let first = client.chat(&request).await.unwrap();
+    let details = first.usage.prompt_tokens_details.clone().unwrap();
+    assert_eq!(details.cached_tokens, 0, "{:?}", first.usage);
+    let second = client.chat(&request).await.unwrap();
+    let details = second.usage.prompt_tokens_details.clone().unwrap();
+    assert_eq!(
+        details.cached_tokens,
+        second.usage.prompt_tokens - 1,
+        "{:?}",
+        second.usage
+    );
+    assert_eq!(details.cached_tokens, second.timings.unwrap().cache_n);
+}
