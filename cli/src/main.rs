@@ -117,9 +117,12 @@ enum Command {
     },
     /// Remove models from r1d's models directory, as `ollama rm` does (names as `r1ctl models`
     /// lists them, or a file's path). The model r1d serves is refused: `r1ctl use` another one
-    /// (or `r1ctl stop`) first. Files in the Hugging Face cache or Ollama's store are never
-    /// touched; r1ctl says which tool removes them.
+    /// (or `r1ctl stop`) first, or give `--force`. Files in the Hugging Face cache or Ollama's
+    /// store are never touched; r1ctl says which tool removes them.
     Rm {
+        /// Unload the model first when r1d serves it (as `r1ctl stop` does), then remove it.
+        #[arg(long)]
+        force: bool,
         /// The models to remove.
         #[arg(required = true)]
         models: Vec<String>,
@@ -254,16 +257,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Rm { models } => {
+        Command::Rm { force, models } => {
             for model in &models {
-                let removed: r1d_client::wire::Removed = client
-                    .post_json(
-                        "/r1/remove",
-                        &r1d_client::wire::ModelRequest {
-                            model: model.clone(),
-                        },
-                    )
-                    .await?;
+                let request = r1d_client::wire::ModelRequest {
+                    model: model.clone(),
+                };
+                let removed: r1d_client::wire::Removed =
+                    match client.post_json("/r1/remove", &request).await {
+                        // In use: with --force, unload it (no answer runs on it after that) and
+                        // remove it then.
+                        Err(r1d_client::ClientError::Status { status, .. })
+                            if force && status.as_u16() == 409 =>
+                        {
+                            let _: Status = client
+                                .post_json("/r1/unload", &serde_json::json!({}))
+                                .await?;
+                            eprintln!("unloaded '{model}' to remove it");
+                            client.post_json("/r1/remove", &request).await?
+                        }
+                        other => other?,
+                    };
                 let mut out = std::io::stdout().lock();
                 if cli.json {
                     writeln!(out, "{}", serde_json::to_string(&removed)?)?;

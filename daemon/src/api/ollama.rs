@@ -1,5 +1,6 @@
 //! Ollama-compatible routes: `POST /api/chat`, `POST /api/generate` (NDJSON streaming by default),
-//! `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`, and `GET /` / `HEAD /`
+//! `GET /api/tags`, `POST /api/show`, `DELETE /api/delete`, `GET /api/ps`, `GET /api/version`, and
+//! `GET /` / `HEAD /`
 //! ("Ollama is running", the liveness check Ollama clients use).
 //!
 //! Shapes follow Ollama's `docs/api.md`. Errors are `{"error": "…"}`. Reasoning goes to
@@ -16,12 +17,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use r1d_client::ollama::{
-    ChatRequest, ChatResponse, Details, GenerateRequest, GenerateResponse, Message as OMessage,
-    Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think, Version,
+    ChatRequest, ChatResponse, DeleteRequest, Details, GenerateRequest, GenerateResponse,
+    Message as OMessage, Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think,
+    Version,
 };
 use serde_json::Value;
 
@@ -38,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/generate", post(generate))
         .route("/api/tags", get(tags))
         .route("/api/show", post(show))
+        .route("/api/delete", delete(delete_model))
         .route("/api/ps", get(ps))
         .route("/api/version", get(version))
         // Ollama's liveness check (clients probe it before anything else); HEAD comes with GET.
@@ -723,6 +726,37 @@ async fn ps(State(state): State<AppState>) -> Json<Running> {
         .into_iter()
         .collect();
     Json(Running { models })
+}
+
+/// `DELETE /api/delete` (`{"model": NAME}`, older clients `{"name": NAME}`): removes the model
+/// from r1d's models directory, as `r1ctl rm` does; 200 with an empty body, as Ollama answers.
+/// The resident model is 409 (serve another one first), another tool's store 403, an unknown
+/// name 404.
+async fn delete_model(
+    State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
+    body: RequestBody,
+) -> Response {
+    let req: DeleteRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let name = if req.model.is_empty() {
+        &req.name
+    } else {
+        &req.model
+    };
+    if name.trim().is_empty() {
+        return fail(ApiError::invalid(Some("model"), "model is required"));
+    }
+    match state
+        .control
+        .remove(caller.as_ref().map(|c| &c.0), name)
+        .await
+    {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => fail(e),
+    }
 }
 
 async fn show(State(state): State<AppState>, body: RequestBody) -> Response {

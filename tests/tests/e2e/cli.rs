@@ -520,23 +520,20 @@ async fn rm_removes_r1ds_own_files_and_refuses_the_resident_model_and_other_stor
     let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["resident", "theirs:1b"], "{list:#?}");
 
-    // Once unloaded, the former resident model can go.
-    let out = r1ctl(&daemon.socket, &["stop"]);
+    // With --force the resident model is unloaded first (as `r1ctl stop` does), then removed.
+    let out = r1ctl(&daemon.socket, &["rm", "--force", "resident"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = r1ctl(&daemon.socket, &["rm", "resident"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unloaded 'resident' to remove it"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with(&format!("deleted 'resident' ({}", resident.display())),
         "{text}"
     );
     assert!(!resident.exists());
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!(status.state, r1d_client::wire::State::NoModel, "{status:?}");
 }

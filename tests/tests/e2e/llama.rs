@@ -95,7 +95,23 @@ async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
         pieces.len(),
         "one streamed piece per token"
     );
-    assert_eq!(usage, answer.usage);
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (
+            answer.usage.prompt_tokens,
+            answer.usage.completion_tokens,
+            answer.usage.total_tokens
+        )
+    );
+    // The streamed request came second: all of its prompt but the last token was cached.
+    assert_eq!(
+        usage.prompt_tokens_details.map(|d| d.cached_tokens),
+        Some(usage.prompt_tokens - 1)
+    );
     assert_eq!(finish, Some(answer.choices[0].finish_reason.clone()));
 }
 
