@@ -54,6 +54,7 @@ fuzz_target!(|input: Input| {
         .map(|(role, content)| Message {
             role: ROLES[usize::from(*role) % ROLES.len()].to_owned(),
             content: content.clone(),
+            ..Message::default()
         })
         .collect();
     let Ok(mut prompt) = render(
