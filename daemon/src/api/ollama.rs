@@ -732,6 +732,15 @@ async fn ps(State(state): State<AppState>) -> Json<Running> {
 /// from r1d's models directory, as `r1ctl rm` does; 200 with an empty body, as Ollama answers.
 /// The resident model is 409 (serve another one first), another tool's store 403, an unknown
 /// name 404.
+/// The model a request names: `model`, or older clients' `name` when `model` is empty.
+fn model_or_name<'a>(model: &'a str, name: &'a str) -> &'a str {
+    if model.is_empty() {
+        name
+    } else {
+        model
+    }
+}
+
 async fn delete_model(
     State(state): State<AppState>,
     caller: Option<axum::Extension<crate::access::Caller>>,
@@ -741,11 +750,7 @@ async fn delete_model(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let name = if req.model.is_empty() {
-        &req.name
-    } else {
-        &req.model
-    };
+    let name = model_or_name(&req.model, &req.name);
     if name.trim().is_empty() {
         return fail(ApiError::invalid(Some("model"), "model is required"));
     }
@@ -764,11 +769,7 @@ async fn show(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let name = if req.model.is_empty() {
-        &req.name
-    } else {
-        &req.model
-    };
+    let name = model_or_name(&req.model, &req.name);
     let snapshot = state.engine.snapshot();
     let Some((info, _)) = snapshot.model.clone() else {
         let reason = snapshot
