@@ -186,7 +186,7 @@ pub struct ServerConfig {
     pub queue_depth: Option<usize>,
     /// Answers generated at once (continuous batching: one sequence each, with its own context
     /// of KV cache); default [`DEFAULT_PARALLEL`], at most [`MAX_PARALLEL`]. A backend that runs
-    /// fewer (the ONNX ones run 1) caps it. Applies at the next load.
+    /// fewer (the ONNX ones run 1) caps it. Read at start only.
     pub parallel: Option<u32>,
     /// Seconds a client may stop reading a streamed answer (its buffer full) before its request
     /// is cancelled, so one stalled reader cannot hold the engine; default 30.

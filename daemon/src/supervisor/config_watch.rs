@@ -16,8 +16,9 @@ use super::{one_line, seconds, Supervisor};
 use crate::config::{self, Config};
 
 /// Keys read once at start: a reload names them with "(takes effect when r1d restarts)".
-pub const AT_RESTART: [&str; 11] = [
+pub const AT_RESTART: [&str; 12] = [
     "[server] socket",
+    "[server] parallel",
     "[server] listen",
     "[server] api_key_file",
     "[server] queue_depth",

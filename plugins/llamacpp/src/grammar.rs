@@ -21,12 +21,115 @@ const MAX_GAP: u32 = 16;
 /// # Errors
 /// `R1_ERR_INVALID_ARGUMENT` naming `response_format` when llama.cpp cannot convert the schema.
 pub fn json_schema_grammar(schema: &str) -> Result<String, PluginError> {
-    llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(schema) {
+        check_bounds(&value)?;
+    }
+    let grammar = llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
         PluginError::invalid_argument(format!(
             "response_format (Ollama: format): llama.cpp cannot turn this JSON schema into a \
              grammar ({e}); use the JSON Schema subset llama.cpp supports"
         ))
-    })
+    })?;
+    check_repetitions(&grammar)?;
+    Ok(grammar)
+}
+
+/// Refuses a schema (or any schema inside it) whose lower bound exceeds its upper bound:
+/// `minLength`/`maxLength`, `minItems`/`maxItems`, `minProperties`/`maxProperties`,
+/// `minimum`/`maximum`. No answer can meet such a schema, and llama.cpp's converter either
+/// builds a grammar that cannot end or quietly drops a bound.
+///
+/// # Errors
+/// `R1_ERR_INVALID_ARGUMENT` naming `response_format` and the two keywords.
+fn check_bounds(schema: &serde_json::Value) -> Result<(), PluginError> {
+    match schema {
+        serde_json::Value::Object(map) => {
+            for (low, high) in [
+                ("minLength", "maxLength"),
+                ("minItems", "maxItems"),
+                ("minProperties", "maxProperties"),
+                ("minimum", "maximum"),
+            ] {
+                let number = |k: &str| map.get(k).and_then(serde_json::Value::as_f64);
+                if let (Some(a), Some(b)) = (number(low), number(high)) {
+                    if a > b {
+                        return Err(PluginError::invalid_argument(format!(
+                            "response_format (Ollama: format): the JSON schema has {low} {a} \
+                             above {high} {b}; no answer can meet it"
+                        )));
+                    }
+                }
+            }
+            map.values().try_for_each(check_bounds)
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_bounds),
+        _ => Ok(()),
+    }
+}
+
+/// The largest repetition bound a grammar may hold (`x{m,n}`: m, n ≤ this). llama.cpp's grammar
+/// parser expands a bounded repetition into about n rules, so `maxLength: 1000000` would build a
+/// million rules before the first token.
+pub const MAX_REPETITION: u64 = 10_000;
+
+/// Refuses a grammar whose repetitions (`{m}`, `{m,}`, `{m,n}`) cannot be met (m > n, from a
+/// schema with `minLength` > `maxLength`, `minItems` > `maxItems`, …) or exceed
+/// [`MAX_REPETITION`]. Such a grammar made llama.cpp's grammar parser allocate without bound —
+/// gigabytes a second, before any token — so it must never reach it. Quoted literals and
+/// character classes are skipped.
+///
+/// # Errors
+/// `R1_ERR_INVALID_ARGUMENT` naming `response_format` and the bounds.
+pub fn check_repetitions(grammar: &str) -> Result<(), PluginError> {
+    let bytes = grammar.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            quote @ (b'"' | b'[') => {
+                let close = if quote == b'"' { b'"' } else { b']' };
+                i += 1;
+                while i < bytes.len() && bytes[i] != close {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' => {
+                let end = grammar[i..].find('}').map(|e| i + e);
+                if let Some(end) = end {
+                    let inner = &grammar[i + 1..end];
+                    let mut parts = inner.splitn(2, ',');
+                    let number =
+                        |s: Option<&str>| s.map(str::trim).and_then(|s| s.parse::<u64>().ok());
+                    let min = number(parts.next());
+                    let max = number(parts.next());
+                    let bad = |what: String| {
+                        Err(PluginError::invalid_argument(format!(
+                            "response_format (Ollama: format): the JSON schema asks for {what}; \
+                             no answer can meet it"
+                        )))
+                    };
+                    if let (Some(min), Some(max)) = (min, max) {
+                        if min > max {
+                            return bad(format!(
+                                "at least {min} and at most {max} of something (a minimum above \
+                                 its maximum, e.g. minLength > maxLength or minItems > maxItems)"
+                            ));
+                        }
+                    }
+                    if let Some(n) = min.into_iter().chain(max).find(|n| *n > MAX_REPETITION) {
+                        return Err(PluginError::invalid_argument(format!(
+                            "response_format (Ollama: format): the JSON schema asks for a \
+                             repetition of {n}; r1d's limit is {MAX_REPETITION} (a length or item \
+                             count bound that large cannot be compiled into a grammar)"
+                        )));
+                    }
+                    i = end;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// The grammar sampler for `schema`, the JSON between `wrap`'s two texts when given:
@@ -120,6 +223,28 @@ mod tests {
         let grammar = json_schema_grammar(&schema.to_string()).unwrap();
         assert!(grammar.contains("root ::="), "{grammar}");
         assert!(grammar.contains("name"), "{grammar}");
+    }
+
+    #[test]
+    fn schemas_no_answer_can_meet_are_refused_before_llama_cpp_parses_them() {
+        for schema in [
+            r#"{"type":"string","minLength":5,"maxLength":2}"#,
+            r#"{"type":"array","items":{"type":"integer"},"minItems":3,"maxItems":1}"#,
+            r#"{"type":"string","maxLength":1000000}"#,
+        ] {
+            let err = json_schema_grammar(schema).unwrap_err();
+            assert_eq!(
+                err.status,
+                r1_plugin_sdk::abi::R1_ERR_INVALID_ARGUMENT,
+                "{schema}"
+            );
+            assert!(err.message.contains("response_format"), "{}", err.message);
+        }
+        let fine = json_schema_grammar(r#"{"type":"string","minLength":2,"maxLength":5}"#);
+        assert!(fine.is_ok(), "{fine:?}");
+        // Braces inside literals and classes are not repetitions.
+        assert!(check_repetitions(r#"root ::= "{5,2}" [{}] x{1,3}"#).is_ok());
+        assert!(check_repetitions("root ::= x{3,1}").is_err());
     }
 
     #[test]

@@ -520,3 +520,43 @@ async fn usage_reports_cached_prompt_tokens_of_a_repeated_prompt() {
     );
     assert_eq!(details.cached_tokens, second.timings.unwrap().cache_n);
 }
+
+/// A schema no answer can meet (`minLength` above `maxLength`) is a 400 naming
+/// `response_format`, before llama.cpp sees it: given to llama.cpp's grammar parser it allocated
+/// gigabytes a second and the request never ended.
+#[tokio::test]
+async fn an_unsatisfiable_schema_is_refused_before_it_reaches_llama_cpp() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 20,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p",
+            "schema": {"type": "string", "minLength": 5, "maxLength": 2}}},
+    });
+    let err = client
+        .post_json::<_, serde_json::Value>("/v1/chat/completions", &body)
+        .await
+        .unwrap_err();
+    let r1d_client::ClientError::Status {
+        status, message, ..
+    } = err
+    else {
+        panic!("expected a refusal, got {err:?}")
+    };
+    assert_eq!(status.as_u16(), 400, "{message}");
+    assert!(
+        message.contains("response_format") && message.contains("minLength 5 above maxLength 2"),
+        "{message}"
+    );
+    // Nothing is left running, and the next answer comes.
+    assert_eq!(client.status().await.unwrap().running_requests, 0);
+    assert!(!client.chat(&ask("Say hi.")).await.unwrap().choices[0]
+        .message
+        .content
+        .is_empty());
+}
