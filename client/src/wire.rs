@@ -175,16 +175,19 @@ pub struct ChatCompletionRequest {
     /// Most likely tokens per position (0–20, needs `logprobs`): refused when set above 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<u32>,
-    /// `{"type": "text"}` is honoured; `json_object` and `json_schema` are refused.
+    /// `{"type": "text"}`, `json_object` and `json_schema` (the answer constrained to the schema
+    /// on the llama.cpp backend; the other backends refuse it by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
-    /// Tools the model may call: refused unless empty (tool calling is not implemented).
+    /// Tools the model may call, rendered through the model's own chat template (refused, naming
+    /// `tools`, when the template has no tool support).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<serde_json::Value>>,
-    /// `"none"` (and `"auto"` without tools) is honoured; others are refused.
+    /// `"auto"` and `"none"`; `"required"` and a named function where the template writes
+    /// `<tool_call>` blocks (the call is then constrained by a grammar), refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<serde_json::Value>,
-    /// Only meaningful with `tools`; accepted.
+    /// `false`: only the first tool call is returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
     /// Deprecated form of `tools`: refused unless empty.

@@ -321,15 +321,11 @@ async fn chat_commands_are_never_sent_to_the_model() {
     assert!(err.contains("[the conversation is forgotten]"), "{err}");
     assert!(err.contains("unknown command \"/frobnicate\""), "{err}");
     // Counted when each answer's thread ends, just after its last byte went out.
-    let start = std::time::Instant::now();
-    let mut served = 0;
-    while start.elapsed() < std::time::Duration::from_secs(5) {
-        served = daemon.client().status().await.unwrap().requests_served;
-        if served >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let served = crate::watch::until(&daemon, 5, "both answers to be counted", || async {
+        let served = daemon.client().status().await.ok()?.requests_served;
+        (served >= 2).then_some(served)
+    })
+    .await;
     assert_eq!(served, 2);
 }
 

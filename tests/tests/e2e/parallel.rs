@@ -10,6 +10,7 @@ use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State};
 use r1d_tests::{echo_model, fixture, Daemon, DaemonOptions, SMOLLM2};
 
 use crate::ask;
+use crate::watch::until;
 
 fn echo_daemon(config: &str) -> (Daemon, tempfile::TempDir) {
     let models = tempfile::tempdir().unwrap();
@@ -102,27 +103,19 @@ async fn a_full_queue_is_refused_with_503_and_retry_after() {
         tokio::spawn(async move { streamed(&client, &slow("first", 40)).await })
     };
     let client = daemon.client();
-    let start = Instant::now();
-    while client.status().await.unwrap().running_requests == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let status = || async { client.status().await.ok() };
+    until(&daemon, 10, "the first answer to run", || async {
+        status().await.filter(|s| s.running_requests > 0)
+    })
+    .await;
     let waiting = {
         let client = daemon.client();
         tokio::spawn(async move { streamed(&client, &slow("second", 2)).await })
     };
-    while client.status().await.unwrap().queued_requests == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(&daemon, 10, "the second answer to wait", || async {
+        status().await.filter(|s| s.queued_requests > 0)
+    })
+    .await;
     let status = client.status().await.unwrap();
     assert_eq!((status.running_requests, status.queued_requests), (1, 1));
     let response = client
@@ -168,15 +161,14 @@ async fn cancelling_one_stream_leaves_the_others_whole() {
         assert_eq!(keeper.await.unwrap(), alone);
     }
     // The quitter's sequence was freed: nothing runs any more.
-    let start = Instant::now();
-    while client.status().await.unwrap().active_requests > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(&daemon, 10, "every answer to end", || async {
+        client
+            .status()
+            .await
+            .ok()
+            .filter(|s| s.active_requests == 0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -282,15 +274,14 @@ async fn a_swap_waits_for_every_running_answer_then_serves_the_new_model() {
             })
         })
         .collect();
-    let start = Instant::now();
-    while client.status().await.unwrap().running_requests < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(&daemon, 10, "three answers to run", || async {
+        client
+            .status()
+            .await
+            .ok()
+            .filter(|s| s.running_requests >= 3)
+    })
+    .await;
     daemon.edit_config(&config(&second));
     // Every answer in flight finishes whole, on the model it started with.
     for run in running {
@@ -299,19 +290,11 @@ async fn a_swap_waits_for_every_running_answer_then_serves_the_new_model() {
         assert_eq!(model, "first");
     }
     // Then the new model serves.
-    let start = Instant::now();
-    loop {
-        let status = client.status().await.unwrap();
-        if status.state == State::Ready && status.model.as_ref().is_some_and(|m| m.name == "second")
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&daemon, 20, "the new model to serve", || async {
+        client.status().await.ok().filter(|s| {
+            s.state == State::Ready && s.model.as_ref().is_some_and(|m| m.name == "second")
+        })
+    })
+    .await;
     assert_eq!(client.chat(&ask("new")).await.unwrap().model, "second");
 }

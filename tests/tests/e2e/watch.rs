@@ -33,7 +33,7 @@ fn config_with_model(path: &Path) -> String {
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, up to `secs`; panics with `what` and the log.
-async fn until<T, F, Fut>(daemon: &Daemon, secs: u64, what: &str, mut f: F) -> T
+pub(crate) async fn until<T, F, Fut>(daemon: &Daemon, secs: u64, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
