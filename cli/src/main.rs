@@ -637,6 +637,9 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
         if let Some(e) = &w.last_load_error {
             writeln!(out, "{:<14}{e}", "last swap")?;
         }
+        if let Some(c) = &w.last_crash {
+            writeln!(out, "{:<14}{c}", "last crash")?;
+        }
         writeln!(out, "{:<14}{}", "swap policy", w.swap_policy)?;
     }
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;

@@ -542,6 +542,10 @@ pub struct Health {
     /// Load progress 0.0..=1.0 while loading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f32>,
+    /// The last time the model's worker process died or was killed as hung (see
+    /// [`WatchStatus::last_crash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crash: Option<String>,
 }
 
 /// The resident model, as `/r1/status` describes it.
@@ -650,6 +654,10 @@ pub struct WatchStatus {
     /// The last load that failed while another model went on serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_load_error: Option<String>,
+    /// The last time the model's worker process died or was killed as hung: how (signal, exit
+    /// status, its last log line), when, and how many times in a row. r1d restarted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crash: Option<String>,
 }
 
 /// One event of `GET /r1/events` (server-sent events, `event:` = `kind`, `data:` = this JSON)

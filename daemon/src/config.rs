@@ -214,7 +214,29 @@ pub struct ServerConfig {
 pub struct PluginsConfig {
     /// Plugin directory; default: see [`crate::paths::plugin_dir`].
     pub dir: Option<PathBuf>,
+    /// Where a model runs: `"process"` (default) — in a worker process of its own, so a crash
+    /// or a hang inside a backend ends that process, not r1d — or `"in-process"` — inside r1d
+    /// (no per-token hop; a backend crash ends r1d). Read at start only.
+    pub isolation: Isolation,
+    /// How long a worker with work to do may show no progress (no token, prompt batch or load
+    /// progress) before r1d kills it as hung and restarts it (seconds; default 120: a prompt
+    /// chunk of a large model on a slow CPU takes tens of seconds). Read at start only.
+    pub hang_timeout_s: Option<f64>,
 }
+
+/// `[plugins] isolation`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Each model in a worker process.
+    #[default]
+    Process,
+    /// Models inside r1d.
+    InProcess,
+}
+
+/// Default `[plugins] hang_timeout_s`.
+pub const DEFAULT_HANG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The most threads a model may be given: 4 per CPU this process may run on
 /// (`std::thread::available_parallelism`), at least 4. More only adds contention — 10,000
@@ -419,6 +441,13 @@ impl Config {
                 return Err(invalid(
                     "server.stall_timeout_s must be a number of seconds above 0, at most 86400"
                         .into(),
+                ));
+            }
+        }
+        if let Some(v) = self.plugins.hang_timeout_s {
+            if !(v.is_finite() && v >= 1.0 && v <= 86_400.0) {
+                return Err(invalid(
+                    "plugins.hang_timeout_s must be a number of seconds from 1 to 86400".into(),
                 ));
             }
         }

@@ -218,6 +218,9 @@ pub struct Snapshot {
     pub last_failed: Option<(LoadSpec, Option<std::time::SystemTime>)>,
     /// A load waiting in the queue behind running answers (its path), until the engine takes it.
     pub queued_load: Option<PathBuf>,
+    /// The last time the model's worker process died or was killed as hung: how (signal, exit
+    /// status, last log line), when, and how many times in a row. Kept after the restart.
+    pub last_crash: Option<String>,
 }
 
 /// What to load.
@@ -326,6 +329,8 @@ struct Shared {
     /// newer one and stops (through the plugin's progress callback) or is skipped.
     load_generation: AtomicU64,
     active: AtomicU64,
+    /// Answers that ended well: a crash after one of them starts a new count of crashes in a row.
+    answers_ok: AtomicU64,
     /// Requests generating now (the rest of `active` waits in the queue).
     running: AtomicU64,
     served: AtomicU64,
@@ -340,6 +345,8 @@ enum Job {
     Load(LoadSpec, u64, oneshot::Sender<Result<(), EngineError>>),
     Unload(oneshot::Sender<()>),
     Ping(oneshot::Sender<()>),
+    /// The resident model's worker died (sent by its failure hook): restart it.
+    Recover,
 }
 
 /// Handle to the engine; cheap to clone.
@@ -453,6 +460,7 @@ impl Engine {
             last_load_error: None,
             last_failed: None,
             queued_load: None,
+            last_crash: None,
         });
         let (changes, _) = tokio::sync::broadcast::channel(256);
         let shared = Arc::new(Shared {
@@ -466,6 +474,7 @@ impl Engine {
             queue_deadline_ms: AtomicU64::new(120_000),
             load_generation: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            answers_ok: AtomicU64::new(0),
             running: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -474,6 +483,9 @@ impl Engine {
         // The queue holds the waiting requests; the running one has been taken off it.
         let (jobs, rx) = mpsc::channel(config.queue_depth.max(1));
         let worker = Worker {
+            jobs: jobs.downgrade(),
+            previous: None,
+            crashes: None,
             shared: shared.clone(),
             host,
             model: None,
@@ -749,6 +761,13 @@ impl Engine {
 }
 
 struct Worker {
+    /// The engine's own queue, for the failure hook of a model in a worker process.
+    jobs: mpsc::WeakSender<Job>,
+    /// What served before the resident model (the choice to go back to when the resident one
+    /// keeps crashing).
+    previous: Option<LoadSpec>,
+    /// The resident model's crashes in a row.
+    crashes: Option<Crashes>,
     shared: Arc<Shared>,
     host: Arc<PluginHost>,
     /// The resident model; each running answer holds a clone, and the engine thread waits for
@@ -766,6 +785,18 @@ struct Worker {
     no_model_reason: String,
     config: EngineConfig,
 }
+
+/// Crashes of one model file in a row: counted while no answer ends well in between and the file
+/// does not change.
+struct Crashes {
+    path: String,
+    modified: Option<std::time::SystemTime>,
+    answers_ok: u64,
+    count: u32,
+}
+
+/// After this many crashes in a row a model is not loaded again until its file changes.
+pub const MAX_CRASHES_IN_A_ROW: u32 = 3;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -786,7 +817,10 @@ impl Worker {
         let mut deferred: std::collections::VecDeque<ChatJob> = Default::default();
         while let Some(job) = rx.blocking_recv() {
             self.shared.beat();
+            // A worker that died is restarted before anything else is served on it.
+            self.recover_if_failed();
             match job {
+                Job::Recover => {}
                 Job::Chat(job) => {
                     if self.model.is_none()
                         && self.shared.load_generation.load(Ordering::SeqCst) > self.generation
@@ -855,6 +889,7 @@ impl Worker {
                 Job::Ping(reply) => {
                     let _ = reply.send(());
                 }
+                Job::Recover => {}
             }
         }
         for job in deferred.drain(..) {
@@ -923,7 +958,12 @@ impl Worker {
         }
         self.fallback = None;
         let result = match loaded {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if previous.as_ref() != Some(&spec) {
+                    self.previous = previous;
+                }
+                Ok(())
+            }
             Err(reason) => match (previous, previous_name) {
                 (Some(prev), Some(name)) if prev != spec => {
                     tracing::warn!("going back to {name}: {reason}");
@@ -956,6 +996,93 @@ impl Worker {
         };
         self.shared.publish(|s| s.swapping_from = None);
         result
+    }
+
+    /// Restarts the resident model when its worker process died or was killed as hung: answers
+    /// running on it have ended with the reason; requests wait in the queue meanwhile. After
+    /// [`MAX_CRASHES_IN_A_ROW`] crashes of the same file (no answer ending well in between) it is
+    /// not loaded again until the file changes: the model that served before it is loaded again,
+    /// else none, with the reason.
+    fn recover_if_failed(&mut self) {
+        let Some(reason) = self.model.as_ref().and_then(|m| m.failure()) else {
+            return;
+        };
+        // The answers on the dead worker end at once (their calls fail).
+        self.slots.wait_idle();
+        self.model = None;
+        let Some(spec) = self.spec.take() else {
+            return;
+        };
+        let modified = std::fs::metadata(&spec.params.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let answers_ok = self.shared.answers_ok.load(Ordering::SeqCst);
+        let count = match &self.crashes {
+            Some(c)
+                if c.path == spec.params.path
+                    && c.modified == modified
+                    && c.answers_ok == answers_ok =>
+            {
+                c.count + 1
+            }
+            _ => 1,
+        };
+        self.crashes = Some(Crashes {
+            path: spec.params.path.clone(),
+            modified,
+            answers_ok,
+            count,
+        });
+        metrics::counter!(crate::telemetry::BACKEND_CRASHES).increment(1);
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let crash = format!("{reason} (at {at}; {count} in a row)");
+        self.shared.publish(|s| s.last_crash = Some(crash.clone()));
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            self.no_model_reason = reason;
+            self.publish_no_model();
+            return;
+        }
+        if count >= MAX_CRASHES_IN_A_ROW {
+            let why = format!(
+                "{reason}; its worker died {count} times in a row, so r1d does not load {} again \
+                 until the file changes",
+                spec.params.path
+            );
+            tracing::error!("{why}");
+            let failed = Some((spec.clone(), modified));
+            if let Some(previous) = self.previous.take().filter(|p| p != &spec) {
+                tracing::warn!("going back to {}", previous.params.path);
+                if self.load(previous).is_ok() {
+                    self.shared.publish(|s| {
+                        s.last_load_error = Some(why.clone());
+                        s.last_failed = failed.clone();
+                    });
+                    return;
+                }
+            }
+            self.no_model_reason = why.clone();
+            self.shared.publish(|s| {
+                s.last_load_error = Some(why);
+                s.last_failed = failed;
+            });
+            self.publish_no_model();
+            return;
+        }
+        let backoff = std::time::Duration::from_millis(500 << (count - 1).min(4));
+        tracing::warn!(
+            "loading {} again in a new worker in {:.1} s (crash {count} of at most {} in a row)",
+            spec.params.path,
+            backoff.as_secs_f64(),
+            MAX_CRASHES_IN_A_ROW
+        );
+        self.shared.publish(|s| {
+            s.state = EngineState::Loading;
+            s.model = None;
+            s.loading = Some(PathBuf::from(&spec.params.path));
+            s.error = Some(reason.clone());
+        });
+        std::thread::sleep(backoff);
+        let _ = self.load(spec);
     }
 
     fn publish_no_model(&self) {
@@ -1035,6 +1162,13 @@ impl Worker {
                     started.elapsed().as_secs_f64()
                 );
                 let backend = model.backend_name().to_owned();
+                let jobs = self.jobs.clone();
+                model.on_failure(Box::new(move |_reason| {
+                    if let Some(jobs) = jobs.upgrade() {
+                        // A full queue is fine: the engine checks before each job anyway.
+                        let _ = jobs.try_send(Job::Recover);
+                    }
+                }));
                 self.model = Some(Arc::from(model));
                 self.spec = Some(spec.clone());
                 self.shared.publish(|s| {
@@ -1122,7 +1256,9 @@ impl Answer {
         let outcome = self.run_chat(job);
         running.decrement(1.0);
         match outcome {
-            Ok(()) => {}
+            Ok(()) => {
+                self.shared.answers_ok.fetch_add(1, Ordering::SeqCst);
+            }
             Err(e) => {
                 let _ = deliver(
                     &self.shared,
@@ -1295,6 +1431,15 @@ impl Answer {
                 status, message, ..
             }) if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
                 return Err(EngineError::InvalidRequest(message))
+            }
+            // systemd stops the whole service at once: the worker may die of the same SIGTERM.
+            Err(_) if self.shared.shutting_down.load(Ordering::SeqCst) => {
+                return Err(EngineError::ShuttingDown)
+            }
+            Err(e @ crate::backend::BackendError::WorkerDied { .. }) => {
+                return Err(EngineError::Backend(format!(
+                    "{e}; this answer is lost, and r1d restarts the model (retry)"
+                )))
             }
             Err(e) => return Err(EngineError::Backend(e.to_string())),
         };

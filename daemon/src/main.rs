@@ -175,8 +175,23 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // `r1d __plugin-worker`: the process a model runs in (started by r1d itself; see
+    // r1d::backend::worker). It needs no runtime, config or logging setup of its own.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == r1d::backend::worker::WORKER_ARG)
+    {
+        r1d::backend::worker_child::run();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.generate_assets {
         let command = <Args as clap::CommandFactory>::command();
@@ -212,7 +227,18 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.plugins.dir.clone())
         .unwrap_or_else(r1d::paths::plugin_dir);
-    let host = match PluginHost::discover(&plugin_dir) {
+    // Models run in a worker process unless `[plugins] isolation = "in-process"`.
+    let worker = match config.plugins.isolation {
+        config::Isolation::Process => Some(
+            r1d::backend::WorkerCommand::this_executable(config.plugins.hang_timeout_s.map_or(
+                config::DEFAULT_HANG_TIMEOUT,
+                std::time::Duration::from_secs_f64,
+            ))
+            .context("failed to find r1d's own executable to start plugin workers")?,
+        ),
+        config::Isolation::InProcess => None,
+    };
+    let host = match PluginHost::discover_with(&plugin_dir, worker) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("{e}");

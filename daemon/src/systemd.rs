@@ -425,6 +425,9 @@ pub fn status_line(snapshot: &Snapshot, initial: Option<&LoadSpec>) -> String {
                 if info.layers > 0 {
                     s += &format!(" (GPU {}/{} layers)", info.gpu_layers, info.layers);
                 }
+                if let Some(crash) = &snapshot.last_crash {
+                    s += &format!("; restarted after: {crash}");
+                }
                 s
             }
             None => "serving".into(),
@@ -502,6 +505,7 @@ mod tests {
             last_load_error: None,
             last_failed: None,
             queued_load: None,
+            last_crash: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub const MODEL_RESIDENT: &str = "r1d_model_resident";
 pub const LOAD_DURATION: &str = "r1d_model_load_duration_seconds";
 /// `r1d_pull_bytes_total`: bytes downloaded by pulls.
 pub const PULL_BYTES: &str = "r1d_pull_bytes_total";
+/// `r1d_backend_crashes_total`: times a model's worker process died or was killed as hung.
+pub const BACKEND_CRASHES: &str = "r1d_backend_crashes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -93,6 +95,10 @@ fn describe() {
     describe_gauge!(MODEL_RESIDENT, "1 for the resident model");
     describe_histogram!(LOAD_DURATION, Unit::Seconds, "model loads and swaps");
     describe_counter!(PULL_BYTES, Unit::Bytes, "bytes downloaded by pulls");
+    describe_counter!(
+        BACKEND_CRASHES,
+        "times a model's worker process died or was killed as hung"
+    );
 }
 
 /// Everything recorded so far, in Prometheus' text format; `None` when no recorder is installed.

@@ -63,6 +63,7 @@ async fn health(State(state): State<AppState>) -> Response {
         status: to_wire::state(snap.state, state.control.degraded().as_deref()),
         error: snap.error.clone(),
         progress: snap.progress,
+        last_crash: snap.last_crash.clone(),
     };
     (code, Json(body)).into_response()
 }

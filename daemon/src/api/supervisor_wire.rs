@@ -51,6 +51,7 @@ pub fn watch_status(v: &WatchStatus) -> wire::WatchStatus {
         pending: v.pending.clone(),
         degraded: v.degraded.clone(),
         last_load_error: v.last_load_error.clone(),
+        last_crash: v.last_crash.clone(),
     }
 }
 
@@ -99,6 +100,7 @@ mod tests {
             pending: None,
             degraded: None,
             last_load_error: None,
+            last_crash: None,
         };
         let w = watch_status(&v);
         assert_eq!(w.swap_policy, "manual");

@@ -16,13 +16,15 @@ use super::{one_line, seconds, Supervisor};
 use crate::config::{self, Config};
 
 /// Keys read once at start: a reload names them with "(takes effect when r1d restarts)".
-pub const AT_RESTART: [&str; 12] = [
+pub const AT_RESTART: [&str; 14] = [
     "[server] socket",
     "[server] parallel",
     "[server] listen",
     "[server] api_key_file",
     "[server] queue_depth",
     "[plugins] dir",
+    "[plugins] isolation",
+    "[plugins] hang_timeout_s",
     "[store] dir",
     "[store] scan_huggingface",
     "[store] huggingface_cache",

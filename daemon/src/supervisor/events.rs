@@ -140,6 +140,8 @@ pub struct WatchStatus {
     pub degraded: Option<String>,
     /// The last load that failed while another model went on serving.
     pub last_load_error: Option<String>,
+    /// The last time the model's worker process died or was killed as hung, and how.
+    pub last_crash: Option<String>,
 }
 
 /// What a config reload did.

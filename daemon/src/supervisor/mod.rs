@@ -139,6 +139,7 @@ impl Supervisor {
             pending: None,
             degraded: setup.degraded.clone(),
             last_load_error: None,
+            last_crash: None,
         });
         let credit = Arc::new(Mutex::new(credit::Credit::default()));
         setup.store.set_hardware_adjust({
@@ -204,6 +205,7 @@ impl Supervisor {
         let mut v = self.inner.out.view();
         let snap = self.inner.engine.snapshot();
         v.last_load_error = snap.last_load_error;
+        v.last_crash = snap.last_crash;
         if let Some(path) = snap.queued_load {
             v.pending = Some(format!(
                 "swapping to {} once the answers before it finish ({} queued or running)",

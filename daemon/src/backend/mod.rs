@@ -6,13 +6,19 @@
 //! `R1_ERR_PANIC`; an error status becomes a [`BackendError`]; neither takes the daemon down.
 //! Plugins are loaded once and never unloaded (their code may still be referenced by callbacks).
 //!
-//! The traits are what the engine sees; a later out-of-process host (a child process running the
-//! plugin) implements the same traits.
+//! The traits are what the engine sees. By default (`[plugins] isolation = "process"`) a model
+//! is loaded and run in a worker process ([`worker`], [`worker_child`]), so a crash inside a
+//! backend ends that process, not r1d; plugins are still probed in r1d's process at discovery.
 
 use std::ffi::c_void;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+
+pub mod worker;
+pub mod worker_child;
+
+pub use worker::WorkerCommand;
 
 use r1_plugin_abi::json::{GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport};
 use r1_plugin_abi::{
@@ -107,6 +113,15 @@ pub enum BackendError {
         /// The plugin's message.
         message: String,
     },
+    /// The worker process that ran the model died or was killed as hung; `reason` says how
+    /// (signal or exit status) and its last log line.
+    #[error("{reason}")]
+    WorkerDied {
+        /// The backend.
+        backend: String,
+        /// How it ended.
+        reason: String,
+    },
     /// A plugin returned JSON we could not read.
     #[error("plugin {backend} returned malformed {what}: {source}")]
     BadJson {
@@ -179,6 +194,20 @@ pub trait LoadedModel: Send + Sync {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(&[u8], i32) -> bool,
     ) -> Result<GenerateResult, BackendError>;
+    /// Why the model can serve no more (its worker process died or was killed as hung), once
+    /// that happened; `None` while it serves. An in-process model never fails this way.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+    /// Runs `hook` once, on another thread, when the model fails as [`LoadedModel::failure`]
+    /// says (at once if it already has); never for an unload. In-process models never call it.
+    fn on_failure(&self, hook: Box<dyn FnOnce(String) + Send>) {
+        drop(hook);
+    }
+    /// The worker process holding the model, when it runs in one.
+    fn worker_pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A plugin file found in the plugin directory, usable or not.
@@ -211,6 +240,18 @@ impl PluginHost {
     /// [`BackendError::InsecurePath`] when `dir` itself is writable by others (nothing is loaded
     /// from it); [`BackendError::ModelFile`] when it cannot be read.
     pub fn discover(dir: &Path) -> Result<PluginHost, BackendError> {
+        PluginHost::discover_with(dir, None)
+    }
+
+    /// As [`PluginHost::discover`]; with `worker`, each backend loads its models in a worker
+    /// process started by that command (see [`worker`]), and probes stay in this process.
+    ///
+    /// # Errors
+    /// As [`PluginHost::discover`].
+    pub fn discover_with(
+        dir: &Path,
+        worker: Option<WorkerCommand>,
+    ) -> Result<PluginHost, BackendError> {
         check_permissions(dir)?;
         let entries = std::fs::read_dir(dir).map_err(|source| BackendError::ModelFile {
             path: dir.to_owned(),
@@ -257,7 +298,15 @@ impl PluginHost {
                         },
                     });
                     if report.available {
-                        host.backends.push(std::sync::Arc::new(backend));
+                        let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(backend);
+                        host.backends.push(match &worker {
+                            Some(command) => std::sync::Arc::new(worker::WorkerBackend {
+                                inner: backend,
+                                plugin: path.clone(),
+                                command: command.clone(),
+                            }),
+                            None => backend,
+                        });
                     }
                 }
                 Err(e) => {
@@ -429,6 +478,17 @@ struct DylibBackend {
     probe: ProbeReport,
 }
 
+/// Opens one plugin file in this process: checks its permissions and ABI, and probes it. The
+/// worker process opens the plugin it serves with this.
+///
+/// # Errors
+/// As [`PluginHost::discover`] records them per plugin: [`BackendError::InsecurePath`],
+/// [`BackendError::Open`], [`BackendError::NoEntry`], [`BackendError::Refused`],
+/// [`BackendError::AbiMismatch`], [`BackendError::TableTooSmall`], or the probe's error.
+pub fn open_plugin(path: &Path) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+    Ok(std::sync::Arc::new(DylibBackend::open(path)?))
+}
+
 /// Routes plugin log lines into the host's `tracing`, under target `r1d::plugin`.
 unsafe extern "C" fn log_sink(user_data: *mut c_void, level: i32, target: R1Str, message: R1Str) {
     // SAFETY: `user_data` is the leaked `String` with the plugin name set in `DylibBackend::open`,
@@ -440,6 +500,12 @@ unsafe extern "C" fn log_sink(user_data: *mut c_void, level: i32, target: R1Str,
             String::from_utf8_lossy(message.as_bytes()),
         )
     };
+    emit_plugin_log(plugin, level, &target, &message);
+}
+
+/// Logs a plugin's line at its level (`R1_LOG_*`), under target `r1d::plugin`, with the plugin's
+/// name and the line's own target as fields.
+pub(crate) fn emit_plugin_log(plugin: &str, level: i32, target: &str, message: &str) {
     match level {
         abi::R1_LOG_ERROR => {
             tracing::error!(target: "r1d::plugin", %plugin, source = %target, "{message}")

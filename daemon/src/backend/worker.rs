@@ -1,0 +1,802 @@
+//! Plugins in a supervised worker process: the host side and the protocol.
+//!
+//! A loaded model lives in a child process (`r1d __plugin-worker`, see [`super::worker_child`]),
+//! one per resident model, as rust-analyzer's proc-macro server and Ollama's runner keep crash-prone
+//! native code out of the server. The child `dlopen`s the plugin through the same C ABI — plugins
+//! do not change — and r1d speaks to it over its stdin/stdout pipes:
+//!
+//! - **Frames**: a 4-byte little-endian length, then that many bytes of JSON ([`ToWorker`] one way,
+//!   [`FromWorker`] the other); at most [`MAX_FRAME`] bytes. One frame per generated piece: about
+//!   60 bytes for a token, against the milliseconds a token takes.
+//! - **Requests** carry an id (`0` is the load); their replies (`Piece`s, then `Done` or `Failed`)
+//!   come back with it, so several generations share the pipe (continuous batching).
+//! - **Cancellation**: when the host's token callback returns false it sends `Cancel`; the child's
+//!   callback returns false at its next token, as in-process.
+//! - **Logs**: the child's `tracing` events (the plugin's log lines among them) come back as `Log`
+//!   frames and are logged here under target `r1d::plugin`; what the child writes to stderr
+//!   (llama.cpp's `GGML_ASSERT` message before an `abort()`, a Rust panic outside the SDK's
+//!   `catch_unwind`) is logged line by line, and the last line is kept.
+//! - **Heartbeats**: every [`BEAT_INTERVAL`] the child sends `Beat` with a counter of its progress
+//!   (tokens, prompt batches, load progress reports).
+//!
+//! When the child dies (a segfault, `abort()`, `exit()`, SIGBUS on a model file truncated under
+//! its mapping, the OOM killer) every call waiting on it ends at once with
+//! [`BackendError::WorkerDied`], whose message says how it ended (signal or exit code) and its last
+//! log line; the model's [`LoadedModel::failure`] says the same, and the hook set with
+//! [`LoadedModel::on_failure`] runs once, so the engine can restart it. When work is pending but
+//! the child shows no progress for [`WorkerCommand::hang_timeout`] (a hang inside the plugin), it
+//! is killed with SIGKILL and the same happens.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use r1_plugin_abi::json::{GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport};
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, BackendError, LoadedModel};
+
+/// The largest frame either side accepts (bytes): a generate request carries the whole prompt and
+/// a JSON schema, far below this.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// How often the child sends a heartbeat.
+pub const BEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The request id of the load.
+const LOAD_ID: u64 = 0;
+
+/// The argument that makes `r1d` run as a plugin worker (see [`WorkerCommand::this_executable`]).
+pub const WORKER_ARG: &str = "__plugin-worker";
+
+/// A message from r1d to its worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Open the plugin file and load a model with it (request id 0). Sent once, first.
+    Load {
+        /// The plugin library.
+        plugin: PathBuf,
+        /// The load parameters (the ABI's JSON document).
+        params: LoadParams,
+    },
+    /// Tokenize text (see `tokenize` in `r1_plugin.h`).
+    Tokenize {
+        /// Request id.
+        id: u64,
+        /// The text.
+        text: String,
+        /// Add BOS/EOS as the model's tokenizer does.
+        add_special: bool,
+        /// Parse special tokens in the text.
+        parse_special: bool,
+    },
+    /// Generate (see `generate` in `r1_plugin.h`).
+    Generate {
+        /// Request id.
+        id: u64,
+        /// The request (the ABI's JSON document).
+        request: GenerateRequest,
+    },
+    /// Stop the request with this id (0: the load) at its next token or progress report.
+    Cancel {
+        /// Request id.
+        id: u64,
+    },
+}
+
+/// A message from the worker to r1d.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// A log event of the worker or its plugin.
+    Log {
+        /// `R1_LOG_ERROR` (1) … `R1_LOG_TRACE` (5).
+        level: i32,
+        /// Where it came from (the plugin's log target).
+        target: String,
+        /// The line.
+        message: String,
+    },
+    /// Alive; `progress` counts tokens, prompt batches and load progress reports so far.
+    Beat {
+        /// Monotonic progress counter.
+        progress: u64,
+    },
+    /// Load progress, 0..=1.
+    Progress {
+        /// Fraction loaded.
+        fraction: f32,
+    },
+    /// The model is loaded.
+    Loaded {
+        /// What was loaded (the ABI's JSON document).
+        info: ModelInfo,
+    },
+    /// A tokenize request's answer.
+    Tokens {
+        /// Request id.
+        id: u64,
+        /// The token ids.
+        tokens: Vec<i32>,
+    },
+    /// A piece of a generation (or, with `token` −1, a prompt-progress report).
+    Piece {
+        /// Request id.
+        id: u64,
+        /// The bytes of the piece (may be a partial UTF-8 sequence).
+        bytes: Vec<u8>,
+        /// The token id, or `R1_TOKEN_PROMPT_PROGRESS`.
+        token: i32,
+    },
+    /// A generation ended.
+    Done {
+        /// Request id.
+        id: u64,
+        /// Its result (the ABI's JSON document).
+        result: GenerateResult,
+    },
+    /// A request failed (id 0: the load), with the plugin's status and message.
+    Failed {
+        /// Request id.
+        id: u64,
+        /// ABI status (`R1_ERR_*`).
+        status: i32,
+        /// The plugin's message.
+        message: String,
+    },
+}
+
+/// Writes one frame: the JSON length as 4 little-endian bytes, then the JSON.
+///
+/// # Errors
+/// The writer's I/O error (a broken pipe when the other side is gone).
+pub fn write_frame(w: &mut impl Write, message: &impl Serialize) -> std::io::Result<()> {
+    let json = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    let len = u32::try_from(json.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::other(format!("a frame of {} bytes is too large", json.len())))?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(&json)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of the stream (before a frame starts).
+///
+/// # Errors
+/// An I/O error, a stream that ends inside a frame, a frame over [`MAX_FRAME`] or JSON that is
+/// not a `T` (`InvalidData`).
+pub fn read_frame<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
+        ));
+    }
+    let mut json = vec![0u8; len];
+    r.read_exact(&mut json)?;
+    serde_json::from_slice(&json)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// How r1d starts a plugin worker.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    /// The program: r1d's own executable.
+    pub program: PathBuf,
+    /// Its arguments ([`WORKER_ARG`]).
+    pub args: Vec<OsString>,
+    /// How long a worker with work to do may show no progress before it is killed as hung
+    /// (`[plugins] hang_timeout_s`, default [`crate::config::DEFAULT_HANG_TIMEOUT`]).
+    pub hang_timeout: Duration,
+}
+
+impl WorkerCommand {
+    /// This executable (`/proc/self/exe`) with [`WORKER_ARG`].
+    ///
+    /// # Errors
+    /// When the executable's path cannot be read.
+    pub fn this_executable(hang_timeout: Duration) -> std::io::Result<WorkerCommand> {
+        Ok(WorkerCommand {
+            program: std::env::current_exe()?,
+            args: vec![WORKER_ARG.into()],
+            hang_timeout,
+        })
+    }
+}
+
+/// A backend whose models are loaded in a worker process. Name and probe report come from the
+/// plugin as the host discovered it (probed in r1d's process).
+pub(crate) struct WorkerBackend {
+    pub(crate) inner: Arc<dyn Backend>,
+    pub(crate) plugin: PathBuf,
+    pub(crate) command: WorkerCommand,
+}
+
+impl Backend for WorkerBackend {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn probe_report(&self) -> &ProbeReport {
+        self.inner.probe_report()
+    }
+
+    fn load(
+        &self,
+        params: &LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let conn = Conn::spawn(&self.command, self.name())?;
+        let replies = conn.register(LOAD_ID)?;
+        conn.send(&ToWorker::Load {
+            plugin: self.plugin.clone(),
+            params: params.clone(),
+        })?;
+        let mut cancelled = false;
+        loop {
+            match replies.recv() {
+                Ok(Reply::Progress(p)) => {
+                    if !cancelled && !progress(p) {
+                        cancelled = true;
+                        conn.send(&ToWorker::Cancel { id: LOAD_ID })?;
+                    }
+                }
+                Ok(Reply::Loaded(info)) => {
+                    conn.forget(LOAD_ID);
+                    return Ok(Box::new(WorkerModel {
+                        backend: self.name().to_owned(),
+                        info,
+                        conn,
+                    }));
+                }
+                Ok(Reply::Failed(status, message)) => {
+                    return Err(BackendError::Call {
+                        backend: self.name().to_owned(),
+                        status,
+                        message,
+                    })
+                }
+                Ok(other) => return Err(conn.protocol_error(&other)),
+                Err(_) => return Err(conn.died()),
+            }
+        }
+    }
+}
+
+/// A reply routed to the call waiting for it.
+#[derive(Debug)]
+enum Reply {
+    Progress(f32),
+    Loaded(ModelInfo),
+    Tokens(Vec<i32>),
+    Piece(Vec<u8>, i32),
+    Done(GenerateResult),
+    Failed(i32, String),
+}
+
+type DeathHook = Box<dyn FnOnce(String) + Send>;
+
+/// One worker process and the calls waiting on it.
+struct Conn {
+    backend: String,
+    pid: u32,
+    writer: Mutex<Option<BufWriter<ChildStdin>>>,
+    child: Mutex<Child>,
+    /// The calls waiting for replies, by request id. Cleared when the worker dies, so every
+    /// waiting call sees its channel close.
+    pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    next_id: AtomicU64,
+    /// Why the worker is gone (set before `pending` is cleared).
+    dead: Mutex<Option<String>>,
+    /// Set when r1d itself ends the worker (unload): its end is no failure.
+    closing: AtomicBool,
+    /// Why r1d killed it, when it did (a hang).
+    killed_for: Mutex<Option<String>>,
+    /// The last thing the worker said on stderr or logged as an error.
+    last_words: Mutex<Option<String>>,
+    /// The last sign of progress: a reply, a heartbeat whose counter moved, a new request.
+    last_sign: Mutex<Instant>,
+    on_death: Mutex<Option<DeathHook>>,
+}
+
+impl Conn {
+    /// Starts a worker: r1d's own executable in a process group of its own (a terminal's Ctrl-C
+    /// reaches r1d, which ends its answers cleanly, not the worker), killed with r1d
+    /// (`PR_SET_PDEATHSIG`), without the environment systemd gives the service itself.
+    fn spawn(command: &WorkerCommand, backend: &str) -> Result<Arc<Conn>, BackendError> {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(&command.program);
+        cmd.args(&command.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .process_group(0);
+        // SAFETY: between fork and exec only an async-signal-safe system call (prctl) runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| BackendError::Call {
+            backend: backend.to_owned(),
+            status: r1_plugin_abi::R1_ERR_LOAD_FAILED,
+            message: format!(
+                "failed to start the {backend} worker process ({}): {e}",
+                command.program.display()
+            ),
+        })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let pid = child.id();
+        let conn = Arc::new(Conn {
+            backend: backend.to_owned(),
+            pid,
+            writer: Mutex::new(Some(BufWriter::new(stdin))),
+            child: Mutex::new(child),
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(LOAD_ID + 1),
+            dead: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            killed_for: Mutex::new(None),
+            last_words: Mutex::new(None),
+            last_sign: Mutex::new(Instant::now()),
+            on_death: Mutex::new(None),
+        });
+        tracing::debug!(backend, pid, "started a plugin worker");
+        let errors = std::thread::Builder::new()
+            .name("r1d-worker-err".into())
+            .spawn({
+                let conn = conn.clone();
+                move || conn.read_stderr(stderr)
+            })
+            .ok();
+        std::thread::Builder::new()
+            .name("r1d-worker-rx".into())
+            .spawn({
+                let conn = conn.clone();
+                move || conn.read_replies(stdout, errors)
+            })
+            .map_err(|e| conn.spawn_error(e))?;
+        std::thread::Builder::new()
+            .name("r1d-worker-watch".into())
+            .spawn({
+                let conn = Arc::downgrade(&conn);
+                let timeout = command.hang_timeout;
+                move || watch(conn, timeout)
+            })
+            .map_err(|e| conn.spawn_error(e))?;
+        Ok(conn)
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> BackendError {
+        self.kill();
+        BackendError::Call {
+            backend: self.backend.clone(),
+            status: r1_plugin_abi::R1_ERR_LOAD_FAILED,
+            message: format!("failed to start a thread for the {} worker: {e}", self.backend),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a message; a worker that is gone is [`BackendError::WorkerDied`].
+    fn send(&self, message: &ToWorker) -> Result<(), BackendError> {
+        let mut writer = Self::lock(&self.writer);
+        let Some(w) = writer.as_mut() else {
+            return Err(self.died());
+        };
+        write_frame(w, message).map_err(|_| self.died())
+    }
+
+    /// Registers a call waiting for replies to `id`.
+    fn register(&self, id: u64) -> Result<mpsc::Receiver<Reply>, BackendError> {
+        let (tx, rx) = mpsc::channel();
+        let mut pending = Self::lock(&self.pending);
+        if Self::lock(&self.dead).is_some() {
+            return Err(self.died());
+        }
+        pending.insert(id, tx);
+        *Self::lock(&self.last_sign) = Instant::now();
+        Ok(rx)
+    }
+
+    /// A new request id, registered.
+    fn submit(&self) -> Result<(u64, mpsc::Receiver<Reply>), BackendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok((id, self.register(id)?))
+    }
+
+    fn forget(&self, id: u64) {
+        Self::lock(&self.pending).remove(&id);
+    }
+
+    /// The error of a call whose worker is gone.
+    fn died(&self) -> BackendError {
+        // The reader sets `dead` once the process has been reaped; a call that sees the pipe
+        // break first waits for it (briefly: the process is ending).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(reason) = Self::lock(&self.dead).clone() {
+                return BackendError::WorkerDied {
+                    backend: self.backend.clone(),
+                    reason,
+                };
+            }
+            if Instant::now() >= deadline {
+                return BackendError::WorkerDied {
+                    backend: self.backend.clone(),
+                    reason: format!(
+                        "the {} worker process (pid {}) stopped answering",
+                        self.backend, self.pid
+                    ),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn protocol_error(&self, reply: &Reply) -> BackendError {
+        self.kill();
+        BackendError::Call {
+            backend: self.backend.clone(),
+            status: r1_plugin_abi::R1_ERR_BACKEND,
+            message: format!(
+                "the {} worker process sent an unexpected reply ({reply:?}); it was stopped",
+                self.backend
+            ),
+        }
+    }
+
+    fn kill(&self) {
+        let _ = Self::lock(&self.child).kill();
+    }
+
+    /// Routes the worker's replies until its stdout closes, then records how it ended.
+    fn read_replies(
+        self: Arc<Self>,
+        stdout: std::process::ChildStdout,
+        errors: Option<std::thread::JoinHandle<()>>,
+    ) {
+        let mut reader = BufReader::new(stdout);
+        let mut progress = 0u64;
+        loop {
+            let message = match read_frame::<FromWorker>(&mut reader) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    if !self.closing.load(Ordering::SeqCst) && e.kind() == std::io::ErrorKind::InvalidData {
+                        *Self::lock(&self.killed_for) =
+                            Some(format!("it sent a malformed message ({e})"));
+                        self.kill();
+                    }
+                    break;
+                }
+            };
+            let (id, reply) = match message {
+                FromWorker::Log {
+                    level,
+                    target,
+                    message,
+                } => {
+                    if level <= r1_plugin_abi::R1_LOG_ERROR {
+                        *Self::lock(&self.last_words) = Some(message.clone());
+                    }
+                    super::emit_plugin_log(&self.backend, level, &target, &message);
+                    continue;
+                }
+                FromWorker::Beat { progress: p } => {
+                    if p != progress {
+                        progress = p;
+                        *Self::lock(&self.last_sign) = Instant::now();
+                    }
+                    continue;
+                }
+                FromWorker::Progress { fraction } => (LOAD_ID, Reply::Progress(fraction)),
+                FromWorker::Loaded { info } => (LOAD_ID, Reply::Loaded(info)),
+                FromWorker::Tokens { id, tokens } => (id, Reply::Tokens(tokens)),
+                FromWorker::Piece { id, bytes, token } => (id, Reply::Piece(bytes, token)),
+                FromWorker::Done { id, result } => (id, Reply::Done(result)),
+                FromWorker::Failed {
+                    id,
+                    status,
+                    message,
+                } => (id, Reply::Failed(status, message)),
+            };
+            *Self::lock(&self.last_sign) = Instant::now();
+            let last = matches!(
+                reply,
+                Reply::Loaded(_) | Reply::Tokens(_) | Reply::Done(_) | Reply::Failed(..)
+            );
+            let mut pending = Self::lock(&self.pending);
+            let delivered = pending.get(&id).is_some_and(|tx| tx.send(reply).is_ok());
+            if last || !delivered {
+                pending.remove(&id);
+            }
+        }
+        // The pipe closed: the worker is ending (or ended). Reap it and say how it ended.
+        let status = Self::lock(&self.child).wait();
+        if let Some(errors) = errors {
+            let _ = errors.join();
+        }
+        let reason = self.describe_end(status);
+        let failed = !self.closing.load(Ordering::SeqCst);
+        if failed {
+            tracing::error!(backend = %self.backend, pid = self.pid, "{reason}");
+        }
+        *Self::lock(&self.dead) = Some(reason.clone());
+        *Self::lock(&self.writer) = None;
+        Self::lock(&self.pending).clear();
+        let hook = Self::lock(&self.on_death).take();
+        if let (true, Some(hook)) = (failed, hook) {
+            hook(reason);
+        }
+    }
+
+    /// Logs what the worker writes to stderr (what llama.cpp prints before it aborts, a panic
+    /// message), one line at a time, and keeps the last line.
+    fn read_stderr(&self, stderr: std::process::ChildStderr) {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let line = line.trim_end();
+            if line.is_empty() {
+                continue;
+            }
+            tracing::warn!(target: "r1d::plugin", plugin = %self.backend, pid = self.pid, "{line}");
+            *Self::lock(&self.last_words) = Some(line.to_owned());
+        }
+    }
+
+    fn describe_end(&self, status: std::io::Result<std::process::ExitStatus>) -> String {
+        use std::os::unix::process::ExitStatusExt as _;
+        let how = match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+                _ => format!("ended ({s})"),
+            },
+            Err(e) => format!("ended (its status could not be read: {e})"),
+        };
+        let mut reason = format!(
+            "the {} backend's worker process (pid {}) {how}",
+            self.backend, self.pid
+        );
+        if let Some(why) = Self::lock(&self.killed_for).clone() {
+            reason = format!("{reason}: r1d stopped it because {why}");
+        }
+        if let Some(words) = Self::lock(&self.last_words).clone() {
+            reason = format!("{reason}; its last log line: {words}");
+        }
+        reason
+    }
+
+    /// Ends the worker because r1d no longer needs it (no failure is reported).
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        Self::lock(&self.on_death).take();
+        *Self::lock(&self.writer) = None;
+        self.kill();
+    }
+}
+
+/// Kills a worker that has work but shows no progress for `timeout`.
+fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
+    loop {
+        std::thread::sleep(Duration::from_millis(250).min(timeout));
+        let Some(conn) = conn.upgrade() else { return };
+        if Conn::lock(&conn.dead).is_some() || conn.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        let busy = !Conn::lock(&conn.pending).is_empty();
+        let quiet = Conn::lock(&conn.last_sign).elapsed();
+        if busy && quiet > timeout {
+            *Conn::lock(&conn.killed_for) = Some(format!(
+                "it made no progress for {:.0} s with work to do (a hang inside the plugin; \
+                 [plugins] hang_timeout_s)",
+                quiet.as_secs_f64()
+            ));
+            conn.kill();
+            return;
+        }
+    }
+}
+
+/// The conventional name of a Linux signal number.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        4 => "SIGILL: illegal instruction",
+        6 => "SIGABRT: aborted",
+        7 => "SIGBUS: bus error, e.g. a mapped model file that was truncated",
+        8 => "SIGFPE: arithmetic error",
+        9 => "SIGKILL: killed, e.g. by the OOM killer",
+        11 => "SIGSEGV: invalid memory reference",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// A model resident in a worker process.
+struct WorkerModel {
+    backend: String,
+    info: ModelInfo,
+    conn: Arc<Conn>,
+}
+
+impl LoadedModel for WorkerModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn backend_name(&self) -> &str {
+        &self.backend
+    }
+
+    fn tokenize(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<i32>, BackendError> {
+        let (id, replies) = self.conn.submit()?;
+        self.conn.send(&ToWorker::Tokenize {
+            id,
+            text: text.to_owned(),
+            add_special,
+            parse_special,
+        })?;
+        match replies.recv() {
+            Ok(Reply::Tokens(tokens)) => Ok(tokens),
+            Ok(Reply::Failed(status, message)) => Err(BackendError::Call {
+                backend: self.backend.clone(),
+                status,
+                message,
+            }),
+            Ok(other) => Err(self.conn.protocol_error(&other)),
+            Err(_) => Err(self.conn.died()),
+        }
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(&[u8], i32) -> bool,
+    ) -> Result<GenerateResult, BackendError> {
+        let (id, replies) = self.conn.submit()?;
+        self.conn.send(&ToWorker::Generate {
+            id,
+            request: request.clone(),
+        })?;
+        let mut cancelled = false;
+        loop {
+            match replies.recv() {
+                Ok(Reply::Piece(bytes, token)) => {
+                    if !cancelled && !on_token(&bytes, token) {
+                        cancelled = true;
+                        self.conn.send(&ToWorker::Cancel { id })?;
+                    }
+                }
+                Ok(Reply::Done(result)) => return Ok(result),
+                Ok(Reply::Failed(status, message)) => {
+                    return Err(BackendError::Call {
+                        backend: self.backend.clone(),
+                        status,
+                        message,
+                    })
+                }
+                Ok(other) => return Err(self.conn.protocol_error(&other)),
+                Err(_) => return Err(self.conn.died()),
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        if self.conn.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        Conn::lock(&self.conn.dead).clone()
+    }
+
+    fn on_failure(&self, hook: Box<dyn FnOnce(String) + Send>) {
+        let mut slot = Conn::lock(&self.conn.on_death);
+        match self.failure() {
+            // Died before the hook was set: call it now.
+            Some(reason) => {
+                drop(slot);
+                hook(reason);
+            }
+            None => *slot = Some(hook),
+        }
+    }
+
+    fn worker_pid(&self) -> Option<u32> {
+        Some(self.conn.pid)
+    }
+}
+
+impl Drop for WorkerModel {
+    fn drop(&mut self) {
+        // Unloading is ending the process: the kernel frees its memory (and a GPU driver its
+        // allocations) at once, and no plugin code runs for it.
+        self.conn.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_a_clean_end_is_none() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ToWorker::Cancel { id: 7 }).unwrap();
+        write_frame(
+            &mut buf,
+            &FromWorker::Piece {
+                id: 7,
+                bytes: vec![0xe4, 0xbd],
+                token: 42,
+            },
+        )
+        .unwrap();
+        let mut r = &buf[..];
+        assert!(matches!(
+            read_frame::<ToWorker>(&mut r).unwrap(),
+            Some(ToWorker::Cancel { id: 7 })
+        ));
+        match read_frame::<FromWorker>(&mut r).unwrap() {
+            Some(FromWorker::Piece { id, bytes, token }) => {
+                assert_eq!((id, bytes, token), (7, vec![0xe4, 0xbd], 42))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(read_frame::<FromWorker>(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_cut_or_oversized_frame_is_an_error_not_a_message() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ToWorker::Cancel { id: 1 }).unwrap();
+        let cut = &buf[..buf.len() - 1];
+        assert!(read_frame::<ToWorker>(&mut &cut[..]).is_err());
+        let huge = ((MAX_FRAME + 1) as u32).to_le_bytes();
+        let err = read_frame::<ToWorker>(&mut &huge[..]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let garbage = [2u8, 0, 0, 0, b'{', b'x'];
+        let err = read_frame::<ToWorker>(&mut &garbage[..]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+}
