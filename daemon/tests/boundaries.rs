@@ -92,7 +92,8 @@ fn only_backend_and_engine_name_the_plugin_abi() {
     let found = violations(&src(), |rel, code| {
         let allowed = rel == "backend.rs"
             || rel.starts_with("backend/")
-            || rel == "engine.rs" || rel.starts_with("engine/");
+            || rel == "engine.rs"
+            || rel.starts_with("engine/");
         !allowed && names_abi(code)
     });
     assert!(

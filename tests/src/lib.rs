@@ -295,6 +295,11 @@ impl Daemon {
         }
     }
 
+    /// The process id of `r1d`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

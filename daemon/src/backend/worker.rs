@@ -161,7 +161,9 @@ pub fn write_frame(w: &mut impl Write, message: &impl Serialize) -> std::io::Res
     let len = u32::try_from(json.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
-        .ok_or_else(|| std::io::Error::other(format!("a frame of {} bytes is too large", json.len())))?;
+        .ok_or_else(|| {
+            std::io::Error::other(format!("a frame of {} bytes is too large", json.len()))
+        })?;
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&json)?;
     w.flush()
@@ -403,7 +405,10 @@ impl Conn {
         BackendError::Call {
             backend: self.backend.clone(),
             status: r1_plugin_abi::R1_ERR_LOAD_FAILED,
-            message: format!("failed to start a thread for the {} worker: {e}", self.backend),
+            message: format!(
+                "failed to start a thread for the {} worker: {e}",
+                self.backend
+            ),
         }
     }
 
@@ -496,7 +501,9 @@ impl Conn {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(e) => {
-                    if !self.closing.load(Ordering::SeqCst) && e.kind() == std::io::ErrorKind::InvalidData {
+                    if !self.closing.load(Ordering::SeqCst)
+                        && e.kind() == std::io::ErrorKind::InvalidData
+                    {
                         *Self::lock(&self.killed_for) =
                             Some(format!("it sent a malformed message ({e})"));
                         self.kill();

@@ -21,6 +21,11 @@
 //! - `"load_delay_ms": N` in the model file: `load` takes N ms (for swap and queue tests);
 //! - a prompt containing `[[fail]]`: `generate` returns a backend error;
 //! - a prompt containing `[[panic]]`: `generate` panics (the SDK turns it into an error status);
+//! - a prompt containing `[[crash:segv]]`, `[[crash:abort]]`, `[[crash:exit]]` or
+//!   `[[crash:hang]]`: `generate` writes a line to stderr, then dereferences a null pointer
+//!   (SIGSEGV), calls `abort()`, calls `exit(3)`, or never returns — the faults no `catch_unwind`
+//!   can turn into an error, for tests of the host's worker process; `"crash_load": "segv"` (or
+//!   another of these) in the model file does the same in `load`;
 //! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
 //!   (for cancellation and disconnect tests);
 //! - a prompt containing `[[flood]]`: no pause between tokens, and the words repeat until
@@ -70,6 +75,9 @@ struct EchoFile {
     context_length: Option<u32>,
     #[serde(default)]
     fail_load: Option<String>,
+    /// Crash in `load` this way (see `crash`).
+    #[serde(default)]
+    crash_load: Option<String>,
     #[serde(default)]
     load_delay_ms: Option<u64>,
     #[serde(default)]
@@ -149,6 +157,9 @@ impl Plugin for EchoPlugin {
         let file: EchoFile = serde_json::from_str(&text).map_err(|e| {
             PluginError::load_failed(format!("failed to parse echo model {}: {e}", params.path))
         })?;
+        if let Some(kind) = &file.crash_load {
+            crash(kind);
+        }
         if let Some(message) = file.fail_load {
             tracing::error!("echo model {} asks to fail: {message}", params.path);
             return Err(PluginError::load_failed(format!(
@@ -316,6 +327,11 @@ impl Model for EchoModel {
         let prompt = self.detokenize(&request.prompt_tokens)?;
         if prompt.contains("[[panic]]") {
             panic!("echo: panic requested by the prompt");
+        }
+        for kind in ["segv", "abort", "exit", "hang"] {
+            if prompt.contains(&format!("[[crash:{kind}]]")) {
+                crash(kind);
+            }
         }
         if prompt.contains("[[fail]]") {
             return Err(PluginError::backend(
@@ -498,5 +514,35 @@ mod tests {
         let path = std::env::temp_dir().join(format!("echo-unit-{}.echo", std::process::id()));
         std::fs::write(&path, content).unwrap();
         path.to_string_lossy().into_owned()
+    }
+}
+
+/// Ends the process the way a broken native backend does, after saying so on stderr: `segv`
+/// (a null pointer written), `abort`, `exit` (status 3), `hang` (never returns). Anything else
+/// does nothing.
+fn crash(kind: &str) {
+    let say = |what: &str| eprintln!("echo: {what}, as the test asked");
+    match kind {
+        "segv" => {
+            say("writing through a null pointer");
+            // SAFETY: deliberately not: this write faults (SIGSEGV) and the process dies, which
+            // is what the host's worker tests need. Volatile, so it is not optimised away.
+            unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+        }
+        "abort" => {
+            say("aborting");
+            std::process::abort();
+        }
+        "exit" => {
+            say("exiting with status 3");
+            std::process::exit(3);
+        }
+        "hang" => {
+            say("hanging");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => {}
     }
 }

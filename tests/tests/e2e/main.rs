@@ -16,6 +16,7 @@ mod systemd;
 mod tcp;
 mod template;
 mod watch;
+mod worker;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
 

@@ -1,0 +1,265 @@
+//! Models in a worker process (`[plugins] isolation = "process"`, the default): a backend that
+//! segfaults, aborts, exits or hangs ends its worker, never r1d; the answers running on it end
+//! with an error event naming how it died, r1d loads the model again in a new worker and serves
+//! on; a model whose worker dies three times in a row is left for the one that served before it.
+//! The echo plugin's `[[crash:KIND]]` switches make the faults (a real null-pointer write, a real
+//! `abort()`, …), so these tests run the real worker, protocol and restart.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State};
+use r1d_tests::{echo_config, echo_model, Daemon, DaemonOptions};
+
+use crate::ask;
+use crate::watch::until;
+
+/// The pids of `parent`'s children whose command line has `__plugin-worker`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4, after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("__plugin-worker") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn echo_daemon(config_extra: &str) -> (Daemon, tempfile::TempDir) {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo-crashy", "context_length": 4096}"#,
+    );
+    let config = format!("{}{config_extra}", echo_config(&model));
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        ..Default::default()
+    });
+    (daemon, models)
+}
+
+/// Waits until a model is served again after a crash.
+async fn ready_again(daemon: &Daemon) {
+    until(daemon, 30, "the model to be served again", || async {
+        daemon
+            .client()
+            .health()
+            .await
+            .ok()
+            .filter(|h| h.status == State::Ready)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_segfault_abort_or_exit_in_a_backend_fails_that_answer_and_r1d_serves_on() {
+    let (daemon, _m) = echo_daemon("");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let first = workers_of(daemon.pid());
+    assert_eq!(
+        first.len(),
+        1,
+        "one worker process holds the model: {first:?}"
+    );
+    for (kind, how, words) in [
+        (
+            "segv",
+            "signal 11 (SIGSEGV",
+            "writing through a null pointer",
+        ),
+        ("abort", "signal 6 (SIGABRT", "aborting"),
+        ("exit", "exited with status 3", "exiting with status 3"),
+    ] {
+        let err = client
+            .chat(&ask(&format!("please [[crash:{kind}]]")))
+            .await
+            .expect_err("the answer whose backend died must fail");
+        let message = err.to_string();
+        assert!(
+            message.contains("worker process") && message.contains(how),
+            "{kind}: the error names the worker and how it ended: {message}"
+        );
+        assert!(
+            message.contains(words),
+            "{kind}: the error carries the worker's last log line: {message}"
+        );
+        assert!(
+            message.contains("500") || message.contains("Internal"),
+            "{kind}: a backend failure is a server error: {message}"
+        );
+        ready_again(&daemon).await;
+        // Served again, by a new worker, and right.
+        let answer = client.chat(&ask("still here")).await.unwrap();
+        assert_eq!(answer.choices[0].message.content, "STILL HERE");
+        let status = client.status().await.unwrap();
+        let crash = status
+            .watch
+            .as_ref()
+            .and_then(|w| w.last_crash.clone())
+            .unwrap_or_default();
+        assert!(
+            crash.contains(how) && crash.contains("1 in a row"),
+            "{kind}: /r1/status says what happened (an answer in between resets the count): {crash}"
+        );
+        let health = client.health().await.unwrap();
+        assert!(health
+            .last_crash
+            .as_deref()
+            .is_some_and(|c| c.contains(how)));
+    }
+    let now = workers_of(daemon.pid());
+    assert_eq!(now.len(), 1, "one worker again: {now:?}");
+    assert_ne!(now, first, "a new worker process");
+    assert!(daemon.log().contains("loading") && daemon.log().contains("again in a new worker"));
+}
+
+#[tokio::test]
+async fn a_stream_running_when_its_worker_dies_ends_with_an_error_event() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 2\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let long = ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", "long answer [[slow]]")],
+        max_tokens: Some(400),
+        stream: true,
+        ..Default::default()
+    };
+    let mut stream = client.chat_stream(&long).await.unwrap();
+    // It streams…
+    let first = stream.next().await.expect("a first chunk").unwrap();
+    assert!(!first.choices.is_empty());
+    // …when another request kills the worker both run in.
+    let _ = daemon.client().chat(&ask("[[crash:segv]]")).await;
+    let mut error = None;
+    let mut chunks = 0;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => chunks += 1,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.unwrap_or_else(|| {
+        panic!("the stream ended after {chunks} more chunks without an error event")
+    });
+    assert!(
+        error.contains("SIGSEGV") && error.contains("retry"),
+        "the error event says the backend died and the answer is lost: {error}"
+    );
+    ready_again(&daemon).await;
+    let again = client.chat(&ask("after the crash")).await.unwrap();
+    assert_eq!(again.choices[0].message.content, "AFTER THE CRASH");
+}
+
+#[tokio::test]
+async fn a_hung_backend_is_killed_after_hang_timeout_s_and_the_model_restarted() {
+    let (daemon, _m) = echo_daemon("[plugins]\nhang_timeout_s = 2\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(30), client.chat(&ask("[[crash:hang]]")))
+        .await
+        .expect("a hung backend must not hold the answer forever")
+        .expect_err("the hung answer fails");
+    let message = err.to_string();
+    assert!(
+        message.contains("no progress") && message.contains("hang_timeout_s"),
+        "the error says r1d stopped a hung worker: {message}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the timeout"
+    );
+    ready_again(&daemon).await;
+    let answer = client.chat(&ask("awake")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "AWAKE");
+}
+
+#[tokio::test]
+async fn a_model_that_crashes_three_times_in_a_row_is_left_for_the_previous_one() {
+    let models = tempfile::tempdir().unwrap();
+    let good = models.path().join("good.echo");
+    std::fs::write(&good, r#"{"name": "good"}"#).unwrap();
+    let bad = models.path().join("bad.echo");
+    std::fs::write(&bad, r#"{"name": "bad"}"#).unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&echo_config(&good)),
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    // Pin the other model, as `r1ctl use` does.
+    let used: r1d_client::wire::Status = client
+        .post_json(
+            "/r1/load",
+            &serde_json::json!({"path": bad.display().to_string(), "backend": "echo"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(used.model.as_ref().unwrap().name, "bad", "{used:?}");
+    for crash in 1..=3 {
+        let err = client.chat(&ask("[[crash:abort]]")).await.unwrap_err();
+        assert!(err.to_string().contains("SIGABRT"), "crash {crash}: {err}");
+        ready_again(&daemon).await;
+    }
+    // After the third, `bad` is not loaded again: `good` serves, and status says why.
+    let status = client.status().await.unwrap();
+    assert_eq!(status.model.as_ref().map(|m| m.name.as_str()), Some("good"));
+    let watch = status.watch.unwrap();
+    let why = watch.last_load_error.unwrap_or_default();
+    assert!(
+        why.contains("3 times in a row") && why.contains("bad.echo"),
+        "{why}"
+    );
+    assert!(watch.last_crash.is_some_and(|c| c.contains("3 in a row")));
+    let answer = client.chat(&ask("good one")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "GOOD ONE");
+}
+
+#[tokio::test]
+async fn a_crash_while_loading_is_a_failed_load_that_says_how() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "dies", "crash_load": "segv"}"#);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&echo_config(&model)),
+        ..Default::default()
+    });
+    let health = daemon.settled().await;
+    assert_eq!(health.status, State::NoModel);
+    let error = health.error.unwrap_or_default();
+    assert!(
+        error.contains("SIGSEGV") && error.contains("test.echo"),
+        "the load error names the file and how its worker died: {error}"
+    );
+    // r1d itself is fine.
+    assert!(daemon.client().status().await.is_ok());
+}
+
+#[tokio::test]
+async fn in_process_isolation_runs_no_worker() {
+    let (daemon, _m) = echo_daemon("[plugins]\nisolation = \"in-process\"\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    assert!(workers_of(daemon.pid()).is_empty());
+    let answer = daemon.client().chat(&ask("inside")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "INSIDE");
+}
