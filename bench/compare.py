@@ -316,10 +316,35 @@ def exact_prompt(llama_bin, model, n_tokens, header):
 # Servers
 
 
+def children(pid):
+    """The pids of a process's live descendants (r1d's model worker process)."""
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
 def proc_ticks(pid):
-    """utime + stime (+ waited-for children) of a process, clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15])
+    """utime + stime (+ waited-for children) of a process and its live descendants (r1d's model
+    worker), clock ticks."""
+    total = 0
+    for p in [pid] + children(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total
 
 
 def machine_ticks():
@@ -331,11 +356,18 @@ def machine_ticks():
 
 
 def rss_outside_model(pid, model):
-    """(total Rss, Rss of the model file's mappings) in bytes, from /proc/PID/smaps."""
+    """(total Rss, Rss of the model file's mappings) in bytes, from /proc/PID/smaps of the process
+    and its live descendants (r1d's model worker)."""
     model = os.path.realpath(model)
     total = mapped = 0
     current = None
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+    lines = []
+    for p in [pid] + children(pid):
+        try:
+            lines += Path(f"/proc/{p}/smaps").read_text().splitlines()
+        except OSError:
+            pass
+    for line in lines:
         parts = line.split()
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             current = parts[5] if len(parts) > 5 else None
@@ -352,8 +384,12 @@ class Server:
         self.kind, self.parallel = kind, parallel
         self.sock = str(Path(tmp) / f"{kind}-{parallel}.sock")
         self.logfile = Path(tmp) / f"{kind}-{parallel}.log"
-        if kind == "r1d":
-            self.cmd = [f"{args.bin}/r1d", "--user", "--config", "/dev/null", "--no-dbus",
+        if kind.startswith("r1d"):
+            config = "/dev/null"
+            if kind == "r1d-in-process":
+                config = str(Path(tmp) / "in-process.toml")
+                Path(config).write_text('[plugins]\nisolation = "in-process"\n')
+            self.cmd = [f"{args.bin}/r1d", "--user", "--config", config, "--no-dbus",
                         "--model", args.model, "--parallel", str(parallel), "--threads", str(args.threads),
                         "--context-length", str(args.context), "--socket", self.sock,
                         "--plugin-dir", args.bin]
@@ -532,20 +568,21 @@ def fmt(v):
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
-def print_table(stats, rounds_note):
-    head = ["metric", "r1d min / median / max", "llama-server min / median / max", "r1d / llama-server"]
+def print_table(stats, rounds_note, kinds):
+    first, second = kinds
+    head = ["metric", f"{first} min / median / max", f"{second} min / median / max", f"{first} / {second}"]
     rows = []
     for metric, kinds in stats.rows.items():
         cells = [metric]
         med = {}
-        for kind in ("r1d", "llama-server"):
+        for kind in kinds:
             v = kinds.get(kind)
             if v:
                 med[kind] = statistics.median(v)
                 cells.append(f"{fmt(min(v))} / {fmt(med[kind])} / {fmt(max(v))}")
             else:
                 cells.append("—")
-        a, b = med.get("r1d"), med.get("llama-server")
+        a, b = med.get(first), med.get(second)
         cells.append(f"{a / b:.2f}×" if a is not None and b else "—")
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
@@ -553,9 +590,9 @@ def print_table(stats, rounds_note):
     for r in [head, ["-" * w for w in widths]] + rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     t = stats.rows.get("time to first token, short prompt (ms)", {})
-    if t.get("r1d") and t.get("llama-server"):
-        print(f"r1d's time-to-first-token overhead over llama-server (difference of medians): "
-              f"{statistics.median(t['r1d']) - statistics.median(t['llama-server']):+.1f} ms")
+    if t.get(first) and t.get(second):
+        print(f"{first}'s time-to-first-token overhead over {second} (difference of medians): "
+              f"{statistics.median(t[first]) - statistics.median(t[second]):+.1f} ms")
 
 
 async def bench(args, llama_bin):
@@ -570,7 +607,7 @@ async def bench(args, llama_bin):
         prompts.append(p)
     print(f"prompt: {n} tokens (llama-tokenize, BOS as the model says), {args.single_reps} per round, "
           f"each with its own first words (no KV cache reuse)")
-    kinds = ["r1d", "llama-server"]
+    kinds = ["r1d", args.against]
     kept, everything = Stats(), Stats()
     counts = {}
     dropped = []
@@ -598,7 +635,7 @@ async def bench(args, llama_bin):
         expected = {(n, args.tokens)} if k in kinds else {args.tokens}
         if set(v) != expected:
             print(f"  WARNING: expected {sorted(expected)}: the servers did not do the same work")
-    r1d_fields, llama_fields = TIMINGS_FIELDS.get("r1d", set()), TIMINGS_FIELDS.get("llama-server", set())
+    r1d_fields, llama_fields = TIMINGS_FIELDS.get("r1d", set()), TIMINGS_FIELDS.get(args.against, set())
     if llama_fields - r1d_fields:
         print(f"timings fields llama-server has and r1d lacks: {sorted(llama_fields - r1d_fields)}")
     if r1d_fields - llama_fields:
@@ -606,11 +643,11 @@ async def bench(args, llama_bin):
     if len(dropped) == args.rounds:
         print_table(everything, f"NO QUIET ROUND (threshold {args.quiet * 100:g}% of the machine's CPU "
                     f"used by other processes): the table below holds all {args.rounds} noisy round(s), "
-                    "not a measurement to quote")
+                    "not a measurement to quote", kinds)
     else:
         print_table(kept, f"{args.rounds - len(dropped)} of {args.rounds} round(s) kept (dropped: "
                     f"{dropped or 'none'}; threshold {args.quiet * 100:g}% of the machine's CPU used by "
-                    "other processes)")
+                    "other processes)", kinds)
     if args.llama_bench:
         print(f"\nllama-bench (the library alone, no server; {args.threads} threads):", flush=True)
         subprocess.run([str(llama_bin / "llama-bench"), "-m", args.model, "-t", str(args.threads),
@@ -638,6 +675,10 @@ def main():
     p.add_argument("--cache", default=os.environ.get("R1D_BENCH_CACHE", "~/.cache/r1d-bench"))
     p.add_argument("--build-jobs", type=int, default=2)
     p.add_argument("--build-only", action="store_true", help="fetch, compare and build, then stop")
+    p.add_argument("--against", choices=["llama-server", "r1d-in-process"], default="llama-server",
+                   help="what to compare r1d (models in a worker process, the default) with: llama.cpp's "
+                        "llama-server, or r1d with [plugins] isolation = \"in-process\" (the cost of the "
+                        "worker process: one pipe hop per token)")
     args = p.parse_args()
     args.bin = os.path.abspath(args.bin)
     args.model = os.path.abspath(os.path.expanduser(args.model))

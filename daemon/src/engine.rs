@@ -486,6 +486,7 @@ impl Engine {
             jobs: jobs.downgrade(),
             previous: None,
             crashes: None,
+            loaded_file: None,
             shared: shared.clone(),
             host,
             model: None,
@@ -665,6 +666,18 @@ impl Engine {
             .map_err(|_| EngineError::ShuttingDown)
     }
 
+    /// Waits up to `timeout` while the engine starts or loads a model with none resident (the
+    /// first load, e.g. after socket activation), so a listing made meanwhile shows the model
+    /// that is coming. Returns at once otherwise.
+    pub async fn settled(&self, timeout: std::time::Duration) {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| !matches!(s.state, EngineState::Starting | EngineState::Loading)),
+        )
+        .await;
+    }
+
     /// The current state.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.state.borrow().clone()
@@ -768,6 +781,8 @@ struct Worker {
     previous: Option<LoadSpec>,
     /// The resident model's crashes in a row.
     crashes: Option<Crashes>,
+    /// The resident model's file as it was when loaded (see [`FileIdentity`]).
+    loaded_file: Option<FileIdentity>,
     shared: Arc<Shared>,
     host: Arc<PluginHost>,
     /// The resident model; each running answer holds a clone, and the engine thread waits for
@@ -793,6 +808,31 @@ struct Crashes {
     modified: Option<std::time::SystemTime>,
     answers_ok: u64,
     count: u32,
+}
+
+/// What tells a model file's contents apart on disk: device, inode, size and modification time.
+/// A backend maps the file; written in place or truncated under the mapping it would read other
+/// weights, or fault (SIGBUS), so a change is noticed before each answer.
+#[derive(Debug, Clone, PartialEq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileIdentity {
+    /// The identity of a regular file; `None` for a directory (an ONNX model) or a missing file.
+    fn of(path: &str) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        Some(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
 }
 
 /// After this many crashes in a row a model is not loaded again until its file changes.
@@ -1085,6 +1125,46 @@ impl Worker {
         let _ = self.load(spec);
     }
 
+    /// Loads the resident model again when its file changed on disk since it was loaded: written
+    /// in place or truncated (same inode, other size or modification time: the mapped weights
+    /// are no longer what was loaded, and pages past a new end fault), or replaced by another file
+    /// (a new inode: a new version to serve). A file that only disappeared is left alone: its
+    /// mapping stays valid. A reload that fails (a truncated file) leaves no model, with both
+    /// reasons.
+    fn reload_if_file_changed(&mut self) {
+        let (Some(was), Some(spec)) = (&self.loaded_file, &self.spec) else {
+            return;
+        };
+        let Some(now) = FileIdentity::of(&spec.params.path) else {
+            return;
+        };
+        if &now == was {
+            return;
+        }
+        let what = if (now.dev, now.ino) != (was.dev, was.ino) {
+            "was replaced by another file".to_owned()
+        } else if now.len != was.len {
+            format!("changed size from {} to {} bytes", was.len, now.len)
+        } else {
+            "was modified".to_owned()
+        };
+        let spec = spec.clone();
+        let why = format!(
+            "the model file {} {what} since it was loaded",
+            spec.params.path
+        );
+        tracing::warn!("{why}; loading it again");
+        // Answers running on the old mapping end first (or fault in their worker).
+        self.slots.wait_idle();
+        self.model = None;
+        self.spec = None;
+        self.loaded_file = None;
+        if let Err(reason) = self.load(spec) {
+            self.no_model_reason = format!("{why}; {reason}");
+            self.publish_no_model();
+        }
+    }
+
     fn publish_no_model(&self) {
         tracing::warn!("serving no model: {}", self.no_model_reason);
         self.shared.publish(|s| {
@@ -1100,6 +1180,7 @@ impl Worker {
     /// Loads `spec`; on failure no model is resident and the error is returned (and published).
     fn load(&mut self, spec: LoadSpec) -> Result<(), String> {
         let path = PathBuf::from(&spec.params.path);
+        let identity = FileIdentity::of(&spec.params.path);
         self.shared.publish(|s| {
             s.state = if s.swapping_from.is_some() {
                 EngineState::Swapping
@@ -1171,6 +1252,7 @@ impl Worker {
                 }));
                 self.model = Some(Arc::from(model));
                 self.spec = Some(spec.clone());
+                self.loaded_file = identity;
                 self.shared.publish(|s| {
                     s.state = EngineState::Ready;
                     s.model = Some((info, backend));
@@ -1207,6 +1289,7 @@ impl Worker {
         if job.reply.is_closed() {
             return;
         }
+        self.reload_if_file_changed();
         let limit = self.model.as_ref().map_or(1, |m| m.parallel_sequences());
         self.slots.acquire(limit);
         let slot = SlotGuard(self.slots.clone());

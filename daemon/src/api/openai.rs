@@ -860,6 +860,9 @@ impl Encoder for CompletionEncoder {
 /// `GET /v1/models`: the resident model, by the name `/api/tags` and `r1ctl models` list it
 /// under (a name every route accepts; never the GGUF's free-text `general.name`).
 async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    // While the first model loads (the request that socket activation started r1d for), the
+    // answer waits for it, as a chat request would.
+    state.engine.settled(state.engine.queue_deadline()).await;
     let snap = state.engine.snapshot();
     let listed = state.control.resident_names().await.map(|n| n.listed);
     let data = snap

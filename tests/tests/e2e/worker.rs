@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State};
-use r1d_tests::{echo_config, echo_model, Daemon, DaemonOptions};
+use r1d_tests::{echo_config, echo_model, fixture, Daemon, DaemonOptions, SMOLLM2};
 
 use crate::ask;
 use crate::watch::until;
@@ -262,4 +262,61 @@ async fn in_process_isolation_runs_no_worker() {
     assert!(workers_of(daemon.pid()).is_empty());
     let answer = daemon.client().chat(&ask("inside")).await.unwrap();
     assert_eq!(answer.choices[0].message.content, "INSIDE");
+}
+
+#[tokio::test]
+async fn a_served_model_file_that_changes_on_disk_is_reloaded_or_refused() {
+    let Some(smol) = fixture(SMOLLM2) else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    let path = models.path().join("smol.gguf");
+    std::fs::copy(&smol, &path).unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&path),
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let short = |text: &str| ChatCompletionRequest {
+        max_tokens: Some(4),
+        temperature: Some(0.0),
+        ..ask(text)
+    };
+    client.chat(&short("Hi")).await.unwrap();
+
+    // A new version renamed over it (how downloads land): loaded again, and served.
+    let next = models.path().join(".smol.gguf.new");
+    std::fs::copy(&smol, &next).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    let answer = client.chat(&short("Hi again")).await.unwrap();
+    assert!(answer.usage.completion_tokens >= 1, "{answer:?}");
+    assert!(
+        daemon
+            .log()
+            .contains("was replaced by another file since it was loaded; loading it again"),
+        "{}",
+        daemon.log()
+    );
+
+    // Truncated in place under the mapping: refused before any answer reads past the end.
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = client.chat(&short("Hi once more")).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("changed size from") && message.contains("truncated"),
+        "the refusal says the file changed and is now truncated: {message}"
+    );
+    let health = client.health().await.unwrap();
+    assert_eq!(health.status, State::NoModel);
+    assert!(
+        health.last_crash.is_none(),
+        "noticed before the backend read the missing pages: {health:?}"
+    );
 }
