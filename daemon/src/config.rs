@@ -445,7 +445,7 @@ impl Config {
             }
         }
         if let Some(v) = self.plugins.hang_timeout_s {
-            if !(v.is_finite() && v >= 1.0 && v <= 86_400.0) {
+            if !(v.is_finite() && (1.0..=86_400.0).contains(&v)) {
                 return Err(invalid(
                     "plugins.hang_timeout_s must be a number of seconds from 1 to 86400".into(),
                 ));

@@ -116,7 +116,7 @@ pub enum FromWorker {
     /// The model is loaded.
     Loaded {
         /// What was loaded (the ABI's JSON document).
-        info: ModelInfo,
+        info: Box<ModelInfo>,
     },
     /// A tokenize request's answer.
     Tokens {
@@ -139,7 +139,7 @@ pub enum FromWorker {
         /// Request id.
         id: u64,
         /// Its result (the ABI's JSON document).
-        result: GenerateResult,
+        result: Box<GenerateResult>,
     },
     /// A request failed (id 0: the load), with the plugin's status and message.
     Failed {
@@ -267,7 +267,7 @@ impl Backend for WorkerBackend {
                     conn.forget(LOAD_ID);
                     return Ok(Box::new(WorkerModel {
                         backend: self.name().to_owned(),
-                        info,
+                        info: *info,
                         conn,
                     }));
                 }
@@ -289,10 +289,10 @@ impl Backend for WorkerBackend {
 #[derive(Debug)]
 enum Reply {
     Progress(f32),
-    Loaded(ModelInfo),
+    Loaded(Box<ModelInfo>),
     Tokens(Vec<i32>),
     Piece(Vec<u8>, i32),
-    Done(GenerateResult),
+    Done(Box<GenerateResult>),
     Failed(i32, String),
 }
 
@@ -716,7 +716,7 @@ impl LoadedModel for WorkerModel {
                         self.conn.send(&ToWorker::Cancel { id })?;
                     }
                 }
-                Ok(Reply::Done(result)) => return Ok(result),
+                Ok(Reply::Done(result)) => return Ok(*result),
                 Ok(Reply::Failed(status, message)) => {
                     return Err(BackendError::Call {
                         backend: self.backend.clone(),

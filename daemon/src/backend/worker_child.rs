@@ -226,7 +226,7 @@ impl State {
                 });
                 match loaded {
                     Ok(model) => {
-                        let info = model.info().clone();
+                        let info = Box::new(model.info().clone());
                         let _ = self.model.set(model);
                         send(&self.out, &FromWorker::Loaded { info });
                     }
@@ -270,7 +270,13 @@ impl State {
                 });
                 self.lock_cancels().remove(&id);
                 match result {
-                    Ok(result) => send(&self.out, &FromWorker::Done { id, result }),
+                    Ok(result) => send(
+                        &self.out,
+                        &FromWorker::Done {
+                            id,
+                            result: Box::new(result),
+                        },
+                    ),
                     Err(e) => self.failed(id, &e),
                 }
             }
