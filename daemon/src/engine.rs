@@ -956,7 +956,7 @@ impl Worker {
         // What can be known without loading (the file is there, a backend takes it, a GGUF is
         // complete) is checked before the serving model is unloaded.
         if let Some(model) = &self.model {
-            if let Err(reason) = precheck(&self.host, &spec) {
+            if let Err(reason) = precheck(&self.host, &spec, self.parallel_for(&spec)) {
                 let name = resident_name(model.info());
                 let reason = format!("{reason}; {name} goes on serving (nothing was unloaded)");
                 tracing::error!("{reason}");
@@ -1165,6 +1165,15 @@ impl Worker {
         }
     }
 
+    /// The sequences a load asks for: `--parallel` / `[server] parallel` when set, else what the
+    /// spec says (the planner's count), else [`crate::config::DEFAULT_PARALLEL`].
+    fn parallel_for(&self, spec: &LoadSpec) -> u32 {
+        self.config
+            .parallel
+            .or(spec.params.parallel)
+            .unwrap_or(crate::config::DEFAULT_PARALLEL)
+    }
+
     fn publish_no_model(&self) {
         tracing::warn!("serving no model: {}", self.no_model_reason);
         self.shared.publish(|s| {
@@ -1201,11 +1210,13 @@ impl Worker {
                 let generation = self.generation;
                 let mut last = -1.0f32;
                 let mut params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
-                params.parallel = self
-                    .config
-                    .parallel
-                    .or(params.parallel)
-                    .or(Some(crate::config::DEFAULT_PARALLEL));
+                params.parallel = Some(self.parallel_for(&spec));
+                check_memory_bound(backend.name(), &spec.params, self.parallel_for(&spec))
+                    .map_err(|message| BackendError::Call {
+                        backend: backend.name().to_owned(),
+                        status: r1_plugin_abi::R1_ERR_INVALID_ARGUMENT,
+                        message,
+                    })?;
                 backend.load(&params, &mut |p| {
                     shared.beat();
                     if shared.load_generation.load(Ordering::SeqCst) > generation
@@ -1597,15 +1608,92 @@ fn superseded(spec: &LoadSpec) -> String {
 
 /// Checks what can be checked of `spec` without loading it: the file exists, a backend takes it,
 /// and a GGUF is as long as its header says. Returns the reason it cannot load.
-fn precheck(host: &PluginHost, spec: &LoadSpec) -> Result<(), String> {
+fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), String> {
     let path = std::path::Path::new(&spec.params.path);
-    host.select(path, spec.backend.as_deref())
+    let backend = host
+        .select(path, spec.backend.as_deref())
         .map_err(|e| describe_load_error(path, &e))?;
+    check_memory_bound(backend.name(), &spec.params, parallel)?;
     if gguf_header::has_magic(path) {
         let check = gguf_header::check(path);
         if let Some(why) = check.explanation() {
             return Err(format!("failed to load model {}: {why}", path.display()));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a llama.cpp load whose KV cache — `parallel` sequences of `context_length` tokens, in
+/// one unified cache — plus its weights (the file's size) would not fit in the RAM r1d may use at
+/// all (`MemTotal`, or the cgroup limit when smaller), naming the numbers: such a load would only
+/// end in the OOM killer, or in swapping the machine to a halt. The KV cache per token is
+/// `block_count × head_count_kv × (key_length + value_length)` elements of the cache type
+/// (F16: 2 bytes; Q8_0: 34 bytes per 32; Q4_0: 18 per 32), from the file's GGUF header
+/// (llama.cpp's `llama_kv_cache` layout). Other backends, files without those keys, a load without
+/// a context length and DeepSeek's MLA (`deepseek2`, cached in its compressed form) are not
+/// checked here: the planner's figures cover them.
+///
+/// # Errors
+/// The reason, naming the sequences, context length, KV bytes and the memory limit.
+fn check_memory_bound(backend: &str, params: &LoadParams, parallel: u32) -> Result<(), String> {
+    if backend != "llamacpp" {
+        return Ok(());
+    }
+    let Some(context) = params.context_length else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(&params.path);
+    if !gguf_header::has_magic(path) {
+        return Ok(());
+    }
+    let Ok(header) = gguf_header::read(path) else {
+        return Ok(());
+    };
+    if header.architecture() == Some("deepseek2") {
+        return Ok(());
+    }
+    let (Some(layers), Some(heads), Some(embedding)) = (
+        header.arch_uint("block_count"),
+        header.arch_uint("attention.head_count"),
+        header.arch_uint("embedding_length"),
+    ) else {
+        return Ok(());
+    };
+    let kv_heads = header.arch_uint("attention.head_count_kv").unwrap_or(heads);
+    let head_dim = embedding / heads.max(1);
+    let key = header.arch_uint("attention.key_length").unwrap_or(head_dim);
+    let value = header
+        .arch_uint("attention.value_length")
+        .unwrap_or(head_dim);
+    let (num, den) = match params.kv_cache_type.as_deref().unwrap_or("f16") {
+        "f32" => (4, 1),
+        "q8_0" => (34, 32),
+        "q4_0" | "q4_1" | "iq4_nl" | "q5_0" | "q5_1" => (18, 32),
+        _ => (2, 1),
+    };
+    let tokens = u64::from(parallel) * u64::from(context);
+    let kv = (layers * kv_heads * (key + value)).saturating_mul(tokens) * num / den;
+    let weights = std::fs::metadata(path).map_or(0, |m| m.len());
+    let probe = crate::hardware::Probe::this_machine(PathBuf::new(), None);
+    let Ok(memory) = crate::hardware::memory::probe(&probe) else {
+        return Ok(());
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    if kv.saturating_add(weights) > memory.total_bytes {
+        return Err(format!(
+            "{parallel} sequences (parallel) × {context} tokens (context_length) need a KV cache \
+             of {:.1} GiB, and with the weights ({:.1} GiB) more than the {:.1} GiB of RAM r1d \
+             may use on this machine{}; ask for fewer sequences (--parallel, [server] parallel) or \
+             a shorter context",
+            gib(kv),
+            gib(weights),
+            gib(memory.total_bytes),
+            if memory.cgroup_limit_bytes.is_some() {
+                " (its cgroup's limit)"
+            } else {
+                ""
+            }
+        ));
     }
     Ok(())
 }

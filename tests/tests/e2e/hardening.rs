@@ -845,3 +845,28 @@ async fn http_management_needs_root_or_r1ds_own_uid_while_chat_stays_open() {
     let (_, body) = curl(0, "GET", "/health", "");
     assert!(body.contains("no-model"), "{body}");
 }
+
+#[tokio::test]
+async fn sequences_times_context_beyond_the_machines_ram_are_refused_naming_the_numbers() {
+    // The R1 7B header: 28 layers × 4 KV heads × (128 + 128) F16 elements, 56 KiB a token.
+    let Some(r1) = fixture(r1d_tests::R1_VOCAB) else {
+        return;
+    };
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&r1),
+        args: ["--parallel", "64", "--context-length", "131072"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let health = daemon.settled().await;
+    assert_eq!(health.status, State::NoModel);
+    let error = health.error.unwrap_or_default();
+    // 64 × 131,072 tokens × 57,344 bytes = 448 GiB.
+    assert!(
+        error.contains("64 sequences (parallel) × 131072 tokens (context_length)")
+            && error.contains("KV cache of 448.0 GiB")
+            && error.contains("GiB of RAM r1d may use"),
+        "{error}"
+    );
+}
