@@ -54,6 +54,9 @@ pub trait Manager1 {
     /// Load progress (0 to 1) while loading.
     #[zbus(property)]
     fn load_progress(&self) -> zbus::Result<f64>;
+    /// How and when the model's worker process last died; empty when it never did.
+    #[zbus(property)]
+    fn last_crash(&self) -> zbus::Result<String>;
     /// Requests queued or running (not signalled, so never cached).
     #[zbus(property(emits_changed_signal = "false"))]
     fn active_requests(&self) -> zbus::Result<u32>;

@@ -402,6 +402,9 @@ async fn follow_state(conn: &Connection, control: Control) -> Result<(), zbus::E
         if now.progress != last.progress {
             manager.load_progress_changed(emitter).await?;
         }
+        if now.last_crash != last.last_crash {
+            manager.last_crash_changed(emitter).await?;
+        }
         last = now;
     }
     Ok(())
@@ -415,6 +418,7 @@ struct Published {
     backend: String,
     error: String,
     progress: u32,
+    last_crash: String,
 }
 
 impl Published {
@@ -434,6 +438,7 @@ impl Published {
             backend: s.model.as_ref().map(|(_, b)| b.clone()).unwrap_or_default(),
             error: s.error.clone().unwrap_or_default(),
             progress: (s.progress.unwrap_or(0.0) * 100.0).round() as u32,
+            last_crash: s.last_crash.clone().unwrap_or_default(),
         }
     }
 }
@@ -482,6 +487,13 @@ impl Manager {
     #[zbus(property)]
     fn error(&self) -> String {
         Published::of(&self.control.engine().snapshot(), &self.control).error
+    }
+
+    /// The last time the model's worker process died or was killed as hung: how (signal, exit
+    /// status, its last log line), when, and how many times in a row; empty when it never did.
+    #[zbus(property)]
+    fn last_crash(&self) -> String {
+        Published::of(&self.control.engine().snapshot(), &self.control).last_crash
     }
 
     /// Load progress, 0 to 1, while a model loads.

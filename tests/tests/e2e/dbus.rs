@@ -965,3 +965,34 @@ async fn dbus_reload_of_a_rejected_config_is_an_error_naming_the_key() {
     assert!(e.to_string().contains("bogus"), "{e}");
     assert_eq!(manager.active_model().await.unwrap(), "first");
 }
+
+#[tokio::test]
+async fn dbus_last_crash_says_how_the_models_worker_died() {
+    if !tools_present(&["dbus-daemon"]) {
+        return;
+    }
+    let bus = Bus::session();
+    let (daemon, _m, _model) = r1d_on(&bus, "session");
+    daemon.settled().await;
+    let conn = bus.wait_for_r1d(&daemon).await;
+    let manager = Manager1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(manager.last_crash().await.unwrap(), "");
+    let _ = daemon
+        .client()
+        .chat(&crate::ask("[[crash:exit]]"))
+        .await
+        .unwrap_err();
+    crate::watch::until(&daemon, 30, "State ready again after the crash", || async {
+        (manager.state().await.ok()? == "ready").then_some(())
+    })
+    .await;
+    let crash = manager.last_crash().await.unwrap();
+    assert!(
+        crash.contains("exited with status 3") && crash.contains("1 in a row"),
+        "{crash}"
+    );
+}
