@@ -320,3 +320,98 @@ async fn a_served_model_file_that_changes_on_disk_is_reloaded_or_refused() {
         "noticed before the backend read the missing pages: {health:?}"
     );
 }
+
+/// Builds the C test plugin `tests/plugins/crashc.c` against `plugins/abi/r1_plugin.h` into a
+/// plugin directory of its own; `None` (skipped, or failed under CI) without a C compiler.
+fn crashc_plugin_dir() -> Option<tempfile::TempDir> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-I"])
+        .arg(root.join("plugins/abi"))
+        .arg(root.join("tests/plugins/crashc.c"))
+        .arg("-o")
+        .arg(dir.path().join("libr1_plugin_crashc.so"))
+        .status();
+    match built {
+        Ok(s) if s.success() => Some(dir),
+        other => {
+            let why = format!("no C compiler built tests/plugins/crashc.c ({other:?})");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{why}");
+            }
+            eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_c_plugin_that_segfaults_aborts_overflows_its_stack_or_exits_never_takes_r1d_down() {
+    let Some(plugins) = crashc_plugin_dir() else {
+        return;
+    };
+    let models = tempfile::tempdir().unwrap();
+    let model = models.path().join("model.crashc");
+    std::fs::write(&model, "ok\n").unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        plugin_dir: Some(plugins.path()),
+        args: vec!["--backend".into(), "crashc".into()],
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    // The C plugin works through the worker.
+    let answer = client.chat(&ask("hello")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "ok");
+    for (mode, how, words) in [
+        ("segv", "SIGSEGV", "crashc: about to fail with 'segv'"),
+        ("abort", "SIGABRT", "crashc: about to fail with 'abort'"),
+        // Rust's stack-overflow handler in the worker turns the overflow into an abort.
+        ("stack", "SIGABRT", "stack overflow"),
+        (
+            "exit",
+            "exited with status 4",
+            "crashc: about to fail with 'exit'",
+        ),
+    ] {
+        // A new model file per mode: `r1ctl load` of it.
+        let path = models.path().join(format!("{mode}.crashc"));
+        std::fs::write(&path, format!("{mode}\n")).unwrap();
+        let _: r1d_client::wire::Status = client
+            .post_json(
+                "/r1/load",
+                &serde_json::json!({"path": path.display().to_string(), "backend": "crashc"}),
+            )
+            .await
+            .unwrap();
+        let err = client.chat(&ask("hello")).await.unwrap_err().to_string();
+        assert!(
+            err.contains(how) && err.contains(words),
+            "{mode}: the error names how the worker ended and the plugin's last words: {err}"
+        );
+        ready_again(&daemon).await;
+        assert!(client.status().await.is_ok(), "{mode}: r1d serves on");
+    }
+    // A crash inside `load` is a failed load; the model before it serves again.
+    let bad = models.path().join("bad.crashc");
+    std::fs::write(&bad, "load-segv\n").unwrap();
+    let err = client
+        .post_json::<_, r1d_client::wire::Status>(
+            "/r1/load",
+            &serde_json::json!({"path": bad.display().to_string(), "backend": "crashc"}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("SIGSEGV") && err.contains("bad.crashc"),
+        "{err}"
+    );
+    let status = client.status().await.unwrap();
+    assert!(
+        status.model.is_some(),
+        "the previous model serves again: {status:?}"
+    );
+}
