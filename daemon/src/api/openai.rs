@@ -74,6 +74,10 @@ fn new_id(prefix: &str) -> String {
     )
 }
 
+/// The most choices one chat request may ask for (`n`): each is an answer generated beside the
+/// others (one sequence each), and waits in the queue like a request of its own.
+pub const MAX_CHOICES: u32 = 16;
+
 /// Request fields common to both routes, checked.
 struct Common {
     sampling: Sampling,
@@ -103,10 +107,10 @@ async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     }
     match k.n {
         Some(0) => return Err(invalid(Some("n"), "n must be at least 1".into())),
-        Some(n) if n > 1 => {
+        Some(n) if n > MAX_CHOICES => {
             return Err(invalid(
                 Some("n"),
-                format!("n = {n} is not supported: r1d generates one choice per request"),
+                format!("n = {n} is more than the {MAX_CHOICES} choices r1d generates per request"),
             ))
         }
         _ => {}
@@ -502,6 +506,22 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         }
     };
     let with_tools = tools_offered(&req);
+    let choices = req.n.unwrap_or(1);
+    if choices > 1 && req.stream {
+        return invalid(
+            Some("n"),
+            format!(
+                "n = {choices} with stream is not supported: r1d streams one choice per request; \
+                 ask without stream, or send {choices} streamed requests"
+            ),
+        );
+    }
+    if choices > 1 && common.sampling.json_wrap.is_some() {
+        return invalid(
+            Some("n"),
+            "n > 1 with a forced tool_choice is not supported: ask for one choice".into(),
+        );
+    }
     let input = match req.tools.clone().filter(|_| with_tools) {
         Some(tools) => PromptInput::ChatWithTools {
             messages,
@@ -509,14 +529,14 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         },
         None => PromptInput::Chat(messages),
     };
-    let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
     let id = new_id("chatcmpl");
     let created = unix_now();
-    let model = listed_or(&state, admitted.model).await;
     if req.stream {
+        let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        let model = listed_or(&state, admitted.model).await;
         let encoder = ChatEncoder {
             id,
             created,
@@ -527,42 +547,79 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         };
         return sse(answer::encode(admitted.rx, encoder));
     }
-    match answer::collect(admitted.rx).await {
-        Ok(c) => {
+    // Choice i > 0 is another answer to the same prompt, generated beside the others (its own
+    // sequence; each is read as it comes, so none waits on an unread one); its seed, when one is
+    // set, is moved by i so that sampled choices differ, as OpenAI's do.
+    let engine = &state.engine;
+    let answers = (0..choices).map(|i| {
+        let mut sampling = common.sampling.clone();
+        sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i));
+        let input = input.clone();
+        async move {
+            let admitted = answer::admit(engine, input, sampling, format).await?;
+            let model = admitted.model;
+            answer::collect(admitted.rx).await.map(|c| (model, c))
+        }
+    });
+    let mut all = Vec::with_capacity(choices as usize);
+    let mut model = String::new();
+    for result in futures_util::future::join_all(answers).await {
+        match result {
+            Ok((name, c)) => {
+                model = name;
+                all.push(c);
+            }
+            Err(e) => return fail(e),
+        }
+    }
+    let model = listed_or(&state, model).await;
+    let parallel_calls = req.parallel_tool_calls != Some(false);
+    let first = &all[0].finished.result;
+    // The prompt is counted once (OpenAI's usage for n choices); the completions add up.
+    let mut total = usage(first);
+    total.completion_tokens = all
+        .iter()
+        .map(|c| c.finished.result.completion_tokens)
+        .sum();
+    total.total_tokens = total.prompt_tokens + total.completion_tokens;
+    let timings = timings(first);
+    let choices = all
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
             let (content, calls) = if with_tools {
                 chat::parse_tool_calls(&c.content)
             } else {
                 (c.content, Vec::new())
             };
-            let tool_calls = (!calls.is_empty())
-                .then(|| wire_tool_calls(calls, req.parallel_tool_calls != Some(false)));
+            let tool_calls = (!calls.is_empty()).then(|| wire_tool_calls(calls, parallel_calls));
             let finish = if tool_calls.is_some() {
                 "tool_calls"
             } else {
                 finish_reason(c.finished.finish_reason)
             };
-            Json(ChatCompletion {
-                id,
-                object: "chat.completion".into(),
-                created,
-                model,
-                choices: vec![Choice {
-                    index: 0,
-                    message: AssistantMessage {
-                        role: "assistant".into(),
-                        content,
-                        reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
-                        tool_calls,
-                    },
-                    finish_reason: finish.into(),
-                }],
-                usage: usage(&c.finished.result),
-                timings: Some(timings(&c.finished.result)),
-            })
-            .into_response()
-        }
-        Err(e) => fail(e),
-    }
+            Choice {
+                index: index as u32,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content,
+                    reasoning_content: (!c.reasoning.is_empty()).then_some(c.reasoning),
+                    tool_calls,
+                },
+                finish_reason: finish.into(),
+            }
+        })
+        .collect();
+    Json(ChatCompletion {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices,
+        usage: total,
+        timings: Some(timings),
+    })
+    .into_response()
 }
 
 /// Chat chunks: a first chunk with the role, one chunk per piece (content or reasoning, never
@@ -694,6 +751,15 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
     };
     if let Err(r) = refuse_unimplemented_completion(&req) {
         return r;
+    }
+    if let Some(n) = req.n.filter(|&n| n > 1) {
+        return invalid(
+            Some("n"),
+            format!(
+                "n = {n} is not supported on /v1/completions: r1d generates one completion per \
+                 request here (/v1/chat/completions takes n)"
+            ),
+        );
     }
     let common = match common(
         &state,

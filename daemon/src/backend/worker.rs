@@ -203,8 +203,12 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> std::io:
 /// How r1d starts a plugin worker.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
-    /// The program: r1d's own executable.
+    /// The program: r1d's own executable, as `/proc/self/exe` — the very file this process runs,
+    /// even after a package upgrade replaced the one at its path, so r1d and its worker always
+    /// speak the same protocol.
     pub program: PathBuf,
+    /// What the worker's `argv[0]` says (r1d's path, for `ps`).
+    pub arg0: OsString,
     /// Its arguments ([`WORKER_ARG`]).
     pub args: Vec<OsString>,
     /// How long a worker with work to do may show no progress before it is killed as hung
@@ -218,8 +222,15 @@ impl WorkerCommand {
     /// # Errors
     /// When the executable's path cannot be read.
     pub fn this_executable(hang_timeout: Duration) -> std::io::Result<WorkerCommand> {
+        let path = std::env::current_exe()?;
+        let program = PathBuf::from("/proc/self/exe");
         Ok(WorkerCommand {
-            program: std::env::current_exe()?,
+            program: if program.exists() {
+                program
+            } else {
+                path.clone()
+            },
+            arg0: path.into_os_string(),
             args: vec![WORKER_ARG.into()],
             hang_timeout,
         })
@@ -328,7 +339,8 @@ impl Conn {
     fn spawn(command: &WorkerCommand, backend: &str) -> Result<Arc<Conn>, BackendError> {
         use std::os::unix::process::CommandExt as _;
         let mut cmd = Command::new(&command.program);
-        cmd.args(&command.args)
+        cmd.arg0(&command.arg0)
+            .args(&command.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

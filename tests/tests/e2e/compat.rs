@@ -229,10 +229,10 @@ async fn malformed_requests_get_openai_errors_naming_the_field_and_the_next_requ
             "at least 1",
         ),
         (
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "n": 17}),
             400,
             "n",
-            "n = 2 is not supported",
+            "more than the 16 choices",
         ),
         (
             json!({"messages": [{"role": "user", "content": "hi"}], "reasoning_format": "xml"}),
@@ -621,7 +621,7 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
             "top_logprobs",
             "log probabilities",
         ),
-        (json!({"n": 2}), "n", "n = 2 is not supported"),
+        (json!({"n": 17}), "n", "more than the 16 choices"),
         (json!({"n": 0}), "n", "at least 1"),
         (
             json!({"presence_penalty": 5}),
@@ -1235,4 +1235,60 @@ async fn tools_are_rendered_by_the_template_and_calls_parsed_or_refused() {
     .await;
     let v: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(v["capabilities"], json!(["completion", "thinking"]), "{v}");
+}
+
+#[tokio::test]
+async fn n_choices_are_generated_side_by_side_and_counted_once_for_the_prompt() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let one = daemon.client().chat(&ask(THINKER)).await.unwrap();
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": THINKER}], "n": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let three: r1d_client::wire::ChatCompletion = serde_json::from_str(&body).unwrap();
+    assert_eq!(three.choices.len(), 3, "{body}");
+    for (i, choice) in three.choices.iter().enumerate() {
+        assert_eq!(choice.index as usize, i);
+        assert_eq!(choice.message.content, "The answer");
+        assert_eq!(
+            choice.message.reasoning_content.as_deref(),
+            Some("hmm let me see")
+        );
+    }
+    assert_eq!(three.usage.prompt_tokens, one.usage.prompt_tokens);
+    assert_eq!(
+        three.usage.completion_tokens,
+        3 * one.usage.completion_tokens
+    );
+    assert_eq!(
+        three.usage.total_tokens,
+        three.usage.prompt_tokens + three.usage.completion_tokens
+    );
+    // Streaming several choices is refused by name, as is n on text completions.
+    for (path, body, text) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true}),
+            "with stream is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "n": 2}),
+            "/v1/chat/completions",
+        ),
+    ] {
+        let (status, answer) = raw(&daemon, Method::POST, path, body).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], "n", "{answer}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{answer}"
+        );
+    }
 }
