@@ -46,6 +46,9 @@ pub const BACKEND_CRASHES: &str = "r1d_backend_crashes_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide recorder (once; later calls do nothing). Histograms get buckets
 /// that suit their unit: seconds from 10 ms to 30 min.
 pub fn install() {
@@ -63,6 +66,18 @@ pub fn install() {
         Ok(handle) => {
             let _ = HANDLE.set(handle);
             describe();
+            // The recorder keeps every histogram sample until it is folded into the buckets,
+            // which happens at a scrape of /metrics or at an upkeep: without one, a service
+            // nobody scrapes grew by every request's samples (+70 MiB over 1.4 million requests
+            // in bench/soak).
+            let _ = std::thread::Builder::new()
+                .name("r1d-metrics".into())
+                .spawn(|| loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    if let Some(handle) = HANDLE.get() {
+                        handle.run_upkeep();
+                    }
+                });
         }
         Err(e) => tracing::warn!("metrics are off: {e}"),
     }
