@@ -337,6 +337,8 @@ struct Shared {
     started: Instant,
     /// The engine thread, joined by [`Engine::stop`].
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The resident model, for [`Engine::shutdown`] to end its worker process at once.
+    resident: std::sync::Mutex<Option<std::sync::Weak<dyn LoadedModel>>>,
 }
 
 enum Job {
@@ -479,6 +481,7 @@ impl Engine {
             served: AtomicU64::new(0),
             started: Instant::now(),
             thread: std::sync::Mutex::new(None),
+            resident: std::sync::Mutex::new(None),
         });
         // The queue holds the waiting requests; the running one has been taken off it.
         let (jobs, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -487,6 +490,7 @@ impl Engine {
             previous: None,
             crashes: None,
             loaded_file: None,
+            rejected_file: None,
             shared: shared.clone(),
             host,
             model: None,
@@ -516,6 +520,18 @@ impl Engine {
     /// get the same error.
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // A worker process is ended now: its answers fail at once (with `ShuttingDown`), even
+        // when the plugin is stuck and would never report again.
+        let resident = self
+            .shared
+            .resident
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(model) = resident {
+            model.abort();
+        }
     }
 
     /// Shuts down (see [`Engine::shutdown`]) and waits up to `timeout` for the engine thread to
@@ -783,6 +799,8 @@ struct Worker {
     crashes: Option<Crashes>,
     /// The resident model's file as it was when loaded (see [`FileIdentity`]).
     loaded_file: Option<FileIdentity>,
+    /// A file that replaced the resident model's and was refused (not checked again).
+    rejected_file: Option<FileIdentity>,
     shared: Arc<Shared>,
     host: Arc<PluginHost>,
     /// The resident model; each running answer holds a clone, and the engine thread waits for
@@ -1138,10 +1156,31 @@ impl Worker {
         let Some(now) = FileIdentity::of(&spec.params.path) else {
             return;
         };
-        if &now == was {
+        if &now == was || self.rejected_file.as_ref() == Some(&now) {
             return;
         }
-        let what = if (now.dev, now.ino) != (was.dev, was.ino) {
+        let replaced = (now.dev, now.ino) != (was.dev, was.ino);
+        if replaced {
+            // The old file's mapping is intact: a new file that cannot be served (truncated, not
+            // a model) is refused before the working model is let go.
+            if let Err(reason) = precheck(&self.host, spec, self.parallel_for(spec)) {
+                let name = self
+                    .model
+                    .as_ref()
+                    .map_or_else(|| spec.params.path.clone(), |m| resident_name(m.info()));
+                let why = format!(
+                    "the model file {} was replaced by another file, which is refused: {reason}; \
+                     {name} goes on serving from the file it loaded",
+                    spec.params.path
+                );
+                tracing::error!("{why}");
+                self.shared.publish(|s| s.last_load_error = Some(why));
+                self.rejected_file = Some(now);
+                return;
+            }
+        }
+        self.rejected_file = None;
+        let what = if replaced {
             "was replaced by another file".to_owned()
         } else if now.len != was.len {
             format!("changed size from {} to {} bytes", was.len, now.len)
@@ -1261,7 +1300,17 @@ impl Worker {
                         let _ = jobs.try_send(Job::Recover);
                     }
                 }));
-                self.model = Some(Arc::from(model));
+                let model: Arc<dyn LoadedModel> = Arc::from(model);
+                *self
+                    .shared
+                    .resident
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&model));
+                if self.shared.shutting_down.load(Ordering::SeqCst) {
+                    // Loaded as r1d began to stop: `shutdown` may have looked before it was set.
+                    model.abort();
+                }
+                self.model = Some(model);
                 self.spec = Some(spec.clone());
                 self.loaded_file = identity;
                 self.shared.publish(|s| {
@@ -1278,6 +1327,12 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
+                if let BackendError::WorkerDied { reason, .. } = &e {
+                    metrics::counter!(crate::telemetry::BACKEND_CRASHES).increment(1);
+                    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                    let crash = format!("{reason} (at {at}, while loading)");
+                    self.shared.publish(|s| s.last_crash = Some(crash));
+                }
                 self.no_model_reason = describe_load_error(&path, &e);
                 tracing::error!("{}", self.no_model_reason);
                 // A load stopped for a newer one did not fail: nothing to avoid retrying.
@@ -1300,9 +1355,19 @@ impl Worker {
         if job.reply.is_closed() {
             return;
         }
-        self.reload_if_file_changed();
-        let limit = self.model.as_ref().map_or(1, |m| m.parallel_sequences());
-        self.slots.acquire(limit);
+        loop {
+            self.recover_if_failed();
+            self.reload_if_file_changed();
+            let limit = self.model.as_ref().map_or(1, |m| m.parallel_sequences());
+            self.slots.acquire(limit);
+            // The model may have died while this job waited for a slot: it waits for the
+            // restart instead of failing on the dead one.
+            if self.model.as_ref().is_some_and(|m| m.failure().is_some()) {
+                self.slots.release();
+                continue;
+            }
+            break;
+        }
         let slot = SlotGuard(self.slots.clone());
         self.shared.running.fetch_add(1, Ordering::SeqCst);
         let answer = Answer {
@@ -1532,7 +1597,8 @@ impl Answer {
             }
             Err(e @ crate::backend::BackendError::WorkerDied { .. }) => {
                 return Err(EngineError::Backend(format!(
-                    "{e}; this answer is lost, and r1d restarts the model (retry)"
+                    "{e}; this answer is lost (retry); r1d loads the model again in a new worker \
+                     unless it keeps crashing (see /r1/status)"
                 )))
             }
             Err(e) => return Err(EngineError::Backend(e.to_string())),

@@ -7,7 +7,9 @@
  *   abort  calls abort() (SIGABRT), as a failed GGML_ASSERT does;
  *   stack  recurses until the stack overflows;
  *   exit   calls _exit(4);
- *   hang   never returns.
+ *   hang   never returns;
+ *   fork-segv  starts a child process that keeps the worker's pipes open (sleeps 300 s), then
+ *          writes through a null pointer.
  * `load-segv` crashes in `load` instead. Before a fault it logs an error line through the host's
  * logger, so the host can report the plugin's last words. Not a model: nothing here reads text.
  * Tokens are bytes (id = byte + 1); the chat template concatenates the message contents.
@@ -73,7 +75,13 @@ static void fault(const char *mode) {
     char line[96];
     snprintf(line, sizeof line, "crashc: about to fail with '%s', as the model file says", mode);
     say(R1_LOG_ERROR, line);
-    if (strcmp(mode, "segv") == 0 || strcmp(mode, "load-segv") == 0) {
+    if (strcmp(mode, "fork-segv") == 0) {
+        if (fork() == 0) {
+            sleep(300);
+            _exit(0);
+        }
+        *(volatile int *)0 = 1;
+    } else if (strcmp(mode, "segv") == 0 || strcmp(mode, "load-segv") == 0) {
         *(volatile int *)0 = 1;
     } else if (strcmp(mode, "abort") == 0) {
         abort();

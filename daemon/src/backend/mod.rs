@@ -208,6 +208,10 @@ pub trait LoadedModel: Send + Sync {
     fn worker_pid(&self) -> Option<u32> {
         None
     }
+    /// Ends the model's worker process at once (r1d stops): every call waiting on it fails now
+    /// instead of when the plugin next reports. Not a failure ([`LoadedModel::on_failure`] is not
+    /// called). In-process models cannot be stopped this way and ignore it.
+    fn abort(&self) {}
 }
 
 /// A plugin file found in the plugin directory, usable or not.

@@ -17,15 +17,18 @@
 //!   (llama.cpp's `GGML_ASSERT` message before an `abort()`, a Rust panic outside the SDK's
 //!   `catch_unwind`) is logged line by line, and the last line is kept.
 //! - **Heartbeats**: every [`BEAT_INTERVAL`] the child sends `Beat` with a counter of its progress
-//!   (tokens, prompt batches, load progress reports).
+//!   (tokens, prompt batches, load progress reports), logged at trace level.
 //!
 //! When the child dies (a segfault, `abort()`, `exit()`, SIGBUS on a model file truncated under
 //! its mapping, the OOM killer) every call waiting on it ends at once with
 //! [`BackendError::WorkerDied`], whose message says how it ended (signal or exit code) and its last
 //! log line; the model's [`LoadedModel::failure`] says the same, and the hook set with
-//! [`LoadedModel::on_failure`] runs once, so the engine can restart it. When work is pending but
-//! the child shows no progress for [`WorkerCommand::hang_timeout`] (a hang inside the plugin), it
-//! is killed with SIGKILL and the same happens.
+//! [`LoadedModel::on_failure`] runs once, so the engine can restart it. The end is the child's
+//! exit (a thread waits for it), not the end of its pipes, which a process it started may hold;
+//! its process group is killed with it. When one request to it (a load, a tokenize, a generation)
+//! gets no reply for [`WorkerCommand::hang_timeout`] — each piece, prompt batch and load progress
+//! report is one — it is killed with SIGKILL (a hang inside the plugin) and the same happens. A
+//! load that fails or is cancelled ends its worker.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -260,22 +263,39 @@ impl Backend for WorkerBackend {
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Box<dyn LoadedModel>, BackendError> {
         let conn = Conn::spawn(&self.command, self.name())?;
+        // Whatever ends this load but success ends the worker too: no process is left behind.
+        let guard = CloseOnDrop(Some(conn.clone()));
         let replies = conn.register(LOAD_ID)?;
         conn.send(&ToWorker::Load {
             plugin: self.plugin.clone(),
             params: params.clone(),
         })?;
-        let mut cancelled = false;
+        let mut last = 0.0;
+        let cancelled = || BackendError::Call {
+            backend: self.name().to_owned(),
+            status: r1_plugin_abi::R1_ERR_CANCELLED,
+            message: format!("loading model {} was cancelled", params.path),
+        };
         loop {
-            match replies.recv() {
+            // The progress callback is also asked between reports, so a load stopped for a newer
+            // one or for shutdown ends at once even while the plugin reports nothing; the worker
+            // is then killed, which frees whatever it had loaded.
+            match replies.recv_timeout(Duration::from_millis(250)) {
                 Ok(Reply::Progress(p)) => {
-                    if !cancelled && !progress(p) {
-                        cancelled = true;
-                        conn.send(&ToWorker::Cancel { id: LOAD_ID })?;
+                    last = p;
+                    if !progress(p) {
+                        return Err(cancelled());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !progress(last) {
+                        return Err(cancelled());
                     }
                 }
                 Ok(Reply::Loaded(info)) => {
                     conn.forget(LOAD_ID);
+                    let mut guard = guard;
+                    guard.0 = None;
                     return Ok(Box::new(WorkerModel {
                         backend: self.name().to_owned(),
                         info: *info,
@@ -290,8 +310,19 @@ impl Backend for WorkerBackend {
                     })
                 }
                 Ok(other) => return Err(conn.protocol_error(&other)),
-                Err(_) => return Err(conn.died()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(conn.died()),
             }
+        }
+    }
+}
+
+/// Ends a worker when dropped (a load that did not succeed).
+struct CloseOnDrop(Option<Arc<Conn>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.close();
         }
     }
 }
@@ -314,10 +345,11 @@ struct Conn {
     backend: String,
     pid: u32,
     writer: Mutex<Option<BufWriter<ChildStdin>>>,
-    child: Mutex<Child>,
-    /// The calls waiting for replies, by request id. Cleared when the worker dies, so every
-    /// waiting call sees its channel close.
-    pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    /// The calls waiting for replies, by request id, with the time of their last reply (or of
+    /// the request). Cleared when the worker dies, so every waiting call sees its channel close.
+    pending: Mutex<HashMap<u64, (mpsc::Sender<Reply>, Instant)>>,
+    /// Set by the reader when the worker's stdout ended (all its frames were read).
+    drained: (Mutex<bool>, std::sync::Condvar),
     next_id: AtomicU64,
     /// Why the worker is gone (set before `pending` is cleared).
     dead: Mutex<Option<String>>,
@@ -327,8 +359,6 @@ struct Conn {
     killed_for: Mutex<Option<String>>,
     /// The last thing the worker said on stderr or logged as an error.
     last_words: Mutex<Option<String>>,
-    /// The last sign of progress: a reply, a heartbeat whose counter moved, a new request.
-    last_sign: Mutex<Instant>,
     on_death: Mutex<Option<DeathHook>>,
 }
 
@@ -360,7 +390,7 @@ impl Conn {
                 .map_err(std::io::Error::from)
             });
         }
-        let mut child = cmd.spawn().map_err(|e| BackendError::Call {
+        let mut child: Child = cmd.spawn().map_err(|e| BackendError::Call {
             backend: backend.to_owned(),
             status: r1_plugin_abi::R1_ERR_LOAD_FAILED,
             message: format!(
@@ -376,29 +406,39 @@ impl Conn {
             backend: backend.to_owned(),
             pid,
             writer: Mutex::new(Some(BufWriter::new(stdin))),
-            child: Mutex::new(child),
             pending: Mutex::default(),
+            drained: (Mutex::new(false), std::sync::Condvar::new()),
             next_id: AtomicU64::new(LOAD_ID + 1),
             dead: Mutex::new(None),
             closing: AtomicBool::new(false),
             killed_for: Mutex::new(None),
             last_words: Mutex::new(None),
-            last_sign: Mutex::new(Instant::now()),
             on_death: Mutex::new(None),
         });
         tracing::debug!(backend, pid, "started a plugin worker");
-        let errors = std::thread::Builder::new()
+        let _ = std::thread::Builder::new()
             .name("r1d-worker-err".into())
             .spawn({
                 let conn = conn.clone();
                 move || conn.read_stderr(stderr)
-            })
-            .ok();
+            });
         std::thread::Builder::new()
             .name("r1d-worker-rx".into())
             .spawn({
                 let conn = conn.clone();
-                move || conn.read_replies(stdout, errors)
+                move || conn.read_replies(stdout)
+            })
+            .map_err(|e| conn.spawn_error(e))?;
+        // The worker's end is its exit, not the end of its pipes (a process it started may hold
+        // them open): this thread waits for it and then ends every call waiting on it.
+        std::thread::Builder::new()
+            .name("r1d-worker-wait".into())
+            .spawn({
+                let conn = conn.clone();
+                move || {
+                    let status = child.wait();
+                    conn.ended(status);
+                }
             })
             .map_err(|e| conn.spawn_error(e))?;
         std::thread::Builder::new()
@@ -444,8 +484,7 @@ impl Conn {
         if Self::lock(&self.dead).is_some() {
             return Err(self.died());
         }
-        pending.insert(id, tx);
-        *Self::lock(&self.last_sign) = Instant::now();
+        pending.insert(id, (tx, Instant::now()));
         Ok(rx)
     }
 
@@ -496,16 +535,17 @@ impl Conn {
         }
     }
 
+    /// Kills the worker and every process it started (its process group).
     fn kill(&self) {
-        let _ = Self::lock(&self.child).kill();
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
+            return;
+        };
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 
-    /// Routes the worker's replies until its stdout closes, then records how it ended.
-    fn read_replies(
-        self: Arc<Self>,
-        stdout: std::process::ChildStdout,
-        errors: Option<std::thread::JoinHandle<()>>,
-    ) {
+    /// Routes the worker's replies until its stdout closes.
+    fn read_replies(self: Arc<Self>, stdout: std::process::ChildStdout) {
         let mut reader = BufReader::new(stdout);
         let mut progress = 0u64;
         loop {
@@ -538,7 +578,7 @@ impl Conn {
                 FromWorker::Beat { progress: p } => {
                     if p != progress {
                         progress = p;
-                        *Self::lock(&self.last_sign) = Instant::now();
+                        tracing::trace!(backend = %self.backend, progress, "worker heartbeat");
                     }
                     continue;
                 }
@@ -553,22 +593,40 @@ impl Conn {
                     message,
                 } => (id, Reply::Failed(status, message)),
             };
-            *Self::lock(&self.last_sign) = Instant::now();
             let last = matches!(
                 reply,
                 Reply::Loaded(_) | Reply::Tokens(_) | Reply::Done(_) | Reply::Failed(..)
             );
             let mut pending = Self::lock(&self.pending);
-            let delivered = pending.get(&id).is_some_and(|tx| tx.send(reply).is_ok());
+            let delivered = pending.get_mut(&id).is_some_and(|(tx, at)| {
+                *at = Instant::now();
+                tx.send(reply).is_ok()
+            });
             if last || !delivered {
                 pending.remove(&id);
             }
         }
-        // The pipe closed: the worker is ending (or ended). Reap it and say how it ended.
-        let status = Self::lock(&self.child).wait();
-        if let Some(errors) = errors {
-            let _ = errors.join();
+        // A worker that closed its stdout can no longer answer: end it (the waiting thread
+        // reports it).
+        if Self::lock(&self.dead).is_none() && !self.closing.load(Ordering::SeqCst) {
+            self.kill();
         }
+        *Self::lock(&self.drained.0) = true;
+        self.drained.1.notify_all();
+    }
+
+    /// The worker exited: once its last frames are read (or a moment later, when a process it
+    /// started still holds its pipe), every call waiting on it ends with how it ended.
+    fn ended(&self, status: std::io::Result<std::process::ExitStatus>) {
+        {
+            let drained = Self::lock(&self.drained.0);
+            let _ = self
+                .drained
+                .1
+                .wait_timeout_while(drained, Duration::from_millis(500), |d| !*d);
+        }
+        // What it started goes with it.
+        self.kill();
         let reason = self.describe_end(status);
         let failed = !self.closing.load(Ordering::SeqCst);
         if failed {
@@ -599,21 +657,20 @@ impl Conn {
 
     fn describe_end(&self, status: std::io::Result<std::process::ExitStatus>) -> String {
         use std::os::unix::process::ExitStatusExt as _;
-        let how = match status {
-            Ok(s) => match (s.code(), s.signal()) {
+        let killed_for = Self::lock(&self.killed_for).clone();
+        let how = match (status, &killed_for) {
+            (_, Some(why)) => format!("was stopped by r1d (SIGKILL) because {why}"),
+            (Ok(s), None) => match (s.code(), s.signal()) {
                 (Some(code), _) => format!("exited with status {code}"),
                 (None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
                 _ => format!("ended ({s})"),
             },
-            Err(e) => format!("ended (its status could not be read: {e})"),
+            (Err(e), None) => format!("ended (its status could not be read: {e})"),
         };
         let mut reason = format!(
             "the {} backend's worker process (pid {}) {how}",
             self.backend, self.pid
         );
-        if let Some(why) = Self::lock(&self.killed_for).clone() {
-            reason = format!("{reason}: r1d stopped it because {why}");
-        }
         if let Some(words) = Self::lock(&self.last_words).clone() {
             reason = format!("{reason}; its last log line: {words}");
         }
@@ -637,11 +694,15 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
         if Conn::lock(&conn.dead).is_some() || conn.closing.load(Ordering::SeqCst) {
             return;
         }
-        let busy = !Conn::lock(&conn.pending).is_empty();
-        let quiet = Conn::lock(&conn.last_sign).elapsed();
-        if busy && quiet > timeout {
+        // The longest any waiting call has gone without a reply: one answer that hangs while
+        // others go on counts as much as a worker that hangs altogether.
+        let stalled = Conn::lock(&conn.pending)
+            .values()
+            .map(|(_, at)| at.elapsed())
+            .max();
+        if let Some(quiet) = stalled.filter(|q| *q > timeout) {
             *Conn::lock(&conn.killed_for) = Some(format!(
-                "it made no progress for {:.0} s with work to do (a hang inside the plugin; \
+                "a request to it made no progress for {:.0} s (a hang inside the plugin; \
                  [plugins] hang_timeout_s)",
                 quiet.as_secs_f64()
             ));
@@ -763,6 +824,10 @@ impl LoadedModel for WorkerModel {
 
     fn worker_pid(&self) -> Option<u32> {
         Some(self.conn.pid)
+    }
+
+    fn abort(&self) {
+        self.conn.close();
     }
 }
 

@@ -299,6 +299,26 @@ async fn a_served_model_file_that_changes_on_disk_is_reloaded_or_refused() {
         daemon.log()
     );
 
+    // A truncated file renamed over it: refused, and the file already loaded goes on serving.
+    let bad = models.path().join(".smol.gguf.bad");
+    std::fs::write(&bad, &std::fs::read(&smol).unwrap()[..4 << 20]).unwrap();
+    let loaded_copy = models.path().join("kept.gguf");
+    std::fs::hard_link(&path, &loaded_copy).unwrap();
+    std::fs::rename(&bad, &path).unwrap();
+    client.chat(&short("Still there?")).await.unwrap();
+    let status = client.status().await.unwrap();
+    let refused = status
+        .watch
+        .and_then(|w| w.last_load_error)
+        .unwrap_or_default();
+    assert!(
+        refused.contains("which is refused") && refused.contains("goes on serving"),
+        "{refused}"
+    );
+    // The good file back in place (a new inode again): loaded.
+    std::fs::rename(&loaded_copy, &path).unwrap();
+    client.chat(&short("And now?")).await.unwrap();
+
     // Truncated in place under the mapping: refused before any answer reads past the end.
     let len = std::fs::metadata(&path).unwrap().len();
     std::fs::OpenOptions::new()
@@ -367,6 +387,13 @@ async fn a_c_plugin_that_segfaults_aborts_overflows_its_stack_or_exits_never_tak
     assert_eq!(answer.choices[0].message.content, "ok");
     for (mode, how, words) in [
         ("segv", "SIGSEGV", "crashc: about to fail with 'segv'"),
+        // A process the plugin started keeps the worker's pipes open: the death is still seen
+        // (it is the worker's exit that counts), and that process is killed with it.
+        (
+            "fork-segv",
+            "SIGSEGV",
+            "crashc: about to fail with 'fork-segv'",
+        ),
         ("abort", "SIGABRT", "crashc: about to fail with 'abort'"),
         // Rust's stack-overflow handler in the worker turns the overflow into an abort.
         ("stack", "SIGABRT", "stack overflow"),
@@ -393,6 +420,40 @@ async fn a_c_plugin_that_segfaults_aborts_overflows_its_stack_or_exits_never_tak
         );
         ready_again(&daemon).await;
         assert!(client.status().await.is_ok(), "{mode}: r1d serves on");
+        // One worker again (the restarted one), and nothing the dead one started.
+        until(
+            &daemon,
+            20,
+            "one worker and no leftover process",
+            || async {
+                let workers = workers_of(daemon.pid());
+                let group_left = std::fs::read_dir("/proc")
+                    .unwrap()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|pid| {
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains("__plugin-worker"))
+                            .unwrap_or(false)
+                    })
+                    .filter(|pid| {
+                        // A forked child of a dead worker is re-parented away from r1d.
+                        !workers.contains(pid)
+                            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                                .map(|s| {
+                                    let ppid = s.rsplit_once(')').and_then(|(_, r)| {
+                                        r.split_whitespace().nth(1)?.parse::<u32>().ok()
+                                    });
+                                    // Only orphans of this daemon's workers: parent init/subreaper.
+                                    ppid == Some(1)
+                                })
+                                .unwrap_or(false)
+                    })
+                    .count();
+                (workers.len() == 1 && group_left == 0).then_some(())
+            },
+        )
+        .await;
     }
     // A crash inside `load` is a failed load; the model before it serves again.
     let bad = models.path().join("bad.crashc");
@@ -413,5 +474,142 @@ async fn a_c_plugin_that_segfaults_aborts_overflows_its_stack_or_exits_never_tak
     assert!(
         status.model.is_some(),
         "the previous model serves again: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_and_cancelled_loads_leave_no_worker_behind() {
+    let (daemon, models) = echo_daemon("");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let fail = models.path().join("fail.echo");
+    std::fs::write(&fail, r#"{"fail_load": "nope"}"#).unwrap();
+    for _ in 0..5 {
+        let err = client
+            .post_json::<_, r1d_client::wire::Status>(
+                "/r1/load",
+                &serde_json::json!({"path": fail.display().to_string(), "backend": "echo"}),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+    ready_again(&daemon).await;
+    let workers = workers_of(daemon.pid());
+    assert_eq!(
+        workers.len(),
+        1,
+        "only the serving model's worker: {workers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_queued_when_the_worker_dies_waits_for_the_restart() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 1\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let long = ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", "long [[slow]]")],
+        max_tokens: Some(400),
+        stream: true,
+        ..Default::default()
+    };
+    let mut stream = client.chat_stream(&long).await.unwrap();
+    stream.next().await.expect("a first chunk").unwrap();
+    let queued = {
+        let client = daemon.client();
+        tokio::spawn(async move { client.chat(&ask("queued one")).await })
+    };
+    until(&daemon, 10, "the second request to queue", || async {
+        client.status().await.ok().filter(|s| s.queued_requests > 0)
+    })
+    .await;
+    for pid in workers_of(daemon.pid()) {
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let mut cut = None;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            cut = Some(e.to_string());
+            break;
+        }
+    }
+    assert!(
+        cut.as_deref().is_some_and(|e| e.contains("SIGKILL")),
+        "the running answer ends with an error event: {cut:?}"
+    );
+    let answer = queued
+        .await
+        .unwrap()
+        .expect("the queued request is served after the restart");
+    assert_eq!(answer.choices[0].message.content, "QUEUED ONE");
+}
+
+#[tokio::test]
+async fn an_answer_that_hangs_beside_others_that_progress_is_caught() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 3\n[plugins]\nhang_timeout_s = 2\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    // Steady traffic beside the hung answer.
+    let busy = {
+        let client = daemon.client();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let _ = client
+                    .chat(&ChatCompletionRequest {
+                        max_tokens: Some(60),
+                        ..ask("busy [[slow]]")
+                    })
+                    .await;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), client.chat(&ask("[[crash:hang]]")))
+        .await
+        .expect("the hung answer is caught while others progress")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no progress"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    busy.abort();
+}
+
+#[tokio::test]
+async fn sigterm_while_the_plugin_hangs_ends_the_answer_with_an_error_and_exits_0() {
+    let (mut daemon, _m) = echo_daemon("");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let hung = {
+        let client = daemon.client();
+        tokio::spawn(async move { client.chat(&ask("[[crash:hang]]")).await })
+    };
+    until(&daemon, 10, "the hung answer to run", || async {
+        daemon
+            .client()
+            .status()
+            .await
+            .ok()
+            .filter(|s| s.running_requests > 0)
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    daemon.terminate();
+    let err = hung.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("shutting down"), "{err}");
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .expect("r1d exits");
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        stopped.elapsed()
     );
 }
