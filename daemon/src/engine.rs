@@ -1375,6 +1375,11 @@ impl Worker {
             config: self.config.clone(),
             model: self.model.clone(),
             no_model_reason: self.no_model_reason.clone(),
+            loaded_file: self
+                .spec
+                .as_ref()
+                .zip(self.loaded_file.clone())
+                .map(|(spec, id)| (spec.params.path.clone(), id)),
         };
         let spawned = std::thread::Builder::new()
             .name("r1d-answer".into())
@@ -1402,7 +1407,12 @@ struct Answer {
     config: EngineConfig,
     model: Option<Arc<dyn LoadedModel>>,
     no_model_reason: String,
+    /// The model's file as loaded: checked every [`FILE_CHECK_INTERVAL`] during the answer.
+    loaded_file: Option<(String, FileIdentity)>,
 }
+
+/// How often a running answer checks that its model file was not written in place.
+const FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Answer {
     fn chat(&self, job: ChatJob) {
@@ -1549,9 +1559,24 @@ impl Answer {
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
         let mut stalled = false;
+        let mut file_changed: Option<String> = None;
+        let mut file_checked = Instant::now();
         let shared = self.shared.clone();
         let result = model.generate(&request, &mut |bytes, id| {
             shared.beat();
+            if let Some((path, loaded)) = &self.loaded_file {
+                if file_checked.elapsed() >= FILE_CHECK_INTERVAL {
+                    file_checked = Instant::now();
+                    // Written in place under the mapping (same inode, other size or time): the
+                    // weights are no longer the loaded ones, and what follows would be garbage.
+                    if let Some(now) = FileIdentity::of(path) {
+                        if (now.dev, now.ino) == (loaded.dev, loaded.ino) && &now != loaded {
+                            file_changed = Some(path.clone());
+                            return false;
+                        }
+                    }
+                }
+            }
             if shared.shutting_down.load(Ordering::SeqCst)
                 || shared.preempting.load(Ordering::SeqCst)
             {
@@ -1582,6 +1607,12 @@ impl Answer {
             }
             !assembler.stopped()
         });
+        if let Some(path) = file_changed {
+            return Err(EngineError::Backend(format!(
+                "the model file {path} was written in place during this answer, so the weights \
+                 it was reading changed; the answer was stopped (retry: r1d loads the file again)"
+            )));
+        }
         let mut result: GenerateResult = match result {
             Ok(r) => r.into(),
             // A plugin that cannot honour a field refuses it by name: the client's mistake (400),

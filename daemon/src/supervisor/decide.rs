@@ -291,7 +291,7 @@ pub fn decide(state: &mut Hysteresis, f: &Facts<'_>) -> Decision {
             why: if f.serving {
                 "the machine changed"
             } else {
-                "nothing is served and this can be"
+                "nothing is served, and this model can be"
             },
             first,
         };
@@ -541,7 +541,7 @@ mod tests {
         let Decision::Act { why, first, .. } = &d[0] else {
             panic!()
         };
-        assert_eq!(*why, "nothing is served and this can be");
+        assert_eq!(*why, "nothing is served, and this model can be");
         assert!(first.is_some(), "announced as well");
         // ...and nothing present: nothing to do.
         run(

@@ -613,3 +613,45 @@ async fn sigterm_while_the_plugin_hangs_ends_the_answer_with_an_error_and_exits_
         stopped.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_model_file_written_in_place_during_an_answer_stops_that_answer() {
+    let (daemon, models) = echo_daemon("");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    let long = ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", "long answer [[slow]]")],
+        max_tokens: Some(400),
+        stream: true,
+        ..Default::default()
+    };
+    let mut stream = client.chat_stream(&long).await.unwrap();
+    stream.next().await.expect("a first chunk").unwrap();
+    // Same inode, new bytes (as `dd conv=notrunc` or a careless editor would).
+    let model = models.path().join("test.echo");
+    let mut text = std::fs::read_to_string(&model).unwrap();
+    text.push_str("\n ");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .unwrap();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    let error = error.expect("the answer ends with an error event, not garbage");
+    assert!(
+        error.contains("was written in place during this answer"),
+        "{error}"
+    );
+    // The next request loads the file again and is served.
+    let again = client.chat(&ask("fresh")).await.unwrap();
+    assert_eq!(again.choices[0].message.content, "FRESH");
+    assert!(daemon
+        .log()
+        .contains("since it was loaded; loading it again"));
+}
