@@ -896,6 +896,19 @@ pub struct PlanCandidate {
     /// The published rule of thumb for this size class ("8 cores, 16 GB RAM, 1 × 8 GB GPU").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_requirements: Option<String>,
+    /// Where `ram_bytes` comes from: `"formula"` (the catalog's memory math) or `"backend"` (the
+    /// present file's backend estimated it: llama.cpp's no-allocation dry run). Absent from
+    /// older daemons: the formula.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<String>,
+    /// Who estimated, when `memory_source` is `"backend"` ("llamacpp: llama.cpp no_alloc dry
+    /// run …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_estimated_by: Option<String>,
+    /// What the catalog formula planned (bytes of RAM, without the reserve) when the backend's
+    /// estimate replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formula_ram_bytes: Option<u64>,
 }
 
 /// `GET /r1/plan`, `r1d plan --json`: every candidate and the chosen one.
@@ -1093,6 +1106,12 @@ impl Plan {
             out.push('\n');
             let mut text = wrapping(text_width, 1);
             text.add_row(vec![c.reason.clone()]);
+            if let (Some(by), Some(formula)) = (&c.memory_estimated_by, c.formula_ram_bytes) {
+                text.add_row(vec![format!(
+                    "RAM from the file's backend ({by}); the catalog formula says {} GB",
+                    gb(formula)
+                )]);
+            }
             if let Some(published) = &c.published_requirements {
                 text.add_row(vec![format!("published rule of thumb: {published}")]);
             }

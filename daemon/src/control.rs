@@ -480,7 +480,21 @@ impl Control {
     /// As [`Control::hardware`].
     pub async fn plan(&self) -> Result<crate::planner::Plan, ControlError> {
         let hw = self.hardware().await?;
-        Ok(crate::planner::plan(&hw, &[], &self.planner.policy))
+        let policy = self.planner.policy.clone();
+        // Files on disk need no download, and their backend's own estimate replaces the
+        // formula's memory figure.
+        let present = match &self.store {
+            Some(store) => {
+                let store = store.clone();
+                let policy = policy.clone();
+                blocking("the store scan", move || {
+                    store.present(&store.scan(), &policy)
+                })
+                .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(crate::planner::plan(&hw, &present, &policy))
     }
 
     /// Scans the store (it reads GGUF headers).

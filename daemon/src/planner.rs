@@ -55,12 +55,68 @@ pub const HOST_OVERHEAD: u64 = 256 << 20;
 pub const GGUF_BACKEND: &str = "llamacpp";
 
 /// A model file already on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Present {
     /// Variant id (`deepseek-r1:7b`).
     pub variant: String,
     /// Quantization name (`Q4_K_M`).
     pub quantization: String,
+    /// What its backend says a CPU-only load of this very file allocates, asked by the caller
+    /// (the planner does no I/O) at [`planned_context`] for one sequence; `None` when the
+    /// backend has no estimate. When given, it replaces the catalog formula's RAM figure for a
+    /// placement on the CPU.
+    pub estimate: Option<BackendEstimate>,
+}
+
+/// A backend's own figures for one load (the plugin ABI's `estimate`), host memory only, in
+/// bytes: what llama.cpp's no-allocation dry run reports for a CPU-only load of one sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendEstimate {
+    /// Context length per sequence the figures are for (tokens), as the backend rounded it.
+    pub context_length: u32,
+    /// Weights used in place from the memory-mapped file (resident file pages once read).
+    pub weights_mapped_bytes: u64,
+    /// Weights copied into anonymous memory (llama.cpp's repacked CPU layout, or all of them
+    /// without mmap), on top of the mapped pages.
+    pub weights_copied_bytes: u64,
+    /// KV cache of one sequence of `context_length` tokens.
+    pub kv_cache_bytes: u64,
+    /// Compute buffers.
+    pub compute_bytes: u64,
+    /// Who estimated, e.g. "llamacpp: llama.cpp no_alloc dry run".
+    pub source: String,
+}
+
+impl BackendEstimate {
+    /// Host RAM for `sequences` sequences (each its own KV cache), without r1d's own overhead.
+    pub fn ram_bytes(&self, sequences: u32) -> u64 {
+        self.weights_mapped_bytes
+            + self.weights_copied_bytes
+            + self.kv_cache_bytes * u64::from(sequences.max(1))
+            + self.compute_bytes
+    }
+}
+
+/// Where a candidate's memory figures come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemorySource {
+    /// The catalog's formula ([`Variant::footprint`]): the file is not present, its backend has
+    /// no estimate, or layers go to a GPU (the estimate is asked for a CPU-only load).
+    Formula,
+    /// The backend's own estimate of the present file ([`BackendEstimate`]).
+    Backend {
+        /// Who estimated ([`BackendEstimate::source`]).
+        source: String,
+        /// What the formula would have planned (bytes of RAM, without the reserve), for
+        /// comparison.
+        formula_ram_bytes: u64,
+    },
+}
+
+/// The context length the planner plans `v` with under `policy` (tokens): the policy's, capped at
+/// the trained context. Callers ask a backend's estimate at this length.
+pub fn planned_context(v: &Variant, policy: &Policy) -> u32 {
+    policy.context_length.min(v.trained_context)
 }
 
 /// One variant × quantization, placed on this hardware.
@@ -96,6 +152,8 @@ pub struct Candidate {
     pub reason: String,
     /// The file is already on disk.
     pub present: bool,
+    /// Where `ram_bytes` comes from.
+    pub memory_source: MemorySource,
 }
 
 /// The plan: every candidate, and the chosen one.
@@ -152,6 +210,7 @@ impl Plan {
 struct Placement {
     gpu_layers: u32,
     ram_bytes: u64,
+    memory_source: MemorySource,
     vram_bytes: Vec<u64>,
     tokens_per_s: f64,
     description: String,
@@ -172,7 +231,8 @@ fn amount(bytes: u64) -> String {
 }
 
 /// Places `v` at `q` with a KV cache of `sequences` × `ctx` tokens (its memory); the speed
-/// estimate is for one answer reading its own `ctx`.
+/// estimate is for one answer reading its own `ctx`. `estimate`: the backend's figures for the
+/// present file, used instead of the formula's RAM when everything stays on the CPU.
 fn place(
     v: &Variant,
     q: &Quantization,
@@ -180,6 +240,7 @@ fn place(
     policy: &Policy,
     ctx: u32,
     sequences: u32,
+    estimate: Option<&BackendEstimate>,
 ) -> Placement {
     let f = v.footprint(q, ctx.saturating_mul(sequences.max(1)));
     let read = v.footprint(q, ctx);
@@ -228,11 +289,21 @@ fn place(
     // Blocks on a CPU with llama.cpp's repacking kernels hold their Q4 weights twice.
     let repacks = hw.cpu.features.iter().any(|f| f == "avx2" || f == "i8mm");
     let per_cpu_layer = per_layer + if repacks { f.layer_repack } else { 0 };
-    let ram_bytes = f.token_embedding
+    let formula_ram_bytes = f.token_embedding
         + on_cpu as u64 * per_cpu_layer
         + if output_on.is_none() { f.output } else { 0 }
         + if cpu_runs_graph { f.compute } else { 0 }
         + HOST_OVERHEAD;
+    let (ram_bytes, memory_source) = match estimate {
+        Some(e) if on_gpu == 0 && output_on.is_none() && e.context_length >= ctx => (
+            e.ram_bytes(sequences) + HOST_OVERHEAD,
+            MemorySource::Backend {
+                source: e.source.clone(),
+                formula_ram_bytes,
+            },
+        ),
+        _ => (formula_ram_bytes, MemorySource::Formula),
+    };
 
     // Speed: bytes read per token on each device over its effective bandwidth.
     let active = v.active_parameters as f64 / v.parameters as f64;
@@ -282,6 +353,7 @@ fn place(
     Placement {
         gpu_layers,
         ram_bytes,
+        memory_source,
         vram_bytes,
         tokens_per_s,
         description,
@@ -457,22 +529,24 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
     let mut shortfalls: Vec<(u64, String)> = Vec::new();
     for v in VARIANTS.iter().rev() {
         for q in v.quantizations.iter().rev() {
-            let ctx = policy.context_length.min(v.trained_context);
-            let p = place(v, q, hw, policy, ctx, policy.sequences.unwrap_or(1));
+            let ctx = planned_context(v, policy);
+            let file = present.iter().find(|m| {
+                m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
+            });
+            let estimate = file.and_then(|m| m.estimate.as_ref());
+            let p = place(v, q, hw, policy, ctx, policy.sequences.unwrap_or(1), estimate);
             let parallel = policy.sequences.unwrap_or_else(|| {
                 (2..=DEFAULT_PARALLEL)
                     .rev()
                     .find(|&n| {
-                        let more = place(v, q, hw, policy, ctx, n);
+                        let more = place(v, q, hw, policy, ctx, n, estimate);
                         more.gpu_layers == p.gpu_layers
                             && more.ram_bytes + policy.reserve_ram_bytes
                                 <= hw.memory.available_bytes
                     })
                     .unwrap_or(1)
             });
-            let is_present = present.iter().any(|m| {
-                m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
-            });
+            let is_present = file.is_some();
             let pinned_out = policy
                 .variant
                 .as_deref()
@@ -547,6 +621,7 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 fits,
                 reason,
                 present: is_present,
+                memory_source: p.memory_source,
             });
         }
     }
@@ -983,6 +1058,7 @@ mod tests {
         let present = [Present {
             variant: "deepseek-r1:7b".into(),
             quantization: "Q4_K_M".into(),
+            estimate: None,
         }];
         let p = plan(&hw, &present, &Policy::default());
         let c = p.chosen().unwrap();
@@ -990,6 +1066,104 @@ mod tests {
             (c.variant.id, c.quantization.name, c.present),
             ("deepseek-r1:7b", "Q4_K_M", true)
         );
+    }
+
+    fn estimate(gb: f64) -> BackendEstimate {
+        BackendEstimate {
+            context_length: 8192,
+            weights_mapped_bytes: (gb * 0.6 * GB as f64) as u64,
+            weights_copied_bytes: (gb * 0.3 * GB as f64) as u64,
+            kv_cache_bytes: (gb * 0.05 * GB as f64) as u64,
+            compute_bytes: (gb * 0.05 * GB as f64) as u64,
+            source: "test: dry run".into(),
+        }
+    }
+
+    fn candidate<'p>(p: &'p Plan, variant: &str, quantization: &str) -> &'p Candidate {
+        p.candidates
+            .iter()
+            .find(|c| c.variant.id == variant && c.quantization.name == quantization)
+            .unwrap()
+    }
+
+    /// A present file's backend estimate replaces the formula's RAM on a CPU-only placement,
+    /// says so, and keeps the formula's figure beside it; files that are not present keep the
+    /// formula.
+    #[test]
+    fn a_present_files_estimate_replaces_the_formula_on_the_cpu() {
+        let hw = machine(8, 32, 40, vec![]);
+        let e = estimate(7.0);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(e.clone()),
+        }];
+        let policy = Policy {
+            sequences: Some(1),
+            ..Policy::default()
+        };
+        let p = plan(&hw, &present, &policy);
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(c.ram_bytes, e.ram_bytes(1) + HOST_OVERHEAD);
+        let formula = plan(&hw, &[], &policy);
+        let f = candidate(&formula, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(
+            c.memory_source,
+            MemorySource::Backend {
+                source: "test: dry run".into(),
+                formula_ram_bytes: f.ram_bytes
+            }
+        );
+        assert_eq!(f.memory_source, MemorySource::Formula);
+        let other = candidate(&p, "deepseek-r1:7b", "Q8_0");
+        assert_eq!(other.memory_source, MemorySource::Formula);
+
+        // Two sequences: the estimate's KV cache twice.
+        let two = plan(
+            &hw,
+            &present,
+            &Policy {
+                sequences: Some(2),
+                ..Policy::default()
+            },
+        );
+        let c2 = candidate(&two, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(c2.ram_bytes, c.ram_bytes + e.kv_cache_bytes);
+    }
+
+    /// An estimate larger than the RAM available rejects the file, naming the shortfall, even
+    /// where the formula would have let it fit.
+    #[test]
+    fn an_estimate_that_does_not_fit_is_refused_before_loading() {
+        let hw = machine(8, 16, 40, vec![]);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(estimate(40.0)),
+        }];
+        let p = plan(&hw, &present, &Policy::default());
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert!(!c.fits);
+        assert!(c.reason.contains("short"), "{}", c.reason);
+        assert!(plan(&hw, &[], &Policy::default())
+            .candidates
+            .iter()
+            .any(|c| c.variant.id == "deepseek-r1:7b" && c.quantization.name == "Q4_K_M" && c.fits));
+    }
+
+    /// The estimate is of a CPU-only load: a placement with layers on a GPU keeps the formula.
+    #[test]
+    fn an_offloaded_placement_keeps_the_formula() {
+        let hw = machine(8, 16, 40, vec![gpu(24, 23.5, 900)]);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(estimate(7.0)),
+        }];
+        let p = plan(&hw, &present, &Policy::default());
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert!(c.gpu_layers > 0);
+        assert_eq!(c.memory_source, MemorySource::Formula);
     }
 
     #[test]

@@ -181,6 +181,23 @@ fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
         parallel: c.parallel,
         file_bytes: c.quantization.file_bytes,
         present: c.present,
+        memory_source: Some(
+            match c.memory_source {
+                crate::planner::MemorySource::Formula => "formula",
+                crate::planner::MemorySource::Backend { .. } => "backend",
+            }
+            .to_owned(),
+        ),
+        memory_estimated_by: match &c.memory_source {
+            crate::planner::MemorySource::Backend { source, .. } => Some(source.clone()),
+            crate::planner::MemorySource::Formula => None,
+        },
+        formula_ram_bytes: match c.memory_source {
+            crate::planner::MemorySource::Backend {
+                formula_ram_bytes, ..
+            } => Some(formula_ram_bytes),
+            crate::planner::MemorySource::Formula => None,
+        },
         source: Some(format!(
             "hf://{}/{}",
             c.quantization.repo, c.quantization.file

@@ -194,7 +194,8 @@ mod tests {
             present(std::slice::from_ref(&e)),
             vec![Present {
                 variant: "deepseek-r1:1.5b".into(),
-                quantization: "ONNX-Q4F16".into()
+                quantization: "ONNX-Q4F16".into(),
+                estimate: None,
             }]
         );
     }
@@ -279,6 +280,7 @@ mod tests {
         let present = [Present {
             variant: "deepseek-r1:1.5b".into(),
             quantization: "ONNX-Q4F16".into(),
+            estimate: None,
         }];
         let plan = planner::plan(&hw, &present, &policy);
         assert!(onnx(&plan).fits, "{}", onnx(&plan).reason);
