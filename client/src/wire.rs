@@ -805,6 +805,10 @@ pub struct MemoryProfile {
         deserialize_with = "count::opt_u64"
     )]
     pub bandwidth_bytes_per_s: Option<u64>,
+    /// How much the bandwidth measurement runs differed: (slowest − fastest) / median, e.g.
+    /// 0.12 for ±6 %; absent when not measured here (a saved profile, an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_spread: Option<f64>,
     /// The cgroup memory limit (bytes), when one applies.
     #[serde(
         default,

@@ -51,6 +51,22 @@ pub const GPU_RUNTIME_OVERHEAD: u64 = 512 << 20;
 /// RAM the r1d process and llama.cpp's host buffers take besides the model (bytes).
 pub const HOST_OVERHEAD: u64 = 256 << 20;
 
+/// Hysteresis of the speed test, for a re-plan while a model is served: the served model stays
+/// "fast enough" down to this share of `min_tokens_per_s` …
+///
+/// The speed estimate scales with the measured memory bandwidth, and a measurement wobbles with
+/// what else the machine does (±10 % between runs of the median-of-7 probe on a busy machine,
+/// far more between single passes). Without hysteresis a wobble across the threshold swaps the
+/// model (the 1.5B flipped between Q6_K, Q8_0 and F16). With it, a re-plan at up to 10 % less
+/// bandwidth keeps what a plan chose (0.85 < 1 / 1.1) …
+pub const SPEED_KEEP: f64 = 0.85;
+
+/// … and a better variant or quantization than the served one must reach this multiple of
+/// `min_tokens_per_s` to replace it, so a re-plan at up to 10 % more bandwidth does not upgrade
+/// to what a plan found too slow (1.15 > 1.1). A first plan (nothing served) uses the minimum
+/// itself.
+pub const SPEED_UPGRADE: f64 = 1.15;
+
 /// The backend that runs GGUF files.
 pub const GGUF_BACKEND: &str = "llamacpp";
 
@@ -154,6 +170,10 @@ pub struct Candidate {
     pub present: bool,
     /// Where `ram_bytes` comes from.
     pub memory_source: MemorySource,
+    /// Whether `tokens_per_s` passes the policy's minimum — with the hysteresis of
+    /// [`SPEED_KEEP`] / [`SPEED_UPGRADE`] when the plan was made while a model is served
+    /// ([`plan_serving`]).
+    pub fast_enough: bool,
 }
 
 /// The plan: every candidate, and the chosen one.
@@ -364,7 +384,19 @@ fn place(
 /// already on disk (they need no download space). The plan also says what more RAM or VRAM
 /// would bring ([`Plan::upgrades`], [`Plan::more_memory`]).
 pub fn plan(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
-    let mut plan = plan_here(hw, present, policy);
+    plan_serving(hw, present, policy, None)
+}
+
+/// [`plan`] made while `serving` (variant id, quantization name) is the resident model: its speed
+/// test has hysteresis ([`SPEED_KEEP`], [`SPEED_UPGRADE`]), so a wobble of the measured bandwidth
+/// does not swap the model.
+pub fn plan_serving(
+    hw: &Hardware,
+    present: &[Present],
+    policy: &Policy,
+    serving: Option<(&str, &str)>,
+) -> Plan {
+    let mut plan = plan_here(hw, present, policy, serving);
     let current = plan.chosen().map(|c| better_key(c, policy));
     let mut upgrades = Vec::new();
     upgrades.extend(upgrade(hw, present, policy, current, Resource::Ram));
@@ -429,7 +461,12 @@ fn upgrade(
     resource: Resource,
 ) -> Option<Upgrade> {
     let better = |steps: u64| -> Option<Candidate> {
-        let p = plan_here(&grown(hw, resource, steps * UPGRADE_STEP), present, policy);
+        let p = plan_here(
+            &grown(hw, resource, steps * UPGRADE_STEP),
+            present,
+            policy,
+            None,
+        );
         p.chosen()
             .filter(|c| current.is_none_or(|k| better_key(c, policy) > k))
             .cloned()
@@ -520,8 +557,14 @@ fn more_memory_text(plan: &Plan, upgrades: &[Upgrade], policy: &Policy) -> Strin
     }
 }
 
-/// [`plan`] without the upgrade search.
-fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
+/// [`plan_serving`] without the upgrade search.
+fn plan_here(
+    hw: &Hardware,
+    present: &[Present],
+    policy: &Policy,
+    serving: Option<(&str, &str)>,
+) -> Plan {
+
     let reserve = policy.reserve_ram_bytes;
     let available = hw.memory.available_bytes;
     let mut candidates = Vec::new();
@@ -597,8 +640,9 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 None
             };
             let fits = reason_not.is_none();
+            let fast_enough = p.tokens_per_s >= policy.min_tokens_per_s;
             let reason = reason_not.unwrap_or_else(|| {
-                if p.tokens_per_s < policy.min_tokens_per_s {
+                if !fast_enough {
                     format!(
                         "fits ({}), but {:.1} tokens/s is under the {} tokens/s minimum",
                         p.description, p.tokens_per_s, policy.min_tokens_per_s
@@ -622,6 +666,7 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 reason,
                 present: is_present,
                 memory_source: p.memory_source,
+                fast_enough,
             });
         }
     }
@@ -635,7 +680,37 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
             c.quantization.quality,
         )
     };
-    let fast_enough = |c: &&Candidate| c.tokens_per_s >= policy.min_tokens_per_s;
+    // While a model is served, its speed test has hysteresis (see SPEED_KEEP): it stays fast
+    // enough down to SPEED_KEEP × the minimum, and a candidate the ranking puts above it must
+    // reach SPEED_UPGRADE × the minimum. Placements do not depend on the bandwidth, so neither
+    // does this ranking.
+    let served = serving.and_then(|(v, q)| {
+        candidates.iter().position(|c| {
+            c.variant.id.eq_ignore_ascii_case(v) && c.quantization.name.eq_ignore_ascii_case(q)
+        })
+    });
+    if let Some(s) = served {
+        let served_quality = quality(&candidates[s]);
+        let min = policy.min_tokens_per_s;
+        for (i, c) in candidates.iter_mut().enumerate() {
+            let needed = if i == s {
+                min * SPEED_KEEP
+            } else if quality(c) > served_quality {
+                min * SPEED_UPGRADE
+            } else {
+                min
+            };
+            c.fast_enough = c.tokens_per_s >= needed;
+            if c.fits && !c.fast_enough && c.tokens_per_s >= min {
+                c.reason = format!(
+                    "fits, ≈ {:.1} tokens/s, but a better model than the one served must reach \
+                     {SPEED_UPGRADE} × the {min} tokens/s minimum to replace it",
+                    c.tokens_per_s
+                );
+            }
+        }
+    }
+    let fast_enough = |c: &&Candidate| c.fast_enough;
     let best = candidates
         .iter()
         .enumerate()
@@ -731,6 +806,7 @@ mod tests {
                 available_bytes: ram_gib * GIB * 9 / 10,
                 cgroup_limit_bytes: None,
                 bandwidth_bytes_per_s: Some(cpu_bw_gb_s * GB),
+                bandwidth_spread: None,
             },
             disk: Some(Disk {
                 path: "/var/lib/r1d/models".into(),
@@ -1166,6 +1242,58 @@ mod tests {
         assert_eq!(c.memory_source, MemorySource::Formula);
     }
 
+    fn choice_at(bandwidth: u64, serving: Option<(&str, &str)>) -> (&'static str, &'static str) {
+        // A laptop-class machine where the 1.5B is the variant that reaches 10 tokens/s and its
+        // quantization depends on the bandwidth.
+        let mut hw = machine(4, 16, 0, vec![]);
+        hw.memory.bandwidth_bytes_per_s = Some(bandwidth);
+        let p = plan_serving(&hw, &[], &Policy::default(), serving);
+        let c = p.chosen().expect("something fits 16 GiB");
+        (c.variant.id, c.quantization.name)
+    }
+
+    /// Property: for every bandwidth from 10 to 80 GB/s (0.25 GB/s steps), re-planning while the
+    /// first plan's choice is served, at 90 % to 110 % of that bandwidth (the wobble of the
+    /// probe), keeps the choice. Without the hysteresis the same wobble flips it (checked too, so
+    /// the property is not vacuous).
+    #[test]
+    fn a_ten_percent_bandwidth_wobble_does_not_flip_the_choice() {
+        let mut flips_without = 0;
+        for step in 0..=280u64 {
+            let b0 = 10 * GB + step * GB / 4;
+            let first = choice_at(b0, None);
+            for f in [0.90, 0.93, 0.97, 1.03, 1.07, 1.10] {
+                let b = (b0 as f64 * f) as u64;
+                assert_eq!(
+                    choice_at(b, Some(first)),
+                    first,
+                    "chosen at {:.2} GB/s, flipped at {:.2} GB/s",
+                    b0 as f64 / 1e9,
+                    b as f64 / 1e9
+                );
+                if choice_at(b, None) != first {
+                    flips_without += 1;
+                }
+            }
+        }
+        assert!(flips_without > 0, "the grid never crosses a threshold");
+    }
+
+    /// Hysteresis does not pin a model forever: a clearly faster machine (or a clearly slower
+    /// one) still changes the choice.
+    #[test]
+    fn hysteresis_still_follows_a_large_change() {
+        let slow = choice_at(12 * GB, None);
+        let fast = choice_at(100 * GB, None);
+        assert_ne!(slow, fast);
+        assert_eq!(choice_at(100 * GB, Some(slow)), fast);
+        assert_eq!(choice_at(12 * GB, Some(fast)), slow);
+        // Inside the band a better model waits: at 60 GB/s a first plan takes the 7B (≈ 10.5
+        // tokens/s, just over the minimum), but not while the 1.5B is served.
+        assert_eq!(choice_at(60 * GB, None).0, "deepseek-r1:7b");
+        assert_eq!(choice_at(60 * GB, Some(slow)).0, "deepseek-r1:1.5b");
+    }
+
     #[test]
     fn same_inputs_same_plan() {
         let hw = machine(12, 32, 50, vec![gpu(16, 15.5, 288)]);
@@ -1345,6 +1473,33 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
+            /// The wobble property on any machine (GPUs included): re-planning while the first
+            /// plan's choice is served, with every bandwidth (CPU and GPUs) at 90–110 %, keeps it.
+            #[test]
+            fn a_bandwidth_wobble_never_swaps_the_served_model(
+                hw in hardware(), f in 0.9f64..=1.1
+            ) {
+                let policy = Policy::default();
+                let first = plan(&hw, &[], &policy);
+                if let Some(c) = first.chosen() {
+                    let mut wobbled = hw.clone();
+                    let scale = |b: u64| (b as f64 * f) as u64;
+                    wobbled.memory.bandwidth_bytes_per_s =
+                        wobbled.memory.bandwidth_bytes_per_s.map(scale);
+                    for g in &mut wobbled.gpus {
+                        g.bandwidth_bytes_per_s = g.bandwidth_bytes_per_s.map(scale);
+                    }
+                    let again = plan_serving(
+                        &wobbled, &[], &policy, Some((c.variant.id, c.quantization.name)));
+                    let a = again.chosen().expect("the served model still fits");
+                    prop_assert_eq!(
+                        (a.variant.id, a.quantization.name),
+                        (c.variant.id, c.quantization.name),
+                        "at {}× the bandwidth", f
+                    );
+                }
+            }
+
             #[test]
             fn more_memory_never_yields_a_smaller_variant(hw in hardware(), extra in 1u64..512) {
                 let before = plan(&hw, &[], &Policy::default());
@@ -1367,14 +1522,14 @@ mod tests {
                 let p = plan(&hw, &[], &policy);
                 let now = p.chosen().map(|c| better_key(c, &policy));
                 for u in &p.upgrades {
-                    let then = plan_here(&grown(&hw, u.resource, u.more_bytes), &[], &policy);
+                    let then = plan_here(&grown(&hw, u.resource, u.more_bytes), &[], &policy, None);
                     let c = then.chosen().expect("a choice with more memory");
                     prop_assert_eq!(
                         (c.variant.id, c.quantization.name, c.gpu_layers),
                         (u.candidate.variant.id, u.candidate.quantization.name, u.candidate.gpu_layers)
                     );
                     prop_assert!(now.is_none_or(|k| better_key(c, &policy) > k));
-                    let less = plan_here(&grown(&hw, u.resource, u.more_bytes - MIB), &[], &policy);
+                    let less = plan_here(&grown(&hw, u.resource, u.more_bytes - MIB), &[], &policy, None);
                     let not_better = match (less.chosen(), now) {
                         (None, _) => true,
                         (Some(c), Some(k)) => better_key(c, &policy) <= k,

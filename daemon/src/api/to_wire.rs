@@ -101,6 +101,7 @@ pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile
             total_bytes: hw.memory.total_bytes,
             available_bytes: hw.memory.available_bytes,
             bandwidth_bytes_per_s: hw.memory.bandwidth_bytes_per_s,
+            bandwidth_spread: hw.memory.bandwidth_spread,
             cgroup_limit_bytes: hw.memory.cgroup_limit_bytes,
         },
         disk: hw.disk.as_ref().map(|d| wire::DiskProfile {
@@ -139,6 +140,7 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             available_bytes: p.memory.available_bytes.min(p.memory.total_bytes),
             cgroup_limit_bytes: p.memory.cgroup_limit_bytes,
             bandwidth_bytes_per_s: p.memory.bandwidth_bytes_per_s,
+            bandwidth_spread: p.memory.bandwidth_spread,
         },
         disk: p.disk.as_ref().map(|d| Disk {
             path: d.path.clone().unwrap_or_default().into(),

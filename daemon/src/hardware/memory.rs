@@ -40,12 +40,14 @@ pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
             available_bytes: host_available.min(available),
             cgroup_limit_bytes: Some(limit),
             bandwidth_bytes_per_s: None,
+            bandwidth_spread: None,
         },
         None => Memory {
             total_bytes: total,
             available_bytes: host_available,
             cgroup_limit_bytes: None,
             bandwidth_bytes_per_s: None,
+            bandwidth_spread: None,
         },
     })
 }

@@ -477,17 +477,38 @@ impl Store {
     /// # Errors
     /// [`StoreError::Probe`].
     pub fn choose(&self) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
-        self.choose_with(&self.settings().policy)
+        self.choose_serving(None)
+    }
+
+    /// [`Store::choose`] while the model at `serving` is resident: the planner keeps it unless
+    /// something is clearly better ([`planner::plan_serving`]'s hysteresis), so a wobble of the
+    /// measured bandwidth does not swap it. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::Probe`].
+    pub fn choose_serving(
+        &self,
+        serving: Option<&std::path::Path>,
+    ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
+        self.choose_with(&self.settings().policy, serving)
     }
 
     fn choose_with(
         &self,
         policy: &PlannerConfig,
+        serving: Option<&std::path::Path>,
     ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
         let entries = self.scan();
         let hw = self.hardware()?;
-        let plan = planner::plan(&hw, &self.present(&entries, policy), policy);
-        let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
+        let served = serving
+            .and_then(|path| entries.iter().find(|e| e.path == path))
+            .and_then(|e| {
+                let id = e.identity.as_ref()?;
+                Some((id.variant?.id, id.catalog_quantization?.name))
+            });
+        let plan =
+            planner::plan_serving(&hw, &self.present(&entries, policy), policy, served);
+        let choice = select::choose(&plan, &entries, &self.searched());
         Ok((entries, plan, choice))
     }
 
@@ -539,7 +560,7 @@ impl Store {
                 variant: Some(v.id.to_owned()),
                 ..self.settings().policy
             };
-            let (entries, plan, choice) = self.choose_with(&policy)?;
+            let (entries, plan, choice) = self.choose_with(&policy, None)?;
             return match choice.entry.zip(choice.candidate) {
                 Some((e, c)) => Ok(Resolved {
                     spec: self.load_spec(&entries[e], Some(&plan.candidates[c])),

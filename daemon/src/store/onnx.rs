@@ -295,7 +295,7 @@ mod tests {
             path: dir.clone(),
             source: Source::Local,
         })];
-        let choice = crate::store::select::choose(&plan, &entries, 0.0, "test");
+        let choice = crate::store::select::choose(&plan, &entries, "test");
         let (e, c) = choice.entry.zip(choice.candidate).expect("a choice");
         assert_eq!(entries[e].path, dir);
         assert_eq!(plan.candidates[c].backend, "onnxruntime");
