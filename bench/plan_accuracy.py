@@ -75,7 +75,8 @@ def rss(pid):
 class Daemon:
     """r1d in user mode on a private socket, store and config; killed on exit."""
 
-    def __init__(self, bin_dir, model=None, store_dir=None, context=None, backend=None):
+    def __init__(self, bin_dir, model=None, store_dir=None, context=None, backend=None,
+                 parallel=None):
         self.bin = bin_dir
         self.dir = tempfile.mkdtemp(prefix="r1d-plan-accuracy-")
         self.sock = os.path.join(self.dir, "r1d.sock")
@@ -91,6 +92,8 @@ class Daemon:
             args += ["--context-length", str(context)]
         if backend:
             args += ["--backend", backend]
+        if parallel:
+            args += ["--parallel", str(parallel)]
         env = dict(os.environ, XDG_DATA_HOME=os.path.join(self.dir, "data"),
                    HF_HUB_CACHE=os.path.join(self.dir, "hf"),
                    OLLAMA_MODELS=os.path.join(self.dir, "ollama"))
@@ -149,6 +152,8 @@ def plan(bin_dir, store_dir=None):
     with tempfile.TemporaryDirectory() as d:
         cfg = os.path.join(d, "r1d.toml")
         with open(cfg, "w") as f:
+            # Planned for one answer at a time, as the loads below run.
+            f.write("[server]\nparallel = 1\n")
             if store_dir:
                 f.write("[store]\ndir = %s\nscan_huggingface = false\nscan_ollama = false\n"
                         % json.dumps(store_dir))
@@ -199,7 +204,9 @@ def identification(args, files):
 
 def measure(args, path, cand, speed):
     """Load `path` at the plan's context; RSS after load and after one answer; speed runs."""
-    d = Daemon(args.bin, model=path, context=cand["context_length"])
+    # One sequence: the estimates compared are for one (r1d's default runs up to 4 answers at
+    # once, each with its own KV cache).
+    d = Daemon(args.bin, model=path, context=cand["context_length"], parallel=1)
     r = {}
     try:
         r["load_s"] = d.wait_ready()

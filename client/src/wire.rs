@@ -571,6 +571,29 @@ pub struct ModelStatus {
     pub weights_bytes: u64,
     /// Bytes of KV cache.
     pub kv_cache_bytes: u64,
+    /// The catalog variant the plan chose (`deepseek-r1:7b`); absent when the model was named
+    /// rather than planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// RAM the plan planned for it (bytes, without the reserve); absent when not planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_ram_bytes: Option<u64>,
+    /// Where that figure came from: `"formula"` (the catalog's memory math) or `"backend"` (the
+    /// file's backend estimated it before loading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_memory_source: Option<String>,
+    /// What r1d's process holds now (bytes, `Rss` of `/proc/self/smaps_rollup`): the model and
+    /// everything else of the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
+    /// Of `resident_bytes`, anonymous memory (copied and repacked weights, KV cache, compute
+    /// buffers, the process's own heap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_anon_bytes: Option<u64>,
+    /// Of `resident_bytes`, file-backed pages (the memory-mapped model file as far as it is
+    /// read, and the binaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_file_bytes: Option<u64>,
 }
 
 /// `GET /r1/status`.

@@ -162,6 +162,10 @@ pub struct Status {
     pub upgrades: Vec<crate::planner::Upgrade>,
     /// The same in one line.
     pub more_memory: Option<String>,
+    /// What the plan planned for the resident model, when a plan chose it.
+    pub planned: Option<crate::supervisor::selection::Planned>,
+    /// What r1d's process holds now (`None` where it cannot be read).
+    pub resident: Option<crate::hardware::memory::Resident>,
 }
 
 /// The models on disk (`/r1/models`, D-Bus `ListModels`).
@@ -450,6 +454,8 @@ impl Control {
             selection: supervisor.and_then(|s| s.selection()),
             upgrades: supervisor.map(|s| s.upgrades()).unwrap_or_default(),
             more_memory: supervisor.and_then(|s| s.more_memory()),
+            planned: supervisor.and_then(|s| s.planned()),
+            resident: crate::hardware::memory::resident_self(),
         }
     }
 

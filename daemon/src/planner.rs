@@ -152,9 +152,9 @@ pub struct Candidate {
     /// Context length planned for (tokens): the policy's, capped at the trained context.
     pub context_length: u32,
     /// Answers generated at once that the plan holds, each with its own `context_length` of KV
-    /// cache: `[server] parallel` when set (`Policy::sequences`, planned for in the memory
-    /// figures), else the most up to [`DEFAULT_PARALLEL`] whose extra KV cache fits beside the
-    /// one-answer plan without moving a layer off the GPU (the memory figures are for one).
+    /// cache: `[server] parallel` when set (`Policy::sequences`), else the most up to
+    /// [`DEFAULT_PARALLEL`] whose extra KV cache fits beside the one-answer plan without moving
+    /// a layer off the GPU. The memory figures hold all of them (what the load allocates).
     pub parallel: u32,
     /// RAM needed (bytes), without the policy's reserve.
     pub ram_bytes: u64,
@@ -589,6 +589,13 @@ fn plan_here(
                     })
                     .unwrap_or(1)
             });
+            // The memory figures are what the load holds: every sequence's KV cache (the extra
+            // ones were found to fit beside the one-answer placement, which stays the same).
+            let p = if policy.sequences.is_none() && parallel > 1 {
+                place(v, q, hw, policy, ctx, parallel, estimate)
+            } else {
+                p
+            };
             let is_present = file.is_some();
             let pinned_out = policy
                 .variant
@@ -917,12 +924,14 @@ mod tests {
             .unwrap();
         assert_eq!(same.parallel, 8);
         let kv = |n: u32| c.variant.footprint(c.quantization, 8192 * n).layer_kv;
+        // The automatic four are in the RAM figure too: it is what the load allocates.
         assert_eq!(
             same.ram_bytes - c.ram_bytes,
-            u64::from(c.variant.layers) * (kv(8) - kv(1))
+            u64::from(c.variant.layers) * (kv(8) - kv(DEFAULT_PARALLEL))
         );
+        let one_answer = c.ram_bytes - u64::from(c.variant.layers) * (kv(DEFAULT_PARALLEL) - kv(1));
         // A machine where the chosen model just fits: one answer at a time, same choice.
-        let tight_ram = c.ram_bytes + Policy::default().reserve_ram_bytes + (64 << 20);
+        let tight_ram = one_answer + Policy::default().reserve_ram_bytes + (64 << 20);
         let mut tight = machine(16, 64, 60, vec![]);
         tight.memory.available_bytes = tight_ram;
         let t = plan(&tight, &[], &Policy::default());

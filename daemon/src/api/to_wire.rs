@@ -24,6 +24,12 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
         gpu_layers: info.gpu_layers,
         weights_bytes: info.memory.weights_bytes,
         kv_cache_bytes: info.memory.kv_cache_bytes,
+        variant: None,
+        planned_ram_bytes: None,
+        planned_memory_source: None,
+        resident_bytes: None,
+        resident_anon_bytes: None,
+        resident_file_bytes: None,
     })
 }
 
@@ -42,7 +48,19 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
     wire::Status {
         version: env!("CARGO_PKG_VERSION").into(),
         state: state(snap.state, s.degraded.as_deref()),
-        model: model_status(snap),
+        model: model_status(snap).map(|mut m| {
+            if let Some(p) = &s.planned {
+                m.variant = Some(p.variant.clone());
+                m.planned_ram_bytes = Some(p.ram_bytes);
+                m.planned_memory_source = Some(p.memory_source.to_owned());
+            }
+            if let Some(r) = s.resident {
+                m.resident_bytes = Some(r.total_bytes);
+                m.resident_anon_bytes = Some(r.anon_bytes);
+                m.resident_file_bytes = Some(r.file_bytes);
+            }
+            m
+        }),
         loading: snap.loading.as_ref().map(|p| p.display().to_string()),
         progress: snap.progress,
         error: snap.error.clone(),
