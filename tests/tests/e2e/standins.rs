@@ -126,3 +126,208 @@ async fn r1d_chooses_a_present_standin_by_the_plan_and_serves_it() {
         );
     }
 }
+
+/// The memory cgroup this test process is in, as a directory a child can be made in, and the
+/// file a limit goes to: `(dir, limit file)` — v1 `memory.limit_in_bytes` or v2 `memory.max`.
+fn own_memory_cgroup() -> Result<(PathBuf, &'static str), String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let v1 = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    });
+    if let Some(path) = v1 {
+        let dir = PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        if dir.is_dir() {
+            return Ok((dir, "memory.limit_in_bytes"));
+        }
+    }
+    let v2 = text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned));
+    if let Some(path) = v2 {
+        let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        if dir.join("memory.max").is_file() || dir.join("cgroup.subtree_control").is_file() {
+            return Ok((dir, "memory.max"));
+        }
+    }
+    Err("no memory cgroup controller is mounted where this process is".into())
+}
+
+/// A child memory cgroup with a limit, removed on drop (it must be empty by then).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(limit: u64) -> Result<Cgroup, String> {
+        let (parent, limit_file) = own_memory_cgroup()?;
+        let dir = parent.join(format!("r1d-e2e-{}-{limit}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create a cgroup in {}: {e}", parent.display()))?;
+        let cgroup = Cgroup(dir);
+        std::fs::write(cgroup.0.join(limit_file), limit.to_string())
+            .map_err(|e| format!("cannot set {limit_file} in {}: {e}", cgroup.0.display()))?;
+        Ok(cgroup)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// r1d started inside `cgroup` (a shell puts itself in it, then execs r1d); killed on drop.
+struct Confined {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Confined {
+    fn start(cgroup: &Cgroup, config: &str) -> Confined {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r1d.toml"), config).unwrap();
+        let script = "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"";
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&cgroup.0)
+            .arg(binary("r1d"))
+            .args(["--user", "--dbus", "off", "--socket"])
+            .arg(dir.path().join("r1d.sock"))
+            .arg("--config")
+            .arg(dir.path().join("r1d.toml"))
+            .arg("--plugin-dir")
+            .arg(r1d_tests::bin_dir())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("HF_HUB_CACHE", dir.path().join("hf"))
+            .env("OLLAMA_MODELS", dir.path().join("ollama"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("r1d.log")).unwrap())
+            .spawn()
+            .expect("failed to start sh");
+        Confined { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("r1d.log")).unwrap_or_default()
+    }
+
+    /// `/r1/status` once r1d has settled (ready, or nothing to serve), up to 120 s.
+    async fn settled(&mut self) -> r1d_client::wire::Status {
+        let client = r1d_client::Client::new(self.dir.path().join("r1d.sock"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("r1d exited with {status}:\n{}", self.log());
+            }
+            if let Ok(s) = client.status().await {
+                if !matches!(s.state, State::Loading | State::Starting) {
+                    return s;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "r1d did not settle in 120 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Under a memory cgroup limit equal to the plan for the 1.5B stand-in (RAM + the reserve, and
+/// r1d's own few MB), r1d loads it and answers; with 10 % less, it loads nothing and says the
+/// memory is short. Skips, saying why, where no memory cgroup can be made (cgroup v1 or v2).
+#[tokio::test]
+async fn under_a_cgroup_limit_r1d_loads_what_fits_and_refuses_what_does_not() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(dir) = standins() else { return };
+    let models = tempfile::Builder::new()
+        .prefix(".e2e-models-")
+        .tempdir_in(&dir)
+        .unwrap();
+    link_into(&dir.join(SMALL), &models.path().join(SMALL));
+    const RESERVE: u64 = 256 << 20;
+    let config = format!(
+        "[store]\ndir = {:?}\nscan_huggingface = false\nscan_ollama = false\n\
+         [server]\nparallel = 1\n[planner]\nreserve_ram_bytes = {RESERVE}\n",
+        models.path().display().to_string()
+    );
+    // The plan outside the cgroup: the 1.5B's RAM by llama.cpp's estimate.
+    let cfg = models.path().join("plan.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let out = Command::new(binary("r1d"))
+        .args(["--user", "--config"])
+        .arg(&cfg)
+        .arg("--plugin-dir")
+        .arg(r1d_tests::bin_dir())
+        .args(["plan", "--json"])
+        .env("XDG_DATA_HOME", models.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let c = plan
+        .candidates
+        .iter()
+        .find(|c| c.present)
+        .expect("the 1.5B is present");
+    assert_eq!(c.memory_source.as_deref(), Some("backend"));
+    // r1d's own memory before it plans (binary, plugins, tokenizer) is not in the plan.
+    const SLACK: u64 = 192 << 20;
+    let enough = c.ram_bytes + RESERVE + SLACK;
+
+    let cgroup = match Cgroup::new(enough) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+            return;
+        }
+    };
+    {
+        let mut r1d = Confined::start(&cgroup, &config);
+        let status = r1d.settled().await;
+        assert_eq!(status.state, State::Ready, "{status:?}\n{}", r1d.log());
+        let client = r1d_client::Client::new(r1d.dir.path().join("r1d.sock"));
+        let mut request = ask("Hello?");
+        request.max_tokens = Some(4);
+        let answer = client.chat(&request).await.unwrap();
+        assert_eq!(answer.usage.completion_tokens, 4);
+        assert!(r1d.child.try_wait().unwrap().is_none(), "r1d died:\n{}", r1d.log());
+    }
+    drop(cgroup);
+
+    let tight = (c.ram_bytes + RESERVE) * 9 / 10;
+    let cgroup = Cgroup::new(tight).expect("a second cgroup");
+    let mut r1d = Confined::start(&cgroup, &config);
+    let status = r1d.settled().await;
+    assert_ne!(status.state, State::Ready, "{status:?}");
+    assert!(status.model.is_none());
+    let why = format!(
+        "{} {}",
+        status.error.clone().unwrap_or_default(),
+        status.selection.clone().unwrap_or_default()
+    );
+    eprintln!(
+        "limit {tight} bytes (planned {} + reserve {RESERVE}, less 10 %): {why}",
+        c.ram_bytes
+    );
+    assert!(
+        why.contains("short") || why.contains("RAM"),
+        "no memory reason in: {why}"
+    );
+    drop(r1d);
+    drop(cgroup);
+}
