@@ -599,7 +599,10 @@ impl DylibBackend {
 /// # Safety
 /// `api_ptr` must point to a live table whose first `struct_size` bytes are readable and, up to
 /// that size, laid out as [`R1PluginApi`] (with non-NULL function pointers in the base part).
-unsafe fn read_table(api_ptr: *const R1PluginApi, path: &Path) -> Result<R1PluginApi, BackendError> {
+unsafe fn read_table(
+    api_ptr: *const R1PluginApi,
+    path: &Path,
+) -> Result<R1PluginApi, BackendError> {
     // SAFETY: `struct_size` is in every table's prefix (caller's guarantee).
     let size = unsafe { (*api_ptr).struct_size } as usize;
     if size < abi::R1_PLUGIN_API_V1_BASE_SIZE {
@@ -853,7 +856,11 @@ mod tests {
     ) -> R1Status {
         abi::R1_ERR_LOAD_FAILED
     }
-    unsafe extern "C" fn info(_: *const R1Model, _: *mut R1OwnedStr, _: *mut R1OwnedStr) -> R1Status {
+    unsafe extern "C" fn info(
+        _: *const R1Model,
+        _: *mut R1OwnedStr,
+        _: *mut R1OwnedStr,
+    ) -> R1Status {
         abi::R1_ERR_BACKEND
     }
     #[allow(clippy::too_many_arguments)]
@@ -936,9 +943,8 @@ mod tests {
     /// "unsupported" from a plugin is "no estimate", not an error.
     #[test]
     fn an_unsupported_estimate_is_none() {
-        let api: &'static R1PluginApi = Box::leak(Box::new(table(std::mem::size_of::<
-            R1PluginApi,
-        >())));
+        let api: &'static R1PluginApi =
+            Box::leak(Box::new(table(std::mem::size_of::<R1PluginApi>())));
         let backend = DylibBackend {
             api,
             name: "fake".into(),

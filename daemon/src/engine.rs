@@ -239,7 +239,10 @@ pub fn estimate(
     host: &PluginHost,
     spec: &LoadSpec,
 ) -> Result<Option<crate::planner::BackendEstimate>, BackendError> {
-    let backend = host.select(std::path::Path::new(&spec.params.path), spec.backend.as_deref())?;
+    let backend = host.select(
+        std::path::Path::new(&spec.params.path),
+        spec.backend.as_deref(),
+    )?;
     let params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
     Ok(backend
         .estimate(&params)?

@@ -564,7 +564,6 @@ fn plan_here(
     policy: &Policy,
     serving: Option<(&str, &str)>,
 ) -> Plan {
-
     let reserve = policy.reserve_ram_bytes;
     let available = hw.memory.available_bytes;
     let mut candidates = Vec::new();
@@ -577,7 +576,15 @@ fn plan_here(
                 m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
             });
             let estimate = file.and_then(|m| m.estimate.as_ref());
-            let p = place(v, q, hw, policy, ctx, policy.sequences.unwrap_or(1), estimate);
+            let p = place(
+                v,
+                q,
+                hw,
+                policy,
+                ctx,
+                policy.sequences.unwrap_or(1),
+                estimate,
+            );
             let parallel = policy.sequences.unwrap_or_else(|| {
                 (2..=DEFAULT_PARALLEL)
                     .rev()
@@ -1233,7 +1240,9 @@ mod tests {
         assert!(plan(&hw, &[], &Policy::default())
             .candidates
             .iter()
-            .any(|c| c.variant.id == "deepseek-r1:7b" && c.quantization.name == "Q4_K_M" && c.fits));
+            .any(|c| c.variant.id == "deepseek-r1:7b"
+                && c.quantization.name == "Q4_K_M"
+                && c.fits));
     }
 
     /// The estimate is of a CPU-only load: a placement with layers on a GPU keeps the formula.

@@ -192,7 +192,11 @@ mod tests {
     fn cache_hit_skips_the_measurement_and_a_changed_machine_misses() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bw");
-        std::fs::write(&path, "r1d-bandwidth-v2 12345 12000 13000 1000 2 Test CPU\n").unwrap();
+        std::fs::write(
+            &path,
+            "r1d-bandwidth-v2 12345 12000 13000 1000 2 Test CPU\n",
+        )
+        .unwrap();
         assert_eq!(
             cached_or_measure(Some(&path), &cpu(), 1000).map(|b| b.median),
             Some(12345)
@@ -230,8 +234,16 @@ mod tests {
     #[test]
     fn the_median_is_robust_to_an_outlier_and_the_spread_says_it() {
         let gb = 1_000_000_000;
-        let b = Bandwidth::of(vec![26 * gb, 25 * gb, 9 * gb, 27 * gb, 26 * gb, 47 * gb, 25 * gb])
-            .unwrap();
+        let b = Bandwidth::of(vec![
+            26 * gb,
+            25 * gb,
+            9 * gb,
+            27 * gb,
+            26 * gb,
+            47 * gb,
+            25 * gb,
+        ])
+        .unwrap();
         assert_eq!(b.median, 26 * gb);
         assert_eq!((b.min, b.max), (9 * gb, 47 * gb));
         assert!((b.spread() - 38.0 / 26.0).abs() < 1e-9);

@@ -506,8 +506,7 @@ impl Store {
                 let id = e.identity.as_ref()?;
                 Some((id.variant?.id, id.catalog_quantization?.name))
             });
-        let plan =
-            planner::plan_serving(&hw, &self.present(&entries, policy), policy, served);
+        let plan = planner::plan_serving(&hw, &self.present(&entries, policy), policy, served);
         let choice = select::choose(&plan, &entries, &self.searched());
         Ok((entries, plan, choice))
     }

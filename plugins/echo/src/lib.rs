@@ -53,8 +53,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use r1_plugin_sdk::{
-    DeviceEstimate, Estimate, FinishReason, GenerateRequest, GenerateResult, LoadParams, MemoryBreakdown, Model, ModelInfo,
-    Plugin, PluginError, ProbeReport, SpecialToken,
+    DeviceEstimate, Estimate, FinishReason, GenerateRequest, GenerateResult, LoadParams,
+    MemoryBreakdown, Model, ModelInfo, Plugin, PluginError, ProbeReport, SpecialToken,
 };
 use serde::Deserialize;
 

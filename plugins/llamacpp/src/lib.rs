@@ -32,8 +32,8 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 use r1_plugin_sdk::{
-    Device, Estimate, GenerateRequest, GenerateResult, LoadParams, Model, ModelInfo, Plugin, PluginError,
-    ProbeReport,
+    Device, Estimate, GenerateRequest, GenerateResult, LoadParams, Model, ModelInfo, Plugin,
+    PluginError, ProbeReport,
 };
 
 pub use model::{

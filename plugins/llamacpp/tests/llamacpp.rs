@@ -1039,7 +1039,10 @@ fn estimate_through_the_c_abi_agrees_with_a_load() {
     let estimate: r1_plugin_sdk::Estimate = serde_json::from_str(&text(out)).unwrap();
     eprintln!("{estimate:#?}");
     assert_eq!(estimate.parallel, 2);
-    assert_eq!(estimate.context_length, 1024, "2 × 1000 cells rounded to 2048");
+    assert_eq!(
+        estimate.context_length, 1024,
+        "2 × 1000 cells rounded to 2048"
+    );
     assert_eq!(estimate.devices.len(), 1, "CPU only");
     let cpu = &estimate.devices[0];
     assert_eq!(cpu.kind, "cpu");
@@ -1068,5 +1071,9 @@ fn estimate_of_a_missing_file_fails_naming_it() {
         })
         .unwrap_err();
     assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
-    assert!(err.message.contains("/nonexistent/r1.gguf"), "{}", err.message);
+    assert!(
+        err.message.contains("/nonexistent/r1.gguf"),
+        "{}",
+        err.message
+    );
 }

@@ -19,8 +19,8 @@ mod logging;
 pub use logging::{clear_last_error_line, last_error_line};
 pub use r1_plugin_abi as abi;
 pub use r1_plugin_abi::json::{
-    BufferEstimate, Device, DeviceEstimate, Estimate, FinishReason, GenerateRequest, GenerateResult, LoadParams, MemoryBreakdown, ModelInfo,
-    ProbeReport, SpecialToken,
+    BufferEstimate, Device, DeviceEstimate, Estimate, FinishReason, GenerateRequest,
+    GenerateResult, LoadParams, MemoryBreakdown, ModelInfo, ProbeReport, SpecialToken,
 };
 
 use abi::R1Status;

@@ -146,7 +146,9 @@ fn own_memory_cgroup() -> Result<(PathBuf, &'static str), String> {
             return Ok((dir, "memory.limit_in_bytes"));
         }
     }
-    let v2 = text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned));
+    let v2 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned));
     if let Some(path) = v2 {
         let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
         if dir.join("memory.max").is_file() || dir.join("cgroup.subtree_control").is_file() {
@@ -277,7 +279,11 @@ async fn under_a_cgroup_limit_r1d_loads_what_fits_and_refuses_what_does_not() {
         .env("XDG_DATA_HOME", models.path().join("data"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
     let c = plan
         .candidates
@@ -305,7 +311,11 @@ async fn under_a_cgroup_limit_r1d_loads_what_fits_and_refuses_what_does_not() {
         request.max_tokens = Some(4);
         let answer = client.chat(&request).await.unwrap();
         assert_eq!(answer.usage.completion_tokens, 4);
-        assert!(r1d.child.try_wait().unwrap().is_none(), "r1d died:\n{}", r1d.log());
+        assert!(
+            r1d.child.try_wait().unwrap().is_none(),
+            "r1d died:\n{}",
+            r1d.log()
+        );
     }
     drop(cgroup);
 
