@@ -75,7 +75,8 @@ def rss(pid):
 class Daemon:
     """r1d in user mode on a private socket, store and config; killed on exit."""
 
-    def __init__(self, bin_dir, model=None, store_dir=None, context=None, backend=None):
+    def __init__(self, bin_dir, model=None, store_dir=None, context=None, backend=None,
+                 parallel=None):
         self.bin = bin_dir
         self.dir = tempfile.mkdtemp(prefix="r1d-plan-accuracy-")
         self.sock = os.path.join(self.dir, "r1d.sock")
@@ -91,6 +92,8 @@ class Daemon:
             args += ["--context-length", str(context)]
         if backend:
             args += ["--backend", backend]
+        if parallel:
+            args += ["--parallel", str(parallel)]
         env = dict(os.environ, XDG_DATA_HOME=os.path.join(self.dir, "data"),
                    HF_HUB_CACHE=os.path.join(self.dir, "hf"),
                    OLLAMA_MODELS=os.path.join(self.dir, "ollama"))
@@ -137,15 +140,28 @@ class Daemon:
         subprocess.run(["rm", "-rf", self.dir])
 
 
-def plan(bin_dir):
-    """The planner's candidates for this machine, by (variant, quantization)."""
+# r1d's own memory beside the model that the planner adds to every RAM figure
+# (daemon/src/planner.rs HOST_OVERHEAD, 256 MiB): taken off both estimates before comparing them.
+HOST_OVERHEAD = 256 << 20
+
+
+def plan(bin_dir, store_dir=None):
+    """The planner's candidates for this machine, by (variant, quantization). With `store_dir`
+    the files there are present, and r1d asks their backend (llama.cpp's no_alloc dry run) for
+    the RAM figure; without, every figure is the catalog formula's."""
     with tempfile.TemporaryDirectory() as d:
         cfg = os.path.join(d, "r1d.toml")
-        open(cfg, "w").close()
+        with open(cfg, "w") as f:
+            # Planned for one answer at a time, as the loads below run.
+            f.write("[server]\nparallel = 1\n")
+            if store_dir:
+                f.write("[store]\ndir = %s\nscan_huggingface = false\nscan_ollama = false\n"
+                        % json.dumps(store_dir))
         env = dict(os.environ, XDG_DATA_HOME=os.path.join(d, "data"),
                    HF_HUB_CACHE=os.path.join(d, "hf"), OLLAMA_MODELS=os.path.join(d, "ollama"))
-        out = subprocess.run([os.path.join(bin_dir, "r1d"), "--user", "--config", cfg, "plan",
-                              "--json"], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run([os.path.join(bin_dir, "r1d"), "--user", "--config", cfg,
+                              "--plugin-dir", bin_dir, "plan", "--json"],
+                             capture_output=True, text=True, env=env, check=True)
     p = json.loads(out.stdout)
     return {(c["variant"], c["quantization"]): c for c in p["candidates"]}
 
@@ -188,7 +204,9 @@ def identification(args, files):
 
 def measure(args, path, cand, speed):
     """Load `path` at the plan's context; RSS after load and after one answer; speed runs."""
-    d = Daemon(args.bin, model=path, context=cand["context_length"])
+    # One sequence: the estimates compared are for one (r1d's default runs up to 4 answers at
+    # once, each with its own KV cache).
+    d = Daemon(args.bin, model=path, context=cand["context_length"], parallel=1)
     r = {}
     try:
         r["load_s"] = d.wait_ready()
@@ -243,6 +261,9 @@ def main():
         sys.exit(f"plan-accuracy: no stand-ins in {args.standins}: run scripts/make-r1-standins")
     ident_ok = True if args.no_identify else identification(args, files)
     cands = plan(args.bin)
+    log("plan-accuracy: asking llama.cpp for its estimate of every stand-in (r1d plan with the "
+        "stand-ins present)")
+    backend = plan(args.bin, args.standins)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
     rows = []
@@ -272,26 +293,47 @@ def main():
         rows.append((path, variant, quant, c, r, note))
 
     ctx = sorted({c["context_length"] for _p, _v, _q, c, _r, _n in rows if c})
-    print(f"## Memory (GB = 1e9 bytes; plan: `r1d plan --json` ram_bytes at context {ctx}; "
-          "measured: Rss of r1d = anonymous + file-backed, /proc/PID/smaps_rollup)\n")
-    print(f"{'variant':<22} {'quant':<7} {'file':>7} {'plan':>6} {'load s':>6} "
-          f"{'loaded':>7} {'anon':>6} {'file':>6} {'err':>5} "
-          f"{'answer':>7} {'anon':>6} {'file':>6} {'err':>5}  note")
+    print(f"## Memory (GB = 1e9 bytes, context {ctx}, one sequence, CPU only)\n")
+    print("formula: the catalog formula (`r1d plan --json` without the file); llama.cpp: its "
+          "no_alloc dry run of the file (the plugin's estimate, `r1d plan --json` with the file "
+          "present), both without r1d's own 0.27 GB; f-err = (formula - llama.cpp) / llama.cpp. "
+          "plan: what r1d plans with the file present (llama.cpp + 0.27 GB). Measured: Rss of "
+          "the r1d process = anonymous + file-backed (/proc/PID/smaps_rollup) after the load "
+          "and after one answer; err = (plan - measured) / measured, negative = r1d held more "
+          "than it planned.\n")
+    print(f"{'variant':<22} {'quant':<7} {'file':>6} {'formula':>7} {'llama':>6} {'f-err':>6} "
+          f"{'plan':>6} {'load s':>6} {'loaded':>6} {'anon':>5} {'file':>5} {'err':>5} "
+          f"{'answer':>6} {'anon':>5} {'file':>5} {'err':>5}  note")
+    worst, over = 0.0, []
     for path, variant, quant, c, r, note in rows:
         size = gb(os.path.getsize(path))
         if c is None:
-            print(f"{variant:<22} {quant:<7} {size:>7} {'-':>6}  {note}")
+            print(f"{variant:<22} {quant:<7} {size:>6} {'-':>7}  {note}")
             continue
-        pl = c["ram_bytes"]
+        b = backend.get((variant, quant), {})
+        formula = c["ram_bytes"] - HOST_OVERHEAD
+        if b.get("memory_source") == "backend":
+            llama = b["ram_bytes"] - HOST_OVERHEAD
+            planned = b["ram_bytes"]
+            ferr = (formula - llama) / llama * 100
+            worst = max(worst, abs(ferr))
+            fcols = f"{gb(formula):>7} {gb(llama):>6} {ferr:>+5.1f}% {gb(planned):>6}"
+        else:
+            planned = c["ram_bytes"]
+            fcols = f"{gb(formula):>7} {'-':>6} {'':>6} {gb(planned):>6}"
         if r is None:
-            print(f"{variant:<22} {quant:<7} {size:>7} {gb(pl):>6} {'':>6} {'':>7} {'':>6} "
-                  f"{'':>6} {'':>5} {'':>7} {'':>6} {'':>6} {'':>5}  {note}")
+            print(f"{variant:<22} {quant:<7} {size:>6} {fcols} {'':>6} {'':>6} {'':>5} {'':>5} "
+                  f"{'':>5} {'':>6} {'':>5} {'':>5} {'':>5}  {note}")
             continue
         (lt, la, lf), (at, aa, af) = r["load"], r["answer"]
-        print(f"{variant:<22} {quant:<7} {size:>7} {gb(pl):>6} {r['load_s']:>6.1f} "
-              f"{gb(lt):>7} {gb(la):>6} {gb(lf):>6} {err(pl, lt):>5} "
-              f"{gb(at):>7} {gb(aa):>6} {gb(af):>6} {err(pl, at):>5}  {note}")
-    print("\nerr = (plan - measured) / measured: negative means the planner under-estimates.\n")
+        if max(lt, at) > planned:
+            over.append(f"{variant} {quant}")
+        print(f"{variant:<22} {quant:<7} {size:>6} {fcols} {r['load_s']:>6.1f} "
+              f"{gb(lt):>6} {gb(la):>5} {gb(lf):>5} {err(planned, lt):>5} "
+              f"{gb(at):>6} {gb(aa):>5} {gb(af):>5} {err(planned, at):>5}  {note}")
+    print(f"\nformula vs llama.cpp: worst |f-err| {worst:.1f}% (target 5%). "
+          + (f"r1d held MORE than planned: {', '.join(over)}." if over
+             else "r1d never held more than its plan in the rows measured.") + "\n")
 
     print("## Speed (stand-ins' Q4_K_M on this CPU; llama.cpp timings, median and best of "
           f"{args.speed_runs} runs; the planner estimates generation only)\n")

@@ -573,6 +573,9 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
         writeln!(out, "{:<14}{}", "model", m.name)?;
         writeln!(out, "{:<14}{}", "file", m.path)?;
         writeln!(out, "{:<14}{}", "backend", m.backend)?;
+        if let Some(v) = &m.variant {
+            writeln!(out, "{:<14}{}", "variant", v)?;
+        }
         if let Some(q) = &m.quantization {
             writeln!(out, "{:<14}{}", "quantization", q)?;
         }
@@ -591,6 +594,28 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
             human_bytes(m.weights_bytes),
             human_bytes(m.kv_cache_bytes)
         )?;
+        if let Some(planned) = m.planned_ram_bytes {
+            let from = match m.planned_memory_source.as_deref() {
+                Some("backend") => "the backend's estimate of the file",
+                _ => "the catalog formula",
+            };
+            writeln!(
+                out,
+                "{:<14}{} RAM (from {from})",
+                "planned",
+                human_bytes(planned)
+            )?;
+        }
+        if let Some(rss) = m.resident_bytes {
+            writeln!(
+                out,
+                "{:<14}{} held by r1d ({} anonymous, {} file-backed)",
+                "actual",
+                human_bytes(rss),
+                human_bytes(m.resident_anon_bytes.unwrap_or(0)),
+                human_bytes(m.resident_file_bytes.unwrap_or(0))
+            )?;
+        }
     }
     if let Some(loading) = &status.loading {
         let pct = status.progress.unwrap_or(0.0) * 100.0;

@@ -575,6 +575,29 @@ pub struct ModelStatus {
     pub weights_bytes: u64,
     /// Bytes of KV cache.
     pub kv_cache_bytes: u64,
+    /// The catalog variant the plan chose (`deepseek-r1:7b`); absent when the model was named
+    /// rather than planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// RAM the plan planned for it (bytes, without the reserve); absent when not planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_ram_bytes: Option<u64>,
+    /// Where that figure came from: `"formula"` (the catalog's memory math) or `"backend"` (the
+    /// file's backend estimated it before loading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_memory_source: Option<String>,
+    /// What r1d's process holds now (bytes, `Rss` of `/proc/self/smaps_rollup`): the model and
+    /// everything else of the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_bytes: Option<u64>,
+    /// Of `resident_bytes`, anonymous memory (copied and repacked weights, KV cache, compute
+    /// buffers, the process's own heap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_anon_bytes: Option<u64>,
+    /// Of `resident_bytes`, file-backed pages (the memory-mapped model file as far as it is
+    /// read, and the binaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_file_bytes: Option<u64>,
 }
 
 /// `GET /r1/status`.
@@ -813,6 +836,10 @@ pub struct MemoryProfile {
         deserialize_with = "count::opt_u64"
     )]
     pub bandwidth_bytes_per_s: Option<u64>,
+    /// How much the bandwidth measurement runs differed: (slowest − fastest) / median, e.g.
+    /// 0.12 for ±6 %; absent when not measured here (a saved profile, an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_spread: Option<f64>,
     /// The cgroup memory limit (bytes), when one applies.
     #[serde(
         default,
@@ -904,6 +931,19 @@ pub struct PlanCandidate {
     /// The published rule of thumb for this size class ("8 cores, 16 GB RAM, 1 × 8 GB GPU").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_requirements: Option<String>,
+    /// Where `ram_bytes` comes from: `"formula"` (the catalog's memory math) or `"backend"` (the
+    /// present file's backend estimated it: llama.cpp's no-allocation dry run). Absent from
+    /// older daemons: the formula.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_source: Option<String>,
+    /// Who estimated, when `memory_source` is `"backend"` ("llamacpp: llama.cpp no_alloc dry
+    /// run …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_estimated_by: Option<String>,
+    /// What the catalog formula planned (bytes of RAM, without the reserve) when the backend's
+    /// estimate replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formula_ram_bytes: Option<u64>,
 }
 
 /// `GET /r1/plan`, `r1d plan --json`: every candidate and the chosen one.
@@ -1101,6 +1141,12 @@ impl Plan {
             out.push('\n');
             let mut text = wrapping(text_width, 1);
             text.add_row(vec![c.reason.clone()]);
+            if let (Some(by), Some(formula)) = (&c.memory_estimated_by, c.formula_ram_bytes) {
+                text.add_row(vec![format!(
+                    "RAM from the file's backend ({by}); the catalog formula says {} GB",
+                    gb(formula)
+                )]);
+            }
             if let Some(published) = &c.published_requirements {
                 text.add_row(vec![format!("published rule of thumb: {published}")]);
             }

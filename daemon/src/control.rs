@@ -162,6 +162,10 @@ pub struct Status {
     pub upgrades: Vec<crate::planner::Upgrade>,
     /// The same in one line.
     pub more_memory: Option<String>,
+    /// What the plan planned for the resident model, when a plan chose it.
+    pub planned: Option<crate::supervisor::selection::Planned>,
+    /// What r1d's process holds now (`None` where it cannot be read).
+    pub resident: Option<crate::hardware::memory::Resident>,
 }
 
 /// The models on disk (`/r1/models`, D-Bus `ListModels`).
@@ -450,6 +454,8 @@ impl Control {
             selection: supervisor.and_then(|s| s.selection()),
             upgrades: supervisor.map(|s| s.upgrades()).unwrap_or_default(),
             more_memory: supervisor.and_then(|s| s.more_memory()),
+            planned: supervisor.and_then(|s| s.planned()),
+            resident: crate::hardware::memory::resident_self(),
         }
     }
 
@@ -480,7 +486,21 @@ impl Control {
     /// As [`Control::hardware`].
     pub async fn plan(&self) -> Result<crate::planner::Plan, ControlError> {
         let hw = self.hardware().await?;
-        Ok(crate::planner::plan(&hw, &[], &self.planner.policy))
+        let policy = self.planner.policy.clone();
+        // Files on disk need no download, and their backend's own estimate replaces the
+        // formula's memory figure.
+        let present = match &self.store {
+            Some(store) => {
+                let store = store.clone();
+                let policy = policy.clone();
+                blocking("the store scan", move || {
+                    store.present(&store.scan(), &policy)
+                })
+                .await?
+            }
+            None => Vec::new(),
+        };
+        Ok(crate::planner::plan(&hw, &present, &policy))
     }
 
     /// Scans the store (it reads GGUF headers).

@@ -232,6 +232,26 @@ pub struct LoadSpec {
     pub backend: Option<String>,
 }
 
+/// What loading `spec` would allocate, by its backend's own accounting (the plugin ABI's
+/// `estimate`: for llama.cpp a no-allocation dry run), without loading the weights. Blocking
+/// (the backend reads the file's header). `Ok(None)` when the backend has no estimate.
+///
+/// # Errors
+/// [`BackendError`] when no backend reads the file or the backend fails to estimate it.
+pub fn estimate(
+    host: &PluginHost,
+    spec: &LoadSpec,
+) -> Result<Option<crate::planner::BackendEstimate>, BackendError> {
+    let backend = host.select(
+        std::path::Path::new(&spec.params.path),
+        spec.backend.as_deref(),
+    )?;
+    let params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
+    Ok(backend
+        .estimate(&params)?
+        .map(|e| types::backend_estimate(backend.name(), &e)))
+}
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

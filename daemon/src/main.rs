@@ -175,7 +175,22 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
     }
 }
 
+/// OpenMP's wait policy for llama.cpp's threads when the environment sets none: `passive`.
+///
+/// With OpenMP's default the threads spin between operations; on a machine that does other work
+/// (r1d's usual case: a desktop, a shared server) a spinning thread waits for a descheduled
+/// sibling at every barrier. Measured with the 1.5B Q4_K_M stand-in on the 2-vCPU build
+/// machine under a load average of 4–6: 3.2 and 11.5 tokens/s spinning, 21.4 and 23.7 passive
+/// (docs/standins.md). libgomp reads the variable once, when the plugin that links it is
+/// loaded, so it is set here, before any thread starts; plugin worker processes inherit it.
+const OMP_WAIT_POLICY: &str = "passive";
+
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        // Sound: no other thread exists yet (the runtime is built below), so nothing reads the
+        // environment concurrently.
+        std::env::set_var("OMP_WAIT_POLICY", OMP_WAIT_POLICY);
+    }
     // `r1d __plugin-worker`: the process a model runs in (started by r1d itself; see
     // r1d::backend::worker). It needs no runtime, config or logging setup of its own.
     if std::env::args_os()
@@ -218,7 +233,7 @@ async fn serve() -> anyhow::Result<()> {
         anyhow::bail!("{error}");
     }
     if let Some(command) = &args.command {
-        return one_shot(command, &config, mode);
+        return one_shot(command, &config, mode, args.plugin_dir.as_deref());
     }
     let stop_signals = StopSignals::install()?;
 
@@ -248,6 +263,7 @@ async fn serve() -> anyhow::Result<()> {
     if host.backends().is_empty() {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
+    let host = Arc::new(host);
 
     let probe = match &args.hardware_root {
         Some(root) => r1d::hardware::Probe::fake_root(
@@ -271,6 +287,7 @@ async fn serve() -> anyhow::Result<()> {
     };
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
+    store.set_estimator(estimator(host.clone()));
     let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
     // What the file says against the configured load (a directory that is no model, a context
@@ -327,7 +344,6 @@ async fn serve() -> anyhow::Result<()> {
     )?;
     let notifier = r1d::systemd::Notifier::new(start.load.as_ref());
 
-    let host = Arc::new(host);
     let engine = Engine::start(
         host.clone(),
         start.load.clone(),
@@ -501,6 +517,21 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     })
 }
 
+/// The store's [`r1d::store::Estimator`]: asks the file's backend plugin; a failure is logged
+/// and the planner falls back to its formula.
+fn estimator(host: Arc<PluginHost>) -> r1d::store::Estimator {
+    Arc::new(move |spec| match r1d::engine::estimate(&host, spec) {
+        Ok(estimate) => estimate,
+        Err(e) => {
+            tracing::warn!(
+                "failed to estimate the memory of {}, planning it by the catalog formula: {e}",
+                spec.params.path
+            );
+            None
+        }
+    })
+}
+
 fn this_machine(mode: Mode) -> Probe {
     Probe::this_machine(
         r1d::paths::models_dir(mode),
@@ -509,7 +540,12 @@ fn this_machine(mode: Mode) -> Probe {
 }
 
 /// `r1d hardware` and `r1d plan`: print and exit; a closed pipe ends quietly.
-fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()> {
+fn one_shot(
+    command: &Command,
+    config: &Config,
+    mode: Mode,
+    plugin_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     use r1d::api::report;
     use std::io::Write as _;
     let probe_here = || {
@@ -524,18 +560,34 @@ fn one_shot(command: &Command, config: &Config, mode: Mode) -> anyhow::Result<()
             json,
             all,
         } => {
-            let hw = match hardware {
+            let (hw, present) = match hardware {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
                         format!("failed to read the hardware profile {}", path.display())
                     })?;
-                    report::hardware_from_json(&text)
-                        .with_context(|| format!("invalid hardware profile {}", path.display()))?
+                    let hw = report::hardware_from_json(&text)
+                        .with_context(|| format!("invalid hardware profile {}", path.display()))?;
+                    (hw, Vec::new())
                 }
-                None => probe_here()?,
+                // This machine: the files in its models directory need no download, and their
+                // backend's own estimate replaces the formula's memory figure.
+                None => {
+                    let probe = this_machine(mode);
+                    let hw = probe_here()?;
+                    let dir = plugin_dir
+                        .map(std::path::Path::to_path_buf)
+                        .or_else(|| config.plugins.dir.clone())
+                        .unwrap_or_else(r1d::paths::plugin_dir);
+                    let store = r1d::store::Store::new(config, mode, probe);
+                    if let Ok(host) = PluginHost::discover(&dir) {
+                        store.set_estimator(estimator(Arc::new(host)));
+                    }
+                    let present = store.present(&store.scan(), &config.planner);
+                    (hw, present)
+                }
             };
             report::plan(
-                &r1d::planner::plan(&hw, &[], &config.planner),
+                &r1d::planner::plan(&hw, &present, &config.planner),
                 *json,
                 *all,
                 report::terminal_width(),

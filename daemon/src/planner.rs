@@ -51,16 +51,88 @@ pub const GPU_RUNTIME_OVERHEAD: u64 = 512 << 20;
 /// RAM the r1d process and llama.cpp's host buffers take besides the model (bytes).
 pub const HOST_OVERHEAD: u64 = 256 << 20;
 
+/// Hysteresis of the speed test, for a re-plan while a model is served: the served model stays
+/// "fast enough" down to this share of `min_tokens_per_s` …
+///
+/// The speed estimate scales with the measured memory bandwidth, and a measurement wobbles with
+/// what else the machine does (±10 % between runs of the median-of-7 probe on a busy machine,
+/// far more between single passes). Without hysteresis a wobble across the threshold swaps the
+/// model (the 1.5B flipped between Q6_K, Q8_0 and F16). With it, a re-plan at up to 10 % less
+/// bandwidth keeps what a plan chose (0.85 < 1 / 1.1) …
+pub const SPEED_KEEP: f64 = 0.85;
+
+/// … and a better variant or quantization than the served one must reach this multiple of
+/// `min_tokens_per_s` to replace it, so a re-plan at up to 10 % more bandwidth does not upgrade
+/// to what a plan found too slow (1.15 > 1.1). A first plan (nothing served) uses the minimum
+/// itself.
+pub const SPEED_UPGRADE: f64 = 1.15;
+
 /// The backend that runs GGUF files.
 pub const GGUF_BACKEND: &str = "llamacpp";
 
 /// A model file already on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Present {
     /// Variant id (`deepseek-r1:7b`).
     pub variant: String,
     /// Quantization name (`Q4_K_M`).
     pub quantization: String,
+    /// What its backend says a CPU-only load of this very file allocates, asked by the caller
+    /// (the planner does no I/O) at [`planned_context`] for one sequence; `None` when the
+    /// backend has no estimate. When given, it replaces the catalog formula's RAM figure for a
+    /// placement on the CPU.
+    pub estimate: Option<BackendEstimate>,
+}
+
+/// A backend's own figures for one load (the plugin ABI's `estimate`), host memory only, in
+/// bytes: what llama.cpp's no-allocation dry run reports for a CPU-only load of one sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackendEstimate {
+    /// Context length per sequence the figures are for (tokens), as the backend rounded it.
+    pub context_length: u32,
+    /// Weights used in place from the memory-mapped file (resident file pages once read).
+    pub weights_mapped_bytes: u64,
+    /// Weights copied into anonymous memory (llama.cpp's repacked CPU layout, or all of them
+    /// without mmap), on top of the mapped pages.
+    pub weights_copied_bytes: u64,
+    /// KV cache of one sequence of `context_length` tokens.
+    pub kv_cache_bytes: u64,
+    /// Compute buffers.
+    pub compute_bytes: u64,
+    /// Who estimated, e.g. "llamacpp: llama.cpp no_alloc dry run".
+    pub source: String,
+}
+
+impl BackendEstimate {
+    /// Host RAM for `sequences` sequences (each its own KV cache), without r1d's own overhead.
+    pub fn ram_bytes(&self, sequences: u32) -> u64 {
+        self.weights_mapped_bytes
+            + self.weights_copied_bytes
+            + self.kv_cache_bytes * u64::from(sequences.max(1))
+            + self.compute_bytes
+    }
+}
+
+/// Where a candidate's memory figures come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemorySource {
+    /// The catalog's formula ([`Variant::footprint`]): the file is not present, its backend has
+    /// no estimate, or layers go to a GPU (the estimate is asked for a CPU-only load).
+    Formula,
+    /// The backend's own estimate of the present file ([`BackendEstimate`]).
+    Backend {
+        /// Who estimated ([`BackendEstimate::source`]).
+        source: String,
+        /// What the formula would have planned (bytes of RAM, without the reserve), for
+        /// comparison.
+        formula_ram_bytes: u64,
+    },
+}
+
+/// The context length the planner plans `v` with under `policy` (tokens): the policy's, capped at
+/// the trained context. Callers ask a backend's estimate at this length.
+pub fn planned_context(v: &Variant, policy: &Policy) -> u32 {
+    policy.context_length.min(v.trained_context)
 }
 
 /// One variant × quantization, placed on this hardware.
@@ -80,9 +152,9 @@ pub struct Candidate {
     /// Context length planned for (tokens): the policy's, capped at the trained context.
     pub context_length: u32,
     /// Answers generated at once that the plan holds, each with its own `context_length` of KV
-    /// cache: `[server] parallel` when set (`Policy::sequences`, planned for in the memory
-    /// figures), else the most up to [`DEFAULT_PARALLEL`] whose extra KV cache fits beside the
-    /// one-answer plan without moving a layer off the GPU (the memory figures are for one).
+    /// cache: `[server] parallel` when set (`Policy::sequences`), else the most up to
+    /// [`DEFAULT_PARALLEL`] whose extra KV cache fits beside the one-answer plan without moving
+    /// a layer off the GPU. The memory figures hold all of them (what the load allocates).
     pub parallel: u32,
     /// RAM needed (bytes), without the policy's reserve.
     pub ram_bytes: u64,
@@ -96,6 +168,12 @@ pub struct Candidate {
     pub reason: String,
     /// The file is already on disk.
     pub present: bool,
+    /// Where `ram_bytes` comes from.
+    pub memory_source: MemorySource,
+    /// Whether `tokens_per_s` passes the policy's minimum — with the hysteresis of
+    /// [`SPEED_KEEP`] / [`SPEED_UPGRADE`] when the plan was made while a model is served
+    /// ([`plan_serving`]).
+    pub fast_enough: bool,
 }
 
 /// The plan: every candidate, and the chosen one.
@@ -152,6 +230,7 @@ impl Plan {
 struct Placement {
     gpu_layers: u32,
     ram_bytes: u64,
+    memory_source: MemorySource,
     vram_bytes: Vec<u64>,
     tokens_per_s: f64,
     description: String,
@@ -172,7 +251,8 @@ fn amount(bytes: u64) -> String {
 }
 
 /// Places `v` at `q` with a KV cache of `sequences` × `ctx` tokens (its memory); the speed
-/// estimate is for one answer reading its own `ctx`.
+/// estimate is for one answer reading its own `ctx`. `estimate`: the backend's figures for the
+/// present file, used instead of the formula's RAM when everything stays on the CPU.
 fn place(
     v: &Variant,
     q: &Quantization,
@@ -180,6 +260,7 @@ fn place(
     policy: &Policy,
     ctx: u32,
     sequences: u32,
+    estimate: Option<&BackendEstimate>,
 ) -> Placement {
     let f = v.footprint(q, ctx.saturating_mul(sequences.max(1)));
     let read = v.footprint(q, ctx);
@@ -228,11 +309,21 @@ fn place(
     // Blocks on a CPU with llama.cpp's repacking kernels hold their Q4 weights twice.
     let repacks = hw.cpu.features.iter().any(|f| f == "avx2" || f == "i8mm");
     let per_cpu_layer = per_layer + if repacks { f.layer_repack } else { 0 };
-    let ram_bytes = f.token_embedding
+    let formula_ram_bytes = f.token_embedding
         + on_cpu as u64 * per_cpu_layer
         + if output_on.is_none() { f.output } else { 0 }
         + if cpu_runs_graph { f.compute } else { 0 }
         + HOST_OVERHEAD;
+    let (ram_bytes, memory_source) = match estimate {
+        Some(e) if on_gpu == 0 && output_on.is_none() && e.context_length >= ctx => (
+            e.ram_bytes(sequences) + HOST_OVERHEAD,
+            MemorySource::Backend {
+                source: e.source.clone(),
+                formula_ram_bytes,
+            },
+        ),
+        _ => (formula_ram_bytes, MemorySource::Formula),
+    };
 
     // Speed: bytes read per token on each device over its effective bandwidth.
     let active = v.active_parameters as f64 / v.parameters as f64;
@@ -282,6 +373,7 @@ fn place(
     Placement {
         gpu_layers,
         ram_bytes,
+        memory_source,
         vram_bytes,
         tokens_per_s,
         description,
@@ -292,7 +384,19 @@ fn place(
 /// already on disk (they need no download space). The plan also says what more RAM or VRAM
 /// would bring ([`Plan::upgrades`], [`Plan::more_memory`]).
 pub fn plan(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
-    let mut plan = plan_here(hw, present, policy);
+    plan_serving(hw, present, policy, None)
+}
+
+/// [`plan`] made while `serving` (variant id, quantization name) is the resident model: its speed
+/// test has hysteresis ([`SPEED_KEEP`], [`SPEED_UPGRADE`]), so a wobble of the measured bandwidth
+/// does not swap the model.
+pub fn plan_serving(
+    hw: &Hardware,
+    present: &[Present],
+    policy: &Policy,
+    serving: Option<(&str, &str)>,
+) -> Plan {
+    let mut plan = plan_here(hw, present, policy, serving);
     let current = plan.chosen().map(|c| better_key(c, policy));
     let mut upgrades = Vec::new();
     upgrades.extend(upgrade(hw, present, policy, current, Resource::Ram));
@@ -357,7 +461,12 @@ fn upgrade(
     resource: Resource,
 ) -> Option<Upgrade> {
     let better = |steps: u64| -> Option<Candidate> {
-        let p = plan_here(&grown(hw, resource, steps * UPGRADE_STEP), present, policy);
+        let p = plan_here(
+            &grown(hw, resource, steps * UPGRADE_STEP),
+            present,
+            policy,
+            None,
+        );
         p.chosen()
             .filter(|c| current.is_none_or(|k| better_key(c, policy) > k))
             .cloned()
@@ -448,8 +557,13 @@ fn more_memory_text(plan: &Plan, upgrades: &[Upgrade], policy: &Policy) -> Strin
     }
 }
 
-/// [`plan`] without the upgrade search.
-fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
+/// [`plan_serving`] without the upgrade search.
+fn plan_here(
+    hw: &Hardware,
+    present: &[Present],
+    policy: &Policy,
+    serving: Option<(&str, &str)>,
+) -> Plan {
     let reserve = policy.reserve_ram_bytes;
     let available = hw.memory.available_bytes;
     let mut candidates = Vec::new();
@@ -457,22 +571,39 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
     let mut shortfalls: Vec<(u64, String)> = Vec::new();
     for v in VARIANTS.iter().rev() {
         for q in v.quantizations.iter().rev() {
-            let ctx = policy.context_length.min(v.trained_context);
-            let p = place(v, q, hw, policy, ctx, policy.sequences.unwrap_or(1));
+            let ctx = planned_context(v, policy);
+            let file = present.iter().find(|m| {
+                m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
+            });
+            let estimate = file.and_then(|m| m.estimate.as_ref());
+            let p = place(
+                v,
+                q,
+                hw,
+                policy,
+                ctx,
+                policy.sequences.unwrap_or(1),
+                estimate,
+            );
             let parallel = policy.sequences.unwrap_or_else(|| {
                 (2..=DEFAULT_PARALLEL)
                     .rev()
                     .find(|&n| {
-                        let more = place(v, q, hw, policy, ctx, n);
+                        let more = place(v, q, hw, policy, ctx, n, estimate);
                         more.gpu_layers == p.gpu_layers
                             && more.ram_bytes + policy.reserve_ram_bytes
                                 <= hw.memory.available_bytes
                     })
                     .unwrap_or(1)
             });
-            let is_present = present.iter().any(|m| {
-                m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
-            });
+            // The memory figures are what the load holds: every sequence's KV cache (the extra
+            // ones were found to fit beside the one-answer placement, which stays the same).
+            let p = if policy.sequences.is_none() && parallel > 1 {
+                place(v, q, hw, policy, ctx, parallel, estimate)
+            } else {
+                p
+            };
+            let is_present = file.is_some();
             let pinned_out = policy
                 .variant
                 .as_deref()
@@ -523,8 +654,9 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 None
             };
             let fits = reason_not.is_none();
+            let fast_enough = p.tokens_per_s >= policy.min_tokens_per_s;
             let reason = reason_not.unwrap_or_else(|| {
-                if p.tokens_per_s < policy.min_tokens_per_s {
+                if !fast_enough {
                     format!(
                         "fits ({}), but {:.1} tokens/s is under the {} tokens/s minimum",
                         p.description, p.tokens_per_s, policy.min_tokens_per_s
@@ -547,6 +679,8 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
                 fits,
                 reason,
                 present: is_present,
+                memory_source: p.memory_source,
+                fast_enough,
             });
         }
     }
@@ -560,7 +694,37 @@ fn plan_here(hw: &Hardware, present: &[Present], policy: &Policy) -> Plan {
             c.quantization.quality,
         )
     };
-    let fast_enough = |c: &&Candidate| c.tokens_per_s >= policy.min_tokens_per_s;
+    // While a model is served, its speed test has hysteresis (see SPEED_KEEP): it stays fast
+    // enough down to SPEED_KEEP × the minimum, and a candidate the ranking puts above it must
+    // reach SPEED_UPGRADE × the minimum. Placements do not depend on the bandwidth, so neither
+    // does this ranking.
+    let served = serving.and_then(|(v, q)| {
+        candidates.iter().position(|c| {
+            c.variant.id.eq_ignore_ascii_case(v) && c.quantization.name.eq_ignore_ascii_case(q)
+        })
+    });
+    if let Some(s) = served {
+        let served_quality = quality(&candidates[s]);
+        let min = policy.min_tokens_per_s;
+        for (i, c) in candidates.iter_mut().enumerate() {
+            let needed = if i == s {
+                min * SPEED_KEEP
+            } else if quality(c) > served_quality {
+                min * SPEED_UPGRADE
+            } else {
+                min
+            };
+            c.fast_enough = c.tokens_per_s >= needed;
+            if c.fits && !c.fast_enough && c.tokens_per_s >= min {
+                c.reason = format!(
+                    "fits, ≈ {:.1} tokens/s, but a better model than the one served must reach \
+                     {SPEED_UPGRADE} × the {min} tokens/s minimum to replace it",
+                    c.tokens_per_s
+                );
+            }
+        }
+    }
+    let fast_enough = |c: &&Candidate| c.fast_enough;
     let best = candidates
         .iter()
         .enumerate()
@@ -656,6 +820,7 @@ mod tests {
                 available_bytes: ram_gib * GIB * 9 / 10,
                 cgroup_limit_bytes: None,
                 bandwidth_bytes_per_s: Some(cpu_bw_gb_s * GB),
+                bandwidth_spread: None,
             },
             disk: Some(Disk {
                 path: "/var/lib/r1d/models".into(),
@@ -766,12 +931,14 @@ mod tests {
             .unwrap();
         assert_eq!(same.parallel, 8);
         let kv = |n: u32| c.variant.footprint(c.quantization, 8192 * n).layer_kv;
+        // The automatic four are in the RAM figure too: it is what the load allocates.
         assert_eq!(
             same.ram_bytes - c.ram_bytes,
-            u64::from(c.variant.layers) * (kv(8) - kv(1))
+            u64::from(c.variant.layers) * (kv(8) - kv(DEFAULT_PARALLEL))
         );
+        let one_answer = c.ram_bytes - u64::from(c.variant.layers) * (kv(DEFAULT_PARALLEL) - kv(1));
         // A machine where the chosen model just fits: one answer at a time, same choice.
-        let tight_ram = c.ram_bytes + Policy::default().reserve_ram_bytes + (64 << 20);
+        let tight_ram = one_answer + Policy::default().reserve_ram_bytes + (64 << 20);
         let mut tight = machine(16, 64, 60, vec![]);
         tight.memory.available_bytes = tight_ram;
         let t = plan(&tight, &[], &Policy::default());
@@ -983,6 +1150,7 @@ mod tests {
         let present = [Present {
             variant: "deepseek-r1:7b".into(),
             quantization: "Q4_K_M".into(),
+            estimate: None,
         }];
         let p = plan(&hw, &present, &Policy::default());
         let c = p.chosen().unwrap();
@@ -990,6 +1158,158 @@ mod tests {
             (c.variant.id, c.quantization.name, c.present),
             ("deepseek-r1:7b", "Q4_K_M", true)
         );
+    }
+
+    fn estimate(gb: f64) -> BackendEstimate {
+        BackendEstimate {
+            context_length: 8192,
+            weights_mapped_bytes: (gb * 0.6 * GB as f64) as u64,
+            weights_copied_bytes: (gb * 0.3 * GB as f64) as u64,
+            kv_cache_bytes: (gb * 0.05 * GB as f64) as u64,
+            compute_bytes: (gb * 0.05 * GB as f64) as u64,
+            source: "test: dry run".into(),
+        }
+    }
+
+    fn candidate<'p>(p: &'p Plan, variant: &str, quantization: &str) -> &'p Candidate {
+        p.candidates
+            .iter()
+            .find(|c| c.variant.id == variant && c.quantization.name == quantization)
+            .unwrap()
+    }
+
+    /// A present file's backend estimate replaces the formula's RAM on a CPU-only placement,
+    /// says so, and keeps the formula's figure beside it; files that are not present keep the
+    /// formula.
+    #[test]
+    fn a_present_files_estimate_replaces_the_formula_on_the_cpu() {
+        let hw = machine(8, 32, 40, vec![]);
+        let e = estimate(7.0);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(e.clone()),
+        }];
+        let policy = Policy {
+            sequences: Some(1),
+            ..Policy::default()
+        };
+        let p = plan(&hw, &present, &policy);
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(c.ram_bytes, e.ram_bytes(1) + HOST_OVERHEAD);
+        let formula = plan(&hw, &[], &policy);
+        let f = candidate(&formula, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(
+            c.memory_source,
+            MemorySource::Backend {
+                source: "test: dry run".into(),
+                formula_ram_bytes: f.ram_bytes
+            }
+        );
+        assert_eq!(f.memory_source, MemorySource::Formula);
+        let other = candidate(&p, "deepseek-r1:7b", "Q8_0");
+        assert_eq!(other.memory_source, MemorySource::Formula);
+
+        // Two sequences: the estimate's KV cache twice.
+        let two = plan(
+            &hw,
+            &present,
+            &Policy {
+                sequences: Some(2),
+                ..Policy::default()
+            },
+        );
+        let c2 = candidate(&two, "deepseek-r1:7b", "Q4_K_M");
+        assert_eq!(c2.ram_bytes, c.ram_bytes + e.kv_cache_bytes);
+    }
+
+    /// An estimate larger than the RAM available rejects the file, naming the shortfall, even
+    /// where the formula would have let it fit.
+    #[test]
+    fn an_estimate_that_does_not_fit_is_refused_before_loading() {
+        let hw = machine(8, 16, 40, vec![]);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(estimate(40.0)),
+        }];
+        let p = plan(&hw, &present, &Policy::default());
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert!(!c.fits);
+        assert!(c.reason.contains("short"), "{}", c.reason);
+        assert!(plan(&hw, &[], &Policy::default())
+            .candidates
+            .iter()
+            .any(|c| c.variant.id == "deepseek-r1:7b"
+                && c.quantization.name == "Q4_K_M"
+                && c.fits));
+    }
+
+    /// The estimate is of a CPU-only load: a placement with layers on a GPU keeps the formula.
+    #[test]
+    fn an_offloaded_placement_keeps_the_formula() {
+        let hw = machine(8, 16, 40, vec![gpu(24, 23.5, 900)]);
+        let present = [Present {
+            variant: "deepseek-r1:7b".into(),
+            quantization: "Q4_K_M".into(),
+            estimate: Some(estimate(7.0)),
+        }];
+        let p = plan(&hw, &present, &Policy::default());
+        let c = candidate(&p, "deepseek-r1:7b", "Q4_K_M");
+        assert!(c.gpu_layers > 0);
+        assert_eq!(c.memory_source, MemorySource::Formula);
+    }
+
+    fn choice_at(bandwidth: u64, serving: Option<(&str, &str)>) -> (&'static str, &'static str) {
+        // A laptop-class machine where the 1.5B is the variant that reaches 10 tokens/s and its
+        // quantization depends on the bandwidth.
+        let mut hw = machine(4, 16, 0, vec![]);
+        hw.memory.bandwidth_bytes_per_s = Some(bandwidth);
+        let p = plan_serving(&hw, &[], &Policy::default(), serving);
+        let c = p.chosen().expect("something fits 16 GiB");
+        (c.variant.id, c.quantization.name)
+    }
+
+    /// Property: for every bandwidth from 10 to 80 GB/s (0.25 GB/s steps), re-planning while the
+    /// first plan's choice is served, at 90 % to 110 % of that bandwidth (the wobble of the
+    /// probe), keeps the choice. Without the hysteresis the same wobble flips it (checked too, so
+    /// the property is not vacuous).
+    #[test]
+    fn a_ten_percent_bandwidth_wobble_does_not_flip_the_choice() {
+        let mut flips_without = 0;
+        for step in 0..=280u64 {
+            let b0 = 10 * GB + step * GB / 4;
+            let first = choice_at(b0, None);
+            for f in [0.90, 0.93, 0.97, 1.03, 1.07, 1.10] {
+                let b = (b0 as f64 * f) as u64;
+                assert_eq!(
+                    choice_at(b, Some(first)),
+                    first,
+                    "chosen at {:.2} GB/s, flipped at {:.2} GB/s",
+                    b0 as f64 / 1e9,
+                    b as f64 / 1e9
+                );
+                if choice_at(b, None) != first {
+                    flips_without += 1;
+                }
+            }
+        }
+        assert!(flips_without > 0, "the grid never crosses a threshold");
+    }
+
+    /// Hysteresis does not pin a model forever: a clearly faster machine (or a clearly slower
+    /// one) still changes the choice.
+    #[test]
+    fn hysteresis_still_follows_a_large_change() {
+        let slow = choice_at(12 * GB, None);
+        let fast = choice_at(100 * GB, None);
+        assert_ne!(slow, fast);
+        assert_eq!(choice_at(100 * GB, Some(slow)), fast);
+        assert_eq!(choice_at(12 * GB, Some(fast)), slow);
+        // Inside the band a better model waits: at 60 GB/s a first plan takes the 7B (≈ 10.5
+        // tokens/s, just over the minimum), but not while the 1.5B is served.
+        assert_eq!(choice_at(60 * GB, None).0, "deepseek-r1:7b");
+        assert_eq!(choice_at(60 * GB, Some(slow)).0, "deepseek-r1:1.5b");
     }
 
     #[test]
@@ -1171,6 +1491,33 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
+            /// The wobble property on any machine (GPUs included): re-planning while the first
+            /// plan's choice is served, with every bandwidth (CPU and GPUs) at 90–110 %, keeps it.
+            #[test]
+            fn a_bandwidth_wobble_never_swaps_the_served_model(
+                hw in hardware(), f in 0.9f64..=1.1
+            ) {
+                let policy = Policy::default();
+                let first = plan(&hw, &[], &policy);
+                if let Some(c) = first.chosen() {
+                    let mut wobbled = hw.clone();
+                    let scale = |b: u64| (b as f64 * f) as u64;
+                    wobbled.memory.bandwidth_bytes_per_s =
+                        wobbled.memory.bandwidth_bytes_per_s.map(scale);
+                    for g in &mut wobbled.gpus {
+                        g.bandwidth_bytes_per_s = g.bandwidth_bytes_per_s.map(scale);
+                    }
+                    let again = plan_serving(
+                        &wobbled, &[], &policy, Some((c.variant.id, c.quantization.name)));
+                    let a = again.chosen().expect("the served model still fits");
+                    prop_assert_eq!(
+                        (a.variant.id, a.quantization.name),
+                        (c.variant.id, c.quantization.name),
+                        "at {}× the bandwidth", f
+                    );
+                }
+            }
+
             #[test]
             fn more_memory_never_yields_a_smaller_variant(hw in hardware(), extra in 1u64..512) {
                 let before = plan(&hw, &[], &Policy::default());
@@ -1193,14 +1540,14 @@ mod tests {
                 let p = plan(&hw, &[], &policy);
                 let now = p.chosen().map(|c| better_key(c, &policy));
                 for u in &p.upgrades {
-                    let then = plan_here(&grown(&hw, u.resource, u.more_bytes), &[], &policy);
+                    let then = plan_here(&grown(&hw, u.resource, u.more_bytes), &[], &policy, None);
                     let c = then.chosen().expect("a choice with more memory");
                     prop_assert_eq!(
                         (c.variant.id, c.quantization.name, c.gpu_layers),
                         (u.candidate.variant.id, u.candidate.quantization.name, u.candidate.gpu_layers)
                     );
                     prop_assert!(now.is_none_or(|k| better_key(c, &policy) > k));
-                    let less = plan_here(&grown(&hw, u.resource, u.more_bytes - MIB), &[], &policy);
+                    let less = plan_here(&grown(&hw, u.resource, u.more_bytes - MIB), &[], &policy, None);
                     let not_better = match (less.chosen(), now) {
                         (None, _) => true,
                         (Some(c), Some(k)) => better_key(c, &policy) <= k,

@@ -125,7 +125,19 @@ typedef struct R1PluginApi {
 
     /* Releases a model; the handle is invalid afterwards. NULL is ignored. */
     void (*unload)(R1Model *model);
+
+    /* ---- Appended to ABI v1: absent when struct_size ends before a field. ---- */
+
+    /* What loading with params_json (LoadParams JSON, borrowed: the same document load takes)
+     * would allocate, without loading the weights. *out_json: Estimate JSON (caller frees).
+     * R1_ERR_UNSUPPORTED when the backend cannot estimate. Any thread, also while models are
+     * loaded. NULL (or absent) = the plugin has no estimate. */
+    R1Status (*estimate)(R1Str params_json, R1OwnedStr *out_json, R1OwnedStr *out_error);
 } R1PluginApi;
+
+/* sizeof the v1 table as first published (through unload): the smallest struct_size a host
+ * accepts. Fields after it were appended and are optional. */
+#define R1_PLUGIN_API_V1_BASE_SIZE offsetof(R1PluginApi, estimate)
 
 typedef const R1PluginApi *(*R1PluginEntryFn)(uint32_t host_abi_version);
 

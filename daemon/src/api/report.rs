@@ -83,7 +83,15 @@ fn hardware_text(p: &wire::HardwareProfile) -> String {
             .unwrap_or_default(),
         p.memory
             .bandwidth_bytes_per_s
-            .map(|b| format!(", {:.1} GB/s read", b as f64 / 1e9))
+            .map(|b| match p.memory.bandwidth_spread {
+                Some(spread) => format!(
+                    ", {:.1} GB/s read (median of {} runs, spread {:.0} %)",
+                    b as f64 / 1e9,
+                    crate::hardware::bandwidth::RUNS,
+                    spread * 100.0
+                ),
+                None => format!(", {:.1} GB/s read", b as f64 / 1e9),
+            })
             .unwrap_or_default()
     );
     if let Some(d) = &p.disk {

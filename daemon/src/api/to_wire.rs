@@ -24,6 +24,12 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
         gpu_layers: info.gpu_layers,
         weights_bytes: info.memory.weights_bytes,
         kv_cache_bytes: info.memory.kv_cache_bytes,
+        variant: None,
+        planned_ram_bytes: None,
+        planned_memory_source: None,
+        resident_bytes: None,
+        resident_anon_bytes: None,
+        resident_file_bytes: None,
     })
 }
 
@@ -42,7 +48,19 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
     wire::Status {
         version: env!("CARGO_PKG_VERSION").into(),
         state: state(snap.state, s.degraded.as_deref()),
-        model: model_status(snap),
+        model: model_status(snap).map(|mut m| {
+            if let Some(p) = &s.planned {
+                m.variant = Some(p.variant.clone());
+                m.planned_ram_bytes = Some(p.ram_bytes);
+                m.planned_memory_source = Some(p.memory_source.to_owned());
+            }
+            if let Some(r) = s.resident {
+                m.resident_bytes = Some(r.total_bytes);
+                m.resident_anon_bytes = Some(r.anon_bytes);
+                m.resident_file_bytes = Some(r.file_bytes);
+            }
+            m
+        }),
         loading: snap.loading.as_ref().map(|p| p.display().to_string()),
         progress: snap.progress,
         error: snap.error.clone(),
@@ -101,6 +119,7 @@ pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile
             total_bytes: hw.memory.total_bytes,
             available_bytes: hw.memory.available_bytes,
             bandwidth_bytes_per_s: hw.memory.bandwidth_bytes_per_s,
+            bandwidth_spread: hw.memory.bandwidth_spread,
             cgroup_limit_bytes: hw.memory.cgroup_limit_bytes,
         },
         disk: hw.disk.as_ref().map(|d| wire::DiskProfile {
@@ -139,6 +158,7 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             available_bytes: p.memory.available_bytes.min(p.memory.total_bytes),
             cgroup_limit_bytes: p.memory.cgroup_limit_bytes,
             bandwidth_bytes_per_s: p.memory.bandwidth_bytes_per_s,
+            bandwidth_spread: p.memory.bandwidth_spread,
         },
         disk: p.disk.as_ref().map(|d| Disk {
             path: d.path.clone().unwrap_or_default().into(),
@@ -181,6 +201,23 @@ fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
         parallel: c.parallel,
         file_bytes: c.quantization.file_bytes,
         present: c.present,
+        memory_source: Some(
+            match c.memory_source {
+                crate::planner::MemorySource::Formula => "formula",
+                crate::planner::MemorySource::Backend { .. } => "backend",
+            }
+            .to_owned(),
+        ),
+        memory_estimated_by: match &c.memory_source {
+            crate::planner::MemorySource::Backend { source, .. } => Some(source.clone()),
+            crate::planner::MemorySource::Formula => None,
+        },
+        formula_ram_bytes: match c.memory_source {
+            crate::planner::MemorySource::Backend {
+                formula_ram_bytes, ..
+            } => Some(formula_ram_bytes),
+            crate::planner::MemorySource::Formula => None,
+        },
         source: Some(format!(
             "hf://{}/{}",
             c.quantization.repo, c.quantization.file

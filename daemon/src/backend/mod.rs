@@ -20,7 +20,9 @@ pub mod worker_child;
 
 pub use worker::WorkerCommand;
 
-use r1_plugin_abi::json::{GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport};
+use r1_plugin_abi::json::{
+    Estimate, GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport,
+};
 use r1_plugin_abi::{
     self as abi, R1Model, R1OwnedStr, R1PluginApi, R1PluginEntryFn, R1Status, R1Str,
     R1_PLUGIN_ABI_VERSION,
@@ -73,7 +75,7 @@ pub enum BackendError {
         /// Ours.
         host: u32,
     },
-    /// The plugin's table is smaller than ABI version 1 requires.
+    /// The plugin's table is smaller than ABI version 1 requires (its first published fields).
     #[error("plugin {path} has a function table of {size} bytes, smaller than the {needed} bytes ABI version 1 requires")]
     TableTooSmall {
         /// The plugin file.
@@ -159,6 +161,18 @@ pub trait Backend: Send + Sync {
         params: &LoadParams,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Box<dyn LoadedModel>, BackendError>;
+
+    /// What loading with `params` would allocate, by the backend's own accounting, without
+    /// loading the weights (the ABI's `estimate`). `Ok(None)` when the backend has no estimate:
+    /// a plugin from before the call was appended, or one that answers "unsupported".
+    ///
+    /// # Errors
+    /// [`BackendError::Call`] when the plugin fails (e.g. it cannot read the file),
+    /// [`BackendError::BadJson`] for an answer that is not an estimate.
+    fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
+        let _ = params;
+        Ok(None)
+    }
 }
 
 /// A resident model. Owned by one thread at a time (the engine's); not shared.
@@ -603,9 +617,9 @@ impl DylibBackend {
                 host: R1_PLUGIN_ABI_VERSION,
             });
         }
-        // SAFETY: a non-null table lives for the process (ABI contract). We read only the two
-        // leading u32 fields, present in every version, before checking the version and size.
-        let (plugin_version, size) = unsafe { ((*api_ptr).abi_version, (*api_ptr).struct_size) };
+        // SAFETY: a non-null table lives for the process (ABI contract). We read only the leading
+        // `abi_version`, present in every version, before checking it; `read_table` checks the size.
+        let plugin_version = unsafe { (*api_ptr).abi_version };
         let name_of = || {
             // SAFETY: `name` is part of every version's prefix; it is a static string.
             String::from_utf8_lossy(unsafe { (*api_ptr).name.as_bytes() }).into_owned()
@@ -618,16 +632,9 @@ impl DylibBackend {
                 host: R1_PLUGIN_ABI_VERSION,
             });
         }
-        let needed = std::mem::size_of::<R1PluginApi>();
-        if (size as usize) < needed {
-            return Err(BackendError::TableTooSmall {
-                path: path.to_owned(),
-                size,
-                needed,
-            });
-        }
-        // SAFETY: same version and at least our size: every field we know is present.
-        let api: &'static R1PluginApi = unsafe { &*api_ptr };
+        // SAFETY: a non-null table of our version lives for the process (ABI contract), and
+        // `read_table` reads no more than its `struct_size` bytes.
+        let api: &'static R1PluginApi = Box::leak(Box::new(unsafe { read_table(api_ptr, path)? }));
         let name = name_of();
         // SAFETY: static string of the table.
         let version = String::from_utf8_lossy(unsafe { api.version.as_bytes() }).into_owned();
@@ -649,6 +656,47 @@ impl DylibBackend {
             probe,
         })
     }
+}
+
+/// Copies a plugin's function table: the fields its `struct_size` covers, the appended fields
+/// beyond it left absent (`None`). The host never reads past the plugin's table, so a plugin
+/// built before a field was appended keeps working (it just lacks that call).
+///
+/// # Errors
+/// [`BackendError::TableTooSmall`] when the table is smaller than ABI v1's first published
+/// fields ([`abi::R1_PLUGIN_API_V1_BASE_SIZE`]).
+///
+/// # Safety
+/// `api_ptr` must point to a live table whose first `struct_size` bytes are readable and, up to
+/// that size, laid out as [`R1PluginApi`] (with non-NULL function pointers in the base part).
+unsafe fn read_table(
+    api_ptr: *const R1PluginApi,
+    path: &Path,
+) -> Result<R1PluginApi, BackendError> {
+    // SAFETY: `struct_size` is in every table's prefix (caller's guarantee).
+    let size = unsafe { (*api_ptr).struct_size } as usize;
+    if size < abi::R1_PLUGIN_API_V1_BASE_SIZE {
+        return Err(BackendError::TableTooSmall {
+            path: path.to_owned(),
+            size: size as u32,
+            needed: abi::R1_PLUGIN_API_V1_BASE_SIZE,
+        });
+    }
+    let copied = size.min(std::mem::size_of::<R1PluginApi>());
+    let mut table = std::mem::MaybeUninit::<R1PluginApi>::zeroed();
+    // SAFETY: the source has `copied` readable bytes (caller's guarantee) and the destination is
+    // a whole table; they do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            api_ptr.cast::<u8>(),
+            table.as_mut_ptr().cast::<u8>(),
+            copied,
+        )
+    };
+    // SAFETY: the base fields (all non-NULL function pointers and plain data) were copied from a
+    // valid table; every field after them is an `Option` of a function pointer, for which the
+    // zeroed bytes of a field the plugin's table lacks are `None`.
+    Ok(unsafe { table.assume_init() })
 }
 
 /// Carries the progress closure through the C callback.
@@ -731,6 +779,24 @@ impl Backend for DylibBackend {
             model.serial = Some(std::sync::Mutex::new(()));
         }
         Ok(Box::new(model))
+    }
+
+    fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
+        let Some(estimate) = self.api.estimate else {
+            return Ok(None);
+        };
+        let json = serde_json::to_string(params).expect("load params serialise");
+        let mut out = R1OwnedStr::null();
+        let mut err = R1OwnedStr::null();
+        // SAFETY: the params string outlives the call; out-pointers valid.
+        let status = unsafe { estimate(R1Str::from_str(&json), &mut out, &mut err) };
+        let json = take_string(self.api, out);
+        if status == abi::R1_ERR_UNSUPPORTED {
+            take_string(self.api, err);
+            return Ok(None);
+        }
+        check(self.api, &self.name, status, err)?;
+        parse(&self.name, "estimate", &json).map(Some)
     }
 }
 
@@ -839,5 +905,126 @@ impl Drop for PluginModel {
     fn drop(&mut self) {
         // SAFETY: the handle came from this plugin's `load` and is released exactly once.
         unsafe { (self.api.unload)(self.handle.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn free_string(_: R1OwnedStr) {}
+    unsafe extern "C" fn set_logger(_: abi::R1LogFn, _: *mut c_void) {}
+    unsafe extern "C" fn probe(_: *mut R1OwnedStr, _: *mut R1OwnedStr) -> R1Status {
+        abi::R1_OK
+    }
+    unsafe extern "C" fn load(
+        _: R1Str,
+        _: abi::R1ProgressFn,
+        _: *mut c_void,
+        _: *mut *mut R1Model,
+        _: *mut R1OwnedStr,
+    ) -> R1Status {
+        abi::R1_ERR_LOAD_FAILED
+    }
+    unsafe extern "C" fn info(
+        _: *const R1Model,
+        _: *mut R1OwnedStr,
+        _: *mut R1OwnedStr,
+    ) -> R1Status {
+        abi::R1_ERR_BACKEND
+    }
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn tokenize(
+        _: *const R1Model,
+        _: R1Str,
+        _: bool,
+        _: bool,
+        _: *mut i32,
+        _: usize,
+        _: *mut usize,
+        _: *mut R1OwnedStr,
+    ) -> R1Status {
+        abi::R1_ERR_BACKEND
+    }
+    unsafe extern "C" fn generate(
+        _: *mut R1Model,
+        _: R1Str,
+        _: abi::R1TokenFn,
+        _: *mut c_void,
+        _: *mut R1OwnedStr,
+        _: *mut R1OwnedStr,
+    ) -> R1Status {
+        abi::R1_ERR_BACKEND
+    }
+    unsafe extern "C" fn unload(_: *mut R1Model) {}
+    unsafe extern "C" fn estimate(_: R1Str, _: *mut R1OwnedStr, _: *mut R1OwnedStr) -> R1Status {
+        abi::R1_ERR_UNSUPPORTED
+    }
+
+    fn table(struct_size: usize) -> R1PluginApi {
+        R1PluginApi {
+            abi_version: R1_PLUGIN_ABI_VERSION,
+            struct_size: struct_size as u32,
+            name: R1Str::from_str("fake"),
+            version: R1Str::from_str("0"),
+            free_string,
+            set_logger,
+            probe,
+            load,
+            info,
+            tokenize,
+            generate,
+            unload,
+            estimate: Some(estimate),
+        }
+    }
+
+    /// A plugin built before `estimate` was appended says a smaller `struct_size`: it is accepted,
+    /// and the host reads nothing beyond it (the call is absent, not whatever bytes follow).
+    #[test]
+    fn a_table_from_before_estimate_loads_without_it() {
+        let old = table(abi::R1_PLUGIN_API_V1_BASE_SIZE);
+        // SAFETY: a live table; the host reads only `struct_size` bytes of it.
+        let copy = unsafe { read_table(&old, Path::new("old.so")) }.unwrap();
+        assert!(copy.estimate.is_none());
+        assert_eq!(copy.struct_size as usize, abi::R1_PLUGIN_API_V1_BASE_SIZE);
+
+        let new = table(std::mem::size_of::<R1PluginApi>());
+        // SAFETY: as above.
+        let copy = unsafe { read_table(&new, Path::new("new.so")) }.unwrap();
+        assert!(copy.estimate.is_some());
+    }
+
+    #[test]
+    fn a_table_smaller_than_v1_is_refused_naming_the_sizes() {
+        let tiny = table(abi::R1_PLUGIN_API_V1_BASE_SIZE - 8);
+        // SAFETY: a live table.
+        let Err(err) = (unsafe { read_table(&tiny, Path::new("tiny.so")) }) else {
+            panic!("a table smaller than v1 was accepted");
+        };
+        let message = err.to_string();
+        assert!(message.contains("tiny.so"), "{message}");
+        assert!(
+            message.contains(&abi::R1_PLUGIN_API_V1_BASE_SIZE.to_string()),
+            "{message}"
+        );
+    }
+
+    /// "unsupported" from a plugin is "no estimate", not an error.
+    #[test]
+    fn an_unsupported_estimate_is_none() {
+        let api: &'static R1PluginApi =
+            Box::leak(Box::new(table(std::mem::size_of::<R1PluginApi>())));
+        let backend = DylibBackend {
+            api,
+            name: "fake".into(),
+            version: "0".into(),
+            probe: ProbeReport::default(),
+        };
+        let params = LoadParams {
+            path: "/x.gguf".into(),
+            ..LoadParams::default()
+        };
+        assert!(backend.estimate(&params).unwrap().is_none());
     }
 }

@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use r1_plugin_abi::json::{GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport};
+use r1_plugin_abi::json::{
+    Estimate, GenerateRequest, GenerateResult, LoadParams, ModelInfo, ProbeReport,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Backend, BackendError, LoadedModel};
@@ -63,6 +65,14 @@ pub const WORKER_ARG: &str = "__plugin-worker";
 pub enum ToWorker {
     /// Open the plugin file and load a model with it (request id 0). Sent once, first.
     Load {
+        /// The plugin library.
+        plugin: PathBuf,
+        /// The load parameters (the ABI's JSON document).
+        params: LoadParams,
+    },
+    /// Open the plugin file and estimate what a load with these parameters would allocate
+    /// (request id 0; see `estimate` in `r1_plugin.h`). A worker asked this does nothing else.
+    Estimate {
         /// The plugin library.
         plugin: PathBuf,
         /// The load parameters (the ABI's JSON document).
@@ -120,6 +130,11 @@ pub enum FromWorker {
     Loaded {
         /// What was loaded (the ABI's JSON document).
         info: Box<ModelInfo>,
+    },
+    /// The answer to `Estimate`: `None` when the backend has no estimate.
+    Estimated {
+        /// The estimate (the ABI's JSON document).
+        estimate: Option<Box<Estimate>>,
     },
     /// A tokenize request's answer.
     Tokens {
@@ -257,6 +272,10 @@ impl Backend for WorkerBackend {
         self.inner.probe_report()
     }
 
+    fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
+        self.estimate_in_worker(params)
+    }
+
     fn load(
         &self,
         params: &LoadParams,
@@ -316,6 +335,30 @@ impl Backend for WorkerBackend {
     }
 }
 
+impl WorkerBackend {
+    /// The estimate, asked of a worker started for it alone (reading a model file's header is
+    /// backend code too: a strange file must not take r1d down), which ends with the answer.
+    fn estimate_in_worker(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
+        let conn = Conn::spawn(&self.command, self.name())?;
+        let _guard = CloseOnDrop(Some(conn.clone()));
+        let replies = conn.register(LOAD_ID)?;
+        conn.send(&ToWorker::Estimate {
+            plugin: self.plugin.clone(),
+            params: params.clone(),
+        })?;
+        match replies.recv() {
+            Ok(Reply::Estimated(estimate)) => Ok(estimate.map(|e| *e)),
+            Ok(Reply::Failed(status, message)) => Err(BackendError::Call {
+                backend: self.name().to_owned(),
+                status,
+                message,
+            }),
+            Ok(other) => Err(conn.protocol_error(&other)),
+            Err(_) => Err(conn.died()),
+        }
+    }
+}
+
 /// Ends a worker when dropped (a load that did not succeed).
 struct CloseOnDrop(Option<Arc<Conn>>);
 
@@ -332,6 +375,7 @@ impl Drop for CloseOnDrop {
 enum Reply {
     Progress(f32),
     Loaded(Box<ModelInfo>),
+    Estimated(Option<Box<Estimate>>),
     Tokens(Vec<i32>),
     Piece(Vec<u8>, i32),
     Done(Box<GenerateResult>),
@@ -584,6 +628,7 @@ impl Conn {
                 }
                 FromWorker::Progress { fraction } => (LOAD_ID, Reply::Progress(fraction)),
                 FromWorker::Loaded { info } => (LOAD_ID, Reply::Loaded(info)),
+                FromWorker::Estimated { estimate } => (LOAD_ID, Reply::Estimated(estimate)),
                 FromWorker::Tokens { id, tokens } => (id, Reply::Tokens(tokens)),
                 FromWorker::Piece { id, bytes, token } => (id, Reply::Piece(bytes, token)),
                 FromWorker::Done { id, result } => (id, Reply::Done(result)),
@@ -595,7 +640,11 @@ impl Conn {
             };
             let last = matches!(
                 reply,
-                Reply::Loaded(_) | Reply::Tokens(_) | Reply::Done(_) | Reply::Failed(..)
+                Reply::Loaded(_)
+                    | Reply::Estimated(_)
+                    | Reply::Tokens(_)
+                    | Reply::Done(_)
+                    | Reply::Failed(..)
             );
             let mut pending = Self::lock(&self.pending);
             let delivered = pending.get_mut(&id).is_some_and(|(tx, at)| {

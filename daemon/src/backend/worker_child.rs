@@ -233,6 +233,17 @@ impl State {
                     Err(e) => self.failed(0, &e),
                 }
             }
+            ToWorker::Estimate { plugin, params } => {
+                match super::open_plugin(&plugin).and_then(|backend| backend.estimate(&params)) {
+                    Ok(estimate) => send(
+                        &self.out,
+                        &FromWorker::Estimated {
+                            estimate: estimate.map(Box::new),
+                        },
+                    ),
+                    Err(e) => self.failed(0, &e),
+                }
+            }
             ToWorker::Tokenize {
                 id,
                 text,

@@ -14,7 +14,7 @@ use r1_plugin_abi::json as abi;
 /// How to load a model: the parameters a load is asked for.
 ///
 /// `None` leaves the choice to the backend, as documented per field.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LoadParams {
     /// Path of the model file (GGUF) or directory (ONNX), UTF-8.
     pub path: String,
@@ -153,6 +153,25 @@ impl From<&LoadParams> for abi::LoadParams {
             parallel: p.parallel,
             extra: serde_json::Value::Null,
         }
+    }
+}
+
+/// A backend's estimate as the planner takes it: the host (`"cpu"`) devices' figures summed.
+/// `backend` names who answered.
+pub fn backend_estimate(backend: &str, e: &abi::Estimate) -> crate::planner::BackendEstimate {
+    let host = e.devices.iter().filter(|d| d.kind == "cpu");
+    let sum = |f: fn(&abi::DeviceEstimate) -> u64| host.clone().map(f).sum::<u64>();
+    crate::planner::BackendEstimate {
+        context_length: e.context_length,
+        weights_mapped_bytes: sum(|d| d.weights_mapped_bytes),
+        weights_copied_bytes: sum(|d| d.weights_bytes),
+        kv_cache_bytes: sum(|d| d.kv_cache_bytes) / u64::from(e.parallel.max(1)),
+        compute_bytes: sum(|d| d.compute_bytes),
+        source: if e.source.is_empty() {
+            backend.to_owned()
+        } else {
+            format!("{backend}: {}", e.source)
+        },
     }
 }
 

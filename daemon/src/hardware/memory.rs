@@ -11,6 +11,43 @@ use std::path::{Path, PathBuf};
 
 use super::{read_optional, read_required, HardwareError, Memory, Probe};
 
+/// What a process holds in RAM, from `/proc/PID/smaps_rollup` (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resident {
+    /// `Rss`: every resident page.
+    pub total_bytes: u64,
+    /// `Anonymous`: pages not backed by a file (heap, copied weights, KV cache).
+    pub anon_bytes: u64,
+    /// The rest: file-backed pages (mapped model files, binaries).
+    pub file_bytes: u64,
+}
+
+/// This process's [`Resident`] memory; `None` where `/proc/self/smaps_rollup` cannot be read
+/// (not Linux, or a kernel before 4.14).
+pub fn resident_self() -> Option<Resident> {
+    parse_smaps_rollup(&std::fs::read_to_string("/proc/self/smaps_rollup").ok()?)
+}
+
+/// Parses `smaps_rollup`'s `Rss:` and `Anonymous:` lines (kB).
+fn parse_smaps_rollup(text: &str) -> Option<Resident> {
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    };
+    let total_bytes = field("Rss:")?;
+    let anon_bytes = field("Anonymous:").unwrap_or(0).min(total_bytes);
+    Some(Resident {
+        total_bytes,
+        anon_bytes,
+        file_bytes: total_bytes - anon_bytes,
+    })
+}
+
 /// Reads meminfo and the cgroup limits below the probe's root.
 ///
 /// # Errors
@@ -40,12 +77,14 @@ pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
             available_bytes: host_available.min(available),
             cgroup_limit_bytes: Some(limit),
             bandwidth_bytes_per_s: None,
+            bandwidth_spread: None,
         },
         None => Memory {
             total_bytes: total,
             available_bytes: host_available,
             cgroup_limit_bytes: None,
             bandwidth_bytes_per_s: None,
+            bandwidth_spread: None,
         },
     })
 }
@@ -196,6 +235,20 @@ fn read_v1(dir: &Path) -> Result<Option<CgroupMemory>, HardwareError> {
 mod tests {
     use super::*;
     use crate::hardware::tests::fixture;
+
+    #[test]
+    fn smaps_rollup_splits_anonymous_and_file_backed() {
+        let text = "55d0c0000000-7ffd00000000 ---p 00000000 00:00 0    [rollup]\n\
+                    Rss:             8196000 kB\nPss:             8190000 kB\n\
+                    Anonymous:       3640000 kB\nSwap:                  0 kB\n";
+        let r = parse_smaps_rollup(text).unwrap();
+        assert_eq!(r.total_bytes, 8_196_000 * 1024);
+        assert_eq!(r.anon_bytes, 3_640_000 * 1024);
+        assert_eq!(r.file_bytes, (8_196_000 - 3_640_000) * 1024);
+        assert_eq!(parse_smaps_rollup("Pss: 1 kB\n"), None);
+        let me = resident_self().expect("Linux has smaps_rollup");
+        assert!(me.total_bytes > 0 && me.anon_bytes <= me.total_bytes);
+    }
 
     fn probe_of(name: &str) -> Memory {
         let p = Probe::fake_root(fixture(name), PathBuf::from("/nonexistent"));

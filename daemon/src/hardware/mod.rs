@@ -68,8 +68,12 @@ pub struct Memory {
     pub available_bytes: u64,
     /// The cgroup's memory limit (bytes), when one applies.
     pub cgroup_limit_bytes: Option<u64>,
-    /// Memory read bandwidth (bytes/s), when measured or given; see [`bandwidth`].
+    /// Memory read bandwidth (bytes/s), when measured or given: the median of
+    /// [`bandwidth::RUNS`] runs; see [`bandwidth`].
     pub bandwidth_bytes_per_s: Option<u64>,
+    /// How much those runs differed: (slowest − fastest) / median (0.1 = a 10 % spread);
+    /// `None` when not measured here.
+    pub bandwidth_spread: Option<f64>,
 }
 
 /// Free disk space where models are stored.
@@ -185,11 +189,13 @@ impl Probe {
         let cpu = cpu::probe(self)?;
         let mut memory = memory::probe(self)?;
         if self.measure_bandwidth {
-            memory.bandwidth_bytes_per_s = bandwidth::cached_or_measure(
+            let measured = bandwidth::cached_or_measure(
                 self.bandwidth_cache.as_deref(),
                 &cpu,
                 memory.total_bytes,
             );
+            memory.bandwidth_bytes_per_s = measured.map(|m| m.median);
+            memory.bandwidth_spread = measured.map(|m| m.spread());
         }
         let disk = disk::probe(&self.models_dir);
         let mut gpus = Vec::new();

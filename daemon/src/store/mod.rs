@@ -38,7 +38,7 @@ use crate::catalog::{self, Variant};
 use crate::config::{Config, Mode, ModelConfig, PlannerConfig};
 use crate::engine::LoadSpec;
 use crate::hardware::Probe;
-use crate::planner::{self, Plan, Present};
+use crate::planner::{self, BackendEstimate, Plan, Present};
 
 pub use gguf::Identity;
 pub use pull::{PullSpec, PullState};
@@ -262,7 +262,19 @@ pub struct Store {
     /// How the probe's result is adjusted before planning (the supervisor adds the resident
     /// model's memory back as free); `None`: as probed.
     adjust: Mutex<Option<HardwareAdjust>>,
+    /// Asks the backend of a present file what loading it allocates (see [`Estimator`]).
+    estimator: Mutex<Option<Estimator>>,
+    /// Estimates already asked for, by file (path, size, mtime) and load.
+    estimates: Mutex<std::collections::HashMap<EstimateKey, Option<BackendEstimate>>>,
 }
+
+/// Asks a backend what a load would allocate, without loading (the plugin ABI's `estimate`):
+/// `None` when the backend has none or fails (the planner then uses the catalog formula). Set by
+/// `main.rs` with [`Store::set_estimator`]; the store only knows it as this function.
+pub type Estimator = Arc<dyn Fn(&LoadSpec) -> Option<BackendEstimate> + Send + Sync>;
+
+/// A file as it is now and the load estimated: a changed file (size, mtime) is asked again.
+type EstimateKey = (PathBuf, u64, Option<u64>, LoadParams);
 
 /// Adjusts a probe result before planning (see [`Store::set_hardware_adjust`]).
 pub type HardwareAdjust = Arc<dyn Fn(&mut Hardware) + Send + Sync>;
@@ -315,7 +327,80 @@ impl Store {
                 auto_pull: s.auto_pull,
             }),
             adjust: Mutex::new(None),
+            estimator: Mutex::new(None),
+            estimates: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Installs the function that asks a present file's backend for its memory estimate; from
+    /// then on every plan of this store uses the backend's figures for present GGUF files.
+    pub fn set_estimator(&self, estimator: Estimator) {
+        *self.estimator.lock().unwrap_or_else(|e| e.into_inner()) = Some(estimator);
+    }
+
+    /// The planner's "present" list for `entries` with each GGUF file's backend estimate (a
+    /// CPU-only load of one sequence at the planner's context length, `[model]`'s KV cache
+    /// type), asked once per file and load and remembered. Blocking: an estimate reads the file's
+    /// header and vocabulary (≈ 0.7 s with llama.cpp).
+    pub fn present(&self, entries: &[ModelEntry], policy: &PlannerConfig) -> Vec<Present> {
+        let estimator = self
+            .estimator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let model = self.settings().model;
+        let mut out = present(entries);
+        let Some(estimator) = estimator else {
+            return out;
+        };
+        let usable = entries.iter().filter(|e| e.is_usable()).filter(|e| {
+            e.identity
+                .as_ref()
+                .is_some_and(|id| id.variant.is_some() && id.catalog_quantization.is_some())
+        });
+        for (p, entry) in out.iter_mut().zip(usable) {
+            let Some(v) = entry.variant() else { continue };
+            if entry.format != catalog::Format::Gguf {
+                continue;
+            }
+            let params = LoadParams {
+                path: entry.path.to_string_lossy().into_owned(),
+                context_length: Some(planner::planned_context(v, policy)),
+                gpu_layers: Some(0),
+                parallel: Some(1),
+                threads: model.threads,
+                kv_cache_type: model.kv_cache_type.clone(),
+                ..Default::default()
+            };
+            let key = (
+                entry.path.clone(),
+                entry.size_bytes,
+                entry.modified,
+                params.clone(),
+            );
+            let cached = self
+                .estimates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned();
+            p.estimate = match cached {
+                Some(estimate) => estimate,
+                None => {
+                    let spec = LoadSpec {
+                        params,
+                        backend: model.backend.clone(),
+                    };
+                    let estimate = estimator(&spec);
+                    self.estimates
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, estimate.clone());
+                    estimate
+                }
+            };
+        }
+        out
     }
 
     fn settings(&self) -> Settings {
@@ -392,17 +477,37 @@ impl Store {
     /// # Errors
     /// [`StoreError::Probe`].
     pub fn choose(&self) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
-        self.choose_with(&self.settings().policy)
+        self.choose_serving(None)
+    }
+
+    /// [`Store::choose`] while the model at `serving` is resident: the planner keeps it unless
+    /// something is clearly better ([`planner::plan_serving`]'s hysteresis), so a wobble of the
+    /// measured bandwidth does not swap it. Blocking.
+    ///
+    /// # Errors
+    /// [`StoreError::Probe`].
+    pub fn choose_serving(
+        &self,
+        serving: Option<&std::path::Path>,
+    ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
+        self.choose_with(&self.settings().policy, serving)
     }
 
     fn choose_with(
         &self,
         policy: &PlannerConfig,
+        serving: Option<&std::path::Path>,
     ) -> Result<(Vec<ModelEntry>, Plan, select::Choice), StoreError> {
         let entries = self.scan();
         let hw = self.hardware()?;
-        let plan = planner::plan(&hw, &present(&entries), policy);
-        let choice = select::choose(&plan, &entries, policy.min_tokens_per_s, &self.searched());
+        let served = serving
+            .and_then(|path| entries.iter().find(|e| e.path == path))
+            .and_then(|e| {
+                let id = e.identity.as_ref()?;
+                Some((id.variant?.id, id.catalog_quantization?.name))
+            });
+        let plan = planner::plan_serving(&hw, &self.present(&entries, policy), policy, served);
+        let choice = select::choose(&plan, &entries, &self.searched());
         Ok((entries, plan, choice))
     }
 
@@ -454,7 +559,7 @@ impl Store {
                 variant: Some(v.id.to_owned()),
                 ..self.settings().policy
             };
-            let (entries, plan, choice) = self.choose_with(&policy)?;
+            let (entries, plan, choice) = self.choose_with(&policy, None)?;
             return match choice.entry.zip(choice.candidate) {
                 Some((e, c)) => Ok(Resolved {
                     spec: self.load_spec(&entries[e], Some(&plan.candidates[c])),
@@ -537,7 +642,7 @@ impl Store {
             variant: Some(v.id.to_owned()),
             ..self.settings().policy
         };
-        let plan = planner::plan(&hw, &present(&self.scan()), &policy);
+        let plan = planner::plan(&hw, &self.present(&self.scan(), &policy), &policy);
         match plan.chosen() {
             Some(c) => pull_spec_of(c),
             None => Err(StoreError::DoesNotFit {
@@ -604,7 +709,8 @@ pub fn pull_spec_of(c: &planner::Candidate) -> Result<PullSpec, StoreError> {
     spec_of(c.variant, c.quantization)
 }
 
-/// The planner's "present" list: usable files of catalog variants.
+/// The planner's "present" list: usable files of catalog variants, without estimates (see
+/// [`Store::present`]).
 pub fn present(entries: &[ModelEntry]) -> Vec<Present> {
     entries
         .iter()
@@ -614,6 +720,7 @@ pub fn present(entries: &[ModelEntry]) -> Vec<Present> {
             Some(Present {
                 variant: id.variant?.id.to_owned(),
                 quantization: id.catalog_quantization?.name.to_owned(),
+                estimate: None,
             })
         })
         .collect()
@@ -717,6 +824,58 @@ pub(crate) mod tests {
         assert!(parse_variant_quant("deepseek-r1-0528:8b-q4_k_m").is_some());
     }
 
+    /// A present GGUF is estimated at the planner's context, CPU only, one sequence; the answer
+    /// is remembered per file and load, so planning again asks the backend nothing.
+    #[test]
+    fn present_files_are_estimated_once_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf"),
+            r1_7b(576),
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.store.dir = Some(dir.path().to_owned());
+        config.store.scan_huggingface = false;
+        config.store.scan_ollama = false;
+        let store = Store::new(
+            &config,
+            Mode::User,
+            Probe::fake_root("/nonexistent", dir.path().to_owned()),
+        );
+        let asked = Arc::new(Mutex::new(Vec::<LoadSpec>::new()));
+        store.set_estimator(Arc::new({
+            let asked = asked.clone();
+            move |spec: &LoadSpec| {
+                asked.lock().unwrap().push(spec.clone());
+                Some(BackendEstimate {
+                    context_length: spec.params.context_length.unwrap_or(0),
+                    weights_mapped_bytes: 42,
+                    ..BackendEstimate::default()
+                })
+            }
+        }));
+        let policy = config.planner.clone();
+        let entries = store.scan();
+        let present = store.present(&entries, &policy);
+        assert_eq!(present.len(), 1);
+        assert_eq!(
+            present[0].estimate.as_ref().map(|e| e.weights_mapped_bytes),
+            Some(42)
+        );
+        let again = store.present(&entries, &policy);
+        assert_eq!(again, present);
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 1, "the second plan asked again");
+        let v = catalog::variant("deepseek-r1:7b").unwrap();
+        assert_eq!(
+            asked[0].params.context_length,
+            Some(planner::planned_context(v, &policy))
+        );
+        assert_eq!(asked[0].params.gpu_layers, Some(0));
+        assert_eq!(asked[0].params.parallel, Some(1));
+    }
+
     #[test]
     fn examine_names_checks_and_identifies() {
         let dir = tempfile::tempdir().unwrap();
@@ -733,7 +892,8 @@ pub(crate) mod tests {
             present(std::slice::from_ref(&e)),
             vec![Present {
                 variant: "deepseek-r1:7b".into(),
-                quantization: "Q4_K_M".into()
+                quantization: "Q4_K_M".into(),
+                estimate: None,
             }]
         );
         let cut = dir.path().join("cut.gguf");

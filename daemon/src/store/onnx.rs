@@ -194,7 +194,8 @@ mod tests {
             present(std::slice::from_ref(&e)),
             vec![Present {
                 variant: "deepseek-r1:1.5b".into(),
-                quantization: "ONNX-Q4F16".into()
+                quantization: "ONNX-Q4F16".into(),
+                estimate: None,
             }]
         );
     }
@@ -279,6 +280,7 @@ mod tests {
         let present = [Present {
             variant: "deepseek-r1:1.5b".into(),
             quantization: "ONNX-Q4F16".into(),
+            estimate: None,
         }];
         let plan = planner::plan(&hw, &present, &policy);
         assert!(onnx(&plan).fits, "{}", onnx(&plan).reason);
@@ -293,7 +295,7 @@ mod tests {
             path: dir.clone(),
             source: Source::Local,
         })];
-        let choice = crate::store::select::choose(&plan, &entries, 0.0, "test");
+        let choice = crate::store::select::choose(&plan, &entries, "test");
         let (e, c) = choice.entry.zip(choice.candidate).expect("a choice");
         assert_eq!(entries[e].path, dir);
         assert_eq!(plan.candidates[c].backend, "onnxruntime");

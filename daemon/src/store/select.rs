@@ -30,10 +30,12 @@ pub fn suggested_pull(plan: &Plan) -> String {
 }
 
 /// Chooses among `entries` by `plan`'s ranking (the planner's own order: fast enough, variant,
-/// all on the GPU, quantization); `min_tokens_per_s` is the policy the plan was made with, `dirs`
-/// names where was searched (for the reason).
-pub fn choose(plan: &Plan, entries: &[ModelEntry], min_tokens_per_s: f64, dirs: &str) -> Choice {
-    let fast = |c: &Candidate| c.tokens_per_s >= min_tokens_per_s;
+/// all on the GPU, quantization; "fast enough" is the planner's [`Candidate::fast_enough`]),
+/// `dirs` names where was searched (for the reason).
+pub fn choose(plan: &Plan, entries: &[ModelEntry], dirs: &str) -> Choice {
+    // The planner's own verdict (with its hysteresis while a model is served); the minimum is
+    // kept for the reasons below.
+    let fast = |c: &Candidate| c.fast_enough;
     let key = |c: &Candidate| {
         (
             fast(c),

@@ -23,6 +23,13 @@ impl Supervisor {
         let pinned = self.state().pinned.clone();
         let store = self.inner.store.clone();
         let memory = self.inner.memory.clone();
+        // The resident model, so a re-plan keeps it through a wobble of the measured bandwidth.
+        let serving = self
+            .inner
+            .engine
+            .snapshot()
+            .spec
+            .map(|s| std::path::PathBuf::from(s.params.path));
         match decide::want(pinned.as_ref(), (self.inner.configured_model)(&config)) {
             Want::Known(wanted) => Ok(wanted),
             Want::Resolve(name) => tokio::task::spawn_blocking(move || {
@@ -38,7 +45,9 @@ impl Supervisor {
             .await
             .map_err(|e| SupervisorError::Task(e.to_string()))?,
             Want::Plan => tokio::task::spawn_blocking(move || {
-                let (entries, plan, choice) = store.choose().map_err(SupervisorError::Choose)?;
+                let (entries, plan, choice) = store
+                    .choose_serving(serving.as_deref())
+                    .map_err(SupervisorError::Choose)?;
                 let chosen = choice
                     .entry
                     .zip(choice.candidate)

@@ -124,6 +124,7 @@ mod tests {
                 available_bytes: 10 * GB,
                 cgroup_limit_bytes: None,
                 bandwidth_bytes_per_s: None,
+                bandwidth_spread: None,
             },
             disk: None,
             gpus,

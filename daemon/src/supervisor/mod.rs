@@ -267,6 +267,13 @@ impl Supervisor {
         self.inner.memory.upgrades()
     }
 
+    /// What the plan that chose the resident model planned for it (`None` when it was named,
+    /// not planned).
+    pub fn planned(&self) -> Option<selection::Planned> {
+        let spec = self.inner.engine.snapshot().spec?;
+        self.inner.memory.planned_of(&spec)
+    }
+
     /// [`planner::Plan::more_memory`] of the plan that chose the resident model.
     pub fn more_memory(&self) -> Option<String> {
         self.inner.memory.more_memory()

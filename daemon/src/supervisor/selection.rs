@@ -42,8 +42,25 @@ pub struct Memory {
     /// What more memory would bring, from the plan behind the reason a choice gave last;
     /// [`Memory::set`] takes it over when it records that reason.
     planned: Mutex<Option<(String, MoreMemory)>>,
-    /// The per-GPU VRAM of the plan candidate a load spec came from (for the memory credit).
-    placement: Mutex<Option<(LoadSpec, Vec<u64>)>>,
+    /// What the plan planned for the candidate a load spec came from (the per-GPU VRAM feeds
+    /// the memory credit; all of it `/r1/status`).
+    placement: Mutex<Option<(LoadSpec, Planned)>>,
+}
+
+/// What a plan planned for the model it chose: shown by `/r1/status` beside what the process
+/// really holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// Catalog variant id (`deepseek-r1:7b`).
+    pub variant: String,
+    /// Quantization name (`Q4_K_M`).
+    pub quantization: String,
+    /// RAM planned (bytes), without the policy's reserve.
+    pub ram_bytes: u64,
+    /// VRAM planned per GPU (bytes).
+    pub vram_bytes: Vec<u64>,
+    /// Where the RAM figure comes from: `"formula"` or `"backend"` (the file's backend estimate).
+    pub memory_source: &'static str,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,17 +117,32 @@ impl Memory {
         *locked(&self.planned) = Some((reason.to_owned(), MoreMemory::of(plan)));
         if let Some((spec, c)) = chosen {
             if let Some(candidate) = plan.candidates.get(c) {
-                *locked(&self.placement) = Some((spec.clone(), candidate.vram_bytes.clone()));
+                let planned = Planned {
+                    variant: candidate.variant.id.to_owned(),
+                    quantization: candidate.quantization.name.to_owned(),
+                    ram_bytes: candidate.ram_bytes,
+                    vram_bytes: candidate.vram_bytes.clone(),
+                    memory_source: match candidate.memory_source {
+                        planner::MemorySource::Formula => "formula",
+                        planner::MemorySource::Backend { .. } => "backend",
+                    },
+                };
+                *locked(&self.placement) = Some((spec.clone(), planned));
             }
         }
     }
 
     /// The planned per-GPU VRAM of `spec`, when a plan chose it.
     pub fn placement_of(&self, spec: &LoadSpec) -> Option<Vec<u64>> {
+        self.planned_of(spec).map(|p| p.vram_bytes)
+    }
+
+    /// What the plan planned for `spec`, when a plan chose it.
+    pub fn planned_of(&self, spec: &LoadSpec) -> Option<Planned> {
         locked(&self.placement)
             .as_ref()
             .filter(|(s, _)| s == spec)
-            .map(|(_, v)| v.clone())
+            .map(|(_, p)| p.clone())
     }
 
     /// The reason with `what` appended (for `auto_pull`'s progress).

@@ -110,6 +110,108 @@ pub struct MemoryBreakdown {
     pub gpu_bytes: u64,
 }
 
+/// Result of `estimate`: what a `load` with the same [`LoadParams`] would allocate, by the
+/// backend's own accounting (llama.cpp: a dry run with `no_alloc`, the mechanism behind its
+/// `llama_params_fit`), without loading the weights. All sizes in bytes.
+///
+/// Host RAM a load holds is `ram_bytes()`: on the host device the mapped file's weights (resident
+/// once read: file-backed pages), the weights copied into anonymous memory (repacked into a CPU
+/// kernel's layout, or read without mmap), KV cache and compute buffers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Estimate {
+    /// One entry per device that would hold something; the host (CPU/RAM) is `kind` `"cpu"`.
+    #[serde(default)]
+    pub devices: Vec<DeviceEstimate>,
+    /// The backend's buffers as it names them (llama.cpp's buffer types: `CPU`, `CPU_REPACK`,
+    /// `CUDA0` …), for reports; the totals are in `devices`.
+    #[serde(default)]
+    pub buffers: Vec<BufferEstimate>,
+    /// Context length per sequence the estimate is for, in tokens (after the backend's rounding).
+    #[serde(default)]
+    pub context_length: u32,
+    /// Sequences the estimate is for.
+    #[serde(default)]
+    pub parallel: u32,
+    /// Layers on GPUs.
+    #[serde(default)]
+    pub gpu_layers: u32,
+    /// How the figures were obtained, e.g. "llama.cpp no_alloc dry run".
+    #[serde(default)]
+    pub source: String,
+}
+
+impl Estimate {
+    /// Bytes on the host (every `"cpu"` device): mapped and copied weights, KV cache, compute.
+    pub fn ram_bytes(&self) -> u64 {
+        self.devices
+            .iter()
+            .filter(|d| d.kind == "cpu")
+            .map(DeviceEstimate::total_bytes)
+            .sum()
+    }
+
+    /// Bytes on each GPU (every device that is not `"cpu"`), in `devices` order.
+    pub fn vram_bytes(&self) -> Vec<u64> {
+        self.devices
+            .iter()
+            .filter(|d| d.kind != "cpu")
+            .map(DeviceEstimate::total_bytes)
+            .collect()
+    }
+}
+
+/// What one device would hold, in bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeviceEstimate {
+    /// Device name as the backend reports it (`"CPU"`, `"CUDA0"`).
+    pub name: String,
+    /// `"cpu"` (host memory), `"gpu"` or `"accelerator"`.
+    pub kind: String,
+    /// Weights used in place from the memory-mapped model file (file-backed pages of the page
+    /// cache; only on the host, only with mmap).
+    #[serde(default)]
+    pub weights_mapped_bytes: u64,
+    /// Weights copied into memory of their own: on a GPU all its weights; on the host weights
+    /// repacked for the CPU's kernels (anonymous memory *beside* the mapped file, whose pages are
+    /// read once to make the copy) or, without mmap, all of them.
+    #[serde(default)]
+    pub weights_bytes: u64,
+    /// Of `weights_bytes`, the repacked copies (llama.cpp's `CPU_REPACK` buffers).
+    #[serde(default)]
+    pub repacked_bytes: u64,
+    /// KV cache for `parallel` × `context_length` tokens.
+    #[serde(default)]
+    pub kv_cache_bytes: u64,
+    /// Compute (scratch) buffers for one batch.
+    #[serde(default)]
+    pub compute_bytes: u64,
+}
+
+impl DeviceEstimate {
+    /// Everything the device would hold.
+    pub fn total_bytes(&self) -> u64 {
+        self.weights_mapped_bytes + self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+    }
+}
+
+/// One backend buffer (type) of an [`Estimate`], in bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BufferEstimate {
+    /// The backend's name for it (llama.cpp: the buffer type, e.g. `CPU_REPACK`).
+    pub name: String,
+    /// The device it lives on.
+    pub device: String,
+    /// Model weights in it.
+    #[serde(default)]
+    pub model_bytes: u64,
+    /// Context state (KV cache) in it.
+    #[serde(default)]
+    pub context_bytes: u64,
+    /// Compute buffers in it.
+    #[serde(default)]
+    pub compute_bytes: u64,
+}
+
 /// Result of `info`: what was loaded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {

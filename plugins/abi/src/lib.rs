@@ -257,7 +257,26 @@ pub struct R1PluginApi {
 
     /// Releases a model and everything it holds. The handle is invalid afterwards. NULL is ignored.
     pub unload: unsafe extern "C" fn(model: *mut R1Model),
+
+    // ---- Appended to ABI v1 (a table whose `struct_size` ends before a field lacks it). ----
+    /// Says what loading a model with these parameters would allocate, without loading the
+    /// weights. `params_json` is the [`json::LoadParams`] a `load` would get (borrowed); on
+    /// success `*out_json` is a [`json::Estimate`] owned by the caller. A backend that cannot
+    /// estimate returns [`R1_ERR_UNSUPPORTED`]. May be called from any thread, also while models
+    /// are loaded. NULL, or absent because the plugin's `struct_size` ends before it, means the
+    /// plugin has no estimate (plugins built before it was appended).
+    pub estimate: Option<
+        unsafe extern "C" fn(
+            params_json: R1Str,
+            out_json: *mut R1OwnedStr,
+            out_error: *mut R1OwnedStr,
+        ) -> R1Status,
+    >,
 }
+
+/// Size in bytes of the ABI v1 table as first published (up to and including `unload`): the
+/// smallest `struct_size` a host accepts. Fields after it are appended ones, each optional.
+pub const R1_PLUGIN_API_V1_BASE_SIZE: usize = std::mem::offset_of!(R1PluginApi, estimate);
 
 // SAFETY: the table is immutable after construction; its `R1Str` fields point to static,
 // immutable strings and its function pointers are plain code addresses, so sharing and sending it
@@ -288,6 +307,7 @@ pub fn api_field_offsets() -> Vec<(&'static str, usize)> {
         ("tokenize", offset_of!(R1PluginApi, tokenize)),
         ("generate", offset_of!(R1PluginApi, generate)),
         ("unload", offset_of!(R1PluginApi, unload)),
+        ("estimate", offset_of!(R1PluginApi, estimate)),
     ]
 }
 
@@ -295,6 +315,10 @@ pub fn api_field_offsets() -> Vec<(&'static str, usize)> {
 pub fn constants() -> Vec<(&'static str, i64)> {
     vec![
         ("R1_PLUGIN_ABI_VERSION", R1_PLUGIN_ABI_VERSION as i64),
+        (
+            "R1_PLUGIN_API_V1_BASE_SIZE",
+            R1_PLUGIN_API_V1_BASE_SIZE as i64,
+        ),
         ("R1_OK", R1_OK as i64),
         ("R1_ERR_INVALID_ARGUMENT", R1_ERR_INVALID_ARGUMENT as i64),
         ("R1_ERR_LOAD_FAILED", R1_ERR_LOAD_FAILED as i64),

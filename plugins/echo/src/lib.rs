@@ -47,13 +47,19 @@
 //! `echo.fail_load` makes the load fail with that message; a u64 `echo.weights_bytes` is
 //! reported as the weights' memory instead of the file's tensor bytes (for tests of memory that
 //! disappears under a resident model).
+//!
+//! `estimate` (the ABI's memory estimate before loading): echo allocates nothing a model would,
+//! so it answers "unsupported" (the host then plans with the catalog formula, which tests of the
+//! planner with small catalog-shaped GGUFs rely on) — unless a GGUF's header has a u64
+//! `echo.estimate_bytes`: then that many bytes of mapped weights on the CPU, no KV cache or
+//! compute buffers (for tests of plans made from an estimate).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use r1_plugin_sdk::{
-    FinishReason, GenerateRequest, GenerateResult, LoadParams, MemoryBreakdown, Model, ModelInfo,
-    Plugin, PluginError, ProbeReport, SpecialToken,
+    DeviceEstimate, Estimate, FinishReason, GenerateRequest, GenerateResult, LoadParams,
+    MemoryBreakdown, Model, ModelInfo, Plugin, PluginError, ProbeReport, SpecialToken,
 };
 use serde::Deserialize;
 
@@ -140,6 +146,35 @@ impl Plugin for EchoPlugin {
                 ..Default::default()
             }],
             reason: None,
+        })
+    }
+
+    fn estimate(&self, params: LoadParams) -> Result<Estimate, PluginError> {
+        let unsupported = || {
+            PluginError::unsupported(format!(
+                "echo has no memory estimate for {} (no echo.estimate_bytes)",
+                params.path
+            ))
+        };
+        if !params.path.ends_with(".gguf") {
+            return Err(unsupported());
+        }
+        let header = gguf_header::read(std::path::Path::new(&params.path)).map_err(|e| {
+            PluginError::load_failed(format!("failed to read GGUF {}: {e}", params.path))
+        })?;
+        let mapped = header.uint("echo.estimate_bytes").ok_or_else(unsupported)?;
+        Ok(Estimate {
+            devices: vec![DeviceEstimate {
+                name: "CPU".into(),
+                kind: "cpu".into(),
+                weights_mapped_bytes: mapped,
+                ..DeviceEstimate::default()
+            }],
+            buffers: Vec::new(),
+            context_length: params.context_length.unwrap_or(0),
+            parallel: params.parallel.unwrap_or(1),
+            gpu_layers: 0,
+            source: "echo: echo.estimate_bytes".into(),
         })
     }
 

@@ -9,6 +9,9 @@
 //! - `load`: see [`LlamaCppPlugin`] for how [`LoadParams`] map to llama.cpp and their defaults.
 //!   A failed load names the file and llama.cpp's reason; a file shorter than its GGUF header
 //!   implies is reported as "truncated or incomplete".
+//! - `estimate`: llama.cpp's own no-allocation dry run of the same load (see `estimate.rs`): weights
+//!   per buffer type (mapped file, repacked copies, GPUs), KV cache and compute buffers, without
+//!   reading the weights.
 //! - `generate`: `parallel` sequences per model (`LoadParams::parallel`, default 1), batched
 //!   together by one thread per model (continuous batching, see `generate.rs`); up to that many
 //!   `generate` calls may run at once. A request takes the free sequence whose KV cache shares the
@@ -18,6 +21,7 @@
 //! llama.cpp's log goes to `tracing` (target `llama.cpp`), which the SDK forwards to the host.
 
 mod backend;
+mod estimate;
 /// GGUF `general.file_type` names: shared with the daemon's model store.
 pub use gguf_header::ftype;
 mod generate;
@@ -28,8 +32,8 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 use r1_plugin_sdk::{
-    Device, GenerateRequest, GenerateResult, LoadParams, Model, ModelInfo, Plugin, PluginError,
-    ProbeReport,
+    Device, Estimate, GenerateRequest, GenerateResult, LoadParams, Model, ModelInfo, Plugin,
+    PluginError, ProbeReport,
 };
 
 pub use model::{
@@ -127,6 +131,12 @@ impl Plugin for LlamaCppPlugin {
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<LlamaCppModel, PluginError> {
         LlamaCppModel::load(params, progress)
+    }
+
+    /// See `estimate.rs`. Errors: `invalid_argument` for parameters `load` refuses, `load_failed`
+    /// when llama.cpp cannot open the file or create the context (its reason in the message).
+    fn estimate(&self, params: LoadParams) -> Result<Estimate, PluginError> {
+        estimate::estimate(&params)
     }
 }
 

@@ -69,7 +69,7 @@ impl KvType {
         elements.div_ceil(block_elements) * block_bytes
     }
 
-    fn llama_type(self) -> KvCacheType {
+    pub(crate) fn llama_type(self) -> KvCacheType {
         match self {
             KvType::F16 => KvCacheType::F16,
             KvType::F32 => KvCacheType::F32,
@@ -263,37 +263,19 @@ impl LlamaCppModel {
         // batcher, and `Drop` stops the batcher first (see the struct docs), so the context never
         // outlives the model it borrows.
         let model: &'static LlamaModel = unsafe { self.model.as_ref() };
-        let n_ctx_seq = match params.context_length {
-            Some(n) if n > 0 => n,
-            _ => model.n_ctx_train().clamp(1, DEFAULT_CONTEXT_CAP),
-        };
-        let n_seq = params.parallel.unwrap_or(1);
-        if n_seq == 0 || n_seq > MAX_PARALLEL {
-            return Err(PluginError::invalid_argument(format!(
-                "parallel must be 1 to {MAX_PARALLEL} sequences, got {n_seq}"
-            )));
-        }
-        let n_ctx = n_ctx_seq.checked_mul(n_seq).ok_or_else(|| {
-            PluginError::invalid_argument(format!(
-                "{n_seq} sequences of {n_ctx_seq} tokens exceed llama.cpp's context limit"
-            ))
-        })?;
-        let threads = match params.threads {
-            Some(n) if n > 0 => n,
-            _ => std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
-        };
-        let threads_batch = params.threads_batch.filter(|n| *n > 0).unwrap_or(threads);
-        let n_batch = params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
-        if n_batch < n_seq {
-            return Err(PluginError::invalid_argument(format!(
-                "batch_size {n_batch} is smaller than parallel {n_seq}: each decode step carries \
-                 one token of every running sequence"
-            )));
-        }
+        let ContextPlan {
+            n_ctx_seq,
+            n_seq,
+            n_ctx,
+            n_batch,
+            n_ubatch,
+            threads,
+            threads_batch,
+        } = ContextPlan::new(params, model.n_ctx_train())?;
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_batch)
-            .with_n_ubatch(n_batch.min(DEFAULT_BATCH_SIZE))
+            .with_n_ubatch(n_ubatch)
             .with_n_threads(i32::try_from(threads).unwrap_or(i32::MAX))
             .with_n_threads_batch(i32::try_from(threads_batch).unwrap_or(i32::MAX))
             .with_type_k(kv_type.llama_type())
@@ -457,6 +439,77 @@ impl LlamaCppModel {
             .vocab()
             .tokenize(text.as_bytes(), add_special, parse_special);
         Ok(tokens.into_iter().map(|t| t.0).collect())
+    }
+}
+
+/// The llama.cpp context a [`LoadParams`] asks for: the same numbers for `load` and `estimate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContextPlan {
+    /// Context length per sequence, in tokens (before llama.cpp's rounding).
+    pub n_ctx_seq: u32,
+    /// Sequences in the unified KV cache.
+    pub n_seq: u32,
+    /// Cells of the KV cache: `n_ctx_seq × n_seq`.
+    pub n_ctx: u32,
+    /// Logical batch, tokens.
+    pub n_batch: u32,
+    /// Physical batch, tokens: the smaller of `n_batch` and [`DEFAULT_BATCH_SIZE`].
+    pub n_ubatch: u32,
+    /// Generation threads.
+    pub threads: u32,
+    /// Prompt-processing threads.
+    pub threads_batch: u32,
+}
+
+impl ContextPlan {
+    /// Applies the defaults of [`crate::LlamaCppPlugin`] to `params`; `n_ctx_train` is the
+    /// model's trained context (the default context, capped at [`DEFAULT_CONTEXT_CAP`]).
+    ///
+    /// # Errors
+    /// [`PluginError::invalid_argument`] for a `parallel` outside 1..=[`MAX_PARALLEL`], a context
+    /// that overflows, or a batch smaller than `parallel`.
+    pub(crate) fn new(params: &LoadParams, n_ctx_train: u32) -> Result<Self, PluginError> {
+        let n_ctx_seq = match params.context_length {
+            Some(n) if n > 0 => n,
+            _ => n_ctx_train.clamp(1, DEFAULT_CONTEXT_CAP),
+        };
+        let n_seq = params.parallel.unwrap_or(1);
+        if n_seq == 0 || n_seq > MAX_PARALLEL {
+            return Err(PluginError::invalid_argument(format!(
+                "parallel must be 1 to {MAX_PARALLEL} sequences, got {n_seq}"
+            )));
+        }
+        let n_ctx = n_ctx_seq.checked_mul(n_seq).ok_or_else(|| {
+            PluginError::invalid_argument(format!(
+                "{n_seq} sequences of {n_ctx_seq} tokens exceed llama.cpp's context limit"
+            ))
+        })?;
+        let threads = match params.threads {
+            Some(n) if n > 0 => n,
+            _ => std::thread::available_parallelism().map_or(4, |n| n.get() as u32),
+        };
+        let threads_batch = params.threads_batch.filter(|n| *n > 0).unwrap_or(threads);
+        let n_batch = params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if n_batch == 0 {
+            return Err(PluginError::invalid_argument(
+                "batch_size must be at least 1",
+            ));
+        }
+        if n_batch < n_seq {
+            return Err(PluginError::invalid_argument(format!(
+                "batch_size {n_batch} is smaller than parallel {n_seq}: each decode step carries \
+                 one token of every running sequence"
+            )));
+        }
+        Ok(ContextPlan {
+            n_ctx_seq,
+            n_seq,
+            n_ctx,
+            n_batch,
+            n_ubatch: n_batch.min(DEFAULT_BATCH_SIZE),
+            threads,
+            threads_batch,
+        })
     }
 }
 

@@ -1007,3 +1007,73 @@ fn json_schema_between_wrap_texts_forces_a_tool_call() {
     assert_eq!(call["name"], "get_weather", "{call}");
     assert!(call["arguments"]["city"].is_string(), "{call}");
 }
+
+/// llama.cpp's dry run, through the C ABI as the host calls it, agrees with what a load of the
+/// same parameters holds: the KV cache of 2 sequences × 1000 tokens (rounded up by llama.cpp to
+/// 2048 cells), every weight byte on the CPU, and a compute buffer.
+#[test]
+fn estimate_through_the_c_abi_agrees_with_a_load() {
+    let Some(path) = fixture(SMOLLM2) else { return };
+    init();
+    let api = r1_plugin_llamacpp::r1_plugin_entry(abi::R1_PLUGIN_ABI_VERSION);
+    // SAFETY: the entry point returns a static table.
+    let api = unsafe { &*api };
+    let estimate_fn = api.estimate.expect("the llama.cpp plugin has an estimate");
+    let params = LoadParams {
+        context_length: Some(1000),
+        parallel: Some(2),
+        ..params(&path)
+    };
+    let json = serde_json::to_string(&params).unwrap();
+    let mut out = abi::R1OwnedStr::null();
+    let mut err = abi::R1OwnedStr::null();
+    // SAFETY: borrowed string and writable out-pointers for the call.
+    let status = unsafe { estimate_fn(abi::R1Str::from_str(&json), &mut out, &mut err) };
+    // SAFETY: the plugin's own strings, read then freed once.
+    let text = |s: abi::R1OwnedStr| unsafe {
+        let t = String::from_utf8_lossy(std::slice::from_raw_parts(s.ptr, s.len)).into_owned();
+        (api.free_string)(s);
+        t
+    };
+    assert_eq!(status, abi::R1_OK, "{}", text(err));
+    let estimate: r1_plugin_sdk::Estimate = serde_json::from_str(&text(out)).unwrap();
+    eprintln!("{estimate:#?}");
+    assert_eq!(estimate.parallel, 2);
+    assert_eq!(
+        estimate.context_length, 1024,
+        "2 × 1000 cells rounded to 2048"
+    );
+    assert_eq!(estimate.devices.len(), 1, "CPU only");
+    let cpu = &estimate.devices[0];
+    assert_eq!(cpu.kind, "cpu");
+    // 2048 cells × 30 layers × 3 KV heads × (64 + 64) × 2 bytes (f16).
+    assert_eq!(cpu.kv_cache_bytes, 2048 * 30 * 3 * 128 * 2);
+    assert!(cpu.compute_bytes > 0);
+
+    let model = load(params).expect("SmolLM2 loads");
+    let info = model.info().unwrap();
+    let weights = cpu.weights_mapped_bytes;
+    assert!(
+        weights <= info.memory.weights_bytes && weights * 100 >= info.memory.weights_bytes * 99,
+        "estimated weights {weights} vs llama.cpp's model size {}",
+        info.memory.weights_bytes
+    );
+    assert_eq!(cpu.kv_cache_bytes, info.memory.kv_cache_bytes);
+}
+
+#[test]
+fn estimate_of_a_missing_file_fails_naming_it() {
+    init();
+    let err = LlamaCppPlugin
+        .estimate(LoadParams {
+            path: "/nonexistent/r1.gguf".into(),
+            ..LoadParams::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.status, abi::R1_ERR_LOAD_FAILED);
+    assert!(
+        err.message.contains("/nonexistent/r1.gguf"),
+        "{}",
+        err.message
+    );
+}

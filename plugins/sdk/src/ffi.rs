@@ -31,6 +31,7 @@ pub fn api_table<P: Instance>(
         tokenize: tokenize::<P>,
         generate: generate::<P>,
         unload: unload::<P>,
+        estimate: Some(estimate::<P>),
     }
 }
 
@@ -266,6 +267,21 @@ unsafe extern "C" fn generate<P: Instance>(
             };
             let result = model.generate(request, &mut sink)?;
             write_json(out_json, &result)
+        })
+    }
+}
+
+unsafe extern "C" fn estimate<P: Instance>(
+    params_json: R1Str,
+    out_json: *mut R1OwnedStr,
+    out_error: *mut R1OwnedStr,
+) -> R1Status {
+    // SAFETY: the ABI requires `params_json` to be readable and the out-pointers writable.
+    unsafe {
+        guarded(out_error, || {
+            let params = parse_json(params_json, "estimate parameters")?;
+            let estimate = P::instance().estimate(params)?;
+            write_json(out_json, &estimate)
         })
     }
 }

@@ -19,8 +19,8 @@ mod logging;
 pub use logging::{clear_last_error_line, last_error_line};
 pub use r1_plugin_abi as abi;
 pub use r1_plugin_abi::json::{
-    Device, FinishReason, GenerateRequest, GenerateResult, LoadParams, MemoryBreakdown, ModelInfo,
-    ProbeReport, SpecialToken,
+    BufferEstimate, Device, DeviceEstimate, Estimate, FinishReason, GenerateRequest,
+    GenerateResult, LoadParams, MemoryBreakdown, ModelInfo, ProbeReport, SpecialToken,
 };
 
 use abi::R1Status;
@@ -94,6 +94,16 @@ pub trait Plugin: Send + Sync + 'static {
         params: LoadParams,
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<Self::Model, PluginError>;
+
+    /// What [`Plugin::load`] with these parameters would allocate, without loading the weights
+    /// (see [`Estimate`]). The default says the backend cannot estimate
+    /// ([`PluginError::unsupported`]); the host then uses its own formula.
+    fn estimate(&self, params: LoadParams) -> Result<Estimate, PluginError> {
+        Err(PluginError::unsupported(format!(
+            "this backend cannot estimate the memory of {} before loading it",
+            params.path
+        )))
+    }
 }
 
 /// A loaded model. The host calls one method at a time per model, unless [`ModelInfo`] says

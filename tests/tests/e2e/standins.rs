@@ -1,0 +1,343 @@
+//! r1d choosing and serving an R1 by itself, with the zero-weight R1 stand-ins of
+//! `scripts/make-r1-standins` (docs/standins.md): the real R1 tokenizer, template and tensor
+//! shapes, so the planner, the backend's memory estimate, the load and the routes see a real R1
+//! file. Stand-ins answer meaningless text: no assertion here looks at it, only at its shape.
+//!
+//! Opt in: `R1D_STANDINS=DIR` (the directory the script writes, default of the script
+//! `~/.cache/r1d-standins`) — it loads the 1.5B (≈ 2.5 GB of RAM). Without it the test skips
+//! loudly.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use r1d_client::wire::{Plan, State};
+use r1d_tests::{binary, link_into, Daemon, DaemonOptions};
+
+use crate::ask;
+use crate::llama::ONE_MODEL_AT_A_TIME;
+
+const SMALL: &str = "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.standin.gguf";
+const LARGE: &str = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.standin.gguf";
+
+fn standins() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("R1D_STANDINS").map(PathBuf::from) else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: R1D_STANDINS is not set; run scripts/make-r1-standins \
+             --variants 1.5b,7b --quants Q4_K_M and set R1D_STANDINS to its directory !!!!!!!!\n"
+        );
+        return None;
+    };
+    for name in [SMALL, LARGE] {
+        assert!(
+            dir.join(name).is_file(),
+            "R1D_STANDINS={} lacks {name}",
+            dir.display()
+        );
+    }
+    Some(dir)
+}
+
+/// A models directory with the 1.5B and 7B stand-ins and no `--model`: r1d plans with the
+/// backend's own estimate of each file, loads the best present candidate, answers over OpenAI
+/// with R1's reasoning split, and `r1ctl status` shows the variant, the planned and the actual
+/// memory — and r1d holds no more than it planned.
+#[tokio::test]
+async fn r1d_chooses_a_present_standin_by_the_plan_and_serves_it() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(dir) = standins() else { return };
+    // Hard links next to the stand-ins (same file system: a copy of a sparse file would write
+    // its gigabytes of zeros).
+    let models = tempfile::Builder::new()
+        .prefix(".e2e-models-")
+        .tempdir_in(&dir)
+        .unwrap();
+    for name in [SMALL, LARGE] {
+        link_into(&dir.join(name), &models.path().join(name));
+    }
+    let config = format!(
+        "[store]\ndir = {:?}\nscan_huggingface = false\nscan_ollama = false\n",
+        models.path().display().to_string()
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        ..Default::default()
+    });
+    let health = daemon.settled().await;
+    assert_eq!(health.status, State::Ready, "{}", daemon.log());
+    let client = daemon.client();
+
+    // The plan, with both files present: their RAM comes from llama.cpp's dry run.
+    let plan: Plan = client.get_json("/r1/plan", false).await.unwrap();
+    let present: Vec<_> = plan.candidates.iter().filter(|c| c.present).collect();
+    assert_eq!(present.len(), 2, "{present:?}");
+    for c in &present {
+        assert_eq!(c.memory_source.as_deref(), Some("backend"), "{c:?}");
+        assert!(c.formula_ram_bytes.is_some());
+    }
+    let status = client.status().await.unwrap();
+    let m = status.model.clone().expect("a model is served");
+    let served = present
+        .iter()
+        .find(|c| Some(c.variant.as_str()) == m.variant.as_deref())
+        .unwrap_or_else(|| panic!("r1d serves {:?}, not a present stand-in", m.variant));
+    assert!(served.fits, "{served:?}");
+    // The planner's ranking: no present stand-in that fits and is fast enough is better.
+    let fast = |c: &r1d_client::wire::PlanCandidate| c.fits && !c.reason.contains("under the");
+    if fast(served) {
+        assert!(
+            !present
+                .iter()
+                .any(|c| fast(c) && c.variant == "deepseek-r1:7b" && served.variant != c.variant),
+            "the 7B is fast enough here but r1d serves the {}",
+            served.variant
+        );
+    }
+
+    assert_eq!(m.quantization.as_deref(), Some("Q4_K_M"));
+    assert_eq!(m.planned_memory_source.as_deref(), Some("backend"));
+    let planned = m.planned_ram_bytes.expect("planned memory");
+    let held = m.resident_bytes.expect("resident memory");
+    assert!(
+        held <= planned,
+        "r1d holds {held} bytes, more than the {planned} it planned"
+    );
+
+    // OpenAI: R1's template opens <think>, so what the model generates is reasoning.
+    let mut request = ask("Why is the sky blue?");
+    request.max_tokens = Some(8);
+    request.temperature = Some(0.0);
+    let answer = client.chat(&request).await.unwrap();
+    let message = &answer.choices[0].message;
+    assert!(message.reasoning_content.is_some(), "{answer:?}");
+    assert_eq!(answer.usage.completion_tokens, 8);
+
+    let out = Command::new(binary("r1ctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in ["variant", "quantization", "planned", "actual"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(line)),
+            "no {line} line in r1ctl status:\n{text}"
+        );
+    }
+}
+
+/// The memory cgroup this test process is in, as a directory a child can be made in, and the
+/// file a limit goes to: `(dir, limit file)` — v1 `memory.limit_in_bytes` or v2 `memory.max`.
+fn own_memory_cgroup() -> Result<(PathBuf, &'static str), String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let v1 = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    });
+    if let Some(path) = v1 {
+        let dir = PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+        if dir.is_dir() {
+            return Ok((dir, "memory.limit_in_bytes"));
+        }
+    }
+    let v2 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned));
+    if let Some(path) = v2 {
+        let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        if dir.join("memory.max").is_file() || dir.join("cgroup.subtree_control").is_file() {
+            return Ok((dir, "memory.max"));
+        }
+    }
+    Err("no memory cgroup controller is mounted where this process is".into())
+}
+
+/// A child memory cgroup with a limit, removed on drop (it must be empty by then).
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(limit: u64) -> Result<Cgroup, String> {
+        let (parent, limit_file) = own_memory_cgroup()?;
+        let dir = parent.join(format!("r1d-e2e-{}-{limit}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| format!("cannot create a cgroup in {}: {e}", parent.display()))?;
+        let cgroup = Cgroup(dir);
+        std::fs::write(cgroup.0.join(limit_file), limit.to_string())
+            .map_err(|e| format!("cannot set {limit_file} in {}: {e}", cgroup.0.display()))?;
+        Ok(cgroup)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// r1d started inside `cgroup` (a shell puts itself in it, then execs r1d); killed on drop.
+struct Confined {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Confined {
+    fn start(cgroup: &Cgroup, config: &str) -> Confined {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r1d.toml"), config).unwrap();
+        let script = "echo $$ > \"$1/cgroup.procs\" && shift && exec \"$@\"";
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&cgroup.0)
+            .arg(binary("r1d"))
+            .args(["--user", "--dbus", "off", "--socket"])
+            .arg(dir.path().join("r1d.sock"))
+            .arg("--config")
+            .arg(dir.path().join("r1d.toml"))
+            .arg("--plugin-dir")
+            .arg(r1d_tests::bin_dir())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .env("HF_HUB_CACHE", dir.path().join("hf"))
+            .env("OLLAMA_MODELS", dir.path().join("ollama"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("r1d.log")).unwrap())
+            .spawn()
+            .expect("failed to start sh");
+        Confined { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("r1d.log")).unwrap_or_default()
+    }
+
+    /// `/r1/status` once r1d has settled (ready, or nothing to serve), up to 120 s.
+    async fn settled(&mut self) -> r1d_client::wire::Status {
+        let client = r1d_client::Client::new(self.dir.path().join("r1d.sock"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("r1d exited with {status}:\n{}", self.log());
+            }
+            if let Ok(s) = client.status().await {
+                if !matches!(s.state, State::Loading | State::Starting) {
+                    return s;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "r1d did not settle in 120 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Under a memory cgroup limit equal to the plan for the 1.5B stand-in (RAM + the reserve, and
+/// r1d's own few MB), r1d loads it and answers; with 10 % less, it loads nothing and says the
+/// memory is short. Skips, saying why, where no memory cgroup can be made (cgroup v1 or v2).
+#[tokio::test]
+async fn under_a_cgroup_limit_r1d_loads_what_fits_and_refuses_what_does_not() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(dir) = standins() else { return };
+    let models = tempfile::Builder::new()
+        .prefix(".e2e-models-")
+        .tempdir_in(&dir)
+        .unwrap();
+    link_into(&dir.join(SMALL), &models.path().join(SMALL));
+    const RESERVE: u64 = 256 << 20;
+    let config = format!(
+        "[store]\ndir = {:?}\nscan_huggingface = false\nscan_ollama = false\n\
+         [server]\nparallel = 1\n[planner]\nreserve_ram_bytes = {RESERVE}\n",
+        models.path().display().to_string()
+    );
+    // The plan outside the cgroup: the 1.5B's RAM by llama.cpp's estimate.
+    let cfg = models.path().join("plan.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let out = Command::new(binary("r1d"))
+        .args(["--user", "--config"])
+        .arg(&cfg)
+        .arg("--plugin-dir")
+        .arg(r1d_tests::bin_dir())
+        .args(["plan", "--json"])
+        .env("XDG_DATA_HOME", models.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let c = plan
+        .candidates
+        .iter()
+        .find(|c| c.present)
+        .expect("the 1.5B is present");
+    assert_eq!(c.memory_source.as_deref(), Some("backend"));
+    // r1d's own memory before it plans (binary, plugins, tokenizer) is not in the plan.
+    const SLACK: u64 = 192 << 20;
+    let enough = c.ram_bytes + RESERVE + SLACK;
+
+    let cgroup = match Cgroup::new(enough) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+            return;
+        }
+    };
+    {
+        let mut r1d = Confined::start(&cgroup, &config);
+        let status = r1d.settled().await;
+        assert_eq!(status.state, State::Ready, "{status:?}\n{}", r1d.log());
+        let client = r1d_client::Client::new(r1d.dir.path().join("r1d.sock"));
+        let mut request = ask("Hello?");
+        request.max_tokens = Some(4);
+        let answer = client.chat(&request).await.unwrap();
+        assert_eq!(answer.usage.completion_tokens, 4);
+        assert!(
+            r1d.child.try_wait().unwrap().is_none(),
+            "r1d died:\n{}",
+            r1d.log()
+        );
+    }
+    drop(cgroup);
+
+    let tight = (c.ram_bytes + RESERVE) * 9 / 10;
+    let cgroup = Cgroup::new(tight).expect("a second cgroup");
+    let mut r1d = Confined::start(&cgroup, &config);
+    let status = r1d.settled().await;
+    assert_ne!(status.state, State::Ready, "{status:?}");
+    assert!(status.model.is_none());
+    let why = format!(
+        "{} {}",
+        status.error.clone().unwrap_or_default(),
+        status.selection.clone().unwrap_or_default()
+    );
+    eprintln!(
+        "limit {tight} bytes (planned {} + reserve {RESERVE}, less 10 %): {why}",
+        c.ram_bytes
+    );
+    assert!(
+        why.contains("short") || why.contains("RAM"),
+        "no memory reason in: {why}"
+    );
+    drop(r1d);
+    drop(cgroup);
+}
