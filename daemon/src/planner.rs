@@ -662,6 +662,7 @@ mod tests {
                 free_bytes: 2000 * GB,
             }),
             gpus,
+            vulkan: Vec::new(),
         }
     }
 

@@ -127,6 +127,7 @@ mod tests {
             },
             disk: None,
             gpus,
+            vulkan: Vec::new(),
         }
     }
 
