@@ -259,6 +259,33 @@ impl Header {
         Some(fit)
     }
 
+    /// Whether `n_gpu_layers` (llama.cpp's, `u32::MAX` = all) can fit in GPUs with
+    /// `device_bytes` of memory in all: `Some` [`Shortfall`] when the offloaded weights alone
+    /// ([`Header::offloaded_weight_bytes`]) exceed it — certain to fail, since the KV cache and
+    /// compute buffers come on top. `None` when they fit, when `device_bytes` is 0 (unknown) or
+    /// when the header lacks what the estimate needs.
+    pub fn device_memory_shortfall(
+        &self,
+        n_gpu_layers: u32,
+        device_bytes: u64,
+    ) -> Option<Shortfall> {
+        if device_bytes == 0 {
+            return None;
+        }
+        let needed_bytes = self.offloaded_weight_bytes(n_gpu_layers)?;
+        if needed_bytes <= device_bytes {
+            return None;
+        }
+        let layers = self.arch_uint("block_count")?;
+        Some(Shortfall {
+            layers_asked: u64::from(n_gpu_layers).min(layers + 1),
+            layers_total: layers + 1,
+            needed_bytes,
+            device_bytes,
+            fit_layers: self.gpu_layers_within(device_bytes)?,
+        })
+    }
+
     /// Bytes the file must have: the data offset plus the end of the furthest tensor. `None`
     /// when a tensor has a type this reader does not know.
     pub fn expected_file_bytes(&self) -> Option<u64> {
@@ -271,6 +298,39 @@ impl Header {
             );
         }
         Some(end)
+    }
+}
+
+/// Offloaded layers whose weights alone exceed the GPUs' memory
+/// ([`Header::device_memory_shortfall`]). Its `Display` is the user's explanation: "offloading 31
+/// of its 31 layers needs at least 4.40 GB of device memory for the weights alone, but the GPU
+/// memory is 2.15 GB; set gpu_layers to 14 or less".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Layers asked for, as llama.cpp counts them (repeating layers + the output layer).
+    pub layers_asked: u64,
+    /// The model's layers as llama.cpp counts them (`block_count` + 1).
+    pub layers_total: u64,
+    /// The offloaded weights (bytes).
+    pub needed_bytes: u64,
+    /// The GPUs' memory (bytes).
+    pub device_bytes: u64,
+    /// The most layers whose weights fit (`n_gpu_layers`).
+    pub fit_layers: u32,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "offloading {} of its {} layers needs at least {:.2} GB of device memory for the \
+             weights alone, but the GPU memory is {:.2} GB; set gpu_layers to {} or less",
+            self.layers_asked,
+            self.layers_total,
+            self.needed_bytes as f64 / 1e9,
+            self.device_bytes as f64 / 1e9,
+            self.fit_layers
+        )
     }
 }
 
@@ -776,6 +836,22 @@ mod tests {
         assert_eq!(h.gpu_layers_within(output + 1023), Some(1));
         assert_eq!(h.gpu_layers_within(output + 1024), Some(2));
         assert_eq!(h.gpu_layers_within(u64::MAX), Some(3));
+        assert_eq!(h.device_memory_shortfall(3, output + 2048), None);
+        assert_eq!(
+            h.device_memory_shortfall(3, 0),
+            None,
+            "unknown memory: not this check's call"
+        );
+        let short = h.device_memory_shortfall(u32::MAX, output + 1024).unwrap();
+        assert_eq!(
+            (short.layers_asked, short.layers_total, short.fit_layers),
+            (3, 3, 2)
+        );
+        assert_eq!(
+            short.to_string(),
+            "offloading 3 of its 3 layers needs at least 0.00 GB of device memory for the weights \
+             alone, but the GPU memory is 0.00 GB; set gpu_layers to 2 or less"
+        );
     }
 
     #[test]

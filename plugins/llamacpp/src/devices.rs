@@ -65,35 +65,19 @@ pub fn check_device_memory(
         None => gpus.iter().collect(),
     };
     let total: u64 = targets.iter().map(|g| g.total_bytes).sum();
-    if targets.is_empty() || total == 0 {
-        // No GPU, or none that reports memory: llama.cpp keeps the layers on the CPU or decides.
-        return Ok(());
+    match header.device_memory_shortfall(n_gpu_layers, total) {
+        None => Ok(()),
+        Some(shortfall) => {
+            let names = targets
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(PluginError::load_failed(format!(
+                "failed to load model {path}: {shortfall} (GPU: {names})"
+            )))
+        }
     }
-    let (Some(needed), Some(fit), Some(layers)) = (
-        header.offloaded_weight_bytes(n_gpu_layers),
-        header.gpu_layers_within(total),
-        header.arch_uint("block_count"),
-    ) else {
-        return Ok(());
-    };
-    if needed <= total {
-        return Ok(());
-    }
-    let asked = u64::from(n_gpu_layers).min(layers + 1);
-    let names = targets
-        .iter()
-        .map(|g| g.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let gb = |b: u64| b as f64 / 1e9;
-    Err(PluginError::load_failed(format!(
-        "failed to load model {path}: offloading {asked} of its {} layers needs at least {:.2} GB \
-         of device memory for the weights alone, but the GPU memory is {:.2} GB ({names}); set \
-         gpu_layers to {fit} or less",
-        layers + 1,
-        gb(needed),
-        gb(total),
-    )))
 }
 
 #[cfg(test)]
@@ -136,8 +120,8 @@ mod tests {
         assert_eq!(
             e.message,
             "failed to load model m.gguf: offloading 31 of its 31 layers needs at least 0.03 GB \
-             of device memory for the weights alone, but the GPU memory is 0.02 GB (tiny GPU); \
-             set gpu_layers to 14 or less"
+             of device memory for the weights alone, but the GPU memory is 0.02 GB; set \
+             gpu_layers to 14 or less (GPU: tiny GPU)"
         );
         // 14 = the output layer (2.004 MB) + 13 layers of 1 MB.
         let fit = h.gpu_layers_within(16_000_000).unwrap();

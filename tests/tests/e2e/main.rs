@@ -15,6 +15,7 @@ mod store;
 mod systemd;
 mod tcp;
 mod template;
+mod vulkan;
 mod watch;
 
 use r1d_client::wire::{ChatCompletionRequest, ChatMessage};
