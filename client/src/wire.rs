@@ -798,9 +798,44 @@ pub struct HardwareProfile {
     /// Free disk where models are stored; absent = not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskProfile>,
-    /// GPUs, in device order.
+    /// GPUs the planner uses, in device order.
     #[serde(default)]
     pub gpus: Vec<GpuProfile>,
+    /// Every Vulkan device the loader reports, CPU devices (lavapipe) included; listed, not
+    /// planned (the planned ones are also in `gpus`). Absent = none or not probed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vulkan_devices: Vec<VulkanDeviceProfile>,
+}
+
+/// One Vulkan device of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct VulkanDeviceProfile {
+    /// Index in the loader's order (the index `GGML_VK_VISIBLE_DEVICES` takes).
+    pub index: u32,
+    /// `deviceName`.
+    pub name: String,
+    /// `nvidia`, `amd`, `intel`, `mesa` or the PCI vendor id in hex (`0x13b5`).
+    pub vendor: String,
+    /// `discrete`, `integrated`, `virtual`, `cpu` or `other`.
+    pub device_type: String,
+    /// Vulkan version the device supports (`1.3.230`).
+    pub api_version: String,
+    /// Driver name and version, where the driver says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Device memory as llama.cpp's Vulkan backend counts it (bytes).
+    #[serde(deserialize_with = "count::u64")]
+    pub memory_total_bytes: u64,
+    /// Free device memory (bytes): measured with `VK_EXT_memory_budget`, else the whole heaps.
+    #[serde(deserialize_with = "count::u64")]
+    pub memory_free_bytes: u64,
+    /// Whether `memory_free_bytes` was measured (`VK_EXT_memory_budget`).
+    #[serde(default)]
+    pub memory_budget: bool,
+    /// Why the planner does not use this device (a CPU device, a GPU another probe found);
+    /// absent = it is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_planned: Option<String>,
 }
 
 /// The CPU of a [`HardwareProfile`].
@@ -863,7 +898,7 @@ pub struct DiskProfile {
 /// One GPU of a [`HardwareProfile`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct GpuProfile {
-    /// `nvidia` or `amd`.
+    /// `nvidia`, `amd`, `intel` or `other`.
     pub vendor: String,
     /// Name.
     pub name: String,

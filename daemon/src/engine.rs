@@ -1736,6 +1736,16 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
         if let Some(why) = check.explanation() {
             return Err(format!("failed to load model {}: {why}", path.display()));
         }
+        if let Ok(header) = gguf_header::read(path) {
+            let gpus = backend
+                .probe_report()
+                .devices
+                .iter()
+                .filter(|d| d.kind == "gpu")
+                .map(|d| (d.name.clone(), d.memory_total_bytes.unwrap_or(0)))
+                .collect::<Vec<_>>();
+            device_memory_check(path, &header, &spec.params, &gpus)?;
+        }
     }
     Ok(())
 }
@@ -1815,6 +1825,44 @@ fn check_memory_bound(backend: &str, params: &LoadParams, parallel: u32) -> Resu
     Ok(())
 }
 
+/// Refuses GPU layers whose weights alone exceed the memory of the backend's GPUs (`gpus`: name
+/// and total bytes, as its probe reports them): the layers asked for (`gpu_layers`, default all
+/// when there is a GPU, as the llama.cpp plugin does) on all GPUs, or on `main_gpu` alone. The
+/// same rule the llama.cpp plugin applies at load ([`gguf_header::Header::device_memory_shortfall`]),
+/// checked here before the resident model is unloaded. Pure.
+fn device_memory_check(
+    path: &std::path::Path,
+    header: &gguf_header::Header,
+    params: &crate::engine::types::LoadParams,
+    gpus: &[(String, u64)],
+) -> Result<(), String> {
+    if gpus.is_empty() || params.vocab_only {
+        return Ok(());
+    }
+    let targets: Vec<&(String, u64)> = match params.main_gpu {
+        Some(i) => usize::try_from(i)
+            .ok()
+            .and_then(|i| gpus.get(i))
+            .into_iter()
+            .collect(),
+        None => gpus.iter().collect(),
+    };
+    let total = targets.iter().map(|g| g.1).sum();
+    let layers = params.gpu_layers.unwrap_or(u32::MAX);
+    match header.device_memory_shortfall(layers, total) {
+        None => Ok(()),
+        Some(shortfall) => Err(format!(
+            "failed to load model {}: {shortfall} (GPU: {})",
+            path.display(),
+            targets
+                .iter()
+                .map(|g| g.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// The name a model is shown by: its own name, else its path.
 pub fn model_name(info: &ModelInfo) -> String {
     info.name.clone().unwrap_or_else(|| info.path.clone())
@@ -1839,4 +1887,60 @@ fn describe_load_error(path: &std::path::Path, e: &BackendError) -> String {
         text.push_str(" (the file is truncated or incomplete: was the download interrupted?)");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10 layers of 100 MB (F32), an output layer of 200 MB, an embedding of 400 MB.
+    fn header() -> gguf_header::Header {
+        use gguf_header::write::{gguf, Meta};
+        let names: Vec<String> = (0..10).map(|i| format!("blk.{i}.ffn_up.weight")).collect();
+        let mut tensors: Vec<(&str, &[u64], u32)> = vec![("token_embd.weight", &[100_000_000], 0)];
+        tensors.extend(names.iter().map(|n| (n.as_str(), &[25_000_000u64][..], 0)));
+        tensors.push(("output.weight", &[50_000_000], 0));
+        let bytes = gguf(
+            &[
+                ("general.architecture", Meta::Str("qwen2")),
+                ("qwen2.block_count", Meta::U32(10)),
+            ],
+            &tensors,
+            0,
+        );
+        gguf_header::read_bytes(&bytes, "model").unwrap()
+    }
+
+    #[test]
+    fn gpu_layers_beyond_the_backends_gpu_memory_are_refused_before_loading() {
+        let path = std::path::Path::new("/m/big.gguf");
+        let h = header();
+        let gpus = vec![("llvmpipe".to_owned(), 1_000_000_000)];
+        let all = LoadParams::default();
+        let e = device_memory_check(path, &h, &all, &gpus).unwrap_err();
+        assert_eq!(
+            e,
+            "failed to load model /m/big.gguf: offloading 11 of its 11 layers needs at least \
+             1.20 GB of device memory for the weights alone, but the GPU memory is 1.00 GB; set \
+             gpu_layers to 9 or less (GPU: llvmpipe)"
+        );
+        let nine = LoadParams {
+            gpu_layers: Some(9),
+            ..LoadParams::default()
+        };
+        device_memory_check(path, &h, &nine, &gpus).unwrap();
+        // No GPU (a CPU backend), or one that reports no memory: nothing to check here.
+        device_memory_check(path, &h, &all, &[]).unwrap();
+        device_memory_check(path, &h, &all, &[("?".to_owned(), 0)]).unwrap();
+        // main_gpu puts every layer on that one GPU.
+        let two = vec![("a".to_owned(), 700_000_000), ("b".to_owned(), 700_000_000)];
+        device_memory_check(path, &h, &all, &two).unwrap();
+        let on_b = LoadParams {
+            main_gpu: Some(1),
+            ..LoadParams::default()
+        };
+        assert!(device_memory_check(path, &h, &on_b, &two)
+            .unwrap_err()
+            .contains("(GPU: b)"));
+    }
 }

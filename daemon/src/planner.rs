@@ -827,6 +827,7 @@ mod tests {
                 free_bytes: 2000 * GB,
             }),
             gpus,
+            vulkan: Vec::new(),
         }
     }
 

@@ -207,6 +207,85 @@ impl Header {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// Bytes of the weights llama.cpp places on the GPUs when asked for `n_gpu_layers` (its
+    /// `n_gpu_layers`, any value), following `llama_model::load_tensors` in llama.cpp's
+    /// `src/llama-model.cpp`: of the `L` repeating layers (`{arch}.block_count`) the last
+    /// `min(n_gpu_layers, L + 1) − 1` go to the GPUs (tensors `blk.N.*`), and the output layer
+    /// (`output.*`, `output_norm.*`; a model without `output.weight` ties it to
+    /// `token_embd.weight`, which llama.cpp then duplicates there) as soon as `n_gpu_layers ≥ 1`;
+    /// the input embedding stays on the CPU. KV cache and compute buffers come on top, so this is
+    /// a lower bound of the device memory a load needs. `None` without a block count or with a
+    /// tensor type this reader does not know.
+    pub fn offloaded_weight_bytes(&self, n_gpu_layers: u32) -> Option<u64> {
+        if n_gpu_layers == 0 {
+            return Some(0);
+        }
+        let layers = self.arch_uint("block_count")?;
+        let on_gpu = u64::from(n_gpu_layers).min(layers + 1) - 1;
+        let first = layers - on_gpu;
+        let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
+        let mut bytes = 0u64;
+        for t in &self.tensors {
+            let offloaded = match t.name.strip_prefix("blk.") {
+                Some(rest) => rest
+                    .split('.')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= first),
+                None => {
+                    t.name.starts_with("output.")
+                        || t.name.starts_with("output_norm.")
+                        || (tied && t.name == "token_embd.weight")
+                }
+            };
+            if offloaded {
+                bytes = bytes.saturating_add(t.bytes()?);
+            }
+        }
+        Some(bytes)
+    }
+
+    /// The most layers (`n_gpu_layers`, 0 to `block_count + 1`) whose weights
+    /// ([`Header::offloaded_weight_bytes`]) fit in `device_bytes`; `None` as there.
+    pub fn gpu_layers_within(&self, device_bytes: u64) -> Option<u32> {
+        let layers = u32::try_from(self.arch_uint("block_count")?).ok()?;
+        let mut fit = 0;
+        for n in 1..=layers.saturating_add(1) {
+            if self.offloaded_weight_bytes(n)? > device_bytes {
+                break;
+            }
+            fit = n;
+        }
+        Some(fit)
+    }
+
+    /// Whether `n_gpu_layers` (llama.cpp's, `u32::MAX` = all) can fit in GPUs with
+    /// `device_bytes` of memory in all: `Some` [`Shortfall`] when the offloaded weights alone
+    /// ([`Header::offloaded_weight_bytes`]) exceed it — certain to fail, since the KV cache and
+    /// compute buffers come on top. `None` when they fit, when `device_bytes` is 0 (unknown) or
+    /// when the header lacks what the estimate needs.
+    pub fn device_memory_shortfall(
+        &self,
+        n_gpu_layers: u32,
+        device_bytes: u64,
+    ) -> Option<Shortfall> {
+        if device_bytes == 0 {
+            return None;
+        }
+        let needed_bytes = self.offloaded_weight_bytes(n_gpu_layers)?;
+        if needed_bytes <= device_bytes {
+            return None;
+        }
+        let layers = self.arch_uint("block_count")?;
+        Some(Shortfall {
+            layers_asked: u64::from(n_gpu_layers).min(layers + 1),
+            layers_total: layers + 1,
+            needed_bytes,
+            device_bytes,
+            fit_layers: self.gpu_layers_within(device_bytes)?,
+        })
+    }
+
     /// Bytes the file must have: the data offset plus the end of the furthest tensor. `None`
     /// when a tensor has a type this reader does not know.
     pub fn expected_file_bytes(&self) -> Option<u64> {
@@ -219,6 +298,39 @@ impl Header {
             );
         }
         Some(end)
+    }
+}
+
+/// Offloaded layers whose weights alone exceed the GPUs' memory
+/// ([`Header::device_memory_shortfall`]). Its `Display` is the user's explanation: "offloading 31
+/// of its 31 layers needs at least 4.40 GB of device memory for the weights alone, but the GPU
+/// memory is 2.15 GB; set gpu_layers to 14 or less".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Layers asked for, as llama.cpp counts them (repeating layers + the output layer).
+    pub layers_asked: u64,
+    /// The model's layers as llama.cpp counts them (`block_count` + 1).
+    pub layers_total: u64,
+    /// The offloaded weights (bytes).
+    pub needed_bytes: u64,
+    /// The GPUs' memory (bytes).
+    pub device_bytes: u64,
+    /// The most layers whose weights fit (`n_gpu_layers`).
+    pub fit_layers: u32,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "offloading {} of its {} layers needs at least {:.2} GB of device memory for the \
+             weights alone, but the GPU memory is {:.2} GB; set gpu_layers to {} or less",
+            self.layers_asked,
+            self.layers_total,
+            self.needed_bytes as f64 / 1e9,
+            self.device_bytes as f64 / 1e9,
+            self.fit_layers
+        )
     }
 }
 
@@ -683,6 +795,63 @@ mod tests {
             ],
             data_bytes,
         )
+    }
+
+    /// Two layers of 1 KiB (F32, 256 elements) each, an output of 2 KiB, an embedding of 4 KiB.
+    fn layered(tied: bool) -> Header {
+        let mut tensors: Vec<(&str, &[u64], u32)> = vec![
+            ("token_embd.weight", &[1024], 0),
+            ("blk.0.attn_q.weight", &[256], 0),
+            ("blk.1.attn_q.weight", &[256], 0),
+            ("output_norm.weight", &[64], 0),
+        ];
+        if !tied {
+            tensors.push(("output.weight", &[512], 0));
+        }
+        let bytes = gguf(
+            &[
+                ("general.architecture", Meta::Str("llama")),
+                ("llama.block_count", Meta::U32(2)),
+            ],
+            &tensors,
+            16 * 1024,
+        );
+        read_bytes(&bytes, "layered").unwrap()
+    }
+
+    #[test]
+    fn offloaded_weights_follow_llama_cpps_layer_assignment() {
+        let h = layered(false);
+        let output = 2048 + 256;
+        assert_eq!(h.offloaded_weight_bytes(0), Some(0));
+        // One layer offloaded is the output layer alone, as llama.cpp counts.
+        assert_eq!(h.offloaded_weight_bytes(1), Some(output));
+        // Then the repeating layers from the last one down.
+        assert_eq!(h.offloaded_weight_bytes(2), Some(output + 1024));
+        assert_eq!(h.offloaded_weight_bytes(3), Some(output + 2048));
+        assert_eq!(h.offloaded_weight_bytes(u32::MAX), Some(output + 2048));
+        // Tied embeddings: the output layer is a copy of the embedding.
+        assert_eq!(layered(true).offloaded_weight_bytes(1), Some(4096 + 256));
+        assert_eq!(h.gpu_layers_within(0), Some(0));
+        assert_eq!(h.gpu_layers_within(output + 1023), Some(1));
+        assert_eq!(h.gpu_layers_within(output + 1024), Some(2));
+        assert_eq!(h.gpu_layers_within(u64::MAX), Some(3));
+        assert_eq!(h.device_memory_shortfall(3, output + 2048), None);
+        assert_eq!(
+            h.device_memory_shortfall(3, 0),
+            None,
+            "unknown memory: not this check's call"
+        );
+        let short = h.device_memory_shortfall(u32::MAX, output + 1024).unwrap();
+        assert_eq!(
+            (short.layers_asked, short.layers_total, short.fit_layers),
+            (3, 3, 2)
+        );
+        assert_eq!(
+            short.to_string(),
+            "offloading 3 of its 3 layers needs at least 0.00 GB of device memory for the weights \
+             alone, but the GPU memory is 0.00 GB; set gpu_layers to 2 or less"
+        );
     }
 
     #[test]

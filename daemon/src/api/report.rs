@@ -115,5 +115,30 @@ fn hardware_text(p: &wire::HardwareProfile) -> String {
             gb(g.vram_total_bytes)
         );
     }
+    for d in &p.vulkan_devices {
+        s += &format!(
+            "{:<10}{} ({}, {}, Vulkan {}{}) — {} {} of {}{}\n",
+            format!("vulkan {}", d.index),
+            d.name,
+            d.vendor,
+            d.device_type,
+            d.api_version,
+            d.driver
+                .as_deref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default(),
+            gb(d.memory_free_bytes),
+            if d.memory_budget {
+                "free"
+            } else {
+                "free (no budget: the heap size)"
+            },
+            gb(d.memory_total_bytes),
+            d.not_planned
+                .as_deref()
+                .map(|why| format!("; not planned: {why}"))
+                .unwrap_or_default()
+        );
+    }
     s
 }

@@ -139,11 +139,28 @@ pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile
                 driver: g.driver.clone(),
             })
             .collect(),
+        vulkan_devices: hw
+            .vulkan
+            .iter()
+            .map(|d| wire::VulkanDeviceProfile {
+                index: d.index,
+                name: d.name.clone(),
+                vendor: d.vendor_name(),
+                device_type: d.device_type.name().to_owned(),
+                api_version: d.api_version.clone(),
+                driver: d.driver.clone(),
+                memory_total_bytes: d.memory_total_bytes(),
+                memory_free_bytes: d.memory_free_bytes(),
+                memory_budget: d.has_memory_budget(),
+                not_planned: d.not_planned.clone(),
+            })
+            .collect(),
     }
 }
 
 /// A hardware profile (from `r1d plan --hardware FILE`) as the planner's input. An unknown
-/// vendor is planned like an AMD GPU: VRAM and bandwidth are what count.
+/// vendor is [`GpuVendor::Other`](crate::hardware::GpuVendor::Other): VRAM and bandwidth are what
+/// count. The profile's Vulkan devices are not read back: the planner plans `gpus` only.
 pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardware {
     use crate::hardware::{Cpu, Disk, Gpu, GpuVendor, Hardware, Memory};
     Hardware {
@@ -168,11 +185,7 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             .gpus
             .iter()
             .map(|g| Gpu {
-                vendor: if g.vendor.eq_ignore_ascii_case("nvidia") {
-                    GpuVendor::Nvidia
-                } else {
-                    GpuVendor::Amd
-                },
+                vendor: GpuVendor::from_name(&g.vendor),
                 name: g.name.clone(),
                 vram_total_bytes: g.vram_total_bytes,
                 vram_free_bytes: g.vram_free_bytes.min(g.vram_total_bytes),
@@ -181,6 +194,7 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
                 driver: g.driver.clone(),
             })
             .collect(),
+        vulkan: Vec::new(),
     }
 }
 

@@ -6,6 +6,9 @@
 //! - [`disk`]: free space where models are stored.
 //! - [`nvidia`]: NVIDIA GPUs through NVML, loaded at run time (no driver = no NVIDIA GPU).
 //! - [`amd`]: AMD GPUs through sysfs (`mem_info_vram_total` / `mem_info_vram_used`).
+//! - [`vulkan`]: every Vulkan device through the Vulkan loader, loaded at run time: listed in
+//!   [`Hardware::vulkan`]; the GPUs NVML and sysfs did not find (Intel, AMD without amdgpu's
+//!   sysfs files, …) are planned too, CPU devices (lavapipe) never.
 //! - [`bandwidth`]: the CPU's memory bandwidth, measured once and cached.
 //!
 //! Every file probe reads below [`Probe::root`], so tests point it at a fake tree
@@ -18,6 +21,7 @@ pub mod cpu;
 pub mod disk;
 pub mod memory;
 pub mod nvidia;
+pub mod vulkan;
 
 use std::path::{Path, PathBuf};
 
@@ -90,17 +94,32 @@ pub struct Disk {
 pub enum GpuVendor {
     /// NVIDIA (found through NVML).
     Nvidia,
-    /// AMD (found through sysfs, amdgpu driver).
+    /// AMD (found through sysfs, amdgpu driver, or Vulkan).
     Amd,
+    /// Intel (found through Vulkan).
+    Intel,
+    /// Another vendor's GPU found through Vulkan (PCI vendor id in [`vulkan::VulkanDevice`]).
+    Other,
 }
 
 impl GpuVendor {
-    /// `"nvidia"` or `"amd"`.
+    /// `"nvidia"`, `"amd"`, `"intel"` or `"other"`.
     pub fn name(self) -> &'static str {
         match self {
             GpuVendor::Nvidia => "nvidia",
             GpuVendor::Amd => "amd",
+            GpuVendor::Intel => "intel",
+            GpuVendor::Other => "other",
         }
+    }
+
+    /// The vendor a name stands for: `nvidia`, `amd`, `intel` (any case); anything else is
+    /// [`GpuVendor::Other`].
+    pub fn from_name(name: &str) -> GpuVendor {
+        [GpuVendor::Nvidia, GpuVendor::Amd, GpuVendor::Intel]
+            .into_iter()
+            .find(|v| v.name().eq_ignore_ascii_case(name))
+            .unwrap_or(GpuVendor::Other)
     }
 }
 
@@ -132,8 +151,11 @@ pub struct Hardware {
     pub memory: Memory,
     /// Free disk where models go; `None` when unknown (a profile without it).
     pub disk: Option<Disk>,
-    /// GPUs, in device order.
+    /// GPUs the planner may use: NVML's, then amdgpu's, then the Vulkan GPUs neither found.
     pub gpus: Vec<Gpu>,
+    /// Every Vulkan device, CPU devices (lavapipe) included: for `r1d hardware` and
+    /// `/r1/hardware`; only those in `gpus` are planned.
+    pub vulkan: Vec<vulkan::VulkanDevice>,
 }
 
 /// How to probe: where the file trees are and which probes run.
@@ -146,6 +168,8 @@ pub struct Probe {
     pub models_dir: PathBuf,
     /// Ask NVML for NVIDIA GPUs (only meaningful for the real machine).
     pub nvml: bool,
+    /// Ask the Vulkan loader for devices (only meaningful for the real machine).
+    pub vulkan: bool,
     /// Measure the CPU's memory bandwidth (cached in `bandwidth_cache`) when not cached yet.
     pub measure_bandwidth: bool,
     /// Where the measured bandwidth is cached; `None`: measure every time.
@@ -153,23 +177,25 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// The probes for this machine: root `/`, NVML on, bandwidth measured and cached.
+    /// The probes for this machine: root `/`, NVML and Vulkan on, bandwidth measured and cached.
     pub fn this_machine(models_dir: PathBuf, bandwidth_cache: Option<PathBuf>) -> Probe {
         Probe {
             root: PathBuf::from("/"),
             models_dir,
             nvml: true,
+            vulkan: true,
             measure_bandwidth: true,
             bandwidth_cache,
         }
     }
 
-    /// Probes of a fake tree at `root` only: no NVML, no measurement.
+    /// Probes of a fake tree at `root` only: no NVML, no Vulkan, no measurement.
     pub fn fake_root(root: impl Into<PathBuf>, models_dir: PathBuf) -> Probe {
         Probe {
             root: root.into(),
             models_dir,
             nvml: false,
+            vulkan: false,
             measure_bandwidth: false,
             bandwidth_cache: None,
         }
@@ -203,11 +229,19 @@ impl Probe {
             gpus.extend(nvidia::probe());
         }
         gpus.extend(amd::probe(self));
+        let mut vulkan = if self.vulkan {
+            vulkan::probe()
+        } else {
+            Vec::new()
+        };
+        let more = vulkan::planned_gpus(&mut vulkan, &gpus);
+        gpus.extend(more);
         Ok(Hardware {
             cpu,
             memory,
             disk,
             gpus,
+            vulkan,
         })
     }
 }

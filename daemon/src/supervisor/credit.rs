@@ -128,6 +128,7 @@ mod tests {
             },
             disk: None,
             gpus,
+            vulkan: Vec::new(),
         }
     }
 

@@ -4,8 +4,12 @@
 //! Built as a `cdylib` (`libr1_plugin_llamacpp.so`, exporting `r1_plugin_entry`) and as an `rlib`
 //! so tests can use [`LlamaCppPlugin`] and [`LlamaCppModel`] directly.
 //!
-//! - `probe`: always available; lists the devices llama.cpp sees; score 100 on CPU only, 200 when
-//!   this build can offload to a GPU and one is present.
+//! - `probe`: always available; lists the devices llama.cpp sees; score 100 for the CPU build,
+//!   200 when this build can offload to a GPU and one is present, 90 for a GPU build (features
+//!   `cuda`, `vulkan`: [`BUILD`]) that sees none — so with the CPU and GPU builds installed side by
+//!   side the host takes the GPU build exactly when there is a GPU.
+//! - `load`: refuses, before llama.cpp allocates anything, `gpu_layers` whose weights alone exceed
+//!   the GPUs' memory ([`devices::check_device_memory`]).
 //! - `load`: see [`LlamaCppPlugin`] for how [`LoadParams`] map to llama.cpp and their defaults.
 //!   A failed load names the file and llama.cpp's reason; a file shorter than its GGUF header
 //!   implies is reported as "truncated or incomplete".
@@ -21,6 +25,7 @@
 //! llama.cpp's log goes to `tracing` (target `llama.cpp`), which the SDK forwards to the host.
 
 mod backend;
+pub mod devices;
 mod estimate;
 /// GGUF `general.file_type` names: shared with the daemon's model store.
 pub use gguf_header::ftype;
@@ -44,6 +49,21 @@ pub use model::{
 pub const SCORE_CPU: i32 = 100;
 /// Probe score when this build can offload to a GPU and llama.cpp sees one.
 pub const SCORE_GPU: i32 = 200;
+/// Probe score of a GPU build (`cuda`, `vulkan`) that sees no GPU: below [`SCORE_CPU`], so the
+/// CPU build installed beside it serves (same CPU code; the host picks the highest score), yet
+/// the plugin still serves on the CPU when it is the only one.
+pub const SCORE_GPU_BUILD_WITHOUT_GPU: i32 = 90;
+
+/// The GPU API this build offloads with: `"cuda"`, `"vulkan"`, or `"cpu"` (none). The same name
+/// is in the plugin's version string and in the file name `scripts/build-gpu-plugins` gives it
+/// (`libr1_plugin_llamacpp_vulkan.so`).
+pub const BUILD: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else if cfg!(feature = "vulkan") {
+    "vulkan"
+} else {
+    "cpu"
+};
 
 /// The llama.cpp backend.
 ///
@@ -108,12 +128,24 @@ impl Plugin for LlamaCppPlugin {
             .collect();
         let gpu_offload = backend.supports_gpu_offload();
         let has_gpu = devices.iter().any(|d| d.kind == "gpu");
-        let (score, reason) = match (gpu_offload, has_gpu) {
-            (true, true) => (SCORE_GPU, None),
-            (true, false) => (SCORE_CPU, Some("no GPU visible to llama.cpp; CPU only")),
-            (false, _) => (
+        let (score, reason) = match (BUILD, gpu_offload && has_gpu) {
+            ("cpu", _) => (
                 SCORE_CPU,
-                Some("this build of llama.cpp has no GPU offload; CPU only"),
+                Some("this build of llama.cpp has no GPU offload; CPU only".to_owned()),
+            ),
+            (_, true) => (SCORE_GPU, None),
+            (build, false) => (
+                SCORE_GPU_BUILD_WITHOUT_GPU,
+                Some(format!(
+                    "this {build} build of llama.cpp sees no GPU{}; CPU only (a CPU build \
+                     installed beside it is preferred)",
+                    if build == "vulkan" {
+                        " (CPU Vulkan devices such as lavapipe count only when \
+                         GGML_VK_VISIBLE_DEVICES names them)"
+                    } else {
+                        ""
+                    }
+                )),
             ),
         };
         Ok(ProbeReport {
@@ -121,7 +153,7 @@ impl Plugin for LlamaCppPlugin {
             score,
             formats: vec!["gguf".to_owned()],
             devices,
-            reason: reason.map(str::to_owned),
+            reason,
         })
     }
 
@@ -172,14 +204,14 @@ impl Model for LlamaCppModel {
     }
 }
 
-/// "0.1.0 (llama.cpp VERSION, llama-cpp-2 0.1.160)", computed once.
+/// "0.1.0 (llama.cpp VERSION, llama-cpp-2 0.1.160, BUILD)", computed once.
 fn plugin_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
         // SAFETY: `llama_version` returns a pointer to a static NUL-terminated string.
         let llama = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_version()) };
         format!(
-            "{} (llama.cpp {}, llama-cpp-2 0.1.160)",
+            "{} (llama.cpp {}, llama-cpp-2 0.1.160, {BUILD})",
             env!("CARGO_PKG_VERSION"),
             llama.to_string_lossy()
         )

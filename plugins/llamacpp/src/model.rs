@@ -169,6 +169,18 @@ impl LlamaCppModel {
             params
                 .gpu_layers
                 .unwrap_or(if gpu_offload { u32::MAX } else { 0 });
+        if gpu_offload && requested_gpu_layers > 0 && !params.vocab_only {
+            // A header that cannot be read is llama.cpp's to report, in its own words.
+            if let Ok(header) = gguf_header::read(Path::new(&path)) {
+                crate::devices::check_device_memory(
+                    &path,
+                    &header,
+                    requested_gpu_layers,
+                    params.main_gpu,
+                    &crate::devices::gpus(),
+                )?;
+            }
+        }
         let mut model_params = LlamaModelParams::default()
             .with_use_mmap(params.use_mmap.unwrap_or(true))
             .with_vocab_only(params.vocab_only)

@@ -153,6 +153,49 @@ fn probe_runtime() -> Result<(String, Vec<String>), String> {
     }
 }
 
+/// What a GPU provider library of ONNX Runtime (`libonnxruntime_providers_cuda.so`,
+/// `…_tensorrt.so`, shipped beside `libonnxruntime.so` by `onnxruntime-gpu`) lacks on this
+/// machine: it is opened (and stays loaded, as ONNX Runtime would load it for a session) and the
+/// first dependency the dynamic loader cannot find is named — cuDNN, cuBLAS, cuFFT, TensorRT's
+/// `libnvinfer`. `None` when it loads, or when it is not there (a CPU build, reported elsewhere).
+fn provider_problem(runtime_library: &std::path::Path, provider: &str) -> Option<String> {
+    let file = format!("libonnxruntime_providers_{provider}.so");
+    let path = runtime_library.parent()?.join(&file);
+    if !path.exists() {
+        return None;
+    }
+    // SAFETY: loading runs the library's initialisers; it is ONNX Runtime's own provider, which
+    // ONNX Runtime itself loads the same way when a session asks for the provider.
+    match unsafe { libloading::Library::new(&path) } {
+        Ok(lib) => {
+            std::mem::forget(lib);
+            None
+        }
+        Err(e) => {
+            // libloading's message is "dlopen failed"; the loader's own words are its source.
+            let text =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            Some(match missing_library(&text) {
+                Some(missing) => format!(
+                    "{file} needs {missing}, which is not installed or not on the library path"
+                ),
+                None => format!("{file} cannot be loaded: {text}"),
+            })
+        }
+    }
+}
+
+/// The library a `dlopen` error says is missing: "libcudnn.so.9: cannot open shared object file:
+/// No such file or directory" → `libcudnn.so.9`. Pure.
+fn missing_library(dlerror: &str) -> Option<&str> {
+    let (before, _) = dlerror.split_once(": cannot open shared object file")?;
+    // libloading prefixes its own words; the library name is the last word before the colon.
+    before
+        .rsplit([' ', '('])
+        .next()
+        .filter(|n| n.contains(".so"))
+}
+
 /// The TensorRT/CUDA backend.
 #[derive(Debug, Default)]
 pub struct TensorRtPlugin;
@@ -167,8 +210,15 @@ impl Plugin for TensorRtPlugin {
         if let Some(problem) = &nvidia.problem {
             missing.push(problem.clone());
         }
-        if let Err(problem) = &runtime {
-            missing.push(problem.clone());
+        match &runtime {
+            Err(problem) => missing.push(problem.clone()),
+            Ok(_) => {
+                if let Ok(rt) = runtime::runtime(None) {
+                    for provider in ["cuda", "tensorrt"] {
+                        missing.extend(provider_problem(&rt.library, provider));
+                    }
+                }
+            }
         }
         let formats = vec!["onnx".to_owned()];
         let mut devices = nvidia.gpus;
@@ -263,6 +313,22 @@ r1_plugin_sdk::export_plugin! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_missing_library_is_named_from_the_loaders_error() {
+        assert_eq!(
+            missing_library(
+                "/x/libonnxruntime_providers_cuda.so: libcudnn.so.9: cannot open shared object \
+                 file: No such file or directory"
+            ),
+            Some("libcudnn.so.9")
+        );
+        assert_eq!(
+            missing_library("libnvinfer.so.10: cannot open shared object file: No such file"),
+            Some("libnvinfer.so.10")
+        );
+        assert_eq!(missing_library("undefined symbol: foo"), None);
+    }
 
     #[test]
     fn the_load_parameter_wins_for_the_engine_cache() {

@@ -16,6 +16,7 @@ mod store;
 mod systemd;
 mod tcp;
 mod template;
+mod vulkan;
 mod watch;
 mod worker;
 
