@@ -455,7 +455,7 @@ impl Control {
             upgrades: supervisor.map(|s| s.upgrades()).unwrap_or_default(),
             more_memory: supervisor.and_then(|s| s.more_memory()),
             planned: supervisor.and_then(|s| s.planned()),
-            resident: crate::hardware::memory::resident_self(),
+            resident: crate::hardware::memory::resident_with(self.engine.worker_pid()),
         }
     }
 

@@ -714,6 +714,18 @@ impl Engine {
         .await;
     }
 
+    /// The process id of the worker the resident model runs in (`[plugins] isolation =
+    /// "process"`); `None` in process or without a model.
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.shared
+            .resident
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|m| m.worker_pid())
+    }
+
     /// The current state.
     pub fn snapshot(&self) -> Snapshot {
         self.shared.state.borrow().clone()

@@ -392,8 +392,9 @@ struct Conn {
     /// The calls waiting for replies, by request id, with the time of their last reply (or of
     /// the request). Cleared when the worker dies, so every waiting call sees its channel close.
     pending: Mutex<HashMap<u64, (mpsc::Sender<Reply>, Instant)>>,
-    /// Set by the reader when the worker's stdout ended (all its frames were read).
-    drained: (Mutex<bool>, std::sync::Condvar),
+    /// How many of the worker's two output pipes (stdout: frames, stderr: raw lines) were read
+    /// to their end.
+    drained: (Mutex<u8>, std::sync::Condvar),
     next_id: AtomicU64,
     /// Why the worker is gone (set before `pending` is cleared).
     dead: Mutex<Option<String>>,
@@ -451,7 +452,7 @@ impl Conn {
             pid,
             writer: Mutex::new(Some(BufWriter::new(stdin))),
             pending: Mutex::default(),
-            drained: (Mutex::new(false), std::sync::Condvar::new()),
+            drained: (Mutex::new(0), std::sync::Condvar::new()),
             next_id: AtomicU64::new(LOAD_ID + 1),
             dead: Mutex::new(None),
             closing: AtomicBool::new(false),
@@ -660,7 +661,11 @@ impl Conn {
         if Self::lock(&self.dead).is_none() && !self.closing.load(Ordering::SeqCst) {
             self.kill();
         }
-        *Self::lock(&self.drained.0) = true;
+        self.drained_one();
+    }
+
+    fn drained_one(&self) {
+        *Self::lock(&self.drained.0) += 1;
         self.drained.1.notify_all();
     }
 
@@ -672,7 +677,7 @@ impl Conn {
             let _ = self
                 .drained
                 .1
-                .wait_timeout_while(drained, Duration::from_millis(500), |d| !*d);
+                .wait_timeout_while(drained, Duration::from_millis(500), |d| *d < 2);
         }
         // What it started goes with it.
         self.kill();
@@ -702,6 +707,7 @@ impl Conn {
             tracing::warn!(target: "r1d::plugin", plugin = %self.backend, pid = self.pid, "{line}");
             *Self::lock(&self.last_words) = Some(line.to_owned());
         }
+        self.drained_one();
     }
 
     fn describe_end(&self, status: std::io::Result<std::process::ExitStatus>) -> String {

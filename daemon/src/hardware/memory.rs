@@ -28,6 +28,24 @@ pub fn resident_self() -> Option<Resident> {
     parse_smaps_rollup(&std::fs::read_to_string("/proc/self/smaps_rollup").ok()?)
 }
 
+/// What r1d holds with the worker process its model runs in (`worker`, see
+/// `backend::worker`): the sum of both processes' [`Resident`] memory. `None` where this
+/// process's `smaps_rollup` cannot be read; a worker that is gone counts nothing.
+pub fn resident_with(worker: Option<u32>) -> Option<Resident> {
+    let mut total = resident_self()?;
+    if let Some(pid) = worker {
+        if let Some(w) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|t| parse_smaps_rollup(&t))
+        {
+            total.total_bytes += w.total_bytes;
+            total.anon_bytes += w.anon_bytes;
+            total.file_bytes += w.file_bytes;
+        }
+    }
+    Some(total)
+}
+
 /// Parses `smaps_rollup`'s `Rss:` and `Anonymous:` lines (kB).
 fn parse_smaps_rollup(text: &str) -> Option<Resident> {
     let field = |name: &str| -> Option<u64> {

@@ -383,7 +383,14 @@ async fn load_with_a_context_beyond_the_trained_one_is_refused_before_the_reside
     // Nothing was unloaded for it: the same model answers, never reloaded.
     assert_eq!(client.health().await.unwrap().status, State::Ready);
     let after = client.status().await.unwrap().model.unwrap();
-    assert_eq!(after, before);
+    // What the process holds moves between two looks; the model itself must not.
+    let settled = |m: r1d_client::wire::ModelStatus| r1d_client::wire::ModelStatus {
+        resident_bytes: None,
+        resident_anon_bytes: None,
+        resident_file_bytes: None,
+        ..m
+    };
+    assert_eq!(settled(after), settled(before));
     let answer = client.chat(&ask("Say hi.")).await.unwrap();
     assert!(!answer.choices[0].message.content.is_empty());
     assert!(
@@ -553,8 +560,12 @@ async fn an_unsatisfiable_schema_is_refused_before_it_reaches_llama_cpp() {
         message.contains("response_format") && message.contains("minLength 5 above maxLength 2"),
         "{message}"
     );
-    // Nothing is left running, and the next answer comes.
-    assert_eq!(client.status().await.unwrap().running_requests, 0);
+    // Nothing is left running (the refused answer's thread ends right after its reply), and the
+    // next answer comes.
+    crate::watch::until(&daemon, 10, "no answer running", || async {
+        (client.status().await.ok()?.running_requests == 0).then_some(())
+    })
+    .await;
     assert!(!client.chat(&ask("Say hi.")).await.unwrap().choices[0]
         .message
         .content
