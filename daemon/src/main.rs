@@ -175,22 +175,7 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
     }
 }
 
-/// OpenMP's wait policy for llama.cpp's threads when the environment sets none: `passive`.
-///
-/// With OpenMP's default the threads spin between operations; on a machine that does other work
-/// (r1d's usual case: a desktop, a shared server) a spinning thread waits for a descheduled
-/// sibling at every barrier. Measured with the 1.5B Q4_K_M stand-in on the 2-vCPU build
-/// machine under a load average of 4–6: 3.2 and 11.5 tokens/s spinning, 21.4 and 23.7 passive
-/// (docs/standins.md). libgomp reads the variable once, when the plugin that links it is
-/// loaded, so it is set here, before any thread starts; plugin worker processes inherit it.
-const OMP_WAIT_POLICY: &str = "passive";
-
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        // Sound: no other thread exists yet (the runtime is built below), so nothing reads the
-        // environment concurrently.
-        std::env::set_var("OMP_WAIT_POLICY", OMP_WAIT_POLICY);
-    }
     // `r1d __plugin-worker`: the process a model runs in (started by r1d itself; see
     // r1d::backend::worker). It needs no runtime, config or logging setup of its own.
     if std::env::args_os()
