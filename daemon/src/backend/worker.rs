@@ -405,6 +405,9 @@ struct Conn {
     /// The last thing the worker said on stderr or logged as an error.
     last_words: Mutex<Option<String>>,
     on_death: Mutex<Option<DeathHook>>,
+    /// Set once the worker is reaped: its pid may then belong to another process, so nothing is
+    /// signalled any more (held while signalling and while reaping).
+    reaped: Mutex<bool>,
 }
 
 impl Conn {
@@ -459,6 +462,7 @@ impl Conn {
             killed_for: Mutex::new(None),
             last_words: Mutex::new(None),
             on_death: Mutex::new(None),
+            reaped: Mutex::new(false),
         });
         tracing::debug!(backend, pid, "started a plugin worker");
         let _ = std::thread::Builder::new()
@@ -480,10 +484,7 @@ impl Conn {
             .name("r1d-worker-wait".into())
             .spawn({
                 let conn = conn.clone();
-                move || {
-                    let status = child.wait();
-                    conn.ended(status);
-                }
+                move || conn.ended(child)
             })
             .map_err(|e| conn.spawn_error(e))?;
         std::thread::Builder::new()
@@ -580,8 +581,13 @@ impl Conn {
         }
     }
 
-    /// Kills the worker and every process it started (its process group).
+    /// Kills the worker and every process it started (its process group), unless it was
+    /// reaped already (its pid may be another process's by then).
     fn kill(&self) {
+        let reaped = Self::lock(&self.reaped);
+        if *reaped {
+            return;
+        }
         let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
             return;
         };
@@ -669,9 +675,23 @@ impl Conn {
         self.drained.1.notify_all();
     }
 
-    /// The worker exited: once its last frames are read (or a moment later, when a process it
-    /// started still holds its pipe), every call waiting on it ends with how it ended.
-    fn ended(&self, status: std::io::Result<std::process::ExitStatus>) {
+    /// Waits for the worker's exit; then, once its last frames are read (or a moment later,
+    /// when a process it started still holds its pipe), every call waiting on it ends with how it
+    /// ended.
+    fn ended(&self, mut child: Child) {
+        // Exited, but not reaped yet (`WNOWAIT`): its pid stays reserved while the group it led
+        // is killed below.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+            use rustix::process::{WaitId, WaitIdOptions};
+            while let Err(e) = rustix::process::waitid(
+                WaitId::Pid(pid),
+                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+            ) {
+                if e != rustix::io::Errno::INTR {
+                    break;
+                }
+            }
+        }
         {
             let drained = Self::lock(&self.drained.0);
             let _ = self
@@ -681,6 +701,12 @@ impl Conn {
         }
         // What it started goes with it.
         self.kill();
+        let status = {
+            let mut reaped = Self::lock(&self.reaped);
+            let status = child.wait();
+            *reaped = true;
+            status
+        };
         let reason = self.describe_end(status);
         let failed = !self.closing.load(Ordering::SeqCst);
         if failed {
