@@ -1282,12 +1282,20 @@ impl Worker {
                 let mut last = -1.0f32;
                 let mut params: r1_plugin_abi::json::LoadParams = (&spec.params).into();
                 params.parallel = Some(self.parallel_for(&spec));
-                check_memory_bound(backend.name(), &spec.params, self.parallel_for(&spec))
-                    .map_err(|message| BackendError::Call {
-                        backend: backend.name().to_owned(),
-                        status: r1_plugin_abi::R1_ERR_INVALID_ARGUMENT,
-                        message,
-                    })?;
+                let header = gguf_header::has_magic(&path)
+                    .then(|| gguf_header::read(&path).ok())
+                    .flatten();
+                check_memory_bound(
+                    backend.name(),
+                    header.as_ref(),
+                    &spec.params,
+                    self.parallel_for(&spec),
+                )
+                .map_err(|message| BackendError::Call {
+                    backend: backend.name().to_owned(),
+                    status: r1_plugin_abi::R1_ERR_INVALID_ARGUMENT,
+                    message,
+                })?;
                 backend.load(&params, &mut |p| {
                     shared.beat();
                     if shared.load_generation.load(Ordering::SeqCst) > generation
@@ -1742,13 +1750,14 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
     let backend = host
         .select(path, spec.backend.as_deref())
         .map_err(|e| describe_load_error(path, &e))?;
-    check_memory_bound(backend.name(), &spec.params, parallel)?;
     if gguf_header::has_magic(path) {
-        let check = gguf_header::check(path);
-        if let Some(why) = check.explanation() {
+        // One read of the header serves every check.
+        let header = gguf_header::read(path);
+        if let Some(why) = gguf_header::HeaderCheck::of(&header).explanation() {
             return Err(format!("failed to load model {}: {why}", path.display()));
         }
-        if let Ok(header) = gguf_header::read(path) {
+        if let Ok(header) = &header {
+            check_memory_bound(backend.name(), Some(header), &spec.params, parallel)?;
             let gpus = backend
                 .probe_report()
                 .devices
@@ -1756,7 +1765,7 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
                 .filter(|d| d.kind == "gpu")
                 .map(|d| (d.name.clone(), d.memory_total_bytes.unwrap_or(0)))
                 .collect::<Vec<_>>();
-            device_memory_check(path, &header, &spec.params, &gpus)?;
+            device_memory_check(path, header, &spec.params, &gpus)?;
         }
     }
     Ok(())
@@ -1770,24 +1779,24 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
 /// (F16: 2 bytes; Q8_0: 34 bytes per 32; Q4_0: 18 per 32), from the file's GGUF header
 /// (llama.cpp's `llama_kv_cache` layout). Other backends, files without those keys, a load without
 /// a context length and DeepSeek's MLA (`deepseek2`, cached in its compressed form) are not
-/// checked here: the planner's figures cover them.
+/// checked here: the planner's figures cover them. `header` is the file's, read by the caller
+/// (`None`: not a readable GGUF, nothing to check).
 ///
 /// # Errors
 /// The reason, naming the sequences, context length, KV bytes and the memory limit.
-fn check_memory_bound(backend: &str, params: &LoadParams, parallel: u32) -> Result<(), String> {
+fn check_memory_bound(
+    backend: &str,
+    header: Option<&gguf_header::Header>,
+    params: &LoadParams,
+    parallel: u32,
+) -> Result<(), String> {
     if backend != "llamacpp" {
         return Ok(());
     }
-    let Some(context) = params.context_length else {
+    let (Some(context), Some(header)) = (params.context_length, header) else {
         return Ok(());
     };
     let path = std::path::Path::new(&params.path);
-    if !gguf_header::has_magic(path) {
-        return Ok(());
-    }
-    let Ok(header) = gguf_header::read(path) else {
-        return Ok(());
-    };
     if header.architecture() == Some("deepseek2") {
         return Ok(());
     }

@@ -322,11 +322,7 @@ impl Backend for WorkerBackend {
                     }));
                 }
                 Ok(Reply::Failed(status, message)) => {
-                    return Err(BackendError::Call {
-                        backend: self.name().to_owned(),
-                        status,
-                        message,
-                    })
+                    return Err(failed(self.name(), status, message))
                 }
                 Ok(other) => return Err(conn.protocol_error(&other)),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Err(conn.died()),
@@ -348,14 +344,19 @@ impl WorkerBackend {
         })?;
         match replies.recv() {
             Ok(Reply::Estimated(estimate)) => Ok(estimate.map(|e| *e)),
-            Ok(Reply::Failed(status, message)) => Err(BackendError::Call {
-                backend: self.name().to_owned(),
-                status,
-                message,
-            }),
+            Ok(Reply::Failed(status, message)) => Err(failed(self.name(), status, message)),
             Ok(other) => Err(conn.protocol_error(&other)),
             Err(_) => Err(conn.died()),
         }
+    }
+}
+
+/// The error of a request the plugin failed (`Failed` frame: its ABI status and message).
+fn failed(backend: &str, status: i32, message: String) -> BackendError {
+    BackendError::Call {
+        backend: backend.to_owned(),
+        status,
+        message,
     }
 }
 
@@ -841,11 +842,7 @@ impl LoadedModel for WorkerModel {
         })?;
         match replies.recv() {
             Ok(Reply::Tokens(tokens)) => Ok(tokens),
-            Ok(Reply::Failed(status, message)) => Err(BackendError::Call {
-                backend: self.backend.clone(),
-                status,
-                message,
-            }),
+            Ok(Reply::Failed(status, message)) => Err(failed(&self.backend, status, message)),
             Ok(other) => Err(self.conn.protocol_error(&other)),
             Err(_) => Err(self.conn.died()),
         }
@@ -872,11 +869,7 @@ impl LoadedModel for WorkerModel {
                 }
                 Ok(Reply::Done(result)) => return Ok(*result),
                 Ok(Reply::Failed(status, message)) => {
-                    return Err(BackendError::Call {
-                        backend: self.backend.clone(),
-                        status,
-                        message,
-                    })
+                    return Err(failed(&self.backend, status, message))
                 }
                 Ok(other) => return Err(self.conn.protocol_error(&other)),
                 Err(_) => return Err(self.conn.died()),

@@ -14,31 +14,67 @@ use r1d_tests::{echo_config, echo_model, fixture, Daemon, DaemonOptions, SMOLLM2
 use crate::ask;
 use crate::watch::until;
 
-/// The pids of `parent`'s children whose command line has `__plugin-worker`.
+/// Every process whose command line has `__plugin-worker`, with its parent's pid.
+fn plugin_workers() -> Vec<(u32, Option<u32>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__plugin-worker"))
+        })
+        .map(|pid| {
+            // Field 4 of stat, after the parenthesised command name.
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            (pid, ppid)
+        })
+        .collect()
+}
+
+/// The pids of `parent`'s worker processes.
 fn workers_of(parent: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Field 4, after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains("__plugin-worker") {
-            found.push(pid);
+    plugin_workers()
+        .into_iter()
+        .filter(|&(_, ppid)| ppid == Some(parent))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Starts a long, slow echo stream and returns it with its first chunk.
+async fn long_stream(
+    client: &r1d_client::Client,
+) -> (
+    r1d_client::ChunkStream,
+    r1d_client::wire::ChatCompletionChunk,
+) {
+    let long = ChatCompletionRequest {
+        messages: vec![ChatMessage::new("user", "long answer [[slow]]")],
+        max_tokens: Some(400),
+        stream: true,
+        ..Default::default()
+    };
+    let mut stream = client.chat_stream(&long).await.unwrap();
+    let first = stream.next().await.expect("a first chunk").unwrap();
+    (stream, first)
+}
+
+/// Reads `stream` to its error event: the error's text (`None` when it ended without one) and
+/// how many chunks came before it.
+async fn error_event(stream: &mut r1d_client::ChunkStream) -> (Option<String>, usize) {
+    let mut chunks = 0;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => chunks += 1,
+            Err(e) => return (Some(e.to_string()), chunks),
         }
     }
-    found
+    (None, chunks)
 }
 
 fn echo_daemon(config_extra: &str) -> (Daemon, tempfile::TempDir) {
@@ -136,29 +172,12 @@ async fn a_stream_running_when_its_worker_dies_ends_with_an_error_event() {
     let (daemon, _m) = echo_daemon("[server]\nparallel = 2\n");
     assert_eq!(daemon.settled().await.status, State::Ready);
     let client = daemon.client();
-    let long = ChatCompletionRequest {
-        messages: vec![ChatMessage::new("user", "long answer [[slow]]")],
-        max_tokens: Some(400),
-        stream: true,
-        ..Default::default()
-    };
-    let mut stream = client.chat_stream(&long).await.unwrap();
     // It streams…
-    let first = stream.next().await.expect("a first chunk").unwrap();
+    let (mut stream, first) = long_stream(&client).await;
     assert!(!first.choices.is_empty());
     // …when another request kills the worker both run in.
     let _ = daemon.client().chat(&ask("[[crash:segv]]")).await;
-    let mut error = None;
-    let mut chunks = 0;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(_) => chunks += 1,
-            Err(e) => {
-                error = Some(e.to_string());
-                break;
-            }
-        }
-    }
+    let (error, chunks) = error_event(&mut stream).await;
     let error = error.unwrap_or_else(|| {
         panic!("the stream ended after {chunks} more chunks without an error event")
     });
@@ -427,28 +446,10 @@ async fn a_c_plugin_that_segfaults_aborts_overflows_its_stack_or_exits_never_tak
             "one worker and no leftover process",
             || async {
                 let workers = workers_of(daemon.pid());
-                let group_left = std::fs::read_dir("/proc")
-                    .unwrap()
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(|pid| {
-                        std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .map(|c| String::from_utf8_lossy(&c).contains("__plugin-worker"))
-                            .unwrap_or(false)
-                    })
-                    .filter(|pid| {
-                        // A forked child of a dead worker is re-parented away from r1d.
-                        !workers.contains(pid)
-                            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                                .map(|s| {
-                                    let ppid = s.rsplit_once(')').and_then(|(_, r)| {
-                                        r.split_whitespace().nth(1)?.parse::<u32>().ok()
-                                    });
-                                    // Only orphans of this daemon's workers: parent init/subreaper.
-                                    ppid == Some(1)
-                                })
-                                .unwrap_or(false)
-                    })
+                // A forked child of a dead worker is re-parented away from r1d, to init.
+                let group_left = plugin_workers()
+                    .into_iter()
+                    .filter(|&(pid, ppid)| !workers.contains(&pid) && ppid == Some(1))
                     .count();
                 (workers.len() == 1 && group_left == 0).then_some(())
             },
@@ -508,14 +509,7 @@ async fn a_request_queued_when_the_worker_dies_waits_for_the_restart() {
     let (daemon, _m) = echo_daemon("[server]\nparallel = 1\n");
     assert_eq!(daemon.settled().await.status, State::Ready);
     let client = daemon.client();
-    let long = ChatCompletionRequest {
-        messages: vec![ChatMessage::new("user", "long [[slow]]")],
-        max_tokens: Some(400),
-        stream: true,
-        ..Default::default()
-    };
-    let mut stream = client.chat_stream(&long).await.unwrap();
-    stream.next().await.expect("a first chunk").unwrap();
+    let (mut stream, _) = long_stream(&client).await;
     let queued = {
         let client = daemon.client();
         tokio::spawn(async move { client.chat(&ask("queued one")).await })
@@ -530,13 +524,7 @@ async fn a_request_queued_when_the_worker_dies_waits_for_the_restart() {
             .status()
             .unwrap();
     }
-    let mut cut = None;
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            cut = Some(e.to_string());
-            break;
-        }
-    }
+    let (cut, _) = error_event(&mut stream).await;
     assert!(
         cut.as_deref().is_some_and(|e| e.contains("SIGKILL")),
         "the running answer ends with an error event: {cut:?}"
@@ -619,14 +607,7 @@ async fn a_model_file_written_in_place_during_an_answer_stops_that_answer() {
     let (daemon, models) = echo_daemon("");
     assert_eq!(daemon.settled().await.status, State::Ready);
     let client = daemon.client();
-    let long = ChatCompletionRequest {
-        messages: vec![ChatMessage::new("user", "long answer [[slow]]")],
-        max_tokens: Some(400),
-        stream: true,
-        ..Default::default()
-    };
-    let mut stream = client.chat_stream(&long).await.unwrap();
-    stream.next().await.expect("a first chunk").unwrap();
+    let (mut stream, _) = long_stream(&client).await;
     // Same inode, new bytes (as `dd conv=notrunc` or a careless editor would).
     let model = models.path().join("test.echo");
     let mut text = std::fs::read_to_string(&model).unwrap();
@@ -636,13 +617,7 @@ async fn a_model_file_written_in_place_during_an_answer_stops_that_answer() {
         .open(&model)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .unwrap();
-    let mut error = None;
-    while let Some(item) = stream.next().await {
-        if let Err(e) = item {
-            error = Some(e.to_string());
-            break;
-        }
-    }
+    let (error, _) = error_event(&mut stream).await;
     let error = error.expect("the answer ends with an error event, not garbage");
     assert!(
         error.contains("was written in place during this answer"),
