@@ -227,18 +227,7 @@ async fn serve() -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.plugins.dir.clone())
         .unwrap_or_else(r1d::paths::plugin_dir);
-    // Models run in a worker process unless `[plugins] isolation = "in-process"`.
-    let worker = match config.plugins.isolation {
-        config::Isolation::Process => Some(
-            r1d::backend::WorkerCommand::this_executable(config.plugins.hang_timeout_s.map_or(
-                config::DEFAULT_HANG_TIMEOUT,
-                std::time::Duration::from_secs_f64,
-            ))
-            .context("failed to find r1d's own executable to start plugin workers")?,
-        ),
-        config::Isolation::InProcess => None,
-    };
-    let host = match PluginHost::discover_with(&plugin_dir, worker) {
+    let host = match PluginHost::discover_with(&plugin_dir, worker_command(&config)?) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!("{e}");
@@ -504,6 +493,21 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
 
 /// The store's [`r1d::store::Estimator`]: asks the file's backend plugin; a failure is logged
 /// and the planner falls back to its formula.
+/// How plugins are opened, probed and run: in worker processes started from this executable
+/// unless `[plugins] isolation = "in-process"` (then `None`).
+fn worker_command(config: &Config) -> anyhow::Result<Option<r1d::backend::WorkerCommand>> {
+    Ok(match config.plugins.isolation {
+        config::Isolation::Process => Some(
+            r1d::backend::WorkerCommand::this_executable(config.plugins.hang_timeout_s.map_or(
+                config::DEFAULT_HANG_TIMEOUT,
+                std::time::Duration::from_secs_f64,
+            ))
+            .context("failed to find r1d's own executable to start plugin workers")?,
+        ),
+        config::Isolation::InProcess => None,
+    })
+}
+
 fn estimator(host: Arc<PluginHost>) -> r1d::store::Estimator {
     Arc::new(move |spec| match r1d::engine::estimate(&host, spec) {
         Ok(estimate) => estimate,
@@ -564,7 +568,9 @@ fn one_shot(
                         .or_else(|| config.plugins.dir.clone())
                         .unwrap_or_else(r1d::paths::plugin_dir);
                     let store = r1d::store::Store::new(config, mode, probe);
-                    if let Ok(host) = PluginHost::discover(&dir) {
+                    // Estimates read each file's header with backend code: in workers, as the
+                    // service does, so a strange file cannot crash the command.
+                    if let Ok(host) = PluginHost::discover_with(&dir, worker_command(config)?) {
                         store.set_estimator(estimator(Arc::new(host)));
                     }
                     let present = store.present(&store.scan(), &config.planner);

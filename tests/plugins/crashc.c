@@ -10,7 +10,8 @@
  *   hang   never returns;
  *   fork-segv  starts a child process that keeps the worker's pipes open (sleeps 300 s), then
  *          writes through a null pointer.
- * `load-segv` crashes in `load` instead. Before a fault it logs an error line through the host's
+ * `load-segv` crashes in `load` instead. Built with -DCRASHC_PROBE_FAULT='"MODE"' (segv, hang, …)
+ * it fails that way in `probe`, before any model. Before a fault it logs an error line through the host's
  * logger, so the host can report the plugin's last words. Not a model: nothing here reads text.
  * Tokens are bytes (id = byte + 1); the chat template concatenates the message contents.
  */
@@ -56,8 +57,13 @@ static void set_logger(R1LogFn log, void *user_data) {
     g_log_data = user_data;
 }
 
+static void fault(const char *mode);
+
 static R1Status probe(R1OwnedStr *out_json, R1OwnedStr *out_error) {
     (void)out_error;
+#ifdef CRASHC_PROBE_FAULT
+    fault(CRASHC_PROBE_FAULT);
+#endif
     *out_json = owned("{\"available\": true, \"score\": 1, \"formats\": [\"crashc\"]}");
     return R1_OK;
 }

@@ -124,6 +124,15 @@ pub enum BackendError {
         /// How it ended.
         reason: String,
     },
+    /// Opening or probing the plugin in a worker process failed: `reason` is the error the
+    /// worker met (the same text as in process) or how the worker ended (a crash, a hang).
+    #[error("{reason}")]
+    ProbeFailed {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A plugin returned JSON we could not read.
     #[error("plugin {backend} returned malformed {what}: {source}")]
     BadJson {
@@ -152,6 +161,8 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
     /// What `probe` reported at discovery.
     fn probe_report(&self) -> &ProbeReport;
+    /// The plugin's own version string (its table's `version`).
+    fn version(&self) -> &str;
     /// Loads a model; `progress(fraction)` returns false to abort.
     ///
     /// # Errors
@@ -261,8 +272,12 @@ impl PluginHost {
         PluginHost::discover_with(dir, None)
     }
 
-    /// As [`PluginHost::discover`]; with `worker`, each backend loads its models in a worker
-    /// process started by that command (see [`worker`]), and probes stay in this process.
+    /// As [`PluginHost::discover`]; with `worker`, each plugin is opened and probed in a worker
+    /// process started by that command, which ends after the probe (at most
+    /// [`worker::PROBE_TIMEOUT`] or the command's hang timeout, the shorter), and each backend
+    /// loads its models and answers estimates in workers too (see [`worker`]). r1d itself then
+    /// never opens a plugin: a plugin that crashes or hangs while opened or probed is recorded
+    /// with why and skipped, like one whose ABI does not match.
     ///
     /// # Errors
     /// As [`PluginHost::discover`].
@@ -289,13 +304,43 @@ impl PluginHost {
             backends: Vec::new(),
             records: Vec::new(),
         };
-        for path in paths {
-            match DylibBackend::open(&path) {
+        // Each plugin is opened and probed in a short-lived worker when models run in workers:
+        // a plugin's initialisers and probe are backend code too (a GPU runtime's, say) and must
+        // not take r1d down. The probes run at once, one thread each, so start-up waits for the
+        // slowest, not for their sum.
+        let opened: Vec<Result<std::sync::Arc<dyn Backend>, BackendError>> = match &worker {
+            Some(command) => std::thread::scope(|scope| {
+                let probes: Vec<_> = paths
+                    .iter()
+                    .map(|path| scope.spawn(|| worker::probe_in_worker(command, path)))
+                    .collect();
+                probes
+                    .into_iter()
+                    .map(|probe| {
+                        probe.join().unwrap_or_else(|_| {
+                            Err(BackendError::ProbeFailed {
+                                path: PathBuf::new(),
+                                reason: "the thread probing a plugin panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            }),
+            None => paths
+                .iter()
+                .map(|path| {
+                    DylibBackend::open(path)
+                        .map(|b| std::sync::Arc::new(b) as std::sync::Arc<dyn Backend>)
+                })
+                .collect(),
+        };
+        for (path, opened) in paths.into_iter().zip(opened) {
+            match opened {
                 Ok(backend) => {
                     let report = backend.probe_report().clone();
                     tracing::info!(
                         plugin = backend.name(),
-                        version = backend.version,
+                        version = backend.version(),
                         available = report.available,
                         formats = ?report.formats,
                         "found backend plugin {}",
@@ -307,7 +352,7 @@ impl PluginHost {
                     host.records.push(PluginRecord {
                         path: path.clone(),
                         name: Some(backend.name().to_owned()),
-                        version: Some(backend.version.clone()),
+                        version: Some(backend.version().to_owned()),
                         probe: Some(report.clone()),
                         error: if report.available {
                             None
@@ -316,15 +361,7 @@ impl PluginHost {
                         },
                     });
                     if report.available {
-                        let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(backend);
-                        host.backends.push(match &worker {
-                            Some(command) => std::sync::Arc::new(worker::WorkerBackend {
-                                inner: backend,
-                                plugin: path.clone(),
-                                command: command.clone(),
-                            }),
-                            None => backend,
-                        });
+                        host.backends.push(backend);
                     }
                 }
                 Err(e) => {
@@ -733,6 +770,10 @@ impl Backend for DylibBackend {
 
     fn probe_report(&self) -> &ProbeReport {
         &self.probe
+    }
+
+    fn version(&self) -> &str {
+        &self.version
     }
 
     fn load(

@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -77,6 +77,12 @@ pub enum ToWorker {
         plugin: PathBuf,
         /// The load parameters (the ABI's JSON document).
         params: LoadParams,
+    },
+    /// Open the plugin file and probe it (request id 0): its name, version and probe report.
+    /// A worker asked this does nothing else.
+    Probe {
+        /// The plugin library.
+        plugin: PathBuf,
     },
     /// Tokenize text (see `tokenize` in `r1_plugin.h`).
     Tokenize {
@@ -135,6 +141,15 @@ pub enum FromWorker {
     Estimated {
         /// The estimate (the ABI's JSON document).
         estimate: Option<Box<Estimate>>,
+    },
+    /// The answer to `Probe`.
+    Probed {
+        /// The backend's name (its table's `name`).
+        name: String,
+        /// The plugin's version (its table's `version`).
+        version: String,
+        /// What its `probe` reported (the ABI's JSON document).
+        report: Box<ProbeReport>,
     },
     /// A tokenize request's answer.
     Tokens {
@@ -255,21 +270,80 @@ impl WorkerCommand {
     }
 }
 
-/// A backend whose models are loaded in a worker process. Name and probe report come from the
-/// plugin as the host discovered it (probed in r1d's process).
+/// The longest a plugin may take to be opened and probed in its worker before it is killed as
+/// hung (or the command's hang timeout, when shorter). r1d's start waits for its probes, and
+/// systemd's default start timeout is 90 s; a GPU runtime's first initialisation takes seconds.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens and probes the plugin at `path` in a worker process of its own (which ends with the
+/// answer) and returns the backend it is: models loaded with it run in workers too.
+///
+/// # Errors
+/// [`BackendError::ProbeFailed`] with the error the worker met opening or probing the plugin
+/// (the same text as in process: permissions, no entry point, ABI version, the probe's own
+/// error), or how the worker ended when the plugin crashed it or hung.
+pub(crate) fn probe_in_worker(
+    command: &WorkerCommand,
+    path: &Path,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    let failed = |reason: String| BackendError::ProbeFailed {
+        path: path.to_owned(),
+        reason,
+    };
+    let label = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned();
+    let probe_command = WorkerCommand {
+        hang_timeout: command.hang_timeout.min(PROBE_TIMEOUT),
+        ..command.clone()
+    };
+    let conn = Conn::spawn(&probe_command, &label)?;
+    let _guard = CloseOnDrop(Some(conn.clone()));
+    let replies = conn.register(LOAD_ID)?;
+    conn.send(&ToWorker::Probe {
+        plugin: path.to_owned(),
+    })?;
+    match replies.recv() {
+        Ok(Reply::Probed(name, version, report)) => Ok(Arc::new(WorkerBackend {
+            name,
+            version,
+            probe: *report,
+            plugin: path.to_owned(),
+            command: command.clone(),
+        })),
+        Ok(Reply::Failed(_, message)) => Err(failed(message)),
+        Ok(other) => Err(failed(conn.protocol_error(&other).to_string())),
+        Err(_) => Err(failed(format!(
+            "opening and probing {} failed: {}",
+            path.display(),
+            conn.died()
+        ))),
+    }
+}
+
+/// A backend whose plugin was probed, and whose models are loaded and estimates made, in worker
+/// processes: r1d never opens the plugin itself.
 pub(crate) struct WorkerBackend {
-    pub(crate) inner: Arc<dyn Backend>,
-    pub(crate) plugin: PathBuf,
-    pub(crate) command: WorkerCommand,
+    name: String,
+    version: String,
+    probe: ProbeReport,
+    plugin: PathBuf,
+    command: WorkerCommand,
 }
 
 impl Backend for WorkerBackend {
     fn name(&self) -> &str {
-        self.inner.name()
+        &self.name
     }
 
     fn probe_report(&self) -> &ProbeReport {
-        self.inner.probe_report()
+        &self.probe
+    }
+
+    fn version(&self) -> &str {
+        &self.version
     }
 
     fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
@@ -377,6 +451,7 @@ enum Reply {
     Progress(f32),
     Loaded(Box<ModelInfo>),
     Estimated(Option<Box<Estimate>>),
+    Probed(String, String, Box<ProbeReport>),
     Tokens(Vec<i32>),
     Piece(Vec<u8>, i32),
     Done(Box<GenerateResult>),
@@ -637,6 +712,11 @@ impl Conn {
                 FromWorker::Progress { fraction } => (LOAD_ID, Reply::Progress(fraction)),
                 FromWorker::Loaded { info } => (LOAD_ID, Reply::Loaded(info)),
                 FromWorker::Estimated { estimate } => (LOAD_ID, Reply::Estimated(estimate)),
+                FromWorker::Probed {
+                    name,
+                    version,
+                    report,
+                } => (LOAD_ID, Reply::Probed(name, version, report)),
                 FromWorker::Tokens { id, tokens } => (id, Reply::Tokens(tokens)),
                 FromWorker::Piece { id, bytes, token } => (id, Reply::Piece(bytes, token)),
                 FromWorker::Done { id, result } => (id, Reply::Done(result)),
@@ -650,6 +730,7 @@ impl Conn {
                 reply,
                 Reply::Loaded(_)
                     | Reply::Estimated(_)
+                    | Reply::Probed(..)
                     | Reply::Tokens(_)
                     | Reply::Done(_)
                     | Reply::Failed(..)

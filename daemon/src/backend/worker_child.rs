@@ -244,6 +244,17 @@ impl State {
                     Err(e) => self.failed(0, &e),
                 }
             }
+            ToWorker::Probe { plugin } => match super::open_plugin(&plugin) {
+                Ok(backend) => send(
+                    &self.out,
+                    &FromWorker::Probed {
+                        name: backend.name().to_owned(),
+                        version: backend.version().to_owned(),
+                        report: Box::new(backend.probe_report().clone()),
+                    },
+                ),
+                Err(e) => self.failed(0, &e),
+            },
             ToWorker::Tokenize {
                 id,
                 text,

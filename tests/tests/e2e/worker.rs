@@ -363,26 +363,85 @@ async fn a_served_model_file_that_changes_on_disk_is_reloaded_or_refused() {
 /// Builds the C test plugin `tests/plugins/crashc.c` against `plugins/abi/r1_plugin.h` into a
 /// plugin directory of its own; `None` (skipped, or failed under CI) without a C compiler.
 fn crashc_plugin_dir() -> Option<tempfile::TempDir> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
+    build_crashc(&dir.path().join("libr1_plugin_crashc.so"), &[]).then_some(dir)
+}
+
+/// Builds `tests/plugins/crashc.c` into `out` with extra `cc` arguments; false (skipped, or a
+/// panic under CI) without a C compiler.
+fn build_crashc(out: &std::path::Path, extra: &[&str]) -> bool {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-O1", "-I"])
         .arg(root.join("plugins/abi"))
+        .args(extra)
         .arg(root.join("tests/plugins/crashc.c"))
         .arg("-o")
-        .arg(dir.path().join("libr1_plugin_crashc.so"))
+        .arg(out)
         .status();
     match built {
-        Ok(s) if s.success() => Some(dir),
+        Ok(s) if s.success() => true,
         other => {
             let why = format!("no C compiler built tests/plugins/crashc.c ({other:?})");
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{why}");
             }
             eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
-            None
+            false
         }
     }
+}
+
+#[tokio::test]
+async fn a_plugin_that_crashes_or_hangs_while_probed_is_recorded_and_the_others_serve() {
+    let plugins = r1d_tests::plugin_dir(&["echo"]);
+    for mode in ["segv", "hang"] {
+        let out = plugins.path().join(format!("libr1_plugin_probe{mode}.so"));
+        if !build_crashc(&out, &[&format!("-DCRASHC_PROBE_FAULT=\"{mode}\"")]) {
+            return;
+        }
+    }
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(models.path(), r#"{"name": "echo-beside-bad-plugins"}"#);
+    // A short hang timeout, so the hung probe is given up after 2 s, not 30.
+    let config = format!("{}[plugins]\nhang_timeout_s = 2\n", echo_config(&model));
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        plugin_dir: Some(plugins.path()),
+        ..Default::default()
+    });
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    // r1d opened none of the plugins itself: the bad ones took only their probe workers down.
+    let answer = daemon.client().chat(&ask("still here")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "STILL HERE");
+    let list = daemon.backends().await;
+    let error_of = |file: &str| {
+        let record = list
+            .backends
+            .iter()
+            .find(|b| b.path.ends_with(file))
+            .unwrap_or_else(|| panic!("{file} is listed: {list:?}"));
+        assert!(record.name.is_none(), "{record:?}");
+        record.error.clone().expect("an error")
+    };
+    let segv = error_of("libr1_plugin_probesegv.so");
+    assert!(segv.contains("SIGSEGV"), "{segv}");
+    assert!(
+        segv.contains("crashc: about to fail with 'segv'"),
+        "the plugin's last log line is kept: {segv}"
+    );
+    assert!(segv.contains("libr1_plugin_probesegv.so"), "{segv}");
+    let hang = error_of("libr1_plugin_probehang.so");
+    assert!(hang.contains("made no progress"), "{hang}");
+    assert!(hang.contains("libr1_plugin_probehang.so"), "{hang}");
+    let echo = list
+        .backends
+        .iter()
+        .find(|b| b.name.as_deref() == Some("echo"))
+        .unwrap();
+    assert!(echo.error.is_none(), "{echo:?}");
+    // The probe workers are gone; only the model's worker is left.
+    assert_eq!(workers_of(daemon.pid()).len(), 1);
 }
 
 #[tokio::test]
