@@ -849,29 +849,86 @@ impl Conn {
     }
 }
 
-/// Kills a worker that has work but shows no progress for `timeout`.
+/// How much of one core a silent worker must use, over the last `hang_timeout`, to count as
+/// working rather than hung (low, so a worker starved by a busy machine still counts): one `llama_decode` of a long prompt batch on a slow CPU (a 70B on
+/// two cores takes minutes for 512 tokens) reports nothing until it returns, but computes; a
+/// deadlock or a blocked read computes nothing.
+const BUSY_SHARE: f64 = 0.05;
+
+/// A silent worker that keeps computing is still killed after this many hang timeouts (an
+/// endless loop computes too).
+const BUSY_LIMIT: u32 = 10;
+
+/// The CPU time the process `pid` has used, all its threads (`utime` + `stime` of
+/// `/proc/PID/stat`, in clock ticks: `proc(5)`); `None` when it cannot be read.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name: state is field 3, utime and stime fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Kills a worker that has work but shows no progress for `timeout`: one request silent for
+/// that long while others progress (a stuck answer), or the whole worker silent and not
+/// computing (at least [`BUSY_SHARE`] of a core over the last `timeout`); a silent worker that
+/// computes is given [`BUSY_LIMIT`] × `timeout`.
 fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
+    // Clock ticks per second: 100 on every Linux ABI r1d is built for (`USER_HZ`).
+    const TICKS_PER_S: f64 = 100.0;
+    let mut samples: std::collections::VecDeque<(Instant, u64)> = Default::default();
     loop {
         std::thread::sleep(Duration::from_millis(250).min(timeout));
         let Some(conn) = conn.upgrade() else { return };
         if Conn::lock(&conn.dead).is_some() || conn.closing.load(Ordering::SeqCst) {
             return;
         }
-        // The longest any waiting call has gone without a reply: one answer that hangs while
-        // others go on counts as much as a worker that hangs altogether.
-        let stalled = Conn::lock(&conn.pending)
-            .values()
-            .map(|(_, at)| at.elapsed())
-            .max();
-        if let Some(quiet) = stalled.filter(|q| *q > timeout) {
-            *Conn::lock(&conn.killed_for) = Some(format!(
+        let now = Instant::now();
+        if let Some(ticks) = cpu_ticks(conn.pid) {
+            samples.push_back((now, ticks));
+        }
+        while samples.len() > 1 && now.duration_since(samples[1].0) >= timeout {
+            samples.pop_front();
+        }
+        // The longest any waiting call has gone without a reply, and the shortest (how long
+        // the worker as a whole has been silent).
+        let (longest, shortest) = {
+            let pending = Conn::lock(&conn.pending);
+            let ages = pending.values().map(|(_, at)| at.elapsed());
+            (ages.clone().max(), ages.min())
+        };
+        let Some(quiet) = longest.filter(|q| *q > timeout) else {
+            continue;
+        };
+        let computing = match (samples.front(), samples.back()) {
+            (Some(&(t0, c0)), Some(&(t1, c1))) if t1.duration_since(t0) >= timeout / 2 => {
+                let used = c1.saturating_sub(c0) as f64 / TICKS_PER_S;
+                used >= BUSY_SHARE * t1.duration_since(t0).as_secs_f64()
+            }
+            _ => false,
+        };
+        let all_silent = shortest.is_some_and(|s| s > timeout);
+        if all_silent && computing && quiet < timeout * BUSY_LIMIT {
+            continue;
+        }
+        let why = if all_silent && computing {
+            format!(
+                "it made no progress for {:.0} s while computing ({BUSY_LIMIT} × \
+                 [plugins] hang_timeout_s: an endless loop inside the plugin)",
+                quiet.as_secs_f64()
+            )
+        } else {
+            format!(
                 "a request to it made no progress for {:.0} s (a hang inside the plugin; \
                  [plugins] hang_timeout_s)",
                 quiet.as_secs_f64()
-            ));
-            conn.kill();
-            return;
-        }
+            )
+        };
+        *Conn::lock(&conn.killed_for) = Some(why);
+        conn.kill();
+        return;
     }
 }
 

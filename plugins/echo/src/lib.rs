@@ -26,6 +26,9 @@
 //!   (SIGSEGV), calls `abort()`, calls `exit(3)`, or never returns — the faults no `catch_unwind`
 //!   can turn into an error, for tests of the host's worker process; `"crash_load": "segv"` (or
 //!   another of these) in the model file does the same in `load`;
+//! - a prompt containing `[[busy:N]]` (N seconds, 1–600): `generate` computes for N seconds
+//!   before its first token, reporting nothing, as one long prompt batch of a big model on a slow
+//!   CPU does (for the host's hang watch, which must tell it from a hang);
 //! - a prompt containing `[[slow]]`: 50 ms between tokens, and the words repeat until `max_tokens`
 //!   (for cancellation and disconnect tests);
 //! - a prompt containing `[[flood]]`: no pause between tokens, and the words repeat until
@@ -368,6 +371,9 @@ impl Model for EchoModel {
                 crash(kind);
             }
         }
+        if let Some(seconds) = busy_seconds(&prompt) {
+            busy_for(Duration::from_secs(seconds));
+        }
         if prompt.contains("[[fail]]") {
             return Err(PluginError::backend(
                 "echo: generation failure requested by the prompt",
@@ -549,6 +555,24 @@ mod tests {
         let path = std::env::temp_dir().join(format!("echo-unit-{}.echo", std::process::id()));
         std::fs::write(&path, content).unwrap();
         path.to_string_lossy().into_owned()
+    }
+}
+
+/// The N of a `[[busy:N]]` switch in the prompt (1–600 s).
+fn busy_seconds(prompt: &str) -> Option<u64> {
+    let (_, rest) = prompt.split_once("[[busy:")?;
+    let (n, _) = rest.split_once("]]")?;
+    n.parse().ok().filter(|n| (1..=600).contains(n))
+}
+
+/// Keeps one core busy for `how_long` without reporting anything.
+fn busy_for(how_long: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < how_long {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
     }
 }
 

@@ -215,6 +215,26 @@ async fn a_hung_backend_is_killed_after_hang_timeout_s_and_the_model_restarted()
 }
 
 #[tokio::test]
+async fn a_worker_that_computes_silently_longer_than_hang_timeout_s_is_not_killed() {
+    // One prompt batch of a big model on a slow CPU reports nothing for minutes but computes:
+    // here 4 s of computing with nothing reported, against a 1 s hang timeout.
+    let (daemon, _m) = echo_daemon("[plugins]\nhang_timeout_s = 1\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let pid = workers_of(daemon.pid());
+    let answer = daemon
+        .client()
+        .chat(&ask("thinking hard [[busy:4]]"))
+        .await
+        .expect("a worker that computes is not hung");
+    assert_eq!(
+        answer.choices[0].message.content,
+        "THINKING HARD [[BUSY:4]]"
+    );
+    assert_eq!(workers_of(daemon.pid()), pid, "the same worker served it");
+    assert!(daemon.client().health().await.unwrap().last_crash.is_none());
+}
+
+#[tokio::test]
 async fn a_model_that_crashes_three_times_in_a_row_is_left_for_the_previous_one() {
     let models = tempfile::tempdir().unwrap();
     let good = models.path().join("good.echo");
