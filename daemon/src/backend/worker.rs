@@ -916,7 +916,8 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
         let why = if all_silent && computing {
             format!(
                 "it made no progress for {:.0} s while computing ({BUSY_LIMIT} × \
-                 [plugins] hang_timeout_s: an endless loop inside the plugin)",
+                 [plugins] hang_timeout_s: an endless loop inside the plugin, or one prompt \
+                 batch slower than that — raise hang_timeout_s for such a model)",
                 quiet.as_secs_f64()
             )
         } else {
