@@ -160,7 +160,7 @@ pub struct Finished {
 }
 
 /// One chat request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatJob {
     /// The conversation or raw prompt.
     pub input: PromptInput,
@@ -369,6 +369,10 @@ enum Job {
     Ping(oneshot::Sender<()>),
     /// The resident model's worker died (sent by its failure hook): restart it.
     Recover,
+    /// A chat whose model worker was found dead by its first call (tokenizing the prompt: it was
+    /// dispatched onto a worker that was already dying): served again, once, by the restarted
+    /// model.
+    Retry(ChatJob),
 }
 
 /// Handle to the engine; cheap to clone.
@@ -904,23 +908,29 @@ impl Worker {
             None => self.publish_no_model(),
         }
         // Requests held back while a stopped load's successor is queued (see `Job::Chat`).
-        let mut deferred: std::collections::VecDeque<ChatJob> = Default::default();
+        // Each with whether it may still be retried once (see `Job::Retry`).
+        let mut deferred: std::collections::VecDeque<(ChatJob, bool)> = Default::default();
         while let Some(job) = rx.blocking_recv() {
             self.shared.beat();
             // A worker that died is restarted before anything else is served on it.
             self.recover_if_failed();
             match job {
                 Job::Recover => {}
-                Job::Chat(job) => {
+                Job::Chat(_) | Job::Retry(_) => {
+                    let (job, may_retry) = match job {
+                        Job::Chat(job) => (job, true),
+                        Job::Retry(job) => (job, false),
+                        _ => unreachable!("matched above"),
+                    };
                     if self.model.is_none()
                         && self.shared.load_generation.load(Ordering::SeqCst) > self.generation
                     {
                         // A load was stopped for a newer one queued behind this request: the
                         // request waits for that model instead of failing on none.
-                        deferred.push_back(job);
+                        deferred.push_back((job, may_retry));
                         continue;
                     }
-                    self.dispatch(job);
+                    self.dispatch(job, may_retry);
                 }
                 Job::Load(spec, generation, reply) => {
                     // Answers in flight finish on the old model (or end at once, preempted).
@@ -937,8 +947,8 @@ impl Worker {
                     self.generation = generation;
                     let _ = reply.send(self.swap(spec));
                     if self.shared.load_generation.load(Ordering::SeqCst) <= self.generation {
-                        for job in deferred.drain(..) {
-                            self.dispatch(job);
+                        for (job, may_retry) in deferred.drain(..) {
+                            self.dispatch(job, may_retry);
                         }
                     }
                 }
@@ -952,8 +962,8 @@ impl Worker {
                     }
                     self.publish_no_model();
                     let _ = reply.send(());
-                    for job in deferred.drain(..) {
-                        self.dispatch(job);
+                    for (job, may_retry) in deferred.drain(..) {
+                        self.dispatch(job, may_retry);
                     }
                 }
                 Job::Ping(reply) => {
@@ -969,7 +979,8 @@ impl Worker {
         rx.close();
         while let Ok(job) = rx.try_recv() {
             match job {
-                Job::Chat(job) => deferred.push_back(job),
+                Job::Chat(job) => deferred.push_back((job, false)),
+                Job::Retry(job) => deferred.push_back((job, false)),
                 Job::Load(_, _, reply) => {
                     let _ = reply.send(Err(EngineError::ShuttingDown));
                 }
@@ -982,8 +993,8 @@ impl Worker {
                 Job::Recover => {}
             }
         }
-        for job in deferred.drain(..) {
-            self.dispatch(job);
+        for (job, _) in deferred.drain(..) {
+            self.dispatch(job, false);
         }
         // Unload before the thread ends so the plugin releases its memory in order, and only
         // once no answer runs inside it.
@@ -1390,7 +1401,10 @@ impl Worker {
     /// Starts `job` on a thread of its own once fewer than the parallel limit of answers run
     /// (the resident model's `parallel_sequences`, capped by `[server] parallel`); until then the
     /// engine thread waits and the queue behind it fills (503 when full).
-    fn dispatch(&mut self, job: ChatJob) {
+    /// Runs `job` on a thread of its own once a sequence is free. With `may_retry`, a job whose
+    /// worker turns out dead before it delivered anything goes back to the queue once
+    /// ([`Job::Retry`]) and waits for the restart, instead of failing.
+    fn dispatch(&mut self, job: ChatJob, may_retry: bool) {
         let active = ActiveGuard(self.shared.clone());
         if job.reply.is_closed() {
             return;
@@ -1411,6 +1425,8 @@ impl Worker {
         let slot = SlotGuard(self.slots.clone());
         self.shared.running.fetch_add(1, Ordering::SeqCst);
         let answer = Answer {
+            retry: may_retry.then(|| self.jobs.clone()),
+            lost_before_delivery: std::cell::Cell::new(false),
             shared: self.shared.clone(),
             config: self.config.clone(),
             model: self.model.clone(),
@@ -1443,6 +1459,11 @@ impl Worker {
 
 /// What one answer's thread needs: the engine's shared state, its settings and the model.
 struct Answer {
+    /// Where a job goes back to when its worker died before it delivered anything (`None`: it
+    /// was retried already).
+    retry: Option<mpsc::WeakSender<Job>>,
+    /// Set when the model's worker was found dead by this answer's first call (tokenize).
+    lost_before_delivery: std::cell::Cell<bool>,
     shared: Arc<Shared>,
     config: EngineConfig,
     model: Option<Arc<dyn LoadedModel>>,
@@ -1462,8 +1483,28 @@ impl Answer {
         }
         let running = metrics::gauge!(crate::telemetry::RUNNING);
         running.increment(1.0);
+        let again = self.retry.is_some().then(|| job.clone());
         let outcome = self.run_chat(job);
         running.decrement(1.0);
+        if let (Err(e), Some(job)) = (&outcome, again) {
+            if self.lost_before_delivery.get() {
+                let queue = self.retry.as_ref().and_then(|q| q.upgrade());
+                // Admitted again: this thread's `ActiveGuard` ends the first admission, the
+                // dispatch of the retry ends the second.
+                self.shared.active.fetch_add(1, Ordering::SeqCst);
+                let requeued = queue.is_some_and(|q| q.try_send(Job::Retry(job)).is_ok());
+                if !requeued {
+                    self.shared.active.fetch_sub(1, Ordering::SeqCst);
+                }
+                if requeued {
+                    tracing::info!(
+                        "an answer's model worker died before it delivered anything ({e}); \
+                         the request waits for the restart and is served again"
+                    );
+                    return;
+                }
+            }
+        }
         match outcome {
             Ok(()) => {
                 self.shared.answers_ok.fetch_add(1, Ordering::SeqCst);
@@ -1523,9 +1564,20 @@ impl Answer {
         };
         // BOS exactly once: the template's, or the tokenizer's when the template has none.
         let add_special = info.add_bos_token && !has_bos;
-        let tokens = model
-            .tokenize(&text, add_special, true)
-            .map_err(|e| EngineError::Backend(e.to_string()))?;
+        let tokens = model.tokenize(&text, add_special, true).map_err(|e| {
+            if let crate::backend::BackendError::WorkerDied { .. } = e {
+                // Its first call found the worker dead: what killed it was not this request's
+                // generation (the OOM killer, a SIGKILL while idle), so it is served again by the
+                // restarted worker rather than failed. A crash in `generate` is not retried: the
+                // request may be its cause.
+                self.lost_before_delivery.set(true);
+                return EngineError::Backend(format!(
+                    "{e}; this request is lost (retry); r1d loads the model again in a new \
+                     worker unless it keeps crashing (see /r1/status)"
+                ));
+            }
+            EngineError::Backend(e.to_string())
+        })?;
         // User content: only at trace level, never at info (docs/architecture.md, cross-cutting: user content).
         tracing::trace!(prompt = %text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;

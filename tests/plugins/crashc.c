@@ -8,6 +8,7 @@
  *   stack  recurses until the stack overflows;
  *   exit   calls _exit(4);
  *   hang   never returns;
+ *   spin   never returns, computing all the while;
  *   fork-segv  starts a child process that keeps the worker's pipes open (sleeps 300 s), then
  *          writes through a null pointer.
  * `load-segv` crashes in `load` instead. Built with -DCRASHC_PROBE_FAULT='"MODE"' (segv, hang, …)
@@ -97,6 +98,9 @@ static void fault(const char *mode) {
         _exit(4);
     } else if (strcmp(mode, "hang") == 0) {
         for (;;) pause();
+    } else if (strcmp(mode, "spin") == 0) {
+        for (volatile unsigned long i = 0;; i++) {
+        }
     }
 }
 

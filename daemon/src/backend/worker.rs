@@ -247,6 +247,9 @@ pub struct WorkerCommand {
     /// How long a worker with work to do may show no progress before it is killed as hung
     /// (`[plugins] hang_timeout_s`, default [`crate::config::DEFAULT_HANG_TIMEOUT`]).
     pub hang_timeout: Duration,
+    /// How many hang timeouts a silent worker that keeps computing is given (see
+    /// [`BUSY_LIMIT`]); 1 gives it none (a probe: r1d's start waits for it).
+    pub busy_limit: u32,
 }
 
 impl WorkerCommand {
@@ -266,6 +269,7 @@ impl WorkerCommand {
             arg0: path.into_os_string(),
             args: vec![WORKER_ARG.into()],
             hang_timeout,
+            busy_limit: BUSY_LIMIT,
         })
     }
 }
@@ -297,6 +301,7 @@ pub(crate) fn probe_in_worker(
         .into_owned();
     let probe_command = WorkerCommand {
         hang_timeout: command.hang_timeout.min(PROBE_TIMEOUT),
+        busy_limit: 1,
         ..command.clone()
     };
     let conn = Conn::spawn(&probe_command, &label)?;
@@ -481,6 +486,8 @@ struct Conn {
     /// The last thing the worker said on stderr or logged as an error.
     last_words: Mutex<Option<String>>,
     on_death: Mutex<Option<DeathHook>>,
+    /// When the worker last sent a frame (a heartbeat counts).
+    last_frame: Mutex<Instant>,
     /// Set once the worker is reaped: its pid may then belong to another process, so nothing is
     /// signalled any more (held while signalling and while reaping).
     reaped: Mutex<bool>,
@@ -539,6 +546,7 @@ impl Conn {
             last_words: Mutex::new(None),
             on_death: Mutex::new(None),
             reaped: Mutex::new(false),
+            last_frame: Mutex::new(Instant::now()),
         });
         tracing::debug!(backend, pid, "started a plugin worker");
         let _ = std::thread::Builder::new()
@@ -567,8 +575,8 @@ impl Conn {
             .name("r1d-worker-watch".into())
             .spawn({
                 let conn = Arc::downgrade(&conn);
-                let timeout = command.hang_timeout;
-                move || watch(conn, timeout)
+                let (timeout, busy_limit) = (command.hang_timeout, command.busy_limit);
+                move || watch(conn, timeout, busy_limit)
             })
             .map_err(|e| conn.spawn_error(e))?;
         Ok(conn)
@@ -690,6 +698,7 @@ impl Conn {
                     break;
                 }
             };
+            *Self::lock(&self.last_frame) = Instant::now();
             let (id, reply) = match message {
                 FromWorker::Log {
                     level,
@@ -874,8 +883,10 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 /// Kills a worker that has work but shows no progress for `timeout`: one request silent for
 /// that long while others progress (a stuck answer), or the whole worker silent and not
 /// computing (at least [`BUSY_SHARE`] of a core over the last `timeout`); a silent worker that
-/// computes is given [`BUSY_LIMIT`] × `timeout`.
-fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
+/// computes is given `busy_limit` × `timeout`. A worker that sends nothing at all, not even its
+/// heartbeat, for `timeout` (at least 5 heartbeats) is killed too, idle or not: a stopped or
+/// frozen worker is found before the next request waits on it.
+fn watch(conn: std::sync::Weak<Conn>, timeout: Duration, busy_limit: u32) {
     // Clock ticks per second: 100 on every Linux ABI r1d is built for (`USER_HZ`).
     const TICKS_PER_S: f64 = 100.0;
     let mut samples: std::collections::VecDeque<(Instant, u64)> = Default::default();
@@ -886,6 +897,16 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
             return;
         }
         let now = Instant::now();
+        let unheard = Conn::lock(&conn.last_frame).elapsed();
+        if unheard > timeout.max(BEAT_INTERVAL * 5) {
+            *Conn::lock(&conn.killed_for) = Some(format!(
+                "it sent nothing, not even its heartbeat, for {:.0} s (stopped or frozen; \
+                 [plugins] hang_timeout_s)",
+                unheard.as_secs_f64()
+            ));
+            conn.kill();
+            return;
+        }
         if let Some(ticks) = cpu_ticks(conn.pid) {
             samples.push_back((now, ticks));
         }
@@ -910,12 +931,12 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration) {
             _ => false,
         };
         let all_silent = shortest.is_some_and(|s| s > timeout);
-        if all_silent && computing && quiet < timeout * BUSY_LIMIT {
+        if all_silent && computing && quiet < timeout * busy_limit {
             continue;
         }
         let why = if all_silent && computing {
             format!(
-                "it made no progress for {:.0} s while computing ({BUSY_LIMIT} × \
+                "it made no progress for {:.0} s while computing ({busy_limit} × \
                  [plugins] hang_timeout_s: an endless loop inside the plugin, or one prompt \
                  batch slower than that — raise hang_timeout_s for such a model)",
                 quiet.as_secs_f64()

@@ -37,6 +37,16 @@ fn plugin_workers() -> Vec<(u32, Option<u32>)> {
         .collect()
 }
 
+/// Sends the signal named `name` (`KILL`, `STOP`, …) to `pid` with kill(1).
+fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
 /// The pids of `parent`'s worker processes.
 fn workers_of(parent: u32) -> Vec<u32> {
     plugin_workers()
@@ -235,6 +245,54 @@ async fn a_worker_that_computes_silently_longer_than_hang_timeout_s_is_not_kille
 }
 
 #[tokio::test]
+async fn an_idle_worker_that_is_stopped_is_found_and_restarted_before_the_next_request() {
+    // A heartbeat limit of 5 s (five heartbeats; the hang timeout is shorter).
+    let (daemon, _m) = echo_daemon("[plugins]\nhang_timeout_s = 1\n");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    assert!(client.health().await.unwrap().last_crash.is_none());
+    let [stopped] = workers_of(daemon.pid())[..] else {
+        panic!("one worker")
+    };
+    signal(stopped, "STOP");
+    // Nobody asks anything: r1d finds the frozen worker by its missing heartbeat.
+    let crash = until(&daemon, 30, "the stopped worker to be reported", || async {
+        daemon
+            .client()
+            .health()
+            .await
+            .ok()
+            .and_then(|h| h.last_crash)
+    })
+    .await;
+    assert!(crash.contains("not even its heartbeat"), "{crash}");
+    ready_again(&daemon).await;
+    let workers = workers_of(daemon.pid());
+    assert!(!workers.contains(&stopped), "the stopped worker was killed");
+    let answer = client.chat(&ask("thawed")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "THAWED");
+}
+
+#[tokio::test]
+async fn a_request_sent_right_after_the_idle_worker_is_killed_is_served_by_the_new_one() {
+    let (daemon, _m) = echo_daemon("");
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let client = daemon.client();
+    for round in 0..3 {
+        let [worker] = workers_of(daemon.pid())[..] else {
+            panic!("one worker")
+        };
+        // The OOM killer's way; the request follows at once, before r1d may have seen the end.
+        signal(worker, "KILL");
+        let answer = client
+            .chat(&ask(&format!("round {round}")))
+            .await
+            .expect("it waits for the restart: it had received nothing yet");
+        assert_eq!(answer.choices[0].message.content, format!("ROUND {round}"));
+    }
+}
+
+#[tokio::test]
 async fn a_model_that_crashes_three_times_in_a_row_is_left_for_the_previous_one() {
     let models = tempfile::tempdir().unwrap();
     let good = models.path().join("good.echo");
@@ -261,9 +319,17 @@ async fn a_model_that_crashes_three_times_in_a_row_is_left_for_the_previous_one(
         assert!(err.to_string().contains("SIGABRT"), "crash {crash}: {err}");
         ready_again(&daemon).await;
     }
-    // After the third, `bad` is not loaded again: `good` serves, and status says why.
-    let status = client.status().await.unwrap();
-    assert_eq!(status.model.as_ref().map(|m| m.name.as_str()), Some("good"));
+    // After the third, `bad` is not loaded again: `good` serves (once the engine has taken the
+    // restart job the crash queued), and status says why.
+    let status = until(&daemon, 30, "the previous model to serve", || async {
+        daemon
+            .client()
+            .status()
+            .await
+            .ok()
+            .filter(|s| s.model.as_ref().is_some_and(|m| m.name == "good"))
+    })
+    .await;
     let watch = status.watch.unwrap();
     let why = watch.last_load_error.unwrap_or_default();
     assert!(
@@ -415,7 +481,7 @@ fn build_crashc(out: &std::path::Path, extra: &[&str]) -> bool {
 #[tokio::test]
 async fn a_plugin_that_crashes_or_hangs_while_probed_is_recorded_and_the_others_serve() {
     let plugins = r1d_tests::plugin_dir(&["echo"]);
-    for mode in ["segv", "hang"] {
+    for mode in ["segv", "hang", "spin"] {
         let out = plugins.path().join(format!("libr1_plugin_probe{mode}.so"));
         if !build_crashc(&out, &[&format!("-DCRASHC_PROBE_FAULT=\"{mode}\"")]) {
             return;
@@ -454,6 +520,12 @@ async fn a_plugin_that_crashes_or_hangs_while_probed_is_recorded_and_the_others_
     let hang = error_of("libr1_plugin_probehang.so");
     assert!(hang.contains("made no progress"), "{hang}");
     assert!(hang.contains("libr1_plugin_probehang.so"), "{hang}");
+    // A probe that computes forever gets no extra time: r1d's start waits for it.
+    let spin = error_of("libr1_plugin_probespin.so");
+    assert!(
+        spin.contains("made no progress for 2 s"),
+        "killed at the hang timeout, not at 10 times it: {spin}"
+    );
     let echo = list
         .backends
         .iter()
