@@ -516,6 +516,11 @@ fn estimator(host: Arc<PluginHost>, cache: std::path::PathBuf) -> r1d::store::Es
     Arc::new(move |spec| {
         let key = Key::of(spec, &plugins);
         if let Some(hit) = key.as_ref().and_then(|k| cache.get(k)) {
+            tracing::debug!(
+                "memory estimate of {} from the cache {}",
+                spec.params.path,
+                cache.path().display()
+            );
             return Some(hit);
         }
         match r1d::engine::estimate(&host, spec) {

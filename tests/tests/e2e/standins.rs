@@ -103,6 +103,10 @@ async fn r1d_chooses_a_present_standin_by_the_plan_and_serves_it() {
         .find(|c| Some(c.variant.as_str()) == m.variant.as_deref())
         .unwrap_or_else(|| panic!("r1d serves {:?}, not a present stand-in", m.variant));
     assert!(served.fits, "{served:?}");
+    eprintln!(
+        "serving {} {:?}: {}\n32B Q8_0: {}",
+        served.variant, m.quantization, served.reason, too_big.reason
+    );
     // The planner's ranking: no present stand-in that fits and is fast enough is better.
     let fast = |c: &r1d_client::wire::PlanCandidate| c.fits && !c.reason.contains("under the");
     if fast(served) {
@@ -160,9 +164,7 @@ async fn r1d_chooses_a_present_standin_by_the_plan_and_serves_it() {
     let conn = bus.wait_for_r1d(&daemon).await;
     let manager = r1d_client::dbus::Manager1Proxy::new(&conn).await.unwrap();
     assert_eq!(manager.state().await.unwrap(), "ready");
-    let (variant, quantization, _backend, _reason, _plan) = manager.get_plan().await.unwrap();
-    assert_eq!(Some(variant.as_str()), m.variant.as_deref());
-    assert_eq!(quantization, "Q4_K_M");
+    assert_eq!(manager.active_model().await.unwrap(), m.name);
     let chat = r1d_client::dbus::Chat1Proxy::new(&conn).await.unwrap();
     let mut options = std::collections::HashMap::new();
     options.insert("max_tokens", zbus::zvariant::Value::from(8u32));
@@ -188,6 +190,74 @@ async fn r1d_chooses_a_present_standin_by_the_plan_and_serves_it() {
             .any(|l| l.starts_with("quantization") && l.contains("Q4_K_M")),
         "{text}"
     );
+}
+
+/// `r1d plan` keeps each file's backend estimate in `$XDG_CACHE_HOME/r1d/memory-estimates.json`:
+/// the second plan takes it from there (its debug log says so) with the same figures, and a file
+/// whose modification time changed is estimated again.
+#[tokio::test]
+async fn plan_takes_a_files_estimate_from_the_cache_until_the_file_changes() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(dir) = standins() else { return };
+    let models = tempfile::Builder::new()
+        .prefix(".e2e-models-")
+        .tempdir_in(&dir)
+        .unwrap();
+    let file = models.path().join(SMALL);
+    link_into(&dir.join(SMALL), &file);
+    let cfg = models.path().join("plan.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndir = {:?}\nscan_huggingface = false\nscan_ollama = false\n",
+            models.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let cache = models.path().join("cache");
+    let plan = || {
+        let out = Command::new(binary("r1d"))
+            .args(["--user", "--config"])
+            .arg(&cfg)
+            .arg("--plugin-dir")
+            .arg(r1d_tests::bin_dir())
+            .args(["plan", "--json"])
+            .env("XDG_DATA_HOME", models.path().join("data"))
+            .env("XDG_CACHE_HOME", &cache)
+            .env("RUST_LOG", "r1d=debug")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
+        let c = plan.candidates.into_iter().find(|c| c.present).unwrap();
+        assert_eq!(c.memory_source.as_deref(), Some("backend"), "{c:?}");
+        (c.ram_bytes, log.contains("from the cache"))
+    };
+    let (first, cached) = plan();
+    assert!(!cached, "the first plan found a cache");
+    let entries = |path: &std::path::Path| -> usize {
+        let text = std::fs::read_to_string(path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["entries"].as_array().unwrap().len()
+    };
+    let cache_file = cache.join("r1d/memory-estimates.json");
+    assert_eq!(entries(&cache_file), 1);
+    let (second, cached) = plan();
+    assert!(cached, "the second plan did not use the cache");
+    assert_eq!(first, second);
+
+    // Another modification time: another file as far as the cache is concerned. (A hard link:
+    // the stand-in's own time changes, and is put back.)
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(modified + std::time::Duration::from_secs(1))
+        .unwrap();
+    let (third, cached) = plan();
+    f.set_modified(modified).unwrap();
+    assert!(!cached, "a changed file's estimate came from the cache");
+    assert_eq!(third, first);
+    assert_eq!(entries(&cache_file), 2);
 }
 
 /// The memory cgroup this test process is in, as a directory a child can be made in, and the
