@@ -13,8 +13,9 @@
 //! - the load's parameters the estimate depends on: context length, GPU layers, main GPU,
 //!   sequences, threads, batch size, KV cache type, mmap, the backend asked for;
 //! - the plugins: every plugin file of the plugin directory with its name, version, length and
-//!   modification time (a rebuilt or upgraded plugin estimates again), and r1d's own version and
-//!   [`FORMAT`] (how an ABI estimate becomes a [`BackendEstimate`]).
+//!   modification time (a rebuilt or upgraded plugin estimates again), and r1d's own version,
+//!   executable (length, modification time) and [`FORMAT`] (how an ABI estimate becomes a
+//!   [`BackendEstimate`]).
 //!
 //! The file is JSON, `{"format": FORMAT, "entries": [{"key": …, "estimate": …}]}`, at
 //! [`crate::paths::estimate_cache`]: `/var/cache/r1d/memory-estimates.json` (system, systemd's
@@ -99,7 +100,8 @@ impl Key {
     }
 }
 
-/// The plugins an estimate may come from, as one string: r1d's version, [`FORMAT`], and per
+/// The plugins an estimate may come from, as one string: r1d's version, [`FORMAT`], the length
+/// and modification time of r1d's executable, and per
 /// plugin file (`(path, name, version)` as the plugin host recorded them) its name, version,
 /// length and modification time. A plugin file that cannot be examined counts with no length.
 pub fn plugins_fingerprint<'a>(
@@ -107,7 +109,15 @@ pub fn plugins_fingerprint<'a>(
 ) -> String {
     use std::fmt::Write as _;
     use std::os::unix::fs::MetadataExt as _;
-    let mut out = format!("r1d {} format {FORMAT}", env!("CARGO_PKG_VERSION"));
+    // r1d's own executable too: a rebuilt r1d may turn an ABI estimate into other figures.
+    let exe = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .ok()
+        .map(|m| (m.len(), m.mtime(), m.mtime_nsec()));
+    let mut out = format!(
+        "r1d {} format {FORMAT} exe {exe:?}",
+        env!("CARGO_PKG_VERSION")
+    );
     for (path, name, version) in plugins {
         let m = std::fs::metadata(path).ok();
         let _ = write!(
@@ -317,6 +327,21 @@ mod tests {
                 Some(estimate(1))
             );
         }
+    }
+
+    /// A plugin rebuilt (another length or modification time) or of another version is another
+    /// fingerprint, so its estimates are asked again.
+    #[test]
+    fn a_changed_plugin_changes_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let so = dir.path().join("libr1_plugin_x.so");
+        std::fs::write(&so, b"plugin").unwrap();
+        let print = |version| plugins_fingerprint([(so.as_path(), Some("x"), Some(version))]);
+        let before = print("1");
+        assert_eq!(print("1"), before);
+        assert_ne!(print("2"), before);
+        std::fs::write(&so, b"plugin, rebuilt").unwrap();
+        assert_ne!(print("1"), before);
     }
 
     /// The file keeps the most recent [`MAX_ENTRIES`].
