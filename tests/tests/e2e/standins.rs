@@ -336,7 +336,15 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        // The model's worker process ends a moment after r1d (its parent-death signal): the
+        // cgroup is busy until then.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("could not remove the cgroup {}", self.0.display());
     }
 }
 
