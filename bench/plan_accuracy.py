@@ -60,15 +60,38 @@ def mem_available():
     return 0
 
 
+def descendants(pid):
+    """pid and every process below it (r1d runs each model in a worker child process)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 def rss(pid):
-    """(Rss, anonymous, file-backed) bytes of pid, from /proc/PID/smaps_rollup."""
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                fields[parts[0][:-1]] = int(parts[1]) * 1024
-    total, anon = fields.get("Rss", 0), fields.get("Anonymous", 0)
+    """(Rss, anonymous, file-backed) bytes of pid and its descendants (the model's worker
+    process), from /proc/PID/smaps_rollup. A page both map counts twice: r1d itself does not map
+    the model file, so the sum is what the service holds."""
+    total = anon = 0
+    for p in descendants(pid):
+        fields = {}
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                        fields[parts[0][:-1]] = int(parts[1]) * 1024
+        except OSError:
+            continue
+        total += fields.get("Rss", 0)
+        anon += fields.get("Anonymous", 0)
     return total, anon, total - anon
 
 
@@ -298,7 +321,7 @@ def main():
           "no_alloc dry run of the file (the plugin's estimate, `r1d plan --json` with the file "
           "present), both without r1d's own 0.27 GB; f-err = (formula - llama.cpp) / llama.cpp. "
           "plan: what r1d plans with the file present (llama.cpp + 0.27 GB). Measured: Rss of "
-          "the r1d process = anonymous + file-backed (/proc/PID/smaps_rollup) after the load "
+          "r1d and its model's worker process = anonymous + file-backed (/proc/PID/smaps_rollup) after the load "
           "and after one answer; err = (plan - measured) / measured, negative = r1d held more "
           "than it planned.\n")
     print(f"{'variant':<22} {'quant':<7} {'file':>6} {'formula':>7} {'llama':>6} {'f-err':>6} "

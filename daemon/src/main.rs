@@ -261,7 +261,7 @@ async fn serve() -> anyhow::Result<()> {
     };
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
-    store.set_estimator(estimator(host.clone()));
+    store.set_estimator(estimator(host.clone(), r1d::paths::estimate_cache(mode)));
     let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
     // What the file says against the configured load (a directory that is no model, a context
@@ -491,8 +491,6 @@ fn load_spec(args: &Args, config: &Config) -> Option<LoadSpec> {
     })
 }
 
-/// The store's [`r1d::store::Estimator`]: asks the file's backend plugin; a failure is logged
-/// and the planner falls back to its formula.
 /// How plugins are opened, probed and run: in worker processes started from this executable
 /// unless `[plugins] isolation = "in-process"` (then `None`).
 fn worker_command(config: &Config) -> anyhow::Result<Option<r1d::backend::WorkerCommand>> {
@@ -508,15 +506,41 @@ fn worker_command(config: &Config) -> anyhow::Result<Option<r1d::backend::Worker
     })
 }
 
-fn estimator(host: Arc<PluginHost>) -> r1d::store::Estimator {
-    Arc::new(move |spec| match r1d::engine::estimate(&host, spec) {
-        Ok(estimate) => estimate,
-        Err(e) => {
-            tracing::warn!(
-                "failed to estimate the memory of {}, planning it by the catalog formula: {e}",
-                spec.params.path
+/// The store's [`r1d::store::Estimator`]: asks the file's backend plugin, unless `cache`
+/// (`r1d::paths::estimate_cache`) already holds the estimate for this file, load and set of
+/// plugins; a failure is logged and the planner falls back to its formula.
+fn estimator(host: Arc<PluginHost>, cache: std::path::PathBuf) -> r1d::store::Estimator {
+    use r1d::store::estimate_cache::{plugins_fingerprint, EstimateCache, Key};
+    let plugins = plugins_fingerprint(
+        host.records()
+            .iter()
+            .map(|r| (r.path.as_path(), r.name.as_deref(), r.version.as_deref())),
+    );
+    let cache = EstimateCache::open(cache);
+    Arc::new(move |spec| {
+        let key = Key::of(spec, &plugins);
+        if let Some(hit) = key.as_ref().and_then(|k| cache.get(k)) {
+            tracing::debug!(
+                "memory estimate of {} from the cache {}",
+                spec.params.path,
+                cache.path().display()
             );
-            None
+            return Some(hit);
+        }
+        match r1d::engine::estimate(&host, spec) {
+            Ok(estimate) => {
+                if let (Some(key), Some(e)) = (key, &estimate) {
+                    cache.put(key, e.clone());
+                }
+                estimate
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "failed to estimate the memory of {}, planning it by the catalog formula: {e}",
+                    spec.params.path
+                );
+                None
+            }
         }
     })
 }
@@ -571,7 +595,10 @@ fn one_shot(
                     // Estimates read each file's header with backend code: in workers, as the
                     // service does, so a strange file cannot crash the command.
                     if let Ok(host) = PluginHost::discover_with(&dir, worker_command(config)?) {
-                        store.set_estimator(estimator(Arc::new(host)));
+                        store.set_estimator(estimator(
+                            Arc::new(host),
+                            r1d::paths::estimate_cache(mode),
+                        ));
                     }
                     let present = store.present(&store.scan(), &config.planner);
                     (hw, present)

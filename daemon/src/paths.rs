@@ -90,6 +90,16 @@ pub fn bandwidth_cache(mode: Mode) -> PathBuf {
     }
 }
 
+/// The cache of backends' memory estimates (`store::estimate_cache`):
+/// `/var/cache/r1d/memory-estimates.json` (system) or
+/// `$XDG_CACHE_HOME/r1d/memory-estimates.json` (user, default `~/.cache`).
+pub fn estimate_cache(mode: Mode) -> PathBuf {
+    match mode {
+        Mode::System => "/var/cache/r1d/memory-estimates.json".into(),
+        Mode::User => xdg_dir("XDG_CACHE_HOME", ".cache").join("r1d/memory-estimates.json"),
+    }
+}
+
 /// The Hugging Face hub cache as `huggingface_hub` finds it: `$HF_HUB_CACHE`, `$HF_HOME/hub`,
 /// `$XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`.
 pub fn hf_cache() -> PathBuf {

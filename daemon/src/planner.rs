@@ -86,7 +86,7 @@ pub struct Present {
 
 /// A backend's own figures for one load (the plugin ABI's `estimate`), host memory only, in
 /// bytes: what llama.cpp's no-allocation dry run reports for a CPU-only load of one sequence.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct BackendEstimate {
     /// Context length per sequence the figures are for (tokens), as the backend rounded it.
     pub context_length: u32,

@@ -12,12 +12,15 @@
 //!   truncated with both sizes, and is never chosen.
 //! - [`pull`]: downloads with resume and sha256 verification, into a directory per repository
 //!   (`MODELS/hf.co/OWNER/REPO/FILE`); files pulled flat into `MODELS/` before that still count.
+//! - [`estimate_cache`]: backends' memory estimates of present files, kept on disk between runs
+//!   by file identity, load parameters and plugin versions.
 //! - [`select`]: the best present DeepSeek-R1 by the planner's ranking (pure; the supervisor
 //!   decides whether to load it).
 //!
 //! **Architecture invariants**: other tools' stores are never written; knows neither HTTP nor
 //! JSON wire shapes (the `api` modules convert).
 
+pub mod estimate_cache;
 pub mod gguf;
 pub mod onnx;
 pub mod pull;

@@ -18,7 +18,7 @@ const THINKER: &str = "hmm let me see</think>The answer";
 
 /// The tools these tests drive; when one is missing the test says so loudly and skips (under
 /// `CI=true` it fails). `scripts/install-build-deps --test` installs them.
-fn tools_present(tools: &[&str]) -> bool {
+pub(crate) fn tools_present(tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
@@ -46,15 +46,15 @@ fn tools_present(tools: &[&str]) -> bool {
 }
 
 /// A private `dbus-daemon`; killed on drop.
-struct Bus {
+pub(crate) struct Bus {
     child: Child,
-    address: String,
+    pub(crate) address: String,
     dir: tempfile::TempDir,
 }
 
 impl Bus {
     /// A session bus.
-    fn session() -> Bus {
+    pub(crate) fn session() -> Bus {
         let dir = tempfile::Builder::new()
             .prefix("r1d-bus-")
             .tempdir()
@@ -149,7 +149,7 @@ impl Bus {
     }
 
     /// Waits up to 30 s until r1d owns its name.
-    async fn wait_for_r1d(&self, daemon: &Daemon) -> zbus::Connection {
+    pub(crate) async fn wait_for_r1d(&self, daemon: &Daemon) -> zbus::Connection {
         let conn = self.connect().await;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
