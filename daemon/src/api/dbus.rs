@@ -1126,6 +1126,14 @@ fn opt_i64(key: &str, v: &Value<'_>) -> Result<i64, Error> {
         Value::I64(x) => *x,
         Value::U64(x) => i64::try_from(*x)
             .map_err(|_| Error::InvalidArgument(format!("option {key} is out of range")))?,
+        // A count sent as a double (`128.0`, what a JavaScript or Python client may send) is the
+        // same count when it is whole; -2^63 ≤ x < 2^63 converts exactly.
+        Value::F64(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.2e18 => *x as i64,
+        Value::F64(x) => {
+            return Err(Error::InvalidArgument(format!(
+                "option {key} must be a whole number, not {x}"
+            )))
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
                 "option {key} must be an integer, not of type {}",

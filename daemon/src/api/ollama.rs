@@ -25,6 +25,7 @@ use r1d_client::ollama::{
     Message as OMessage, Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think,
     Version,
 };
+use r1d_client::wire;
 use serde_json::Value;
 
 use super::answer::{self, Collected, Encoder, Out};
@@ -32,6 +33,18 @@ use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
 use crate::chat::{self, Channel, Message, ModelProfile, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
+
+/// Ollama `options` that are load-time settings (`docs/modelfile.md`): r1d's config and planner
+/// decide them for the resident model, so they are accepted and not acted on — but each must be a
+/// whole number.
+const LOAD_TIME_COUNTS: [&str; 6] = [
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "num_keep",
+];
 
 /// The Ollama routes.
 pub fn routes() -> Router<AppState> {
@@ -110,12 +123,24 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
                 .ok_or_else(|| bad(key, "a number")),
         }
     };
+    // Counts in any JSON spelling of a whole number (`128`, `128.0`, `1.28e2`); a fraction or
+    // another type is refused naming the key.
     let int = |key: &str| -> Result<Option<i64>, Response> {
         match options.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| bad(key, "an integer")),
+            Some(v) => wire::count::value::<i64>(v).map(Some).map_err(|why| {
+                fail(ApiError::invalid(
+                    Some(key),
+                    format!("invalid option {key}: {why}"),
+                ))
+            }),
         }
     };
+    // Load-time counts r1d's config and planner decide (accepted and not acted on), still
+    // checked to be counts, so that a malformed value is not silently taken.
+    for key in LOAD_TIME_COUNTS {
+        int(key)?;
+    }
     // Options Ollama documents whose samplers r1d does not run: the value that means "off" is
     // accepted, any other is refused by name.
     for (key, off) in [("mirostat", 0.0), ("typical_p", 1.0), ("tfs_z", 1.0)] {

@@ -1292,3 +1292,163 @@ async fn n_choices_are_generated_side_by_side_and_counted_once_for_the_prompt() 
         );
     }
 }
+
+/// Issue 17: a count (tokens, choices, a seed, top-k) takes every JSON spelling of a whole number
+/// (`2.0`, `4.2e1`), on every route, as JSON has one number type; a fraction is refused naming
+/// the field.
+#[tokio::test]
+async fn counts_take_every_json_spelling_of_a_whole_number_and_fractions_are_refused() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": THINKER}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // max_tokens / max_completion_tokens as floats: the answer stops there.
+    for extra in [
+        json!({"max_tokens": 2.0}),
+        json!({"max_completion_tokens": 2e0}),
+    ] {
+        let (status, body) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/chat/completions",
+            chat(extra.clone()),
+        )
+        .await;
+        assert_eq!(status, 200, "{extra}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 2, "{extra}: {body}");
+        assert_eq!(
+            v["choices"][0]["finish_reason"], "length",
+            "{extra}: {body}"
+        );
+    }
+    // n as a float: that many choices.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        chat(json!({"n": 2.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2, "{body}");
+    // seed and top_k as floats reach the backend as the whole numbers.
+    let (status, v) = params_of(
+        &daemon,
+        "/v1/chat/completions",
+        json!({"seed": 4.2e1, "top_k": 7.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let said = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(param(said, "seed"), "42", "{said}");
+    assert_eq!(param(said, "top_k"), "7", "{said}");
+    // Text completions.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": "one two three four", "max_tokens": 3.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{body}");
+    // Ollama options, load-time counts included.
+    let (status, v) = params_of(
+        &daemon,
+        "/api/chat",
+        json!({"options": {"seed": 7.0, "top_k": 5e0, "repeat_last_n": 3.2e1, "num_ctx": 4096.0,
+                           "num_thread": 4e0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let said = v["message"]["thinking"].as_str().unwrap();
+    assert_eq!(param(said, "seed"), "7", "{said}");
+    assert_eq!(param(said, "top_k"), "5", "{said}");
+    assert_eq!(param(said, "penalty_last_n"), "32", "{said}");
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "DeepSeek-R1 echo", "prompt": "one two three four", "raw": true,
+               "stream": false, "options": {"num_predict": 2.0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["eval_count"], 2, "{body}");
+    assert_eq!(v["done_reason"], "length", "{body}");
+
+    // A fraction, a negative count or a string is refused naming the field.
+    for (path, body, param, text) in [
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 1.5})),
+            "max_tokens",
+            "1.5 is not a whole number from 0 to 4294967295",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"n": 2.5})),
+            "n",
+            "2.5 is not a whole number",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_completion_tokens": -1})),
+            "max_completion_tokens",
+            "-1 is out of range",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "seed": "42"}),
+            "seed",
+            "expected a whole number",
+        ),
+    ] {
+        let (status, answer) = raw(&daemon, Method::POST, path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], param, "{answer}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{answer}"
+        );
+    }
+    for (options, key) in [
+        (json!({"num_predict": 1.5}), "num_predict"),
+        (json!({"seed": 0.5}), "seed"),
+        (json!({"num_ctx": 1024.5}), "num_ctx"),
+    ] {
+        let (status, v) = params_of(&daemon, "/api/chat", json!({ "options": options })).await;
+        assert_eq!(status, 400, "{options}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("invalid option {key}"))
+                && error.contains("not a whole number"),
+            "{options}: {error}"
+        );
+    }
+    // The native load request's counts are read the same way.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/r1/load",
+        json!({"path": "/nonexistent.gguf", "context_length": 512.5}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("context_length"), "{answer}");
+    // The daemon still serves.
+    let answer = daemon.client().chat(&ask(THINKER)).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "The answer");
+}
