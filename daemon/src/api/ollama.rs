@@ -426,11 +426,6 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             req.template.as_ref().is_some_and(|t| !t.is_empty()),
             "r1d renders the model's own chat template",
         ),
-        (
-            "context",
-            req.context.as_ref().is_some_and(|c| !c.is_empty()),
-            "r1d returns no context; send the conversation to /api/chat",
-        ),
     ] {
         if set {
             return fail(ApiError::invalid(
@@ -458,6 +453,12 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         return Json(Lines::generate(model).line(String::new(), None, true, load_only_stats()))
             .into_response();
     }
+    let context = req.context.clone().unwrap_or_default();
+    if let Err((param, message)) = answer::check_token_ids(&state.engine, "context", &context) {
+        return fail(ApiError::invalid(Some(&param), message));
+    }
+    // Checked: each id is from 0 to the vocabulary size, below 2^31.
+    let context: Vec<i32> = context.into_iter().map(|id| id as i32).collect();
     let input = if req.raw {
         PromptInput::Raw(req.prompt.clone())
     } else {
@@ -475,6 +476,14 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             ..Default::default()
         });
         PromptInput::Chat(messages)
+    };
+    let input = if context.is_empty() {
+        input
+    } else {
+        PromptInput::After {
+            context,
+            then: Box::new(input),
+        }
     };
     let admitted = match answer::admit(&state.engine, input, sampling, format).await {
         Ok(a) => a,
@@ -547,6 +556,7 @@ impl Lines {
                 response: text,
                 thinking,
                 done,
+                context: None,
                 stats,
             }),
         }
@@ -554,6 +564,16 @@ impl Lines {
 }
 
 impl Lines {
+    /// The `done` line: the stats, and for `/api/generate` the `context` (the token ids of the
+    /// prompt and the answer), as Ollama's final object carries them.
+    fn done_line(&self, text: String, thinking: Option<String>, finished: &Finished) -> Value {
+        let mut line = self.line(text, thinking, true, stats(finished));
+        if matches!(self.route, Route::Generate) {
+            line["context"] = Value::from(finished.tokens.clone());
+        }
+        line
+    }
+
     /// The chat line of a whole answer with tools: the text outside the calls and the calls.
     fn tool_line(&self, answer: &str, done: bool, stats: Stats) -> Value {
         let (text, calls) = chat::parse_tool_calls(answer);
@@ -593,7 +613,7 @@ impl Encoder for Lines {
             let held = std::mem::take(&mut self.held);
             out.push(self.tool_line(&held, false, Stats::default()));
         }
-        out.push(self.line(String::new(), None, true, stats(finished)));
+        out.push(self.done_line(String::new(), None, finished));
         out
     }
 
@@ -615,7 +635,7 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
         }) => {
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
             if !lines.tools {
-                return Json(lines.line(content, thinking, true, stats(&finished))).into_response();
+                return Json(lines.done_line(content, thinking, &finished)).into_response();
             }
             // Tools are a chat field: the thinking goes into the message.
             let mut line = lines.tool_line(&content, true, stats(&finished));

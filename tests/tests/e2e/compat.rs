@@ -871,7 +871,6 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         (json!({"images": ["AAAA"]}), "images"),
         (json!({"suffix": "x"}), "suffix"),
         (json!({"template": "{{ .Prompt }}"}), "template"),
-        (json!({"context": [1, 2, 3]}), "context"),
         (json!({"format": "json"}), "format"),
     ] {
         let mut body = json!({"model": "DeepSeek-R1 echo", "prompt": "hi", "stream": false});
@@ -1451,4 +1450,110 @@ async fn counts_take_every_json_spelling_of_a_whole_number_and_fractions_are_ref
     // The daemon still serves.
     let answer = daemon.client().chat(&ask(THINKER)).await.unwrap();
     assert_eq!(answer.choices[0].message.content, "The answer");
+}
+
+/// Issue 17: `/api/generate` returns `context` (the token ids of the prompt and the answer) in
+/// its final object, streamed or not, raw or templated, and a request that sends it back goes on
+/// from there: the ids come before the new prompt, which gets no second BOS.
+#[tokio::test]
+async fn ollama_generate_returns_context_and_continues_from_it() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let daemon = &daemon;
+    let generate = |extra: Value| {
+        let mut body = json!({"model": "DeepSeek-R1 echo", "stream": false});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        async move {
+            let (status, answer) = raw(daemon, Method::POST, "/api/generate", body).await;
+            assert_eq!(status, 200, "{answer}");
+            serde_json::from_str::<Value>(&answer).unwrap()
+        }
+    };
+    let ids = |v: &Value| -> Vec<i64> {
+        v["context"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no context in {v}"))
+            .iter()
+            .map(|id| id.as_i64().unwrap())
+            .collect()
+    };
+    // Templated: the context holds the prompt's tokens, then the answer's.
+    let first = generate(json!({"prompt": "alpha beta"})).await;
+    // R1 without `think`: the reasoning inline, its tag opened by the prompt.
+    assert_eq!(first["response"], "<think>\nalpha beta", "{first}");
+    let context = ids(&first);
+    let (prompt_n, eval_n) = (
+        first["prompt_eval_count"].as_u64().unwrap() as usize,
+        first["eval_count"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(eval_n, 2, "{first}");
+    assert_eq!(context.len(), prompt_n + eval_n, "{first}");
+    // The same prompt alone, to count its tokens (BOS included).
+    let alone = generate(json!({"prompt": "gamma"})).await;
+    let alone_n = alone["prompt_eval_count"].as_u64().unwrap() as usize;
+    assert_eq!(ids(&alone).len(), alone_n + 1, "{alone}");
+    // Sent back: the prompt is the context, then the new turn without a second BOS.
+    let next = generate(json!({"prompt": "gamma", "context": context})).await;
+    assert_eq!(next["response"], "<think>\ngamma", "{next}");
+    assert_eq!(
+        next["prompt_eval_count"].as_u64().unwrap() as usize,
+        context.len() + alone_n - 1,
+        "{next}"
+    );
+    let next_context = ids(&next);
+    assert_eq!(&next_context[..context.len()], &context[..], "{next}");
+
+    // Raw: the echo answers the first line of its whole prompt, so the answer shows the context
+    // is there, in order, before the new text.
+    let first = generate(json!({"prompt": "one two", "raw": true})).await;
+    // The echo answers the first line of its prompt: the tokenizer's BOS, then the text.
+    assert_eq!(first["response"], "<|bos|>one two", "{first}");
+    let next = generate(json!({"prompt": " three", "raw": true, "context": ids(&first)})).await;
+    let text = next["response"].as_str().unwrap();
+    assert_eq!(text, "<|bos|>one two<|bos|>one two three", "{next}");
+
+    // Streamed: only the final line carries it.
+    let (status, body) = raw(
+        daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "DeepSeek-R1 echo", "prompt": "alpha beta"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, rest) = lines.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    assert_eq!(ids(last), context, "{body}");
+    assert!(rest.iter().all(|l| l.get("context").is_none()), "{body}");
+
+    // Ids that are not token ids, or not in the vocabulary, are refused naming the field; the
+    // daemon serves on.
+    for (context, text) in [
+        (json!([1, -1]), "context[1]"),
+        (json!([1, 5000000000i64]), "context[1]"),
+        (
+            json!([1_048_576]),
+            "context[0]: 1048576 is not a token id in the vocabulary",
+        ),
+    ] {
+        let (status, answer) = raw(
+            daemon,
+            Method::POST,
+            "/api/generate",
+            json!({"model": "DeepSeek-R1 echo", "prompt": "hi", "stream": false,
+                   "context": context}),
+        )
+        .await;
+        assert_eq!(status, 400, "{context}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(text), "{answer}");
+    }
+    let again = generate(json!({"prompt": "alpha beta"})).await;
+    assert_eq!(again["response"], "<think>\nalpha beta");
 }
