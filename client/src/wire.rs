@@ -238,7 +238,7 @@ pub struct CompletionRequest {
     /// Model name (see [`ChatCompletionRequest::model`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// The prompt: a string, or an array holding one string.
+    /// The prompt: a string, strings, token ids or token-id arrays (see [`CompletionPrompt`]).
     pub prompt: CompletionPrompt,
     /// Stream as server-sent events.
     #[serde(default)]
@@ -317,14 +317,23 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
 }
 
-/// The prompt of a text completion.
+/// The prompt of a text completion, in the four shapes OpenAI's Completions reference gives:
+/// a string, an array of strings (one choice per prompt), an array of token ids, or an array of
+/// token-id arrays.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged, expecting = "a string or an array holding one string")]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of token ids or an array of token-id arrays"
+)]
 pub enum CompletionPrompt {
     /// One prompt.
     One(String),
-    /// Several prompts (only one is supported).
+    /// One prompt as token ids (given to the model as they are: no BOS is added).
+    Tokens(Vec<i64>),
+    /// Several prompts: one choice each, in order.
     Many(Vec<String>),
+    /// Several prompts as token ids.
+    ManyTokens(Vec<Vec<i64>>),
 }
 
 impl Default for CompletionPrompt {
@@ -338,7 +347,7 @@ impl Default for CompletionPrompt {
 pub struct CompletionChoice {
     /// The text (a piece of it, when streamed).
     pub text: String,
-    /// Always 0.
+    /// Which prompt (several prompts) or choice (`n`) this is, from 0.
     pub index: u32,
     /// Always null (log probabilities are not reported).
     pub logprobs: Option<serde_json::Value>,
@@ -435,7 +444,7 @@ pub struct AssistantMessage {
 /// One choice of a non-streamed answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Choice {
-    /// Always 0 (r1d generates one choice).
+    /// Which choice (`n`) this is, from 0.
     pub index: u32,
     /// The answer.
     pub message: AssistantMessage,
@@ -485,7 +494,7 @@ pub struct Delta {
 /// One choice of a streamed chunk.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChunkChoice {
-    /// Always 0.
+    /// Which choice (`n`) the delta belongs to, from 0.
     pub index: u32,
     /// What is new.
     pub delta: Delta,

@@ -1268,19 +1268,12 @@ async fn n_choices_are_generated_side_by_side_and_counted_once_for_the_prompt() 
         three.usage.total_tokens,
         three.usage.prompt_tokens + three.usage.completion_tokens
     );
-    // Streaming several choices is refused by name, as is n on text completions.
-    for (path, body, text) in [
-        (
-            "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true}),
-            "with stream is not supported",
-        ),
-        (
-            "/v1/completions",
-            json!({"prompt": "hi", "n": 2}),
-            "/v1/chat/completions",
-        ),
-    ] {
+    // Streaming several choices is refused by name.
+    for (path, body, text) in [(
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true}),
+        "with stream is not supported",
+    )] {
         let (status, answer) = raw(&daemon, Method::POST, path, body).await;
         assert_eq!(status, 400, "{path}: {answer}");
         let v: Value = serde_json::from_str(&answer).unwrap();
@@ -1556,4 +1549,162 @@ async fn ollama_generate_returns_context_and_continues_from_it() {
     }
     let again = generate(json!({"prompt": "alpha beta"})).await;
     assert_eq!(again["response"], "<think>\nalpha beta");
+}
+
+/// The SSE `data:` payloads of a streamed answer, `[DONE]` last when it ended well.
+fn sse_events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 17: `/v1/completions` takes every prompt shape OpenAI's reference gives — several
+/// prompts (one choice each, `index` in order, streamed too), token ids, several token arrays —
+/// and `n` choices per prompt; an empty prompt list or an id outside the vocabulary is refused
+/// naming the field.
+#[tokio::test]
+async fn text_completion_takes_several_prompts_and_token_ids() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let complete = |body: Value| async {
+        let (status, answer) = raw(&daemon, Method::POST, "/v1/completions", body).await;
+        assert_eq!(status, 200, "{answer}");
+        serde_json::from_str::<Value>(&answer).unwrap()
+    };
+    // Several prompts: one choice per prompt, in order; usage adds up.
+    let one = complete(json!({"prompt": "<|user|>alpha beta"})).await;
+    let v = complete(
+        json!({"prompt": ["<|user|>alpha beta", "<|user|>gamma", "<|user|>delta epsilon zeta"]}),
+    )
+    .await;
+    let texts: Vec<(u64, &str)> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["index"].as_u64().unwrap(), c["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![(0, "alpha beta"), (1, "gamma"), (2, "delta epsilon zeta")],
+        "{v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 2 + 1 + 3, "{v}");
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+            > one["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+    // Several prompts × n: index = prompt × n + choice.
+    let v = complete(json!({"prompt": ["<|user|>a", "<|user|>b"], "n": 2})).await;
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a", "a", "b", "b"], "{v}");
+
+    // Streamed: every chunk names its choice; each choice's text arrives whole; one usage chunk
+    // (include_usage) and one [DONE].
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": ["<|user|>alpha beta", "<|user|>gamma delta"], "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (usage, pieces) = chunks.split_last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(usage["usage"]["completion_tokens"], 4, "{body}");
+    let mut text = [String::new(), String::new()];
+    let mut finished = [0, 0];
+    for c in pieces {
+        assert!(
+            c.get("usage").is_none(),
+            "usage only in the last chunk: {c}"
+        );
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        text[i].push_str(choice["text"].as_str().unwrap());
+        if choice["finish_reason"] == "stop" {
+            finished[i] += 1;
+        }
+    }
+    assert_eq!(text, ["alpha beta", "gamma delta"], "{body}");
+    assert_eq!(finished, [1, 1], "{body}");
+
+    // Token ids: the ids of a prompt (Ollama's context of a raw generate gives them) answer as
+    // the text does; several arrays too.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "echo", "prompt": "<|user|>one two", "raw": true, "stream": false,
+               "options": {"num_predict": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let g: Value = serde_json::from_str(&body).unwrap();
+    let n_prompt = g["prompt_eval_count"].as_u64().unwrap() as usize;
+    let ids: Vec<i64> = g["context"].as_array().unwrap()[..n_prompt]
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let v = complete(json!({"prompt": ids})).await;
+    assert_eq!(v["choices"][0]["text"], "one two", "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], n_prompt, "{v}");
+    let v = complete(json!({"prompt": [ids, ids]})).await;
+    assert_eq!(v["choices"][1]["text"], "one two", "{v}");
+    assert_eq!(v["choices"][1]["index"], 1, "{v}");
+
+    // Refused naming the field.
+    for (prompt, param, text) in [
+        (json!([]), "prompt", "empty list"),
+        (json!([[1], []]), "prompt[1]", "empty list of token ids"),
+        (json!([1, -4]), "prompt[1]", "-4 is not a token id"),
+        (
+            json!([[1], [1_048_576]]),
+            "prompt[1][0]",
+            "1048576 is not a token id in the vocabulary",
+        ),
+        (json!([1, "a"]), "prompt", "a string, an array of strings"),
+        (
+            Value::from(vec!["x"; 17]),
+            "prompt",
+            "17 prompts are more than the 16",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/completions",
+            json!({ "prompt": prompt }),
+        )
+        .await;
+        assert_eq!(status, 400, "{prompt}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], param, "{prompt}: {answer}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{prompt}: {answer}"
+        );
+    }
 }
