@@ -232,6 +232,79 @@ pub struct ChatCompletionRequest {
     pub reasoning_format: Option<String>,
 }
 
+/// Body of `POST /v1/responses` (OpenAI's Responses API, text in and out). The fields that change
+/// the answer are named here, so the daemon honours each or refuses it by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResponsesRequest {
+    /// Model name (see [`ChatCompletionRequest::model`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A string (one user message) or a list of input items: messages (`role`, `content` as a
+    /// string or `input_text`/`output_text` parts); earlier `reasoning` items are accepted and
+    /// not re-sent to the model; other item types are refused.
+    pub input: serde_json::Value,
+    /// A system message before the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Most tokens to generate, reasoning included.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature, 0–2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling, 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Stream the answer as server-sent events (`response.*` events).
+    #[serde(default)]
+    pub stream: bool,
+    /// Continue a stored response: refused (r1d stores no responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
+    /// A stored conversation: refused (r1d stores none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<serde_json::Value>,
+    /// Tools: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `"auto"` or `"none"` accepted (there are no tools); others refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Accepted (there are no tools to call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text"}}` accepted; other formats refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
+    /// Reasoning options (`effort`, `summary`): refused when set (R1 always reasons, with no
+    /// effort levels, and writes no summaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<serde_json::Value>,
+    /// Extra output to include: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    /// `"disabled"` accepted; `"auto"` (dropping input to fit) refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<String>,
+    /// Log probabilities per position: refused above 0.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub top_logprobs: Option<u32>,
+    /// Run in the background: refused (`true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<bool>,
+    /// Stream options (`include_obfuscation`): accepted; r1d adds no obfuscation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<serde_json::Value>,
+}
+
 /// Body of `POST /v1/completions` (legacy OpenAI text completion: a raw prompt, no template).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CompletionRequest {

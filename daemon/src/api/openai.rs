@@ -40,27 +40,27 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// An error in OpenAI's shape.
-fn fail(e: impl Into<ApiError>) -> Response {
+pub(super) fn fail(e: impl Into<ApiError>) -> Response {
     e.into().respond(Shape::OpenAi)
 }
 
-fn invalid(param: Option<&str>, message: String) -> Response {
+pub(super) fn invalid(param: Option<&str>, message: String) -> Response {
     fail(ApiError::invalid(param, message))
 }
 
 /// A request body, parsed by the one parser; its errors in OpenAI's shape.
-fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
     error::parse(body).map_err(fail)
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let nanos = SystemTime::now()
@@ -79,29 +79,29 @@ fn new_id(prefix: &str) -> String {
 pub const MAX_CHOICES: u32 = 16;
 
 /// Request fields common to both routes, checked.
-struct Common {
-    sampling: Sampling,
-    include_usage: bool,
+pub(super) struct Common {
+    pub(super) sampling: Sampling,
+    pub(super) include_usage: bool,
 }
 
 /// The sampling fields both routes share, as the client sent them.
-struct Knobs<'a> {
-    model: Option<&'a str>,
-    n: Option<u32>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i32>,
-    min_p: Option<f32>,
-    seed: Option<i64>,
-    stop: Option<wire::Stop>,
-    stream_options: Option<&'a wire::StreamOptions>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
+pub(super) struct Knobs<'a> {
+    pub(super) model: Option<&'a str>,
+    pub(super) n: Option<u32>,
+    pub(super) max_tokens: Option<u32>,
+    pub(super) temperature: Option<f32>,
+    pub(super) top_p: Option<f32>,
+    pub(super) top_k: Option<i32>,
+    pub(super) min_p: Option<f32>,
+    pub(super) seed: Option<i64>,
+    pub(super) stop: Option<wire::Stop>,
+    pub(super) stream_options: Option<&'a wire::StreamOptions>,
+    pub(super) presence_penalty: Option<f32>,
+    pub(super) frequency_penalty: Option<f32>,
+    pub(super) logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
 }
 
-async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
+pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
     }
@@ -383,7 +383,7 @@ fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Respon
 }
 
 /// The name answers carry: the one `/v1/models` lists, else the engine's.
-async fn listed_or(state: &AppState, engine_name: String) -> String {
+pub(super) async fn listed_or(state: &AppState, engine_name: String) -> String {
     state
         .control
         .resident_names()

@@ -1708,3 +1708,103 @@ async fn text_completion_takes_several_prompts_and_token_ids() {
         );
     }
 }
+
+/// Issue 17: `POST /v1/responses` streams SSE events named by their `type` (what OpenAI's
+/// clients dispatch on), with no `[DONE]`, and refuses what it cannot honour by name (the
+/// official client's view: `clients::openai_python_client_responses_api_works_unchanged`).
+#[tokio::test]
+async fn responses_stream_named_events_and_refuse_by_name() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/responses",
+        json!({"input": THINKER, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let data = sse_events(&body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+    assert_eq!(names.len(), data.len(), "{body}");
+    for (name, d) in names.iter().zip(&data) {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["type"], *name, "{d}");
+    }
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ],
+        "{body}"
+    );
+    for (extra, param) in [
+        (json!({"input": 3}), "input"),
+        (json!({"input": []}), "input"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input[0].content[0]",
+        ),
+        (
+            json!({"input": [{"role": "robot", "content": "x"}]}),
+            "input[0].role",
+        ),
+        (json!({"conversation": "conv_1"}), "conversation"),
+        (json!({"background": true}), "background"),
+        (
+            json!({"include": ["reasoning.encrypted_content"]}),
+            "include",
+        ),
+        (json!({"truncation": "auto"}), "truncation"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"max_output_tokens": 1.5}), "max_output_tokens"),
+        (json!({"temperature": 3}), "temperature"),
+        (json!({"max_tokens": 3}), "max_tokens"),
+    ] {
+        let mut body = json!({"input": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = raw(&daemon, Method::POST, "/v1/responses", body).await;
+        assert_eq!(status, 400, "{extra}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], param, "{extra}: {answer}");
+    }
+    // Accepted because they mean "off" or do not change the answer.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/responses",
+        json!({"input": THINKER, "store": false, "metadata": {"a": "b"}, "tools": [],
+               "tool_choice": "auto", "text": {"format": {"type": "text"}}, "reasoning": {},
+               "truncation": "disabled", "parallel_tool_calls": true, "user": "u"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["output"][1]["content"][0]["text"], "The answer",
+        "{answer}"
+    );
+}
