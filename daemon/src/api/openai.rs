@@ -507,15 +507,6 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     };
     let with_tools = tools_offered(&req);
     let choices = req.n.unwrap_or(1);
-    if choices > 1 && req.stream {
-        return invalid(
-            Some("n"),
-            format!(
-                "n = {choices} with stream is not supported: r1d streams one choice per request; \
-                 ask without stream, or send {choices} streamed requests"
-            ),
-        );
-    }
     if choices > 1 && common.sampling.json_wrap.is_some() {
         return invalid(
             Some("n"),
@@ -532,20 +523,44 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     let id = new_id("chatcmpl");
     let created = unix_now();
     if req.stream {
-        let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
+        // Choice i streams beside the others, its seed (when set) moved by i; every chunk
+        // names its choice's index.
+        let jobs = (0..choices)
+            .map(|i| {
+                let mut sampling = common.sampling.clone();
+                sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i));
+                (input.clone(), sampling)
+            })
+            .collect();
+        let admitted = match admit_all(&state, jobs, format).await {
             Ok(a) => a,
-            Err(e) => return fail(e),
+            Err(r) => return r,
         };
-        let model = listed_or(&state, admitted.model).await;
-        let encoder = ChatEncoder {
-            id,
+        let model = listed_or(&state, admitted[0].model.clone()).await;
+        let encoder = |index: usize, include_usage: bool| ChatEncoder {
+            id: id.clone(),
             created,
-            model,
-            include_usage: common.include_usage,
+            model: model.clone(),
+            include_usage,
             tools: with_tools.then_some(req.parallel_tool_calls != Some(false)),
             held: String::new(),
+            index: index as u32,
         };
-        return sse(answer::encode(admitted.rx, encoder));
+        if admitted.len() == 1 {
+            let a = admitted.into_iter().next().expect("one answer");
+            return sse(answer::encode(a.rx, encoder(0, common.include_usage)));
+        }
+        let usage_chunk = json(&encoder(0, true).chunk(Delta::default(), None));
+        let streams = admitted
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| answer::encode(a.rx, encoder(i, false)).boxed())
+            .collect();
+        return sse(merged(
+            streams,
+            choices,
+            common.include_usage.then_some(usage_chunk),
+        ));
     }
     // Choice i > 0 is another answer to the same prompt, generated beside the others (its own
     // sequence; each is read as it comes, so none waits on an unread one); its seed, when one is
@@ -638,6 +653,8 @@ struct ChatEncoder {
     /// Tools offered: `Some(parallel_tool_calls)`, and the held-back answer.
     tools: Option<bool>,
     held: String,
+    /// The choice's `index` (`n`).
+    index: u32,
 }
 
 impl ChatEncoder {
@@ -648,7 +665,7 @@ impl ChatEncoder {
             created: self.created,
             model: self.model.clone(),
             choices: vec![ChunkChoice {
-                index: 0,
+                index: self.index,
                 delta,
                 finish_reason: finish.map(str::to_owned),
             }],

@@ -1268,21 +1268,62 @@ async fn n_choices_are_generated_side_by_side_and_counted_once_for_the_prompt() 
         three.usage.total_tokens,
         three.usage.prompt_tokens + three.usage.completion_tokens
     );
-    // Streaming several choices is refused by name.
-    for (path, body, text) in [(
+    // Streamed: the choices' chunks interleave, each naming its index; each choice's text
+    // arrives whole with one finishing chunk; one usage chunk (the prompt counted once) and one
+    // [DONE].
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
         "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true}),
-        "with stream is not supported",
-    )] {
-        let (status, answer) = raw(&daemon, Method::POST, path, body).await;
-        assert_eq!(status, 400, "{path}: {answer}");
-        let v: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["error"]["param"], "n", "{answer}");
+        json!({"messages": [{"role": "user", "content": THINKER}], "n": 3, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (usage, rest) = chunks.split_last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(usage["usage"]["prompt_tokens"], one.usage.prompt_tokens);
+    assert_eq!(
+        usage["usage"]["completion_tokens"],
+        3 * one.usage.completion_tokens
+    );
+    let mut content = vec![String::new(); 3];
+    let mut reasoning = vec![String::new(); 3];
+    let mut finished = [0; 3];
+    for c in rest {
         assert!(
-            v["error"]["message"].as_str().unwrap().contains(text),
-            "{answer}"
+            c.get("usage").is_none(),
+            "usage only in the last chunk: {c}"
         );
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        content[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        reasoning[i].push_str(choice["delta"]["reasoning_content"].as_str().unwrap_or(""));
+        if choice["finish_reason"] == "stop" {
+            finished[i] += 1;
+        }
     }
+    assert_eq!(content, ["The answer"; 3], "{body}");
+    assert_eq!(reasoning, ["hmm let me see"; 3], "{body}");
+    assert_eq!(finished, [1; 3], "{body}");
+    // More than 16 choices is refused naming n.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 17, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["param"], "n", "{answer}");
 }
 
 /// Issue 17: a count (tokens, choices, a seed, top-k) takes every JSON spelling of a whole number
