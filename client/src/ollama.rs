@@ -100,8 +100,9 @@ pub struct GenerateRequest {
     /// A template overriding the model's: refused unless empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// The context of an earlier answer: refused unless empty (r1d returns none; send the
-    /// conversation to `/api/chat`).
+    /// The `context` of an earlier answer (its final object's token ids): the conversation goes
+    /// on from there — the ids are placed before this prompt, which gets no second BOS. Ids
+    /// outside the model's vocabulary are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Vec<i64>>,
     /// Sampling options, as for chat.
@@ -168,6 +169,10 @@ pub struct GenerateResponse {
     pub thinking: Option<String>,
     /// True in the last object.
     pub done: bool,
+    /// In the last object: the token ids of the prompt and the answer, to send back as the next
+    /// request's `context` (Ollama's `docs/api.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<i64>>,
     /// Counts and durations, in the last object.
     #[serde(flatten)]
     pub stats: Stats,

@@ -134,10 +134,18 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
     /// Most tokens to generate (legacy OpenAI name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub max_tokens: Option<u32>,
     /// Most tokens to generate (current OpenAI name; wins over `max_tokens`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub max_completion_tokens: Option<u32>,
     /// Sampling temperature, 0 = greedy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,19 +154,31 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
     /// Top-k sampling (llama.cpp extension).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub top_k: Option<i32>,
     /// Min-p sampling (llama.cpp extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     /// Sampling seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub seed: Option<i64>,
     /// Stop strings: generation ends before the first occurrence, which is not returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
     /// Number of choices; only 1 is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub n: Option<u32>,
     /// OpenAI's presence penalty, −2 to 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +193,11 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
     /// Most likely tokens per position (0–20, needs `logprobs`): refused when set above 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub top_logprobs: Option<u32>,
     /// `{"type": "text"}`, `json_object` and `json_schema` (the answer constrained to the schema
     /// on the llama.cpp backend; the other backends refuse it by name).
@@ -208,13 +232,86 @@ pub struct ChatCompletionRequest {
     pub reasoning_format: Option<String>,
 }
 
+/// Body of `POST /v1/responses` (OpenAI's Responses API, text in and out). The fields that change
+/// the answer are named here, so the daemon honours each or refuses it by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResponsesRequest {
+    /// Model name (see [`ChatCompletionRequest::model`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A string (one user message) or a list of input items: messages (`role`, `content` as a
+    /// string or `input_text`/`output_text` parts); earlier `reasoning` items are accepted and
+    /// not re-sent to the model; other item types are refused.
+    pub input: serde_json::Value,
+    /// A system message before the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// Most tokens to generate, reasoning included.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature, 0–2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling, 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Stream the answer as server-sent events (`response.*` events).
+    #[serde(default)]
+    pub stream: bool,
+    /// Continue a stored response: refused (r1d stores no responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
+    /// A stored conversation: refused (r1d stores none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<serde_json::Value>,
+    /// Tools: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// `"auto"` or `"none"` accepted (there are no tools); others refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Accepted (there are no tools to call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"format": {"type": "text"}}` accepted; other formats refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
+    /// Reasoning options (`effort`, `summary`): refused when set (R1 always reasons, with no
+    /// effort levels, and writes no summaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<serde_json::Value>,
+    /// Extra output to include: refused unless empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    /// `"disabled"` accepted; `"auto"` (dropping input to fit) refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<String>,
+    /// Log probabilities per position: refused above 0.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub top_logprobs: Option<u32>,
+    /// Run in the background: refused (`true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<bool>,
+    /// Stream options (`include_obfuscation`): accepted; r1d adds no obfuscation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<serde_json::Value>,
+}
+
 /// Body of `POST /v1/completions` (legacy OpenAI text completion: a raw prompt, no template).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CompletionRequest {
     /// Model name (see [`ChatCompletionRequest::model`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// The prompt: a string, or an array holding one string.
+    /// The prompt: a string, strings, token ids or token-id arrays (see [`CompletionPrompt`]).
     pub prompt: CompletionPrompt,
     /// Stream as server-sent events.
     #[serde(default)]
@@ -223,7 +320,11 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
     /// Most tokens to generate (OpenAI's default for this route is 16).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub max_tokens: Option<u32>,
     /// Sampling temperature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,19 +333,31 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
     /// Top-k (llama.cpp extension).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub top_k: Option<i32>,
     /// Min-p (llama.cpp extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     /// Sampling seed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub seed: Option<i64>,
     /// Stop strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
     /// Number of choices; only 1 is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub n: Option<u32>,
     /// OpenAI's presence penalty, −2 to 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,27 +369,44 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// Log probabilities of the most likely tokens (0–5): not implemented, refused when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub logprobs: Option<u32>,
     /// Echo the prompt in the answer: `true` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     /// Candidates to choose the best from: only 1 is supported.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub best_of: Option<u32>,
     /// Text after the completion (fill in the middle): refused unless empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
 }
 
-/// The prompt of a text completion.
+/// The prompt of a text completion, in the four shapes OpenAI's Completions reference gives:
+/// a string, an array of strings (one choice per prompt), an array of token ids, or an array of
+/// token-id arrays.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged, expecting = "a string or an array holding one string")]
+#[serde(
+    untagged,
+    expecting = "a string, an array of strings, an array of token ids or an array of token-id arrays"
+)]
 pub enum CompletionPrompt {
     /// One prompt.
     One(String),
-    /// Several prompts (only one is supported).
+    /// One prompt as token ids (given to the model as they are: no BOS is added).
+    Tokens(Vec<i64>),
+    /// Several prompts: one choice each, in order.
     Many(Vec<String>),
+    /// Several prompts as token ids.
+    ManyTokens(Vec<Vec<i64>>),
 }
 
 impl Default for CompletionPrompt {
@@ -290,7 +420,7 @@ impl Default for CompletionPrompt {
 pub struct CompletionChoice {
     /// The text (a piece of it, when streamed).
     pub text: String,
-    /// Always 0.
+    /// Which prompt (several prompts) or choice (`n`) this is, from 0.
     pub index: u32,
     /// Always null (log probabilities are not reported).
     pub logprobs: Option<serde_json::Value>,
@@ -387,7 +517,7 @@ pub struct AssistantMessage {
 /// One choice of a non-streamed answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Choice {
-    /// Always 0 (r1d generates one choice).
+    /// Which choice (`n`) this is, from 0.
     pub index: u32,
     /// The answer.
     pub message: AssistantMessage,
@@ -437,7 +567,7 @@ pub struct Delta {
 /// One choice of a streamed chunk.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChunkChoice {
-    /// Always 0.
+    /// Which choice (`n`) the delta belongs to, from 0.
     pub index: u32,
     /// What is new.
     pub delta: Delta,
@@ -735,13 +865,25 @@ pub struct LoadRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// KV cache size, tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub context_length: Option<u32>,
     /// Layers to offload to the GPU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub gpu_layers: Option<u32>,
     /// Generation threads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
     pub threads: Option<u32>,
     /// KV cache element type: `f16`, `q8_0`, `q4_0` or `f32`; default: the backend's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -824,10 +966,10 @@ pub struct VulkanDeviceProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     /// Device memory as llama.cpp's Vulkan backend counts it (bytes).
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub memory_total_bytes: u64,
     /// Free device memory (bytes): measured with `VK_EXT_memory_budget`, else the whole heaps.
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub memory_free_bytes: u64,
     /// Whether `memory_free_bytes` was measured (`VK_EXT_memory_budget`).
     #[serde(default)]
@@ -845,10 +987,10 @@ pub struct CpuProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Physical cores.
-    #[serde(deserialize_with = "count::u32")]
+    #[serde(deserialize_with = "count::whole")]
     pub cores: u32,
     /// Hardware threads; absent = `cores`.
-    #[serde(default, deserialize_with = "count::opt_u32")]
+    #[serde(default, deserialize_with = "count::opt")]
     pub threads: Option<u32>,
     /// SIMD features (`avx2`, `avx512f`, `amx_int8`, `neon`, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -859,16 +1001,16 @@ pub struct CpuProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct MemoryProfile {
     /// Total RAM usable (bytes; the cgroup limit when smaller than the machine).
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub total_bytes: u64,
     /// RAM available now (bytes).
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub available_bytes: u64,
     /// Memory read bandwidth (bytes/s); absent = the planner's default (25 GB/s).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "count::opt_u64"
+        deserialize_with = "count::opt"
     )]
     pub bandwidth_bytes_per_s: Option<u64>,
     /// How much the bandwidth measurement runs differed: (slowest − fastest) / median, e.g.
@@ -879,7 +1021,7 @@ pub struct MemoryProfile {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "count::opt_u64"
+        deserialize_with = "count::opt"
     )]
     pub cgroup_limit_bytes: Option<u64>,
 }
@@ -888,7 +1030,7 @@ pub struct MemoryProfile {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct DiskProfile {
     /// Free bytes where models are stored.
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub free_bytes: u64,
     /// The models directory measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -903,16 +1045,16 @@ pub struct GpuProfile {
     /// Name.
     pub name: String,
     /// Installed VRAM (bytes).
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub vram_total_bytes: u64,
     /// Free VRAM (bytes): what other processes hold is not free.
-    #[serde(deserialize_with = "count::u64")]
+    #[serde(deserialize_with = "count::whole")]
     pub vram_free_bytes: u64,
     /// Peak memory bandwidth (bytes/s); absent = the planner's default (250 GB/s).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "count::opt_u64"
+        deserialize_with = "count::opt"
     )]
     pub bandwidth_bytes_per_s: Option<u64>,
     /// CUDA compute capability (`8.9`).
@@ -1311,62 +1453,127 @@ pub struct PullEvent {
     pub error: Option<String>,
 }
 
-/// Counts and rates (bytes, bytes/s, cores) accept every JSON spelling of a whole number:
-/// `40000000000`, `40000000000.0`, `4e10`. JSON has one number type (RFC 8259 §6); a tool or a
-/// person that writes `4e10` means the same count. A fraction, a negative number or one past the
-/// type's range is refused, naming the value.
-mod count {
-    use serde::de::{Deserialize, Deserializer, Error};
+/// Counts and rates (tokens, choices, seeds, bytes, bytes/s, cores) accept every JSON spelling of
+/// a whole number: `128`, `128.0`, `1.28e2`; `40000000000`, `40000000000.0`, `4e10`. JSON has one
+/// number type (RFC 8259 §6), and JavaScript clients, YAML-to-JSON tools and people write whole
+/// numbers as floats; each means the same count. A fraction (`1.5`), a value past the field's type
+/// (a negative count, `1e30`) or another JSON type is refused, naming the value and the range;
+/// `serde_path_to_error` (the daemon's one request parser) adds the field's name.
+///
+/// Use as `#[serde(default, deserialize_with = "count::opt")]` on an `Option<u32|u64|i32|i64>`
+/// (null and absent are `None`), `deserialize_with = "count::whole"` on a plain one, or
+/// [`count::value`] on a `serde_json::Value` (Ollama's free-form `options`).
+pub mod count {
+    use std::fmt;
 
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Number {
-        Int(u64),
-        Float(f64),
+    use serde::de::{Deserializer, Error, Visitor};
+
+    /// An integer type a count is read into, with its range.
+    pub trait Whole: Sized + TryFrom<i128> {
+        /// Smallest value.
+        const MIN: i128;
+        /// Largest value.
+        const MAX: i128;
     }
 
-    fn whole<E: Error>(n: Number, max: u64) -> Result<u64, E> {
-        let v = match n {
-            Number::Int(v) => v,
-            // 2^64 as f64: every finite float below it converts exactly when it is whole.
-            Number::Float(f)
-                if f.is_finite()
-                    && f >= 0.0
-                    && f.fract() == 0.0
-                    && f < 18_446_744_073_709_551_616.0 =>
-            {
-                f as u64
+    macro_rules! whole {
+        ($($t:ty),*) => {$(
+            impl Whole for $t {
+                const MIN: i128 = <$t>::MIN as i128;
+                const MAX: i128 = <$t>::MAX as i128;
             }
-            Number::Float(f) => {
-                return Err(E::custom(format!(
-                    "{f} is not a whole number from 0 to {max}"
-                )))
-            }
-        };
-        if v > max {
-            return Err(E::custom(format!("{v} is more than {max}")));
+        )*};
+    }
+    whole!(u32, u64, i32, i64);
+
+    struct WholeVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<T: Whole> WholeVisitor<T> {
+        fn range() -> String {
+            format!("a whole number from {} to {}", T::MIN, T::MAX)
         }
-        Ok(v)
+
+        fn fit<E: Error>(v: i128, spelled: impl fmt::Display) -> Result<T, E> {
+            if v < T::MIN || v > T::MAX {
+                return Err(E::custom(format!(
+                    "{spelled} is out of range: expected {}",
+                    Self::range()
+                )));
+            }
+            T::try_from(v).map_err(|_| E::custom(format!("{spelled}: expected {}", Self::range())))
+        }
     }
 
-    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        whole(Number::deserialize(d)?, u64::MAX)
+    impl<'de, T: Whole> Visitor<'de> for WholeVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(&Self::range())
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<T, E> {
+            Self::fit(v.into(), v)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<T, E> {
+            Self::fit(v.into(), v)
+        }
+
+        fn visit_f64<E: Error>(self, f: f64) -> Result<T, E> {
+            // Every finite float below 2^127 in magnitude converts exactly when it is whole.
+            if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.7e38 {
+                Self::fit(f as i128, f)
+            } else {
+                Err(E::custom(format!("{f} is not {}", Self::range())))
+            }
+        }
     }
 
-    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        Option::<Number>::deserialize(d)?
-            .map(|n| whole(n, u64::MAX))
-            .transpose()
+    struct OptVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Whole> Visitor<'de> for OptVisitor<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "null or {}", WholeVisitor::<T>::range())
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            whole(d).map(Some)
+        }
     }
 
-    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        whole(Number::deserialize(d)?, u32::MAX.into()).map(|v| v as u32)
+    /// A count in any JSON spelling of a whole number within `T`'s range.
+    ///
+    /// # Errors
+    /// A fraction, a value outside `T`'s range or another JSON type, naming the value.
+    pub fn whole<'de, D: Deserializer<'de>, T: Whole>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(WholeVisitor(std::marker::PhantomData))
     }
 
-    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        Option::<Number>::deserialize(d)?
-            .map(|n| whole(n, u32::MAX.into()).map(|v| v as u32))
-            .transpose()
+    /// An optional count: null or absent (with `#[serde(default)]`) is `None`, else as [`whole`].
+    ///
+    /// # Errors
+    /// As [`whole`].
+    pub fn opt<'de, D: Deserializer<'de>, T: Whole>(d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_option(OptVisitor(std::marker::PhantomData))
+    }
+
+    /// A count held in a JSON value (a key of Ollama's free-form `options`); the error is the
+    /// message alone, for the caller to prefix with the key.
+    ///
+    /// # Errors
+    /// As [`whole`].
+    pub fn value<T: Whole>(v: &serde_json::Value) -> Result<T, String> {
+        whole(v).map_err(|e| e.to_string())
     }
 
     #[cfg(test)]
@@ -1389,6 +1596,35 @@ mod count {
         }
 
         #[test]
+        fn request_counts_take_every_spelling_and_refuse_fractions() {
+            use crate::wire::ChatCompletionRequest;
+            let req: ChatCompletionRequest = serde_json::from_str(
+                r#"{"messages": [], "max_tokens": 128.0, "max_completion_tokens": null,
+                    "n": 2e0, "seed": -5.0, "top_k": 4E1, "top_logprobs": 0}"#,
+            )
+            .unwrap();
+            assert_eq!(req.max_tokens, Some(128));
+            assert_eq!(req.max_completion_tokens, None);
+            assert_eq!(req.n, Some(2));
+            assert_eq!(req.seed, Some(-5));
+            assert_eq!(req.top_k, Some(40));
+            assert_eq!(req.top_logprobs, Some(0));
+            let e = serde_json::from_str::<ChatCompletionRequest>(
+                r#"{"messages": [], "max_tokens": 1.5}"#,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("1.5 is not a whole number from 0 to 4294967295"),
+                "{e}"
+            );
+            let e = serde_json::from_str::<ChatCompletionRequest>(r#"{"messages": [], "n": "2"}"#)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected a whole number from 0 to"), "{e}");
+        }
+
+        #[test]
         fn fractions_negatives_and_overflows_are_refused_naming_the_value() {
             let e = memory("1.5").unwrap_err().to_string();
             assert!(e.contains("1.5 is not a whole number"), "{e}");
@@ -1396,10 +1632,9 @@ mod count {
             assert!(memory("1e30").is_err());
             let cores: Result<crate::wire::CpuProfile, _> =
                 serde_json::from_str(r#"{"cores": 5000000000}"#);
-            assert!(cores
-                .unwrap_err()
-                .to_string()
-                .contains("more than 4294967295"));
+            assert!(cores.unwrap_err().to_string().contains(
+                "5000000000 is out of range: expected a whole number from 0 to 4294967295"
+            ));
             let cpu: crate::wire::CpuProfile =
                 serde_json::from_str(r#"{"cores": 8.0, "threads": 1.6e1}"#).unwrap();
             assert_eq!((cpu.cores, cpu.threads), (8, Some(16)));

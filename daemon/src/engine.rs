@@ -129,6 +129,17 @@ pub enum PromptInput {
     },
     /// Raw text, tokenized as it is (BOS added when the tokenizer adds one); no template.
     Raw(String),
+    /// Token ids given as they are (OpenAI's `prompt: [1, 2, 3]`): no template, no BOS added;
+    /// an id outside the vocabulary is refused (`EngineError::InvalidRequest`).
+    Tokens(Vec<i32>),
+    /// Ollama's `context`: the token ids of an earlier prompt and answer, followed by `then`
+    /// rendered and tokenized as usual but without a second BOS. Ids are checked as for `Tokens`.
+    After {
+        /// The earlier prompt's and answer's tokens.
+        context: Vec<i32>,
+        /// What follows them.
+        then: Box<PromptInput>,
+    },
 }
 
 /// What a request receives, in order: `Started`, any number of `Piece`, then `Done` or `Failed`
@@ -157,6 +168,9 @@ pub struct Finished {
     pub finish_reason: FinishReason,
     /// Usage and timings from the backend.
     pub result: GenerateResult,
+    /// The token ids of the prompt and the answer as generated (stop strings included: what the
+    /// model's KV cache holds), Ollama's `context` of `/api/generate`.
+    pub tokens: Vec<i32>,
 }
 
 /// One chat request.
@@ -1535,13 +1549,19 @@ impl Answer {
         };
         let info: ModelInfo = model.info().clone().into();
         let profile = chat::ModelProfile::of(&info);
-        let (text, has_bos, opens_reasoning) = match &job.input {
+        // Ollama's context: ids that go before the rendered prompt (which then gets no BOS).
+        let (context, input) = match &job.input {
+            PromptInput::After { context, then } => (context.as_slice(), then.as_ref()),
+            input => (&[][..], input),
+        };
+        let (text, has_bos, opens_reasoning) = match input {
+            PromptInput::Tokens(_) | PromptInput::After { .. } => (String::new(), true, false),
             PromptInput::Chat(messages) | PromptInput::ChatWithTools { messages, .. } => {
                 let template = info
                     .chat_template
                     .as_deref()
                     .unwrap_or(chat::FALLBACK_TEMPLATE);
-                let tools = match &job.input {
+                let tools = match input {
                     PromptInput::ChatWithTools { tools, .. } => Some(tools),
                     _ => None,
                 };
@@ -1563,21 +1583,52 @@ impl Answer {
             PromptInput::Raw(text) => (text.clone(), false, false),
         };
         // BOS exactly once: the template's, or the tokenizer's when the template has none.
-        let add_special = info.add_bos_token && !has_bos;
-        let tokens = model.tokenize(&text, add_special, true).map_err(|e| {
-            if let crate::backend::BackendError::WorkerDied { .. } = e {
-                // Its first call found the worker dead: what killed it was not this request's
-                // generation (the OOM killer, a SIGKILL while idle), so it is served again by the
-                // restarted worker rather than failed. A crash in `generate` is not retried: the
-                // request may be its cause.
-                self.lost_before_delivery.set(true);
-                return EngineError::Backend(format!(
-                    "{e}; this request is lost (retry); r1d loads the model again in a new \
-                     worker unless it keeps crashing (see /r1/status)"
-                ));
-            }
-            EngineError::Backend(e.to_string())
-        })?;
+        let add_special = info.add_bos_token && !has_bos && context.is_empty();
+        // After a context the template's own BOS would be a second one, mid-sequence.
+        let text = match (&info.bos_token, context.is_empty()) {
+            (Some(bos), false) if has_bos && !bos.text.is_empty() => text
+                .strip_prefix(bos.text.as_str())
+                .map(str::to_owned)
+                .unwrap_or(text),
+            _ => text,
+        };
+        let mut tokens = context.to_vec();
+        match input {
+            PromptInput::Tokens(ids) => tokens.extend_from_slice(ids),
+            _ if !context.is_empty() && text.is_empty() => {}
+            _ => tokens.extend(model.tokenize(&text, add_special, true).map_err(|e| {
+                if let crate::backend::BackendError::WorkerDied { .. } = e {
+                    // Its first call found the worker dead: what killed it was not this
+                    // request's generation (the OOM killer, a SIGKILL while idle), so it is
+                    // served again by the restarted worker rather than failed. A crash in
+                    // `generate` is not retried: the request may be its cause.
+                    self.lost_before_delivery.set(true);
+                    return EngineError::Backend(format!(
+                        "{e}; this request is lost (retry); r1d loads the model again in a new \
+                         worker unless it keeps crashing (see /r1/status)"
+                    ));
+                }
+                EngineError::Backend(e.to_string())
+            })?),
+        }
+        // Ids a client sent (a token prompt, a context) are checked before a backend sees them.
+        let sent = match input {
+            PromptInput::Tokens(ids) => ids.as_slice(),
+            _ => &[],
+        };
+        if let Some(id) = context
+            .iter()
+            .chain(sent)
+            .find(|&&id| id < 0 || id as u32 >= info.vocab_size)
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "token {id} is not in the vocabulary of {} tokens",
+                info.vocab_size
+            )));
+        }
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
         // User content: only at trace level, never at info (docs/architecture.md, cross-cutting: user content).
         tracing::trace!(prompt = %text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;
@@ -1625,7 +1676,7 @@ impl Answer {
         let defaults = profile.sampling_defaults();
         let sampling = &job.sampling;
         let request = GenerateRequest {
-            prompt_tokens: tokens,
+            prompt_tokens: tokens.clone(),
             max_tokens,
             temperature: sampling.temperature.unwrap_or(defaults.temperature),
             top_p: sampling.top_p.unwrap_or(defaults.top_p),
@@ -1649,6 +1700,7 @@ impl Answer {
         let reply = job.reply.clone();
         let drop_reasoning = job.reasoning_format == ReasoningFormat::Off;
         let mut first_token_at: Option<Instant> = None;
+        let mut generated: Vec<i32> = Vec::new();
         let mut client_gone = false;
         let mut stalled = false;
         let mut file_changed: Option<String> = None;
@@ -1680,6 +1732,7 @@ impl Answer {
                 return !client_gone;
             }
             first_token_at.get_or_insert_with(Instant::now);
+            generated.push(id);
             for piece in assembler.push(bytes) {
                 if drop_reasoning && piece.channel == chat::Channel::Reasoning {
                     continue;
@@ -1779,9 +1832,11 @@ impl Answer {
         // Time to first token from the request's admission (queue wait included).
         result.time_to_first_token_ms =
             first_token_at.map(|t| t.duration_since(job.admitted).as_secs_f64() * 1e3);
+        tokens.extend(generated);
         let done = ChatEvent::Done(Finished {
             finish_reason,
             result,
+            tokens,
         });
         let _ = deliver(&self.shared, &reply, done, stall);
         Ok(())

@@ -218,6 +218,34 @@ pub async fn check_model(control: &Control, requested: Option<&str>) -> Result<(
     }
 }
 
+/// Token ids a client sent (a token-array prompt, Ollama's `context`) against the resident
+/// model's vocabulary, so that the refusal names the field (`prompt[2]`, `context[0]`); the
+/// engine checks them again against the model that answers. `field` is the field's name.
+///
+/// # Errors
+/// `(param, message)` for the first id below 0 or at or past the vocabulary size.
+pub fn check_token_ids(
+    engine: &crate::engine::Engine,
+    field: &str,
+    ids: &[i64],
+) -> Result<(), (String, String)> {
+    let vocab = engine
+        .snapshot()
+        .model
+        .map_or(u32::MAX, |(info, _)| info.vocab_size);
+    match ids
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id < 0 || id >= i64::from(vocab) || id > i64::from(i32::MAX))
+    {
+        None => Ok(()),
+        Some((i, id)) => Err((
+            format!("{field}[{i}]"),
+            format!("{field}[{i}]: {id} is not a token id in the vocabulary of {vocab} tokens"),
+        )),
+    }
+}
+
 /// Whose documented ranges a route checks sampling values against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ranges {

@@ -1016,6 +1016,7 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
     let mut sampling = Sampling::default();
     let mut format = ReasoningFormat::DeepSeek;
     let mut model = None;
+    let mut think: Option<bool> = None;
     for (key, value) in options {
         match key.as_str() {
             "max_tokens" => sampling.max_tokens = Some(opt_u32(key, value)?),
@@ -1038,6 +1039,31 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
                 sampling.frequency_penalty = Some(opt_f64(key, value)? as f32);
                 sampling.repeat_last_n = Some(-1);
             }
+            // Ollama's repeat penalty and the window of all three penalties, as on /api/chat.
+            "repeat_penalty" => sampling.repeat_penalty = Some(opt_f64(key, value)? as f32),
+            "repeat_last_n" => {
+                sampling.repeat_last_n = Some(i32::try_from(opt_i64(key, value)?).map_err(|_| {
+                    Error::InvalidArgument(format!("option {key} is out of range"))
+                })?)
+            }
+            // Ollama's think (`b`): on, reasoning apart (the default); off, R1's prompt ends
+            // with an empty <think> block and reasoning emitted anyway is dropped.
+            "think" => {
+                think = Some(match inner(value) {
+                    Value::Bool(on) => *on,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "option think must be a boolean, not of type {}",
+                            other.value_signature()
+                        )))
+                    }
+                })
+            }
+            "tools" | "tool_choice" | "logit_bias" | "response_format" | "n" | "logprobs" => {
+                return Err(Error::InvalidArgument(format!(
+                    "option {key} is not supported by Chat1; use /v1/chat/completions for it"
+                )))
+            }
             "model" => model = Some(opt_str(key, value)?),
             // Structured output, as Ollama's `format`: "json" (any object) or a JSON Schema as
             // JSON text.
@@ -1056,7 +1082,7 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, format, model, reasoning_format{}",
+                    "unknown option {other:?}; known: max_tokens, temperature, top_p, top_k, min_p, seed, stop, presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, format, think, model, reasoning_format{}",
                     if ask { ", system" } else { "" }
                 )))
             }
@@ -1064,6 +1090,15 @@ fn request_of(options: &HashMap<String, OwnedValue>, ask: bool) -> Result<Reques
     }
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(_, m)| Error::InvalidArgument(m))?;
+    match think {
+        Some(false) => format = ReasoningFormat::Off,
+        Some(true) if format == ReasoningFormat::None => {
+            return Err(Error::InvalidArgument(
+                "options think: true and reasoning_format: \"none\" contradict each other".into(),
+            ))
+        }
+        _ => {}
+    }
     Ok(Request {
         sampling,
         format,
@@ -1126,6 +1161,14 @@ fn opt_i64(key: &str, v: &Value<'_>) -> Result<i64, Error> {
         Value::I64(x) => *x,
         Value::U64(x) => i64::try_from(*x)
             .map_err(|_| Error::InvalidArgument(format!("option {key} is out of range")))?,
+        // A count sent as a double (`128.0`, what a JavaScript or Python client may send) is the
+        // same count when it is whole; -2^63 ≤ x < 2^63 converts exactly.
+        Value::F64(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.2e18 => *x as i64,
+        Value::F64(x) => {
+            return Err(Error::InvalidArgument(format!(
+                "option {key} must be a whole number, not {x}"
+            )))
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
                 "option {key} must be an integer, not of type {}",

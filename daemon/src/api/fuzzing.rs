@@ -82,7 +82,7 @@ mod tests {
                 Route::ChatCompletions,
                 r#"{"messages":[{"role":"root","content":"hi"}]}"#,
             ),
-            (Route::Completions, r#"{"prompt":["a","b"]}"#),
+            (Route::Completions, r#"{"prompt":[]}"#),
             (
                 Route::OllamaChat,
                 r#"{"model":"r1","messages":[],"options":{"stop":7}}"#,

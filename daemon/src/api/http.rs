@@ -38,6 +38,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(super::openai::routes())
+        .merge(super::responses::routes())
         .merge(super::ollama::routes())
         .merge(super::native::routes())
         .merge(super::observe::routes())

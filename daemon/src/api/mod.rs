@@ -1,8 +1,8 @@
 //! Transports over the engine and the control core ([`crate::control`]). Each knows its own wire
 //! shapes; the engine and the control core know none of them.
 //!
-//! - [`http`]: the router and its shared state; the routes are [`openai`], [`ollama`] and
-//!   [`native`], all answering through [`answer`].
+//! - [`http`]: the router and its shared state; the routes are [`openai`], [`responses`], [`ollama`]
+//!   and [`native`], all answering through [`answer`].
 //! - [`error`]: the one mapping of errors to HTTP statuses, codes and `Retry-After`, and the one
 //!   request-body parser.
 //! - [`to_wire`]: every conversion from daemon types to `r1d_client::wire`;
@@ -27,5 +27,6 @@ pub mod observe;
 pub mod ollama;
 pub mod openai;
 pub mod report;
+pub mod responses;
 pub mod supervisor_wire;
 pub mod to_wire;

@@ -25,6 +25,7 @@ use r1d_client::ollama::{
     Message as OMessage, Running, RunningModel, Show, ShowRequest, Stats, TagModel, Tags, Think,
     Version,
 };
+use r1d_client::wire;
 use serde_json::Value;
 
 use super::answer::{self, Collected, Encoder, Out};
@@ -32,6 +33,18 @@ use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
 use crate::chat::{self, Channel, Message, ModelProfile, Piece, ReasoningFormat};
 use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
+
+/// Ollama `options` that are load-time settings (`docs/modelfile.md`): r1d's config and planner
+/// decide them for the resident model, so they are accepted and not acted on — but each must be a
+/// whole number.
+const LOAD_TIME_COUNTS: [&str; 6] = [
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+    "num_keep",
+];
 
 /// The Ollama routes.
 pub fn routes() -> Router<AppState> {
@@ -110,12 +123,24 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
                 .ok_or_else(|| bad(key, "a number")),
         }
     };
+    // Counts in any JSON spelling of a whole number (`128`, `128.0`, `1.28e2`); a fraction or
+    // another type is refused naming the key.
     let int = |key: &str| -> Result<Option<i64>, Response> {
         match options.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| bad(key, "an integer")),
+            Some(v) => wire::count::value::<i64>(v).map(Some).map_err(|why| {
+                fail(ApiError::invalid(
+                    Some(key),
+                    format!("invalid option {key}: {why}"),
+                ))
+            }),
         }
     };
+    // Load-time counts r1d's config and planner decide (accepted and not acted on), still
+    // checked to be counts, so that a malformed value is not silently taken.
+    for key in LOAD_TIME_COUNTS {
+        int(key)?;
+    }
     // Options Ollama documents whose samplers r1d does not run: the value that means "off" is
     // accepted, any other is refused by name.
     for (key, off) in [("mirostat", 0.0), ("typical_p", 1.0), ("tfs_z", 1.0)] {
@@ -401,11 +426,6 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             req.template.as_ref().is_some_and(|t| !t.is_empty()),
             "r1d renders the model's own chat template",
         ),
-        (
-            "context",
-            req.context.as_ref().is_some_and(|c| !c.is_empty()),
-            "r1d returns no context; send the conversation to /api/chat",
-        ),
     ] {
         if set {
             return fail(ApiError::invalid(
@@ -433,6 +453,12 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         return Json(Lines::generate(model).line(String::new(), None, true, load_only_stats()))
             .into_response();
     }
+    let context = req.context.clone().unwrap_or_default();
+    if let Err((param, message)) = answer::check_token_ids(&state.engine, "context", &context) {
+        return fail(ApiError::invalid(Some(&param), message));
+    }
+    // Checked: each id is from 0 to the vocabulary size, below 2^31.
+    let context: Vec<i32> = context.into_iter().map(|id| id as i32).collect();
     let input = if req.raw {
         PromptInput::Raw(req.prompt.clone())
     } else {
@@ -450,6 +476,14 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
             ..Default::default()
         });
         PromptInput::Chat(messages)
+    };
+    let input = if context.is_empty() {
+        input
+    } else {
+        PromptInput::After {
+            context,
+            then: Box::new(input),
+        }
     };
     let admitted = match answer::admit(&state.engine, input, sampling, format).await {
         Ok(a) => a,
@@ -522,6 +556,7 @@ impl Lines {
                 response: text,
                 thinking,
                 done,
+                context: None,
                 stats,
             }),
         }
@@ -529,6 +564,16 @@ impl Lines {
 }
 
 impl Lines {
+    /// The `done` line: the stats, and for `/api/generate` the `context` (the token ids of the
+    /// prompt and the answer), as Ollama's final object carries them.
+    fn done_line(&self, text: String, thinking: Option<String>, finished: &Finished) -> Value {
+        let mut line = self.line(text, thinking, true, stats(finished));
+        if matches!(self.route, Route::Generate) {
+            line["context"] = Value::from(finished.tokens.clone());
+        }
+        line
+    }
+
     /// The chat line of a whole answer with tools: the text outside the calls and the calls.
     fn tool_line(&self, answer: &str, done: bool, stats: Stats) -> Value {
         let (text, calls) = chat::parse_tool_calls(answer);
@@ -568,7 +613,7 @@ impl Encoder for Lines {
             let held = std::mem::take(&mut self.held);
             out.push(self.tool_line(&held, false, Stats::default()));
         }
-        out.push(self.line(String::new(), None, true, stats(finished)));
+        out.push(self.done_line(String::new(), None, finished));
         out
     }
 
@@ -590,7 +635,7 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
         }) => {
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
             if !lines.tools {
-                return Json(lines.line(content, thinking, true, stats(&finished))).into_response();
+                return Json(lines.done_line(content, thinking, &finished)).into_response();
             }
             // Tools are a chat field: the thinking goes into the message.
             let mut line = lines.tool_line(&content, true, stats(&finished));

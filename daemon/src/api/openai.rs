@@ -40,27 +40,27 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// An error in OpenAI's shape.
-fn fail(e: impl Into<ApiError>) -> Response {
+pub(super) fn fail(e: impl Into<ApiError>) -> Response {
     e.into().respond(Shape::OpenAi)
 }
 
-fn invalid(param: Option<&str>, message: String) -> Response {
+pub(super) fn invalid(param: Option<&str>, message: String) -> Response {
     fail(ApiError::invalid(param, message))
 }
 
 /// A request body, parsed by the one parser; its errors in OpenAI's shape.
-fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
+pub(super) fn parse<T: serde::de::DeserializeOwned>(body: &Body) -> Result<T, Response> {
     error::parse(body).map_err(fail)
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let nanos = SystemTime::now()
@@ -79,29 +79,29 @@ fn new_id(prefix: &str) -> String {
 pub const MAX_CHOICES: u32 = 16;
 
 /// Request fields common to both routes, checked.
-struct Common {
-    sampling: Sampling,
-    include_usage: bool,
+pub(super) struct Common {
+    pub(super) sampling: Sampling,
+    pub(super) include_usage: bool,
 }
 
 /// The sampling fields both routes share, as the client sent them.
-struct Knobs<'a> {
-    model: Option<&'a str>,
-    n: Option<u32>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<i32>,
-    min_p: Option<f32>,
-    seed: Option<i64>,
-    stop: Option<wire::Stop>,
-    stream_options: Option<&'a wire::StreamOptions>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
+pub(super) struct Knobs<'a> {
+    pub(super) model: Option<&'a str>,
+    pub(super) n: Option<u32>,
+    pub(super) max_tokens: Option<u32>,
+    pub(super) temperature: Option<f32>,
+    pub(super) top_p: Option<f32>,
+    pub(super) top_k: Option<i32>,
+    pub(super) min_p: Option<f32>,
+    pub(super) seed: Option<i64>,
+    pub(super) stop: Option<wire::Stop>,
+    pub(super) stream_options: Option<&'a wire::StreamOptions>,
+    pub(super) presence_penalty: Option<f32>,
+    pub(super) frequency_penalty: Option<f32>,
+    pub(super) logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
 }
 
-async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
+pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
     }
@@ -322,7 +322,7 @@ fn wire_tool_calls(calls: Vec<chat::ToolCall>, parallel: bool) -> Vec<Value> {
 pub(super) fn check_body(completion: bool, body: &Body) -> Result<(), Response> {
     if completion {
         let req: CompletionRequest = parse(body)?;
-        completion_prompt(&req)?;
+        completion_prompts(&req)?;
         refuse_unimplemented_completion(&req)?;
     } else {
         let req: ChatCompletionRequest = parse(body)?;
@@ -383,7 +383,7 @@ fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Respon
 }
 
 /// The name answers carry: the one `/v1/models` lists, else the engine's.
-async fn listed_or(state: &AppState, engine_name: String) -> String {
+pub(super) async fn listed_or(state: &AppState, engine_name: String) -> String {
     state
         .control
         .resident_names()
@@ -507,15 +507,6 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     };
     let with_tools = tools_offered(&req);
     let choices = req.n.unwrap_or(1);
-    if choices > 1 && req.stream {
-        return invalid(
-            Some("n"),
-            format!(
-                "n = {choices} with stream is not supported: r1d streams one choice per request; \
-                 ask without stream, or send {choices} streamed requests"
-            ),
-        );
-    }
     if choices > 1 && common.sampling.json_wrap.is_some() {
         return invalid(
             Some("n"),
@@ -532,20 +523,44 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
     let id = new_id("chatcmpl");
     let created = unix_now();
     if req.stream {
-        let admitted = match answer::admit(&state.engine, input, common.sampling, format).await {
+        // Choice i streams beside the others, its seed (when set) moved by i; every chunk
+        // names its choice's index.
+        let jobs = (0..choices)
+            .map(|i| {
+                let mut sampling = common.sampling.clone();
+                sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(i));
+                (input.clone(), sampling)
+            })
+            .collect();
+        let admitted = match admit_all(&state, jobs, format).await {
             Ok(a) => a,
-            Err(e) => return fail(e),
+            Err(r) => return r,
         };
-        let model = listed_or(&state, admitted.model).await;
-        let encoder = ChatEncoder {
-            id,
+        let model = listed_or(&state, admitted[0].model.clone()).await;
+        let encoder = |index: usize, include_usage: bool| ChatEncoder {
+            id: id.clone(),
             created,
-            model,
-            include_usage: common.include_usage,
+            model: model.clone(),
+            include_usage,
             tools: with_tools.then_some(req.parallel_tool_calls != Some(false)),
             held: String::new(),
+            index: index as u32,
         };
-        return sse(answer::encode(admitted.rx, encoder));
+        if admitted.len() == 1 {
+            let a = admitted.into_iter().next().expect("one answer");
+            return sse(answer::encode(a.rx, encoder(0, common.include_usage)));
+        }
+        let usage_chunk = json(&encoder(0, true).chunk(Delta::default(), None));
+        let streams = admitted
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| answer::encode(a.rx, encoder(i, false)).boxed())
+            .collect();
+        return sse(merged(
+            streams,
+            choices,
+            common.include_usage.then_some(usage_chunk),
+        ));
     }
     // Choice i > 0 is another answer to the same prompt, generated beside the others (its own
     // sequence; each is read as it comes, so none waits on an unread one); its seed, when one is
@@ -638,6 +653,8 @@ struct ChatEncoder {
     /// Tools offered: `Some(parallel_tool_calls)`, and the held-back answer.
     tools: Option<bool>,
     held: String,
+    /// The choice's `index` (`n`).
+    index: u32,
 }
 
 impl ChatEncoder {
@@ -648,7 +665,7 @@ impl ChatEncoder {
             created: self.created,
             model: self.model.clone(),
             choices: vec![ChunkChoice {
-                index: 0,
+                index: self.index,
                 delta,
                 finish_reason: finish.map(str::to_owned),
             }],
@@ -728,16 +745,60 @@ impl Encoder for ChatEncoder {
     }
 }
 
-/// The one prompt of a text completion; several prompts are refused naming `prompt`.
-fn completion_prompt(req: &CompletionRequest) -> Result<String, Response> {
-    match req.prompt.clone() {
-        CompletionPrompt::One(p) => Ok(p),
-        CompletionPrompt::Many(mut v) if v.len() == 1 => Ok(v.remove(0)),
-        CompletionPrompt::Many(_) => Err(invalid(
+/// One prompt of a text completion: the engine's input and, for token ids, the field they came
+/// from (`prompt`, `prompt[1]`) with the ids as sent.
+type TextPrompt = (PromptInput, Option<(String, Vec<i64>)>);
+
+/// The prompts of a text completion, as engine inputs in order: text is tokenized as it is (no
+/// template), token ids go to the model as they are. With the token arrays and the field each
+/// came from (`prompt`, `prompt[1]`), for the vocabulary check.
+///
+/// # Errors
+/// A 400 naming `prompt` for an empty list, an empty prompt of token ids, or more prompts than
+/// [`MAX_CHOICES`].
+fn completion_prompts(req: &CompletionRequest) -> Result<Vec<TextPrompt>, Response> {
+    let prompts: Vec<TextPrompt> = match req.prompt.clone() {
+        CompletionPrompt::One(p) => vec![(PromptInput::Raw(p), None)],
+        CompletionPrompt::Many(v) => v.into_iter().map(|p| (PromptInput::Raw(p), None)).collect(),
+        CompletionPrompt::Tokens(ids) => vec![token_prompt("prompt".into(), ids)?],
+        CompletionPrompt::ManyTokens(v) => v
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| token_prompt(format!("prompt[{i}]"), ids))
+            .collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(invalid(
             Some("prompt"),
-            "only one prompt per request is supported".into(),
-        )),
+            "prompt is an empty list: give at least one prompt".into(),
+        ));
     }
+    if prompts.len() > MAX_CHOICES as usize {
+        return Err(invalid(
+            Some("prompt"),
+            format!(
+                "{} prompts are more than the {MAX_CHOICES} r1d answers per request",
+                prompts.len()
+            ),
+        ));
+    }
+    Ok(prompts)
+}
+
+/// One prompt of token ids; ids that do not fit a token id (32-bit, llama.cpp's `llama_token`)
+/// are left for [`answer::check_token_ids`] to refuse by name.
+fn token_prompt(field: String, ids: Vec<i64>) -> Result<TextPrompt, Response> {
+    if ids.is_empty() {
+        return Err(invalid(
+            Some(&field),
+            format!("{field} is an empty list of token ids"),
+        ));
+    }
+    let tokens = ids
+        .iter()
+        .map(|&id| i32::try_from(id).unwrap_or(-1))
+        .collect();
+    Ok((PromptInput::Tokens(tokens), Some((field, ids))))
 }
 
 async fn completions(State(state): State<AppState>, body: Body) -> Response {
@@ -745,19 +806,27 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let prompt = match completion_prompt(&req) {
+    let prompts = match completion_prompts(&req) {
         Ok(p) => p,
         Err(r) => return r,
     };
     if let Err(r) = refuse_unimplemented_completion(&req) {
         return r;
     }
-    if let Some(n) = req.n.filter(|&n| n > 1) {
+    for (field, ids) in prompts.iter().filter_map(|(_, t)| t.as_ref()) {
+        if let Err((param, message)) = answer::check_token_ids(&state.engine, field, ids) {
+            return invalid(Some(&param), message);
+        }
+    }
+    let n = req.n.unwrap_or(1).max(1);
+    let total = prompts.len() as u32 * n;
+    if total > MAX_CHOICES {
         return invalid(
             Some("n"),
             format!(
-                "n = {n} is not supported on /v1/completions: r1d generates one completion per \
-                 request here (/v1/chat/completions takes n)"
+                "{} prompts × n = {n} are {total} choices, more than the {MAX_CHOICES} r1d \
+                 generates per request",
+                prompts.len()
             ),
         );
     }
@@ -785,36 +854,190 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let admitted = match answer::admit(
-        &state.engine,
-        PromptInput::Raw(prompt),
-        common.sampling,
-        ReasoningFormat::None,
-    )
-    .await
-    {
+    // Choice index = prompt × n + j (OpenAI's order); choice j of a prompt has its seed, when
+    // one is set, moved by j, so that sampled choices differ.
+    let jobs: Vec<(PromptInput, Sampling)> = prompts
+        .into_iter()
+        .flat_map(|(input, _)| {
+            let sampling = common.sampling.clone();
+            (0..n).map(move |j| {
+                let mut sampling = sampling.clone();
+                sampling.seed = sampling.seed.map(|seed| seed.wrapping_add(j));
+                (input.clone(), sampling)
+            })
+        })
+        .collect();
+    let id = new_id("cmpl");
+    let created = unix_now();
+    let admitted = match admit_all(&state, jobs, ReasoningFormat::None).await {
         Ok(a) => a,
-        Err(e) => return fail(e),
+        Err(r) => return r,
     };
-    let encoder = CompletionEncoder {
-        id: new_id("cmpl"),
-        created: unix_now(),
-        model: listed_or(&state, admitted.model).await,
-        include_usage: common.include_usage,
+    let model = listed_or(&state, admitted[0].model.clone()).await;
+    let encoder = |index: usize, include_usage: bool| CompletionEncoder {
+        id: id.clone(),
+        created,
+        model: model.clone(),
+        include_usage,
+        index: index as u32,
     };
     if req.stream {
-        return sse(answer::encode(admitted.rx, encoder));
-    }
-    match answer::collect(admitted.rx).await {
-        Ok(c) => {
-            let mut body =
-                encoder.message(c.content, Some(finish_reason(c.finished.finish_reason)));
-            body.usage = Some(usage(&c.finished.result));
-            body.timings = Some(timings(&c.finished.result));
-            Json(body).into_response()
+        if admitted.len() == 1 {
+            let a = admitted.into_iter().next().expect("one answer");
+            return sse(answer::encode(a.rx, encoder(0, common.include_usage)));
         }
-        Err(e) => fail(e),
+        let streams = admitted
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| answer::encode(a.rx, encoder(i, false)).boxed())
+            .collect();
+        let usage_chunk = json(&encoder(0, true).message(String::new(), None));
+        return sse(merged(
+            streams,
+            n,
+            common.include_usage.then_some(usage_chunk),
+        ));
     }
+    let all = match collect_all(admitted).await {
+        Ok(all) => all,
+        Err(e) => return fail(e),
+    };
+    let mut body = encoder(0, false).message(String::new(), None);
+    body.choices = all
+        .iter()
+        .enumerate()
+        .map(|(index, c)| CompletionChoice {
+            text: c.content.clone(),
+            index: index as u32,
+            logprobs: None,
+            finish_reason: Some(finish_reason(c.finished.finish_reason).into()),
+        })
+        .collect();
+    body.usage = Some(summed_usage(
+        all.iter().map(|c| usage(&c.finished.result)),
+        n,
+    ));
+    body.timings = Some(timings(&all[0].finished.result));
+    Json(body).into_response()
+}
+
+/// Admits every job (several prompts, `n` choices), side by side: each is its own sequence and
+/// waits in the queue like a request of its own.
+///
+/// # Errors
+/// The first refusal, in the OpenAI shape (the answers already admitted are cancelled when their
+/// receivers drop).
+async fn admit_all(
+    state: &AppState,
+    jobs: Vec<(PromptInput, Sampling)>,
+    format: ReasoningFormat,
+) -> Result<Vec<answer::Admitted>, Response> {
+    let engine = &state.engine;
+    let admitted = futures_util::future::join_all(
+        jobs.into_iter()
+            .map(|(input, sampling)| answer::admit(engine, input, sampling, format)),
+    )
+    .await;
+    admitted.into_iter().collect::<Result<_, _>>().map_err(fail)
+}
+
+/// Reads every admitted answer to its end, all at once (none waits on an unread one).
+async fn collect_all(
+    admitted: Vec<answer::Admitted>,
+) -> Result<Vec<answer::Collected>, EngineError> {
+    futures_util::future::join_all(admitted.into_iter().map(|a| answer::collect(a.rx)))
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The usage of several choices: the completions add up; each prompt is counted once (choices
+/// `k·n` to `k·n + n − 1` share prompt `k`), as OpenAI counts `n` choices.
+fn summed_usage(usages: impl Iterator<Item = Usage>, n: u32) -> Usage {
+    let mut total = Usage::default();
+    for (i, u) in usages.enumerate() {
+        if i % n.max(1) as usize == 0 {
+            total.prompt_tokens += u.prompt_tokens;
+            if let Some(d) = u.prompt_tokens_details {
+                let t = total
+                    .prompt_tokens_details
+                    .get_or_insert_with(Default::default);
+                t.cached_tokens += d.cached_tokens;
+            }
+        }
+        total.completion_tokens += u.completion_tokens;
+    }
+    total.total_tokens = total.prompt_tokens + total.completion_tokens;
+    total
+}
+
+/// Several streamed answers as one SSE stream: their chunks as they come (each carries its
+/// choice's `index`), the usage taken off each finishing chunk and, when the client asked for it
+/// (`stream_options.include_usage`), summed into one usage-only chunk (`usage_chunk`, its
+/// `usage` replaced) before the one `[DONE]`. An answer that fails sends its error object and
+/// the stream ends without `[DONE]`.
+fn merged(
+    streams: Vec<futures_util::stream::BoxStream<'static, Out>>,
+    n: u32,
+    usage_chunk: Option<Value>,
+) -> impl futures_util::Stream<Item = Out> {
+    struct State {
+        all: futures_util::stream::SelectAll<futures_util::stream::BoxStream<'static, Out>>,
+        expected: usize,
+        ended: usize,
+        usages: Vec<(u32, Usage)>,
+        usage_chunk: Option<Value>,
+        n: u32,
+        finished: bool,
+    }
+    let state = State {
+        expected: streams.len(),
+        all: futures_util::stream::select_all(streams),
+        ended: 0,
+        usages: Vec::new(),
+        usage_chunk,
+        n,
+        finished: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        let out = match st.all.next().await {
+            Some(Out::End) => {
+                st.ended += 1;
+                Vec::new()
+            }
+            Some(Out::Json(mut v)) => {
+                if let Some(u) = v.as_object_mut().and_then(|o| o.remove("usage")) {
+                    let index = v["choices"][0]["index"].as_u64().unwrap_or(0) as u32;
+                    if let Ok(u) = serde_json::from_value::<Usage>(u) {
+                        st.usages.push((index, u));
+                    }
+                }
+                vec![Out::Json(v)]
+            }
+            None => {
+                st.finished = true;
+                if st.ended < st.expected {
+                    // One failed: its error object was the last message; no [DONE].
+                    return None;
+                }
+                let mut out = Vec::new();
+                if let Some(mut chunk) = st.usage_chunk.take() {
+                    st.usages.sort_by_key(|(i, _)| *i);
+                    let total = summed_usage(st.usages.drain(..).map(|(_, u)| u), st.n);
+                    chunk["choices"] = Value::Array(Vec::new());
+                    chunk["usage"] = json(&total);
+                    out.push(Out::Json(chunk));
+                }
+                out.push(Out::End);
+                out
+            }
+        };
+        Some((out, st))
+    })
+    .flat_map(futures_util::stream::iter)
 }
 
 /// Text-completion messages: one per piece, then a finishing one with `usage` and `timings`.
@@ -823,6 +1046,8 @@ struct CompletionEncoder {
     created: u64,
     model: String,
     include_usage: bool,
+    /// The choice's `index`: prompt × n + choice.
+    index: u32,
 }
 
 impl CompletionEncoder {
@@ -834,7 +1059,7 @@ impl CompletionEncoder {
             model: self.model.clone(),
             choices: vec![CompletionChoice {
                 text,
-                index: 0,
+                index: self.index,
                 logprobs: None,
                 finish_reason: finish.map(str::to_owned),
             }],

@@ -113,11 +113,18 @@ pub struct EchoModel {
     vocab: Mutex<Vec<String>>,
 }
 
+/// The vocabulary size echo reports: the most pieces it interns (past it, pieces share the last
+/// id). Ids it has not handed out are refused by `generate` (`R1_ERR_INVALID_ARGUMENT`).
+const VOCAB_ROOM: u32 = 1 << 20;
+
 impl EchoModel {
     fn intern(&self, piece: &str) -> i32 {
         let mut vocab = self.vocab.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = vocab.iter().position(|p| p == piece) {
             return i as i32;
+        }
+        if vocab.len() >= VOCAB_ROOM as usize {
+            return (VOCAB_ROOM - 1) as i32;
         }
         vocab.push(piece.to_owned());
         (vocab.len() - 1) as i32
@@ -324,7 +331,10 @@ impl Model for EchoModel {
             layers: 1,
             trained_context_length: self.context_length,
             context_length: self.context_length,
-            vocab_size: self.vocab.lock().map(|v| v.len() as u32).unwrap_or(0),
+            // The vocabulary grows with the pieces seen; its room is reported, so that ids of
+            // pieces interned after the load (an answer's, sent back as Ollama's `context`)
+            // are in the vocabulary.
+            vocab_size: VOCAB_ROOM,
             file_type: Some(self.file_type.clone()),
             memory: MemoryBreakdown {
                 weights_bytes: self.weights_bytes,

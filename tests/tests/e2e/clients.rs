@@ -184,6 +184,13 @@ fn openai_python_client_works_unchanged() {
     run_client("openai_client.py", Reach::Socket);
 }
 
+/// Issue 17: OpenAI's Responses API through the official client (`client.responses.create`,
+/// streamed and not, and `client.responses.stream`).
+#[test]
+fn openai_python_client_responses_api_works_unchanged() {
+    run_client("responses_client.py", Reach::Socket);
+}
+
 #[test]
 fn ollama_python_client_works_unchanged() {
     run_client("ollama_client.py", Reach::Socket);

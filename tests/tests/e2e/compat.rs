@@ -871,7 +871,6 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         (json!({"images": ["AAAA"]}), "images"),
         (json!({"suffix": "x"}), "suffix"),
         (json!({"template": "{{ .Prompt }}"}), "template"),
-        (json!({"context": [1, 2, 3]}), "context"),
         (json!({"format": "json"}), "format"),
     ] {
         let mut body = json!({"model": "DeepSeek-R1 echo", "prompt": "hi", "stream": false});
@@ -1269,26 +1268,584 @@ async fn n_choices_are_generated_side_by_side_and_counted_once_for_the_prompt() 
         three.usage.total_tokens,
         three.usage.prompt_tokens + three.usage.completion_tokens
     );
-    // Streaming several choices is refused by name, as is n on text completions.
-    for (path, body, text) in [
+    // Streamed: the choices' chunks interleave, each naming its index; each choice's text
+    // arrives whole with one finishing chunk; one usage chunk (the prompt counted once) and one
+    // [DONE].
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": THINKER}], "n": 3, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (usage, rest) = chunks.split_last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(usage["usage"]["prompt_tokens"], one.usage.prompt_tokens);
+    assert_eq!(
+        usage["usage"]["completion_tokens"],
+        3 * one.usage.completion_tokens
+    );
+    let mut content = vec![String::new(); 3];
+    let mut reasoning = vec![String::new(); 3];
+    let mut finished = [0; 3];
+    for c in rest {
+        assert!(
+            c.get("usage").is_none(),
+            "usage only in the last chunk: {c}"
+        );
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        content[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        reasoning[i].push_str(choice["delta"]["reasoning_content"].as_str().unwrap_or(""));
+        if choice["finish_reason"] == "stop" {
+            finished[i] += 1;
+        }
+    }
+    assert_eq!(content, ["The answer"; 3], "{body}");
+    assert_eq!(reasoning, ["hmm let me see"; 3], "{body}");
+    assert_eq!(finished, [1; 3], "{body}");
+    // More than 16 choices is refused naming n.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 17, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["error"]["param"], "n", "{answer}");
+}
+
+/// Issue 17: a count (tokens, choices, a seed, top-k) takes every JSON spelling of a whole number
+/// (`2.0`, `4.2e1`), on every route, as JSON has one number type; a fraction is refused naming
+/// the field.
+#[tokio::test]
+async fn counts_take_every_json_spelling_of_a_whole_number_and_fractions_are_refused() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let chat = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": THINKER}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    // max_tokens / max_completion_tokens as floats: the answer stops there.
+    for extra in [
+        json!({"max_tokens": 2.0}),
+        json!({"max_completion_tokens": 2e0}),
+    ] {
+        let (status, body) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/chat/completions",
+            chat(extra.clone()),
+        )
+        .await;
+        assert_eq!(status, 200, "{extra}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 2, "{extra}: {body}");
+        assert_eq!(
+            v["choices"][0]["finish_reason"], "length",
+            "{extra}: {body}"
+        );
+    }
+    // n as a float: that many choices.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/chat/completions",
+        chat(json!({"n": 2.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2, "{body}");
+    // seed and top_k as floats reach the backend as the whole numbers.
+    let (status, v) = params_of(
+        &daemon,
+        "/v1/chat/completions",
+        json!({"seed": 4.2e1, "top_k": 7.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let said = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(param(said, "seed"), "42", "{said}");
+    assert_eq!(param(said, "top_k"), "7", "{said}");
+    // Text completions.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": "one two three four", "max_tokens": 3.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{body}");
+    // Ollama options, load-time counts included.
+    let (status, v) = params_of(
+        &daemon,
+        "/api/chat",
+        json!({"options": {"seed": 7.0, "top_k": 5e0, "repeat_last_n": 3.2e1, "num_ctx": 4096.0,
+                           "num_thread": 4e0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let said = v["message"]["thinking"].as_str().unwrap();
+    assert_eq!(param(said, "seed"), "7", "{said}");
+    assert_eq!(param(said, "top_k"), "5", "{said}");
+    assert_eq!(param(said, "penalty_last_n"), "32", "{said}");
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "DeepSeek-R1 echo", "prompt": "one two three four", "raw": true,
+               "stream": false, "options": {"num_predict": 2.0}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["eval_count"], 2, "{body}");
+    assert_eq!(v["done_reason"], "length", "{body}");
+
+    // A fraction, a negative count or a string is refused naming the field.
+    for (path, body, param, text) in [
         (
             "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true}),
-            "with stream is not supported",
+            chat(json!({"max_tokens": 1.5})),
+            "max_tokens",
+            "1.5 is not a whole number from 0 to 4294967295",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"n": 2.5})),
+            "n",
+            "2.5 is not a whole number",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_completion_tokens": -1})),
+            "max_completion_tokens",
+            "-1 is out of range",
         ),
         (
             "/v1/completions",
-            json!({"prompt": "hi", "n": 2}),
-            "/v1/chat/completions",
+            json!({"prompt": "hi", "seed": "42"}),
+            "seed",
+            "expected a whole number",
         ),
     ] {
-        let (status, answer) = raw(&daemon, Method::POST, path, body).await;
-        assert_eq!(status, 400, "{path}: {answer}");
+        let (status, answer) = raw(&daemon, Method::POST, path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
         let v: Value = serde_json::from_str(&answer).unwrap();
-        assert_eq!(v["error"]["param"], "n", "{answer}");
+        assert_eq!(v["error"]["param"], param, "{answer}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains(text),
             "{answer}"
         );
     }
+    for (options, key) in [
+        (json!({"num_predict": 1.5}), "num_predict"),
+        (json!({"seed": 0.5}), "seed"),
+        (json!({"num_ctx": 1024.5}), "num_ctx"),
+    ] {
+        let (status, v) = params_of(&daemon, "/api/chat", json!({ "options": options })).await;
+        assert_eq!(status, 400, "{options}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("invalid option {key}"))
+                && error.contains("not a whole number"),
+            "{options}: {error}"
+        );
+    }
+    // The native load request's counts are read the same way.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/r1/load",
+        json!({"path": "/nonexistent.gguf", "context_length": 512.5}),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("context_length"), "{answer}");
+    // The daemon still serves.
+    let answer = daemon.client().chat(&ask(THINKER)).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "The answer");
+}
+
+/// Issue 17: `/api/generate` returns `context` (the token ids of the prompt and the answer) in
+/// its final object, streamed or not, raw or templated, and a request that sends it back goes on
+/// from there: the ids come before the new prompt, which gets no second BOS.
+#[tokio::test]
+async fn ollama_generate_returns_context_and_continues_from_it() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let daemon = &daemon;
+    let generate = |extra: Value| {
+        let mut body = json!({"model": "DeepSeek-R1 echo", "stream": false});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        async move {
+            let (status, answer) = raw(daemon, Method::POST, "/api/generate", body).await;
+            assert_eq!(status, 200, "{answer}");
+            serde_json::from_str::<Value>(&answer).unwrap()
+        }
+    };
+    let ids = |v: &Value| -> Vec<i64> {
+        v["context"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no context in {v}"))
+            .iter()
+            .map(|id| id.as_i64().unwrap())
+            .collect()
+    };
+    // Templated: the context holds the prompt's tokens, then the answer's.
+    let first = generate(json!({"prompt": "alpha beta"})).await;
+    // R1 without `think`: the reasoning inline, its tag opened by the prompt.
+    assert_eq!(first["response"], "<think>\nalpha beta", "{first}");
+    let context = ids(&first);
+    let (prompt_n, eval_n) = (
+        first["prompt_eval_count"].as_u64().unwrap() as usize,
+        first["eval_count"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(eval_n, 2, "{first}");
+    assert_eq!(context.len(), prompt_n + eval_n, "{first}");
+    // The same prompt alone, to count its tokens (BOS included).
+    let alone = generate(json!({"prompt": "gamma"})).await;
+    let alone_n = alone["prompt_eval_count"].as_u64().unwrap() as usize;
+    assert_eq!(ids(&alone).len(), alone_n + 1, "{alone}");
+    // Sent back: the prompt is the context, then the new turn without a second BOS.
+    let next = generate(json!({"prompt": "gamma", "context": context})).await;
+    assert_eq!(next["response"], "<think>\ngamma", "{next}");
+    assert_eq!(
+        next["prompt_eval_count"].as_u64().unwrap() as usize,
+        context.len() + alone_n - 1,
+        "{next}"
+    );
+    let next_context = ids(&next);
+    assert_eq!(&next_context[..context.len()], &context[..], "{next}");
+
+    // Raw: the echo answers the first line of its whole prompt, so the answer shows the context
+    // is there, in order, before the new text.
+    let first = generate(json!({"prompt": "one two", "raw": true})).await;
+    // The echo answers the first line of its prompt: the tokenizer's BOS, then the text.
+    assert_eq!(first["response"], "<|bos|>one two", "{first}");
+    let next = generate(json!({"prompt": " three", "raw": true, "context": ids(&first)})).await;
+    let text = next["response"].as_str().unwrap();
+    assert_eq!(text, "<|bos|>one two<|bos|>one two three", "{next}");
+
+    // Streamed: only the final line carries it.
+    let (status, body) = raw(
+        daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "DeepSeek-R1 echo", "prompt": "alpha beta"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, rest) = lines.split_last().unwrap();
+    assert_eq!(last["done"], true);
+    assert_eq!(ids(last), context, "{body}");
+    assert!(rest.iter().all(|l| l.get("context").is_none()), "{body}");
+
+    // Ids that are not token ids, or not in the vocabulary, are refused naming the field; the
+    // daemon serves on.
+    for (context, text) in [
+        (json!([1, -1]), "context[1]"),
+        (json!([1, 5000000000i64]), "context[1]"),
+        (
+            json!([1_048_576]),
+            "context[0]: 1048576 is not a token id in the vocabulary",
+        ),
+    ] {
+        let (status, answer) = raw(
+            daemon,
+            Method::POST,
+            "/api/generate",
+            json!({"model": "DeepSeek-R1 echo", "prompt": "hi", "stream": false,
+                   "context": context}),
+        )
+        .await;
+        assert_eq!(status, 400, "{context}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(text), "{answer}");
+    }
+    let again = generate(json!({"prompt": "alpha beta"})).await;
+    assert_eq!(again["response"], "<think>\nalpha beta");
+}
+
+/// The SSE `data:` payloads of a streamed answer, `[DONE]` last when it ended well.
+fn sse_events(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 17: `/v1/completions` takes every prompt shape OpenAI's reference gives — several
+/// prompts (one choice each, `index` in order, streamed too), token ids, several token arrays —
+/// and `n` choices per prompt; an empty prompt list or an id outside the vocabulary is refused
+/// naming the field.
+#[tokio::test]
+async fn text_completion_takes_several_prompts_and_token_ids() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo", "transform": "identity"}"#,
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let complete = |body: Value| async {
+        let (status, answer) = raw(&daemon, Method::POST, "/v1/completions", body).await;
+        assert_eq!(status, 200, "{answer}");
+        serde_json::from_str::<Value>(&answer).unwrap()
+    };
+    // Several prompts: one choice per prompt, in order; usage adds up.
+    let one = complete(json!({"prompt": "<|user|>alpha beta"})).await;
+    let v = complete(
+        json!({"prompt": ["<|user|>alpha beta", "<|user|>gamma", "<|user|>delta epsilon zeta"]}),
+    )
+    .await;
+    let texts: Vec<(u64, &str)> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["index"].as_u64().unwrap(), c["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![(0, "alpha beta"), (1, "gamma"), (2, "delta epsilon zeta")],
+        "{v}"
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 2 + 1 + 3, "{v}");
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+            > one["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+    // Several prompts × n: index = prompt × n + choice.
+    let v = complete(json!({"prompt": ["<|user|>a", "<|user|>b"], "n": 2})).await;
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["a", "a", "b", "b"], "{v}");
+
+    // Streamed: every chunk names its choice; each choice's text arrives whole; one usage chunk
+    // (include_usage) and one [DONE].
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": ["<|user|>alpha beta", "<|user|>gamma delta"], "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let (usage, pieces) = chunks.split_last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty(), "{body}");
+    assert_eq!(usage["usage"]["completion_tokens"], 4, "{body}");
+    let mut text = [String::new(), String::new()];
+    let mut finished = [0, 0];
+    for c in pieces {
+        assert!(
+            c.get("usage").is_none(),
+            "usage only in the last chunk: {c}"
+        );
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        text[i].push_str(choice["text"].as_str().unwrap());
+        if choice["finish_reason"] == "stop" {
+            finished[i] += 1;
+        }
+    }
+    assert_eq!(text, ["alpha beta", "gamma delta"], "{body}");
+    assert_eq!(finished, [1, 1], "{body}");
+
+    // Token ids: the ids of a prompt (Ollama's context of a raw generate gives them) answer as
+    // the text does; several arrays too.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/api/generate",
+        json!({"model": "echo", "prompt": "<|user|>one two", "raw": true, "stream": false,
+               "options": {"num_predict": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let g: Value = serde_json::from_str(&body).unwrap();
+    let n_prompt = g["prompt_eval_count"].as_u64().unwrap() as usize;
+    let ids: Vec<i64> = g["context"].as_array().unwrap()[..n_prompt]
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let v = complete(json!({"prompt": ids})).await;
+    assert_eq!(v["choices"][0]["text"], "one two", "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], n_prompt, "{v}");
+    let v = complete(json!({"prompt": [ids, ids]})).await;
+    assert_eq!(v["choices"][1]["text"], "one two", "{v}");
+    assert_eq!(v["choices"][1]["index"], 1, "{v}");
+
+    // Refused naming the field.
+    for (prompt, param, text) in [
+        (json!([]), "prompt", "empty list"),
+        (json!([[1], []]), "prompt[1]", "empty list of token ids"),
+        (json!([1, -4]), "prompt[1]", "-4 is not a token id"),
+        (
+            json!([[1], [1_048_576]]),
+            "prompt[1][0]",
+            "1048576 is not a token id in the vocabulary",
+        ),
+        (json!([1, "a"]), "prompt", "a string, an array of strings"),
+        (
+            Value::from(vec!["x"; 17]),
+            "prompt",
+            "17 prompts are more than the 16",
+        ),
+    ] {
+        let (status, answer) = raw(
+            &daemon,
+            Method::POST,
+            "/v1/completions",
+            json!({ "prompt": prompt }),
+        )
+        .await;
+        assert_eq!(status, 400, "{prompt}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], param, "{prompt}: {answer}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{prompt}: {answer}"
+        );
+    }
+}
+
+/// Issue 17: `POST /v1/responses` streams SSE events named by their `type` (what OpenAI's
+/// clients dispatch on), with no `[DONE]`, and refuses what it cannot honour by name (the
+/// official client's view: `clients::openai_python_client_responses_api_works_unchanged`).
+#[tokio::test]
+async fn responses_stream_named_events_and_refuse_by_name() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/responses",
+        json!({"input": THINKER, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let data = sse_events(&body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+    assert_eq!(names.len(), data.len(), "{body}");
+    for (name, d) in names.iter().zip(&data) {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["type"], *name, "{d}");
+    }
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ],
+        "{body}"
+    );
+    for (extra, param) in [
+        (json!({"input": 3}), "input"),
+        (json!({"input": []}), "input"),
+        (
+            json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            "input[0].content[0]",
+        ),
+        (
+            json!({"input": [{"role": "robot", "content": "x"}]}),
+            "input[0].role",
+        ),
+        (json!({"conversation": "conv_1"}), "conversation"),
+        (json!({"background": true}), "background"),
+        (
+            json!({"include": ["reasoning.encrypted_content"]}),
+            "include",
+        ),
+        (json!({"truncation": "auto"}), "truncation"),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"max_output_tokens": 1.5}), "max_output_tokens"),
+        (json!({"temperature": 3}), "temperature"),
+        (json!({"max_tokens": 3}), "max_tokens"),
+    ] {
+        let mut body = json!({"input": "hi"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = raw(&daemon, Method::POST, "/v1/responses", body).await;
+        assert_eq!(status, 400, "{extra}: {answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["error"]["param"], param, "{extra}: {answer}");
+    }
+    // Accepted because they mean "off" or do not change the answer.
+    let (status, answer) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/responses",
+        json!({"input": THINKER, "store": false, "metadata": {"a": "b"}, "tools": [],
+               "tool_choice": "auto", "text": {"format": {"type": "text"}}, "reasoning": {},
+               "truncation": "disabled", "parallel_tool_calls": true, "user": "u"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        v["output"][1]["content"][0]["text"], "The answer",
+        "{answer}"
+    );
 }

@@ -409,6 +409,46 @@ async fn dbus_streamed_answer_over_the_fd_equals_ask() {
         );
         assert!(e.to_string().contains("format"), "{format}: {e}");
     }
+    // Issue 17: Ollama's repeat penalty and window reach the backend; a count sent as a whole
+    // double is that count; think: false drops the reasoning.
+    let (_, said, _) = chat
+        .ask(
+            "x [[params]]",
+            HashMap::from([
+                ("repeat_penalty", Value::from(1.3)),
+                ("repeat_last_n", Value::from(32i32)),
+                ("seed", Value::from(7.0)),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        said.contains("seed=7 ") && said.contains("repeat_penalty=1.3 penalty_last_n=32"),
+        "{said}"
+    );
+    let (content, reasoning, _) = chat
+        .ask(
+            "<think>hmm</think>The answer",
+            HashMap::from([("think", Value::from(false))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((content.as_str(), reasoning.as_str()), ("The answer", ""));
+    // What Chat1 does not take is refused naming it, never ignored.
+    for (key, value) in [
+        ("tools", Value::from("[]")),
+        ("logit_bias", Value::from("{}")),
+        ("think", Value::from("yes")),
+        ("max_tokens", Value::from(1.5)),
+        ("no_such_option", Value::from(1u32)),
+    ] {
+        let e = chat
+            .ask("hi", HashMap::from([(key, value)]))
+            .await
+            .unwrap_err();
+        assert_eq!(error_name(&e), "org.r1d.R1.Error.InvalidArgument", "{key}");
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
 }
 
 #[tokio::test]

@@ -571,3 +571,72 @@ async fn an_unsatisfiable_schema_is_refused_before_it_reaches_llama_cpp() {
         .content
         .is_empty());
 }
+
+/// Issue 17, with a real tokenizer: a text completion whose prompt is token ids answers as the
+/// same prompt written as text (greedy), the ids being the ones `/api/generate`'s `context`
+/// reports for that text; and a context sent back continues the conversation (the model's answer
+/// is the same as with the whole text prompt).
+#[tokio::test]
+async fn token_id_prompts_and_ollama_context_answer_as_their_text() {
+    use serde_json::{json, Value};
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    assert_eq!(daemon.settled().await.status, State::Ready);
+    let post = |path: &'static str, body: Value| {
+        let daemon = &daemon;
+        async move {
+            let (status, answer) =
+                crate::compat::raw(daemon, r1d_client::Method::POST, path, body).await;
+            assert_eq!(status, 200, "{answer}");
+            serde_json::from_str::<Value>(&answer).unwrap()
+        }
+    };
+    let text = "The capital of France is";
+    let g = post(
+        "/api/generate",
+        json!({"prompt": text, "raw": true, "stream": false,
+               "options": {"temperature": 0, "num_predict": 6}}),
+    )
+    .await;
+    let n_prompt = g["prompt_eval_count"].as_u64().unwrap() as usize;
+    let context: Vec<i64> = g["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(context.len(), n_prompt + 6, "{g}");
+    let by_text = post(
+        "/v1/completions",
+        json!({"prompt": text, "temperature": 0, "max_tokens": 6}),
+    )
+    .await;
+    let by_ids = post(
+        "/v1/completions",
+        json!({"prompt": &context[..n_prompt], "temperature": 0, "max_tokens": 6}),
+    )
+    .await;
+    assert_eq!(by_ids["choices"][0]["text"], by_text["choices"][0]["text"]);
+    assert_eq!(by_ids["choices"][0]["text"], g["response"]);
+    assert_eq!(by_ids["usage"]["prompt_tokens"], n_prompt);
+    // Continuing from the context: the same as the text of prompt and answer, then more.
+    let more = " It is";
+    let continued = post(
+        "/api/generate",
+        json!({"prompt": more, "raw": true, "stream": false, "context": context,
+               "options": {"temperature": 0, "num_predict": 6}}),
+    )
+    .await;
+    let whole = format!("{text}{}{more}", g["response"].as_str().unwrap());
+    let at_once = post(
+        "/v1/completions",
+        json!({"prompt": whole, "temperature": 0, "max_tokens": 6}),
+    )
+    .await;
+    assert_eq!(
+        continued["response"], at_once["choices"][0]["text"],
+        "{continued} vs {at_once}"
+    );
+}
