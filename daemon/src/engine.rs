@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backend::{BackendError, LoadedModel, PluginHost};
 use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
 
+mod conversation;
 mod types;
 pub use types::{FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken};
 
@@ -1493,6 +1494,10 @@ impl Answer {
             });
         };
         let info: ModelInfo = model.info().clone().into();
+        if let Some(remote) = model.conversation() {
+            let name = info.name.clone().unwrap_or_else(|| info.path.clone());
+            return self.run_conversation(remote, name, job);
+        }
         let profile = chat::ModelProfile::of(&info);
         let (text, has_bos, opens_reasoning) = match &job.input {
             PromptInput::Chat(messages) | PromptInput::ChatWithTools { messages, .. } => {

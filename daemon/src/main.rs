@@ -245,10 +245,21 @@ async fn serve() -> anyhow::Result<()> {
             PluginHost::empty(&plugin_dir, e.to_string())
         }
     };
-    if host.backends().is_empty() {
+    if host.backends().is_empty() && config.remote.is_empty() {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
-    let host = Arc::new(host);
+    // `[[remote]]` endpoints: a backend inside r1d (no plugin file), checked once before the
+    // first choice so a healthy remote can be chosen at start.
+    let remotes =
+        r1d::backend::remote::Remotes::new(&config.remote, tokio::runtime::Handle::current());
+    if !config.remote.is_empty() {
+        remotes.check_all().await;
+    }
+    let host = Arc::new(
+        host.with_internal(Arc::new(r1d::backend::remote::RemoteBackend::new(
+            remotes.clone(),
+        ))),
+    );
 
     let probe = match &args.hardware_root {
         Some(root) => r1d::hardware::Probe::fake_root(
@@ -273,6 +284,7 @@ async fn serve() -> anyhow::Result<()> {
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
     store.set_estimator(estimator(host.clone()));
+    store.set_remotes(remotes.clone());
     let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
     // What the file says against the configured load (a directory that is no model, a context
@@ -376,6 +388,21 @@ async fn serve() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    // A remote whose health changes (down, or back): plan again, which falls back to the best
+    // local variant or returns to the remote.
+    remotes.watch({
+        let supervisor = supervisor.clone();
+        let handle = tokio::runtime::Handle::current();
+        move || {
+            let supervisor = supervisor.clone();
+            handle.spawn(async move {
+                match supervisor.replan_now("a remote's health changed").await {
+                    Ok(line) => tracing::info!("{line}"),
+                    Err(e) => tracing::warn!("re-plan after a remote's health changed: {e}"),
+                }
+            });
+        }
+    });
     // One control plane under HTTP's native routes and D-Bus.
     let control = Control::new(
         engine.clone(),
