@@ -426,3 +426,87 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
     );
     assert_eq!(ready(&front).await.state, State::Ready);
 }
+
+#[tokio::test]
+async fn a_remote_that_fails_its_health_checks_is_skipped_and_the_best_local_variant_serves() {
+    // A fake machine with 4 GB free and the 1.5B in the store (the echo backend serves it);
+    // the cluster serves the 7B, which `prefer = "best"` ranks above it.
+    let root = tempfile::tempdir().unwrap();
+    crate::watch::machine(root.path(), 32 * 1_000_000_000, 4 * 1_000_000_000, None);
+    let models = tempfile::tempdir().unwrap();
+    let local = crate::watch::variant_file(
+        models.path(),
+        "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
+        "DeepSeek R1 Distill Qwen 1.5B",
+        1536,
+        None,
+    );
+    let (cluster, addr, _files) = cluster("sk-cluster-3");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "sk-cluster-3");
+    let config = format!(
+        "[model]\nbackend = \"echo\"\n\n[store]\ndir = {:?}\nscan_huggingface = false\n\
+         scan_ollama = false\n\n[planner]\ncontext_length = 2048\nmin_tokens_per_s = 0\n\
+         prefer = \"best\"\n\n{}",
+        models.path().display().to_string(),
+        remote_table(&addr, "DeepSeek-R1-Distill-Qwen-7B", Some(&key), "")
+    );
+    let front = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        args: vec!["--hardware-root".into(), root.path().display().to_string()],
+        ..Default::default()
+    });
+    let status = ready(&front).await;
+    assert_eq!(
+        status.model.as_ref().map(|m| m.path.as_str()),
+        Some("remote:cluster"),
+        "{}",
+        front.log()
+    );
+    let selection = status.selection.unwrap_or_default();
+    assert!(
+        selection.contains("ranks above the local deepseek-r1:1.5b"),
+        "{selection}"
+    );
+    let answer = front
+        .client()
+        .chat(&ask("hmm</think>from the cluster"))
+        .await
+        .unwrap();
+    assert_eq!(answer.choices[0].message.content, "from the cluster");
+
+    // The cluster goes away: the next health check fails, r1d plans again and serves the 1.5B.
+    drop(cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = front.client().status().await.unwrap();
+        if status.state == State::Ready
+            && status.model.as_ref().map(|m| m.path.as_str()) == Some(local.to_str().unwrap())
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not on the local variant 30 s after the cluster stopped: {status:?}\n{}",
+            front.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let selection = status.selection.unwrap_or_default();
+    assert!(
+        selection.contains("deepseek-r1:1.5b")
+            && selection.contains("remote cluster skipped: cannot connect to http://"),
+        "{selection}"
+    );
+    // The local echo model answers (upper-cased, its default).
+    let answer = front.client().chat(&ask("hello")).await.unwrap();
+    let message = &answer.choices[0].message;
+    assert_eq!(
+        format!(
+            "{}{}",
+            message.reasoning_content.clone().unwrap_or_default(),
+            message.content
+        ),
+        "HELLO"
+    );
+}
