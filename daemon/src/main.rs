@@ -598,12 +598,33 @@ fn one_shot(
                     (hw, present)
                 }
             };
-            report::plan(
-                &r1d::planner::plan(&hw, &present, &config.planner),
-                *json,
-                *all,
-                report::terminal_width(),
-            )?
+            let plan = r1d::planner::plan(&hw, &present, &config.planner);
+            let mut text = report::plan(&plan, *json, *all, report::terminal_width())?;
+            // `[[remote]]` endpoints: checked now, with the choice against the plan's.
+            if !config.remote.is_empty() && !*json {
+                use r1d::backend::remote;
+                let remotes =
+                    remote::Remotes::new(&config.remote, tokio::runtime::Handle::current());
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(remotes.check_all())
+                });
+                let local = plan.chosen().map(|c| remote::LocalChoice {
+                    quality: c.variant.quality,
+                    variant: c.variant.id,
+                    fast_enough: c.fast_enough,
+                });
+                text = format!(
+                    "{}\n\n{}",
+                    text.trim_end(),
+                    remote::report(
+                        &remotes.views(),
+                        local,
+                        config.planner.prefer,
+                        config.planner.min_tokens_per_s
+                    )
+                );
+            }
+            text
         }
     };
     let mut out = std::io::stdout().lock();

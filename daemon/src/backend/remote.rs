@@ -1257,6 +1257,53 @@ pub fn choose(
     }
 }
 
+/// The remotes as `r1d plan` prints them under its table: one line per remote (model, URL,
+/// variant, health and the reason of a failure, the models it lists), then the choice against
+/// `local` (the plan's choice) by `prefer`. Pure.
+pub fn report(
+    views: &[RemoteView],
+    local: Option<LocalChoice>,
+    prefer: Prefer,
+    min_tokens_per_s: f64,
+) -> String {
+    let mut out = String::from("Remote endpoints ([[remote]]):\n");
+    for v in views {
+        let c = &v.config;
+        let health = if v.health.ok {
+            "healthy".to_owned()
+        } else {
+            format!(
+                "UNHEALTHY: {}",
+                v.health.reason.as_deref().unwrap_or("not checked")
+            )
+        };
+        out += &format!(
+            "  {} — {} at {} — variant {} — {}{}\n",
+            c.name(),
+            c.model,
+            c.url,
+            c.variant().map_or("unknown (ranks lowest)", |v| v.id),
+            health,
+            c.tokens_per_s
+                .map_or(String::new(), |t| format!(" — {t} tokens/s (configured)"))
+        );
+    }
+    let candidates: Vec<RemoteCandidate> = views.iter().map(RemoteCandidate::from).collect();
+    let (pick, why) = choose(local, &candidates, prefer, min_tokens_per_s);
+    let prefer = match prefer {
+        Prefer::Local => "local",
+        Prefer::Best => "best",
+    };
+    out += &format!(
+        "With [planner] prefer = \"{prefer}\": {}: {why}\n",
+        match pick {
+            Some(i) => format!("serve remote {}", candidates[i].name),
+            None => "serve the local choice".to_owned(),
+        }
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1280,6 +1327,49 @@ mod tests {
             variant,
             fast_enough,
         }
+    }
+
+    #[test]
+    fn the_plan_report_names_each_remote_its_health_and_the_choice() {
+        let config = RemoteConfig {
+            url: "http://vllm.example:8000".into(),
+            model: "deepseek-ai/DeepSeek-R1".into(),
+            name: Some("vllm".into()),
+            api_key_file: None,
+            connect_timeout_s: 5.0,
+            first_byte_timeout_s: 300.0,
+            stall_timeout_s: 60.0,
+            health_interval_s: 30.0,
+            tokens_per_s: None,
+            parallel: 8,
+        };
+        let views = [RemoteView {
+            config,
+            health: Health {
+                checked_at: Some(SystemTime::now()),
+                ok: true,
+                reason: None,
+                models: vec!["deepseek-ai/DeepSeek-R1".into()],
+                context_length: Some(163_840),
+            },
+        }];
+        let text = report(
+            &views,
+            Some(local("deepseek-r1:7b", true)),
+            Prefer::Best,
+            10.0,
+        );
+        assert!(
+            text.contains(
+                "vllm — deepseek-ai/DeepSeek-R1 at http://vllm.example:8000 — variant \
+                 deepseek-r1:671b — healthy"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("With [planner] prefer = \"best\": serve remote vllm: remote vllm"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -117,6 +117,23 @@ async fn a_second_r1d_as_the_cluster_answers_with_the_reasoning_split_and_its_us
         "{selection}"
     );
 
+    // `r1d plan` lists the remote with its variant and health, and the choice.
+    let plan = std::process::Command::new(r1d_tests::binary("r1d"))
+        .args(["--user", "--config"])
+        .arg(front.config_path())
+        .arg("plan")
+        .env("XDG_DATA_HOME", front.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "cluster — DeepSeek-R1-Distill-Qwen-7B at http://{addr}/v1 — variant deepseek-r1:7b — healthy"
+        )) && text.contains("With [planner] prefer = \"local\": serve"),
+        "{text}"
+    );
+
     // Whole answer: reasoning and answer apart, usage as the cluster counted it.
     let request = ask("hmm</think>The answer");
     let answer = front.client().chat(&request).await.unwrap();
