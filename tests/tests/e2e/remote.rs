@@ -166,6 +166,29 @@ async fn a_second_r1d_as_the_cluster_answers_with_the_reasoning_split_and_its_us
     );
     assert_eq!(finish.as_deref(), Some("stop"));
 
+    // r1ctl works the same: the answer, and the remote in `status`.
+    let r1ctl = |args: &[&str]| {
+        std::process::Command::new(r1d_tests::binary("r1ctl"))
+            .arg("--socket")
+            .arg(&front.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = r1ctl(&["ask", "--hide-reasoning", "hmm</think>The answer"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "The answer");
+    let out = r1ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("remote:cluster") && text.contains("remote"),
+        "{text}"
+    );
+
     // Ollama's route: the reasoning in `thinking`.
     let ollama: serde_json::Value = front
         .client()
