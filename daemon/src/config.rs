@@ -56,6 +56,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// How r1d follows changes of the config and the hardware.
     pub watch: WatchConfig,
+    /// Remote OpenAI-compatible endpoints (`[[remote]]`: vLLM, SGLang, llama-server, another
+    /// r1d), served through `backend::remote`; see docs/remote.md.
+    pub remote: Vec<crate::backend::remote::RemoteConfig>,
 }
 
 /// What the supervisor does when a re-plan finds that another model fits better than the
@@ -295,6 +298,10 @@ pub struct PlannerConfig {
     /// (`Candidate::parallel`).
     #[serde(skip)]
     pub sequences: Option<u32>,
+    /// Between a local variant and a `[[remote]]` one: `local` (default) serves the best local
+    /// variant that reaches `min_tokens_per_s` and a healthy remote only when none does;
+    /// `best` serves whichever variant ranks higher (a healthy remote's on a tie).
+    pub prefer: crate::backend::remote::Prefer,
 }
 
 impl Default for PlannerConfig {
@@ -307,6 +314,7 @@ impl Default for PlannerConfig {
             allow_partial_offload: true,
             allow_extreme_quantization: false,
             sequences: None,
+            prefer: Default::default(),
         }
     }
 }
@@ -349,6 +357,9 @@ impl Config {
         resolve(&mut self.store.dir);
         resolve(&mut self.store.huggingface_cache);
         resolve(&mut self.store.ollama_models);
+        for remote in &mut self.remote {
+            resolve(&mut remote.api_key_file);
+        }
     }
 
     /// Reads and parses `path`, which must be a regular file of at most [`MAX_CONFIG_BYTES`]
@@ -469,6 +480,7 @@ impl Config {
                 ));
             }
         }
+        crate::backend::remote::validate(&self.remote).map_err(invalid)?;
         if let Some(v) = &self.planner.variant {
             if crate::catalog::variant(v).is_none() {
                 let known: Vec<&str> = crate::catalog::VARIANTS.iter().map(|v| v.id).collect();

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::backend::{BackendError, LoadedModel, PluginHost};
 use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
 
+mod conversation;
 mod types;
 pub use types::{FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken};
 
@@ -1548,6 +1549,10 @@ impl Answer {
             });
         };
         let info: ModelInfo = model.info().clone().into();
+        if let Some(remote) = model.conversation() {
+            let name = info.name.clone().unwrap_or_else(|| info.path.clone());
+            return self.run_conversation(remote, name, job);
+        }
         let profile = chat::ModelProfile::of(&info);
         // Ollama's context: ids that go before the rendered prompt (which then gets no BOS).
         let (context, input) = match &job.input {

@@ -234,10 +234,21 @@ async fn serve() -> anyhow::Result<()> {
             PluginHost::empty(&plugin_dir, e.to_string())
         }
     };
-    if host.backends().is_empty() {
+    if host.backends().is_empty() && config.remote.is_empty() {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
-    let host = Arc::new(host);
+    // `[[remote]]` endpoints: a backend inside r1d (no plugin file), checked once before the
+    // first choice so a healthy remote can be chosen at start.
+    let remotes =
+        r1d::backend::remote::Remotes::new(&config.remote, tokio::runtime::Handle::current());
+    if !config.remote.is_empty() {
+        remotes.check_all().await;
+    }
+    let host = Arc::new(
+        host.with_internal(Arc::new(r1d::backend::remote::RemoteBackend::new(
+            remotes.clone(),
+        ))),
+    );
 
     let probe = match &args.hardware_root {
         Some(root) => r1d::hardware::Probe::fake_root(
@@ -262,6 +273,7 @@ async fn serve() -> anyhow::Result<()> {
     // No configured model: serve the best DeepSeek-R1 the store holds (or say how to get one).
     let store = r1d::store::Store::new(&config, mode, probe.clone());
     store.set_estimator(estimator(host.clone(), r1d::paths::estimate_cache(mode)));
+    store.set_remotes(remotes.clone());
     let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
     // What the file says against the configured load (a directory that is no model, a context
@@ -365,6 +377,21 @@ async fn serve() -> anyhow::Result<()> {
         },
         shutdown.clone(),
     );
+    // A remote whose health changes (down, or back): plan again, which falls back to the best
+    // local variant or returns to the remote.
+    remotes.watch({
+        let supervisor = supervisor.clone();
+        let handle = tokio::runtime::Handle::current();
+        move || {
+            let supervisor = supervisor.clone();
+            handle.spawn(async move {
+                match supervisor.replan_now("a remote's health changed").await {
+                    Ok(line) => tracing::info!("{line}"),
+                    Err(e) => tracing::warn!("re-plan after a remote's health changed: {e}"),
+                }
+            });
+        }
+    });
     // One control plane under HTTP's native routes and D-Bus.
     let control = Control::new(
         engine.clone(),
@@ -604,12 +631,33 @@ fn one_shot(
                     (hw, present)
                 }
             };
-            report::plan(
-                &r1d::planner::plan(&hw, &present, &config.planner),
-                *json,
-                *all,
-                report::terminal_width(),
-            )?
+            let plan = r1d::planner::plan(&hw, &present, &config.planner);
+            let mut text = report::plan(&plan, *json, *all, report::terminal_width())?;
+            // `[[remote]]` endpoints: checked now, with the choice against the plan's.
+            if !config.remote.is_empty() && !*json {
+                use r1d::backend::remote;
+                let remotes =
+                    remote::Remotes::new(&config.remote, tokio::runtime::Handle::current());
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(remotes.check_all())
+                });
+                let local = plan.chosen().map(|c| remote::LocalChoice {
+                    quality: c.variant.quality,
+                    variant: c.variant.id,
+                    fast_enough: c.fast_enough,
+                });
+                text = format!(
+                    "{}\n\n{}",
+                    text.trim_end(),
+                    remote::report(
+                        &remotes.views(),
+                        local,
+                        config.planner.prefer,
+                        config.planner.min_tokens_per_s
+                    )
+                );
+            }
+            text
         }
     };
     let mut out = std::io::stdout().lock();

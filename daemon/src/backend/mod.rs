@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
+pub mod remote;
 pub mod worker;
 pub mod worker_child;
 
@@ -237,6 +238,11 @@ pub trait LoadedModel: Send + Sync {
     /// instead of when the plugin next reports. Not a failure ([`LoadedModel::on_failure`] is not
     /// called). In-process models cannot be stopped this way and ignore it.
     fn abort(&self) {}
+    /// A model that takes the conversation itself instead of a rendered prompt (the `remote`
+    /// backend: its server applies its own template); `None` for plugin models.
+    fn conversation(&self) -> Option<&dyn remote::ConversationModel> {
+        None
+    }
 }
 
 /// A plugin file found in the plugin directory, usable or not.
@@ -259,6 +265,9 @@ pub struct PluginHost {
     dir: PathBuf,
     backends: Vec<std::sync::Arc<dyn Backend>>,
     records: Vec<PluginRecord>,
+    /// Backends built into r1d (the `remote` backend): chosen only when a load names them, and
+    /// listed neither as plugins nor as backends.
+    internal: Vec<std::sync::Arc<dyn Backend>>,
 }
 
 impl PluginHost {
@@ -303,6 +312,7 @@ impl PluginHost {
             dir: dir.to_owned(),
             backends: Vec::new(),
             records: Vec::new(),
+            internal: Vec::new(),
         };
         // Each plugin is opened and probed in a short-lived worker when models run in workers:
         // a plugin's initialisers and probe are backend code too (a GPU runtime's, say) and must
@@ -395,7 +405,14 @@ impl PluginHost {
                 probe: None,
                 error: Some(error),
             }],
+            internal: Vec::new(),
         }
+    }
+
+    /// Adds a backend built into r1d (the `remote` backend), chosen only when a load names it.
+    pub fn with_internal(mut self, backend: std::sync::Arc<dyn Backend>) -> PluginHost {
+        self.internal.push(backend);
+        self
     }
 
     /// The directory scanned.
@@ -424,6 +441,16 @@ impl PluginHost {
         model: &Path,
         wanted: Option<&str>,
     ) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+        if let Some(internal) = self.internal.iter().find(|b| Some(b.name()) == wanted) {
+            return Ok(internal.clone());
+        }
+        if wanted == Some(remote::BACKEND) {
+            return Err(BackendError::NoBackend {
+                path: model.to_owned(),
+                format: "remote".into(),
+                available: "no [[remote]] is configured".into(),
+            });
+        }
         let format = detect_format(model)?;
         let available = self
             .backends

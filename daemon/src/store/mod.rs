@@ -269,6 +269,8 @@ pub struct Store {
     estimator: Mutex<Option<Estimator>>,
     /// Estimates already asked for, by file (path, size, mtime) and load.
     estimates: Mutex<std::collections::HashMap<EstimateKey, Option<BackendEstimate>>>,
+    /// The `[[remote]]` endpoints and their health (see [`Store::set_remotes`]).
+    remotes: Mutex<Option<Arc<crate::backend::remote::Remotes>>>,
 }
 
 /// Asks a backend what a load would allocate, without loading (the plugin ABI's `estimate`):
@@ -332,7 +334,22 @@ impl Store {
             adjust: Mutex::new(None),
             estimator: Mutex::new(None),
             estimates: Mutex::new(std::collections::HashMap::new()),
+            remotes: Mutex::new(None),
         })
+    }
+
+    /// Installs the `[[remote]]` endpoints: from then on a choice weighs a healthy remote's
+    /// variant against the best local one (`[planner] prefer`, [`select::Choice::remote`]).
+    pub fn set_remotes(&self, remotes: Arc<crate::backend::remote::Remotes>) {
+        *self.remotes.lock().unwrap_or_else(|e| e.into_inner()) = Some(remotes);
+    }
+
+    /// The `[[remote]]` endpoints, when installed.
+    pub fn remotes(&self) -> Option<Arc<crate::backend::remote::Remotes>> {
+        self.remotes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Installs the function that asks a present file's backend for its memory estimate; from
@@ -421,6 +438,9 @@ impl Store {
     /// Takes the `[planner]`, `[model]` and `[store] auto_pull` of a reloaded config (the other
     /// `[store]` keys need a restart).
     pub fn reconfigure(&self, config: &Config) {
+        if let Some(remotes) = self.remotes() {
+            remotes.set_configs(&config.remote);
+        }
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = Settings {
             policy: config.planner.clone(),
             model: config.model.clone(),
@@ -510,7 +530,10 @@ impl Store {
                 Some((id.variant?.id, id.catalog_quantization?.name))
             });
         let plan = planner::plan_serving(&hw, &self.present(&entries, policy), policy, served);
-        let choice = select::choose(&plan, &entries, &self.searched());
+        let mut choice = select::choose(&plan, &entries, &self.searched());
+        if let Some(remotes) = self.remotes() {
+            select::weigh_remotes(&mut choice, &plan, &remotes.views(), policy);
+        }
         Ok((entries, plan, choice))
     }
 

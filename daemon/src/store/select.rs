@@ -20,6 +20,8 @@ pub struct Choice {
     pub missing: Option<usize>,
     /// One line: what is served and why, or why nothing is and the command that fixes it.
     pub reason: String,
+    /// A `[[remote]]` to serve instead of the local choice ([`weigh_remotes`]): its load.
+    pub remote: Option<crate::engine::LoadSpec>,
 }
 
 /// The variant to suggest pulling when nothing is present: the plan's choice, else the smallest.
@@ -92,6 +94,7 @@ pub fn choose(plan: &Plan, entries: &[ModelEntry], dirs: &str) -> Choice {
                 candidate: Some(ci),
                 missing,
                 reason,
+                remote: None,
             }
         }
         None => {
@@ -127,7 +130,48 @@ pub fn choose(plan: &Plan, entries: &[ModelEntry], dirs: &str) -> Choice {
                 reason: format!(
                     "{why}; {fix}, or give r1d a model file with --model PATH or [model] path"
                 ),
+                remote: None,
             }
         }
+    }
+}
+
+/// Weighs the `[[remote]]` endpoints against the local choice by `[planner] prefer`
+/// ([`crate::backend::remote::choose`]): a remote that wins becomes [`Choice::remote`] and the
+/// reason says why; otherwise the reason gains what was decided about the remotes (kept as a
+/// fallback, or skipped and why). Pure.
+pub fn weigh_remotes(
+    choice: &mut Choice,
+    plan: &Plan,
+    remotes: &[crate::backend::remote::RemoteView],
+    policy: &crate::config::PlannerConfig,
+) {
+    use crate::backend::remote;
+    if remotes.is_empty() {
+        return;
+    }
+    let candidates: Vec<remote::RemoteCandidate> =
+        remotes.iter().map(remote::RemoteCandidate::from).collect();
+    let local = choice.candidate.map(|ci| {
+        let c = &plan.candidates[ci];
+        remote::LocalChoice {
+            quality: c.variant.quality,
+            variant: c.variant.id,
+            fast_enough: c.fast_enough,
+        }
+    });
+    let (pick, why) = remote::choose(local, &candidates, policy.prefer, policy.min_tokens_per_s);
+    match pick {
+        Some(i) => {
+            choice.remote = Some(crate::engine::LoadSpec {
+                params: crate::engine::LoadParams {
+                    path: candidates[i].path.clone(),
+                    ..Default::default()
+                },
+                backend: Some(remote::BACKEND.to_owned()),
+            });
+            choice.reason = why;
+        }
+        None => choice.reason = format!("{}; {why}", choice.reason),
     }
 }

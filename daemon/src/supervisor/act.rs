@@ -51,10 +51,11 @@ impl Supervisor {
                 let chosen = choice
                     .entry
                     .zip(choice.candidate)
+                    .filter(|_| choice.remote.is_none())
                     .map(|(e, c)| (store.load_spec(&entries[e], Some(&plan.candidates[c])), c));
                 memory.remember(&choice.reason, &plan, chosen.as_ref().map(|(s, c)| (s, *c)));
                 Ok(Wanted {
-                    spec: chosen.map(|(s, _)| s),
+                    spec: choice.remote.or(chosen.map(|(s, _)| s)),
                     reason: choice.reason,
                 })
             })

@@ -219,9 +219,10 @@ fn startup(store: &Store, memory: &Memory) -> (Option<LoadSpec>, String, Option<
                 .missing
                 .filter(|_| store.auto_pull())
                 .and_then(|ci| crate::store::pull_spec_of(&plan.candidates[ci]).ok());
+            let load = if choice.remote.is_some() { None } else { load };
             memory.remember(&choice.reason, &plan, load.as_ref().map(|(s, c)| (s, *c)));
             memory.set(&choice.reason);
-            (load.map(|(s, _)| s), choice.reason, pull)
+            (choice.remote.or(load.map(|(s, _)| s)), choice.reason, pull)
         }
         Err(e) => {
             let reason = format!("{e}; run `r1ctl use NAME` to serve a model by name");

@@ -11,6 +11,7 @@ mod llama;
 mod onnx;
 mod parallel;
 mod plan;
+mod remote;
 mod standins;
 mod store;
 mod systemd;

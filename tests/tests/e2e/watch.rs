@@ -355,7 +355,7 @@ async fn a_request_during_a_slow_swap_gets_503_with_retry_after_past_the_deadlin
 /// A CPU-only machine below `root`: 8 cores, `total` bytes of RAM of which `available` are
 /// free, in the cgroup `r1d.service` limited to `limit` bytes (or unlimited). Each file is
 /// replaced atomically, as the kernel's files change between two reads.
-fn machine(root: &Path, total: u64, available: u64, limit: Option<u64>) {
+pub(crate) fn machine(root: &Path, total: u64, available: u64, limit: Option<u64>) {
     let put = |rel: &str, text: String| {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -390,7 +390,7 @@ fn machine(root: &Path, total: u64, available: u64, limit: Option<u64>) {
 
 /// A small, complete GGUF that the store identifies as the DeepSeek-R1 variant `name` in
 /// Q4_K_M (the echo backend loads it; `weights_bytes` is what it reports as its memory).
-fn variant_file(
+pub(crate) fn variant_file(
     dir: &Path,
     file: &str,
     name: &str,

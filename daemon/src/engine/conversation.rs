@@ -1,0 +1,184 @@
+//! Answers from a model that takes the conversation itself (the `remote` backend): no template,
+//! no tokenizer here. The remote's deltas are put back into R1's raw text — reasoning inside
+//! `<think>…</think>`, then the answer — and go through the same `Assembler` as a local model's
+//! tokens, so the reasoning split, `reasoning_format`, `think: false` and stop strings behave
+//! the same whichever way the remote returned the reasoning (`reasoning_content`, `reasoning`
+//! or `<think>` text).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{
+    deliver, Answer, ChatEvent, ChatJob, EngineError, FinishReason, Finished, GenerateResult,
+    PromptInput, Undelivered,
+};
+use crate::backend::remote::{ConversationModel, ConversationRequest, Delta};
+use crate::backend::BackendError;
+use crate::chat::{self, Assembler, ReasoningFormat};
+
+impl Answer {
+    /// Runs `job` on `remote`; the events are those of a local answer (`Started` once the
+    /// remote accepted the request, so its refusals get their status code).
+    pub(super) fn run_conversation(
+        &self,
+        remote: &dyn ConversationModel,
+        name: String,
+        job: ChatJob,
+    ) -> Result<(), EngineError> {
+        let messages =
+            match &job.input {
+                PromptInput::Chat(messages) => messages,
+                PromptInput::ChatWithTools { .. } => return Err(EngineError::InvalidRequest(
+                    "tools: r1d does not pass tool definitions to a remote model yet; send the \
+                     request without tools, or serve a local model"
+                        .into(),
+                )),
+                PromptInput::Raw(_) => {
+                    return Err(EngineError::InvalidRequest(
+                        "a raw prompt (/v1/completions, /api/generate with raw or without a chat \
+                     template) cannot be sent to a remote model, which applies its own template; \
+                     use /v1/chat/completions or /api/chat"
+                            .into(),
+                    ))
+                }
+            };
+        let request = ConversationRequest {
+            messages,
+            sampling: &job.sampling,
+            max_tokens: job.sampling.max_tokens.or(self.config.default_max_tokens),
+        };
+        let stall = self.config.stall_timeout;
+        let shared = self.shared.clone();
+        let reply = job.reply.clone();
+        let drop_reasoning = job.reasoning_format == ReasoningFormat::Off;
+        let mut assembler = Assembler::new(false, job.sampling.stop.clone(), job.reasoning_format);
+        let mut in_reasoning = false;
+        let mut first_token_at: Option<Instant> = None;
+        let mut client_gone = false;
+        let mut stalled = false;
+        let send = |piece: chat::Piece, client_gone: &mut bool, stalled: &mut bool| {
+            if drop_reasoning && piece.channel == chat::Channel::Reasoning {
+                return true;
+            }
+            match deliver(&shared, &reply, ChatEvent::Piece(piece), stall) {
+                Ok(()) => true,
+                Err(why) => {
+                    *client_gone = true;
+                    *stalled = why == Undelivered::Stalled;
+                    false
+                }
+            }
+        };
+        let result = remote.chat(&request, &mut |delta| {
+            self.shared.beat();
+            if self.shared.shutting_down.load(Ordering::SeqCst)
+                || self.shared.preempting.load(Ordering::SeqCst)
+            {
+                return false;
+            }
+            let text = match delta {
+                None => {
+                    client_gone = job.reply.is_closed();
+                    return !client_gone;
+                }
+                Some(Delta::Accepted) => {
+                    let started = ChatEvent::Started {
+                        model: name.clone(),
+                        prompt_tokens: 0,
+                    };
+                    if deliver(&self.shared, &job.reply, started, stall).is_err() {
+                        client_gone = true;
+                        return false;
+                    }
+                    return true;
+                }
+                Some(Delta::Reasoning(t)) if !in_reasoning => {
+                    in_reasoning = true;
+                    format!("<think>{t}")
+                }
+                Some(Delta::Reasoning(t)) => t,
+                Some(Delta::Content(t)) if in_reasoning => {
+                    in_reasoning = false;
+                    format!("{}{t}", chat::THINK_CLOSE)
+                }
+                Some(Delta::Content(t)) => t,
+            };
+            first_token_at.get_or_insert_with(Instant::now);
+            for piece in assembler.push(text.as_bytes()) {
+                if !send(piece, &mut client_gone, &mut stalled) {
+                    return false;
+                }
+            }
+            if job.reply.is_closed() {
+                client_gone = true;
+                return false;
+            }
+            !assembler.stopped()
+        });
+        let result: GenerateResult = match result {
+            Ok(r) => r.into(),
+            Err(BackendError::Call {
+                status, message, ..
+            }) if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
+                return Err(EngineError::InvalidRequest(message))
+            }
+            Err(_) if self.shared.shutting_down.load(Ordering::SeqCst) => {
+                return Err(EngineError::ShuttingDown)
+            }
+            Err(e) => return Err(EngineError::Backend(e.to_string())),
+        };
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
+        if let Some(reason) = self.shared.preempted() {
+            return Err(EngineError::Preempted { reason });
+        }
+        if stalled {
+            tracing::warn!(
+                "a client stopped reading its answer for {:.0} s ([server] stall_timeout_s); \
+                 its request to the remote was cancelled",
+                stall.as_secs_f64()
+            );
+            return Ok(());
+        }
+        if client_gone {
+            tracing::debug!("client went away; the request to the remote was closed");
+            return Ok(());
+        }
+        metrics::counter!(crate::telemetry::PROMPT_TOKENS)
+            .increment(u64::from(result.prompt_tokens));
+        metrics::counter!(crate::telemetry::GENERATED_TOKENS)
+            .increment(u64::from(result.completion_tokens));
+        let ttft = first_token_at.map(|t| t.duration_since(job.admitted));
+        if let Some(ttft) = ttft {
+            metrics::histogram!(crate::telemetry::TTFT).record(ttft.as_secs_f64());
+        }
+        crate::telemetry::update(job.stats.as_ref(), |s| {
+            s.model = Some(name.clone());
+            s.prompt_tokens = Some(result.prompt_tokens);
+            s.generated_tokens = Some(result.completion_tokens);
+            s.ttft = ttft;
+        });
+        for piece in assembler.finish() {
+            if !send(piece, &mut client_gone, &mut stalled) {
+                return Ok(());
+            }
+        }
+        let finish_reason = if assembler.stopped() {
+            FinishReason::Stop
+        } else {
+            match result.finish_reason {
+                FinishReason::Cancelled => FinishReason::Stop,
+                other => other,
+            }
+        };
+        let mut result = result;
+        result.time_to_first_token_ms = ttft.map(|t| t.as_secs_f64() * 1e3);
+        let done = ChatEvent::Done(Finished {
+            finish_reason,
+            result,
+        });
+        let _ = deliver(&self.shared, &job.reply, done, stall);
+        Ok(())
+    }
+}
