@@ -56,6 +56,29 @@ pub struct Config {
     pub store: StoreConfig,
     /// How r1d follows changes of the config and the hardware.
     pub watch: WatchConfig,
+    /// Per-backend settings.
+    pub backends: BackendsConfig,
+}
+
+/// `[backends]`: settings of one backend each.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    /// `[backends.llamacpp]`.
+    pub llamacpp: LlamaCppConfig,
+}
+
+/// `[backends.llamacpp]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlamaCppConfig {
+    /// llama.cpp `rpc-server` workers (`r1d-rpc-worker`, docs/rpc.md) whose devices the llama.cpp
+    /// plugin adds to its own: `"HOST:PORT"` each (ggml's endpoint syntax: no IPv6 literal). The
+    /// layers offloaded (`gpu_layers`) are split across them in proportion to their free memory;
+    /// a worker that does not answer at load time is left out. The protocol has no
+    /// authentication: trusted networks or tunnels only. Needs `[plugins] isolation =
+    /// "process"` (ggml ends the process when a worker vanishes). Read at start only.
+    pub rpc_workers: Vec<String>,
 }
 
 /// What the supervisor does when a re-plan finds that another model fits better than the
@@ -450,6 +473,19 @@ impl Config {
                     "plugins.hang_timeout_s must be a number of seconds from 1 to 86400".into(),
                 ));
             }
+        }
+        for w in &self.backends.llamacpp.rpc_workers {
+            ggml_rpc_probe::check_endpoint(w)
+                .map_err(|e| invalid(format!("backends.llamacpp.rpc_workers: {e}")))?;
+        }
+        if !self.backends.llamacpp.rpc_workers.is_empty()
+            && self.plugins.isolation == Isolation::InProcess
+        {
+            return Err(invalid(
+                "backends.llamacpp.rpc_workers needs plugins.isolation = \"process\": ggml's RPC \
+                 client ends the process it runs in when a worker vanishes"
+                    .into(),
+            ));
         }
         if let Some(n) = self.server.parallel {
             if !(1..=MAX_PARALLEL).contains(&n) {
