@@ -11,6 +11,7 @@ mod llama;
 mod onnx;
 mod parallel;
 mod plan;
+mod rpc;
 mod standins;
 mod store;
 mod systemd;
