@@ -595,6 +595,41 @@ mod tests {
     }
 
     #[test]
+    fn rpc_workers_are_host_port_and_need_process_isolation() {
+        let c = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"10.0.0.2:50052\", \"w.lan:50053\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backends.llamacpp.rpc_workers,
+            ["10.0.0.2:50052", "w.lan:50053"]
+        );
+        let e = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"10.0.0.2\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("backends.llamacpp.rpc_workers")
+                && e.contains("`10.0.0.2` is not HOST:PORT"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[plugins]\nisolation = \"in-process\"\n[backends.llamacpp]\nrpc_workers = [\"h:1\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs plugins.isolation = \"process\""), "{e}");
+        let e = Config::parse("[backends.llamacpp]\nworkers = []\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `workers`"), "{e}");
+    }
+
+    #[test]
     fn full_config_parses() {
         let c = Config::parse(
             "[model]\npath = \"/m.gguf\"\ncontext_length = 4096\ngpu_layers = 99\n[server]\nsocket = \"/s.sock\"\n[plugins]\ndir = \"/p\"\n",
