@@ -176,15 +176,22 @@ unsafe extern "C" fn on_abort(message: *const c_char) {
     eprintln!("{line}");
 }
 
-/// True when ggml has a device layers can be offloaded to: a GPU, an integrated GPU, or an RPC
-/// worker's device (RPC devices are GPU-type). Unlike `llama_supports_gpu_offload`, which is true
-/// in every build with the RPC backend compiled in, it is false until a worker is attached.
+/// True when layers can be offloaded: an RPC worker is attached in this process, or this is a
+/// GPU build ([`crate::BUILD`]) and ggml lists a GPU or integrated GPU. Unlike
+/// `llama_supports_gpu_offload`, which is true in every build with the RPC backend compiled in,
+/// the CPU build without workers says no, as before RPC: its default stays `gpu_layers` 0.
 pub fn offload_device_present() -> bool {
-    // SAFETY: plain registry queries; the registry is initialised by ggml's static constructor.
-    unsafe {
-        !sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU).is_null()
-            || !sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_IGPU).is_null()
-    }
+    let attached = !ATTACHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty();
+    attached
+        || (crate::BUILD != "cpu"
+            // SAFETY: plain registry queries; ggml's registry is a thread-safe static.
+            && unsafe {
+                !sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU).is_null()
+                    || !sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_IGPU).is_null()
+            })
 }
 
 #[cfg(test)]
