@@ -380,3 +380,59 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
         "The capital of France is Paris."
     );
 }
+
+#[tokio::test]
+async fn a_worker_that_vanishes_while_idle_is_dropped_before_a_request_meets_it() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let (mut a, b) = (Worker::start(&binary), Worker::start(&binary));
+    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+    let gone = a.endpoint.clone();
+    a.kill();
+    // r1d's watch (every 2 s) sees it gone and loads the model again on what is left.
+    until(
+        &daemon,
+        60,
+        "the model to be loaded again without the vanished worker",
+        || async {
+            let log = daemon.log();
+            let reloaded = log.contains(&format!("rpc worker {gone} vanished: loading"))
+                && log.contains(&format!("leaving rpc worker {gone} out of this load"));
+            let ready = client
+                .health()
+                .await
+                .ok()
+                .is_some_and(|h| h.status == State::Ready);
+            (reloaded && ready).then_some(())
+        },
+    )
+    .await;
+    let answer = client.chat(&greedy(PROMPTS[0], 64)).await.unwrap();
+    assert_eq!(
+        answer.choices[0].message.content,
+        "The capital of France is Paris."
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("SIGABRT") && !log.contains("crash 1 of"),
+        "no answer met the broken connection, so no worker process crashed:\n{log}"
+    );
+    assert!(
+        log.matches(&format!("using rpc worker {}", b.endpoint))
+            .count()
+            >= 2,
+        "{log}"
+    );
+}
