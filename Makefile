@@ -5,6 +5,9 @@
 #                                     install what `make` built (builds nothing)
 #   make deb                          the Debian package (cargo-deb) of what `make` built;
 #                                     CARGO_DEB_FLAGS="--output FILE" puts it elsewhere
+#   make rpc-worker                   llama.cpp's rpc-server as target/release/r1d-rpc-worker
+#                                     (scripts/build-rpc-worker); install and deb then ship it
+#                                     with r1d-rpc-worker@.service (docs/rpc.md)
 #
 # Man pages and shell completions are generated from the built binaries
 # (`r1d --generate-assets DIR`, `r1ctl --generate-assets DIR`, hidden options)
@@ -54,10 +57,13 @@ else
 UNIT_SED := s|/usr/bin/r1d \(--[a-z]*\)|$(BINDIR)/r1d \1 --plugin-dir $(PLUGINDIR)|
 endif
 
-.PHONY: all assets install uninstall deb
+.PHONY: all assets install uninstall deb rpc-worker
 
 all:
 	$(CARGO) build --release -j$(JOBS) --workspace
+
+rpc-worker:
+	cp "$$(scripts/build-rpc-worker | tail -n 1)" $(RELEASE)/r1d-rpc-worker
 
 assets:
 	test -x $(RELEASE)/r1d -a -x $(RELEASE)/r1ctl || { echo 'run make first' >&2; exit 1; }
@@ -79,6 +85,13 @@ install: assets
 		sed -e '$(UNIT_SED)' systemd/user/$$unit > $(DESTDIR)$(SYSTEMDUSERUNITDIR)/$$unit; \
 		chmod 0644 $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/$$unit $(DESTDIR)$(SYSTEMDUSERUNITDIR)/$$unit; \
 	done
+	if [ -x $(RELEASE)/r1d-rpc-worker ]; then \
+		$(INSTALL) -m 0755 $(RELEASE)/r1d-rpc-worker $(DESTDIR)$(BINDIR)/ && \
+		sed -e 's|/usr/bin/r1d-rpc-worker|$(BINDIR)/r1d-rpc-worker|' systemd/r1d-rpc-worker@.service \
+			> $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/r1d-rpc-worker@.service && \
+		chmod 0644 $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/r1d-rpc-worker@.service && \
+		$(INSTALL) -m 0644 systemd/rpc-worker.conf.example $(DESTDIR)$(DOCDIR)/examples/rpc-worker.conf && \
+		$(INSTALL) -m 0644 docs/rpc.md $(DESTDIR)$(DOCDIR)/rpc.md; fi
 	$(INSTALL) -m 0644 systemd/r1d.sysusers $(DESTDIR)$(SYSUSERSDIR)/r1d.conf
 	$(INSTALL) -m 0644 systemd/r1d.tmpfiles $(DESTDIR)$(TMPFILESDIR)/r1d.conf
 	$(INSTALL) -m 0644 $(ASSETS)/completions/r1d.bash $(DESTDIR)$(BASHCOMPDIR)/r1d
@@ -104,7 +117,8 @@ install: assets
 		$(INSTALL) -D -m 0644 systemd/org.r1d.R1.policy $(DESTDIR)$(POLKITACTIONDIR)/org.r1d.R1.policy; fi
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/r1d $(DESTDIR)$(BINDIR)/r1ctl \
+	rm -f $(DESTDIR)$(BINDIR)/r1d $(DESTDIR)$(BINDIR)/r1ctl $(DESTDIR)$(BINDIR)/r1d-rpc-worker \
+		$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/r1d-rpc-worker@.service \
 		$(DESTDIR)$(MANDIR)/man1/r1d*.1 $(DESTDIR)$(MANDIR)/man1/r1ctl*.1 \
 		$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/r1d.service $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/r1d.socket \
 		$(DESTDIR)$(SYSTEMDUSERUNITDIR)/r1d.service $(DESTDIR)$(SYSTEMDUSERUNITDIR)/r1d.socket \

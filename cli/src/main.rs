@@ -667,6 +667,18 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
         }
         writeln!(out, "{:<14}{}", "swap policy", w.swap_policy)?;
     }
+    for w in &status.rpc_workers {
+        let detail = match (&w.error, w.free_bytes) {
+            (Some(e), _) => format!(": {e}"),
+            (None, Some(free)) => format!(", {:.1} GB free", free as f64 / 1e9),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            out,
+            "{:<14}{} {}{detail}",
+            "rpc worker", w.endpoint, w.state
+        )?;
+    }
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(
         out,

@@ -778,6 +778,30 @@ pub struct Status {
     /// What r1d does when the config or the machine changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchStatus>,
+    /// The llama.cpp RPC workers (`[backends.llamacpp] rpc_workers`) and their state at the last
+    /// probe (every few seconds); absent without workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rpc_workers: Vec<RpcWorkerStatus>,
+}
+
+/// `/r1/status` `rpc_workers[]`: one llama.cpp RPC worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RpcWorkerStatus {
+    /// `HOST:PORT`.
+    pub endpoint: String,
+    /// `up` (answered, free), `serving` (accepted but busy with a client — an `rpc-server`
+    /// serves one at a time, normally the resident model), `gone` (unreachable) or `unknown`
+    /// (not probed yet).
+    pub state: String,
+    /// Free memory of its devices, bytes (when `up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// Total memory of its devices, bytes (when `up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Why it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `/r1/status` `watch`: how r1d follows the config and the hardware, and what it found.

@@ -59,6 +59,29 @@ pub struct Config {
     /// Remote OpenAI-compatible endpoints (`[[remote]]`: vLLM, SGLang, llama-server, another
     /// r1d), served through `backend::remote`; see docs/remote.md.
     pub remote: Vec<crate::backend::remote::RemoteConfig>,
+    /// Per-backend settings.
+    pub backends: BackendsConfig,
+}
+
+/// `[backends]`: settings of one backend each.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    /// `[backends.llamacpp]`.
+    pub llamacpp: LlamaCppConfig,
+}
+
+/// `[backends.llamacpp]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlamaCppConfig {
+    /// llama.cpp `rpc-server` workers (`r1d-rpc-worker`, docs/rpc.md) whose devices the llama.cpp
+    /// plugin adds to its own: `"HOST:PORT"` each (ggml's endpoint syntax: no IPv6 literal). The
+    /// layers offloaded (`gpu_layers`) are split across them in proportion to their free memory;
+    /// a worker that does not answer at load time is left out. The protocol has no
+    /// authentication: trusted networks or tunnels only. Needs `[plugins] isolation =
+    /// "process"` (ggml ends the process when a worker vanishes). Read at start only.
+    pub rpc_workers: Vec<String>,
 }
 
 /// What the supervisor does when a re-plan finds that another model fits better than the
@@ -462,6 +485,19 @@ impl Config {
                 ));
             }
         }
+        for w in &self.backends.llamacpp.rpc_workers {
+            ggml_rpc_probe::check_endpoint(w)
+                .map_err(|e| invalid(format!("backends.llamacpp.rpc_workers: {e}")))?;
+        }
+        if !self.backends.llamacpp.rpc_workers.is_empty()
+            && self.plugins.isolation == Isolation::InProcess
+        {
+            return Err(invalid(
+                "backends.llamacpp.rpc_workers needs plugins.isolation = \"process\": ggml's RPC \
+                 client ends the process it runs in when a worker vanishes"
+                    .into(),
+            ));
+        }
         if let Some(n) = self.server.parallel {
             if !(1..=MAX_PARALLEL).contains(&n) {
                 return Err(invalid(format!(
@@ -568,6 +604,41 @@ mod tests {
             Config::parse("", Path::new("x.toml")).unwrap(),
             Config::default()
         );
+    }
+
+    #[test]
+    fn rpc_workers_are_host_port_and_need_process_isolation() {
+        let c = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"10.0.0.2:50052\", \"w.lan:50053\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backends.llamacpp.rpc_workers,
+            ["10.0.0.2:50052", "w.lan:50053"]
+        );
+        let e = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"10.0.0.2\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("backends.llamacpp.rpc_workers")
+                && e.contains("`10.0.0.2` is not HOST:PORT"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[plugins]\nisolation = \"in-process\"\n[backends.llamacpp]\nrpc_workers = [\"h:1\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs plugins.isolation = \"process\""), "{e}");
+        let e = Config::parse("[backends.llamacpp]\nworkers = []\n", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `workers`"), "{e}");
     }
 
     #[test]

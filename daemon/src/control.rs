@@ -166,6 +166,9 @@ pub struct Status {
     pub planned: Option<crate::supervisor::selection::Planned>,
     /// What r1d's process holds now (`None` where it cannot be read).
     pub resident: Option<crate::hardware::memory::Resident>,
+    /// The llama.cpp RPC workers of `[backends.llamacpp] rpc_workers` and their state at the
+    /// last probe (empty without workers).
+    pub rpc_workers: Vec<crate::hardware::rpc::RpcWorker>,
 }
 
 /// The models on disk (`/r1/models`, D-Bus `ListModels`).
@@ -206,6 +209,8 @@ pub struct Control {
     /// The names of the resident model, found once per resident file (a store scan reads every
     /// model's header; answering requests must not pay for it each time).
     names: Arc<std::sync::Mutex<Option<ResidentNames>>>,
+    /// The llama.cpp RPC workers, watched (none unless configured).
+    rpc: crate::hardware::rpc::RpcWatch,
 }
 
 /// Every name the resident model is listed under, for one resident file.
@@ -291,6 +296,7 @@ impl Control {
             supervisor,
             policy: Arc::new(Policy::new(rustix::process::geteuid().as_raw())),
             names: Arc::default(),
+            rpc: crate::hardware::rpc::RpcWatch::default(),
         }
     }
 
@@ -456,7 +462,14 @@ impl Control {
             more_memory: supervisor.and_then(|s| s.more_memory()),
             planned: supervisor.and_then(|s| s.planned()),
             resident: crate::hardware::memory::resident_with(self.engine.worker_pid()),
+            rpc_workers: self.rpc.workers(),
         }
+    }
+
+    /// Shows `rpc`'s workers in [`Control::status`].
+    pub fn with_rpc_watch(mut self, rpc: crate::hardware::rpc::RpcWatch) -> Control {
+        self.rpc = rpc;
+        self
     }
 
     /// Every plugin file found, usable or not.

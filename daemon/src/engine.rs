@@ -356,6 +356,9 @@ struct Shared {
     /// Set by [`Engine::swap_now`]: the running answer ends with [`EngineError::Preempted`].
     preempt: std::sync::Mutex<Option<String>>,
     preempting: AtomicBool,
+    /// The next load of the resident spec loads it again instead of keeping it
+    /// ([`Engine::load_again`]).
+    load_again: AtomicBool,
     /// Milliseconds since `started` when the last request ended (or started).
     last_request_ms: AtomicU64,
     /// How long a request waits for a model being loaded or swapped (milliseconds).
@@ -511,6 +514,7 @@ impl Engine {
             shutting_down: AtomicBool::new(false),
             preempt: std::sync::Mutex::new(None),
             preempting: AtomicBool::new(false),
+            load_again: AtomicBool::new(false),
             last_request_ms: AtomicU64::new(0),
             queue_deadline_ms: AtomicU64::new(120_000),
             load_generation: AtomicU64::new(0),
@@ -618,6 +622,16 @@ impl Engine {
     pub async fn load(&self, spec: LoadSpec) -> Result<(), EngineError> {
         let outcome = self.start_load(spec).await?;
         outcome.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// As [`Engine::load`], but `spec` is loaded again even when it is the resident spec: for
+    /// what the spec does not show, such as the llama.cpp RPC workers that answer now.
+    ///
+    /// # Errors
+    /// As [`Engine::load`].
+    pub async fn load_again(&self, spec: LoadSpec) -> Result<(), EngineError> {
+        self.shared.load_again.store(true, Ordering::SeqCst);
+        self.load(spec).await
     }
 
     /// Queues the load of [`Engine::load`] and returns where its outcome will arrive, so the
@@ -1020,7 +1034,8 @@ impl Worker {
     /// Replaces the resident model with `spec`; on failure loads the previous one again.
     fn swap(&mut self, spec: LoadSpec) -> Result<(), EngineError> {
         self.shared.publish(|s| s.queued_load = None);
-        if self.model.is_some() && self.spec.as_ref() == Some(&spec) {
+        let again = self.shared.load_again.swap(false, Ordering::SeqCst);
+        if self.model.is_some() && self.spec.as_ref() == Some(&spec) && !again {
             // Already resident with these settings: nothing to unload or load.
             return Ok(());
         }

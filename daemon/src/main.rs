@@ -237,6 +237,15 @@ async fn serve() -> anyhow::Result<()> {
     if host.backends().is_empty() && config.remote.is_empty() {
         tracing::warn!("no usable backend plugin in {}", plugin_dir.display());
     }
+    let rpc_workers = &config.backends.llamacpp.rpc_workers;
+    let host = if rpc_workers.is_empty() {
+        host
+    } else {
+        host.with_load_extra(
+            "llamacpp",
+            serde_json::json!({ "rpc_workers": rpc_workers }),
+        )
+    };
     // `[[remote]]` endpoints: a backend inside r1d (no plugin file), checked once before the
     // first choice so a healthy remote can be chosen at start.
     let remotes =
@@ -402,7 +411,11 @@ async fn serve() -> anyhow::Result<()> {
         },
         Some(store.clone()),
         Some(supervisor.clone()),
-    );
+    )
+    .with_rpc_watch(rpc_watch(
+        &config.backends.llamacpp.rpc_workers,
+        engine.clone(),
+    ));
     // D-Bus (org.r1d.R1) beside HTTP, on the same engine; a missing bus is a warning.
     r1d::api::dbus::spawn(r1d::api::dbus::Options {
         bus: if args.no_dbus {
@@ -689,4 +702,42 @@ impl StopSignals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// Watches the llama.cpp RPC workers (`hardware::rpc`) and loads the resident llama.cpp model
+/// again when one it may use vanished while no answer runs (an answer that runs meets the broken
+/// connection itself: its worker process ends and the engine's crash recovery loads again), or
+/// when a vanished one is back: the plugin uses the workers that answer at load time.
+fn rpc_watch(endpoints: &[String], engine: Engine) -> r1d::hardware::rpc::RpcWatch {
+    use r1d::hardware::rpc::{RpcChange, RpcWatch};
+    let runtime = tokio::runtime::Handle::current();
+    RpcWatch::start(
+        endpoints,
+        std::time::Duration::from_secs(2),
+        move |change| {
+            let snap = engine.snapshot();
+            let Some(spec) = snap.spec.clone() else {
+                return;
+            };
+            let on_llamacpp = snap.model.as_ref().is_some_and(|(_, b)| b == "llamacpp");
+            if !on_llamacpp || snap.state != r1d::engine::EngineState::Ready {
+                return;
+            }
+            let why = match &change {
+                RpcChange::Vanished(_) if engine.running_requests() > 0 => return,
+                RpcChange::Vanished(w) => format!("rpc worker {w} vanished"),
+                RpcChange::Returned(w) => format!("rpc worker {w} is back"),
+            };
+            tracing::info!(
+                "{why}: loading {} again on the workers that answer",
+                spec.params.path
+            );
+            let engine = engine.clone();
+            runtime.spawn(async move {
+                if let Err(e) = engine.load_again(spec).await {
+                    tracing::warn!("loading again after \"{why}\" failed: {e}");
+                }
+            });
+        },
+    )
 }

@@ -74,6 +74,29 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         upgrades: upgrades_to_wire(&s.upgrades),
         more_memory: s.more_memory.clone(),
         watch,
+        rpc_workers: s.rpc_workers.iter().map(rpc_worker).collect(),
+    }
+}
+
+fn rpc_worker(w: &crate::hardware::rpc::RpcWorker) -> wire::RpcWorkerStatus {
+    use crate::hardware::rpc::RpcState;
+    let (free_bytes, total_bytes) = match w.state {
+        RpcState::Up {
+            free_bytes,
+            total_bytes,
+            ..
+        } => (Some(free_bytes), Some(total_bytes)),
+        _ => (None, None),
+    };
+    wire::RpcWorkerStatus {
+        endpoint: w.endpoint.clone(),
+        state: w.state.name().to_owned(),
+        free_bytes,
+        total_bytes,
+        error: match &w.state {
+            RpcState::Gone(why) => Some(why.clone()),
+            _ => None,
+        },
     }
 }
 

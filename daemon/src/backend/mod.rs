@@ -260,6 +260,44 @@ pub struct PluginRecord {
     pub error: Option<String>,
 }
 
+/// A backend whose loads get extra backend-specific parameters from r1d's config
+/// ([`PluginHost::with_load_extra`]).
+struct LoadExtra {
+    inner: std::sync::Arc<dyn Backend>,
+    extra: serde_json::Value,
+}
+
+impl Backend for LoadExtra {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn probe_report(&self) -> &ProbeReport {
+        self.inner.probe_report()
+    }
+
+    fn load(
+        &self,
+        params: &LoadParams,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Box<dyn LoadedModel>, BackendError> {
+        let mut params = params.clone();
+        if !params.extra.is_object() {
+            params.extra = serde_json::Value::Object(Default::default());
+        }
+        if let (Some(into), Some(from)) = (params.extra.as_object_mut(), self.extra.as_object()) {
+            for (k, v) in from {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+        self.inner.load(&params, progress)
+    }
+
+    fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
+        self.inner.estimate(params)
+    }
+}
+
 /// All plugins of one directory.
 pub struct PluginHost {
     dir: PathBuf,
@@ -391,6 +429,21 @@ impl PluginHost {
             }
         }
         Ok(host)
+    }
+
+    /// Adds `extra` to the [`LoadParams::extra`] of every load on the backend named `backend`
+    /// (keys of `extra` win over the request's), e.g. `{"rpc_workers": [...]}` for llama.cpp.
+    /// Estimates are left as they are: they plan the local share.
+    pub fn with_load_extra(mut self, backend: &str, extra: serde_json::Value) -> PluginHost {
+        for b in &mut self.backends {
+            if b.name() == backend {
+                *b = std::sync::Arc::new(LoadExtra {
+                    inner: b.clone(),
+                    extra: extra.clone(),
+                });
+            }
+        }
+        self
     }
 
     /// A host with no plugins (the directory was refused or missing), remembering why.

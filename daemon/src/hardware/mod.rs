@@ -21,6 +21,7 @@ pub mod cpu;
 pub mod disk;
 pub mod memory;
 pub mod nvidia;
+pub mod rpc;
 pub mod vulkan;
 
 use std::path::{Path, PathBuf};

@@ -71,7 +71,8 @@ fn text(raw: &[c_char; 64]) -> String {
 /// `invalid_argument` for parameters `load` would refuse; `load_failed` naming the file and
 /// llama.cpp's reason when it cannot open the model or create the context.
 pub(crate) fn estimate(params: &LoadParams) -> Result<Estimate, PluginError> {
-    let backend = backend::backend()?;
+    // Initialises llama.cpp (and its logging) once per process.
+    backend::backend()?;
     let path = params.path.clone();
     let kv_type = KvType::parse(params.kv_cache_type.as_deref())?;
     let header = gguf_header::read(std::path::Path::new(&path))
@@ -80,7 +81,7 @@ pub(crate) fn estimate(params: &LoadParams) -> Result<Estimate, PluginError> {
         .arch_uint("context_length")
         .map_or(u32::MAX, |c| u32::try_from(c).unwrap_or(u32::MAX));
     let plan = ContextPlan::new(params, n_ctx_train)?;
-    let gpu_offload = backend.supports_gpu_offload();
+    let gpu_offload = crate::rpc::offload_device_present();
     let gpu_layers = params
         .gpu_layers
         .unwrap_or(if gpu_offload { u32::MAX } else { 0 });

@@ -32,6 +32,7 @@ pub use gguf_header::ftype;
 mod generate;
 mod grammar;
 mod model;
+pub mod rpc;
 
 use std::sync::OnceLock;
 
@@ -91,17 +92,14 @@ impl Plugin for LlamaCppPlugin {
     type Model = LlamaCppModel;
 
     fn probe(&self) -> Result<ProbeReport, PluginError> {
-        let backend = match backend::backend() {
-            Ok(backend) => backend,
-            Err(e) => {
-                return Ok(ProbeReport {
-                    available: false,
-                    formats: vec!["gguf".to_owned()],
-                    reason: Some(e.message),
-                    ..ProbeReport::default()
-                })
-            }
-        };
+        if let Err(e) = backend::backend() {
+            return Ok(ProbeReport {
+                available: false,
+                formats: vec!["gguf".to_owned()],
+                reason: Some(e.message),
+                ..ProbeReport::default()
+            });
+        }
         let devices: Vec<Device> = list_llama_ggml_backend_devices()
             .into_iter()
             .map(|d| {
@@ -126,7 +124,7 @@ impl Plugin for LlamaCppPlugin {
                 }
             })
             .collect();
-        let gpu_offload = backend.supports_gpu_offload();
+        let gpu_offload = rpc::offload_device_present();
         let has_gpu = devices.iter().any(|d| d.kind == "gpu");
         let (score, reason) = match (BUILD, gpu_offload && has_gpu) {
             ("cpu", _) => (

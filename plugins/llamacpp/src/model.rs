@@ -163,8 +163,25 @@ impl LlamaCppModel {
             ));
         }
         check_readable(&path)?;
+        let workers = crate::rpc::workers_from_extra(&params.extra)?;
+        if !workers.is_empty() && !params.vocab_only {
+            let attached = crate::rpc::attach(&workers)?;
+            if attached.used.is_empty() {
+                tracing::warn!(
+                    "no rpc worker answered ({}); loading {path} on the local devices only",
+                    attached
+                        .missing
+                        .iter()
+                        .map(|(w, why)| format!("{w}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+        }
 
-        let gpu_offload = backend.supports_gpu_offload();
+        // Not `supports_gpu_offload`: llama.cpp says yes to that whenever the RPC backend is
+        // compiled in, GPU or not.
+        let gpu_offload = crate::rpc::offload_device_present();
         let requested_gpu_layers =
             params
                 .gpu_layers

@@ -12,6 +12,7 @@ mod onnx;
 mod parallel;
 mod plan;
 mod remote;
+mod rpc;
 mod standins;
 mod store;
 mod systemd;

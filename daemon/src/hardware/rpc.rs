@@ -1,0 +1,309 @@
+//! The llama.cpp RPC workers of `[backends.llamacpp] rpc_workers`, watched: each is asked every
+//! few seconds for its devices' free memory (`ggml-rpc-probe`, with timeouts), so `/r1/status`
+//! says which worker is gone, and a change that matters to the resident model (a worker it uses
+//! vanished, or a vanished one is back) calls the hook `main.rs` gives, which loads the model
+//! again on the workers that are there.
+//!
+//! An `rpc-server` serves one client at a time: a worker that accepts but does not answer is
+//! [`RpcState::Serving`] — alive, in use (by the resident model's worker process, as a rule).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long one probe step may take: a worker that is up answers in milliseconds on a LAN.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a worker looked like at the last probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcState {
+    /// Not probed yet.
+    Unknown,
+    /// Answered: free and total memory of all its devices (bytes), device count.
+    Up {
+        /// Free memory, bytes.
+        free_bytes: u64,
+        /// Total memory, bytes.
+        total_bytes: u64,
+        /// Devices.
+        devices: usize,
+    },
+    /// Accepted the connection without answering: it serves another client (one at a time).
+    Serving,
+    /// Unreachable or not speaking the protocol: why.
+    Gone(String),
+}
+
+impl RpcState {
+    /// `up`, `serving`, `gone` or `unknown`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RpcState::Unknown => "unknown",
+            RpcState::Up { .. } => "up",
+            RpcState::Serving => "serving",
+            RpcState::Gone(_) => "gone",
+        }
+    }
+}
+
+/// One configured worker and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcWorker {
+    /// `HOST:PORT`.
+    pub endpoint: String,
+    /// Its state at the last probe.
+    pub state: RpcState,
+}
+
+/// What changed between two probes that matters to a model using the workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcChange {
+    /// A worker that served (in use) or answered is gone.
+    Vanished(String),
+    /// A worker that was gone answers again, free to serve.
+    Returned(String),
+}
+
+/// The change of one worker between two states, if it matters. Pure.
+pub fn change(endpoint: &str, before: &RpcState, after: &RpcState) -> Option<RpcChange> {
+    match (before, after) {
+        (RpcState::Serving | RpcState::Up { .. }, RpcState::Gone(_)) => {
+            Some(RpcChange::Vanished(endpoint.to_owned()))
+        }
+        // Back and free: a worker that is back but serves someone else cannot be used yet.
+        (RpcState::Gone(_), RpcState::Up { .. }) => Some(RpcChange::Returned(endpoint.to_owned())),
+        _ => None,
+    }
+}
+
+/// The watched workers (cheap to clone; the thread keeps its own reference).
+#[derive(Clone, Default)]
+pub struct RpcWatch {
+    workers: Arc<Mutex<Vec<RpcWorker>>>,
+}
+
+impl RpcWatch {
+    /// Starts a thread that probes `endpoints` every `interval` and calls `on_change` for each
+    /// change that matters (from that thread). Nothing is started for no endpoints.
+    pub fn start(
+        endpoints: &[String],
+        interval: Duration,
+        on_change: impl Fn(RpcChange) + Send + 'static,
+    ) -> RpcWatch {
+        let watch = RpcWatch {
+            workers: Arc::new(Mutex::new(
+                endpoints
+                    .iter()
+                    .map(|e| RpcWorker {
+                        endpoint: e.clone(),
+                        state: RpcState::Unknown,
+                    })
+                    .collect(),
+            )),
+        };
+        if endpoints.is_empty() {
+            return watch;
+        }
+        let shared = Arc::clone(&watch.workers);
+        let endpoints = endpoints.to_vec();
+        let spawned = std::thread::Builder::new()
+            .name("r1d-rpc-watch".into())
+            .spawn(move || loop {
+                for endpoint in &endpoints {
+                    let after = probe(endpoint);
+                    let before = {
+                        let mut workers = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let Some(w) = workers.iter_mut().find(|w| &w.endpoint == endpoint) else {
+                            continue;
+                        };
+                        std::mem::replace(&mut w.state, after.clone())
+                    };
+                    if let RpcState::Gone(why) = &after {
+                        if before != after {
+                            tracing::warn!(
+                                worker = endpoint.as_str(),
+                                "rpc worker {endpoint} is gone: {why}"
+                            );
+                        }
+                    } else if matches!(before, RpcState::Gone(_)) {
+                        tracing::info!(
+                            worker = endpoint.as_str(),
+                            "rpc worker {endpoint} answers again"
+                        );
+                    }
+                    if let Some(c) = change(endpoint, &before, &after) {
+                        on_change(c);
+                    }
+                }
+                std::thread::sleep(interval);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("failed to start the rpc worker watch: {e}");
+        }
+        watch
+    }
+
+    /// The workers and their states at the last probe, in config order.
+    pub fn workers(&self) -> Vec<RpcWorker> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One worker's state now. Blocking (up to [`PROBE_TIMEOUT`] per step).
+///
+/// A worker this machine holds a TCP connection to (`/proc/net/tcp`, `/proc/net/tcp6`: the
+/// resident model's worker process, as a rule) is not connected to again: an `rpc-server`
+/// serves one client at a time and listens with a backlog of 1, so probes while it serves would
+/// pile up unanswered in its accept queue until new connections are dropped. Such a connection
+/// `ESTABLISHED` is [`RpcState::Serving`]; in `CLOSE_WAIT` the worker closed it: gone.
+pub fn probe(endpoint: &str) -> RpcState {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<std::net::SocketAddr> = endpoint
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    let mut held = None;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for (remote, state) in tcp_connections(&text) {
+            if addrs.iter().any(|a| same_endpoint(a, &remote)) {
+                // ESTABLISHED wins over a CLOSE_WAIT left by an earlier process.
+                if state == TCP_ESTABLISHED || held.is_none() {
+                    held = Some(state);
+                }
+            }
+        }
+    }
+    match held {
+        Some(TCP_ESTABLISHED) => return RpcState::Serving,
+        Some(TCP_CLOSE_WAIT) => {
+            return RpcState::Gone(format!(
+                "rpc worker {endpoint} closed the connection r1d's model held to it"
+            ))
+        }
+        _ => {}
+    }
+    match ggml_rpc_probe::probe(endpoint, PROBE_TIMEOUT) {
+        Ok(w) => RpcState::Up {
+            free_bytes: w.free_bytes(),
+            total_bytes: w.devices.iter().map(|d| d.total_bytes).sum(),
+            devices: w.devices.len(),
+        },
+        Err(e) if e.is_busy() => RpcState::Serving,
+        Err(e) => RpcState::Gone(e.to_string()),
+    }
+}
+
+/// `st` of an established connection in `/proc/net/tcp` (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 0x01;
+/// `st` of a connection the other side closed (`TCP_CLOSE_WAIT`).
+const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// The remote address and state of each connection in a `/proc/net/tcp{,6}` table. Addresses
+/// are the kernel's raw words printed in host byte order (`%08X` per 32-bit word), ports in
+/// `%04X`. Pure.
+fn tcp_connections(text: &str) -> Vec<(std::net::SocketAddr, u8)> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else {
+            continue;
+        };
+        let Some((addr, port)) = remote.split_once(':') else {
+            continue;
+        };
+        let (Ok(port), Ok(state)) = (u16::from_str_radix(port, 16), u8::from_str_radix(state, 16))
+        else {
+            continue;
+        };
+        let words: Option<Vec<u32>> = (0..addr.len() / 8)
+            .map(|i| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok())
+            .collect();
+        let ip = match words.as_deref() {
+            Some([w]) => std::net::IpAddr::from(w.to_ne_bytes()),
+            Some(ws @ [_, _, _, _]) => {
+                let mut b = [0u8; 16];
+                for (i, w) in ws.iter().enumerate() {
+                    b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                std::net::IpAddr::from(b)
+            }
+            _ => continue,
+        };
+        out.push((std::net::SocketAddr::new(ip, port), state));
+    }
+    out
+}
+
+/// `a` and `b` are the same endpoint, an IPv4 address also matching its IPv4-mapped IPv6 form.
+fn same_endpoint(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
+    let canon = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    a.port() == b.port() && canon(a.ip()) == canon(b.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connections_are_read_from_proc_net_tcp() {
+        // Lines of a real /proc/net/tcp (x86-64, little endian): a listener on 127.0.0.1:49988,
+        // an established connection to it, one in CLOSE_WAIT to 10.0.0.2:49988.
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:C344 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
+   1: 0100007F:B2F0 0100007F:C344 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n\
+   2: 0100000A:B2F2 0200000A:C344 08 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1\n";
+        let c = super::tcp_connections(v4);
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            c,
+            vec![
+                (addr("0.0.0.0:0"), 0x0A),
+                (addr("127.0.0.1:49988"), 0x01),
+                (addr("10.0.0.2:49988"), 0x08)
+            ]
+        );
+        // IPv6: ::ffff:127.0.0.1 port 49988, the same endpoint as 127.0.0.1:49988.
+        let v6 = "header\n   0: 00000000000000000000000000000000:B2F0 0000000000000000FFFF00000100007F:C344 01 0 0 0 0 0 0 0\n";
+        let c = super::tcp_connections(v6);
+        assert_eq!(c.len(), 1);
+        assert!(super::same_endpoint(&c[0].0, &addr("127.0.0.1:49988")));
+        assert!(!super::same_endpoint(&c[0].0, &addr("127.0.0.2:49988")));
+    }
+
+    use super::*;
+
+    #[test]
+    fn only_vanishing_and_returning_are_changes() {
+        let up = RpcState::Up {
+            free_bytes: 1,
+            total_bytes: 2,
+            devices: 1,
+        };
+        let gone = RpcState::Gone("refused".into());
+        assert_eq!(
+            change("w", &RpcState::Serving, &gone),
+            Some(RpcChange::Vanished("w".into()))
+        );
+        assert_eq!(
+            change("w", &up, &gone),
+            Some(RpcChange::Vanished("w".into()))
+        );
+        assert_eq!(
+            change("w", &gone, &up),
+            Some(RpcChange::Returned("w".into()))
+        );
+        assert_eq!(change("w", &gone, &RpcState::Serving), None);
+        // A model's own reload makes its workers idle, then busy again: no change.
+        assert_eq!(change("w", &RpcState::Serving, &up), None);
+        assert_eq!(change("w", &up, &RpcState::Serving), None);
+        // The first probe is no change, whatever it finds.
+        assert_eq!(change("w", &RpcState::Unknown, &gone), None);
+        assert_eq!(change("w", &gone, &RpcState::Gone("other".into())), None);
+    }
+}

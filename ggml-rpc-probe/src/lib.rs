@@ -1,0 +1,348 @@
+//! A client for the first three commands of ggml's RPC protocol (`HELLO`, `DEVICE_COUNT`,
+//! `GET_DEVICE_MEMORY`): what an `rpc-server` worker has, asked with timeouts.
+//!
+//! Why not ggml's own client: `ggml_backend_rpc_add_server` and every later call on an RPC device
+//! end the process with `GGML_ABORT` when the worker cannot be reached or stops answering
+//! (ggml/src/ggml-rpc/ggml-rpc.cpp: `rpc_dispatcher::start`, `RPC_STATUS_ASSERT`). r1d asks here
+//! first, so an unreachable worker is an error value, never a dead process.
+//!
+//! The wire format is the one of llama.cpp's `ggml/src/ggml-rpc/ggml-rpc.cpp` at protocol
+//! version [`PROTO_MAJOR`].x (llama-cpp-sys-2 0.1.161): a request is `cmd: u8`, `size: u64 LE`,
+//! `size` bytes; a response is `size: u64 LE`, `size` bytes. The first command on a connection
+//! must be `HELLO`.
+//!
+//! An `rpc-server` serves **one client at a time** (its accept loop serves each connection to the
+//! end before the next): while a model's worker process holds the connection, a probe is accepted
+//! by the kernel but gets no answer — [`ProbeError::Busy`] after the timeout, which means the
+//! worker is alive.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The protocol's major version this client speaks (`RPC_PROTO_MAJOR_VERSION` in ggml-rpc.h).
+pub const PROTO_MAJOR: u8 = 7;
+/// Highest minor version understood (`RPC_PROTO_MINOR_VERSION`); a server's higher minor is refused
+/// by ggml's own client too.
+pub const PROTO_MINOR: u8 = 0;
+
+/// `rpc_cmd` values (ggml-rpc.cpp; `RPC_CMD_HELLO` is fixed at 14 across versions).
+const CMD_GET_DEVICE_MEMORY: u8 = 11;
+const CMD_HELLO: u8 = 14;
+const CMD_DEVICE_COUNT: u8 = 15;
+/// `RPC_CONN_CAPS_SIZE` (ggml-rpc/transport.h): transport capabilities in the HELLO messages;
+/// all zero = plain TCP, no upgrade.
+const CONN_CAPS_SIZE: usize = 24;
+
+/// One device of a worker, as the worker's ggml backend reports it (`ggml_backend_dev_memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Free memory, bytes.
+    pub free_bytes: u64,
+    /// Total memory, bytes.
+    pub total_bytes: u64,
+}
+
+/// What a worker answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// The endpoint asked, `HOST:PORT`.
+    pub endpoint: String,
+    /// Protocol version the worker speaks (major, minor, patch).
+    pub version: (u8, u8, u8),
+    /// Its devices in ggml's order (device `i` is llama.cpp's `RPCn` for that endpoint).
+    pub devices: Vec<DeviceMemory>,
+}
+
+impl Worker {
+    /// Free memory of all its devices, bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.devices.iter().map(|d| d.free_bytes).sum()
+    }
+}
+
+/// Why a worker gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Not `HOST:PORT` with a port 1–65535 (ggml splits at the first `:`, so no IPv6 literals).
+    #[error("rpc worker `{0}` is not HOST:PORT (ggml's RPC endpoints take no IPv6 literal)")]
+    BadEndpoint(String),
+    /// The host name does not resolve.
+    #[error("rpc worker {endpoint}: cannot resolve the host: {source}")]
+    Resolve {
+        /// The endpoint.
+        endpoint: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// Nothing listens, or the host is unreachable.
+    #[error("rpc worker {endpoint} is unreachable: {source}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The connect error (refused, timed out, no route).
+        source: std::io::Error,
+    },
+    /// Connected, but no answer within the timeout: the worker serves another client (an
+    /// `rpc-server` serves one at a time) or hangs.
+    #[error("rpc worker {endpoint} accepted the connection but did not answer within {timeout:?} (busy serving another client, or hung)")]
+    Busy {
+        /// The endpoint.
+        endpoint: String,
+        /// The timeout waited.
+        timeout: Duration,
+    },
+    /// The connection broke or the answer was not the protocol's.
+    #[error("rpc worker {endpoint}: {message}")]
+    Protocol {
+        /// The endpoint.
+        endpoint: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl ProbeError {
+    /// True when the worker is known to be alive (it accepted, and is busy with another client).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ProbeError::Busy { .. })
+    }
+}
+
+/// Checks `HOST:PORT` as ggml's `parse_endpoint` will read it.
+///
+/// # Errors
+/// [`ProbeError::BadEndpoint`].
+pub fn check_endpoint(endpoint: &str) -> Result<(), ProbeError> {
+    let bad = || ProbeError::BadEndpoint(endpoint.to_owned());
+    let (host, port) = endpoint.split_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.contains(':') {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Connects to `endpoint` (`HOST:PORT`), says HELLO and asks for each device's memory. Each step
+/// (connect, every read and write) waits at most `timeout`. Blocking.
+///
+/// # Errors
+/// [`ProbeError`]: a bad endpoint, a host that does not resolve, nothing listening, no answer
+/// (busy or hung), or a broken or foreign answer (another protocol version is named).
+pub fn probe(endpoint: &str, timeout: Duration) -> Result<Worker, ProbeError> {
+    check_endpoint(endpoint)?;
+    let addrs: Vec<_> = endpoint
+        .to_socket_addrs()
+        .map_err(|source| ProbeError::Resolve {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| ProbeError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+    })?;
+    let io = |e: std::io::Error| -> ProbeError {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            ProbeError::Busy {
+                endpoint: endpoint.to_owned(),
+                timeout,
+            }
+        } else {
+            ProbeError::Protocol {
+                endpoint: endpoint.to_owned(),
+                message: format!("the connection broke: {e}"),
+            }
+        }
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let _ = stream.set_nodelay(true);
+
+    let hello = call(
+        &mut stream,
+        CMD_HELLO,
+        &[0u8; CONN_CAPS_SIZE],
+        4 + CONN_CAPS_SIZE,
+    )
+    .map_err(|e| e.into_probe(endpoint, &io))?;
+    let version = (hello[0], hello[1], hello[2]);
+    if version.0 != PROTO_MAJOR || version.1 > PROTO_MINOR {
+        return Err(ProbeError::Protocol {
+            endpoint: endpoint.to_owned(),
+            message: format!(
+                "speaks RPC protocol {}.{}.{}, this build of r1d speaks {PROTO_MAJOR}.{PROTO_MINOR}.x \
+                 (build the worker from the same llama.cpp: scripts/build-rpc-worker)",
+                version.0, version.1, version.2
+            ),
+        });
+    }
+    let count =
+        call(&mut stream, CMD_DEVICE_COUNT, &[], 4).map_err(|e| e.into_probe(endpoint, &io))?;
+    let count = u32::from_le_bytes(count[..4].try_into().expect("4 bytes"));
+    let mut devices = Vec::new();
+    for device in 0..count {
+        let m = call(
+            &mut stream,
+            CMD_GET_DEVICE_MEMORY,
+            &device.to_le_bytes(),
+            16,
+        )
+        .map_err(|e| e.into_probe(endpoint, &io))?;
+        devices.push(DeviceMemory {
+            free_bytes: u64::from_le_bytes(m[..8].try_into().expect("8 bytes")),
+            total_bytes: u64::from_le_bytes(m[8..16].try_into().expect("8 bytes")),
+        });
+    }
+    Ok(Worker {
+        endpoint: endpoint.to_owned(),
+        version,
+        devices,
+    })
+}
+
+enum CallError {
+    Io(std::io::Error),
+    Size { want: usize, got: u64 },
+}
+
+impl CallError {
+    fn into_probe(self, endpoint: &str, io: &dyn Fn(std::io::Error) -> ProbeError) -> ProbeError {
+        match self {
+            CallError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                ProbeError::Protocol {
+                    endpoint: endpoint.to_owned(),
+                    message: "closed the connection without answering (not an rpc-server of this \
+                          protocol version?)"
+                        .to_owned(),
+                }
+            }
+            CallError::Io(e) => io(e),
+            CallError::Size { want, got } => ProbeError::Protocol {
+                endpoint: endpoint.to_owned(),
+                message: format!(
+                    "answered {got} bytes where {want} were expected (another protocol version?)"
+                ),
+            },
+        }
+    }
+}
+
+/// One request and its response of exactly `want` bytes.
+fn call(stream: &mut TcpStream, cmd: u8, input: &[u8], want: usize) -> Result<Vec<u8>, CallError> {
+    let mut request = Vec::with_capacity(9 + input.len());
+    request.push(cmd);
+    request.extend_from_slice(&(input.len() as u64).to_le_bytes());
+    request.extend_from_slice(input);
+    stream.write_all(&request).map_err(CallError::Io)?;
+    let mut size = [0u8; 8];
+    stream.read_exact(&mut size).map_err(CallError::Io)?;
+    let got = u64::from_le_bytes(size);
+    if got != want as u64 {
+        return Err(CallError::Size { want, got });
+    }
+    let mut out = vec![0u8; want];
+    stream.read_exact(&mut out).map_err(CallError::Io)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn endpoints_are_checked_as_ggml_parses_them() {
+        check_endpoint("10.0.0.2:50052").unwrap();
+        check_endpoint("worker.lan:1").unwrap();
+        for bad in ["10.0.0.2", ":50052", "h:0", "h:70000", "[::1]:50052", "h:p"] {
+            assert!(
+                matches!(check_endpoint(bad), Err(ProbeError::BadEndpoint(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    /// A fake rpc-server speaking the protocol's first three commands, to pin the byte layout.
+    #[test]
+    fn a_worker_is_asked_for_hello_device_count_and_memory() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = [0u8; 9];
+            let mut read_req = |s: &mut TcpStream| {
+                s.read_exact(&mut head).unwrap();
+                let n = u64::from_le_bytes(head[1..9].try_into().unwrap()) as usize;
+                let mut body = vec![0u8; n];
+                s.read_exact(&mut body).unwrap();
+                (head[0], body)
+            };
+            let reply = |s: &mut TcpStream, b: &[u8]| {
+                s.write_all(&(b.len() as u64).to_le_bytes()).unwrap();
+                s.write_all(b).unwrap();
+            };
+            let (cmd, body) = read_req(&mut s);
+            assert_eq!((cmd, body.len()), (14, 24));
+            let mut hello = vec![7, 0, 3, 0];
+            hello.extend_from_slice(&[0; 24]);
+            reply(&mut s, &hello);
+            let (cmd, body) = read_req(&mut s);
+            assert_eq!((cmd, body.len()), (15, 0));
+            reply(&mut s, &2u32.to_le_bytes());
+            for dev in 0..2u32 {
+                let (cmd, body) = read_req(&mut s);
+                assert_eq!((cmd, body), (11, dev.to_le_bytes().to_vec()));
+                let mut m = (1000 * u64::from(dev + 1)).to_le_bytes().to_vec();
+                m.extend_from_slice(&4000u64.to_le_bytes());
+                reply(&mut s, &m);
+            }
+        });
+        let w = probe(&endpoint, Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+        assert_eq!(w.version, (7, 0, 3));
+        assert_eq!(
+            w.devices,
+            vec![
+                DeviceMemory {
+                    free_bytes: 1000,
+                    total_bytes: 4000
+                },
+                DeviceMemory {
+                    free_bytes: 2000,
+                    total_bytes: 4000
+                }
+            ]
+        );
+        assert_eq!(w.free_bytes(), 3000);
+    }
+
+    #[test]
+    fn a_silent_worker_is_busy_and_a_closed_port_unreachable() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        // Accepted by the kernel (backlog), never answered: what a worker serving another
+        // client looks like.
+        let e = probe(&endpoint, Duration::from_millis(300)).unwrap_err();
+        assert!(e.is_busy(), "{e}");
+        drop(listener);
+        let e = probe(&endpoint, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, ProbeError::Unreachable { .. }), "{e}");
+    }
+}

@@ -1,0 +1,438 @@
+//! llama.cpp RPC workers (`[backends.llamacpp] rpc_workers`): SmolLM2 split across two real
+//! `rpc-server` processes on loopback ports and the local CPU.
+//!
+//! The worker binary comes from `scripts/build-rpc-worker` (cached; the first run compiles
+//! rpc-server from the same llama.cpp and flags as the plugin), or `R1D_RPC_WORKER=PATH`. When it
+//! cannot be had, the tests skip loudly, and fail under `CI=true`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use r1d_client::wire::{ChatCompletionRequest, ChatMessage, State};
+use r1d_tests::{bin_dir, fixture, Daemon, DaemonOptions, SMOLLM2};
+
+use crate::llama::ONE_MODEL_AT_A_TIME;
+use crate::watch::until;
+
+/// Layers `gpu_layers` puts on the workers (of SmolLM2's 30 blocks + output): the other 11 stay
+/// on the local CPU, so the answer crosses both workers and this process.
+const REMOTE_LAYERS: u32 = 20;
+
+/// The rpc-server binary, or `None` (skipped loudly; a failure under CI).
+fn worker_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("R1D_RPC_WORKER") {
+        return Some(PathBuf::from(p));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("scripts/build-rpc-worker"))
+        .env("R1D_BIN", bin_dir())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("failed to run scripts/build-rpc-worker");
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned);
+    match last
+        .map(PathBuf::from)
+        .filter(|p| out.status.success() && p.is_file())
+    {
+        Some(p) => Some(p),
+        None => {
+            let message = format!(
+                "scripts/build-rpc-worker did not build the rpc worker ({}); set R1D_RPC_WORKER",
+                out.status
+            );
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}");
+            }
+            eprintln!("\n!!!!! SKIPPED: {message} !!!!!\n");
+            None
+        }
+    }
+}
+
+/// A running rpc-server on a loopback port; killed on drop.
+struct Worker {
+    child: Child,
+    endpoint: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Worker {
+    fn start(binary: &PathBuf) -> Worker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Worker::start_on(binary, port)
+    }
+
+    fn start_on(binary: &PathBuf, port: u16) -> Worker {
+        let endpoint = format!("127.0.0.1:{port}");
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = Command::new(binary);
+        // As systemd runs it (IgnoreSIGPIPE=yes, its default and r1d-rpc-worker@.service's):
+        // rpc-server writes to its client with send() without MSG_NOSIGNAL, so a client that
+        // vanishes mid-answer would kill it with SIGPIPE (Rust's Command restores SIGPIPE's
+        // default in the child).
+        // SAFETY: `signal` is async-signal-safe; nothing is allocated or locked in the hook.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let child = command
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "-t", "1"])
+            .env("OMP_WAIT_POLICY", "passive")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("failed to start the rpc worker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match ggml_rpc_probe::probe(&endpoint, Duration::from_secs(2)) {
+                Ok(w) => {
+                    assert!(!w.devices.is_empty(), "{w:?}");
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "rpc worker {endpoint} did not answer within 30 s: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Worker {
+            child,
+            endpoint,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(workers: &[&Worker]) -> String {
+    let list: Vec<String> = workers
+        .iter()
+        .map(|w| format!("\"{}\"", w.endpoint))
+        .collect();
+    format!(
+        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [{}]\n",
+        list.join(", ")
+    )
+}
+
+fn smollm(model: &std::path::Path, config: Option<&str>) -> Daemon {
+    Daemon::start(DaemonOptions {
+        model: Some(model),
+        args: vec!["--context-length".into(), "2048".into()],
+        config,
+        ..Default::default()
+    })
+}
+
+fn greedy(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
+    ChatCompletionRequest {
+        messages: vec![
+            ChatMessage::new("system", "You are a helpful assistant."),
+            ChatMessage::new("user", prompt),
+        ],
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    }
+}
+
+const PROMPTS: [&str; 2] = [
+    "What is the capital of France?",
+    "Write a short story about a lighthouse keeper.",
+];
+
+async fn answers(daemon: &Daemon) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in PROMPTS {
+        let a = daemon.client().chat(&greedy(p, 64)).await.unwrap();
+        out.push(a.choices[0].message.content.clone());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_model_split_across_two_rpc_workers_and_the_cpu_answers_as_the_local_one() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let local = {
+        let daemon = smollm(&model, None);
+        assert_eq!(
+            daemon.settled().await.status,
+            State::Ready,
+            "{}",
+            daemon.log()
+        );
+        answers(&daemon).await
+    };
+    assert_eq!(local[0], "The capital of France is Paris.");
+
+    let (a, b) = (Worker::start(&binary), Worker::start(&binary));
+    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    for w in [&a, &b] {
+        assert!(
+            log.contains(&format!("using rpc worker {}", w.endpoint)),
+            "{log}"
+        );
+        // llama.cpp put weights on each worker's device (its buffer is named after it).
+        assert!(
+            log.contains(&format!("[{}] model buffer size", w.endpoint))
+                || log.contains(&format!("{} model buffer size", w.endpoint)),
+            "no weights on {}:\n{log}",
+            w.endpoint
+        );
+        assert!(
+            w.log().contains("Accepted client connection"),
+            "{}",
+            w.log()
+        );
+    }
+    assert!(
+        log.contains(&format!("offloaded {REMOTE_LAYERS}/")),
+        "llama.cpp says how many layers went to the workers:\n{log}"
+    );
+    let split = answers(&daemon).await;
+    assert_eq!(
+        split, local,
+        "greedy answers split across two rpc workers and the CPU differ from the local ones"
+    );
+}
+
+#[tokio::test]
+async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_serves_on() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let (mut a, b) = (Worker::start(&binary), Worker::start(&binary));
+    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+
+    let mut long = greedy(PROMPTS[1], 1000);
+    long.stream = true;
+    let mut stream = client.chat_stream(&long).await.unwrap();
+    let mut chunks = 0;
+    while chunks < 3 {
+        stream.next().await.expect("a chunk").unwrap();
+        chunks += 1;
+    }
+    let killed = a.endpoint.clone();
+    a.kill();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => chunks += 1,
+            Err(e) => {
+                error = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let error = error.unwrap_or_else(|| {
+        panic!(
+            "the stream ended after {chunks} chunks without an error event:\n{}",
+            daemon.log()
+        )
+    });
+    assert!(
+        error.contains("Remote RPC server crashed")
+            && error.contains(&format!("rpc worker {killed} is gone"))
+            && error.contains("retry"),
+        "the error event names the vanished worker and says the answer is lost: {error}"
+    );
+
+    // The model is loaded again without the vanished worker, and answers as before.
+    until(&daemon, 60, "the model to be served again", || async {
+        client
+            .health()
+            .await
+            .ok()
+            .filter(|h| h.status == State::Ready)
+    })
+    .await;
+    let answer = client
+        .chat(&greedy(PROMPTS[0], 64))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemon.log()));
+    assert_eq!(
+        answer.choices[0].message.content,
+        "The capital of France is Paris."
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("leaving rpc worker {killed} out of this load")),
+        "{log}"
+    );
+    assert!(
+        log.matches(&format!("using rpc worker {}", b.endpoint))
+            .count()
+            >= 2,
+        "the surviving worker serves the reloaded model too:\n{log}"
+    );
+
+    // /r1/status says which worker is gone, and that the other one serves.
+    let status = until(
+        &daemon,
+        30,
+        "the status to name the gone worker",
+        || async {
+            let s = client.status().await.ok()?;
+            let gone = s.rpc_workers.iter().find(|w| w.endpoint == killed)?;
+            (gone.state == "gone").then_some(s)
+        },
+    )
+    .await;
+    let gone = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == killed)
+        .unwrap();
+    assert!(
+        gone.error
+            .as_deref()
+            .is_some_and(|e| e.contains("unreachable")),
+        "{gone:?}"
+    );
+    let other = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == b.endpoint)
+        .unwrap();
+    assert_eq!(other.state, "serving", "{status:?}");
+
+    // It comes back on the same port: r1d loads the model again with it.
+    let port: u16 = killed.rsplit(':').next().unwrap().parse().unwrap();
+    let _back = Worker::start_on(&binary, port);
+    until(
+        &daemon,
+        60,
+        "the model to be loaded again with the worker that came back",
+        || async {
+            let log = daemon.log();
+            let reloaded = log.matches(&format!("using rpc worker {killed}")).count() >= 2;
+            let ready = client
+                .health()
+                .await
+                .ok()
+                .is_some_and(|h| h.status == State::Ready);
+            (reloaded && ready).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        daemon
+            .log()
+            .contains(&format!("rpc worker {killed} is back")),
+        "{}",
+        daemon.log()
+    );
+    let answer = client.chat(&greedy(PROMPTS[0], 64)).await.unwrap();
+    assert_eq!(
+        answer.choices[0].message.content,
+        "The capital of France is Paris."
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_vanishes_while_idle_is_dropped_before_a_request_meets_it() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let (mut a, b) = (Worker::start(&binary), Worker::start(&binary));
+    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+    let gone = a.endpoint.clone();
+    a.kill();
+    // r1d's watch (every 2 s) sees it gone and loads the model again on what is left.
+    until(
+        &daemon,
+        60,
+        "the model to be loaded again without the vanished worker",
+        || async {
+            let log = daemon.log();
+            let reloaded = log.contains(&format!("rpc worker {gone} vanished: loading"))
+                && log.contains(&format!("leaving rpc worker {gone} out of this load"));
+            let ready = client
+                .health()
+                .await
+                .ok()
+                .is_some_and(|h| h.status == State::Ready);
+            (reloaded && ready).then_some(())
+        },
+    )
+    .await;
+    let answer = client.chat(&greedy(PROMPTS[0], 64)).await.unwrap();
+    assert_eq!(
+        answer.choices[0].message.content,
+        "The capital of France is Paris."
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("SIGABRT") && !log.contains("crash 1 of"),
+        "no answer met the broken connection, so no worker process crashed:\n{log}"
+    );
+    assert!(
+        log.matches(&format!("using rpc worker {}", b.endpoint))
+            .count()
+            >= 2,
+        "{log}"
+    );
+}
