@@ -272,6 +272,10 @@ impl Backend for LoadExtra {
         self.inner.name()
     }
 
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+
     fn probe_report(&self) -> &ProbeReport {
         self.inner.probe_report()
     }

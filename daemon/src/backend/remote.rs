@@ -590,6 +590,11 @@ impl Backend for RemoteBackend {
         BACKEND
     }
 
+    /// r1d's own version: the backend is part of it.
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
     fn probe_report(&self) -> &ProbeReport {
         &self.report
     }

@@ -33,6 +33,20 @@ impl Answer {
                      request without tools, or serve a local model"
                         .into(),
                 )),
+                PromptInput::Tokens(_) => {
+                    return Err(EngineError::InvalidRequest(
+                        "prompt: token ids cannot be sent to a remote model, whose tokenizer r1d \
+                         does not know; send text"
+                            .into(),
+                    ))
+                }
+                PromptInput::After { .. } => {
+                    return Err(EngineError::InvalidRequest(
+                        "context: Ollama's context ids cannot be sent to a remote model, whose \
+                         tokenizer r1d does not know; send the conversation with /api/chat"
+                            .into(),
+                    ))
+                }
                 PromptInput::Raw(_) => {
                     return Err(EngineError::InvalidRequest(
                         "a raw prompt (/v1/completions, /api/generate with raw or without a chat \
@@ -177,6 +191,8 @@ impl Answer {
         let done = ChatEvent::Done(Finished {
             finish_reason,
             result,
+            // A remote's token ids are its own and not sent back: no Ollama `context`.
+            tokens: Vec::new(),
         });
         let _ = deliver(&self.shared, &job.reply, done, stall);
         Ok(())
