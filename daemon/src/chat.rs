@@ -449,16 +449,14 @@ impl Assembler {
     }
 
     /// Flushes what is held back at the end of the generation (nothing once a stop string
-    /// matched: the bytes still held then came after it).
+    /// matched: the bytes still held then came after it). The bytes still held are the start of
+    /// a character the generation never completed (cut by `max_tokens` mid-character): they are
+    /// dropped, as llama-server's `validate_utf8` drops them, rather than sent as a U+FFFD the
+    /// model never produced.
     pub fn finish(&mut self) -> Vec<Piece> {
+        self.bytes.clear();
         if self.stopped {
-            self.bytes.clear();
             return Vec::new();
-        }
-        if !self.bytes.is_empty() {
-            let text = String::from_utf8_lossy(&self.bytes).into_owned();
-            self.bytes.clear();
-            self.pending.push_str(&text);
         }
         self.drain(true)
     }
@@ -749,6 +747,18 @@ mod tests {
         let (out, stopped) = run(false, &["STOP"], &[b"ok STOP\xE2\x82"]);
         assert!(stopped);
         assert_eq!(text(&out, Channel::Content), "ok ");
+    }
+
+    /// Found by a user: an answer cut by `max_tokens` in the middle of an emoji ended with a
+    /// U+FFFD the model never produced; the incomplete character is dropped.
+    #[test]
+    fn a_character_the_generation_never_completed_is_dropped_not_replaced() {
+        let star = "🌟".as_bytes();
+        let (out, _) = run(false, &[], &[star, &star[..2]]);
+        assert_eq!(text(&out, Channel::Content), "🌟");
+        // An invalid byte in the middle is still shown as U+FFFD.
+        let (out, _) = run(false, &[], &[&[0xFF], b"ok"]);
+        assert_eq!(text(&out, Channel::Content), "\u{FFFD}ok");
     }
 
     /// Found by the `assembler` fuzz target: an invalid byte before the first byte of a split

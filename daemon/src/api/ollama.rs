@@ -46,6 +46,39 @@ const LOAD_TIME_COUNTS: [&str; 6] = [
     "num_keep",
 ];
 
+/// Every key of Ollama's `options` (`api.Options` and `api.Runner` of Ollama's `api/types.go`;
+/// docs/modelfile.md lists the common ones); any other is refused by name.
+const KNOWN_OPTIONS: [&str; 28] = [
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_last_n",
+    "temperature",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "penalize_newline",
+    "stop",
+    "tfs_z",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "numa",
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "low_vram",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+    "vocab_only",
+];
+
 /// The Ollama routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -102,9 +135,9 @@ async fn listed_name(state: &AppState) -> Option<String> {
 /// Sampling from Ollama `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`,
 /// `num_predict` (-1 = no limit but the context), `stop`, `repeat_penalty`, `repeat_last_n`,
 /// `presence_penalty`, `frequency_penalty`; `mirostat`, `typical_p`, `tfs_z` only at their "off"
-/// values. Other keys (load-time settings such as `num_ctx`, which r1d's config decides) are
-/// ignored, as Ollama ignores options a model does not use; a known key of the wrong type is an
-/// error.
+/// values. Load-time settings such as `num_ctx`, which r1d's config decides, are accepted and
+/// not acted on (a negative count is refused); a key Ollama does not have, or a known key of the
+/// wrong type, is an error naming it.
 fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling, Response> {
     let mut s = Sampling::default();
     let Some(options) = options else { return Ok(s) };
@@ -136,10 +169,31 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
             }),
         }
     };
+    // A key Ollama does not document is a typo (`num_predikt`) whose intent would be lost:
+    // refused by name, as an unknown top-level field is.
+    if let Some(key) = options
+        .keys()
+        .find(|k| !KNOWN_OPTIONS.contains(&k.as_str()))
+    {
+        return Err(fail(ApiError::invalid(
+            Some(key),
+            format!(
+                "unknown option {key:?} (a misspelt option name?); Ollama's options are: {}",
+                KNOWN_OPTIONS.join(", ")
+            ),
+        )));
+    }
     // Load-time counts r1d's config and planner decide (accepted and not acted on), still
-    // checked to be counts, so that a malformed value is not silently taken.
+    // checked to be counts that could mean something, so a malformed value is not taken.
     for key in LOAD_TIME_COUNTS {
-        int(key)?;
+        // `num_gpu` −1 is Ollama's "as many layers as fit".
+        let least = if key == "num_gpu" { -1 } else { 0 };
+        if let Some(n) = int(key)?.filter(|n| *n < least) {
+            return Err(fail(ApiError::invalid(
+                Some(key),
+                format!("invalid option {key}: {n} is below {least}"),
+            )));
+        }
     }
     // Options Ollama documents whose samplers r1d does not run: the value that means "off" is
     // accepted, any other is refused by name.

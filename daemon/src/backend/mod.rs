@@ -302,6 +302,9 @@ impl Backend for LoadExtra {
     }
 }
 
+/// The longest probe `reason` r1d logs and lists, in bytes; a longer one is cut.
+const MAX_REASON_BYTES: usize = 1024;
+
 /// All plugins of one directory.
 pub struct PluginHost {
     dir: PathBuf,
@@ -389,7 +392,18 @@ impl PluginHost {
         for (path, opened) in paths.into_iter().zip(opened) {
             match opened {
                 Ok(backend) => {
-                    let report = backend.probe_report().clone();
+                    let mut report = backend.probe_report().clone();
+                    // A plugin's reason is one line of the log and of `/r1/backends`, not a dump.
+                    if let Some(reason) = report.reason.as_mut() {
+                        if reason.len() > MAX_REASON_BYTES {
+                            let mut cut = MAX_REASON_BYTES;
+                            while !reason.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            reason.truncate(cut);
+                            reason.push_str(" … (cut by r1d)");
+                        }
+                    }
                     tracing::info!(
                         plugin = backend.name(),
                         version = backend.version(),

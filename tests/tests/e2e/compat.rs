@@ -816,7 +816,8 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         ),
         // "Off" values of samplers r1d does not run, load-time options and empty lists.
         (
-            json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 4096},
+            json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 4096,
+                               "num_gpu": -1, "use_mmap": true},
                    "format": "", "tools": [], "keep_alive": "5m"}),
             vec![("repeat_penalty", "1")],
         ),
@@ -857,6 +858,14 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         (json!({"options": {"repeat_penalty": 0}}), "repeat_penalty"),
         (json!({"options": {"repeat_last_n": -2}}), "repeat_last_n"),
         (json!({"options": {"top_p": 2}}), "top_p"),
+        // A misspelt option would be lost: refused by name.
+        (
+            json!({"options": {"num_predikt": 2}}),
+            "unknown option \"num_predikt\"",
+        ),
+        (json!({"options": {"temprature": 0}}), "temprature"),
+        (json!({"options": {"num_thread": -7}}), "num_thread: -7"),
+        (json!({"options": {"num_gpu": -99}}), "num_gpu: -99"),
         (json!({"think": "very"}), "think"),
     ];
     for (extra, text) in refused {
