@@ -222,8 +222,17 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
     // Ollama: -1 = no limit, -2 = fill the context; both end at the context here.
     s.max_tokens = match int("num_predict")? {
         Some(n) if n > 0 => Some(n.min(u32::MAX as i64) as u32),
-        Some(n) if n < 0 => Some(u32::MAX),
-        _ => None,
+        Some(-1 | -2) => Some(u32::MAX),
+        Some(n) => {
+            return Err(fail(ApiError::invalid(
+                Some("num_predict"),
+                format!(
+                    "invalid option num_predict: {n} is not -1, -2 (to the end of the context) \
+                     or a count of at least 1"
+                ),
+            )))
+        }
+        None => None,
     };
     s.stop = match options.get("stop") {
         None | Some(Value::Null) => Vec::new(),

@@ -668,6 +668,7 @@ impl Backend for RemoteBackend {
             client,
             handle: self.remotes.handle.clone(),
             info,
+            remotes: self.remotes.clone(),
         }))
     }
 
@@ -678,10 +679,13 @@ impl Backend for RemoteBackend {
 
 /// A remote model "resident": the endpoint, checked healthy at load.
 pub struct RemoteModel {
+    /// The remote's settings when it was loaded (each request takes the current ones from
+    /// `remotes`: a reloaded config's `url` or `api_key_file` applies to the next request).
     config: RemoteConfig,
     client: reqwest::Client,
     handle: tokio::runtime::Handle,
     info: ModelInfo,
+    remotes: Arc<Remotes>,
 }
 
 /// What the engine asks a remote for: the conversation and the client's sampling.
@@ -1069,10 +1073,19 @@ impl RemoteModel {
                 }
             }
         }
-        if !done && finish.is_none() {
+        // An answer ends with a `finish_reason` (OpenAI's chat completion chunk object); a
+        // stream that ends without one was cut, whether or not `[DONE]` came.
+        if finish.is_none() {
             return Err(self.fail(
                 R1_ERR_BACKEND,
-                "the stream ended before the answer did (no finish_reason, no [DONE])".into(),
+                if done {
+                    "the stream ended with [DONE] before any finish_reason: the answer was cut"
+                        .into()
+                } else {
+                    "the stream ended before the answer did (no finish_reason, no [DONE]; \
+                     is the url an OpenAI-compatible server's?)"
+                        .into()
+                },
             ));
         }
         result.finish_reason = match finish.as_deref() {
@@ -1093,11 +1106,26 @@ impl ConversationModel for RemoteModel {
         request: &ConversationRequest<'_>,
         on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
     ) -> Result<GenerateResult, BackendError> {
-        let body = request_body(&self.config.model, request)
+        // The remote as the config says now: a reload that changed its `url`, key file or
+        // timeouts applies from the next request on.
+        let Some((config, client)) = self.remotes.find(self.config.name()) else {
+            return Err(self.fail(
+                r1_plugin_abi::R1_ERR_BACKEND,
+                "it is no longer in the config (a reload removed it); r1d chooses again".into(),
+            ));
+        };
+        let current = RemoteModel {
+            config,
+            client,
+            handle: self.handle.clone(),
+            info: self.info.clone(),
+            remotes: self.remotes.clone(),
+        };
+        let body = request_body(&current.config.model, request)
             .map_err(|e| call_error(r1_plugin_abi::R1_ERR_INVALID_ARGUMENT, e))?;
         // The answer's own thread blocks on the runtime; dropping the future (any return)
         // drops the response, which closes the upstream connection.
-        self.handle.block_on(self.stream(body, on_delta))
+        self.handle.block_on(current.stream(body, on_delta))
     }
 }
 

@@ -859,9 +859,10 @@ impl Conn {
 }
 
 /// How much of one core a silent worker must use, over the last `hang_timeout`, to count as
-/// working rather than hung (low, so a worker starved by a busy machine still counts): one `llama_decode` of a long prompt batch on a slow CPU (a 70B on
-/// two cores takes minutes for 512 tokens) reports nothing until it returns, but computes; a
-/// deadlock or a blocked read computes nothing.
+/// working rather than hung (low, so a worker starved by a busy machine still counts): one
+/// `llama_decode` of a long prompt batch on a slow CPU (a 70B on two cores takes minutes for 512
+/// tokens) reports nothing until it returns, but computes; a deadlock or a blocked read computes
+/// nothing.
 const BUSY_SHARE: f64 = 0.05;
 
 /// A silent worker that keeps computing is still killed after this many hang timeouts (an
@@ -906,6 +907,11 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration, busy_limit: u32) {
             ));
             conn.kill();
             return;
+        }
+        // CPU time is read only while requests wait (an idle worker costs no /proc reads).
+        if Conn::lock(&conn.pending).is_empty() {
+            samples.clear();
+            continue;
         }
         if let Some(ticks) = cpu_ticks(conn.pid) {
             samples.push_back((now, ticks));

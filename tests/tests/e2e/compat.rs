@@ -866,6 +866,8 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         (json!({"options": {"temprature": 0}}), "temprature"),
         (json!({"options": {"num_thread": -7}}), "num_thread: -7"),
         (json!({"options": {"num_gpu": -99}}), "num_gpu: -99"),
+        (json!({"options": {"num_predict": 0}}), "num_predict: 0"),
+        (json!({"options": {"num_predict": -5}}), "num_predict: -5"),
         (json!({"think": "very"}), "think"),
     ];
     for (extra, text) in refused {

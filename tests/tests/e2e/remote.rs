@@ -550,3 +550,37 @@ async fn a_remote_that_fails_its_health_checks_is_skipped_and_the_best_local_var
         "HELLO"
     );
 }
+
+#[tokio::test]
+async fn a_reloaded_remote_url_applies_to_the_next_request() {
+    // Two clusters; the front starts on A, then its config is changed to B.
+    let (a, addr_a, files_a) = cluster("sk-same");
+    let (b, addr_b, _files_b) = cluster("sk-same");
+    let key = files_a.path().join("cluster.key");
+    let model = "DeepSeek-R1-Distill-Qwen-7B";
+    let front = front(&remote_table(&addr_a, model, Some(&key), ""));
+    ready(&front).await;
+    let client = front.client();
+    let hello = ask("hello");
+    client.chat(&hello).await.unwrap();
+    let served = |d: &Daemon| {
+        let c = d.client();
+        async move { c.status().await.unwrap().requests_served }
+    };
+    let (a_before, b_before) = (served(&a).await, served(&b).await);
+    assert_eq!(b_before, 0);
+    let config = std::fs::read_to_string(front.config_path()).unwrap();
+    std::fs::write(front.config_path(), config.replace(&addr_a, &addr_b)).unwrap();
+    let outcome = client.reload().await.unwrap();
+    assert!(
+        format!("{outcome:?}").contains(&addr_b),
+        "the reload names the new url: {outcome:?}"
+    );
+    client.chat(&hello).await.unwrap();
+    assert_eq!(
+        served(&a).await,
+        a_before,
+        "nothing more went to the old url"
+    );
+    assert_eq!(served(&b).await, 1, "the request went to the new url");
+}
