@@ -628,10 +628,13 @@ impl Lines {
 
 impl Lines {
     /// The `done` line: the stats, and for `/api/generate` the `context` (the token ids of the
-    /// prompt and the answer), as Ollama's final object carries them.
+    /// prompt and the answer), as Ollama's final object carries them; absent for a remote model,
+    /// whose token ids r1d does not see.
     fn done_line(&self, text: String, thinking: Option<String>, finished: &Finished) -> Value {
         let mut line = self.line(text, thinking, true, stats(finished));
-        if matches!(self.route, Route::Generate) {
+        // A remote model's ids are its own and never come back: no `context` then, rather
+        // than an empty one that would lose the conversation silently.
+        if matches!(self.route, Route::Generate) && !finished.tokens.is_empty() {
             line["context"] = Value::from(finished.tokens.clone());
         }
         line
