@@ -525,8 +525,8 @@ fn more_memory_text(plan: &Plan, upgrades: &[Upgrade], policy: &Policy) -> Strin
     // The next better variant or quantization the policy allows, and why it is not chosen.
     let allowed = |c: &&Candidate| {
         !c.reason.starts_with("not the pinned variant")
-            && !(c.quantization.is_extreme() && !policy.allow_extreme_quantization)
-            && !(c.quantization.format == Format::Onnx && !c.present)
+            && (!c.quantization.is_extreme() || policy.allow_extreme_quantization)
+            && (c.quantization.format != Format::Onnx || c.present)
     };
     let quality = |c: &Candidate| (c.variant.quality, c.quantization.quality);
     let next = plan
