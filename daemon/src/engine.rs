@@ -1550,14 +1550,41 @@ impl Answer {
         }
     }
 
-    fn run_chat(&self, job: ChatJob) -> Result<(), EngineError> {
-        let shutting_down = || self.shared.shutting_down.load(Ordering::SeqCst);
-        if shutting_down() {
+    /// `Err` when the answer must end now: r1d is stopping ([`EngineError::ShuttingDown`]) or a
+    /// swap preempted it ([`EngineError::Preempted`]).
+    fn interrupted(&self) -> Result<(), EngineError> {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }
-        if let Some(reason) = self.shared.preempted() {
-            return Err(EngineError::Preempted { reason });
+        match self.shared.preempted() {
+            Some(reason) => Err(EngineError::Preempted { reason }),
+            None => Ok(()),
         }
+    }
+
+    /// The error of a generation the backend failed: a field the plugin cannot honour is
+    /// refused by name (the client's mistake, 400), not a failure of the backend; during a stop
+    /// it is [`EngineError::ShuttingDown`] (systemd stops the whole service at once: the worker
+    /// may die of the same SIGTERM); a dead worker says the answer is lost and the model is
+    /// loaded again.
+    fn generation_error(&self, e: crate::backend::BackendError) -> EngineError {
+        match e {
+            crate::backend::BackendError::Call {
+                status, message, ..
+            } if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
+                EngineError::InvalidRequest(message)
+            }
+            _ if self.shared.shutting_down.load(Ordering::SeqCst) => EngineError::ShuttingDown,
+            e @ crate::backend::BackendError::WorkerDied { .. } => EngineError::Backend(format!(
+                "{e}; this answer is lost (retry); r1d loads the model again in a new worker \
+                 unless it keeps crashing (see /r1/status)"
+            )),
+            e => EngineError::Backend(e.to_string()),
+        }
+    }
+
+    fn run_chat(&self, job: ChatJob) -> Result<(), EngineError> {
+        self.interrupted()?;
         let Some(model) = self.model.as_deref() else {
             return Err(EngineError::NoModel {
                 reason: self.no_model_reason.clone(),
@@ -1778,27 +1805,7 @@ impl Answer {
                  it was reading changed; the answer was stopped (retry: r1d loads the file again)"
             )));
         }
-        let mut result: GenerateResult = match result {
-            Ok(r) => r.into(),
-            // A plugin that cannot honour a field refuses it by name: the client's mistake (400),
-            // not a failure of the backend.
-            Err(crate::backend::BackendError::Call {
-                status, message, ..
-            }) if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
-                return Err(EngineError::InvalidRequest(message))
-            }
-            // systemd stops the whole service at once: the worker may die of the same SIGTERM.
-            Err(_) if self.shared.shutting_down.load(Ordering::SeqCst) => {
-                return Err(EngineError::ShuttingDown)
-            }
-            Err(e @ crate::backend::BackendError::WorkerDied { .. }) => {
-                return Err(EngineError::Backend(format!(
-                    "{e}; this answer is lost (retry); r1d loads the model again in a new worker \
-                     unless it keeps crashing (see /r1/status)"
-                )))
-            }
-            Err(e) => return Err(EngineError::Backend(e.to_string())),
-        };
+        let mut result: GenerateResult = result.map_err(|e| self.generation_error(e))?.into();
         let ttft = first_token_at.map(|t| t.duration_since(job.admitted));
         metrics::counter!(crate::telemetry::GENERATED_TOKENS)
             .increment(u64::from(result.completion_tokens));
@@ -1811,12 +1818,7 @@ impl Answer {
             s.generated_tokens = Some(result.completion_tokens);
             s.ttft = ttft;
         });
-        if self.shared.shutting_down.load(Ordering::SeqCst) {
-            return Err(EngineError::ShuttingDown);
-        }
-        if let Some(reason) = self.shared.preempted() {
-            return Err(EngineError::Preempted { reason });
-        }
+        self.interrupted()?;
         if stalled {
             tracing::warn!(
                 "a client stopped reading its answer for {:.0} s ([server] stall_timeout_s); \

@@ -13,7 +13,6 @@ use super::{
     PromptInput, Undelivered,
 };
 use crate::backend::remote::{ConversationModel, ConversationRequest, Delta};
-use crate::backend::BackendError;
 use crate::chat::{self, Assembler, ReasoningFormat};
 
 impl Answer {
@@ -129,24 +128,8 @@ impl Answer {
             }
             !assembler.stopped()
         });
-        let result: GenerateResult = match result {
-            Ok(r) => r.into(),
-            Err(BackendError::Call {
-                status, message, ..
-            }) if status == r1_plugin_abi::R1_ERR_INVALID_ARGUMENT => {
-                return Err(EngineError::InvalidRequest(message))
-            }
-            Err(_) if self.shared.shutting_down.load(Ordering::SeqCst) => {
-                return Err(EngineError::ShuttingDown)
-            }
-            Err(e) => return Err(EngineError::Backend(e.to_string())),
-        };
-        if self.shared.shutting_down.load(Ordering::SeqCst) {
-            return Err(EngineError::ShuttingDown);
-        }
-        if let Some(reason) = self.shared.preempted() {
-            return Err(EngineError::Preempted { reason });
-        }
+        let result: GenerateResult = result.map_err(|e| self.generation_error(e))?.into();
+        self.interrupted()?;
         if stalled {
             tracing::warn!(
                 "a client stopped reading its answer for {:.0} s ([server] stall_timeout_s); \
