@@ -237,16 +237,13 @@ async fn a_model_split_across_two_rpc_workers_and_the_cpu_answers_as_the_local_o
     );
 }
 
-#[tokio::test]
-async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_serves_on() {
-    let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(model) = fixture(SMOLLM2) else {
-        return;
-    };
-    let Some(binary) = worker_binary() else {
-        return;
-    };
-    let (mut a, b) = (Worker::start(&binary), Worker::start(&binary));
+/// Two rpc workers on loopback and r1d serving SmolLM2 split across them and the CPU, settled
+/// ready: the worker binary, both workers and the daemon. `None` (skipped, or a failure under
+/// CI) without the model or the worker binary.
+async fn split_across_two_workers() -> Option<(PathBuf, Worker, Worker, Daemon)> {
+    let model = fixture(SMOLLM2)?;
+    let binary = worker_binary()?;
+    let (a, b) = (Worker::start(&binary), Worker::start(&binary));
     let daemon = smollm(&model, Some(&config(&[&a, &b])));
     assert_eq!(
         daemon.settled().await.status,
@@ -254,6 +251,15 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
         "{}",
         daemon.log()
     );
+    Some((binary, a, b, daemon))
+}
+
+#[tokio::test]
+async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_serves_on() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some((binary, mut a, b, daemon)) = split_across_two_workers().await else {
+        return;
+    };
     let client = daemon.client();
 
     let mut long = greedy(PROMPTS[1], 1000);
@@ -384,20 +390,9 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
 #[tokio::test]
 async fn a_worker_that_vanishes_while_idle_is_dropped_before_a_request_meets_it() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(model) = fixture(SMOLLM2) else {
+    let Some((_, mut a, b, daemon)) = split_across_two_workers().await else {
         return;
     };
-    let Some(binary) = worker_binary() else {
-        return;
-    };
-    let (mut a, b) = (Worker::start(&binary), Worker::start(&binary));
-    let daemon = smollm(&model, Some(&config(&[&a, &b])));
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let client = daemon.client();
     let gone = a.endpoint.clone();
     a.kill();
