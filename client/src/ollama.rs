@@ -58,6 +58,17 @@ pub struct ChatRequest {
     /// Tools the model may call: refused unless empty (not implemented).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<serde_json::Value>>,
+    /// Return each generated token's log probability (Ollama ≥ 0.12.11: `logprobs` in every
+    /// object, beside the text it covers); refused by backends without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// Most likely tokens per position to return with each (0–20; needs `logprobs`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::count::opt"
+    )]
+    pub top_logprobs: Option<u32>,
     /// Sampling options (`temperature`, `top_p`, `top_k`, `min_p`, `seed`, `num_predict`, `stop`,
     /// …); unknown keys are ignored, as Ollama does.
     #[serde(default)]
@@ -94,6 +105,17 @@ pub struct GenerateRequest {
     /// Images (base64): refused when any is given (r1d serves text-only models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
+    /// Return each generated token's log probability (Ollama ≥ 0.12.11: `logprobs` in every
+    /// object, beside the text it covers); refused by backends without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    /// Most likely tokens per position to return with each (0–20; needs `logprobs`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::count::opt"
+    )]
+    pub top_logprobs: Option<u32>,
     /// Text after the answer (fill in the middle): refused unless empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
@@ -148,6 +170,9 @@ pub struct ChatResponse {
     pub created_at: String,
     /// The (piece of the) answer.
     pub message: Message,
+    /// Log probabilities of the tokens whose text this object carries (with `logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Logprob>>,
     /// True in the last object.
     pub done: bool,
     /// Counts and durations, in the last object.
@@ -167,6 +192,9 @@ pub struct GenerateResponse {
     /// The (piece of the) reasoning, with `think: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<String>,
+    /// Log probabilities of the tokens whose text this object carries (with `logprobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<Logprob>>,
     /// True in the last object.
     pub done: bool,
     /// In the last object: the token ids of the prompt and the answer, to send back as the next
@@ -176,6 +204,34 @@ pub struct GenerateResponse {
     /// Counts and durations, in the last object.
     #[serde(flatten)]
     pub stats: Stats,
+}
+
+/// One generated token's log probability, Ollama's `logprobs[]` entry (its `api/types.go`
+/// `Logprob`: the token, its log probability, its bytes, and the most likely tokens).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Logprob {
+    /// The token's text (lossy where it holds part of a UTF-8 character).
+    pub token: String,
+    /// Natural log of its probability, before sampling.
+    pub logprob: f32,
+    /// Its bytes.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at its position, most likely first (`top_logprobs` of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position (Ollama's `TokenLogprob`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    /// Its text.
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// Its bytes.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
 }
 
 /// Model details, as `/api/tags`, `/api/show` and `/api/ps` give them.

@@ -189,10 +189,11 @@ pub struct ChatCompletionRequest {
     /// Token id (as a string, as JSON object keys are) → bias, −100 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
-    /// Log probabilities of the output tokens: not implemented, `true` is refused.
+    /// Return the log probability of each output token (`choices[].logprobs.content`); backends
+    /// without them (ONNX Runtime, a remote) refuse `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
-    /// Most likely tokens per position (0–20, needs `logprobs`): refused when set above 0.
+    /// Most likely tokens per position to return with each (0–20; needs `logprobs: true`).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -368,7 +369,8 @@ pub struct CompletionRequest {
     /// Token id (as a string, as JSON object keys are) → bias, −100 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
-    /// Log probabilities of the most likely tokens (0–5): not implemented, refused when set.
+    /// Log probabilities of the chosen token and the `logprobs` most likely tokens at each
+    /// position (0–5, OpenAI's legacy Completions reference), in `choices[].logprobs`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -422,7 +424,9 @@ pub struct CompletionChoice {
     pub text: String,
     /// Which prompt (several prompts) or choice (`n`) this is, from 0.
     pub index: u32,
-    /// Always null (log probabilities are not reported).
+    /// With the request's `logprobs`: `{"tokens", "token_logprobs", "top_logprobs",
+    /// "text_offset"}` (OpenAI's legacy shape; `text_offset` counts bytes of this choice's
+    /// text, as llama-server does); else null.
     pub logprobs: Option<serde_json::Value>,
     /// `"stop"` or `"length"` in the last message, null before.
     pub finish_reason: Option<String>,
@@ -524,6 +528,44 @@ pub struct Choice {
     /// `"stop"` (end of generation or a stop string) or `"length"` (`max_tokens` or the context
     /// length was reached).
     pub finish_reason: String,
+    /// Log probabilities of the answer's tokens, when the request had `logprobs: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// OpenAI's `choices[].logprobs` of a chat completion (and of each streamed chunk: the entries
+/// of the tokens whose text that chunk carries).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChoiceLogprobs {
+    /// One entry per generated token, in order. r1d includes R1's reasoning tokens (and the
+    /// `</think>` tag's), as vLLM and llama-server do, so their tokens are the whole generated
+    /// text up to a stop string.
+    pub content: Vec<TokenLogprob>,
+}
+
+/// One generated token's log probability (OpenAI's chat `logprobs.content[]` entry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text (its bytes decoded lossily: a token holding part of a UTF-8 character
+    /// shows U+FFFD here, its `bytes` are exact).
+    pub token: String,
+    /// Natural log of its probability (≤ 0), before sampling.
+    pub logprob: f32,
+    /// The token's UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position (`top_logprobs` of them), most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    /// Its text (lossy, as [`TokenLogprob::token`]).
+    pub token: String,
+    /// Natural log of its probability.
+    pub logprob: f32,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
 /// Response of `POST /v1/chat/completions` without streaming (`object: "chat.completion"`).
@@ -573,6 +615,9 @@ pub struct ChunkChoice {
     pub delta: Delta,
     /// Set in the last content chunk only.
     pub finish_reason: Option<String>,
+    /// Log probabilities of the tokens whose text this chunk carries, with `logprobs: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
 }
 
 /// One server-sent event of a streamed answer (`object: "chat.completion.chunk"`).

@@ -402,6 +402,10 @@ pub struct Assembler {
     trim_next: bool,
     stops: Vec<String>,
     stopped: bool,
+    /// Bytes pushed so far.
+    pushed: usize,
+    /// Where in the pushed bytes the stop string that matched begins.
+    stop_at: Option<usize>,
 }
 
 impl Assembler {
@@ -425,7 +429,20 @@ impl Assembler {
             trim_next: false,
             stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
             stopped: false,
+            pushed: 0,
+            stop_at: None,
         }
+    }
+
+    /// How many of the pushed bytes are settled: emitted, or consumed as a tag, and no longer
+    /// held back (at most up to the start of the stop string that matched). A token whose bytes
+    /// end at or before it is part of what the client received. (Invalid UTF-8 counts as the
+    /// 3 bytes of its U+FFFD, so after one this may lag a little.)
+    pub fn settled_bytes(&self) -> usize {
+        self.stop_at.unwrap_or_else(|| {
+            self.pushed
+                .saturating_sub(self.bytes.len() + self.pending.len())
+        })
     }
 
     /// True once a stop string matched; feed no more.
@@ -438,6 +455,7 @@ impl Assembler {
         if self.stopped {
             return Vec::new();
         }
+        self.pushed += bytes.len();
         self.bytes.extend_from_slice(bytes);
         // Invalid bytes (not just incomplete) become U+FFFD, as `String::from_utf8_lossy` decodes
         // the whole text; a character still incomplete at the end is held for the next token.
@@ -494,6 +512,10 @@ impl Assembler {
             .filter_map(|s| self.pending.find(s.as_str()))
             .min()
         {
+            let settled = self
+                .pushed
+                .saturating_sub(self.bytes.len() + self.pending.len());
+            self.stop_at = Some(settled + pos);
             self.pending.truncate(pos);
             self.stopped = true;
         }
@@ -905,5 +927,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ChatError::NoToolSupport));
+    }
+
+    #[test]
+    fn settled_bytes_trail_what_is_held_back_and_stop_at_the_stop_string() {
+        let mut a = Assembler::new(true, vec!["STOP".into()], ReasoningFormat::DeepSeek);
+        a.push(b"think ");
+        // "</thi" could be the start of the closing tag: held.
+        a.push(b"</thi");
+        assert_eq!(a.settled_bytes(), 6);
+        a.push(b"nk>\n\nAns");
+        assert_eq!(a.settled_bytes(), 6 + 5 + 8);
+        // "ST" could start the stop string: held.
+        a.push(b"wer ST");
+        assert_eq!(a.settled_bytes(), 6 + 5 + 8 + 4);
+        a.push(b"OP more");
+        assert!(a.stopped());
+        // Settled up to where the stop string starts, whatever came after it.
+        assert_eq!(a.settled_bytes(), 6 + 5 + 8 + 4);
+        let mut b = Assembler::new(false, Vec::new(), ReasoningFormat::DeepSeek);
+        b.push(&"é".as_bytes()[..1]);
+        assert_eq!(b.settled_bytes(), 0);
+        b.finish();
+        assert_eq!(b.settled_bytes(), 1);
     }
 }

@@ -21,7 +21,9 @@ use crate::chat::{self, Assembler, Message, Piece, ReasoningFormat};
 
 mod conversation;
 mod types;
-pub use types::{FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken};
+pub use types::{
+    FinishReason, GenerateResult, LoadParams, ModelInfo, ModelMemory, SpecialToken, TokenLogprob,
+};
 
 /// Why a request could not be served.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -113,6 +115,11 @@ pub struct Sampling {
     /// Literal text before and after the constrained JSON (a forced tool call's
     /// `<tool_call>` block); `None` = the JSON alone.
     pub json_wrap: Option<(String, String)>,
+    /// Log probabilities: `Some(n)` returns each generated token's log probability and the `n`
+    /// most likely tokens at its position (OpenAI's `top_logprobs`, 0–20) as
+    /// [`ChatEvent::Logprobs`]; `None` = none. A backend that cannot is refused
+    /// (`EngineError::InvalidRequest` naming `logprobs`).
+    pub logprobs: Option<u32>,
 }
 
 /// What to generate from.
@@ -156,6 +163,13 @@ pub enum ChatEvent {
     },
     /// Text of the answer or the reasoning.
     Piece(Piece),
+    /// Log probabilities of the next generated tokens, in order (only when asked for with
+    /// [`Sampling::logprobs`]). Sent before the pieces that hold their text: an entry comes once
+    /// its token's bytes are settled (emitted, or consumed as a reasoning tag), so the entries
+    /// are those of the tokens the client receives, reasoning included, up to a stop string:
+    /// the token in which the stop string starts is sent (its text before the stop string is
+    /// the client's), the tokens after it are not.
+    Logprobs(Vec<TokenLogprob>),
     /// The end.
     Done(Finished),
     /// The request failed.
@@ -1591,6 +1605,12 @@ impl Answer {
             });
         };
         let info: ModelInfo = model.info().clone().into();
+        if job.sampling.logprobs.is_some() && !info.logprobs {
+            return Err(EngineError::InvalidRequest(format!(
+                "logprobs: the {} backend does not return token log probabilities",
+                model.backend_name()
+            )));
+        }
         if let Some(remote) = model.conversation() {
             let name = info.name.clone().unwrap_or_else(|| info.path.clone());
             return self.run_conversation(remote, name, job);
@@ -1741,6 +1761,7 @@ impl Answer {
             json_wrap: sampling.json_wrap.clone(),
             // The reasoning stays free: the constraint starts where the answer does.
             constrain_after: opens_reasoning.then(|| chat::THINK_CLOSE.to_owned()),
+            logprobs: sampling.logprobs,
         };
         let mut assembler =
             Assembler::new(opens_reasoning, sampling.stop.clone(), job.reasoning_format);
@@ -1748,6 +1769,12 @@ impl Answer {
         let drop_reasoning = job.reasoning_format == ReasoningFormat::Off;
         let mut first_token_at: Option<Instant> = None;
         let mut generated: Vec<i32> = Vec::new();
+        // Log probabilities: the plugin's document for the next token, then each token's entry
+        // with where its bytes end among the pushed ones, until the assembler settles them.
+        let mut next_logprobs: Option<r1_plugin_abi::json::TokenLogprobs> = None;
+        let mut logprobs: std::collections::VecDeque<(usize, usize, TokenLogprob)> =
+            Default::default();
+        let mut pushed = 0usize;
         let mut client_gone = false;
         let mut stalled = false;
         let mut file_changed: Option<String> = None;
@@ -1778,9 +1805,27 @@ impl Answer {
                 client_gone = reply.is_closed();
                 return !client_gone;
             }
+            if id == r1_plugin_abi::R1_TOKEN_LOGPROBS {
+                next_logprobs = serde_json::from_slice(bytes).ok();
+                return true;
+            }
             first_token_at.get_or_insert_with(Instant::now);
             generated.push(id);
-            for piece in assembler.push(bytes) {
+            if let Some(doc) = next_logprobs.take() {
+                let entry = TokenLogprob::from_abi(bytes, doc);
+                logprobs.push_back((pushed, pushed + bytes.len(), entry));
+            }
+            pushed += bytes.len();
+            let pieces = assembler.push(bytes);
+            let settled = settled_logprobs(&mut logprobs, &assembler, false);
+            if !settled.is_empty() {
+                if let Err(why) = deliver(&shared, &reply, ChatEvent::Logprobs(settled), stall) {
+                    client_gone = true;
+                    stalled = why == Undelivered::Stalled;
+                    return false;
+                }
+            }
+            for piece in pieces {
                 if drop_reasoning && piece.channel == chat::Channel::Reasoning {
                     continue;
                 }
@@ -1835,7 +1880,14 @@ impl Answer {
             );
             return Ok(());
         }
-        for piece in assembler.finish() {
+        let pieces = assembler.finish();
+        let settled = settled_logprobs(&mut logprobs, &assembler, true);
+        if !settled.is_empty()
+            && deliver(&self.shared, &reply, ChatEvent::Logprobs(settled), stall).is_err()
+        {
+            return Ok(());
+        }
+        for piece in pieces {
             if drop_reasoning && piece.channel == chat::Channel::Reasoning {
                 continue;
             }
@@ -1863,6 +1915,35 @@ impl Answer {
         let _ = deliver(&self.shared, &reply, done, stall);
         Ok(())
     }
+}
+
+/// Takes from `pending` (entries with the start and end of their token's bytes among the pushed
+/// ones) those the assembler has settled: tokens whose bytes end at or before its settled
+/// position; once a stop string matched, the tokens that start before it (the token that
+/// completes the text before the stop string is the client's; the rest are dropped). At the end
+/// of a generation that did not stop on a string (`at_end`), all of them.
+fn settled_logprobs(
+    pending: &mut std::collections::VecDeque<(usize, usize, TokenLogprob)>,
+    assembler: &Assembler,
+    at_end: bool,
+) -> Vec<TokenLogprob> {
+    let settled = assembler.settled_bytes();
+    let mut out = Vec::new();
+    while let Some((start, end, _)) = pending.front() {
+        let take = if assembler.stopped() {
+            *start < settled
+        } else {
+            at_end || *end <= settled
+        };
+        if !take {
+            break;
+        }
+        out.push(pending.pop_front().expect("a front").2);
+    }
+    if assembler.stopped() {
+        pending.clear();
+    }
+    out
 }
 
 fn superseded(spec: &LoadSpec) -> String {
@@ -2092,5 +2173,40 @@ mod tests {
         assert!(device_memory_check(path, &h, &on_b, &two)
             .unwrap_err()
             .contains("(GPU: b)"));
+    }
+
+    #[test]
+    fn logprob_entries_follow_the_text_the_client_gets() {
+        let entry = |b: &str| TokenLogprob {
+            bytes: b.as_bytes().to_vec(),
+            logprob: -0.5,
+            top: Vec::new(),
+        };
+        let mut a = Assembler::new(false, vec!["Paris".into()], ReasoningFormat::DeepSeek);
+        let mut pending = std::collections::VecDeque::new();
+        let mut pushed = 0;
+        let mut got = Vec::new();
+        for token in ["The", " capital", " is", " P", "aris", "."] {
+            pending.push_back((pushed, pushed + token.len(), entry(token)));
+            pushed += token.len();
+            a.push(token.as_bytes());
+            got.extend(settled_logprobs(&mut pending, &a, false));
+            let texts: Vec<_> = got
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.bytes))
+                .collect();
+            match token {
+                // " P" could start the stop string: its entry waits with its text.
+                " P" => assert_eq!(texts, ["The", " capital", " is"]),
+                // The stop string starts inside " P": that token is the client's, "aris" not.
+                "aris" => assert_eq!(texts, ["The", " capital", " is", " P"]),
+                _ => {}
+            }
+            if a.stopped() {
+                break;
+            }
+        }
+        assert!(pending.is_empty());
+        assert_eq!(got.len(), 4);
     }
 }

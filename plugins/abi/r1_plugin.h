@@ -53,6 +53,11 @@ typedef int32_t R1Status;
  * token callback with len 0 and this id so the host can stop a long prompt (return false).
  * Such calls are not tokens: not streamed, not counted. */
 #define R1_TOKEN_PROMPT_PROGRESS (-1)
+/* token_id of a log-probability call of r1_token_fn (appended to v1): the piece is a JSON
+ * document {"logprob": f, "top": [{"id": i, "bytes": [b...], "logprob": f}...]} describing the
+ * token of the next call. Made only for requests with "logprobs" set, by a model whose info says
+ * "logprobs": true. */
+#define R1_TOKEN_LOGPROBS (-2)
 
 /* Log levels for R1LogFn. */
 #define R1_LOG_ERROR 1

@@ -8,7 +8,9 @@ use tokio::sync::mpsc;
 
 use crate::chat::{Channel, Piece, ReasoningFormat};
 use crate::control::{Control, NameMatch};
-use crate::engine::{ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling};
+use crate::engine::{
+    ChatEvent, Engine, EngineError, EngineState, Finished, PromptInput, Sampling, TokenLogprob,
+};
 
 /// The `Retry-After` of a request that waited out the queue deadline during a load or swap
 /// (seconds): a guess, loads of the variants r1d plans take from seconds to minutes.
@@ -77,6 +79,8 @@ pub struct Collected {
     pub content: String,
     /// The reasoning text (empty when there was none).
     pub reasoning: String,
+    /// Log probabilities of the tokens, when asked for ([`Sampling::logprobs`]); else empty.
+    pub logprobs: Vec<TokenLogprob>,
     /// How it ended, with usage and timings.
     pub finished: Finished,
 }
@@ -88,8 +92,10 @@ pub struct Collected {
 pub async fn collect(mut rx: mpsc::Receiver<ChatEvent>) -> Result<Collected, EngineError> {
     let mut content = String::new();
     let mut reasoning = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
+            ChatEvent::Logprobs(entries) => logprobs.extend(entries),
             ChatEvent::Piece(p) => match p.channel {
                 Channel::Content => content.push_str(&p.text),
                 Channel::Reasoning => reasoning.push_str(&p.text),
@@ -98,6 +104,7 @@ pub async fn collect(mut rx: mpsc::Receiver<ChatEvent>) -> Result<Collected, Eng
                 return Ok(Collected {
                     content,
                     reasoning,
+                    logprobs,
                     finished,
                 })
             }
@@ -118,6 +125,13 @@ pub trait Encoder: Send + 'static {
     }
     /// One piece of text.
     fn piece(&mut self, piece: Piece) -> Vec<Value>;
+    /// Log probabilities of the tokens whose text comes next (they precede the pieces holding
+    /// it): an encoder that reports them keeps them for its next message. Only sent when the
+    /// route asked for them; the default drops them.
+    fn logprobs(&mut self, entries: Vec<TokenLogprob>) -> Vec<Value> {
+        let _ = entries;
+        Vec::new()
+    }
     /// The end: finish reason, usage, timings.
     fn done(&mut self, finished: &Finished) -> Vec<Value>;
     /// A failure mid-answer (the last message), in the route family's error shape.
@@ -149,6 +163,10 @@ pub fn encode<E: Encoder>(rx: mpsc::Receiver<ChatEvent>, encoder: E) -> impl Str
                 Phase::Streaming,
             ),
             Some(ChatEvent::Started { .. }) => (Vec::new(), Phase::Streaming),
+            Some(ChatEvent::Logprobs(entries)) => (
+                enc.logprobs(entries).into_iter().map(Out::Json).collect(),
+                Phase::Streaming,
+            ),
             Some(ChatEvent::Done(finished)) => {
                 let mut out: Vec<Out> = enc.done(&finished).into_iter().map(Out::Json).collect();
                 out.push(Out::End);

@@ -855,6 +855,7 @@ impl Chat {
             content,
             reasoning,
             finished,
+            ..
         } = answer::collect(admitted.rx).await?;
         let usage = usage_of(&finished.result);
         let mut map: HashMap<String, OwnedValue> = HashMap::new();
@@ -917,7 +918,8 @@ async fn pump(model: String, mut rx: mpsc::Receiver<ChatEvent>, socket: tokio::n
                     Channel::Content => StreamEvent::Content { text: p.text },
                     Channel::Reasoning => StreamEvent::Reasoning { text: p.text },
                 },
-                Some(ChatEvent::Started { .. }) => continue,
+                // D-Bus refuses the `logprobs` option, so none are sent.
+                Some(ChatEvent::Started { .. } | ChatEvent::Logprobs(_)) => continue,
                 Some(ChatEvent::Done(finished)) => StreamEvent::Done {
                     finish_reason: super::to_wire::finish_reason(finished.finish_reason).into(),
                     usage: usage_of(&finished.result),

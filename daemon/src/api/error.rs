@@ -146,7 +146,15 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "context_length_exceeded", &message)
                     .with_param("messages")
             }
-            EngineError::InvalidRequest(_) => ApiError::invalid(None, message),
+            EngineError::InvalidRequest(ref m) => {
+                // The engine's refusals of one field start with its name ("logprobs: …").
+                let param = m.split_once(": ").map(|(p, _)| p).filter(|p| {
+                    !p.is_empty()
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c))
+                });
+                ApiError::invalid(param, message)
+            }
             EngineError::Busy(_) => unavailable("busy").with_retry_after(BUSY_RETRY_AFTER_S),
             EngineError::ShuttingDown => unavailable("shutting_down"),
             EngineError::Preempted { .. } => unavailable("model_swapped"),

@@ -32,7 +32,7 @@ use super::answer::{self, Collected, Encoder, Out};
 use super::error::{self, ApiError, Body as RequestBody, Shape};
 use super::http::AppState;
 use crate::chat::{self, Channel, Message, ModelProfile, Piece, ReasoningFormat};
-use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling};
+use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling, TokenLogprob};
 
 /// Ollama `options` that are load-time settings (`docs/modelfile.md`): r1d's config and planner
 /// decide them for the resident model, so they are accepted and not acted on — but each must be a
@@ -413,6 +413,11 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
+    let mut sampling = sampling;
+    sampling.logprobs = match ollama_logprobs_asked(req.logprobs, req.top_logprobs) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     if req.messages.is_empty() {
         // Ollama answers an empty conversation by (loading and) reporting the model.
         return Json(Lines::chat(model).line(String::new(), None, true, load_only_stats()))
@@ -467,6 +472,7 @@ async fn chat(State(state): State<AppState>, body: RequestBody) -> Response {
     };
     let mut lines = Lines::chat(model);
     lines.tools = with_tools;
+    lines.logprobs = req.logprobs.filter(|&l| l).map(|_| Vec::new());
     respond(admitted, lines, req.stream).await
 }
 
@@ -512,6 +518,11 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Ok(f) => f,
         Err(r) => return r,
     };
+    let mut sampling = sampling;
+    sampling.logprobs = match ollama_logprobs_asked(req.logprobs, req.top_logprobs) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     if req.prompt.is_empty() {
         return Json(Lines::generate(model).line(String::new(), None, true, load_only_stats()))
             .into_response();
@@ -552,7 +563,9 @@ async fn generate(State(state): State<AppState>, body: RequestBody) -> Response 
         Ok(a) => a,
         Err(e) => return fail(e),
     };
-    respond(admitted, Lines::generate(model), req.stream).await
+    let mut lines = Lines::generate(model);
+    lines.logprobs = req.logprobs.filter(|&l| l).map(|_| Vec::new());
+    respond(admitted, lines, req.stream).await
 }
 
 /// Which route's object shape the lines take.
@@ -574,6 +587,8 @@ struct Lines {
     route: Route,
     tools: bool,
     held: String,
+    /// With `logprobs`: the entries waiting for the next object (that of their text).
+    logprobs: Option<Vec<TokenLogprob>>,
 }
 
 impl Lines {
@@ -583,6 +598,7 @@ impl Lines {
             route: Route::Chat,
             tools: false,
             held: String::new(),
+            logprobs: None,
         }
     }
 
@@ -592,6 +608,7 @@ impl Lines {
             route: Route::Generate,
             tools: false,
             held: String::new(),
+            logprobs: None,
         }
     }
 
@@ -610,6 +627,7 @@ impl Lines {
                     tool_calls: None,
                     tool_name: None,
                 },
+                logprobs: None,
                 done,
                 stats,
             }),
@@ -618,6 +636,7 @@ impl Lines {
                 created_at,
                 response: text,
                 thinking,
+                logprobs: None,
                 done,
                 context: None,
                 stats,
@@ -627,11 +646,26 @@ impl Lines {
 }
 
 impl Lines {
+    /// `line` with the log probabilities waiting, when the request asked for them.
+    fn line_with_logprobs(
+        &mut self,
+        text: String,
+        thinking: Option<String>,
+        done: bool,
+        stats: Stats,
+    ) -> Value {
+        let mut line = self.line(text, thinking, done, stats);
+        if let Some(entries) = self.logprobs.as_mut() {
+            line["logprobs"] = json(&ollama_logprobs(&std::mem::take(entries)));
+        }
+        line
+    }
+
     /// The `done` line: the stats, and for `/api/generate` the `context` (the token ids of the
     /// prompt and the answer), as Ollama's final object carries them; absent for a remote model,
     /// whose token ids r1d does not see.
-    fn done_line(&self, text: String, thinking: Option<String>, finished: &Finished) -> Value {
-        let mut line = self.line(text, thinking, true, stats(finished));
+    fn done_line(&mut self, text: String, thinking: Option<String>, finished: &Finished) -> Value {
+        let mut line = self.line_with_logprobs(text, thinking, true, stats(finished));
         // A remote model's ids are its own and never come back: no `context` then, rather
         // than an empty one that would lose the conversation silently.
         if matches!(self.route, Route::Generate) && !finished.tokens.is_empty() {
@@ -666,11 +700,18 @@ impl Encoder for Lines {
             return Vec::new();
         }
         vec![match piece.channel {
-            Channel::Content => self.line(piece.text, None, false, Stats::default()),
+            Channel::Content => self.line_with_logprobs(piece.text, None, false, Stats::default()),
             Channel::Reasoning => {
-                self.line(String::new(), Some(piece.text), false, Stats::default())
+                self.line_with_logprobs(String::new(), Some(piece.text), false, Stats::default())
             }
         }]
+    }
+
+    fn logprobs(&mut self, entries: Vec<TokenLogprob>) -> Vec<Value> {
+        if let Some(waiting) = self.logprobs.as_mut() {
+            waiting.extend(entries);
+        }
+        Vec::new()
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
@@ -689,7 +730,7 @@ impl Encoder for Lines {
 }
 
 /// Streams the answer as NDJSON (Ollama's default) or collects it into one `done` object.
-async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>) -> Response {
+async fn respond(admitted: answer::Admitted, mut lines: Lines, stream: Option<bool>) -> Response {
     if stream.unwrap_or(true) {
         return ndjson(answer::encode(admitted.rx, lines));
     }
@@ -698,19 +739,74 @@ async fn respond(admitted: answer::Admitted, lines: Lines, stream: Option<bool>)
             content,
             reasoning,
             finished,
+            logprobs,
         }) => {
+            if let Some(waiting) = lines.logprobs.as_mut() {
+                *waiting = logprobs;
+            }
             let thinking = (!reasoning.is_empty()).then_some(reasoning);
             if !lines.tools {
                 return Json(lines.done_line(content, thinking, &finished)).into_response();
             }
             // Tools are a chat field: the thinking goes into the message.
             let mut line = lines.tool_line(&content, true, stats(&finished));
+            if let Some(entries) = lines.logprobs.take() {
+                line["logprobs"] = json(&ollama_logprobs(&entries));
+            }
             if let Some(thinking) = thinking {
                 line["message"]["thinking"] = Value::from(thinking);
             }
             Json(line).into_response()
         }
         Err(e) => fail(e),
+    }
+}
+
+/// Ollama's `logprobs` array for `entries`.
+fn ollama_logprobs(entries: &[TokenLogprob]) -> Vec<r1d_client::ollama::Logprob> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    entries
+        .iter()
+        .map(|e| r1d_client::ollama::Logprob {
+            token: text(&e.bytes),
+            logprob: e.logprob,
+            bytes: e.bytes.clone(),
+            top_logprobs: e
+                .top
+                .iter()
+                .map(|(bytes, logprob)| r1d_client::ollama::TopLogprob {
+                    token: text(bytes),
+                    logprob: *logprob,
+                    bytes: bytes.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The `logprobs` / `top_logprobs` of an Ollama request as [`Sampling::logprobs`].
+///
+/// # Errors
+/// A 400 naming `top_logprobs` above 20 or set without `logprobs: true` (Ollama's `api/types.go`
+/// and OpenAI's chat reference: 0–20).
+fn ollama_logprobs_asked(
+    logprobs: Option<bool>,
+    top: Option<u32>,
+) -> Result<Option<u32>, Response> {
+    let top_n = top.unwrap_or(0);
+    if top_n > 20 {
+        return Err(fail(ApiError::invalid(
+            Some("top_logprobs"),
+            format!("top_logprobs = {top_n} is above 20"),
+        )));
+    }
+    match logprobs {
+        Some(true) => Ok(Some(top_n)),
+        _ if top_n > 0 => Err(fail(ApiError::invalid(
+            Some("top_logprobs"),
+            "top_logprobs needs logprobs: true",
+        ))),
+        _ => Ok(None),
     }
 }
 

@@ -19,8 +19,8 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use r1d_client::wire::{
     self, AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-    ChunkChoice, Completion, CompletionChoice, CompletionPrompt, CompletionRequest, Delta,
-    ModelEntry, ModelList, Timings, Usage,
+    ChoiceLogprobs, ChunkChoice, Completion, CompletionChoice, CompletionPrompt, CompletionRequest,
+    Delta, ModelEntry, ModelList, Timings, Usage,
 };
 use serde_json::Value;
 
@@ -29,7 +29,7 @@ use super::error::{self, ApiError, Body, Shape};
 use super::http::AppState;
 use super::to_wire::{finish_reason, timings, usage};
 use crate::chat::{self, Channel, Message, Piece, ReasoningFormat};
-use crate::engine::{EngineError, Finished, PromptInput, Sampling};
+use crate::engine::{EngineError, Finished, PromptInput, Sampling, TokenLogprob};
 
 /// The OpenAI routes.
 pub fn routes() -> Router<AppState> {
@@ -99,6 +99,8 @@ pub(super) struct Knobs<'a> {
     pub(super) presence_penalty: Option<f32>,
     pub(super) frequency_penalty: Option<f32>,
     pub(super) logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
+    /// Log probabilities asked for: `Some(top)` (the route's fields already checked).
+    pub(super) logprobs: Option<u32>,
 }
 
 pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
@@ -143,6 +145,7 @@ pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Res
         logit_bias,
         json_schema: None,
         json_wrap: None,
+        logprobs: k.logprobs,
     };
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;
@@ -155,18 +158,7 @@ pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Res
 /// Refuses what `/v1/chat/completions` does not implement, naming the field and why; values that
 /// mean "off" (`logprobs: false`, `tools: []`, `tool_choice: "none"`) are accepted.
 fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response> {
-    if req.logprobs == Some(true) {
-        return Err(invalid(
-            Some("logprobs"),
-            "logprobs is not supported: r1d does not return token log probabilities".into(),
-        ));
-    }
-    if req.top_logprobs.is_some_and(|n| n > 0) {
-        return Err(invalid(
-            Some("top_logprobs"),
-            "top_logprobs is not supported: r1d does not return token log probabilities".into(),
-        ));
-    }
+    chat_logprobs(req)?;
     if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(invalid(
             Some("functions"),
@@ -206,6 +198,39 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
         }
     }
     Ok(())
+}
+
+/// The most `top_logprobs` a chat request may ask for (OpenAI's chat reference: 0 to 20).
+const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// The most `logprobs` a text completion may ask for (OpenAI's legacy Completions reference:
+/// "the maximum value for logprobs is 5").
+const MAX_COMPLETION_LOGPROBS: u32 = 5;
+
+/// The chat request's log-probability fields as [`Sampling::logprobs`]: `Some(top_logprobs)`
+/// with `logprobs: true`, `None` without.
+///
+/// # Errors
+/// A 400 naming `top_logprobs` above 20, or set above 0 without `logprobs: true` (OpenAI:
+/// "logprobs must be set to true if this parameter is used").
+fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<u32>, Response> {
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > MAX_TOP_LOGPROBS {
+        return Err(invalid(
+            Some("top_logprobs"),
+            format!("top_logprobs = {top} is above {MAX_TOP_LOGPROBS}, OpenAI's limit"),
+        ));
+    }
+    if req.logprobs == Some(true) {
+        Ok(Some(top))
+    } else if top > 0 {
+        Err(invalid(
+            Some("top_logprobs"),
+            "top_logprobs needs logprobs: true".into(),
+        ))
+    } else {
+        Ok(None)
+    }
 }
 
 /// The text around a tool call in templates of the Hermes/Qwen kind, which a forced call is
@@ -354,10 +379,10 @@ pub(super) fn check_body(completion: bool, body: &Body) -> Result<(), Response> 
 }
 
 fn refuse_unimplemented_completion(req: &CompletionRequest) -> Result<(), Response> {
-    if req.logprobs.is_some() {
+    if let Some(n) = req.logprobs.filter(|&n| n > MAX_COMPLETION_LOGPROBS) {
         return Err(invalid(
             Some("logprobs"),
-            "logprobs is not supported: r1d does not return token log probabilities".into(),
+            format!("logprobs = {n} is above {MAX_COMPLETION_LOGPROBS}, OpenAI's limit"),
         ));
     }
     if req.echo == Some(true) {
@@ -436,6 +461,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
             logit_bias: req.logit_bias.as_ref(),
+            logprobs: chat_logprobs(&req).unwrap_or_default(),
         },
     )
     .await
@@ -545,6 +571,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             tools: with_tools.then_some(req.parallel_tool_calls != Some(false)),
             held: String::new(),
             index: index as u32,
+            logprobs: Vec::new(),
         };
         if admitted.len() == 1 {
             let a = admitted.into_iter().next().expect("one answer");
@@ -598,10 +625,12 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         .sum();
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
     let timings = timings(first);
+    let with_logprobs = common.sampling.logprobs.is_some();
     let choices = all
         .into_iter()
         .enumerate()
         .map(|(index, c)| {
+            let logprobs = with_logprobs.then(|| chat_logprobs_wire(&c.logprobs));
             let (content, calls) = if with_tools {
                 chat::parse_tool_calls(&c.content)
             } else {
@@ -622,6 +651,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
                     tool_calls,
                 },
                 finish_reason: finish.into(),
+                logprobs,
             }
         })
         .collect();
@@ -655,9 +685,21 @@ struct ChatEncoder {
     held: String,
     /// The choice's `index` (`n`).
     index: u32,
+    /// Log probabilities waiting for the next chunk (that of their tokens' text).
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl ChatEncoder {
+    /// A chunk that carries the log probabilities waiting, if any.
+    fn chunk_with_logprobs(&mut self, delta: Delta, finish: Option<&str>) -> ChatCompletionChunk {
+        let mut chunk = self.chunk(delta, finish);
+        if !self.logprobs.is_empty() {
+            chunk.choices[0].logprobs =
+                Some(chat_logprobs_wire(&std::mem::take(&mut self.logprobs)));
+        }
+        chunk
+    }
+
     fn chunk(&self, delta: Delta, finish: Option<&str>) -> ChatCompletionChunk {
         ChatCompletionChunk {
             id: self.id.clone(),
@@ -668,6 +710,7 @@ impl ChatEncoder {
                 index: self.index,
                 delta,
                 finish_reason: finish.map(str::to_owned),
+                logprobs: None,
             }],
             usage: None,
             timings: None,
@@ -704,7 +747,12 @@ impl Encoder for ChatEncoder {
                 ..Default::default()
             },
         };
-        vec![json(&self.chunk(delta, None))]
+        vec![json(&self.chunk_with_logprobs(delta, None))]
+    }
+
+    fn logprobs(&mut self, entries: Vec<TokenLogprob>) -> Vec<Value> {
+        self.logprobs.extend(entries);
+        Vec::new()
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
@@ -732,7 +780,7 @@ impl Encoder for ChatEncoder {
             }
         }
         out.extend(finishing(
-            self.chunk(Delta::default(), Some(finish)),
+            self.chunk_with_logprobs(Delta::default(), Some(finish)),
             self.include_usage
                 .then(|| self.chunk(Delta::default(), None)),
             finished,
@@ -847,6 +895,7 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
             logit_bias: req.logit_bias.as_ref(),
+            logprobs: req.logprobs,
         },
     )
     .await
@@ -880,6 +929,8 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         model: model.clone(),
         include_usage,
         index: index as u32,
+        logprobs: Vec::new(),
+        offset: 0,
     };
     if req.stream {
         if admitted.len() == 1 {
@@ -909,7 +960,9 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         .map(|(index, c)| CompletionChoice {
             text: c.content.clone(),
             index: index as u32,
-            logprobs: None,
+            logprobs: req
+                .logprobs
+                .map(|_| completion_logprobs_wire(&c.logprobs, &mut 0)),
             finish_reason: Some(finish_reason(c.finished.finish_reason).into()),
         })
         .collect();
@@ -1048,9 +1101,24 @@ struct CompletionEncoder {
     include_usage: bool,
     /// The choice's `index`: prompt × n + choice.
     index: u32,
+    /// Log probabilities waiting for the next message, and the byte offset of the next token
+    /// in the choice's text (`text_offset`).
+    logprobs: Vec<TokenLogprob>,
+    offset: usize,
 }
 
 impl CompletionEncoder {
+    /// A message that carries the log probabilities waiting, if any.
+    fn message_with_logprobs(&mut self, text: String, finish: Option<&str>) -> Completion {
+        let mut message = self.message(text, finish);
+        if !self.logprobs.is_empty() {
+            let entries = std::mem::take(&mut self.logprobs);
+            message.choices[0].logprobs =
+                Some(completion_logprobs_wire(&entries, &mut self.offset));
+        }
+        message
+    }
+
     fn message(&self, text: String, finish: Option<&str>) -> Completion {
         Completion {
             id: self.id.clone(),
@@ -1131,12 +1199,17 @@ fn finishing<C: StreamChunk>(
 
 impl Encoder for CompletionEncoder {
     fn piece(&mut self, piece: Piece) -> Vec<Value> {
-        vec![json(&self.message(piece.text, None))]
+        vec![json(&self.message_with_logprobs(piece.text, None))]
+    }
+
+    fn logprobs(&mut self, entries: Vec<TokenLogprob>) -> Vec<Value> {
+        self.logprobs.extend(entries);
+        Vec::new()
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Value> {
         finishing(
-            self.message(String::new(), Some(finish_reason(finished.finish_reason))),
+            self.message_with_logprobs(String::new(), Some(finish_reason(finished.finish_reason))),
             self.include_usage
                 .then(|| self.message(String::new(), None)),
             finished,
@@ -1146,6 +1219,59 @@ impl Encoder for CompletionEncoder {
     fn error(&mut self, error: EngineError) -> Value {
         ApiError::from(error).body(Shape::OpenAi)
     }
+}
+
+/// Chat's `logprobs` object (`{"content": [...]}`) for `entries`.
+fn chat_logprobs_wire(entries: &[TokenLogprob]) -> ChoiceLogprobs {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    ChoiceLogprobs {
+        content: entries
+            .iter()
+            .map(|e| wire::TokenLogprob {
+                token: text(&e.bytes),
+                logprob: e.logprob,
+                bytes: e.bytes.clone(),
+                top_logprobs: e
+                    .top
+                    .iter()
+                    .map(|(bytes, logprob)| wire::TopLogprob {
+                        token: text(bytes),
+                        logprob: *logprob,
+                        bytes: bytes.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The legacy Completions `logprobs` object for `entries`: parallel arrays `tokens`,
+/// `token_logprobs`, `top_logprobs` (one `{token: logprob}` map per position; tokens with the
+/// same text keep the likelier) and `text_offset`, counted in bytes from `offset`, which moves
+/// past the entries.
+fn completion_logprobs_wire(entries: &[TokenLogprob], offset: &mut usize) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut text_offset = Vec::new();
+    for e in entries {
+        tokens.push(text(&e.bytes));
+        token_logprobs.push(e.logprob);
+        let mut map = serde_json::Map::new();
+        for (bytes, logprob) in &e.top {
+            map.entry(text(bytes)).or_insert_with(|| (*logprob).into());
+        }
+        top.push(Value::Object(map));
+        text_offset.push(*offset);
+        *offset += e.bytes.len();
+    }
+    serde_json::json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
 }
 
 /// `GET /v1/models`: the resident model, by the name `/api/tags` and `r1ctl models` list it

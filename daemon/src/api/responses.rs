@@ -267,6 +267,9 @@ async fn responses(State(state): State<AppState>, body: Body) -> Response {
             presence_penalty: None,
             frequency_penalty: None,
             logit_bias: None,
+            // Refused above (`top_logprobs`, `include`): the Responses API's log
+            // probabilities are not returned yet.
+            logprobs: None,
         },
     )
     .await

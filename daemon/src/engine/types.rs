@@ -105,6 +105,34 @@ pub struct ModelInfo {
     pub vocab_only: bool,
     /// Answers the model generates at once (at least 1).
     pub parallel_sequences: u32,
+    /// Whether its backend returns token log probabilities.
+    pub logprobs: bool,
+}
+
+/// The log probability of one generated token and of the most likely tokens at its position
+/// (natural logarithms of the model's probabilities before sampling: see the plugin ABI's
+/// `TokenLogprobs`). The wire formats (OpenAI's `logprobs.content`, the legacy completion
+/// `logprobs`) are made from it in `api/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's piece, raw bytes (a UTF-8 character may be split across tokens).
+    pub bytes: Vec<u8>,
+    /// Its log probability (≤ 0).
+    pub logprob: f32,
+    /// The most likely tokens at its position, most likely first: piece bytes and log
+    /// probability.
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
+impl TokenLogprob {
+    /// The entry of a token with piece `bytes`, from the plugin's document.
+    pub fn from_abi(bytes: &[u8], doc: abi::TokenLogprobs) -> TokenLogprob {
+        TokenLogprob {
+            bytes: bytes.to_vec(),
+            logprob: doc.logprob,
+            top: doc.top.into_iter().map(|t| (t.bytes, t.logprob)).collect(),
+        }
+    }
 }
 
 /// Why an answer ended.
@@ -217,6 +245,7 @@ impl From<abi::ModelInfo> for ModelInfo {
             add_bos_token: i.add_bos_token,
             vocab_only: i.vocab_only,
             parallel_sequences: i.parallel_sequences.max(1),
+            logprobs: i.logprobs,
         }
     }
 }
@@ -313,9 +342,11 @@ mod tests {
             add_bos_token: true,
             vocab_only: false,
             parallel_sequences: 3,
+            logprobs: true,
         };
         let i = ModelInfo::from(a);
         assert_eq!(i.parallel_sequences, 3);
+        assert!(i.logprobs);
         assert_eq!(i.parameters, 7_615_616_512);
         assert_eq!((i.layers, i.gpu_layers, i.context_length), (28, 5, 4096));
         assert_eq!(i.memory.compute_bytes, Some(30));

@@ -273,6 +273,11 @@ pub struct ModelInfo {
     /// time. `context_length` is per sequence; `memory.kv_cache_bytes` covers all of them.
     #[serde(default)]
     pub parallel_sequences: u32,
+    /// Whether `generate` honours [`GenerateRequest::logprobs`] (appended; absent: an older
+    /// plugin, which does not). A host refuses a request for log probabilities to a model
+    /// without it.
+    #[serde(default)]
+    pub logprobs: bool,
 }
 
 /// Parameters of `generate`.
@@ -343,6 +348,37 @@ pub struct GenerateRequest {
     /// `json_schema`.
     #[serde(default)]
     pub json_wrap: Option<(String, String)>,
+    /// Log probabilities: `Some(n)` asks for a [`TokenLogprobs`] call (token id
+    /// [`crate::R1_TOKEN_LOGPROBS`]) before each generated token, with the token's own log
+    /// probability and the `n` most likely tokens at its position (OpenAI's `top_logprobs`,
+    /// 0–20). `None` = none. Only for a model whose [`ModelInfo::logprobs`] is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+}
+
+/// The log probabilities of one generated token, the piece of an [`crate::R1_TOKEN_LOGPROBS`]
+/// call. Natural logarithms of the model's probabilities at that position: the log-softmax of
+/// the raw logits, before any sampling step (temperature, penalties, top-k/p, grammar), as
+/// vLLM returns them by default and OpenAI documents `logprob` ("the log probability of this
+/// token").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenLogprobs {
+    /// Log probability of the token that was generated (≤ 0).
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first (as many as asked for).
+    #[serde(default)]
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TopLogprob {
+    /// Token id.
+    pub id: i32,
+    /// The token's piece, raw bytes (may be part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its log probability (≤ 0).
+    pub logprob: f32,
 }
 
 /// An empty prompt, no tokens to generate, and every sampling option at the value a missing JSON
@@ -367,6 +403,7 @@ impl Default for GenerateRequest {
             json_schema: None,
             constrain_after: None,
             json_wrap: None,
+            logprobs: None,
         }
     }
 }

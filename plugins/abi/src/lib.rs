@@ -71,6 +71,14 @@ pub const R1_ERR_BUFFER_TOO_SMALL: R1Status = 8;
 /// prompt early (return false). Such calls are not tokens: not streamed, not counted.
 pub const R1_TOKEN_PROMPT_PROGRESS: i32 = -1;
 
+/// `token_id` of a log-probability call of [`R1TokenFn`] (appended to ABI v1): when a request
+/// asks for log probabilities ([`json::GenerateRequest::logprobs`]) and the model says it can
+/// give them ([`json::ModelInfo::logprobs`]), the plugin calls the token callback with this id
+/// and a [`json::TokenLogprobs`] JSON document as the piece, just before the call for the token
+/// it describes. Such calls are not tokens: not streamed as text, not counted. A plugin never
+/// makes them for a request that did not ask.
+pub const R1_TOKEN_LOGPROBS: i32 = -2;
+
 /// Log levels passed to [`R1LogFn`], ordered like `tracing`'s.
 pub const R1_LOG_ERROR: i32 = 1;
 /// Warning.
@@ -164,7 +172,9 @@ pub type R1ProgressFn = Option<unsafe extern "C" fn(user_data: *mut c_void, prog
 /// a multi-byte UTF-8 character may be split across pieces), and its token id. The bytes are
 /// borrowed for the call. Return `true` to go on, `false` to stop generating (the generation then
 /// ends with `finish_reason` `"cancelled"` and status [`R1_OK`]). Between prompt batches the plugin
-/// may also call it with `len` 0 and `token_id` [`R1_TOKEN_PROMPT_PROGRESS`] (not a token).
+/// may also call it with `len` 0 and `token_id` [`R1_TOKEN_PROMPT_PROGRESS`] (not a token), and,
+/// when log probabilities were asked for, with a JSON document and [`R1_TOKEN_LOGPROBS`] before
+/// each token.
 pub type R1TokenFn = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -329,6 +339,7 @@ pub fn constants() -> Vec<(&'static str, i64)> {
         ("R1_ERR_UNSUPPORTED", R1_ERR_UNSUPPORTED as i64),
         ("R1_ERR_BUFFER_TOO_SMALL", R1_ERR_BUFFER_TOO_SMALL as i64),
         ("R1_TOKEN_PROMPT_PROGRESS", R1_TOKEN_PROMPT_PROGRESS as i64),
+        ("R1_TOKEN_LOGPROBS", R1_TOKEN_LOGPROBS as i64),
         ("R1_LOG_ERROR", R1_LOG_ERROR as i64),
         ("R1_LOG_WARN", R1_LOG_WARN as i64),
         ("R1_LOG_INFO", R1_LOG_INFO as i64),

@@ -121,8 +121,9 @@ fn ms(since: Instant) -> f64 {
 
 /// What the batcher sends back to a waiting `generate` call.
 enum Event {
-    /// A sampled token: its piece (raw bytes) and id.
-    Piece(Vec<u8>, i32),
+    /// A sampled token: its piece (raw bytes), id, and its log probabilities (a
+    /// [`abi::json::TokenLogprobs`] JSON document) when the request asked for them.
+    Piece(Vec<u8>, i32, Option<Vec<u8>>),
     /// A prompt batch of this request was evaluated and more remain (a chance to cancel).
     Progress,
     /// The end: usage and timings, or why it failed.
@@ -421,8 +422,8 @@ impl Worker {
             if job.fed < last {
                 // Everything but the last token, as much as the step has room for.
                 let take = (self.n_batch - n).min(last - job.fed);
-                for pos in job.fed..job.fed + take {
-                    let _ = batch.add(prompt[pos], pos as i32, &[slot.seq], false);
+                for (pos, &token) in prompt.iter().enumerate().skip(job.fed).take(take) {
+                    let _ = batch.add(token, pos as i32, &[slot.seq], false);
                 }
                 job.feeding = take;
                 n += take;
@@ -520,11 +521,19 @@ fn sample_one(
     }
     let mut piece = Vec::with_capacity(16);
     vocab.token_to_piece_into(token, &mut piece, false, None);
+    let logprobs = request
+        .logprobs
+        .map(|top| token_logprobs(ctx.get_logits_ith(idx), token, top as usize, model));
     if job.result.time_to_first_token_ms.is_none() {
         job.result.time_to_first_token_ms = Some(ms(job.sub.start));
     }
     job.result.completion_tokens += 1;
-    if job.sub.events.send(Event::Piece(piece, token.0)).is_err() {
+    if job
+        .sub
+        .events
+        .send(Event::Piece(piece, token.0, logprobs))
+        .is_err()
+    {
         // The waiting call is gone.
         return Some(FinishReason::Cancelled);
     }
@@ -534,6 +543,47 @@ fn sample_one(
     }
     job.next = Some(token);
     None
+}
+
+/// The log probabilities of `token` and of the `top` most likely tokens under `logits` (one
+/// position's raw logits, `n_vocab` long), as a [`abi::json::TokenLogprobs`] JSON document: the
+/// log-softmax of the logits before any sampler (llama-server's `n_probs` without
+/// `post_sampling_probs`, vLLM's default), computed in f64. Ties in the top list are broken by
+/// the lower id.
+fn token_logprobs(logits: &[f32], token: LlamaToken, top: usize, model: &LlamaModel) -> Vec<u8> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    let logprob = |id: usize| (logits[id] as f64 - log_z) as f32;
+    let mut best: Vec<usize> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        // One pass keeping the `top` best, sorted (top ≤ 20, so insertion is cheap).
+        for (id, &l) in logits.iter().enumerate() {
+            if best.len() == top && l <= logits[best[top - 1]] {
+                continue;
+            }
+            let at = best.partition_point(|&b| logits[b] >= l);
+            best.insert(at, id);
+            best.truncate(top);
+        }
+    }
+    let vocab = model.vocab();
+    let doc = abi::json::TokenLogprobs {
+        logprob: logprob(token.0 as usize),
+        top: best
+            .into_iter()
+            .map(|id| {
+                let mut bytes = Vec::with_capacity(16);
+                vocab.token_to_piece_into(LlamaToken(id as i32), &mut bytes, false, None);
+                abi::json::TopLogprob {
+                    id: id as i32,
+                    bytes,
+                    logprob: logprob(id),
+                }
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&doc).unwrap_or_default()
 }
 
 /// Keeps the first `keep` cached tokens of `slot`'s sequence and removes the rest from the KV
@@ -607,7 +657,13 @@ impl LlamaCppModel {
         let mut delivered = 0u32;
         loop {
             match receiver.recv() {
-                Ok(Event::Piece(piece, id)) => {
+                Ok(Event::Piece(piece, id, logprobs)) => {
+                    if let Some(doc) = logprobs.filter(|_| !stopped) {
+                        if !on_token(&doc, abi::R1_TOKEN_LOGPROBS) {
+                            stopped = true;
+                            cancel.store(true, Ordering::SeqCst);
+                        }
+                    }
                     if !stopped {
                         delivered += 1;
                         if !on_token(&piece, id) {

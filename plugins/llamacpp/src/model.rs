@@ -446,6 +446,7 @@ impl LlamaCppModel {
             add_bos_token: vocab.should_add_bos(),
             vocab_only: self.vocab_only,
             parallel_sequences,
+            logprobs: !self.vocab_only,
         }
     }
 

@@ -174,6 +174,8 @@ impl OnnxModel {
             vocab_only: params.vocab_only,
             // One generation at a time: the decoder keeps one sequence's cache.
             parallel_sequences: 1,
+            // Not implemented here: a request for them is refused by the host.
+            logprobs: false,
         };
         Ok(OnnxModel {
             dir,

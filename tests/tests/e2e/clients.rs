@@ -115,6 +115,20 @@ fn run_client(script: &str, reach: Reach) {
 /// reason, so the grammar constrains from the first token.
 #[test]
 fn structured_output_validates_against_the_schema_with_the_python_clients() {
+    run_with_smollm("structured_output.py");
+}
+
+/// Log probabilities through the `openai` and `ollama` packages' typed objects
+/// (`tests/clients/logprobs_client.py`): chat (streamed and not), text completions, Ollama's chat
+/// and generate, and the refusals by name (`top_logprobs` above 20 or without `logprobs`).
+#[test]
+fn logprobs_reach_the_openai_and_ollama_python_clients() {
+    run_with_smollm("logprobs_client.py");
+}
+
+/// Runs `tests/clients/SCRIPT` with r1d's socket and the model's listed name against a daemon
+/// serving SmolLM2; the script prints "all checks passed" at its end.
+fn run_with_smollm(script: &str) {
     let Some(python) = python() else { return };
     let Some(model) = fixture(SMOLLM2) else {
         return;
@@ -127,7 +141,7 @@ fn structured_output_validates_against_the_schema_with_the_python_clients() {
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
-        .join("structured_output.py");
+        .join(script);
     let out = Command::new(&python)
         .arg(&script)
         .arg(&daemon.socket)

@@ -615,11 +615,21 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
             "functions",
             "use tools",
         ),
-        (json!({"logprobs": true}), "logprobs", "log probabilities"),
+        // The echo backend has no log probabilities (llama.cpp's: `llama::logprobs_…`).
+        (
+            json!({"logprobs": true}),
+            "logprobs",
+            "the echo backend does not return token log probabilities",
+        ),
         (
             json!({"top_logprobs": 3}),
             "top_logprobs",
-            "log probabilities",
+            "needs logprobs: true",
+        ),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+            "above 20",
         ),
         (json!({"n": 17}), "n", "more than the 16 choices"),
         (json!({"n": 0}), "n", "at least 1"),
@@ -750,6 +760,7 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
     assert_eq!(param(said, "top_p"), "0");
     for (extra, want_param) in [
         (json!({"logprobs": 2}), "logprobs"),
+        (json!({"logprobs": 6}), "logprobs"),
         (json!({"echo": true}), "echo"),
         (json!({"best_of": 3}), "best_of"),
         (json!({"suffix": "end"}), "suffix"),

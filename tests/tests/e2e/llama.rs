@@ -640,3 +640,178 @@ async fn token_id_prompts_and_ollama_context_answer_as_their_text() {
         "{continued} vs {at_once}"
     );
 }
+
+/// Issue 17: `logprobs` / `top_logprobs` with SmolLM2. The entries are the model's own: at
+/// temperature 0 each chosen token is the most likely one with its log probability; they cover
+/// the answer token by token (their bytes joined are the content); streamed they are the
+/// non-streamed ones; a token's log probability is the same when the token is the next one
+/// after a prompt of ids (teacher forcing through the token-id prompt of `/v1/completions`);
+/// and a stop string cuts them where it cuts the text.
+#[tokio::test]
+async fn logprobs_are_the_models_own_and_cover_the_answer_token_by_token() {
+    use serde_json::{json, Value};
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+    let mut request = ask("What is the capital of France?");
+    request.messages.insert(
+        0,
+        ChatMessage::new("system", "You are a helpful assistant."),
+    );
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(24);
+    request.logprobs = Some(true);
+    request.top_logprobs = Some(5);
+    let answer = client.chat(&request).await.unwrap();
+    let choice = &answer.choices[0];
+    let entries = &choice
+        .logprobs
+        .as_ref()
+        .expect("logprobs were asked for")
+        .content;
+    assert_eq!(
+        entries.len() as u32,
+        answer.usage.completion_tokens,
+        "{answer:?}"
+    );
+    let joined: Vec<u8> = entries.iter().flat_map(|e| e.bytes.clone()).collect();
+    assert_eq!(String::from_utf8(joined).unwrap(), choice.message.content);
+    for e in entries {
+        assert_eq!(e.token, String::from_utf8_lossy(&e.bytes));
+        assert_eq!(e.top_logprobs.len(), 5, "{e:?}");
+        // Greedy: the chosen token is the most likely, with the same log probability.
+        assert_eq!(e.top_logprobs[0].bytes, e.bytes, "{e:?}");
+        assert_eq!(e.top_logprobs[0].logprob, e.logprob, "{e:?}");
+        assert!(e.logprob <= 0.0 && e.logprob.is_finite(), "{e:?}");
+        for w in e.top_logprobs.windows(2) {
+            assert!(w[0].logprob >= w[1].logprob, "{e:?}");
+        }
+        let mass: f64 = e
+            .top_logprobs
+            .iter()
+            .map(|t| f64::from(t.logprob).exp())
+            .sum();
+        assert!(mass <= 1.0 + 1e-4 && mass > 0.0, "{mass} {e:?}");
+    }
+    // "Paris" follows "is" with most of the probability (a 135M model, but a sure fact).
+    let paris = entries.iter().find(|e| e.token.contains("Paris")).unwrap();
+    assert!(paris.logprob > (0.5f32).ln(), "{paris:?}");
+
+    // Streamed: the same entries, spread over the chunks that carry their text.
+    let mut stream = client.chat_stream(&request).await.unwrap();
+    let mut streamed = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for c in &chunk.choices {
+            text.push_str(c.delta.content.as_deref().unwrap_or_default());
+            if let Some(l) = &c.logprobs {
+                streamed.extend(l.content.clone());
+            }
+        }
+    }
+    assert_eq!(text, choice.message.content);
+    assert_eq!(streamed.len(), entries.len());
+    for (s, e) in streamed.iter().zip(entries) {
+        assert_eq!(s.bytes, e.bytes);
+        assert!((s.logprob - e.logprob).abs() < 1e-3, "{s:?} vs {e:?}");
+    }
+
+    // A stop string: the entries end with the token in which it starts.
+    let mut stopped = request.clone();
+    stopped.stop = Some(r1d_client::wire::Stop::One("Paris".into()));
+    let cut = client.chat(&stopped).await.unwrap();
+    let content = &cut.choices[0].message.content;
+    let cut_entries = &cut.choices[0].logprobs.as_ref().unwrap().content;
+    let joined = cut_entries
+        .iter()
+        .flat_map(|e| e.bytes.clone())
+        .collect::<Vec<u8>>();
+    let joined = String::from_utf8(joined).unwrap();
+    let last = cut_entries.last().unwrap();
+    assert!(
+        joined.starts_with(content.as_str()),
+        "{joined:?} vs {content:?}"
+    );
+    assert!(
+        joined.len() < content.len() + last.bytes.len(),
+        "{joined:?} vs {content:?}"
+    );
+    assert!(last.token.contains("Paris"), "{last:?}");
+
+    // Teacher forcing: prompt ids, then the same ids and the first answer token. The second
+    // request's first entry is the first request's second one.
+    let post = |path: &'static str, body: Value| {
+        let daemon = &daemon;
+        async move {
+            let (status, answer) =
+                crate::compat::raw(daemon, r1d_client::Method::POST, path, body).await;
+            assert_eq!(status, 200, "{answer}");
+            serde_json::from_str::<Value>(&answer).unwrap()
+        }
+    };
+    let g = post(
+        "/api/generate",
+        json!({"prompt": "The capital of France is", "raw": true, "stream": false,
+               "options": {"temperature": 0, "num_predict": 3}}),
+    )
+    .await;
+    let n_prompt = g["prompt_eval_count"].as_u64().unwrap() as usize;
+    let ids: Vec<i64> = g["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let whole = post(
+        "/v1/completions",
+        json!({"prompt": &ids[..n_prompt], "temperature": 0, "max_tokens": 3, "logprobs": 3}),
+    )
+    .await;
+    let forced = post(
+        "/v1/completions",
+        json!({"prompt": &ids[..n_prompt + 1], "temperature": 0, "max_tokens": 1, "logprobs": 3}),
+    )
+    .await;
+    let w = &whole["choices"][0]["logprobs"];
+    let f = &forced["choices"][0]["logprobs"];
+    let tokens = w["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "{whole}");
+    assert_eq!(
+        tokens
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        whole["choices"][0]["text"].as_str().unwrap()
+    );
+    // text_offset: bytes of the choice's text before each token.
+    let offsets: Vec<u64> = w["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets[1], tokens[0].as_str().unwrap().len() as u64);
+    assert_eq!(f["tokens"][0], w["tokens"][1], "{forced} vs {whole}");
+    let (a, b) = (
+        f["token_logprobs"][0].as_f64().unwrap(),
+        w["token_logprobs"][1].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 2e-3, "{a} vs {b}");
+    // Greedy again: each position's top map holds the chosen token with its log probability.
+    for (i, top) in w["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(top.len() <= 3 && !top.is_empty(), "{top:?}");
+        let token = tokens[i].as_str().unwrap();
+        assert_eq!(top[token], w["token_logprobs"][i], "{top:?}");
+    }
+}
