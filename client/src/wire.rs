@@ -465,6 +465,17 @@ pub struct Usage {
     /// OpenAI's breakdown of the prompt tokens: how many came from the cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// OpenAI's (and DeepSeek's API's) breakdown of the completion tokens: how many were
+    /// reasoning. Absent where r1d does not count them (`reasoning_format: "none"`, a remote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// OpenAI's `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompletionTokensDetails {
+    /// Tokens of R1's reasoning (`<think>` … `</think>`, the closing tag included).
+    pub reasoning_tokens: u32,
 }
 
 /// OpenAI's `usage.prompt_tokens_details`.

@@ -445,6 +445,11 @@ impl Assembler {
         })
     }
 
+    /// True while the text pushed is R1's reasoning (split off; never with the raw format).
+    pub fn in_reasoning(&self) -> bool {
+        self.channel == Channel::Reasoning
+    }
+
     /// True once a stop string matched; feed no more.
     pub fn stopped(&self) -> bool {
         self.stopped

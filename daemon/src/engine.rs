@@ -1775,6 +1775,7 @@ impl Answer {
         let mut logprobs: std::collections::VecDeque<(usize, usize, TokenLogprob)> =
             Default::default();
         let mut pushed = 0usize;
+        let mut reasoning_tokens = 0u32;
         let mut client_gone = false;
         let mut stalled = false;
         let mut file_changed: Option<String> = None;
@@ -1816,6 +1817,9 @@ impl Answer {
                 logprobs.push_back((pushed, pushed + bytes.len(), entry));
             }
             pushed += bytes.len();
+            if assembler.in_reasoning() {
+                reasoning_tokens += 1;
+            }
             let pieces = assembler.push(bytes);
             let settled = settled_logprobs(&mut logprobs, &assembler, false);
             if !settled.is_empty() {
@@ -1906,6 +1910,8 @@ impl Answer {
         // Time to first token from the request's admission (queue wait included).
         result.time_to_first_token_ms =
             first_token_at.map(|t| t.duration_since(job.admitted).as_secs_f64() * 1e3);
+        result.reasoning_tokens =
+            (job.reasoning_format != ReasoningFormat::None).then_some(reasoning_tokens);
         tokens.extend(generated);
         let done = ChatEvent::Done(Finished {
             finish_reason,

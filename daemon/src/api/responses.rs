@@ -357,12 +357,17 @@ impl Shape {
         };
         let usage = finished.map_or(Value::Null, |f| {
             let u = &f.result;
-            json!({
+            let mut usage = json!({
                 "input_tokens": u.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
                 "output_tokens": u.completion_tokens,
                 "total_tokens": u.prompt_tokens + u.completion_tokens,
-            })
+            });
+            // OpenAI's field; absent where r1d does not count them (a remote model).
+            if let Some(n) = u.reasoning_tokens {
+                usage["output_tokens_details"] = json!({ "reasoning_tokens": n });
+            }
+            usage
         });
         json!({
             "id": self.id,

@@ -449,6 +449,9 @@ pub fn usage(r: &GenerateResult) -> wire::Usage {
         prompt_tokens_details: Some(wire::PromptTokensDetails {
             cached_tokens: r.cached_prompt_tokens,
         }),
+        completion_tokens_details: r
+            .reasoning_tokens
+            .map(|reasoning_tokens| wire::CompletionTokensDetails { reasoning_tokens }),
     }
 }
 

@@ -163,6 +163,10 @@ pub struct GenerateResult {
     pub generation_ms: f64,
     /// Time from the call to the first token, in milliseconds.
     pub time_to_first_token_ms: Option<f64>,
+    /// Of the completion tokens, those generated inside R1's reasoning (`<think>` … `</think>`,
+    /// the closing tag's tokens included), counted by the engine as it splits the answer; `None`
+    /// where it is not counted (raw reasoning format, a remote model).
+    pub reasoning_tokens: Option<u32>,
 }
 
 impl From<&LoadParams> for abi::LoadParams {
@@ -270,6 +274,7 @@ impl From<abi::GenerateResult> for GenerateResult {
             prompt_ms: r.prompt_ms,
             generation_ms: r.generation_ms,
             time_to_first_token_ms: r.time_to_first_token_ms,
+            reasoning_tokens: None,
         }
     }
 }

@@ -48,8 +48,30 @@ async fn reasoning_goes_to_reasoning_content_without_tags() {
     let message = &answer.choices[0].message;
     assert_eq!(message.reasoning_content.as_deref(), Some("hmm let me see"));
     assert_eq!(message.content, "The answer");
-    // Reasoning tokens are completion tokens: 5 pieces were generated.
+    // Reasoning tokens are completion tokens: 5 pieces were generated, the first four ("hmm",
+    // " let", " me", " see</think>The") while the answer was still in its reasoning.
     assert_eq!(answer.usage.completion_tokens, 5);
+    let details = answer.usage.completion_tokens_details.clone();
+    assert_eq!(details.map(|d| d.reasoning_tokens), Some(4), "{answer:?}");
+    // Raw (`reasoning_format: "none"`): not split, so not counted.
+    let mut raw_request = ask(THINKER);
+    raw_request.reasoning_format = Some("none".into());
+    let raw_answer = daemon.client().chat(&raw_request).await.unwrap();
+    assert_eq!(raw_answer.usage.completion_tokens_details, None);
+    // The Responses API reports them as OpenAI does.
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/responses",
+        serde_json::json!({"input": THINKER}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["usage"]["output_tokens_details"]["reasoning_tokens"], 4,
+        "{v}"
+    );
 }
 
 #[tokio::test]
