@@ -120,6 +120,12 @@ pub struct Sampling {
     /// [`ChatEvent::Logprobs`]; `None` = none. A backend that cannot is refused
     /// (`EngineError::InvalidRequest` naming `logprobs`).
     pub logprobs: Option<u32>,
+    /// A context length for this request below the loaded one (Ollama's `num_ctx`): the prompt
+    /// and the answer together stay within it (a longer prompt is refused, generation ends with
+    /// `Length` there). `None` = the loaded model's. Above the loaded context it is refused
+    /// (`EngineError::InvalidRequest` naming `num_ctx`): the context is set at load time for
+    /// every client of the shared model.
+    pub context_limit: Option<u32>,
 }
 
 /// What to generate from.
@@ -1611,6 +1617,23 @@ impl Answer {
                 model.backend_name()
             )));
         }
+        if let Some(limit) = job.sampling.context_limit {
+            if model.conversation().is_some() {
+                return Err(EngineError::InvalidRequest(format!(
+                    "num_ctx: {limit} cannot be applied to a remote model, whose context its \
+                     server sets"
+                )));
+            }
+            if limit > info.context_length {
+                return Err(EngineError::InvalidRequest(format!(
+                    "num_ctx: {limit} tokens is more than the context length the model is \
+                     loaded with ({} tokens), which r1d sets for every client of the shared \
+                     model; raise [model] context_length in r1d's config, or send a smaller \
+                     num_ctx",
+                    info.context_length
+                )));
+            }
+        }
         if let Some(remote) = model.conversation() {
             let name = info.name.clone().unwrap_or_else(|| info.path.clone());
             return self.run_conversation(remote, name, job);
@@ -1699,7 +1722,8 @@ impl Answer {
         // User content: only at trace level, never at info (docs/architecture.md, cross-cutting: user content).
         tracing::trace!(prompt = %text, ?tokens, "rendered prompt");
         let n_prompt = tokens.len() as u32;
-        let n_ctx = info.context_length;
+        // Checked above: at most the loaded context.
+        let n_ctx = job.sampling.context_limit.unwrap_or(info.context_length);
         if n_prompt >= n_ctx {
             return Err(EngineError::ContextExceeded {
                 prompt_tokens: n_prompt,

@@ -36,15 +36,9 @@ use crate::engine::{EngineError, Finished, ModelInfo, PromptInput, Sampling, Tok
 
 /// Ollama `options` that are load-time settings (`docs/modelfile.md`): r1d's config and planner
 /// decide them for the resident model, so they are accepted and not acted on — but each must be a
-/// whole number.
-const LOAD_TIME_COUNTS: [&str; 6] = [
-    "num_ctx",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "num_thread",
-    "num_keep",
-];
+/// whole number. (`num_ctx` is not one of them: it limits the request's context, see
+/// [`sampling`].)
+const LOAD_TIME_COUNTS: [&str; 5] = ["num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep"];
 
 /// Every key of Ollama's `options` (`api.Options` and `api.Runner` of Ollama's `api/types.go`;
 /// docs/modelfile.md lists the common ones); any other is refused by name.
@@ -135,9 +129,10 @@ async fn listed_name(state: &AppState) -> Option<String> {
 /// Sampling from Ollama `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`,
 /// `num_predict` (-1 = no limit but the context), `stop`, `repeat_penalty`, `repeat_last_n`,
 /// `presence_penalty`, `frequency_penalty`; `mirostat`, `typical_p`, `tfs_z` only at their "off"
-/// values. Load-time settings such as `num_ctx`, which r1d's config decides, are accepted and
-/// not acted on (a negative count is refused); a key Ollama does not have, or a known key of the
-/// wrong type, is an error naming it.
+/// values. `num_ctx` is this request's context length, at most the loaded one (the engine
+/// refuses more: the shared model's context is set at load time). Load-time settings such as
+/// `num_thread`, which r1d's config decides, are accepted and not acted on (a negative count is
+/// refused); a key Ollama does not have, or a known key of the wrong type, is an error naming it.
 fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling, Response> {
     let mut s = Sampling::default();
     let Some(options) = options else { return Ok(s) };
@@ -209,6 +204,16 @@ fn sampling(options: Option<&serde_json::Map<String, Value>>) -> Result<Sampling
             }
         }
     }
+    s.context_limit = match int("num_ctx")? {
+        None => None,
+        Some(n) if n >= 1 => Some(n.min(i64::from(u32::MAX)) as u32),
+        Some(n) => {
+            return Err(fail(ApiError::invalid(
+                Some("num_ctx"),
+                format!("invalid option num_ctx: {n} is not a context length of at least 1"),
+            )))
+        }
+    };
     s.presence_penalty = float("presence_penalty")?;
     s.frequency_penalty = float("frequency_penalty")?;
     s.repeat_penalty = float("repeat_penalty")?;

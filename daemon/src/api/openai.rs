@@ -146,6 +146,7 @@ pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Res
         json_schema: None,
         json_wrap: None,
         logprobs: k.logprobs,
+        context_limit: None,
     };
     answer::validate_sampling(&sampling, answer::Ranges::OpenAi)
         .map_err(|(param, message)| invalid(Some(param), message))?;

@@ -849,7 +849,7 @@ async fn ollama_fields_are_honoured_or_refused_by_name() {
         ),
         // "Off" values of samplers r1d does not run, load-time options and empty lists.
         (
-            json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 4096,
+            json!({"options": {"mirostat": 0, "typical_p": 1, "tfs_z": 1, "num_ctx": 1024,
                                "num_gpu": -1, "use_mmap": true},
                    "format": "", "tools": [], "keep_alive": "5m"}),
             vec![("repeat_penalty", "1")],
@@ -1443,7 +1443,7 @@ async fn counts_take_every_json_spelling_of_a_whole_number_and_fractions_are_ref
     let (status, v) = params_of(
         &daemon,
         "/api/chat",
-        json!({"options": {"seed": 7.0, "top_k": 5e0, "repeat_last_n": 3.2e1, "num_ctx": 4096.0,
+        json!({"options": {"seed": 7.0, "top_k": 5e0, "repeat_last_n": 3.2e1, "num_ctx": 1024.0,
                            "num_thread": 4e0}}),
     )
     .await;
@@ -1892,4 +1892,56 @@ async fn responses_stream_named_events_and_refuse_by_name() {
         v["output"][1]["content"][0]["text"], "The answer",
         "{answer}"
     );
+}
+
+/// Issue 17: Ollama's `num_ctx` is the request's context length: at most the loaded one (the
+/// shared model's context is set at load time, so more is refused naming it), and below it the
+/// prompt and the answer together stay within it.
+#[tokio::test]
+async fn ollama_num_ctx_limits_the_request_and_more_than_the_loaded_context_is_refused() {
+    let (daemon, _m) = r1_echo();
+    daemon.settled().await;
+    let loaded = daemon.client().status().await.unwrap();
+    let context = loaded.model.as_ref().unwrap().context_length;
+    let generate = |options: Value| {
+        let daemon = &daemon;
+        async move {
+            let (status, body) = raw(
+                daemon,
+                Method::POST,
+                "/api/generate",
+                json!({"prompt": "a b c d e f g h", "raw": true, "stream": false,
+                       "options": options}),
+            )
+            .await;
+            (status, serde_json::from_str::<Value>(&body).unwrap())
+        }
+    };
+    let (status, v) = generate(json!({"num_ctx": context + 1})).await;
+    assert_eq!(status, 400, "{v}");
+    // Ollama's error shape is a message: it names the option, the loaded context and the key.
+    let message = v["error"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("num_ctx: {}", context + 1))
+            && message.contains(&format!("({context} tokens)"))
+            && message.contains("context_length"),
+        "{message}"
+    );
+    // Below it: the prompt (BOS and 8 words) and the answer together fill 12 tokens at most.
+    let (status, v) = generate(json!({"num_ctx": 12, "num_predict": -1})).await;
+    assert_eq!(status, 200, "{v}");
+    let prompt = v["prompt_eval_count"].as_u64().unwrap();
+    assert_eq!(prompt + v["eval_count"].as_u64().unwrap(), 12, "{v}");
+    assert_eq!(v["done_reason"], "length", "{v}");
+    // A prompt that does not fit it is refused, as one over the loaded context.
+    let (status, v) = generate(json!({"num_ctx": prompt})).await;
+    assert_eq!(status, 400, "{v}");
+    let message = v["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("context length is {prompt} tokens")),
+        "{message}"
+    );
+    let (status, v) = generate(json!({"num_ctx": 0})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("num_ctx"), "{v}");
 }
