@@ -289,7 +289,7 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
     let socket = daemon.socket.clone();
     let result = tokio::task::spawn_blocking(move || {
         use std::os::unix::net::UnixStream;
-        // 300 idle connections: the first 16 are held, the rest answered 503.
+        // 300 idle connections: 16 are held (the first ones), the rest answered 503.
         let mut idle: Vec<UnixStream> = (0..300)
             .map(|_| UnixStream::connect(&socket).unwrap())
             .collect();
@@ -301,11 +301,19 @@ async fn idle_and_slow_connections_are_bounded_and_closed() {
         for s in &mut idle {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         }
-        // Every held idle connection is closed after the idle timeout (EOF, not a timeout).
-        for s in idle.iter_mut().take(16) {
-            let mut byte = [0u8; 1];
-            assert_eq!(s.read(&mut byte).unwrap(), 0);
+        // Every held idle connection is closed after the idle timeout (EOF, not a timeout), every
+        // other one was answered 503. Which ones are held is the accept order's business: the
+        // connection of the status request before them may still count while r1d sees it close.
+        let mut held = 0;
+        for s in idle.iter_mut() {
+            let answer = read_all(s);
+            if answer.is_empty() {
+                held += 1;
+            } else {
+                assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+            }
         }
+        assert!((15..=16).contains(&held), "{held} idle connections were held");
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(6), "closed after {waited:?}");
         drop(idle);
