@@ -682,9 +682,10 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     writeln!(out, "{:<14}{:.0} s", "uptime", status.uptime_s)?;
     writeln!(
         out,
-        "{:<14}{} served, {} running, {} queued (up to {} at once)",
+        "{:<14}{} finished ({} failed), {} running, {} queued (up to {} at once)",
         "requests",
         status.requests_served,
+        status.requests_failed,
         status.running_requests,
         status.queued_requests,
         status.parallel

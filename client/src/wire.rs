@@ -809,6 +809,9 @@ pub struct Status {
     pub uptime_s: f64,
     /// Requests finished (successfully or not) since start.
     pub requests_served: u64,
+    /// Of those, requests that ended with an error (absent from an older r1d: 0).
+    #[serde(default)]
+    pub requests_failed: u64,
     /// Requests queued or running now.
     pub active_requests: u64,
     /// Of those, requests generating now.

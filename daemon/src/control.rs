@@ -148,8 +148,10 @@ pub struct Status {
     pub degraded: Option<String>,
     /// Seconds since the engine started.
     pub uptime_s: f64,
-    /// Requests finished since start.
+    /// Requests finished since start, answered or failed.
     pub requests_served: u64,
+    /// Of those, requests that ended with an error.
+    pub requests_failed: u64,
     /// Requests queued or running.
     pub active_requests: u64,
     /// Of those, requests generating now.
@@ -454,6 +456,7 @@ impl Control {
             degraded: self.degraded(),
             uptime_s: self.engine.uptime_s(),
             requests_served: self.engine.requests_served(),
+            requests_failed: self.engine.requests_failed(),
             active_requests: self.engine.active_requests(),
             running_requests: self.engine.running_requests(),
             parallel: self.engine.parallel(),

@@ -389,6 +389,8 @@ struct Shared {
     active: AtomicU64,
     /// Answers that ended well: a crash after one of them starts a new count of crashes in a row.
     answers_ok: AtomicU64,
+    /// Requests that ended with an error (a `Failed` event) since start.
+    failed: AtomicU64,
     /// Requests generating now (the rest of `active` waits in the queue).
     running: AtomicU64,
     served: AtomicU64,
@@ -540,6 +542,7 @@ impl Engine {
             load_generation: AtomicU64::new(0),
             active: AtomicU64::new(0),
             answers_ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             running: AtomicU64::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -813,9 +816,15 @@ impl Engine {
         }
     }
 
-    /// Requests finished since start.
+    /// Requests finished since start, whether answered or failed.
     pub fn requests_served(&self) -> u64 {
         self.shared.served.load(Ordering::SeqCst)
+    }
+
+    /// Of [`Engine::requests_served`], those that ended with an error (refused after admission
+    /// — a prompt over the context, say —, a backend failure, a shutdown).
+    pub fn requests_failed(&self) -> u64 {
+        self.shared.failed.load(Ordering::SeqCst)
     }
 
     /// Requests admitted but not generating yet: waiting for a free sequence or for a model.
@@ -1560,6 +1569,7 @@ impl Answer {
                 self.shared.answers_ok.fetch_add(1, Ordering::SeqCst);
             }
             Err(e) => {
+                self.shared.failed.fetch_add(1, Ordering::SeqCst);
                 let _ = deliver(
                     &self.shared,
                     &reply,

@@ -66,6 +66,7 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         error: snap.error.clone(),
         uptime_s: s.uptime_s,
         requests_served: s.requests_served,
+        requests_failed: s.requests_failed,
         active_requests: s.active_requests,
         running_requests: s.running_requests,
         queued_requests: s.active_requests.saturating_sub(s.running_requests),

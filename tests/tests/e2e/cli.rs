@@ -119,13 +119,26 @@ async fn r1ctl_finds_a_user_mode_r1d_without_being_told_the_socket() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let out = Command::new(binary("r1ctl"))
-        .arg("status")
-        .env("XDG_RUNTIME_DIR", runtime.path())
-        // As a non-root user would: r1ctl must not depend on $USER.
-        .env("USER", "someone")
-        .output()
-        .unwrap();
+    let status = || {
+        Command::new(binary("r1ctl"))
+            .arg("status")
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            // As a non-root user would: r1ctl must not depend on $USER.
+            .env("USER", "someone")
+            .output()
+            .unwrap()
+    };
+    // The socket answers while the model still loads: ask until it is served (10 s at most).
+    let mut out = status();
+    for _ in 0..100 {
+        if !out.status.success()
+            || String::from_utf8_lossy(&out.stdout).contains("echo-default-socket")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        out = status();
+    }
     let _ = r1d.kill();
     let _ = r1d.wait();
     assert!(
@@ -133,7 +146,8 @@ async fn r1ctl_finds_a_user_mode_r1d_without_being_told_the_socket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("echo-default-socket"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("echo-default-socket"), "{stdout}");
 }
 
 #[test]

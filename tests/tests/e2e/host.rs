@@ -126,6 +126,10 @@ async fn failing_generate_is_a_500_naming_the_reason() {
     assert_eq!(message, "echo: generation failure requested by the prompt");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "server_error");
+    // Status tells the failed request from an answered one.
+    daemon.client().chat(&ask("fine")).await.unwrap();
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!((status.requests_served, status.requests_failed), (2, 1));
 }
 
 #[tokio::test]
