@@ -1841,14 +1841,21 @@ impl Answer {
                 return !client_gone;
             }
             if id == r1_plugin_abi::R1_TOKEN_LOGPROBS {
-                next_logprobs = serde_json::from_slice(bytes).ok();
+                next_logprobs = serde_json::from_slice(bytes)
+                    .map_err(|e| {
+                        tracing::warn!("the backend sent log probabilities r1d cannot read: {e}")
+                    })
+                    .ok();
                 return true;
             }
             first_token_at.get_or_insert_with(Instant::now);
             generated.push(id);
             if let Some(doc) = next_logprobs.take() {
-                let entry = TokenLogprob::from_abi(bytes, doc);
-                logprobs.push_back((pushed, pushed + bytes.len(), entry));
+                // `think: false` drops the reasoning's text, and so its tokens' entries.
+                if !(drop_reasoning && assembler.in_reasoning()) {
+                    let entry = TokenLogprob::from_abi(bytes, doc);
+                    logprobs.push_back((pushed, pushed + bytes.len(), entry));
+                }
             }
             pushed += bytes.len();
             if assembler.in_reasoning() {
