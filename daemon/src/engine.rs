@@ -383,7 +383,8 @@ enum Job {
     Chat(ChatJob),
     /// A load, its generation (see [`Shared::load_generation`]) and where the outcome goes.
     Load(LoadSpec, u64, oneshot::Sender<Result<(), EngineError>>),
-    Unload(oneshot::Sender<()>),
+    /// An unload and why (`None`: on request).
+    Unload(Option<String>, oneshot::Sender<()>),
     Ping(oneshot::Sender<()>),
     /// The resident model's worker died (sent by its failure hook): restart it.
     Recover,
@@ -703,7 +704,19 @@ impl Engine {
     /// [`EngineError::ShuttingDown`].
     pub async fn unload(&self) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Unload(tx)).await?;
+        self.send(Job::Unload(None, tx)).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Unloads the resident model because it cannot answer any more (a `[[remote]]` that fails
+    /// its health checks); `reason` becomes the `no-model` reason that `/health`, `/r1/status`
+    /// and the sd-notify status show, and that chat requests are refused with (503).
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn unload_because(&self, reason: String) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Unload(Some(reason), tx)).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -981,13 +994,15 @@ impl Worker {
                         }
                     }
                 }
-                Job::Unload(reply) => {
+                Job::Unload(why, reply) => {
                     self.slots.wait_idle();
                     self.spec = None;
                     self.fallback = None;
                     if self.model.take().is_some() {
-                        self.no_model_reason = "the model was unloaded on request".into();
-                        tracing::info!("model unloaded on request");
+                        self.no_model_reason = why
+                            .clone()
+                            .unwrap_or_else(|| "the model was unloaded on request".into());
+                        tracing::info!("model unloaded: {}", self.no_model_reason);
                     }
                     self.publish_no_model();
                     let _ = reply.send(());
@@ -1013,7 +1028,7 @@ impl Worker {
                 Job::Load(_, _, reply) => {
                     let _ = reply.send(Err(EngineError::ShuttingDown));
                 }
-                Job::Unload(reply) => {
+                Job::Unload(_, reply) => {
                     let _ = reply.send(());
                 }
                 Job::Ping(reply) => {

@@ -38,6 +38,13 @@ fn key_file(dir: &Path, key: &str) -> std::path::PathBuf {
 /// transform) on 127.0.0.1:PORT, requiring `key`; with its address and the directory of its
 /// model and key files.
 fn cluster(key: &str) -> (Daemon, String, tempfile::TempDir) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (daemon, dir) = cluster_at(key, &addr);
+    (daemon, addr, dir)
+}
+
+/// [`cluster`] on `addr` (to start it again where it was).
+fn cluster_at(key: &str, addr: &str) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     // r1d's /v1/models lists a model by its file's stem.
     let model = dir.path().join("DeepSeek-R1-Distill-Qwen-7B.echo");
@@ -47,7 +54,6 @@ fn cluster(key: &str) -> (Daemon, String, tempfile::TempDir) {
     )
     .unwrap();
     let key = key_file(dir.path(), key);
-    let addr = format!("127.0.0.1:{}", free_port());
     let config = format!(
         "{}\n[server]\napi_key_file = {:?}\n",
         r1d_tests::echo_config(&model),
@@ -55,10 +61,10 @@ fn cluster(key: &str) -> (Daemon, String, tempfile::TempDir) {
     );
     let daemon = Daemon::start(DaemonOptions {
         config: Some(&config),
-        args: vec!["--listen".into(), addr.clone()],
+        args: vec!["--listen".into(), addr.to_owned()],
         ..Default::default()
     });
-    (daemon, addr, dir)
+    (daemon, dir)
 }
 
 /// The `[[remote]]` table for the cluster at `addr`, with the key in `key_path`.
@@ -584,3 +590,77 @@ async fn a_reloaded_remote_url_applies_to_the_next_request() {
     );
     assert_eq!(served(&b).await, 1, "the request went to the new url");
 }
+
+/// The front's `/health` once it is `state`, within 60 s.
+async fn health_until(daemon: &Daemon, state: State) -> wire::Health {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let health = daemon.client().health().await.unwrap();
+        if health.status == state {
+            return health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not {state:?} within 60 s: {health:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The status code and message of a refused request.
+fn refusal(e: ClientError) -> (u16, String) {
+    match e {
+        ClientError::Status {
+            status, message, ..
+        } => (status.as_u16(), message),
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn with_only_a_remote_health_is_no_model_while_it_is_down_and_ready_when_it_is_back() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (cluster, files) = cluster_at("sk-cluster-5", &addr);
+    let key = files.path().join("cluster.key");
+    let config = remote_table(&addr, "DeepSeek-R1-Distill-Qwen-7B", Some(&key), "");
+    let front = front(&config);
+    ready(&front).await;
+
+    // The cluster stops: nothing can answer, and /health says so (as it does at start).
+    drop(cluster);
+    let health = health_until(&front, State::NoModel).await;
+    let why = health.error.unwrap_or_default();
+    assert!(
+        why.contains("remote cluster skipped: cannot connect to http://"),
+        "{why}"
+    );
+    let status = front.client().status().await.unwrap();
+    assert!(status.model.is_none(), "{status:?}");
+    let (code, message) = refusal(front.client().chat(&ask("hello")).await.unwrap_err());
+    assert_eq!(code, 503, "{message}");
+    assert!(message.contains("remote cluster skipped"), "{message}");
+    // A second r1d started now with the same config says the same.
+    let fresh = self::front(&config);
+    let at_start = fresh.settled().await;
+    assert_eq!(at_start.status, State::NoModel, "{}", fresh.log());
+    assert!(
+        at_start
+            .error
+            .unwrap_or_default()
+            .contains("remote cluster skipped: cannot connect to http://"),
+        "{}",
+        fresh.log()
+    );
+
+    // The cluster is back where it was: ready again, and it answers.
+    let (_cluster, _files) = cluster_at("sk-cluster-5", &addr);
+    health_until(&front, State::Ready).await;
+    let answer = front
+        .client()
+        .chat(&ask("hmm</think>back again"))
+        .await
+        .unwrap();
+    assert_eq!(answer.choices[0].message.content, "back again");
+}
+
