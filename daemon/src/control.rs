@@ -327,6 +327,19 @@ impl Control {
                 return Some(names.clone());
             }
         }
+        // A `[[remote]]` by `remote:NAME` (no file; its name may hold `/`), and also by its
+        // bare name and the model id the remote serves it under.
+        if let Some(name) = info.path.strip_prefix(crate::backend::remote::PATH_PREFIX) {
+            let mut aliases = vec![info.path.clone(), name.to_owned()];
+            aliases.extend(info.name.clone());
+            aliases.sort();
+            aliases.dedup();
+            return Some(ResidentNames {
+                listed: info.path.clone(),
+                path: info.path,
+                aliases,
+            });
+        }
         let path = std::path::PathBuf::from(&info.path);
         // A directory (ONNX) by its name, a file by its stem (`model.gguf` → `model`).
         let stem = if path.is_dir() {
@@ -387,6 +400,10 @@ impl Control {
         if resident.answers_to(requested) {
             return NameMatch::Resident;
         }
+        // A configured `[[remote]]` that is not resident: by `remote:NAME` or its bare name.
+        if let Some(remote) = self.remote_named(requested) {
+            return NameMatch::NotResident { name: remote };
+        }
         // The error path: scan again (a model may have been pulled since).
         let Ok(entries) = self.scan("matching a model name").await else {
             return NameMatch::Unknown;
@@ -403,6 +420,23 @@ impl Control {
             .map_or(NameMatch::Unknown, |e| NameMatch::NotResident {
                 name: e.name.clone(),
             })
+    }
+
+    /// The `remote:NAME` of the configured `[[remote]]` that `requested` names (`remote:NAME`
+    /// or `NAME`, case-insensitively, with or without Ollama's `:latest`).
+    pub fn remote_named(&self, requested: &str) -> Option<String> {
+        let remotes = self.store.as_ref()?.remotes()?;
+        let forms = name_forms(requested);
+        remotes
+            .views()
+            .into_iter()
+            .map(|v| (v.config.name().to_owned(), v.config.path()))
+            .find(|(name, path)| {
+                forms
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name) || f.eq_ignore_ascii_case(path))
+            })
+            .map(|(_, path)| path)
     }
 
     /// The engine.

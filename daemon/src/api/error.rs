@@ -173,7 +173,9 @@ fn load_failed(message: String) -> ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let (status, code) = match &e {
-            StoreError::Unknown(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            StoreError::Unknown(_) | StoreError::UnknownRemote { .. } => {
+                (StatusCode::NOT_FOUND, "model_not_found")
+            }
             StoreError::NotPresent { .. } => (StatusCode::NOT_FOUND, "model_not_present"),
             StoreError::Unusable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "model_unusable"),
             StoreError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does_not_fit"),

@@ -53,7 +53,11 @@ impl SupervisorError {
     /// The classification transports map to their status codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SupervisorError::Store(StoreError::Unknown(_) | StoreError::NotPresent { .. }) => {
+            SupervisorError::Store(
+                StoreError::Unknown(_)
+                | StoreError::UnknownRemote { .. }
+                | StoreError::NotPresent { .. },
+            ) => {
                 ErrorKind::NotFound
             }
             SupervisorError::Store(StoreError::Probe(_)) => ErrorKind::Internal,

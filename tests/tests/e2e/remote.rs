@@ -664,3 +664,149 @@ async fn with_only_a_remote_health_is_no_model_while_it_is_down_and_ready_when_i
     assert_eq!(answer.choices[0].message.content, "back again");
 }
 
+/// A fake machine with the 1.5B in the store (served by the echo backend) and the cluster at
+/// `addr` as a `[[remote]]` (the 7B), by `[planner] prefer`; with the local file and the
+/// directories to keep.
+fn front_with_local(
+    addr: &str,
+    key: &Path,
+    prefer: &str,
+) -> (Daemon, std::path::PathBuf, [tempfile::TempDir; 2]) {
+    let root = tempfile::tempdir().unwrap();
+    crate::watch::machine(root.path(), 32 * 1_000_000_000, 4 * 1_000_000_000, None);
+    let models = tempfile::tempdir().unwrap();
+    let local = crate::watch::variant_file(
+        models.path(),
+        "DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf",
+        "DeepSeek R1 Distill Qwen 1.5B",
+        1536,
+        None,
+    );
+    let config = format!(
+        "[model]\nbackend = \"echo\"\n\n[store]\ndir = {:?}\nscan_huggingface = false\n\
+         scan_ollama = false\n\n[planner]\ncontext_length = 2048\nmin_tokens_per_s = 0\n\
+         prefer = \"{prefer}\"\n\n{}",
+        models.path().display().to_string(),
+        remote_table(addr, "DeepSeek-R1-Distill-Qwen-7B", Some(key), "")
+    );
+    let front = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        args: vec!["--hardware-root".into(), root.path().display().to_string()],
+        ..Default::default()
+    });
+    (front, local, [root, models])
+}
+
+#[tokio::test]
+async fn a_remote_is_pinned_and_named_by_remote_name_like_any_model() {
+    let (_cluster, addr, files) = cluster("sk-cluster-6");
+    let key = files.path().join("cluster.key");
+    let (front, local, _dirs) = front_with_local(&addr, &key, "local");
+    let status = ready(&front).await;
+    assert_eq!(
+        status.model.as_ref().map(|m| m.path.as_str()),
+        local.to_str(),
+        "the local 1.5B is fast enough: {:?}",
+        status.selection
+    );
+    let client = front.client();
+
+    // Listed among the models, and named by a route while the local model serves: 404 saying
+    // how to make it resident.
+    let tags: serde_json::Value = client.get_json("/api/tags", false).await.unwrap();
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(names.contains(&"remote:cluster"), "{tags}");
+    let (code, message) = refusal(
+        client
+            .post_json::<_, serde_json::Value>(
+                "/v1/chat/completions",
+                &json!({"model": "remote:cluster",
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 404, "{message}");
+    assert!(
+        message.contains("a configured [[remote]]") && message.contains("r1ctl use remote:cluster"),
+        "{message}"
+    );
+
+    // `r1ctl use remote:cluster` pins it.
+    let r1ctl = |args: &[&str]| {
+        std::process::Command::new(r1d_tests::binary("r1ctl"))
+            .arg("--socket")
+            .arg(&front.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = r1ctl(&["use", "remote:cluster"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        front.log()
+    );
+    let status = ready(&front).await;
+    assert_eq!(
+        status.model.as_ref().map(|m| m.path.as_str()),
+        Some("remote:cluster")
+    );
+    assert_eq!(
+        status.watch.as_ref().and_then(|w| w.pinned.as_deref()),
+        Some("remote:cluster")
+    );
+    // An unknown remote is refused by name (404), and the pin stays.
+    let out = r1ctl(&["use", "remote:nowhere"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no [[remote]] named \"nowhere\"") && err.contains("remote:cluster"),
+        "{err}"
+    );
+    let (code, _) = refusal(
+        client
+            .post_json::<_, serde_json::Value>("/r1/use", &json!({"model": "remote:nowhere"}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 404);
+
+    // Listed by that name, and every route takes it (and its bare name).
+    let models: serde_json::Value = client.get_json("/v1/models", false).await.unwrap();
+    assert_eq!(models["data"][0]["id"], "remote:cluster", "{models}");
+    let answer: serde_json::Value = client
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"model": "remote:cluster",
+                    "messages": [{"role": "user", "content": "hmm</think>pinned"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "pinned", "{answer}");
+    assert_eq!(answer["model"], "remote:cluster", "{answer}");
+    let ollama: serde_json::Value = client
+        .post_json(
+            "/api/chat",
+            &json!({"model": "cluster", "stream": false, "think": true,
+                    "messages": [{"role": "user", "content": "hmm</think>pinned"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ollama["message"]["content"], "pinned", "{ollama}");
+
+    // `use auto` drops the pin: the local variant again.
+    let out = r1ctl(&["use", "auto"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = ready(&front).await;
+    assert_eq!(
+        status.model.as_ref().map(|m| m.path.as_str()),
+        local.to_str()
+    );
+}
