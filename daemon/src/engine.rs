@@ -49,6 +49,15 @@ pub enum EngineError {
     /// The backend failed while generating (including a caught plugin panic).
     #[error("{0}")]
     Backend(String),
+    /// The upstream server of a `[[remote]]` failed (HTTP 502) or did not answer in time
+    /// (`timeout`, HTTP 504); `message` names the remote and the cause.
+    #[error("{message}")]
+    Upstream {
+        /// No answer within one of the remote's time limits.
+        timeout: bool,
+        /// The remote (name and URL) and the cause.
+        message: String,
+    },
     /// The engine is shutting down.
     #[error("r1d is shutting down")]
     ShuttingDown,
@@ -1590,6 +1599,9 @@ impl Answer {
                 EngineError::InvalidRequest(message)
             }
             _ if self.shared.shutting_down.load(Ordering::SeqCst) => EngineError::ShuttingDown,
+            crate::backend::BackendError::Upstream { timeout, message } => {
+                EngineError::Upstream { timeout, message }
+            }
             e @ crate::backend::BackendError::WorkerDied { .. } => EngineError::Backend(format!(
                 "{e}; this answer is lost (retry); r1d loads the model again in a new worker \
                  unless it keeps crashing (see /r1/status)"

@@ -150,7 +150,7 @@ impl From<EngineError> for Error {
             EngineError::ContextExceeded { .. } => Error::ContextLengthExceeded(message),
             EngineError::InvalidRequest(_) => Error::InvalidArgument(message),
             EngineError::Busy(_) => Error::Busy(message),
-            EngineError::Backend(_) => Error::Failed(message),
+            EngineError::Backend(_) | EngineError::Upstream { .. } => Error::Failed(message),
             EngineError::ShuttingDown => Error::ShuttingDown(message),
             EngineError::LoadFailed { .. } => Error::LoadFailed(message),
             EngineError::Preempted { .. } | EngineError::Unavailable { .. } => Error::Busy(message),

@@ -157,6 +157,14 @@ impl From<EngineError> for ApiError {
             EngineError::Backend(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", message)
             }
+            // A gateway's statuses (RFC 9110, 15.6.3 and 15.6.5): the upstream answered badly
+            // or not at all, or not in time.
+            EngineError::Upstream { timeout: false, .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+            }
+            EngineError::Upstream { timeout: true, .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+            }
         }
     }
 }

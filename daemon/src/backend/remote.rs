@@ -718,10 +718,13 @@ pub trait ConversationModel {
     /// `usage` (counted by its tokenizer).
     ///
     /// # Errors
-    /// [`BackendError::Call`] naming the remote: status `R1_ERR_INVALID_ARGUMENT` when it
-    /// refused the request (HTTP 4xx other than 401/403/408/429, or a field r1d cannot pass),
-    /// `R1_ERR_BACKEND` for everything else (connection, HTTP 5xx, time limits, a stream that
-    /// ends early, an error event in the stream).
+    /// Each names the remote. [`BackendError::Call`] with `R1_ERR_INVALID_ARGUMENT` when it
+    /// refused the request (HTTP 4xx other than 401/403/408/429, or a field r1d cannot pass);
+    /// [`BackendError::Upstream`] when the remote failed: `timeout: true` for a time limit
+    /// (`connect_timeout_s`, `first_byte_timeout_s`, `stall_timeout_s`, its HTTP 408 or 504),
+    /// `false` for the rest (no connection, its key refused, HTTP 429 and 5xx, a stream that
+    /// breaks or ends early, an error event in the stream); [`BackendError::Call`] with
+    /// `R1_ERR_BACKEND` when r1d cannot read the key file.
     fn chat(
         &self,
         request: &ConversationRequest<'_>,
@@ -957,6 +960,18 @@ impl RemoteModel {
         )
     }
 
+    /// The upstream failed (`timeout`: did not answer in time), naming the remote.
+    fn upstream(&self, timeout: bool, what: String) -> BackendError {
+        BackendError::Upstream {
+            timeout,
+            message: format!(
+                "remote {} ({}): {what}",
+                self.config.name(),
+                self.config.url
+            ),
+        }
+    }
+
     async fn stream(
         &self,
         body: serde_json::Value,
@@ -987,15 +1002,17 @@ impl RemoteModel {
         let resp = match wait(req.send(), first_byte, on_delta).await {
             Ok(None) => return Ok(cancelled()),
             Err(()) => {
-                return Err(self.fail(
-                    R1_ERR_BACKEND,
+                return Err(self.upstream(
+                    true,
                     format!(
                         "no answer within first_byte_timeout_s = {} s",
                         self.config.first_byte_timeout_s
                     ),
                 ))
             }
-            Ok(Some(Err(e))) => return Err(self.fail(R1_ERR_BACKEND, describe(&e, &self.config))),
+            Ok(Some(Err(e))) => {
+                return Err(self.upstream(e.is_timeout(), describe(&e, &self.config)))
+            }
             Ok(Some(Ok(resp))) => resp,
         };
         let status = resp.status();
@@ -1005,22 +1022,25 @@ impl RemoteModel {
                 .unwrap_or_default();
             let message = error_message(&text).unwrap_or_else(|| "no error message".into());
             let code = status.as_u16();
-            let (kind, what) = match code {
-                401 | 403 => (
-                    R1_ERR_BACKEND,
+            // The client's request is at fault only when the remote refused it (4xx other
+            // than the key, a time limit or its rate limit); the rest is a gateway's failure:
+            // 504 when the remote timed out itself, else 502.
+            return Err(match code {
+                401 | 403 => self.upstream(
+                    false,
                     format!("refused r1d's key (HTTP {status}): {message}; check api_key_file"),
                 ),
-                408 | 429 => (R1_ERR_BACKEND, format!("HTTP {status}: {message}")),
-                400..=499 => (
+                408 | 504 => self.upstream(true, format!("HTTP {status}: {message}")),
+                429 => self.upstream(false, format!("HTTP {status}: {message}")),
+                400..=499 => self.fail(
                     R1_ERR_INVALID_ARGUMENT,
                     format!("refused the request (HTTP {status}): {message}"),
                 ),
-                _ => (
-                    R1_ERR_BACKEND,
+                _ => self.upstream(
+                    false,
                     format!("the remote failed (HTTP {status}): {message}"),
                 ),
-            };
-            return Err(self.fail(kind, what));
+            });
         }
         if !on_delta(Some(Delta::Accepted)) {
             return Ok(cancelled());
@@ -1035,8 +1055,8 @@ impl RemoteModel {
             let event = match wait(events.next(), stall, on_delta).await {
                 Ok(None) => return Ok(result),
                 Err(()) => {
-                    return Err(self.fail(
-                        R1_ERR_BACKEND,
+                    return Err(self.upstream(
+                        true,
                         format!(
                             "the answer stalled: nothing for stall_timeout_s = {} s",
                             self.config.stall_timeout_s
@@ -1045,7 +1065,7 @@ impl RemoteModel {
                 }
                 Ok(Some(None)) => break,
                 Ok(Some(Some(Err(e)))) => {
-                    return Err(self.fail(R1_ERR_BACKEND, format!("the stream broke: {e}")))
+                    return Err(self.upstream(false, format!("the stream broke: {e}")))
                 }
                 Ok(Some(Some(Ok(event)))) => event,
             };
@@ -1058,7 +1078,7 @@ impl RemoteModel {
                 continue;
             }
             let chunk = parse_chunk(data)
-                .map_err(|e| self.fail(R1_ERR_BACKEND, format!("error in the stream: {e}")))?;
+                .map_err(|e| self.upstream(false, format!("error in the stream: {e}")))?;
             if let Some((p, c)) = chunk.usage {
                 result.prompt_tokens = p;
                 result.completion_tokens = c;
@@ -1076,8 +1096,8 @@ impl RemoteModel {
         // An answer ends with a `finish_reason` (OpenAI's chat completion chunk object); a
         // stream that ends without one was cut, whether or not `[DONE]` came.
         if finish.is_none() {
-            return Err(self.fail(
-                R1_ERR_BACKEND,
+            return Err(self.upstream(
+                false,
                 if done {
                     "the stream ended with [DONE] before any finish_reason: the answer was cut"
                         .into()

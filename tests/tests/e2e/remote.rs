@@ -427,14 +427,52 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
         } => (status.as_u16(), message),
         other => panic!("{other}"),
     };
+    // A gateway's statuses: 502 for the upstream's failure, 504 for its silence; each route's
+    // own error shape, naming the remote and the cause.
     let (code, message) = error(front.client().chat(&ask("503")).await.unwrap_err());
-    assert_eq!(code, 500, "{message}");
+    assert_eq!(code, 502, "{message}");
     assert!(
         message.contains("remote cluster (http://")
             && message.contains("HTTP 503 Service Unavailable")
             && message.contains("the engine is overloaded"),
         "{message}"
     );
+    let refused_body = |e: ClientError| match e {
+        ClientError::Status { status, body, .. } => {
+            (status.as_u16(), serde_json::from_str::<serde_json::Value>(&body).unwrap())
+        }
+        other => panic!("{other}"),
+    };
+    let (code, body) = refused_body(
+        front
+            .client()
+            .post_json::<_, serde_json::Value>(
+                "/api/chat",
+                &json!({"stream": false, "messages": [{"role": "user", "content": "503"}]}),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("remote cluster (http://") && e.contains("HTTP 503")),
+        "{body}"
+    );
+    let (code, body) = refused_body(
+        front
+            .client()
+            .post_json::<_, serde_json::Value>(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": "503"}]}),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, 502, "{body}");
+    assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
     let (code, message) = error(front.client().chat(&ask("400")).await.unwrap_err());
     assert_eq!(code, 400, "{message}");
     assert!(
@@ -442,7 +480,8 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
         "{message}"
     );
     let (code, message) = error(front.client().chat(&ask("hang")).await.unwrap_err());
-    assert_eq!(code, 500, "{message}");
+    assert_eq!(code, 504, "{message}");
+    assert!(message.contains("remote cluster (http://"), "{message}");
     assert!(
         message.contains("no answer within first_byte_timeout_s = 1 s"),
         "{message}"
