@@ -171,6 +171,17 @@ pub struct Status {
     pub rpc_workers: Vec<crate::hardware::rpc::RpcWorker>,
 }
 
+/// The `[[remote]]` side of a plan ([`Control::plan_with_remotes`]).
+#[derive(Debug, Clone)]
+pub struct RemotePlan {
+    /// Every remote with its last health check, in config order.
+    pub views: Vec<crate::backend::remote::RemoteView>,
+    /// The index of the remote served instead of the local choice, if any, and why.
+    pub verdict: (Option<usize>, String),
+    /// The `[planner]` policy the verdict was made by.
+    pub policy: crate::config::PlannerConfig,
+}
+
 /// The models on disk (`/r1/models`, D-Bus `ListModels`).
 #[derive(Debug, Clone)]
 pub struct Models {
@@ -532,22 +543,56 @@ impl Control {
     /// # Errors
     /// As [`Control::hardware`].
     pub async fn plan(&self) -> Result<crate::planner::Plan, ControlError> {
+        Ok(self.plan_with_remotes().await?.0)
+    }
+
+    /// [`Control::plan`], and with `[[remote]]` endpoints their last health checks and the
+    /// selection's verdict on them — the daemon's own decision
+    /// ([`crate::store::select::remote_verdict`]: the best model present against the healthy
+    /// remotes by `[planner] prefer`), so `/r1/plan` says what the daemon serves.
+    ///
+    /// # Errors
+    /// As [`Control::plan`].
+    pub async fn plan_with_remotes(
+        &self,
+    ) -> Result<(crate::planner::Plan, Option<RemotePlan>), ControlError> {
         let hw = self.hardware().await?;
         let policy = self.planner.policy.clone();
         // Files on disk need no download, and their backend's own estimate replaces the
         // formula's memory figure.
-        let present = match &self.store {
+        let (entries, present, searched) = match &self.store {
             Some(store) => {
                 let store = store.clone();
                 let policy = policy.clone();
                 blocking("the store scan", move || {
-                    store.present(&store.scan(), &policy)
+                    let entries = store.scan();
+                    let present = store.present(&entries, &policy);
+                    (entries, present, store.searched())
                 })
                 .await?
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new(), String::new()),
         };
-        Ok(crate::planner::plan(&hw, &present, &policy))
+        let plan = crate::planner::plan(&hw, &present, &policy);
+        let views = self
+            .store
+            .as_ref()
+            .and_then(|s| s.remotes())
+            .map(|r| r.views())
+            .unwrap_or_default();
+        if views.is_empty() {
+            return Ok((plan, None));
+        }
+        let choice = crate::store::select::choose(&plan, &entries, &searched);
+        let verdict = crate::store::select::remote_verdict(&choice, &plan, &views, &policy);
+        Ok((
+            plan,
+            Some(RemotePlan {
+                views,
+                verdict,
+                policy,
+            }),
+        ))
     }
 
     /// Scans the store (it reads GGUF headers).

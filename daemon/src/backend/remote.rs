@@ -1310,51 +1310,58 @@ pub fn choose(
     }
 }
 
-/// The remotes as `r1d plan` prints them under its table: one line per remote (model, URL,
-/// variant, health and the reason of a failure, the models it lists), then the choice against
-/// `local` (the plan's choice) by `prefer`. Pure.
-pub fn report(
-    views: &[RemoteView],
-    local: Option<LocalChoice>,
-    prefer: Prefer,
-    min_tokens_per_s: f64,
-) -> String {
-    let mut out = String::from("Remote endpoints ([[remote]]):\n");
-    for v in views {
-        let c = &v.config;
-        let health = if v.health.ok {
-            "healthy".to_owned()
-        } else {
-            format!(
-                "UNHEALTHY: {}",
-                v.health.reason.as_deref().unwrap_or("not checked")
-            )
-        };
-        out += &format!(
-            "  {} — {} at {} — variant {} — {}{}\n",
-            c.name(),
-            c.model,
-            c.url,
-            c.variant().map_or("unknown (ranks lowest)", |v| v.id),
-            health,
-            c.tokens_per_s
-                .map_or(String::new(), |t| format!(" — {t} tokens/s (configured)"))
-        );
-    }
-    let candidates: Vec<RemoteCandidate> = views.iter().map(RemoteCandidate::from).collect();
-    let (pick, why) = choose(local, &candidates, prefer, min_tokens_per_s);
-    let prefer = match prefer {
+/// `[planner] prefer`'s value as the config writes it (`local`, `best`).
+pub fn prefer_name(prefer: Prefer) -> &'static str {
+    match prefer {
         Prefer::Local => "local",
         Prefer::Best => "best",
-    };
-    out += &format!(
-        "With [planner] prefer = \"{prefer}\": {}: {why}\n",
+    }
+}
+
+/// Why the remote `i` of `views` is served or not, given the selection's verdict (`pick`,
+/// `why`, from [`crate::store::select::remote_verdict`]). Pure.
+pub fn verdict_for(
+    views: &[RemoteView],
+    i: usize,
+    pick: Option<usize>,
+    why: &str,
+    min_tokens_per_s: f64,
+) -> String {
+    let c = RemoteCandidate::from(&views[i]);
+    if pick == Some(i) {
+        return format!("served: {why}");
+    }
+    if !c.healthy {
+        return format!(
+            "skipped: {}",
+            c.reason.as_deref().unwrap_or("unhealthy")
+        );
+    }
+    if let Some(t) = c.tokens_per_s.filter(|&t| t < min_tokens_per_s) {
+        return format!(
+            "skipped: {t} tokens/s is under min_tokens_per_s = {min_tokens_per_s}"
+        );
+    }
+    match pick {
+        Some(other) => format!(
+            "not served: remote {} is ({why})",
+            views[other].config.name()
+        ),
+        None => format!("not served: {why}"),
+    }
+}
+
+/// The selection line of a plan with remotes: `With [planner] prefer = "…": serve remote NAME:
+/// WHY` or `… serve the local choice: WHY`. Pure.
+pub fn selection_line(views: &[RemoteView], pick: Option<usize>, why: &str, prefer: Prefer) -> String {
+    format!(
+        "With [planner] prefer = \"{}\": {}: {why}",
+        prefer_name(prefer),
         match pick {
-            Some(i) => format!("serve remote {}", candidates[i].name),
+            Some(i) => format!("serve remote {}", views[i].config.name()),
             None => "serve the local choice".to_owned(),
         }
-    );
-    out
+    )
 }
 
 #[cfg(test)]
@@ -1383,11 +1390,11 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_report_names_each_remote_its_health_and_the_choice() {
-        let config = RemoteConfig {
+    fn the_plan_says_of_each_remote_why_it_is_served_or_not() {
+        let config = |name: &str, model: &str| RemoteConfig {
             url: "http://vllm.example:8000".into(),
-            model: "deepseek-ai/DeepSeek-R1".into(),
-            name: Some("vllm".into()),
+            model: model.into(),
+            name: Some(name.into()),
             api_key_file: None,
             connect_timeout_s: 5.0,
             first_byte_timeout_s: 300.0,
@@ -1396,32 +1403,46 @@ mod tests {
             tokens_per_s: None,
             parallel: 8,
         };
-        let views = [RemoteView {
-            config,
-            health: Health {
-                checked_at: Some(SystemTime::now()),
-                ok: true,
-                reason: None,
-                models: vec!["deepseek-ai/DeepSeek-R1".into()],
-                context_length: Some(163_840),
+        let healthy = Health {
+            checked_at: Some(SystemTime::now()),
+            ok: true,
+            reason: None,
+            models: vec!["deepseek-ai/DeepSeek-R1".into()],
+            context_length: Some(163_840),
+        };
+        let views = [
+            RemoteView {
+                config: config("vllm", "deepseek-ai/DeepSeek-R1"),
+                health: healthy.clone(),
             },
-        }];
-        let text = report(
-            &views,
+            RemoteView {
+                config: config("down", "deepseek-ai/DeepSeek-R1"),
+                health: Health {
+                    ok: false,
+                    reason: Some("cannot connect to http://vllm.example:8000".into()),
+                    ..healthy.clone()
+                },
+            },
+        ];
+        let candidates: Vec<RemoteCandidate> = views.iter().map(RemoteCandidate::from).collect();
+        let (pick, why) = choose(
             Some(local("deepseek-r1:7b", true)),
+            &candidates,
             Prefer::Best,
             10.0,
         );
-        assert!(
-            text.contains(
-                "vllm — deepseek-ai/DeepSeek-R1 at http://vllm.example:8000 — variant \
-                 deepseek-r1:671b — healthy"
-            ),
-            "{text}"
+        assert_eq!(pick, Some(0));
+        assert_eq!(
+            selection_line(&views, pick, &why, Prefer::Best),
+            format!("With [planner] prefer = \"best\": serve remote vllm: {why}")
         );
         assert!(
-            text.contains("With [planner] prefer = \"best\": serve remote vllm: remote vllm"),
-            "{text}"
+            verdict_for(&views, 0, pick, &why, 10.0).starts_with("served: remote vllm"),
+            "{why}"
+        );
+        assert_eq!(
+            verdict_for(&views, 1, pick, &why, 10.0),
+            "skipped: cannot connect to http://vllm.example:8000"
         );
     }
 

@@ -123,22 +123,52 @@ async fn a_second_r1d_as_the_cluster_answers_with_the_reasoning_split_and_its_us
         "{selection}"
     );
 
-    // `r1d plan` lists the remote with its variant and health, and the choice.
-    let plan = std::process::Command::new(r1d_tests::binary("r1d"))
-        .args(["--user", "--config"])
-        .arg(front.config_path())
-        .arg("plan")
-        .env("XDG_DATA_HOME", front.dir.path().join("data"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(plan.status.success(), "{text}");
+    // `r1d plan` lists the remote with its variant and health, and makes the daemon's choice:
+    // no model file is present here, so the remote is served (whatever this machine could fit).
+    let r1d_plan = |json: bool| {
+        let out = std::process::Command::new(r1d_tests::binary("r1d"))
+            .args(["--user", "--config"])
+            .arg(front.config_path())
+            .arg("plan")
+            .args(json.then_some("--json"))
+            .env("XDG_DATA_HOME", front.dir.path().join("data"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let text = r1d_plan(false);
     assert!(
         text.contains(&format!(
-            "cluster — DeepSeek-R1-Distill-Qwen-7B at http://{addr}/v1 — variant deepseek-r1:7b — healthy"
-        )) && text.contains("With [planner] prefer = \"local\": serve"),
+            "cluster — DeepSeek-R1-Distill-Qwen-7B at http://{addr}/v1 — variant deepseek-r1:7b — healthy — served"
+        )) && text.contains(
+            "With [planner] prefer = \"local\": serve remote cluster: remote cluster \
+             (DeepSeek-R1-Distill-Qwen-7B at http://"
+        ) && text.contains("no local variant is present"),
         "{text}"
     );
+    // The same in `r1d plan --json` and `/r1/plan`: each remote with its health and verdict.
+    let json_plan: serde_json::Value = serde_json::from_str(&r1d_plan(true)).unwrap();
+    let served: serde_json::Value = front.client().get_json("/r1/plan", false).await.unwrap();
+    for plan in [&json_plan, &served] {
+        let remote = &plan["remotes"][0];
+        assert_eq!(remote["name"], "cluster", "{plan}");
+        assert_eq!(remote["variant"], "deepseek-r1:7b", "{plan}");
+        assert_eq!(remote["healthy"], true, "{plan}");
+        assert_eq!(remote["chosen"], true, "{plan}");
+        assert!(
+            remote["reason"]
+                .as_str()
+                .unwrap()
+                .contains("served: remote cluster")
+                && plan["remote_selection"]
+                    .as_str()
+                    .unwrap()
+                    .contains("serve remote cluster"),
+            "{plan}"
+        );
+    }
 
     // Whole answer: reasoning and answer apart, usage as the cluster counted it.
     let request = ask("hmm</think>The answer");
