@@ -728,6 +728,27 @@ pub struct ModelStatus {
     /// read, and the binaries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_file_bytes: Option<u64>,
+    /// The `[[remote]]` that serves it (backend `remote`): its weights and KV cache are on the
+    /// remote server, so `weights_bytes`, `kv_cache_bytes`, `layers` and `gpu_layers` are 0
+    /// there, and `parameters` / `context_length` are 0 when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteModelStatus>,
+}
+
+/// The `[[remote]]` serving the resident model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RemoteModelStatus {
+    /// Its `name` (the model is listed as `remote:NAME`).
+    pub name: String,
+    /// Its base URL as configured.
+    pub url: String,
+    /// The model id the remote serves it under.
+    pub model: String,
+    /// Whether its last health check passed.
+    pub healthy: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
 }
 
 /// `GET /r1/status`.

@@ -169,6 +169,9 @@ pub struct Status {
     /// The llama.cpp RPC workers of `[backends.llamacpp] rpc_workers` and their state at the
     /// last probe (empty without workers).
     pub rpc_workers: Vec<crate::hardware::rpc::RpcWorker>,
+    /// The `[[remote]]` serving the resident model, with its last health check (`None` for a
+    /// local model).
+    pub remote: Option<crate::backend::remote::RemoteView>,
 }
 
 /// The `[[remote]]` side of a plan ([`Control::plan_with_remotes`]).
@@ -494,8 +497,22 @@ impl Control {
     /// The engine's state with the supervisor's view of it.
     pub fn status(&self) -> Status {
         let supervisor = self.supervisor.as_ref();
+        let snapshot = self.engine.snapshot();
+        let remote = snapshot
+            .model
+            .as_ref()
+            .and_then(|(info, _)| info.path.strip_prefix(crate::backend::remote::PATH_PREFIX))
+            .and_then(|name| {
+                self.store
+                    .as_ref()?
+                    .remotes()?
+                    .views()
+                    .into_iter()
+                    .find(|v| v.config.name() == name)
+            });
         Status {
-            snapshot: self.engine.snapshot(),
+            snapshot,
+            remote,
             degraded: self.degraded(),
             uptime_s: self.engine.uptime_s(),
             requests_served: self.engine.requests_served(),

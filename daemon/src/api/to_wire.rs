@@ -30,6 +30,7 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
         resident_bytes: None,
         resident_anon_bytes: None,
         resident_file_bytes: None,
+        remote: None,
     })
 }
 
@@ -49,6 +50,13 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         version: env!("CARGO_PKG_VERSION").into(),
         state: state(snap.state, s.degraded.as_deref()),
         model: model_status(snap).map(|mut m| {
+            m.remote = s.remote.as_ref().map(|v| wire::RemoteModelStatus {
+                name: v.config.name().to_owned(),
+                url: v.config.url.clone(),
+                model: v.config.model.clone(),
+                healthy: v.health.ok,
+                health_error: v.health.reason.clone(),
+            });
             if let Some(p) = &s.planned {
                 m.variant = Some(p.variant.clone());
                 m.planned_ram_bytes = Some(p.ram_bytes);

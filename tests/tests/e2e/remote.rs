@@ -218,11 +218,32 @@ async fn a_second_r1d_as_the_cluster_answers_with_the_reasoning_split_and_its_us
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "The answer");
+    // `status` says what is known of the remote, never zeros that read as sizes.
     let out = r1ctl(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("remote:cluster") && text.contains("remote"),
+        text.contains("remote:cluster")
+            && text.contains(&format!(
+                "remote        cluster — DeepSeek-R1-Distill-Qwen-7B at http://{addr}/v1 (healthy)"
+            ))
+            && text.contains(
+                "memory        remote: weights and KV cache are on the remote server, not here"
+            ),
         "{text}"
+    );
+    assert!(
+        !text.contains("0.00 B") && !text.contains("0.0 B weights") && !text.contains("context       0 tokens"),
+        "{text}"
+    );
+    let remote = front.client().status().await.unwrap().model.unwrap().remote;
+    assert_eq!(
+        remote.map(|r| (r.name, r.url, r.model, r.healthy)),
+        Some((
+            "cluster".to_owned(),
+            format!("http://{addr}/v1"),
+            "DeepSeek-R1-Distill-Qwen-7B".to_owned(),
+            true
+        ))
     );
 
     // Ollama's route: the reasoning in `thinking`.
