@@ -710,12 +710,32 @@ pub enum Delta {
     Content(String),
 }
 
+/// What the caller of [`ConversationModel::chat`] wants after each call of its `on_delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// More text.
+    More,
+    /// No more text (a stop string matched in r1d): the rest of the answer is read only for
+    /// the `usage` the remote sends at its end, for at most [`DRAIN_LIMIT`], without handing
+    /// on deltas; then the request is closed. Sticky: a later `More` does not undo it.
+    Drain,
+    /// Nothing more (the client went away or cancelled): close the request now.
+    Stop,
+}
+
+/// How long r1d reads on after a stop string matched inside r1d, for the remote's `usage`
+/// (the remote was sent the same `stop`, so it usually ends at once).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// A model that takes the conversation itself (its server's template and reasoning parser).
 pub trait ConversationModel {
     /// Sends the conversation and hands each [`Delta`] to `on_delta`, and `None` about every
     /// 250 ms while waiting, so the caller can look whether its client is still there;
-    /// returning false ends the answer and closes the upstream request. Usage is the remote's
-    /// `usage` (counted by its tokenizer).
+    /// [`Flow::Stop`] ends the answer and closes the upstream request, [`Flow::Drain`] takes no
+    /// more text but waits (up to [`DRAIN_LIMIT`]) for the remote's usage. Usage is the
+    /// remote's `usage` (counted by its tokenizer); when it sends none, the completion tokens
+    /// are the text events it streamed (one per token with vLLM, SGLang, llama-server and
+    /// r1d) and the prompt tokens 0.
     ///
     /// # Errors
     /// Each names the remote. [`BackendError::Call`] with `R1_ERR_INVALID_ARGUMENT` when it
@@ -728,7 +748,7 @@ pub trait ConversationModel {
     fn chat(
         &self,
         request: &ConversationRequest<'_>,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError>;
 }
 
@@ -929,7 +949,7 @@ pub fn parse_chunk(data: &str) -> Result<Chunk, String> {
 async fn wait<F: std::future::Future>(
     fut: F,
     limit: Duration,
-    on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+    on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
 ) -> Result<Option<F::Output>, ()> {
     let started = Instant::now();
     tokio::pin!(fut);
@@ -937,7 +957,7 @@ async fn wait<F: std::future::Future>(
         tokio::select! {
             out = &mut fut => return Ok(Some(out)),
             () = tokio::time::sleep(POLL) => {
-                if !on_delta(None) {
+                if on_delta(None) == Flow::Stop {
                     return Ok(None);
                 }
                 if started.elapsed() >= limit {
@@ -975,7 +995,7 @@ impl RemoteModel {
     async fn stream(
         &self,
         body: serde_json::Value,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError> {
         use r1_plugin_abi::{R1_ERR_BACKEND, R1_ERR_INVALID_ARGUMENT};
         let cancelled = || GenerateResult {
@@ -1042,7 +1062,7 @@ impl RemoteModel {
                 ),
             });
         }
-        if !on_delta(Some(Delta::Accepted)) {
+        if on_delta(Some(Delta::Accepted)) == Flow::Stop {
             return Ok(cancelled());
         }
         let mut events = resp.bytes_stream().eventsource();
@@ -1051,9 +1071,19 @@ impl RemoteModel {
         let mut finish: Option<String> = None;
         let mut first: Option<Instant> = None;
         let mut done = false;
+        // Since when r1d reads on only for the usage (a stop string matched in r1d).
+        let mut draining: Option<Instant> = None;
+        let mut text_events = 0u32;
+        let mut usage = false;
         loop {
-            let event = match wait(events.next(), stall, on_delta).await {
+            let limit = match draining {
+                Some(since) => stall.min(DRAIN_LIMIT.saturating_sub(since.elapsed())),
+                None => stall,
+            };
+            let event = match wait(events.next(), limit, on_delta).await {
                 Ok(None) => return Ok(result),
+                // Draining: no usage in time; the request is closed with what was counted.
+                Err(()) | Ok(Some(Some(Err(_)))) if draining.is_some() => break,
                 Err(()) => {
                     return Err(self.upstream(
                         true,
@@ -1082,19 +1112,44 @@ impl RemoteModel {
             if let Some((p, c)) = chunk.usage {
                 result.prompt_tokens = p;
                 result.completion_tokens = c;
+                usage = true;
             }
             if chunk.finish_reason.is_some() {
                 finish = chunk.finish_reason;
             }
+            if draining.is_some() {
+                if usage {
+                    break;
+                }
+                continue;
+            }
+            if !chunk.deltas.is_empty() {
+                text_events += 1;
+            }
             for delta in chunk.deltas {
                 first.get_or_insert_with(Instant::now);
-                if !on_delta(Some(delta)) {
-                    return Ok(result);
+                match on_delta(Some(delta)) {
+                    Flow::More => {}
+                    Flow::Drain => {
+                        draining = Some(Instant::now());
+                        break;
+                    }
+                    Flow::Stop => return Ok(result),
                 }
             }
+            if draining.is_some() && usage {
+                break;
+            }
+        }
+        if !usage {
+            result.completion_tokens = text_events;
         }
         // An answer ends with a `finish_reason` (OpenAI's chat completion chunk object); a
-        // stream that ends without one was cut, whether or not `[DONE]` came.
+        // stream that ends without one was cut, whether or not `[DONE]` came. An answer r1d
+        // stopped itself was complete for the client.
+        if draining.is_some() {
+            finish = Some("stop".into());
+        }
         if finish.is_none() {
             return Err(self.upstream(
                 false,
@@ -1124,7 +1179,7 @@ impl ConversationModel for RemoteModel {
     fn chat(
         &self,
         request: &ConversationRequest<'_>,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError> {
         // The remote as the config says now: a reload that changed its `url`, key file or
         // timeouts applies from the next request on.

@@ -12,7 +12,7 @@ use super::{
     deliver, Answer, ChatEvent, ChatJob, EngineError, FinishReason, Finished, GenerateResult,
     PromptInput, Undelivered,
 };
-use crate::backend::remote::{ConversationModel, ConversationRequest, Delta};
+use crate::backend::remote::{ConversationModel, ConversationRequest, Delta, Flow};
 use crate::chat::{self, Assembler, ReasoningFormat};
 
 impl Answer {
@@ -82,17 +82,18 @@ impl Answer {
                 }
             }
         };
+        let flow = |go: bool| if go { Flow::More } else { Flow::Stop };
         let result = remote.chat(&request, &mut |delta| {
             self.shared.beat();
             if self.shared.shutting_down.load(Ordering::SeqCst)
                 || self.shared.preempting.load(Ordering::SeqCst)
             {
-                return false;
+                return Flow::Stop;
             }
             let text = match delta {
                 None => {
                     client_gone = job.reply.is_closed();
-                    return !client_gone;
+                    return flow(!client_gone);
                 }
                 Some(Delta::Accepted) => {
                     let started = ChatEvent::Started {
@@ -101,9 +102,9 @@ impl Answer {
                     };
                     if deliver(&self.shared, &job.reply, started, stall).is_err() {
                         client_gone = true;
-                        return false;
+                        return Flow::Stop;
                     }
-                    return true;
+                    return Flow::More;
                 }
                 Some(Delta::Reasoning(t)) if !in_reasoning => {
                     in_reasoning = true;
@@ -119,14 +120,19 @@ impl Answer {
             first_token_at.get_or_insert_with(Instant::now);
             for piece in assembler.push(text.as_bytes()) {
                 if !send(piece, &mut client_gone, &mut stalled) {
-                    return false;
+                    return Flow::Stop;
                 }
             }
             if job.reply.is_closed() {
                 client_gone = true;
-                return false;
+                return Flow::Stop;
             }
-            !assembler.stopped()
+            // A stop string matched here: no more text, but the remote's usage still counts.
+            if assembler.stopped() {
+                Flow::Drain
+            } else {
+                Flow::More
+            }
         });
         let result: GenerateResult = result.map_err(|e| self.generation_error(e))?.into();
         self.interrupted()?;

@@ -399,9 +399,29 @@ async fn a_wrong_key_or_a_readable_key_file_is_named() {
     );
 }
 
+/// A whole SSE answer of `chunks` (each a `data:` event), then `[DONE]`.
+fn sse_answer(chunks: &[serde_json::Value]) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    body += "data: [DONE]\n\n";
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        body,
+    )
+        .into_response()
+}
+
+/// One streamed chunk with `delta`, and `finish_reason` when given.
+fn delta(delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
+    json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+}
+
 /// The stand-in for a broken upstream: `/v1/models` lists `deepseek-ai/DeepSeek-R1`; a chat
 /// whose last message is `503` gets HTTP 503 with an OpenAI error, `400` gets a 400, `hang`
-/// never gets its headers, `stall` gets one reasoning chunk and then nothing.
+/// never gets its headers, `stall` gets one reasoning chunk and then nothing; `no parser`
+/// answers as vLLM without a reasoning parser after a template that opened `<think>`
+/// (`reasoning…</think>answer` in the content), `ignores stop` answers past the stop string
+/// `STOP` it was sent, with its usage (11 prompt, 6 completion tokens).
 async fn broken_upstream() -> String {
     use axum::response::IntoResponse;
     async fn models() -> axum::Json<serde_json::Value> {
@@ -431,6 +451,16 @@ async fn broken_upstream() -> String {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 axum::http::StatusCode::OK.into_response()
             }
+            "ignores stop" => sse_answer(&[
+                delta(json!({"reasoning_content": "hmm"}), None),
+                delta(json!({"content": "one"}), None),
+                delta(json!({"content": " two"}), None),
+                delta(json!({"content": "STOP"}), None),
+                delta(json!({"content": " three"}), None),
+                delta(json!({}), Some("stop")),
+                json!({"choices": [], "usage":
+                    {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}}),
+            ]),
             _ => {
                 let first = "data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"thinking\"}}]}\n\n";
                 let stream = futures_util::stream::once(async move {
@@ -537,6 +567,21 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
         message.contains("no answer within first_byte_timeout_s = 1 s"),
         "{message}"
     );
+    // A stop string r1d matched itself (this upstream ignores `stop`): the answer ends there,
+    // with the upstream's own usage.
+    let stopped: serde_json::Value = front
+        .client()
+        .post_json(
+            "/v1/chat/completions",
+            &json!({"stop": ["STOP"],
+                    "messages": [{"role": "user", "content": "ignores stop"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped["choices"][0]["message"]["content"], "one two", "{stopped}");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
+    assert_eq!(stopped["usage"]["prompt_tokens"], 11, "{stopped}");
+    assert_eq!(stopped["usage"]["completion_tokens"], 6, "{stopped}");
     // A stall mid-stream: the reasoning so far, then an error event.
     let mut stream = front.client().chat_stream(&ask("stall")).await.unwrap();
     let mut reasoning = String::new();
