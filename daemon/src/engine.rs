@@ -1620,7 +1620,9 @@ impl Answer {
         let info: ModelInfo = model.info().clone().into();
         if let Some(remote) = model.conversation() {
             let name = info.name.clone().unwrap_or_else(|| info.path.clone());
-            return self.run_conversation(remote, name, job);
+            // R1's templates open `<think>` in the prompt, as r1d does for a local R1.
+            let opens_reasoning = chat::ModelProfile::of(&info).deepseek_r1;
+            return self.run_conversation(remote, name, opens_reasoning, job);
         }
         let profile = chat::ModelProfile::of(&info);
         // Ollama's context: ids that go before the rendered prompt (which then gets no BOS).

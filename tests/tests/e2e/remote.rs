@@ -451,6 +451,12 @@ async fn broken_upstream() -> String {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 axum::http::StatusCode::OK.into_response()
             }
+            "no parser" => sse_answer(&[
+                delta(json!({"role": "assistant", "content": "reasoning here"}), None),
+                delta(json!({"content": "</think>"}), None),
+                delta(json!({"content": "\n\nthe answer"}), None),
+                delta(json!({}), Some("stop")),
+            ]),
             "ignores stop" => sse_answer(&[
                 delta(json!({"reasoning_content": "hmm"}), None),
                 delta(json!({"content": "one"}), None),
@@ -566,6 +572,14 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
     assert!(
         message.contains("no answer within first_byte_timeout_s = 1 s"),
         "{message}"
+    );
+    // R1's reasoning left in the text after a template that opened `<think>`: split as a local
+    // R1 answer is.
+    let answer = front.client().chat(&ask("no parser")).await.unwrap();
+    let message = &answer.choices[0].message;
+    assert_eq!(
+        (message.reasoning_content.as_deref(), message.content.as_str()),
+        (Some("reasoning here"), "the answer")
     );
     // A stop string r1d matched itself (this upstream ignores `stop`): the answer ends there,
     // with the upstream's own usage.
