@@ -1387,15 +1387,10 @@ pub fn verdict_for(
         return format!("served: {why}");
     }
     if !c.healthy {
-        return format!(
-            "skipped: {}",
-            c.reason.as_deref().unwrap_or("unhealthy")
-        );
+        return format!("skipped: {}", c.reason.as_deref().unwrap_or("unhealthy"));
     }
     if let Some(t) = c.tokens_per_s.filter(|&t| t < min_tokens_per_s) {
-        return format!(
-            "skipped: {t} tokens/s is under min_tokens_per_s = {min_tokens_per_s}"
-        );
+        return format!("skipped: {t} tokens/s is under min_tokens_per_s = {min_tokens_per_s}");
     }
     match pick {
         Some(other) => format!(
@@ -1408,7 +1403,12 @@ pub fn verdict_for(
 
 /// The selection line of a plan with remotes: `With [planner] prefer = "…": serve remote NAME:
 /// WHY` or `… serve the local choice: WHY`. Pure.
-pub fn selection_line(views: &[RemoteView], pick: Option<usize>, why: &str, prefer: Prefer) -> String {
+pub fn selection_line(
+    views: &[RemoteView],
+    pick: Option<usize>,
+    why: &str,
+    prefer: Prefer,
+) -> String {
     format!(
         "With [planner] prefer = \"{}\": {}: {why}",
         prefer_name(prefer),

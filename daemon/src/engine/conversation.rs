@@ -280,7 +280,10 @@ mod tests {
     fn an_r1_answer_that_starts_inside_its_reasoning_is_split_at_the_closing_tag() {
         // vLLM without a reasoning parser, after a template that opened `<think>`.
         assert_eq!(
-            split(true, &[(false, "so"), (false, " then</think>"), (false, "\n\nyes")]),
+            split(
+                true,
+                &[(false, "so"), (false, " then</think>"), (false, "\n\nyes")]
+            ),
             ("so then".into(), "yes".into())
         );
         // The same text from a model that is not R1 stays the answer.

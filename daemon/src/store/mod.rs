@@ -615,10 +615,12 @@ impl Store {
             };
         }
         if let Some(rest) = name.strip_prefix(crate::backend::remote::PATH_PREFIX) {
-            return self.resolve_remote(rest).ok_or_else(|| StoreError::UnknownRemote {
-                name: rest.to_owned(),
-                configured: self.remote_names(),
-            });
+            return self
+                .resolve_remote(rest)
+                .ok_or_else(|| StoreError::UnknownRemote {
+                    name: rest.to_owned(),
+                    configured: self.remote_names(),
+                });
         }
         let entries = self.scan();
         let Some(entry) = entries

@@ -57,9 +57,7 @@ impl SupervisorError {
                 StoreError::Unknown(_)
                 | StoreError::UnknownRemote { .. }
                 | StoreError::NotPresent { .. },
-            ) => {
-                ErrorKind::NotFound
-            }
+            ) => ErrorKind::NotFound,
             SupervisorError::Store(StoreError::Probe(_)) => ErrorKind::Internal,
             SupervisorError::Store(_) => ErrorKind::Unusable,
             SupervisorError::Engine(

@@ -232,7 +232,9 @@ async fn a_second_r1d_as_the_cluster_answers_with_the_reasoning_split_and_its_us
         "{text}"
     );
     assert!(
-        !text.contains("0.00 B") && !text.contains("0.0 B weights") && !text.contains("context       0 tokens"),
+        !text.contains("0.00 B")
+            && !text.contains("0.0 B weights")
+            && !text.contains("context       0 tokens"),
         "{text}"
     );
     let remote = front.client().status().await.unwrap().model.unwrap().remote;
@@ -452,7 +454,10 @@ async fn broken_upstream() -> String {
                 axum::http::StatusCode::OK.into_response()
             }
             "no parser" => sse_answer(&[
-                delta(json!({"role": "assistant", "content": "reasoning here"}), None),
+                delta(
+                    json!({"role": "assistant", "content": "reasoning here"}),
+                    None,
+                ),
                 delta(json!({"content": "</think>"}), None),
                 delta(json!({"content": "\n\nthe answer"}), None),
                 delta(json!({}), Some("stop")),
@@ -525,9 +530,10 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
         "{message}"
     );
     let refused_body = |e: ClientError| match e {
-        ClientError::Status { status, body, .. } => {
-            (status.as_u16(), serde_json::from_str::<serde_json::Value>(&body).unwrap())
-        }
+        ClientError::Status { status, body, .. } => (
+            status.as_u16(),
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        ),
         other => panic!("{other}"),
     };
     let (code, body) = refused_body(
@@ -578,7 +584,10 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
     let answer = front.client().chat(&ask("no parser")).await.unwrap();
     let message = &answer.choices[0].message;
     assert_eq!(
-        (message.reasoning_content.as_deref(), message.content.as_str()),
+        (
+            message.reasoning_content.as_deref(),
+            message.content.as_str()
+        ),
         (Some("reasoning here"), "the answer")
     );
     // A stop string r1d matched itself (this upstream ignores `stop`): the answer ends there,
@@ -592,7 +601,10 @@ async fn upstream_errors_and_time_limits_end_answers_with_clear_errors() {
         )
         .await
         .unwrap();
-    assert_eq!(stopped["choices"][0]["message"]["content"], "one two", "{stopped}");
+    assert_eq!(
+        stopped["choices"][0]["message"]["content"], "one two",
+        "{stopped}"
+    );
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
     assert_eq!(stopped["usage"]["prompt_tokens"], 11, "{stopped}");
     assert_eq!(stopped["usage"]["completion_tokens"], 6, "{stopped}");
@@ -938,7 +950,10 @@ async fn a_remote_is_pinned_and_named_by_remote_name_like_any_model() {
         )
         .await
         .unwrap();
-    assert_eq!(answer["choices"][0]["message"]["content"], "pinned", "{answer}");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "pinned",
+        "{answer}"
+    );
     assert_eq!(answer["model"], "remote:cluster", "{answer}");
     let ollama: serde_json::Value = client
         .post_json(
@@ -952,7 +967,11 @@ async fn a_remote_is_pinned_and_named_by_remote_name_like_any_model() {
 
     // `use auto` drops the pin: the local variant again.
     let out = r1ctl(&["use", "auto"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = ready(&front).await;
     assert_eq!(
         status.model.as_ref().map(|m| m.path.as_str()),
