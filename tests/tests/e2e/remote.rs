@@ -860,7 +860,8 @@ fn front_with_local(
 
 #[tokio::test]
 async fn a_remote_is_pinned_and_named_by_remote_name_like_any_model() {
-    let (_cluster, addr, files) = cluster("sk-cluster-6");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (cluster, files) = cluster_at("sk-cluster-6", &addr);
     let key = files.path().join("cluster.key");
     let (front, local, _dirs) = front_with_local(&addr, &key, "local");
     let status = ready(&front).await;
@@ -964,6 +965,24 @@ async fn a_remote_is_pinned_and_named_by_remote_name_like_any_model() {
         .await
         .unwrap();
     assert_eq!(ollama["message"]["content"], "pinned", "{ollama}");
+
+    // The pinned remote stops: it is unloaded (the pin stays), and served again once it is back.
+    drop(cluster);
+    let health = health_until(&front, State::NoModel).await;
+    let why = health.error.unwrap_or_default();
+    assert!(
+        why.contains("remote cluster (http://")
+            && why.contains("fails its health check: cannot connect to http://")
+            && why.contains("it is served again when its health check passes"),
+        "{why}"
+    );
+    let (_cluster, _files) = cluster_at("sk-cluster-6", &addr);
+    health_until(&front, State::Ready).await;
+    let status = front.client().status().await.unwrap();
+    assert_eq!(
+        status.model.as_ref().map(|m| m.path.as_str()),
+        Some("remote:cluster")
+    );
 
     // `use auto` drops the pin: the local variant again.
     let out = r1ctl(&["use", "auto"]);
