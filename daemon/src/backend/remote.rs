@@ -176,6 +176,18 @@ pub fn validate(remotes: &[RemoteConfig]) -> Result<(), String> {
         if r.model.trim().is_empty() {
             return Err(format!("{at}.model must name the model the remote serves"));
         }
+        // The name is a model name clients send (`remote:NAME`) and r1d lists.
+        if r.name().is_empty()
+            || r.name()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{at}.name {:?} must be a model name without spaces (clients send it as \
+                 remote:NAME); set `name` to one, e.g. \"cluster\"",
+                r.name()
+            ));
+        }
         if !names.insert(r.name().to_owned()) {
             return Err(format!(
                 "{at}: a second remote named {:?}; give one of them another `name`",
@@ -1711,6 +1723,13 @@ mod tests {
         assert!(validate(&[base.clone(), base.clone()])
             .unwrap_err()
             .contains("a second remote named"));
+        let spaced = RemoteConfig {
+            name: Some("my cluster".into()),
+            ..base.clone()
+        };
+        assert!(validate(&[spaced])
+            .unwrap_err()
+            .contains("remote[0].name \"my cluster\" must be a model name without spaces"));
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         std::fs::write(&key, "sk-123\n").unwrap();
