@@ -579,21 +579,52 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
         if let Some(q) = &m.quantization {
             writeln!(out, "{:<14}{}", "quantization", q)?;
         }
-        writeln!(
-            out,
-            "{:<14}{:.2} B",
-            "parameters",
-            m.parameters as f64 / 1e9
-        )?;
-        writeln!(out, "{:<14}{} tokens", "context", m.context_length)?;
-        writeln!(out, "{:<14}{}/{}", "GPU layers", m.gpu_layers, m.layers)?;
-        writeln!(
-            out,
-            "{:<14}{} weights, {} KV cache",
-            "memory",
-            human_bytes(m.weights_bytes),
-            human_bytes(m.kv_cache_bytes)
-        )?;
+        if let Some(r) = &m.remote {
+            // Served by a `[[remote]]`: what r1d knows of it, never zeros that read as sizes.
+            writeln!(
+                out,
+                "{:<14}{} — {} at {}{}",
+                "remote",
+                r.name,
+                r.model,
+                r.url,
+                match (&r.healthy, &r.health_error) {
+                    (true, _) => " (healthy)".to_owned(),
+                    (false, Some(e)) => format!(" (UNHEALTHY: {e})"),
+                    (false, None) => " (unhealthy)".to_owned(),
+                }
+            )?;
+            let unknown = "unknown (the remote does not publish it)";
+            match m.parameters {
+                0 => writeln!(out, "{:<14}{unknown}", "parameters")?,
+                n => writeln!(out, "{:<14}{:.2} B", "parameters", n as f64 / 1e9)?,
+            }
+            match m.context_length {
+                0 => writeln!(out, "{:<14}{unknown}", "context")?,
+                n => writeln!(out, "{:<14}{n} tokens", "context")?,
+            }
+            writeln!(
+                out,
+                "{:<14}remote: weights and KV cache are on the remote server, not here",
+                "memory"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{:<14}{:.2} B",
+                "parameters",
+                m.parameters as f64 / 1e9
+            )?;
+            writeln!(out, "{:<14}{} tokens", "context", m.context_length)?;
+            writeln!(out, "{:<14}{}/{}", "GPU layers", m.gpu_layers, m.layers)?;
+            writeln!(
+                out,
+                "{:<14}{} weights, {} KV cache",
+                "memory",
+                human_bytes(m.weights_bytes),
+                human_bytes(m.kv_cache_bytes)
+            )?;
+        }
         if let Some(planned) = m.planned_ram_bytes {
             let from = match m.planned_memory_source.as_deref() {
                 Some("backend") => "the backend's estimate of the file",

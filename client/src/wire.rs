@@ -784,6 +784,27 @@ pub struct ModelStatus {
     /// read, and the binaries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resident_file_bytes: Option<u64>,
+    /// The `[[remote]]` that serves it (backend `remote`): its weights and KV cache are on the
+    /// remote server, so `weights_bytes`, `kv_cache_bytes`, `layers` and `gpu_layers` are 0
+    /// there, and `parameters` / `context_length` are 0 when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteModelStatus>,
+}
+
+/// The `[[remote]]` serving the resident model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RemoteModelStatus {
+    /// Its `name` (the model is listed as `remote:NAME`).
+    pub name: String,
+    /// Its base URL as configured.
+    pub url: String,
+    /// The model id the remote serves it under.
+    pub model: String,
+    /// Whether its last health check passed.
+    pub healthy: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
 }
 
 /// `GET /r1/status`.
@@ -1225,6 +1246,42 @@ pub struct Plan {
     /// not bring a better choice.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub more_memory: String,
+    /// The `[[remote]]` endpoints, checked when the plan was made, in config order (empty
+    /// without any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<PlanRemote>,
+    /// With remotes: what r1d serves, the local choice or a remote, and why, in one line — the
+    /// daemon's own selection (the best local model *present* against the healthy remotes by
+    /// `[planner] prefer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_selection: Option<String>,
+}
+
+/// A `[[remote]]` endpoint in a plan ([`Plan::remotes`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PlanRemote {
+    /// Its `name` (listed as `remote:NAME`).
+    pub name: String,
+    /// Its base URL as configured.
+    pub url: String,
+    /// The model id the remote serves it under.
+    pub model: String,
+    /// The catalog variant the model id names (`deepseek-r1:671b`); `null`: not a catalog
+    /// variant, ranks below every variant.
+    #[serde(default)]
+    pub variant: Option<String>,
+    /// Its health check (`GET {url}/v1/models`, the model listed) passed.
+    pub healthy: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
+    /// `tokens_per_s` from the config (tokens/s), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// r1d serves this remote.
+    pub chosen: bool,
+    /// Why it is served, or why not (skipped and why, or kept as a fallback).
+    pub reason: String,
 }
 
 /// A better choice that more memory would bring ([`Plan::upgrades`], [`Status::upgrades`]).
@@ -1421,6 +1478,33 @@ impl Plan {
             )]);
             out.push('\n');
             lines(note, true, "", &mut out);
+        }
+        if !self.remotes.is_empty() {
+            out.push_str("\nRemote endpoints ([[remote]]):\n");
+            for r in &self.remotes {
+                out.push_str(&format!(
+                    "  {} — {} at {} — variant {} — {}{}{}\n",
+                    r.name,
+                    r.model,
+                    r.url,
+                    r.variant.as_deref().unwrap_or("unknown (ranks lowest)"),
+                    if r.healthy {
+                        "healthy".to_owned()
+                    } else {
+                        format!(
+                            "UNHEALTHY: {}",
+                            r.health_error.as_deref().unwrap_or("not checked")
+                        )
+                    },
+                    r.tokens_per_s
+                        .map_or(String::new(), |t| format!(" — {t} tokens/s (configured)")),
+                    if r.chosen { " — served" } else { "" }
+                ));
+            }
+            if let Some(line) = &self.remote_selection {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         out
     }

@@ -380,7 +380,8 @@ fn incomplete_tail(bytes: &[u8]) -> usize {
     }
 }
 
-const THINK_OPEN: &str = "<think>";
+/// The tag that opens R1's reasoning.
+pub const THINK_OPEN: &str = "<think>";
 /// The tag that ends R1's reasoning (the answer follows it).
 pub const THINK_CLOSE: &str = "</think>";
 

@@ -171,6 +171,20 @@ pub struct Status {
     /// The llama.cpp RPC workers of `[backends.llamacpp] rpc_workers` and their state at the
     /// last probe (empty without workers).
     pub rpc_workers: Vec<crate::hardware::rpc::RpcWorker>,
+    /// The `[[remote]]` serving the resident model, with its last health check (`None` for a
+    /// local model).
+    pub remote: Option<crate::backend::remote::RemoteView>,
+}
+
+/// The `[[remote]]` side of a plan ([`Control::plan_with_remotes`]).
+#[derive(Debug, Clone)]
+pub struct RemotePlan {
+    /// Every remote with its last health check, in config order.
+    pub views: Vec<crate::backend::remote::RemoteView>,
+    /// The index of the remote served instead of the local choice, if any, and why.
+    pub verdict: (Option<usize>, String),
+    /// The `[planner]` policy the verdict was made by.
+    pub policy: crate::config::PlannerConfig,
 }
 
 /// The models on disk (`/r1/models`, D-Bus `ListModels`).
@@ -329,6 +343,19 @@ impl Control {
                 return Some(names.clone());
             }
         }
+        // A `[[remote]]` by `remote:NAME` (no file; its name may hold `/`), and also by its
+        // bare name and the model id the remote serves it under.
+        if let Some(name) = info.path.strip_prefix(crate::backend::remote::PATH_PREFIX) {
+            let mut aliases = vec![info.path.clone(), name.to_owned()];
+            aliases.extend(info.name.clone());
+            aliases.sort();
+            aliases.dedup();
+            return Some(ResidentNames {
+                listed: info.path.clone(),
+                path: info.path,
+                aliases,
+            });
+        }
         let path = std::path::PathBuf::from(&info.path);
         // A directory (ONNX) by its name, a file by its stem (`model.gguf` → `model`).
         let stem = if path.is_dir() {
@@ -389,6 +416,10 @@ impl Control {
         if resident.answers_to(requested) {
             return NameMatch::Resident;
         }
+        // A configured `[[remote]]` that is not resident: by `remote:NAME` or its bare name.
+        if let Some(remote) = self.remote_named(requested) {
+            return NameMatch::NotResident { name: remote };
+        }
         // The error path: scan again (a model may have been pulled since).
         let Ok(entries) = self.scan("matching a model name").await else {
             return NameMatch::Unknown;
@@ -405,6 +436,23 @@ impl Control {
             .map_or(NameMatch::Unknown, |e| NameMatch::NotResident {
                 name: e.name.clone(),
             })
+    }
+
+    /// The `remote:NAME` of the configured `[[remote]]` that `requested` names (`remote:NAME`
+    /// or `NAME`, case-insensitively, with or without Ollama's `:latest`).
+    pub fn remote_named(&self, requested: &str) -> Option<String> {
+        let remotes = self.store.as_ref()?.remotes()?;
+        let forms = name_forms(requested);
+        remotes
+            .views()
+            .into_iter()
+            .map(|v| (v.config.name().to_owned(), v.config.path()))
+            .find(|(name, path)| {
+                forms
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(name) || f.eq_ignore_ascii_case(path))
+            })
+            .map(|(_, path)| path)
     }
 
     /// The engine.
@@ -451,8 +499,22 @@ impl Control {
     /// The engine's state with the supervisor's view of it.
     pub fn status(&self) -> Status {
         let supervisor = self.supervisor.as_ref();
+        let snapshot = self.engine.snapshot();
+        let remote = snapshot
+            .model
+            .as_ref()
+            .and_then(|(info, _)| info.path.strip_prefix(crate::backend::remote::PATH_PREFIX))
+            .and_then(|name| {
+                self.store
+                    .as_ref()?
+                    .remotes()?
+                    .views()
+                    .into_iter()
+                    .find(|v| v.config.name() == name)
+            });
         Status {
-            snapshot: self.engine.snapshot(),
+            snapshot,
+            remote,
             degraded: self.degraded(),
             uptime_s: self.engine.uptime_s(),
             requests_served: self.engine.requests_served(),
@@ -501,22 +563,56 @@ impl Control {
     /// # Errors
     /// As [`Control::hardware`].
     pub async fn plan(&self) -> Result<crate::planner::Plan, ControlError> {
+        Ok(self.plan_with_remotes().await?.0)
+    }
+
+    /// [`Control::plan`], and with `[[remote]]` endpoints their last health checks and the
+    /// selection's verdict on them — the daemon's own decision
+    /// ([`crate::store::select::remote_verdict`]: the best model present against the healthy
+    /// remotes by `[planner] prefer`), so `/r1/plan` says what the daemon serves.
+    ///
+    /// # Errors
+    /// As [`Control::plan`].
+    pub async fn plan_with_remotes(
+        &self,
+    ) -> Result<(crate::planner::Plan, Option<RemotePlan>), ControlError> {
         let hw = self.hardware().await?;
         let policy = self.planner.policy.clone();
         // Files on disk need no download, and their backend's own estimate replaces the
         // formula's memory figure.
-        let present = match &self.store {
+        let (entries, present, searched) = match &self.store {
             Some(store) => {
                 let store = store.clone();
                 let policy = policy.clone();
                 blocking("the store scan", move || {
-                    store.present(&store.scan(), &policy)
+                    let entries = store.scan();
+                    let present = store.present(&entries, &policy);
+                    (entries, present, store.searched())
                 })
                 .await?
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new(), String::new()),
         };
-        Ok(crate::planner::plan(&hw, &present, &policy))
+        let plan = crate::planner::plan(&hw, &present, &policy);
+        let views = self
+            .store
+            .as_ref()
+            .and_then(|s| s.remotes())
+            .map(|r| r.views())
+            .unwrap_or_default();
+        if views.is_empty() {
+            return Ok((plan, None));
+        }
+        let choice = crate::store::select::choose(&plan, &entries, &searched);
+        let verdict = crate::store::select::remote_verdict(&choice, &plan, &views, &policy);
+        Ok((
+            plan,
+            Some(RemotePlan {
+                views,
+                verdict,
+                policy,
+            }),
+        ))
     }
 
     /// Scans the store (it reads GGUF headers).

@@ -51,6 +51,15 @@ pub enum EngineError {
     /// The backend failed while generating (including a caught plugin panic).
     #[error("{0}")]
     Backend(String),
+    /// The upstream server of a `[[remote]]` failed (HTTP 502) or did not answer in time
+    /// (`timeout`, HTTP 504); `message` names the remote and the cause.
+    #[error("{message}")]
+    Upstream {
+        /// No answer within one of the remote's time limits.
+        timeout: bool,
+        /// The remote (name and URL) and the cause.
+        message: String,
+    },
     /// The engine is shutting down.
     #[error("r1d is shutting down")]
     ShuttingDown,
@@ -405,7 +414,8 @@ enum Job {
     Chat(ChatJob),
     /// A load, its generation (see [`Shared::load_generation`]) and where the outcome goes.
     Load(LoadSpec, u64, oneshot::Sender<Result<(), EngineError>>),
-    Unload(oneshot::Sender<()>),
+    /// An unload and why (`None`: on request).
+    Unload(Option<String>, oneshot::Sender<()>),
     Ping(oneshot::Sender<()>),
     /// The resident model's worker died (sent by its failure hook): restart it.
     Recover,
@@ -726,7 +736,19 @@ impl Engine {
     /// [`EngineError::ShuttingDown`].
     pub async fn unload(&self) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Unload(tx)).await?;
+        self.send(Job::Unload(None, tx)).await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Unloads the resident model because it cannot answer any more (a `[[remote]]` that fails
+    /// its health checks); `reason` becomes the `no-model` reason that `/health`, `/r1/status`
+    /// and the sd-notify status show, and that chat requests are refused with (503).
+    ///
+    /// # Errors
+    /// [`EngineError::ShuttingDown`].
+    pub async fn unload_because(&self, reason: String) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Unload(Some(reason), tx)).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -1010,13 +1032,15 @@ impl Worker {
                         }
                     }
                 }
-                Job::Unload(reply) => {
+                Job::Unload(why, reply) => {
                     self.slots.wait_idle();
                     self.spec = None;
                     self.fallback = None;
                     if self.model.take().is_some() {
-                        self.no_model_reason = "the model was unloaded on request".into();
-                        tracing::info!("model unloaded on request");
+                        self.no_model_reason = why
+                            .clone()
+                            .unwrap_or_else(|| "the model was unloaded on request".into());
+                        tracing::info!("model unloaded: {}", self.no_model_reason);
                     }
                     self.publish_no_model();
                     let _ = reply.send(());
@@ -1042,7 +1066,7 @@ impl Worker {
                 Job::Load(_, _, reply) => {
                     let _ = reply.send(Err(EngineError::ShuttingDown));
                 }
-                Job::Unload(reply) => {
+                Job::Unload(_, reply) => {
                     let _ = reply.send(());
                 }
                 Job::Ping(reply) => {
@@ -1605,6 +1629,9 @@ impl Answer {
                 EngineError::InvalidRequest(message)
             }
             _ if self.shared.shutting_down.load(Ordering::SeqCst) => EngineError::ShuttingDown,
+            crate::backend::BackendError::Upstream { timeout, message } => {
+                EngineError::Upstream { timeout, message }
+            }
             e @ crate::backend::BackendError::WorkerDied { .. } => EngineError::Backend(format!(
                 "{e}; this answer is lost (retry); r1d loads the model again in a new worker \
                  unless it keeps crashing (see /r1/status)"
@@ -1646,7 +1673,9 @@ impl Answer {
         }
         if let Some(remote) = model.conversation() {
             let name = info.name.clone().unwrap_or_else(|| info.path.clone());
-            return self.run_conversation(remote, name, job);
+            // R1's templates open `<think>` in the prompt, as r1d does for a local R1.
+            let opens_reasoning = chat::ModelProfile::of(&info).deepseek_r1;
+            return self.run_conversation(remote, name, opens_reasoning, job);
         }
         let profile = chat::ModelProfile::of(&info);
         // Ollama's context: ids that go before the rendered prompt (which then gets no BOS).

@@ -613,14 +613,16 @@ fn one_shot(
             json,
             all,
         } => {
-            let (hw, present) = match hardware {
+            // The files present and where they were searched (none for a hardware profile:
+            // another machine's files are not known here).
+            let (hw, present, entries, searched) = match hardware {
                 Some(path) => {
                     let text = std::fs::read_to_string(path).with_context(|| {
                         format!("failed to read the hardware profile {}", path.display())
                     })?;
                     let hw = report::hardware_from_json(&text)
                         .with_context(|| format!("invalid hardware profile {}", path.display()))?;
-                    (hw, Vec::new())
+                    (hw, Vec::new(), Vec::new(), path.display().to_string())
                 }
                 // This machine: the files in its models directory need no download, and their
                 // backend's own estimate replaces the formula's memory figure.
@@ -640,37 +642,29 @@ fn one_shot(
                             r1d::paths::estimate_cache(mode),
                         ));
                     }
-                    let present = store.present(&store.scan(), &config.planner);
-                    (hw, present)
+                    let entries = store.scan();
+                    let present = store.present(&entries, &config.planner);
+                    (hw, present, entries, store.searched())
                 }
             };
             let plan = r1d::planner::plan(&hw, &present, &config.planner);
-            let mut text = report::plan(&plan, *json, *all, report::terminal_width())?;
-            // `[[remote]]` endpoints: checked now, with the choice against the plan's.
-            if !config.remote.is_empty() && !*json {
+            let mut wire = r1d::api::to_wire::plan_to_wire(&plan);
+            // `[[remote]]` endpoints: checked now, and weighed by the daemon's own selection
+            // (the best model present against the healthy remotes by `[planner] prefer`).
+            if !config.remote.is_empty() {
                 use r1d::backend::remote;
                 let remotes =
                     remote::Remotes::new(&config.remote, tokio::runtime::Handle::current());
                 tokio::task::block_in_place(|| {
                     tokio::runtime::Handle::current().block_on(remotes.check_all())
                 });
-                let local = plan.chosen().map(|c| remote::LocalChoice {
-                    quality: c.variant.quality,
-                    variant: c.variant.id,
-                    fast_enough: c.fast_enough,
-                });
-                text = format!(
-                    "{}\n\n{}",
-                    text.trim_end(),
-                    remote::report(
-                        &remotes.views(),
-                        local,
-                        config.planner.prefer,
-                        config.planner.min_tokens_per_s
-                    )
-                );
+                let views = remotes.views();
+                let choice = r1d::store::select::choose(&plan, &entries, &searched);
+                let verdict =
+                    r1d::store::select::remote_verdict(&choice, &plan, &views, &config.planner);
+                r1d::api::to_wire::plan_remotes(&mut wire, &views, verdict, &config.planner);
             }
-            text
+            report::plan_wire(&wire, *json, *all, report::terminal_width())?
         }
     };
     let mut out = std::io::stdout().lock();

@@ -222,9 +222,14 @@ pub async fn check_model(control: &Control, requested: Option<&str>) -> Result<(
     match control.match_name(requested).await {
         NameMatch::Resident => Ok(()),
         NameMatch::NotResident { name } => Err(format!(
-            "model {:?} is on disk but not loaded; r1d serves {:?}. Make it resident with \
+            "model {:?} is {} but not loaded; r1d serves {:?}. Make it resident with \
              `r1ctl use {name}` (POST /r1/use, D-Bus Use), or omit \"model\"",
             requested.unwrap_or_default(),
+            if name.starts_with(crate::backend::remote::PATH_PREFIX) {
+                "a configured [[remote]]"
+            } else {
+                "on disk"
+            },
             served().await
         )),
         NameMatch::Unknown => Err(format!(

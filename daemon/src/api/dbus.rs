@@ -150,7 +150,7 @@ impl From<EngineError> for Error {
             EngineError::ContextExceeded { .. } => Error::ContextLengthExceeded(message),
             EngineError::InvalidRequest(_) => Error::InvalidArgument(message),
             EngineError::Busy(_) => Error::Busy(message),
-            EngineError::Backend(_) => Error::Failed(message),
+            EngineError::Backend(_) | EngineError::Upstream { .. } => Error::Failed(message),
             EngineError::ShuttingDown => Error::ShuttingDown(message),
             EngineError::LoadFailed { .. } => Error::LoadFailed(message),
             EngineError::Preempted { .. } | EngineError::Unavailable { .. } => Error::Busy(message),
@@ -557,8 +557,11 @@ impl Manager {
     /// nothing fits), the planner's reason, and the whole plan as JSON (GET /r1/plan).
     #[zbus(out_args("variant", "quantization", "backend", "reason", "plan_json"))]
     async fn get_plan(&self) -> Result<(String, String, String, String, String), Error> {
-        let plan = self.control.plan().await?;
-        let wire = super::to_wire::plan_to_wire(&plan);
+        let (plan, remotes) = self.control.plan_with_remotes().await?;
+        let mut wire = super::to_wire::plan_to_wire(&plan);
+        if let Some(r) = remotes {
+            super::to_wire::plan_remotes(&mut wire, &r.views, r.verdict, &r.policy);
+        }
         let json = serde_json::to_string(&wire).map_err(|e| Error::Failed(e.to_string()))?;
         let (variant, quantization, backend) = wire
             .chosen

@@ -165,6 +165,14 @@ impl From<EngineError> for ApiError {
             EngineError::Backend(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", message)
             }
+            // A gateway's statuses (RFC 9110, 15.6.3 and 15.6.5): the upstream answered badly
+            // or not at all, or not in time.
+            EngineError::Upstream { timeout: false, .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+            }
+            EngineError::Upstream { timeout: true, .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+            }
         }
     }
 }
@@ -181,7 +189,9 @@ fn load_failed(message: String) -> ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let (status, code) = match &e {
-            StoreError::Unknown(_) => (StatusCode::NOT_FOUND, "model_not_found"),
+            StoreError::Unknown(_) | StoreError::UnknownRemote { .. } => {
+                (StatusCode::NOT_FOUND, "model_not_found")
+            }
             StoreError::NotPresent { .. } => (StatusCode::NOT_FOUND, "model_not_present"),
             StoreError::Unusable { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "model_unusable"),
             StoreError::DoesNotFit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "does_not_fit"),

@@ -100,8 +100,14 @@ async fn hardware(State(state): State<AppState>) -> Response {
 
 /// `GET /r1/plan`: the plan for this machine as it is now.
 async fn plan(State(state): State<AppState>) -> Response {
-    match state.control.plan().await {
-        Ok(plan) => Json(to_wire::plan_to_wire(&plan)).into_response(),
+    match state.control.plan_with_remotes().await {
+        Ok((plan, remotes)) => {
+            let mut wire = to_wire::plan_to_wire(&plan);
+            if let Some(r) = remotes {
+                to_wire::plan_remotes(&mut wire, &r.views, r.verdict, &r.policy);
+            }
+            Json(wire).into_response()
+        }
         Err(e) => fail(e),
     }
 }

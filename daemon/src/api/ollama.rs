@@ -828,7 +828,11 @@ fn details(info: &ModelInfo) -> Details {
     let family = info.architecture.clone().unwrap_or_default();
     Details {
         parent_model: String::new(),
-        format: "gguf".into(),
+        format: if info.path.starts_with(crate::backend::remote::PATH_PREFIX) {
+            crate::backend::remote::BACKEND.into()
+        } else {
+            "gguf".into()
+        },
         families: vec![family.clone()],
         family,
         parameter_size: parameter_size(info.parameters),
@@ -908,6 +912,42 @@ async fn tags(State(state): State<AppState>) -> Json<Tags> {
                 size,
                 digest: String::new(),
                 details: details(&info),
+            });
+        }
+    }
+    // The configured `[[remote]]` endpoints, by `remote:NAME` (every route and `r1ctl use`
+    // take that name); no size or file time: nothing of it is on this machine.
+    if let Some(remotes) = state
+        .control
+        .store("listing the remotes")
+        .ok()
+        .and_then(|s| s.remotes())
+    {
+        for v in remotes.views() {
+            let name = v.config.path();
+            if models.iter().any(|m| m.name == name) {
+                continue;
+            }
+            let variant = v.config.variant();
+            let family = variant
+                .map(|v| format!("{:?}", v.architecture).to_ascii_lowercase())
+                .unwrap_or_default();
+            models.push(TagModel {
+                model: name.clone(),
+                name,
+                modified_at: now_rfc3339(),
+                size: 0,
+                digest: String::new(),
+                details: Details {
+                    parent_model: String::new(),
+                    format: crate::backend::remote::BACKEND.into(),
+                    families: vec![family.clone()],
+                    family,
+                    parameter_size: variant
+                        .map(|v| parameter_size(v.parameters))
+                        .unwrap_or_default(),
+                    quantization_level: String::new(),
+                },
             });
         }
     }

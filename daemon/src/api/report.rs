@@ -28,7 +28,20 @@ pub fn hardware(hw: &Hardware, json: bool) -> Result<String, serde_json::Error> 
 /// # Errors
 /// Only if the plan cannot be encoded as JSON.
 pub fn plan(plan: &Plan, json: bool, all: bool, width: u16) -> Result<String, serde_json::Error> {
-    let plan = plan_to_wire(plan);
+    plan_wire(&plan_to_wire(plan), json, all, width)
+}
+
+/// A plan already in its wire form (with its remotes, [`super::to_wire::plan_remotes`]) as
+/// JSON or as the table `r1d plan` prints.
+///
+/// # Errors
+/// The JSON error (not expected: the wire types serialize).
+pub fn plan_wire(
+    plan: &wire::Plan,
+    json: bool,
+    all: bool,
+    width: u16,
+) -> Result<String, serde_json::Error> {
     if json {
         serde_json::to_string_pretty(&plan)
     } else {

@@ -30,6 +30,7 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
         resident_bytes: None,
         resident_anon_bytes: None,
         resident_file_bytes: None,
+        remote: None,
     })
 }
 
@@ -49,6 +50,13 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         version: env!("CARGO_PKG_VERSION").into(),
         state: state(snap.state, s.degraded.as_deref()),
         model: model_status(snap).map(|mut m| {
+            m.remote = s.remote.as_ref().map(|v| wire::RemoteModelStatus {
+                name: v.config.name().to_owned(),
+                url: v.config.url.clone(),
+                model: v.config.model.clone(),
+                healthy: v.health.ok,
+                health_error: v.health.reason.clone(),
+            });
             if let Some(p) = &s.planned {
                 m.variant = Some(p.variant.clone());
                 m.planned_ram_bytes = Some(p.ram_bytes);
@@ -303,7 +311,44 @@ pub fn plan_to_wire(plan: &crate::planner::Plan) -> wire::Plan {
         reason: plan.reason.clone(),
         upgrades: upgrades_to_wire(&plan.upgrades),
         more_memory: plan.more_memory.clone(),
+        remotes: Vec::new(),
+        remote_selection: None,
     }
+}
+
+/// Adds the `[[remote]]` endpoints to a plan: each with its health and why it is served or
+/// not, and the selection line, from the selection's verdict (`pick`, `why`:
+/// [`crate::store::select::remote_verdict`]). Nothing without remotes.
+pub fn plan_remotes(
+    plan: &mut wire::Plan,
+    views: &[crate::backend::remote::RemoteView],
+    (pick, why): (Option<usize>, String),
+    policy: &crate::config::PlannerConfig,
+) {
+    use crate::backend::remote;
+    if views.is_empty() {
+        return;
+    }
+    plan.remotes = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| wire::PlanRemote {
+            name: v.config.name().to_owned(),
+            url: v.config.url.clone(),
+            model: v.config.model.clone(),
+            variant: v.config.variant().map(|x| x.id.to_owned()),
+            healthy: v.health.ok,
+            health_error: if v.health.checked_at.is_none() {
+                Some("not checked yet".into())
+            } else {
+                v.health.reason.clone()
+            },
+            tokens_per_s: v.config.tokens_per_s,
+            chosen: pick == Some(i),
+            reason: remote::verdict_for(views, i, pick, &why, policy.min_tokens_per_s),
+        })
+        .collect();
+    plan.remote_selection = Some(remote::selection_line(views, pick, &why, policy.prefer));
 }
 
 /// A store entry in its wire form; `resident` compares with the engine's model path.

@@ -116,6 +116,16 @@ pub enum BackendError {
         /// The plugin's message.
         message: String,
     },
+    /// An upstream server (a `[[remote]]`) failed to answer: no connection, an HTTP error, a
+    /// broken stream (`timeout: false`, a gateway's 502), or no answer within a time limit
+    /// (`timeout: true`, a gateway's 504). `message` names the remote and the cause.
+    #[error("{message}")]
+    Upstream {
+        /// The upstream did not answer in time.
+        timeout: bool,
+        /// The remote (name and URL) and what went wrong.
+        message: String,
+    },
     /// The worker process that ran the model died or was killed as hung; `reason` says how
     /// (signal or exit status) and its last log line.
     #[error("{reason}")]

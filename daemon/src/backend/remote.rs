@@ -176,6 +176,18 @@ pub fn validate(remotes: &[RemoteConfig]) -> Result<(), String> {
         if r.model.trim().is_empty() {
             return Err(format!("{at}.model must name the model the remote serves"));
         }
+        // The name is a model name clients send (`remote:NAME`) and r1d lists.
+        if r.name().is_empty()
+            || r.name()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "{at}.name {:?} must be a model name without spaces (clients send it as \
+                 remote:NAME); set `name` to one, e.g. \"cluster\"",
+                r.name()
+            ));
+        }
         if !names.insert(r.name().to_owned()) {
             return Err(format!(
                 "{at}: a second remote named {:?}; give one of them another `name`",
@@ -710,22 +722,45 @@ pub enum Delta {
     Content(String),
 }
 
+/// What the caller of [`ConversationModel::chat`] wants after each call of its `on_delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// More text.
+    More,
+    /// No more text (a stop string matched in r1d): the rest of the answer is read only for
+    /// the `usage` the remote sends at its end, for at most [`DRAIN_LIMIT`], without handing
+    /// on deltas; then the request is closed. Sticky: a later `More` does not undo it.
+    Drain,
+    /// Nothing more (the client went away or cancelled): close the request now.
+    Stop,
+}
+
+/// How long r1d reads on after a stop string matched inside r1d, for the remote's `usage`
+/// (the remote was sent the same `stop`, so it usually ends at once).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// A model that takes the conversation itself (its server's template and reasoning parser).
 pub trait ConversationModel {
     /// Sends the conversation and hands each [`Delta`] to `on_delta`, and `None` about every
     /// 250 ms while waiting, so the caller can look whether its client is still there;
-    /// returning false ends the answer and closes the upstream request. Usage is the remote's
-    /// `usage` (counted by its tokenizer).
+    /// [`Flow::Stop`] ends the answer and closes the upstream request, [`Flow::Drain`] takes no
+    /// more text but waits (up to [`DRAIN_LIMIT`]) for the remote's usage. Usage is the
+    /// remote's `usage` (counted by its tokenizer); when it sends none, the completion tokens
+    /// are the text events it streamed (one per token with vLLM, SGLang, llama-server and
+    /// r1d) and the prompt tokens 0.
     ///
     /// # Errors
-    /// [`BackendError::Call`] naming the remote: status `R1_ERR_INVALID_ARGUMENT` when it
-    /// refused the request (HTTP 4xx other than 401/403/408/429, or a field r1d cannot pass),
-    /// `R1_ERR_BACKEND` for everything else (connection, HTTP 5xx, time limits, a stream that
-    /// ends early, an error event in the stream).
+    /// Each names the remote. [`BackendError::Call`] with `R1_ERR_INVALID_ARGUMENT` when it
+    /// refused the request (HTTP 4xx other than 401/403/408/429, or a field r1d cannot pass);
+    /// [`BackendError::Upstream`] when the remote failed: `timeout: true` for a time limit
+    /// (`connect_timeout_s`, `first_byte_timeout_s`, `stall_timeout_s`, its HTTP 408 or 504),
+    /// `false` for the rest (no connection, its key refused, HTTP 429 and 5xx, a stream that
+    /// breaks or ends early, an error event in the stream); [`BackendError::Call`] with
+    /// `R1_ERR_BACKEND` when r1d cannot read the key file.
     fn chat(
         &self,
         request: &ConversationRequest<'_>,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError>;
 }
 
@@ -926,7 +961,7 @@ pub fn parse_chunk(data: &str) -> Result<Chunk, String> {
 async fn wait<F: std::future::Future>(
     fut: F,
     limit: Duration,
-    on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+    on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
 ) -> Result<Option<F::Output>, ()> {
     let started = Instant::now();
     tokio::pin!(fut);
@@ -934,7 +969,7 @@ async fn wait<F: std::future::Future>(
         tokio::select! {
             out = &mut fut => return Ok(Some(out)),
             () = tokio::time::sleep(POLL) => {
-                if !on_delta(None) {
+                if on_delta(None) == Flow::Stop {
                     return Ok(None);
                 }
                 if started.elapsed() >= limit {
@@ -957,10 +992,22 @@ impl RemoteModel {
         )
     }
 
+    /// The upstream failed (`timeout`: did not answer in time), naming the remote.
+    fn upstream(&self, timeout: bool, what: String) -> BackendError {
+        BackendError::Upstream {
+            timeout,
+            message: format!(
+                "remote {} ({}): {what}",
+                self.config.name(),
+                self.config.url
+            ),
+        }
+    }
+
     async fn stream(
         &self,
         body: serde_json::Value,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError> {
         use r1_plugin_abi::{R1_ERR_BACKEND, R1_ERR_INVALID_ARGUMENT};
         let cancelled = || GenerateResult {
@@ -987,15 +1034,17 @@ impl RemoteModel {
         let resp = match wait(req.send(), first_byte, on_delta).await {
             Ok(None) => return Ok(cancelled()),
             Err(()) => {
-                return Err(self.fail(
-                    R1_ERR_BACKEND,
+                return Err(self.upstream(
+                    true,
                     format!(
                         "no answer within first_byte_timeout_s = {} s",
                         self.config.first_byte_timeout_s
                     ),
                 ))
             }
-            Ok(Some(Err(e))) => return Err(self.fail(R1_ERR_BACKEND, describe(&e, &self.config))),
+            Ok(Some(Err(e))) => {
+                return Err(self.upstream(e.is_timeout(), describe(&e, &self.config)))
+            }
             Ok(Some(Ok(resp))) => resp,
         };
         let status = resp.status();
@@ -1005,24 +1054,27 @@ impl RemoteModel {
                 .unwrap_or_default();
             let message = error_message(&text).unwrap_or_else(|| "no error message".into());
             let code = status.as_u16();
-            let (kind, what) = match code {
-                401 | 403 => (
-                    R1_ERR_BACKEND,
+            // The client's request is at fault only when the remote refused it (4xx other
+            // than the key, a time limit or its rate limit); the rest is a gateway's failure:
+            // 504 when the remote timed out itself, else 502.
+            return Err(match code {
+                401 | 403 => self.upstream(
+                    false,
                     format!("refused r1d's key (HTTP {status}): {message}; check api_key_file"),
                 ),
-                408 | 429 => (R1_ERR_BACKEND, format!("HTTP {status}: {message}")),
-                400..=499 => (
+                408 | 504 => self.upstream(true, format!("HTTP {status}: {message}")),
+                429 => self.upstream(false, format!("HTTP {status}: {message}")),
+                400..=499 => self.fail(
                     R1_ERR_INVALID_ARGUMENT,
                     format!("refused the request (HTTP {status}): {message}"),
                 ),
-                _ => (
-                    R1_ERR_BACKEND,
+                _ => self.upstream(
+                    false,
                     format!("the remote failed (HTTP {status}): {message}"),
                 ),
-            };
-            return Err(self.fail(kind, what));
+            });
         }
-        if !on_delta(Some(Delta::Accepted)) {
+        if on_delta(Some(Delta::Accepted)) == Flow::Stop {
             return Ok(cancelled());
         }
         let mut events = resp.bytes_stream().eventsource();
@@ -1031,12 +1083,22 @@ impl RemoteModel {
         let mut finish: Option<String> = None;
         let mut first: Option<Instant> = None;
         let mut done = false;
+        // Since when r1d reads on only for the usage (a stop string matched in r1d).
+        let mut draining: Option<Instant> = None;
+        let mut text_events = 0u32;
+        let mut usage = false;
         loop {
-            let event = match wait(events.next(), stall, on_delta).await {
+            let limit = match draining {
+                Some(since) => stall.min(DRAIN_LIMIT.saturating_sub(since.elapsed())),
+                None => stall,
+            };
+            let event = match wait(events.next(), limit, on_delta).await {
                 Ok(None) => return Ok(result),
+                // Draining: no usage in time; the request is closed with what was counted.
+                Err(()) | Ok(Some(Some(Err(_)))) if draining.is_some() => break,
                 Err(()) => {
-                    return Err(self.fail(
-                        R1_ERR_BACKEND,
+                    return Err(self.upstream(
+                        true,
                         format!(
                             "the answer stalled: nothing for stall_timeout_s = {} s",
                             self.config.stall_timeout_s
@@ -1045,7 +1107,7 @@ impl RemoteModel {
                 }
                 Ok(Some(None)) => break,
                 Ok(Some(Some(Err(e)))) => {
-                    return Err(self.fail(R1_ERR_BACKEND, format!("the stream broke: {e}")))
+                    return Err(self.upstream(false, format!("the stream broke: {e}")))
                 }
                 Ok(Some(Some(Ok(event)))) => event,
             };
@@ -1058,26 +1120,51 @@ impl RemoteModel {
                 continue;
             }
             let chunk = parse_chunk(data)
-                .map_err(|e| self.fail(R1_ERR_BACKEND, format!("error in the stream: {e}")))?;
+                .map_err(|e| self.upstream(false, format!("error in the stream: {e}")))?;
             if let Some((p, c)) = chunk.usage {
                 result.prompt_tokens = p;
                 result.completion_tokens = c;
+                usage = true;
             }
             if chunk.finish_reason.is_some() {
                 finish = chunk.finish_reason;
             }
+            if draining.is_some() {
+                if usage {
+                    break;
+                }
+                continue;
+            }
+            if !chunk.deltas.is_empty() {
+                text_events += 1;
+            }
             for delta in chunk.deltas {
                 first.get_or_insert_with(Instant::now);
-                if !on_delta(Some(delta)) {
-                    return Ok(result);
+                match on_delta(Some(delta)) {
+                    Flow::More => {}
+                    Flow::Drain => {
+                        draining = Some(Instant::now());
+                        break;
+                    }
+                    Flow::Stop => return Ok(result),
                 }
             }
+            if draining.is_some() && usage {
+                break;
+            }
+        }
+        if !usage {
+            result.completion_tokens = text_events;
         }
         // An answer ends with a `finish_reason` (OpenAI's chat completion chunk object); a
-        // stream that ends without one was cut, whether or not `[DONE]` came.
+        // stream that ends without one was cut, whether or not `[DONE]` came. An answer r1d
+        // stopped itself was complete for the client.
+        if draining.is_some() {
+            finish = Some("stop".into());
+        }
         if finish.is_none() {
-            return Err(self.fail(
-                R1_ERR_BACKEND,
+            return Err(self.upstream(
+                false,
                 if done {
                     "the stream ended with [DONE] before any finish_reason: the answer was cut"
                         .into()
@@ -1104,7 +1191,7 @@ impl ConversationModel for RemoteModel {
     fn chat(
         &self,
         request: &ConversationRequest<'_>,
-        on_delta: &mut dyn FnMut(Option<Delta>) -> bool,
+        on_delta: &mut dyn FnMut(Option<Delta>) -> Flow,
     ) -> Result<GenerateResult, BackendError> {
         // The remote as the config says now: a reload that changed its `url`, key file or
         // timeouts applies from the next request on.
@@ -1290,51 +1377,58 @@ pub fn choose(
     }
 }
 
-/// The remotes as `r1d plan` prints them under its table: one line per remote (model, URL,
-/// variant, health and the reason of a failure, the models it lists), then the choice against
-/// `local` (the plan's choice) by `prefer`. Pure.
-pub fn report(
-    views: &[RemoteView],
-    local: Option<LocalChoice>,
-    prefer: Prefer,
-    min_tokens_per_s: f64,
-) -> String {
-    let mut out = String::from("Remote endpoints ([[remote]]):\n");
-    for v in views {
-        let c = &v.config;
-        let health = if v.health.ok {
-            "healthy".to_owned()
-        } else {
-            format!(
-                "UNHEALTHY: {}",
-                v.health.reason.as_deref().unwrap_or("not checked")
-            )
-        };
-        out += &format!(
-            "  {} — {} at {} — variant {} — {}{}\n",
-            c.name(),
-            c.model,
-            c.url,
-            c.variant().map_or("unknown (ranks lowest)", |v| v.id),
-            health,
-            c.tokens_per_s
-                .map_or(String::new(), |t| format!(" — {t} tokens/s (configured)"))
-        );
-    }
-    let candidates: Vec<RemoteCandidate> = views.iter().map(RemoteCandidate::from).collect();
-    let (pick, why) = choose(local, &candidates, prefer, min_tokens_per_s);
-    let prefer = match prefer {
+/// `[planner] prefer`'s value as the config writes it (`local`, `best`).
+pub fn prefer_name(prefer: Prefer) -> &'static str {
+    match prefer {
         Prefer::Local => "local",
         Prefer::Best => "best",
-    };
-    out += &format!(
-        "With [planner] prefer = \"{prefer}\": {}: {why}\n",
+    }
+}
+
+/// Why the remote `i` of `views` is served or not, given the selection's verdict (`pick`,
+/// `why`, from [`crate::store::select::remote_verdict`]). Pure.
+pub fn verdict_for(
+    views: &[RemoteView],
+    i: usize,
+    pick: Option<usize>,
+    why: &str,
+    min_tokens_per_s: f64,
+) -> String {
+    let c = RemoteCandidate::from(&views[i]);
+    if pick == Some(i) {
+        return format!("served: {why}");
+    }
+    if !c.healthy {
+        return format!("skipped: {}", c.reason.as_deref().unwrap_or("unhealthy"));
+    }
+    if let Some(t) = c.tokens_per_s.filter(|&t| t < min_tokens_per_s) {
+        return format!("skipped: {t} tokens/s is under min_tokens_per_s = {min_tokens_per_s}");
+    }
+    match pick {
+        Some(other) => format!(
+            "not served: remote {} is ({why})",
+            views[other].config.name()
+        ),
+        None => format!("not served: {why}"),
+    }
+}
+
+/// The selection line of a plan with remotes: `With [planner] prefer = "…": serve remote NAME:
+/// WHY` or `… serve the local choice: WHY`. Pure.
+pub fn selection_line(
+    views: &[RemoteView],
+    pick: Option<usize>,
+    why: &str,
+    prefer: Prefer,
+) -> String {
+    format!(
+        "With [planner] prefer = \"{}\": {}: {why}",
+        prefer_name(prefer),
         match pick {
-            Some(i) => format!("serve remote {}", candidates[i].name),
+            Some(i) => format!("serve remote {}", views[i].config.name()),
             None => "serve the local choice".to_owned(),
         }
-    );
-    out
+    )
 }
 
 #[cfg(test)]
@@ -1363,11 +1457,11 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_report_names_each_remote_its_health_and_the_choice() {
-        let config = RemoteConfig {
+    fn the_plan_says_of_each_remote_why_it_is_served_or_not() {
+        let config = |name: &str, model: &str| RemoteConfig {
             url: "http://vllm.example:8000".into(),
-            model: "deepseek-ai/DeepSeek-R1".into(),
-            name: Some("vllm".into()),
+            model: model.into(),
+            name: Some(name.into()),
             api_key_file: None,
             connect_timeout_s: 5.0,
             first_byte_timeout_s: 300.0,
@@ -1376,32 +1470,46 @@ mod tests {
             tokens_per_s: None,
             parallel: 8,
         };
-        let views = [RemoteView {
-            config,
-            health: Health {
-                checked_at: Some(SystemTime::now()),
-                ok: true,
-                reason: None,
-                models: vec!["deepseek-ai/DeepSeek-R1".into()],
-                context_length: Some(163_840),
+        let healthy = Health {
+            checked_at: Some(SystemTime::now()),
+            ok: true,
+            reason: None,
+            models: vec!["deepseek-ai/DeepSeek-R1".into()],
+            context_length: Some(163_840),
+        };
+        let views = [
+            RemoteView {
+                config: config("vllm", "deepseek-ai/DeepSeek-R1"),
+                health: healthy.clone(),
             },
-        }];
-        let text = report(
-            &views,
+            RemoteView {
+                config: config("down", "deepseek-ai/DeepSeek-R1"),
+                health: Health {
+                    ok: false,
+                    reason: Some("cannot connect to http://vllm.example:8000".into()),
+                    ..healthy.clone()
+                },
+            },
+        ];
+        let candidates: Vec<RemoteCandidate> = views.iter().map(RemoteCandidate::from).collect();
+        let (pick, why) = choose(
             Some(local("deepseek-r1:7b", true)),
+            &candidates,
             Prefer::Best,
             10.0,
         );
-        assert!(
-            text.contains(
-                "vllm — deepseek-ai/DeepSeek-R1 at http://vllm.example:8000 — variant \
-                 deepseek-r1:671b — healthy"
-            ),
-            "{text}"
+        assert_eq!(pick, Some(0));
+        assert_eq!(
+            selection_line(&views, pick, &why, Prefer::Best),
+            format!("With [planner] prefer = \"best\": serve remote vllm: {why}")
         );
         assert!(
-            text.contains("With [planner] prefer = \"best\": serve remote vllm: remote vllm"),
-            "{text}"
+            verdict_for(&views, 0, pick, &why, 10.0).starts_with("served: remote vllm"),
+            "{why}"
+        );
+        assert_eq!(
+            verdict_for(&views, 1, pick, &why, 10.0),
+            "skipped: cannot connect to http://vllm.example:8000"
         );
     }
 
@@ -1615,6 +1723,13 @@ mod tests {
         assert!(validate(&[base.clone(), base.clone()])
             .unwrap_err()
             .contains("a second remote named"));
+        let spaced = RemoteConfig {
+            name: Some("my cluster".into()),
+            ..base.clone()
+        };
+        assert!(validate(&[spaced])
+            .unwrap_err()
+            .contains("remote[0].name \"my cluster\" must be a model name without spaces"));
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         std::fs::write(&key, "sk-123\n").unwrap();

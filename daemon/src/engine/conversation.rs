@@ -12,8 +12,61 @@ use super::{
     deliver, Answer, ChatEvent, ChatJob, EngineError, FinishReason, Finished, GenerateResult,
     PromptInput, Undelivered,
 };
-use crate::backend::remote::{ConversationModel, ConversationRequest, Delta};
+use crate::backend::remote::{ConversationModel, ConversationRequest, Delta, Flow};
 use crate::chat::{self, Assembler, ReasoningFormat};
+
+/// The [`Assembler`] of a remote answer, made at its first text: only then is it known whether
+/// the answer starts inside R1's reasoning. A remote that splits the reasoning sends it first
+/// (`reasoning_content`, put back inside `<think>` here); one that leaves it in the text either
+/// opens with `<think>` (its template did not) or, for R1 (`r1`), starts inside the reasoning
+/// its template opened, `reasoning…</think>answer` — the same as a local R1 answer after a
+/// prompt that ends with `<think>\n` ([`chat::ModelProfile::open_reasoning`]).
+struct Lazy {
+    r1: bool,
+    stops: Vec<String>,
+    format: ReasoningFormat,
+    /// The first answer text, while it may still be the start of `<think>`.
+    held: String,
+    assembler: Option<Assembler>,
+}
+
+impl Lazy {
+    /// The pieces of `text` (`reasoning`: it came as the remote's reasoning).
+    fn push(&mut self, reasoning: bool, text: &str) -> Vec<chat::Piece> {
+        if let Some(a) = self.assembler.as_mut() {
+            return a.push(text.as_bytes());
+        }
+        self.held.push_str(text);
+        let lead = self.held.trim_start();
+        let opens = if reasoning || lead.starts_with(chat::THINK_OPEN) {
+            false
+        } else if chat::THINK_OPEN.starts_with(lead) {
+            return Vec::new();
+        } else {
+            self.r1
+        };
+        let held = std::mem::take(&mut self.held);
+        self.assembler
+            .insert(Assembler::new(opens, self.stops.clone(), self.format))
+            .push(held.as_bytes())
+    }
+
+    /// The pieces still held at the end.
+    fn finish(&mut self) -> Vec<chat::Piece> {
+        let held = std::mem::take(&mut self.held);
+        let a = self
+            .assembler
+            .get_or_insert_with(|| Assembler::new(false, self.stops.clone(), self.format));
+        let mut out = a.push(held.as_bytes());
+        out.extend(a.finish());
+        out
+    }
+
+    /// A stop string matched.
+    fn stopped(&self) -> bool {
+        self.assembler.as_ref().is_some_and(Assembler::stopped)
+    }
+}
 
 impl Answer {
     /// Runs `job` on `remote`; the events are those of a local answer (`Started` once the
@@ -22,6 +75,7 @@ impl Answer {
         &self,
         remote: &dyn ConversationModel,
         name: String,
+        opens_reasoning: bool,
         job: ChatJob,
     ) -> Result<(), EngineError> {
         let messages =
@@ -64,7 +118,13 @@ impl Answer {
         let shared = self.shared.clone();
         let reply = job.reply.clone();
         let drop_reasoning = job.reasoning_format == ReasoningFormat::Off;
-        let mut assembler = Assembler::new(false, job.sampling.stop.clone(), job.reasoning_format);
+        let mut assembler = Lazy {
+            r1: opens_reasoning,
+            stops: job.sampling.stop.clone(),
+            format: job.reasoning_format,
+            held: String::new(),
+            assembler: None,
+        };
         let mut in_reasoning = false;
         let mut first_token_at: Option<Instant> = None;
         let mut client_gone = false;
@@ -82,17 +142,19 @@ impl Answer {
                 }
             }
         };
+        let flow = |go: bool| if go { Flow::More } else { Flow::Stop };
         let result = remote.chat(&request, &mut |delta| {
             self.shared.beat();
             if self.shared.shutting_down.load(Ordering::SeqCst)
                 || self.shared.preempting.load(Ordering::SeqCst)
             {
-                return false;
+                return Flow::Stop;
             }
+            let reasoning = matches!(delta, Some(Delta::Reasoning(_)));
             let text = match delta {
                 None => {
                     client_gone = job.reply.is_closed();
-                    return !client_gone;
+                    return flow(!client_gone);
                 }
                 Some(Delta::Accepted) => {
                     let started = ChatEvent::Started {
@@ -101,9 +163,9 @@ impl Answer {
                     };
                     if deliver(&self.shared, &job.reply, started, stall).is_err() {
                         client_gone = true;
-                        return false;
+                        return Flow::Stop;
                     }
-                    return true;
+                    return Flow::More;
                 }
                 Some(Delta::Reasoning(t)) if !in_reasoning => {
                     in_reasoning = true;
@@ -117,16 +179,21 @@ impl Answer {
                 Some(Delta::Content(t)) => t,
             };
             first_token_at.get_or_insert_with(Instant::now);
-            for piece in assembler.push(text.as_bytes()) {
+            for piece in assembler.push(reasoning, &text) {
                 if !send(piece, &mut client_gone, &mut stalled) {
-                    return false;
+                    return Flow::Stop;
                 }
             }
             if job.reply.is_closed() {
                 client_gone = true;
-                return false;
+                return Flow::Stop;
             }
-            !assembler.stopped()
+            // A stop string matched here: no more text, but the remote's usage still counts.
+            if assembler.stopped() {
+                Flow::Drain
+            } else {
+                Flow::More
+            }
         });
         let result: GenerateResult = result.map_err(|e| self.generation_error(e))?.into();
         self.interrupted()?;
@@ -179,5 +246,60 @@ impl Answer {
         });
         let _ = deliver(&self.shared, &job.reply, done, stall);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(r1: bool, deltas: &[(bool, &str)]) -> (String, String) {
+        let mut lazy = Lazy {
+            r1,
+            stops: Vec::new(),
+            format: ReasoningFormat::DeepSeek,
+            held: String::new(),
+            assembler: None,
+        };
+        let mut pieces = Vec::new();
+        for (reasoning, text) in deltas {
+            pieces.extend(lazy.push(*reasoning, text));
+        }
+        pieces.extend(lazy.finish());
+        let of = |c: chat::Channel| {
+            pieces
+                .iter()
+                .filter(|p| p.channel == c)
+                .map(|p| p.text.as_str())
+                .collect::<String>()
+        };
+        (of(chat::Channel::Reasoning), of(chat::Channel::Content))
+    }
+
+    #[test]
+    fn an_r1_answer_that_starts_inside_its_reasoning_is_split_at_the_closing_tag() {
+        // vLLM without a reasoning parser, after a template that opened `<think>`.
+        assert_eq!(
+            split(
+                true,
+                &[(false, "so"), (false, " then</think>"), (false, "\n\nyes")]
+            ),
+            ("so then".into(), "yes".into())
+        );
+        // The same text from a model that is not R1 stays the answer.
+        assert_eq!(
+            split(false, &[(false, "so</think>yes")]),
+            (String::new(), "so</think>yes".into())
+        );
+        // An answer that opens `<think>` itself, even split across deltas.
+        assert_eq!(
+            split(true, &[(false, "<th"), (false, "ink>so</think>yes")]),
+            ("so".into(), "yes".into())
+        );
+        // A remote that splits the reasoning sends it first (`<think>` put back by the caller).
+        assert_eq!(
+            split(true, &[(true, "<think>so"), (false, "</think>yes")]),
+            ("so".into(), "yes".into())
+        );
     }
 }

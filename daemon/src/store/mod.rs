@@ -180,6 +180,14 @@ pub enum StoreError {
     /// No such model, in the catalog or on disk.
     #[error("no model named {0:?}: not a catalog variant (deepseek-r1:1.5b … deepseek-r1-0528:671b, optionally with a quantization: deepseek-r1:7b-q8_0), not hf.co/OWNER/REPO:FILE, and no file of that name is present (r1ctl models lists them)")]
     Unknown(String),
+    /// `remote:NAME` names no `[[remote]]` of the config.
+    #[error("no [[remote]] named {name:?} in the config (configured: {configured})")]
+    UnknownRemote {
+        /// The name asked for, without `remote:`.
+        name: String,
+        /// The configured remotes' names, comma-separated, or `none`.
+        configured: String,
+    },
     /// Present, but not usable.
     #[error("{name} cannot be served: {reason}")]
     Unusable {
@@ -606,12 +614,24 @@ impl Store {
                 }),
             };
         }
+        if let Some(rest) = name.strip_prefix(crate::backend::remote::PATH_PREFIX) {
+            return self
+                .resolve_remote(rest)
+                .ok_or_else(|| StoreError::UnknownRemote {
+                    name: rest.to_owned(),
+                    configured: self.remote_names(),
+                });
+        }
         let entries = self.scan();
         let Some(entry) = entries
             .iter()
             .filter(|e| e.matches(name))
             .max_by_key(|e| e.is_usable())
         else {
+            // A remote by its bare `name` (a file of that name wins).
+            if let Some(remote) = self.resolve_remote(name) {
+                return Ok(remote);
+            }
             return Err(match parse_variant_quant(name) {
                 Some(_) => StoreError::NotPresent {
                     name: name.to_owned(),
@@ -634,6 +654,49 @@ impl Store {
             ),
             planned: None,
         })
+    }
+
+    /// The load of the `[[remote]]` named `name` (its `name`, case-insensitively), pinned by
+    /// name: the backend checks its health when it loads.
+    fn resolve_remote(&self, name: &str) -> Option<Resolved> {
+        let view = self
+            .remotes()?
+            .views()
+            .into_iter()
+            .find(|v| v.config.name().eq_ignore_ascii_case(name.trim()))?;
+        let c = &view.config;
+        Some(Resolved {
+            spec: LoadSpec {
+                params: LoadParams {
+                    path: c.path(),
+                    ..Default::default()
+                },
+                backend: Some(crate::backend::remote::BACKEND.to_owned()),
+            },
+            reason: format!(
+                "remote {} ({} at {}): asked for by name",
+                c.name(),
+                c.model,
+                c.url
+            ),
+            planned: None,
+        })
+    }
+
+    /// The configured remotes' names for messages (`none` without any).
+    fn remote_names(&self) -> String {
+        let names: Vec<String> = self
+            .remotes()
+            .map(|r| r.views())
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.config.path())
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
     }
 
     /// What `r1ctl pull NAME` downloads: a catalog variant (the best quantization for this

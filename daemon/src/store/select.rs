@@ -136,20 +136,18 @@ pub fn choose(plan: &Plan, entries: &[ModelEntry], dirs: &str) -> Choice {
     }
 }
 
-/// Weighs the `[[remote]]` endpoints against the local choice by `[planner] prefer`
-/// ([`crate::backend::remote::choose`]): a remote that wins becomes [`Choice::remote`] and the
-/// reason says why; otherwise the reason gains what was decided about the remotes (kept as a
-/// fallback, or skipped and why). Pure.
-pub fn weigh_remotes(
-    choice: &mut Choice,
+/// The one decision between the local choice and the `[[remote]]` endpoints, shared by the
+/// daemon ([`weigh_remotes`]), `/r1/plan` and `r1d plan`: the best local model *present*
+/// (`choice`, from [`choose`]) against the remotes' last health checks by `[planner] prefer`
+/// ([`crate::backend::remote::choose`]). Returns the index of the remote to serve, if any, and
+/// why (one line). Pure.
+pub fn remote_verdict(
+    choice: &Choice,
     plan: &Plan,
     remotes: &[crate::backend::remote::RemoteView],
     policy: &crate::config::PlannerConfig,
-) {
+) -> (Option<usize>, String) {
     use crate::backend::remote;
-    if remotes.is_empty() {
-        return;
-    }
     let candidates: Vec<remote::RemoteCandidate> =
         remotes.iter().map(remote::RemoteCandidate::from).collect();
     let local = choice.candidate.map(|ci| {
@@ -160,12 +158,28 @@ pub fn weigh_remotes(
             fast_enough: c.fast_enough,
         }
     });
-    let (pick, why) = remote::choose(local, &candidates, policy.prefer, policy.min_tokens_per_s);
+    remote::choose(local, &candidates, policy.prefer, policy.min_tokens_per_s)
+}
+
+/// Weighs the `[[remote]]` endpoints against the local choice ([`remote_verdict`]): a remote
+/// that wins becomes [`Choice::remote`] and the reason says why; otherwise the reason gains
+/// what was decided about the remotes (kept as a fallback, or skipped and why). Pure.
+pub fn weigh_remotes(
+    choice: &mut Choice,
+    plan: &Plan,
+    remotes: &[crate::backend::remote::RemoteView],
+    policy: &crate::config::PlannerConfig,
+) {
+    use crate::backend::remote;
+    if remotes.is_empty() {
+        return;
+    }
+    let (pick, why) = remote_verdict(choice, plan, remotes, policy);
     match pick {
         Some(i) => {
             choice.remote = Some(crate::engine::LoadSpec {
                 params: crate::engine::LoadParams {
-                    path: candidates[i].path.clone(),
+                    path: remotes[i].config.path(),
                     ..Default::default()
                 },
                 backend: Some(remote::BACKEND.to_owned()),

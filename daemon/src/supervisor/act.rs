@@ -81,6 +81,23 @@ impl Supervisor {
     ) -> Result<String, SupervisorError> {
         let engine = &self.inner.engine;
         let snap = engine.snapshot();
+        // A resident remote that fails its health checks answers nothing: unload it (the state
+        // becomes `no-model`, as at start with the same config) unless something else loads.
+        if let Some(why) = self.dead_remote(snap.spec.as_ref(), &wanted) {
+            drop(acting);
+            let name = snap
+                .model
+                .as_ref()
+                .map(|(i, _)| model_name(i))
+                .unwrap_or_default();
+            tracing::warn!("unloading {name}: {why}");
+            engine.unload_because(why.clone()).await?;
+            self.inner.memory.set(&wanted.reason);
+            let mut e = Event::new(EventKind::Swap, format!("unloaded {name}: {why}"));
+            e.model = Some(name.clone());
+            self.emit(e);
+            return Ok(format!("unloaded {name}: {why}"));
+        }
         let spec = match decide::step(
             &wanted,
             snap.state == EngineState::Ready,
@@ -159,6 +176,46 @@ impl Supervisor {
                 Err(err.into())
             }
         }
+    }
+
+    /// Why the resident model must be unloaded: it is a `[[remote]]` that fails its health
+    /// check (or left the config) and `wanted` loads nothing else instead (nothing, or the same
+    /// remote because it is pinned). `None` when the resident model can answer, or when
+    /// `wanted` replaces it anyway.
+    fn dead_remote(&self, resident: Option<&LoadSpec>, wanted: &Wanted) -> Option<String> {
+        use crate::backend::remote;
+        let resident = resident.filter(|s| s.backend.as_deref() == Some(remote::BACKEND))?;
+        if wanted.spec.as_ref().is_some_and(|w| w != resident) {
+            return None;
+        }
+        let name = resident
+            .params
+            .path
+            .strip_prefix(remote::PATH_PREFIX)
+            .unwrap_or(&resident.params.path);
+        let views = self
+            .inner
+            .store
+            .remotes()
+            .map(|r| r.views())
+            .unwrap_or_default();
+        let failure = match views.iter().find(|v| v.config.name() == name) {
+            // Healthy, or not checked since a reload changed its table: the next check says.
+            Some(v) if v.health.ok || v.health.checked_at.is_none() => return None,
+            Some(v) => format!(
+                "remote {name} ({}) fails its health check: {}",
+                v.config.url,
+                v.health.reason.as_deref().unwrap_or("unhealthy")
+            ),
+            None => format!("remote {name} is no longer in the config"),
+        };
+        Some(match &wanted.spec {
+            None => wanted.reason.clone(),
+            Some(_) => format!(
+                "{failure}; it is served again when its health check passes ({})",
+                wanted.reason
+            ),
+        })
     }
 
     /// `r1ctl use NAME`: pins a variant or model and loads it; `auto` drops the pin and loads

@@ -53,9 +53,11 @@ impl SupervisorError {
     /// The classification transports map to their status codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SupervisorError::Store(StoreError::Unknown(_) | StoreError::NotPresent { .. }) => {
-                ErrorKind::NotFound
-            }
+            SupervisorError::Store(
+                StoreError::Unknown(_)
+                | StoreError::UnknownRemote { .. }
+                | StoreError::NotPresent { .. },
+            ) => ErrorKind::NotFound,
             SupervisorError::Store(StoreError::Probe(_)) => ErrorKind::Internal,
             SupervisorError::Store(_) => ErrorKind::Unusable,
             SupervisorError::Engine(
