@@ -178,6 +178,18 @@ pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile
                 not_planned: d.not_planned.clone(),
             })
             .collect(),
+        rpc_workers: hw
+            .rpc_workers
+            .iter()
+            .map(|w| wire::RpcWorkerProfile {
+                endpoint: w.endpoint.clone(),
+                devices_free_bytes: w.devices_free_bytes.clone(),
+                free_bytes: None,
+                bandwidth_bytes_per_s: w.bandwidth_bytes_per_s,
+                link_latency_ms: Some(w.link.round_trip_s * 1000.0),
+                link_bandwidth_bytes_per_s: Some(w.link.bandwidth_bytes_per_s),
+            })
+            .collect(),
     }
 }
 
@@ -218,6 +230,30 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             })
             .collect(),
         vulkan: Vec::new(),
+        rpc_workers: p
+            .rpc_workers
+            .iter()
+            .map(|w| {
+                let defaults = crate::hardware::Link::default();
+                crate::hardware::RpcHost {
+                    endpoint: w.endpoint.clone(),
+                    devices_free_bytes: if w.devices_free_bytes.is_empty() {
+                        w.free_bytes.into_iter().collect()
+                    } else {
+                        w.devices_free_bytes.clone()
+                    },
+                    bandwidth_bytes_per_s: w.bandwidth_bytes_per_s,
+                    link: crate::hardware::Link {
+                        round_trip_s: w
+                            .link_latency_ms
+                            .map_or(defaults.round_trip_s, |ms| ms / 1000.0),
+                        bandwidth_bytes_per_s: w
+                            .link_bandwidth_bytes_per_s
+                            .unwrap_or(defaults.bandwidth_bytes_per_s),
+                    },
+                }
+            })
+            .collect(),
     }
 }
 
@@ -255,6 +291,20 @@ fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
             } => Some(formula_ram_bytes),
             crate::planner::MemorySource::Formula => None,
         },
+        hosts: c
+            .hosts
+            .iter()
+            .map(|h| wire::PlanHost {
+                host: match &h.host {
+                    crate::planner::Host::Cpu => "cpu".to_owned(),
+                    crate::planner::Host::Gpu(i) => format!("gpu {i}"),
+                    crate::planner::Host::Worker(e) => e.clone(),
+                },
+                layers: h.layers,
+                bytes: h.bytes,
+            })
+            .collect(),
+        network_ms_per_token: (c.network_s_per_token * 1e6).round() / 1e3,
         source: Some(format!(
             "hf://{}/{}",
             c.quantization.repo, c.quantization.file
