@@ -789,9 +789,10 @@ pub struct Status {
 pub struct RpcWorkerStatus {
     /// `HOST:PORT`.
     pub endpoint: String,
-    /// `up` (answered, free), `serving` (accepted but busy with a client — an `rpc-server`
-    /// serves one at a time, normally the resident model), `gone` (unreachable) or `unknown`
-    /// (not probed yet).
+    /// `up` (answered, free), `serving` (the resident model holds a connection to it), `busy`
+    /// (accepts without answering while r1d holds no connection: another client has it, or it
+    /// is no `rpc-server`; the model does not use it), `gone` (unreachable or not speaking the
+    /// protocol) or `unknown` (not probed yet).
     pub state: String,
     /// Free memory of its devices, bytes (when `up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -799,9 +800,13 @@ pub struct RpcWorkerStatus {
     /// Total memory of its devices, bytes (when `up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_bytes: Option<u64>,
-    /// Why it is gone.
+    /// Why it is gone or busy (and so not used by the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Layers of the resident model on it, as r1d plans llama.cpp's split (by the devices' free
+    /// memory); absent when the model does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<u32>,
 }
 
 /// `/r1/status` `watch`: how r1d follows the config and the hardware, and what it found.

@@ -463,6 +463,41 @@ pub fn split_layers(blocks: u32, gpu_layers: u32, split: &[u64]) -> Vec<usize> {
         .collect()
 }
 
+/// The layers per RPC worker of a load of a model with `blocks` blocks and `gpu_layers`
+/// offloaded (llama.cpp's `n_gpu_layers`; `None`: all, the plugin's default with a worker) on
+/// `workers` and then this machine's `gpus`: [`split_layers`] over their devices' free memory, as
+/// llama.cpp splits them at load. Each worker that gets layers, in order, with its count. Pure.
+pub fn worker_layers(
+    blocks: u32,
+    gpu_layers: Option<u32>,
+    workers: &[crate::hardware::RpcHost],
+    gpus: &[crate::hardware::Gpu],
+) -> Vec<(String, u32)> {
+    let mut owners: Vec<Option<&str>> = Vec::new();
+    let mut free = Vec::new();
+    for w in workers {
+        for &f in &w.devices_free_bytes {
+            owners.push(Some(&w.endpoint));
+            free.push(f);
+        }
+    }
+    for g in gpus {
+        owners.push(None);
+        free.push(g.vram_free_bytes);
+    }
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for d in split_layers(blocks, gpu_layers.unwrap_or(u32::MAX), &free) {
+        let Some(endpoint) = owners[d] else {
+            continue;
+        };
+        match out.iter_mut().find(|(e, _)| e == endpoint) {
+            Some((_, n)) => *n += 1,
+            None => out.push((endpoint.to_owned(), 1)),
+        }
+    }
+    out
+}
+
 /// Seconds per generated token spent on the network for layers split across hosts: each run of
 /// consecutive layers on one RPC worker is one graph computation there, so per token one round
 /// trip (ggml's RPC client sends the input activations, the compute and the read of the result
@@ -1913,6 +1948,22 @@ mod tests {
         assert_eq!(d.iter().filter(|&&x| x == 0).count(), 61);
         assert!(d.windows(2).all(|w| w[0] <= w[1]));
         assert!(split_layers(10, 5, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_loads_layers_per_worker_follow_llama_cpps_split() {
+        let workers = [worker("a:1", 8 * GB), worker("b:2", 8 * GB)];
+        // SmolLM2: 30 blocks, 20 offloaded: 10 and 10 (the second with the output head).
+        assert_eq!(
+            worker_layers(30, Some(20), &workers, &[]),
+            [("a:1".to_owned(), 10), ("b:2".to_owned(), 10)]
+        );
+        // All (the default with a worker): 31 layers, 16 and 15.
+        assert_eq!(
+            worker_layers(30, None, &workers, &[]),
+            [("a:1".to_owned(), 16), ("b:2".to_owned(), 15)]
+        );
+        assert!(worker_layers(30, Some(0), &workers, &[]).is_empty());
     }
 
     #[test]

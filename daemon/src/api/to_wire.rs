@@ -74,7 +74,19 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         upgrades: upgrades_to_wire(&s.upgrades),
         more_memory: s.more_memory.clone(),
         watch,
-        rpc_workers: s.rpc_workers.iter().map(rpc_worker).collect(),
+        rpc_workers: s
+            .rpc_workers
+            .iter()
+            .map(|w| {
+                let mut out = rpc_worker(w);
+                out.layers = s
+                    .rpc_layers
+                    .iter()
+                    .find(|(e, _)| *e == w.endpoint)
+                    .map(|(_, n)| *n);
+                out
+            })
+            .collect(),
     }
 }
 
@@ -94,9 +106,10 @@ fn rpc_worker(w: &crate::hardware::rpc::RpcWorker) -> wire::RpcWorkerStatus {
         free_bytes,
         total_bytes,
         error: match &w.state {
-            RpcState::Gone(why) => Some(why.clone()),
+            RpcState::Gone(why) | RpcState::Busy(why) => Some(why.clone()),
             _ => None,
         },
+        layers: None,
     }
 }
 
