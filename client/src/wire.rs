@@ -1206,6 +1206,15 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+impl PlanCandidate {
+    /// Some layers go to an RPC worker (a host that is neither `cpu` nor `gpu N`).
+    pub fn is_split(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.host != "cpu" && !h.host.starts_with("gpu "))
+    }
+}
+
 /// One host's share of a [`PlanCandidate`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct PlanHost {
@@ -1341,12 +1350,13 @@ impl Plan {
         const INDENT: &str = "      ";
         let chosen = match &self.chosen {
             Some(c) => format!(
-                "{} {} on {} ({}/{} layers on GPU, {} GB RAM{}, ≈ {:.1} tokens/s)",
+                "{} {} on {} ({}/{} layers on {}, {} GB RAM{}, ≈ {:.1} tokens/s)",
                 c.variant,
                 c.quantization,
                 c.backend,
                 c.gpu_layers,
                 c.total_layers,
+                if c.is_split() { "other hosts" } else { "GPU" },
                 gb(c.ram_bytes),
                 if c.vram_bytes.iter().any(|&v| v > 0) {
                     format!(
