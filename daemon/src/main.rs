@@ -78,7 +78,8 @@ struct Args {
 /// One-shot commands that need no running daemon.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Print this machine's hardware profile (CPU, RAM within the cgroup, disk, GPUs, bandwidth).
+    /// Print this machine's hardware profile (CPU, RAM within the cgroup, disk, GPUs, bandwidth,
+    /// the config's RPC workers that answer).
     Hardware {
         /// Print the profile as JSON (the input format of `r1d plan --hardware`).
         #[arg(long)]
@@ -615,7 +616,16 @@ fn one_shot(
             .context("failed to probe this machine's hardware")
     };
     let text = match command {
-        Command::Hardware { json } => report::hardware(&probe_here()?, *json)?,
+        Command::Hardware { json } => {
+            let mut hw = probe_here()?;
+            // The RPC workers of the config, asked now: a profile `r1d plan --hardware` reads.
+            hw.rpc_workers = r1d::hardware::rpc::RpcWatch::once(
+                &config.backends.llamacpp.rpc_workers,
+                rpc_link(config),
+            )
+            .hosts();
+            report::hardware(&hw, *json)?
+        }
         Command::Plan {
             hardware,
             json,

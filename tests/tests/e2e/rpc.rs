@@ -329,15 +329,18 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
         "the surviving worker serves the reloaded model too:\n{log}"
     );
 
-    // /r1/status says which worker is gone, and that the other one serves.
+    // /r1/status says which worker is gone, and that the other one serves (once the watch,
+    // every 2 s, has seen the reloaded model's connection to it: a probe during the reload
+    // finds it free, `up`).
     let status = until(
         &daemon,
         30,
-        "the status to name the gone worker",
+        "the status to name the gone worker and the serving one",
         || async {
             let s = client.status().await.ok()?;
             let gone = s.rpc_workers.iter().find(|w| w.endpoint == killed)?;
-            (gone.state == "gone").then_some(s)
+            let other = s.rpc_workers.iter().find(|w| w.endpoint == b.endpoint)?;
+            (gone.state == "gone" && other.state == "serving").then_some(s)
         },
     )
     .await;
