@@ -575,10 +575,10 @@ async fn r1d_plan_splits_a_variant_too_big_for_this_machine_across_real_workers(
     assert!(c.network_ms_per_token > 0.0, "{c:?}");
 }
 
-/// An endpoint that accepts connections and never answers (no rpc-server) is left out of the
-/// load, and `/r1/status` says so and why, not `serving`.
+/// An endpoint that accepts connections and never answers, and an HTTP server, named as workers:
+/// both are left out of the load, and `/r1/status` says so and why, not `serving`.
 #[tokio::test]
-async fn an_endpoint_that_is_no_rpc_worker_is_shown_left_out_not_serving() {
+async fn endpoints_that_are_no_rpc_workers_are_shown_left_out_not_serving() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
     let Some(model) = fixture(SMOLLM2) else {
         return;
@@ -590,8 +590,19 @@ async fn an_endpoint_that_is_no_rpc_worker_is_shown_left_out_not_serving() {
     // Listening, never accepting: the kernel completes the handshake, nobody answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_endpoint = silent.local_addr().unwrap().to_string();
+    // Something else that answers: an HTTP server's 400 to whatever it was sent.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_endpoint = http.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in http.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
     let config = format!(
-        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [\"{}\", \"{silent_endpoint}\"]\n",
+        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [\"{}\", \"{silent_endpoint}\", \"{http_endpoint}\"]\n",
         a.endpoint
     );
     let daemon = smollm(&model, Some(&config));
@@ -622,6 +633,33 @@ async fn an_endpoint_that_is_no_rpc_worker_is_shown_left_out_not_serving() {
         "{silent_status:?}"
     );
     assert_eq!(silent_status.layers, None);
+    let http_status = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == http_endpoint)
+        .unwrap();
+    assert_eq!(http_status.state, "gone", "{status:?}");
+    assert!(
+        http_status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("another protocol version")),
+        "{http_status:?}"
+    );
+    assert!(
+        daemon.log().contains(&format!(
+            "leaving rpc worker {http_endpoint} out of this load"
+        )),
+        "{}",
+        daemon.log()
+    );
+    // The real worker holds the layers.
+    let real = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == a.endpoint)
+        .unwrap();
+    assert_eq!(real.layers, Some(REMOTE_LAYERS), "{status:?}");
     assert!(
         daemon.log().contains(&format!(
             "leaving rpc worker {silent_endpoint} out of this load"
