@@ -512,6 +512,33 @@ async fn the_layers_r1d_plans_per_worker_are_the_layers_llama_cpp_placed_there()
         REMOTE_LAYERS,
         "the workers hold the layers gpu_layers offloads"
     );
+
+    // `/r1/plan` plans with the same workers: the variants too big for this machine alone that
+    // fit it plus both workers are split across them, per host.
+    let plan: r1d_client::wire::Plan = client.get_json("/r1/plan", false).await.unwrap();
+    let split: Vec<&r1d_client::wire::PlanCandidate> =
+        plan.candidates.iter().filter(|c| c.is_split()).collect();
+    assert!(
+        !split.is_empty(),
+        "no candidate of /r1/plan is split across the workers: {:?}",
+        plan.candidates
+            .iter()
+            .map(|c| (&c.variant, &c.quantization, &c.reason))
+            .collect::<Vec<_>>()
+    );
+    for c in split {
+        let hosts: Vec<&str> = c.hosts.iter().map(|h| h.host.as_str()).collect();
+        // This machine first, then the workers in config order (the least layers that fit may
+        // leave the first worker none).
+        assert_eq!(hosts[0], "cpu", "{c:?}");
+        let workers = [a.endpoint.as_str(), b.endpoint.as_str()];
+        assert!(hosts[1..] == workers || hosts[1..] == workers[1..], "{c:?}");
+        assert_eq!(
+            c.hosts.iter().map(|h| h.layers).sum::<u32>(),
+            c.total_layers
+        );
+        assert!(c.network_ms_per_token > 0.0, "{c:?}");
+    }
 }
 
 /// `r1d plan` with two real workers in the config: they are probed, and a variant that does not
