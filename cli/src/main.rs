@@ -699,10 +699,11 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
         writeln!(out, "{:<14}{}", "swap policy", w.swap_policy)?;
     }
     for w in &status.rpc_workers {
-        let detail = match (&w.error, w.free_bytes) {
-            (Some(e), _) => format!(": {e}"),
-            (None, Some(free)) => format!(", {:.1} GB free", free as f64 / 1e9),
-            (None, None) => String::new(),
+        let detail = match (&w.error, w.free_bytes, w.layers) {
+            (Some(e), _, _) => format!(": {e}"),
+            (None, Some(free), _) => format!(", {:.1} GB free", free as f64 / 1e9),
+            (None, None, Some(layers)) => format!(", {layers} layers of the model"),
+            (None, None, None) => String::new(),
         };
         writeln!(
             out,

@@ -869,9 +869,10 @@ pub struct Status {
 pub struct RpcWorkerStatus {
     /// `HOST:PORT`.
     pub endpoint: String,
-    /// `up` (answered, free), `serving` (accepted but busy with a client — an `rpc-server`
-    /// serves one at a time, normally the resident model), `gone` (unreachable) or `unknown`
-    /// (not probed yet).
+    /// `up` (answered, free), `serving` (the resident model holds a connection to it), `busy`
+    /// (accepts without answering while r1d holds no connection: another client has it, or it
+    /// is no `rpc-server`; the model does not use it), `gone` (unreachable or not speaking the
+    /// protocol) or `unknown` (not probed yet).
     pub state: String,
     /// Free memory of its devices, bytes (when `up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -879,9 +880,13 @@ pub struct RpcWorkerStatus {
     /// Total memory of its devices, bytes (when `up`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_bytes: Option<u64>,
-    /// Why it is gone.
+    /// Why it is gone or busy (and so not used by the model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Layers of the resident model on it, as r1d plans llama.cpp's split (by the devices' free
+    /// memory); absent when the model does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<u32>,
 }
 
 /// `/r1/status` `watch`: how r1d follows the config and the hardware, and what it found.
@@ -1051,6 +1056,47 @@ pub struct HardwareProfile {
     /// planned (the planned ones are also in `gpus`). Absent = none or not probed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vulkan_devices: Vec<VulkanDeviceProfile>,
+    /// llama.cpp RPC workers (docs/rpc.md) the planner may put layers on, in llama.cpp's device
+    /// order. Absent = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rpc_workers: Vec<RpcWorkerProfile>,
+}
+
+/// One llama.cpp RPC worker of a [`HardwareProfile`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RpcWorkerProfile {
+    /// `HOST:PORT`.
+    pub endpoint: String,
+    /// Free memory of each of its devices (bytes), in ggml's device order; one figure for a
+    /// worker with one device (an `rpc-server` on a CPU reports its host's total RAM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices_free_bytes: Vec<u64>,
+    /// Free memory of its one device (bytes): shorthand for `devices_free_bytes: [N]`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub free_bytes: Option<u64>,
+    /// Memory read bandwidth of its devices (bytes/s); absent = the planner's CPU default
+    /// (25 GB/s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// One round trip to it (milliseconds); absent = a 1 Gbit/s LAN's 0.2 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_latency_ms: Option<f64>,
+    /// What the link to it carries (bytes/s); absent = a 1 Gbit/s LAN's 117 MB/s.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "count::opt"
+    )]
+    pub link_bandwidth_bytes_per_s: Option<u64>,
 }
 
 /// One Vulkan device of a [`HardwareProfile`].
@@ -1225,6 +1271,39 @@ pub struct PlanCandidate {
     /// estimate replaced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub formula_ram_bytes: Option<u64>,
+    /// Where the layers go, per host: `cpu` (this machine's RAM), `gpu N`, or an RPC worker's
+    /// `HOST:PORT`, with its layers (llama.cpp's count: the output head is a layer) and bytes.
+    /// Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<PlanHost>,
+    /// Milliseconds per generated token spent crossing host boundaries (round trips and
+    /// activations); included in `est_generation_tokens_per_s`. 0 when all stays local.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub network_ms_per_token: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+impl PlanCandidate {
+    /// Some layers go to an RPC worker (a host that is neither `cpu` nor `gpu N`).
+    pub fn is_split(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.host != "cpu" && !h.host.starts_with("gpu "))
+    }
+}
+
+/// One host's share of a [`PlanCandidate`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PlanHost {
+    /// `cpu`, `gpu N` (this machine), or an RPC worker's `HOST:PORT`.
+    pub host: String,
+    /// Layers on it (blocks; the output head counts as one).
+    pub layers: u32,
+    /// Memory it needs (bytes): RAM for `cpu`, VRAM for a GPU, device memory on a worker.
+    pub bytes: u64,
 }
 
 /// `GET /r1/plan`, `r1d plan --json`: every candidate and the chosen one.
@@ -1387,12 +1466,13 @@ impl Plan {
         const INDENT: &str = "      ";
         let chosen = match &self.chosen {
             Some(c) => format!(
-                "{} {} on {} ({}/{} layers on GPU, {} GB RAM{}, ≈ {:.1} tokens/s)",
+                "{} {} on {} ({}/{} layers on {}, {} GB RAM{}, ≈ {:.1} tokens/s)",
                 c.variant,
                 c.quantization,
                 c.backend,
                 c.gpu_layers,
                 c.total_layers,
+                if c.is_split() { "other hosts" } else { "GPU" },
                 gb(c.ram_bytes),
                 if c.vram_bytes.iter().any(|&v| v > 0) {
                     format!(
@@ -1413,6 +1493,26 @@ impl Plan {
         let mut out = String::new();
         let mut head = wrapping(view.width, 2);
         head.add_row(vec!["chosen:".to_owned(), chosen]);
+        // A split across hosts: where each share goes.
+        if let Some(c) = self.chosen.as_ref().filter(|c| {
+            c.hosts
+                .iter()
+                .any(|h| h.host != "cpu" && !h.host.starts_with("gpu "))
+        }) {
+            let shares: Vec<String> = c
+                .hosts
+                .iter()
+                .map(|h| format!("{}: {} layers, {} GB", h.host, h.layers, gb(h.bytes)))
+                .collect();
+            head.add_row(vec![
+                "split:".to_owned(),
+                format!(
+                    "{}; {:.2} ms/token on the network",
+                    shares.join("; "),
+                    c.network_ms_per_token
+                ),
+            ]);
+        }
         head.add_row(vec!["why:".to_owned(), self.reason.clone()]);
         if !self.more_memory.is_empty() {
             head.add_row(vec!["more memory:".to_owned(), self.more_memory.clone()]);

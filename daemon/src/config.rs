@@ -80,8 +80,15 @@ pub struct LlamaCppConfig {
     /// layers offloaded (`gpu_layers`) are split across them in proportion to their free memory;
     /// a worker that does not answer at load time is left out. The protocol has no
     /// authentication: trusted networks or tunnels only. Needs `[plugins] isolation =
-    /// "process"` (ggml ends the process when a worker vanishes). Read at start only.
+    /// "process"` (ggml ends the process when a worker vanishes). Each endpoint at most once (a
+    /// repeated one is refused: one `rpc-server` serves one client). Read at start only.
     pub rpc_workers: Vec<String>,
+    /// One network round trip to the workers (milliseconds), for the planner's speed estimate of
+    /// a split model; default: measured, the shortest round trip of the watch's probe calls.
+    pub rpc_link_latency_ms: Option<f64>,
+    /// What the link to the workers carries (bytes/s), for the same estimate; default
+    /// 117 000 000, a 1 Gbit/s Ethernet LAN less framing (`hardware::Link::LAN_BANDWIDTH`).
+    pub rpc_link_bandwidth_bytes_per_s: Option<u64>,
 }
 
 /// What the supervisor does when a re-plan finds that another model fits better than the
@@ -485,9 +492,28 @@ impl Config {
                 ));
             }
         }
-        for w in &self.backends.llamacpp.rpc_workers {
+        for (i, w) in self.backends.llamacpp.rpc_workers.iter().enumerate() {
             ggml_rpc_probe::check_endpoint(w)
                 .map_err(|e| invalid(format!("backends.llamacpp.rpc_workers: {e}")))?;
+            if self.backends.llamacpp.rpc_workers[..i].contains(w) {
+                return Err(invalid(format!(
+                    "backends.llamacpp.rpc_workers names {w} twice: an rpc-server serves one \
+                     client, so each worker is listed once"
+                )));
+            }
+        }
+        if let Some(ms) = self.backends.llamacpp.rpc_link_latency_ms {
+            if !(ms.is_finite() && (0.0..=10_000.0).contains(&ms)) {
+                return Err(invalid(format!(
+                    "backends.llamacpp.rpc_link_latency_ms must be 0 to 10000 milliseconds, got {ms}"
+                )));
+            }
+        }
+        if self.backends.llamacpp.rpc_link_bandwidth_bytes_per_s == Some(0) {
+            return Err(invalid(
+                "backends.llamacpp.rpc_link_bandwidth_bytes_per_s must be more than 0 bytes/s"
+                    .into(),
+            ));
         }
         if !self.backends.llamacpp.rpc_workers.is_empty()
             && self.plugins.isolation == Isolation::InProcess
@@ -635,6 +661,41 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("needs plugins.isolation = \"process\""), "{e}");
+        let e = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"h:1\", \"g:2\", \"h:1\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rpc_workers names h:1 twice"), "{e}");
+        let e = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"127.0.0.1:99999\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("port 99999 is not a TCP port (1 to 65535)") && !e.contains("IPv6"),
+            "{e}"
+        );
+        let c = Config::parse(
+            "[backends.llamacpp]\nrpc_workers = [\"h:1\"]\nrpc_link_latency_ms = 0.5\n\
+             rpc_link_bandwidth_bytes_per_s = 1250000000\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.backends.llamacpp.rpc_link_latency_ms, Some(0.5));
+        assert_eq!(
+            c.backends.llamacpp.rpc_link_bandwidth_bytes_per_s,
+            Some(1_250_000_000)
+        );
+        let e = Config::parse(
+            "[backends.llamacpp]\nrpc_link_latency_ms = -1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rpc_link_latency_ms must be 0 to 10000"), "{e}");
         let e = Config::parse("[backends.llamacpp]\nworkers = []\n", Path::new("x.toml"))
             .unwrap_err()
             .to_string();

@@ -174,6 +174,10 @@ pub struct Status {
     /// The `[[remote]]` serving the resident model, with its last health check (`None` for a
     /// local model).
     pub remote: Option<crate::backend::remote::RemoteView>,
+    /// The layers of the resident llama.cpp model on each worker it serves from, as r1d plans
+    /// llama.cpp's split ([`crate::planner::worker_layers`] over the workers' last answered free
+    /// memory); empty without such a model.
+    pub rpc_layers: Vec<(String, u32)>,
 }
 
 /// The `[[remote]]` side of a plan ([`Control::plan_with_remotes`]).
@@ -528,7 +532,33 @@ impl Control {
             planned: supervisor.and_then(|s| s.planned()),
             resident: crate::hardware::memory::resident_with(self.engine.worker_pid()),
             rpc_workers: self.rpc.workers(),
+            rpc_layers: self.rpc_layers(),
         }
+    }
+
+    /// [`Status::rpc_layers`].
+    fn rpc_layers(&self) -> Vec<(String, u32)> {
+        let snap = self.engine.snapshot();
+        let (Some((info, backend)), Some(spec)) = (&snap.model, &snap.spec) else {
+            return Vec::new();
+        };
+        if backend != "llamacpp" {
+            return Vec::new();
+        }
+        let serving: Vec<String> = self
+            .rpc
+            .workers()
+            .into_iter()
+            .filter(|w| w.state == crate::hardware::rpc::RpcState::Serving)
+            .map(|w| w.endpoint)
+            .collect();
+        let hosts: Vec<crate::hardware::RpcHost> = self
+            .rpc
+            .hosts()
+            .into_iter()
+            .filter(|h| serving.contains(&h.endpoint))
+            .collect();
+        crate::planner::worker_layers(info.layers, spec.params.gpu_layers, &hosts, &[])
     }
 
     /// Shows `rpc`'s workers in [`Control::status`].
@@ -547,15 +577,18 @@ impl Control {
         self.host.dir()
     }
 
-    /// Probes the hardware now (file reads, NVML, perhaps the bandwidth measurement).
+    /// Probes the hardware now (file reads, NVML, perhaps the bandwidth measurement), with the
+    /// RPC workers as the watch last found them.
     ///
     /// # Errors
     /// [`ControlError::Probe`], or [`ControlError::Internal`] when the probe thread failed.
     pub async fn hardware(&self) -> Result<crate::hardware::Hardware, ControlError> {
         let probe = self.planner.probe.clone();
-        blocking("the hardware probe", move || probe.run())
+        let mut hw = blocking("the hardware probe", move || probe.run())
             .await?
-            .map_err(|e| ControlError::Probe(e.to_string()))
+            .map_err(|e| ControlError::Probe(e.to_string()))?;
+        hw.rpc_workers = self.rpc.hosts();
+        Ok(hw)
     }
 
     /// The plan for this machine as it is now, by the `[planner]` policy.

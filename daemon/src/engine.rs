@@ -1384,6 +1384,7 @@ impl Worker {
                     header.as_ref(),
                     &spec.params,
                     self.parallel_for(&spec),
+                    backend.offloads_to_rpc(),
                 )
                 .map_err(|message| BackendError::Call {
                     backend: backend.name().to_owned(),
@@ -2043,7 +2044,13 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
             return Err(format!("failed to load model {}: {why}", path.display()));
         }
         if let Ok(header) = &header {
-            check_memory_bound(backend.name(), Some(header), &spec.params, parallel)?;
+            check_memory_bound(
+                backend.name(),
+                Some(header),
+                &spec.params,
+                parallel,
+                backend.offloads_to_rpc(),
+            )?;
             let gpus = backend
                 .probe_report()
                 .devices
@@ -2066,7 +2073,9 @@ fn precheck(host: &PluginHost, spec: &LoadSpec, parallel: u32) -> Result<(), Str
 /// (llama.cpp's `llama_kv_cache` layout). Other backends, files without those keys, a load without
 /// a context length and DeepSeek's MLA (`deepseek2`, cached in its compressed form) are not
 /// checked here: the planner's figures cover them. `header` is the file's, read by the caller
-/// (`None`: not a readable GGUF, nothing to check).
+/// (`None`: not a readable GGUF, nothing to check). With RPC workers (`rpc`), only the share of
+/// the layers that stays here counts ([`local_share`]): a model split across hosts need not fit
+/// this machine's RAM.
 ///
 /// # Errors
 /// The reason, naming the sequences, context length, KV bytes and the memory limit.
@@ -2075,6 +2084,7 @@ fn check_memory_bound(
     header: Option<&gguf_header::Header>,
     params: &LoadParams,
     parallel: u32,
+    rpc: bool,
 ) -> Result<(), String> {
     if backend != "llamacpp" {
         return Ok(());
@@ -2106,8 +2116,14 @@ fn check_memory_bound(
         _ => (2, 1),
     };
     let tokens = u64::from(parallel) * u64::from(context);
-    let kv = (layers * kv_heads * (key + value)).saturating_mul(tokens) * num / den;
-    let weights = std::fs::metadata(path).map_or(0, |m| m.len());
+    let share = if rpc {
+        local_share(layers, params.gpu_layers)
+    } else {
+        1.0
+    };
+    let kv = ((layers * kv_heads * (key + value)).saturating_mul(tokens) * num / den) as f64;
+    let kv = (kv * share) as u64;
+    let weights = (std::fs::metadata(path).map_or(0, |m| m.len()) as f64 * share) as u64;
     let probe = crate::hardware::Probe::this_machine(PathBuf::new(), None);
     let Ok(memory) = crate::hardware::memory::probe(&probe) else {
         return Ok(());
@@ -2130,6 +2146,15 @@ fn check_memory_bound(
         ));
     }
     Ok(())
+}
+
+/// The share of a model of `blocks` blocks that stays on this machine when `gpu_layers` of its
+/// `blocks + 1` layers (llama.cpp's count: the output head is one) go to other devices (`None`:
+/// all of them, the llama.cpp plugin's default when a worker is attached). Pure.
+fn local_share(blocks: u64, gpu_layers: Option<u32>) -> f64 {
+    let all = blocks + 1;
+    let away = gpu_layers.map_or(all, |g| u64::from(g).min(all));
+    (all - away) as f64 / all as f64
 }
 
 /// Refuses GPU layers whose weights alone exceed the memory of the backend's GPUs (`gpus`: name
@@ -2216,6 +2241,14 @@ mod tests {
             0,
         );
         gguf_header::read_bytes(&bytes, "model").unwrap()
+    }
+
+    #[test]
+    fn only_the_layers_kept_here_count_against_this_machines_ram_with_rpc_workers() {
+        assert_eq!(super::local_share(30, Some(20)), 11.0 / 31.0);
+        assert_eq!(super::local_share(30, Some(0)), 1.0);
+        assert_eq!(super::local_share(30, Some(99)), 0.0);
+        assert_eq!(super::local_share(80, None), 0.0);
     }
 
     #[test]

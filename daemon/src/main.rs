@@ -78,7 +78,8 @@ struct Args {
 /// One-shot commands that need no running daemon.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Print this machine's hardware profile (CPU, RAM within the cgroup, disk, GPUs, bandwidth).
+    /// Print this machine's hardware profile (CPU, RAM within the cgroup, disk, GPUs, bandwidth,
+    /// the config's RPC workers that answer).
     Hardware {
         /// Print the profile as JSON (the input format of `r1d plan --hardware`).
         #[arg(long)]
@@ -283,6 +284,16 @@ async fn serve() -> anyhow::Result<()> {
     let store = r1d::store::Store::new(&config, mode, probe.clone());
     store.set_estimator(estimator(host.clone(), r1d::paths::estimate_cache(mode)));
     store.set_remotes(remotes.clone());
+    // The RPC workers, probed once now (in parallel) so the first plan knows them.
+    let engine_for_rpc = Arc::new(std::sync::OnceLock::new());
+    let rpc = {
+        let config = config.clone();
+        let engine = engine_for_rpc.clone();
+        tokio::task::spawn_blocking(move || rpc_watch(&config, engine))
+            .await
+            .context("the rpc worker watch failed to start")?
+    };
+    store.set_rpc_watch(rpc.clone());
     let mut start =
         r1d::supervisor::Start::choose(&store, load_spec(&args, &config), config_error).await;
     // What the file says against the configured load (a directory that is no model, a context
@@ -412,10 +423,8 @@ async fn serve() -> anyhow::Result<()> {
         Some(store.clone()),
         Some(supervisor.clone()),
     )
-    .with_rpc_watch(rpc_watch(
-        &config.backends.llamacpp.rpc_workers,
-        engine.clone(),
-    ));
+    .with_rpc_watch(rpc);
+    let _ = engine_for_rpc.set(engine.clone());
     // D-Bus (org.r1d.R1) beside HTTP, on the same engine; a missing bus is a warning.
     r1d::api::dbus::spawn(r1d::api::dbus::Options {
         bus: if args.no_dbus {
@@ -607,7 +616,16 @@ fn one_shot(
             .context("failed to probe this machine's hardware")
     };
     let text = match command {
-        Command::Hardware { json } => report::hardware(&probe_here()?, *json)?,
+        Command::Hardware { json } => {
+            let mut hw = probe_here()?;
+            // The RPC workers of the config, asked now: a profile `r1d plan --hardware` reads.
+            hw.rpc_workers = r1d::hardware::rpc::RpcWatch::once(
+                &config.backends.llamacpp.rpc_workers,
+                rpc_link(config),
+            )
+            .hosts();
+            report::hardware(&hw, *json)?
+        }
         Command::Plan {
             hardware,
             json,
@@ -644,6 +662,13 @@ fn one_shot(
                     }
                     let entries = store.scan();
                     let present = store.present(&entries, &config.planner);
+                    // The RPC workers of the config, asked now.
+                    let mut hw = hw;
+                    hw.rpc_workers = r1d::hardware::rpc::RpcWatch::once(
+                        &config.backends.llamacpp.rpc_workers,
+                        rpc_link(config),
+                    )
+                    .hosts();
                     (hw, present, entries, store.searched())
                 }
             };
@@ -698,17 +723,34 @@ impl StopSignals {
     }
 }
 
-/// Watches the llama.cpp RPC workers (`hardware::rpc`) and loads the resident llama.cpp model
-/// again when one it may use vanished while no answer runs (an answer that runs meets the broken
-/// connection itself: its worker process ends and the engine's crash recovery loads again), or
-/// when a vanished one is back: the plugin uses the workers that answer at load time.
-fn rpc_watch(endpoints: &[String], engine: Engine) -> r1d::hardware::rpc::RpcWatch {
+/// `[backends.llamacpp]`'s link settings for the planner (`hardware::rpc::RpcWatch::hosts`).
+fn rpc_link(config: &Config) -> (Option<f64>, Option<u64>) {
+    (
+        config.backends.llamacpp.rpc_link_latency_ms,
+        config.backends.llamacpp.rpc_link_bandwidth_bytes_per_s,
+    )
+}
+
+/// Watches the llama.cpp RPC workers (`hardware::rpc`) — their free memory is what the planner
+/// splits a model across — and loads the resident llama.cpp model again when one it may use
+/// vanished while no answer runs (an answer that runs meets the broken connection itself: its
+/// worker process ends and the engine's crash recovery loads again), or when a vanished one is
+/// back: the plugin uses the workers that answer at load time. Started before the engine (the
+/// first plan needs the workers), which `engine` receives once it runs.
+fn rpc_watch(
+    config: &Config,
+    engine: Arc<std::sync::OnceLock<Engine>>,
+) -> r1d::hardware::rpc::RpcWatch {
     use r1d::hardware::rpc::{RpcChange, RpcWatch};
     let runtime = tokio::runtime::Handle::current();
     RpcWatch::start(
-        endpoints,
+        &config.backends.llamacpp.rpc_workers,
+        rpc_link(config),
         std::time::Duration::from_secs(2),
         move |change| {
+            let Some(engine) = engine.get() else {
+                return;
+            };
             let snap = engine.snapshot();
             let Some(spec) = snap.spec.clone() else {
                 return;

@@ -174,6 +174,38 @@ pub struct Candidate {
     /// [`SPEED_KEEP`] / [`SPEED_UPGRADE`] when the plan was made while a model is served
     /// ([`plan_serving`]).
     pub fast_enough: bool,
+    /// Where the layers go, per host: this machine's CPU first, then its GPUs that hold layers,
+    /// then each RPC worker that holds layers. The layers add up to `total_layers`; the bytes
+    /// to `ram_bytes` + Σ `vram_bytes` + what the workers hold.
+    pub hosts: Vec<HostShare>,
+    /// Seconds per generated token spent crossing host boundaries (see [`network_seconds`]);
+    /// 0 when every layer stays on this machine. Included in `tokens_per_s`.
+    pub network_s_per_token: f64,
+}
+
+/// A host (or one of this machine's devices) in a [`Candidate`]'s split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// This machine's CPU and RAM (the token embedding, the blocks not offloaded, r1d's own
+    /// overhead).
+    Cpu,
+    /// One of this machine's GPUs (index in the hardware's GPU order).
+    Gpu(usize),
+    /// An RPC worker, `HOST:PORT`: all its devices together.
+    Worker(String),
+}
+
+/// What one host holds of a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostShare {
+    /// The host.
+    pub host: Host,
+    /// Layers on it, counted as llama.cpp's `n_gpu_layers` counts them (blocks, and the output
+    /// head as one more layer where it lies).
+    pub layers: u32,
+    /// Memory it needs for them (bytes): RAM for [`Host::Cpu`] (as `ram_bytes`), VRAM for a GPU
+    /// (as `vram_bytes`), device memory for a worker (weights, KV cache, compute buffer).
+    pub bytes: u64,
 }
 
 /// The plan: every candidate, and the chosen one.
@@ -219,6 +251,14 @@ pub struct Upgrade {
     pub candidate: Candidate,
 }
 
+impl Candidate {
+    /// Every layer on this machine's GPUs (none on its CPU, none on an RPC worker).
+    pub fn all_on_gpu(&self) -> bool {
+        self.gpu_layers == self.total_layers
+            && !self.hosts.iter().any(|h| matches!(h.host, Host::Worker(_)))
+    }
+}
+
 impl Plan {
     /// The chosen candidate.
     pub fn chosen(&self) -> Option<&Candidate> {
@@ -234,6 +274,8 @@ struct Placement {
     vram_bytes: Vec<u64>,
     tokens_per_s: f64,
     description: String,
+    hosts: Vec<HostShare>,
+    network_s_per_token: f64,
 }
 
 /// Decimal gigabytes, one digit: how model sizes are quoted.
@@ -370,6 +412,16 @@ fn place(
             n + 1
         )
     };
+    let mut hosts = vec![HostShare {
+        host: Host::Cpu,
+        layers: n + 1 - gpu_layers,
+        bytes: ram_bytes,
+    }];
+    hosts.extend(used.iter().map(|&i| HostShare {
+        host: Host::Gpu(i),
+        layers: layers[i] + u32::from(output_on == Some(i)),
+        bytes: vram_bytes[i],
+    }));
     Placement {
         gpu_layers,
         ram_bytes,
@@ -377,7 +429,282 @@ fn place(
         vram_bytes,
         tokens_per_s,
         description,
+        hosts,
+        network_s_per_token: 0.0,
     }
+}
+
+/// llama.cpp's layer split (`llama_model::load_tensors` in src/llama-model.cpp, llama-cpp-sys-2
+/// 0.1.161): the device each of the `gpu_layers` offloaded layers goes to, first offloaded layer
+/// first, the output head last. The offloaded layers are the last `gpu_layers` of the
+/// `blocks + 1` (blocks, then the output head); `split` is each device's share in llama.cpp's
+/// device order (its default `tensor_split` is each device's free memory, bytes). Computed in
+/// `f32` as llama.cpp does (cumulative shares normalized, `upper_bound` of `j / gpu_layers`), so
+/// the same inputs give llama.cpp's own assignment. Pure.
+pub fn split_layers(blocks: u32, gpu_layers: u32, split: &[u64]) -> Vec<usize> {
+    if split.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<f32> = split.iter().map(|&b| b as f32).collect();
+    let mut sum = 0.0f32;
+    for p in &mut points {
+        sum += *p;
+        *p = sum;
+    }
+    for p in &mut points {
+        *p /= sum;
+    }
+    let act = gpu_layers.min(blocks + 1);
+    (0..act)
+        .map(|j| {
+            let x = j as f32 / act as f32;
+            points.partition_point(|&p| p <= x).min(points.len() - 1)
+        })
+        .collect()
+}
+
+/// The layers per RPC worker of a load of a model with `blocks` blocks and `gpu_layers`
+/// offloaded (llama.cpp's `n_gpu_layers`; `None`: all, the plugin's default with a worker) on
+/// `workers` and then this machine's `gpus`: [`split_layers`] over their devices' free memory, as
+/// llama.cpp splits them at load. Each worker that gets layers, in order, with its count. Pure.
+pub fn worker_layers(
+    blocks: u32,
+    gpu_layers: Option<u32>,
+    workers: &[crate::hardware::RpcHost],
+    gpus: &[crate::hardware::Gpu],
+) -> Vec<(String, u32)> {
+    let mut owners: Vec<Option<&str>> = Vec::new();
+    let mut free = Vec::new();
+    for w in workers {
+        for &f in &w.devices_free_bytes {
+            owners.push(Some(&w.endpoint));
+            free.push(f);
+        }
+    }
+    for g in gpus {
+        owners.push(None);
+        free.push(g.vram_free_bytes);
+    }
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for d in split_layers(blocks, gpu_layers.unwrap_or(u32::MAX), &free) {
+        let Some(endpoint) = owners[d] else {
+            continue;
+        };
+        match out.iter_mut().find(|(e, _)| e == endpoint) {
+            Some((_, n)) => *n += 1,
+            None => out.push((endpoint.to_owned(), 1)),
+        }
+    }
+    out
+}
+
+/// Seconds per generated token spent on the network for layers split across hosts: each run of
+/// consecutive layers on one RPC worker is one graph computation there, so per token one round
+/// trip (ggml's RPC client sends the input activations, the compute and the read of the result
+/// asynchronously and waits once, `rpc_dispatcher::synchronize` in ggml-rpc.cpp) and the bytes of
+/// the activations in (`hidden_size` × 4 bytes, f32) and out (the same, or the logits,
+/// `vocab_size` × 4 bytes, when the run ends with the output head). `runs`: for each such run,
+/// its link and whether it holds the output head. Pure.
+pub fn network_seconds(v: &Variant, runs: &[(crate::hardware::Link, bool)]) -> f64 {
+    runs.iter()
+        .map(|(link, output)| {
+            let into = 4.0 * f64::from(v.hidden_size);
+            let out = 4.0 * f64::from(if *output { v.vocab_size } else { v.hidden_size });
+            link.round_trip_s + (into + out) / link.bandwidth_bytes_per_s.max(1) as f64
+        })
+        .sum()
+}
+
+/// Places `v` at `q` across this machine and the RPC workers of `hw` when it does not fit this
+/// machine alone: `gpu_layers` is the least number of layers whose llama.cpp split
+/// ([`split_layers`] over the workers' devices, then this machine's GPUs, by free memory — the
+/// split llama.cpp makes at load) fits every device (its free memory less the policy's reserve
+/// on a worker) and leaves what stays on this machine within its available RAM. `None` when no
+/// such number exists or there are no workers.
+fn place_split(
+    v: &Variant,
+    q: &Quantization,
+    hw: &Hardware,
+    policy: &Policy,
+    ctx: u32,
+    sequences: u32,
+) -> Option<Placement> {
+    if hw.rpc_workers.is_empty() {
+        return None;
+    }
+    let f = v.footprint(q, ctx.saturating_mul(sequences.max(1)));
+    let read = v.footprint(q, ctx);
+    let per_layer = f.layer_weights + f.layer_kv;
+    let n = v.layers;
+    // llama.cpp's device list: the RPC devices first (workers in registration order), then the
+    // local GPUs; `free` is what llama.cpp splits by, `room` what may be filled.
+    struct Dev {
+        owner: Host,
+        worker: Option<usize>,
+        free: u64,
+        fixed: u64,
+        room: u64,
+        bandwidth: f64,
+    }
+    let mut devs = Vec::new();
+    for (w, host) in hw.rpc_workers.iter().enumerate() {
+        for &free in &host.devices_free_bytes {
+            devs.push(Dev {
+                owner: Host::Worker(host.endpoint.clone()),
+                worker: Some(w),
+                free,
+                fixed: f.compute,
+                room: free.saturating_sub(policy.reserve_ram_bytes),
+                bandwidth: host.bandwidth_bytes_per_s.unwrap_or(DEFAULT_CPU_BANDWIDTH) as f64
+                    * CPU_EFFICIENCY,
+            });
+        }
+    }
+    for (i, g) in hw.gpus.iter().enumerate() {
+        devs.push(Dev {
+            owner: Host::Gpu(i),
+            worker: None,
+            free: g.vram_free_bytes,
+            fixed: f.compute + GPU_RUNTIME_OVERHEAD,
+            room: g.vram_free_bytes,
+            bandwidth: g.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64
+                * GPU_EFFICIENCY,
+        });
+    }
+    let split: Vec<u64> = devs.iter().map(|d| d.free).collect();
+    let repacks = hw.cpu.features.iter().any(|f| f == "avx2" || f == "i8mm");
+    let per_cpu_layer = per_layer + if repacks { f.layer_repack } else { 0 };
+    let available = hw.memory.available_bytes;
+    for gpu_layers in 1..=n + 1 {
+        let assigned = split_layers(n, gpu_layers, &split);
+        let on_cpu = n + 1 - gpu_layers;
+        let mut blocks = vec![0u64; devs.len()];
+        let output_on = *assigned.last()?;
+        for &d in &assigned[..assigned.len() - 1] {
+            blocks[d] += 1;
+        }
+        let bytes: Vec<u64> = (0..devs.len())
+            .map(|d| {
+                let output = if d == output_on { f.output } else { 0 };
+                if blocks[d] == 0 && output == 0 {
+                    0
+                } else {
+                    blocks[d] * per_layer + output + devs[d].fixed
+                }
+            })
+            .collect();
+        let ram_bytes = f.token_embedding
+            + u64::from(on_cpu) * per_cpu_layer
+            + if on_cpu > 0 { f.compute } else { 0 }
+            + HOST_OVERHEAD;
+        if ram_bytes + policy.reserve_ram_bytes > available
+            || (0..devs.len()).any(|d| bytes[d] > devs[d].room)
+        {
+            continue;
+        }
+        // Speed: what each device reads per token, and the network between the hosts.
+        let active = v.active_parameters as f64 / v.parameters as f64;
+        let read_per_layer = read.layer_weights as f64 * active + read.layer_kv as f64 / 2.0;
+        let cpu_bw = hw
+            .memory
+            .bandwidth_bytes_per_s
+            .unwrap_or(DEFAULT_CPU_BANDWIDTH) as f64
+            * CPU_EFFICIENCY;
+        let mut seconds = f64::from(on_cpu) * read_per_layer / cpu_bw;
+        for d in 0..devs.len() {
+            let output = if d == output_on { f.output as f64 } else { 0.0 };
+            seconds += (blocks[d] as f64 * read_per_layer + output) / devs[d].bandwidth;
+        }
+        // Runs of consecutive layers on one worker (its devices together).
+        let mut runs: Vec<(crate::hardware::Link, bool)> = Vec::new();
+        let mut last: Option<usize> = None;
+        for (j, &d) in assigned.iter().enumerate() {
+            let worker = devs[d].worker;
+            let output = j + 1 == assigned.len();
+            if let Some(w) = worker {
+                if last == Some(w) {
+                    if let Some(run) = runs.last_mut() {
+                        run.1 |= output;
+                    }
+                } else {
+                    runs.push((hw.rpc_workers[w].link, output));
+                }
+            }
+            last = worker;
+        }
+        let network = network_seconds(v, &runs);
+        seconds += network;
+
+        let mut hosts = vec![HostShare {
+            host: Host::Cpu,
+            layers: on_cpu,
+            bytes: ram_bytes,
+        }];
+        let mut vram_bytes = vec![0u64; hw.gpus.len()];
+        for d in 0..devs.len() {
+            if bytes[d] == 0 {
+                continue;
+            }
+            let layers = blocks[d] as u32 + u32::from(d == output_on);
+            if let Host::Gpu(i) = devs[d].owner {
+                vram_bytes[i] += bytes[d];
+            }
+            match hosts.iter_mut().find(|h| h.host == devs[d].owner) {
+                Some(h) => {
+                    h.layers += layers;
+                    h.bytes += bytes[d];
+                }
+                None => hosts.push(HostShare {
+                    host: devs[d].owner.clone(),
+                    layers,
+                    bytes: bytes[d],
+                }),
+            }
+        }
+        let remote: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| match &h.host {
+                Host::Worker(e) => Some(format!("{} on {e}", h.layers)),
+                _ => None,
+            })
+            .collect();
+        let description = format!(
+            "{gpu_layers} of {} layers on other devices ({}), {on_cpu} on the CPU, \
+             {:.1} ms/token on the network",
+            n + 1,
+            remote.join(", "),
+            network * 1000.0
+        );
+        return Some(Placement {
+            gpu_layers,
+            ram_bytes,
+            memory_source: MemorySource::Formula,
+            vram_bytes,
+            tokens_per_s: 1.0 / seconds,
+            description,
+            hosts,
+            network_s_per_token: network,
+        });
+    }
+    None
+}
+
+/// [`place`] on this machine, or across the RPC workers ([`place_split`]) when that does not fit
+/// its RAM and a split does: a model that fits this machine stays on it (RPC is not for speed).
+fn place_any(
+    v: &Variant,
+    q: &Quantization,
+    hw: &Hardware,
+    policy: &Policy,
+    ctx: u32,
+    sequences: u32,
+    estimate: Option<&BackendEstimate>,
+) -> Placement {
+    let local = place(v, q, hw, policy, ctx, sequences, estimate);
+    if local.ram_bytes + policy.reserve_ram_bytes <= hw.memory.available_bytes {
+        return local;
+    }
+    place_split(v, q, hw, policy, ctx, sequences).unwrap_or(local)
 }
 
 /// Plans every variant × quantization for `hw` under `policy`; `present` lists the model files
@@ -576,7 +903,7 @@ fn plan_here(
                 m.variant.eq_ignore_ascii_case(v.id) && m.quantization.eq_ignore_ascii_case(q.name)
             });
             let estimate = file.and_then(|m| m.estimate.as_ref());
-            let p = place(
+            let p = place_any(
                 v,
                 q,
                 hw,
@@ -589,7 +916,7 @@ fn plan_here(
                 (2..=DEFAULT_PARALLEL)
                     .rev()
                     .find(|&n| {
-                        let more = place(v, q, hw, policy, ctx, n, estimate);
+                        let more = place_any(v, q, hw, policy, ctx, n, estimate);
                         more.gpu_layers == p.gpu_layers
                             && more.ram_bytes + policy.reserve_ram_bytes
                                 <= hw.memory.available_bytes
@@ -599,7 +926,7 @@ fn plan_here(
             // The memory figures are what the load holds: every sequence's KV cache (the extra
             // ones were found to fit beside the one-answer placement, which stays the same).
             let p = if policy.sequences.is_none() && parallel > 1 {
-                place(v, q, hw, policy, ctx, parallel, estimate)
+                place_any(v, q, hw, policy, ctx, parallel, estimate)
             } else {
                 p
             };
@@ -623,8 +950,16 @@ fn plan_here(
                 ))
             } else if ram_need > available {
                 let short = ram_need - available;
+                let workers = if hw.rpc_workers.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; no split across the {} RPC worker(s) fits either",
+                        hw.rpc_workers.len()
+                    )
+                };
                 let text = format!(
-                    "needs {} RAM ({} + {} reserve; {}), {} available: {} short",
+                    "needs {} RAM ({} + {} reserve; {}), {} available: {} short{workers}",
                     gb(ram_need),
                     gb(p.ram_bytes),
                     gb(reserve),
@@ -681,19 +1016,15 @@ fn plan_here(
                 present: is_present,
                 memory_source: p.memory_source,
                 fast_enough,
+                hosts: p.hosts,
+                network_s_per_token: p.network_s_per_token,
             });
         }
     }
 
     // Variant first; within a variant, running entirely on the GPU beats a higher quantization
     // that spills layers to the CPU (Q5→Q6 changes little, a spill costs a large share of speed).
-    let quality = |c: &Candidate| {
-        (
-            c.variant.quality,
-            c.gpu_layers == c.total_layers,
-            c.quantization.quality,
-        )
-    };
+    let quality = |c: &Candidate| (c.variant.quality, c.all_on_gpu(), c.quantization.quality);
     // While a model is served, its speed test has hysteresis (see SPEED_KEEP): it stays fast
     // enough down to SPEED_KEEP × the minimum, and a candidate the ranking puts above it must
     // reach SPEED_UPGRADE × the minimum. Placements do not depend on the bandwidth, so neither
@@ -828,6 +1159,7 @@ mod tests {
             }),
             gpus,
             vulkan: Vec::new(),
+            rpc_workers: Vec::new(),
         }
     }
 
@@ -1571,5 +1903,202 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn worker(endpoint: &str, free: u64) -> crate::hardware::RpcHost {
+        crate::hardware::RpcHost {
+            endpoint: endpoint.into(),
+            devices_free_bytes: vec![free],
+            bandwidth_bytes_per_s: None,
+            link: crate::hardware::Link::default(),
+        }
+    }
+
+    /// A 24 GB host, no GPU, and two workers with 32 GB each.
+    fn host_and_two_workers() -> Hardware {
+        let mut hw = machine(8, 24, 50, Vec::new());
+        hw.memory.total_bytes = 24 * GB;
+        hw.memory.available_bytes = 22 * GB;
+        hw.rpc_workers = vec![
+            worker("10.0.0.2:50052", 32 * GB),
+            worker("10.0.0.3:50052", 32 * GB),
+        ];
+        hw
+    }
+
+    fn seventy_b() -> Policy {
+        Policy {
+            variant: Some("deepseek-r1:70b".into()),
+            min_tokens_per_s: 0.0,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn llama_cpps_split_by_free_memory_is_reproduced() {
+        // Two equal devices, 21 offloaded layers (20 blocks and the output head): 11 and 10,
+        // the output head on the last.
+        let d = split_layers(30, 21, &[8 * GB, 8 * GB]);
+        assert_eq!(d.len(), 21);
+        assert_eq!(d.iter().filter(|&&x| x == 0).count(), 11);
+        assert_eq!(*d.last().unwrap(), 1);
+        // In proportion to free memory, in order, and never more than the layers there are.
+        let d = split_layers(80, 200, &[3 * GB, GB]);
+        assert_eq!(d.len(), 81);
+        assert_eq!(d.iter().filter(|&&x| x == 0).count(), 61);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]));
+        assert!(split_layers(10, 5, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_loads_layers_per_worker_follow_llama_cpps_split() {
+        let workers = [worker("a:1", 8 * GB), worker("b:2", 8 * GB)];
+        // SmolLM2: 30 blocks, 20 offloaded: 10 and 10 (the second with the output head).
+        assert_eq!(
+            worker_layers(30, Some(20), &workers, &[]),
+            [("a:1".to_owned(), 10), ("b:2".to_owned(), 10)]
+        );
+        // All (the default with a worker): 31 layers, 16 and 15.
+        assert_eq!(
+            worker_layers(30, None, &workers, &[]),
+            [("a:1".to_owned(), 16), ("b:2".to_owned(), 15)]
+        );
+        assert!(worker_layers(30, Some(0), &workers, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_70b_that_does_not_fit_a_24_gb_host_is_split_across_two_32_gb_workers() {
+        let hw = host_and_two_workers();
+        let plan = plan(&hw, &[], &seventy_b());
+        let c = find(&plan, "deepseek-r1:70b", "Q4_K_M");
+        assert!(c.fits, "{}", c.reason);
+        let local_alone = {
+            let mut alone = hw.clone();
+            alone.rpc_workers.clear();
+            let p = super::plan(&alone, &[], &seventy_b());
+            find(&p, "deepseek-r1:70b", "Q4_K_M").fits
+        };
+        assert!(!local_alone, "the 70B Q4_K_M must not fit the host alone");
+        // Per host: the CPU, then both workers; layers add up to all of them, bytes to the RAM
+        // plus what each worker holds.
+        let names: Vec<&Host> = c.hosts.iter().map(|h| &h.host).collect();
+        assert_eq!(
+            names,
+            [
+                &Host::Cpu,
+                &Host::Worker("10.0.0.2:50052".into()),
+                &Host::Worker("10.0.0.3:50052".into())
+            ]
+        );
+        assert_eq!(
+            c.hosts.iter().map(|h| h.layers).sum::<u32>(),
+            c.total_layers
+        );
+        assert_eq!(c.hosts[0].layers, c.total_layers - c.gpu_layers);
+        assert_eq!(c.hosts[0].bytes, c.ram_bytes);
+        assert!(c.ram_bytes + Policy::default().reserve_ram_bytes <= hw.memory.available_bytes);
+        let f = c
+            .variant
+            .footprint(c.quantization, c.context_length * c.parallel);
+        let worker_bytes: u64 = c.hosts[1..].iter().map(|h| h.bytes).sum();
+        let on_workers = c.gpu_layers - 1; // blocks; the output head is the last worker's
+        assert_eq!(
+            worker_bytes,
+            u64::from(on_workers) * (f.layer_weights + f.layer_kv) + f.output + 2 * f.compute
+        );
+        for h in &c.hosts[1..] {
+            assert!(
+                h.bytes + Policy::default().reserve_ram_bytes <= 32 * GB,
+                "{h:?}"
+            );
+        }
+        // The least that fits: one layer fewer on the workers leaves too much on the host.
+        let per_cpu_layer = f.layer_weights + f.layer_kv + f.layer_repack;
+        assert!(
+            c.ram_bytes + per_cpu_layer + Policy::default().reserve_ram_bytes
+                > hw.memory.available_bytes
+        );
+        // The two equal workers split as llama.cpp does.
+        assert_eq!([c.hosts[1].layers, c.hosts[2].layers], {
+            let d = split_layers(c.variant.layers, c.gpu_layers, &[32 * GB, 32 * GB]);
+            [
+                d.iter().filter(|&&x| x == 0).count() as u32,
+                d.iter().filter(|&&x| x == 1).count() as u32,
+            ]
+        });
+    }
+
+    #[test]
+    fn a_model_that_fits_this_machine_stays_on_it_beside_workers() {
+        let hw = host_and_two_workers();
+        let plan = plan(
+            &hw,
+            &[],
+            &Policy {
+                min_tokens_per_s: 0.0,
+                ..Policy::default()
+            },
+        );
+        let local = find(&plan, "deepseek-r1:7b", "Q4_K_M");
+        assert!(local.fits, "{}", local.reason);
+        assert_eq!(local.hosts.len(), 1, "{:?}", local.hosts);
+        assert_eq!(local.hosts[0].host, Host::Cpu);
+        assert_eq!(local.network_s_per_token, 0.0);
+        assert_eq!(local.gpu_layers, 0);
+        let mut alone = hw.clone();
+        alone.rpc_workers.clear();
+        let p = super::plan(
+            &alone,
+            &[],
+            &Policy {
+                min_tokens_per_s: 0.0,
+                ..Policy::default()
+            },
+        );
+        assert_eq!(find(&p, "deepseek-r1:7b", "Q4_K_M"), local);
+    }
+
+    #[test]
+    fn a_split_pays_the_network_per_token() {
+        let hw = host_and_two_workers();
+        let c = find(&plan(&hw, &[], &seventy_b()), "deepseek-r1:70b", "Q4_K_M").clone();
+        // Two runs of layers on workers: the first sends activations back, the second (with the
+        // output head) the logits; one round trip each.
+        let link = crate::hardware::Link::default();
+        let expected = 2.0 * link.round_trip_s
+            + (4.0 * 8192.0 * 3.0 + 4.0 * 128_256.0) / link.bandwidth_bytes_per_s as f64;
+        assert!(
+            (c.network_s_per_token - expected).abs() < 1e-12,
+            "{}",
+            c.network_s_per_token
+        );
+        // A slower link costs tokens/s by exactly the extra network time.
+        let mut slow = hw.clone();
+        for w in &mut slow.rpc_workers {
+            w.link.round_trip_s = 0.010;
+        }
+        let s = find(&plan(&slow, &[], &seventy_b()), "deepseek-r1:70b", "Q4_K_M").clone();
+        assert_eq!(s.hosts, c.hosts);
+        let extra = 2.0 * (0.010 - link.round_trip_s);
+        assert!(((1.0 / s.tokens_per_s) - (1.0 / c.tokens_per_s) - extra).abs() < 1e-9);
+        assert!(c.reason.contains("ms/token on the network"), "{}", c.reason);
+    }
+
+    #[test]
+    fn workers_too_small_leave_the_70b_out_saying_so() {
+        let mut hw = host_and_two_workers();
+        for w in &mut hw.rpc_workers {
+            w.devices_free_bytes = vec![8 * GB];
+        }
+        let plan = plan(&hw, &[], &seventy_b());
+        let c = find(&plan, "deepseek-r1:70b", "Q4_K_M");
+        assert!(!c.fits);
+        assert!(
+            c.reason
+                .contains("no split across the 2 RPC worker(s) fits"),
+            "{}",
+            c.reason
+        );
+        assert!(c.hosts.iter().all(|h| !matches!(h.host, Host::Worker(_))));
     }
 }

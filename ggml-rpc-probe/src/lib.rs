@@ -52,6 +52,10 @@ pub struct Worker {
     pub version: (u8, u8, u8),
     /// Its devices in ggml's order (device `i` is llama.cpp's `RPCn` for that endpoint).
     pub devices: Vec<DeviceMemory>,
+    /// The shortest request–response round trip of the probe's calls after `HELLO`
+    /// (`DEVICE_COUNT`, each `GET_DEVICE_MEMORY`: a few bytes each way, so this is the link's
+    /// latency plus the worker's dispatch).
+    pub round_trip: Duration,
 }
 
 impl Worker {
@@ -64,9 +68,17 @@ impl Worker {
 /// Why a worker gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// Not `HOST:PORT` with a port 1–65535 (ggml splits at the first `:`, so no IPv6 literals).
+    /// Not `HOST:PORT` (ggml splits at the first `:`, so no IPv6 literals).
     #[error("rpc worker `{0}` is not HOST:PORT (ggml's RPC endpoints take no IPv6 literal)")]
     BadEndpoint(String),
+    /// `HOST:PORT` whose port is not a number from 1 to 65535.
+    #[error("rpc worker `{endpoint}`: port {port} is not a TCP port (1 to 65535)")]
+    BadPort {
+        /// The endpoint.
+        endpoint: String,
+        /// The port as written.
+        port: String,
+    },
     /// The host name does not resolve.
     #[error("rpc worker {endpoint}: cannot resolve the host: {source}")]
     Resolve {
@@ -119,9 +131,15 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), ProbeError> {
     if host.is_empty() || port.contains(':') {
         return Err(bad());
     }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
-        _ => Err(bad()),
+        _ => Err(ProbeError::BadPort {
+            endpoint: endpoint.to_owned(),
+            port: port.to_owned(),
+        }),
     }
 }
 
@@ -193,11 +211,14 @@ pub fn probe(endpoint: &str, timeout: Duration) -> Result<Worker, ProbeError> {
             ),
         });
     }
+    let started = std::time::Instant::now();
     let count =
         call(&mut stream, CMD_DEVICE_COUNT, &[], 4).map_err(|e| e.into_probe(endpoint, &io))?;
+    let mut round_trip = started.elapsed();
     let count = u32::from_le_bytes(count[..4].try_into().expect("4 bytes"));
     let mut devices = Vec::new();
     for device in 0..count {
+        let started = std::time::Instant::now();
         let m = call(
             &mut stream,
             CMD_GET_DEVICE_MEMORY,
@@ -209,11 +230,13 @@ pub fn probe(endpoint: &str, timeout: Duration) -> Result<Worker, ProbeError> {
             free_bytes: u64::from_le_bytes(m[..8].try_into().expect("8 bytes")),
             total_bytes: u64::from_le_bytes(m[8..16].try_into().expect("8 bytes")),
         });
+        round_trip = round_trip.min(started.elapsed());
     }
     Ok(Worker {
         endpoint: endpoint.to_owned(),
         version,
         devices,
+        round_trip,
     })
 }
 
@@ -271,10 +294,18 @@ mod tests {
     fn endpoints_are_checked_as_ggml_parses_them() {
         check_endpoint("10.0.0.2:50052").unwrap();
         check_endpoint("worker.lan:1").unwrap();
-        for bad in ["10.0.0.2", ":50052", "h:0", "h:70000", "[::1]:50052", "h:p"] {
+        for bad in ["10.0.0.2", ":50052", "[::1]:50052", "h:p", "h:", "h:-1"] {
             assert!(
                 matches!(check_endpoint(bad), Err(ProbeError::BadEndpoint(_))),
                 "{bad}"
+            );
+        }
+        // A number that is no TCP port is said to be one, without the IPv6 hint.
+        for (bad, port) in [("127.0.0.1:99999", "99999"), ("h:0", "0")] {
+            let e = check_endpoint(bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("rpc worker `{bad}`: port {port} is not a TCP port (1 to 65535)")
             );
         }
     }

@@ -153,5 +153,16 @@ fn hardware_text(p: &wire::HardwareProfile) -> String {
                 .unwrap_or_default()
         );
     }
+    for w in &p.rpc_workers {
+        s += &format!(
+            "{:<10}{} — {} device(s), {} free; link: {:.3} ms round trip, {:.0} MB/s\n",
+            "rpc",
+            w.endpoint,
+            w.devices_free_bytes.len(),
+            gb(w.devices_free_bytes.iter().sum()),
+            w.link_latency_ms.unwrap_or_default(),
+            w.link_bandwidth_bytes_per_s.unwrap_or_default() as f64 / 1e6
+        );
+    }
     s
 }

@@ -83,7 +83,19 @@ pub fn status(s: &control::Status, watch: Option<wire::WatchStatus>) -> wire::St
         upgrades: upgrades_to_wire(&s.upgrades),
         more_memory: s.more_memory.clone(),
         watch,
-        rpc_workers: s.rpc_workers.iter().map(rpc_worker).collect(),
+        rpc_workers: s
+            .rpc_workers
+            .iter()
+            .map(|w| {
+                let mut out = rpc_worker(w);
+                out.layers = s
+                    .rpc_layers
+                    .iter()
+                    .find(|(e, _)| *e == w.endpoint)
+                    .map(|(_, n)| *n);
+                out
+            })
+            .collect(),
     }
 }
 
@@ -103,9 +115,10 @@ fn rpc_worker(w: &crate::hardware::rpc::RpcWorker) -> wire::RpcWorkerStatus {
         free_bytes,
         total_bytes,
         error: match &w.state {
-            RpcState::Gone(why) => Some(why.clone()),
+            RpcState::Gone(why) | RpcState::Busy(why) => Some(why.clone()),
             _ => None,
         },
+        layers: None,
     }
 }
 
@@ -187,6 +200,18 @@ pub fn hardware_to_wire(hw: &crate::hardware::Hardware) -> wire::HardwareProfile
                 not_planned: d.not_planned.clone(),
             })
             .collect(),
+        rpc_workers: hw
+            .rpc_workers
+            .iter()
+            .map(|w| wire::RpcWorkerProfile {
+                endpoint: w.endpoint.clone(),
+                devices_free_bytes: w.devices_free_bytes.clone(),
+                free_bytes: None,
+                bandwidth_bytes_per_s: w.bandwidth_bytes_per_s,
+                link_latency_ms: Some(w.link.round_trip_s * 1000.0),
+                link_bandwidth_bytes_per_s: Some(w.link.bandwidth_bytes_per_s),
+            })
+            .collect(),
     }
 }
 
@@ -227,6 +252,30 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             })
             .collect(),
         vulkan: Vec::new(),
+        rpc_workers: p
+            .rpc_workers
+            .iter()
+            .map(|w| {
+                let defaults = crate::hardware::Link::default();
+                crate::hardware::RpcHost {
+                    endpoint: w.endpoint.clone(),
+                    devices_free_bytes: if w.devices_free_bytes.is_empty() {
+                        w.free_bytes.into_iter().collect()
+                    } else {
+                        w.devices_free_bytes.clone()
+                    },
+                    bandwidth_bytes_per_s: w.bandwidth_bytes_per_s,
+                    link: crate::hardware::Link {
+                        round_trip_s: w
+                            .link_latency_ms
+                            .map_or(defaults.round_trip_s, |ms| ms / 1000.0),
+                        bandwidth_bytes_per_s: w
+                            .link_bandwidth_bytes_per_s
+                            .unwrap_or(defaults.bandwidth_bytes_per_s),
+                    },
+                }
+            })
+            .collect(),
     }
 }
 
@@ -264,6 +313,20 @@ fn candidate_to_wire(c: &crate::planner::Candidate) -> wire::PlanCandidate {
             } => Some(formula_ram_bytes),
             crate::planner::MemorySource::Formula => None,
         },
+        hosts: c
+            .hosts
+            .iter()
+            .map(|h| wire::PlanHost {
+                host: match &h.host {
+                    crate::planner::Host::Cpu => "cpu".to_owned(),
+                    crate::planner::Host::Gpu(i) => format!("gpu {i}"),
+                    crate::planner::Host::Worker(e) => e.clone(),
+                },
+                layers: h.layers,
+                bytes: h.bytes,
+            })
+            .collect(),
+        network_ms_per_token: (c.network_s_per_token * 1e6).round() / 1e3,
         source: Some(format!(
             "hf://{}/{}",
             c.quantization.repo, c.quantization.file

@@ -195,6 +195,12 @@ pub trait Backend: Send + Sync {
         let _ = params;
         Ok(None)
     }
+
+    /// Whether its loads get RPC workers (`extra.rpc_workers`, [`PluginHost::with_load_extra`]):
+    /// offloaded layers may then leave this machine, so its RAM holds only the rest.
+    fn offloads_to_rpc(&self) -> bool {
+        false
+    }
 }
 
 /// A resident model. Owned by one thread at a time (the engine's); not shared.
@@ -309,6 +315,14 @@ impl Backend for LoadExtra {
 
     fn estimate(&self, params: &LoadParams) -> Result<Option<Estimate>, BackendError> {
         self.inner.estimate(params)
+    }
+
+    fn offloads_to_rpc(&self) -> bool {
+        self.extra
+            .get("rpc_workers")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|w| !w.is_empty())
+            || self.inner.offloads_to_rpc()
     }
 }
 

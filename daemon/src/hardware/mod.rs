@@ -157,6 +157,55 @@ pub struct Hardware {
     /// Every Vulkan device, CPU devices (lavapipe) included: for `r1d hardware` and
     /// `/r1/hardware`; only those in `gpus` are planned.
     pub vulkan: Vec<vulkan::VulkanDevice>,
+    /// llama.cpp RPC workers (`[backends.llamacpp] rpc_workers`, docs/rpc.md) that answered, in
+    /// config order: the planner may put layers on their devices when a model does not fit this
+    /// machine alone. Empty for a machine without workers.
+    pub rpc_workers: Vec<RpcHost>,
+}
+
+/// One llama.cpp `rpc-server` worker as the planner sees it: its devices' free memory (what
+/// llama.cpp splits the offloaded layers by) and the network link to it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RpcHost {
+    /// `HOST:PORT`.
+    pub endpoint: String,
+    /// Free memory of each of its devices (bytes), in ggml's device order (`ggml-rpc-probe`'s
+    /// `GET_DEVICE_MEMORY`, or a profile's figure).
+    pub devices_free_bytes: Vec<u64>,
+    /// Memory read bandwidth of its devices (bytes/s), when known (a profile may say); `None`:
+    /// the planner takes [`crate::planner::DEFAULT_CPU_BANDWIDTH`] (an `rpc-server` on a CPU).
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// The network link from this machine to it.
+    pub link: Link,
+}
+
+/// A network link to an RPC worker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// One request–response round trip (seconds): `[backends.llamacpp] rpc_link_latency_ms`, or
+    /// the measured round trip of one `GET_DEVICE_MEMORY` call of the probe.
+    pub round_trip_s: f64,
+    /// Bytes per second the link carries: `[backends.llamacpp] rpc_link_bandwidth_bytes_per_s`.
+    pub bandwidth_bytes_per_s: u64,
+}
+
+impl Default for Link {
+    /// A switched 1 Gbit/s Ethernet LAN: [`Link::LAN_ROUND_TRIP_S`], [`Link::LAN_BANDWIDTH`].
+    fn default() -> Link {
+        Link {
+            round_trip_s: Link::LAN_ROUND_TRIP_S,
+            bandwidth_bytes_per_s: Link::LAN_BANDWIDTH,
+        }
+    }
+}
+
+impl Link {
+    /// Round trip of a switched 1 Gbit/s LAN (seconds): 0.2 ms, the order `ping` shows between
+    /// two hosts on one switch (0.1–0.3 ms); a loopback round trip is ~0.05 ms.
+    pub const LAN_ROUND_TRIP_S: f64 = 0.000_2;
+    /// What a 1 Gbit/s link carries (bytes/s): 117 MB/s, 1 Gbit/s less Ethernet, IP and TCP
+    /// framing (1448 payload bytes per 1538 on the wire: 125 MB/s × 0.94).
+    pub const LAN_BANDWIDTH: u64 = 117_000_000;
 }
 
 /// How to probe: where the file trees are and which probes run.
@@ -243,6 +292,7 @@ impl Probe {
             disk,
             gpus,
             vulkan,
+            rpc_workers: Vec::new(),
         })
     }
 }

@@ -4,8 +4,15 @@
 //! vanished, or a vanished one is back) calls the hook `main.rs` gives, which loads the model
 //! again on the workers that are there.
 //!
-//! An `rpc-server` serves one client at a time: a worker that accepts but does not answer is
-//! [`RpcState::Serving`] — alive, in use (by the resident model's worker process, as a rule).
+//! An `rpc-server` serves one client at a time: a worker this machine holds a connection to (the
+//! resident model's worker process) is [`RpcState::Serving`]; one that accepts but does not answer
+//! while r1d holds no connection to it is [`RpcState::Busy`]: another client has it, or it is no
+//! `rpc-server` at all (an HTTP server, a port that accepts and stays silent) — either way the
+//! model does not use it.
+//!
+//! The last answer of each worker (its devices' free memory and the round trip) is kept while it
+//! serves, so the planner ([`RpcWatch::hosts`]) plans a served split with the memory the workers
+//! had before the model took it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,22 +34,35 @@ pub enum RpcState {
         /// Devices.
         devices: usize,
     },
-    /// Accepted the connection without answering: it serves another client (one at a time).
+    /// This machine holds a connection to it: the resident model uses it.
     Serving,
+    /// Accepted without answering, and this machine holds no connection to it: serving another
+    /// client, or not an `rpc-server`. The model does not use it; why, in words.
+    Busy(String),
     /// Unreachable or not speaking the protocol: why.
     Gone(String),
 }
 
 impl RpcState {
-    /// `up`, `serving`, `gone` or `unknown`.
+    /// `up`, `serving`, `busy`, `gone` or `unknown`.
     pub fn name(&self) -> &'static str {
         match self {
             RpcState::Unknown => "unknown",
             RpcState::Up { .. } => "up",
             RpcState::Serving => "serving",
+            RpcState::Busy(_) => "busy",
             RpcState::Gone(_) => "gone",
         }
     }
+}
+
+/// A worker's last answer: what the planner plans with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Free memory of each device (bytes), in ggml's order.
+    pub devices_free_bytes: Vec<u64>,
+    /// The shortest round trip of the probe's calls.
+    pub round_trip: Duration,
 }
 
 /// One configured worker and its state.
@@ -52,6 +72,8 @@ pub struct RpcWorker {
     pub endpoint: String,
     /// Its state at the last probe.
     pub state: RpcState,
+    /// Its last answer (kept while it serves or is busy; dropped when it is gone).
+    pub last_answer: Option<Answer>,
 }
 
 /// What changed between two probes that matters to a model using the workers.
@@ -70,7 +92,9 @@ pub fn change(endpoint: &str, before: &RpcState, after: &RpcState) -> Option<Rpc
             Some(RpcChange::Vanished(endpoint.to_owned()))
         }
         // Back and free: a worker that is back but serves someone else cannot be used yet.
-        (RpcState::Gone(_), RpcState::Up { .. }) => Some(RpcChange::Returned(endpoint.to_owned())),
+        (RpcState::Gone(_) | RpcState::Busy(_), RpcState::Up { .. }) => {
+            Some(RpcChange::Returned(endpoint.to_owned()))
+        }
         _ => None,
     }
 }
@@ -79,23 +103,32 @@ pub fn change(endpoint: &str, before: &RpcState, after: &RpcState) -> Option<Rpc
 #[derive(Clone, Default)]
 pub struct RpcWatch {
     workers: Arc<Mutex<Vec<RpcWorker>>>,
+    /// `[backends.llamacpp] rpc_link_latency_ms`, `rpc_link_bandwidth_bytes_per_s`.
+    link: (Option<f64>, Option<u64>),
 }
 
 impl RpcWatch {
-    /// Starts a thread that probes `endpoints` every `interval` and calls `on_change` for each
-    /// change that matters (from that thread). Nothing is started for no endpoints.
+    /// Probes `endpoints` once (all at once, so silent ones cost one [`PROBE_TIMEOUT`] step, not
+    /// one each), then starts a thread that probes them every `interval` and calls `on_change`
+    /// for each change that matters (from that thread). Nothing is started for no endpoints.
+    ///
+    /// `link`: the configured round trip (milliseconds) and link bandwidth (bytes/s), each
+    /// `None` for the default ([`RpcWatch::hosts`]).
     pub fn start(
         endpoints: &[String],
+        link: (Option<f64>, Option<u64>),
         interval: Duration,
         on_change: impl Fn(RpcChange) + Send + 'static,
     ) -> RpcWatch {
         let watch = RpcWatch {
+            link,
             workers: Arc::new(Mutex::new(
                 endpoints
                     .iter()
                     .map(|e| RpcWorker {
                         endpoint: e.clone(),
                         state: RpcState::Unknown,
+                        last_answer: None,
                     })
                     .collect(),
             )),
@@ -105,40 +138,35 @@ impl RpcWatch {
         }
         let shared = Arc::clone(&watch.workers);
         let endpoints = endpoints.to_vec();
+        round(&shared, &endpoints, &|_| {});
         let spawned = std::thread::Builder::new()
             .name("r1d-rpc-watch".into())
             .spawn(move || loop {
-                for endpoint in &endpoints {
-                    let after = probe(endpoint);
-                    let before = {
-                        let mut workers = shared.lock().unwrap_or_else(|e| e.into_inner());
-                        let Some(w) = workers.iter_mut().find(|w| &w.endpoint == endpoint) else {
-                            continue;
-                        };
-                        std::mem::replace(&mut w.state, after.clone())
-                    };
-                    if let RpcState::Gone(why) = &after {
-                        if before != after {
-                            tracing::warn!(
-                                worker = endpoint.as_str(),
-                                "rpc worker {endpoint} is gone: {why}"
-                            );
-                        }
-                    } else if matches!(before, RpcState::Gone(_)) {
-                        tracing::info!(
-                            worker = endpoint.as_str(),
-                            "rpc worker {endpoint} answers again"
-                        );
-                    }
-                    if let Some(c) = change(endpoint, &before, &after) {
-                        on_change(c);
-                    }
-                }
                 std::thread::sleep(interval);
+                round(&shared, &endpoints, &on_change);
             });
         if let Err(e) = spawned {
             tracing::error!("failed to start the rpc worker watch: {e}");
         }
+        watch
+    }
+
+    /// `endpoints` probed once, all at once, and not watched (`r1d plan`). Blocking.
+    pub fn once(endpoints: &[String], link: (Option<f64>, Option<u64>)) -> RpcWatch {
+        let watch = RpcWatch {
+            link,
+            workers: Arc::new(Mutex::new(
+                endpoints
+                    .iter()
+                    .map(|e| RpcWorker {
+                        endpoint: e.clone(),
+                        state: RpcState::Unknown,
+                        last_answer: None,
+                    })
+                    .collect(),
+            )),
+        };
+        round(&watch.workers, endpoints, &|_| {});
         watch
     }
 
@@ -149,16 +177,97 @@ impl RpcWatch {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// The workers the planner may place layers on: those that answered at their last probe
+    /// and are up or serving this machine (not gone, not busy with another client), with their
+    /// devices' free memory as last answered and the link: as configured, else the measured
+    /// round trip and [`super::Link::LAN_BANDWIDTH`].
+    pub fn hosts(&self) -> Vec<super::RpcHost> {
+        let (latency_ms, bandwidth) = self.link;
+        self.workers()
+            .into_iter()
+            .filter(|w| matches!(w.state, RpcState::Up { .. } | RpcState::Serving))
+            .filter_map(|w| {
+                let answer = w.last_answer?;
+                Some(super::RpcHost {
+                    endpoint: w.endpoint,
+                    devices_free_bytes: answer.devices_free_bytes,
+                    bandwidth_bytes_per_s: None,
+                    link: super::Link {
+                        round_trip_s: latency_ms
+                            .map_or(answer.round_trip.as_secs_f64(), |ms| ms / 1000.0),
+                        bandwidth_bytes_per_s: bandwidth.unwrap_or(super::Link::LAN_BANDWIDTH),
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
-/// One worker's state now. Blocking (up to [`PROBE_TIMEOUT`] per step).
+/// Probes every endpoint at once, records each state and calls `on_change` for each change that
+/// matters.
+fn round(
+    shared: &Mutex<Vec<RpcWorker>>,
+    endpoints: &[String],
+    on_change: &(dyn Fn(RpcChange) + Send),
+) {
+    let probed: Vec<(String, RpcState, Option<Answer>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = endpoints
+            .iter()
+            .map(|e| scope.spawn(move || (e.clone(), probe_answer(e))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .map(|(e, (state, answer))| (e, state, answer))
+            .collect()
+    });
+    for (endpoint, after, answer) in probed {
+        let before = {
+            let mut workers = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(w) = workers.iter_mut().find(|w| w.endpoint == endpoint) else {
+                continue;
+            };
+            match (&after, answer) {
+                (_, Some(a)) => w.last_answer = Some(a),
+                (RpcState::Gone(_), None) => w.last_answer = None,
+                _ => {}
+            }
+            std::mem::replace(&mut w.state, after.clone())
+        };
+        match &after {
+            RpcState::Gone(why) | RpcState::Busy(why) if before != after => {
+                tracing::warn!(worker = endpoint.as_str(), "rpc worker {endpoint}: {why}");
+            }
+            RpcState::Up { .. } | RpcState::Serving
+                if matches!(before, RpcState::Gone(_) | RpcState::Busy(_)) =>
+            {
+                tracing::info!(
+                    worker = endpoint.as_str(),
+                    "rpc worker {endpoint} answers again"
+                );
+            }
+            _ => {}
+        }
+        if let Some(c) = change(&endpoint, &before, &after) {
+            on_change(c);
+        }
+    }
+}
+
+/// One worker's state now. Blocking (up to [`PROBE_TIMEOUT`] per step); see [`probe_answer`].
+pub fn probe(endpoint: &str) -> RpcState {
+    probe_answer(endpoint).0
+}
+
+/// One worker's state now, and its answer when it answered. Blocking (up to [`PROBE_TIMEOUT`] per step).
 ///
 /// A worker this machine holds a TCP connection to (`/proc/net/tcp`, `/proc/net/tcp6`: the
 /// resident model's worker process, as a rule) is not connected to again: an `rpc-server`
 /// serves one client at a time and listens with a backlog of 1, so probes while it serves would
 /// pile up unanswered in its accept queue until new connections are dropped. Such a connection
 /// `ESTABLISHED` is [`RpcState::Serving`]; in `CLOSE_WAIT` the worker closed it: gone.
-pub fn probe(endpoint: &str) -> RpcState {
+pub fn probe_answer(endpoint: &str) -> (RpcState, Option<Answer>) {
     use std::net::ToSocketAddrs;
     let addrs: Vec<std::net::SocketAddr> = endpoint
         .to_socket_addrs()
@@ -177,22 +286,37 @@ pub fn probe(endpoint: &str) -> RpcState {
         }
     }
     match held {
-        Some(TCP_ESTABLISHED) => return RpcState::Serving,
+        Some(TCP_ESTABLISHED) => return (RpcState::Serving, None),
         Some(TCP_CLOSE_WAIT) => {
-            return RpcState::Gone(format!(
-                "rpc worker {endpoint} closed the connection r1d's model held to it"
-            ))
+            return (
+                RpcState::Gone(format!(
+                    "rpc worker {endpoint} closed the connection r1d's model held to it"
+                )),
+                None,
+            )
         }
         _ => {}
     }
     match ggml_rpc_probe::probe(endpoint, PROBE_TIMEOUT) {
-        Ok(w) => RpcState::Up {
-            free_bytes: w.free_bytes(),
-            total_bytes: w.devices.iter().map(|d| d.total_bytes).sum(),
-            devices: w.devices.len(),
-        },
-        Err(e) if e.is_busy() => RpcState::Serving,
-        Err(e) => RpcState::Gone(e.to_string()),
+        Ok(w) => (
+            RpcState::Up {
+                free_bytes: w.free_bytes(),
+                total_bytes: w.devices.iter().map(|d| d.total_bytes).sum(),
+                devices: w.devices.len(),
+            },
+            Some(Answer {
+                devices_free_bytes: w.devices.iter().map(|d| d.free_bytes).collect(),
+                round_trip: w.round_trip,
+            }),
+        ),
+        Err(e) if e.is_busy() => (
+            RpcState::Busy(format!(
+                "{e}; r1d holds no connection to it, so the model does not use it (another \
+                 client has it, or it is not an rpc-server)"
+            )),
+            None,
+        ),
+        Err(e) => (RpcState::Gone(e.to_string()), None),
     }
 }
 
@@ -299,6 +423,12 @@ mod tests {
             Some(RpcChange::Returned("w".into()))
         );
         assert_eq!(change("w", &gone, &RpcState::Serving), None);
+        // One that another client held (or that is no rpc-server) and now answers: usable.
+        assert_eq!(
+            change("w", &RpcState::Busy("silent".into()), &up),
+            Some(RpcChange::Returned("w".into()))
+        );
+        assert_eq!(change("w", &up, &RpcState::Busy("silent".into())), None);
         // A model's own reload makes its workers idle, then busy again: no change.
         assert_eq!(change("w", &RpcState::Serving, &up), None);
         assert_eq!(change("w", &up, &RpcState::Serving), None);

@@ -279,6 +279,8 @@ pub struct Store {
     estimates: Mutex<std::collections::HashMap<EstimateKey, Option<BackendEstimate>>>,
     /// The `[[remote]]` endpoints and their health (see [`Store::set_remotes`]).
     remotes: Mutex<Option<Arc<crate::backend::remote::Remotes>>>,
+    /// The llama.cpp RPC workers, watched (see [`Store::set_rpc_watch`]).
+    rpc: Mutex<Option<crate::hardware::rpc::RpcWatch>>,
 }
 
 /// Asks a backend what a load would allocate, without loading (the plugin ABI's `estimate`):
@@ -340,10 +342,18 @@ impl Store {
                 auto_pull: s.auto_pull,
             }),
             adjust: Mutex::new(None),
+            rpc: Mutex::new(None),
             estimator: Mutex::new(None),
             estimates: Mutex::new(std::collections::HashMap::new()),
             remotes: Mutex::new(None),
         })
+    }
+
+    /// Installs the watched llama.cpp RPC workers: from then on [`Store::hardware`] lists those
+    /// that answer ([`crate::hardware::rpc::RpcWatch::hosts`]), so the planner may split a
+    /// variant that does not fit this machine across them.
+    pub fn set_rpc_watch(&self, rpc: crate::hardware::rpc::RpcWatch) {
+        *self.rpc.lock().unwrap_or_else(|e| e.into_inner()) = Some(rpc);
     }
 
     /// Installs the `[[remote]]` endpoints: from then on a choice weighs a healthy remote's
@@ -472,6 +482,9 @@ impl Store {
             .probe
             .run()
             .map_err(|e| StoreError::Probe(e.to_string()))?;
+        if let Some(rpc) = &*self.rpc.lock().unwrap_or_else(|e| e.into_inner()) {
+            hw.rpc_workers = rpc.hosts();
+        }
         let adjust = self
             .adjust
             .lock()

@@ -42,7 +42,7 @@ pub fn choose(plan: &Plan, entries: &[ModelEntry], dirs: &str) -> Choice {
         (
             fast(c),
             c.variant.quality,
-            c.gpu_layers == c.total_layers,
+            c.all_on_gpu(),
             c.quantization.quality,
         )
     };

@@ -129,6 +129,7 @@ mod tests {
             disk: None,
             gpus,
             vulkan: Vec::new(),
+            rpc_workers: Vec::new(),
         }
     }
 

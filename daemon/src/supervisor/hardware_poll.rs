@@ -257,7 +257,8 @@ fn modified(spec: &LoadSpec) -> Option<std::time::SystemTime> {
 }
 
 /// Whether `now` differs from `last` enough to report: the total, the cgroup limit or the GPUs
-/// changed, or free RAM or a GPU's free VRAM moved by 5 % of its total (at least 0.5 GB).
+/// changed, free RAM or a GPU's free VRAM moved by 5 % of its total (at least 0.5 GB), or the
+/// RPC workers that answer are others (a measured round trip that wobbles is no change).
 pub fn differs(last: &Hardware, now: &Hardware) -> bool {
     let moved = |a: u64, b: u64, total: u64| a.abs_diff(b) >= (total / 20).max(500_000_000);
     last.memory.total_bytes != now.memory.total_bytes
@@ -273,6 +274,8 @@ pub fn differs(last: &Hardware, now: &Hardware) -> bool {
                 || a.vram_total_bytes != b.vram_total_bytes
                 || moved(a.vram_free_bytes, b.vram_free_bytes, b.vram_total_bytes)
         })
+        // An RPC worker that went away or came back changes what a split can hold.
+        || last.rpc_workers.iter().map(|w| &w.endpoint).ne(now.rpc_workers.iter().map(|w| &w.endpoint))
 }
 
 #[cfg(test)]
@@ -292,6 +295,28 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_rpc_worker_going_or_coming_is_a_change_its_round_trip_is_not() {
+        let worker = |e: &str, rtt: f64| crate::hardware::RpcHost {
+            endpoint: e.into(),
+            devices_free_bytes: vec![32 * GB],
+            bandwidth_bytes_per_s: None,
+            link: crate::hardware::Link {
+                round_trip_s: rtt,
+                ..Default::default()
+            },
+        };
+        let mut two = machine(10 * GB);
+        two.rpc_workers = vec![worker("a:1", 0.0001), worker("b:2", 0.0001)];
+        let mut jitter = two.clone();
+        jitter.rpc_workers[1].link.round_trip_s = 0.0003;
+        assert!(!differs(&two, &jitter));
+        let mut one = two.clone();
+        one.rpc_workers.pop();
+        assert!(differs(&two, &one));
+        assert!(differs(&one, &two));
     }
 
     #[test]

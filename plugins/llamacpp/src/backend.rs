@@ -28,6 +28,32 @@ thread_local! {
     static PENDING: RefCell<Option<(sys::ggml_log_level, String)>> = const { RefCell::new(None) };
     /// Error lines logged on this thread since the last [`clear_error_lines`], oldest first.
     static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The device of each layer llama.cpp assigned on this thread since the last
+    /// [`clear_error_lines`] (its debug line "layer N assigned to device D"), in layer order.
+    static LAYER_DEVICES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// llama.cpp's placement of a model's layers on this thread since [`clear_error_lines`]: each
+/// device (llama.cpp's name: `CPU`, `RPC0[HOST:PORT]`, `CUDA0` …) with its layer count, in layer
+/// order (the output head is the last layer), read from `load_tensors`' debug lines
+/// ("layer %3d assigned to device %s, is_swa = %d", src/llama-model.cpp); empties the record.
+pub fn take_layer_devices() -> Vec<(String, u32)> {
+    let devices = LAYER_DEVICES.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for d in devices {
+        match out.last_mut() {
+            Some((name, n)) if *name == d => *n += 1,
+            _ => out.push((d, 1)),
+        }
+    }
+    out
+}
+
+/// The device of `load_tensors`' "layer N assigned to device D, is_swa = S" line.
+fn layer_device(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("layer ")?;
+    let (_, rest) = rest.split_once(" assigned to device ")?;
+    Some(rest.split_once(", is_swa").map_or(rest, |(d, _)| d))
 }
 
 /// The initialised llama.cpp backend, created on first use and kept for the process (plugins are
@@ -68,6 +94,7 @@ fn install_logging() {
 /// you will explain with [`take_error_lines`].
 pub fn clear_error_lines() {
     ERRORS.with(|e| e.borrow_mut().clear());
+    LAYER_DEVICES.with(|d| d.borrow_mut().clear());
     PENDING.with(|p| *p.borrow_mut() = None);
 }
 
@@ -168,6 +195,15 @@ fn emit(level: sys::ggml_log_level, line: &str) {
             }
         });
     }
+    if function == Some("load_tensors") {
+        if let Some(device) = layer_device(message) {
+            LAYER_DEVICES.with(|d| {
+                if let Ok(mut d) = d.try_borrow_mut() {
+                    d.push(device.to_owned());
+                }
+            });
+        }
+    }
     let module = match function {
         Some(f) => format!("{LOG_TARGET}::{f}"),
         None => LOG_TARGET.to_owned(),
@@ -197,6 +233,35 @@ fn is_unified_kv_overflow_note(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_placement_is_read_from_load_tensors_debug_lines() {
+        clear_error_lines();
+        for (il, dev) in [
+            (0, "CPU"),
+            (1, "CPU"),
+            (2, "RPC0[127.0.0.1:5]"),
+            (3, "RPC1[h:6]"),
+        ] {
+            bridge_line(
+                sys::GGML_LOG_LEVEL_DEBUG,
+                &format!("load_tensors: layer {il:3} assigned to device {dev}, is_swa = 0\n"),
+            );
+        }
+        bridge_line(
+            sys::GGML_LOG_LEVEL_INFO,
+            "load_tensors: offloaded 2/4 layers to GPU\n",
+        );
+        assert_eq!(
+            take_layer_devices(),
+            [
+                ("CPU".to_owned(), 2),
+                ("RPC0[127.0.0.1:5]".to_owned(), 1),
+                ("RPC1[h:6]".to_owned(), 1)
+            ]
+        );
+        assert!(take_layer_devices().is_empty());
+    }
 
     #[test]
     fn the_unified_kv_overflow_note_is_recognised() {

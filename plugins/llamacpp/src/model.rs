@@ -251,6 +251,23 @@ impl LlamaCppModel {
             }
         };
 
+        // llama.cpp's own placement of the layers, per device (RPC devices are named
+        // `RPCn[HOST:PORT]`): what r1d's plan of the split is checked against.
+        let placed = backend::take_layer_devices();
+        if !params.vocab_only && placed.iter().any(|(d, _)| d.starts_with("RPC")) {
+            tracing::info!(
+                path = path.as_str(),
+                "llama.cpp placed the layers: {}",
+                placed
+                    .iter()
+                    .map(|(d, n)| match crate::rpc::device_endpoint(d) {
+                        Some(endpoint) => format!("{d} ({endpoint}) {n}"),
+                        None => format!("{d} {n}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let eog_ids = {
             let vocab = model.vocab();
             vocab

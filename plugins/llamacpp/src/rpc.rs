@@ -68,8 +68,9 @@ pub struct Attached {
     pub missing: Vec<(String, String)>,
 }
 
-/// Probes each worker and registers the devices of those that answer with ggml (once per
-/// endpoint per process). Blocking: up to [`PROBE_TIMEOUT`] per step of each unreachable worker.
+/// Probes every worker at once and registers the devices of those that answer with ggml (once
+/// per endpoint per process), in the order given (llama.cpp's device order). Blocking: up to
+/// [`PROBE_TIMEOUT`] per step for the slowest worker (not one timeout per silent worker).
 ///
 /// # Errors
 /// [`PluginError::load_failed`] when a worker already registered in this process (an earlier
@@ -77,10 +78,28 @@ pub struct Attached {
 pub fn attach(workers: &[String]) -> Result<Attached, PluginError> {
     static REGISTERED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut out = Attached::default();
-    for endpoint in workers {
+    let probed: Vec<Result<ggml_rpc_probe::Worker, ggml_rpc_probe::ProbeError>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = workers
+                .iter()
+                .map(|e| scope.spawn(move || ggml_rpc_probe::probe(e, PROBE_TIMEOUT)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ggml_rpc_probe::ProbeError::Protocol {
+                            endpoint: String::new(),
+                            message: "the probe thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+    for (endpoint, probe) in workers.iter().zip(probed) {
         let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
         let registered = registered.get_or_insert_with(HashSet::new);
-        match ggml_rpc_probe::probe(endpoint, PROBE_TIMEOUT) {
+        match probe {
             Ok(worker) if worker.devices.is_empty() => out
                 .missing
                 .push((endpoint.clone(), "it has no devices".to_owned())),
@@ -174,6 +193,25 @@ unsafe extern "C" fn on_abort(message: *const c_char) {
         }
     }
     eprintln!("{line}");
+}
+
+/// The endpoint of the RPC device ggml names `name` (`RPC0`, …: ggml-rpc names its devices
+/// `RPCn` and describes each with its worker's `HOST:PORT`); `None` for any other device.
+pub fn device_endpoint(name: &str) -> Option<String> {
+    if !name.starts_with("RPC") {
+        return None;
+    }
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is NUL-terminated and outlives the calls; ggml's registry is a thread-safe
+    // static, and the description it returns lives as long as the device (the process).
+    unsafe {
+        let dev = sys::ggml_backend_dev_by_name(c.as_ptr());
+        if dev.is_null() {
+            return None;
+        }
+        let d = sys::ggml_backend_dev_description(dev);
+        (!d.is_null()).then(|| std::ffi::CStr::from_ptr(d).to_string_lossy().into_owned())
+    }
 }
 
 /// True when layers can be offloaded: an RPC worker is attached in this process, or this is a

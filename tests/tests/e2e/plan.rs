@@ -472,3 +472,101 @@ fn plan_hardware_accepts_every_json_spelling_of_a_count() {
     assert_eq!(a.chosen, b.chosen);
     assert_eq!(a.candidates.len(), b.candidates.len());
 }
+
+/// Runs `r1d ARGS` with `config` as its config file.
+fn r1d_with(config: &str, args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r1d.toml");
+    std::fs::write(&path, config).unwrap();
+    Command::new(binary("r1d"))
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .expect("failed to run r1d")
+}
+
+/// "What would r1d run on this 24 GB machine plus two 32 GB workers": the 70B, which does not
+/// fit the host alone, split across the host and both workers, per host, with the network's
+/// share of each token.
+#[test]
+fn plan_for_a_24_gb_host_and_two_32_gb_workers_splits_the_70b_across_them() {
+    const PIN_70B: &str = "[planner]\nvariant = \"deepseek-r1:70b\"\nmin_tokens_per_s = 0\n";
+    let path = profile("24gb-host-two-32gb-workers.json");
+    let out = r1d_with(
+        PIN_70B,
+        &["plan", "--hardware", path.to_str().unwrap(), "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let workers = ["10.8.0.2:50052", "10.8.0.3:50052"];
+    let reserve = 1u64 << 30; // [planner] reserve_ram_bytes' default
+    let q4 = plan
+        .candidates
+        .iter()
+        .find(|c| c.variant == "deepseek-r1:70b" && c.quantization == "Q4_K_M")
+        .unwrap();
+    let chosen = plan.chosen.as_ref().expect(&plan.reason);
+    assert_eq!(chosen.variant, "deepseek-r1:70b");
+    for c in [q4, chosen] {
+        assert!(c.fits, "{}", c.reason);
+        let hosts: Vec<&str> = c.hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["cpu", workers[0], workers[1]], "{:?}", c.hosts);
+        assert_eq!(
+            c.hosts.iter().map(|h| h.layers).sum::<u32>(),
+            c.total_layers,
+            "{:?}",
+            c.hosts
+        );
+        assert_eq!(c.hosts[0].layers, c.total_layers - c.gpu_layers);
+        assert_eq!(c.hosts[0].bytes, c.ram_bytes);
+        assert!(c.ram_bytes + reserve <= 22_000_000_000, "{}", c.ram_bytes);
+        for h in &c.hosts[1..] {
+            assert!(h.bytes + reserve <= 32_000_000_000, "{h:?}");
+            assert!(h.layers > 0, "{h:?}");
+        }
+        // Two runs of layers on workers, 0.5 ms each way and back, plus the activations
+        // (8192 × 4 bytes in and out of the first, in to the second) and the logits (128 256 ×
+        // 4 bytes) at 117 MB/s.
+        let expected_ms = 2.0 * 0.5 + (3.0 * 4.0 * 8192.0 + 4.0 * 128_256.0) / 117e6 * 1e3;
+        assert!(
+            (c.network_ms_per_token - expected_ms).abs() < 0.002,
+            "{} ms/token on the network, expected {expected_ms}",
+            c.network_ms_per_token
+        );
+    }
+
+    // The same host without its workers: the 70B Q4_K_M does not fit.
+    let mut alone: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    alone.as_object_mut().unwrap().remove("rpc_workers");
+    let dir = tempfile::tempdir().unwrap();
+    let alone_path = dir.path().join("alone.json");
+    std::fs::write(&alone_path, alone.to_string()).unwrap();
+    let out = r1d_with(
+        PIN_70B,
+        &["plan", "--hardware", alone_path.to_str().unwrap(), "--json"],
+    );
+    let plan: Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let q4 = plan
+        .candidates
+        .iter()
+        .find(|c| c.variant == "deepseek-r1:70b" && c.quantization == "Q4_K_M")
+        .unwrap();
+    assert!(!q4.fits && q4.reason.contains("short"), "{}", q4.reason);
+    assert!(plan.chosen.is_none(), "{:?}", plan.chosen);
+
+    // The human form names the split per host.
+    let out = r1d_with(PIN_70B, &["plan", "--hardware", path.to_str().unwrap()]);
+    let text = words(&String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("split: cpu: "), "{text}");
+    for w in workers {
+        assert!(text.contains(&format!("{w}: ")), "{text}");
+    }
+    assert!(text.contains("ms/token on the network"), "{text}");
+}

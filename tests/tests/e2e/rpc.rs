@@ -133,14 +133,19 @@ impl Drop for Worker {
 }
 
 fn config(workers: &[&Worker]) -> String {
+    format!(
+        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n{}",
+        config_text(workers)
+    )
+}
+
+/// The `[backends.llamacpp]` section naming `workers`.
+fn config_text(workers: &[&Worker]) -> String {
     let list: Vec<String> = workers
         .iter()
         .map(|w| format!("\"{}\"", w.endpoint))
         .collect();
-    format!(
-        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [{}]\n",
-        list.join(", ")
-    )
+    format!("[backends.llamacpp]\nrpc_workers = [{}]\n", list.join(", "))
 }
 
 fn smollm(model: &std::path::Path, config: Option<&str>) -> Daemon {
@@ -324,15 +329,18 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
         "the surviving worker serves the reloaded model too:\n{log}"
     );
 
-    // /r1/status says which worker is gone, and that the other one serves.
+    // /r1/status says which worker is gone, and that the other one serves (once the watch,
+    // every 2 s, has seen the reloaded model's connection to it: a probe during the reload
+    // finds it free, `up`).
     let status = until(
         &daemon,
         30,
-        "the status to name the gone worker",
+        "the status to name the gone worker and the serving one",
         || async {
             let s = client.status().await.ok()?;
             let gone = s.rpc_workers.iter().find(|w| w.endpoint == killed)?;
-            (gone.state == "gone").then_some(s)
+            let other = s.rpc_workers.iter().find(|w| w.endpoint == b.endpoint)?;
+            (gone.state == "gone" && other.state == "serving").then_some(s)
         },
     )
     .await;
@@ -430,4 +438,261 @@ async fn a_worker_that_vanishes_while_idle_is_dropped_before_a_request_meets_it(
             >= 2,
         "{log}"
     );
+}
+
+/// Each worker's layers as llama.cpp placed them, from the plugin's "llama.cpp placed the
+/// layers: CPU 11, RPC0 (HOST:PORT) 10, …" line (llama.cpp's own `load_tensors` assignment): the
+/// last such line of `log`, summed per endpoint.
+fn placed_by_llama_cpp(log: &str) -> Vec<(String, u32)> {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("llama.cpp placed the layers: ")
+                .map(|(_, r)| r)
+        })
+        .unwrap_or_else(|| panic!("no placement line in the log:\n{log}"));
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for part in line.split(", ") {
+        // `RPC0 (HOST:PORT) 10` (the last one followed by the event's fields); `CPU 11` is local.
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let Some(endpoint) = words
+            .get(1)
+            .and_then(|w| w.strip_prefix('('))
+            .and_then(|w| w.strip_suffix(')'))
+        else {
+            continue;
+        };
+        let n: u32 = words
+            .get(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{part:?} in {line}"));
+        match out.iter_mut().find(|(e, _)| e == endpoint) {
+            Some((_, m)) => *m += n,
+            None => out.push((endpoint.to_owned(), n)),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_layers_r1d_plans_per_worker_are_the_layers_llama_cpp_placed_there() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some((_, a, b, daemon)) = split_across_two_workers().await else {
+        return;
+    };
+    let client = daemon.client();
+    // The watch (every 2 s) sees both workers serving the model.
+    let status = until(&daemon, 30, "both workers to serve the model", || async {
+        let s = client.status().await.ok()?;
+        s.rpc_workers
+            .iter()
+            .all(|w| w.state == "serving" && w.layers.is_some())
+            .then_some(s)
+    })
+    .await;
+    let planned: Vec<(String, u32)> = status
+        .rpc_workers
+        .iter()
+        .map(|w| (w.endpoint.clone(), w.layers.unwrap()))
+        .collect();
+    let placed = placed_by_llama_cpp(&daemon.log());
+    assert_eq!(
+        planned,
+        placed,
+        "r1d's planned split (/r1/status) against llama.cpp's own placement:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        placed.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(),
+        [a.endpoint.as_str(), b.endpoint.as_str()]
+    );
+    assert_eq!(
+        placed.iter().map(|(_, n)| n).sum::<u32>(),
+        REMOTE_LAYERS,
+        "the workers hold the layers gpu_layers offloads"
+    );
+
+    // `/r1/plan` plans with the same workers: the variants too big for this machine alone that
+    // fit it plus both workers are split across them, per host.
+    let plan: r1d_client::wire::Plan = client.get_json("/r1/plan", false).await.unwrap();
+    let split: Vec<&r1d_client::wire::PlanCandidate> =
+        plan.candidates.iter().filter(|c| c.is_split()).collect();
+    assert!(
+        !split.is_empty(),
+        "no candidate of /r1/plan is split across the workers: {:?}",
+        plan.candidates
+            .iter()
+            .map(|c| (&c.variant, &c.quantization, &c.reason))
+            .collect::<Vec<_>>()
+    );
+    for c in split {
+        let hosts: Vec<&str> = c.hosts.iter().map(|h| h.host.as_str()).collect();
+        // This machine first, then the workers in config order (the least layers that fit may
+        // leave the first worker none).
+        assert_eq!(hosts[0], "cpu", "{c:?}");
+        let workers = [a.endpoint.as_str(), b.endpoint.as_str()];
+        assert!(hosts[1..] == workers || hosts[1..] == workers[1..], "{c:?}");
+        assert_eq!(
+            c.hosts.iter().map(|h| h.layers).sum::<u32>(),
+            c.total_layers
+        );
+        assert!(c.network_ms_per_token > 0.0, "{c:?}");
+    }
+}
+
+/// `r1d plan` with two real workers in the config: they are probed, and a variant that does not
+/// fit this machine alone (the 32B, pinned, with a 32K context: its KV cache makes it too big for
+/// a machine with less than ~30 GB, while its download fits a small disk) is split across it and
+/// both, with the measured round trip in the network term.
+#[tokio::test]
+async fn r1d_plan_splits_a_variant_too_big_for_this_machine_across_real_workers() {
+    // (No model is loaded; the lock keeps the workers' memory readings free of another test's.)
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let (a, b) = (Worker::start(&binary), Worker::start(&binary));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("r1d.toml");
+    let pinned = "[planner]\nvariant = \"deepseek-r1:32b\"\ncontext_length = 32768\n\
+                  min_tokens_per_s = 0\n\n";
+    std::fs::write(&config, format!("{pinned}{}", config_text(&[&a, &b]))).unwrap();
+    let plan = |config: &std::path::Path| {
+        let out = Command::new(r1d_tests::binary("r1d"))
+            .arg("--config")
+            .arg(config)
+            .args(["plan", "--json"])
+            .env("XDG_CACHE_HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .output()
+            .expect("failed to run r1d plan");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<r1d_client::wire::Plan>(&out.stdout).unwrap()
+    };
+    let with_workers = plan(&config);
+    let q4 = |p: &r1d_client::wire::Plan| {
+        p.candidates
+            .iter()
+            .find(|c| c.variant == "deepseek-r1:32b" && c.quantization == "Q4_K_M")
+            .cloned()
+            .unwrap()
+    };
+    // This machine alone (the same config without the workers).
+    let alone_config = dir.path().join("alone.toml");
+    std::fs::write(&alone_config, pinned).unwrap();
+    let alone = q4(&plan(&alone_config));
+    if alone.fits {
+        eprintln!("\n!!!!! SKIPPED: this machine holds the 32B Q4_K_M at 32K alone !!!!!\n");
+        return;
+    }
+    let c = q4(&with_workers);
+    assert!(c.fits, "{}", c.reason);
+    let hosts: Vec<&str> = c.hosts.iter().map(|h| h.host.as_str()).collect();
+    assert_eq!(hosts, ["cpu", a.endpoint.as_str(), b.endpoint.as_str()]);
+    assert_eq!(
+        c.hosts.iter().map(|h| h.layers).sum::<u32>(),
+        c.total_layers
+    );
+    // Measured on loopback: a round trip, well under a LAN's 0.2 ms default, is part of it.
+    assert!(c.network_ms_per_token > 0.0, "{c:?}");
+}
+
+/// An endpoint that accepts connections and never answers, and an HTTP server, named as workers:
+/// both are left out of the load, and `/r1/status` says so and why, not `serving`.
+#[tokio::test]
+async fn endpoints_that_are_no_rpc_workers_are_shown_left_out_not_serving() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let Some(binary) = worker_binary() else {
+        return;
+    };
+    let a = Worker::start(&binary);
+    // Listening, never accepting: the kernel completes the handshake, nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_endpoint = silent.local_addr().unwrap().to_string();
+    // Something else that answers: an HTTP server's 400 to whatever it was sent.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_endpoint = http.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in http.incoming().flatten() {
+            let mut buf = [0u8; 64];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let config = format!(
+        "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [\"{}\", \"{silent_endpoint}\", \"{http_endpoint}\"]\n",
+        a.endpoint
+    );
+    let daemon = smollm(&model, Some(&config));
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let client = daemon.client();
+    let status = until(&daemon, 30, "the status of both endpoints", || async {
+        let s = client.status().await.ok()?;
+        let real = s.rpc_workers.iter().find(|w| w.endpoint == a.endpoint)?;
+        (real.state == "serving").then_some(s)
+    })
+    .await;
+    let silent_status = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == silent_endpoint)
+        .unwrap();
+    assert_eq!(silent_status.state, "busy", "{status:?}");
+    assert!(
+        silent_status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not answer") && e.contains("does not use it")),
+        "{silent_status:?}"
+    );
+    assert_eq!(silent_status.layers, None);
+    let http_status = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == http_endpoint)
+        .unwrap();
+    assert_eq!(http_status.state, "gone", "{status:?}");
+    assert!(
+        http_status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("another protocol version")),
+        "{http_status:?}"
+    );
+    assert!(
+        daemon.log().contains(&format!(
+            "leaving rpc worker {http_endpoint} out of this load"
+        )),
+        "{}",
+        daemon.log()
+    );
+    // The real worker holds the layers.
+    let real = status
+        .rpc_workers
+        .iter()
+        .find(|w| w.endpoint == a.endpoint)
+        .unwrap();
+    assert_eq!(real.layers, Some(REMOTE_LAYERS), "{status:?}");
+    assert!(
+        daemon.log().contains(&format!(
+            "leaving rpc worker {silent_endpoint} out of this load"
+        )),
+        "{}",
+        daemon.log()
+    );
+    drop(silent);
 }
