@@ -30,13 +30,21 @@ fuzz_target!(|input: Input| {
     let stops: Vec<String> = input.stops.into_iter().take(4).collect();
     let mut assembler = Assembler::new(input.opens_reasoning, stops.clone(), format);
     let mut pieces = Vec::new();
+    let mut pushed = 0;
     for token in &input.tokens {
         if assembler.stopped() {
             break;
         }
         pieces.extend(assembler.push(token));
+        pushed += token.len();
+        // Log-probability entries are released by it: never past the bytes pushed.
+        assert!(assembler.settled_bytes() <= pushed);
     }
     pieces.extend(assembler.finish());
+    if !assembler.stopped() {
+        // At the end every token is settled (its entry is sent).
+        assert_eq!(assembler.settled_bytes(), pushed);
+    }
     for piece in &pieces {
         assert!(!piece.text.is_empty(), "an empty piece");
         for stop in stops.iter().filter(|s| !s.is_empty()) {
