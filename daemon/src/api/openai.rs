@@ -976,23 +976,40 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
 }
 
 /// Admits every job (several prompts, `n` choices), side by side: each is its own sequence and
-/// waits in the queue like a request of its own.
+/// waits in the queue like a request of its own. The first is admitted as a single request is
+/// (its refusal — no model, a prompt over the context, a load under way — is the response's
+/// status); the others are queued at once and not waited for, because they may need the
+/// sequences the first ones hold: with more jobs than `[server] parallel`, waiting for all of
+/// them before reading any would leave the running ones unread until the stall timeout cancels
+/// them. Their events, a refusal included, come on their receivers, which the caller reads
+/// together.
 ///
 /// # Errors
-/// The first refusal, in the OpenAI shape (the answers already admitted are cancelled when their
-/// receivers drop).
+/// The first job's refusal, or the queue's for another (a full queue), in the OpenAI shape (the
+/// answers already queued are cancelled when their receivers drop).
 async fn admit_all(
     state: &AppState,
     jobs: Vec<(PromptInput, Sampling)>,
     format: ReasoningFormat,
 ) -> Result<Vec<answer::Admitted>, Response> {
     let engine = &state.engine;
-    let admitted = futures_util::future::join_all(
-        jobs.into_iter()
-            .map(|(input, sampling)| answer::admit(engine, input, sampling, format)),
-    )
-    .await;
-    admitted.into_iter().collect::<Result<_, _>>().map_err(fail)
+    let mut jobs = jobs.into_iter();
+    let Some((input, sampling)) = jobs.next() else {
+        return Ok(Vec::new());
+    };
+    let first = answer::admit(engine, input, sampling, format)
+        .await
+        .map_err(fail)?;
+    let model = first.model.clone();
+    let mut admitted = vec![first];
+    for (input, sampling) in jobs {
+        let rx = engine.chat(input, sampling, format).map_err(fail)?;
+        admitted.push(answer::Admitted {
+            model: model.clone(),
+            rx,
+        });
+    }
+    Ok(admitted)
 }
 
 /// Reads every admitted answer to its end, all at once (none waits on an unread one).

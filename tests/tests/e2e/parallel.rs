@@ -298,3 +298,59 @@ async fn a_swap_waits_for_every_running_answer_then_serves_the_new_model() {
     .await;
     assert_eq!(client.chat(&ask("new")).await.unwrap().model, "second");
 }
+
+/// More choices (or prompts) in one request than `[server] parallel` runs: the first answers
+/// stream while the others wait for their sequences, and every choice ends whole — none is left
+/// unread until the stall timeout cancels it (which also held the sequences other clients need).
+#[tokio::test]
+async fn more_choices_than_parallel_sequences_all_finish() {
+    let (daemon, _m) = echo_daemon("[server]\nparallel = 2\nstall_timeout_s = 5\n");
+    daemon.settled().await;
+    let client = daemon.client();
+    // 150 tokens each (the echo says its prompt back): far more events than one answer's
+    // buffer holds unread.
+    let words: Vec<String> = (0..150).map(|i| format!("w{i}")).collect();
+    let mut request = ask(&words.join(" "));
+    request.n = Some(5);
+    let alone = {
+        let mut one = request.clone();
+        one.n = None;
+        let answer = client.chat(&one).await.unwrap();
+        assert!(answer.usage.completion_tokens >= 150, "{answer:?}");
+        answer.choices[0].message.content.clone()
+    };
+    let mut stream = client.chat_stream(&request).await.unwrap();
+    let mut texts = vec![String::new(); 5];
+    let mut finished = vec![None; 5];
+    while let Some(chunk) = stream.next().await {
+        for c in &chunk.unwrap().choices {
+            let i = c.index as usize;
+            texts[i].push_str(c.delta.content.as_deref().unwrap_or(""));
+            finished[i] = finished[i].take().or(c.finish_reason.clone());
+        }
+    }
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(text, &alone, "choice {i}");
+        assert_eq!(finished[i].as_deref(), Some("stop"), "choice {i}");
+    }
+    // Several prompts, not streamed: each its whole answer.
+    let (status, body) = crate::compat::raw(
+        &daemon,
+        r1d_client::Method::POST,
+        "/v1/completions",
+        serde_json::json!({"prompt": vec![words.join(" "); 5], "max_tokens": 400}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 5, "{v}");
+    for c in choices {
+        assert_eq!(c["text"].as_str().unwrap().split_whitespace().count(), 150, "{c}");
+    }
+    assert!(
+        !daemon.log().contains("stopped reading"),
+        "{}",
+        daemon.log()
+    );
+}
