@@ -521,8 +521,8 @@ impl Assembler {
             // `pending` may start with text that was never pushed (the raw format's restored
             // `<think>\n`), which the signed sum cancels; a U+FFFD standing for fewer invalid
             // bytes can still put it a little late, hence the clamp.
-            let at = self.pushed as i64 - (self.bytes.len() + self.pending.len()) as i64
-                + pos as i64;
+            let at =
+                self.pushed as i64 - (self.bytes.len() + self.pending.len()) as i64 + pos as i64;
             self.stop_at = Some(at.clamp(0, self.pushed as i64) as usize);
             self.pending.truncate(pos);
             self.stopped = true;

@@ -182,8 +182,8 @@ pub enum ChatEvent {
     /// [`Sampling::logprobs`]). Sent before the pieces that hold their text: an entry comes once
     /// its token's bytes are settled (emitted, or consumed as a reasoning tag), so the entries
     /// are those of the tokens the client receives, reasoning included, up to a stop string:
-    /// the token in which the stop string starts is sent (its text before the stop string is
-    /// the client's), the tokens after it are not.
+    /// the tokens with text before the stop string are sent (one in which the stop string starts
+    /// after some of its text too), the tokens from the one the stop string starts with are not.
     Logprobs(Vec<TokenLogprob>),
     /// The end.
     Done(Finished),

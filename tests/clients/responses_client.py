@@ -54,6 +54,8 @@ assert r2.usage.input_tokens > r.usage.input_tokens, (r.usage, r2.usage)
 r3 = client.responses.create(model=MODEL, input=THINKER, max_output_tokens=2)
 assert r3.status == "incomplete", r3
 assert r3.incomplete_details.reason == "max_output_tokens", r3
+# The message item is marked incomplete too, as OpenAI marks it.
+assert r3.output[-1].type == "message" and r3.output[-1].status == "incomplete", r3.output
 
 # Streamed: OpenAI's events in order, the deltas adding up to the answer.
 events = list(client.responses.create(model=MODEL, input=THINKER, stream=True))

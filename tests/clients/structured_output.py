@@ -114,4 +114,25 @@ r = oc.generate(model=model, prompt="A cat named Tom, 3 years old, as JSON:", fo
 assert r.done_reason == "stop", r
 Pet.model_validate_json(r.response)
 
+# Keys come in the schema's order, not sorted (OpenAI's structured outputs keep it).
+ORDERED = {
+    "type": "object",
+    "properties": {"zeta": {"type": "string", "maxLength": 10}, "mid": {"type": "integer"},
+                   "alpha": {"type": "boolean"}},
+    "required": ["zeta", "mid", "alpha"],
+    "additionalProperties": False,
+}
+for stream in (False, True):
+    kwargs = dict(model=model, messages=MESSAGES, temperature=0, max_tokens=200,
+                  response_format={"type": "json_schema",
+                                   "json_schema": {"name": "o", "strict": True, "schema": ORDERED}})
+    if stream:
+        text = "".join(c.choices[0].delta.content or ""
+                       for c in client.chat.completions.create(stream=True, **kwargs) if c.choices)
+    else:
+        text = client.chat.completions.create(**kwargs).choices[0].message.content
+    assert list(json.loads(text)) == ["zeta", "mid", "alpha"], text
+r = oc.chat(model=model, messages=MESSAGES, format=ORDERED, options={"temperature": 0, "num_predict": 200})
+assert list(json.loads(r.message.content)) == ["zeta", "mid", "alpha"], r.message.content
+
 print("all checks passed")

@@ -291,7 +291,12 @@ fn format_of(
         .snapshot()
         .model
         .is_none_or(|(info, _)| ModelProfile::of(&info).reasoning);
+    // As Ollama (`server/routes.go`): only turning thinking on is refused for a model that does
+    // not reason; `think: false` asks for what it does anyway (clients send it always).
     if !reasons {
+        if !on {
+            return Ok(ReasoningFormat::None);
+        }
         return Err(fail(ApiError::invalid(
             Some("think"),
             format!("\"{model}\" does not support thinking"),
@@ -723,7 +728,12 @@ impl Encoder for Lines {
         let mut out = Vec::new();
         if self.tools {
             let held = std::mem::take(&mut self.held);
-            out.push(self.tool_line(&held, false, Stats::default()));
+            let mut line = self.tool_line(&held, false, Stats::default());
+            // The held answer's tokens ride with its text.
+            if let Some(entries) = self.logprobs.as_mut() {
+                line["logprobs"] = json(&ollama_logprobs(&std::mem::take(entries)));
+            }
+            out.push(line);
         }
         out.push(self.done_line(String::new(), None, finished));
         out

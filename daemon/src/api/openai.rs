@@ -624,6 +624,11 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
         .iter()
         .map(|c| c.finished.result.completion_tokens)
         .sum();
+    total.completion_tokens_details = all
+        .iter()
+        .map(|c| c.finished.result.reasoning_tokens)
+        .sum::<Option<u32>>()
+        .map(|reasoning_tokens| wire::CompletionTokensDetails { reasoning_tokens });
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
     let timings = timings(first);
     let with_logprobs = common.sampling.logprobs.is_some();
@@ -766,7 +771,8 @@ impl Encoder for ChatEncoder {
                     content: Some(text),
                     ..Default::default()
                 };
-                out.push(json(&self.chunk(delta, None)));
+                // The held answer's tokens ride with its text.
+                out.push(json(&self.chunk_with_logprobs(delta, None)));
             }
             if !calls.is_empty() {
                 finish = "tool_calls";
@@ -1037,6 +1043,18 @@ fn summed_usage(usages: impl Iterator<Item = Usage>, n: u32) -> Usage {
             }
         }
         total.completion_tokens += u.completion_tokens;
+        // Counted where every choice counts them.
+        total.completion_tokens_details = match (
+            i,
+            total.completion_tokens_details,
+            u.completion_tokens_details,
+        ) {
+            (0, _, d) => d,
+            (_, Some(t), Some(d)) => Some(wire::CompletionTokensDetails {
+                reasoning_tokens: t.reasoning_tokens + d.reasoning_tokens,
+            }),
+            _ => None,
+        };
     }
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
     total

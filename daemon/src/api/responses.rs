@@ -327,11 +327,20 @@ async fn responses(State(state): State<AppState>, body: Body) -> Response {
             if !c.reasoning.is_empty() {
                 output.push(shape.reasoning_item(&c.reasoning));
             }
-            output.push(shape.message_item(&c.content, "completed"));
+            output.push(shape.message_item(&c.content, item_status(&c.finished)));
             shape.request.stream = false;
             Json(shape.response(Some(&c.finished), output)).into_response()
         }
         Err(e) => fail(e),
+    }
+}
+
+/// The message item's `status`: `incomplete` when `max_output_tokens` cut it, as the response's
+/// own (OpenAI marks both).
+fn item_status(finished: &Finished) -> &'static str {
+    match finished.finish_reason {
+        FinishReason::Length => "incomplete",
+        _ => "completed",
     }
 }
 
@@ -553,7 +562,7 @@ impl Encoder for Events {
             json!({"item_id": id, "output_index": index, "content_index": 0,
                    "part": Shape::text_part(&text)}),
         ));
-        let item = self.shape.message_item(&text, "completed");
+        let item = self.shape.message_item(&text, item_status(finished));
         out.push(self.event(
             "response.output_item.done",
             json!({"output_index": index, "item": item}),

@@ -53,6 +53,12 @@ async fn reasoning_goes_to_reasoning_content_without_tags() {
     assert_eq!(answer.usage.completion_tokens, 5);
     let details = answer.usage.completion_tokens_details.clone();
     assert_eq!(details.map(|d| d.reasoning_tokens), Some(4), "{answer:?}");
+    // n choices: each choice's reasoning counts.
+    let mut three = ask(THINKER);
+    three.n = Some(3);
+    let answers = daemon.client().chat(&three).await.unwrap();
+    let details = answers.usage.completion_tokens_details.clone();
+    assert_eq!(details.map(|d| d.reasoning_tokens), Some(12), "{answers:?}");
     // Raw (`reasoning_format: "none"`): not split, so not counted.
     let mut raw_request = ask(THINKER);
     raw_request.reasoning_format = Some("none".into());
@@ -963,7 +969,7 @@ async fn ollama_think_on_a_model_that_cannot_reason_is_refused() {
         ..Default::default()
     });
     daemon.settled().await;
-    for think in [json!(true), json!(false), json!("low")] {
+    for think in [json!(true), json!("low")] {
         let body = json!({"model": "plain echo", "stream": false, "think": think,
             "messages": [{"role": "user", "content": "hi"}]});
         let (status, answer) = raw(&daemon, Method::POST, "/api/chat", body).await;
@@ -974,10 +980,18 @@ async fn ollama_think_on_a_model_that_cannot_reason_is_refused() {
             "{think}"
         );
     }
-    let body = json!({"model": "plain echo", "stream": false,
-        "messages": [{"role": "user", "content": "hi"}]});
-    let (status, _) = raw(&daemon, Method::POST, "/api/chat", body).await;
-    assert_eq!(status, 200);
+    // Absent or `false` (which clients send always, and Ollama accepts): answered as it is.
+    for think in [None, Some(json!(false))] {
+        let mut body = json!({"model": "plain echo", "stream": false,
+            "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(t) = think {
+            body["think"] = t;
+        }
+        let (status, answer) = raw(&daemon, Method::POST, "/api/chat", body).await;
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["message"]["content"], "hi", "{v}");
+    }
 }
 
 /// A field r1d does not know — a typo such as `max_token` — is a 400 naming it on every

@@ -346,7 +346,11 @@ async fn more_choices_than_parallel_sequences_all_finish() {
     let choices = v["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 5, "{v}");
     for c in choices {
-        assert_eq!(c["text"].as_str().unwrap().split_whitespace().count(), 150, "{c}");
+        assert_eq!(
+            c["text"].as_str().unwrap().split_whitespace().count(),
+            150,
+            "{c}"
+        );
     }
     assert!(
         !daemon.log().contains("stopped reading"),
