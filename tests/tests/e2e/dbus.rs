@@ -1026,11 +1026,18 @@ async fn dbus_last_crash_says_how_the_models_worker_died() {
         .chat(&crate::ask("[[crash:exit]]"))
         .await
         .unwrap_err();
-    crate::watch::until(&daemon, 30, "State ready again after the crash", || async {
-        (manager.state().await.ok()? == "ready").then_some(())
-    })
+    // The answer's error event can reach the client before the engine records the crash: wait
+    // for both the record and the restart.
+    let crash = crate::watch::until(
+        &daemon,
+        30,
+        "the crash recorded and State ready again",
+        || async {
+            let crash = manager.last_crash().await.ok()?;
+            (!crash.is_empty() && manager.state().await.ok()? == "ready").then_some(crash)
+        },
+    )
     .await;
-    let crash = manager.last_crash().await.unwrap();
     assert!(
         crash.contains("exited with status 3") && crash.contains("1 in a row"),
         "{crash}"
