@@ -1764,6 +1764,13 @@ impl Answer {
         let n_prompt = tokens.len() as u32;
         // Checked above: at most the loaded context.
         let n_ctx = job.sampling.context_limit.unwrap_or(info.context_length);
+        if let Some(limit) = job.sampling.context_limit.filter(|&l| n_prompt >= l) {
+            return Err(EngineError::InvalidRequest(format!(
+                "num_ctx: the prompt is {n_prompt} tokens, and num_ctx = {limit} leaves no room \
+                 for an answer (the model is loaded with {} tokens of context)",
+                info.context_length
+            )));
+        }
         if n_prompt >= n_ctx {
             return Err(EngineError::ContextExceeded {
                 prompt_tokens: n_prompt,

@@ -879,7 +879,7 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
         return invalid(
             Some("n"),
             format!(
-                "{} prompts × n = {n} are {total} choices, more than the {MAX_CHOICES} r1d \
+                "{} prompt(s) × n = {n} are {total} choices, more than the {MAX_CHOICES} r1d \
                  generates per request",
                 prompts.len()
             ),

@@ -1947,14 +1947,13 @@ async fn ollama_num_ctx_limits_the_request_and_more_than_the_loaded_context_is_r
     let prompt = v["prompt_eval_count"].as_u64().unwrap();
     assert_eq!(prompt + v["eval_count"].as_u64().unwrap(), 12, "{v}");
     assert_eq!(v["done_reason"], "length", "{v}");
-    // A prompt that does not fit it is refused, as one over the loaded context.
+    // A prompt that leaves no room for an answer in it is refused, naming num_ctx.
     let (status, v) = generate(json!({"num_ctx": prompt})).await;
     assert_eq!(status, 400, "{v}");
     let message = v["error"].as_str().unwrap();
-    assert!(
-        message.contains(&format!("context length is {prompt} tokens")),
-        "{message}"
-    );
+    let want =
+        format!("num_ctx: the prompt is {prompt} tokens, and num_ctx = {prompt} leaves no room");
+    assert!(message.starts_with(&want), "{message}");
     let (status, v) = generate(json!({"num_ctx": 0})).await;
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("num_ctx"), "{v}");
