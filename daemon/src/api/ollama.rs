@@ -799,30 +799,16 @@ fn ollama_logprobs(entries: &[TokenLogprob]) -> Vec<r1d_client::ollama::Logprob>
         .collect()
 }
 
-/// The `logprobs` / `top_logprobs` of an Ollama request as [`Sampling::logprobs`].
+/// The `logprobs` / `top_logprobs` of an Ollama request ([`answer::logprobs_asked`]).
 ///
 /// # Errors
-/// A 400 naming `top_logprobs` above 20 or set without `logprobs: true` (Ollama's `api/types.go`
-/// and OpenAI's chat reference: 0–20).
+/// A 400 naming the field.
 fn ollama_logprobs_asked(
     logprobs: Option<bool>,
     top: Option<u32>,
 ) -> Result<Option<u32>, Response> {
-    let top_n = top.unwrap_or(0);
-    if top_n > 20 {
-        return Err(fail(ApiError::invalid(
-            Some("top_logprobs"),
-            format!("top_logprobs = {top_n} is above 20"),
-        )));
-    }
-    match logprobs {
-        Some(true) => Ok(Some(top_n)),
-        _ if top_n > 0 => Err(fail(ApiError::invalid(
-            Some("top_logprobs"),
-            "top_logprobs needs logprobs: true",
-        ))),
-        _ => Ok(None),
-    }
+    answer::logprobs_asked(logprobs, top)
+        .map_err(|(param, message)| fail(ApiError::invalid(Some(param), message)))
 }
 
 /// "7.6B", "135M": the parameter count as Ollama prints it.

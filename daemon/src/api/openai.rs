@@ -201,37 +201,17 @@ fn refuse_unimplemented_chat(req: &ChatCompletionRequest) -> Result<(), Response
     Ok(())
 }
 
-/// The most `top_logprobs` a chat request may ask for (OpenAI's chat reference: 0 to 20).
-const MAX_TOP_LOGPROBS: u32 = 20;
-
 /// The most `logprobs` a text completion may ask for (OpenAI's legacy Completions reference:
 /// "the maximum value for logprobs is 5").
 const MAX_COMPLETION_LOGPROBS: u32 = 5;
 
-/// The chat request's log-probability fields as [`Sampling::logprobs`]: `Some(top_logprobs)`
-/// with `logprobs: true`, `None` without.
+/// The chat request's log-probability fields ([`answer::logprobs_asked`]).
 ///
 /// # Errors
-/// A 400 naming `top_logprobs` above 20, or set above 0 without `logprobs: true` (OpenAI:
-/// "logprobs must be set to true if this parameter is used").
+/// A 400 naming the field.
 fn chat_logprobs(req: &ChatCompletionRequest) -> Result<Option<u32>, Response> {
-    let top = req.top_logprobs.unwrap_or(0);
-    if top > MAX_TOP_LOGPROBS {
-        return Err(invalid(
-            Some("top_logprobs"),
-            format!("top_logprobs = {top} is above {MAX_TOP_LOGPROBS}, OpenAI's limit"),
-        ));
-    }
-    if req.logprobs == Some(true) {
-        Ok(Some(top))
-    } else if top > 0 {
-        Err(invalid(
-            Some("top_logprobs"),
-            "top_logprobs needs logprobs: true".into(),
-        ))
-    } else {
-        Ok(None)
-    }
+    answer::logprobs_asked(req.logprobs, req.top_logprobs)
+        .map_err(|(param, message)| invalid(Some(param), message))
 }
 
 /// The text around a tool call in templates of the Hermes/Qwen kind, which a forced call is
