@@ -36,6 +36,14 @@ MODEL = "test"
 
 models = client.models.list()
 assert [m.id for m in models.data] == [MODEL], models
+# Retrieve: the listed id (and any name r1d accepts for the model, :latest too) gives its entry.
+for name in (MODEL, MODEL + ":latest"):
+    assert client.models.retrieve(name).id == MODEL
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("an unknown model was retrieved")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
 
 # Non-streamed chat: reasoning in reasoning_content (an extra field the client keeps).
 r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": THINKER}])

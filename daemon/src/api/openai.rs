@@ -37,6 +37,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
 }
 
 /// An error in OpenAI's shape.
@@ -1288,6 +1289,25 @@ fn completion_logprobs_wire(entries: &[TokenLogprob], offset: &mut usize) -> Val
         "top_logprobs": top,
         "text_offset": text_offset,
     })
+}
+
+/// `GET /v1/models/{id}` (OpenAI's "retrieve model"): the resident model's entry when `id` is
+/// any name r1d accepts for it (as `model` in a request; ids may hold `/`); otherwise a 404 in
+/// the OpenAI shape saying what is served, or that nothing is.
+async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Json(list) = models(State(state.clone())).await;
+    let Some(entry) = list.data.into_iter().next() else {
+        return fail(ApiError::model_not_found(format!(
+            "model {id:?} is not served here: no model is resident"
+        )));
+    };
+    match answer::check_model(&state.control, Some(&id)).await {
+        Ok(()) => Json(entry).into_response(),
+        Err(message) => fail(ApiError::model_not_found(message)),
+    }
 }
 
 /// `GET /v1/models`: the resident model, by the name `/api/tags` and `r1ctl models` list it
