@@ -432,6 +432,34 @@ pub fn ollama_format(format: Option<&Value>) -> Result<Option<String>, String> {
     }
 }
 
+/// The most `top_logprobs` a request may ask for: OpenAI's chat reference (0 to 20), which
+/// Ollama's `api/types.go` follows.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// A request's `logprobs` / `top_logprobs` (chat on OpenAI's and Ollama's routes) as
+/// [`Sampling::logprobs`]: `Some(top_logprobs)` with `logprobs: true`, `None` without.
+///
+/// # Errors
+/// `(param, message)` naming `top_logprobs` above 20, or set above 0 without `logprobs: true`
+/// (OpenAI: "logprobs must be set to true if this parameter is used").
+pub fn logprobs_asked(
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+) -> Result<Option<u32>, (&'static str, String)> {
+    let top = top_logprobs.unwrap_or(0);
+    if top > MAX_TOP_LOGPROBS {
+        return Err((
+            "top_logprobs",
+            format!("top_logprobs = {top} is above {MAX_TOP_LOGPROBS}, OpenAI's limit"),
+        ));
+    }
+    match logprobs {
+        Some(true) => Ok(Some(top)),
+        _ if top > 0 => Err(("top_logprobs", "top_logprobs needs logprobs: true".into())),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod structured_output_tests {
     use super::*;
@@ -484,33 +512,5 @@ mod structured_output_tests {
         );
         assert!(ollama_format(Some(&json!("yaml"))).is_err());
         assert!(ollama_format(Some(&json!(5))).is_err());
-    }
-}
-
-/// The most `top_logprobs` a request may ask for: OpenAI's chat reference (0 to 20), which
-/// Ollama's `api/types.go` follows.
-pub const MAX_TOP_LOGPROBS: u32 = 20;
-
-/// A request's `logprobs` / `top_logprobs` (chat on OpenAI's and Ollama's routes) as
-/// [`Sampling::logprobs`]: `Some(top_logprobs)` with `logprobs: true`, `None` without.
-///
-/// # Errors
-/// `(param, message)` naming `top_logprobs` above 20, or set above 0 without `logprobs: true`
-/// (OpenAI: "logprobs must be set to true if this parameter is used").
-pub fn logprobs_asked(
-    logprobs: Option<bool>,
-    top_logprobs: Option<u32>,
-) -> Result<Option<u32>, (&'static str, String)> {
-    let top = top_logprobs.unwrap_or(0);
-    if top > MAX_TOP_LOGPROBS {
-        return Err((
-            "top_logprobs",
-            format!("top_logprobs = {top} is above {MAX_TOP_LOGPROBS}, OpenAI's limit"),
-        ));
-    }
-    match logprobs {
-        Some(true) => Ok(Some(top)),
-        _ if top > 0 => Err(("top_logprobs", "top_logprobs needs logprobs: true".into())),
-        _ => Ok(None),
     }
 }

@@ -665,10 +665,16 @@ impl Lines {
         stats: Stats,
     ) -> Value {
         let mut line = self.line(text, thinking, done, stats);
+        self.attach_logprobs(&mut line);
+        line
+    }
+
+    /// Moves the log probabilities waiting into `line` (its `logprobs`), when the request asked
+    /// for them.
+    fn attach_logprobs(&mut self, line: &mut Value) {
         if let Some(entries) = self.logprobs.as_mut() {
             line["logprobs"] = json(&ollama_logprobs(&std::mem::take(entries)));
         }
-        line
     }
 
     /// The `done` line: the stats, and for `/api/generate` the `context` (the token ids of the
@@ -730,9 +736,7 @@ impl Encoder for Lines {
             let held = std::mem::take(&mut self.held);
             let mut line = self.tool_line(&held, false, Stats::default());
             // The held answer's tokens ride with its text.
-            if let Some(entries) = self.logprobs.as_mut() {
-                line["logprobs"] = json(&ollama_logprobs(&std::mem::take(entries)));
-            }
+            self.attach_logprobs(&mut line);
             out.push(line);
         }
         out.push(self.done_line(String::new(), None, finished));
@@ -765,9 +769,7 @@ async fn respond(admitted: answer::Admitted, mut lines: Lines, stream: Option<bo
             }
             // Tools are a chat field: the thinking goes into the message.
             let mut line = lines.tool_line(&content, true, stats(&finished));
-            if let Some(entries) = lines.logprobs.take() {
-                line["logprobs"] = json(&ollama_logprobs(&entries));
-            }
+            lines.attach_logprobs(&mut line);
             if let Some(thinking) = thinking {
                 line["message"]["thinking"] = Value::from(thinking);
             }

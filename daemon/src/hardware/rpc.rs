@@ -120,25 +120,13 @@ impl RpcWatch {
         interval: Duration,
         on_change: impl Fn(RpcChange) + Send + 'static,
     ) -> RpcWatch {
-        let watch = RpcWatch {
-            link,
-            workers: Arc::new(Mutex::new(
-                endpoints
-                    .iter()
-                    .map(|e| RpcWorker {
-                        endpoint: e.clone(),
-                        state: RpcState::Unknown,
-                        last_answer: None,
-                    })
-                    .collect(),
-            )),
-        };
+        // The first round before the first plan, then one every `interval`.
+        let watch = RpcWatch::once(endpoints, link);
         if endpoints.is_empty() {
             return watch;
         }
         let shared = Arc::clone(&watch.workers);
         let endpoints = endpoints.to_vec();
-        round(&shared, &endpoints, &|_| {});
         let spawned = std::thread::Builder::new()
             .name("r1d-rpc-watch".into())
             .spawn(move || loop {

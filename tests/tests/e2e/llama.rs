@@ -22,6 +22,20 @@ fn smollm_daemon() -> Option<Daemon> {
     }))
 }
 
+/// "What is the capital of France?" at temperature 0, at most `max_tokens` tokens, with a plain
+/// system prompt: SmolLM2's template adds its own system prompt when none is given, with which
+/// this 135M model answers in French nonsense; with a plain one it answers correctly.
+fn capital_of_france(max_tokens: u32) -> r1d_client::wire::ChatCompletionRequest {
+    let mut request = ask("What is the capital of France?");
+    request.messages.insert(
+        0,
+        ChatMessage::new("system", "You are a helpful assistant."),
+    );
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(max_tokens);
+    request
+}
+
 #[tokio::test]
 async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
@@ -35,15 +49,7 @@ async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
         daemon.log()
     );
     let client = daemon.client();
-    // SmolLM2's template adds its own system prompt when none is given, with which this 135M
-    // model answers in French nonsense; with a plain system prompt it answers correctly.
-    let mut request = ask("What is the capital of France?");
-    request.messages.insert(
-        0,
-        ChatMessage::new("system", "You are a helpful assistant."),
-    );
-    request.temperature = Some(0.0);
-    request.max_tokens = Some(48);
+    let request = capital_of_france(48);
     let answer = client.chat(&request).await.unwrap();
     let text = answer.choices[0].message.content.clone();
     assert_eq!(text, "The capital of France is Paris.");
@@ -661,13 +667,7 @@ async fn logprobs_are_the_models_own_and_cover_the_answer_token_by_token() {
         daemon.log()
     );
     let client = daemon.client();
-    let mut request = ask("What is the capital of France?");
-    request.messages.insert(
-        0,
-        ChatMessage::new("system", "You are a helpful assistant."),
-    );
-    request.temperature = Some(0.0);
-    request.max_tokens = Some(24);
+    let mut request = capital_of_france(24);
     request.logprobs = Some(true);
     request.top_logprobs = Some(5);
     let answer = client.chat(&request).await.unwrap();

@@ -30,7 +30,7 @@ fn echo_daemon(config: &str) -> (Daemon, tempfile::TempDir) {
 /// `max_tokens` tokens.
 fn slow(words: &str, max_tokens: u32) -> ChatCompletionRequest {
     ChatCompletionRequest {
-        messages: vec![ChatMessage::new("user", &format!("{words} [[slow]]"))],
+        messages: vec![ChatMessage::new("user", format!("{words} [[slow]]"))],
         max_tokens: Some(max_tokens),
         ..Default::default()
     }
