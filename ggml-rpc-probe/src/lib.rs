@@ -27,6 +27,10 @@ pub const PROTO_MAJOR: u8 = 7;
 pub const PROTO_MINOR: u8 = 0;
 
 /// `rpc_cmd` values (ggml-rpc.cpp; `RPC_CMD_HELLO` is fixed at 14 across versions).
+const CMD_ALLOC_BUFFER: u8 = 0;
+const CMD_BUFFER_GET_BASE: u8 = 3;
+const CMD_FREE_BUFFER: u8 = 4;
+const CMD_SET_TENSOR: u8 = 6;
 const CMD_GET_DEVICE_MEMORY: u8 = 11;
 const CMD_HELLO: u8 = 14;
 const CMD_DEVICE_COUNT: u8 = 15;
@@ -150,67 +154,8 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), ProbeError> {
 /// [`ProbeError`]: a bad endpoint, a host that does not resolve, nothing listening, no answer
 /// (busy or hung), or a broken or foreign answer (another protocol version is named).
 pub fn probe(endpoint: &str, timeout: Duration) -> Result<Worker, ProbeError> {
-    check_endpoint(endpoint)?;
-    let addrs: Vec<_> = endpoint
-        .to_socket_addrs()
-        .map_err(|source| ProbeError::Resolve {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?
-        .collect();
-    let mut last = None;
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut stream = stream.ok_or_else(|| ProbeError::Unreachable {
-        endpoint: endpoint.to_owned(),
-        source: last.unwrap_or_else(|| std::io::Error::other("no address")),
-    })?;
-    let io = |e: std::io::Error| -> ProbeError {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            ProbeError::Busy {
-                endpoint: endpoint.to_owned(),
-                timeout,
-            }
-        } else {
-            ProbeError::Protocol {
-                endpoint: endpoint.to_owned(),
-                message: format!("the connection broke: {e}"),
-            }
-        }
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let _ = stream.set_nodelay(true);
-
-    let hello = call(
-        &mut stream,
-        CMD_HELLO,
-        &[0u8; CONN_CAPS_SIZE],
-        4 + CONN_CAPS_SIZE,
-    )
-    .map_err(|e| e.into_probe(endpoint, &io))?;
-    let version = (hello[0], hello[1], hello[2]);
-    if version.0 != PROTO_MAJOR || version.1 > PROTO_MINOR {
-        return Err(ProbeError::Protocol {
-            endpoint: endpoint.to_owned(),
-            message: format!(
-                "speaks RPC protocol {}.{}.{}, this build of r1d speaks {PROTO_MAJOR}.{PROTO_MINOR}.x \
-                 (build the worker from the same llama.cpp: scripts/build-rpc-worker)",
-                version.0, version.1, version.2
-            ),
-        });
-    }
+    let (mut stream, version) = open(endpoint, timeout)?;
+    let io = |e| io_error(endpoint, timeout, e);
     let started = std::time::Instant::now();
     let count =
         call(&mut stream, CMD_DEVICE_COUNT, &[], 4).map_err(|e| e.into_probe(endpoint, &io))?;
@@ -240,6 +185,183 @@ pub fn probe(endpoint: &str, timeout: Duration) -> Result<Worker, ProbeError> {
     })
 }
 
+/// What one timed transfer to a worker showed (see [`measure_link`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkSpeed {
+    /// Bytes sent in the timed `SET_TENSOR`.
+    pub bytes: u64,
+    /// The shortest round trip of a small call (`BUFFER_GET_BASE`) on the same connection.
+    pub round_trip: Duration,
+    /// From the first byte of the `SET_TENSOR` written to the answer of the call after it.
+    pub elapsed: Duration,
+}
+
+impl LinkSpeed {
+    /// Bytes per second the link carried: `bytes` over `elapsed` less one round trip (the call
+    /// that closes the timing), at least 1 µs.
+    pub fn bandwidth_bytes_per_s(&self) -> u64 {
+        let s = self
+            .elapsed
+            .saturating_sub(self.round_trip)
+            .max(Duration::from_micros(1))
+            .as_secs_f64();
+        (self.bytes as f64 / s) as u64
+    }
+}
+
+/// Bytes of `rpc_tensor` (ggml-rpc.cpp, `#pragma pack(1)`): id u64, type u32, buffer u64,
+/// ne\[4\] u32, nb\[4\] u32, op u32, op_params\[16\] i32, flags i32, src\[10\] u64, view_src u64,
+/// view_offs u64, data u64, name\[64\], use_count i32.
+const RPC_TENSOR_SIZE: usize = 296;
+
+/// Measures the link to `endpoint` the way a model load uses it: allocates `bytes` on the
+/// worker's device 0 (`ALLOC_BUFFER`), writes them as one F32 tensor (`SET_TENSOR`, which has
+/// no answer) and times it to the answer of the `BUFFER_GET_BASE` sent after it, then frees the
+/// buffer (`FREE_BUFFER`). The worker's ggml aborts on a malformed tensor, so the tensor is
+/// the plain one ggml's own client sends: contiguous, inside the buffer, no name. Blocking; each
+/// step waits at most `timeout` (the transfer too: give it the bytes' time on a slow link).
+///
+/// # Errors
+/// As [`probe`]; [`ProbeError::Protocol`] when the worker cannot allocate `bytes` (0 pointer).
+pub fn measure_link(endpoint: &str, bytes: u64, timeout: Duration) -> Result<LinkSpeed, ProbeError> {
+    let (mut stream, _) = open(endpoint, timeout)?;
+    let io = |e| io_error(endpoint, timeout, e);
+    let bytes = bytes.max(4) / 4 * 4;
+    let mut alloc = 0u32.to_le_bytes().to_vec();
+    alloc.extend_from_slice(&bytes.to_le_bytes());
+    let r = call(&mut stream, CMD_ALLOC_BUFFER, &alloc, 16).map_err(|e| e.into_probe(endpoint, &io))?;
+    let buffer = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+    if buffer == 0 {
+        return Err(ProbeError::Protocol {
+            endpoint: endpoint.to_owned(),
+            message: format!("could not allocate {bytes} bytes on device 0 to measure the link"),
+        });
+    }
+    let base_of = |stream: &mut TcpStream| -> Result<(u64, Duration), ProbeError> {
+        let started = std::time::Instant::now();
+        let b = call(stream, CMD_BUFFER_GET_BASE, &buffer.to_le_bytes(), 8)
+            .map_err(|e| e.into_probe(endpoint, &io))?;
+        Ok((u64::from_le_bytes(b[..8].try_into().expect("8 bytes")), started.elapsed()))
+    };
+    let (base, mut round_trip) = base_of(&mut stream)?;
+    round_trip = round_trip.min(base_of(&mut stream)?.1);
+
+    let mut request = Vec::with_capacity(9 + RPC_TENSOR_SIZE + 9 + bytes as usize);
+    request.push(CMD_SET_TENSOR);
+    request.extend_from_slice(&((RPC_TENSOR_SIZE + 9) as u64 + bytes).to_le_bytes());
+    request.extend_from_slice(&rpc_tensor_f32(buffer, base, bytes / 4));
+    request.push(0); // cache_flag: do not write it to the worker's cache directory
+    request.extend_from_slice(&0u64.to_le_bytes()); // offset
+    request.resize(request.len() + bytes as usize, 0);
+    let started = std::time::Instant::now();
+    let sent = stream
+        .write_all(&request)
+        .map_err(|e| CallError::Io(e).into_probe(endpoint, &io));
+    let result = sent.and_then(|()| base_of(&mut stream)).map(|_| LinkSpeed {
+        bytes,
+        round_trip,
+        elapsed: started.elapsed(),
+    });
+    // Freed whatever the timing gave; a closed connection frees it on the worker too.
+    let _ = send(&mut stream, CMD_FREE_BUFFER, &buffer.to_le_bytes());
+    result
+}
+
+/// An `rpc_tensor` of `n` F32 values at `data` in `buffer`: one row, contiguous.
+fn rpc_tensor_f32(buffer: u64, data: u64, n: u64) -> Vec<u8> {
+    let mut t = Vec::with_capacity(RPC_TENSOR_SIZE);
+    t.extend_from_slice(&1u64.to_le_bytes()); // id
+    t.extend_from_slice(&0u32.to_le_bytes()); // type: GGML_TYPE_F32
+    t.extend_from_slice(&buffer.to_le_bytes());
+    for ne in [n as u32, 1, 1, 1] {
+        t.extend_from_slice(&ne.to_le_bytes());
+    }
+    for nb in [4u32, 4 * n as u32, 4 * n as u32, 4 * n as u32] {
+        t.extend_from_slice(&nb.to_le_bytes());
+    }
+    t.extend_from_slice(&0u32.to_le_bytes()); // op: GGML_OP_NONE
+    t.extend_from_slice(&[0u8; 64]); // op_params
+    t.extend_from_slice(&0i32.to_le_bytes()); // flags
+    t.extend_from_slice(&[0u8; 80]); // src
+    t.extend_from_slice(&0u64.to_le_bytes()); // view_src
+    t.extend_from_slice(&0u64.to_le_bytes()); // view_offs
+    t.extend_from_slice(&data.to_le_bytes());
+    t.extend_from_slice(&[0u8; 64]); // name
+    t.extend_from_slice(&0i32.to_le_bytes()); // use_count
+    debug_assert_eq!(t.len(), RPC_TENSOR_SIZE);
+    t
+}
+
+/// An I/O error of a step as a [`ProbeError`]: a timeout is [`ProbeError::Busy`].
+fn io_error(endpoint: &str, timeout: Duration, e: std::io::Error) -> ProbeError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ) {
+        ProbeError::Busy {
+            endpoint: endpoint.to_owned(),
+            timeout,
+        }
+    } else {
+        ProbeError::Protocol {
+            endpoint: endpoint.to_owned(),
+            message: format!("the connection broke: {e}"),
+        }
+    }
+}
+
+/// Connects, sets the step timeouts, says HELLO and checks the protocol version. Returns the
+/// connection and the worker's version.
+fn open(endpoint: &str, timeout: Duration) -> Result<(TcpStream, (u8, u8, u8)), ProbeError> {
+    check_endpoint(endpoint)?;
+    let addrs: Vec<_> = endpoint
+        .to_socket_addrs()
+        .map_err(|source| ProbeError::Resolve {
+            endpoint: endpoint.to_owned(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = stream.ok_or_else(|| ProbeError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+    })?;
+    let io = |e| io_error(endpoint, timeout, e);
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let _ = stream.set_nodelay(true);
+
+    let hello = call(
+        &mut stream,
+        CMD_HELLO,
+        &[0u8; CONN_CAPS_SIZE],
+        4 + CONN_CAPS_SIZE,
+    )
+    .map_err(|e| e.into_probe(endpoint, &io))?;
+    let version = (hello[0], hello[1], hello[2]);
+    if version.0 != PROTO_MAJOR || version.1 > PROTO_MINOR {
+        return Err(ProbeError::Protocol {
+            endpoint: endpoint.to_owned(),
+            message: format!(
+                "speaks RPC protocol {}.{}.{}, this build of r1d speaks {PROTO_MAJOR}.{PROTO_MINOR}.x \
+                 (build the worker from the same llama.cpp: scripts/build-rpc-worker)",
+                version.0, version.1, version.2
+            ),
+        });
+    }
+    Ok((stream, version))
+}
+
 enum CallError {
     Io(std::io::Error),
     Size { want: usize, got: u64 },
@@ -265,6 +387,15 @@ impl CallError {
             },
         }
     }
+}
+
+/// One request that has no response.
+fn send(stream: &mut TcpStream, cmd: u8, input: &[u8]) -> Result<(), CallError> {
+    let mut request = Vec::with_capacity(9 + input.len());
+    request.push(cmd);
+    request.extend_from_slice(&(input.len() as u64).to_le_bytes());
+    request.extend_from_slice(input);
+    stream.write_all(&request).map_err(CallError::Io)
 }
 
 /// One request and its response of exactly `want` bytes.

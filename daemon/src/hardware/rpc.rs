@@ -20,6 +20,14 @@ use std::time::Duration;
 /// How long one probe step may take: a worker that is up answers in milliseconds on a LAN.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Bytes of the timed transfer that measures a worker's link ([`ggml_rpc_probe::measure_link`]),
+/// once when it first answers: 16 MiB, 0.14 s on a 1 Gbit/s LAN, long enough that the round trip
+/// and TCP's slow start are a small part of it.
+pub const LINK_PROBE_BYTES: u64 = 16 << 20;
+
+/// How long the timed transfer may take (each step): 16 MiB at 2 MB/s.
+pub const LINK_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// What a worker looked like at the last probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RpcState {
@@ -74,6 +82,11 @@ pub struct RpcWorker {
     pub state: RpcState,
     /// Its last answer (kept while it serves or is busy; dropped when it is gone).
     pub last_answer: Option<Answer>,
+    /// The link's bandwidth as measured when it first answered (bytes/s; `None`: not measured,
+    /// or the measurement failed — logged). Measured again after it was gone.
+    pub link_bandwidth: Option<u64>,
+    /// The measurement was tried since it last answered (not repeated every round).
+    pub link_tried: bool,
 }
 
 /// What changed between two probes that matters to a model using the workers.
@@ -150,6 +163,9 @@ impl RpcWatch {
                         endpoint: e.clone(),
                         state: RpcState::Unknown,
                         last_answer: None,
+                        link_bandwidth: None,
+                        // A configured bandwidth is never measured.
+                        link_tried: link.1.is_some(),
                     })
                     .collect(),
             )),
@@ -169,7 +185,8 @@ impl RpcWatch {
     /// The workers the planner may place layers on: those that answered at their last probe
     /// and are up or serving this machine (not gone, not busy with another client), with their
     /// devices' free memory as last answered and the link: as configured, else the measured
-    /// round trip and [`super::Link::LAN_BANDWIDTH`].
+    /// round trip and bandwidth ([`LINK_PROBE_BYTES`] timed), else
+    /// [`super::Link::LAN_BANDWIDTH`].
     pub fn hosts(&self) -> Vec<super::RpcHost> {
         let (latency_ms, bandwidth) = self.link;
         self.workers()
@@ -184,7 +201,9 @@ impl RpcWatch {
                     link: super::Link {
                         round_trip_s: latency_ms
                             .map_or(answer.round_trip.as_secs_f64(), |ms| ms / 1000.0),
-                        bandwidth_bytes_per_s: bandwidth.unwrap_or(super::Link::LAN_BANDWIDTH),
+                        bandwidth_bytes_per_s: bandwidth
+                            .or(w.link_bandwidth)
+                            .unwrap_or(super::Link::LAN_BANDWIDTH),
                     },
                 })
             })
@@ -199,18 +218,35 @@ fn round(
     endpoints: &[String],
     on_change: &(dyn Fn(RpcChange) + Send),
 ) {
-    let probed: Vec<(String, RpcState, Option<Answer>)> = std::thread::scope(|scope| {
+    // Workers whose link has not been measured since they last answered.
+    let untried: Vec<String> = shared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|w| !w.link_tried)
+        .map(|w| w.endpoint.clone())
+        .collect();
+    type Probed = (String, RpcState, Option<Answer>, Option<Option<u64>>);
+    let probed: Vec<Probed> = std::thread::scope(|scope| {
         let handles: Vec<_> = endpoints
             .iter()
-            .map(|e| scope.spawn(move || (e.clone(), probe_answer(e))))
+            .map(|e| {
+                let measure = untried.contains(e);
+                scope.spawn(move || {
+                    let (state, answer) = probe_answer(e);
+                    // Once it answers (free: an rpc-server serves one client at a time).
+                    let link = (measure && matches!(state, RpcState::Up { .. }))
+                        .then(|| measure_link(e));
+                    (e.clone(), state, answer, link)
+                })
+            })
             .collect();
         handles
             .into_iter()
             .filter_map(|h| h.join().ok())
-            .map(|(e, (state, answer))| (e, state, answer))
             .collect()
     });
-    for (endpoint, after, answer) in probed {
+    for (endpoint, after, answer, link) in probed {
         let before = {
             let mut workers = shared.lock().unwrap_or_else(|e| e.into_inner());
             let Some(w) = workers.iter_mut().find(|w| w.endpoint == endpoint) else {
@@ -220,6 +256,15 @@ fn round(
                 (_, Some(a)) => w.last_answer = Some(a),
                 (RpcState::Gone(_), None) => w.last_answer = None,
                 _ => {}
+            }
+            if let Some(measured) = link {
+                w.link_bandwidth = measured;
+                w.link_tried = true;
+            }
+            if matches!(after, RpcState::Gone(_)) && w.link_tried && w.link_bandwidth.is_some() {
+                // It may come back on another path: measure it again then.
+                w.link_bandwidth = None;
+                w.link_tried = false;
             }
             std::mem::replace(&mut w.state, after.clone())
         };
@@ -239,6 +284,34 @@ fn round(
         }
         if let Some(c) = change(&endpoint, &before, &after) {
             on_change(c);
+        }
+    }
+}
+
+/// The bandwidth of the link to `endpoint` (bytes/s): [`LINK_PROBE_BYTES`] timed; `None` when the
+/// measurement failed (logged). Blocking, up to [`LINK_PROBE_TIMEOUT`] per step.
+fn measure_link(endpoint: &str) -> Option<u64> {
+    match ggml_rpc_probe::measure_link(endpoint, LINK_PROBE_BYTES, LINK_PROBE_TIMEOUT) {
+        Ok(speed) => {
+            let bandwidth = speed.bandwidth_bytes_per_s();
+            tracing::info!(
+                worker = endpoint,
+                "rpc worker {endpoint}: link measured at {:.0} MB/s ({} MiB in {:.1} ms, round \
+                 trip {:.2} ms)",
+                bandwidth as f64 / 1e6,
+                speed.bytes >> 20,
+                speed.elapsed.as_secs_f64() * 1000.0,
+                speed.round_trip.as_secs_f64() * 1000.0
+            );
+            Some(bandwidth)
+        }
+        Err(e) => {
+            tracing::warn!(
+                worker = endpoint,
+                "rpc worker {endpoint}: could not measure the link ({e}); planning with \
+                 [backends.llamacpp] rpc_link_bandwidth_bytes_per_s or a 1 Gbit/s LAN's 117 MB/s"
+            );
+            None
         }
     }
 }

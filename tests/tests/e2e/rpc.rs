@@ -600,6 +600,37 @@ async fn r1d_plan_splits_a_variant_too_big_for_this_machine_across_real_workers(
     );
     // Measured on loopback: a round trip, well under a LAN's 0.2 ms default, is part of it.
     assert!(c.network_ms_per_token > 0.0, "{c:?}");
+
+    // The link is measured (16 MiB written to each worker's device and timed), not the 1 Gbit/s
+    // default, and the workers live on: the timed tensor is one ggml's RPC server accepts (a
+    // malformed one ends the worker with GGML_ABORT).
+    let out = Command::new(r1d_tests::binary("r1d"))
+        .arg("--config")
+        .arg(&config)
+        .args(["hardware", "--json"])
+        .env("XDG_CACHE_HOME", dir.path())
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("failed to run r1d hardware");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let hw: r1d_client::wire::HardwareProfile = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hw.rpc_workers.len(), 2, "{log}");
+    for (w, worker) in hw.rpc_workers.iter().zip([&a, &b]) {
+        assert_eq!(w.endpoint, worker.endpoint);
+        let measured = w.link_bandwidth_bytes_per_s.unwrap();
+        assert_ne!(measured, 117_000_000, "not measured: {log}");
+        assert!(
+            log.contains(&format!("rpc worker {}: link measured at", w.endpoint)),
+            "{log}"
+        );
+        eprintln!("{}: link measured at {:.0} MB/s", w.endpoint, measured as f64 / 1e6);
+    }
+    let again = plan(&config);
+    assert!(q4(&again).fits, "the workers answer after the measurement: {}", q4(&again).reason);
+    for w in [&a, &b] {
+        assert!(!w.log().contains("GGML_ASSERT"), "{}", w.log());
+    }
 }
 
 /// An endpoint that accepts connections and never answers, and an HTTP server, named as workers:
