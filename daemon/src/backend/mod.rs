@@ -41,7 +41,7 @@ pub enum BackendError {
         mode: u32,
     },
     /// `dlopen` or `dlsym` failed.
-    #[error("failed to load plugin {path}: {source}")]
+    #[error("failed to load plugin {path}: {}", loader_words(source))]
     Open {
         /// The plugin file.
         path: PathBuf,
@@ -49,7 +49,7 @@ pub enum BackendError {
         source: libloading::Error,
     },
     /// The library does not export `r1_plugin_entry`.
-    #[error("failed to load plugin {path}: it does not export r1_plugin_entry, so it is not an r1d plugin ({source})")]
+    #[error("failed to load plugin {path}: it does not export r1_plugin_entry, so it is not an r1d plugin ({})", loader_words(source))]
     NoEntry {
         /// The plugin file.
         path: PathBuf,
@@ -154,6 +154,12 @@ pub enum BackendError {
         /// The parse error.
         source: serde_json::Error,
     },
+}
+
+/// What the dynamic loader said: libloading 0.9's message is "dlopen failed", its source the
+/// loader's own words (`libcuda.so.1: cannot open shared object file: …`, `invalid ELF header`).
+fn loader_words(e: &libloading::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
 }
 
 impl BackendError {

@@ -293,6 +293,8 @@ async fn library_without_entry_point_is_refused_and_others_load() {
     .find(|p| std::path::Path::new(p).exists())
     .expect("libm present");
     std::fs::copy(libc, plugins.path().join("libr1_plugin_bogus.so")).unwrap();
+    // And a file that is no shared library at all: the loader's own words reach the listing.
+    std::fs::write(plugins.path().join("libr1_plugin_garbage.so"), b"not an ELF file\n").unwrap();
     let models = tempfile::tempdir().unwrap();
     let model = echo_model(models.path(), "{}");
     let daemon = Daemon::start(DaemonOptions {
@@ -312,6 +314,18 @@ async fn library_without_entry_point_is_refused_and_others_load() {
         .as_deref()
         .unwrap()
         .contains("does not export r1_plugin_entry"));
+    let garbage = list
+        .backends
+        .iter()
+        .find(|b| b.path.ends_with("garbage.so"))
+        .unwrap();
+    let why = garbage.error.as_deref().unwrap();
+    // glibc: "…/libr1_plugin_garbage.so: invalid ELF header" (or "file too short").
+    assert!(
+        why.contains("failed to load plugin")
+            && (why.contains("invalid ELF header") || why.contains("file too short")),
+        "{why}"
+    );
 }
 
 #[tokio::test]
