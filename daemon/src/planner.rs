@@ -37,9 +37,32 @@ pub const DEFAULT_CPU_BANDWIDTH: u64 = 25_000_000_000;
 /// sysfs always use this.
 pub const DEFAULT_GPU_BANDWIDTH: u64 = 250_000_000_000;
 
-/// Share of a GPU's peak bandwidth that llama.cpp's token generation reaches (≈ 0.6–0.8 in
-/// llama-bench `tg128` results against data-sheet bandwidth); an estimate.
+/// Share of a GPU's peak bandwidth that llama.cpp's token generation reaches on GPUs up to
+/// about 2.6 TB/s (≈ 0.6–0.8 in published llama-bench `tg128` results against data-sheet
+/// bandwidth; an estimate: no such GPU has run r1d yet). Above that the reading is capped at
+/// [`GPU_EFFECTIVE_BANDWIDTH_CAP`]. See [`gpu_effective_bandwidth`].
 pub const GPU_EFFICIENCY: f64 = 0.7;
+
+/// The most bandwidth llama.cpp's CUDA generation was seen to read at (bytes/s): 1.85 TB/s on
+/// an H200 (4.81 TB/s peak, HBM3e), llama-cpp-sys-2 0.1.161's llama.cpp built for sm_90 with
+/// CUDA 13.0, `llama-bench -ngl 99 -n 128` on the R1 stand-ins: 70B Q6_K 27.9 tokens/s, 7B
+/// Q4_K_M 250.5 tokens/s; with [`GPU_LAYER_SECONDS`] both are 1.85 TB/s, 0.38 of the peak
+/// (`scripts/gpu-check`, docs/gpu.md). The matrix–vector kernels of one token do not fill HBM;
+/// a 0.7 share of such a peak promised twice the speed that was measured.
+pub const GPU_EFFECTIVE_BANDWIDTH_CAP: f64 = 1.85e12;
+
+/// Time one offloaded layer adds to a generated token besides reading its bytes (seconds): the
+/// kernel launches and synchronisation of a layer's ~10 operations, 52 µs, from the same two
+/// H200 measurements as [`GPU_EFFECTIVE_BANDWIDTH_CAP`] (the two unknowns of
+/// `t = bytes / bandwidth + layers × this`). It is why a small model on a big GPU is far from
+/// its bandwidth figure (the 7B: 4.0 ms per token, 1.5 ms of it this).
+pub const GPU_LAYER_SECONDS: f64 = 52e-6;
+
+/// The bandwidth llama.cpp's generation reads at on a GPU of `peak` bytes/s (data-sheet):
+/// `min(peak × GPU_EFFICIENCY, GPU_EFFECTIVE_BANDWIDTH_CAP)`.
+pub fn gpu_effective_bandwidth(peak: f64) -> f64 {
+    (peak * GPU_EFFICIENCY).min(GPU_EFFECTIVE_BANDWIDTH_CAP)
+}
 
 /// Share of the measured CPU read bandwidth that llama.cpp's generation reaches; an estimate.
 pub const CPU_EFFICIENCY: f64 = 0.8;
@@ -391,7 +414,9 @@ fn place(
             };
         if bytes > 0.0 {
             let bw = gpu.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64;
-            seconds += bytes / (bw * GPU_EFFICIENCY);
+            let on_this = layers[i] + u32::from(output_on == Some(i));
+            seconds += bytes / gpu_effective_bandwidth(bw)
+                + f64::from(on_this) * GPU_LAYER_SECONDS;
         }
     }
     let tokens_per_s = if seconds > 0.0 { 1.0 / seconds } else { 0.0 };
@@ -567,8 +592,9 @@ fn place_split(
             free: g.vram_free_bytes,
             fixed: f.compute + GPU_RUNTIME_OVERHEAD,
             room: g.vram_free_bytes,
-            bandwidth: g.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64
-                * GPU_EFFICIENCY,
+            bandwidth: gpu_effective_bandwidth(
+                g.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64,
+            ),
         });
     }
     let split: Vec<u64> = devs.iter().map(|d| d.free).collect();
@@ -614,6 +640,10 @@ fn place_split(
         for d in 0..devs.len() {
             let output = if d == output_on { f.output as f64 } else { 0.0 };
             seconds += (blocks[d] as f64 * read_per_layer + output) / devs[d].bandwidth;
+            if matches!(devs[d].owner, Host::Gpu(_)) {
+                let on_this = blocks[d] + u64::from(d == output_on);
+                seconds += on_this as f64 * GPU_LAYER_SECONDS;
+            }
         }
         // Runs of consecutive layers on one worker (its devices together).
         let mut runs: Vec<(crate::hardware::Link, bool)> = Vec::new();
@@ -1281,6 +1311,33 @@ mod tests {
             (c.variant.id, c.quantization.name)
         );
         assert_eq!(tc.parallel, 1);
+    }
+
+    #[test]
+    fn the_gpu_speed_model_reproduces_llama_cpp_on_an_h200() {
+        // scripts/gpu-check on an H200 (NVML: 150.8 GB, 4.81 TB/s peak), llama-bench tg128 with
+        // every layer offloaded: 70B Q6_K 27.9 tokens/s, 7B Q4_K_M 250.5 tokens/s. The two
+        // constants were fitted to these two; each estimate must stay within 3 % of them.
+        let mut h200 = gpu(140, 139.8, 4810);
+        h200.vram_total_bytes = 150_800_000_000;
+        let hw = machine(16, 128, 100, vec![h200]);
+        let plan = plan(&hw, &[], &Policy::default());
+        for (variant, quant, measured) in [
+            ("deepseek-r1:70b", "Q6_K", 27.9),
+            ("deepseek-r1:7b", "Q4_K_M", 250.5),
+        ] {
+            let c = plan
+                .candidates
+                .iter()
+                .find(|c| c.variant.id == variant && c.quantization.name == quant)
+                .unwrap();
+            assert_eq!(c.gpu_layers, c.total_layers, "{variant} {quant}: {}", c.reason);
+            let off = (c.tokens_per_s - measured).abs() / measured;
+            assert!(off < 0.03, "{variant} {quant}: {} tokens/s planned, {measured} measured", c.tokens_per_s);
+        }
+        // The same bandwidth share as before below the cap: a 272 GB/s GPU reads at 0.7 × peak.
+        assert_eq!(gpu_effective_bandwidth(272e9), 272e9 * GPU_EFFICIENCY);
+        assert_eq!(gpu_effective_bandwidth(4.81e12), GPU_EFFECTIVE_BANDWIDTH_CAP);
     }
 
     #[test]
