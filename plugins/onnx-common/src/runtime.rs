@@ -248,7 +248,8 @@ fn library_version(path: &Path) -> Result<String, LoadFailure> {
     // libraries the administrator named or installed in a system directory; loading them is the
     // purpose of this plugin.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
-        let message = e.to_string();
+        // libloading's message is "dlopen failed"; the loader's own words are its source.
+        let message = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         LoadFailure {
             not_found: message.contains("No such file") || message.contains("cannot open"),
             message,
@@ -307,6 +308,27 @@ fn available_providers() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_library_that_is_not_there_is_said_in_the_loaders_words() {
+        let Err(e) = library_version(Path::new("/nonexistent/libonnxruntime.so.1")) else {
+            panic!("a missing file loaded");
+        };
+        assert!(e.not_found, "{}", e.message);
+        assert!(e.message.contains("No such file"), "{}", e.message);
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("libonnxruntime.so");
+        std::fs::write(&garbage, b"not an ELF file").unwrap();
+        let Err(e) = library_version(&garbage) else {
+            panic!("a text file loaded");
+        };
+        assert!(!e.not_found, "{}", e.message);
+        assert!(
+            e.message.contains("invalid ELF header") || e.message.contains("file too short"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn explicit_path_comes_first_then_system_names() {
