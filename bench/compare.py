@@ -24,8 +24,10 @@ SYS_CRATE = "llama-cpp-sys-2-0.1.161"
 LIBRARY_DIRS = ["src", "include", "ggml/src", "ggml/include"]
 TARGETS = ["llama-server", "llama-bench", "llama-tokenize"]
 # CMake cache entries copied from llama-cpp-sys-2's build besides every GGML_*/LLAMA_* boolean.
+# The CUDA keys matter for the CUDA build of the plugin (scripts/build-gpu-plugins cuda) alone.
 CMAKE_KEYS = ["CMAKE_BUILD_TYPE", "CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS", "CMAKE_C_COMPILER",
-              "CMAKE_CXX_COMPILER", "BUILD_SHARED_LIBS"]
+              "CMAKE_CXX_COMPILER", "BUILD_SHARED_LIBS", "CMAKE_CUDA_COMPILER",
+              "CMAKE_CUDA_ARCHITECTURES", "CMAKE_CUDA_FLAGS"]
 OVERRIDES = {"LLAMA_BUILD_SERVER": "ON", "LLAMA_BUILD_TOOLS": "ON", "LLAMA_BUILD_COMMON": "ON",
              "LLAMA_CURL": "OFF"}
 # ggml backends that live in their own ggml/src/ggml-NAME directory and the switch that builds them.
@@ -208,7 +210,8 @@ def prepare_llama_cpp(args):
             print(f"  {len(built_off)} file(s) differ, all in backends neither build compiles: "
                   "the compiled library code is identical")
 
-    build = cache / "build"
+    # A build of its own per GPU backend: the CPU tools stay built beside the CUDA ones.
+    build = cache / ("build-cuda" if flags.get("GGML_CUDA") == "ON" else "build")
     bin_dir = build / "bin"
     stamp = build / "r1d-bench-flags.json"
     print(f"CMake flags (from {cmake_cache}, plus {', '.join(f'{k}={v}' for k, v in OVERRIDES.items())}):")
@@ -223,8 +226,9 @@ def prepare_llama_cpp(args):
     print(f"  ON: {' '.join(k for k in on if k not in inert)}")
     print(f"  ON but inert in this build (disabled backends, other architectures): {' '.join(inert)}")
     print("  every other GGML_*/LLAMA_* switch: OFF, as in that cache")
+    targets = args.targets.split(",")
     if stamp.exists() and json.loads(stamp.read_text()) == flags and all(
-            (bin_dir / t).exists() for t in TARGETS):
+            (bin_dir / t).exists() for t in targets):
         print(f"llama.cpp tools: {bin_dir} (built before with these flags)")
         return bin_dir
     started = time.monotonic()
@@ -235,7 +239,7 @@ def prepare_llama_cpp(args):
           f"compiler read identical); {skipped} of its objects differ in flags or input and are "
           "compiled here")
     jobs = str(args.build_jobs)
-    subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "-j", jobs, "--target"] + TARGETS,
+    subprocess.run(["nice", "-n", "10", "cmake", "--build", str(build), "-j", jobs, "--target"] + targets,
                    check=True)
     stamp.write_text(json.dumps(flags, indent=1))
     print(f"llama.cpp tools: built into {bin_dir} in {time.monotonic() - started:.0f} s")
@@ -675,6 +679,8 @@ def main():
     p.add_argument("--cache", default=os.environ.get("R1D_BENCH_CACHE", "~/.cache/r1d-bench"))
     p.add_argument("--build-jobs", type=int, default=2)
     p.add_argument("--build-only", action="store_true", help="fetch, compare and build, then stop")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help="llama.cpp tools to build (comma-separated; default: %(default)s)")
     p.add_argument("--against", choices=["llama-server", "r1d-in-process"], default="llama-server",
                    help="what to compare r1d (models in a worker process, the default) with: llama.cpp's "
                         "llama-server, or r1d with [plugins] isolation = \"in-process\" (the cost of the "
@@ -686,7 +692,8 @@ def main():
     args.clients = [4, 8]
     if args.quick:
         args.rounds, args.tokens, args.single_reps, args.ttft_reps, args.idle = 1, 32, 1, 2, 5.0
-    for f in [f"{args.bin}/r1d", f"{args.bin}/libr1_plugin_llamacpp.so", args.model]:
+    # --build-only needs llama-cpp-sys-2's build alone (the CUDA plugin's target directory has no r1d).
+    for f in [] if args.build_only else [f"{args.bin}/r1d", f"{args.bin}/libr1_plugin_llamacpp.so", args.model]:
         if not os.path.exists(f):
             sys.exit(f"failed to find {f}")
     llama_bin = prepare_llama_cpp(args)
