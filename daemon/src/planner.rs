@@ -415,8 +415,7 @@ fn place(
         if bytes > 0.0 {
             let bw = gpu.bandwidth_bytes_per_s.unwrap_or(DEFAULT_GPU_BANDWIDTH) as f64;
             let on_this = layers[i] + u32::from(output_on == Some(i));
-            seconds += bytes / gpu_effective_bandwidth(bw)
-                + f64::from(on_this) * GPU_LAYER_SECONDS;
+            seconds += bytes / gpu_effective_bandwidth(bw) + f64::from(on_this) * GPU_LAYER_SECONDS;
         }
     }
     let tokens_per_s = if seconds > 0.0 { 1.0 / seconds } else { 0.0 };
@@ -1331,13 +1330,24 @@ mod tests {
                 .iter()
                 .find(|c| c.variant.id == variant && c.quantization.name == quant)
                 .unwrap();
-            assert_eq!(c.gpu_layers, c.total_layers, "{variant} {quant}: {}", c.reason);
+            assert_eq!(
+                c.gpu_layers, c.total_layers,
+                "{variant} {quant}: {}",
+                c.reason
+            );
             let off = (c.tokens_per_s - measured).abs() / measured;
-            assert!(off < 0.03, "{variant} {quant}: {} tokens/s planned, {measured} measured", c.tokens_per_s);
+            assert!(
+                off < 0.03,
+                "{variant} {quant}: {} tokens/s planned, {measured} measured",
+                c.tokens_per_s
+            );
         }
         // The same bandwidth share as before below the cap: a 272 GB/s GPU reads at 0.7 × peak.
         assert_eq!(gpu_effective_bandwidth(272e9), 272e9 * GPU_EFFICIENCY);
-        assert_eq!(gpu_effective_bandwidth(4.81e12), GPU_EFFECTIVE_BANDWIDTH_CAP);
+        assert_eq!(
+            gpu_effective_bandwidth(4.81e12),
+            GPU_EFFECTIVE_BANDWIDTH_CAP
+        );
     }
 
     #[test]

@@ -223,13 +223,18 @@ const RPC_TENSOR_SIZE: usize = 296;
 ///
 /// # Errors
 /// As [`probe`]; [`ProbeError::Protocol`] when the worker cannot allocate `bytes` (0 pointer).
-pub fn measure_link(endpoint: &str, bytes: u64, timeout: Duration) -> Result<LinkSpeed, ProbeError> {
+pub fn measure_link(
+    endpoint: &str,
+    bytes: u64,
+    timeout: Duration,
+) -> Result<LinkSpeed, ProbeError> {
     let (mut stream, _) = open(endpoint, timeout)?;
     let io = |e| io_error(endpoint, timeout, e);
     let bytes = bytes.max(4) / 4 * 4;
     let mut alloc = 0u32.to_le_bytes().to_vec();
     alloc.extend_from_slice(&bytes.to_le_bytes());
-    let r = call(&mut stream, CMD_ALLOC_BUFFER, &alloc, 16).map_err(|e| e.into_probe(endpoint, &io))?;
+    let r =
+        call(&mut stream, CMD_ALLOC_BUFFER, &alloc, 16).map_err(|e| e.into_probe(endpoint, &io))?;
     let buffer = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
     if buffer == 0 {
         return Err(ProbeError::Protocol {
@@ -241,7 +246,10 @@ pub fn measure_link(endpoint: &str, bytes: u64, timeout: Duration) -> Result<Lin
         let started = std::time::Instant::now();
         let b = call(stream, CMD_BUFFER_GET_BASE, &buffer.to_le_bytes(), 8)
             .map_err(|e| e.into_probe(endpoint, &io))?;
-        Ok((u64::from_le_bytes(b[..8].try_into().expect("8 bytes")), started.elapsed()))
+        Ok((
+            u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            started.elapsed(),
+        ))
     };
     let (base, mut round_trip) = base_of(&mut stream)?;
     round_trip = round_trip.min(base_of(&mut stream)?.1);

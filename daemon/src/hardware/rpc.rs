@@ -235,16 +235,13 @@ fn round(
                 scope.spawn(move || {
                     let (state, answer) = probe_answer(e);
                     // Once it answers (free: an rpc-server serves one client at a time).
-                    let link = (measure && matches!(state, RpcState::Up { .. }))
-                        .then(|| measure_link(e));
+                    let link =
+                        (measure && matches!(state, RpcState::Up { .. })).then(|| measure_link(e));
                     (e.clone(), state, answer, link)
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().ok())
-            .collect()
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
     for (endpoint, after, answer, link) in probed {
         let before = {

@@ -249,7 +249,8 @@ fn library_version(path: &Path) -> Result<String, LoadFailure> {
     // purpose of this plugin.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
         // libloading's message is "dlopen failed"; the loader's own words are its source.
-        let message = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let message =
+            std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
         LoadFailure {
             not_found: message.contains("No such file") || message.contains("cannot open"),
             message,

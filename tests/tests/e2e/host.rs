@@ -294,7 +294,11 @@ async fn library_without_entry_point_is_refused_and_others_load() {
     .expect("libm present");
     std::fs::copy(libc, plugins.path().join("libr1_plugin_bogus.so")).unwrap();
     // And a file that is no shared library at all: the loader's own words reach the listing.
-    std::fs::write(plugins.path().join("libr1_plugin_garbage.so"), b"not an ELF file\n").unwrap();
+    std::fs::write(
+        plugins.path().join("libr1_plugin_garbage.so"),
+        b"not an ELF file\n",
+    )
+    .unwrap();
     let models = tempfile::tempdir().unwrap();
     let model = echo_model(models.path(), "{}");
     let daemon = Daemon::start(DaemonOptions {

@@ -624,10 +624,18 @@ async fn r1d_plan_splits_a_variant_too_big_for_this_machine_across_real_workers(
             log.contains(&format!("rpc worker {}: link measured at", w.endpoint)),
             "{log}"
         );
-        eprintln!("{}: link measured at {:.0} MB/s", w.endpoint, measured as f64 / 1e6);
+        eprintln!(
+            "{}: link measured at {:.0} MB/s",
+            w.endpoint,
+            measured as f64 / 1e6
+        );
     }
     let again = plan(&config);
-    assert!(q4(&again).fits, "the workers answer after the measurement: {}", q4(&again).reason);
+    assert!(
+        q4(&again).fits,
+        "the workers answer after the measurement: {}",
+        q4(&again).reason
+    );
     for w in [&a, &b] {
         assert!(!w.log().contains("GGML_ASSERT"), "{}", w.log());
     }
