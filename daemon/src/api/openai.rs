@@ -97,6 +97,8 @@ pub(super) struct Knobs<'a> {
     pub(super) seed: Option<i64>,
     pub(super) stop: Option<wire::Stop>,
     pub(super) stream_options: Option<&'a wire::StreamOptions>,
+    /// `stream` of the request: `stream_options` without it is refused, as OpenAI refuses it.
+    pub(super) stream: bool,
     pub(super) presence_penalty: Option<f32>,
     pub(super) frequency_penalty: Option<f32>,
     pub(super) logit_bias: Option<&'a std::collections::BTreeMap<String, f32>>,
@@ -107,6 +109,12 @@ pub(super) struct Knobs<'a> {
 pub(super) async fn common(state: &AppState, k: Knobs<'_>) -> Result<Common, Response> {
     if let Err(message) = answer::check_model(&state.control, k.model).await {
         return Err(fail(ApiError::model_not_found(message)));
+    }
+    if k.stream_options.is_some() && !k.stream {
+        return Err(invalid(
+            Some("stream_options"),
+            "stream_options is only allowed when stream is true".into(),
+        ));
     }
     match k.n {
         Some(0) => return Err(invalid(Some("n"), "n must be at least 1".into())),
@@ -440,6 +448,7 @@ async fn chat_completions(State(state): State<AppState>, body: Body) -> Response
             seed: req.seed,
             stop: req.stop.clone(),
             stream_options: req.stream_options.as_ref(),
+            stream: req.stream,
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
             logit_bias: req.logit_bias.as_ref(),
@@ -880,6 +889,7 @@ async fn completions(State(state): State<AppState>, body: Body) -> Response {
             seed: req.seed,
             stop: req.stop.clone(),
             stream_options: req.stream_options.as_ref(),
+            stream: req.stream,
             presence_penalty: req.presence_penalty,
             frequency_penalty: req.frequency_penalty,
             logit_bias: req.logit_bias.as_ref(),

@@ -264,6 +264,7 @@ async fn responses(State(state): State<AppState>, body: Body) -> Response {
             seed: None,
             stop: None,
             stream_options: None,
+            stream: req.stream,
             presence_penalty: None,
             frequency_penalty: None,
             logit_bias: None,

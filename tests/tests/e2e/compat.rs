@@ -683,6 +683,11 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
         ),
         (json!({"top_p": 1.01}), "top_p", "outside 0 to 1"),
         (
+            json!({"stream_options": {"include_usage": true}}),
+            "stream_options",
+            "only allowed when stream is true",
+        ),
+        (
             json!({"temperature": -0.1}),
             "temperature",
             "outside 0 to 2",
