@@ -609,7 +609,19 @@ impl Control {
     pub async fn plan_with_remotes(
         &self,
     ) -> Result<(crate::planner::Plan, Option<RemotePlan>), ControlError> {
-        let hw = self.hardware().await?;
+        // The resident model's memory counts as free, as the supervisor counts it when it plans
+        // (`Store::hardware`, the supervisor's credit): otherwise the plan shows the served
+        // model crowding itself out — a GPU model that filled the VRAM planned as a partial
+        // offload of itself.
+        let hw = match &self.store {
+            Some(store) => {
+                let store = store.clone();
+                blocking("the hardware probe", move || store.hardware())
+                    .await?
+                    .map_err(|e| ControlError::Probe(e.to_string()))?
+            }
+            None => self.hardware().await?,
+        };
         let policy = self.planner.policy.clone();
         // Files on disk need no download, and their backend's own estimate replaces the
         // formula's memory figure.

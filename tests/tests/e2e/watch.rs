@@ -470,6 +470,55 @@ fn on_machine(m: &Machine, config: &str) -> Daemon {
     })
 }
 
+/// `/r1/plan` while a model is resident counts the model's own memory as free, as the daemon
+/// does when it decides (the supervisor's credit): once the 7B took the RAM it was planned with,
+/// the plan still chooses the 7B it serves, instead of a smaller model "because the 7B no longer
+/// fits". (On a GPU the same made the served model a partial offload of itself in `/r1/plan`.)
+#[tokio::test]
+async fn the_plan_counts_the_resident_models_memory_as_free_as_the_daemon_does() {
+    // The 7B's echo model reports 8 GB of weights; 12 GB free: the 7B (about 10 GB with the
+    // reserve) fits.
+    let m = small_machine(Some(8 * GB));
+    machine(m.root.path(), 32 * GB, 12 * GB, None);
+    let daemon = planner_daemon(&m, 60.0, "auto");
+    ready(&daemon).await;
+    assert_eq!(
+        resident(&daemon).await.as_deref(),
+        Some("DeepSeek R1 Distill Qwen 7B"),
+        "{}",
+        daemon.log()
+    );
+    // The model took its memory: 4 GB are left, less than the 7B needs from scratch.
+    machine(m.root.path(), 32 * GB, 4 * GB, None);
+    let plan: wire::Plan = daemon.client().get_json("/r1/plan", false).await.unwrap();
+    let served = plan
+        .candidates
+        .iter()
+        .find(|c| c.variant == "deepseek-r1:7b" && c.quantization == "Q4_K_M" && c.present)
+        .expect("the served 7B is a candidate");
+    assert!(
+        served.fits,
+        "the served 7B does not fit its own memory: {}",
+        served.reason
+    );
+    // The hardware profile itself is the probe's: 4 GB available.
+    let hw: wire::HardwareProfile = daemon
+        .client()
+        .get_json("/r1/hardware", false)
+        .await
+        .unwrap();
+    assert_eq!(hw.memory.available_bytes, 4 * GB);
+    // And the daemon agrees: no swap is pending.
+    let watch = daemon
+        .client()
+        .status()
+        .await
+        .unwrap()
+        .watch
+        .unwrap_or_default();
+    assert!(watch.pending.is_none(), "{watch:?}");
+}
+
 #[tokio::test]
 async fn more_memory_for_longer_than_the_settle_time_swaps_to_the_bigger_variant_a_burst_does_not()
 {
