@@ -220,6 +220,7 @@ const RPC_TENSOR_SIZE: usize = 296;
 /// buffer (`FREE_BUFFER`). The worker's ggml aborts on a malformed tensor, so the tensor is
 /// the plain one ggml's own client sends: contiguous, inside the buffer, no name. Blocking; each
 /// step waits at most `timeout` (the transfer too: give it the bytes' time on a slow link).
+/// `bytes` is taken between 4 bytes and 1 GiB, in whole F32 values.
 ///
 /// # Errors
 /// As [`probe`]; [`ProbeError::Protocol`] when the worker cannot allocate `bytes` (0 pointer).
@@ -230,7 +231,8 @@ pub fn measure_link(
 ) -> Result<LinkSpeed, ProbeError> {
     let (mut stream, _) = open(endpoint, timeout)?;
     let io = |e| io_error(endpoint, timeout, e);
-    let bytes = bytes.max(4) / 4 * 4;
+    // rpc_tensor's ne/nb are u32: one tensor of at most 1 GiB, a whole number of F32 values.
+    let bytes = bytes.clamp(4, 1 << 30) / 4 * 4;
     let mut alloc = 0u32.to_le_bytes().to_vec();
     alloc.extend_from_slice(&bytes.to_le_bytes());
     let r =
