@@ -546,7 +546,13 @@ fn print_backends(list: &BackendList) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for (i, b) in list.backends.iter().enumerate() {
         let label = if i == 0 { "backends" } else { "" };
-        let name = b.name.clone().unwrap_or_else(|| b.path.clone());
+        // A plugin that could not be read has no name: its file name stands in (the error
+        // names the whole path).
+        let name = b.name.clone().unwrap_or_else(|| {
+            std::path::Path::new(&b.path)
+                .file_name()
+                .map_or_else(|| b.path.clone(), |f| f.to_string_lossy().into_owned())
+        });
         let state = if b.available {
             "available"
         } else {
@@ -559,7 +565,7 @@ fn print_backends(list: &BackendList) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "{label:<14}{name:<13}{state:<13}{:<6}{detail}",
+            "{label:<14}{name:<12} {state:<13}{:<6}{detail}",
             b.formats.join(",")
         )?;
     }

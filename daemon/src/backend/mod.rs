@@ -98,6 +98,14 @@ pub enum BackendError {
         /// Names of usable backends.
         available: String,
     },
+    /// The plugin directory or a plugin file cannot be read (missing, a dangling link).
+    #[error("plugin path {path} cannot be read: {source}")]
+    PluginPath {
+        /// The directory or file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The model path is missing or unreadable.
     #[error("failed to open model {path}: {source}")]
     ModelFile {
@@ -351,7 +359,7 @@ impl PluginHost {
     ///
     /// # Errors
     /// [`BackendError::InsecurePath`] when `dir` itself is writable by others (nothing is loaded
-    /// from it); [`BackendError::ModelFile`] when it cannot be read.
+    /// from it); [`BackendError::PluginPath`] when it cannot be read.
     pub fn discover(dir: &Path) -> Result<PluginHost, BackendError> {
         PluginHost::discover_with(dir, None)
     }
@@ -370,7 +378,7 @@ impl PluginHost {
         worker: Option<WorkerCommand>,
     ) -> Result<PluginHost, BackendError> {
         check_permissions(dir)?;
-        let entries = std::fs::read_dir(dir).map_err(|source| BackendError::ModelFile {
+        let entries = std::fs::read_dir(dir).map_err(|source| BackendError::PluginPath {
             path: dir.to_owned(),
             source,
         })?;
@@ -637,7 +645,7 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
 /// Refuses a path that users other than its owner and root can write to (group-writable by a
 /// non-root group, or world-writable): loading a library from there is running their code.
 fn check_permissions(path: &Path) -> Result<(), BackendError> {
-    let meta = std::fs::metadata(path).map_err(|source| BackendError::ModelFile {
+    let meta = std::fs::metadata(path).map_err(|source| BackendError::PluginPath {
         path: path.to_owned(),
         source,
     })?;

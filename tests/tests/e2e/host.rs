@@ -299,6 +299,12 @@ async fn library_without_entry_point_is_refused_and_others_load() {
         b"not an ELF file\n",
     )
     .unwrap();
+    // And a link to nothing: a plugin path that cannot be read, said as such (not "model").
+    std::os::unix::fs::symlink(
+        "/nonexistent/plugin.so",
+        plugins.path().join("libr1_plugin_dangling.so"),
+    )
+    .unwrap();
     let models = tempfile::tempdir().unwrap();
     let model = echo_model(models.path(), "{}");
     let daemon = Daemon::start(DaemonOptions {
@@ -328,6 +334,16 @@ async fn library_without_entry_point_is_refused_and_others_load() {
     assert!(
         why.contains("failed to load plugin")
             && (why.contains("invalid ELF header") || why.contains("file too short")),
+        "{why}"
+    );
+    let dangling = list
+        .backends
+        .iter()
+        .find(|b| b.path.ends_with("dangling.so"))
+        .unwrap();
+    let why = dangling.error.as_deref().unwrap();
+    assert!(
+        why.contains("plugin path") && why.contains("cannot be read") && !why.contains("model"),
         "{why}"
     );
 }
