@@ -128,7 +128,7 @@ pub struct ChatCompletionRequest {
     /// The conversation.
     pub messages: Vec<ChatMessage>,
     /// Stream the answer as server-sent events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     /// Streaming options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,7 +261,7 @@ pub struct ResponsesRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
     /// Stream the answer as server-sent events (`response.*` events).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     /// Continue a stored response: refused (r1d stores no responses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,7 +315,7 @@ pub struct CompletionRequest {
     /// The prompt: a string, strings, token ids or token-id arrays (see [`CompletionPrompt`]).
     pub prompt: CompletionPrompt,
     /// Stream as server-sent events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
     pub stream: bool,
     /// Streaming options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1185,6 +1185,11 @@ pub struct DiskProfile {
     /// The models directory measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// A boolean field that may be `null`, as OpenAI's API takes it: `null` is the default (false).
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One GPU of a [`HardwareProfile`].

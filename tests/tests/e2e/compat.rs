@@ -713,6 +713,19 @@ async fn openai_fields_are_honoured_or_refused_by_name() {
             "text-only",
         ),
     ];
+    // `stream: null` is the default (not streamed), as OpenAI takes it, on both routes.
+    let (status, v) = params_of(&daemon, "/v1/chat/completions", json!({"stream": null})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    let (status, body) = raw(
+        &daemon,
+        Method::POST,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 4, "stream": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"text_completion\""), "{body}");
     for (extra, want_param, text) in refused {
         let (status, v) = params_of(&daemon, "/v1/chat/completions", extra.clone()).await;
         assert_eq!(status, 400, "{extra} → {v}");
