@@ -256,17 +256,14 @@ pub fn measure_link(
     let (base, mut round_trip) = base_of(&mut stream)?;
     round_trip = round_trip.min(base_of(&mut stream)?.1);
 
-    let mut request = Vec::with_capacity(9 + RPC_TENSOR_SIZE + 9 + bytes as usize);
-    request.push(CMD_SET_TENSOR);
-    request.extend_from_slice(&((RPC_TENSOR_SIZE + 9) as u64 + bytes).to_le_bytes());
-    request.extend_from_slice(&rpc_tensor_f32(buffer, base, bytes / 4));
-    request.push(0); // cache_flag: do not write it to the worker's cache directory
-    request.extend_from_slice(&0u64.to_le_bytes()); // offset
-    request.resize(request.len() + bytes as usize, 0);
+    // SET_TENSOR's input: | rpc_tensor | cache_flag (u8) | offset (u64) | data |.
+    let mut input = Vec::with_capacity(RPC_TENSOR_SIZE + 9 + bytes as usize);
+    input.extend_from_slice(&rpc_tensor_f32(buffer, base, bytes / 4));
+    input.push(0); // cache_flag: do not write it to the worker's cache directory
+    input.extend_from_slice(&0u64.to_le_bytes()); // offset
+    input.resize(input.len() + bytes as usize, 0);
     let started = std::time::Instant::now();
-    let sent = stream
-        .write_all(&request)
-        .map_err(|e| CallError::Io(e).into_probe(endpoint, &io));
+    let sent = send(&mut stream, CMD_SET_TENSOR, &input).map_err(|e| e.into_probe(endpoint, &io));
     let result = sent.and_then(|()| base_of(&mut stream)).map(|_| LinkSpeed {
         bytes,
         round_trip,
@@ -400,21 +397,18 @@ impl CallError {
 }
 
 /// One request that has no response.
+/// The header (`cmd`, size) and the input are written apart, so a large input is not copied.
 fn send(stream: &mut TcpStream, cmd: u8, input: &[u8]) -> Result<(), CallError> {
-    let mut request = Vec::with_capacity(9 + input.len());
-    request.push(cmd);
-    request.extend_from_slice(&(input.len() as u64).to_le_bytes());
-    request.extend_from_slice(input);
-    stream.write_all(&request).map_err(CallError::Io)
+    let mut header = [0u8; 9];
+    header[0] = cmd;
+    header[1..].copy_from_slice(&(input.len() as u64).to_le_bytes());
+    stream.write_all(&header).map_err(CallError::Io)?;
+    stream.write_all(input).map_err(CallError::Io)
 }
 
 /// One request and its response of exactly `want` bytes.
 fn call(stream: &mut TcpStream, cmd: u8, input: &[u8], want: usize) -> Result<Vec<u8>, CallError> {
-    let mut request = Vec::with_capacity(9 + input.len());
-    request.push(cmd);
-    request.extend_from_slice(&(input.len() as u64).to_le_bytes());
-    request.extend_from_slice(input);
-    stream.write_all(&request).map_err(CallError::Io)?;
+    send(stream, cmd, input)?;
     let mut size = [0u8; 8];
     stream.read_exact(&mut size).map_err(CallError::Io)?;
     let got = u64::from_le_bytes(size);

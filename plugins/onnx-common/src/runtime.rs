@@ -242,15 +242,19 @@ fn try_load(candidate: &Candidate) -> Result<Runtime, LoadFailure> {
     })
 }
 
+/// What the dynamic loader said about `e`: libloading's own message is "dlopen failed", the
+/// loader's words (`libcudnn.so.9: cannot open shared object file: …`) are its source.
+pub fn loader_words(e: &libloading::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
+}
+
 /// Opens `path` and asks it for its version through `OrtGetApiBase`.
 fn library_version(path: &Path) -> Result<String, LoadFailure> {
     // SAFETY: opening a shared library runs its initialisers. The candidates are ONNX Runtime
     // libraries the administrator named or installed in a system directory; loading them is the
     // purpose of this plugin.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| {
-        // libloading's message is "dlopen failed"; the loader's own words are its source.
-        let message =
-            std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let message = loader_words(&e);
         LoadFailure {
             not_found: message.contains("No such file") || message.contains("cannot open"),
             message,

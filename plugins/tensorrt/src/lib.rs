@@ -172,9 +172,7 @@ fn provider_problem(runtime_library: &std::path::Path, provider: &str) -> Option
             None
         }
         Err(e) => {
-            // libloading's message is "dlopen failed"; the loader's own words are its source.
-            let text =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            let text = r1_onnx_common::runtime::loader_words(&e);
             Some(match missing_library(&text) {
                 Some(missing) => format!(
                     "{file} needs {missing}, which is not installed or not on the library path"
