@@ -9,18 +9,14 @@ the package's types, cover the answer's text token by token and are greedy's own
 import math
 import sys
 
-import httpx
 import ollama
 import openai
 
+from r1d_socket import openai_client, ollama_client
+
 # argv[1]: r1d's Unix socket; argv[2]: the name r1d lists the model by.
 socket, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(
-    base_url="http://r1d/v1",
-    api_key="not-needed",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=socket)),
-    max_retries=0,
-)
+client = openai_client(socket)
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours."},
@@ -96,7 +92,7 @@ except openai.BadRequestError as e:
 
 # Ollama (its `logprobs` / `top_logprobs`, Ollama >= 0.12.11): chat, streamed and not, and
 # generate; the package's own `Logprob` objects.
-oc = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=socket))
+oc = ollama_client(socket)
 r = oc.chat(model=model, messages=MESSAGES, options={"temperature": 0, "num_predict": 12},
             logprobs=True, top_logprobs=2)
 assert "".join(e.token for e in r.logprobs) == r.message.content, (r.logprobs, r.message)

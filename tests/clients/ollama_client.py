@@ -4,15 +4,16 @@ openai_client.py for the model it expects)."""
 import os
 import sys
 
-import httpx
 import ollama
+
+from r1d_socket import ollama_client
 
 # argv[1]: the Unix socket, or r1d's TCP address (127.0.0.1:PORT), reached as any Ollama client
 # would (OLLAMA_HOST); argv[2]: the API key the TCP listener asks for, if any.
 target = sys.argv[1]
 key = sys.argv[2] if len(sys.argv) > 2 else None
 if target.startswith("/"):
-    client = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=target))
+    client = ollama_client(target)
 else:
     os.environ["OLLAMA_HOST"] = target
     if key:

@@ -5,8 +5,9 @@ Exits non-zero (an assertion) when something differs from what an OpenAI client 
 
 import sys
 
-import httpx
 import openai
+
+from r1d_socket import openai_client
 
 # argv[1]: the Unix socket, or r1d's TCP address as a URL (http://127.0.0.1:PORT), reached as
 # any OpenAI client would (base_url); argv[2]: the API key the TCP listener asks for, if any.
@@ -23,12 +24,7 @@ if target.startswith("http://"):
             assert e.status_code == 401 and e.code == "invalid_api_key", e
             assert key not in str(e), e
 else:
-    client = openai.OpenAI(
-        base_url="http://r1d/v1",
-        api_key="not-needed",
-        http_client=httpx.Client(transport=httpx.HTTPTransport(uds=target)),
-        max_retries=0,
-    )
+    client = openai_client(target)
 THINKER = "hmm let me see</think>The answer"
 # The id /v1/models lists is the name to ask for (issue 17); the echo model is loaded from outside
 # the store, so it is listed by its file stem.

@@ -6,15 +6,11 @@ Exits non-zero (an assertion) when something differs from what the client expect
 
 import sys
 
-import httpx
 import openai
 
-client = openai.OpenAI(
-    base_url="http://r1d/v1",
-    api_key="not-needed",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=sys.argv[1])),
-    max_retries=0,
-)
+from r1d_socket import openai_client
+
+client = openai_client(sys.argv[1])
 THINKER = "hmm let me see</think>The answer"
 MODEL = "test"
 

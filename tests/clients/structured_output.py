@@ -7,20 +7,16 @@ the answer parses as JSON and validates against the schema it was asked for (`js
 import json
 import sys
 
-import httpx
 import jsonschema
 import ollama
 import openai
 import pydantic
 
+from r1d_socket import openai_client, ollama_client
+
 # argv[1]: r1d's Unix socket; argv[2]: the name r1d lists the model by (requests wait while it loads).
 socket, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(
-    base_url="http://r1d/v1",
-    api_key="not-needed",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=socket)),
-    max_retries=0,
-)
+client = openai_client(socket)
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant. Answer in JSON."},
     {"role": "user", "content": 'Write {"name": "Tom", "age": 3} as JSON.'},
@@ -102,7 +98,7 @@ except openai.BadRequestError as e:
     assert "response_format" in str(e), e
 
 # Ollama: format "json" (an object) and format = a schema.
-oc = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=socket))
+oc = ollama_client(socket)
 r = oc.chat(model=model, messages=MESSAGES, format="json", options={"temperature": 0, "num_predict": 200})
 assert r.done_reason == "stop", r
 assert isinstance(json.loads(r.message.content), dict), r.message.content

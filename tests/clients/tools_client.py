@@ -6,17 +6,13 @@ tests/tests/e2e/clients.rs; only the protocol is checked, never what a model mea
 import json
 import sys
 
-import httpx
 import ollama
 import openai
 
+from r1d_socket import openai_client, ollama_client
+
 socket = sys.argv[1]
-client = openai.OpenAI(
-    base_url="http://r1d/v1",
-    api_key="not-needed",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=socket)),
-    max_retries=0,
-)
+client = openai_client(socket)
 MODEL = client.models.list().data[0].id
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -65,7 +61,7 @@ except openai.BadRequestError as e:
     assert e.param == "tool_choice", e
 
 # Ollama: the same call in Ollama's shape, and the capability in show().
-oc = ollama.Client(host="http://r1d", transport=httpx.HTTPTransport(uds=socket))
+oc = ollama_client(socket)
 r = oc.chat(model=MODEL, messages=[{"role": "user", "content": CALL}], tools=TOOLS, stream=False)
 (tc,) = r.message.tool_calls
 assert tc.function.name == "get_weather" and tc.function.arguments == {"city": "Paris"}, r
