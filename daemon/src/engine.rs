@@ -433,8 +433,9 @@ pub struct Engine {
     queue_depth: usize,
 }
 
-/// Decrements the active-request count when a request ends, however it ends.
-struct ActiveGuard(Arc<Shared>);
+/// Decrements the active-request count when a request ends, however it ends, and counts it as
+/// served unless its answer did ([`Answer::conclude`]) or it went back to the queue.
+struct ActiveGuard(Arc<Shared>, Arc<AtomicBool>);
 
 impl Shared {
     /// Changes the published state and sends the new snapshot to [`Engine::changes`].
@@ -510,7 +511,9 @@ impl Drop for ActiveGuard {
         let ms = self.0.started.elapsed().as_millis() as u64;
         self.0.last_request_ms.store(ms, Ordering::SeqCst);
         self.0.active.fetch_sub(1, Ordering::SeqCst);
-        self.0.served.fetch_add(1, Ordering::SeqCst);
+        if !self.1.swap(true, Ordering::SeqCst) {
+            self.0.served.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -1489,7 +1492,8 @@ impl Worker {
     /// worker turns out dead before it delivered anything goes back to the queue once
     /// ([`Job::Retry`]) and waits for the restart, instead of failing.
     fn dispatch(&mut self, job: ChatJob, may_retry: bool) {
-        let active = ActiveGuard(self.shared.clone());
+        let concluded = Arc::new(AtomicBool::new(false));
+        let active = ActiveGuard(self.shared.clone(), concluded.clone());
         if job.reply.is_closed() {
             return;
         }
@@ -1511,6 +1515,7 @@ impl Worker {
         let answer = Answer {
             retry: may_retry.then(|| self.jobs.clone()),
             lost_before_delivery: std::cell::Cell::new(false),
+            concluded,
             shared: self.shared.clone(),
             config: self.config.clone(),
             model: self.model.clone(),
@@ -1548,6 +1553,9 @@ struct Answer {
     retry: Option<mpsc::WeakSender<Job>>,
     /// Set when the model's worker was found dead by this answer's first call (tokenize).
     lost_before_delivery: std::cell::Cell<bool>,
+    /// Set once the request is counted (served, failed) or sent back to the queue: shared with
+    /// its `ActiveGuard`, which counts it otherwise.
+    concluded: Arc<AtomicBool>,
     shared: Arc<Shared>,
     config: EngineConfig,
     model: Option<Arc<dyn LoadedModel>>,
@@ -1560,6 +1568,17 @@ struct Answer {
 const FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Answer {
+    /// Counts the request as served (and `failed`) before its last event goes out, so that a
+    /// client that reads `/r1/status` after its answer finds it counted; once per request.
+    fn conclude(&self, failed: bool) {
+        if !self.concluded.swap(true, Ordering::SeqCst) {
+            self.shared.served.fetch_add(1, Ordering::SeqCst);
+            if failed {
+                self.shared.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     fn chat(&self, job: ChatJob) {
         let reply = job.reply.clone();
         if reply.is_closed() {
@@ -1581,6 +1600,8 @@ impl Answer {
                     self.shared.active.fetch_sub(1, Ordering::SeqCst);
                 }
                 if requeued {
+                    // The retry is the same request: it is counted when the retry ends.
+                    self.concluded.store(true, Ordering::SeqCst);
                     tracing::info!(
                         "an answer's model worker died before it delivered anything ({e}); \
                          the request waits for the restart and is served again"
@@ -1594,7 +1615,7 @@ impl Answer {
                 self.shared.answers_ok.fetch_add(1, Ordering::SeqCst);
             }
             Err(e) => {
-                self.shared.failed.fetch_add(1, Ordering::SeqCst);
+                self.conclude(true);
                 let _ = deliver(
                     &self.shared,
                     &reply,
@@ -1996,6 +2017,7 @@ impl Answer {
             result,
             tokens,
         });
+        self.conclude(false);
         let _ = deliver(&self.shared, &reply, done, stall);
         Ok(())
     }
