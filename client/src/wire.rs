@@ -920,6 +920,26 @@ pub struct WatchStatus {
     /// status, its last log line), when, and how many times in a row. r1d restarted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_crash: Option<String>,
+    /// The resident model's memory, which r1d counts as free when it plans (a swap would give
+    /// it back); absent with no model resident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_credit: Option<MemoryCredit>,
+}
+
+/// `/r1/status` `watch.memory_credit`: what the resident model holds, as r1d's planning adds it
+/// back to the probe's free memory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryCredit {
+    /// RAM it holds (bytes), mapped and anonymous.
+    pub ram_bytes: u64,
+    /// Of `ram_bytes`, the model file's pages used in place from its memory mapping (bytes):
+    /// page cache, which the kernel's `MemAvailable` counts as available already; only a
+    /// cgroup's figure (which counts inactive page cache alone) is credited them. The rest, the
+    /// anonymous memory (KV cache, compute buffers, copied or repacked weights), is added to
+    /// both.
+    pub ram_mapped_bytes: u64,
+    /// VRAM it holds (bytes), over the GPUs it is on.
+    pub gpu_bytes: u64,
 }
 
 /// One event of `GET /r1/events` (server-sent events, `event:` = `kind`, `data:` = this JSON)

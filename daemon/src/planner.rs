@@ -1179,6 +1179,7 @@ mod tests {
                 total_bytes: ram_gib * GIB,
                 available_bytes: ram_gib * GIB * 9 / 10,
                 cgroup_limit_bytes: None,
+                split: None,
                 bandwidth_bytes_per_s: Some(cpu_bw_gb_s * GB),
                 bandwidth_spread: None,
             },

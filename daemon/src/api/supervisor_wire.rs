@@ -52,6 +52,11 @@ pub fn watch_status(v: &WatchStatus) -> wire::WatchStatus {
         degraded: v.degraded.clone(),
         last_load_error: v.last_load_error.clone(),
         last_crash: v.last_crash.clone(),
+        memory_credit: v.memory_credit.as_ref().map(|c| wire::MemoryCredit {
+            ram_bytes: c.ram_bytes,
+            ram_mapped_bytes: c.ram_mapped_bytes,
+            gpu_bytes: c.gpu_bytes,
+        }),
     }
 }
 
@@ -101,6 +106,7 @@ mod tests {
             degraded: None,
             last_load_error: None,
             last_crash: None,
+            memory_credit: None,
         };
         let w = watch_status(&v);
         assert_eq!(w.swap_policy, "manual");

@@ -231,6 +231,8 @@ pub fn hardware_from_wire(p: &wire::HardwareProfile) -> crate::hardware::Hardwar
             total_bytes: p.memory.total_bytes,
             available_bytes: p.memory.available_bytes.min(p.memory.total_bytes),
             cgroup_limit_bytes: p.memory.cgroup_limit_bytes,
+            // A profile names one available figure: a plan from it credits no resident model.
+            split: None,
             bandwidth_bytes_per_s: p.memory.bandwidth_bytes_per_s,
             bandwidth_spread: p.memory.bandwidth_spread,
         },

@@ -28,22 +28,61 @@ pub fn resident_self() -> Option<Resident> {
     parse_smaps_rollup(&std::fs::read_to_string("/proc/self/smaps_rollup").ok()?)
 }
 
+/// Process `pid`'s [`Resident`] memory; `None` where its `smaps_rollup` cannot be read (gone,
+/// not Linux).
+pub fn resident_of(pid: u32) -> Option<Resident> {
+    parse_smaps_rollup(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?)
+}
+
 /// What r1d holds with the worker process its model runs in (`worker`, see
 /// `backend::worker`): the sum of both processes' [`Resident`] memory. `None` where this
 /// process's `smaps_rollup` cannot be read; a worker that is gone counts nothing.
 pub fn resident_with(worker: Option<u32>) -> Option<Resident> {
     let mut total = resident_self()?;
     if let Some(pid) = worker {
-        if let Some(w) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|t| parse_smaps_rollup(&t))
-        {
+        if let Some(w) = resident_of(pid) {
             total.total_bytes += w.total_bytes;
             total.anon_bytes += w.anon_bytes;
             total.file_bytes += w.file_bytes;
         }
     }
     Some(total)
+}
+
+/// Bytes of `file` that process `pid` (`None`: this process) has memory-mapped, from
+/// `/proc/PID/maps` (the sum of its mappings' address ranges; the kernel reports the file by
+/// its canonical path). A model backend that maps its file (llama.cpp's `use_mmap`) uses these
+/// pages in place: they are page cache, counted in `MemAvailable` as far as they are resident.
+/// 0 when the file is not mapped; `None` when the maps cannot be read (no such process, not
+/// Linux) or the file's path cannot be resolved.
+pub fn mapped_bytes(pid: Option<u32>, file: &Path) -> Option<u64> {
+    let file = std::fs::canonicalize(file).ok()?;
+    let maps = match pid {
+        Some(pid) => std::fs::read_to_string(format!("/proc/{pid}/maps")),
+        None => std::fs::read_to_string("/proc/self/maps"),
+    }
+    .ok()?;
+    Some(mapped_in(&maps, &file))
+}
+
+/// [`mapped_bytes`] of a `maps` text: lines `START-END PERMS OFFSET DEV INODE PATH`, addresses in
+/// hex.
+fn mapped_in(maps: &str, file: &Path) -> u64 {
+    let wanted = file.as_os_str().to_string_lossy();
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(6, char::is_whitespace);
+            let range = fields.next()?;
+            let path = fields.nth(4)?.trim_start();
+            if path != wanted {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            end.checked_sub(start)
+        })
+        .sum()
 }
 
 /// Parses `smaps_rollup`'s `Rss:` and `Anonymous:` lines (kB).
@@ -94,6 +133,10 @@ pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
             total_bytes: total.min(limit),
             available_bytes: host_available.min(available),
             cgroup_limit_bytes: Some(limit),
+            split: Some(super::AvailableSplit {
+                host_bytes: host_available,
+                cgroup_bytes: available,
+            }),
             bandwidth_bytes_per_s: None,
             bandwidth_spread: None,
         },
@@ -101,6 +144,7 @@ pub fn probe(probe: &Probe) -> Result<Memory, HardwareError> {
             total_bytes: total,
             available_bytes: host_available,
             cgroup_limit_bytes: None,
+            split: None,
             bandwidth_bytes_per_s: None,
             bandwidth_spread: None,
         },
@@ -281,6 +325,31 @@ mod tests {
         assert_eq!(m.total_bytes, 8 << 30);
         assert_eq!(m.cgroup_limit_bytes, Some(8 << 30));
         assert_eq!(m.available_bytes, 6 << 30);
+        assert_eq!(
+            m.split,
+            Some(crate::hardware::AvailableSplit {
+                host_bytes: 60 << 30,
+                cgroup_bytes: 6 << 30
+            })
+        );
+    }
+
+    #[test]
+    fn mapped_bytes_sums_the_files_mappings_and_nothing_else() {
+        let maps = "7f0000000000-7f0000400000 r--p 00000000 08:01 4242                       /m/a model.gguf\n\
+                    7f0000400000-7f0000401000 rw-p 00000000 00:00 0 \n\
+                    7f0000500000-7f0000600000 r--p 00500000 08:01 4242                       /m/a model.gguf\n\
+                    7f0000600000-7f0000700000 r--p 00000000 08:01 4243                       /m/a model.gguf.part\n\
+                    7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n";
+        // Two mappings of the file (4 MiB and 1 MiB); a name that only starts the same is another.
+        assert_eq!(mapped_in(maps, Path::new("/m/a model.gguf")), 5 << 20);
+        assert_eq!(mapped_in(maps, Path::new("/m/other.gguf")), 0);
+        // This test's own executable is mapped (its text and data), a file never opened is not.
+        let exe = std::env::current_exe().unwrap();
+        assert!(mapped_bytes(None, &exe).unwrap() > 0);
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(mapped_bytes(None, tmp.path()), Some(0));
+        assert_eq!(mapped_bytes(None, Path::new("/nonexistent/file")), None);
     }
 
     #[test]

@@ -73,12 +73,27 @@ pub struct Memory {
     pub available_bytes: u64,
     /// The cgroup's memory limit (bytes), when one applies.
     pub cgroup_limit_bytes: Option<u64>,
+    /// Under a cgroup limit, the two figures `available_bytes` is the smaller of (bytes):
+    /// `MemAvailable` and what is left under the limit. They count a mapped file's pages
+    /// differently (`MemAvailable` counts all reclaimable page cache, the cgroup figure only
+    /// `inactive_file`), which the resident model's memory credit needs to know
+    /// (`supervisor::credit`). `None` without a limit.
+    pub split: Option<AvailableSplit>,
     /// Memory read bandwidth (bytes/s), when measured or given: the median of
     /// [`bandwidth::RUNS`] runs; see [`bandwidth`].
     pub bandwidth_bytes_per_s: Option<u64>,
     /// How much those runs differed: (slowest − fastest) / median (0.1 = a 10 % spread);
     /// `None` when not measured here.
     pub bandwidth_spread: Option<f64>,
+}
+
+/// [`Memory::split`]: the host's and the cgroup's available RAM, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvailableSplit {
+    /// `MemAvailable` of `/proc/meminfo`.
+    pub host_bytes: u64,
+    /// The tightest cgroup's limit − (usage − `inactive_file`).
+    pub cgroup_bytes: u64,
 }
 
 /// Free disk space where models are stored.

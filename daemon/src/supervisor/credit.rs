@@ -10,6 +10,15 @@
 //! 3. otherwise (a file named by path or name, loaded with the backend's default placement,
 //!    which for llama.cpp spreads layers over every GPU): split over every GPU in proportion to
 //!    its total VRAM. This is an estimate; no GPU is credited beyond its total.
+//!
+//! In RAM, what a swap gives back is not all "used" to begin with: the weights a backend uses in
+//! place from the memory-mapped file (llama.cpp's default) are page cache, which `MemAvailable`
+//! already counts as available wherever they are resident. Crediting them again counted them
+//! twice (a machine with 25.3 GB showed 25.3 GB available with a model loaded). So the host's
+//! figure is credited only the model's anonymous memory (KV cache, compute buffers, copied or
+//! repacked weights); the cgroup's figure, which counts only *inactive* page cache as free, is
+//! credited the mapped pages too ([`Credit::add_to`]). What is mapped is read from the kernel
+//! (`/proc/PID/maps` of the process the model runs in, [`Credit::with_measured`]).
 
 use crate::engine::LoadSpec;
 use crate::engine::ModelInfo;
@@ -29,8 +38,14 @@ pub enum Placement {
 /// What the resident model holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Credit {
-    /// Bytes in RAM.
+    /// Bytes in RAM, mapped and anonymous.
     pub ram_bytes: u64,
+    /// Of `ram_bytes`, the model file's pages mapped in place (page cache): credited only to
+    /// the cgroup's figure, see the module's docs.
+    pub ram_mapped_bytes: u64,
+    /// The most of `ram_bytes` that can be mapped: the weights (the KV cache and compute
+    /// buffers never are).
+    mappable_bytes: u64,
     /// Bytes on GPUs, in all.
     pub gpu_bytes: u64,
     /// Where the GPU bytes are (`None` with nothing resident).
@@ -48,11 +63,30 @@ impl Credit {
             (_, Some(i)) if i >= 0 => Placement::Main(i as usize),
             _ => Placement::Spread,
         };
+        let ram_bytes = total.saturating_sub(m.gpu_bytes);
         Credit {
-            ram_bytes: total.saturating_sub(m.gpu_bytes),
+            ram_bytes,
+            ram_mapped_bytes: 0,
+            mappable_bytes: m.weights_bytes.min(ram_bytes),
             gpu_bytes: m.gpu_bytes,
             placement: Some(placement),
         }
+    }
+
+    /// The credit with what the kernel says about the process the model runs in:
+    /// `mapped_bytes` of the model file it has memory-mapped ([`crate::hardware::memory::mapped_bytes`])
+    /// and, where the model has a worker process of its own, that process's anonymous memory
+    /// (`worker_anon_bytes`, all of it given back when the worker ends). The RAM credit becomes
+    /// the mapped bytes (at most the weights the backend reported in RAM: a mapping is rounded
+    /// up to whole pages) plus the larger of the reported rest and the worker's anonymous memory
+    /// (a repacked copy of mapped weights is both: the file stays mapped and the copy is
+    /// anonymous).
+    pub fn with_measured(mut self, mapped_bytes: u64, worker_anon_bytes: Option<u64>) -> Credit {
+        let mapped = mapped_bytes.min(self.mappable_bytes);
+        let anon = (self.ram_bytes - mapped).max(worker_anon_bytes.unwrap_or(0));
+        self.ram_mapped_bytes = mapped;
+        self.ram_bytes = mapped + anon;
+        self
     }
 
     /// The GPU bytes per GPU of `hw` (same order as `hw.gpus`).
@@ -80,10 +114,19 @@ impl Credit {
         out
     }
 
-    /// Adds the credit to `hw`'s free memory (each figure capped at its total).
+    /// Adds the credit to `hw`'s free memory (each figure capped at its total): to the host's
+    /// available RAM the anonymous part, to a cgroup's all of it (see the module's docs).
     pub fn add_to(&self, hw: &mut Hardware) {
-        hw.memory.available_bytes =
-            (hw.memory.available_bytes + self.ram_bytes).min(hw.memory.total_bytes);
+        let mem = &mut hw.memory;
+        let anon = self.ram_bytes.saturating_sub(self.ram_mapped_bytes);
+        match &mut mem.split {
+            Some(split) => {
+                split.host_bytes = (split.host_bytes + anon).min(mem.total_bytes);
+                split.cgroup_bytes = (split.cgroup_bytes + self.ram_bytes).min(mem.total_bytes);
+                mem.available_bytes = split.host_bytes.min(split.cgroup_bytes);
+            }
+            None => mem.available_bytes = (mem.available_bytes + anon).min(mem.total_bytes),
+        }
         let per_gpu = self.per_gpu(hw);
         for (gpu, bytes) in hw.gpus.iter_mut().zip(per_gpu) {
             gpu.vram_free_bytes = (gpu.vram_free_bytes + bytes).min(gpu.vram_total_bytes);
@@ -123,6 +166,7 @@ mod tests {
                 total_bytes: 32 * GB,
                 available_bytes: 10 * GB,
                 cgroup_limit_bytes: None,
+                split: None,
                 bandwidth_bytes_per_s: None,
                 bandwidth_spread: None,
             },
@@ -212,5 +256,39 @@ mod tests {
         // A plan for another GPU list (a GPU vanished): spread instead.
         let c = Credit::of(&info(8 * GB, 8 * GB), None, Some(&[0, 0, 8 * GB]));
         assert_eq!(c.per_gpu(&two()).iter().sum::<u64>(), 8 * GB);
+    }
+
+    #[test]
+    fn mapped_weights_are_credited_to_a_cgroup_but_not_to_mem_available() {
+        // A CPU model: 8 GB of weights, 7 GB of them mapped in place, 1 GB of KV cache.
+        let c = Credit::of(&info(8 * GB, 0), None, None).with_measured(7 * GB, None);
+        assert_eq!((c.ram_bytes, c.ram_mapped_bytes), (9 * GB, 7 * GB));
+        // No cgroup: MemAvailable (10 GB) counts the mapped pages already; 2 GB are added.
+        let mut h = hw(vec![]);
+        c.add_to(&mut h);
+        assert_eq!(h.memory.available_bytes, 12 * GB);
+        // Under a cgroup whose figure binds (6 GB left under the limit, the mapped pages active
+        // page cache charged to it): all 9 GB come back there; the host's 10 + 2 GB still bind.
+        let mut h = hw(vec![]);
+        h.memory.split = Some(crate::hardware::AvailableSplit {
+            host_bytes: 10 * GB,
+            cgroup_bytes: 6 * GB,
+        });
+        h.memory.available_bytes = 6 * GB;
+        c.add_to(&mut h);
+        assert_eq!(h.memory.available_bytes, 12 * GB);
+        let mut h = hw(vec![]);
+        h.memory.split = Some(crate::hardware::AvailableSplit {
+            host_bytes: 20 * GB,
+            cgroup_bytes: GB,
+        });
+        c.add_to(&mut h);
+        assert_eq!(h.memory.available_bytes, 10 * GB);
+        // A worker holding more anonymous memory than reported beside the mapping (a repacked
+        // copy): that is credited; more mapped than the weights (whole pages) is capped there.
+        let c = Credit::of(&info(8 * GB, 0), None, None).with_measured(8 * GB, Some(5 * GB));
+        assert_eq!((c.ram_bytes, c.ram_mapped_bytes), (13 * GB, 8 * GB));
+        let c = Credit::of(&info(8 * GB, 0), None, None).with_measured(50 * GB, Some(0));
+        assert_eq!((c.ram_bytes, c.ram_mapped_bytes), (9 * GB, 8 * GB));
     }
 }

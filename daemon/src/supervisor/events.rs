@@ -142,6 +142,8 @@ pub struct WatchStatus {
     pub last_load_error: Option<String>,
     /// The last time the model's worker process died or was killed as hung, and how.
     pub last_crash: Option<String>,
+    /// The resident model's memory credit (`None` with nothing resident).
+    pub memory_credit: Option<super::credit::Credit>,
 }
 
 /// What a config reload did.

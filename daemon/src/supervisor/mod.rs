@@ -140,6 +140,7 @@ impl Supervisor {
             degraded: setup.degraded.clone(),
             last_load_error: None,
             last_crash: None,
+            memory_credit: None,
         });
         let credit = Arc::new(Mutex::new(credit::Credit::default()));
         setup.store.set_hardware_adjust({
@@ -206,6 +207,8 @@ impl Supervisor {
         let snap = self.inner.engine.snapshot();
         v.last_load_error = snap.last_load_error;
         v.last_crash = snap.last_crash;
+        v.memory_credit =
+            Some(locked(&self.inner.credit).clone()).filter(|c| c.placement.is_some());
         if let Some(path) = snap.queued_load {
             v.pending = Some(format!(
                 "swapping to {} once the answers before it finish ({} queued or running)",
@@ -323,7 +326,17 @@ impl Supervisor {
                     .spec
                     .as_ref()
                     .and_then(|s| self.inner.memory.placement_of(s));
+                // What the kernel says: the model file's mapped bytes in the process the model
+                // runs in (its worker, or r1d itself), and the worker's anonymous memory.
+                let worker = self.inner.engine.worker_pid();
+                let mapped =
+                    crate::hardware::memory::mapped_bytes(worker, std::path::Path::new(&info.path))
+                        .unwrap_or(0);
+                let worker_anon = worker
+                    .and_then(crate::hardware::memory::resident_of)
+                    .map(|r| r.anon_bytes);
                 credit::Credit::of(info, snap.spec.as_ref(), planned.as_deref())
+                    .with_measured(mapped, worker_anon)
             }
             None => credit::Credit::default(),
         };

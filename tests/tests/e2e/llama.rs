@@ -815,3 +815,62 @@ async fn logprobs_are_the_models_own_and_cover_the_answer_token_by_token() {
         assert_eq!(top[token], w["token_logprobs"][i], "{top:?}");
     }
 }
+
+/// The resident model's memory credit (what r1d counts as free when it re-plans) does not count
+/// the weights twice: llama.cpp uses SmolLM2's weights in place from the memory-mapped file, and
+/// those pages are page cache that the kernel's `MemAvailable` counts as available already. The
+/// credit names them as mapped (credited only under a cgroup), and its anonymous rest holds at
+/// least the KV cache. Checked with the model in its worker process and in r1d's own.
+#[tokio::test]
+async fn the_memory_credit_names_the_mapped_weights_apart_from_the_kv_cache() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let file_bytes = std::fs::metadata(&model).unwrap().len();
+    for isolation in ["process", "in-process"] {
+        let config = format!("[plugins]\nisolation = \"{isolation}\"\n");
+        let daemon = Daemon::start(DaemonOptions {
+            model: Some(&model),
+            config: Some(&config),
+            args: vec!["--context-length".into(), "2048".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            daemon.settled().await.status,
+            State::Ready,
+            "{}",
+            daemon.log()
+        );
+        // The supervisor takes the credit as it sees the engine's change, just after Ready.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (m, credit) = loop {
+            let status = daemon.client().status().await.unwrap();
+            let credit = status.watch.and_then(|w| w.memory_credit);
+            if let (Some(m), Some(credit)) = (status.model, credit) {
+                break (m, credit);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no memory credit: {}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(credit.gpu_bytes, 0, "{isolation}: {credit:?}");
+        // The weights are mapped: at least 90 % of what llama.cpp reports, at most the file.
+        assert!(
+            credit.ram_mapped_bytes >= m.weights_bytes / 10 * 9
+                && credit.ram_mapped_bytes <= file_bytes,
+            "{isolation}: {credit:?}, weights {} of a {file_bytes}-byte file",
+            m.weights_bytes
+        );
+        // The anonymous rest, added to MemAvailable, holds the KV cache.
+        let anon = credit.ram_bytes - credit.ram_mapped_bytes;
+        assert!(
+            m.kv_cache_bytes > 0 && anon >= m.kv_cache_bytes,
+            "{isolation}: {credit:?}, KV cache {}",
+            m.kv_cache_bytes
+        );
+    }
+}
