@@ -79,6 +79,9 @@ install: assets
 		$(DESTDIR)$(DOCDIR)/examples
 	$(INSTALL) -m 0755 $(RELEASE)/r1d $(RELEASE)/r1ctl $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 0644 $(PLUGINS) $(DESTDIR)$(PLUGINDIR)/
+	if [ -d $(RELEASE)/llamacpp-cpu-variants ]; then \
+		$(INSTALL) -d -m 0755 $(DESTDIR)$(PLUGINDIR)/llamacpp-cpu-variants && \
+		$(INSTALL) -m 0644 $(RELEASE)/llamacpp-cpu-variants/* $(DESTDIR)$(PLUGINDIR)/llamacpp-cpu-variants/; fi
 	$(INSTALL) -m 0644 $(ASSETS)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	for unit in r1d.service r1d.socket; do \
 		sed -e '$(UNIT_SED)' systemd/$$unit > $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/$$unit; \

@@ -390,13 +390,20 @@ class Server:
         self.logfile = Path(tmp) / f"{kind}-{parallel}.log"
         if kind.startswith("r1d"):
             config = "/dev/null"
+            plugins = args.bin
             if kind == "r1d-in-process":
                 config = str(Path(tmp) / "in-process.toml")
                 Path(config).write_text('[plugins]\nisolation = "in-process"\n')
+            if kind == "r1d-cpu-build":
+                # The CPU build alone (no CPU-variants plugin beside it to take over).
+                plugins = str(Path(tmp) / "cpu-build-plugins")
+                os.makedirs(plugins, mode=0o755, exist_ok=True)
+                os.chmod(plugins, 0o755)
+                shutil.copy2(f"{args.bin}/libr1_plugin_llamacpp.so", plugins)
             self.cmd = [f"{args.bin}/r1d", "--user", "--config", config, "--no-dbus",
                         "--model", args.model, "--parallel", str(parallel), "--threads", str(args.threads),
                         "--context-length", str(args.context), "--socket", self.sock,
-                        "--plugin-dir", args.bin]
+                        "--plugin-dir", plugins]
         else:
             self.cmd = [str(llama_bin / "llama-server"), "-m", args.model, "-t", str(args.threads),
                         "-tb", str(args.threads), "-np", str(parallel), "--kv-unified",
@@ -681,24 +688,36 @@ def main():
     p.add_argument("--build-only", action="store_true", help="fetch, compare and build, then stop")
     p.add_argument("--targets", default=",".join(TARGETS),
                    help="llama.cpp tools to build (comma-separated; default: %(default)s)")
-    p.add_argument("--against", choices=["llama-server", "r1d-in-process"], default="llama-server",
+    p.add_argument("--against", choices=["llama-server", "r1d-in-process", "r1d-cpu-build"],
+                   default="llama-server",
                    help="what to compare r1d (models in a worker process, the default) with: llama.cpp's "
-                        "llama-server, or r1d with [plugins] isolation = \"in-process\" (the cost of the "
-                        "worker process: one pipe hop per token)")
+                        "llama-server, r1d with [plugins] isolation = \"in-process\" (the cost of the "
+                        "worker process: one pipe hop per token), or r1d with the CPU build of the "
+                        "llama.cpp plugin alone (what the CPU-variants plugin in --bin, "
+                        "scripts/build-gpu-plugins cpu-variants, gains)")
+    p.add_argument("--clients", default="4,8",
+                   help="simultaneous clients of the parallel groups (comma-separated; default %(default)s; "
+                        "empty: none)")
     args = p.parse_args()
     args.bin = os.path.abspath(args.bin)
     args.model = os.path.abspath(os.path.expanduser(args.model))
     args.prompt_tokens, args.tokens, args.single_reps, args.ttft_reps, args.idle = 512, 128, 3, 5, 30.0
-    args.clients = [4, 8]
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if args.quick:
         args.rounds, args.tokens, args.single_reps, args.ttft_reps, args.idle = 1, 32, 1, 2, 5.0
     # --build-only needs llama-cpp-sys-2's build alone (the CUDA plugin's target directory has no r1d).
     for f in [] if args.build_only else [f"{args.bin}/r1d", f"{args.bin}/libr1_plugin_llamacpp.so", args.model]:
         if not os.path.exists(f):
             sys.exit(f"failed to find {f}")
+    variants = f"{args.bin}/libr1_plugin_llamacpp_cpu_variants.so"
+    if args.against == "r1d-cpu-build" and not os.path.exists(variants):
+        sys.exit(f"failed to find {variants}: scripts/build-gpu-plugins cpu-variants builds it")
     llama_bin = prepare_llama_cpp(args)
     if args.build_only:
         return
+    if os.path.exists(variants):
+        print(f"r1d: {args.bin} holds the CPU-variants plugin; where its variant goes beyond the CPU "
+              f"build's AVX2 it serves (r1d's log says which variant)")
     asyncio.run(bench(args, llama_bin))
 
 

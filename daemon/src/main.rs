@@ -624,7 +624,21 @@ fn one_shot(
                 rpc_link(config),
             )
             .hosts();
-            report::hardware(&hw, *json)?
+            let mut text = report::hardware(&hw, *json)?;
+            if !*json {
+                // What the backend plugins make of this machine (which of them would serve, and
+                // the CPU variant ggml chose): probed in workers, as the service does.
+                let dir = plugin_dir
+                    .map(std::path::Path::to_path_buf)
+                    .or_else(|| config.plugins.dir.clone())
+                    .unwrap_or_else(r1d::paths::plugin_dir);
+                let host = PluginHost::discover_with(&dir, worker_command(config)?);
+                text.push_str(&report::plugins_text(
+                    &dir,
+                    host.as_ref().map(|h| h.records()),
+                ));
+            }
+            text
         }
         Command::Plan {
             hardware,

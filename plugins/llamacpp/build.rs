@@ -37,6 +37,14 @@ fn llama_cpp_source() -> PathBuf {
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp/estimate.cpp");
+    if std::env::var_os("CARGO_FEATURE_DYNAMIC_BACKENDS").is_some() {
+        // llama.cpp's shared libraries travel in a directory beside the plugin (src/variants.rs,
+        // MODULES_DIR). DT_RPATH rather than DT_RUNPATH (--disable-new-dtags): it also serves
+        // the libraries' own dependencies on each other.
+        println!(
+            "cargo:rustc-cdylib-link-arg=-Wl,--disable-new-dtags,-rpath,$ORIGIN/llamacpp-cpu-variants"
+        );
+    }
     let src = llama_cpp_source();
     cc::Build::new()
         .cpp(true)

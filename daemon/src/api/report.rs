@@ -22,6 +22,61 @@ pub fn hardware(hw: &Hardware, json: bool) -> Result<String, serde_json::Error> 
     }
 }
 
+/// The backend plugins of `dir` as `r1d hardware` lists them after the machine: each file with
+/// its backend, score and devices (a llama.cpp CPU-variants build names the CPU variant ggml chose
+/// there, "CPU (zen4 variant)"), or why it is not usable; `records` is the host's discovery, or
+/// why the directory could not be read. Starts with an empty line.
+pub fn plugins_text(
+    dir: &std::path::Path,
+    records: Result<&[crate::backend::PluginRecord], &crate::backend::BackendError>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "\nbackend plugins in {} (per format the highest score serves):\n",
+        dir.display()
+    );
+    let records = match records {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(out, "  none: {e}");
+            return out;
+        }
+    };
+    if records.is_empty() {
+        out.push_str("  none\n");
+    }
+    for r in records {
+        let file = r.path.file_name().map_or_else(
+            || r.path.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        );
+        let name = r.name.as_deref().unwrap_or("?");
+        match (&r.error, &r.probe) {
+            (None, Some(p)) => {
+                let devices: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "  {name:<12} {file}: score {}, {}",
+                    p.score,
+                    if devices.is_empty() {
+                        "no devices".to_owned()
+                    } else {
+                        devices.join(", ")
+                    }
+                );
+            }
+            (error, _) => {
+                let _ = writeln!(
+                    out,
+                    "  {name:<12} {file}: unavailable: {}",
+                    error.as_deref().unwrap_or("not probed")
+                );
+            }
+        }
+    }
+    out
+}
+
 /// The plan as `r1d plan` prints it: the table (`all`: every candidate, else the relevant ones;
 /// no line wider than `width` columns), or (`json`) `/r1/plan`'s body, every candidate.
 ///

@@ -56,6 +56,10 @@ fn layer_device(message: &str) -> Option<&str> {
     Some(rest.split_once(", is_swa").map_or(rest, |(d, _)| d))
 }
 
+/// The CPU variant ggml chose ([`crate::variants`]), once [`backend`] loaded the modules.
+#[cfg(feature = "dynamic-backends")]
+pub static CPU_VARIANT: OnceLock<crate::variants::Chosen> = OnceLock::new();
+
 /// The initialised llama.cpp backend, created on first use and kept for the process (plugins are
 /// never unloaded, so `llama_backend_free` never runs).
 ///
@@ -67,6 +71,12 @@ pub fn backend() -> Result<&'static LlamaBackend, PluginError> {
     BACKEND
         .get_or_init(|| {
             install_logging();
+            #[cfg(feature = "dynamic-backends")]
+            {
+                let chosen = crate::variants::load_modules()?;
+                tracing::info!("{}: {}", chosen.describe(), chosen.path.display());
+                let _ = CPU_VARIANT.set(chosen);
+            }
             LlamaBackend::init().map_err(|e| format!("failed to initialise llama.cpp: {e}"))
         })
         .as_ref()

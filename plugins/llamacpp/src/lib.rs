@@ -7,7 +7,12 @@
 //! - `probe`: always available; lists the devices llama.cpp sees; score 100 for the CPU build,
 //!   200 when this build can offload to a GPU and one is present, 90 for a GPU build (features
 //!   `cuda`, `vulkan`: [`BUILD`]) that sees none — so with the CPU and GPU builds installed side by
-//!   side the host takes the GPU build exactly when there is a GPU.
+//!   side the host takes the GPU build exactly when there is a GPU. The CPU build is refused
+//!   (unavailable, naming what is missing) on a CPU without the instruction sets it is compiled
+//!   for ([`CPU_BUILD_FEATURES`]). The CPU-variants build (feature `dynamic-backends`,
+//!   `variants.rs`) loads ggml's best CPU module for this CPU and scores 105 when that goes beyond
+//!   the CPU build's instruction sets (or the CPU build cannot run here), 95 otherwise; its CPU
+//!   device is named with the variant ("CPU (zen4 variant)").
 //! - `load`: refuses, before llama.cpp allocates anything, `gpu_layers` whose weights alone exceed
 //!   the GPUs' memory ([`devices::check_device_memory`]).
 //! - `load`: see [`LlamaCppPlugin`] for how [`LoadParams`] map to llama.cpp and their defaults.
@@ -33,6 +38,8 @@ mod generate;
 mod grammar;
 mod model;
 pub mod rpc;
+#[cfg(feature = "dynamic-backends")]
+pub mod variants;
 
 use std::sync::OnceLock;
 
@@ -54,6 +61,47 @@ pub const SCORE_GPU: i32 = 200;
 /// CPU build installed beside it serves (same CPU code; the host picks the highest score), yet
 /// the plugin still serves on the CPU when it is the only one.
 pub const SCORE_GPU_BUILD_WITHOUT_GPU: i32 = 90;
+
+/// Probe score of the CPU-variants build (`dynamic-backends`, `variants.rs`) when ggml chose a
+/// variant beyond what the CPU build is compiled for (AVX-512, AVX-VNNI, AMX), or when this CPU
+/// cannot run the CPU build at all: above [`SCORE_CPU`], so it serves.
+pub const SCORE_CPU_VARIANT_BETTER: i32 = 105;
+/// Probe score of the CPU-variants build when its variant is no better than the CPU build's
+/// instruction set (the `haswell` variant on an AVX2 CPU): below [`SCORE_CPU`], so the CPU build
+/// installed beside it serves (the same code, fewer files).
+pub const SCORE_CPU_VARIANT_SAME: i32 = 95;
+
+/// The instruction sets the CPU build (no `dynamic-backends`) is compiled for, as ggml names
+/// them: llama-cpp-sys-2 builds ggml for x86-64 with `GGML_AVX`, `GGML_AVX2`, `GGML_FMA`,
+/// `GGML_F16C`, `GGML_BMI2` and `GGML_SSE42` on (its `CMakeCache.txt`), ggml's `haswell`
+/// variant.
+pub const CPU_BUILD_FEATURES: [&str; 6] = ["SSE42", "AVX", "F16C", "FMA", "AVX2", "BMI2"];
+
+/// What of [`CPU_BUILD_FEATURES`] this CPU lacks (the CPU build would stop on an illegal
+/// instruction), by the CPU's own report (`cpuid`); empty on other architectures.
+pub fn missing_cpu_build_features() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has = [
+            std::arch::is_x86_feature_detected!("sse4.2"),
+            std::arch::is_x86_feature_detected!("avx"),
+            std::arch::is_x86_feature_detected!("f16c"),
+            std::arch::is_x86_feature_detected!("fma"),
+            std::arch::is_x86_feature_detected!("avx2"),
+            std::arch::is_x86_feature_detected!("bmi2"),
+        ];
+        CPU_BUILD_FEATURES
+            .iter()
+            .zip(has)
+            .filter(|(_, has)| !has)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
 
 /// The GPU API this build offloads with: `"cuda"`, `"vulkan"`, or `"cpu"` (none). The same name
 /// is in the plugin's version string and in the file name `scripts/build-gpu-plugins` gives it
@@ -92,6 +140,24 @@ impl Plugin for LlamaCppPlugin {
     type Model = LlamaCppModel;
 
     fn probe(&self) -> Result<ProbeReport, PluginError> {
+        let missing = missing_cpu_build_features();
+        if !cfg!(feature = "dynamic-backends")
+            && cfg!(target_arch = "x86_64")
+            && !missing.is_empty()
+        {
+            // Checked before llama.cpp runs a single instruction of this build.
+            return Ok(ProbeReport {
+                available: false,
+                formats: vec!["gguf".to_owned()],
+                reason: Some(format!(
+                    "this build of llama.cpp needs {} and this CPU lacks {} (the CPU-variants \
+                     build, libr1_plugin_llamacpp_cpu_variants.so, runs on it)",
+                    CPU_BUILD_FEATURES.join(", "),
+                    missing.join(", ")
+                )),
+                ..ProbeReport::default()
+            });
+        }
         if let Err(e) = backend::backend() {
             return Ok(ProbeReport {
                 available: false,
@@ -115,6 +181,13 @@ impl Plugin for LlamaCppPlugin {
                 } else {
                     d.description
                 };
+                // The CPU-variants build names the variant on its CPU device ("CPU (zen4
+                // variant)"): what `/r1/backends` lists.
+                #[cfg(feature = "dynamic-backends")]
+                let name = match backend::CPU_VARIANT.get() {
+                    Some(c) if kind == "cpu" => format!("{name} ({} variant)", c.variant),
+                    _ => name,
+                };
                 let bytes = |b: usize| (b > 0).then_some(b as u64);
                 Device {
                     name,
@@ -127,6 +200,33 @@ impl Plugin for LlamaCppPlugin {
         let gpu_offload = rpc::offload_device_present();
         let has_gpu = devices.iter().any(|d| d.kind == "gpu");
         let (score, reason) = match (BUILD, gpu_offload && has_gpu) {
+            #[cfg(feature = "dynamic-backends")]
+            ("cpu", _) => {
+                let chosen = backend::CPU_VARIANT.get();
+                let beyond = chosen.is_some_and(|c| {
+                    c.features
+                        .iter()
+                        .any(|f| !CPU_BUILD_FEATURES.contains(&f.as_str()))
+                });
+                let score = if beyond || !missing.is_empty() {
+                    SCORE_CPU_VARIANT_BETTER
+                } else {
+                    SCORE_CPU_VARIANT_SAME
+                };
+                let variant = chosen.map_or_else(|| "no CPU variant".to_owned(), |c| c.describe());
+                (
+                    score,
+                    Some(format!(
+                        "CPU only; {variant}{}",
+                        if score == SCORE_CPU_VARIANT_SAME {
+                            "; no more than the CPU build's instruction set, which is preferred"
+                        } else {
+                            ""
+                        }
+                    )),
+                )
+            }
+            #[cfg(not(feature = "dynamic-backends"))]
             ("cpu", _) => (
                 SCORE_CPU,
                 Some("this build of llama.cpp has no GPU offload; CPU only".to_owned()),
@@ -202,16 +302,22 @@ impl Model for LlamaCppModel {
     }
 }
 
-/// "0.1.0 (llama.cpp VERSION, llama-cpp-2 0.1.160, BUILD)", computed once.
+/// "0.1.0 (llama.cpp VERSION, llama-cpp-2 0.1.160, BUILD)" (", CPU variants" after BUILD in the
+/// `dynamic-backends` build), computed once.
 fn plugin_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
         // SAFETY: `llama_version` returns a pointer to a static NUL-terminated string.
         let llama = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_version()) };
         format!(
-            "{} (llama.cpp {}, llama-cpp-2 0.1.160, {BUILD})",
+            "{} (llama.cpp {}, llama-cpp-2 0.1.160, {BUILD}{})",
             env!("CARGO_PKG_VERSION"),
-            llama.to_string_lossy()
+            llama.to_string_lossy(),
+            if cfg!(feature = "dynamic-backends") {
+                ", CPU variants"
+            } else {
+                ""
+            }
         )
     })
 }

@@ -26,11 +26,37 @@ use r1_plugin_sdk::PluginError;
 /// How long one step of the probe of a worker may take (connect, each read and write).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+#[cfg(not(feature = "dynamic-backends"))]
 extern "C" {
     // Declared in llama.cpp's ggml/include/ggml-rpc.h (llama-cpp-sys-2 0.1.161 compiles
     // ggml-rpc with GGML_RPC=ON, set in the workspace's .cargo/config.toml, but its bindings do
     // not include that header).
     fn ggml_backend_rpc_add_server(endpoint: *const c_char) -> sys::ggml_backend_reg_t;
+}
+
+/// With dynamic backends the RPC backend is a module (`libggml-rpc.so`) that nothing links:
+/// its `ggml_backend_rpc_add_server` is found through its registry entry, as llama.cpp's own
+/// `--rpc` does (`ggml_backend_reg_get_proc_address`). A null entry when the module is absent.
+///
+/// # Safety
+/// `endpoint` is a NUL-terminated string; the same contract as the linked function.
+#[cfg(feature = "dynamic-backends")]
+unsafe fn ggml_backend_rpc_add_server(endpoint: *const c_char) -> sys::ggml_backend_reg_t {
+    type AddServer = unsafe extern "C" fn(*const c_char) -> sys::ggml_backend_reg_t;
+    // SAFETY: registry lookups by NUL-terminated names; null results are checked.
+    let reg = unsafe { sys::ggml_backend_reg_by_name(c"RPC".as_ptr()) };
+    if reg.is_null() {
+        return std::ptr::null_mut();
+    }
+    let f = unsafe {
+        sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_rpc_add_server".as_ptr())
+    };
+    if f.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: ggml-rpc returns this function under that name (ggml-rpc.cpp,
+    // `ggml_backend_rpc_get_proc_address`), with the signature of ggml-rpc.h.
+    unsafe { std::mem::transmute::<*mut std::ffi::c_void, AddServer>(f)(endpoint) }
 }
 
 /// The workers of `extra.rpc_workers`, or none.

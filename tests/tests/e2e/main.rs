@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod compat;
+mod cpu_variants;
 mod dbus;
 mod hardening;
 mod host;

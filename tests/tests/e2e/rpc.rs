@@ -148,13 +148,22 @@ fn config_text(workers: &[&Worker]) -> String {
     format!("[backends.llamacpp]\nrpc_workers = [{}]\n", list.join(", "))
 }
 
-fn smollm(model: &std::path::Path, config: Option<&str>) -> Daemon {
-    Daemon::start(DaemonOptions {
+/// r1d serving SmolLM2 with the CPU build of the llama.cpp plugin alone (the directory is
+/// returned to live as long as the daemon). The workers are `rpc-server` built with the same
+/// flags, so a split runs the same kernels as a local answer and must give the same greedy text;
+/// the CPU-variants build (AVX-512 kernels on such a CPU) beside AVX2 workers rounds differently
+/// and can flip a token that two candidates nearly tie for (SmolLM2's first token here: "The"
+/// −1.66 against "La" −1.80 locally).
+fn smollm(model: &std::path::Path, config: Option<&str>) -> (Daemon, tempfile::TempDir) {
+    let plugins = r1d_tests::plugin_dir(&["llamacpp"]);
+    let daemon = Daemon::start(DaemonOptions {
         model: Some(model),
         args: vec!["--context-length".into(), "2048".into()],
         config,
+        plugin_dir: Some(plugins.path()),
         ..Default::default()
-    })
+    });
+    (daemon, plugins)
 }
 
 fn greedy(prompt: &str, max_tokens: u32) -> ChatCompletionRequest {
@@ -193,7 +202,7 @@ async fn a_model_split_across_two_rpc_workers_and_the_cpu_answers_as_the_local_o
         return;
     };
     let local = {
-        let daemon = smollm(&model, None);
+        let (daemon, _plugins) = smollm(&model, None);
         assert_eq!(
             daemon.settled().await.status,
             State::Ready,
@@ -205,7 +214,7 @@ async fn a_model_split_across_two_rpc_workers_and_the_cpu_answers_as_the_local_o
     assert_eq!(local[0], "The capital of France is Paris.");
 
     let (a, b) = (Worker::start(&binary), Worker::start(&binary));
-    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    let (daemon, _plugins) = smollm(&model, Some(&config(&[&a, &b])));
     assert_eq!(
         daemon.settled().await.status,
         State::Ready,
@@ -245,24 +254,27 @@ async fn a_model_split_across_two_rpc_workers_and_the_cpu_answers_as_the_local_o
 /// Two rpc workers on loopback and r1d serving SmolLM2 split across them and the CPU, settled
 /// ready: the worker binary, both workers and the daemon. `None` (skipped, or a failure under
 /// CI) without the model or the worker binary.
-async fn split_across_two_workers() -> Option<(PathBuf, Worker, Worker, Daemon)> {
+/// SmolLM2 split across two fresh workers and the CPU; the plugin directory lives as long as
+/// the daemon needs it (it loads the model again after a worker vanishes).
+async fn split_across_two_workers() -> Option<(PathBuf, Worker, Worker, Daemon, tempfile::TempDir)>
+{
     let model = fixture(SMOLLM2)?;
     let binary = worker_binary()?;
     let (a, b) = (Worker::start(&binary), Worker::start(&binary));
-    let daemon = smollm(&model, Some(&config(&[&a, &b])));
+    let (daemon, plugins) = smollm(&model, Some(&config(&[&a, &b])));
     assert_eq!(
         daemon.settled().await.status,
         State::Ready,
         "{}",
         daemon.log()
     );
-    Some((binary, a, b, daemon))
+    Some((binary, a, b, daemon, plugins))
 }
 
 #[tokio::test]
 async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_serves_on() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some((binary, mut a, b, daemon)) = split_across_two_workers().await else {
+    let Some((binary, mut a, b, daemon, _plugins)) = split_across_two_workers().await else {
         return;
     };
     let client = daemon.client();
@@ -398,7 +410,7 @@ async fn killing_an_rpc_worker_mid_answer_ends_it_with_an_error_event_and_r1d_se
 #[tokio::test]
 async fn a_worker_that_vanishes_while_idle_is_dropped_before_a_request_meets_it() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some((_, mut a, b, daemon)) = split_across_two_workers().await else {
+    let Some((_, mut a, b, daemon, _plugins)) = split_across_two_workers().await else {
         return;
     };
     let client = daemon.client();
@@ -478,7 +490,7 @@ fn placed_by_llama_cpp(log: &str) -> Vec<(String, u32)> {
 #[tokio::test]
 async fn the_layers_r1d_plans_per_worker_are_the_layers_llama_cpp_placed_there() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some((_, a, b, daemon)) = split_across_two_workers().await else {
+    let Some((_, a, b, daemon, _plugins)) = split_across_two_workers().await else {
         return;
     };
     let client = daemon.client();
@@ -671,7 +683,7 @@ async fn endpoints_that_are_no_rpc_workers_are_shown_left_out_not_serving() {
         "[model]\ngpu_layers = {REMOTE_LAYERS}\n\n[backends.llamacpp]\nrpc_workers = [\"{}\", \"{silent_endpoint}\", \"{http_endpoint}\"]\n",
         a.endpoint
     );
-    let daemon = smollm(&model, Some(&config));
+    let (daemon, _plugins) = smollm(&model, Some(&config));
     assert_eq!(
         daemon.settled().await.status,
         State::Ready,

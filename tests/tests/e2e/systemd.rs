@@ -789,6 +789,26 @@ fn deb_holds_every_file_with_its_mode() {
             expected.push((dest, 0o644));
         }
     }
+    // The CPU-variants plugin, with its libraries and ggml's modules, when it was built.
+    let variants = root.join("target/release/llamacpp-cpu-variants");
+    let mut variant_files = Vec::new();
+    if variants.is_dir() {
+        expected.push((
+            "usr/lib/r1d/plugins/libr1_plugin_llamacpp_cpu_variants.so",
+            0o644,
+        ));
+        for entry in std::fs::read_dir(&variants).unwrap() {
+            variant_files.push(format!(
+                "usr/lib/r1d/plugins/llamacpp-cpu-variants/{}",
+                entry.unwrap().file_name().to_string_lossy()
+            ));
+        }
+        assert!(
+            variant_files.iter().any(|f| f.contains("libggml-cpu-")),
+            "{variant_files:?}"
+        );
+    }
+    expected.extend(variant_files.iter().map(|f| (f.as_str(), 0o644)));
     for (path, mode) in &expected {
         let meta = std::fs::metadata(unpacked.join(path))
             .unwrap_or_else(|e| panic!("{path} is not in the package: {e}"));

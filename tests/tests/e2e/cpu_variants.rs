@@ -1,0 +1,245 @@
+//! The CPU-variants build of the llama.cpp plugin (`libr1_plugin_llamacpp_cpu_variants.so` with
+//! its `llamacpp-cpu-variants/` directory, made by `scripts/build-gpu-plugins cpu-variants`):
+//! ggml's CPU backend in one module per x86 level, the best for this CPU loaded at run time.
+//! Beside the CPU build, the host picks it by score where its variant goes beyond the CPU build's
+//! AVX2, `/r1/backends` names the variant, SmolLM2 answers correctly through it, and the plugin
+//! installed without its directory is refused with a reason naming it while the CPU build serves.
+//!
+//! The plugin is not part of the default build: without it each test says why and passes,
+//! unless `R1D_REQUIRE_CPU_VARIANTS=1` asks for a failure instead (`scripts/test` builds it and
+//! sets that).
+
+use std::path::{Path, PathBuf};
+
+use r1d_client::wire::{BackendEntry, BackendList, ChatMessage, State};
+use r1d_tests::{bin_dir, binary, fixture, Daemon, DaemonOptions, SMOLLM2};
+
+use crate::ask;
+use crate::llama::ONE_MODEL_AT_A_TIME;
+
+const PLUGIN: &str = "libr1_plugin_llamacpp_cpu_variants.so";
+const MODULES: &str = "llamacpp-cpu-variants";
+
+/// The built plugin, or `None` after saying why.
+fn variants_plugin() -> Option<PathBuf> {
+    let so = bin_dir().join(PLUGIN);
+    if so.exists() && bin_dir().join(MODULES).is_dir() {
+        return Some(so);
+    }
+    let why = format!(
+        "{} (with {MODULES}/) is not built (scripts/build-gpu-plugins cpu-variants)",
+        so.display()
+    );
+    if std::env::var("R1D_REQUIRE_CPU_VARIANTS").as_deref() == Ok("1") {
+        panic!("{why} (R1D_REQUIRE_CPU_VARIANTS=1)");
+    }
+    eprintln!("\n!!!!! SKIPPED: {why} !!!!!\n");
+    None
+}
+
+/// What of the plugin's directory [`both_plugins`] copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Modules {
+    All,
+    /// llama.cpp's libraries, no `libggml-cpu-*.so`.
+    LibrariesOnly,
+    /// No directory.
+    None,
+}
+
+/// A plugin directory with the CPU build and the CPU-variants build, with what `modules` says of
+/// its directory.
+fn both_plugins(so: &Path, modules: Modules) -> tempfile::TempDir {
+    let dir = r1d_tests::plugin_dir(&["llamacpp"]);
+    std::fs::copy(so, dir.path().join(PLUGIN)).unwrap();
+    if modules != Modules::None {
+        let to = dir.path().join(MODULES);
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(bin_dir().join(MODULES)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if modules == Modules::LibrariesOnly && name.starts_with("libggml-cpu-") {
+                continue;
+            }
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// This CPU's flags, from `/proc/cpuinfo`.
+fn cpu_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn entry<'a>(list: &'a BackendList, file: &str) -> &'a BackendEntry {
+    list.backends
+        .iter()
+        .find(|b| b.path.ends_with(&format!("/{file}")))
+        .unwrap_or_else(|| panic!("{file} not listed: {list:#?}"))
+}
+
+/// SmolLM2's greedy answer, 24 tokens at most, with a plain system prompt (with which this 135M
+/// model answers the question correctly).
+async fn capital_of_france(daemon: &Daemon) -> String {
+    let mut request = ask("What is the capital of France?");
+    request.messages.insert(
+        0,
+        ChatMessage::new("system", "You are a helpful assistant."),
+    );
+    request.temperature = Some(0.0);
+    request.max_tokens = Some(24);
+    let answer = daemon.client().chat(&request).await.unwrap();
+    answer.choices[0].message.content.clone()
+}
+
+fn start(model: &Path, plugins: &Path) -> Daemon {
+    Daemon::start(DaemonOptions {
+        model: Some(model),
+        plugin_dir: Some(plugins),
+        args: vec![
+            "--context-length".into(),
+            "1024".into(),
+            "--parallel".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_directory_is_refused() {
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(so) = variants_plugin() else {
+        return;
+    };
+    let Some(model) = fixture(SMOLLM2) else {
+        return;
+    };
+    let flags = cpu_flags();
+    let has = |f: &str| flags.iter().any(|x| x == f);
+
+    // Both builds: the variants plugin names the module ggml chose, one of the directory's.
+    let plugins = both_plugins(&so, Modules::All);
+    let daemon = start(&model, plugins.path());
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let list = daemon.backends().await;
+    let variants = entry(&list, PLUGIN);
+    let cpu = entry(&list, "libr1_plugin_llamacpp.so");
+    assert!(variants.available && cpu.available, "{list:#?}");
+    assert_eq!(cpu.score, 100, "{cpu:?}");
+    // Its CPU device names the variant: "CPU (zen4 variant)".
+    let variant = variants
+        .devices
+        .iter()
+        .find_map(|d| d.strip_prefix("CPU (")?.strip_suffix(" variant)"))
+        .unwrap_or_else(|| panic!("no variant named in {variants:?}"));
+    let module = plugins
+        .path()
+        .join(MODULES)
+        .join(format!("libggml-cpu-{variant}.so"));
+    assert!(module.is_file(), "{variant} is not a module of {MODULES}");
+    // The log says why, with the variant's instruction sets and its file.
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("ggml CPU variant {variant} chosen")))
+        .unwrap_or_else(|| panic!("the log does not name the variant:\n{log}"));
+    // Where the CPU has AVX-512 the chosen variant has it, goes beyond the CPU build and wins;
+    // on an AVX2-only CPU without AVX-VNNI it is the CPU build's own level and the CPU build wins.
+    if has("avx512f") {
+        assert!(line.contains("AVX512"), "{line}");
+        assert_eq!(variants.score, 105, "{variants:?}");
+    } else if has("avx2") && !has("avx_vnni") {
+        assert_eq!(variant, "haswell", "{line}");
+        assert_eq!(variants.score, 95, "{variants:?}");
+    }
+    // `r1d hardware` lists the plugins with what they make of this machine: the variant too.
+    let out = std::process::Command::new(binary("r1d"))
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .arg("hardware")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.contains(&format!("{PLUGIN}: score {}", variants.score))
+                && l.contains(&format!("CPU ({variant} variant)"))
+        ),
+        "{text}"
+    );
+    let serving_variants = variants.score > cpu.score;
+    let status = daemon.client().status().await.unwrap();
+    assert_eq!(status.model.unwrap().backend, "llamacpp");
+    let answer = capital_of_france(&daemon).await;
+    assert!(answer.contains("Paris"), "{answer}");
+    drop(daemon);
+
+    // The CPU build alone answers the same question the same way (the variant's kernels may round
+    // differently; on this short greedy answer they agree).
+    let cpu_only = r1d_tests::plugin_dir(&["llamacpp"]);
+    let daemon = start(&model, cpu_only.path());
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let reference = capital_of_france(&daemon).await;
+    drop(daemon);
+    assert_eq!(
+        answer,
+        reference,
+        "the {} answered otherwise than the CPU build",
+        if serving_variants {
+            format!("{variant} variant")
+        } else {
+            "CPU build (the variant did not serve)".to_owned()
+        }
+    );
+
+    // Installed without its directory, the plugin cannot be opened (the loader names the library
+    // it lacks); with llama.cpp's libraries but no CPU module, it says the directory holds none.
+    // Either way it is refused and the CPU build serves.
+    let libraries: Vec<String> = std::fs::read_dir(bin_dir().join(MODULES))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".so.0"))
+        .collect();
+    for modules in [Modules::None, Modules::LibrariesOnly] {
+        let broken = both_plugins(&so, modules);
+        let daemon = start(&model, broken.path());
+        assert_eq!(
+            daemon.settled().await.status,
+            State::Ready,
+            "{}",
+            daemon.log()
+        );
+        let list = daemon.backends().await;
+        let variants = entry(&list, PLUGIN);
+        assert!(!variants.available, "{variants:?}");
+        let why = variants.error.as_deref().unwrap_or_default();
+        let named = match modules {
+            // The loader names a library of the directory it did not find.
+            Modules::None => libraries
+                .iter()
+                .any(|l| why.contains(&format!("{l}: cannot open"))),
+            _ => why.contains(MODULES) && why.contains("libggml-cpu-"),
+        };
+        assert!(named, "{modules:?}: {why}");
+        let answer = capital_of_france(&daemon).await;
+        assert!(answer.contains("Paris"), "{answer}");
+    }
+}
