@@ -394,8 +394,10 @@ class Server:
             if kind == "r1d-in-process":
                 config = str(Path(tmp) / "in-process.toml")
                 Path(config).write_text('[plugins]\nisolation = "in-process"\n')
-            if kind == "r1d-cpu-build":
-                # The CPU build alone (no CPU-variants plugin beside it to take over).
+            if kind == "r1d-cpu-build" or args.against != "r1d-cpu-build":
+                # The CPU build alone (no CPU-variants plugin beside it to take over): against
+                # llama-server the same llama.cpp flags on both sides; against it, what the
+                # CPU-variants plugin gains.
                 plugins = str(Path(tmp) / "cpu-build-plugins")
                 os.makedirs(plugins, mode=0o755, exist_ok=True)
                 os.chmod(plugins, 0o755)
@@ -715,9 +717,12 @@ def main():
     llama_bin = prepare_llama_cpp(args)
     if args.build_only:
         return
-    if os.path.exists(variants):
-        print(f"r1d: {args.bin} holds the CPU-variants plugin; where its variant goes beyond the CPU "
-              f"build's AVX2 it serves (r1d's log says which variant)")
+    if args.against == "r1d-cpu-build":
+        print(f"r1d: every plugin of {args.bin}, the CPU-variants one serving where its variant goes "
+              f"beyond the CPU build's AVX2 (r1d's log says which variant); r1d-cpu-build: the CPU "
+              f"build alone")
+    else:
+        print("r1d: the CPU build of the llama.cpp plugin alone (the flags llama-server is built with)")
     asyncio.run(bench(args, llama_bin))
 
 
