@@ -578,7 +578,17 @@ fn print_status(status: &Status) -> anyhow::Result<()> {
     if let Some(m) = &status.model {
         writeln!(out, "{:<14}{}", "model", m.name)?;
         writeln!(out, "{:<14}{}", "file", m.path)?;
-        writeln!(out, "{:<14}{}", "backend", m.backend)?;
+        match &m.backend_file {
+            // The file: several plugin files may be the same backend (llama.cpp's CPU,
+            // CPU-variants and GPU builds).
+            Some(file) => {
+                let name = std::path::Path::new(file)
+                    .file_name()
+                    .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned());
+                writeln!(out, "{:<14}{} ({name})", "backend", m.backend)?
+            }
+            None => writeln!(out, "{:<14}{}", "backend", m.backend)?,
+        }
         if let Some(v) = &m.variant {
             writeln!(out, "{:<14}{}", "variant", v)?;
         }

@@ -743,6 +743,10 @@ pub struct ModelStatus {
     pub path: String,
     /// Backend plugin serving it.
     pub backend: String,
+    /// The plugin file that serves it (several files may be one backend: the llama.cpp CPU,
+    /// CPU-variants and GPU builds are all `llamacpp`); absent for a backend built into r1d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_file: Option<String>,
     /// Architecture, e.g. `qwen2`.
     #[serde(default)]
     pub architecture: Option<String>,

@@ -1369,11 +1369,21 @@ impl Worker {
             s.error = None;
         });
         let started = Instant::now();
+        let mut backend_file = None;
         let result = self
             .host
             .select(&path, spec.backend.as_deref())
             .and_then(|backend| {
-                tracing::info!(backend = backend.name(), "loading model {:?}", path);
+                backend_file = backend.file().map(std::path::Path::to_path_buf);
+                match &backend_file {
+                    Some(file) => tracing::info!(
+                        backend = backend.name(),
+                        plugin = %file.display(),
+                        "loading model {:?}",
+                        path
+                    ),
+                    None => tracing::info!(backend = backend.name(), "loading model {:?}", path),
+                }
                 let shared = self.shared.clone();
                 let generation = self.generation;
                 let mut last = -1.0f32;
@@ -1420,7 +1430,8 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(model) => {
-                let info: ModelInfo = model.info().clone().into();
+                let mut info: ModelInfo = model.info().clone().into();
+                info.backend_file = backend_file;
                 tracing::info!(
                     backend = model.backend_name(),
                     quantization = info.file_type.as_deref().unwrap_or("?"),

@@ -16,6 +16,7 @@ pub fn model_status(snap: &Snapshot) -> Option<ModelStatus> {
         name: info.name.clone().unwrap_or_else(|| info.path.clone()),
         path: info.path.clone(),
         backend: backend.clone(),
+        backend_file: info.backend_file.as_ref().map(|f| f.display().to_string()),
         architecture: info.architecture.clone(),
         quantization: info.file_type.clone(),
         parameters: info.parameters,

@@ -188,6 +188,10 @@ pub trait Backend: Send + Sync {
     fn probe_report(&self) -> &ProbeReport;
     /// The plugin's own version string (its table's `version`).
     fn version(&self) -> &str;
+    /// The plugin file it was opened from; `None` for backends built into r1d (`remote`).
+    fn file(&self) -> Option<&Path> {
+        None
+    }
     /// Loads a model; `progress(fraction)` returns false to abort.
     ///
     /// # Errors
@@ -308,6 +312,10 @@ impl Backend for LoadExtra {
 
     fn probe_report(&self) -> &ProbeReport {
         self.inner.probe_report()
+    }
+
+    fn file(&self) -> Option<&Path> {
+        self.inner.file()
     }
 
     fn load(
@@ -450,8 +458,14 @@ impl PluginHost {
                         "found backend plugin {}",
                         path.display()
                     );
-                    if let Some(reason) = &report.reason {
-                        tracing::warn!(plugin = backend.name(), "{reason}");
+                    // Why it is unusable is a warning; what a usable plugin says of itself
+                    // ("CPU only", the CPU variant it chose) is information.
+                    match &report.reason {
+                        Some(reason) if report.available => {
+                            tracing::info!(plugin = backend.name(), "{reason}")
+                        }
+                        Some(reason) => tracing::warn!(plugin = backend.name(), "{reason}"),
+                        None => {}
                     }
                     host.records.push(PluginRecord {
                         path: path.clone(),
@@ -664,6 +678,8 @@ fn check_permissions(path: &Path) -> Result<(), BackendError> {
 /// A plugin loaded into this process with libloading.
 struct DylibBackend {
     api: &'static R1PluginApi,
+    /// The plugin file.
+    path: PathBuf,
     name: String,
     version: String,
     probe: ProbeReport,
@@ -824,6 +840,7 @@ impl DylibBackend {
         let probe: ProbeReport = parse(&name, "probe report", &json)?;
         Ok(DylibBackend {
             api,
+            path: path.to_owned(),
             name,
             version,
             probe,
@@ -902,6 +919,10 @@ unsafe extern "C" fn token_trampoline(
 impl Backend for DylibBackend {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(&self.path)
     }
 
     fn probe_report(&self) -> &ProbeReport {
@@ -1194,6 +1215,7 @@ mod tests {
             Box::leak(Box::new(table(std::mem::size_of::<R1PluginApi>())));
         let backend = DylibBackend {
             api,
+            path: PathBuf::from("/fake.so"),
             name: "fake".into(),
             version: "0".into(),
             probe: ProbeReport::default(),

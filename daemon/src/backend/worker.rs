@@ -343,6 +343,10 @@ impl Backend for WorkerBackend {
         &self.name
     }
 
+    fn file(&self) -> Option<&Path> {
+        Some(&self.plugin)
+    }
+
     fn probe_report(&self) -> &ProbeReport {
         &self.probe
     }

@@ -107,6 +107,9 @@ pub struct ModelInfo {
     pub parallel_sequences: u32,
     /// Whether its backend returns token log probabilities.
     pub logprobs: bool,
+    /// The plugin file that serves it (the engine sets it; several files may be the same
+    /// backend, e.g. the llama.cpp CPU and CPU-variants builds). `None` for internal backends.
+    pub backend_file: Option<std::path::PathBuf>,
 }
 
 /// The log probability of one generated token and of the most likely tokens at its position
@@ -250,6 +253,7 @@ impl From<abi::ModelInfo> for ModelInfo {
             vocab_only: i.vocab_only,
             parallel_sequences: i.parallel_sequences.max(1),
             logprobs: i.logprobs,
+            backend_file: None,
         }
     }
 }

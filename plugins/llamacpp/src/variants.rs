@@ -33,15 +33,18 @@ pub struct Chosen {
     /// The instruction-set features the module was compiled for, as ggml names them
     /// (`AVX2`, `AVX512`, `AVX512_VNNI` …; `ggml_backend_get_features` of the CPU backend).
     pub features: Vec<String>,
-    /// How many CPU modules were there to choose from.
+    /// How many `libggml-cpu-*.so` files there were to choose from (ggml skips one it cannot
+    /// open, logging it at debug level).
     pub candidates: usize,
 }
 
 impl Chosen {
-    /// One line for the probe report, e.g. "ggml CPU variant zen4 (of 14 built; AVX512 …)".
+    /// One line for the probe report, e.g. "ggml CPU variant zen4 chosen for this CPU (the best
+    /// of 14 libggml-cpu-*.so by ggml's score; AVX512 …)".
     pub fn describe(&self) -> String {
         format!(
-            "ggml CPU variant {} chosen for this CPU (of {} built; {})",
+            "ggml CPU variant {} chosen for this CPU (the best of {} libggml-cpu-*.so by ggml's \
+             score; {})",
             self.variant,
             self.candidates,
             if self.features.is_empty() {
@@ -84,6 +87,12 @@ pub fn load_modules() -> Result<Chosen, String> {
             name.starts_with("libggml-cpu-") && name.ends_with(".so")
         })
         .count();
+    if candidates == 0 {
+        return Err(format!(
+            "no CPU module (libggml-cpu-*.so) in {}: the directory is installed incompletely",
+            dir.display()
+        ));
+    }
     let c = CString::new(dir.to_string_lossy().as_bytes())
         .map_err(|_| format!("{} holds a NUL byte", dir.display()))?;
     // SAFETY: `c` is a NUL-terminated path that outlives the call; ggml opens each module in it,
@@ -92,7 +101,7 @@ pub fn load_modules() -> Result<Chosen, String> {
     chosen_cpu(candidates).ok_or_else(|| {
         format!(
             "none of the {candidates} CPU modules (libggml-cpu-*.so) in {} suits this CPU or \
-             could be opened (llama.cpp's log says which)",
+             could be opened (llama.cpp's debug log names each one it tried)",
             dir.display()
         )
     })

@@ -181,8 +181,25 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
         "{text}"
     );
     let serving_variants = variants.score > cpu.score;
+    // `/r1/status` names the file that serves: both files are the backend `llamacpp`.
     let status = daemon.client().status().await.unwrap();
-    assert_eq!(status.model.unwrap().backend, "llamacpp");
+    let resident = status.model.unwrap();
+    assert_eq!(resident.backend, "llamacpp");
+    let serving = if variants.score > cpu.score {
+        PLUGIN
+    } else {
+        "libr1_plugin_llamacpp.so"
+    };
+    assert_eq!(
+        resident.backend_file.as_deref(),
+        Some(plugins.path().join(serving).to_str().unwrap()),
+        "{resident:?}"
+    );
+    // The chosen variant is information, not a warning.
+    assert!(
+        line.contains(" INFO "),
+        "the variant is logged at another level: {line}"
+    );
     let answer = capital_of_france(&daemon).await;
     assert!(answer.contains("Paris"), "{answer}");
     drop(daemon);
