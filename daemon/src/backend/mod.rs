@@ -40,6 +40,17 @@ pub enum BackendError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The plugin directory or a plugin file belongs to a user other than root and r1d's own:
+    /// that user could replace it with any code.
+    #[error("refusing plugins in {path}: it belongs to uid {owner}, neither root nor the user r1d runs as (uid {own}), and its owner could replace it")]
+    InsecureOwner {
+        /// The offending path.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// r1d's effective uid.
+        own: u32,
+    },
     /// `dlopen` or `dlsym` failed.
     #[error("failed to load plugin {path}: {}", loader_words(source))]
     Open {
@@ -657,12 +668,22 @@ pub fn detect_format(path: &Path) -> Result<String, BackendError> {
 }
 
 /// Refuses a path that users other than its owner and root can write to (group-writable by a
-/// non-root group, or world-writable): loading a library from there is running their code.
+/// non-root group, or world-writable), or that belongs to another user than root and the one
+/// r1d runs as: loading a library from there is running their code. A symlink is judged by what
+/// it points to.
 fn check_permissions(path: &Path) -> Result<(), BackendError> {
     let meta = std::fs::metadata(path).map_err(|source| BackendError::PluginPath {
         path: path.to_owned(),
         source,
     })?;
+    let own = rustix::process::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != own {
+        return Err(BackendError::InsecureOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            own,
+        });
+    }
     let mode = meta.mode() & 0o7777;
     let world_writable = mode & 0o002 != 0;
     let group_writable = mode & 0o020 != 0 && meta.gid() != 0;

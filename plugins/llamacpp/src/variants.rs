@@ -108,13 +108,24 @@ pub fn load_modules() -> Result<Chosen, String> {
 }
 
 /// Refuses `path` when users other than its owner and root can write to it (world-writable, or
-/// group-writable by a group other than root's), as r1d refuses such plugin directories and files.
-/// A path that does not exist is left to the caller's own error.
+/// group-writable by a group other than root's) or when it belongs to another user than root and
+/// the one this process runs as, as r1d refuses such plugin directories and files. A symlink is
+/// judged by what it points to; a path that does not exist is left to the caller's own error.
 fn refuse_if_writable_by_others(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(());
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != own {
+        return Err(format!(
+            "refusing ggml's backend modules in {}: it belongs to uid {}, neither root nor the \
+             user this process runs as (uid {own}), and its owner could replace it",
+            path.display(),
+            meta.uid()
+        ));
+    }
     let mode = meta.mode();
     if mode & 0o002 != 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
         return Err(format!(

@@ -3,7 +3,8 @@
 //! ggml's CPU backend in one module per x86 level, the best for this CPU loaded at run time.
 //! Beside the CPU build, the host picks it by score where its variant goes beyond the CPU build's
 //! AVX2, `/r1/backends` names the variant, SmolLM2 answers correctly through it, and the plugin
-//! installed without its directory is refused with a reason naming it while the CPU build serves.
+//! installed without its directory (or with one that is incomplete or belongs to another user) is
+//! refused with a reason naming the problem while the CPU build serves.
 //!
 //! The plugin is not part of the default build: without it each test says why and passes,
 //! unless `R1D_REQUIRE_CPU_VARIANTS=1` asks for a failure instead (`scripts/test` builds it and
@@ -45,6 +46,9 @@ enum Modules {
     LibrariesOnly,
     /// No directory.
     None,
+    /// Everything, one CPU module belonging to another user (uid 65534): refused, since its
+    /// owner could replace it. Needs root to set up.
+    ForeignModule,
 }
 
 /// A plugin directory with the CPU build and the CPU-variants build, with what `modules` says of
@@ -62,6 +66,9 @@ fn both_plugins(so: &Path, modules: Modules) -> tempfile::TempDir {
                 continue;
             }
             std::fs::copy(entry.path(), to.join(&name)).unwrap();
+            if modules == Modules::ForeignModule && name == "libggml-cpu-x64.so" {
+                std::os::unix::fs::chown(to.join(&name), Some(65534), None).unwrap();
+            }
         }
     }
     dir
@@ -235,7 +242,19 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".so.0"))
         .collect();
-    for modules in [Modules::None, Modules::LibrariesOnly] {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let broken_installs = if root {
+        vec![
+            Modules::None,
+            Modules::LibrariesOnly,
+            Modules::ForeignModule,
+        ]
+    } else {
+        eprintln!("!!!!! SKIPPED the foreign-owner case: changing a file's owner needs root !!!!!");
+        vec![Modules::None, Modules::LibrariesOnly]
+    };
+    for modules in broken_installs {
         let broken = both_plugins(&so, modules);
         let daemon = start(&model, broken.path());
         assert_eq!(
@@ -253,6 +272,9 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
             Modules::None => libraries
                 .iter()
                 .any(|l| why.contains(&format!("{l}: cannot open"))),
+            Modules::ForeignModule => {
+                why.contains("libggml-cpu-x64.so") && why.contains("belongs to uid 65534")
+            }
             _ => why.contains(MODULES) && why.contains("libggml-cpu-"),
         };
         assert!(named, "{modules:?}: {why}");

@@ -279,6 +279,41 @@ async fn plugin_directory_writable_by_others_is_refused() {
         "{why}"
     );
     assert!(why.contains(plugins.path().to_str().unwrap()), "{why}");
+    drop(daemon);
+
+    // A plugin file that belongs to another user (not root, not r1d's) is refused the same way,
+    // and the others load: its owner could replace it with any code.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("!!!!! SKIPPED the owner check: changing a file's owner needs root !!!!!");
+        return;
+    }
+    let plugins = plugin_dir(&["echo", "llamacpp"]);
+    let foreign = plugins.path().join("libr1_plugin_echo.so");
+    std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&model),
+        plugin_dir: Some(plugins.path()),
+        ..Default::default()
+    });
+    daemon.settled().await;
+    let list = daemon.backends().await;
+    let echo = list
+        .backends
+        .iter()
+        .find(|b| b.path.ends_with("libr1_plugin_echo.so"))
+        .unwrap();
+    let why = echo.error.clone().unwrap_or_default();
+    assert!(
+        !echo.available && why.contains("belongs to uid 65534"),
+        "{echo:?}"
+    );
+    let llama = list
+        .backends
+        .iter()
+        .find(|b| b.path.ends_with("libr1_plugin_llamacpp.so"))
+        .unwrap();
+    assert!(llama.available, "{llama:?}");
 }
 
 #[tokio::test]
