@@ -77,6 +77,20 @@ pub const SCORE_CPU_VARIANT_SAME: i32 = 95;
 /// variant.
 pub const CPU_BUILD_FEATURES: [&str; 6] = ["SSE42", "AVX", "F16C", "FMA", "AVX2", "BMI2"];
 
+/// The same instruction sets as the CPU backend's `ggml_backend_get_features` lists them for
+/// the CPU build (ggml-cpu.cpp: SSE4.2 implies `SSE3` and `SSSE3`, and has no entry of its own):
+/// a CPU variant whose list has anything else (`AVX512`, `AVX_VNNI`, `AMX_INT8` …) goes beyond
+/// the CPU build.
+pub const CPU_BUILD_GGML_FEATURES: [&str; 7] =
+    ["SSE3", "SSSE3", "AVX", "F16C", "FMA", "AVX2", "BMI2"];
+
+/// Whether a CPU variant with ggml's `features` has an instruction set the CPU build lacks.
+pub fn goes_beyond_the_cpu_build(features: &[String]) -> bool {
+    features
+        .iter()
+        .any(|f| !CPU_BUILD_GGML_FEATURES.contains(&f.as_str()))
+}
+
 /// What of [`CPU_BUILD_FEATURES`] this CPU lacks (the CPU build would stop on an illegal
 /// instruction), by the CPU's own report (`cpuid`); empty on other architectures.
 pub fn missing_cpu_build_features() -> Vec<&'static str> {
@@ -203,11 +217,7 @@ impl Plugin for LlamaCppPlugin {
             #[cfg(feature = "dynamic-backends")]
             ("cpu", _) => {
                 let chosen = backend::CPU_VARIANT.get();
-                let beyond = chosen.is_some_and(|c| {
-                    c.features
-                        .iter()
-                        .any(|f| !CPU_BUILD_FEATURES.contains(&f.as_str()))
-                });
+                let beyond = chosen.is_some_and(|c| goes_beyond_the_cpu_build(&c.features));
                 let score = if beyond || !missing.is_empty() {
                     SCORE_CPU_VARIANT_BETTER
                 } else {
@@ -327,4 +337,41 @@ r1_plugin_sdk::export_plugin! {
     init: LlamaCppPlugin,
     name: "llamacpp",
     version: plugin_version(),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(features: &[&str]) -> Vec<String> {
+        features.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_instruction_sets_beyond_the_cpu_builds_make_a_variant_better() {
+        // ggml's feature lists (ggml-cpu.cpp's names) of its haswell variant — the CPU build's
+        // own level —, of the older sse42 and of alderlake (AVX-VNNI) and zen4 (AVX-512), as a
+        // Zen 4 logs them.
+        let haswell = ["SSE3", "SSSE3", "AVX", "AVX2", "F16C", "FMA", "BMI2"];
+        assert!(!goes_beyond_the_cpu_build(&list(&haswell)));
+        assert!(!goes_beyond_the_cpu_build(&list(&["SSE3", "SSSE3"])));
+        let alderlake = [
+            "SSE3", "SSSE3", "AVX", "AVX_VNNI", "AVX2", "F16C", "FMA", "BMI2",
+        ];
+        assert!(goes_beyond_the_cpu_build(&list(&alderlake)));
+        let zen4 = [
+            "SSE3",
+            "SSSE3",
+            "AVX",
+            "AVX2",
+            "F16C",
+            "FMA",
+            "BMI2",
+            "AVX512",
+            "AVX512_VBMI",
+            "AVX512_VNNI",
+            "AVX512_BF16",
+        ];
+        assert!(goes_beyond_the_cpu_build(&list(&zen4)));
+    }
 }

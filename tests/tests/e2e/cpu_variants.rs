@@ -46,6 +46,9 @@ enum Modules {
     LibrariesOnly,
     /// No directory.
     None,
+    /// The libraries and one CPU module, `haswell`: the CPU build's own instruction sets, as on
+    /// an AVX2 machine.
+    HaswellOnly,
     /// Everything, one CPU module belonging to another user (uid 65534): refused, since its
     /// owner could replace it. Needs root to set up.
     ForeignModule,
@@ -63,6 +66,12 @@ fn both_plugins(so: &Path, modules: Modules) -> tempfile::TempDir {
             let entry = entry.unwrap();
             let name = entry.file_name().to_string_lossy().into_owned();
             if modules == Modules::LibrariesOnly && name.starts_with("libggml-cpu-") {
+                continue;
+            }
+            if modules == Modules::HaswellOnly
+                && name.starts_with("libggml-cpu-")
+                && name != "libggml-cpu-haswell.so"
+            {
                 continue;
             }
             std::fs::copy(entry.path(), to.join(&name)).unwrap();
@@ -233,6 +242,40 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
             "CPU build (the variant did not serve)".to_owned()
         }
     );
+
+    // With only the CPU build's own level to choose from (what an AVX2 machine gets), the
+    // variants build says so, scores below the CPU build, and the CPU build serves.
+    let haswell = both_plugins(&so, Modules::HaswellOnly);
+    let daemon = start(&model, haswell.path());
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let list = daemon.backends().await;
+    let variants = entry(&list, PLUGIN);
+    assert!(variants.available, "{variants:?}");
+    assert_eq!(variants.score, 95, "{variants:?}");
+    assert!(
+        variants
+            .devices
+            .iter()
+            .any(|d| d == "CPU (haswell variant)"),
+        "{variants:?}"
+    );
+    let resident = daemon.client().status().await.unwrap().model.unwrap();
+    assert_eq!(
+        resident.backend_file.as_deref(),
+        Some(
+            haswell
+                .path()
+                .join("libr1_plugin_llamacpp.so")
+                .to_str()
+                .unwrap()
+        )
+    );
+    drop(daemon);
 
     // Installed without its directory, the plugin cannot be opened (the loader names the library
     // it lacks); with llama.cpp's libraries but no CPU module, it says the directory holds none.
