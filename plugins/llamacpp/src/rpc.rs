@@ -48,6 +48,8 @@ unsafe fn ggml_backend_rpc_add_server(endpoint: *const c_char) -> sys::ggml_back
     if reg.is_null() {
         return std::ptr::null_mut();
     }
+    // SAFETY: `reg` is the non-null RPC registry entry; the name is NUL-terminated; a null
+    // result is checked.
     let f = unsafe {
         sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_rpc_add_server".as_ptr())
     };

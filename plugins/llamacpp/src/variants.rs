@@ -69,24 +69,22 @@ pub fn load_modules() -> Result<Chosen, String> {
     // ggml opens every module in the directory: one that others can write to would run their
     // code in r1d's worker. The rule is r1d's own for plugin directories and files.
     refuse_if_writable_by_others(&dir)?;
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+    let entries = std::fs::read_dir(&dir).map_err(|e| {
+        format!(
+            "cannot read ggml's backend modules in {}: {e} (the plugin is installed without \
+             its {MODULES_DIR} directory)",
+            dir.display()
+        )
+    })?;
+    let mut candidates = 0;
+    for entry in entries.filter_map(Result::ok) {
         refuse_if_writable_by_others(&entry.path())?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("libggml-cpu-") && name.ends_with(".so") {
+            candidates += 1;
+        }
     }
-    let candidates = std::fs::read_dir(&dir)
-        .map_err(|e| {
-            format!(
-                "cannot read ggml's backend modules in {}: {e} (the plugin is installed without \
-                 its {MODULES_DIR} directory)",
-                dir.display()
-            )
-        })?
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libggml-cpu-") && name.ends_with(".so")
-        })
-        .count();
     if candidates == 0 {
         return Err(format!(
             "no CPU module (libggml-cpu-*.so) in {}: the directory is installed incompletely",

@@ -12,11 +12,10 @@
 
 use std::path::{Path, PathBuf};
 
-use r1d_client::wire::{BackendEntry, BackendList, ChatMessage, State};
+use r1d_client::wire::{BackendEntry, BackendList, State};
 use r1d_tests::{bin_dir, binary, fixture, Daemon, DaemonOptions, SMOLLM2};
 
-use crate::ask;
-use crate::llama::ONE_MODEL_AT_A_TIME;
+use crate::llama::{capital_of_france, ONE_MODEL_AT_A_TIME};
 
 const PLUGIN: &str = "libr1_plugin_llamacpp_cpu_variants.so";
 const MODULES: &str = "llamacpp-cpu-variants";
@@ -100,22 +99,15 @@ fn entry<'a>(list: &'a BackendList, file: &str) -> &'a BackendEntry {
         .unwrap_or_else(|| panic!("{file} not listed: {list:#?}"))
 }
 
-/// SmolLM2's greedy answer, 24 tokens at most, with a plain system prompt (with which this 135M
-/// model answers the question correctly).
-async fn capital_of_france(daemon: &Daemon) -> String {
-    let mut request = ask("What is the capital of France?");
-    request.messages.insert(
-        0,
-        ChatMessage::new("system", "You are a helpful assistant."),
-    );
-    request.temperature = Some(0.0);
-    request.max_tokens = Some(24);
-    let answer = daemon.client().chat(&request).await.unwrap();
+/// SmolLM2's greedy answer to [`capital_of_france`], 24 tokens at most.
+async fn capital_of_france_answer(daemon: &Daemon) -> String {
+    let answer = daemon.client().chat(&capital_of_france(24)).await.unwrap();
     answer.choices[0].message.content.clone()
 }
 
-fn start(model: &Path, plugins: &Path) -> Daemon {
-    Daemon::start(DaemonOptions {
+/// r1d serving `model` with the plugins of `plugins`, once it is ready.
+async fn ready(model: &Path, plugins: &Path) -> Daemon {
+    let daemon = Daemon::start(DaemonOptions {
         model: Some(model),
         plugin_dir: Some(plugins),
         args: vec![
@@ -125,7 +117,14 @@ fn start(model: &Path, plugins: &Path) -> Daemon {
             "1".into(),
         ],
         ..Default::default()
-    })
+    });
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    daemon
 }
 
 #[tokio::test]
@@ -142,13 +141,7 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
 
     // Both builds: the variants plugin names the module ggml chose, one of the directory's.
     let plugins = both_plugins(&so, Modules::All);
-    let daemon = start(&model, plugins.path());
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
+    let daemon = ready(&model, plugins.path()).await;
     let list = daemon.backends().await;
     let variants = entry(&list, PLUGIN);
     let cpu = entry(&list, "libr1_plugin_llamacpp.so");
@@ -216,21 +209,15 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
         line.contains(" INFO "),
         "the variant is logged at another level: {line}"
     );
-    let answer = capital_of_france(&daemon).await;
+    let answer = capital_of_france_answer(&daemon).await;
     assert!(answer.contains("Paris"), "{answer}");
     drop(daemon);
 
     // The CPU build alone answers the same question the same way (the variant's kernels may round
     // differently; on this short greedy answer they agree).
     let cpu_only = r1d_tests::plugin_dir(&["llamacpp"]);
-    let daemon = start(&model, cpu_only.path());
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
-    let reference = capital_of_france(&daemon).await;
+    let daemon = ready(&model, cpu_only.path()).await;
+    let reference = capital_of_france_answer(&daemon).await;
     drop(daemon);
     assert_eq!(
         answer,
@@ -246,13 +233,7 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
     // With only the CPU build's own level to choose from (what an AVX2 machine gets), the
     // variants build says so, scores below the CPU build, and the CPU build serves.
     let haswell = both_plugins(&so, Modules::HaswellOnly);
-    let daemon = start(&model, haswell.path());
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
+    let daemon = ready(&model, haswell.path()).await;
     let list = daemon.backends().await;
     let variants = entry(&list, PLUGIN);
     assert!(variants.available, "{variants:?}");
@@ -299,13 +280,7 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
     };
     for modules in broken_installs {
         let broken = both_plugins(&so, modules);
-        let daemon = start(&model, broken.path());
-        assert_eq!(
-            daemon.settled().await.status,
-            State::Ready,
-            "{}",
-            daemon.log()
-        );
+        let daemon = ready(&model, broken.path()).await;
         let list = daemon.backends().await;
         let variants = entry(&list, PLUGIN);
         assert!(!variants.available, "{variants:?}");
@@ -321,7 +296,7 @@ async fn the_best_cpu_variant_is_chosen_named_and_answers_and_a_missing_director
             _ => why.contains(MODULES) && why.contains("libggml-cpu-"),
         };
         assert!(named, "{modules:?}: {why}");
-        let answer = capital_of_france(&daemon).await;
+        let answer = capital_of_france_answer(&daemon).await;
         assert!(answer.contains("Paris"), "{answer}");
     }
 }

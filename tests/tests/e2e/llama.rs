@@ -25,7 +25,7 @@ fn smollm_daemon() -> Option<Daemon> {
 /// "What is the capital of France?" at temperature 0, at most `max_tokens` tokens, with a plain
 /// system prompt: SmolLM2's template adds its own system prompt when none is given, with which
 /// this 135M model answers in French nonsense; with a plain one it answers correctly.
-fn capital_of_france(max_tokens: u32) -> r1d_client::wire::ChatCompletionRequest {
+pub(crate) fn capital_of_france(max_tokens: u32) -> r1d_client::wire::ChatCompletionRequest {
     let mut request = ask("What is the capital of France?");
     request.messages.insert(
         0,
