@@ -21,6 +21,7 @@ pub mod listen;
 pub mod logging;
 pub mod paths;
 pub mod planner;
+pub mod scheduling;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -177,6 +177,9 @@ fn read_config(args: &Args, mode: Mode) -> (Config, Option<String>) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First, while this is the only thread: every thread made later (the runtime's, the
+    // engine's, a worker's) inherits the short scheduler slice (see r1d::scheduling).
+    let slices = r1d::scheduling::ask_for_short_slices();
     // `r1d __plugin-worker`: the process a model runs in (started by r1d itself; see
     // r1d::backend::worker). It needs no runtime, config or logging setup of its own.
     if std::env::args_os()
@@ -189,10 +192,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?
-        .block_on(serve())
+        .block_on(serve(slices))
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn serve(slices: r1d::scheduling::SliceOutcome) -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(dir) = &args.generate_assets {
         let command = <Args as clap::CommandFactory>::command();
@@ -222,6 +225,11 @@ async fn serve() -> anyhow::Result<()> {
         return one_shot(command, &config, mode, args.plugin_dir.as_deref());
     }
     let stop_signals = StopSignals::install()?;
+    match slices {
+        r1d::scheduling::SliceOutcome::Failed(_) => tracing::warn!("{slices}"),
+        r1d::scheduling::SliceOutcome::NotHonoured(0) => tracing::debug!("{slices}"),
+        _ => tracing::info!("{slices}"),
+    }
 
     let plugin_dir = args
         .plugin_dir

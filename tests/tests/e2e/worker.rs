@@ -781,3 +781,130 @@ async fn a_model_file_written_in_place_during_an_answer_stops_that_answer() {
         .log()
         .contains("since it was loaded; loading it again"));
 }
+
+/// `(policy, nice, slice in ns)` of thread `tid` (`sched_getattr(2)`; the slice is
+/// `sched_runtime`, which Linux 6.12 and later report for fair-class threads).
+fn sched_of(tid: u32) -> Option<(u32, i32, u64)> {
+    let mut attr = libc::sched_attr {
+        size: 0,
+        sched_policy: 0,
+        sched_flags: 0,
+        sched_nice: 0,
+        sched_priority: 0,
+        sched_runtime: 0,
+        sched_deadline: 0,
+        sched_period: 0,
+    };
+    // SAFETY: `attr` is a writable `sched_attr` of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            tid as libc::pid_t,
+            &mut attr as *mut libc::sched_attr,
+            std::mem::size_of::<libc::sched_attr>() as libc::c_uint,
+            0,
+        )
+    };
+    (rc == 0).then_some((attr.sched_policy, attr.sched_nice, attr.sched_runtime))
+}
+
+/// Whether this kernel keeps a custom slice for a fair-class thread (Linux 6.12+), tried on a
+/// thread of the test's own.
+fn kernel_has_custom_slices() -> bool {
+    std::thread::spawn(|| {
+        let mut attr = libc::sched_attr {
+            size: std::mem::size_of::<libc::sched_attr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: 0,
+            sched_priority: 0,
+            sched_runtime: 200_000,
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: `attr` is a valid `sched_attr` whose size is its own; pid 0 is this thread.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setattr,
+                0,
+                &mut attr as *mut libc::sched_attr,
+                0,
+            )
+        };
+        // SAFETY: gettid has no arguments and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        rc == 0 && sched_of(tid).is_some_and(|(_, _, slice)| slice == 200_000)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Raises the nice value of the process about to exec r1d to 3 (a unit's `Nice=3`).
+fn nice_3() -> std::io::Result<()> {
+    // SAFETY: setpriority is async-signal-safe and allocates nothing.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 3) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Every thread of r1d and of its model's worker — including those made per answer, while one
+/// streams — asks for the kernel's shortest scheduler slice (0.1 ms, so a token on its way to
+/// the client does not wait for the compute threads' slice to end), and keeps the policy and
+/// nice value r1d was started with (here `Nice=3`, as a unit could set it).
+#[tokio::test]
+async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_nice_value() {
+    let models = tempfile::tempdir().unwrap();
+    let model = echo_model(
+        models.path(),
+        r#"{"name": "echo-slices", "context_length": 4096}"#,
+    );
+    let config = echo_config(&model);
+    let daemon = Daemon::start(DaemonOptions {
+        config: Some(&config),
+        pre_exec: Some(nice_3),
+        ..Default::default()
+    });
+    let client = daemon.client();
+    ready_again(&daemon).await;
+    let (_stream, _first) = long_stream(&client).await;
+    let workers = workers_of(daemon.pid());
+    assert_eq!(workers.len(), 1, "one worker holds the model: {workers:?}");
+    let custom = kernel_has_custom_slices();
+    let mut seen = Vec::new();
+    for pid in [daemon.pid(), workers[0]] {
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let tid: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let Some((policy, nice, slice)) = sched_of(tid) else {
+                continue; // the thread ended meanwhile
+            };
+            let name = name.trim().to_owned();
+            assert_eq!(policy, libc::SCHED_OTHER as u32, "{name} ({tid})");
+            assert_eq!(nice, 3, "{name} ({tid}) keeps the nice value");
+            if custom {
+                assert_eq!(slice, 100_000, "{name} ({tid}) runs with 0.1 ms slices");
+            }
+            seen.push(name);
+        }
+    }
+    // The threads that carry a token to its client were among those checked.
+    for name in [
+        "r1d-answer",
+        "r1d-worker-rx",
+        "tokio-rt-worker",
+        "r1d-worker-call",
+    ] {
+        assert!(seen.iter().any(|n| n == name), "{name} in {seen:?}");
+    }
+    if custom {
+        assert!(
+            daemon.log().contains("0.1 ms scheduler slices"),
+            "{}",
+            daemon.log()
+        );
+    }
+}
