@@ -497,6 +497,54 @@ r1_plugin_sdk::export_plugin! {
     abi_version: abi_version(),
 }
 
+/// The N of a `[[busy:N]]` switch in the prompt (1–600 s).
+fn busy_seconds(prompt: &str) -> Option<u64> {
+    let (_, rest) = prompt.split_once("[[busy:")?;
+    let (n, _) = rest.split_once("]]")?;
+    n.parse().ok().filter(|n| (1..=600).contains(n))
+}
+
+/// Keeps one core busy for `how_long` without reporting anything.
+fn busy_for(how_long: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < how_long {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+}
+
+/// Ends the process the way a broken native backend does, after saying so on stderr: `segv`
+/// (a null pointer written), `abort`, `exit` (status 3), `hang` (never returns). Anything else
+/// does nothing.
+fn crash(kind: &str) {
+    let say = |what: &str| eprintln!("echo: {what}, as the test asked");
+    match kind {
+        "segv" => {
+            say("writing through a null pointer");
+            // SAFETY: deliberately not: this write faults (SIGSEGV) and the process dies, which
+            // is what the host's worker tests need. Volatile, so it is not optimised away.
+            unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+        }
+        "abort" => {
+            say("aborting");
+            std::process::abort();
+        }
+        "exit" => {
+            say("exiting with status 3");
+            std::process::exit(3);
+        }
+        "hang" => {
+            say("hanging");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,53 +613,5 @@ mod tests {
         let path = std::env::temp_dir().join(format!("echo-unit-{}.echo", std::process::id()));
         std::fs::write(&path, content).unwrap();
         path.to_string_lossy().into_owned()
-    }
-}
-
-/// The N of a `[[busy:N]]` switch in the prompt (1–600 s).
-fn busy_seconds(prompt: &str) -> Option<u64> {
-    let (_, rest) = prompt.split_once("[[busy:")?;
-    let (n, _) = rest.split_once("]]")?;
-    n.parse().ok().filter(|n| (1..=600).contains(n))
-}
-
-/// Keeps one core busy for `how_long` without reporting anything.
-fn busy_for(how_long: Duration) {
-    let start = Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < how_long {
-        for i in 0..100_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
-        }
-    }
-}
-
-/// Ends the process the way a broken native backend does, after saying so on stderr: `segv`
-/// (a null pointer written), `abort`, `exit` (status 3), `hang` (never returns). Anything else
-/// does nothing.
-fn crash(kind: &str) {
-    let say = |what: &str| eprintln!("echo: {what}, as the test asked");
-    match kind {
-        "segv" => {
-            say("writing through a null pointer");
-            // SAFETY: deliberately not: this write faults (SIGSEGV) and the process dies, which
-            // is what the host's worker tests need. Volatile, so it is not optimised away.
-            unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
-        }
-        "abort" => {
-            say("aborting");
-            std::process::abort();
-        }
-        "exit" => {
-            say("exiting with status 3");
-            std::process::exit(3);
-        }
-        "hang" => {
-            say("hanging");
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
-        }
-        _ => {}
     }
 }

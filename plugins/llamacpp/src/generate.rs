@@ -8,11 +8,15 @@
 //! tokens of the others up to the batch size — the scheme of llama.cpp's own server
 //! (`tools/server/server.cpp`, `update_slots`), built on llama.cpp's batch API.
 //!
-//! Same request, same answer: the last prompt token is always decoded in a step of its own (for
-//! its sequence), so a prompt whose prefix came from the KV cache gets the same logits as the same
-//! prompt evaluated from scratch when the request runs alone. What still varies, as with
-//! llama-server: when other sequences share the decode step, the batch size changes which matrix
-//! kernels run, and the numbers may differ in the last bits.
+//! Same request, same answer: for a request whose answer is meant to be reproducible (greedy, at
+//! temperature 0, or a fixed `seed`) the last prompt token is always decoded in a step of its own
+//! (for its sequence), so a prompt whose prefix came from the KV cache gets the same logits as the
+//! same prompt evaluated from scratch when the request runs alone. That costs one more decode
+//! step before the first token. A random draw (temperature above 0 and no seed) is not
+//! reproducible anyway, so its last prompt token goes in the same step as the rest of its prompt,
+//! as llama-server does for every request. What still varies, as with llama-server: when other
+//! sequences share the decode step, the batch size changes which matrix kernels run, and the
+//! numbers may differ in the last bits.
 
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
@@ -238,6 +242,9 @@ struct Job {
     next_in_batch: bool,
     /// Index in the current decode step whose logits are this request's.
     logits_at: Option<i32>,
+    /// Whether the answer must not depend on the KV cache (greedy or seeded): then the last
+    /// prompt token is decoded in a step of its own (see the module docs).
+    reproducible: bool,
     result: GenerateResult,
     prompt_start: Instant,
     generation_start: Option<Instant>,
@@ -344,7 +351,9 @@ impl Worker {
                 generation_ms: 0.0,
                 time_to_first_token_ms: None,
             };
+            let reproducible = sub.request.temperature <= 0.0 || sub.request.seed.is_some();
             slot.job = Some(Job {
+                reproducible,
                 sub,
                 fed: reused,
                 feeding: 0,
@@ -419,11 +428,18 @@ impl Worker {
                 continue;
             }
             let last = prompt.len() - 1;
-            if job.fed < last {
-                // Everything but the last token, as much as the step has room for.
-                let take = (self.n_batch - n).min(last - job.fed);
+            // A reproducible request feeds everything but the last token first; a random draw
+            // feeds its last token with the rest.
+            let end = if job.reproducible { last } else { prompt.len() };
+            if job.fed < end {
+                // As much as the step has room for.
+                let take = (self.n_batch - n).min(end - job.fed);
                 for (pos, &token) in prompt.iter().enumerate().skip(job.fed).take(take) {
-                    let _ = batch.add(token, pos as i32, &[slot.seq], false);
+                    let logits = pos == last;
+                    if logits {
+                        job.logits_at = Some((n + pos - job.fed) as i32);
+                    }
+                    let _ = batch.add(token, pos as i32, &[slot.seq], logits);
                 }
                 job.feeding = take;
                 n += take;

@@ -933,7 +933,7 @@ fn the_same_request_gives_the_same_long_answer_with_a_cached_prefix() {
 /// trigger the answer parses and has the schema's one required string property.
 #[test]
 fn json_schema_constrains_only_after_the_trigger_text() {
-    let Some(mut model) = smollm2() else { return };
+    let Some(model) = smollm2() else { return };
     let tokens = france_tokens(&model);
     let schema = serde_json::json!({
         "type": "object",
@@ -944,7 +944,7 @@ fn json_schema_constrains_only_after_the_trigger_text() {
     let mut req = request(tokens.clone(), 64);
     req.json_schema = Some(schema.to_string());
     req.constrain_after = Some(" is".into());
-    let (text, result) = run(&mut model, req);
+    let (text, result) = run(&model, req);
     assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
     let (free, constrained) = text.split_once(" is").expect("the trigger text is kept");
     assert_eq!(free, "The capital of France", "{text}");
@@ -960,7 +960,7 @@ fn json_schema_constrains_only_after_the_trigger_text() {
     // From the first token (a model that does not reason): the whole answer is the JSON.
     let mut req = request(tokens, 64);
     req.json_schema = Some(schema.to_string());
-    let (text, result) = run(&mut model, req);
+    let (text, result) = run(&model, req);
     assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
     let value: serde_json::Value = serde_json::from_str(&text).expect("JSON from the first token");
     assert!(value["city"].is_string(), "{value}");
@@ -983,7 +983,7 @@ fn an_unconvertible_json_schema_is_an_invalid_argument() {
 /// arguments of the schema's shape, the suffix — whatever the model would have said.
 #[test]
 fn json_schema_between_wrap_texts_forces_a_tool_call() {
-    let Some(mut model) = smollm2() else { return };
+    let Some(model) = smollm2() else { return };
     let schema = serde_json::json!({
         "type": "object",
         "properties": {
@@ -997,7 +997,7 @@ fn json_schema_between_wrap_texts_forces_a_tool_call() {
     let mut req = request(france_tokens(&model), 80);
     req.json_schema = Some(schema.to_string());
     req.json_wrap = Some(("<tool_call>\n".into(), "\n</tool_call>".into()));
-    let (text, result) = run(&mut model, req);
+    let (text, result) = run(&model, req);
     assert_eq!(result.finish_reason, FinishReason::Stop, "{text}");
     let body = text
         .strip_prefix("<tool_call>\n")

@@ -874,3 +874,69 @@ async fn the_memory_credit_names_the_mapped_weights_apart_from_the_kv_cache() {
         );
     }
 }
+
+/// A random draw (temperature above 0, no seed) takes its last prompt token in the same decode
+/// step as the rest of its prompt, one step sooner to its first token; a greedy request takes it
+/// in a step of its own (module docs of the plugin's `generate.rs`). Both must read the logits
+/// of the prompt's last position: the first token's top log probabilities (computed before any
+/// sampler, so the draw does not change them) agree, token for token, within what a batch of
+/// another size changes in the last bits. Logits from any other position would name other
+/// tokens.
+#[tokio::test]
+async fn a_random_draw_reads_the_logits_of_its_prompts_last_token_as_greedy_does() {
+    use serde_json::{json, Value};
+    let _one = ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = smollm_daemon() else {
+        return;
+    };
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let first_token = |temperature: f64| {
+        let daemon = &daemon;
+        async move {
+            let body = json!({"prompt": "The capital of France is", "max_tokens": 1,
+                              "temperature": temperature, "logprobs": 5});
+            let (status, answer) =
+                crate::compat::raw(daemon, r1d_client::Method::POST, "/v1/completions", body).await;
+            assert_eq!(status, 200, "{answer}");
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            let top = v["choices"][0]["logprobs"]["top_logprobs"][0]
+                .as_object()
+                .unwrap_or_else(|| panic!("no top_logprobs: {answer}"))
+                .clone();
+            let mut top: Vec<(String, f64)> = top
+                .into_iter()
+                .map(|(t, l)| (t, l.as_f64().unwrap()))
+                .collect();
+            top.sort_by(|a, b| b.1.total_cmp(&a.1));
+            (top, v["timings"]["cache_n"].as_u64())
+        }
+    };
+    // The random draw first, on a fresh cache: its whole prompt in one step.
+    let (drawn, drawn_cached) = first_token(0.8).await;
+    // Greedy on the same prompt: all but the last token from the cache, the last alone.
+    let (greedy, greedy_cached) = first_token(0.0).await;
+    assert_eq!(
+        drawn_cached,
+        Some(0),
+        "the draw's prompt was evaluated from scratch"
+    );
+    assert!(
+        greedy_cached.is_some_and(|n| n > 0),
+        "greedy reused the cache: {greedy_cached:?}"
+    );
+    assert_eq!(drawn.len(), 5, "{drawn:?}");
+    // Token for token (the fifth may trade places with a nearly tied sixth).
+    for (token, l1) in &drawn[..4] {
+        let l2 = greedy
+            .iter()
+            .find(|(t, _)| t == token)
+            .unwrap_or_else(|| panic!("{token:?} of {drawn:?} not in {greedy:?}"))
+            .1;
+        assert!((l1 - l2).abs() < 2e-3, "{token:?}: {l1} vs {l2}");
+    }
+}
