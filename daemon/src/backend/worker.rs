@@ -895,8 +895,12 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration, busy_limit: u32) {
     // Clock ticks per second: 100 on every Linux ABI r1d is built for (`USER_HZ`).
     const TICKS_PER_S: f64 = 100.0;
     let mut samples: std::collections::VecDeque<(Instant, u64)> = Default::default();
+    // Every 250 ms while calls wait; once a heartbeat while none does (an idle r1d should not
+    // wake four times a second for nothing), but at least four times per `timeout`, so a call
+    // that has just begun has CPU samples over most of `timeout` before it can be judged.
+    let mut period = BEAT_INTERVAL;
     loop {
-        std::thread::sleep(Duration::from_millis(250).min(timeout));
+        std::thread::sleep(period.min(timeout / 4));
         let Some(conn) = conn.upgrade() else { return };
         if Conn::lock(&conn.dead).is_some() || conn.closing.load(Ordering::SeqCst) {
             return;
@@ -915,8 +919,10 @@ fn watch(conn: std::sync::Weak<Conn>, timeout: Duration, busy_limit: u32) {
         // CPU time is read only while requests wait (an idle worker costs no /proc reads).
         if Conn::lock(&conn.pending).is_empty() {
             samples.clear();
+            period = BEAT_INTERVAL;
             continue;
         }
+        period = Duration::from_millis(250);
         if let Some(ticks) = cpu_ticks(conn.pid) {
             samples.push_back((now, ticks));
         }

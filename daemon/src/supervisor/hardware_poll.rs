@@ -14,14 +14,43 @@ use super::Supervisor;
 use crate::engine::{model_name, EngineState, LoadSpec};
 use crate::hardware::{Hardware, Probe};
 
+/// How often the idle check runs while an idle swap can come due.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// The longest the poller sleeps: a reloaded `hardware_interval_s` or `swap_policy` takes effect
+/// within this.
+const LONGEST_SLEEP: Duration = Duration::from_secs(5);
+
+/// How long the hardware poller sleeps: until the next re-probe is due (`interval_s` seconds
+/// after the last, `since_probe` ago; none when `interval_s <= 0`), at most [`IDLE_CHECK`] when
+/// an idle swap can come due (`idle_swap_possible`: policy `idle` and a better fit reported),
+/// and at most [`LONGEST_SLEEP`].
+fn poll_wait(interval_s: f64, since_probe: Duration, idle_swap_possible: bool) -> Duration {
+    let mut wait = LONGEST_SLEEP;
+    if interval_s > 0.0 {
+        wait = wait.min(super::seconds(interval_s).saturating_sub(since_probe));
+    }
+    if idle_swap_possible {
+        wait = wait.min(IDLE_CHECK);
+    }
+    wait
+}
+
 impl Supervisor {
-    /// Polls every 250 ms: a re-plan when `hardware_interval_s` has passed (0 = never), else
-    /// the idle check.
+    /// A re-plan every `hardware_interval_s` (0 = never); between them, the idle check while
+    /// an idle swap can come due. Sleeps as long as nothing can change (see [`poll_wait`]), so an
+    /// idle r1d does not wake for nothing.
     pub(super) async fn watch_hardware(self, shutdown: CancellationToken) {
         let mut last_probe = Instant::now();
         loop {
+            let config = self.config();
+            let wait = poll_wait(
+                config.watch.hardware_interval_s,
+                last_probe.elapsed(),
+                config.watch.swap_policy == crate::config::SwapPolicy::Idle
+                    && self.view_better().is_some(),
+            );
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
             }
             let interval = self.config().watch.hardware_interval_s;
@@ -295,6 +324,24 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_poller_sleeps_until_something_can_be_due() {
+        let s = Duration::from_secs;
+        // Nothing to do: the longest sleep (a reload is seen within it).
+        assert_eq!(poll_wait(0.0, s(100), false), LONGEST_SLEEP);
+        assert_eq!(poll_wait(30.0, s(0), false), LONGEST_SLEEP);
+        // A re-probe due in 1.5 s, or already due.
+        assert_eq!(
+            poll_wait(30.0, Duration::from_millis(28_500), false),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(poll_wait(30.0, s(31), false), Duration::ZERO);
+        assert_eq!(poll_wait(0.25, s(0), false), Duration::from_millis(250));
+        // An idle swap that can come due: checked every 250 ms.
+        assert_eq!(poll_wait(30.0, s(0), true), IDLE_CHECK);
+        assert_eq!(poll_wait(0.0, s(0), true), IDLE_CHECK);
     }
 
     #[test]

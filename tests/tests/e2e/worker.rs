@@ -908,3 +908,64 @@ async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_
         );
     }
 }
+
+/// `(thread name, voluntary context switches)` of every thread of `pid`.
+fn wakeups_of(pid: u32) -> Vec<(String, String, u64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+                    let n = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        name.trim().to_owned(),
+                        n,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An idle r1d with its model resident in a worker does not wake for nothing: its threads and
+/// the worker's sleep until something can be due (the next hardware re-plan, the heartbeat once
+/// a second), about 4 wake-ups a second in all. Before, timers every 250 ms made it about 14.
+#[tokio::test]
+async fn an_idle_r1d_and_its_worker_wake_a_few_times_a_second_at_most() {
+    let (daemon, _models) = echo_daemon("");
+    ready_again(&daemon).await;
+    // The answer's and the load's threads are gone, and the first re-plan is 30 s away.
+    let answer = daemon.client().chat(&ask("hello")).await.unwrap();
+    assert_eq!(answer.choices[0].message.content, "HELLO");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let workers = workers_of(daemon.pid());
+    assert_eq!(workers.len(), 1, "one worker holds the model: {workers:?}");
+    let pids = [daemon.pid(), workers[0]];
+    let before: Vec<_> = pids.iter().flat_map(|&p| wakeups_of(p)).collect();
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let after: Vec<_> = pids.iter().flat_map(|&p| wakeups_of(p)).collect();
+    let mut total = 0;
+    let mut per_thread = Vec::new();
+    for (tid, name, n) in &after {
+        let was = before.iter().find(|(t, _, _)| t == tid).map_or(0, |b| b.2);
+        if n > &was {
+            per_thread.push(format!("{name} {}", n - was));
+            total += n - was;
+        }
+    }
+    // 5 s: the worker's heartbeat and r1d's reader of it (5 each), the hang watch (5), the
+    // telemetry upkeep and the hardware poller (a few). 30 leaves room; 14 a second was ~70.
+    assert!(
+        total <= 30,
+        "{total} wake-ups in {window:?}: {per_thread:?}"
+    );
+    eprintln!("idle wake-ups in {window:?}: {total} ({per_thread:?})");
+}
