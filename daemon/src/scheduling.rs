@@ -93,16 +93,56 @@ pub fn current() -> std::io::Result<libc::sched_attr> {
 /// Asks for [`SLICE_NS`] slices for the calling thread, keeping its policy, nice value and
 /// flags; threads it creates afterwards inherit the slice. Call it first in `main`.
 pub fn ask_for_short_slices() -> SliceOutcome {
-    let mut attr = match current() {
+    let attr = match current() {
         Ok(a) => a,
         Err(e) => return SliceOutcome::Failed(format!("sched_getattr: {e}")),
     };
-    let policy = attr.sched_policy;
-    if policy != libc::SCHED_OTHER as u32 && policy != libc::SCHED_BATCH as u32 {
-        return SliceOutcome::OtherPolicy(policy);
+    if !is_fair(attr.sched_policy) {
+        return SliceOutcome::OtherPolicy(attr.sched_policy);
     }
+    if !set_runtime(attr, SLICE_NS) {
+        return SliceOutcome::Failed(format!(
+            "sched_setattr: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    match current() {
+        Ok(a) if a.sched_runtime == SLICE_NS => SliceOutcome::Set,
+        Ok(a) => SliceOutcome::NotHonoured(a.sched_runtime),
+        Err(e) => SliceOutcome::Failed(format!("sched_getattr: {e}")),
+    }
+}
+
+/// Runs `f` with the calling thread at the kernel's default slice, then asks for [`SLICE_NS`]
+/// again. Threads `f` makes keep the default: r1d calls a plugin's `load` this way, so the
+/// compute threads a backend starts there (llama.cpp's batch thread and its OpenMP team, ONNX
+/// Runtime's pools) have a longer slice than r1d's own threads, and EEVDF, which runs the
+/// earliest virtual deadline (vruntime + slice), runs a waking relay thread before them. With
+/// equal slices the pick fell to vruntime, and a woken answer thread was seen waiting 2.4 ms
+/// behind an OpenMP thread. Where the short slice was not set (an older kernel, another policy),
+/// `f` just runs.
+pub fn with_default_slice<T>(f: impl FnOnce() -> T) -> T {
+    let short = current()
+        .ok()
+        .filter(|a| a.sched_runtime == SLICE_NS && is_fair(a.sched_policy));
+    let Some(attr) = short else {
+        return f();
+    };
+    set_runtime(attr, 0);
+    let out = f();
+    set_runtime(attr, SLICE_NS);
+    out
+}
+
+fn is_fair(policy: u32) -> bool {
+    policy == libc::SCHED_OTHER as u32 || policy == libc::SCHED_BATCH as u32
+}
+
+/// `sched_setattr` of the calling thread with `attr`'s policy, nice value and fork flag and a
+/// slice of `runtime` ns (0: the kernel's default). Returns whether the call succeeded.
+fn set_runtime(mut attr: libc::sched_attr, runtime: u64) -> bool {
     attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
-    attr.sched_runtime = SLICE_NS;
+    attr.sched_runtime = runtime;
     // Utilization clamps are not part of this struct's size; only keep what it carries.
     attr.sched_flags &= libc::SCHED_FLAG_RESET_ON_FORK as u64;
     // SAFETY: `attr` is a valid `sched_attr` whose `size` is its own; pid 0 is this thread.
@@ -114,17 +154,7 @@ pub fn ask_for_short_slices() -> SliceOutcome {
             0,
         )
     };
-    if rc != 0 {
-        return SliceOutcome::Failed(format!(
-            "sched_setattr: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    match current() {
-        Ok(a) if a.sched_runtime == SLICE_NS => SliceOutcome::Set,
-        Ok(a) => SliceOutcome::NotHonoured(a.sched_runtime),
-        Err(e) => SliceOutcome::Failed(format!("sched_getattr: {e}")),
-    }
+    rc == 0
 }
 
 fn empty() -> libc::sched_attr {
@@ -145,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_slice_keeps_the_threads_nice_value() {
+    fn a_short_slice_keeps_the_threads_nice_value_and_load_threads_get_the_default() {
         // On a thread of its own: the test harness's threads keep their slice.
         std::thread::spawn(|| {
             // SAFETY: plain syscall on the calling thread (who = 0 in PRIO_PROCESS means it, for a
@@ -169,6 +199,20 @@ mod tests {
                 .join()
                 .unwrap();
             assert_eq!(child, after.sched_runtime);
+            if outcome == SliceOutcome::Set {
+                // One made inside `with_default_slice` has the kernel's default; this thread
+                // has the short slice again afterwards, nice value kept.
+                let (inside, made) = with_default_slice(|| {
+                    let made = std::thread::spawn(|| current().unwrap().sched_runtime)
+                        .join()
+                        .unwrap();
+                    (current().unwrap().sched_runtime, made)
+                });
+                assert_ne!(inside, SLICE_NS);
+                assert_eq!(made, inside);
+                let again = current().unwrap();
+                assert_eq!((again.sched_runtime, again.sched_nice), (SLICE_NS, nice));
+            }
         })
         .join()
         .unwrap();

@@ -963,8 +963,10 @@ impl Backend for DylibBackend {
         let mut model: *mut R1Model = std::ptr::null_mut();
         let mut err = R1OwnedStr::null();
         let mut progress = progress;
+        // The threads the plugin starts while it loads are its compute threads: they keep the
+        // kernel's default scheduler slice, longer than r1d's own (see crate::scheduling).
         // SAFETY: the params string and the progress closure outlive the call; out-pointers valid.
-        let status = unsafe {
+        let status = crate::scheduling::with_default_slice(|| unsafe {
             (self.api.load)(
                 R1Str::from_str(&json),
                 Some(progress_trampoline),
@@ -972,7 +974,7 @@ impl Backend for DylibBackend {
                 &mut model,
                 &mut err,
             )
-        };
+        });
         check(self.api, &self.name, status, err)?;
         let handle = NonNull::new(model).ok_or_else(|| BackendError::Call {
             backend: self.name.clone(),

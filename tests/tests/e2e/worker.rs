@@ -851,7 +851,8 @@ fn nice_3() -> std::io::Result<()> {
 /// Every thread of r1d and of its model's worker — including those made per answer, while one
 /// streams — asks for the kernel's shortest scheduler slice (0.1 ms, so a token on its way to
 /// the client does not wait for the compute threads' slice to end), and keeps the policy and
-/// nice value r1d was started with (here `Nice=3`, as a unit could set it).
+/// nice value r1d was started with (here `Nice=3`, as a unit could set it); the compute threads
+/// a backend starts while it loads keep the default slice.
 #[tokio::test]
 async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_nice_value() {
     let models = tempfile::tempdir().unwrap();
@@ -907,6 +908,52 @@ async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_
             daemon.log()
         );
     }
+    drop(daemon);
+
+    // The compute threads a backend starts while it loads (llama.cpp's batch thread and its
+    // OpenMP team) keep the kernel's default slice, longer than r1d's: EEVDF runs the earliest
+    // virtual deadline, so a relay thread that wakes runs before them.
+    let Some(smollm2) = fixture(SMOLLM2) else {
+        return;
+    };
+    let _one = crate::llama::ONE_MODEL_AT_A_TIME.lock().await;
+    let daemon = Daemon::start(DaemonOptions {
+        model: Some(&smollm2),
+        args: vec!["--context-length".into(), "512".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    let answer = daemon.client().chat(&ask("hello")).await.unwrap();
+    assert!(answer.usage.completion_tokens > 0);
+    let workers = workers_of(daemon.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let mut compute = 0;
+    for pid in [daemon.pid(), workers[0]] {
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let tid: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
+            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let Some((_, _, slice)) = sched_of(tid) else {
+                continue;
+            };
+            if name.trim() == "llamacpp-batch" {
+                compute += 1;
+                if custom {
+                    assert_ne!(slice, 100_000, "the compute thread {tid} keeps the default");
+                }
+            } else if custom {
+                assert_eq!(slice, 100_000, "{} ({tid})", name.trim());
+            }
+        }
+    }
+    assert!(compute >= 1, "the batch thread was among those checked");
 }
 
 /// `(thread name, voluntary context switches)` of every thread of `pid`.
