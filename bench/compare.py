@@ -520,10 +520,11 @@ async def ttft(srv, reps, stats):
     """Time to the first text chunk of a short chat prompt, as the client sees it: greedy (r1d
     evaluates the last prompt token in a step of its own, so that the answer does not depend on
     the KV cache) and a random draw at DeepSeek's recommended temperature 0.6 (no such step),
-    alternating."""
+    alternating; each its own user message after the chat template's cached opening."""
     for k in range(reps):
-        for metric, temperature in ((TTFT_GREEDY, 0), (TTFT_DRAWN, 0.6)):
-            body = {"messages": [{"role": "user", "content": f"Say hello to guest number {k + 1}."}],
+        for metric, temperature, text in ((TTFT_GREEDY, 0, f"Say hello to guest number {k + 1}."),
+                                          (TTFT_DRAWN, 0.6, f"Greet visitor {k + 1} warmly.")):
+            body = {"messages": [{"role": "user", "content": text}],
                     "max_tokens": 8, "temperature": temperature}
             first, _, _, _ = await stream(srv, "/v1/chat/completions", body)
             stats.add(metric, srv.kind, first * 1000)
