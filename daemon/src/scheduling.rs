@@ -73,12 +73,22 @@ impl std::fmt::Display for SliceOutcome {
 /// # Errors
 /// The errno of the call.
 pub fn current() -> std::io::Result<libc::sched_attr> {
+    of_thread(0)
+}
+
+/// Reads the scheduling attributes of thread `tid` (0: the calling thread) with
+/// `sched_getattr(2)`; `sched_runtime` is its slice in ns on Linux 6.12 and later.
+///
+/// # Errors
+/// The errno of the call (`ESRCH` once the thread has ended).
+pub fn of_thread(tid: libc::pid_t) -> std::io::Result<libc::sched_attr> {
     let mut attr = empty();
-    // SAFETY: `attr` is a writable `sched_attr` of the size passed; pid 0 is the calling thread.
+    // SAFETY: `attr` is a writable `sched_attr` of the size passed; `tid` is only read by the
+    // kernel.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_sched_getattr,
-            0,
+            tid,
             &mut attr as *mut libc::sched_attr,
             std::mem::size_of::<libc::sched_attr>() as libc::c_uint,
             0,
@@ -178,11 +188,12 @@ mod tests {
     fn a_short_slice_keeps_the_threads_nice_value_and_load_threads_get_the_default() {
         // On a thread of its own: the test harness's threads keep their slice.
         std::thread::spawn(|| {
-            // SAFETY: plain syscall on the calling thread (who = 0 in PRIO_PROCESS means it, for a
-            // thread id on Linux: setpriority acts per thread).
+            // SAFETY: gettid has no arguments and cannot fail.
             let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
             let before = current().unwrap();
-            // Raise the nice value by 2 (always allowed) so the test sees it kept.
+            // Raise this thread's nice value by 2 (always allowed) so the test sees it kept.
+            // SAFETY: setpriority takes plain integers; on Linux, PRIO_PROCESS with a thread id
+            // acts on that thread alone.
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, before.sched_nice + 2) };
             let nice = current().unwrap().sched_nice;
             let outcome = ask_for_short_slices();

@@ -22,6 +22,18 @@ fn smollm_daemon() -> Option<Daemon> {
     }))
 }
 
+/// [`smollm_daemon`], checked to serve SmolLM2 (`Ready`; the log on failure).
+pub(crate) async fn ready_smollm_daemon() -> Option<Daemon> {
+    let daemon = smollm_daemon()?;
+    assert_eq!(
+        daemon.settled().await.status,
+        State::Ready,
+        "{}",
+        daemon.log()
+    );
+    Some(daemon)
+}
+
 /// "What is the capital of France?" at temperature 0, at most `max_tokens` tokens, with a plain
 /// system prompt: SmolLM2's template adds its own system prompt when none is given, with which
 /// this 135M model answers in French nonsense; with a plain one it answers correctly.
@@ -39,15 +51,9 @@ pub(crate) fn capital_of_france(max_tokens: u32) -> r1d_client::wire::ChatComple
 #[tokio::test]
 async fn greedy_answer_is_correct_and_streamed_equals_non_streamed() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let client = daemon.client();
     let request = capital_of_france(48);
     let answer = client.chat(&request).await.unwrap();
@@ -217,15 +223,9 @@ async fn truncated_r1_download_is_named_as_incomplete_and_the_daemon_stays_up() 
 #[tokio::test]
 async fn logit_bias_and_penalties_change_the_greedy_answer_and_seeds_repeat() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let greedy = |prompt: &str, extra: serde_json::Value| {
         let mut body = serde_json::json!({
             "messages": [
@@ -512,10 +512,9 @@ async fn a_model_path_that_is_a_directory_is_named_as_such_at_start_and_on_load(
 #[tokio::test]
 async fn usage_reports_cached_prompt_tokens_of_a_repeated_prompt() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(daemon.settled().await.status, State::Ready);
     let client = daemon.client();
     let mut request = ask("Name a colour.");
     request.temperature = Some(0.0);
@@ -540,10 +539,9 @@ async fn usage_reports_cached_prompt_tokens_of_a_repeated_prompt() {
 #[tokio::test]
 async fn an_unsatisfiable_schema_is_refused_before_it_reaches_llama_cpp() {
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(daemon.settled().await.status, State::Ready);
     let client = daemon.client();
     let body = serde_json::json!({
         "messages": [{"role": "user", "content": "hi"}],
@@ -586,10 +584,9 @@ async fn an_unsatisfiable_schema_is_refused_before_it_reaches_llama_cpp() {
 async fn token_id_prompts_and_ollama_context_answer_as_their_text() {
     use serde_json::{json, Value};
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(daemon.settled().await.status, State::Ready);
     let post = |path: &'static str, body: Value| {
         let daemon = &daemon;
         async move {
@@ -657,15 +654,9 @@ async fn token_id_prompts_and_ollama_context_answer_as_their_text() {
 async fn logprobs_are_the_models_own_and_cover_the_answer_token_by_token() {
     use serde_json::{json, Value};
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let client = daemon.client();
     let mut request = capital_of_france(24);
     request.logprobs = Some(true);
@@ -886,15 +877,9 @@ async fn the_memory_credit_names_the_mapped_weights_apart_from_the_kv_cache() {
 async fn a_random_draw_reads_the_logits_of_its_prompts_last_token_as_greedy_does() {
     use serde_json::{json, Value};
     let _one = ONE_MODEL_AT_A_TIME.lock().await;
-    let Some(daemon) = smollm_daemon() else {
+    let Some(daemon) = ready_smollm_daemon().await else {
         return;
     };
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let first_token = |temperature: f64| {
         let daemon = &daemon;
         async move {

@@ -782,30 +782,26 @@ async fn a_model_file_written_in_place_during_an_answer_stops_that_answer() {
         .contains("since it was loaded; loading it again"));
 }
 
-/// `(policy, nice, slice in ns)` of thread `tid` (`sched_getattr(2)`; the slice is
-/// `sched_runtime`, which Linux 6.12 and later report for fair-class threads).
+/// `(policy, nice, slice in ns)` of thread `tid` (the slice is `sched_runtime`, which Linux
+/// 6.12 and later report for fair-class threads); `None` once the thread has ended.
 fn sched_of(tid: u32) -> Option<(u32, i32, u64)> {
-    let mut attr = libc::sched_attr {
-        size: 0,
-        sched_policy: 0,
-        sched_flags: 0,
-        sched_nice: 0,
-        sched_priority: 0,
-        sched_runtime: 0,
-        sched_deadline: 0,
-        sched_period: 0,
+    let attr = r1d::scheduling::of_thread(tid as libc::pid_t).ok()?;
+    Some((attr.sched_policy, attr.sched_nice, attr.sched_runtime))
+}
+
+/// `(thread id, thread name)` of every thread of `pid` (none once it has exited).
+fn threads_of(pid: u32) -> Vec<(u32, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
     };
-    // SAFETY: `attr` is a writable `sched_attr` of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_sched_getattr,
-            tid as libc::pid_t,
-            &mut attr as *mut libc::sched_attr,
-            std::mem::size_of::<libc::sched_attr>() as libc::c_uint,
-            0,
-        )
-    };
-    (rc == 0).then_some((attr.sched_policy, attr.sched_nice, attr.sched_runtime))
+    tasks
+        .flatten()
+        .filter_map(|e| {
+            let tid = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, name.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// Whether this kernel keeps a custom slice for a fair-class thread (Linux 6.12+), tried on a
@@ -873,24 +869,19 @@ async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_
     assert_eq!(workers.len(), 1, "one worker holds the model: {workers:?}");
     let custom = kernel_has_custom_slices();
     let mut seen = Vec::new();
-    for pid in [daemon.pid(), workers[0]] {
-        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-        {
-            let tid: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
-            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            let Some((policy, nice, slice)) = sched_of(tid) else {
-                continue; // the thread ended meanwhile
-            };
-            let name = name.trim().to_owned();
-            assert_eq!(policy, libc::SCHED_OTHER as u32, "{name} ({tid})");
-            assert_eq!(nice, 3, "{name} ({tid}) keeps the nice value");
-            if custom {
-                assert_eq!(slice, 100_000, "{name} ({tid}) runs with 0.1 ms slices");
-            }
-            seen.push(name);
+    for (tid, name) in threads_of(daemon.pid())
+        .into_iter()
+        .chain(threads_of(workers[0]))
+    {
+        let Some((policy, nice, slice)) = sched_of(tid) else {
+            continue; // the thread ended meanwhile
+        };
+        assert_eq!(policy, libc::SCHED_OTHER as u32, "{name} ({tid})");
+        assert_eq!(nice, 3, "{name} ({tid}) keeps the nice value");
+        if custom {
+            assert_eq!(slice, 100_000, "{name} ({tid}) runs with 0.1 ms slices");
         }
+        seen.push(name);
     }
     // The threads that carry a token to its client were among those checked.
     for name in [
@@ -913,72 +904,49 @@ async fn every_thread_of_r1d_and_its_worker_asks_for_short_slices_and_keeps_its_
     // The compute threads a backend starts while it loads (llama.cpp's batch thread and its
     // OpenMP team) keep the kernel's default slice, longer than r1d's: EEVDF runs the earliest
     // virtual deadline, so a relay thread that wakes runs before them.
-    let Some(smollm2) = fixture(SMOLLM2) else {
+    let _one = crate::llama::ONE_MODEL_AT_A_TIME.lock().await;
+    let Some(daemon) = crate::llama::ready_smollm_daemon().await else {
         return;
     };
-    let _one = crate::llama::ONE_MODEL_AT_A_TIME.lock().await;
-    let daemon = Daemon::start(DaemonOptions {
-        model: Some(&smollm2),
-        args: vec!["--context-length".into(), "512".into()],
-        ..Default::default()
-    });
-    assert_eq!(
-        daemon.settled().await.status,
-        State::Ready,
-        "{}",
-        daemon.log()
-    );
     let answer = daemon.client().chat(&ask("hello")).await.unwrap();
     assert!(answer.usage.completion_tokens > 0);
     let workers = workers_of(daemon.pid());
     assert_eq!(workers.len(), 1, "{workers:?}");
     let mut compute = 0;
-    for pid in [daemon.pid(), workers[0]] {
-        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .flatten()
-        {
-            let tid: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
-            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            let Some((_, _, slice)) = sched_of(tid) else {
-                continue;
-            };
-            if name.trim() == "llamacpp-batch" {
-                compute += 1;
-                if custom {
-                    assert_ne!(slice, 100_000, "the compute thread {tid} keeps the default");
-                }
-            } else if custom {
-                assert_eq!(slice, 100_000, "{} ({tid})", name.trim());
+    for (tid, name) in threads_of(daemon.pid())
+        .into_iter()
+        .chain(threads_of(workers[0]))
+    {
+        let Some((_, _, slice)) = sched_of(tid) else {
+            continue;
+        };
+        if name == "llamacpp-batch" {
+            compute += 1;
+            if custom {
+                assert_ne!(slice, 100_000, "the compute thread {tid} keeps the default");
             }
+        } else if custom {
+            assert_eq!(slice, 100_000, "{name} ({tid})");
         }
     }
     assert!(compute >= 1, "the batch thread was among those checked");
 }
 
-/// `(thread name, voluntary context switches)` of every thread of `pid`.
-fn wakeups_of(pid: u32) -> Vec<(String, String, u64)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-                    let n = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
-                        .trim()
-                        .parse()
-                        .ok()?;
-                    let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
-                    Some((
-                        e.file_name().to_string_lossy().into_owned(),
-                        name.trim().to_owned(),
-                        n,
-                    ))
-                })
-                .collect()
+/// `(thread id, thread name, voluntary context switches)` of every thread of `pid`.
+fn wakeups_of(pid: u32) -> Vec<(u32, String, u64)> {
+    threads_of(pid)
+        .into_iter()
+        .filter_map(|(tid, name)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+            let n = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((tid, name, n))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// An idle r1d with its model resident in a worker does not wake for nothing: its threads and
