@@ -25,7 +25,8 @@ LIBRARY_DIRS = ["src", "include", "ggml/src", "ggml/include"]
 TARGETS = ["llama-server", "llama-bench", "llama-tokenize"]
 # CMake cache entries copied from llama-cpp-sys-2's build besides every GGML_*/LLAMA_* boolean.
 # The CUDA keys matter for the CUDA build of the plugin (scripts/build-gpu-plugins cuda) alone.
-CMAKE_KEYS = ["CMAKE_BUILD_TYPE", "CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS", "CMAKE_C_COMPILER",
+CMAKE_KEYS = ["CMAKE_BUILD_TYPE", "CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS", "CMAKE_C_FLAGS_RELEASE",
+              "CMAKE_CXX_FLAGS_RELEASE", "CMAKE_C_COMPILER",
               "CMAKE_CXX_COMPILER", "BUILD_SHARED_LIBS", "CMAKE_CUDA_COMPILER",
               "CMAKE_CUDA_ARCHITECTURES", "CMAKE_CUDA_FLAGS"]
 OVERRIDES = {"LLAMA_BUILD_SERVER": "ON", "LLAMA_BUILD_TOOLS": "ON", "LLAMA_BUILD_COMMON": "ON",
