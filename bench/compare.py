@@ -592,15 +592,26 @@ def fmt(v):
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
 
 
+def paired_ratio(a, b):
+    """The median of the ratios of samples taken side by side: the i-th of `a` over the i-th of
+    `b`, which the interleaved rounds measured minutes apart at most, so that a drift of the
+    machine's speed between rounds (this VM's prompt speed wanders by ±5 % over minutes) cancels
+    instead of widening both ranges; None when the counts differ or a sample of `b` is 0."""
+    if len(a) != len(b) or not a or any(y == 0 for y in b):
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def print_table(stats, rounds_note, kinds):
     first, second = kinds
-    head = ["metric", f"{first} min / median / max", f"{second} min / median / max", f"{first} / {second}"]
+    head = ["metric", f"{first} min / median / max", f"{second} min / median / max", f"{first} / {second}",
+            "paired"]
     rows = []
-    for metric, kinds in stats.rows.items():
+    for metric, by_kind in stats.rows.items():
         cells = [metric]
         med = {}
-        for kind in kinds:
-            v = kinds.get(kind)
+        for kind in (first, second):
+            v = by_kind.get(kind)
             if v:
                 med[kind] = statistics.median(v)
                 cells.append(f"{fmt(min(v))} / {fmt(med[kind])} / {fmt(max(v))}")
@@ -608,9 +619,13 @@ def print_table(stats, rounds_note, kinds):
                 cells.append("—")
         a, b = med.get(first), med.get(second)
         cells.append(f"{a / b:.2f}×" if a is not None and b else "—")
+        paired = paired_ratio(by_kind.get(first, []), by_kind.get(second, []))
+        cells.append(f"{paired:.2f}×" if paired is not None else "—")
         rows.append(cells)
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     print(rounds_note)
+    print(f"{first} / {second}: the ratio of the medians; paired: the median of the ratios of "
+          f"samples taken side by side in the same round")
     for r in [head, ["-" * w for w in widths]] + rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     for metric in (TTFT_GREEDY, TTFT_DRAWN):
