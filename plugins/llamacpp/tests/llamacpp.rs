@@ -122,16 +122,28 @@ fn france_tokens(model: &LlamaCppModel) -> Vec<i32> {
 fn llama_cpps_functions_start_on_64_byte_boundaries() {
     use llama_cpp_sys_2 as sys;
     let functions = [
-        ("llama_decode", sys::llama_decode as usize),
-        ("llama_batch_init", sys::llama_batch_init as usize),
-        ("llama_tokenize", sys::llama_tokenize as usize),
-        ("ggml_init", sys::ggml_init as usize),
-        ("ggml_graph_compute", sys::ggml_graph_compute as usize),
-        ("ggml_backend_cpu_init", sys::ggml_backend_cpu_init as usize),
-        ("ggml_cpu_has_avx2", sys::ggml_cpu_has_avx2 as usize),
+        ("llama_decode", sys::llama_decode as *const () as usize),
+        (
+            "llama_batch_init",
+            sys::llama_batch_init as *const () as usize,
+        ),
+        ("llama_tokenize", sys::llama_tokenize as *const () as usize),
+        ("ggml_init", sys::ggml_init as *const () as usize),
+        (
+            "ggml_graph_compute",
+            sys::ggml_graph_compute as *const () as usize,
+        ),
+        (
+            "ggml_backend_cpu_init",
+            sys::ggml_backend_cpu_init as *const () as usize,
+        ),
+        (
+            "ggml_cpu_has_avx2",
+            sys::ggml_cpu_has_avx2 as *const () as usize,
+        ),
         (
             "ggml_backend_sched_graph_compute",
-            sys::ggml_backend_sched_graph_compute as usize,
+            sys::ggml_backend_sched_graph_compute as *const () as usize,
         ),
     ];
     let off: Vec<String> = functions

@@ -804,32 +804,11 @@ fn threads_of(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Whether this kernel keeps a custom slice for a fair-class thread (Linux 6.12+), tried on a
-/// thread of the test's own.
+/// Whether this kernel keeps a custom slice for a fair-class thread (Linux 6.12+), tried with
+/// r1d's own request on a thread of the test's own.
 fn kernel_has_custom_slices() -> bool {
     std::thread::spawn(|| {
-        let mut attr = libc::sched_attr {
-            size: std::mem::size_of::<libc::sched_attr>() as u32,
-            sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
-            sched_nice: 0,
-            sched_priority: 0,
-            sched_runtime: 200_000,
-            sched_deadline: 0,
-            sched_period: 0,
-        };
-        // SAFETY: `attr` is a valid `sched_attr` whose size is its own; pid 0 is this thread.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_sched_setattr,
-                0,
-                &mut attr as *mut libc::sched_attr,
-                0,
-            )
-        };
-        // SAFETY: gettid has no arguments and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
-        rc == 0 && sched_of(tid).is_some_and(|(_, _, slice)| slice == 200_000)
+        r1d::scheduling::ask_for_short_slices() == r1d::scheduling::SliceOutcome::Set
     })
     .join()
     .unwrap()
